@@ -1,0 +1,182 @@
+// Package fdcensus takes an inventory of a process's open file descriptors
+// from /proc/<pid>/fd and compares inventories, so tests can prove that no
+// descriptor leaked.
+//
+// A descriptor is identified by its number and by the object it refers to
+// (the device and inode from fstat, plus the link text such as
+// "socket:[1234]"), so a leaked descriptor cannot hide behind an unrelated
+// one that happened to be closed.
+//
+// The Go runtime's own descriptors (the netpoller's epoll instance and its
+// wake-up eventfd) are created lazily and live for the process lifetime; they
+// are filtered out. Tests that verify the census of their own process must not
+// call t.Parallel, since a parallel test's descriptors would be counted too.
+//
+// Linux only: on other systems Take returns an error and Verify skips nothing
+// silently but fails the test.
+package fdcensus
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// FD describes one open descriptor.
+type FD struct {
+	Target string // readlink of /proc/<pid>/fd/<n>, e.g. "socket:[1234]"
+	Dev    uint64
+	Ino    uint64
+}
+
+// Snapshot maps descriptor numbers to what they refer to.
+type Snapshot map[int]FD
+
+// runtimeOwned reports whether the target is one of the Go runtime's
+// long-lived descriptors, opened on first network use.
+func runtimeOwned(target string) bool {
+	return target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]"
+}
+
+// Take inventories the descriptors of process pid; pid 0 means this process.
+func Take(pid int) (Snapshot, error) {
+	dir := "/proc/self/fd"
+	if pid != 0 {
+		dir = "/proc/" + strconv.Itoa(pid) + "/fd"
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	// The directory's own descriptor is in names; it is dropped below
+	// because it no longer resolves once f is closed.
+	self := int(-1)
+	if pid == 0 {
+		if sc, scErr := f.SyscallConn(); scErr == nil {
+			_ = sc.Control(func(fd uintptr) { self = int(fd) })
+		}
+	}
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	snap := make(Snapshot, len(names))
+	for _, name := range names {
+		n, err := strconv.Atoi(name)
+		if err != nil || n == self {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		target, err := os.Readlink(p)
+		if err != nil {
+			continue // closed while we looked
+		}
+		if runtimeOwned(target) {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			continue
+		}
+		snap[n] = FD{Target: target, Dev: uint64(st.Dev), Ino: uint64(st.Ino)}
+	}
+	return snap, nil
+}
+
+// Count returns how many descriptors in s have a target starting with prefix
+// ("socket:", "pipe:", "/dev/null").
+func (s Snapshot) Count(prefix string) int {
+	n := 0
+	for _, fd := range s {
+		if strings.HasPrefix(fd.Target, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// Inodes returns the sorted inode numbers of descriptors whose target starts
+// with prefix.
+func (s Snapshot) Inodes(prefix string) []uint64 {
+	var out []uint64
+	for _, fd := range s {
+		if strings.HasPrefix(fd.Target, prefix) {
+			out = append(out, fd.Ino)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Diff describes how after differs from before; empty means identical.
+func Diff(before, after Snapshot) string {
+	return cmp.Diff(before, after)
+}
+
+// Settle is how long Verify and WaitEqual wait for descriptors closed
+// asynchronously (by exiting goroutines or children) before declaring a leak.
+const Settle = 3 * time.Second
+
+// WaitEqual polls the census of pid until it equals want or Settle elapses.
+// It returns the last difference, or "" when equal.
+func WaitEqual(pid int, want Snapshot) (string, error) {
+	deadline := time.Now().Add(Settle)
+	for {
+		got, err := Take(pid)
+		if err != nil {
+			return "", err
+		}
+		d := Diff(want, got)
+		if d == "" || time.Now().After(deadline) {
+			return d, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Verify records this process's census now and registers a cleanup that
+// fails t unless the census is the same again once every later cleanup has
+// run. Call it first in a test, before opening anything.
+func Verify(t testing.TB) {
+	t.Helper()
+	before, err := Take(0)
+	if err != nil {
+		t.Fatalf("fd census: %v", err)
+	}
+	t.Cleanup(func() {
+		d, err := WaitEqual(0, before)
+		if err != nil {
+			t.Errorf("fd census: %v", err)
+			return
+		}
+		if d != "" {
+			t.Errorf("fd census changed (-before +after):\n%s", d)
+		}
+	})
+}
+
+// ErrLeak is returned by Compare when descriptors differ.
+var ErrLeak = errors.New("fdcensus: descriptors leaked or closed")
+
+// Compare returns ErrLeak, with the difference, if pid's census does not
+// settle back to want.
+func Compare(pid int, want Snapshot) error {
+	d, err := WaitEqual(pid, want)
+	if err != nil {
+		return err
+	}
+	if d != "" {
+		return fmt.Errorf("%w (-want +got):\n%s", ErrLeak, d)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+// Package helperproc runs the test binary itself as a child process in a
+// named role, the pattern os/exec's own tests use, so cross-process behaviour
+// is tested in Go rather than in shell scripts.
+//
+// A test package routes its TestMain through Main:
+//
+//	func TestMain(m *testing.M) {
+//		helperproc.Main(m, map[string]func() int{"sender": sender})
+//	}
+//
+// When the role variable names a registered role, Main runs that function
+// and exits with its result instead of running tests. Otherwise it runs the
+// tests and, afterwards, fails the run if this process leaked descriptors
+// (compared with a census taken before the first test).
+//
+// Command builds an *exec.Cmd for a role, optionally running it as user
+// nobody (uid/gid 65534) when the test runs as root.
+package helperproc
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/handoff-go/handoff/internal/fdcensus"
+)
+
+// RoleVar selects the helper role in a re-executed test binary.
+const RoleVar = "HANDOFF_HELPER_ROLE"
+
+// Main runs the selected helper role, or the tests followed by a process-wide
+// descriptor census. It never returns.
+func Main(m *testing.M, roles map[string]func() int) {
+	if role := os.Getenv(RoleVar); role != "" {
+		fn, ok := roles[role]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "helperproc: unknown role %q\n", role)
+			os.Exit(2)
+		}
+		os.Exit(fn())
+	}
+	before, err := fdcensus.Take(0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "helperproc: fd census: %v\n", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := fdcensus.Compare(0, before); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: the test run leaked descriptors: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// Options adjusts a helper command. The zero value runs the helper as the
+// current user with the current environment.
+type Options struct {
+	// Env entries are appended to the inherited environment.
+	Env []string
+	// ExtraFiles become descriptors 3, 4, ... in the child.
+	ExtraFiles []*os.File
+	// AsNobody runs the child as uid/gid 65534. The test is skipped unless
+	// it runs as root.
+	AsNobody bool
+	// Args are passed to the role after the test-binary flags; the role
+	// reads them with os.Args[1:] minus the flags (see Args).
+	Args []string
+}
+
+// Command returns a command that runs role in a re-executed test binary. Its
+// stdout and stderr default to the test's stderr so a crashing helper is
+// visible in the test log.
+func Command(t testing.TB, role string, opts *Options) *exec.Cmd {
+	t.Helper()
+	if opts == nil {
+		opts = &Options{}
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatalf("helperproc: %v", err)
+	}
+	if opts.AsNobody {
+		if os.Getuid() != 0 {
+			t.Skip("needs root to run a helper as nobody")
+		}
+		bin = copyForNobody(t, bin)
+	}
+	args := append([]string{"-test.run=^$", "--"}, opts.Args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(append(os.Environ(), RoleVar+"="+role), opts.Env...)
+	cmd.ExtraFiles = opts.ExtraFiles
+	cmd.Stderr = os.Stderr
+	if opts.AsNobody {
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: 65534, Gid: 65534, NoSetGroups: true},
+		}
+		cmd.Dir = filepath.Dir(bin)
+	}
+	return cmd
+}
+
+// Args returns the arguments a helper role was given through Options.Args.
+func Args() []string {
+	for i, a := range os.Args {
+		if a == "--" {
+			return os.Args[i+1:]
+		}
+	}
+	return nil
+}
+
+// copyForNobody copies the test binary where user nobody can execute it:
+// go test builds into a 0700 directory.
+func copyForNobody(t testing.TB, bin string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatalf("helperproc: %v", err)
+		}
+	}
+	dst := filepath.Join(dir, "helper.test")
+	in, err := os.Open(bin)
+	if err != nil {
+		t.Fatalf("helperproc: %v", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatalf("helperproc: %v", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		t.Fatalf("helperproc: %v", err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatalf("helperproc: %v", err)
+	}
+	return dst
+}
