@@ -144,3 +144,19 @@ func copyForNobody(t testing.TB, bin string) string {
 	}
 	return dst
 }
+
+// Start starts cmd and registers a cleanup that kills and reaps it unless
+// the test waited for it, so a test that fails half-way leaves neither a
+// process nor a zombie behind.
+func Start(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("helperproc: start %v: %v", cmd.Args, err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+}

@@ -1,0 +1,224 @@
+package scmrights
+
+import (
+	"io"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// batchMax is the kernel's UIO_MAXIOV, the most messages one sendmmsg or
+// recvmmsg call takes.
+const batchMax = 1024
+
+// mmsgs is the per-connection scratch of a batch call, grown once to the
+// largest batch seen and reused.
+type mmsgs struct {
+	hdr []unix.Mmsghdr
+	iov []unix.Iovec
+	oob []byte
+}
+
+func (m *mmsgs) reset(n, oobSize int) {
+	if cap(m.hdr) < n {
+		m.hdr = make([]unix.Mmsghdr, n)
+		m.iov = make([]unix.Iovec, n)
+	}
+	m.hdr, m.iov = m.hdr[:n], m.iov[:n]
+	if cap(m.oob) < oobSize {
+		m.oob = make([]byte, oobSize)
+	}
+	m.oob = m.oob[:oobSize]
+}
+
+func (m *mmsgs) set(i int, p, oob []byte) {
+	fillMsg(&m.hdr[i].Hdr, &m.iov[i], p, oob)
+	m.hdr[i].Len = 0
+}
+
+// release drops the references to the caller's buffers.
+func (m *mmsgs) release() {
+	clear(m.hdr)
+	clear(m.iov)
+}
+
+type batchWriter struct {
+	mm   mmsgs
+	msgs []Message
+	next int
+	bfn  func(fd uintptr) bool
+}
+
+type batchReader struct {
+	mm  mmsgs
+	k   int
+	bfn func(fd uintptr) bool
+}
+
+// SendBatch sends msgs in order, each as one message, and returns how many
+// were sent whole. On SOCK_SEQPACKET and SOCK_DGRAM sockets it uses
+// sendmmsg, up to 1024 messages per system call. On SOCK_STREAM it sends the
+// messages one sendmsg each within a single hold of the write lock: sendmmsg
+// would carry on after a short write and interleave the next message's bytes
+// into the stream. Every message is checked (ErrTooManyFDs, ErrEmptyPayload)
+// before anything is sent.
+func (c *Conn) SendBatch(msgs []Message) (int, error) {
+	for i := range msgs {
+		if err := checkSend(msgs[i].Payload, msgs[i].FDs); err != nil {
+			return 0, opError("write", c.uc, err)
+		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.sotype == unix.SOCK_STREAM {
+		for i := range msgs {
+			if _, err := c.w.send(c.rc, msgs[i].Payload, msgs[i].FDs); err != nil {
+				return i, opError("write", c.uc, err)
+			}
+		}
+		return len(msgs), nil
+	}
+	w := &c.w
+	if w.bfn == nil {
+		w.bfn = w.writeBatch
+	}
+	sent := 0
+	for sent < len(msgs) {
+		chunk := msgs[sent:min(len(msgs), sent+batchMax)]
+		oobSize := 0
+		for i := range chunk {
+			if len(chunk[i].FDs) > 0 {
+				oobSize += unix.CmsgSpace(4 * len(chunk[i].FDs))
+			}
+		}
+		w.mm.reset(len(chunk), oobSize)
+		off := 0
+		for i := range chunk {
+			var oob []byte
+			if fds := chunk[i].FDs; len(fds) > 0 {
+				oob = putRights(w.mm.oob[off:], fds)
+				off += len(oob)
+			}
+			w.mm.set(i, chunk[i].Payload, oob)
+		}
+		w.msgs, w.next, w.err = chunk, 0, nil
+		err := c.rc.Write(w.bfn)
+		if err == nil {
+			err = w.err
+		}
+		sent += w.next
+		w.msgs, w.err = nil, nil
+		w.mm.release()
+		if err != nil {
+			return sent, opError("write", c.uc, err)
+		}
+	}
+	return sent, nil
+}
+
+func (w *writer) writeBatch(fd uintptr) bool {
+	for w.next < len(w.msgs) {
+		hdr := w.mm.hdr[w.next:]
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), sendFlags, 0, 0)
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			w.err = os.NewSyscallError("sendmmsg", e)
+			return true
+		}
+		w.next += int(r)
+	}
+	return true
+}
+
+// RecvBatch receives up to len(msgs) messages (at most 1024) in one
+// recvmmsg call, waiting only until the first arrives. For each message i <
+// n, msgs[i].N and msgs[i].NFDs report what arrived, as Recv would; a
+// message that failed (ErrTruncated, ErrPayloadTruncated) has msgs[i].Err
+// set and its descriptors closed, and the messages after it are still
+// valid. The returned error is set only when no message was received
+// (io.EOF at end of stream, a deadline, a closed connection).
+func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if len(msgs) > batchMax {
+		msgs = msgs[:batchMax]
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	r := &c.r
+	if r.bfn == nil {
+		r.bfn = r.readBatch
+	}
+	oobSize := 0
+	for i := range msgs {
+		if c.sotype == unix.SOCK_STREAM && len(msgs[i].Payload) == 0 {
+			return 0, io.ErrShortBuffer
+		}
+		oobSize += rightsSpace(len(msgs[i].FDs))
+	}
+	r.mm.reset(len(msgs), oobSize)
+	off := 0
+	for i := range msgs {
+		sz := rightsSpace(len(msgs[i].FDs))
+		r.mm.set(i, msgs[i].Payload, r.mm.oob[off:off+sz:off+sz])
+		off += sz
+	}
+	r.k, r.err = 0, nil
+	err = c.rc.Read(r.bfn)
+	if err == nil {
+		err = r.err
+	}
+	r.err = nil
+	if err != nil {
+		r.mm.release()
+		return 0, opError("read", c.uc, err)
+	}
+	off = 0
+	for i := 0; i < r.k; i++ {
+		m := &msgs[i]
+		h := &r.mm.hdr[i]
+		sz := rightsSpace(len(m.FDs))
+		oob := r.mm.oob[off : off+int(h.Hdr.Controllen)]
+		off += sz
+		m.N = int(h.Len)
+		m.NFDs, m.Err = deliver(m.N, int(h.Hdr.Flags), oob, m.FDs)
+		if m.Err != nil {
+			m.N = 0
+		} else if m.N == 0 && m.NFDs == 0 && c.sotype != unix.SOCK_DGRAM {
+			// End of stream: the remaining entries are empty too.
+			r.mm.release()
+			if i == 0 {
+				return 0, io.EOF
+			}
+			return i, nil
+		}
+	}
+	r.mm.release()
+	return r.k, nil
+}
+
+func (r *reader) readBatch(fd uintptr) bool {
+	for {
+		hdr := r.mm.hdr
+		k, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
+		switch e {
+		case 0:
+			r.k = int(k)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			r.err = os.NewSyscallError("recvmmsg", e)
+			return true
+		}
+	}
+}

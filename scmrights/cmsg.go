@@ -1,0 +1,77 @@
+//go:build unix
+
+package scmrights
+
+import (
+	"encoding/binary"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Control messages are walked by hand: syscall.ParseUnixRights and its x/sys
+// copy panic or misbehave on a header whose length is impossible, and the
+// stdlib parser allocates.
+
+var (
+	cmsgDataOff = unix.CmsgLen(0)                       // header plus alignment padding
+	cmsgAlign   = unix.CmsgSpace(1) - unix.CmsgSpace(0) // the platform's cmsg alignment
+)
+
+// walkRights calls fn for each descriptor carried by the SCM_RIGHTS messages
+// in oob, in order, and skips other control messages. It returns
+// ErrMalformedControl at the first header with an impossible length; fn has
+// seen every descriptor before it. A header whose length runs past the end of
+// oob (what a BSD kernel leaves after MSG_CTRUNC) is read up to the end.
+func walkRights(oob []byte, fn func(fd int)) error {
+	for len(oob) >= unix.SizeofCmsghdr {
+		var h unix.Cmsghdr
+		// Copy rather than cast: oob need not be aligned.
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&h)), unix.SizeofCmsghdr), oob)
+		l := uint64(h.Len)
+		if l < unix.SizeofCmsghdr {
+			return ErrMalformedControl
+		}
+		if l > uint64(len(oob)) {
+			l = uint64(len(oob))
+		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS && l > uint64(cmsgDataOff) {
+			for data := oob[cmsgDataOff:l]; len(data) >= 4; data = data[4:] {
+				fn(int(int32(binary.NativeEndian.Uint32(data))))
+			}
+		}
+		next := (l + uint64(cmsgAlign) - 1) &^ uint64(cmsgAlign-1)
+		if next >= uint64(len(oob)) {
+			break
+		}
+		oob = oob[next:]
+	}
+	return nil
+}
+
+// putRights writes one SCM_RIGHTS control message carrying fds into b, which
+// must have room for unix.CmsgSpace(4*len(fds)) bytes, and returns it.
+func putRights(b []byte, fds []int) []byte {
+	b = b[:unix.CmsgSpace(4*len(fds))]
+	var h unix.Cmsghdr
+	h.Level = unix.SOL_SOCKET
+	h.Type = unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(4 * len(fds)))
+	n := copy(b, unsafe.Slice((*byte)(unsafe.Pointer(&h)), unix.SizeofCmsghdr))
+	clear(b[n:cmsgDataOff])
+	for i, fd := range fds {
+		binary.NativeEndian.PutUint32(b[cmsgDataOff+4*i:], uint32(fd))
+	}
+	clear(b[cmsgDataOff+4*len(fds):])
+	return b
+}
+
+// rightsSpace is the control buffer size for receiving up to n descriptors,
+// plus room for one credentials message so a socket with SO_PASSCRED set does
+// not turn every receive into a truncation.
+func rightsSpace(n int) int {
+	if n > MaxFDs {
+		n = MaxFDs
+	}
+	return unix.CmsgSpace(4*n) + credSpace
+}

@@ -1,0 +1,396 @@
+//go:build unix
+
+package scmrights
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is a unix socket connection tuned for passing descriptors: it reuses
+// its buffers, so Send and Recv do not allocate in steady state, and it
+// sends and receives batches of messages in one system call where the kernel
+// allows (Linux sendmmsg/recvmmsg).
+//
+// Send, SendBatch and Write may be called concurrently with each other and
+// with Recv, RecvBatch and Read; calls of one direction are serialised, so
+// concurrent sends never interleave their bytes. Close may be called at any
+// time and unblocks pending calls; a second Close returns an error matching
+// net.ErrClosed.
+type Conn struct {
+	uc     *net.UnixConn
+	rc     syscall.RawConn
+	sotype int // SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM
+
+	wmu sync.Mutex
+	w   writer
+	rmu sync.Mutex
+	r   reader
+}
+
+var (
+	_ io.ReadWriteCloser = (*Conn)(nil)
+	_ syscall.Conn       = (*Conn)(nil)
+)
+
+// NewConn wraps c. The Conn takes ownership: closing it closes c, and c
+// should not be used directly afterwards except for its address methods.
+func NewConn(c *net.UnixConn) (*Conn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var sotype int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		sotype, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, os.NewSyscallError("getsockopt", serr)
+	}
+	cn := &Conn{uc: c, rc: rc, sotype: sotype}
+	cn.w.init()
+	cn.r.init()
+	return cn, nil
+}
+
+// UnixConn returns the underlying connection, for its addresses and
+// options. Reading or writing it directly bypasses the Conn's guarantees.
+func (c *Conn) UnixConn() *net.UnixConn { return c.uc }
+
+// SyscallConn returns the raw connection, for socket options.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// Close closes the connection, unblocking pending calls.
+func (c *Conn) Close() error { return c.uc.Close() }
+
+// LocalAddr returns the local address.
+func (c *Conn) LocalAddr() net.Addr { return c.uc.LocalAddr() }
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.uc.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines, as net.Conn does.
+func (c *Conn) SetDeadline(t time.Time) error { return c.uc.SetDeadline(t) }
+
+// SetReadDeadline sets the deadline for Recv, RecvBatch and Read.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.uc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the deadline for Send, SendBatch and Write.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.uc.SetWriteDeadline(t) }
+
+// PeerCred returns the credentials of the peer process (SO_PEERCRED).
+func (c *Conn) PeerCred() (Ucred, error) { return PeerCred(c.uc) }
+
+// Send sends payload with fds as one message; see the package-level Send.
+func (c *Conn) Send(payload []byte, fds ...int) error {
+	if err := checkSend(payload, fds); err != nil {
+		return opError("write", c.uc, err)
+	}
+	c.wmu.Lock()
+	_, err := c.w.send(c.rc, payload, fds)
+	c.wmu.Unlock()
+	return opError("write", c.uc, err)
+}
+
+// Recv receives one message; see the package-level Recv.
+func (c *Conn) Recv(buf []byte, fds []int) (n, nfds int, err error) {
+	c.rmu.Lock()
+	n, nfds, err = c.r.recv(c.rc, c.sotype, buf, fds)
+	c.rmu.Unlock()
+	return n, nfds, opError("read", c.uc, err)
+}
+
+// Read reads payload bytes from a message that carries no descriptors. A
+// message that carries any fails with ErrTruncated, its descriptors closed:
+// a plain reader never silently loses or leaks them.
+func (c *Conn) Read(p []byte) (int, error) {
+	n, _, err := c.Recv(p, nil)
+	return n, err
+}
+
+// Write sends p as one message without descriptors. On a stream socket a
+// short write is continued until all of p is written or an error occurs.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	n, err := c.w.send(c.rc, p, nil)
+	c.wmu.Unlock()
+	return n, opError("write", c.uc, err)
+}
+
+// Send sends payload and the descriptors fds over c as one message. The
+// descriptors remain the caller's. The whole payload is written: on a stream
+// socket a short write is continued, with the descriptors on the first part
+// only. Descriptors with an empty payload fail with ErrEmptyPayload, more
+// than MaxFDs with ErrTooManyFDs; nothing is sent then.
+//
+// Send allocates a little per call; use Conn on hot paths.
+func Send(c *net.UnixConn, payload []byte, fds ...int) error {
+	if err := checkSend(payload, fds); err != nil {
+		return opError("write", c, err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	w := writerPool.Get().(*writer)
+	_, err = w.send(rc, payload, fds)
+	writerPool.Put(w)
+	return opError("write", c, err)
+}
+
+// Recv receives one message from c: its payload into buf and its
+// descriptors into fds, returning how many of each arrived. len(fds) is the
+// most descriptors the caller accepts; if more arrive, or the kernel
+// truncated the control data (MSG_CTRUNC), Recv closes every descriptor that
+// arrived and fails with ErrTruncated. On a message-preserving socket a
+// payload larger than buf fails with ErrPayloadTruncated, its descriptors
+// closed. Received descriptors are close-on-exec and belong to the caller.
+// At end of stream Recv returns io.EOF. buf must not be empty on a stream
+// socket (io.ErrShortBuffer).
+//
+// Recv allocates a little per call; use Conn on hot paths.
+func Recv(c *net.UnixConn, buf []byte, fds []int) (n, nfds int, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	sotype := unix.SOCK_STREAM
+	if a := c.LocalAddr(); a != nil {
+		switch a.Network() {
+		case "unixpacket":
+			sotype = unix.SOCK_SEQPACKET
+		case "unixgram":
+			sotype = unix.SOCK_DGRAM
+		}
+	}
+	r := readerPool.Get().(*reader)
+	n, nfds, err = r.recv(rc, sotype, buf, fds)
+	readerPool.Put(r)
+	return n, nfds, opError("read", c, err)
+}
+
+func checkSend(payload []byte, fds []int) error {
+	if len(fds) > MaxFDs {
+		return fmt.Errorf("%w: %d", ErrTooManyFDs, len(fds))
+	}
+	if len(fds) > 0 && len(payload) == 0 {
+		return ErrEmptyPayload
+	}
+	return nil
+}
+
+// opError wraps err as the net package does, so errors.Is(err, net.ErrClosed)
+// and Timeout() keep working. The RawConn's own "raw-read"/"raw-write"
+// wrapping is replaced rather than nested.
+func opError(op string, c *net.UnixConn, err error) error {
+	if err == nil || err == io.EOF || err == io.ErrShortBuffer {
+		return err
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && (oe.Op == "raw-read" || oe.Op == "raw-write" || oe.Op == "raw-control") {
+		err = oe.Err
+	}
+	laddr := c.LocalAddr()
+	netw := "unix"
+	if laddr != nil {
+		netw = laddr.Network()
+	}
+	return &net.OpError{Op: op, Net: netw, Source: laddr, Addr: c.RemoteAddr(), Err: err}
+}
+
+var maxSendSpace = unix.CmsgSpace(4 * MaxFDs)
+
+// writer is the send state of one connection. fn is bound once so that
+// passing it to RawConn.Write does not allocate a closure per call.
+type writer struct {
+	p, oob []byte
+	n      int // payload bytes written so far
+	err    error
+	oobBuf []byte
+	fn     func(fd uintptr) bool
+	mb     msgBuf
+
+	batchWriter
+}
+
+func (w *writer) init() {
+	w.oobBuf = make([]byte, maxSendSpace)
+	w.fn = w.write
+}
+
+var writerPool = sync.Pool{New: func() any {
+	w := new(writer)
+	w.init()
+	return w
+}}
+
+func (w *writer) send(rc syscall.RawConn, p []byte, fds []int) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	w.oob = nil
+	if len(fds) > 0 {
+		w.oob = putRights(w.oobBuf, fds)
+	}
+	err := rc.Write(w.fn)
+	if err == nil {
+		err = w.err
+	}
+	n := w.n
+	w.p, w.oob, w.err = nil, nil, nil // do not keep the caller's memory alive
+	return n, err
+}
+
+// write runs under the descriptor's write lock, which RawConn.Write holds
+// across waits: a short write is finished before any other send starts.
+func (w *writer) write(fd uintptr) bool {
+	for {
+		n, err := sendmsg(int(fd), &w.mb, w.p, w.oob)
+		switch err {
+		case nil:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			w.err = os.NewSyscallError("sendmsg", err)
+			return true
+		}
+		w.oob = nil // the descriptors rode on the first byte; never send them twice
+		w.n += n
+		w.p = w.p[n:]
+		if len(w.p) == 0 {
+			return true
+		}
+	}
+}
+
+// reader is the receive state of one connection.
+type reader struct {
+	p, oob         []byte
+	n, oobn, flags int
+	err            error
+	oobBuf         []byte
+	fn             func(fd uintptr) bool
+	mb             msgBuf
+
+	batchReader
+}
+
+func (r *reader) init() {
+	r.oobBuf = make([]byte, rightsSpace(MaxFDs))
+	r.fn = r.read
+}
+
+var readerPool = sync.Pool{New: func() any {
+	r := new(reader)
+	r.init()
+	return r
+}}
+
+func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int) (n, nfds int, err error) {
+	if len(p) == 0 && sotype == unix.SOCK_STREAM {
+		// A zero-length read of a stream cannot be told from end of stream.
+		return 0, 0, io.ErrShortBuffer
+	}
+	r.p, r.oob = p, r.oobBuf[:rightsSpace(len(fds))]
+	r.n, r.oobn, r.flags, r.err = 0, 0, 0, nil
+	err = rc.Read(r.fn)
+	if err == nil {
+		err = r.err
+	}
+	oob := r.oob[:r.oobn]
+	r.p, r.oob, r.err = nil, nil, nil
+	if err != nil {
+		return 0, 0, err
+	}
+	nfds, err = deliver(r.n, r.flags, oob, fds)
+	if err == nil && r.n == 0 && nfds == 0 && sotype != unix.SOCK_DGRAM {
+		// As in package net: a zero-length read is end of stream, and on
+		// SOCK_SEQPACKET too (an empty message cannot be told from EOF).
+		return 0, 0, io.EOF
+	}
+	return r.n, nfds, err
+}
+
+func (r *reader) read(fd uintptr) bool {
+	for {
+		n, oobn, flags, err := recvmsg(int(fd), &r.mb, r.p, r.oob)
+		switch err {
+		case nil:
+			r.n, r.oobn, r.flags = n, oobn, flags
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			r.err = os.NewSyscallError("recvmsg", err)
+			return true
+		}
+	}
+}
+
+// deliver moves the descriptors in oob into fds and decides whether the
+// message is whole. On any failure every descriptor that arrived is closed:
+// a message is never delivered with fewer descriptors than were sent.
+func deliver(n, flags int, oob []byte, fds []int) (int, error) {
+	total := 0
+	werr := walkRights(oob, func(fd int) {
+		if total < len(fds) {
+			fds[total] = fd
+		} else {
+			unix.Close(fd)
+		}
+		total++
+	})
+	kept := min(total, len(fds))
+	switch {
+	case werr != nil:
+		closeFDs(fds[:kept])
+		return 0, fmt.Errorf("%w after %d descriptors, all closed", werr, total)
+	case flags&unix.MSG_CTRUNC != 0:
+		closeFDs(fds[:kept])
+		return 0, fmt.Errorf("%w: control data cut by the kernel (MSG_CTRUNC) with room for %d; the %d that arrived were closed", ErrTruncated, len(fds), total)
+	case total > len(fds):
+		closeFDs(fds[:kept])
+		return 0, fmt.Errorf("%w: %d descriptors arrived with room for %d; all closed", ErrTruncated, total, len(fds))
+	case flags&unix.MSG_TRUNC != 0:
+		closeFDs(fds[:kept])
+		return 0, fmt.Errorf("%w: message larger than the %d-byte buffer; %d descriptors closed", ErrPayloadTruncated, n, total)
+	}
+	return total, nil
+}
+
+func closeFDs(fds []int) {
+	for i, fd := range fds {
+		unix.Close(fd)
+		fds[i] = -1
+	}
+}
+
+// PeerCred returns the credentials of the process at the other end of c, as
+// the kernel recorded them at connect time (SO_PEERCRED). They cannot be
+// forged by the peer, which makes them the right check before trusting a
+// control connection.
+func PeerCred(c *net.UnixConn) (Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Ucred{}, err
+	}
+	var u Ucred
+	var perr error
+	if err := rc.Control(func(fd uintptr) { u, perr = peerCred(int(fd)) }); err != nil {
+		return Ucred{}, err
+	}
+	return u, perr
+}

@@ -1,0 +1,196 @@
+//go:build linux
+
+package scmrights_test
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/scmrights"
+	"golang.org/x/sys/unix"
+)
+
+// A15: what is not a listening socket is refused as a listener, closed, and
+// never blocks in accept.
+func TestListenerRejectsWrongDescriptors(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := t.TempDir()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	client, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+
+	cases := map[string]func() int{
+		"FIFO": func() int {
+			p := filepath.Join(dir, "fifo")
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		},
+		"directory": func() int {
+			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		},
+		"memfd": func() int {
+			fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		},
+		"UDP socket":           func() int { return dup(t, udp.(*net.UDPConn)) },
+		"connected TCP socket": func() int { return dup(t, client.(*net.TCPConn)) },
+		"unix socket holding in-flight descriptors": func() int {
+			a, b := unixPair(t, unix.SOCK_STREAM)
+			if err := scmrights.Send(a, []byte("x"), distinctFDs(t, 3)...); err != nil {
+				t.Fatal(err)
+			}
+			return dup(t, b)
+		},
+		"unbound TCP socket": func() int {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		},
+	}
+	for name, open := range cases {
+		fd := open()
+		done := make(chan error, 1)
+		go func() {
+			l, err := scmrights.Listener(fd)
+			if l != nil {
+				l.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			var se *scmrights.SocketError
+			if !errors.Is(err, scmrights.ErrWrongSocket) || !errors.As(err, &se) {
+				t.Errorf("%s: Listener = %v, want ErrWrongSocket", name, err)
+			} else {
+				t.Logf("%s: %v", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: Listener blocked", name)
+		}
+	}
+}
+
+func dup(t *testing.T, c syscall.Conn) int {
+	t.Helper()
+	fd, err := scmrights.Dup(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+func TestConversions(t *testing.T) {
+	fdcensus.Verify(t)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	fd, err := scmrights.Dup(tcp.(*net.TCPListener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); fl&unix.O_NONBLOCK == 0 {
+		t.Error("Dup switched the listener to blocking mode")
+	}
+	l, err := scmrights.Listener(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	acc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+
+	// The accepted connection converts to a net.Conn, not a listener.
+	cfd, err := scmrights.Dup(acc.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := scmrights.NetConn(cfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read through converted conn: %q, %v", buf, err)
+	}
+	lfd, _ := scmrights.Dup(tcp.(*net.TCPListener))
+	if _, err := scmrights.NetConn(lfd); !errors.Is(err, scmrights.ErrWrongSocket) {
+		t.Errorf("NetConn(listener) = %v, want ErrWrongSocket", err)
+	}
+	lfd, _ = scmrights.Dup(tcp.(*net.TCPListener))
+	if _, err := scmrights.PacketConn(lfd); !errors.Is(err, scmrights.ErrWrongSocket) {
+		t.Errorf("PacketConn(listener) = %v, want ErrWrongSocket", err)
+	}
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	ufd, _ := scmrights.Dup(udp.(*net.UDPConn))
+	pc, err := scmrights.PacketConn(ufd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Close()
+	f := scmrights.File(mustOpen(t, os.DevNull), "devnull")
+	if _, err := f.Write([]byte("x")); err != nil {
+		t.Error(err)
+	}
+	f.Close()
+}
+
+func mustOpen(t *testing.T, path string) int {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}

@@ -1,0 +1,67 @@
+// Package scmrights sends and receives file descriptors, with a payload,
+// over unix domain sockets (SCM_RIGHTS ancillary data).
+//
+// # Who should use it
+//
+// Programs that hand sockets or files to another process: a master passing
+// accepted connections or listeners to workers, a tool passing a socket to an
+// unrelated program. Send and Recv work on any *net.UnixConn; Conn is the
+// hot-path form (reused buffers, no allocations, batched I/O). For a framed
+// protocol over a stream socket use package ipcframe on top of Conn: a
+// stream has no message boundaries, and only a framing layer can say which
+// bytes a descriptor belongs to.
+//
+// # Ownership
+//
+// Descriptors passed to Send stay the caller's: the kernel installs copies in
+// the receiver, and the caller may close its own as soon as Send returns.
+// Received descriptors belong to the caller of Recv, who must close them; they
+// are close-on-exec (received with MSG_CMSG_CLOEXEC on Linux), so they never
+// leak into a child unless handed over explicitly (exec.Cmd.ExtraFiles).
+// Whenever a Recv fails after descriptors arrived (truncation, a payload that
+// did not fit), every descriptor that arrived has been closed: a message is
+// delivered whole or not at all, never with fewer descriptors than were sent.
+// The conversions (Listener, NetConn, PacketConn) take ownership of the
+// descriptor they are given, on success and on failure alike.
+//
+// # Message boundaries
+//
+// On SOCK_SEQPACKET and SOCK_DGRAM sockets one Send is one Recv: the payload
+// and its descriptors arrive together, and a payload larger than the receive
+// buffer is an error (ErrPayloadTruncated), never a silent cut.
+//
+// On SOCK_STREAM sockets the kernel attaches descriptors to the first byte of
+// the send that carried them. One Recv may return bytes of several earlier
+// descriptor-less sends followed by the first bytes of one descriptor-carrying
+// send, and the kernel never returns descriptors of two sends in one Recv.
+// The descriptors therefore belong to the last send whose first byte lies in
+// the returned bytes; a framing layer resolves which that is. Send always
+// writes the whole payload: a short write is continued, with the descriptors
+// on the first part only, and concurrent Sends on one connection never
+// interleave their bytes.
+//
+// A stream socket cannot carry descriptors without payload bytes (Linux drops
+// them; Go's WriteMsgUnix inserts a hidden zero byte the receiver never asked
+// for), so Send refuses descriptors with an empty payload on every socket
+// type, with ErrEmptyPayload. At most MaxFDs (253, the kernel's SCM_MAX_FD)
+// descriptors travel in one message; more is ErrTooManyFDs.
+//
+// # Blocking and errors
+//
+// All I/O runs on the Go runtime's network poller: deadlines set on the
+// connection apply, and closing it unblocks a pending Recv or Send with an
+// error matching net.ErrClosed. Errors are *net.OpError values wrapping
+// either an *os.SyscallError or one of this package's sentinels, so
+// errors.Is works with ErrTruncated, os.ErrDeadlineExceeded, net.ErrClosed
+// and errno values such as syscall.ETOOMANYREFS (the sender's in-flight
+// descriptor limit, which leaves the connection usable).
+//
+// # Platforms
+//
+// Linux is fully supported, including batched I/O (sendmmsg/recvmmsg) and
+// peer credentials. Other unix systems build and work with single messages;
+// batches there loop over single messages, received descriptors are marked
+// close-on-exec under syscall.ForkLock, and PeerCred returns an error
+// wrapping ErrNotSupported. On other systems every function returns an error
+// wrapping ErrNotSupported.
+package scmrights
