@@ -17,7 +17,6 @@ func TestMain(m *testing.M) {
 	helperproc.Main(m, map[string]func() int{
 		"rlimit-recv":   roleRlimitRecv,
 		"nobody-sender": roleNobodySender,
-		"fd-inodes":     roleFDInodes,
 		"echo":          roleEcho,
 		"bench-send":    roleBenchSend,
 	})

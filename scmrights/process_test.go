@@ -3,7 +3,6 @@
 package scmrights_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -253,19 +252,27 @@ func TestReceivedNotInherited(t *testing.T) {
 	pc := proccensus.New(t)
 	a, b := connPair(t, unix.SOCK_SEQPACKET)
 	src := distinctFDs(t, 4)
-	received := map[uint64]bool{}
+	passed := map[uint64]bool{}
 	for _, id := range idents(t, src) {
-		received[id.Ino] = true
+		passed[id.Ino] = true
 	}
-	const messages, children = 300, 40
+	const maxMessages, children = 100000, 100
 	var wg sync.WaitGroup
 	wg.Add(1)
 	recvErr := make(chan error, 1)
+	stop := make(chan struct{})
+	received := 0
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, 8)
 		fds := make([]int, 4)
-		for i := 0; i < messages; i++ {
+		for ; received < maxMessages; received++ {
+			select {
+			case <-stop:
+				recvErr <- nil
+				return
+			default:
+			}
 			if err := a.Send([]byte("m"), src...); err != nil {
 				recvErr <- err
 				return
@@ -280,38 +287,44 @@ func TestReceivedNotInherited(t *testing.T) {
 		}
 		recvErr <- nil
 	}()
-	leaked := 0
+	// ls is the child: it starts in milliseconds even under the race
+	// detector, and -iL prints the inode behind each of its descriptors.
+	ls, err := exec.LookPath("ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaked, listed := 0, 0
 	for i := 0; i < children; i++ {
-		cmd := helperproc.Command(t, "fd-inodes", &helperproc.Options{Env: []string{pc.Env()}})
+		cmd := exec.Command(ls, "-iL", "/proc/self/fd/")
+		cmd.Env = append(os.Environ(), pc.Env())
 		out := run(t, cmd)
-		for _, line := range strings.Fields(out) {
-			ino, _ := strconv.ParseUint(line, 10, 64)
-			if received[ino] {
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 2 {
+				continue
+			}
+			ino, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				continue
+			}
+			listed++
+			if passed[ino] {
 				leaked++
 			}
 		}
 	}
+	if listed < children*3 {
+		t.Fatalf("children listed only %d descriptors in all; the scan is not working", listed)
+	}
+	close(stop)
 	wg.Wait()
 	if err := <-recvErr; err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("%d children listed %d descriptors while %d messages were received", children, listed, received)
 	if leaked > 0 {
 		t.Errorf("received descriptors appeared in children %d times", leaked)
 	}
-}
-
-// roleFDInodes prints the inode of every open descriptor.
-func roleFDInodes() int {
-	snap, err := fdcensus.Take(0)
-	if err != nil {
-		return fatalf("%v", err)
-	}
-	w := bufio.NewWriter(os.Stdout)
-	for _, fd := range snap {
-		fmt.Fprintln(w, fd.Ino)
-	}
-	w.Flush()
-	return 0
 }
 
 // The socketpair helper hands a working end to a child.
