@@ -39,7 +39,7 @@ func (c *Conn) RecvBatch(msgs []Message) (int, error) {
 	}
 	m := &msgs[0]
 	c.rmu.Lock()
-	n, nfds, err := c.r.recv(c.rc, c.sotype, m.Payload, m.FDs)
+	n, nfds, err := c.r.recv(c.rc, c.sotype, m.Payload, m.FDs, m)
 	c.rmu.Unlock()
 	if err == io.EOF || err == io.ErrShortBuffer {
 		return 0, err

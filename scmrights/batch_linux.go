@@ -188,7 +188,7 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 		oob := r.mm.oob[off : off+int(h.Hdr.Controllen)]
 		off += sz
 		m.N = int(h.Len)
-		m.NFDs, m.Err = deliver(m.N, int(h.Hdr.Flags), oob, m.FDs)
+		m.NFDs, m.Err = deliver(m.N, int(h.Hdr.Flags), oob, m.FDs, m)
 		if m.Err != nil {
 			m.N = 0
 		} else if m.N == 0 && m.NFDs == 0 && c.sotype != unix.SOCK_DGRAM {

@@ -19,11 +19,17 @@ var (
 )
 
 // walkRights calls fn for each descriptor carried by the SCM_RIGHTS messages
-// in oob, in order, and skips other control messages. It returns
-// ErrMalformedControl at the first header with an impossible length; fn has
-// seen every descriptor before it. A header whose length runs past the end of
-// oob (what a BSD kernel leaves after MSG_CTRUNC) is read up to the end.
-func walkRights(oob []byte, fn func(fd int)) error {
+// in oob, in order, and skips other control messages.
+func walkRights(oob []byte, fn func(fd int)) error { return walkControl(oob, fn, nil) }
+
+// walkControl calls rights for each descriptor carried by SCM_RIGHTS
+// messages and, if cred is not nil, cred with the data of each credentials
+// message, in order; other control messages are skipped. It returns
+// ErrMalformedControl at the first header with an impossible length; rights
+// has seen every descriptor before it. A header whose length runs past the
+// end of oob (what a BSD kernel leaves after MSG_CTRUNC) is read up to the
+// end.
+func walkControl(oob []byte, rights func(fd int), cred func(data []byte)) error {
 	for len(oob) >= unix.SizeofCmsghdr {
 		var h unix.Cmsghdr
 		// Copy rather than cast: oob need not be aligned.
@@ -35,9 +41,14 @@ func walkRights(oob []byte, fn func(fd int)) error {
 		if l > uint64(len(oob)) {
 			l = uint64(len(oob))
 		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS && l > uint64(cmsgDataOff) {
-			for data := oob[cmsgDataOff:l]; len(data) >= 4; data = data[4:] {
-				fn(int(int32(binary.NativeEndian.Uint32(data))))
+		if h.Level == unix.SOL_SOCKET && l > uint64(cmsgDataOff) {
+			switch {
+			case h.Type == unix.SCM_RIGHTS:
+				for data := oob[cmsgDataOff:l]; len(data) >= 4; data = data[4:] {
+					rights(int(int32(binary.NativeEndian.Uint32(data))))
+				}
+			case h.Type == scmCredentials && cred != nil:
+				cred(oob[cmsgDataOff:l])
 			}
 		}
 		next := (l + uint64(cmsgAlign) - 1) &^ uint64(cmsgAlign-1)

@@ -106,9 +106,31 @@ func (c *Conn) Send(payload []byte, fds ...int) error {
 // Recv receives one message; see the package-level Recv.
 func (c *Conn) Recv(buf []byte, fds []int) (n, nfds int, err error) {
 	c.rmu.Lock()
-	n, nfds, err = c.r.recv(c.rc, c.sotype, buf, fds)
+	n, nfds, err = c.r.recv(c.rc, c.sotype, buf, fds, nil)
 	c.rmu.Unlock()
 	return n, nfds, opError("read", c.uc, err)
+}
+
+// RecvMsg receives one message as Recv does, into m.Payload and m.FDs,
+// and reports m.N, m.NFDs and the sender's credentials (m.Cred,
+// m.HasCred). It returns the error Recv would; m.Err is left alone.
+func (c *Conn) RecvMsg(m *Message) error {
+	c.rmu.Lock()
+	n, nfds, err := c.r.recv(c.rc, c.sotype, m.Payload, m.FDs, m)
+	c.rmu.Unlock()
+	m.N, m.NFDs = n, nfds
+	return opError("read", c.uc, err)
+}
+
+// SetPassCred turns SO_PASSCRED on or off: with it on, every received
+// message carries the sender's pid, uid and gid, reported by RecvMsg and
+// RecvBatch. Linux only; elsewhere it fails with ErrNotSupported.
+func (c *Conn) SetPassCred(on bool) error {
+	var serr error
+	if err := c.rc.Control(func(fd uintptr) { serr = setPassCred(int(fd), on) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // Read reads payload bytes from a message that carries no descriptors. A
@@ -175,7 +197,7 @@ func Recv(c *net.UnixConn, buf []byte, fds []int) (n, nfds int, err error) {
 		}
 	}
 	r := readerPool.Get().(*reader)
-	n, nfds, err = r.recv(rc, sotype, buf, fds)
+	n, nfds, err = r.recv(rc, sotype, buf, fds, nil)
 	readerPool.Put(r)
 	return n, nfds, opError("read", c, err)
 }
@@ -297,7 +319,9 @@ var readerPool = sync.Pool{New: func() any {
 	return r
 }}
 
-func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int) (n, nfds int, err error) {
+// recv receives one message; if m is not nil, the sender's credentials are
+// stored in it.
+func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Message) (n, nfds int, err error) {
 	if len(p) == 0 && sotype == unix.SOCK_STREAM {
 		// A zero-length read of a stream cannot be told from end of stream.
 		return 0, 0, io.ErrShortBuffer
@@ -313,7 +337,7 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int) (n, n
 	if err != nil {
 		return 0, 0, err
 	}
-	nfds, err = deliver(r.n, r.flags, oob, fds)
+	nfds, err = deliver(r.n, r.flags, oob, fds, m)
 	if err == nil && r.n == 0 && nfds == 0 && sotype != unix.SOCK_DGRAM {
 		// As in package net: a zero-length read is end of stream, and on
 		// SOCK_SEQPACKET too (an empty message cannot be told from EOF).
@@ -342,17 +366,23 @@ func (r *reader) read(fd uintptr) bool {
 
 // deliver moves the descriptors in oob into fds and decides whether the
 // message is whole. On any failure every descriptor that arrived is closed:
-// a message is never delivered with fewer descriptors than were sent.
-func deliver(n, flags int, oob []byte, fds []int) (int, error) {
+// a message is never delivered with fewer descriptors than were sent. If m
+// is not nil, the credentials found in oob are stored in it.
+func deliver(n, flags int, oob []byte, fds []int, m *Message) (int, error) {
 	total := 0
-	werr := walkRights(oob, func(fd int) {
+	var credFn func([]byte)
+	if m != nil {
+		m.Cred, m.HasCred = Ucred{}, false
+		credFn = func(data []byte) { m.Cred, m.HasCred = parseCred(data) }
+	}
+	werr := walkControl(oob, func(fd int) {
 		if total < len(fds) {
 			fds[total] = fd
 		} else {
 			unix.Close(fd)
 		}
 		total++
-	})
+	}, credFn)
 	kept := min(total, len(fds))
 	switch {
 	case werr != nil:

@@ -53,6 +53,12 @@ func (c *Conn) Send([]byte, ...int) error { return notSupported("write") }
 // Recv fails with ErrNotSupported on this platform.
 func (c *Conn) Recv([]byte, []int) (int, int, error) { return 0, 0, notSupported("read") }
 
+// RecvMsg fails with ErrNotSupported on this platform.
+func (c *Conn) RecvMsg(*Message) error { return notSupported("read") }
+
+// SetPassCred fails with ErrNotSupported on this platform.
+func (c *Conn) SetPassCred(bool) error { return notSupported("setsockopt") }
+
 // Read fails with ErrNotSupported on this platform.
 func (c *Conn) Read([]byte) (int, error) { return 0, notSupported("read") }
 

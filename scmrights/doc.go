@@ -46,6 +46,14 @@
 // type, with ErrEmptyPayload. At most MaxFDs (253, the kernel's SCM_MAX_FD)
 // descriptors travel in one message; more is ErrTooManyFDs.
 //
+// # Credentials
+//
+// PeerCred reports who connected (SO_PEERCRED). With Conn.SetPassCred the
+// kernel also attaches the sender's pid, uid and gid to every message
+// (SCM_CREDENTIALS), which RecvMsg and RecvBatch report: on a datagram
+// socket shared by many senders, such as a NOTIFY_SOCKET, that is how a
+// message is attributed. Recv tolerates the credentials and ignores them.
+//
 // # Blocking and errors
 //
 // All I/O runs on the Go runtime's network poller: deadlines set on the

@@ -50,8 +50,14 @@ type Message struct {
 	// len(FDs) is the most this message accepts.
 	FDs []int
 
-	// N and NFDs report what RecvBatch received: Payload[:N] and FDs[:NFDs].
+	// N and NFDs report what RecvMsg or RecvBatch received: Payload[:N]
+	// and FDs[:NFDs].
 	N, NFDs int
+	// Cred holds the sender's credentials when HasCred is true: the kernel
+	// attaches them when the receiving socket has SO_PASSCRED set
+	// (Conn.SetPassCred; Linux only). They cannot be forged by the sender.
+	Cred    Ucred
+	HasCred bool
 	// Err is set by RecvBatch when this message failed (ErrTruncated,
 	// ErrPayloadTruncated); its descriptors have been closed.
 	Err error

@@ -451,17 +451,24 @@ func TestPeerCred(t *testing.T) {
 	}
 }
 
-// Other control messages (credentials, with SO_PASSCRED) are tolerated and
-// do not eat the room reserved for descriptors.
-func TestCredentialsTolerated(t *testing.T) {
+// Credentials (SO_PASSCRED) are reported by RecvMsg and RecvBatch, and
+// tolerated by Recv without eating the room reserved for descriptors.
+func TestCredentials(t *testing.T) {
 	fdcensus.Verify(t)
-	for _, st := range sotypes {
+	self := scmrights.Ucred{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid()}
+	for _, st := range append(sotypes, struct {
+		name string
+		typ  int
+	}{"dgram", unix.SOCK_DGRAM}) {
 		a, b := connPair(t, st.typ)
-		rc, _ := b.SyscallConn()
-		rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
-		sent := distinctFDs(t, 1)
-		if err := a.Send([]byte("x"), sent...); err != nil {
+		if err := b.SetPassCred(true); err != nil {
 			t.Fatal(err)
+		}
+		sent := distinctFDs(t, 1)
+		for i := 0; i < 3; i++ {
+			if err := a.Send([]byte("x"), sent...); err != nil {
+				t.Fatal(err)
+			}
 		}
 		fds := make([]int, 1)
 		n, k, err := b.Recv(make([]byte, 4), fds)
@@ -472,6 +479,24 @@ func TestCredentialsTolerated(t *testing.T) {
 			t.Errorf("%s: wrong descriptor", st.name)
 		}
 		unix.Close(fds[0])
+
+		m := scmrights.Message{Payload: make([]byte, 4), FDs: make([]int, 1)}
+		if err := b.RecvMsg(&m); err != nil || m.N != 1 || m.NFDs != 1 {
+			t.Fatalf("%s: RecvMsg = %+v, %v", st.name, m, err)
+		}
+		unix.Close(m.FDs[0])
+		if !m.HasCred || m.Cred != self {
+			t.Errorf("%s: RecvMsg credentials = %+v (has %v), want %+v", st.name, m.Cred, m.HasCred, self)
+		}
+
+		ms := []scmrights.Message{{Payload: make([]byte, 4), FDs: make([]int, 1)}}
+		if n, err := b.RecvBatch(ms); err != nil || n != 1 || ms[0].Err != nil {
+			t.Fatalf("%s: RecvBatch = %d, %v, %v", st.name, n, err, ms[0].Err)
+		}
+		unix.Close(ms[0].FDs[0])
+		if !ms[0].HasCred || ms[0].Cred != self {
+			t.Errorf("%s: RecvBatch credentials = %+v (has %v), want %+v", st.name, ms[0].Cred, ms[0].HasCred, self)
+		}
 	}
 }
 
@@ -607,6 +632,22 @@ func TestConnZeroAlloc(t *testing.T) {
 		})
 		if allocs != 0 {
 			t.Errorf("%s: %v allocs per Send+Recv, want 0", st.name, allocs)
+		}
+		if err := b.SetPassCred(true); err != nil {
+			t.Fatal(err)
+		}
+		m := scmrights.Message{Payload: buf, FDs: fds}
+		allocs = testing.AllocsPerRun(200, func() {
+			if err := a.Send(payload, sent...); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.RecvMsg(&m); err != nil || m.NFDs != 2 || !m.HasCred {
+				t.Fatalf("RecvMsg: %+v, %v", m, err)
+			}
+			closeAll(fds[:m.NFDs])
+		})
+		if allocs != 0 {
+			t.Errorf("%s: %v allocs per Send+RecvMsg with credentials, want 0", st.name, allocs)
 		}
 		msgs := make([]scmrights.Message, 8)
 		in := make([]scmrights.Message, 8)

@@ -22,6 +22,16 @@ const (
 
 var credSpace = 0
 
+// scmCredentials matches no control message type: credentials are not
+// received here.
+const scmCredentials = -1
+
+func parseCred([]byte) (Ucred, bool) { return Ucred{}, false }
+
+func setPassCred(int, bool) error {
+	return fmt.Errorf("SO_PASSCRED: %w", ErrNotSupported)
+}
+
 // msgBuf is unused here: the x/sys wrappers build their own msghdr.
 type msgBuf struct{}
 

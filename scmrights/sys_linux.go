@@ -1,6 +1,7 @@
 package scmrights
 
 import (
+	"encoding/binary"
 	"os"
 	"unsafe"
 
@@ -16,6 +17,31 @@ const (
 )
 
 var credSpace = unix.CmsgSpace(unix.SizeofUcred)
+
+const scmCredentials = unix.SCM_CREDENTIALS
+
+// parseCred decodes the data of an SCM_CREDENTIALS message (struct ucred).
+func parseCred(data []byte) (Ucred, bool) {
+	if len(data) < unix.SizeofUcred {
+		return Ucred{}, false
+	}
+	return Ucred{
+		PID: int(int32(binary.NativeEndian.Uint32(data))),
+		UID: int(binary.NativeEndian.Uint32(data[4:])),
+		GID: int(binary.NativeEndian.Uint32(data[8:])),
+	}, true
+}
+
+func setPassCred(fd int, on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, v); err != nil {
+		return os.NewSyscallError("setsockopt", err)
+	}
+	return nil
+}
 
 // The syscalls are made directly with a msghdr the caller owns: the x/sys
 // wrappers either allocate (the peer address on receive) or insert a hidden
