@@ -1,0 +1,198 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/handoff-go/handoff/scmrights"
+)
+
+// The sd_notify(3) protocol: a datagram of newline-separated VAR=VALUE
+// assignments sent to the unix socket named by NOTIFY_SOCKET (a path, or an
+// abstract name written with a leading '@').
+
+const (
+	envNotifySocket = "NOTIFY_SOCKET"
+	// maxNotify bounds one notification. systemd accepts up to 4096 bytes
+	// of state per message; a longer datagram is refused as a whole.
+	maxNotify = 4096
+)
+
+// ErrNotify reports a notification that is not a valid sd_notify message.
+var ErrNotify = errors.New("cluster: malformed sd_notify message")
+
+// Notification is what one sd_notify message said. Fields not mentioned in
+// the message keep their zero value.
+type Notification struct {
+	Ready     bool   // READY=1
+	Reloading bool   // RELOADING=1
+	Stopping  bool   // STOPPING=1
+	Watchdog  bool   // WATCHDOG=1
+	Status    string // STATUS=...
+	Errno     int    // ERRNO=...
+	MainPID   int    // MAINPID=...
+}
+
+// parseNotify decodes one sd_notify datagram. Unknown variables are
+// ignored, as systemd does; a line without '=', a variable set to a value
+// outside its domain, or a message over maxNotify bytes is an error wrapping
+// ErrNotify.
+func parseNotify(b []byte) (Notification, error) {
+	var n Notification
+	if len(b) > maxNotify {
+		return n, fmt.Errorf("%w: %d bytes, over %d", ErrNotify, len(b), maxNotify)
+	}
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		if len(line) == 0 {
+			continue
+		}
+		k, v, ok := bytes.Cut(line, []byte{'='})
+		if !ok || len(k) == 0 {
+			return n, fmt.Errorf("%w: line %q has no assignment", ErrNotify, truncate(line))
+		}
+		switch string(k) {
+		case "READY", "RELOADING", "STOPPING", "WATCHDOG":
+			if string(v) != "1" {
+				// WATCHDOG=trigger is systemd's "fail now"; it is treated
+				// as no keep-alive rather than guessed at.
+				if string(k) == "WATCHDOG" && string(v) == "trigger" {
+					continue
+				}
+				return n, fmt.Errorf("%w: %s=%q", ErrNotify, k, truncate(v))
+			}
+			switch string(k) {
+			case "READY":
+				n.Ready = true
+			case "RELOADING":
+				n.Reloading = true
+			case "STOPPING":
+				n.Stopping = true
+			case "WATCHDOG":
+				n.Watchdog = true
+			}
+		case "STATUS":
+			if !utf8Printable(v) {
+				return n, fmt.Errorf("%w: STATUS is not printable text", ErrNotify)
+			}
+			n.Status = string(v)
+		case "ERRNO":
+			e, err := strconv.Atoi(string(v))
+			if err != nil || e < 0 {
+				return n, fmt.Errorf("%w: ERRNO=%q", ErrNotify, truncate(v))
+			}
+			n.Errno = e
+		case "MAINPID":
+			p, err := strconv.Atoi(string(v))
+			if err != nil || p <= 0 {
+				return n, fmt.Errorf("%w: MAINPID=%q", ErrNotify, truncate(v))
+			}
+			n.MainPID = p
+		}
+	}
+	return n, nil
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
+}
+
+// utf8Printable reports whether b is valid UTF-8 without control
+// characters other than tab: a STATUS is shown to operators verbatim.
+func utf8Printable(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if (r < 0x20 && r != '\t') || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// sdNotify sends state to the socket named by addr (the value of
+// NOTIFY_SOCKET). An empty addr is a no-op, as in sd_notify(3).
+func sdNotify(addr, state string) error {
+	if addr == "" {
+		return nil
+	}
+	if addr[0] != '/' && addr[0] != '@' {
+		return fmt.Errorf("%s=%q: not an absolute path or abstract name", envNotifySocket, addr)
+	}
+	name := addr
+	if addr[0] == '@' {
+		name = "\x00" + addr[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// notifySocket is one NOTIFY_SOCKET endpoint of the master: a datagram
+// socket with SO_PASSCRED, so every notification carries the sender's pid
+// and uid as the kernel saw them.
+type notifySocket struct {
+	conn *scmrights.Conn
+	path string
+	msg  scmrights.Message
+}
+
+// listenNotify binds a notification socket at path, which should be in a
+// directory only the master (and its workers' users) can reach.
+func listenNotify(path string) (*notifySocket, error) {
+	uc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, err
+	}
+	c, err := scmrights.NewConn(uc)
+	if err != nil {
+		uc.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	if err := c.SetPassCred(true); err != nil {
+		c.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return &notifySocket{conn: c, path: path, msg: scmrights.Message{Payload: make([]byte, maxNotify+1)}}, nil
+}
+
+// recv waits for the next notification and returns it with its sender's
+// credentials. A message that is malformed, too long or carries
+// descriptors (FDSTORE is not supported; they are closed) is an error for
+// that message only: the socket stays usable. Close unblocks it.
+func (s *notifySocket) recv() (Notification, scmrights.Ucred, error) {
+	m := &s.msg
+	if err := s.conn.RecvMsg(m); err != nil {
+		return Notification{}, m.Cred, err
+	}
+	if !m.HasCred {
+		return Notification{}, m.Cred, fmt.Errorf("%w: no sender credentials", ErrNotify)
+	}
+	n, err := parseNotify(m.Payload[:m.N])
+	return n, m.Cred, err
+}
+
+// close closes the socket and removes its path.
+func (s *notifySocket) close() error {
+	err := s.conn.Close()
+	os.Remove(s.path)
+	return err
+}
