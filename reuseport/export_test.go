@@ -1,0 +1,4 @@
+package reuseport
+
+// ParseSysctlInt exposes the sysctl parser to the external fuzz test.
+var ParseSysctlInt = parseSysctlInt

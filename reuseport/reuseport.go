@@ -1,0 +1,190 @@
+package reuseport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+)
+
+var (
+	// ErrNotSupported reports an operation this platform cannot do. Every
+	// function returns an error wrapping it on platforms without
+	// SO_REUSEPORT, and the Linux-only features (TCP_DEFER_ACCEPT,
+	// TCP_FASTOPEN, BPF steering) return it elsewhere.
+	ErrNotSupported = errors.New("reuseport: not supported on this platform")
+
+	// ErrAddrInUse reports that the address is held by a socket that is not
+	// a member of the group: one bound without SO_REUSEPORT, or one owned
+	// by another user (the kernel only groups sockets of the same effective
+	// uid). The error also matches syscall.EADDRINUSE and carries the
+	// *net.OpError of the failed bind.
+	ErrAddrInUse = errors.New("reuseport: address in use by a socket outside the reuseport group (bound without SO_REUSEPORT, or owned by another user)")
+
+	// ErrInvalidConfig reports a Config field or argument out of range.
+	ErrInvalidConfig = errors.New("reuseport: invalid configuration")
+)
+
+// Config holds listener options. A nil *Config and the zero Config mean the
+// defaults: SO_REUSEPORT on top of what package net already sets
+// (SO_REUSEADDR on TCP listeners, close-on-exec, non-blocking), and plain
+// TCP rather than net's default Multipath TCP (see MultipathTCP). A Config is
+// read, never modified, so one value may be shared by concurrent calls.
+type Config struct {
+	// Backlog is the accept-queue length passed to listen(2). Zero keeps
+	// package net's choice, the system maximum (net.core.somaxconn on
+	// Linux). A positive value is applied by calling listen(2) again on the
+	// bound socket, which Linux and the BSDs accept as "change the
+	// backlog"; the kernel still caps it at somaxconn. Only Config.Listen
+	// and Config.ListenGroup can apply it: net calls listen(2) after
+	// Control returns, so Config.Control alone ignores Backlog.
+	Backlog int
+
+	// V6Only sets IPV6_V6ONLY on IPv6 sockets, so "[::]:port" does not
+	// also receive IPv4 traffic. Package net already sets it for the
+	// "tcp6" and "udp6" networks; V6Only extends it to "tcp" and "udp" on
+	// an IPv6 wildcard address, which net makes dual-stack.
+	V6Only bool
+
+	// DeferAccept sets TCP_DEFER_ACCEPT (Linux): accept returns a
+	// connection only once its first data arrived, or after about this
+	// long. The kernel rounds it up to its SYN-ACK retransmission steps
+	// (1, 3, 7, 15 ... seconds). Zero leaves it off. TCP only.
+	DeferAccept time.Duration
+
+	// FastOpen sets TCP_FASTOPEN (Linux) with this many pending TFO
+	// requests; zero leaves it off. The server side also needs bit 2 of
+	// net.ipv4.tcp_fastopen. TCP only.
+	FastOpen int
+
+	// MultipathTCP makes Listen accept Multipath TCP (IPPROTO_MPTCP)
+	// alongside TCP. Package net does so by default since Go 1.24; this
+	// package does not, because the kernel's MPTCP sockets pass only some
+	// options to their TCP subflows and reject SO_ATTACH_REUSEPORT_CBPF
+	// with EOPNOTSUPP, so steering would silently become impossible.
+	MultipathTCP bool
+}
+
+func (c *Config) validate() error {
+	if c == nil {
+		return nil
+	}
+	switch {
+	case c.Backlog < 0:
+		return fmt.Errorf("%w: Backlog %d is negative", ErrInvalidConfig, c.Backlog)
+	case c.DeferAccept < 0:
+		return fmt.Errorf("%w: DeferAccept %v is negative", ErrInvalidConfig, c.DeferAccept)
+	case c.FastOpen < 0:
+		return fmt.Errorf("%w: FastOpen %d is negative", ErrInvalidConfig, c.FastOpen)
+	}
+	return nil
+}
+
+func isStream(network string) bool {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+		return true
+	}
+	return false
+}
+
+func isDatagram(network string) bool {
+	switch network {
+	case "udp", "udp4", "udp6":
+		return true
+	}
+	return false
+}
+
+// Control sets SO_REUSEPORT and the options of c on the socket behind rc. It
+// has the signature of net.ListenConfig.Control and net.Dialer.Control, and
+// net calls it after creating the socket and before bind(2):
+//
+//	lc := net.ListenConfig{Control: cfg.Control}
+//
+// network is "tcp4", "tcp6", "udp4" or "udp6" there (net appends the address
+// family); IPv6 options apply when it ends in "6". Backlog is not applied
+// (see Config.Backlog). On unsupported platforms it returns an error
+// wrapping ErrNotSupported.
+func (c *Config) Control(network, address string, rc syscall.RawConn) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	return control(c, network, rc)
+}
+
+// Control is the default Config's Control: SO_REUSEPORT only. Use it as
+// net.ListenConfig{Control: reuseport.Control}.
+func Control(network, address string, c syscall.RawConn) error {
+	return (*Config)(nil).Control(network, address, c)
+}
+
+// Listen announces a TCP listener on address ("tcp", "tcp4" or "tcp6") with
+// SO_REUSEPORT set, so other sockets of the same user may bind the same
+// address and share its connections. The listener is a *net.TCPListener;
+// its socket is non-blocking, on the runtime netpoller, and close-on-exec.
+// Closing it resets the connections still waiting in its own accept queue
+// (see the package documentation). ctx bounds address resolution only.
+func (c *Config) Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	if !isStream(network) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: c.Control}
+	lc.SetMultipathTCP(c != nil && c.MultipathTCP)
+	l, err := lc.Listen(ctx, network, address)
+	if err != nil {
+		return nil, listenError(err)
+	}
+	if c != nil && c.Backlog > 0 {
+		if err := setBacklog(l.(*net.TCPListener), c.Backlog); err != nil {
+			l.Close()
+			return nil, &net.OpError{Op: "listen", Net: network, Addr: l.Addr(), Err: err}
+		}
+	}
+	return l, nil
+}
+
+// ListenPacket announces a UDP socket on address ("udp", "udp4" or "udp6")
+// with SO_REUSEPORT set. The connection is a *net.UDPConn. Where the kernel
+// balances (see Probe), datagrams are spread over the group by a hash of
+// their source and destination, so one client's datagrams stay on one
+// member while the group is unchanged. TCP-only Config fields are ignored.
+func (c *Config) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	if !isDatagram(network) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: c.Control}
+	pc, err := lc.ListenPacket(ctx, network, address)
+	if err != nil {
+		return nil, listenError(err)
+	}
+	return pc, nil
+}
+
+// Listen is Listen with the default Config.
+func Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	return (*Config)(nil).Listen(ctx, network, address)
+}
+
+// ListenPacket is ListenPacket with the default Config.
+func ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	return (*Config)(nil).ListenPacket(ctx, network, address)
+}
+
+// listenError marks EADDRINUSE as ErrAddrInUse: with SO_REUSEPORT set, the
+// only ways to get it are a holder outside the group or another uid, and the
+// bare errno names neither.
+func listenError(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: %w", ErrAddrInUse, err)
+	}
+	return err
+}

@@ -1,0 +1,87 @@
+//go:build linux || freebsd || darwin || dragonfly || netbsd || openbsd
+
+package reuseport
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func control(c *Config, network string, rc syscall.RawConn) error {
+	var optErr error
+	if err := rc.Control(func(fd uintptr) { optErr = setOptions(int(fd), c, network) }); err != nil {
+		return err
+	}
+	return optErr
+}
+
+func setOptions(fd int, c *Config, network string) error {
+	if err := setReusePort(fd); err != nil {
+		return err
+	}
+	if c == nil {
+		return nil
+	}
+	if c.V6Only && strings.HasSuffix(network, "6") {
+		if err := setsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY", 1); err != nil {
+			return err
+		}
+	}
+	if !strings.HasPrefix(network, "tcp") {
+		return nil
+	}
+	if s := c.deferAcceptSeconds(); s > 0 {
+		if err := setDeferAccept(fd, s); err != nil {
+			return err
+		}
+	}
+	if c.FastOpen > 0 {
+		if err := setFastOpen(fd, c.FastOpen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deferAcceptSeconds rounds DeferAccept up to whole seconds, the unit of
+// TCP_DEFER_ACCEPT, so that 500ms does not silently become "off".
+func (c *Config) deferAcceptSeconds() int {
+	if c == nil || c.DeferAccept <= 0 {
+		return 0
+	}
+	s := (c.DeferAccept + time.Second - 1) / time.Second
+	if s > 1<<30 {
+		s = 1 << 30
+	}
+	return int(s)
+}
+
+func setsockoptInt(fd, level, opt int, name string, v int) error {
+	if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
+		return fmt.Errorf("reuseport: %s: %w", name, os.NewSyscallError("setsockopt", err))
+	}
+	return nil
+}
+
+// setBacklog calls listen(2) again on a listening socket: Linux and the BSDs
+// then only replace the accept-queue limit, keeping queued connections.
+func setBacklog(l *net.TCPListener, n int) error {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) { lerr = unix.Listen(int(fd), n) }); err != nil {
+		return err
+	}
+	if lerr != nil {
+		return os.NewSyscallError("listen", lerr)
+	}
+	return nil
+}
