@@ -1,0 +1,180 @@
+package ipcframe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Wire format constants; docs/protocol.md is the specification.
+const (
+	// HeaderSize is the size of the fixed frame header.
+	HeaderSize = 8
+	// Magic is the first byte of every frame header ('h').
+	Magic = 0x68
+	// Version is the protocol version this package speaks.
+	Version = 1
+	// MaxFDsPerFrame is the most descriptors one frame may carry: Linux's
+	// SCM_MAX_FD, the most one sendmsg can carry. Frames are never split
+	// across messages to carry more; such sends are refused.
+	MaxFDsPerFrame = 253
+	// DefaultMaxFrame is the default largest payload a Reader accepts and a
+	// Writer sends: 1 MiB.
+	DefaultMaxFrame = 1 << 20
+	// MaxFrameLimit is the largest MaxFrame an option may set (1 GiB). The
+	// length field could say 4 GiB, but no control message needs that and
+	// the limit keeps lengths within int on every platform.
+	MaxFrameLimit = 1 << 30
+)
+
+var (
+	// ErrBadHeader reports a frame header that is not a version 1 header:
+	// wrong magic, unknown version, reserved bits set, or a descriptor count
+	// above MaxFDsPerFrame. The stream cannot be resynchronised after it.
+	// Errors carrying it are *HeaderError values.
+	ErrBadHeader = errors.New("ipcframe: bad frame header")
+
+	// ErrFrameTooLarge reports a payload longer than the configured maximum,
+	// detected from the header before anything is allocated, or a payload
+	// passed to a Writer that exceeds the Writer's maximum.
+	ErrFrameTooLarge = errors.New("ipcframe: frame too large")
+
+	// ErrTooManyFDs reports a frame with more descriptors than allowed: more
+	// than MaxFDsPerFrame on send, more than the Reader's MaxFDs in a header,
+	// or more than the caller's fds slice has room for.
+	ErrTooManyFDs = errors.New("ipcframe: too many descriptors")
+
+	// ErrFDCount reports a frame whose descriptors do not match its header.
+	// Errors carrying it are *FDCountError values.
+	ErrFDCount = errors.New("ipcframe: descriptor count mismatch")
+
+	// ErrNoFDTransport reports descriptors on a connection that cannot carry
+	// them: a Writer whose io.Writer has no Send method, or a frame that
+	// declares descriptors read from a Reader whose io.Reader has no Recv
+	// method (a pipe, TCP, ssh stdio).
+	ErrNoFDTransport = errors.New("ipcframe: transport cannot carry descriptors")
+
+	// ErrClosed reports use of a Reader after Close.
+	ErrClosed = errors.New("ipcframe: reader closed")
+
+	// ErrNotSupported reports descriptor passing on a platform where this
+	// package does not implement it (anything but Linux).
+	ErrNotSupported = errors.New("ipcframe: descriptor passing not supported on this platform")
+)
+
+// HeaderError describes a rejected frame header.
+type HeaderError struct {
+	Header [HeaderSize]byte // the bytes as received
+	Reason string           // which rule they break
+}
+
+func (e *HeaderError) Error() string {
+	return fmt.Sprintf("ipcframe: bad frame header % x: %s", e.Header[:], e.Reason)
+}
+
+// Is makes errors.Is(err, ErrBadHeader) true.
+func (e *HeaderError) Is(target error) bool { return target == ErrBadHeader }
+
+// FDCountError describes a frame whose descriptors did not match the count
+// its header declares: fewer arrived (TESTPLAN A7), more arrived, or some
+// arrived on bytes other than the frame's first (A8). Every descriptor that
+// arrived for the frame has been closed and the frame dropped; the Reader
+// stays usable.
+type FDCountError struct {
+	Declared  int // descriptors the header declared
+	Arrived   int // descriptors that came with the frame's first byte
+	Misplaced int // descriptors that came with later bytes of the frame
+}
+
+func (e *FDCountError) Error() string {
+	if e.Misplaced > 0 {
+		return fmt.Sprintf("ipcframe: frame declares %d descriptors, %d arrived with its first byte and %d with later bytes (all closed, frame dropped)", e.Declared, e.Arrived, e.Misplaced)
+	}
+	return fmt.Sprintf("ipcframe: frame declares %d descriptors, %d arrived (all closed, frame dropped)", e.Declared, e.Arrived)
+}
+
+// Is makes errors.Is(err, ErrFDCount) true.
+func (e *FDCountError) Is(target error) bool { return target == ErrFDCount }
+
+// FDReader is a connection that returns bytes together with the
+// descriptors that arrived with them, as one recvmsg does.
+// *scmrights.Conn implements it.
+//
+// Recv reads into buf and stores received descriptors in fds, returning how
+// many of each arrived; fds[:nfds] then belong to the caller. If more
+// descriptors arrive than len(fds) has room for, or the kernel truncated
+// them, Recv must close every one that arrived and return an error. An
+// error may come with n > 0: those bytes were consumed. Recv returns io.EOF
+// at end of stream.
+type FDReader interface {
+	Recv(buf []byte, fds []int) (n, nfds int, err error)
+}
+
+// FDWriter is a connection that sends bytes with descriptors attached to
+// their first byte, as one sendmsg does. *scmrights.Conn implements it.
+//
+// Send must write all of payload, continuing short writes itself with the
+// descriptors on the first part only, and leave fds open for the caller.
+type FDWriter interface {
+	Send(payload []byte, fds ...int) error
+}
+
+// Header is a decoded frame header.
+type Header struct {
+	Len int // payload length in bytes, excluding the header
+	FDs int // descriptors that travel with the frame's first byte
+}
+
+// ParseHeader decodes the first HeaderSize bytes of b. It checks the magic,
+// version, reserved byte and descriptor count; it does not check Len against
+// any maximum, which is the caller's policy (see ReaderOptions.MaxFrame).
+// b shorter than HeaderSize is an error wrapping ErrBadHeader.
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		e := &HeaderError{Reason: fmt.Sprintf("%d bytes, want %d", len(b), HeaderSize)}
+		copy(e.Header[:], b)
+		return Header{}, e
+	}
+	var reason string
+	switch {
+	case b[0] != Magic:
+		reason = "wrong magic"
+	case b[1] != Version:
+		reason = fmt.Sprintf("unsupported version %d", b[1])
+	case b[3] != 0:
+		reason = "reserved byte not zero"
+	case b[2] > MaxFDsPerFrame:
+		reason = fmt.Sprintf("%d descriptors declared, at most %d", b[2], MaxFDsPerFrame)
+	default:
+		// Go's int is at least 32 bits; on 32-bit platforms a length above
+		// MaxInt32 is rejected by every MaxFrame (≤ MaxFrameLimit) anyway,
+		// so it is clamped rather than wrapped negative.
+		n := uint64(binary.BigEndian.Uint32(b[4:8]))
+		if n > maxInt {
+			n = maxInt
+		}
+		return Header{Len: int(n), FDs: int(b[2])}, nil
+	}
+	e := &HeaderError{Reason: reason}
+	copy(e.Header[:], b)
+	return Header{}, e
+}
+
+const maxInt = uint64(^uint(0) >> 1)
+
+// AppendFrame appends to dst the frame carrying payload and no descriptors,
+// and returns the extended slice. It allocates only if dst lacks capacity.
+// A payload longer than MaxFrameLimit is a programming error and panics.
+func AppendFrame(dst, payload []byte) []byte {
+	if len(payload) > MaxFrameLimit {
+		panic("ipcframe: AppendFrame payload longer than MaxFrameLimit")
+	}
+	dst = appendHeader(dst, len(payload), 0)
+	return append(dst, payload...)
+}
+
+// appendHeader appends a header; n and nfds have been checked by the caller.
+func appendHeader(dst []byte, n, nfds int) []byte {
+	return append(dst, Magic, Version, byte(nfds), 0,
+		byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}

@@ -1,0 +1,332 @@
+package ipcframe_test
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/ipcframe"
+)
+
+// The hex examples of docs/protocol.md; this test keeps them true.
+func TestAppendFrameWire(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		payload []byte
+		want    string
+	}{
+		{"empty", nil, "68 01 00 00 00 00 00 00"},
+		{"hi", []byte("hi"), "68 01 00 00 00 00 00 02 68 69"},
+		{"300 bytes", bytes.Repeat([]byte{0xab}, 300), "68 01 00 00 00 00 01 2c" + strings.Repeat(" ab", 300)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := ipcframe.AppendFrame([]byte{0xee}, tt.payload)
+			want := append([]byte{0xee}, unhex(t, tt.want)...)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("AppendFrame (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func unhex(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseHeader(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		in      string
+		want    ipcframe.Header
+		wantErr error
+	}{
+		{"empty frame", "68 01 00 00 00 00 00 00", ipcframe.Header{}, nil},
+		{"two fds, 5 bytes", "68 01 02 00 00 00 00 05", ipcframe.Header{Len: 5, FDs: 2}, nil},
+		{"docs: 13 bytes, 2 fds", "68 01 02 00 00 00 00 0d", ipcframe.Header{Len: 13, FDs: 2}, nil},
+		{"docs: empty, 1 fd", "68 01 01 00 00 00 00 00", ipcframe.Header{FDs: 1}, nil},
+		{"253 fds", "68 01 fd 00 00 00 00 01", ipcframe.Header{Len: 1, FDs: 253}, nil},
+		{"max length", "68 01 00 00 ff ff ff ff", ipcframe.Header{Len: 1<<32 - 1}, nil},
+		{"254 fds", "68 01 fe 00 00 00 00 01", ipcframe.Header{}, ipcframe.ErrBadHeader},
+		{"wrong magic", "47 45 54 20 2f 20 48 54", ipcframe.Header{}, ipcframe.ErrBadHeader},
+		{"version 2", "68 02 00 00 00 00 00 00", ipcframe.Header{}, ipcframe.ErrBadHeader},
+		{"reserved set", "68 01 00 80 00 00 00 00", ipcframe.Header{}, ipcframe.ErrBadHeader},
+		{"short", "68 01 00", ipcframe.Header{}, ipcframe.ErrBadHeader},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ipcframe.ParseHeader(unhex(t, tt.in))
+			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+				t.Fatalf("ParseHeader error = %v, want %v", err, tt.wantErr)
+			}
+			var he *ipcframe.HeaderError
+			if err != nil && !errors.As(err, &he) {
+				t.Errorf("error %T is not a *HeaderError", err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ParseHeader (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// chunkReader returns the data in reads of the sizes given in turn
+// (cycling), so a test controls exactly where reads split frames.
+type chunkReader struct {
+	data  []byte
+	sizes []int
+	i     int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(c.data)
+	if len(c.sizes) > 0 {
+		n = max(c.sizes[c.i%len(c.sizes)], 1)
+		c.i++
+	}
+	n = min(n, len(p), len(c.data))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func frames(payloads ...[]byte) []byte {
+	var b []byte
+	for _, p := range payloads {
+		b = ipcframe.AppendFrame(b, p)
+	}
+	return b
+}
+
+// readAll reads frames until an error and returns the payloads and the error.
+func readAll(r *ipcframe.Reader, limit int) ([][]byte, error) {
+	var out [][]byte
+	for range limit {
+		p, err := r.ReadFrame(nil)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, p)
+	}
+	return out, errors.New("frame limit reached")
+}
+
+func TestReaderChunking(t *testing.T) {
+	t.Parallel()
+	payloads := [][]byte{
+		[]byte("first"),
+		nil, // an empty frame; ReadFrame(nil) returns nil for it
+		bytes.Repeat([]byte("x"), 100),
+		bytes.Repeat([]byte("y"), 1000), // larger than the 64-byte buffer below
+		[]byte("last"),
+	}
+	data := frames(payloads...)
+	tests := []struct {
+		name  string
+		sizes []int
+		buf   int
+	}{
+		{"whole", nil, 0},
+		{"one byte", []int{1}, 0},
+		{"odd", []int{3, 7, 1, 13}, 0},
+		{"header split", []int{4, 4, 5}, 0},
+		{"small buffer whole", nil, 64},
+		{"small buffer one byte", []int{1}, 64},
+		{"small buffer odd", []int{9, 2, 31}, 64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := ipcframe.NewReader(&chunkReader{data: data, sizes: tt.sizes}, &ipcframe.ReaderOptions{BufferSize: tt.buf})
+			got, err := readAll(r, 100)
+			if err != io.EOF {
+				t.Errorf("final error = %v, want io.EOF", err)
+			}
+			if diff := cmp.Diff(payloads, got); diff != "" {
+				t.Errorf("payloads (-want +got):\n%s", diff)
+			}
+			if _, err := r.ReadFrame(nil); err != io.EOF {
+				t.Errorf("read after EOF = %v, want io.EOF again", err)
+			}
+		})
+	}
+}
+
+func TestReaderEndOfStream(t *testing.T) {
+	t.Parallel()
+	full := frames([]byte("hello"), bytes.Repeat([]byte("z"), 500))
+	tests := []struct {
+		name    string
+		data    []byte
+		buf     int
+		frames  int
+		wantErr error
+	}{
+		{"empty stream", nil, 0, 0, io.EOF},
+		{"boundary", full, 0, 2, io.EOF},
+		{"half header", full[:3], 0, 0, io.ErrUnexpectedEOF},
+		{"header only", full[:ipcframe.HeaderSize], 0, 0, io.ErrUnexpectedEOF},
+		{"half payload", full[:10], 0, 0, io.ErrUnexpectedEOF},
+		{"second frame cut", full[:len(full)-1], 0, 1, io.ErrUnexpectedEOF},
+		{"streamed frame cut", full[:len(full)-1], 64, 1, io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := ipcframe.NewReader(&chunkReader{data: tt.data, sizes: []int{7}}, &ipcframe.ReaderOptions{BufferSize: tt.buf})
+			got, err := readAll(r, 10)
+			if err != tt.wantErr {
+				t.Errorf("error = %v, want %v", err, tt.wantErr)
+			}
+			if len(got) != tt.frames {
+				t.Errorf("got %d frames, want %d", len(got), tt.frames)
+			}
+			if _, err2 := r.ReadFrame(nil); err2 != err {
+				t.Errorf("error not final: next read = %v, want %v", err2, err)
+			}
+		})
+	}
+}
+
+// TestBadHeaders covers TESTPLAN A1 on a plain stream: headers the Reader
+// must refuse before allocating, each final.
+func TestBadHeaders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		header  string
+		opts    *ipcframe.ReaderOptions
+		wantErr error
+	}{
+		{"length 2^32-1", "68 01 00 00 ff ff ff ff", nil, ipcframe.ErrFrameTooLarge},
+		{"MaxFrame+1 default", "68 01 00 00 00 10 00 01", nil, ipcframe.ErrFrameTooLarge},
+		{"MaxFrame+1 custom", "68 01 00 00 00 00 01 01", &ipcframe.ReaderOptions{MaxFrame: 256}, ipcframe.ErrFrameTooLarge},
+		{"http", "47 45 54 20 2f 20 48 54", nil, ipcframe.ErrBadHeader},
+		{"version 0", "68 00 00 00 00 00 00 00", nil, ipcframe.ErrBadHeader},
+		{"fds over reader limit", "68 01 05 00 00 00 00 01", &ipcframe.ReaderOptions{MaxFDs: 4}, ipcframe.ErrTooManyFDs},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			data := append(unhex(t, tt.header), frames([]byte("after"))...)
+			r := ipcframe.NewReader(bytes.NewReader(data), tt.opts)
+			_, err := r.ReadFrame(nil)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("error = %v, want %v", err, tt.wantErr)
+			}
+			if _, err2 := r.ReadFrame(nil); err2 != err {
+				t.Errorf("error not final: next read = %v", err2)
+			}
+		})
+	}
+}
+
+func TestReaderMaxFrameBoundary(t *testing.T) {
+	t.Parallel()
+	const limit = 300
+	data := frames(bytes.Repeat([]byte("a"), limit))
+	for _, buf := range []int{0, 64} {
+		r := ipcframe.NewReader(bytes.NewReader(data), &ipcframe.ReaderOptions{MaxFrame: limit, BufferSize: buf})
+		p, err := r.ReadFrame(nil)
+		if err != nil || len(p) != limit {
+			t.Errorf("buffer %d: frame of exactly MaxFrame: %d bytes, %v", buf, len(p), err)
+		}
+	}
+}
+
+// TestZeroLengthFrame is TESTPLAN A2: an empty frame is a frame, and what
+// follows it is processed.
+func TestZeroLengthFrame(t *testing.T) {
+	t.Parallel()
+	data := frames(nil, nil, []byte("valid"))
+	r := ipcframe.NewReader(bytes.NewReader(data), nil)
+	dst := []byte("keep")
+	for i := range 2 {
+		got, err := r.ReadFrame(dst)
+		if err != nil || string(got) != "keep" {
+			t.Fatalf("empty frame %d: %q, %v; want dst unchanged", i, got, err)
+		}
+	}
+	got, err := r.ReadFrame(nil)
+	if err != nil || string(got) != "valid" {
+		t.Fatalf("frame after empty ones: %q, %v", got, err)
+	}
+}
+
+func TestWriterPlain(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	w := ipcframe.NewWriter(&buf, &ipcframe.WriterOptions{MaxFrame: 10})
+	for _, p := range []string{"a", "", "0123456789"} {
+		if err := w.WriteFrame([]byte(p)); err != nil {
+			t.Fatalf("WriteFrame(%q): %v", p, err)
+		}
+	}
+	if err := w.WriteFrame(make([]byte, 11)); !errors.Is(err, ipcframe.ErrFrameTooLarge) {
+		t.Errorf("11 bytes with MaxFrame 10: %v, want ErrFrameTooLarge", err)
+	}
+	if err := w.WriteFrameFDs([]byte("x"), 0); !errors.Is(err, ipcframe.ErrNoFDTransport) {
+		t.Errorf("descriptors over a bytes.Buffer: %v, want ErrNoFDTransport", err)
+	}
+	want := frames([]byte("a"), nil, []byte("0123456789"))
+	if diff := cmp.Diff(want, buf.Bytes()); diff != "" {
+		t.Errorf("written bytes (-want +got):\n%s", diff)
+	}
+}
+
+// shortWriter accepts at most n bytes per call and reports a short write.
+type shortWriter struct {
+	n      int
+	writes int
+}
+
+func (s *shortWriter) Write(p []byte) (int, error) {
+	s.writes++
+	return min(len(p), s.n), nil
+}
+
+func TestWriterShortWriteIsFinal(t *testing.T) {
+	t.Parallel()
+	sw := &shortWriter{n: 3}
+	w := ipcframe.NewWriter(sw, nil)
+	if err := w.WriteFrame([]byte("payload")); err != io.ErrShortWrite {
+		t.Fatalf("first write: %v, want io.ErrShortWrite", err)
+	}
+	if err := w.WriteFrame([]byte("x")); err != io.ErrShortWrite {
+		t.Errorf("after a torn frame: %v, want the same error again", err)
+	}
+	if sw.writes != 1 {
+		t.Errorf("%d Write calls, want 1 (one per frame, none after the failure)", sw.writes)
+	}
+}
+
+// TestNoFDTransport: over a plain io.Reader a frame declaring descriptors is
+// a typed error; the frame is dropped and the next one read.
+func TestNoFDTransport(t *testing.T) {
+	t.Parallel()
+	data := append(unhex(t, "68 01 02 00 00 00 00 03 61 62 63"), frames([]byte("next"))...)
+	r := ipcframe.NewReader(bytes.NewReader(data), nil)
+	got, n, err := r.ReadFrameFDs([]byte("dst"), make([]int, 4))
+	if !errors.Is(err, ipcframe.ErrNoFDTransport) || n != 0 || string(got) != "dst" {
+		t.Fatalf("frame declaring fds over a plain reader: %q, %d, %v; want dst, 0, ErrNoFDTransport", got, n, err)
+	}
+	if got, err := r.ReadFrame(nil); err != nil || string(got) != "next" {
+		t.Fatalf("next frame: %q, %v", got, err)
+	}
+}

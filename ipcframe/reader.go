@@ -1,0 +1,556 @@
+package ipcframe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+)
+
+// DefaultBufferSize is the default size of a Reader's buffer: 64 KiB.
+const DefaultBufferSize = 64 << 10
+
+// minBufferSize keeps the buffer able to hold a header and a small frame.
+const minBufferSize = 64
+
+// maxEmptyReads bounds how often a broken io.Reader may return (0, nil)
+// before a read fails with io.ErrNoProgress, as bufio does.
+const maxEmptyReads = 100
+
+// ReaderOptions adjusts a Reader. The zero value, or nil, means the
+// documented defaults.
+type ReaderOptions struct {
+	// MaxFrame is the longest payload accepted, checked against the header
+	// before anything is allocated. 0 (or negative) means DefaultMaxFrame
+	// (1 MiB); larger than MaxFrameLimit means MaxFrameLimit.
+	MaxFrame int
+
+	// MaxFDs is the most descriptors one frame may declare and one read may
+	// return. 0 (or negative), or more than MaxFDsPerFrame, means
+	// MaxFDsPerFrame (253).
+	MaxFDs int
+
+	// BufferSize is the size of the read buffer on stream transports.
+	// 0 (or negative) means DefaultBufferSize (64 KiB); sizes under 64
+	// bytes mean 64. Frames that do not fit in the buffer are read mostly
+	// straight into the caller's dst.
+	BufferSize int
+
+	// Packet declares a message-preserving transport (SOCK_SEQPACKET): every
+	// read returns exactly one whole frame. The Reader then holds one
+	// buffer of MaxFrame+HeaderSize+1 bytes and ignores BufferSize.
+	Packet bool
+}
+
+// Reader reads frames from a stream or packet transport.
+//
+// If the io.Reader given to NewReader also implements FDReader (as
+// *scmrights.Conn does) and the platform is Linux, the Reader receives bytes
+// and descriptors together and gives every frame exactly the descriptors
+// that arrived with its first byte. Otherwise it uses plain Read, and a frame
+// that declares descriptors fails with ErrNoFDTransport.
+//
+// A Reader is not safe for concurrent use: one goroutine reads. Payloads are
+// appended to the caller's dst; nothing returned aliases the Reader's own
+// buffer. To unblock a pending read, set a deadline on or close the
+// underlying connection.
+//
+// Errors. A read that times out (os.ErrDeadlineExceeded) before any of a
+// frame has been copied out may be retried once the deadline is moved. A
+// frame with the wrong descriptors (*FDCountError, ErrNoFDTransport, a fds
+// slice too short) is dropped with its descriptors closed, and the next read
+// returns the next frame. Every other error is final: the Reader returns it
+// again on every later call and has closed every descriptor it held. io.EOF
+// means the stream ended on a frame boundary, io.ErrUnexpectedEOF inside a
+// frame.
+//
+// Held descriptors. Descriptors that arrived for frames not yet returned are
+// held by the Reader, at most 2*MaxFDs at a time (one frame being read and
+// one that arrived with its tail). Close releases them.
+type Reader struct {
+	rd       io.Reader
+	fr       FDReader // nil: plain reads, no descriptors
+	maxFrame int
+	maxFDs   int
+	packet   bool
+
+	buf  []byte
+	r, w int   // unread bytes are buf[r:w]
+	base int64 // stream offset of buf[0]; base+w == rcvd
+	rcvd int64 // bytes received so far
+
+	// Descriptor attribution on streams. last is the start offset of the
+	// latest frame whose first byte has been received (-1: none yet); next
+	// is the start of the frame after it, known once last's header is
+	// complete. A recv that returns descriptors gives them to last if last
+	// lies in the bytes it returned; otherwise they rode on a byte that does
+	// not start a frame (TESTPLAN A8).
+	last, next int64
+	nextKnown  bool
+	fdbuf      []int   // two slots of maxFDs each
+	held       [2]held // frames' descriptors, oldest first
+	nheld      int
+	stray      int   // descriptors (already closed) that arrived mid-frame...
+	strayStart int64 // ...in the frame starting here
+
+	pending error // returned by a read together with data, reported next
+	err     error // final error
+}
+
+// held records descriptors that arrived with the first byte of the frame
+// starting at offset start; they sit in slot of fdbuf.
+type held struct {
+	start int64
+	slot  int
+	n     int
+}
+
+// NewReader returns a Reader reading frames from rd. See ReaderOptions for
+// the defaults a nil opts means.
+func NewReader(rd io.Reader, opts *ReaderOptions) *Reader {
+	var o ReaderOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = DefaultMaxFrame
+	}
+	o.MaxFrame = min(o.MaxFrame, MaxFrameLimit)
+	if o.MaxFDs <= 0 || o.MaxFDs > MaxFDsPerFrame {
+		o.MaxFDs = MaxFDsPerFrame
+	}
+	r := &Reader{rd: rd, maxFrame: o.MaxFrame, maxFDs: o.MaxFDs, packet: o.Packet, last: -1, nextKnown: true}
+	if fr, ok := rd.(FDReader); ok && canPassFDs {
+		r.fr = fr
+		r.fdbuf = make([]int, 2*o.MaxFDs)
+	}
+	if o.Packet {
+		// One byte more than the largest valid frame: a longer message then
+		// shows as a length mismatch even where the transport cuts it
+		// silently.
+		r.buf = make([]byte, HeaderSize+o.MaxFrame+1)
+		return r
+	}
+	if o.BufferSize <= 0 {
+		o.BufferSize = DefaultBufferSize
+	}
+	r.buf = make([]byte, min(max(o.BufferSize, minBufferSize), MaxFrameLimit+HeaderSize))
+	return r
+}
+
+// ReadFrame reads the next frame and appends its payload to dst, returning
+// the extended slice; it allocates only if dst lacks capacity. A frame that
+// carries descriptors fails (they are closed, the frame dropped): use
+// ReadFrameFDs for those. On error the returned slice has dst's length and
+// contents.
+func (r *Reader) ReadFrame(dst []byte) ([]byte, error) {
+	dst, _, err := r.ReadFrameFDs(dst, nil)
+	return dst, err
+}
+
+// ReadFrameFDs reads the next frame, appends its payload to dst and stores
+// its descriptors in fds, returning the extended slice and how many
+// descriptors arrived. fds[:nfds] then belong to the caller, close-on-exec.
+// A frame with more descriptors than len(fds) fails with ErrTooManyFDs, its
+// descriptors closed. On error the returned slice has dst's length and
+// contents and nfds is 0. A frame larger than the buffer is read straight
+// into dst, which then grows to the length the header declares (never more
+// than MaxFrame) before the payload has arrived.
+func (r *Reader) ReadFrameFDs(dst []byte, fds []int) (payload []byte, nfds int, err error) {
+	if r.err != nil {
+		return dst, 0, r.err
+	}
+	if r.packet {
+		return r.readPacket(dst, fds)
+	}
+	h, err := r.header()
+	if err != nil {
+		return dst, 0, err
+	}
+	start := r.base + int64(r.r)
+	orig := len(dst)
+	dst, err = r.payload(dst, h)
+	if err != nil {
+		return dst[:orig], 0, err
+	}
+	nfds, err = r.deliver(start, h, fds)
+	if err != nil {
+		return dst[:orig], 0, err
+	}
+	return dst, nfds, nil
+}
+
+// Close closes every descriptor the Reader holds for frames not yet
+// returned and makes later reads fail with ErrClosed. It does not close the
+// underlying connection. It is idempotent and must not run concurrently with
+// a read.
+func (r *Reader) Close() error {
+	r.fail(ErrClosed)
+	return nil
+}
+
+// header reads and checks the next frame's header, leaving it unconsumed at
+// buf[r:].
+func (r *Reader) header() (Header, error) {
+	for r.w-r.r < HeaderSize {
+		if err := r.fill(); err != nil {
+			return Header{}, r.readErr(err, r.w > r.r)
+		}
+	}
+	h, err := ParseHeader(r.buf[r.r:r.w])
+	if err != nil {
+		return Header{}, r.fail(err)
+	}
+	if h.Len > r.maxFrame {
+		return Header{}, r.fail(fmt.Errorf("%w: header declares %d bytes, limit %d", ErrFrameTooLarge, h.Len, r.maxFrame))
+	}
+	if h.FDs > r.maxFDs {
+		return Header{}, r.fail(fmt.Errorf("%w: header declares %d descriptors, limit %d", ErrTooManyFDs, h.FDs, r.maxFDs))
+	}
+	return h, nil
+}
+
+// payload consumes the frame whose header is at buf[r:] and appends its
+// payload to dst.
+func (r *Reader) payload(dst []byte, h Header) ([]byte, error) {
+	total := HeaderSize + h.Len
+	if total <= len(r.buf) {
+		if r.r+total > len(r.buf) {
+			r.compact()
+		}
+		for r.w-r.r < total {
+			if err := r.fill(); err != nil {
+				return dst, r.readErr(err, true)
+			}
+		}
+		dst = append(dst, r.buf[r.r+HeaderSize:r.r+total]...)
+		r.consume(total)
+		return dst, nil
+	}
+	// Larger than the buffer: what is buffered, then the rest straight into
+	// dst, except a tail shorter than the buffer, which is read through the
+	// buffer so that the same read takes in what follows (one read per frame,
+	// as a raw reader of the same bytes needs). Direct reads end at the
+	// frame's end, so none of them holds another frame's first byte. From
+	// here on an error is final: part of the frame has left the buffer.
+	dst = slices.Grow(dst, h.Len)
+	have := r.w - r.r - HeaderSize
+	dst = append(dst, r.buf[r.r+HeaderSize:r.w]...)
+	r.consume(r.w - r.r)
+	for need, empty := h.Len-have, 0; need > 0; {
+		if need < len(r.buf) {
+			// The buffer is empty here: every byte in it was copied out.
+			if err := r.fill(); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return dst, r.fail(err)
+			}
+			c := min(need, r.w-r.r)
+			dst = append(dst, r.buf[r.r:r.r+c]...)
+			r.consume(c)
+			need -= c
+			continue
+		}
+		n, err := r.recv(dst[len(dst):len(dst)+need], false)
+		dst = dst[:len(dst)+n]
+		need -= n
+		if err != nil && (need > 0 || !deferrable(err)) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return dst, r.fail(err)
+		}
+		if err != nil {
+			r.pending = err
+		}
+		if n == 0 && err == nil {
+			if empty++; empty >= maxEmptyReads {
+				return dst, r.fail(io.ErrNoProgress)
+			}
+		}
+	}
+	return dst, nil
+}
+
+// deliver hands the descriptors that came with the frame starting at start
+// to the caller, or closes them and rejects the frame.
+func (r *Reader) deliver(start int64, h Header, fds []int) (int, error) {
+	if r.fr == nil {
+		if h.FDs > 0 {
+			return 0, errNoFDTransport(h.FDs)
+		}
+		return 0, nil
+	}
+	var got []int
+	for r.nheld > 0 && r.held[0].start <= start {
+		e := r.held[0]
+		r.held[0] = r.held[1]
+		r.nheld--
+		s := r.slot(e.slot)[:e.n]
+		if e.start < start {
+			// Cannot happen with the attribution above; closing is the only
+			// safe answer to descriptors no frame claimed.
+			closeFDs(s)
+			continue
+		}
+		got = s
+	}
+	stray := 0
+	if r.stray > 0 && r.strayStart == start {
+		stray, r.stray = r.stray, 0
+	}
+	switch {
+	case stray > 0 || len(got) != h.FDs:
+		closeFDs(got)
+		return 0, &FDCountError{Declared: h.FDs, Arrived: len(got), Misplaced: stray}
+	case len(got) > len(fds):
+		closeFDs(got)
+		return 0, fmt.Errorf("%w: frame carries %d descriptors, room for %d (closed, frame dropped)", ErrTooManyFDs, len(got), len(fds))
+	}
+	return copy(fds, got), nil
+}
+
+func errNoFDTransport(n int) error {
+	if !canPassFDs {
+		return fmt.Errorf("%w: frame declares %d descriptors (frame dropped): %w", ErrNoFDTransport, n, ErrNotSupported)
+	}
+	return fmt.Errorf("%w: frame declares %d descriptors (frame dropped)", ErrNoFDTransport, n)
+}
+
+// readPacket reads one message, which must be exactly one frame.
+func (r *Reader) readPacket(dst []byte, fds []int) ([]byte, int, error) {
+	var n, nfds int
+	var err error
+	var got []int
+	if r.pending != nil {
+		err, r.pending = r.pending, nil
+	} else if r.fr != nil {
+		slot := r.slot(0)
+		n, nfds, err = r.fr.Recv(r.buf, slot)
+		if n < 0 || n > len(r.buf) || nfds < 0 || nfds > len(slot) {
+			return dst, 0, r.fail(errBadRecv(n, nfds))
+		}
+		got = slot[:nfds]
+	} else {
+		n, err = r.rd.Read(r.buf)
+		if n < 0 || n > len(r.buf) {
+			return dst, 0, r.fail(errBadRecv(n, 0))
+		}
+	}
+	if err != nil {
+		if n == 0 || !deferrable(err) {
+			closeFDs(got)
+			return dst, 0, r.readErr(err, false)
+		}
+		r.pending = err
+	}
+	// In packet mode every message stands alone, so a bad one is dropped
+	// and the next read starts clean.
+	h, err := ParseHeader(r.buf[:n])
+	switch {
+	case err != nil:
+	case h.Len > r.maxFrame:
+		err = fmt.Errorf("%w: header declares %d bytes, limit %d", ErrFrameTooLarge, h.Len, r.maxFrame)
+	case n != HeaderSize+h.Len:
+		e := &HeaderError{Reason: fmt.Sprintf("message of %d bytes, header declares a %d-byte payload", n, h.Len)}
+		copy(e.Header[:], r.buf[:n])
+		err = e
+	case h.FDs > r.maxFDs:
+		err = fmt.Errorf("%w: header declares %d descriptors, limit %d", ErrTooManyFDs, h.FDs, r.maxFDs)
+	case r.fr == nil && h.FDs > 0:
+		err = errNoFDTransport(h.FDs)
+	case len(got) != h.FDs:
+		err = &FDCountError{Declared: h.FDs, Arrived: len(got)}
+	case len(got) > len(fds):
+		err = fmt.Errorf("%w: frame carries %d descriptors, room for %d (closed, frame dropped)", ErrTooManyFDs, len(got), len(fds))
+	}
+	if err != nil {
+		closeFDs(got)
+		return dst, 0, err
+	}
+	return append(dst, r.buf[HeaderSize:n]...), copy(fds, got), nil
+}
+
+func errBadRecv(n, nfds int) error {
+	return fmt.Errorf("ipcframe: underlying reader returned %d bytes and %d descriptors, out of range", n, nfds)
+}
+
+// fill reads once into the free tail of the buffer, compacting it first if
+// the tail is empty.
+func (r *Reader) fill() error {
+	if r.w == len(r.buf) {
+		r.compact()
+	}
+	for empty := 0; ; {
+		n, err := r.recv(r.buf[r.w:], true)
+		if err == nil && n > 0 {
+			return nil
+		}
+		if err != nil {
+			if n > 0 && deferrable(err) {
+				r.pending = err
+				return nil
+			}
+			return err
+		}
+		if empty++; empty >= maxEmptyReads {
+			return io.ErrNoProgress
+		}
+	}
+}
+
+// recv reads once into p; intoBuf says p is buf[w:]. On an FDReader it
+// attributes the descriptors that arrived (see Reader.last).
+func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
+	if r.pending != nil {
+		err := r.pending
+		r.pending = nil
+		return 0, err
+	}
+	if r.fr == nil {
+		n, err := r.rd.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, errBadRecv(n, 0)
+		}
+		r.advance(n, intoBuf)
+		return n, err
+	}
+	si := r.freeSlot()
+	if si < 0 {
+		return 0, fmt.Errorf("%w: descriptors of more than two unread frames held", ErrTooManyFDs)
+	}
+	slot := r.slot(si)
+	n, nfds, err := r.fr.Recv(p, slot)
+	if n < 0 || n > len(p) || nfds < 0 || nfds > len(slot) {
+		return 0, errBadRecv(n, nfds)
+	}
+	from := r.rcvd
+	r.advance(n, intoBuf)
+	if nfds == 0 {
+		return n, err
+	}
+	fds := slot[:nfds]
+	switch {
+	case n == 0:
+		// A stream cannot carry descriptors without a byte; nothing can
+		// own these.
+		closeFDs(fds)
+		if err == nil {
+			err = fmt.Errorf("%w: %d descriptors arrived without data", ErrFDCount, nfds)
+		}
+	case r.last >= from:
+		r.held[r.nheld] = held{start: r.last, slot: si, n: nfds}
+		r.nheld++
+	default:
+		// They rode on a byte inside frame last, not on its first byte: the
+		// sender broke the protocol. Close them now; frame last fails.
+		closeFDs(fds)
+		if r.stray > 0 && r.strayStart != r.last {
+			return n, fmt.Errorf("%w: descriptors arrived inside two different frames", ErrFDCount)
+		}
+		r.strayStart = r.last
+		r.stray += nfds
+	}
+	return n, err
+}
+
+// advance accounts for n new bytes and moves the frame-start walk over them.
+func (r *Reader) advance(n int, intoBuf bool) {
+	r.rcvd += int64(n)
+	if intoBuf {
+		r.w += n
+	} else {
+		// Direct reads happen only with the buffer empty; keep buf[0] at the
+		// next byte to arrive.
+		r.base += int64(n)
+	}
+	if r.fr == nil {
+		return
+	}
+	for {
+		if !r.nextKnown {
+			// last's header must be complete, and it is in the buffer: the
+			// buffer only drops bytes of frames already returned, and reads
+			// that bypass the buffer end before the next frame starts.
+			off := r.last - r.base
+			if r.last+HeaderSize > r.rcvd || off < 0 || off+HeaderSize > int64(r.w) {
+				return
+			}
+			h, err := ParseHeader(r.buf[off : off+HeaderSize])
+			if err != nil {
+				// The read of this header will fail; descriptors arriving
+				// meanwhile are charged to frame last and closed with it.
+				return
+			}
+			r.next, r.nextKnown = r.last+HeaderSize+int64(h.Len), true
+		}
+		if r.next >= r.rcvd {
+			return
+		}
+		r.last, r.nextKnown = r.next, false
+	}
+}
+
+func (r *Reader) slot(i int) []int { return r.fdbuf[i*r.maxFDs : (i+1)*r.maxFDs] }
+
+// freeSlot returns a descriptor slot no held entry uses, or -1.
+func (r *Reader) freeSlot() int {
+	for i := range 2 {
+		used := false
+		for _, e := range r.held[:r.nheld] {
+			used = used || e.slot == i
+		}
+		if !used {
+			return i
+		}
+	}
+	return -1
+}
+
+// deferrable reports whether err, returned together with data, may wait
+// until that data is used: end of stream or a timeout. Any other error with
+// data (descriptors truncated, say) fails the stream at once.
+func deferrable(err error) bool {
+	return err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// readErr classifies a read error. A timeout leaves the Reader as it was
+// (the partial frame stays buffered); anything else is final.
+func (r *Reader) readErr(err error, midFrame bool) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if err == io.EOF && midFrame {
+		err = io.ErrUnexpectedEOF
+	}
+	return r.fail(err)
+}
+
+// fail makes err final and closes every descriptor held (TESTPLAN A3).
+func (r *Reader) fail(err error) error {
+	if r.err == nil || err == ErrClosed {
+		r.err = err
+	}
+	for _, e := range r.held[:r.nheld] {
+		closeFDs(r.slot(e.slot)[:e.n])
+	}
+	r.nheld, r.stray = 0, 0
+	return r.err
+}
+
+func (r *Reader) consume(k int) {
+	r.r += k
+	if r.r == r.w {
+		r.base += int64(r.w)
+		r.r, r.w = 0, 0
+	}
+}
+
+func (r *Reader) compact() {
+	copy(r.buf, r.buf[r.r:r.w])
+	r.base += int64(r.r)
+	r.w -= r.r
+	r.r = 0
+}

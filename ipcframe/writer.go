@@ -1,0 +1,149 @@
+package ipcframe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+)
+
+// WriterOptions adjusts a Writer. The zero value, or nil, means the
+// documented defaults.
+type WriterOptions struct {
+	// MaxFrame is the longest payload the Writer sends; longer ones fail
+	// with ErrFrameTooLarge and nothing is written. 0 (or negative) means
+	// DefaultMaxFrame (1 MiB); larger than MaxFrameLimit means
+	// MaxFrameLimit. Keep it no
+	// larger than the peer Reader's MaxFrame.
+	MaxFrame int
+}
+
+// Writer writes frames, each with exactly one call to the underlying
+// writer: Write, FDWriter's Send for frames with descriptors, or, on a
+// *net.TCPConn or *net.UnixConn, one writev (net.Buffers) for payloads of
+// 4 KiB or more, which saves copying them. A frame's header and payload
+// therefore never leave in separate system calls, unless the kernel takes
+// only part of one call, in which case the rest follows before anything
+// else.
+//
+// A Writer is safe for concurrent use: frames from concurrent calls never
+// interleave. It keeps a scratch buffer as large as the largest frame it
+// has copied (at most MaxFrame+HeaderSize bytes).
+//
+// If a write fails after part of a frame may have been written, the stream
+// is corrupt and the Writer returns that error from every later call. A
+// write that fails before writing anything leaves it usable: an argument
+// error, a timeout of a Write that wrote 0 bytes, or ETOOMANYREFS from a
+// Send (the sender's in-flight descriptor limit; the frame is dropped and
+// may be retried once the peer has read).
+type Writer struct {
+	mu       sync.Mutex
+	w        io.Writer
+	fw       FDWriter // nil: descriptors cannot be sent
+	maxFrame int
+	buf      []byte
+	err      error // final error
+
+	// gather is set for sockets whose writev Go exposes (net.Buffers):
+	// header and payload then leave in one writev without copying the
+	// payload. vec and bufs are kept here so that writing does not allocate.
+	gather bool
+	vec    [2][]byte
+	bufs   net.Buffers
+}
+
+// NewWriter returns a Writer writing frames to w. If w also implements
+// FDWriter (as *scmrights.Conn does), WriteFrameFDs can attach descriptors.
+func NewWriter(w io.Writer, opts *WriterOptions) *Writer {
+	var o WriterOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = DefaultMaxFrame
+	}
+	wr := &Writer{w: w, maxFrame: min(o.MaxFrame, MaxFrameLimit)}
+	switch w.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		// net.Buffers.WriteTo is one writev on these (continued, like
+		// Write, if the kernel takes part); on other writers it would be
+		// one Write per buffer, splitting the frame.
+		wr.gather = true
+	}
+	if fw, ok := w.(FDWriter); ok && canPassFDs {
+		wr.fw = fw
+	}
+	return wr
+}
+
+// gatherMin is the payload size from which writev beats copying the
+// payload behind the header.
+const gatherMin = 4 << 10
+
+// WriteFrame writes one frame carrying payload and no descriptors.
+// A zero-length payload is a valid frame.
+func (w *Writer) WriteFrame(payload []byte) error {
+	return w.WriteFrameFDs(payload)
+}
+
+// WriteFrameFDs writes one frame carrying payload and the descriptors fds,
+// which ride on the frame's first header byte in a single Send: the header
+// guarantees payload bytes for them even when payload is empty (TESTPLAN
+// A14). The descriptors stay the caller's. More than MaxFDsPerFrame fail
+// with ErrTooManyFDs; there are no continuation frames.
+func (w *Writer) WriteFrameFDs(payload []byte, fds ...int) error {
+	if len(payload) > w.maxFrame {
+		return fmt.Errorf("%w: %d-byte payload, limit %d", ErrFrameTooLarge, len(payload), w.maxFrame)
+	}
+	if len(fds) > MaxFDsPerFrame {
+		return fmt.Errorf("%w: %d descriptors in one frame, at most %d", ErrTooManyFDs, len(fds), MaxFDsPerFrame)
+	}
+	if len(fds) > 0 && w.fw == nil {
+		if !canPassFDs {
+			return fmt.Errorf("%w: %w", ErrNoFDTransport, ErrNotSupported)
+		}
+		return ErrNoFDTransport
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	w.buf = appendHeader(w.buf[:0], len(payload), len(fds))
+	if len(fds) > 0 {
+		w.buf = append(w.buf, payload...)
+		// Send reports no byte count, so a failure may have left part of the
+		// frame behind, unless the error proves nothing was sent.
+		err := w.fw.Send(w.buf, fds...)
+		if err != nil && !sendFailedWhole(err) {
+			w.err = err
+		}
+		return err
+	}
+	var n int
+	var err error
+	total := HeaderSize + len(payload)
+	if w.gather && len(payload) >= gatherMin {
+		w.vec = [2][]byte{w.buf, payload}
+		w.bufs = w.vec[:]
+		var n64 int64
+		n64, err = w.bufs.WriteTo(w.w)
+		n = int(n64)
+		w.vec, w.bufs = [2][]byte{}, nil // do not keep the caller's payload alive
+	} else {
+		w.buf = append(w.buf, payload...)
+		n, err = w.w.Write(w.buf)
+	}
+	switch {
+	case err == nil && n == total:
+		return nil
+	case err == nil:
+		err = io.ErrShortWrite
+	case n == 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		return err
+	}
+	w.err = err
+	return err
+}
