@@ -179,7 +179,10 @@ func Send(c *net.UnixConn, payload []byte, fds ...int) error {
 // payload larger than buf fails with ErrPayloadTruncated, its descriptors
 // closed. Received descriptors are close-on-exec and belong to the caller.
 // At end of stream Recv returns io.EOF. buf must not be empty on a stream
-// socket (io.ErrShortBuffer).
+// socket (io.ErrShortBuffer). When a message fails (ErrTruncated,
+// ErrPayloadTruncated), n still reports the payload bytes it consumed: on a
+// stream socket they are gone from the stream, and a framing layer must
+// account for them.
 //
 // Recv allocates a little per call; use Conn on hot paths.
 func Recv(c *net.UnixConn, buf []byte, fds []int) (n, nfds int, err error) {
