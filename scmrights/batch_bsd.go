@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix && !linux && !aix
 
 package scmrights
 
@@ -15,14 +15,14 @@ type batchReader struct{}
 // system call each under one hold of the send lock.
 func (c *Conn) SendBatch(msgs []Message) (int, error) {
 	for i := range msgs {
-		if err := checkSend(msgs[i].Payload, msgs[i].FDs); err != nil {
+		if err := checkSend(c.sotype, msgs[i].Payload, msgs[i].FDs); err != nil {
 			return 0, opError("write", c.uc, err)
 		}
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for i := range msgs {
-		if _, err := c.w.send(c.rc, msgs[i].Payload, msgs[i].FDs); err != nil {
+		if _, err := c.w.send(c.rc, c.sotype, msgs[i].Payload, msgs[i].FDs); err != nil {
 			return i, opError("write", c.uc, err)
 		}
 	}
@@ -49,7 +49,7 @@ func (c *Conn) RecvBatch(msgs []Message) (int, error) {
 		if !isMessageError(err) {
 			return 0, opError("read", c.uc, err)
 		}
-		m.N, m.NFDs, m.Err = 0, 0, err
+		m.N, m.NFDs, m.Err = n, 0, err
 	}
 	return 1, nil
 }

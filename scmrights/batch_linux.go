@@ -65,7 +65,7 @@ type batchReader struct {
 // before anything is sent.
 func (c *Conn) SendBatch(msgs []Message) (int, error) {
 	for i := range msgs {
-		if err := checkSend(msgs[i].Payload, msgs[i].FDs); err != nil {
+		if err := checkSend(c.sotype, msgs[i].Payload, msgs[i].FDs); err != nil {
 			return 0, opError("write", c.uc, err)
 		}
 	}
@@ -73,7 +73,7 @@ func (c *Conn) SendBatch(msgs []Message) (int, error) {
 	defer c.wmu.Unlock()
 	if c.sotype == unix.SOCK_STREAM {
 		for i := range msgs {
-			if _, err := c.w.send(c.rc, msgs[i].Payload, msgs[i].FDs); err != nil {
+			if _, err := c.w.send(c.rc, c.sotype, msgs[i].Payload, msgs[i].FDs); err != nil {
 				return i, opError("write", c.uc, err)
 			}
 		}
@@ -103,7 +103,7 @@ func (c *Conn) SendBatch(msgs []Message) (int, error) {
 			w.mm.set(i, chunk[i].Payload, oob)
 		}
 		w.msgs, w.next, w.err = chunk, 0, nil
-		err := c.rc.Write(w.bfn)
+		err := rawError(c.rc.Write(w.bfn))
 		if err == nil {
 			err = w.err
 		}
@@ -171,7 +171,7 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 		off += sz
 	}
 	r.k, r.err = 0, nil
-	err = c.rc.Read(r.bfn)
+	err = rawError(c.rc.Read(r.bfn))
 	if err == nil {
 		err = r.err
 	}
@@ -189,19 +189,22 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 		off += sz
 		m.N = int(h.Len)
 		m.NFDs, m.Err = deliver(m.N, int(h.Hdr.Flags), oob, m.FDs, m)
-		if m.Err != nil {
-			m.N = 0
-		} else if m.N == 0 && m.NFDs == 0 && c.sotype != unix.SOCK_DGRAM {
-			// End of stream: the remaining entries are empty too.
-			r.mm.release()
-			if i == 0 {
-				return 0, io.EOF
-			}
-			return i, nil
-		}
 	}
 	r.mm.release()
-	return r.k, nil
+	k := r.k
+	if c.sotype != unix.SOCK_DGRAM {
+		// recvmmsg reads on past end of stream, filling the remaining
+		// entries with empty records: the stream ended at the first entry
+		// after which every entry is empty. An empty entry followed by
+		// data was an empty SEQPACKET message from a peer and is kept.
+		for k > 0 && msgs[k-1].N == 0 && msgs[k-1].NFDs == 0 && msgs[k-1].Err == nil {
+			k--
+		}
+		if k == 0 {
+			return 0, io.EOF
+		}
+	}
+	return k, nil
 }
 
 func (r *reader) readBatch(fd uintptr) bool {

@@ -86,6 +86,8 @@ func cloop(b *testing.B) string {
 }
 
 func benchSendRecv(b *testing.B, sotype, k, p int, impl string) {
+	b.ReportAllocs()
+	b.SetBytes(int64(p))
 	key := fmt.Sprintf("%d/%d/%d", sotype, k, p)
 	args := []string{strconv.Itoa(b.N), strconv.Itoa(k), strconv.Itoa(p)}
 	var elapsed time.Duration
@@ -147,6 +149,8 @@ func benchSendRecv(b *testing.B, sotype, k, p int, impl string) {
 			b.Fatal(err)
 		}
 		remote.Close()
+		// A sender that dies must fail the benchmark, not hang it.
+		local.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		recv := benchReceiver(b, local, impl, k, p)
 		recv(1) // warm-up: the sender is running
 		b.ResetTimer()

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !aix
 
 package scmrights
 
@@ -20,16 +20,18 @@ var (
 
 // walkRights calls fn for each descriptor carried by the SCM_RIGHTS messages
 // in oob, in order, and skips other control messages.
-func walkRights(oob []byte, fn func(fd int)) error { return walkControl(oob, fn, nil) }
+func walkRights(oob []byte, fn func(fd int)) error { return walkControl(oob, fn, nil, nil) }
 
 // walkControl calls rights for each descriptor carried by SCM_RIGHTS
-// messages and, if cred is not nil, cred with the data of each credentials
-// message, in order; other control messages are skipped. It returns
-// ErrMalformedControl at the first header with an impossible length; rights
-// has seen every descriptor before it. A header whose length runs past the
-// end of oob (what a BSD kernel leaves after MSG_CTRUNC) is read up to the
-// end.
-func walkControl(oob []byte, rights func(fd int), cred func(data []byte)) error {
+// messages, unwanted for each descriptor carried by any other control
+// message (SCM_PIDFD, when the socket has SO_PASSPIDFD set: the caller never
+// asked for it and must close it), and, if cred is not nil, cred with the
+// data of each credentials message, in order; other control messages are
+// skipped. It returns ErrMalformedControl at the first header with an
+// impossible length; the callbacks have seen every descriptor before it. A
+// header whose length runs past the end of oob (what a BSD kernel leaves
+// after MSG_CTRUNC) is read up to the end.
+func walkControl(oob []byte, rights, unwanted func(fd int), cred func(data []byte)) error {
 	for len(oob) >= unix.SizeofCmsghdr {
 		var h unix.Cmsghdr
 		// Copy rather than cast: oob need not be aligned.
@@ -49,6 +51,10 @@ func walkControl(oob []byte, rights func(fd int), cred func(data []byte)) error 
 				}
 			case h.Type == scmCredentials && cred != nil:
 				cred(oob[cmsgDataOff:l])
+			case h.Type == scmPidfd && unwanted != nil:
+				for data := oob[cmsgDataOff:l]; len(data) >= 4; data = data[4:] {
+					unwanted(int(int32(binary.NativeEndian.Uint32(data))))
+				}
 			}
 		}
 		next := (l + uint64(cmsgAlign) - 1) &^ uint64(cmsgAlign-1)

@@ -1,13 +1,13 @@
-//go:build unix
+//go:build unix && !aix
 
 package scmrights
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -94,11 +94,11 @@ func (c *Conn) PeerCred() (Ucred, error) { return PeerCred(c.uc) }
 
 // Send sends payload with fds as one message; see the package-level Send.
 func (c *Conn) Send(payload []byte, fds ...int) error {
-	if err := checkSend(payload, fds); err != nil {
+	if err := checkSend(c.sotype, payload, fds); err != nil {
 		return opError("write", c.uc, err)
 	}
 	c.wmu.Lock()
-	_, err := c.w.send(c.rc, payload, fds)
+	_, err := c.w.send(c.rc, c.sotype, payload, fds)
 	c.wmu.Unlock()
 	return opError("write", c.uc, err)
 }
@@ -142,10 +142,14 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // Write sends p as one message without descriptors. On a stream socket a
-// short write is continued until all of p is written or an error occurs.
+// short write is continued until all of p is written or an error occurs;
+// empty p writes nothing. On SOCK_SEQPACKET empty p is ErrEmptyPayload.
 func (c *Conn) Write(p []byte) (int, error) {
+	if err := checkSend(c.sotype, p, nil); err != nil {
+		return 0, opError("write", c.uc, err)
+	}
 	c.wmu.Lock()
-	n, err := c.w.send(c.rc, p, nil)
+	n, err := c.w.send(c.rc, c.sotype, p, nil)
 	c.wmu.Unlock()
 	return n, opError("write", c.uc, err)
 }
@@ -153,12 +157,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 // Send sends payload and the descriptors fds over c as one message. The
 // descriptors remain the caller's. The whole payload is written: on a stream
 // socket a short write is continued, with the descriptors on the first part
-// only. Descriptors with an empty payload fail with ErrEmptyPayload, more
-// than MaxFDs with ErrTooManyFDs; nothing is sent then.
+// only. If it fails part-way (a deadline, a closed peer), the peer holds a
+// fragment and the stream is no longer usable: a Conn then refuses further
+// sends with ErrBroken; after the package-level Send, close the connection.
+// Descriptors with an empty payload, or an empty message on SOCK_SEQPACKET,
+// fail with ErrEmptyPayload, more than MaxFDs with ErrTooManyFDs; nothing is
+// sent then.
 //
 // Send allocates a little per call; use Conn on hot paths.
 func Send(c *net.UnixConn, payload []byte, fds ...int) error {
-	if err := checkSend(payload, fds); err != nil {
+	sotype := sotypeOf(c)
+	if err := checkSend(sotype, payload, fds); err != nil {
 		return opError("write", c, err)
 	}
 	rc, err := c.SyscallConn()
@@ -166,7 +175,8 @@ func Send(c *net.UnixConn, payload []byte, fds ...int) error {
 		return err
 	}
 	w := writerPool.Get().(*writer)
-	_, err = w.send(rc, payload, fds)
+	_, err = w.send(rc, sotype, payload, fds)
+	w.broken = nil // the pool's writer carries no connection state
 	writerPool.Put(w)
 	return opError("write", c, err)
 }
@@ -190,41 +200,41 @@ func Recv(c *net.UnixConn, buf []byte, fds []int) (n, nfds int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	sotype := unix.SOCK_STREAM
-	if a := c.LocalAddr(); a != nil {
-		switch a.Network() {
-		case "unixpacket":
-			sotype = unix.SOCK_SEQPACKET
-		case "unixgram":
-			sotype = unix.SOCK_DGRAM
-		}
-	}
 	r := readerPool.Get().(*reader)
-	n, nfds, err = r.recv(rc, sotype, buf, fds, nil)
+	n, nfds, err = r.recv(rc, sotypeOf(c), buf, fds, nil)
 	readerPool.Put(r)
 	return n, nfds, opError("read", c, err)
 }
 
-func checkSend(payload []byte, fds []int) error {
+func checkSend(sotype int, payload []byte, fds []int) error {
 	if len(fds) > MaxFDs {
 		return fmt.Errorf("%w: %d", ErrTooManyFDs, len(fds))
 	}
-	if len(fds) > 0 && len(payload) == 0 {
+	if len(payload) == 0 && (len(fds) > 0 || sotype == unix.SOCK_SEQPACKET) {
 		return ErrEmptyPayload
 	}
 	return nil
 }
 
+// sotypeOf derives the socket type from the address's network name, which
+// package net sets from SO_TYPE.
+func sotypeOf(c *net.UnixConn) int {
+	if a := c.LocalAddr(); a != nil {
+		switch a.Network() {
+		case "unixpacket":
+			return unix.SOCK_SEQPACKET
+		case "unixgram":
+			return unix.SOCK_DGRAM
+		}
+	}
+	return unix.SOCK_STREAM
+}
+
 // opError wraps err as the net package does, so errors.Is(err, net.ErrClosed)
-// and Timeout() keep working. The RawConn's own "raw-read"/"raw-write"
-// wrapping is replaced rather than nested.
+// and Timeout() keep working.
 func opError(op string, c *net.UnixConn, err error) error {
 	if err == nil || err == io.EOF || err == io.ErrShortBuffer {
 		return err
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && (oe.Op == "raw-read" || oe.Op == "raw-write" || oe.Op == "raw-control") {
-		err = oe.Err
 	}
 	laddr := c.LocalAddr()
 	netw := "unix"
@@ -232,6 +242,16 @@ func opError(op string, c *net.UnixConn, err error) error {
 		netw = laddr.Network()
 	}
 	return &net.OpError{Op: op, Net: netw, Source: laddr, Addr: c.RemoteAddr(), Err: err}
+}
+
+// rawError strips the "raw-read"/"raw-write" *net.OpError a RawConn wraps
+// its own errors in (a closed connection, a deadline), so opError wraps the
+// cause once rather than nesting two OpErrors.
+func rawError(err error) error {
+	if oe, ok := err.(*net.OpError); ok && strings.HasPrefix(oe.Op, "raw-") {
+		return oe.Err
+	}
+	return err
 }
 
 var maxSendSpace = unix.CmsgSpace(4 * MaxFDs)
@@ -242,6 +262,7 @@ type writer struct {
 	p, oob []byte
 	n      int // payload bytes written so far
 	err    error
+	broken error // set after a partial stream write; every later send fails
 	oobBuf []byte
 	fn     func(fd uintptr) bool
 	mb     msgBuf
@@ -260,18 +281,26 @@ var writerPool = sync.Pool{New: func() any {
 	return w
 }}
 
-func (w *writer) send(rc syscall.RawConn, p []byte, fds []int) (int, error) {
+func (w *writer) send(rc syscall.RawConn, sotype int, p []byte, fds []int) (int, error) {
+	if w.broken != nil {
+		return 0, w.broken
+	}
 	w.p, w.n, w.err = p, 0, nil
 	w.oob = nil
 	if len(fds) > 0 {
 		w.oob = putRights(w.oobBuf, fds)
 	}
-	err := rc.Write(w.fn)
+	err := rawError(rc.Write(w.fn))
 	if err == nil {
 		err = w.err
 	}
 	n := w.n
 	w.p, w.oob, w.err = nil, nil, nil // do not keep the caller's memory alive
+	if err != nil && n > 0 && sotype == unix.SOCK_STREAM {
+		// The peer holds a fragment of this message; anything sent after
+		// it would be read as its continuation.
+		w.broken = fmt.Errorf("%w (%d of %d bytes written): %w", ErrBroken, n, len(p), err)
+	}
 	return n, err
 }
 
@@ -325,13 +354,13 @@ var readerPool = sync.Pool{New: func() any {
 // recv receives one message; if m is not nil, the sender's credentials are
 // stored in it.
 func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Message) (n, nfds int, err error) {
-	if len(p) == 0 && sotype == unix.SOCK_STREAM {
+	if len(p) == 0 && (sotype == unix.SOCK_STREAM || !zeroLengthRecv) {
 		// A zero-length read of a stream cannot be told from end of stream.
 		return 0, 0, io.ErrShortBuffer
 	}
 	r.p, r.oob = p, r.oobBuf[:rightsSpace(len(fds))]
 	r.n, r.oobn, r.flags, r.err = 0, 0, 0, nil
-	err = rc.Read(r.fn)
+	err = rawError(rc.Read(r.fn))
 	if err == nil {
 		err = r.err
 	}
@@ -385,7 +414,7 @@ func deliver(n, flags int, oob []byte, fds []int, m *Message) (int, error) {
 			unix.Close(fd)
 		}
 		total++
-	}, credFn)
+	}, closeUnwanted, credFn)
 	kept := min(total, len(fds))
 	switch {
 	case werr != nil:
@@ -393,16 +422,20 @@ func deliver(n, flags int, oob []byte, fds []int, m *Message) (int, error) {
 		return 0, fmt.Errorf("%w after %d descriptors, all closed", werr, total)
 	case flags&unix.MSG_CTRUNC != 0:
 		closeFDs(fds[:kept])
-		return 0, fmt.Errorf("%w: control data cut by the kernel (MSG_CTRUNC) with room for %d; the %d that arrived were closed", ErrTruncated, len(fds), total)
+		return 0, &TruncatedError{Arrived: total, Room: len(fds), Kernel: true}
 	case total > len(fds):
 		closeFDs(fds[:kept])
-		return 0, fmt.Errorf("%w: %d descriptors arrived with room for %d; all closed", ErrTruncated, total, len(fds))
+		return 0, &TruncatedError{Arrived: total, Room: len(fds)}
 	case flags&unix.MSG_TRUNC != 0:
 		closeFDs(fds[:kept])
 		return 0, fmt.Errorf("%w: message larger than the %d-byte buffer; %d descriptors closed", ErrPayloadTruncated, n, total)
 	}
 	return total, nil
 }
+
+// closeUnwanted closes a descriptor the caller never asked for (a pidfd
+// from SO_PASSPIDFD): invariant 2 of the test plan.
+func closeUnwanted(fd int) { unix.Close(fd) }
 
 func closeFDs(fds []int) {
 	for i, fd := range fds {
@@ -411,10 +444,12 @@ func closeFDs(fds []int) {
 	}
 }
 
-// PeerCred returns the credentials of the process at the other end of c, as
-// the kernel recorded them at connect time (SO_PEERCRED). They cannot be
-// forged by the peer, which makes them the right check before trusting a
-// control connection.
+// PeerCred returns the credentials the kernel recorded for the other end of
+// c when it was created (SO_PEERCRED): the process that called connect(2) or
+// socketpair(2), at that moment. The peer cannot change them afterwards,
+// which makes the uid the right check before trusting a control connection;
+// but the socket may since have been passed to another process, and the
+// pid may have been reused.
 func PeerCred(c *net.UnixConn) (Ucred, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {

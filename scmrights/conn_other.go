@@ -1,4 +1,4 @@
-//go:build !unix
+//go:build !unix || aix
 
 package scmrights
 
@@ -82,9 +82,6 @@ func PeerCred(*net.UnixConn) (Ucred, error) { return Ucred{}, notSupported("gets
 
 // Dup fails with ErrNotSupported on this platform.
 func Dup(syscall.Conn) (int, error) { return -1, notSupported("dup") }
-
-// File fails with ErrNotSupported on this platform: it returns nil.
-func File(int, string) *os.File { return nil }
 
 // Listener fails with ErrNotSupported on this platform.
 func Listener(int) (net.Listener, error) { return nil, notSupported("listen") }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !aix
 
 package scmrights
 
@@ -32,10 +32,6 @@ func Dup(c syscall.Conn) (int, error) {
 	}
 	return nfd, nil
 }
-
-// File wraps a received descriptor in an *os.File named name. The File
-// takes ownership of fd.
-func File(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
 
 // Listener returns a net.Listener for a received listening socket: a
 // SOCK_STREAM socket (TCP or unix) or a unix SOCK_SEQPACKET socket on which

@@ -35,15 +35,18 @@
 // descriptor-less sends followed by the first bytes of one descriptor-carrying
 // send, and the kernel never returns descriptors of two sends in one Recv.
 // The descriptors therefore belong to the last send whose first byte lies in
-// the returned bytes; a framing layer resolves which that is. Send always
-// writes the whole payload: a short write is continued, with the descriptors
-// on the first part only, and concurrent Sends on one connection never
-// interleave their bytes.
+// the returned bytes, and the kernel stops a read right after the bytes of
+// such a send; a framing layer resolves which send that is. Send writes the
+// whole payload: a short write is continued, with the descriptors on the
+// first part only, and concurrent Sends on one connection never interleave
+// their bytes. A send that fails part-way leaves a fragment in the stream;
+// Conn then refuses further sends (ErrBroken).
 //
 // A stream socket cannot carry descriptors without payload bytes (Linux drops
 // them; Go's WriteMsgUnix inserts a hidden zero byte the receiver never asked
 // for), so Send refuses descriptors with an empty payload on every socket
-// type, with ErrEmptyPayload. At most MaxFDs (253, the kernel's SCM_MAX_FD)
+// type, with ErrEmptyPayload. An empty SOCK_SEQPACKET message reads as end
+// of stream (recvmsg returns 0 for both), so Send refuses that too. At most MaxFDs (253, the kernel's SCM_MAX_FD)
 // descriptors travel in one message; more is ErrTooManyFDs.
 //
 // # Credentials
@@ -70,6 +73,7 @@
 // peer credentials. Other unix systems build and work with single messages;
 // batches there loop over single messages, received descriptors are marked
 // close-on-exec under syscall.ForkLock, and PeerCred returns an error
-// wrapping ErrNotSupported. On other systems every function returns an error
-// wrapping ErrNotSupported.
+// wrapping ErrNotSupported. On other systems (and AIX) every function that
+// touches a socket returns an error wrapping ErrNotSupported; File, a plain
+// os.NewFile, works everywhere.
 package scmrights

@@ -322,6 +322,9 @@ func TestReceivedNotInherited(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d children listed %d descriptors while %d messages were received", children, listed, received)
+	if received == 0 {
+		t.Fatal("no message was received while the children forked")
+	}
 	if leaked > 0 {
 		t.Errorf("received descriptors appeared in children %d times", leaked)
 	}

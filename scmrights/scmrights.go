@@ -3,6 +3,7 @@ package scmrights
 import (
 	"errors"
 	"fmt"
+	"os"
 )
 
 // MaxFDs is the most descriptors one message can carry: Linux's SCM_MAX_FD.
@@ -12,7 +13,7 @@ var (
 	// ErrTruncated reports that a message's descriptors did not all fit:
 	// the kernel truncated the control data (MSG_CTRUNC), or more descriptors
 	// arrived than the caller made room for. Every descriptor that arrived
-	// has been closed.
+	// has been closed. The error is a *TruncatedError.
 	ErrTruncated = errors.New("scmrights: descriptors truncated")
 
 	// ErrPayloadTruncated reports that a message on a message-preserving
@@ -30,8 +31,14 @@ var (
 	ErrTooManyFDs = errors.New("scmrights: more than 253 descriptors in one message")
 
 	// ErrEmptyPayload reports an attempt to send descriptors without payload
-	// bytes (see the package documentation).
-	ErrEmptyPayload = errors.New("scmrights: descriptors need at least one payload byte")
+	// bytes, or an empty message on a SOCK_SEQPACKET socket, where the peer
+	// could not tell it from end of stream (see the package documentation).
+	ErrEmptyPayload = errors.New("scmrights: empty payload")
+
+	// ErrBroken reports a stream connection on which an earlier Send or
+	// Write failed after writing part of its payload: the peer has a
+	// fragment, and anything sent after it would be misread. Close it.
+	ErrBroken = errors.New("scmrights: stream broken by a partial write")
 
 	// ErrWrongSocket reports a descriptor that is not the kind of socket a
 	// conversion expects (a FIFO where a listener was expected, say). The
@@ -55,7 +62,11 @@ type Message struct {
 	N, NFDs int
 	// Cred holds the sender's credentials when HasCred is true: the kernel
 	// attaches them when the receiving socket has SO_PASSCRED set
-	// (Conn.SetPassCred; Linux only). They cannot be forged by the sender.
+	// (Conn.SetPassCred; Linux only). The kernel checks them: an
+	// unprivileged sender can only claim its own pid and its real,
+	// effective or saved ids, but a sender with CAP_SYS_ADMIN, CAP_SETUID or
+	// CAP_SETGID may claim others, and the pid may be reused by the time
+	// the message is read.
 	Cred    Ucred
 	HasCred bool
 	// Err is set by RecvBatch when this message failed (ErrTruncated,
@@ -68,6 +79,29 @@ type Message struct {
 type Ucred struct {
 	PID, UID, GID int
 }
+
+// TruncatedError details an ErrTruncated: how many descriptors arrived
+// (all closed), how many the caller made room for, and whether the kernel
+// cut the control data (MSG_CTRUNC), in which case more may have been sent
+// than arrived.
+type TruncatedError struct {
+	Arrived, Room int
+	Kernel        bool
+}
+
+func (e *TruncatedError) Error() string {
+	if e.Kernel {
+		return fmt.Sprintf("scmrights: descriptors truncated: control data cut by the kernel (MSG_CTRUNC) with room for %d; the %d that arrived were closed", e.Room, e.Arrived)
+	}
+	return fmt.Sprintf("scmrights: descriptors truncated: %d arrived with room for %d; all closed", e.Arrived, e.Room)
+}
+
+// Is makes errors.Is(err, ErrTruncated) true.
+func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
+
+// File wraps a received descriptor in an *os.File named name. The File
+// takes ownership of fd.
+func File(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
 
 // SocketError describes a descriptor rejected by a conversion.
 type SocketError struct {

@@ -121,7 +121,13 @@ func TestSendRefusesBadInput(t *testing.T) {
 // A10: the peer sends more descriptors than the receiver made room for.
 func TestTruncatedControl(t *testing.T) {
 	for _, st := range sotypes {
-		for _, tc := range []struct{ send, room int }{{20, 4}, {2, 1}, {5, 0}, {253, 252}} {
+		// The receive buffer has room for the credentials message too (32
+		// bytes, 8 descriptors on 64-bit), so small surpluses arrive whole
+		// and are refused by count; large ones are cut by the kernel.
+		for _, tc := range []struct {
+			send, room int
+			kernel     bool
+		}{{20, 4, true}, {40, 30, true}, {253, 200, true}, {2, 1, false}, {5, 0, false}, {253, 252, false}} {
 			t.Run(fmt.Sprintf("%s/send=%d/room=%d", st.name, tc.send, tc.room), func(t *testing.T) {
 				fdcensus.Verify(t)
 				a, b := connPair(t, st.typ)
@@ -135,8 +141,15 @@ func TestTruncatedControl(t *testing.T) {
 				buf := make([]byte, 64)
 				fds := make([]int, tc.room)
 				n, k, err := b.Recv(buf, fds)
-				if !errors.Is(err, scmrights.ErrTruncated) || k != 0 {
+				var te *scmrights.TruncatedError
+				if !errors.Is(err, scmrights.ErrTruncated) || !errors.As(err, &te) || k != 0 {
 					t.Fatalf("Recv = %d, %d, %v; want ErrTruncated with no descriptors", n, k, err)
+				}
+				if te.Kernel != tc.kernel || te.Room != tc.room || (!te.Kernel && te.Arrived != tc.send) {
+					t.Errorf("TruncatedError = %+v; want Kernel=%v Room=%d", *te, tc.kernel, tc.room)
+				}
+				if n != 3 {
+					t.Errorf("n = %d, want the 3 payload bytes consumed", n)
 				}
 				if err := fdcensus.Compare(0, before); err != nil {
 					t.Errorf("descriptors of the truncated message left open: %v", err)
@@ -438,6 +451,103 @@ func TestEOF(t *testing.T) {
 	}
 }
 
+// An empty SEQPACKET record reads as end of stream, so this package never
+// sends one; one sent by another peer, followed by messages, neither ends
+// a batch early nor leaks the descriptors after it.
+func TestEmptySeqpacketRecord(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_SEQPACKET)
+	if err := a.Send(nil); !errors.Is(err, scmrights.ErrEmptyPayload) {
+		t.Errorf("Send of an empty seqpacket message = %v, want ErrEmptyPayload", err)
+	}
+	if _, err := a.Write(nil); !errors.Is(err, scmrights.ErrEmptyPayload) {
+		t.Errorf("Write of an empty seqpacket message = %v, want ErrEmptyPayload", err)
+	}
+	rc, _ := a.SyscallConn()
+	var werr error
+	rc.Write(func(fd uintptr) bool { _, werr = unix.Write(int(fd), nil); return true })
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	for i := 0; i < 2; i++ {
+		if err := a.Send([]byte("x"), distinctFDs(t, 2)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := make([]scmrights.Message, 8)
+	for i := range ms {
+		ms[i] = scmrights.Message{Payload: make([]byte, 4), FDs: make([]int, 2)}
+	}
+	n, err := b.RecvBatch(ms)
+	if err != nil || n != 3 {
+		t.Fatalf("RecvBatch = %d, %v; want the empty record and 2 messages", n, err)
+	}
+	var got []string
+	for _, m := range ms[:n] {
+		got = append(got, fmt.Sprintf("%q/%d", m.Payload[:m.N], m.NFDs))
+		closeAll(m.FDs[:m.NFDs])
+	}
+	if diff := cmp.Diff([]string{`""/0`, `"x"/2`, `"x"/2`}, got); diff != "" {
+		t.Errorf("messages (-want +got):\n%s", diff)
+	}
+	a.Close()
+	if n, err := b.RecvBatch(ms); err != io.EOF {
+		t.Errorf("RecvBatch after close = %d, %v; want io.EOF", n, err)
+	}
+}
+
+// After a stream Send fails part-way, the connection refuses further
+// sends: the peer holds a fragment that later bytes would extend.
+func TestPartialWriteBreaksStream(t *testing.T) {
+	fdcensus.Verify(t)
+	a, _ := connPair(t, unix.SOCK_STREAM)
+	a.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	err := a.Send(make([]byte, 8<<20), distinctFDs(t, 1)...)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Send of 8 MiB to a peer that never reads = %v, want a deadline error", err)
+	}
+	a.SetWriteDeadline(time.Time{})
+	if err := a.Send([]byte("next")); !errors.Is(err, scmrights.ErrBroken) {
+		t.Errorf("Send after a partial write = %v, want ErrBroken", err)
+	}
+	if _, err := a.Write([]byte("next")); !errors.Is(err, scmrights.ErrBroken) {
+		t.Errorf("Write after a partial write = %v, want ErrBroken", err)
+	}
+}
+
+// A pidfd the caller never asked for (SO_PASSPIDFD) is closed, and the
+// message is delivered.
+func TestUnwantedPidfdClosed(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_SEQPACKET)
+	rc, _ := b.SyscallConn()
+	var serr error
+	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSPIDFD, 1) })
+	if errors.Is(serr, unix.ENOPROTOOPT) {
+		t.Skip("kernel without SO_PASSPIDFD (Linux < 6.5)")
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	src := distinctFDs(t, 1)
+	before, _ := fdcensus.Take(0)
+	buf := make([]byte, 4)
+	fds := make([]int, 1)
+	for i := 0; i < 5; i++ {
+		if err := a.Send([]byte("x"), src...); err != nil {
+			t.Fatal(err)
+		}
+		n, k, err := b.Recv(buf, fds)
+		if err != nil || n != 1 || k != 1 {
+			t.Fatalf("Recv with SO_PASSPIDFD = %d, %d, %v", n, k, err)
+		}
+		closeAll(fds[:k])
+	}
+	if err := fdcensus.Compare(0, before); err != nil {
+		t.Errorf("pidfds leaked: %v", err)
+	}
+}
+
 func TestPeerCred(t *testing.T) {
 	fdcensus.Verify(t)
 	a, _ := connPair(t, unix.SOCK_STREAM)
@@ -565,6 +675,9 @@ func TestBatch(t *testing.T) {
 				for _, m := range in[i : i+k] {
 					if m.Err != nil {
 						got = append(got, "error: "+errorClass(m.Err))
+						if m.N != len(out[len(got)-1].Payload) {
+							t.Errorf("failed message reports N=%d, want the %d bytes it consumed", m.N, len(out[len(got)-1].Payload))
+						}
 						gotStream = append(gotStream, out[len(got)-1].Payload...)
 						continue
 					}

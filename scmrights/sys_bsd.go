@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix && !linux && !aix
 
 package scmrights
 
@@ -22,9 +22,15 @@ const (
 
 var credSpace = 0
 
-// scmCredentials matches no control message type: credentials are not
-// received here.
-const scmCredentials = -1
+const (
+	// scmCredentials and scmPidfd match no control message type here.
+	scmCredentials = -1
+	scmPidfd       = -2
+	// zeroLengthRecv is false: the x/sys wrapper reads into a hidden
+	// one-byte buffer when the caller's is empty, which would consume a
+	// message the caller cannot see.
+	zeroLengthRecv = false
+)
 
 func parseCred([]byte) (Ucred, bool) { return Ucred{}, false }
 
@@ -43,10 +49,16 @@ func recvmsg(fd int, _ *msgBuf, p, oob []byte) (n, oobn, flags int, err error) {
 	syscall.ForkLock.RLock()
 	defer syscall.ForkLock.RUnlock()
 	n, oobn, flags, _, err = unix.Recvmsg(fd, p, oob, recvFlags)
-	if err == nil {
-		_ = walkRights(oob[:oobn], unix.CloseOnExec)
+	if err != nil {
+		// The wrapper can fail decoding the sender's address after the
+		// kernel installed descriptors; they must not leak.
+		if oobn > 0 {
+			_ = walkRights(oob[:oobn], func(fd int) { unix.Close(fd) })
+		}
+		return 0, 0, 0, err
 	}
-	return n, oobn, flags, err
+	_ = walkRights(oob[:oobn], unix.CloseOnExec)
+	return n, oobn, flags, nil
 }
 
 func peerCred(int) (Ucred, error) {

@@ -18,7 +18,14 @@ const (
 
 var credSpace = unix.CmsgSpace(unix.SizeofUcred)
 
-const scmCredentials = unix.SCM_CREDENTIALS
+const (
+	scmCredentials = unix.SCM_CREDENTIALS
+	// scmPidfd is SCM_PIDFD (Linux 6.5): with SO_PASSPIDFD set, every
+	// message carries a pidfd of its sender.
+	scmPidfd = 0x04
+	// zeroLengthRecv: an empty buffer receives an empty message as is.
+	zeroLengthRecv = true
+)
 
 // parseCred decodes the data of an SCM_CREDENTIALS message (struct ucred).
 func parseCred(data []byte) (Ucred, bool) {

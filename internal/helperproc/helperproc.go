@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package helperproc runs the test binary itself as a child process in a
 // named role, the pattern os/exec's own tests use, so cross-process behaviour
 // is tested in Go rather than in shell scripts.
@@ -98,7 +100,7 @@ func Command(t testing.TB, role string, opts *Options) *exec.Cmd {
 	cmd.Stderr = os.Stderr
 	if opts.AsNobody {
 		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential: &syscall.Credential{Uid: 65534, Gid: 65534, NoSetGroups: true},
+			Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}},
 		}
 		cmd.Dir = filepath.Dir(bin)
 	}

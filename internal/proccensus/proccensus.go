@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package proccensus finds the processes a test started, including orphans
 // that re-parented away from it, so tests can prove none are left behind.
 //

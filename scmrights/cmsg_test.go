@@ -1,0 +1,86 @@
+//go:build linux
+
+package scmrights_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/scmrights"
+	"golang.org/x/sys/unix"
+)
+
+func cmsg(level, typ int32, words ...uint32) []byte {
+	data := make([]byte, 4*len(words))
+	for i, w := range words {
+		binary.NativeEndian.PutUint32(data[4*i:], w)
+	}
+	b := make([]byte, unix.CmsgSpace(len(data)))
+	binary.NativeEndian.PutUint64(b, uint64(unix.CmsgLen(len(data))))
+	binary.NativeEndian.PutUint32(b[8:], uint32(level))
+	binary.NativeEndian.PutUint32(b[12:], uint32(typ))
+	copy(b[unix.CmsgLen(0):], data)
+	return b
+}
+
+func cat(bs ...[]byte) []byte {
+	var out []byte
+	for _, b := range bs {
+		out = append(out, b...)
+	}
+	return out
+}
+
+// The walker reports exactly the descriptors of SCM_RIGHTS messages, all of
+// them across several messages, hands other descriptors to unwanted, and
+// never mistakes other payloads for descriptors.
+func TestWalkControl(t *testing.T) {
+	type result struct {
+		Rights, Unwanted []int
+		Creds            int
+		Err              bool
+	}
+	rights := cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 3, 4, 5)
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want result
+	}{
+		{"empty", nil, result{}},
+		{"one", rights, result{Rights: []int{3, 4, 5}}},
+		{"two messages", cat(cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 7), cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 8, 9)), result{Rights: []int{7, 8, 9}}},
+		{"credentials first", cat(cmsg(unix.SOL_SOCKET, unix.SCM_CREDENTIALS, 1, 0, 0), cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 9)), result{Rights: []int{9}, Creds: 1}},
+		{"pidfd", cat(cmsg(unix.SOL_SOCKET, 0x04, 11), cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 12)), result{Rights: []int{12}, Unwanted: []int{11}}},
+		{"other level", cmsg(unix.IPPROTO_IP, unix.SCM_RIGHTS, 13), result{}},
+		{"other type", cmsg(unix.SOL_SOCKET, 0x7f, 14, 15), result{}},
+		{"cut inside data", rights[:unix.CmsgLen(0)+5], result{Rights: []int{3}}},
+		{"cut inside header", rights[:10], result{}},
+		{"length below header", cat(cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 3), func() []byte {
+			b := cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 4)
+			binary.NativeEndian.PutUint64(b, 3)
+			return b
+		}()), result{Rights: []int{3}, Err: true}},
+		// A BSD kernel's MSG_CTRUNC leaves a header longer than the
+		// buffer; the descriptors that were copied are read up to the end.
+		{"length past the end", func() []byte {
+			b := cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 5, 6)
+			binary.NativeEndian.PutUint64(b, 1<<63)
+			return b
+		}(), result{Rights: []int{5, 6}}},
+	} {
+		var got result
+		err := scmrights.WalkControl(tc.oob,
+			func(fd int) { got.Rights = append(got.Rights, fd) },
+			func(fd int) { got.Unwanted = append(got.Unwanted, fd) },
+			func([]byte) { got.Creds++ })
+		got.Err = err != nil
+		if err != nil && !errors.Is(err, scmrights.ErrMalformedControl) {
+			t.Errorf("%s: error %v, want ErrMalformedControl", tc.name, err)
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
