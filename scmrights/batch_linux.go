@@ -32,6 +32,13 @@ func (m *mmsgs) reset(n, oobSize int) {
 	m.oob = m.oob[:oobSize]
 }
 
+func syscall6For(n int) func(trap, a1, a2, a3, a4, a5, a6 uintptr) (r1, r2 uintptr, err unix.Errno) {
+	if n <= rawMax {
+		return unix.RawSyscall6
+	}
+	return unix.Syscall6
+}
+
 func (m *mmsgs) set(i int, p, oob []byte) {
 	fillMsg(&m.hdr[i].Hdr, &m.iov[i], p, oob)
 	m.hdr[i].Len = 0
@@ -44,16 +51,18 @@ func (m *mmsgs) release() {
 }
 
 type batchWriter struct {
-	mm   mmsgs
-	msgs []Message
-	next int
-	bfn  func(fd uintptr) bool
+	mm    mmsgs
+	msgs  []Message
+	next  int
+	bytes int // payload bytes in the batch, to choose RawSyscall or Syscall
+	bfn   func(fd uintptr) bool
 }
 
 type batchReader struct {
-	mm  mmsgs
-	k   int
-	bfn func(fd uintptr) bool
+	mm    mmsgs
+	k     int
+	bytes int
+	bfn   func(fd uintptr) bool
 }
 
 // SendBatch sends msgs in order, each as one message, and returns how many
@@ -93,8 +102,10 @@ func (c *Conn) SendBatch(msgs []Message) (int, error) {
 			}
 		}
 		w.mm.reset(len(chunk), oobSize)
+		w.bytes = 0
 		off := 0
 		for i := range chunk {
+			w.bytes += len(chunk[i].Payload)
 			var oob []byte
 			if fds := chunk[i].FDs; len(fds) > 0 {
 				oob = putRights(w.mm.oob[off:], fds)
@@ -120,7 +131,7 @@ func (c *Conn) SendBatch(msgs []Message) (int, error) {
 func (w *writer) writeBatch(fd uintptr) bool {
 	for w.next < len(w.msgs) {
 		hdr := w.mm.hdr[w.next:]
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), sendFlags, 0, 0)
+		r, _, e := syscall6For(w.bytes)(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), sendFlags, 0, 0)
 		switch e {
 		case 0:
 		case unix.EINTR:
@@ -157,11 +168,13 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 		r.bfn = r.readBatch
 	}
 	oobSize := 0
+	r.bytes = 0
 	for i := range msgs {
 		if c.sotype == unix.SOCK_STREAM && len(msgs[i].Payload) == 0 {
 			return 0, io.ErrShortBuffer
 		}
 		oobSize += rightsSpace(len(msgs[i].FDs))
+		r.bytes += len(msgs[i].Payload)
 	}
 	r.mm.reset(len(msgs), oobSize)
 	off := 0
@@ -210,7 +223,7 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 func (r *reader) readBatch(fd uintptr) bool {
 	for {
 		hdr := r.mm.hdr
-		k, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
+		k, _, e := syscall6For(r.bytes)(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
 		switch e {
 		case 0:
 			r.k = int(k)
