@@ -1,0 +1,116 @@
+package supervise
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+const (
+	defaultBackoffMin    = time.Second
+	defaultBackoffMax    = 30 * time.Second
+	defaultBackoffJitter = 0.2
+	defaultResetAfter    = 10 * time.Second
+	defaultBurst         = 5
+	defaultWindow        = 10 * time.Second
+)
+
+func (b *Backoff) fill() {
+	if b.Min <= 0 {
+		b.Min = defaultBackoffMin
+	}
+	if b.Max <= 0 {
+		b.Max = defaultBackoffMax
+	}
+	if b.Max < b.Min {
+		b.Max = b.Min
+	}
+	switch {
+	case b.Jitter == 0:
+		b.Jitter = defaultBackoffJitter
+	case b.Jitter < 0:
+		b.Jitter = 0
+	}
+	if b.ResetAfter <= 0 {
+		b.ResetAfter = defaultResetAfter
+	}
+	if b.Burst == 0 {
+		b.Burst = defaultBurst
+	}
+	if b.Window <= 0 {
+		b.Window = defaultWindow
+	}
+}
+
+// throttle decides when a slot may be respawned. It holds no clock: every
+// method takes the current time, so the policy is tested with made-up times.
+type throttle struct {
+	b       Backoff // filled
+	attempt int     // consecutive quick deaths since the last reset
+	starts  []time.Time
+	rand    func() float64 // [0,1); nil means math/rand/v2
+}
+
+func newThrottle(b Backoff) *throttle {
+	b.fill()
+	return &throttle{b: b}
+}
+
+// started records a spawn attempt (successful or not) at now.
+func (t *throttle) started(now time.Time) {
+	if t.b.Burst < 0 {
+		return
+	}
+	t.starts = append(t.starts, now)
+	// Only the last Burst starts can matter for the limit.
+	if len(t.starts) > t.b.Burst {
+		t.starts = append(t.starts[:0], t.starts[len(t.starts)-t.b.Burst:]...)
+	}
+}
+
+// next returns the delay before respawning a worker that exited at now after
+// running for uptime (ready says whether it had reported ready), or ok=false
+// if the respawn would exceed the burst limit.
+func (t *throttle) next(now time.Time, uptime time.Duration, ready bool) (delay time.Duration, ok bool) {
+	if ready && uptime >= t.b.ResetAfter {
+		t.attempt = 0
+	}
+	// s6/runit: a worker that dies before it is ready or within its first
+	// second is respawned no sooner than a second later, so a crash loop
+	// cannot become a fork bomb.
+	if !ready || uptime < t.b.Min {
+		base := t.b.Min
+		for i := 0; i < t.attempt && base < t.b.Max; i++ {
+			base *= 2
+		}
+		delay = base
+		if t.b.Jitter > 0 {
+			r := rand.Float64
+			if t.rand != nil {
+				r = t.rand
+			}
+			delay += time.Duration(float64(base) * t.b.Jitter * r())
+		}
+		delay = min(max(delay, t.b.Min), t.b.Max)
+		t.attempt++
+	}
+	if t.b.Burst > 0 && len(t.starts) >= t.b.Burst {
+		at := now.Add(delay)
+		n := 0
+		for _, s := range t.starts {
+			if at.Sub(s) < t.b.Window {
+				n++
+			}
+		}
+		if n >= t.b.Burst {
+			return 0, false
+		}
+	}
+	return delay, true
+}
+
+// reset forgets history, after a graceful restart or a revive of a failed
+// slot.
+func (t *throttle) reset() {
+	t.attempt = 0
+	t.starts = t.starts[:0]
+}

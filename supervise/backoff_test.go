@@ -1,0 +1,219 @@
+package supervise_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/handoff-go/handoff/supervise"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+type death struct {
+	uptime time.Duration
+	ready  bool
+}
+
+type step struct {
+	Delay time.Duration
+	OK    bool
+}
+
+// simulate starts a slot at t0 and replays deaths: each worker runs for its
+// uptime, and the next start happens after the returned delay.
+func simulate(b supervise.Backoff, rnd func() float64, deaths []death) []step {
+	th := supervise.NewThrottle(b, rnd)
+	now := t0
+	var out []step
+	for _, d := range deaths {
+		th.Started(now)
+		now = now.Add(d.uptime)
+		delay, ok := th.Next(now, d.uptime, d.ready)
+		out = append(out, step{delay, ok})
+		if !ok {
+			break
+		}
+		now = now.Add(delay)
+	}
+	return out
+}
+
+func repeat(d death, n int) []death {
+	out := make([]death, n)
+	for i := range out {
+		out[i] = d
+	}
+	return out
+}
+
+func zero() float64 { return 0 }
+func half() float64 { return 0.5 }
+
+// TestThrottle proves the respawn policy (TESTPLAN C1, C2) with made-up
+// times: at least Min between spawns of a slot that dies before ready or
+// within Min, exponential growth to Max, jitter bounds, reset after a stable
+// uptime, and the burst limit.
+func TestThrottle(t *testing.T) {
+	s := time.Second
+	ms := time.Millisecond
+	tests := []struct {
+		name   string
+		b      supervise.Backoff
+		rnd    func() float64
+		deaths []death
+		want   []step
+	}{
+		{
+			name:   "crash loop with defaults: 1 s floor, doubling to the 30 s cap, never a fork bomb",
+			rnd:    zero,
+			deaths: repeat(death{0, false}, 8),
+			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {8 * s, true}, {16 * s, true}, {30 * s, true}, {30 * s, true}, {30 * s, true}},
+		},
+		{
+			name:   "jitter only ever lengthens the delay and stays under the cap",
+			rnd:    half,
+			deaths: repeat(death{0, false}, 6),
+			want:   []step{{1100 * ms, true}, {2200 * ms, true}, {4400 * ms, true}, {8800 * ms, true}, {17600 * ms, true}, {30 * s, true}},
+		},
+		{
+			name:   "ready but died within its first second counts as a quick death",
+			rnd:    zero,
+			deaths: []death{{500 * ms, true}, {500 * ms, true}},
+			want:   []step{{1 * s, true}, {2 * s, true}},
+		},
+		{
+			name:   "ready for over a second: respawned at once (s6)",
+			rnd:    zero,
+			deaths: []death{{3 * s, true}, {3 * s, true}},
+			want:   []step{{0, true}, {0, true}},
+		},
+		{
+			name:   "stable uptime resets the exponent",
+			rnd:    zero,
+			deaths: []death{{0, false}, {0, false}, {0, false}, {20 * s, true}, {0, false}},
+			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {0, true}, {1 * s, true}},
+		},
+		{
+			name:   "burst: the 6th start within 10 s fails the slot",
+			rnd:    zero,
+			deaths: repeat(death{1500 * ms, true}, 10),
+			want:   []step{{0, true}, {0, true}, {0, true}, {0, true}, {0, false}},
+		},
+		{
+			name:   "burst limit disabled",
+			b:      supervise.Backoff{Burst: -1},
+			rnd:    zero,
+			deaths: repeat(death{1500 * ms, true}, 7),
+			want:   []step{{0, true}, {0, true}, {0, true}, {0, true}, {0, true}, {0, true}, {0, true}},
+		},
+		{
+			name:   "custom numbers",
+			b:      supervise.Backoff{Min: 10 * ms, Max: 25 * ms, Burst: 3, Window: time.Second, Jitter: -1},
+			deaths: repeat(death{0, false}, 5),
+			want:   []step{{10 * ms, true}, {20 * ms, true}, {0, false}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := simulate(tc.b, tc.rnd, tc.deaths)
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("steps (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestThrottleCrashLoopRate bounds spawns of a crash loop with the default
+// numbers and real jitter: at most ~10 in any 10 s (TESTPLAN C1).
+func TestThrottleCrashLoopRate(t *testing.T) {
+	t.Parallel()
+	th := supervise.NewThrottle(supervise.Backoff{}, nil)
+	now := t0
+	var starts []time.Time
+	for range 50 {
+		th.Started(now)
+		starts = append(starts, now)
+		d, ok := th.Next(now, 0, false)
+		if !ok {
+			break
+		}
+		if d < time.Second {
+			t.Fatalf("delay %v < 1 s", d)
+		}
+		now = now.Add(d)
+	}
+	for i := range starts {
+		n := 0
+		for _, s := range starts[i:] {
+			if s.Sub(starts[i]) < 10*time.Second {
+				n++
+			}
+		}
+		if n > 10 {
+			t.Fatalf("%d spawns within 10 s from %v", n, starts[i])
+		}
+	}
+}
+
+func TestSplitLines(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		max    int
+		chunks []string
+		want   []string
+	}{
+		{"simple", 10, []string{"a\nb\n"}, []string{"a", "b"}},
+		{"split across writes", 10, []string{"he", "llo\nwo", "rld\n"}, []string{"hello", "world"}},
+		{"no final newline", 10, []string{"a\nb"}, []string{"a", "b"}},
+		{"empty lines kept", 10, []string{"\n\n"}, []string{"", ""}},
+		{"long line cut at max", 4, []string{"abcdefghij\n"}, []string{"abcd", "efgh", "ij"}},
+		{"exactly max", 4, []string{"abcd\n"}, []string{"abcd"}},
+		{"long over writes", 3, []string{"ab", "cd", "ef", "g\n"}, []string{"abc", "def", "g"}},
+		{"crlf kept", 10, []string{"a\r\n"}, []string{"a\r"}},
+	}
+	for _, tc := range tests {
+		var chunks [][]byte
+		for _, c := range tc.chunks {
+			chunks = append(chunks, []byte(c))
+		}
+		if d := cmp.Diff(tc.want, supervise.SplitLines(tc.max, chunks)); d != "" {
+			t.Errorf("%s: lines (-want +got):\n%s", tc.name, d)
+		}
+	}
+}
+
+// FuzzSplitLines checks that however output is chunked, the lines equal a
+// reference split, each at most max bytes, and that nothing is lost.
+func FuzzSplitLines(f *testing.F) {
+	f.Add([]byte("hello\nworld\n"), uint8(3), uint8(8))
+	f.Add([]byte("no newline"), uint8(1), uint8(4))
+	f.Add([]byte("\n\n\r\n"), uint8(2), uint8(1))
+	f.Fuzz(func(t *testing.T, data []byte, cut uint8, max uint8) {
+		m := int(max%32) + 1
+		c := int(cut%16) + 1
+		var chunks [][]byte
+		for i := 0; i < len(data); i += c {
+			chunks = append(chunks, data[i:min(i+c, len(data))])
+		}
+		got := supervise.SplitLines(m, chunks)
+		want := supervise.SplitLines(m, [][]byte{data})
+		if d := cmp.Diff(want, got); d != "" {
+			t.Fatalf("chunking changed lines (-whole +chunked):\n%s", d)
+		}
+		var total int
+		for _, l := range got {
+			if len(l) > m {
+				t.Fatalf("line of %d bytes > max %d", len(l), m)
+			}
+			total += len(l)
+		}
+		if total != len(data)-strings.Count(string(data), "\n") {
+			t.Fatalf("bytes lost: %d of %d", total, len(data))
+		}
+	})
+}

@@ -1,0 +1,76 @@
+// Package supervise runs N slots of one program and keeps them healthy: the
+// process supervisor under mini-cluster, usable alone by anyone who needs
+// "run N of these and keep them healthy". Its semantics follow s6, runit and
+// systemd's Restart=.
+//
+// # Model
+//
+// A Supervisor runs Options.Workers slots of a Spec. Each slot has a stable
+// index; every spawn gets an ID (slot, generation, incarnation) that is
+// never reused. Run supervises until its context is done or Stop/Kill is
+// called. Everything that happens is reported on Events (started, ready,
+// exited, restarting, failed, ...), and logged with log/slog.
+//
+//   - Restart policy: always (default), on-failure, never; an exit with
+//     Options.PermanentExitCode (125) is never restarted.
+//   - Throttling: a slot that dies before it was ready, or within
+//     Backoff.Min (1 s) of starting, is respawned no sooner than 1 s later,
+//     doubling to 30 s with jitter, reset after 10 s of ready uptime; a
+//     ready worker that ran longer is respawned at once. More than 5 starts
+//     in 10 s fail the slot loudly. Spawn failures (missing binary, EACCES,
+//     ETXTBSY) are retried the same way and never stop the supervisor.
+//   - Readiness: a worker is ready when MarkReady/MarkReadyPID is called
+//     for it (wire a notify socket to it) or, with Options.ReadyOnStart, at
+//     once. A worker not ready within StartTimeout is killed. Readiness of
+//     a worker that has already exited is refused (checked on its pidfd).
+//   - Stop: StopSignal (SIGTERM) then SIGCONT to the worker's process
+//     group, SIGKILL to the group after StopTimeout. When a worker exits,
+//     what is left of its process group is killed.
+//   - Graceful restart (Restart): rolling or parallel; one in flight, any
+//     requests during it coalesce into one more. If a new worker fails to
+//     start, exits or misses its start timeout, the restart fails and the
+//     old workers keep serving.
+//   - Scale/ScaleBy at run time; HandleSignals maps TERM/INT (stop, then
+//     kill), HUP/USR1 (restart) and TTIN/TTOU (scale) for commands.
+//   - Output capture (Options.CaptureOutput): stdout and stderr line by
+//     line on Lines, tagged with ID and pid; a slow reader never blocks a
+//     worker, lines are dropped and counted instead.
+//
+// # Process hygiene
+//
+// Every worker runs in its own process group (a terminal's Ctrl-C reaches
+// only the supervisor), with default signal dispositions even if the
+// supervisor ignores some (nohup), stdin on /dev/null, and Pdeathsig
+// SIGKILL. Workers are forked from one goroutine locked to its OS thread
+// for the supervisor's lifetime, because Pdeathsig fires when the forking
+// thread, not the process, dies. Workers are watched and signalled through
+// pidfds; a process group is signalled only while its leader is known to be
+// unreaped, so a recycled pid is never hit. Exits are noticed through the
+// runtime poller: an idle supervisor uses no CPU. With Options.Subreaper the
+// process becomes a child subreaper and reaps orphaned descendants, peeking
+// with waitid(WNOWAIT) so a worker's own exit status is never stolen; only
+// enable it when nothing else in the process starts children.
+//
+// # Ownership
+//
+// Spec.ExtraFiles and Launch.ExtraFiles stay owned by the caller; the
+// supervisor passes them to each worker as descriptors 3, 4, ... without
+// calling (*os.File).Fd, so sockets keep their non-blocking mode. Every
+// descriptor the supervisor opens (pidfds, pipes, /dev/null) is
+// close-on-exec and closed when Run returns. Descriptors of the process that
+// lack close-on-exec (inherited from its own parent, say) do reach workers,
+// as with os/exec.
+//
+// # Who should not use it
+//
+// Programs that need cgroup-level containment, resource limits or
+// dependency ordering between services should use systemd. The supervisor
+// does not daemonise, does not change rlimits (workers get the soft
+// RLIMIT_NOFILE the process started with, which Go restores for children),
+// and does not restart itself.
+//
+// # Platforms
+//
+// Linux only (pidfds: 5.3 or newer). On other systems Run and
+// HandleSignals return an error wrapping ErrNotSupported.
+package supervise

@@ -1,0 +1,60 @@
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+var (
+	// ErrPIDFileLocked is returned by CreatePIDFile when a live process
+	// holds the pid file's lock.
+	ErrPIDFileLocked = errors.New("supervise: pid file locked by a running process")
+	// ErrUnsafePIDFile is returned for a pid file (or its lock file or
+	// directory) that is a symlink, not a regular file, owned by another
+	// user, or writable by others (CVE-2018-16888 class).
+	ErrUnsafePIDFile = errors.New("supervise: unsafe pid file")
+	// ErrBadPIDFile is returned by ReadPIDFile for content that is not one
+	// decimal pid.
+	ErrBadPIDFile = errors.New("supervise: malformed pid file")
+)
+
+// maxPID bounds a parsed pid: Linux's PID_MAX_LIMIT is 2^22.
+const maxPID = 1 << 22
+
+// PIDFile is a pid file whose owner holds a lock (fcntl F_OFD_SETLK) on a
+// companion lock file (path + ".lock") for its whole lifetime, so a reader
+// can tell a live owner from a stale file left by a SIGKILLed one without
+// trusting, or signalling, the pid it contains. The lock file is left in place on Close:
+// removing it would let two owners lock different inodes.
+//
+// Methods are safe for concurrent use; Close is idempotent.
+type PIDFile struct {
+	path string
+	mu   sync.Mutex
+	lock lockFile // nil after Close
+}
+
+// parsePID accepts one decimal pid, optionally followed by a newline.
+func parsePID(b []byte) (int, error) {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+	}
+	if len(b) == 0 || len(b) > 7 {
+		return 0, fmt.Errorf("%w: %q", ErrBadPIDFile, b)
+	}
+	pid := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("%w: %q", ErrBadPIDFile, b)
+		}
+		pid = pid*10 + int(c-'0')
+	}
+	if pid < 1 || pid > maxPID || b[0] == '0' {
+		return 0, fmt.Errorf("%w: %q", ErrBadPIDFile, b)
+	}
+	return pid, nil
+}
+
+// Path returns the pid file's path.
+func (p *PIDFile) Path() string { return p.path }

@@ -1,0 +1,496 @@
+//go:build linux
+
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Test seams, set only by tests before Run: testHookBeforeReap runs in the
+// watcher after a worker exited and before it is reaped, testHookAfterReap
+// after it was reaped and before its exit is posted; both hold the exit
+// unprocessed meanwhile.
+var testHookBeforeReap, testHookAfterReap func(pid int)
+
+// proc is the OS side of one worker.
+type proc struct {
+	pid   int
+	start time.Time
+	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; closed after reaping
+
+	mu     sync.Mutex
+	reaped bool // guarded by mu; once true the pid may be recycled
+
+	outputs []*os.File // read ends of captured stdout/stderr
+}
+
+// platform holds the per-Run OS resources.
+type platform struct {
+	s       *Supervisor
+	devnull *os.File
+
+	spawnReqs chan spawnReq
+
+	// ownedMu is held across fork+exec and across each orphan reap, so the
+	// reaper never reaps a worker that was just forked but not yet
+	// registered in owned.
+	ownedMu sync.Mutex
+	owned   map[int]bool
+
+	nudge      chan struct{}
+	reaperStop chan struct{}
+	reaperDone chan struct{}
+	subreaper  bool
+	prevReaper int32
+
+	restoreSignals func()
+	wg             sync.WaitGroup // watchers and output readers
+}
+
+type spawnReq struct {
+	path  string
+	argv  []string
+	attr  *syscall.ProcAttr
+	reply chan spawnReply
+}
+
+type spawnReply struct {
+	pid int
+	err error
+}
+
+func newPlatform(s *Supervisor) (*platform, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	p := &platform{
+		s:              s,
+		devnull:        devnull,
+		spawnReqs:      make(chan spawnReq),
+		owned:          make(map[int]bool),
+		nudge:          make(chan struct{}, 1),
+		restoreSignals: func() {},
+	}
+	if s.opt.Subreaper {
+		if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&p.prevReaper)), 0, 0, 0); err != nil {
+			devnull.Close()
+			return nil, os.NewSyscallError("prctl(PR_GET_CHILD_SUBREAPER)", err)
+		}
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			devnull.Close()
+			return nil, os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+		}
+		p.subreaper = true
+		p.reaperStop = make(chan struct{})
+		p.reaperDone = make(chan struct{})
+		sigchld := make(chan os.Signal, 1)
+		signal.Notify(sigchld, syscall.SIGCHLD)
+		go p.reaper(sigchld)
+	}
+	if !s.opt.KeepIgnoredSignals {
+		p.restoreSignals = resetIgnoredSignals()
+	}
+	go p.spawner()
+	return p, nil
+}
+
+// close releases what newPlatform acquired; every worker has been reaped.
+func (p *platform) close() {
+	close(p.spawnReqs)
+	if p.subreaper {
+		close(p.reaperStop)
+		<-p.reaperDone
+		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(p.prevReaper), 0, 0, 0)
+	}
+	p.restoreSignals()
+	p.wg.Wait()
+	p.devnull.Close()
+}
+
+// spawner forks every worker from one goroutine locked to its OS thread for
+// the supervisor's lifetime. Pdeathsig fires when the forking *thread* exits
+// (prctl(2)), so forking from an arbitrary goroutine's thread would kill
+// workers whenever the runtime retires that thread (TESTPLAN C8, C9). The
+// goroutine never unlocks: the thread dies with it after the last worker
+// was reaped.
+func (p *platform) spawner() {
+	runtime.LockOSThread()
+	for r := range p.spawnReqs {
+		p.ownedMu.Lock()
+		pid, err := syscall.ForkExec(r.path, r.argv, r.attr)
+		if err == nil {
+			p.owned[pid] = true
+		}
+		p.ownedMu.Unlock()
+		r.reply <- spawnReply{pid: pid, err: err}
+	}
+}
+
+func (p *platform) disown(pid int) {
+	p.ownedMu.Lock()
+	delete(p.owned, pid)
+	p.ownedMu.Unlock()
+	select {
+	case p.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// rawFD returns f's descriptor without (*os.File).Fd, which would switch a
+// socket to blocking mode for every holder of its file description.
+func rawFD(f *os.File) (uintptr, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd uintptr
+	if err := rc.Control(func(x uintptr) { fd = x }); err != nil {
+		return 0, err
+	}
+	return fd, nil
+}
+
+// start forks and execs one worker.
+func (p *platform) start(id ID, launch *Launch) (*proc, error) {
+	s := p.s
+	env := s.spec.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	env = dedupEnv(append(append([]string(nil), env...), launch.Env...))
+
+	var files []*os.File
+	var readEnds, writeEnds []*os.File
+	closeAll := func(fs []*os.File) {
+		for _, f := range fs {
+			f.Close()
+		}
+	}
+	if s.opt.CaptureOutput {
+		for range 2 {
+			r, w, err := os.Pipe()
+			if err != nil {
+				closeAll(readEnds)
+				closeAll(writeEnds)
+				return nil, err
+			}
+			readEnds = append(readEnds, r)
+			writeEnds = append(writeEnds, w)
+		}
+		files = []*os.File{p.devnull, writeEnds[0], writeEnds[1]}
+	} else {
+		files = []*os.File{p.devnull, os.Stdout, os.Stderr}
+	}
+	files = append(files, s.spec.ExtraFiles...)
+	files = append(files, launch.ExtraFiles...)
+	// The write ends belong to the worker only.
+	defer closeAll(writeEnds)
+
+	fds := make([]uintptr, len(files))
+	for i, f := range files {
+		if f == nil {
+			closeAll(readEnds)
+			return nil, fmt.Errorf("%w: nil file for descriptor %d", ErrInvalid, i)
+		}
+		fd, err := rawFD(f)
+		if err != nil {
+			closeAll(readEnds)
+			return nil, fmt.Errorf("descriptor %d: %w", i, err)
+		}
+		fds[i] = fd
+	}
+	pidfd := -1
+	sys := &syscall.SysProcAttr{
+		// Own process group: a terminal's Ctrl-C reaches only the
+		// supervisor, and stop signals reach the worker's children (C15).
+		Setpgid:   true,
+		Pdeathsig: syscall.SIGKILL,
+		PidFD:     &pidfd,
+	}
+	if c := s.spec.Credential; c != nil {
+		sys.Credential = &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: c.Groups}
+	}
+	argv := append([]string{s.spec.Path}, s.spec.Args...)
+	r := spawnReq{
+		path:  s.spec.Path,
+		argv:  argv,
+		attr:  &syscall.ProcAttr{Dir: s.spec.Dir, Env: env, Files: fds, Sys: sys},
+		reply: make(chan spawnReply, 1),
+	}
+	p.spawnReqs <- r
+	rep := <-r.reply
+	runtime.KeepAlive(files)
+	if rep.err != nil {
+		closeAll(readEnds)
+		return nil, &os.PathError{Op: "fork/exec", Path: s.spec.Path, Err: rep.err}
+	}
+	pr := &proc{pid: rep.pid, start: time.Now(), outputs: readEnds}
+	if err := pr.openPidfd(pidfd); err != nil {
+		// Without a pidfd the worker cannot be watched safely; the pid is
+		// still unreaped and ours, so killing and reaping it by pid is safe.
+		_ = unix.Kill(-pr.pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pr.pid, &ws, 0, nil)
+		p.disown(pr.pid)
+		closeAll(readEnds)
+		return nil, err
+	}
+	for i, r := range readEnds {
+		p.wg.Add(1)
+		go p.readLines(r, id, pr.pid, Stream(i+1))
+	}
+	return pr, nil
+}
+
+func (pr *proc) openPidfd(fd int) error {
+	if fd < 0 {
+		// Kernels before 5.2 lack CLONE_PIDFD. The child is unreaped,
+		// so its pid cannot have been recycled yet.
+		var err error
+		fd, err = unix.PidfdOpen(pr.pid, 0)
+		if err != nil {
+			return os.NewSyscallError("pidfd_open", err)
+		}
+	}
+	// Non-blocking so the runtime poller can wait for the exit (a pidfd
+	// turns readable when the process exits) without parking a thread.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return os.NewSyscallError("fcntl", err)
+	}
+	pr.pidfd = os.NewFile(uintptr(fd), "pidfd")
+	return nil
+}
+
+// sigchldInfo mirrors the start of siginfo_t for SIGCHLD up to si_pid: the
+// union begins at the first pointer-aligned offset after three int32s.
+type sigchldInfo struct {
+	Signo, Errno, Code int32
+	_                  [unsafe.Sizeof(uintptr(0))/4 - 1]int32
+	Pid                int32
+	_                  [128 - 4*3 - 4 - (unsafe.Sizeof(uintptr(0))/4-1)*4]byte
+}
+
+func (i *sigchldInfo) siginfo() *unix.Siginfo { return (*unix.Siginfo)(unsafe.Pointer(i)) }
+
+// exitedFD reports whether the process of pidfd fd has exited, without
+// reaping it (waitid(2) WNOWAIT).
+func exitedFD(fd int) bool {
+	var info sigchldInfo
+	for {
+		err := unix.Waitid(unix.P_PIDFD, fd, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		switch err {
+		case nil:
+			return info.Signo == int32(unix.SIGCHLD)
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		return true // ECHILD and the like: nothing left to wait for
+	}
+}
+
+func (pr *proc) alive() bool {
+	rc, err := pr.pidfd.SyscallConn()
+	if err != nil {
+		return false
+	}
+	exited := true
+	if err := rc.Control(func(fd uintptr) { exited = exitedFD(int(fd)) }); err != nil {
+		return false
+	}
+	return !exited
+}
+
+// signalGroup sends sig to the worker's process group. The group id is the
+// worker's pid, which the kernel cannot recycle while the worker is
+// unreaped; the watcher sets reaped under mu before reaping, so a signal is
+// never sent to a recycled id (TESTPLAN C7).
+func (pr *proc) signalGroup(sig syscall.Signal) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.reaped {
+		return
+	}
+	if err := unix.Kill(-pr.pid, sig); err == unix.ESRCH {
+		// The worker left its group (setpgid/setsid); signal it alone.
+		if rc, err := pr.pidfd.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), sig, nil, 0) })
+		}
+	}
+}
+
+// watch waits for w to exit, kills what is left of its process group, reaps
+// it and posts the exit to the event loop.
+// The caller has done p.wg.Add(1).
+func (p *platform) watch(w *worker) {
+	defer p.wg.Done()
+	pr := w.proc
+	if rc, err := pr.pidfd.SyscallConn(); err == nil {
+		// Read returns when the callback reports true; in between the
+		// goroutine is parked on the poller: no polling, no thread.
+		if rc.Read(func(fd uintptr) bool { return exitedFD(int(fd)) }) != nil {
+			// Not pollable after all: block this thread in waitid
+			// instead, still without reaping.
+			_ = rc.Control(func(fd uintptr) {
+				_ = unix.SetNonblock(int(fd), false)
+				var info sigchldInfo
+				for unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+				}
+			})
+		}
+	}
+	at := time.Now()
+	if h := testHookBeforeReap; h != nil {
+		h(pr.pid)
+	}
+	pr.mu.Lock()
+	// The leader is a zombie, so the group id is still ours: kill the
+	// worker's leftover children (systemd KillMode=control-group) so none
+	// outlives it holding its pipes or sockets (C5).
+	_ = unix.Kill(-pr.pid, unix.SIGKILL)
+	pr.reaped = true
+	pr.mu.Unlock()
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pr.pid, &ws, 0, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	pr.pidfd.Close()
+	p.disown(pr.pid)
+	// Captured output still buffered in the pipes is read; a grandchild that
+	// left the group and holds a pipe open cannot delay us past WaitDelay.
+	for _, r := range pr.outputs {
+		_ = r.SetReadDeadline(time.Now().Add(p.s.opt.WaitDelay))
+	}
+	if h := testHookAfterReap; h != nil {
+		h(pr.pid)
+	}
+	m := exitMsg{w: w, at: at, code: -1}
+	switch {
+	case ws.Exited():
+		m.code = ws.ExitStatus()
+	case ws.Signaled():
+		m.signal = syscall.Signal(ws.Signal())
+	}
+	p.s.post(m)
+}
+
+func (p *platform) readLines(r *os.File, id ID, pid int, stream Stream) {
+	defer p.wg.Done()
+	defer r.Close()
+	ls := lineSplitter{max: p.s.opt.MaxLineBytes, emit: func(b []byte) {
+		p.s.deliverLine(Line{ID: id, PID: pid, Stream: stream, Text: string(b)})
+	}}
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		ls.write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	ls.flush()
+}
+
+// reaper reaps orphans re-parented to this subreaper (C6). It peeks with
+// waitid(P_ALL, WNOWAIT) and reaps only a pid that is not an owned worker,
+// so a worker's exit status always reaches its watcher. An owned worker at
+// the head of the queue is left to its watcher, whose disown nudges us.
+func (p *platform) reaper(sigchld chan os.Signal) {
+	defer close(p.reaperDone)
+	defer signal.Stop(sigchld)
+	for {
+		select {
+		case <-p.reaperStop:
+			return
+		case <-sigchld:
+		case <-p.nudge:
+		}
+		p.reapOrphans()
+	}
+}
+
+func (p *platform) reapOrphans() {
+	// Bounded per wake-up; if more are pending, come back through nudge.
+	for range 1024 {
+		var info sigchldInfo
+		p.ownedMu.Lock()
+		err := unix.Waitid(unix.P_ALL, 0, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		if err != nil || info.Signo != int32(unix.SIGCHLD) || p.owned[int(info.Pid)] {
+			p.ownedMu.Unlock()
+			return
+		}
+		var ws unix.WaitStatus
+		_, err = unix.Wait4(int(info.Pid), &ws, unix.WNOHANG, nil)
+		p.ownedMu.Unlock()
+		if err == nil {
+			p.s.log.Debug("supervise: reaped orphan", "pid", info.Pid)
+		}
+	}
+	select {
+	case p.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// resetIgnoredSignals makes workers start with default dispositions for
+// signals this process ignores. Ignored dispositions survive execve(2), and
+// os/exec resets only signals the Go runtime handles (golang/go#20479), so
+// under nohup every worker would ignore SIGHUP (C18). Catching the signals
+// into a channel nobody reads keeps them ignored here while the runtime
+// resets them to SIG_DFL in each child. The returned function undoes it.
+func resetIgnoredSignals() func() {
+	candidates := []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGPIPE,
+		syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGCHLD,
+		syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGURG, syscall.SIGWINCH,
+		syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGVTALRM, syscall.SIGPROF, syscall.SIGIO,
+		syscall.SIGPWR}
+	var ignored []os.Signal
+	for _, sig := range candidates {
+		if signal.Ignored(sig) {
+			ignored = append(ignored, sig)
+		}
+	}
+	if len(ignored) == 0 {
+		return func() {}
+	}
+	sink := make(chan os.Signal, 1)
+	signal.Notify(sink, ignored...)
+	return func() {
+		signal.Stop(sink)
+		signal.Ignore(ignored...)
+	}
+}
+
+// dedupEnv keeps the last entry for each variable, as os/exec does.
+func dedupEnv(env []string) []string {
+	seen := make(map[string]bool, len(env))
+	out := make([]string, 0, len(env))
+	for i := len(env) - 1; i >= 0; i-- {
+		k, _, _ := strings.Cut(env[i], "=")
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, env[i])
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
