@@ -95,7 +95,9 @@ func Command(t testing.TB, role string, opts *Options) *exec.Cmd {
 	}
 	args := append([]string{"-test.run=^$", "--"}, opts.Args...)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(append(os.Environ(), RoleVar+"="+role), opts.Env...)
+	// A race-enabled binary sleeps 1 s at exit by default; helpers are
+	// short-lived and many.
+	cmd.Env = append(append(os.Environ(), RoleVar+"="+role, "GORACE=atexit_sleep_ms=0"), opts.Env...)
 	cmd.ExtraFiles = opts.ExtraFiles
 	cmd.Stderr = os.Stderr
 	if opts.AsNobody {
