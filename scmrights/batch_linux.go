@@ -132,13 +132,13 @@ func (w *writer) writeBatch(fd uintptr) bool {
 	for w.next < len(w.msgs) {
 		hdr := w.mm.hdr[w.next:]
 		r, _, e := syscall6For(w.bytes)(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), sendFlags, 0, 0)
-		switch e {
-		case 0:
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		default:
+		if e != 0 {
+			switch ready(e) {
+			case callAgain:
+				continue
+			case callWait:
+				return false
+			}
 			w.err = os.NewSyscallError("sendmmsg", e)
 			return true
 		}
@@ -224,17 +224,17 @@ func (r *reader) readBatch(fd uintptr) bool {
 	for {
 		hdr := r.mm.hdr
 		k, _, e := syscall6For(r.bytes)(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
-		switch e {
-		case 0:
-			r.k = int(k)
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		default:
+		if e != 0 {
+			switch ready(e) {
+			case callAgain:
+				continue
+			case callWait:
+				return false
+			}
 			r.err = os.NewSyscallError("recvmmsg", e)
 			return true
 		}
+		r.k = int(k)
+		return true
 	}
 }

@@ -309,13 +309,13 @@ func (w *writer) send(rc syscall.RawConn, sotype int, p []byte, fds []int) (int,
 func (w *writer) write(fd uintptr) bool {
 	for {
 		n, err := sendmsg(int(fd), &w.mb, w.p, w.oob)
-		switch err {
-		case nil:
-		case unix.EINTR:
+		switch ready(err) {
+		case callAgain:
 			continue
-		case unix.EAGAIN:
+		case callWait:
 			return false
-		default:
+		}
+		if err != nil {
 			w.err = os.NewSyscallError("sendmsg", err)
 			return true
 		}
@@ -326,6 +326,27 @@ func (w *writer) write(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// callResult says what to do after a non-blocking system call.
+type callResult int
+
+const (
+	callDone  callResult = iota // finished, successfully or not
+	callAgain                   // interrupted (EINTR): call again now
+	callWait                    // would block (EAGAIN): park on the poller
+)
+
+// ready is the one place that decides what EINTR and EAGAIN mean for the
+// RawConn callbacks.
+func ready(err error) callResult {
+	switch err {
+	case unix.EINTR:
+		return callAgain
+	case unix.EAGAIN:
+		return callWait
+	}
+	return callDone
 }
 
 // reader is the receive state of one connection.
@@ -381,18 +402,18 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Me
 func (r *reader) read(fd uintptr) bool {
 	for {
 		n, oobn, flags, err := recvmsg(int(fd), &r.mb, r.p, r.oob)
-		switch err {
-		case nil:
-			r.n, r.oobn, r.flags = n, oobn, flags
-			return true
-		case unix.EINTR:
+		switch ready(err) {
+		case callAgain:
 			continue
-		case unix.EAGAIN:
+		case callWait:
 			return false
-		default:
+		}
+		if err != nil {
 			r.err = os.NewSyscallError("recvmsg", err)
 			return true
 		}
+		r.n, r.oobn, r.flags = n, oobn, flags
+		return true
 	}
 }
 
