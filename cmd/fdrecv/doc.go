@@ -1,0 +1,54 @@
+// Command fdrecv receives file descriptors sent by fdsend over a unix socket
+// it creates, and either describes them or execs a program with them, the
+// way systemd socket activation would (LISTEN_FDS, LISTEN_FDNAMES,
+// LISTEN_PID).
+//
+// Usage:
+//
+//	fdrecv -socket PATH [-n N] [-timeout D] [-json] [-allow-uid UID]... [-- PROGRAM ARGS...]
+//
+// fdrecv creates PATH with package internal/sockfile (mode 0600 under any
+// umask, a stale socket replaced, a live one never unlinked), accepts one
+// sender, checks its uid with SO_PEERCRED before reading anything (it must
+// be fdrecv's own uid or one given with -allow-uid), and receives one
+// message: descriptors, their names and a payload (the wire format is
+// specified in docs/fdcli.md). Bad input from the sender (a malformed
+// message, names that do not match the descriptors, more or fewer
+// descriptors than -n, truncated control data) fails with a distinct exit
+// code, and every received descriptor is closed.
+//
+// Without PROGRAM, fdrecv prints one line per descriptor saying what it is
+// (a file and its path, a pipe, a TCP listener and its address, ...) and the
+// payload, or with -json one JSON object, then closes the descriptors.
+//
+// With PROGRAM, fdrecv replaces itself with PROGRAM (same pid, so LISTEN_PID
+// is right): descriptor i arrives as 3+i, without close-on-exec; every other
+// descriptor above 2 is closed at exec. The move to 3, 4, ... happens in a
+// fresh image of fdrecv (re-exec of /proc/self/exe, handled in init before
+// anything opens a descriptor) because in a running Go program descriptors
+// 3 and 4 usually belong to the runtime (netpoller, cgroup CPU-limit file),
+// which must never be overwritten while other threads may use them. The
+// sender's "ok" is sent from that fresh image once the descriptors are in
+// place, so a sender never closes its copy of a listener that PROGRAM did
+// not get. If the fresh image's runtime holds a target slot anyway (a
+// non-blocking stdin makes it create its netpoller at 3), fdrecv refuses
+// with exit 10 rather than overwrite it.
+//
+// # Who should not use it
+//
+// Programs written in Go that can import package scmrights: they should
+// receive descriptors directly. fdrecv is for handing sockets to programs
+// that only understand socket activation, and for debugging.
+//
+// # Platforms
+//
+// Linux only (SO_PEERCRED, close_range, /proc/self/exe). Elsewhere it exits
+// with status 1 and a message wrapping errNotSupported.
+//
+// # Exit codes
+//
+// See usage (fdrecv -h) and docs/fdcli.md: 0 success, 1 other failure,
+// 2 usage, 3 timeout, 4 descriptor count mismatch, 5 truncated control data,
+// 6 permission refused, 7 socket path problem, 8 protocol error, 10 exec
+// failed.
+package main

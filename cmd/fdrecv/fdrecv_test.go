@@ -1,0 +1,726 @@
+//go:build linux
+
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	fdrecv "github.com/handoff-go/handoff/cmd/fdrecv"
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/scmrights"
+)
+
+// runInProcess starts fdrecv's run in a goroutine and returns a function
+// that waits for its exit status.
+func runInProcess(t *testing.T, args ...string) (wait func() (int, string)) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- fdrecv.ExitCode(fdrecv.Run(context.Background(), args, strings.NewReader(""), &stdout, &stderr), &stderr)
+	}()
+	return func() (int, string) {
+		select {
+		case code := <-done:
+			return code, stdout.String() + stderr.String()
+		case <-time.After(20 * time.Second):
+			t.Fatal("fdrecv did not return")
+			return 0, ""
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := shortDir(t)
+	tests := []struct {
+		name string
+		args []string
+		want int
+		out  string
+	}{
+		{"help", []string{"-h"}, 0, "Exit codes:"},
+		{"no socket", nil, 2, "-socket is required"},
+		{"unknown flag", []string{"-socket", "x", "-bogus"}, 2, "flag provided but not defined"},
+		{"negative n", []string{"-socket", "x", "-n", "-1"}, 2, "-n -1"},
+		{"n above 253", []string{"-socket", "x", "-n", "254"}, 2, "-n 254"},
+		{"bad uid", []string{"-socket", "x", "-allow-uid", "root"}, 2, "not a uid"},
+		{"json with program", []string{"-socket", "x", "-json", "--", "true"}, 2, "-json applies only without PROGRAM"},
+		{"program not found", []string{"-socket", filepath.Join(dir, "s"), "--", "/nonexistent/prog"}, 10, "no such file"},
+		{"socket directory missing", []string{"-socket", filepath.Join(dir, "no", "s")}, 7, "no such file"},
+		{"socket path is a file", []string{"-socket", filepath.Join(dir, "file")}, 7, "not a socket"},
+	}
+	if err := os.WriteFile(filepath.Join(dir, "file"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := runInProcess(t, tt.args...)()
+			if code != tt.want || !strings.Contains(out, tt.out) {
+				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.want, tt.out)
+			}
+		})
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "s")); err == nil {
+		t.Error("a missing PROGRAM still created the socket")
+	}
+}
+
+// A7, A8, A10's contract through the command: every malformed or
+// mismatched message fails with its exit code and reply status, and every
+// received descriptor is closed (fd census of this process, where fdrecv
+// runs).
+func TestBadInput(t *testing.T) {
+	fdcensus.Verify(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	tests := []struct {
+		name  string
+		flags []string
+		msg   []byte
+		nfds  int
+		close bool // close without sending
+		want  int
+	}{
+		{"valid, for contrast", nil, encode([]string{"a"}, []byte("p")), 1, false, 0},
+		{"garbage payload", nil, []byte("hello there"), 1, false, 8},
+		{"unknown version", nil, append([]byte("HFDS\x07"), encode([]string{"a"}, nil)[5:]...), 1, false, 8},
+		{"trailing bytes", nil, append(encode([]string{"a"}, []byte("p")), 0), 1, false, 8},
+		{"colon in a name", nil, encode([]string{"a:b"}, nil), 1, false, 8},
+		{"more names than descriptors", nil, encode([]string{"a", "b"}, nil), 1, false, 4},
+		{"fewer names than descriptors", nil, encode([]string{"a"}, nil), 3, false, 4},
+		{"fewer descriptors than -n", []string{"-n", "2"}, encode([]string{"a"}, nil), 1, false, 4},
+		{"more descriptors than -n", []string{"-n", "1"}, encode([]string{"a", "b", "c"}, nil), 3, false, 4},
+		{"message too large", nil, make([]byte, fdrecv.MaxMessage+100), 2, false, 8},
+		{"sender closes without sending", nil, nil, 0, true, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(shortDir(t), "s")
+			wait := runInProcess(t, append([]string{"-socket", path, "-timeout", "20s"}, tt.flags...)...)
+			c := dial(t, path)
+			defer c.Close()
+			status := -1
+			if !tt.close {
+				if err := scmrights.Send(c, tt.msg, dupFDs(t, r, tt.nfds)...); err != nil {
+					t.Fatal(err)
+				}
+				status = readReply(t, c)
+			} else {
+				c.Close()
+			}
+			code, out := wait()
+			if code != tt.want {
+				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, out)
+			}
+			if !tt.close && status != tt.want {
+				t.Errorf("reply status %d, want %d", status, tt.want)
+			}
+			if _, err := os.Lstat(path); err == nil {
+				t.Errorf("socket %s left behind", path)
+			}
+		})
+	}
+}
+
+// Nothing received before -timeout: exit 3; interrupted: exit 1; the
+// socket is removed either way.
+func TestTimeout(t *testing.T) {
+	fdcensus.Verify(t)
+	path := filepath.Join(shortDir(t), "s")
+	t.Run("nobody connects", func(t *testing.T) {
+		code, out := runInProcess(t, "-socket", path, "-timeout", "100ms")()
+		if code != 3 || !strings.Contains(out, "nothing received within 100ms") {
+			t.Errorf("exit %d, output %q; want 3", code, out)
+		}
+	})
+	t.Run("sender connects but never sends", func(t *testing.T) {
+		wait := runInProcess(t, "-socket", path, "-timeout", "300ms")
+		waitFor(t, path)
+		// On a loaded machine fdrecv may time out first; exit 3 either way.
+		if c, err := net.Dial("unixpacket", path); err == nil {
+			defer c.Close()
+		}
+		if code, out := wait(); code != 3 {
+			t.Errorf("exit %d, output %q; want 3", code, out)
+		}
+	})
+	t.Run("interrupted", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var stderr bytes.Buffer
+		done := make(chan int, 1)
+		go func() {
+			done <- fdrecv.ExitCode(fdrecv.Run(ctx, []string{"-socket", path}, strings.NewReader(""), io.Discard, &stderr), &stderr)
+		}()
+		waitFor(t, path)
+		cancel()
+		select {
+		case code := <-done:
+			if code != 1 || !strings.Contains(stderr.String(), "interrupted") {
+				t.Errorf("exit %d, stderr %q; want 1, interrupted", code, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("cancelling the context did not stop fdrecv")
+		}
+	})
+	if _, err := os.Lstat(path); err == nil {
+		t.Errorf("socket %s left behind", path)
+	}
+}
+
+// Printing: every kind of descriptor is described, in order, with its
+// name; the payload and the sender's credentials are reported; the
+// descriptors are closed afterwards (fd census).
+func TestDescribe(t *testing.T) {
+	fdcensus.Verify(t)
+	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpLn.Close()
+	tcpConn, err := net.Dial("tcp", tcpLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpConn.Close()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	dir := shortDir(t)
+	file := filepath.Join(dir, "data")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	unixLn, err := net.Listen("unix", filepath.Join(dir, "u"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unixLn.Close()
+
+	conns := []syscall.Conn{tcpLn.(syscall.Conn), tcpConn.(syscall.Conn), udp.(syscall.Conn), r, f, unixLn.(syscall.Conn)}
+	names := []string{"web", "conn", "dns", "pipe", "data", "ctl"}
+	var fds []int
+	for _, c := range conns {
+		fds = append(fds, dupFDs(t, c, 1)...)
+	}
+	want := []map[string]any{
+		{"index": 0.0, "name": "web", "kind": "socket", "network": "tcp", "role": "listener", "local": tcpLn.Addr().String()},
+		{"index": 1.0, "name": "conn", "kind": "socket", "network": "tcp", "role": "connection", "local": tcpConn.LocalAddr().String(), "remote": tcpConn.RemoteAddr().String()},
+		{"index": 2.0, "name": "dns", "kind": "socket", "network": "udp", "role": "unconnected", "local": udp.LocalAddr().String()},
+		{"index": 3.0, "name": "pipe", "kind": "pipe", "path": "pipe:[" + strconv.FormatUint(inodeOf(t, r), 10) + "]"},
+		{"index": 4.0, "name": "data", "kind": "file", "path": file},
+		{"index": 5.0, "name": "ctl", "kind": "socket", "network": "unix", "role": "listener", "local": filepath.Join(dir, "u")},
+	}
+
+	t.Run("json", func(t *testing.T) {
+		path := filepath.Join(dir, "s")
+		wait := runInProcess(t, "-socket", path, "-json", "-n", "6", "-timeout", "20s")
+		c := dial(t, path)
+		defer c.Close()
+		if err := scmrights.Send(c, encode(names, []byte("hello\x00world")), fds...); err != nil {
+			t.Fatal(err)
+		}
+		if st := readReply(t, c); st != 0 {
+			t.Fatalf("reply status %d", st)
+		}
+		code, out := wait()
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		var got struct {
+			Version int
+			Sender  struct{ PID, UID, GID int }
+			FDs     []map[string]any
+			Payload string
+		}
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("%v in %q", err, out)
+		}
+		if diff := cmp.Diff(want, got.FDs); diff != "" {
+			t.Errorf("fds (-want +got):\n%s", diff)
+		}
+		if got.Version != 1 || got.Payload != "hello\x00world" || got.Sender.PID != os.Getpid() || got.Sender.UID != os.Getuid() {
+			t.Errorf("report %+v", got)
+		}
+	})
+	t.Run("text", func(t *testing.T) {
+		path := filepath.Join(dir, "s")
+		wait := runInProcess(t, "-socket", path, "-timeout", "20s")
+		c := dial(t, path)
+		defer c.Close()
+		if err := scmrights.Send(c, encode(names[:2], []byte("hi")), fds[:2]...); err != nil {
+			t.Fatal(err)
+		}
+		readReply(t, c)
+		code, out := wait()
+		wantOut := "sender: pid " + strconv.Itoa(os.Getpid()) + " uid " + strconv.Itoa(os.Getuid()) + " gid " + strconv.Itoa(os.Getgid()) + "\n" +
+			"0 web: tcp listener " + tcpLn.Addr().String() + "\n" +
+			"1 conn: tcp connection " + tcpConn.LocalAddr().String() + " -> " + tcpConn.RemoteAddr().String() + "\n" +
+			"payload: \"hi\"\n"
+		if diff := cmp.Diff(wantOut, out); code != 0 || diff != "" {
+			t.Errorf("exit %d, output (-want +got):\n%s", code, diff)
+		}
+	})
+}
+
+// A10/A11 through the command: fdrecv's fd limit leaves room for a few of
+// the 100 descriptors sent; the kernel truncates the control data. fdrecv
+// exits 5, replies 5, and its own census shows every descriptor that
+// arrived was closed.
+func TestTruncatedControlData(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	path := filepath.Join(shortDir(t), "s")
+	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args: []string{"-socket", path, "-timeout", "20s"},
+		Env:  childEnv(pc, rlimitVar+"=40", censusVar+"=1"),
+	})
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	helperproc.Start(t, cmd)
+	c := dial(t, path)
+	defer c.Close()
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = "n" + strconv.Itoa(i)
+	}
+	if err := scmrights.Send(c, encode(names, nil), dupFDs(t, r, 100)...); err != nil {
+		t.Fatal(err)
+	}
+	if st := readReply(t, c); st != 5 {
+		t.Errorf("reply status %d, want 5", st)
+	}
+	if code := exitStatus(t, cmd.Wait()); code != 5 {
+		t.Errorf("exit %d, want 5; stderr:\n%s", code, errOut.String())
+	}
+	if diff := cmp.Diff("census ok\n", out.String()); diff != "" {
+		t.Errorf("fdrecv's own census (-want +got):\n%s", diff)
+	}
+}
+
+// A16: a sender whose uid is not allowed is refused from its credentials
+// alone, before it sends anything; -allow-uid admits it. fdrecv runs as
+// nobody, the sender (this test) as root.
+func TestPeerUID(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tests := []struct {
+		name  string
+		flags []string
+		want  int
+	}{
+		{"other uid refused", nil, 6},
+		{"other uid allowed", []string{"-allow-uid", "0"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := shortDir(t)
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "s")
+			cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+				AsNobody: true,
+				Args:     append([]string{"-socket", path, "-timeout", "20s"}, tt.flags...),
+				Env:      childEnv(pc),
+			})
+			var out bytes.Buffer
+			cmd.Stdout = &out
+			cmd.Stderr = &out
+			helperproc.Start(t, cmd)
+			c := dial(t, path)
+			defer c.Close()
+			if tt.want == 0 {
+				if err := scmrights.Send(c, encode(nil, []byte("x"))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// In the refused case nothing was sent: the reply can only
+			// come from the credentials check.
+			if st := readReply(t, c); st != tt.want {
+				t.Errorf("reply status %d, want %d", st, tt.want)
+			}
+			if code := exitStatus(t, cmd.Wait()); code != tt.want {
+				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, out.String())
+			}
+		})
+	}
+}
+
+// With PROGRAM: fdrecv execs it in place (LISTEN_PID is the pid the test
+// started), with the descriptors at 3, 4, 5 in order, inheritable, and no
+// other descriptor above 2: not the four fdrecv itself inherited, not its
+// own. Stale LISTEN_* variables are replaced.
+func TestExecProgram(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	f, err := os.Open(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var leaked []*os.File
+	for range 4 {
+		lf, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		leaked = append(leaked, lf)
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(shortDir(t), "s")
+	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args:       []string{"-socket", path, "-n", "3", "-timeout", "20s", "--", bin, "-test.run=^$"},
+		Env:        childEnv(pc, execRoleVar+"=listenfds", "LISTEN_FDS=9", "LISTEN_PID=1", "LISTEN_FDNAMES=stale"),
+		ExtraFiles: leaked,
+	})
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	helperproc.Start(t, cmd)
+	c := dial(t, path)
+	defer c.Close()
+	fds := append(append(dupFDs(t, ln.(syscall.Conn), 1), dupFDs(t, r, 1)...), dupFDs(t, f, 1)...)
+	if err := scmrights.Send(c, encode([]string{"web", "pipe", "bin"}, []byte("p")), fds...); err != nil {
+		t.Fatal(err)
+	}
+	if st := readReply(t, c); st != 0 {
+		t.Fatalf("reply status %d", st)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("%v; output:\n%s", err, out.String())
+	}
+	var got execReport
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("%v in %q", err, out.String())
+	}
+	want := execReport{
+		PID:           cmd.Process.Pid,
+		ListenPID:     strconv.Itoa(cmd.Process.Pid),
+		ListenFDs:     "3",
+		ListenFDNames: "web:pipe:bin",
+		FDs: map[int]fdState{
+			3: {Ino: inodeOf(t, ln.(syscall.Conn))},
+			4: {Ino: inodeOf(t, r)},
+			5: {Ino: inodeOf(t, f)},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("what PROGRAM saw (-want +got):\n%s", diff)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		t.Errorf("socket %s left behind", path)
+	}
+}
+
+// When the fresh image's runtime holds a target slot (here its netpoller,
+// created for a non-blocking stdin), fdrecv refuses rather than overwrite
+// it, and tells the sender, who keeps its descriptors: exit 10 both sides.
+func TestExecRefusesBusySlot(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(shortDir(t), "s")
+	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args: []string{"-socket", path, "-timeout", "20s", "--", bin, "-test.run=^$"},
+		Env:  childEnv(pc, execRoleVar+"=listenfds", nonblockVar+"=1"),
+	})
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	helperproc.Start(t, cmd)
+	c := dial(t, path)
+	defer c.Close()
+	if err := scmrights.Send(c, encode([]string{"pipe"}, []byte("p")), dupFDs(t, r, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st := readReply(t, c); st != 10 {
+		t.Errorf("reply status %d, want 10", st)
+	}
+	if code := exitStatus(t, cmd.Wait()); code != 10 || !strings.Contains(out.String(), "is in use") {
+		t.Errorf("exit %d, want 10; output:\n%s", code, out.String())
+	}
+}
+
+// The real use, as in docs/fdcli.md: server1 serves a TCP listener; fdsend,
+// run by server1, hands it to fdrecv, which execs server2 with it. A client
+// keeps connecting throughout (at most 2000 connections or 20 s, ending once
+// server2 answered 200). No connection may be refused or reset, every
+// answer names its server, and both servers answer.
+func TestMoveListenerBetweenServers(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	fdsendBin := buildFdsend(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(shortDir(t), "s")
+
+	s1 := helperproc.Command(t, "server1", &helperproc.Options{Args: []string{fdsendBin, sock}, Env: childEnv(pc)})
+	s1in, err := s1.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1in.Close()
+	s1outPipe, err := s1.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helperproc.Start(t, s1)
+	s1out := bufio.NewReader(s1outPipe)
+	line, err := readLine(s1out)
+	addr, ok := strings.CutPrefix(line, "addr ")
+	if err != nil || !ok {
+		t.Fatalf("server1 said %q, %v", line, err)
+	}
+
+	rc := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args: []string{"-socket", sock, "-n", "1", "-timeout", "30s", "--", bin, "-test.run=^$"},
+		Env:  childEnv(pc, execRoleVar+"=server2"),
+	})
+	s2in, err := rc.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2in.Close()
+	s2outPipe, err := rc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helperproc.Start(t, rc)
+	s2out := bufio.NewReader(s2outPipe)
+	waitFor(t, sock)
+
+	var (
+		mu       sync.Mutex
+		answered = map[string]int{} // "server1 <pid>" -> count
+		failures = map[string]int{} // class -> count
+		sent     int
+		server1  atomic.Int64
+		server2  atomic.Int64
+	)
+	stop := make(chan struct{})
+	clientDone := make(chan struct{})
+	go func() {
+		defer close(clientDone)
+		deadline := time.Now().Add(20 * time.Second)
+		for i := 0; i < 2000 && time.Now().Before(deadline) && server2.Load() < 200; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			who, class := request(addr)
+			mu.Lock()
+			sent++
+			if class != "" {
+				failures[class]++
+			} else {
+				answered[who]++
+			}
+			mu.Unlock()
+			switch {
+			case strings.HasPrefix(who, "server1 "):
+				server1.Add(1)
+			case strings.HasPrefix(who, "server2 "):
+				server2.Add(1)
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-clientDone
+	}()
+
+	// Hand off once server1 has visibly served.
+	for i := 0; server1.Load() < 50; i++ {
+		if i > 1000 {
+			t.Fatal("server1 did not answer 50 requests within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := io.WriteString(s1in, "handoff\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := readLine(s1out); err != nil || line != "handed" {
+		t.Fatalf("server1 said %q, %v", line, err)
+	}
+	if line, err := readLine(s2out); err != nil || line != "serving "+strconv.Itoa(rc.Process.Pid) {
+		t.Fatalf("server2 said %q, %v; want it serving as fdrecv's pid %d", line, err, rc.Process.Pid)
+	}
+	<-clientDone
+	s1in.Close()
+	s2in.Close()
+	if err := s1.Wait(); err != nil {
+		t.Errorf("server1: %v", err)
+	}
+	if err := rc.Wait(); err != nil {
+		t.Errorf("fdrecv/server2: %v", err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	ok1 := answered["server1 "+strconv.Itoa(s1.Process.Pid)]
+	ok2 := answered["server2 "+strconv.Itoa(rc.Process.Pid)]
+	t.Logf("sent %d: server1 %d, server2 %d, failures %v", sent, ok1, ok2, failures)
+	if len(failures) != 0 {
+		t.Errorf("failed connections: %v", failures)
+	}
+	if ok1+ok2 != sent {
+		t.Errorf("answers %v do not account for all %d requests", answered, sent)
+	}
+	if ok1 == 0 || ok2 == 0 {
+		t.Errorf("want answers from both servers, got server1 %d, server2 %d", ok1, ok2)
+	}
+}
+
+// request makes one connection and returns who answered, or the failure
+// class: refused, reset, timeout or other.
+func request(addr string) (who, class string) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", classify(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", classify(err)
+	}
+	return strings.TrimSpace(line), ""
+}
+
+func classify(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), err == io.EOF:
+		return "reset"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "other: " + err.Error()
+}
+
+// readLine reads one line within 20 s.
+func readLine(r *bufio.Reader) (string, error) {
+	type res struct {
+		s   string
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		s, err := r.ReadString('\n')
+		ch <- res{strings.TrimSpace(s), err}
+	}()
+	select {
+	case x := <-ch:
+		return x.s, x.err
+	case <-time.After(20 * time.Second):
+		return "", os.ErrDeadlineExceeded
+	}
+}
+
+// waitFor waits until a socket listens at path.
+func waitFor(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if listening(path) {
+			return
+		}
+		if i > 2000 {
+			t.Fatalf("nothing listens at %s", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// listening reports whether a unix socket bound at path is in listening
+// state (flag __SO_ACCEPTCON in /proc/net/unix). Probing with connect would
+// use up fdrecv's single accept.
+func listening(path string) bool {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && f[7] == path {
+			flags, err := strconv.ParseUint(f[3], 16, 32)
+			if err == nil && flags&0x10000 != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Exit codes, one per failure class; docs/fdcli.md lists the same table,
+// and fdsend uses the same numbers.
+const (
+	exitOK         = 0
+	exitFailure    = 1  // anything not classified below
+	exitUsage      = 2  // bad flags or arguments
+	exitTimeout    = 3  // nothing received before -timeout
+	exitCount      = 4  // descriptor count differs from -n or from the names sent
+	exitTruncated  = 5  // control data truncated (MSG_CTRUNC); descriptors closed
+	exitPermission = 6  // sender's uid not allowed
+	exitSocket     = 7  // socket path problem: in use, not a socket, too long, no such directory
+	exitProtocol   = 8  // malformed message, unknown version, bad names
+	exitExec       = 10 // PROGRAM could not be executed
+)
+
+const usageText = `usage: fdrecv -socket PATH [-n N] [-timeout D] [-json] [-allow-uid UID]... [-- PROGRAM ARGS...]
+
+Creates a unix socket at PATH (mode 0600), accepts one fdsend whose uid is
+fdrecv's own or allowed with -allow-uid, and receives its descriptors, their
+names and a payload. Without PROGRAM, prints what each descriptor is and the
+payload. With PROGRAM, execs it in place with the descriptors at 3, 4, ...
+and LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set (socket activation).
+
+Flags:
+%s
+Exit codes:
+  0   success
+  1   other failure (I/O error, interrupted)
+  2   usage: bad flags or arguments
+  3   timeout: nothing received before -timeout
+  4   count: fewer or more descriptors than -n, or than names sent
+  5   truncated: control data truncated (MSG_CTRUNC); all descriptors closed
+  6   permission: the sender's uid is not allowed
+  7   socket: PATH in use by a live socket, not a socket, too long, or not creatable
+  8   protocol: malformed message, unknown wire version, invalid names
+  10  exec: PROGRAM not found or not executable
+`
+
+// exitError carries an exit code with an error. printed marks errors the
+// flag package already printed.
+type exitError struct {
+	code    int
+	err     error
+	printed bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func fail(code int, format string, args ...any) error {
+	return &exitError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// exitCode prints err once to stderr and returns the process exit status.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	code := exitFailure
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		if ee.printed {
+			return code
+		}
+	}
+	fmt.Fprintf(stderr, "fdrecv: %v\n", err)
+	return code
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// config is the parsed command line.
+type config struct {
+	socket    string
+	n         int
+	timeout   time.Duration
+	json      bool
+	allowUIDs []int
+	program   []string // PROGRAM ARGS...; empty means print
+}
+
+type uidList []int
+
+func (u *uidList) String() string { return fmt.Sprint(*u) }
+func (u *uidList) Set(s string) error {
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("not a uid: %q", s)
+	}
+	*u = append(*u, v)
+	return nil
+}
+
+func parse(args []string, stderr io.Writer) (*config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("fdrecv", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.socket, "socket", "", "`PATH` of the unix socket to create (required)")
+	fs.IntVar(&cfg.n, "n", 0, "expect exactly `N` descriptors (0: any number up to 253)")
+	fs.DurationVar(&cfg.timeout, "timeout", 0, "give up if nothing is received within `D` (0: wait forever)")
+	fs.BoolVar(&cfg.json, "json", false, "print JSON instead of text (without PROGRAM)")
+	fs.Var((*uidList)(&cfg.allowUIDs), "allow-uid", "also accept a sender running as `UID` (repeatable)")
+	fs.Usage = func() {
+		var b strings.Builder
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+		fmt.Fprintf(stderr, usageText, b.String())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &exitError{code: exitUsage, err: err, printed: true}
+	}
+	cfg.program = fs.Args()
+	switch {
+	case cfg.socket == "":
+		return nil, fail(exitUsage, "-socket is required")
+	case cfg.n < 0 || cfg.n > maxNames:
+		return nil, fail(exitUsage, "-n %d: want 0 to %d", cfg.n, maxNames)
+	case cfg.timeout < 0:
+		return nil, fail(exitUsage, "-timeout %v: want a positive duration or 0", cfg.timeout)
+	case cfg.json && len(cfg.program) > 0:
+		return nil, fail(exitUsage, "-json applies only without PROGRAM")
+	}
+	return &cfg, nil
+}
+
+// run is the whole command: parse args, receive, then print or exec. With
+// PROGRAM it does not return on success (the process image is replaced).
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cfg, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return receive(ctx, cfg, stdout)
+}

@@ -1,0 +1,538 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/sockfile"
+	"github.com/handoff-go/handoff/scmrights"
+	"golang.org/x/sys/unix"
+)
+
+// longAgo is a deadline in the past: setting it unblocks a pending Accept or
+// Recv at once.
+var longAgo = time.Unix(1, 0)
+
+func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
+	var progPath string
+	if len(cfg.program) > 0 {
+		// Resolved before anything is received, so a typo never costs the
+		// sender its descriptors.
+		p, err := exec.LookPath(cfg.program[0])
+		if err != nil {
+			return fail(exitExec, "%w", err)
+		}
+		progPath = p
+	}
+	ln, err := sockfile.Listen(cfg.socket, &sockfile.Options{Network: "unixpacket"})
+	if err != nil {
+		return &exitError{code: exitSocket, err: err}
+	}
+	defer ln.Close()
+
+	if cfg.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
+		defer cancel()
+	}
+	var cur atomic.Pointer[net.UnixConn]
+	stop := context.AfterFunc(ctx, func() {
+		ln.SetDeadline(longAgo)
+		if c := cur.Load(); c != nil {
+			c.SetDeadline(longAgo)
+		}
+	})
+	defer stop()
+	interrupted := func(err error) error {
+		switch ctx.Err() {
+		case context.DeadlineExceeded:
+			return fail(exitTimeout, "nothing received within %v", cfg.timeout)
+		case context.Canceled:
+			return fail(exitFailure, "interrupted")
+		}
+		return err
+	}
+
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		return interrupted(err)
+	}
+	defer conn.Close()
+	cur.Store(conn)
+	if ctx.Err() != nil {
+		return interrupted(nil)
+	}
+
+	// A16: the peer is judged by the credentials the kernel recorded at
+	// connect time, before a byte of its message is read.
+	cred, err := scmrights.PeerCred(conn)
+	if err != nil {
+		return err
+	}
+	if !uidAllowed(cred.UID, cfg.allowUIDs) {
+		err := fail(exitPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+		reply(conn, exitPermission, err.Error())
+		return err
+	}
+
+	buf := make([]byte, maxMessage+1)
+	fdBuf := make([]int, scmrights.MaxFDs)
+	n, nfds, err := scmrights.Recv(conn, buf, fdBuf)
+	if err != nil {
+		var rerr error
+		switch {
+		case ctx.Err() != nil:
+			return interrupted(err)
+		case errors.Is(err, scmrights.ErrTruncated):
+			rerr = &exitError{code: exitTruncated, err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
+		case errors.Is(err, scmrights.ErrPayloadTruncated):
+			rerr = fail(exitProtocol, "%w: larger than %d bytes", errProtocol, maxMessage)
+		case err == io.EOF:
+			rerr = fail(exitProtocol, "%w: sender closed the connection without sending", errProtocol)
+		default:
+			return err
+		}
+		reply(conn, rerr.(*exitError).code, rerr.Error())
+		return rerr
+	}
+	fds := fdBuf[:nfds]
+	keep := false
+	defer func() {
+		if !keep {
+			closeAll(fds)
+		}
+	}()
+	names, payload, err := decodeMessage(buf[:n])
+	if err != nil {
+		err = &exitError{code: exitProtocol, err: err}
+	} else if len(names) != nfds {
+		err = fail(exitCount, "the message names %d descriptors but %d arrived", len(names), nfds)
+	} else if cfg.n > 0 && nfds != cfg.n {
+		err = fail(exitCount, "received %d descriptors, want %d (-n)", nfds, cfg.n)
+	}
+	if err != nil {
+		reply(conn, err.(*exitError).code, err.Error())
+		return err
+	}
+	if progPath == "" {
+		if err := reply(conn, exitOK, ""); err != nil {
+			return fmt.Errorf("reply to the sender: %w", err)
+		}
+		infos := make([]fdInfo, len(fds))
+		for i, fd := range fds {
+			infos[i] = describe(fd)
+			infos[i].Index, infos[i].Name = i, names[i]
+		}
+		return writeReport(stdout, cfg.json, cred, infos, payload)
+	}
+	// With PROGRAM the success reply comes from stage 2, once the
+	// descriptors sit at 3, 4, ...: a sender that hears "ok" may close its
+	// own copy of a listener, so "ok" must not precede a failure we can
+	// still report.
+	if err := ln.Close(); err != nil {
+		reply(conn, exitSocket, err.Error())
+		return err
+	}
+	keep = true
+	err = execWith(conn, progPath, cfg.program, names, fds)
+	closeAll(fds)
+	reply(conn, exitExec, err.Error())
+	return err
+}
+
+func uidAllowed(uid int, allowed []int) bool {
+	if uid == os.Getuid() {
+		return true
+	}
+	for _, a := range allowed {
+		if uid == a {
+			return true
+		}
+	}
+	return false
+}
+
+// reply tells the sender the outcome; a sender that went away is no error
+// worth reporting over the real one.
+func reply(c *net.UnixConn, status int, text string) error {
+	if err := c.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	_, err := c.Write(encodeReply(status, text))
+	return err
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// fdInfo describes one received descriptor.
+type fdInfo struct {
+	Index int    `json:"index"`
+	Name  string `json:"name"`
+	// Kind is "file", "directory", "pipe", "fifo", "char device",
+	// "block device", "socket" or "other".
+	Kind string `json:"kind"`
+	// Path is the file's path (readlink of /proc/self/fd/N).
+	Path string `json:"path,omitempty"`
+	// Network is "tcp", "udp", "unix", "unixgram" or "unixpacket" for
+	// sockets, or "family F type T" for others.
+	Network string `json:"network,omitempty"`
+	// Role is "listener", "connection" or "unconnected" for sockets.
+	Role   string `json:"role,omitempty"`
+	Local  string `json:"local,omitempty"`
+	Remote string `json:"remote,omitempty"`
+}
+
+func (fi fdInfo) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d %s: ", fi.Index, fi.Name)
+	if fi.Kind != "socket" {
+		b.WriteString(fi.Kind)
+		if fi.Path != "" {
+			b.WriteString(" " + fi.Path)
+		}
+		return b.String()
+	}
+	b.WriteString(fi.Network + " " + fi.Role)
+	if fi.Local != "" {
+		b.WriteString(" " + fi.Local)
+	}
+	if fi.Remote != "" {
+		b.WriteString(" -> " + fi.Remote)
+	}
+	return b.String()
+}
+
+func describe(fd int) fdInfo {
+	link, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fdInfo{Kind: "other", Path: link}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return fdInfo{Kind: "file", Path: link}
+	case unix.S_IFDIR:
+		return fdInfo{Kind: "directory", Path: link}
+	case unix.S_IFIFO:
+		if strings.HasPrefix(link, "pipe:") {
+			return fdInfo{Kind: "pipe", Path: link}
+		}
+		return fdInfo{Kind: "fifo", Path: link}
+	case unix.S_IFCHR:
+		return fdInfo{Kind: "char device", Path: link}
+	case unix.S_IFBLK:
+		return fdInfo{Kind: "block device", Path: link}
+	case unix.S_IFSOCK:
+		return describeSocket(fd)
+	}
+	return fdInfo{Kind: "other", Path: link}
+}
+
+func describeSocket(fd int) fdInfo {
+	fi := fdInfo{Kind: "socket"}
+	family, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	sotype, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	listening, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	switch {
+	case (family == unix.AF_INET || family == unix.AF_INET6) && sotype == unix.SOCK_STREAM:
+		fi.Network = "tcp"
+	case (family == unix.AF_INET || family == unix.AF_INET6) && sotype == unix.SOCK_DGRAM:
+		fi.Network = "udp"
+	case family == unix.AF_UNIX && sotype == unix.SOCK_STREAM:
+		fi.Network = "unix"
+	case family == unix.AF_UNIX && sotype == unix.SOCK_DGRAM:
+		fi.Network = "unixgram"
+	case family == unix.AF_UNIX && sotype == unix.SOCK_SEQPACKET:
+		fi.Network = "unixpacket"
+	default:
+		fi.Network = fmt.Sprintf("family %d type %d", family, sotype)
+	}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		fi.Local = sockaddrString(sa)
+	}
+	sa, perr := unix.Getpeername(fd)
+	switch {
+	case listening != 0:
+		fi.Role = "listener"
+	case perr == nil:
+		fi.Role = "connection"
+		fi.Remote = sockaddrString(sa)
+	default:
+		fi.Role = "unconnected"
+	}
+	return fi
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return (&net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}).String()
+	case *unix.SockaddrInet6:
+		a := &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
+		if sa.ZoneId != 0 {
+			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
+				a.Zone = ifi.Name
+			}
+		}
+		return a.String()
+	case *unix.SockaddrUnix:
+		if sa.Name == "" {
+			return "(unnamed)"
+		}
+		return sa.Name
+	}
+	return ""
+}
+
+// report is what -json prints.
+type report struct {
+	Version int      `json:"version"`
+	Sender  sender   `json:"sender"`
+	FDs     []fdInfo `json:"fds"`
+	Payload string   `json:"payload"`
+}
+
+type sender struct {
+	PID int `json:"pid"`
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+}
+
+func writeReport(w io.Writer, asJSON bool, cred scmrights.Ucred, infos []fdInfo, payload []byte) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		return enc.Encode(report{
+			Version: 1,
+			Sender:  sender{PID: cred.PID, UID: cred.UID, GID: cred.GID},
+			FDs:     infos,
+			Payload: string(payload),
+		})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "sender: pid %d uid %d gid %d\n", cred.PID, cred.UID, cred.GID)
+	for _, fi := range infos {
+		b.WriteString(fi.String() + "\n")
+	}
+	fmt.Fprintf(&b, "payload: %q\n", payload)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// Exec hand-off, stage 1 (this process) and stage 2 (a fresh image of this
+// binary, see init). Stage 1 leaves exactly the received descriptors
+// inheritable; stage 2 moves them to 3, 4, ... before any runtime
+// descriptor exists there, and execs PROGRAM.
+const (
+	shimArg0       = "fdrecv-exec"
+	shimEnv        = "HANDOFF_FDRECV_EXEC_FDS"
+	shimReplyEnv   = "HANDOFF_FDRECV_REPLY_FD"
+	shimGodebugEnv = "HANDOFF_FDRECV_GODEBUG" // "0": unset; "1"+value: GODEBUG=value
+)
+
+func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) error {
+	replyFD, err := scmrights.Dup(conn)
+	if err != nil {
+		return fail(exitExec, "%w", err)
+	}
+	defer unix.Close(replyFD) // reached only if the re-exec failed
+	// Everything above 2 becomes close-on-exec first (descriptors fdrecv
+	// itself inherited must not reach PROGRAM), then the received ones and
+	// the reply channel are made inheritable.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		if err := cloexecAll(); err != nil {
+			return fail(exitExec, "mark descriptors close-on-exec: %w", err)
+		}
+	}
+	list := make([]string, len(fds))
+	for i, fd := range append(fds, replyFD) {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return fail(exitExec, "%w", os.NewSyscallError("fcntl", err))
+		}
+		if i < len(fds) {
+			list[i] = strconv.Itoa(fd)
+		}
+	}
+	env := withoutVars(os.Environ(), "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", shimEnv, shimReplyEnv, shimGodebugEnv, "GODEBUG")
+	env = append(env,
+		"LISTEN_PID="+strconv.Itoa(os.Getpid()),
+		"LISTEN_FDS="+strconv.Itoa(len(fds)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		shimEnv+"="+strings.Join(list, ","),
+		shimReplyEnv+"="+strconv.Itoa(replyFD),
+	)
+	// Since Go 1.25 the runtime keeps a cgroup CPU-limit file open for the
+	// process lifetime, usually at descriptor 3. containermaxprocs=0 makes
+	// the stage 2 runtime close it during start-up; stage 2 restores the
+	// caller's GODEBUG (the last setting of a key wins) for PROGRAM.
+	if g, ok := os.LookupEnv("GODEBUG"); ok {
+		env = append(env, shimGodebugEnv+"=1"+g, "GODEBUG="+g+",containermaxprocs=0")
+	} else {
+		env = append(env, shimGodebugEnv+"=0", "GODEBUG=containermaxprocs=0")
+	}
+	err = unix.Exec("/proc/self/exe", append([]string{shimArg0, path}, argv...), env)
+	return fail(exitExec, "re-exec /proc/self/exe: %w", os.NewSyscallError("execve", err))
+}
+
+// cloexecAll is close_range(CLOSE_RANGE_CLOEXEC) for kernels before 5.11.
+func cloexecAll() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < 3 {
+			continue
+		}
+		// The directory's own descriptor is gone by now: EBADF is fine.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return os.NewSyscallError("fcntl", err)
+		}
+	}
+	return nil
+}
+
+func withoutVars(env []string, names ...string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, n := range names {
+			if k == n {
+				drop = true
+				break
+			}
+		}
+		if !drop {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// init runs stage 2 when this binary was re-executed by execWith. It uses
+// raw system calls only: an os.File or net call here could create the
+// netpoller's descriptors, possibly at 3, 4, ...
+func init() {
+	if len(os.Args) < 3 || os.Args[0] != shimArg0 {
+		return
+	}
+	spec, ok := os.LookupEnv(shimEnv)
+	if !ok {
+		return
+	}
+	replyFD := -1
+	if v, err := strconv.Atoi(os.Getenv(shimReplyEnv)); err == nil && v > 2 {
+		replyFD = v
+	}
+	err := shim(spec, &replyFD, os.Args[1], os.Args[2:])
+	msg := fmt.Sprintf("exec %s: %v", os.Args[1], err)
+	if replyFD >= 0 {
+		sendReply(replyFD, exitExec, msg)
+	}
+	fmt.Fprintf(os.Stderr, "fdrecv: %s\n", msg)
+	os.Exit(exitExec)
+}
+
+// sendReply writes a reply with a raw send: no netpoller in stage 2.
+// MSG_NOSIGNAL: a sender that went away is EPIPE, not SIGPIPE.
+func sendReply(fd, status int, text string) {
+	_ = unix.Sendto(fd, encodeReply(status, text), unix.MSG_NOSIGNAL, nil)
+}
+
+// shim places fds at 3, 4, ..., tells the sender (on *replyFD, or -1) that
+// they are in place, and execs path. It returns only on failure, with
+// *replyFD updated to where the reply channel is now, or -1 once the "ok"
+// was sent and the channel closed.
+func shim(spec string, replyFD *int, path string, argv []string) error {
+	var fds []int
+	if spec != "" {
+		for _, s := range strings.Split(spec, ",") {
+			fd, err := strconv.Atoi(s)
+			if err != nil || fd < 0 || len(fds) >= maxNames {
+				return fmt.Errorf("bad %s=%q", shimEnv, spec)
+			}
+			fds = append(fds, fd)
+		}
+	}
+	n := len(fds)
+	ours := func(fd int) bool {
+		for _, f := range fds {
+			if f == fd {
+				return true
+			}
+		}
+		return fd == *replyFD
+	}
+	// A target slot held by anything but a received descriptor belongs to
+	// this image's runtime (it opened it before init): overwriting it could
+	// crash the runtime before execve, so refuse.
+	for t := 3; t < 3+n; t++ {
+		if _, err := unix.FcntlInt(uintptr(t), unix.F_GETFD, 0); err == nil && !ours(t) {
+			l, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(t))
+			return fmt.Errorf("descriptor %d (%s) is in use, cannot place received descriptors at 3..%d", t, l, 2+n)
+		}
+	}
+	// Move every received descriptor, and the reply channel, above the
+	// target range first, so no dup3 below overwrites one not yet placed.
+	// The moved copies are close-on-exec.
+	moveUp := func(fd int) (int, error) {
+		m, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3+n)
+		if err != nil {
+			return -1, os.NewSyscallError("fcntl", err)
+		}
+		unix.Close(fd)
+		return m, nil
+	}
+	if *replyFD >= 0 {
+		m, err := moveUp(*replyFD)
+		if err != nil {
+			return err
+		}
+		*replyFD = m
+	}
+	moved := make([]int, n)
+	for i, fd := range fds {
+		m, err := moveUp(fd)
+		if err != nil {
+			return err
+		}
+		moved[i] = m
+	}
+	for i, m := range moved {
+		// dup3 with no flags: the copy at 3+i is inheritable, the only
+		// descriptors above 2 that are.
+		if err := unix.Dup3(m, 3+i, 0); err != nil {
+			return os.NewSyscallError("dup3", err)
+		}
+		unix.Close(m)
+	}
+	env := withoutVars(os.Environ(), shimEnv, shimReplyEnv, shimGodebugEnv, "GODEBUG")
+	if g := os.Getenv(shimGodebugEnv); strings.HasPrefix(g, "1") {
+		env = append(env, "GODEBUG="+g[1:])
+	}
+	if *replyFD >= 0 {
+		// execve can still fail after this (a corrupt binary: ENOEXEC);
+		// LookPath already checked that PROGRAM is an executable file.
+		sendReply(*replyFD, exitOK, "")
+		unix.Close(*replyFD)
+		*replyFD = -1
+	}
+	return unix.Exec(path, argv, env)
+}

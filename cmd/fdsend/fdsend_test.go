@@ -1,0 +1,538 @@
+//go:build linux
+
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	fdsend "github.com/handoff-go/handoff/cmd/fdsend"
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/scmrights"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	helperproc.Main(m, map[string]func() int{
+		"receiver": roleReceiver,
+	})
+}
+
+// roleReceiver listens on unixpacket at its argument, prints "ready",
+// accepts one connection and prints "message" and replies ok if one
+// arrives, or "nothing" at EOF.
+func roleReceiver() int {
+	path := helperproc.Args()[0]
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer ln.Close()
+	fmt.Println("ready")
+	_ = ln.SetDeadline(time.Now().Add(20 * time.Second))
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 1<<18)
+	fds := make([]int, 253)
+	_, nfds, err := scmrights.Recv(c, buf, fds)
+	if err == io.EOF {
+		fmt.Println("nothing")
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, fd := range fds[:nfds] {
+		unix.Close(fd)
+	}
+	fmt.Println("message")
+	_, _ = c.Write(encodeReply(0, ""))
+	return 0
+}
+
+// runFdsend runs the command in this process and returns its exit status
+// and output.
+func runFdsend(args ...string) (int, string) {
+	var stdout, stderr bytes.Buffer
+	code := fdsend.ExitCode(fdsend.Run(context.Background(), args, strings.NewReader(""), &stdout, &stderr), &stderr)
+	return code, stdout.String() + stderr.String()
+}
+
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func childEnv(pc *proccensus.Census) []string {
+	return []string{pc.Env(), "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")}
+}
+
+func TestUsage(t *testing.T) {
+	fdcensus.Verify(t)
+	tests := []struct {
+		name string
+		args []string
+		want int
+		out  string
+	}{
+		{"help", []string{"-h"}, 0, "Exit codes:"},
+		{"no socket", []string{"-fd", "0"}, 2, "-socket is required"},
+		{"bad fd", []string{"-socket", "s", "-fd", "x"}, 2, "not a descriptor number"},
+		{"negative fd", []string{"-socket", "s", "-fd", "-1"}, 2, "not a descriptor number"},
+		{"names do not match", []string{"-socket", "s", "-fd", "0", "-fd", "1", "-name", "a"}, 2, "1 names for 2 descriptors"},
+		{"colon in a name", []string{"-socket", "s", "-fd", "0", "-name", "a:b"}, 2, "not allowed"},
+		{"payload too large", []string{"-socket", "s", "-payload", strings.Repeat("x", 64<<10+1)}, 2, "at most 65536"},
+		{"stray argument", []string{"-socket", "s", "extra"}, 2, "unexpected arguments"},
+		{"zero timeout", []string{"-socket", "s", "-timeout", "0s"}, 2, "-timeout 0s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := runFdsend(tt.args...)
+			if code != tt.want || !strings.Contains(out, tt.out) {
+				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.want, tt.out)
+			}
+		})
+	}
+}
+
+// Sources and socket paths that cannot be used: distinct exit codes, and
+// everything fdsend opened is closed again, unix:// paths included.
+func TestSendErrors(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := shortDir(t)
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, "stale")
+	ul, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: stale, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
+	stream := filepath.Join(dir, "stream")
+	sl, err := net.Listen("unix", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	missing := filepath.Join(dir, "missing")
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cloexecFD := int(f.Fd()) // os.Open is close-on-exec, like fdsend's own descriptors
+	tests := []struct {
+		name string
+		args []string
+		want int
+		out  string
+	}{
+		{"no socket at the path", []string{"-socket", missing}, 7, "no such file"},
+		{"regular file at the path", []string{"-socket", file}, 7, "connection refused"},
+		{"stale socket", []string{"-socket", stale}, 7, "connection refused"},
+		{"stream socket, not seqpacket", []string{"-socket", stream}, 7, "protocol wrong type"},
+		{"fd not open", []string{"-socket", missing, "-fd", "999"}, 9, "-fd 999"},
+		{"fd not inherited", []string{"-socket", missing, "-fd", strconv.Itoa(cloexecFD)}, 9, "not inherited"},
+		{"file missing", []string{"-socket", missing, "-file", filepath.Join(dir, "nope")}, 9, "no such file"},
+		{"unknown scheme", []string{"-socket", missing, "-listen", "sctp://127.0.0.1:0"}, 9, "unknown scheme"},
+		{"port in use", []string{"-socket", missing, "-listen", busy.Addr().String()}, 9, "address already in use"},
+		{"unix listener, then no receiver", []string{"-socket", missing, "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := runFdsend(tt.args...)
+			if code != tt.want || !strings.Contains(out, tt.out) {
+				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.want, tt.out)
+			}
+		})
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "u")); err == nil {
+		t.Error("a unix:// listener that was never sent kept its path")
+	}
+}
+
+// fakeReceiver listens like fdrecv and lets the test script its answer.
+func fakeReceiver(t *testing.T, answer func(c *net.UnixConn)) string {
+	t.Helper()
+	path := filepath.Join(shortDir(t), "s")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		answer(c)
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return path
+}
+
+// recvMessage reads fdsend's message, checks it, and closes its fds.
+func recvMessage(t *testing.T, c *net.UnixConn) (names []string, payload string, nfds int) {
+	buf := make([]byte, 1<<18)
+	fds := make([]int, 253)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, nfds, err := scmrights.Recv(c, buf, fds)
+	if err != nil {
+		t.Errorf("receiver: %v", err)
+		return nil, "", 0
+	}
+	for _, fd := range fds[:nfds] {
+		unix.Close(fd)
+	}
+	b := buf[:n]
+	if len(b) < 6 || string(b[:5]) != "HFDS\x01" {
+		t.Errorf("receiver: not a version 1 message: %q", b)
+		return nil, "", nfds
+	}
+	k := int(b[5])
+	b = b[6:]
+	for range k {
+		names = append(names, string(b[1:1+int(b[0])]))
+		b = b[1+int(b[0]):]
+	}
+	return names, string(b[4 : 4+binary.BigEndian.Uint32(b)]), nfds
+}
+
+// The receiver's behaviour decides fdsend's exit: its reply status, a
+// timeout, a malformed or descriptor-carrying reply. Descriptors sent along
+// with a reply are closed (fd census).
+func TestReplies(t *testing.T) {
+	fdcensus.Verify(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	tests := []struct {
+		name   string
+		answer func(c *net.UnixConn)
+		want   int
+		out    string
+	}{
+		{"ok", func(c *net.UnixConn) {
+			names, payload, nfds := recvMessage(t, c)
+			if diff := cmp.Diff([]string{"a", "b"}, names); diff != "" || payload != "hello" || nfds != 2 {
+				t.Errorf("receiver got %q %q %d fds", names, payload, nfds)
+			}
+			c.Write(encodeReply(0, ""))
+		}, 0, ""},
+		{"refused: count", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(encodeReply(4, "want 3"))
+		}, 4, "fdrecv refused the descriptors: want 3"},
+		{"refused: exec", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(encodeReply(10, "no"))
+		}, 10, "refused the descriptors: no"},
+		{"refused: unknown status", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(encodeReply(77, "?"))
+		}, 1, "refused"},
+		{"no reply", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			time.Sleep(time.Second)
+		}, 3, "no reply from fdrecv within 300ms"},
+		{"garbage reply", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write([]byte("OK"))
+		}, 8, "not an fdrecv reply"},
+		{"reply carrying a descriptor", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			fd, err := scmrights.Dup(w)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer unix.Close(fd)
+			scmrights.Send(c, encodeReply(0, ""), fd)
+		}, 8, "truncated"},
+		{"closed without reply", func(c *net.UnixConn) {
+			recvMessage(t, c)
+		}, 8, "without replying"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := fakeReceiver(t, tt.answer)
+			timeout := "20s"
+			if tt.want == 3 {
+				timeout = "300ms"
+			}
+			code, out := runFdsend("-socket", path, "-timeout", timeout, "-fd", inherited(t, r), "-file", os.Args[0], "-name", "a", "-name", "b", "-payload", "hello")
+			if code != tt.want || !strings.Contains(out, tt.out) {
+				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.want, tt.out)
+			}
+		})
+	}
+}
+
+// A receiver running as another user never gets the descriptors: fdsend
+// checks SO_PEERCRED before sending, unless -allow-uid names that user.
+func TestReceiverUID(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tests := []struct {
+		name  string
+		flags []string
+		want  int
+		said  string
+	}{
+		{"other uid refused", nil, 6, "nothing"},
+		{"other uid allowed", []string{"-allow-uid", "65534"}, 0, "message"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := shortDir(t)
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "s")
+			cmd := helperproc.Command(t, "receiver", &helperproc.Options{AsNobody: true, Args: []string{path}, Env: childEnv(pc)})
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			helperproc.Start(t, cmd)
+			rd := newLineReader(out)
+			if line := rd.line(t); line != "ready" {
+				t.Fatalf("receiver said %q", line)
+			}
+			code, msg := runFdsend(append([]string{"-socket", path, "-file", os.Args[0], "-timeout", "10s"}, tt.flags...)...)
+			if code != tt.want {
+				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, msg)
+			}
+			if line := rd.line(t); line != tt.said {
+				t.Errorf("receiver said %q, want %q", line, tt.said)
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// With the real fdrecv: every kind of source arrives, in order and named;
+// fdsend closes all its own copies (A18: the census of this process, where
+// fdsend ran, is flat); a unix:// listener's path stays for the receiver.
+func TestWithFdrecv(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	fdrecvBin := buildFdrecv(t)
+	dir := shortDir(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+
+	t.Run("all sources", func(t *testing.T) {
+		path := filepath.Join(dir, "s")
+		var out bytes.Buffer
+		cmd := exec.Command(fdrecvBin, "-socket", path, "-json", "-n", "5", "-timeout", "20s")
+		cmd.Env = append(os.Environ(), childEnv(pc)...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		helperproc.Start(t, cmd)
+		waitFor(t, path)
+		unixPath := filepath.Join(dir, "u")
+		code, msg := runFdsend("-socket", path,
+			"-fd", inherited(t, r), "-file", os.Args[0],
+			"-listen", "tcp://127.0.0.1:0", "-listen", "udp://127.0.0.1:0", "-listen", "unix://"+unixPath,
+			"-name", "in", "-name", "bin", "-name", "web", "-name", "dns", "-name", "ctl", "-payload", "p")
+		if code != 0 {
+			t.Fatalf("fdsend exit %d: %s", code, msg)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("fdrecv: %v\n%s", err, out.String())
+		}
+		var got struct {
+			FDs     []struct{ Name, Kind, Network, Role, Path string }
+			Payload string
+		}
+		if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+			t.Fatalf("%v in %q", err, out.String())
+		}
+		var summary []string
+		for _, fd := range got.FDs {
+			summary = append(summary, strings.TrimSpace(fd.Name+" "+fd.Kind+" "+fd.Network+" "+fd.Role))
+		}
+		want := []string{"in pipe", "bin file", "web socket tcp listener", "dns socket udp unconnected", "ctl socket unix listener"}
+		if diff := cmp.Diff(want, summary); diff != "" || got.Payload != "p" {
+			t.Errorf("fdrecv saw (-want +got):\n%s\npayload %q", diff, got.Payload)
+		}
+		if fi, err := os.Lstat(unixPath); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("unix:// path after the hand-off: %v, %v; want the socket kept", fi, err)
+		}
+	})
+	t.Run("receiver expects another count", func(t *testing.T) {
+		path := filepath.Join(dir, "s")
+		cmd := exec.Command(fdrecvBin, "-socket", path, "-n", "2", "-timeout", "20s")
+		cmd.Env = append(os.Environ(), childEnv(pc)...)
+		helperproc.Start(t, cmd)
+		waitFor(t, path)
+		code, msg := runFdsend("-socket", path, "-fd", inherited(t, r))
+		if code != 4 || !strings.Contains(msg, "want 2") {
+			t.Errorf("exit %d, output %q; want 4", code, msg)
+		}
+		var ee *exec.ExitError
+		if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 4 {
+			t.Errorf("fdrecv: %v, want exit status 4", err)
+		}
+	})
+}
+
+// inherited returns the number of an inheritable (not close-on-exec) copy
+// of f, as fdsend finds descriptors its parent passed it; closed at the end
+// of the test.
+func inherited(t *testing.T, f *os.File) string {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.Dup(int(s)) }); err != nil {
+		t.Fatal(err)
+	}
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return strconv.Itoa(fd)
+}
+
+// waitFor waits until a socket listens at path.
+func waitFor(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if listening(path) {
+			return
+		}
+		if i > 2000 {
+			t.Fatalf("nothing listens at %s", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// listening reports whether a unix socket bound at path is in listening
+// state (flag __SO_ACCEPTCON in /proc/net/unix). Probing with connect would
+// use up fdrecv's single accept.
+func listening(path string) bool {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && f[7] == path {
+			flags, err := strconv.ParseUint(f[3], 16, 32)
+			if err == nil && flags&0x10000 != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// buildFdrecv builds the fdrecv command into a temporary directory.
+func buildFdrecv(t *testing.T) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("building fdrecv needs the go command: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "fdrecv")
+	cmd := exec.Command(gobin, "build", "-o", bin, "github.com/handoff-go/handoff/cmd/fdrecv")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build fdrecv: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type lineReader struct{ ch chan string }
+
+func newLineReader(r io.Reader) *lineReader {
+	lr := &lineReader{ch: make(chan string, 16)}
+	go func() {
+		defer close(lr.ch)
+		var b []byte
+		buf := make([]byte, 1)
+		for {
+			n, err := r.Read(buf)
+			if n == 1 {
+				if buf[0] == '\n' {
+					lr.ch <- string(b)
+					b = b[:0]
+				} else {
+					b = append(b, buf[0])
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return lr
+}
+
+func (lr *lineReader) line(t *testing.T) string {
+	t.Helper()
+	select {
+	case s, ok := <-lr.ch:
+		if !ok {
+			return "(EOF)"
+		}
+		return s
+	case <-time.After(20 * time.Second):
+		t.Fatal("timed out waiting for a line")
+		return ""
+	}
+}

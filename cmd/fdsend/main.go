@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Exit codes, one per failure class; docs/fdcli.md lists the same table,
+// and fdrecv uses the same numbers. When fdrecv refuses a message, fdsend
+// exits with the status fdrecv reported.
+const (
+	exitOK         = 0
+	exitFailure    = 1  // anything not classified below
+	exitUsage      = 2  // bad flags or arguments
+	exitTimeout    = 3  // no reply before -timeout
+	exitCount      = 4  // reported by fdrecv: descriptor count mismatch
+	exitTruncated  = 5  // reported by fdrecv: control data truncated
+	exitPermission = 6  // receiver's uid not allowed, or fdrecv refused ours, or EACCES on PATH
+	exitSocket     = 7  // socket path problem: missing, not listening, not a socket
+	exitProtocol   = 8  // malformed reply, or fdrecv found our message malformed
+	exitSource     = 9  // an -fd, -file or -listen could not be used
+	exitExec       = 10 // reported by fdrecv: handing the descriptors to its PROGRAM failed
+)
+
+const usageText = `usage: fdsend -socket PATH [-fd N]... [-file PATH]... [-listen ADDR]... [-name NAME]... [-payload TEXT] [-timeout D] [-allow-uid UID]...
+
+Sends descriptors, in command-line order and in one message, to the fdrecv
+listening at PATH: inherited descriptors (-fd), files opened read-only
+(-file), and listeners bound fresh (-listen tcp://HOST:PORT, udp://HOST:PORT,
+unix:///PATH; a plain HOST:PORT is tcp). -name names them in the same order
+(none: every name is "unknown"). Waits for fdrecv's reply.
+
+Flags:
+%s
+Exit codes:
+  0   success: fdrecv has the descriptors
+  1   other failure (I/O error, interrupted)
+  2   usage: bad flags or arguments
+  3   timeout: no reply from fdrecv before -timeout
+  4   count: fdrecv expected another number of descriptors (-n)
+  5   truncated: fdrecv's control data was truncated (e.g. its fd limit)
+  6   permission: the receiver's uid is not allowed, or it refused ours
+  7   socket: PATH does not exist, is not a socket, or nobody listens on it
+  8   protocol: malformed reply, or fdrecv found the message malformed
+  9   source: an -fd is not open, a -file cannot be opened, a -listen cannot bind
+  10  exec: fdrecv could not hand the descriptors to its PROGRAM
+`
+
+type exitError struct {
+	code    int
+	err     error
+	printed bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func fail(code int, format string, args ...any) error {
+	return &exitError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// exitCode prints err once to stderr and returns the process exit status.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	code := exitFailure
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		if ee.printed {
+			return code
+		}
+	}
+	fmt.Fprintf(stderr, "fdsend: %v\n", err)
+	return code
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// source is one descriptor to send, in command-line order.
+type source struct {
+	kind  string // "fd", "file" or "listen"
+	value string
+}
+
+// sourceFlag appends to one shared list, so -fd, -file and -listen keep
+// their relative order.
+type sourceFlag struct {
+	kind string
+	list *[]source
+}
+
+func (s sourceFlag) String() string { return "" }
+func (s sourceFlag) Set(v string) error {
+	if s.kind == "fd" {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 {
+			return fmt.Errorf("not a descriptor number: %q", v)
+		}
+	}
+	*s.list = append(*s.list, source{s.kind, v})
+	return nil
+}
+
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+type uidList []int
+
+func (u *uidList) String() string { return fmt.Sprint(*u) }
+func (u *uidList) Set(s string) error {
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("not a uid: %q", s)
+	}
+	*u = append(*u, v)
+	return nil
+}
+
+type config struct {
+	socket    string
+	sources   []source
+	names     []string
+	payload   string
+	timeout   time.Duration
+	allowUIDs []int
+}
+
+func parse(args []string, stderr io.Writer) (*config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("fdsend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.socket, "socket", "", "`PATH` of fdrecv's unix socket (required)")
+	fs.Var(sourceFlag{"fd", &cfg.sources}, "fd", "send inherited descriptor `N` (repeatable)")
+	fs.Var(sourceFlag{"file", &cfg.sources}, "file", "open `PATH` read-only and send it (repeatable)")
+	fs.Var(sourceFlag{"listen", &cfg.sources}, "listen", "bind `ADDR` (tcp://, udp://, unix://) and send the socket (repeatable)")
+	fs.Var((*stringList)(&cfg.names), "name", "`NAME` of the next descriptor, in order (repeatable)")
+	fs.StringVar(&cfg.payload, "payload", "", "`TEXT` sent along (at most 65536 bytes)")
+	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up if fdrecv has not replied within `D`")
+	fs.Var((*uidList)(&cfg.allowUIDs), "allow-uid", "also send to a receiver running as `UID` (repeatable)")
+	fs.Usage = func() {
+		var b strings.Builder
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+		fmt.Fprintf(stderr, usageText, b.String())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &exitError{code: exitUsage, err: err, printed: true}
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fail(exitUsage, "unexpected arguments %q", fs.Args())
+	case cfg.socket == "":
+		return nil, fail(exitUsage, "-socket is required")
+	case len(cfg.sources) > maxNames:
+		return nil, fail(exitUsage, "%d descriptors, at most %d in one message", len(cfg.sources), maxNames)
+	case len(cfg.names) > 0 && len(cfg.names) != len(cfg.sources):
+		return nil, fail(exitUsage, "%d names for %d descriptors: give one -name per descriptor, or none", len(cfg.names), len(cfg.sources))
+	case len(cfg.payload) > maxPayload:
+		return nil, fail(exitUsage, "payload of %d bytes, at most %d", len(cfg.payload), maxPayload)
+	case cfg.timeout <= 0:
+		return nil, fail(exitUsage, "-timeout %v: want a positive duration", cfg.timeout)
+	}
+	if len(cfg.names) == 0 {
+		for range cfg.sources {
+			cfg.names = append(cfg.names, "unknown")
+		}
+	}
+	for _, n := range cfg.names {
+		if err := validName(n); err != nil {
+			return nil, fail(exitUsage, "-name: %v", err)
+		}
+	}
+	return &cfg, nil
+}
+
+// run is the whole command: parse args, open the sources, send, wait for
+// the reply.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cfg, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return send(ctx, cfg)
+}

@@ -1,0 +1,239 @@
+//go:build linux
+
+package sockfile
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+func listen(path string, opts *Options) (*Listener, error) {
+	network, err := opts.network()
+	if err != nil {
+		return nil, err
+	}
+	sotype := unix.SOCK_STREAM
+	if network == "unixpacket" {
+		sotype = unix.SOCK_SEQPACKET
+	}
+	if path == "" {
+		return nil, errors.New("empty path")
+	}
+	if len(path) > maxPath {
+		return nil, ErrPathTooLong
+	}
+	lockFD, err := lock(path + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	l, err := create(path, sotype, opts.mode())
+	if err != nil {
+		releaseLock(lockFD)
+		return nil, err
+	}
+	l.lockFD = lockFD
+	l.unlink = true
+	return l, nil
+}
+
+// lock opens and flocks the lock file. A held lock means another process is
+// creating or serving the socket: ErrInUse at once, rather than waiting for
+// a holder that may serve for days.
+func lock(path string) (int, error) {
+	// O_NOFOLLOW: a symlink planted at the lock path must not make us create
+	// or lock a file elsewhere. O_NONBLOCK: a FIFO planted there must not
+	// block the open (it is then refused as not a regular file).
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0o600)
+	if err != nil {
+		switch err {
+		case unix.ELOOP:
+			return -1, fmt.Errorf("%w: %s is a symlink", ErrNotSocket, path)
+		case unix.EISDIR:
+			return -1, fmt.Errorf("%w: %s is a directory", ErrNotSocket, path)
+		}
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%w: %s is not a regular file", ErrNotSocket, path)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return -1, fmt.Errorf("%w: %s is held by another process", ErrInUse, path)
+		}
+		return -1, os.NewSyscallError("flock", err)
+	}
+	return fd, nil
+}
+
+func releaseLock(fd int) {
+	if fd >= 0 {
+		// Closing the last descriptor of the open file description drops
+		// the flock.
+		unix.Close(fd)
+	}
+}
+
+// checkExisting decides what may happen to whatever is at path: nothing
+// there or a stale socket may be replaced; anything else may not.
+func checkExisting(path string, sotype int) error {
+	var st unix.Stat_t
+	err := unix.Lstat(path, &st)
+	if err == unix.ENOENT {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%w: %s is a %s", ErrNotSocket, path, fileKind(st.Mode))
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	// Non-blocking: a live listener with a full backlog answers EAGAIN
+	// instead of making us wait.
+	switch err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err {
+	case nil, unix.EAGAIN, unix.EINPROGRESS, unix.EPROTOTYPE:
+		// EPROTOTYPE: someone listens there with another socket type.
+		return fmt.Errorf("%w: %s accepts connections", ErrInUse, path)
+	case unix.ECONNREFUSED:
+		// Bound by nobody: the owner died without unlinking it.
+		return nil
+	default:
+		return &os.PathError{Op: "connect", Path: path, Err: err}
+	}
+}
+
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "regular file"
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFLNK:
+		return "symlink"
+	case unix.S_IFIFO:
+		return "FIFO"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	}
+	return "non-socket file"
+}
+
+// create replaces a stale socket, binds, secures and listens, with the lock
+// held. Binding path itself, rather than a temporary name renamed into
+// place, keeps getsockname (and every peer's view of the address) equal to
+// path.
+func create(path string, sotype int, mode os.FileMode) (*Listener, error) {
+	if err := checkExisting(path, sotype); err != nil {
+		return nil, err
+	}
+	// Only a stale socket or nothing is there now; other sockfile users are
+	// locked out until we are done.
+	if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
+		return nil, &os.PathError{Op: "unlink", Path: path, Err: err}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	closeFD := true
+	defer func() {
+		if closeFD {
+			unix.Close(fd)
+		}
+	}()
+	// bind(2) never replaces a file: EADDRINUSE means someone outside the
+	// lock created the path since checkExisting.
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		if err == unix.EADDRINUSE {
+			return nil, fmt.Errorf("%w: %s was created by another process meanwhile", ErrInUse, path)
+		}
+		return nil, &os.PathError{Op: "bind", Path: path, Err: err}
+	}
+	bound := true
+	defer func() {
+		if bound {
+			unix.Unlink(path)
+		}
+	}()
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		bound = false // not ours any more
+		return nil, fmt.Errorf("%w: %s was replaced after bind", ErrNotSocket, path)
+	}
+	// The mode is set before listen(2): until then every connect gets
+	// ECONNREFUSED, so nobody connects while the umask's mode applies.
+	if err := chmodNoFollow(path, mode); err != nil {
+		return nil, err
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		return nil, os.NewSyscallError("listen", err)
+	}
+	// net.FileListener works on its own copy; f owns (and closes) fd.
+	closeFD = false
+	f := os.NewFile(uintptr(fd), path)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	bound = false
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // Close decides, by inode
+	return &Listener{ul: ul, path: path, dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
+}
+
+func chmodNoFollow(path string, mode os.FileMode) error {
+	err := unix.Fchmodat(unix.AT_FDCWD, path, uint32(mode.Perm()), unix.AT_SYMLINK_NOFOLLOW)
+	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
+		// Kernels before 6.6 lack fchmodat2; the Lstat above checked that
+		// path is our socket, not a symlink.
+		err = unix.Chmod(path, uint32(mode.Perm()))
+	}
+	if err != nil {
+		return &os.PathError{Op: "chmod", Path: path, Err: err}
+	}
+	return nil
+}
+
+func unlinkIfSame(path string, dev, ino uint64) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if uint64(st.Dev) != dev || uint64(st.Ino) != ino {
+		return nil // a successor's socket
+	}
+	if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "unlink", Path: path, Err: err}
+	}
+	return nil
+}
