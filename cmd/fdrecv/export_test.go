@@ -1,14 +1,8 @@
 package main
 
-// Run, DecodeMessage and the rest expose the command's internals to the
-// external test package.
+// Run and ExitCode expose the command's internals to the external test
+// package.
 var (
-	Run           = run
-	ExitCode      = exitCode
-	DecodeMessage = decodeMessage
-	EncodeReply   = encodeReply
-	ErrProtocol   = errProtocol
+	Run      = run
+	ExitCode = exitCode
 )
-
-// MaxMessage is the largest valid message.
-const MaxMessage = maxMessage

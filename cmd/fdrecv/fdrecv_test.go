@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -104,16 +105,16 @@ func TestBadInput(t *testing.T) {
 		close bool // close without sending
 		want  int
 	}{
-		{"valid, for contrast", nil, encode([]string{"a"}, []byte("p")), 1, false, 0},
+		{"valid, for contrast", nil, mustEncode(t, []string{"a"}, []byte("p")), 1, false, 0},
 		{"garbage payload", nil, []byte("hello there"), 1, false, 8},
-		{"unknown version", nil, append([]byte("HFDS\x07"), encode([]string{"a"}, nil)[5:]...), 1, false, 8},
-		{"trailing bytes", nil, append(encode([]string{"a"}, []byte("p")), 0), 1, false, 8},
-		{"colon in a name", nil, encode([]string{"a:b"}, nil), 1, false, 8},
-		{"more names than descriptors", nil, encode([]string{"a", "b"}, nil), 1, false, 4},
-		{"fewer names than descriptors", nil, encode([]string{"a"}, nil), 3, false, 4},
-		{"fewer descriptors than -n", []string{"-n", "2"}, encode([]string{"a"}, nil), 1, false, 4},
-		{"more descriptors than -n", []string{"-n", "1"}, encode([]string{"a", "b", "c"}, nil), 3, false, 4},
-		{"message too large", nil, make([]byte, fdrecv.MaxMessage+100), 2, false, 8},
+		{"unknown version", nil, append([]byte("HFDS\x07"), mustEncode(t, []string{"a"}, nil)[5:]...), 1, false, 8},
+		{"trailing bytes", nil, append(mustEncode(t, []string{"a"}, []byte("p")), 0), 1, false, 8},
+		{"colon in a name", nil, []byte("HFDS\x01\x01\x03a:b\x00\x00\x00\x00"), 1, false, 8},
+		{"more names than descriptors", nil, mustEncode(t, []string{"a", "b"}, nil), 1, false, 4},
+		{"fewer names than descriptors", nil, mustEncode(t, []string{"a"}, nil), 3, false, 4},
+		{"fewer descriptors than -n", []string{"-n", "2"}, mustEncode(t, []string{"a"}, nil), 1, false, 4},
+		{"more descriptors than -n", []string{"-n", "1"}, mustEncode(t, []string{"a", "b", "c"}, nil), 3, false, 4},
+		{"message too large", nil, make([]byte, fdwire.MaxMessage+100), 2, false, 8},
 		{"sender closes without sending", nil, nil, 0, true, 8},
 	}
 	for _, tt := range tests {
@@ -252,7 +253,7 @@ func TestDescribe(t *testing.T) {
 		wait := runInProcess(t, "-socket", path, "-json", "-n", "6", "-timeout", "20s")
 		c := dial(t, path)
 		defer c.Close()
-		if err := scmrights.Send(c, encode(names, []byte("hello\x00world")), fds...); err != nil {
+		if err := scmrights.Send(c, mustEncode(t, names, []byte("hello\x00world")), fds...); err != nil {
 			t.Fatal(err)
 		}
 		if st := readReply(t, c); st != 0 {
@@ -283,7 +284,7 @@ func TestDescribe(t *testing.T) {
 		wait := runInProcess(t, "-socket", path, "-timeout", "20s")
 		c := dial(t, path)
 		defer c.Close()
-		if err := scmrights.Send(c, encode(names[:2], []byte("hi")), fds[:2]...); err != nil {
+		if err := scmrights.Send(c, mustEncode(t, names[:2], []byte("hi")), fds[:2]...); err != nil {
 			t.Fatal(err)
 		}
 		readReply(t, c)
@@ -325,7 +326,7 @@ func TestTruncatedControlData(t *testing.T) {
 	for i := range names {
 		names[i] = "n" + strconv.Itoa(i)
 	}
-	if err := scmrights.Send(c, encode(names, nil), dupFDs(t, r, 100)...); err != nil {
+	if err := scmrights.Send(c, mustEncode(t, names, nil), dupFDs(t, r, 100)...); err != nil {
 		t.Fatal(err)
 	}
 	if st := readReply(t, c); st != 5 {
@@ -372,7 +373,7 @@ func TestPeerUID(t *testing.T) {
 			c := dial(t, path)
 			defer c.Close()
 			if tt.want == 0 {
-				if err := scmrights.Send(c, encode(nil, []byte("x"))); err != nil {
+				if err := scmrights.Send(c, mustEncode(t, nil, []byte("x"))); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -436,7 +437,7 @@ func TestExecProgram(t *testing.T) {
 	c := dial(t, path)
 	defer c.Close()
 	fds := append(append(dupFDs(t, ln.(syscall.Conn), 1), dupFDs(t, r, 1)...), dupFDs(t, f, 1)...)
-	if err := scmrights.Send(c, encode([]string{"web", "pipe", "bin"}, []byte("p")), fds...); err != nil {
+	if err := scmrights.Send(c, mustEncode(t, []string{"web", "pipe", "bin"}, []byte("p")), fds...); err != nil {
 		t.Fatal(err)
 	}
 	if st := readReply(t, c); st != 0 {
@@ -499,7 +500,7 @@ func TestExecRefusesBusySlot(t *testing.T) {
 	helperproc.Start(t, cmd)
 	c := dial(t, path)
 	defer c.Close()
-	if err := scmrights.Send(c, encode([]string{"pipe"}, []byte("p")), dupFDs(t, r, 1)...); err != nil {
+	if err := scmrights.Send(c, mustEncode(t, []string{"pipe"}, []byte("p")), dupFDs(t, r, 1)...); err != nil {
 		t.Fatal(err)
 	}
 	if st := readReply(t, c); st != 10 {
@@ -723,4 +724,13 @@ func listening(path string) bool {
 		}
 	}
 	return false
+}
+
+func mustEncode(t testing.TB, names []string, payload []byte) []byte {
+	t.Helper()
+	b, err := fdwire.EncodeMessage(names, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"os"
 	"os/signal"
@@ -139,8 +140,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	switch {
 	case cfg.socket == "":
 		return nil, fail(exitUsage, "-socket is required")
-	case cfg.n < 0 || cfg.n > maxNames:
-		return nil, fail(exitUsage, "-n %d: want 0 to %d", cfg.n, maxNames)
+	case cfg.n < 0 || cfg.n > fdwire.MaxNames:
+		return nil, fail(exitUsage, "-n %d: want 0 to %d", cfg.n, fdwire.MaxNames)
 	case cfg.timeout < 0:
 		return nil, fail(exitUsage, "-timeout %v: want a positive duration or 0", cfg.timeout)
 	case cfg.json && len(cfg.program) > 0:

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -87,7 +88,7 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		return err
 	}
 
-	buf := make([]byte, maxMessage+1)
+	buf := make([]byte, fdwire.MaxMessage+1)
 	fdBuf := make([]int, scmrights.MaxFDs)
 	n, nfds, err := scmrights.Recv(conn, buf, fdBuf)
 	if err != nil {
@@ -98,9 +99,9 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		case errors.Is(err, scmrights.ErrTruncated):
 			rerr = &exitError{code: exitTruncated, err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
 		case errors.Is(err, scmrights.ErrPayloadTruncated):
-			rerr = fail(exitProtocol, "%w: larger than %d bytes", errProtocol, maxMessage)
+			rerr = fail(exitProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
 		case err == io.EOF:
-			rerr = fail(exitProtocol, "%w: sender closed the connection without sending", errProtocol)
+			rerr = fail(exitProtocol, "%w: sender closed the connection without sending", fdwire.ErrProtocol)
 		default:
 			return err
 		}
@@ -114,7 +115,7 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 			closeAll(fds)
 		}
 	}()
-	names, payload, err := decodeMessage(buf[:n])
+	names, payload, err := fdwire.DecodeMessage(buf[:n])
 	if err != nil {
 		err = &exitError{code: exitProtocol, err: err}
 	} else if len(names) != nfds {
@@ -170,7 +171,7 @@ func reply(c *net.UnixConn, status int, text string) error {
 	if err := c.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		return err
 	}
-	_, err := c.Write(encodeReply(status, text))
+	_, err := c.Write(fdwire.EncodeReply(status, text))
 	return err
 }
 
@@ -453,7 +454,7 @@ func init() {
 // sendReply writes a reply with a raw send: no netpoller in stage 2.
 // MSG_NOSIGNAL: a sender that went away is EPIPE, not SIGPIPE.
 func sendReply(fd, status int, text string) {
-	_ = unix.Sendto(fd, encodeReply(status, text), unix.MSG_NOSIGNAL, nil)
+	_ = unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil)
 }
 
 // shim places fds at 3, 4, ..., tells the sender (on *replyFD, or -1) that
@@ -465,7 +466,7 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 	if spec != "" {
 		for _, s := range strings.Split(spec, ",") {
 			fd, err := strconv.Atoi(s)
-			if err != nil || fd < 0 || len(fds) >= maxNames {
+			if err != nil || fd < 0 || len(fds) >= fdwire.MaxNames {
 				return fmt.Errorf("bad %s=%q", shimEnv, spec)
 			}
 			fds = append(fds, fd)

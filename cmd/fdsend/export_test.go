@@ -1,11 +1,8 @@
 package main
 
-// Run, EncodeMessage and the rest expose the command's internals to the
-// external test package.
+// Run and ExitCode expose the command's internals to the external test
+// package.
 var (
-	Run           = run
-	ExitCode      = exitCode
-	EncodeMessage = encodeMessage
-	DecodeReply   = decodeReply
-	ErrProtocol   = errProtocol
+	Run      = run
+	ExitCode = exitCode
 )

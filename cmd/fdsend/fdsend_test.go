@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -69,7 +70,7 @@ func roleReceiver() int {
 		unix.Close(fd)
 	}
 	fmt.Println("message")
-	_, _ = c.Write(encodeReply(0, ""))
+	_, _ = c.Write(fdwire.EncodeReply(0, ""))
 	return 0
 }
 
@@ -261,19 +262,19 @@ func TestReplies(t *testing.T) {
 			if diff := cmp.Diff([]string{"a", "b"}, names); diff != "" || payload != "hello" || nfds != 2 {
 				t.Errorf("receiver got %q %q %d fds", names, payload, nfds)
 			}
-			c.Write(encodeReply(0, ""))
+			c.Write(fdwire.EncodeReply(0, ""))
 		}, 0, ""},
 		{"refused: count", func(c *net.UnixConn) {
 			recvMessage(t, c)
-			c.Write(encodeReply(4, "want 3"))
+			c.Write(fdwire.EncodeReply(4, "want 3"))
 		}, 4, "fdrecv refused the descriptors: want 3"},
 		{"refused: exec", func(c *net.UnixConn) {
 			recvMessage(t, c)
-			c.Write(encodeReply(10, "no"))
+			c.Write(fdwire.EncodeReply(10, "no"))
 		}, 10, "refused the descriptors: no"},
 		{"refused: unknown status", func(c *net.UnixConn) {
 			recvMessage(t, c)
-			c.Write(encodeReply(77, "?"))
+			c.Write(fdwire.EncodeReply(77, "?"))
 		}, 1, "refused"},
 		{"no reply", func(c *net.UnixConn) {
 			recvMessage(t, c)
@@ -291,7 +292,7 @@ func TestReplies(t *testing.T) {
 				return
 			}
 			defer unix.Close(fd)
-			scmrights.Send(c, encodeReply(0, ""), fd)
+			scmrights.Send(c, fdwire.EncodeReply(0, ""), fd)
 		}, 8, "truncated"},
 		{"closed without reply", func(c *net.UnixConn) {
 			recvMessage(t, c)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"os"
 	"os/signal"
@@ -175,12 +176,12 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		return nil, fail(exitUsage, "unexpected arguments %q", fs.Args())
 	case cfg.socket == "":
 		return nil, fail(exitUsage, "-socket is required")
-	case len(cfg.sources) > maxNames:
-		return nil, fail(exitUsage, "%d descriptors, at most %d in one message", len(cfg.sources), maxNames)
+	case len(cfg.sources) > fdwire.MaxNames:
+		return nil, fail(exitUsage, "%d descriptors, at most %d in one message", len(cfg.sources), fdwire.MaxNames)
 	case len(cfg.names) > 0 && len(cfg.names) != len(cfg.sources):
 		return nil, fail(exitUsage, "%d names for %d descriptors: give one -name per descriptor, or none", len(cfg.names), len(cfg.sources))
-	case len(cfg.payload) > maxPayload:
-		return nil, fail(exitUsage, "payload of %d bytes, at most %d", len(cfg.payload), maxPayload)
+	case len(cfg.payload) > fdwire.MaxPayload:
+		return nil, fail(exitUsage, "payload of %d bytes, at most %d", len(cfg.payload), fdwire.MaxPayload)
 	case cfg.timeout <= 0:
 		return nil, fail(exitUsage, "-timeout %v: want a positive duration", cfg.timeout)
 	}
@@ -190,7 +191,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	for _, n := range cfg.names {
-		if err := validName(n); err != nil {
+		if err := fdwire.ValidName(n); err != nil {
 			return nil, fail(exitUsage, "-name: %v", err)
 		}
 	}

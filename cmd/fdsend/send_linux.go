@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"io/fs"
 	"net"
@@ -55,7 +56,7 @@ func send(ctx context.Context, cfg *config) error {
 		}
 		fds = append(fds, fd)
 	}
-	msg, err := encodeMessage(cfg.names, []byte(cfg.payload))
+	msg, err := fdwire.EncodeMessage(cfg.names, []byte(cfg.payload))
 	if err != nil {
 		return fail(exitUsage, "%w", err)
 	}
@@ -115,7 +116,7 @@ func uidAllowed(uid int, allowed []int) bool {
 }
 
 func readReply(conn *net.UnixConn) (int, string, error) {
-	buf := make([]byte, maxReply+1)
+	buf := make([]byte, fdwire.MaxReply+1)
 	// No room for descriptors: a reply carrying any is refused and they
 	// are closed (ErrTruncated).
 	n, _, err := scmrights.Recv(conn, buf, nil)
@@ -123,11 +124,11 @@ func readReply(conn *net.UnixConn) (int, string, error) {
 	case err == io.EOF:
 		return 0, "", fail(exitProtocol, "fdrecv closed the connection without replying")
 	case errors.Is(err, scmrights.ErrTruncated), errors.Is(err, scmrights.ErrPayloadTruncated):
-		return 0, "", fail(exitProtocol, "%w: %v", errProtocol, err)
+		return 0, "", fail(exitProtocol, "%w: %v", fdwire.ErrProtocol, err)
 	case err != nil:
 		return 0, "", err
 	}
-	status, text, err := decodeReply(buf[:n])
+	status, text, err := fdwire.DecodeReply(buf[:n])
 	if err != nil {
 		return 0, "", &exitError{code: exitProtocol, err: err}
 	}

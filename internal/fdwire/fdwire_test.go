@@ -1,0 +1,164 @@
+package fdwire_test
+
+import (
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/internal/fdwire"
+)
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func mustEncode(t testing.TB, names []string, payload []byte) []byte {
+	b, err := fdwire.EncodeMessage(names, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The examples are the ones in docs/fdcli.md.
+func TestEncodeMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		names   []string
+		payload string
+		want    []byte
+		err     error
+	}{
+		{"doc example", []string{"web", "ctr"}, "hi", mustHex("48464453 01 02 03776562 03637472 00000002 6869"), nil},
+		{"nothing", nil, "", mustHex("48464453 01 00 00000000"), nil},
+		{"colon", []string{"a:b"}, "", nil, fdwire.ErrName},
+		{"empty name", []string{""}, "", nil, fdwire.ErrName},
+		{"long name", []string{strings.Repeat("n", 256)}, "", nil, fdwire.ErrName},
+		{"254 names", make([]string, 254), "", nil, fdwire.ErrTooLarge},
+		{"payload too large", nil, strings.Repeat("x", fdwire.MaxPayload+1), nil, fdwire.ErrTooLarge},
+	} {
+		got, err := fdwire.EncodeMessage(tc.names, []byte(tc.payload))
+		if !errors.Is(err, tc.err) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.err)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func TestDecodeMessage(t *testing.T) {
+	good := mustEncode(t, []string{"web", "ctr"}, []byte("hi"))
+	for _, tc := range []struct {
+		name    string
+		in      []byte
+		names   []string
+		payload string
+		err     error
+	}{
+		{"doc example", good, []string{"web", "ctr"}, "hi", nil},
+		{"empty", nil, nil, "", fdwire.ErrProtocol},
+		{"wrong magic", append([]byte("XFDS"), good[4:]...), nil, "", fdwire.ErrProtocol},
+		{"unknown version", append([]byte("HFDS\x07"), good[5:]...), nil, "", fdwire.ErrProtocol},
+		{"more than 253 names", []byte("HFDS\x01\xfe"), nil, "", fdwire.ErrProtocol},
+		{"name cut short", []byte("HFDS\x01\x01\x05ab"), nil, "", fdwire.ErrProtocol},
+		{"bad name", []byte("HFDS\x01\x01\x03a:b\x00\x00\x00\x00"), nil, "", fdwire.ErrName},
+		{"payload length cut short", []byte("HFDS\x01\x00\x00\x00"), nil, "", fdwire.ErrProtocol},
+		{"payload longer than said", append(mustEncode(t, nil, []byte("ab")), 'c'), nil, "", fdwire.ErrProtocol},
+		{"payload shorter than said", mustEncode(t, nil, []byte("ab"))[:11], nil, "", fdwire.ErrProtocol},
+		{"payload too large", []byte("HFDS\x01\x00\x00\x01\x00\x01"), nil, "", fdwire.ErrProtocol},
+	} {
+		names, payload, err := fdwire.DecodeMessage(tc.in)
+		if !errors.Is(err, tc.err) || (err != nil && !errors.Is(err, fdwire.ErrProtocol)) {
+			t.Errorf("%s: error %v, want %v wrapped in ErrProtocol", tc.name, err, tc.err)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if diff := cmp.Diff(tc.names, names); diff != "" {
+			t.Errorf("%s: names (-want +got):\n%s", tc.name, diff)
+		}
+		if string(payload) != tc.payload {
+			t.Errorf("%s: payload %q, want %q", tc.name, payload, tc.payload)
+		}
+	}
+}
+
+func TestReply(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		text   string
+		want   []byte
+	}{
+		{"ok", 0, "", mustHex("48464452 01 00 0000")},
+		{"count", 4, "no", mustHex("48464452 01 04 0002 6e6f")},
+		{"long text cut on a rune boundary", 8, strings.Repeat("é", 600), append(mustHex("48464452 01 08 0400"), strings.Repeat("é", 512)...)},
+	} {
+		got := fdwire.EncodeReply(tc.status, tc.text)
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+		status, text, err := fdwire.DecodeReply(got)
+		if err != nil || status != tc.status || text != string(got[8:]) {
+			t.Errorf("%s: DecodeReply = %d, %q, %v", tc.name, status, text, err)
+		}
+	}
+	for _, bad := range [][]byte{nil, []byte("HFDR"), []byte("HFDR\x02\x00\x00\x00"), []byte("XFDR\x01\x00\x00\x00"),
+		[]byte("HFDR\x01\x00\x00\x05ab"), []byte("HFDR\x01\x00\x04\x01"), append([]byte("HFDR\x01\x00\x00\x00"), 'x')} {
+		if _, _, err := fdwire.DecodeReply(bad); !errors.Is(err, fdwire.ErrProtocol) {
+			t.Errorf("DecodeReply(%q) = %v, want ErrProtocol", bad, err)
+		}
+	}
+}
+
+// FuzzDecodeMessage feeds arbitrary peer input to the decoder: it never
+// panics, and whatever it accepts re-encodes to exactly the input (one
+// encoding per message, so nothing is silently ignored).
+func FuzzDecodeMessage(f *testing.F) {
+	f.Add(mustEncode(f, []string{"web", "ctr"}, []byte("hi")))
+	f.Add(mustEncode(f, nil, nil))
+	f.Add([]byte("HFDS\x01\x01\x05ab"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		names, payload, err := fdwire.DecodeMessage(in)
+		if err != nil {
+			if !errors.Is(err, fdwire.ErrProtocol) {
+				t.Fatalf("error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		if len(names) > fdwire.MaxNames || len(payload) > fdwire.MaxPayload {
+			t.Fatalf("accepted %d names, %d payload bytes", len(names), len(payload))
+		}
+		if got := mustEncode(t, names, payload); string(got) != string(in) {
+			t.Fatalf("re-encoded %x, input %x", got, in)
+		}
+	})
+}
+
+// FuzzDecodeReply: never panics; what it accepts re-encodes to the input.
+func FuzzDecodeReply(f *testing.F) {
+	f.Add(fdwire.EncodeReply(0, ""))
+	f.Add(fdwire.EncodeReply(4, "want 3"))
+	f.Add([]byte("HFDR\x01\x00\x00\x05ab"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		status, text, err := fdwire.DecodeReply(in)
+		if err != nil {
+			if !errors.Is(err, fdwire.ErrProtocol) {
+				t.Fatalf("error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		if got := fdwire.EncodeReply(status, text); string(got) != string(in) {
+			t.Fatalf("re-encoded %x, input %x", got, in)
+		}
+	})
+}
