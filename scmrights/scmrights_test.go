@@ -22,13 +22,17 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	for _, st := range sotypes {
+		sizes := []int{1, 64, 4096, 200 << 10}
+		if st.typ == unix.SOCK_SEQPACKET {
+			// 200 KiB exceeds a seqpacket socket's default send buffer
+			// (EMSGSIZE, pinned by TestSeqpacketTooLarge); it only makes
+			// sense on a stream, where Send continues short writes.
+			sizes = sizes[:3]
+		}
 		for _, nfds := range []int{0, 1, 3, scmrights.MaxFDs} {
-			for _, size := range []int{1, 64, 4096, 200 << 10} {
+			for _, size := range sizes {
 				for _, api := range []string{"func", "conn"} {
 					t.Run(fmt.Sprintf("%s/fds=%d/payload=%d/%s", st.name, nfds, size, api), func(t *testing.T) {
-						if st.typ == unix.SOCK_SEQPACKET && size > 100<<10 {
-							t.Skip("a seqpacket message that large exceeds the default send buffer (EMSGSIZE); covered by TestSeqpacketTooLarge")
-						}
 						fdcensus.Verify(t)
 						roundTrip(t, st.typ, nfds, size, api)
 					})
