@@ -31,13 +31,18 @@
 // # Platforms
 //
 // Linux: SO_REUSEPORT balances by a hash of the 4-tuple; every Config field
-// and BPF steering are supported. FreeBSD 12+: SO_REUSEPORT_LB balances;
-// DeferAccept, FastOpen and steering return ErrNotSupported. macOS, OpenBSD,
-// NetBSD, DragonFly: SO_REUSEPORT lets sockets share a port but one member
-// receives the traffic; Probe reports "supported, not balancing" rather
-// than pretending. Everything else, Windows included: every call returns an
-// error wrapping ErrNotSupported. Probe measures the running kernel instead
-// of trusting this table.
+// and BPF steering are supported. FreeBSD 12+: SO_REUSEPORT_LB balances.
+// DragonFly: plain SO_REUSEPORT balances (FreeBSD's SO_REUSEPORT_LB was
+// ported from DragonFly's code). On both, a balancing group holds at most 256
+// sockets per address; a 257th binds but receives nothing, so ListenGroup
+// refuses more than MaxGroupSize() members, while sockets that other
+// processes add are beyond this package's sight. DeferAccept, FastOpen and
+// steering return ErrNotSupported on the BSDs. macOS, OpenBSD, NetBSD:
+// SO_REUSEPORT lets sockets share a port but one member receives the
+// traffic; Probe reports "supported, not balancing" rather than pretending.
+// Everything else, Windows included: every call returns an error wrapping
+// ErrNotSupported. Probe measures the running kernel instead of trusting
+// this table.
 //
 // # Ownership
 //

@@ -11,7 +11,16 @@ import (
 
 // MaxGroup bounds the group size ListenGroup accepts, far above any useful
 // count of listeners on one port and far below the descriptor limit.
+// FreeBSD and DragonFly balance over at most 256 sockets per address (a
+// 257th binds but receives nothing), so there the limit is 256; see
+// MaxGroupSize.
 const MaxGroup = 1024
+
+// MaxGroupSize returns the largest group ListenGroup and ListenPacketGroup
+// accept on this platform: 256 on FreeBSD and DragonFly, MaxGroup elsewhere.
+// The limit is the kernel's per address, so sockets joined by other
+// processes or by Listen count too, and this package cannot see those.
+func MaxGroupSize() int { return maxGroupOS }
 
 // Group is n TCP listeners bound to one address, members of one reuseport
 // group. Listener i is the i-th socket to join, which is the index a
@@ -39,7 +48,8 @@ type PacketGroup struct {
 
 // ListenGroup opens n TCP listeners on address with c's options. A port of
 // 0 is resolved once, by the first bind, and the others bind that port, so
-// every member shares it. On error nothing stays open.
+// every member shares it. n must be in 1..MaxGroupSize(), else the error
+// wraps ErrInvalidConfig. On error nothing stays open.
 func (c *Config) ListenGroup(ctx context.Context, network, address string, n int) (*Group, error) {
 	members, addr, err := listenN(ctx, n, address, func(ctx context.Context, a string) (net.Listener, net.Addr, error) {
 		l, err := c.Listen(ctx, network, a)
@@ -82,8 +92,8 @@ func ListenPacketGroup(ctx context.Context, network, address string, n int) (*Pa
 type closer interface{ Close() error }
 
 func listenN[T closer](ctx context.Context, n int, address string, open func(context.Context, string) (T, net.Addr, error)) ([]T, net.Addr, error) {
-	if n < 1 || n > MaxGroup {
-		return nil, nil, fmt.Errorf("%w: group size %d not in 1..%d", ErrInvalidConfig, n, MaxGroup)
+	if n < 1 || n > maxGroupOS {
+		return nil, nil, fmt.Errorf("%w: group size %d not in 1..%d (the kernel's limit on this platform)", ErrInvalidConfig, n, maxGroupOS)
 	}
 	members := make([]T, 0, n)
 	var addr net.Addr

@@ -11,5 +11,6 @@ func TestMain(m *testing.M) {
 		"join":         joinHelper,
 		"lossns":       lossNetnsHelper,
 		"acceptserver": acceptServerHelper,
+		"probens":      probeNetnsHelper,
 	})
 }

@@ -204,17 +204,37 @@ func TestOtherUserCannotJoin(t *testing.T) {
 // lossResult counts what happened to connections queued (handshake done,
 // not yet accepted) when one holder of the listening socket closed it.
 type lossResult struct {
+	Backlog int    // accept-queue limit of the listeners (TCP_INFO)
+	Conns   int    // connections queued before the close
 	Queued  [2]int // in the accept queue of the kept and the closed socket
-	OK      int    // answered by the socket that stayed open
-	Reset   int    // RST or EOF before an answer
-	Timeout int    // no answer within the deadline
+	// HalfOpen counts request sockets in SYN_RECV before the close (the
+	// half-open scenario only).
+	HalfOpen int
+	OK       int // answered by the socket that stayed open
+	Reset    int // RST or EOF before an answer
+	Timeout  int // no answer within the deadline
 }
 
-// runQueuedLoss queues conns connections, closes one holder, serves the rest
-// and classifies every client's outcome. mode "reuseport": a group of two
-// sockets, one of them closed. mode "shared": one socket held through two
-// descriptors (as a master and a worker hold it), one descriptor closed.
-func runQueuedLoss(mode string, conns int) (res lossResult, err error) {
+// maxLossConns is how many connections the loss scenario queues when the
+// accept queue allows it.
+const maxLossConns = 200
+
+// lossConns sizes the scenario to an accept-queue limit: Linux queues up to
+// limit+1 completed connections (sk_acceptq_is_full tests >) and drops the
+// client's ACK beyond that, so a limit below 200 (net.core.somaxconn caps
+// it) would make connections miss the queue. 8 spare slots, at least 1.
+func lossConns(limit int) int {
+	return min(maxLossConns, max(1, limit-8))
+}
+
+// runQueuedLoss queues lossConns(backlog) connections, closes one holder,
+// serves the rest and classifies every client's outcome. mode "reuseport":
+// a group of two sockets, one of them closed. mode "shared": one socket
+// held through two descriptors (as a master and a worker hold it), one
+// descriptor closed. The backlog is what the kernel gave net's listen(2),
+// net.core.somaxconn, read back from TCP_INFO; in reuseport mode every
+// connection could hash to one member, so each member must hold them all.
+func runQueuedLoss(mode string) (res lossResult, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var keep, drop net.Listener
@@ -246,6 +266,13 @@ func runQueuedLoss(mode string, conns int) (res lossResult, err error) {
 	default:
 		return res, fmt.Errorf("unknown mode %q", mode)
 	}
+
+	_, res.Backlog, err = acceptQueue(keep)
+	if err != nil {
+		return res, err
+	}
+	conns := lossConns(res.Backlog)
+	res.Conns = conns
 
 	clients := make([]net.Conn, 0, conns)
 	defer func() {
@@ -324,35 +351,47 @@ func runQueuedLoss(mode string, conns int) (res lossResult, err error) {
 }
 
 // TestCloseWithQueuedConnections measures the accept-queue loss that makes
-// mini-cluster's master own every listener: 200 connections wait in the
-// queues of a two-member group, one member is closed, and every connection
-// in its queue is reset (unless net.ipv4.tcp_migrate_req=1). The same with
-// one socket held twice, one holder closing: nothing is lost.
+// mini-cluster's master own every listener: 200 connections (fewer if
+// net.core.somaxconn is below 208, see lossConns) wait in the queues of a
+// two-member group, one member is closed, and every connection in its queue
+// is reset (unless net.ipv4.tcp_migrate_req=1). The same with one socket
+// held twice, one holder closing: nothing is lost.
 func TestCloseWithQueuedConnections(t *testing.T) {
 	fdcensus.Verify(t)
-	const conns = 200
 	migrate := readSysctlOr(t, "/proc/sys/net/ipv4/tcp_migrate_req", 0) != 0
 	for _, mode := range []string{"reuseport", "shared"} {
 		t.Run(mode, func(t *testing.T) {
-			res, err := runQueuedLoss(mode, conns)
+			res, err := runQueuedLoss(mode)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s: %d connections, queued %v, then one holder closed: ok=%d reset=%d timeout=%d",
-				mode, conns, res.Queued, res.OK, res.Reset, res.Timeout)
-			want := lossResult{Queued: res.Queued, OK: conns}
-			if mode == "reuseport" && !migrate {
-				// Exactly the closed member's queue is lost. Its share is
-				// Binomial(200, 1/2), so P(empty) = 2^-200.
-				want.OK, want.Reset = res.Queued[0], res.Queued[1]
-				if res.Queued[1] == 0 {
-					t.Errorf("closed member had nothing queued: %v", res.Queued)
-				}
-			}
-			if diff := cmp.Diff(want, res); diff != "" {
-				t.Errorf("outcome (-want +got):\n%s", diff)
-			}
+			checkLoss(t, mode, migrate, res)
 		})
+	}
+}
+
+// checkLoss asserts the outcome of runQueuedLoss: with a reuseport group and
+// no migration exactly the closed member's queue is reset, otherwise every
+// client is answered.
+func checkLoss(t *testing.T, mode string, migrate bool, res lossResult) {
+	t.Helper()
+	t.Logf("%s, tcp_migrate_req=%v, backlog %d: %d connections, queued %v, then one holder closed: ok=%d reset=%d timeout=%d",
+		mode, migrate, res.Backlog, res.Conns, res.Queued, res.OK, res.Reset, res.Timeout)
+	if want := lossConns(res.Backlog); res.Conns != want {
+		t.Errorf("queued %d connections for backlog %d, want %d", res.Conns, res.Backlog, want)
+	}
+	want := lossResult{Backlog: res.Backlog, Conns: res.Conns, Queued: res.Queued, OK: res.Conns}
+	if mode == "reuseport" && !migrate {
+		want.OK, want.Reset = res.Queued[0], res.Queued[1]
+		// The closed member's share is Binomial(conns, 1/2): with 32 or
+		// more connections P(empty) <= 2^-32. Below that (a tiny
+		// somaxconn) the exact accounting above still holds.
+		if res.Conns >= 32 && res.Queued[1] == 0 {
+			t.Errorf("closed member had nothing queued: %v", res.Queued)
+		}
+	}
+	if diff := cmp.Diff(want, res); diff != "" {
+		t.Errorf("outcome (-want +got):\n%s", diff)
 	}
 }
 
@@ -364,24 +403,43 @@ func readSysctlOr(t testing.TB, path string, def int) int {
 }
 
 // lossNetnsHelper runs in a fresh network namespace: it brings lo up, sets
-// net.ipv4.tcp_migrate_req=1 there (the sysctl is per namespace, so the
-// machine's setting is untouched), runs the reuseport loss scenario and
-// prints the result as JSON.
+// net.ipv4.tcp_migrate_req and net.core.somaxconn there to Args()[0] and
+// [1] (both per namespace, so the machine's settings are untouched; "-"
+// keeps the namespace's default), runs the loss scenario for each mode in
+// Args()[2:] and prints the results as one JSON array.
 func lossNetnsHelper() int {
+	args := helperproc.Args()
+	if len(args) < 3 {
+		fmt.Fprintln(os.Stderr, "lossns: want migrate_req, somaxconn and modes")
+		return 2
+	}
 	if err := loopbackUp(); err != nil {
 		fmt.Fprintln(os.Stderr, "lossns:", err)
 		return 2
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1\n"), 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, "lossns:", err)
-		return 2
+	for i, path := range []string{"/proc/sys/net/ipv4/tcp_migrate_req", "/proc/sys/net/core/somaxconn"} {
+		if args[i] == "-" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(args[i]+"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "lossns:", err)
+			return 2
+		}
 	}
-	res, err := runQueuedLoss("reuseport", 200)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lossns:", err)
-		return 1
+	var results []lossResult
+	for _, mode := range args[2:] {
+		run := func() (lossResult, error) { return runQueuedLoss(mode) }
+		if mode == "halfopen" {
+			run = runHalfOpenLoss
+		}
+		res, err := run()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lossns:", mode+":", err)
+			return 1
+		}
+		results = append(results, res)
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+	if err := json.NewEncoder(os.Stdout).Encode(results); err != nil {
 		return 1
 	}
 	return 0
@@ -407,20 +465,16 @@ func loopbackUp() error {
 	return nil
 }
 
-// TestCloseWithQueuedConnectionsMigrateReq runs the reuseport scenario in a
-// private network namespace with net.ipv4.tcp_migrate_req=1: the kernel
-// moves the closed member's queue to the surviving member, and nothing is
-// lost.
-func TestCloseWithQueuedConnectionsMigrateReq(t *testing.T) {
+// runInNetns runs role in a child in a fresh network namespace (root only;
+// the test is skipped where namespaces cannot be created) and returns its
+// stdout. Sysctls under /proc/sys/net written there leave the host alone.
+func runInNetns(t *testing.T, role string, args ...string) string {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("needs root for a private network namespace")
 	}
-	if _, err := os.Stat("/proc/sys/net/ipv4/tcp_migrate_req"); err != nil {
-		t.Skip("kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14)")
-	}
-	fdcensus.Verify(t)
 	pc := proccensus.New(t)
-	cmd := helperproc.Command(t, "lossns", &helperproc.Options{Env: []string{pc.Env()}})
+	cmd := helperproc.Command(t, role, &helperproc.Options{Env: []string{pc.Env()}, Args: args})
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	var out strings.Builder
 	cmd.Stdout = &out
@@ -435,15 +489,100 @@ func TestCloseWithQueuedConnectionsMigrateReq(t *testing.T) {
 	err := cmd.Wait()
 	timer.Stop()
 	if err != nil {
-		t.Fatalf("helper: %v", err)
+		t.Fatalf("helper %s: %v", role, err)
 	}
-	var res lossResult
-	if err := json.Unmarshal([]byte(out.String()), &res); err != nil {
-		t.Fatalf("helper output %q: %v", out.String(), err)
+	return out.String()
+}
+
+// probeNetnsHelper runs in a fresh network namespace: for each argument it
+// sets net.ipv4.tcp_migrate_req to it, runs Probe, and prints the results
+// as one JSON array.
+func probeNetnsHelper() int {
+	if err := loopbackUp(); err != nil {
+		fmt.Fprintln(os.Stderr, "probens:", err)
+		return 2
 	}
-	t.Logf("reuseport, tcp_migrate_req=1: 200 connections, queued %v, one member closed: ok=%d reset=%d timeout=%d",
-		res.Queued, res.OK, res.Reset, res.Timeout)
-	if diff := cmp.Diff(lossResult{Queued: res.Queued, OK: 200}, res); diff != "" {
-		t.Errorf("outcome (-want +got):\n%s", diff)
+	var caps []reuseport.Capability
+	for _, v := range helperproc.Args() {
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte(v+"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "probens:", err)
+			return 2
+		}
+		c, err := reuseport.Probe()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "probens:", err)
+			return 1
+		}
+		caps = append(caps, c)
 	}
+	if err := json.NewEncoder(os.Stdout).Encode(caps); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// TestProbeMigrateReq sets net.ipv4.tcp_migrate_req to 0, 1, 0 in a private
+// network namespace and checks that Probe follows each change, rather than
+// comparing Probe with the same file it reads.
+func TestProbeMigrateReq(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/net/ipv4/tcp_migrate_req"); err != nil {
+		t.Skip("kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14)")
+	}
+	fdcensus.Verify(t)
+	out := runInNetns(t, "probens", "0", "1", "0")
+	var got []reuseport.Capability
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("helper output %q: %v", out, err)
+	}
+	base := reuseport.Capability{Option: "SO_REUSEPORT", Shared: true, Balancing: true, Steering: true}
+	on := base
+	on.MigrateReq = true
+	if diff := cmp.Diff([]reuseport.Capability{base, on, base}, got); diff != "" {
+		t.Errorf("Probe with tcp_migrate_req=0,1,0 (-want +got):\n%s", diff)
+	}
+}
+
+// TestCloseWithQueuedConnectionsMigrateReq runs the reuseport scenario in a
+// private network namespace with net.ipv4.tcp_migrate_req=1: the kernel
+// moves the closed member's queue to the surviving member, and nothing is
+// lost.
+func TestCloseWithQueuedConnectionsMigrateReq(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/net/ipv4/tcp_migrate_req"); err != nil {
+		t.Skip("kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14)")
+	}
+	fdcensus.Verify(t)
+	for _, res := range netnsLoss(t, "1", "-", "reuseport") {
+		checkLoss(t, "reuseport", true, res)
+	}
+}
+
+// TestCloseWithQueuedConnectionsSmallBacklog runs both scenarios where
+// net.core.somaxconn is 40 (set in a private network namespace): the test
+// queues lossConns(40) = 32 connections instead of 200, and the outcome is
+// the same, so a machine with a small somaxconn neither fails nor skips the
+// loss test.
+func TestCloseWithQueuedConnectionsSmallBacklog(t *testing.T) {
+	fdcensus.Verify(t)
+	got := netnsLoss(t, "0", "40", "reuseport", "shared")
+	for i, mode := range []string{"reuseport", "shared"} {
+		if got[i].Backlog != 40 || got[i].Conns != 32 {
+			t.Errorf("%s: backlog %d, %d connections; want 40 and 32", mode, got[i].Backlog, got[i].Conns)
+		}
+		checkLoss(t, mode, false, got[i])
+	}
+}
+
+// netnsLoss runs lossNetnsHelper with migrate_req, somaxconn ("-" keeps the
+// default) and one result per mode.
+func netnsLoss(t *testing.T, migrate, somaxconn string, modes ...string) []lossResult {
+	t.Helper()
+	out := runInNetns(t, "lossns", append([]string{migrate, somaxconn}, modes...)...)
+	var res []lossResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("helper output %q: %v", out, err)
+	}
+	if len(res) != len(modes) {
+		t.Fatalf("helper returned %d results for %d modes", len(res), len(modes))
+	}
+	return res
 }

@@ -19,7 +19,8 @@ var (
 	// ErrAddrInUse reports that the address is held by a socket that is not
 	// a member of the group: one bound without SO_REUSEPORT, or one owned
 	// by another user (the kernel only groups sockets of the same effective
-	// uid). The error also matches syscall.EADDRINUSE and carries the
+	// uid). The error also matches syscall.EADDRINUSE (on every platform
+	// whose syscall package defines it, i.e. all but plan9) and carries the
 	// *net.OpError of the failed bind.
 	ErrAddrInUse = errors.New("reuseport: address in use by a socket outside the reuseport group (bound without SO_REUSEPORT, or owned by another user)")
 
@@ -183,7 +184,7 @@ func ListenPacket(ctx context.Context, network, address string) (net.PacketConn,
 // only ways to get it are a holder outside the group or another uid, and the
 // bare errno names neither.
 func listenError(err error) error {
-	if errors.Is(err, syscall.EADDRINUSE) {
+	if isAddrInUse(err) {
 		return fmt.Errorf("%w: %w", ErrAddrInUse, err)
 	}
 	return err

@@ -1,4 +1,4 @@
-//go:build darwin || dragonfly || netbsd || openbsd
+//go:build darwin || netbsd || openbsd
 
 package reuseport
 
@@ -10,8 +10,13 @@ import (
 
 func reuseOption() string { return "SO_REUSEPORT" }
 
-// setReusePort sets SO_REUSEPORT, which these kernels accept to let sockets
-// share a port; Probe measures whether they also balance.
+// maxGroupOS is MaxGroup: these kernels keep no separate balancing group
+// with a size limit of its own.
+const maxGroupOS = MaxGroup
+
+// setReusePort sets SO_REUSEPORT, which macOS, NetBSD and OpenBSD accept to
+// let sockets share a port while one of them receives the traffic; Probe
+// measures it rather than trusting this.
 func setReusePort(fd int) error {
 	return setsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1)
 }

@@ -8,6 +8,11 @@ import (
 
 func reuseOption() string { return "SO_REUSEPORT_LB" }
 
+// maxGroupOS is INPCBLBGROUP_SIZMAX (sys/netinet/in_pcb.c): a load-balancing
+// group holds at most 256 sockets. Further sockets still bind, but are left
+// out of the group and receive nothing, so ListenGroup refuses larger groups.
+const maxGroupOS = 256
+
 // setReusePort uses SO_REUSEPORT_LB (FreeBSD 12+): plain SO_REUSEPORT on
 // FreeBSD lets sockets share a port but delivers to one of them only.
 func setReusePort(fd int) error {

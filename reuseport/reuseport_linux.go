@@ -18,6 +18,10 @@ const (
 
 func reuseOption() string { return "SO_REUSEPORT" }
 
+// maxGroupOS is MaxGroup: Linux grows a reuseport group without a fixed
+// limit (struct sock_reuseport is reallocated as members join).
+const maxGroupOS = MaxGroup
+
 func setReusePort(fd int) error {
 	return setsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1)
 }
@@ -65,10 +69,4 @@ func migrateReq() bool {
 	}
 	n, err := parseSysctlInt(b)
 	return err == nil && n != 0
-}
-
-// probeSteering attaches the CPU program to g, a throw-away group, to learn
-// whether this kernel takes it (SO_ATTACH_REUSEPORT_CBPF is Linux 4.5+).
-func probeSteering(g *PacketGroup) bool {
-	return g.SteerByCPU() == nil
 }

@@ -10,6 +10,10 @@ import (
 
 func reuseOption() string { return "" }
 
+// maxGroupOS only keeps group sizes checked the same way everywhere; every
+// member fails with ErrNotSupported here.
+const maxGroupOS = MaxGroup
+
 func control(*Config, string, syscall.RawConn) error {
 	return fmt.Errorf("reuseport: SO_REUSEPORT: %w", ErrNotSupported)
 }

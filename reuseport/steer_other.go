@@ -16,5 +16,3 @@ func attachProgram(syscall.RawConn, []Instruction) error {
 }
 
 func migrateReq() bool { return false }
-
-func probeSteering(*PacketGroup) bool { return false }
