@@ -13,7 +13,22 @@
 // magic or version is ErrBadHeader, a length above the Reader's MaxFrame is
 // ErrFrameTooLarge, and on a stream both are final, because there is no way
 // to find the next frame after them (on SOCK_SEQPACKET only that message is
-// dropped).
+// dropped). A frame's memory grows with the bytes that arrive, not with the
+// length its header claims.
+//
+// # Errors
+//
+// A Reader error is a timeout, a dropped frame or final. A timeout
+// (os.ErrDeadlineExceeded) is never final: the next read resumes the frame
+// where it stopped. Errors matching ErrFrameDropped (among them every
+// *FDCountError, ErrNoFDTransport and a frame with more descriptors than
+// the caller's fds slice, ErrTooManyFDs; on SOCK_SEQPACKET also a bad or
+// oversized message) dropped one frame, its descriptors closed; the next
+// read returns the next frame. Every other error is final and repeats on
+// every later read: io.EOF, io.ErrUnexpectedEOF, ErrBadHeader and
+// ErrFrameTooLarge on a stream, ErrFDProtocol, ErrClosed and errors of the
+// underlying connection. A read loop skips ErrFrameDropped and stops on
+// anything else but a timeout.
 //
 // # Descriptors
 //
@@ -26,9 +41,15 @@
 // AF_UNIX stream stops right after the first skb that carries descriptors.
 // The descriptors one recvmsg returns therefore belong to the last frame
 // whose first byte lies in the bytes it returned. The Reader applies that
-// rule and cross-checks it against the count the frame's header declares:
-// any mismatch, including descriptors on a byte that starts no frame, drops
-// the frame with an *FDCountError and closes them. More than 253
+// rule and cross-checks it against the count the frame's header declares: a
+// mismatch drops the frame with an *FDCountError and closes the
+// descriptors. Descriptors a peer attaches to a byte that starts no frame
+// are detected on a best-effort basis only: when the recvmsg that returns
+// them also returns the first byte of a later frame (which depends on
+// timing), the rule charges them to that later frame, which is then dropped
+// for a count mismatch, or, if its header happens to declare that many,
+// delivered with them. Either way a peer can only misplace its own
+// descriptors among its own frames on its own connection. More than 253
 // descriptors for one frame are refused (ErrTooManyFDs); there are no
 // continuation frames. On SOCK_SEQPACKET (ReaderOptions.Packet) every
 // message is one frame and its descriptors.

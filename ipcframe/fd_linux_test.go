@@ -755,7 +755,7 @@ func TestBadPeerIsolated(t *testing.T) {
 		data    []byte
 		wantErr error
 	}{
-		{"huge length", hdr(0, 1<<32-1), ipcframe.ErrFrameTooLarge},
+		{"huge length", hdr32(0, 1<<32-1), ipcframe.ErrFrameTooLarge},
 		{"garbage", []byte("GET / HTTP/1.1\r\n\r\n"), ipcframe.ErrBadHeader},
 		{"half frame", append(hdr(2, 50), "abc"...), io.ErrUnexpectedEOF},
 	} {
@@ -798,10 +798,10 @@ func TestFrameTooLarge(t *testing.T) {
 		header []byte
 		final  bool
 	}{
-		{"stream 2^32-1", unix.SOCK_STREAM, hdr(0, 1<<32-1), true},
+		{"stream 2^32-1", unix.SOCK_STREAM, hdr32(0, 1<<32-1), true},
 		{"stream MaxFrame+1", unix.SOCK_STREAM, hdr(0, ipcframe.DefaultMaxFrame+1), true},
 		{"stream MaxFrame+1 with fds", unix.SOCK_STREAM, hdr(2, ipcframe.DefaultMaxFrame+1), true},
-		{"seqpacket 2^32-1", unix.SOCK_SEQPACKET, hdr(2, 1<<32-1), false},
+		{"seqpacket 2^32-1", unix.SOCK_SEQPACKET, hdr32(2, 1<<32-1), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -834,4 +834,222 @@ func TestFrameTooLarge(t *testing.T) {
 		})
 	}
 	goroutinesSettle(t, baseline)
+}
+
+// TestDroppedFramesLoopEndsFD: over a descriptor transport, a loop that
+// skips per-frame errors (a frame with more descriptors than the caller has
+// room for, injected descriptors) still ends at a header declaring more
+// descriptors than MaxFDs, which is final and matches no per-frame sentinel.
+func TestDroppedFramesLoopEndsFD(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_STREAM)
+	fds, fid := memfds(t, 2)
+	w := ipcframe.NewWriter(a, nil)
+	if err := w.WriteFrameFDs([]byte("two"), fds...); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send(append(hdr(0, 3), "inj"...), fds[:1]...); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFrameFDs([]byte("one"), fds[:1]...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Write(hdr(5, 0)); err != nil {
+		t.Fatal(err)
+	}
+	r := ipcframe.NewReader(b, &ipcframe.ReaderOptions{MaxFDs: 4})
+	var gotIDs []fdID
+	p, drops, err := skipDropped(t, r, make([]int, 1), 1000, func(fds []int) { gotIDs = append(gotIDs, takeIDs(t, fds)...) })
+	if err == nil {
+		t.Fatalf("1000 reads skipping per-frame errors did not end (%d drops)", drops)
+	}
+	if !errors.Is(err, ipcframe.ErrBadHeader) || isPerFrame(err) {
+		t.Errorf("final error %v, want ErrBadHeader and no per-frame sentinel", err)
+	}
+	if diff := cmp.Diff([]string{"one"}, p); diff != "" {
+		t.Errorf("payloads (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(fid[:1], gotIDs); diff != "" {
+		t.Errorf("descriptors (-want +got):\n%s", diff)
+	}
+	if drops != 2 {
+		t.Errorf("%d frames dropped, want 2", drops)
+	}
+}
+
+// TestHeaderAloneAllocates is TESTPLAN A1 for memory: a header declaring
+// a MaxFrame payload, 100 bytes of it, then a read deadline cost memory
+// for the bytes that arrived, not for the length declared; the frame is
+// still read whole once the rest arrives.
+func TestHeaderAloneAllocates(t *testing.T) {
+	fdcensus.Verify(t)
+	for _, tt := range []struct {
+		name     string
+		fdReader bool
+	}{{"net.UnixConn", false}, {"scmrights.Conn", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := connPair(t, unix.SOCK_STREAM)
+			var rd io.Reader = b.UnixConn()
+			if tt.fdReader {
+				rd = b
+			}
+			r := ipcframe.NewReader(rd, nil)
+			p := payloadOf(5, ipcframe.DefaultMaxFrame)
+			f := append(hdr(0, len(p)), p...)
+			if _, err := a.Write(f[:ipcframe.HeaderSize+100]); err != nil {
+				t.Fatal(err)
+			}
+			b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := r.ReadFrame(nil)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("header and 100 bytes: %v, want a timeout", err)
+			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew >= 64<<10 {
+				t.Errorf("allocated %d bytes for a header and 100 bytes, want < 64 KiB", grew)
+			}
+			b.SetReadDeadline(time.Time{})
+			wait := run(func() error { _, err := a.Write(f[ipcframe.HeaderSize+100:]); return err })
+			got, err := r.ReadFrame(nil)
+			if err != nil || !bytes.Equal(got, p) {
+				t.Fatalf("the whole frame: %d bytes, %v", len(got), err)
+			}
+			if err := wait(t); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestDeadlineMidLargeFrame: a read deadline in the middle of a frame
+// larger than the read buffer is not final. After the deadline is cleared
+// and the rest sent, the retry returns the whole frame with its descriptor,
+// and the frame after it follows.
+func TestDeadlineMidLargeFrame(t *testing.T) {
+	fdcensus.Verify(t)
+	for _, tt := range []struct {
+		name    string
+		bufSize int
+		dstCap  int
+	}{
+		{"default buffer", 0, 0},
+		{"small buffer", 4 << 10, 0},
+		{"small buffer, read into dst", 4 << 10, 128 << 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := connPair(t, unix.SOCK_STREAM)
+			fds, fid := memfds(t, 1)
+			p := payloadOf(7, 64<<10)
+			f := append(hdr(1, len(p)), p...)
+			if err := a.Send(f[:32<<10], fds...); err != nil {
+				t.Fatal(err)
+			}
+			r := ipcframe.NewReader(b, &ipcframe.ReaderOptions{BufferSize: tt.bufSize})
+			rfds := make([]int, 2)
+			b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			dst := make([]byte, 0, tt.dstCap)
+			if got, n, err := r.ReadFrameFDs(dst, rfds); !errors.Is(err, os.ErrDeadlineExceeded) || n != 0 || len(got) != 0 {
+				t.Fatalf("half a frame: %d bytes, %d descriptors, %v; want a timeout", len(got), n, err)
+			}
+			b.SetReadDeadline(time.Time{})
+			if _, err := a.Write(f[32<<10:]); err != nil {
+				t.Fatal(err)
+			}
+			if err := ipcframe.NewWriter(a, nil).WriteFrame([]byte("next")); err != nil {
+				t.Fatal(err)
+			}
+			whole, n, err := r.ReadFrameFDs(make([]byte, 0, tt.dstCap), rfds)
+			if err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+			if diff := cmp.Diff([]got{frameOf(p, fid), frameOf([]byte("next"), nil)}, append([]got{frameOf(whole, takeIDs(t, rfds[:n]))}, readFrames(t, r, 1)...)); diff != "" {
+				t.Errorf("frames (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestSendFailureKeepsWriter: a Send that fails before writing anything (an
+// expired write deadline) drops that frame only; the Writer sends the next
+// one. A Send that times out after writing part of a frame leaves the peer a
+// fragment, and scmrights.Conn refuses everything after it (ErrBroken),
+// which the Writer passes on.
+func TestSendFailureKeepsWriter(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_STREAM)
+	fds, fid := memfds(t, 1)
+	w := ipcframe.NewWriter(a, nil)
+	a.SetWriteDeadline(time.Now().Add(-time.Second))
+	if err := w.WriteFrameFDs([]byte("lost"), fds...); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Send past the deadline: %v, want a timeout", err)
+	}
+	a.SetWriteDeadline(time.Time{})
+	if err := w.WriteFrameFDs([]byte("kept"), fds...); err != nil {
+		t.Fatalf("after a Send that wrote nothing: %v", err)
+	}
+	if err := w.WriteFrame([]byte("plain")); err != nil {
+		t.Fatalf("after a Send that wrote nothing: %v", err)
+	}
+	if diff := cmp.Diff([]got{frameOf([]byte("kept"), fid), frameOf([]byte("plain"), nil)}, readFrames(t, ipcframe.NewReader(b, nil), 2)); diff != "" {
+		t.Errorf("frames (-want +got):\n%s", diff)
+	}
+
+	// Larger than the socket buffer, to a peer that does not read.
+	a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	if err := w.WriteFrameFDs(make([]byte, 768<<10), fds...); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("frame larger than the socket buffer: %v, want a timeout", err)
+	}
+	a.SetWriteDeadline(time.Time{})
+	if err := w.WriteFrameFDs([]byte("x"), fds...); !errors.Is(err, scmrights.ErrBroken) {
+		t.Errorf("Send after a partial one: %v, want scmrights.ErrBroken", err)
+	}
+	if err := w.WriteFrame([]byte("x")); !errors.Is(err, scmrights.ErrBroken) {
+		t.Errorf("Write after a partial Send: %v, want scmrights.ErrBroken", err)
+	}
+}
+
+// lyingFDReader breaks the FDReader contract: it stores descriptors in fds
+// and reports more bytes than fit in buf.
+type lyingFDReader struct{ fds []int }
+
+func (l *lyingFDReader) Recv(buf []byte, fds []int) (int, int, error) {
+	n := copy(fds, l.fds)
+	l.fds = nil
+	return len(buf) + 1, n, nil
+}
+
+func (l *lyingFDReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// TestBadRecvClosesFDs: when an FDReader returns a byte count out of range
+// together with descriptors, the Reader fails for good and closes those
+// descriptors: nobody else can.
+func TestBadRecvClosesFDs(t *testing.T) {
+	fdcensus.Verify(t)
+	for _, packet := range []bool{false, true} {
+		t.Run(fmt.Sprint("packet=", packet), func(t *testing.T) {
+			orig, _ := memfds(t, 2)
+			var dups []int
+			for _, fd := range orig {
+				d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				dups = append(dups, d)
+			}
+			r := ipcframe.NewReader(&lyingFDReader{fds: dups}, &ipcframe.ReaderOptions{Packet: packet})
+			_, _, err := r.ReadFrameFDs(nil, make([]int, 4))
+			if err == nil || isPerFrame(err) || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("out-of-range byte count: %v, want a final error", err)
+			}
+			for _, d := range dups {
+				if _, err := unix.FcntlInt(uintptr(d), unix.F_GETFD, 0); err != unix.EBADF {
+					t.Errorf("descriptor %d the reader was given: F_GETFD %v, want EBADF (closed)", d, err)
+					unix.Close(d)
+				}
+			}
+		})
+	}
 }

@@ -2,11 +2,7 @@
 
 package ipcframe
 
-import (
-	"errors"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 // canPassFDs is true where the Reader's attribution rule holds: Linux
 // unix_stream_read_generic stops a recvmsg right after the first skb that
@@ -22,9 +18,3 @@ func closeFDs(fds []int) {
 		fds[i] = -1
 	}
 }
-
-// sendFailedWhole reports whether a failed FDWriter.Send certainly wrote
-// nothing. ETOOMANYREFS (the sender's in-flight descriptor limit) comes from
-// attaching the descriptors to the first skb, before any byte is queued, and
-// only the first sendmsg of a Send carries descriptors.
-func sendFailedWhole(err error) bool { return errors.Is(err, unix.ETOOMANYREFS) }

@@ -10,6 +10,3 @@ const canPassFDs = false
 // closeFDs has nothing to do here: with canPassFDs false a Reader never
 // calls Recv, so it never holds a descriptor.
 func closeFDs([]int) {}
-
-// sendFailedWhole is never asked: Writers send no descriptors here.
-func sendFailedWhole(error) bool { return false }

@@ -39,20 +39,37 @@ var (
 	// passed to a Writer that exceeds the Writer's maximum.
 	ErrFrameTooLarge = errors.New("ipcframe: frame too large")
 
-	// ErrTooManyFDs reports a frame with more descriptors than allowed: more
-	// than MaxFDsPerFrame on send, more than the Reader's MaxFDs in a header,
-	// or more than the caller's fds slice has room for.
+	// ErrTooManyFDs reports more descriptors than allowed for one frame:
+	// more than MaxFDsPerFrame passed to a Writer (nothing is written), or,
+	// from a Reader, a frame with more descriptors than the caller's fds
+	// slice has room for (the frame is dropped, ErrFrameDropped). A header
+	// declaring more than the Reader's MaxFDs is ErrBadHeader instead,
+	// because that ends the stream.
 	ErrTooManyFDs = errors.New("ipcframe: too many descriptors")
 
-	// ErrFDCount reports a frame whose descriptors do not match its header.
-	// Errors carrying it are *FDCountError values.
+	// ErrFDCount reports a frame whose descriptors do not match its header;
+	// the frame is dropped (ErrFrameDropped). Errors carrying it are
+	// *FDCountError values.
 	ErrFDCount = errors.New("ipcframe: descriptor count mismatch")
 
 	// ErrNoFDTransport reports descriptors on a connection that cannot carry
 	// them: a Writer whose io.Writer has no Send method, or a frame that
 	// declares descriptors read from a Reader whose io.Reader has no Recv
-	// method (a pipe, TCP, ssh stdio).
+	// method (a pipe, TCP, ssh stdio); that frame is dropped
+	// (ErrFrameDropped).
 	ErrNoFDTransport = errors.New("ipcframe: transport cannot carry descriptors")
+
+	// ErrFrameDropped is matched by every Reader error after which the
+	// Reader goes on: one frame was dropped, its descriptors closed, and
+	// the next read returns the next frame. Reader errors that match
+	// neither it nor os.ErrDeadlineExceeded are final.
+	ErrFrameDropped = errors.New("ipcframe: frame dropped")
+
+	// ErrFDProtocol reports descriptors a stream Reader cannot attribute to
+	// any single frame: descriptors inside two frames returned by one read,
+	// descriptors without bytes, or descriptors of more than two unread
+	// frames at once. It is final; every descriptor held has been closed.
+	ErrFDProtocol = errors.New("ipcframe: descriptors outside the framing protocol")
 
 	// ErrClosed reports use of a Reader after Close.
 	ErrClosed = errors.New("ipcframe: reader closed")
@@ -93,19 +110,32 @@ func (e *FDCountError) Error() string {
 	return fmt.Sprintf("ipcframe: frame declares %d descriptors, %d arrived (all closed, frame dropped)", e.Declared, e.Arrived)
 }
 
-// Is makes errors.Is(err, ErrFDCount) true.
-func (e *FDCountError) Is(target error) bool { return target == ErrFDCount }
+// Is makes errors.Is(err, ErrFDCount) and errors.Is(err, ErrFrameDropped)
+// true.
+func (e *FDCountError) Is(target error) bool {
+	return target == ErrFDCount || target == ErrFrameDropped
+}
+
+// droppedError marks an error that dropped one frame of a packet
+// transport (a bad header or an oversized frame), after which the Reader
+// goes on: it matches ErrFrameDropped as well as its cause.
+type droppedError struct{ err error }
+
+func (e *droppedError) Error() string   { return e.err.Error() + " (frame dropped)" }
+func (e *droppedError) Unwrap() []error { return []error{e.err, ErrFrameDropped} }
 
 // FDReader is a connection that returns bytes together with the
 // descriptors that arrived with them, as one recvmsg does.
 // *scmrights.Conn implements it.
 //
 // Recv reads into buf and stores received descriptors in fds, returning how
-// many of each arrived; fds[:nfds] then belong to the caller. If more
-// descriptors arrive than len(fds) has room for, or the kernel truncated
-// them, Recv must close every one that arrived and return an error. An
-// error may come with n > 0: those bytes were consumed. Recv returns io.EOF
-// at end of stream.
+// many of each arrived; fds[:nfds] then belong to the caller, also when err
+// is not nil. If more descriptors arrive than len(fds) has room for, or the
+// kernel truncated them, Recv must close every one that arrived and return
+// an error with nfds == 0: a descriptor it closed itself must not be
+// counted, or the Reader would close that number again, and by then it may
+// name an unrelated file. An error may come with n > 0: those bytes were
+// consumed. Recv returns io.EOF at end of stream.
 type FDReader interface {
 	Recv(buf []byte, fds []int) (n, nfds int, err error)
 }
@@ -115,6 +145,10 @@ type FDReader interface {
 //
 // Send must write all of payload, continuing short writes itself with the
 // descriptors on the first part only, and leave fds open for the caller.
+// If a Send fails after writing part of payload to a stream, the peer holds
+// a fragment: the FDWriter must then fail every later Send and Write
+// (*scmrights.Conn does, with scmrights.ErrBroken). A Writer relies on that
+// and stays usable after a failed Send.
 type FDWriter interface {
 	Send(payload []byte, fds ...int) error
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"math"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -58,7 +61,8 @@ func TestParseHeader(t *testing.T) {
 		{"docs: 13 bytes, 2 fds", "68 01 02 00 00 00 00 0d", ipcframe.Header{Len: 13, FDs: 2}, nil},
 		{"docs: empty, 1 fd", "68 01 01 00 00 00 00 00", ipcframe.Header{FDs: 1}, nil},
 		{"253 fds", "68 01 fd 00 00 00 00 01", ipcframe.Header{Len: 1, FDs: 253}, nil},
-		{"max length", "68 01 00 00 ff ff ff ff", ipcframe.Header{Len: 1<<32 - 1}, nil},
+		// ParseHeader clamps the length to MaxInt where int is 32 bits.
+		{"max length", "68 01 00 00 ff ff ff ff", ipcframe.Header{Len: int(min(uint64(math.MaxUint32), uint64(math.MaxInt)))}, nil},
 		{"254 fds", "68 01 fe 00 00 00 00 01", ipcframe.Header{}, ipcframe.ErrBadHeader},
 		{"wrong magic", "47 45 54 20 2f 20 48 54", ipcframe.Header{}, ipcframe.ErrBadHeader},
 		{"version 2", "68 02 00 00 00 00 00 00", ipcframe.Header{}, ipcframe.ErrBadHeader},
@@ -219,7 +223,8 @@ func TestBadHeaders(t *testing.T) {
 		{"MaxFrame+1 custom", "68 01 00 00 00 00 01 01", &ipcframe.ReaderOptions{MaxFrame: 256}, ipcframe.ErrFrameTooLarge},
 		{"http", "47 45 54 20 2f 20 48 54", nil, ipcframe.ErrBadHeader},
 		{"version 0", "68 00 00 00 00 00 00 00", nil, ipcframe.ErrBadHeader},
-		{"fds over reader limit", "68 01 05 00 00 00 00 01", &ipcframe.ReaderOptions{MaxFDs: 4}, ipcframe.ErrTooManyFDs},
+		// Final, so it must not match the sentinels of dropped frames.
+		{"fds over reader limit", "68 01 05 00 00 00 00 01", &ipcframe.ReaderOptions{MaxFDs: 4}, ipcframe.ErrBadHeader},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -328,5 +333,190 @@ func TestNoFDTransport(t *testing.T) {
 	}
 	if got, err := r.ReadFrame(nil); err != nil || string(got) != "next" {
 		t.Fatalf("next frame: %q, %v", got, err)
+	}
+}
+
+// isPerFrame reports whether err is one of the errors a Reader documents as
+// dropping a single frame; a caller loop skips exactly these.
+func isPerFrame(err error) bool {
+	for _, e := range []error{ipcframe.ErrFrameDropped, ipcframe.ErrFDCount, ipcframe.ErrNoFDTransport, ipcframe.ErrTooManyFDs} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// skipDropped reads frames the way a server loop does, skipping every
+// per-frame error, for at most limit reads. It returns the payloads read,
+// how many frames were dropped and the error that ended the loop (nil if
+// the limit was reached: the loop would have spun). Every per-frame error
+// must also match ErrFrameDropped. take, if not nil, disposes of the
+// descriptors of frames read.
+func skipDropped(t *testing.T, r *ipcframe.Reader, fds []int, limit int, take func([]int)) (payloads []string, drops int, final error) {
+	t.Helper()
+	for range limit {
+		p, n, err := r.ReadFrameFDs(nil, fds)
+		switch {
+		case err == nil:
+			if n > 0 {
+				if take == nil {
+					t.Fatalf("frame %q came with %d descriptors", p, n)
+				}
+				take(fds[:n])
+			}
+			payloads = append(payloads, string(p))
+		case isPerFrame(err):
+			if !errors.Is(err, ipcframe.ErrFrameDropped) {
+				t.Fatalf("per-frame error %v does not match ErrFrameDropped", err)
+			}
+			drops++
+		default:
+			return payloads, drops, err
+		}
+	}
+	return payloads, drops, nil
+}
+
+// TestDroppedFramesLoopEnds: a loop that skips per-frame errors over a
+// hostile stream ends, because final errors never match the sentinels of
+// dropped frames (a header declaring more descriptors than MaxFDs used to
+// be a final ErrTooManyFDs, which such a loop skipped forever).
+func TestDroppedFramesLoopEnds(t *testing.T) {
+	t.Parallel()
+	fdFrame := unhex(t, "68 01 02 00 00 00 00 01 7a") // declares 2 descriptors
+	tests := []struct {
+		name      string
+		data      []byte
+		opts      *ipcframe.ReaderOptions
+		wantP     []string
+		wantDrops int
+		wantErr   error
+	}{
+		{"header over MaxFDs", append(unhex(t, "68 01 05 00 00 00 00 00"), frames([]byte("after"))...),
+			&ipcframe.ReaderOptions{MaxFDs: 4}, nil, 0, ipcframe.ErrBadHeader},
+		{"dropped frames, then over MaxFDs", slices.Concat(fdFrame, frames([]byte("a")), fdFrame, unhex(t, "68 01 05 00 00 00 00 00")),
+			&ipcframe.ReaderOptions{MaxFDs: 4}, []string{"a"}, 2, ipcframe.ErrBadHeader},
+		{"dropped frames, then too large", slices.Concat(fdFrame, fdFrame, fdFrame, unhex(t, "68 01 00 00 ff ff ff ff")),
+			nil, nil, 3, ipcframe.ErrFrameTooLarge},
+		{"dropped frames, then garbage", slices.Concat(fdFrame, []byte("GET / HTTP/1.1\r\n")),
+			nil, nil, 1, ipcframe.ErrBadHeader},
+		{"dropped frame, then cut", slices.Concat(fdFrame, fdFrame[:5]), nil, nil, 1, io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := ipcframe.NewReader(&chunkReader{data: tt.data, sizes: []int{3}}, tt.opts)
+			p, drops, err := skipDropped(t, r, make([]int, 4), 1000, nil)
+			if err == nil {
+				t.Fatalf("1000 reads skipping per-frame errors did not end (%d drops)", drops)
+			}
+			if !errors.Is(err, tt.wantErr) || isPerFrame(err) {
+				t.Errorf("final error %v, want %v and no per-frame sentinel", err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.wantP, p); diff != "" {
+				t.Errorf("payloads (-want +got):\n%s", diff)
+			}
+			if drops != tt.wantDrops {
+				t.Errorf("%d frames dropped, want %d", drops, tt.wantDrops)
+			}
+			if _, err2 := r.ReadFrame(nil); err2 != err {
+				t.Errorf("error not final: next read = %v, want %v", err2, err)
+			}
+		})
+	}
+}
+
+// timeoutReader returns its reads in turn: data, a timeout, or both.
+type timeoutReader struct {
+	steps []timeoutStep
+}
+
+type timeoutStep struct {
+	data    []byte
+	timeout bool
+}
+
+func (s *timeoutReader) Read(p []byte) (int, error) {
+	if len(s.steps) == 0 {
+		return 0, io.EOF
+	}
+	st := &s.steps[0]
+	n := copy(p, st.data)
+	st.data = st.data[n:]
+	if len(st.data) > 0 {
+		return n, nil
+	}
+	s.steps = s.steps[1:]
+	if st.timeout {
+		return n, os.ErrDeadlineExceeded
+	}
+	return n, nil
+}
+
+// TestTimeoutResumes: a read deadline in the middle of a frame larger than
+// the buffer is not final; the next read resumes the frame where it
+// stopped, with every byte once, whichever path (buffer, straight into dst,
+// a timeout with data or without) the frame was on, and with a different
+// dst on the retry.
+func TestTimeoutResumes(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB
+	data := frames([]byte("before"), big, []byte("after"))
+	tests := []struct {
+		name string
+		cuts []int // stream offsets where a timeout occurs
+		data bool  // the timeout comes with the read's data
+		buf  int
+		dst  int // spare capacity of dst
+	}{
+		{"mid frame, default buffer", []int{14 + 32<<10}, false, 0, 0},
+		{"mid frame, data with the timeout", []int{14 + 32<<10}, true, 0, 0},
+		{"several, small buffer", []int{100, 20 << 10, 20<<10 + 1, 60 << 10}, false, 64, 0},
+		{"several, straight into dst", []int{14 + 9, 30 << 10, 50 << 10}, true, 4 << 10, 128 << 10},
+		{"right after the header", []int{14 + 8}, false, 1 << 10, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var tr timeoutReader
+			prev := 0
+			for _, c := range tt.cuts {
+				tr.steps = append(tr.steps, timeoutStep{data: data[prev:c], timeout: tt.data})
+				if !tt.data {
+					tr.steps = append(tr.steps, timeoutStep{timeout: true})
+				}
+				prev = c
+			}
+			tr.steps = append(tr.steps, timeoutStep{data: data[prev:]})
+			r := ipcframe.NewReader(&tr, &ipcframe.ReaderOptions{BufferSize: tt.buf})
+			var got []string
+			timeouts := 0
+			for range 20 {
+				dst := make([]byte, 1, 1+tt.dst)
+				dst[0] = '>'
+				p, err := r.ReadFrame(dst)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					timeouts++
+					if string(p) != ">" {
+						t.Fatalf("timeout returned %d bytes, want dst unchanged", len(p))
+					}
+					continue
+				}
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("after %d timeouts: %v", timeouts, err)
+				}
+				got = append(got, string(p[1:]))
+			}
+			if diff := cmp.Diff([]string{"before", string(big), "after"}, got); diff != "" {
+				t.Errorf("frames (-want +got):\n%s", diff)
+			}
+			if timeouts != len(tt.cuts) {
+				t.Errorf("%d timeouts, want %d", timeouts, len(tt.cuts))
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"slices"
 	"testing"
 
@@ -80,19 +81,16 @@ func (s *fakeStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// fdPool makes descriptors for a fuzz run and checks none survives it.
+// fdPool makes descriptors for a fuzz run, each on its own object (a
+// memfd) so that a descriptor's identity survives its number being reused,
+// and checks none survives the run.
 type fdPool struct {
 	t       *testing.T
-	base    int
 	created []int
 }
 
 func newFDPool(t *testing.T) *fdPool {
-	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &fdPool{t: t, base: fd}
+	p := &fdPool{t: t}
 	t.Cleanup(p.check)
 	return p
 }
@@ -100,7 +98,7 @@ func newFDPool(t *testing.T) *fdPool {
 func (p *fdPool) make(n int) []int {
 	fds := make([]int, n)
 	for i := range fds {
-		fd, err := unix.FcntlInt(uintptr(p.base), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := unix.MemfdCreate("ipcframe-fuzz", unix.MFD_CLOEXEC)
 		if err != nil {
 			p.t.Fatal(err)
 		}
@@ -114,7 +112,6 @@ func (p *fdPool) make(n int) []int {
 // each must have been returned to the caller (and closed there) or closed
 // by the Reader.
 func (p *fdPool) check() {
-	unix.Close(p.base)
 	for _, fd := range p.created {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
 			p.t.Errorf("descriptor %d still open", fd)
@@ -123,17 +120,20 @@ func (p *fdPool) check() {
 	}
 }
 
-// FuzzFDStream has two modes. Honest: frames with 0-3 descriptors, each
-// descriptor-carrying frame in one send and the bytes of the others cut into
-// arbitrary sends; every frame must come back with exactly its own
-// descriptors. Hostile: arbitrary bytes in arbitrary sends with arbitrary
-// descriptors attached; the Reader must not panic, and every descriptor
-// must end up returned or closed.
+// FuzzFDStream has two modes. Honest: frames with 1-4 descriptors or none,
+// each descriptor-carrying frame in one send and the bytes of the others cut
+// into arbitrary sends; every frame must come back with exactly its own
+// descriptors. Hostile: arbitrary bytes in arbitrary sends with 1-8
+// descriptors attached to some (more than the Reader's MaxFDs of 4 reaches
+// the transport's truncation); the Reader must not panic, every descriptor
+// must end up returned or closed, and the descriptors returned with a frame
+// must be, by identity, exactly those of one send, each send's at most once.
 func FuzzFDStream(f *testing.F) {
 	f.Add([]byte("\x05hello\x00\x03abc\x10"+string(bytes.Repeat([]byte("q"), 40))), []byte{1, 0x82, 3, 0x81}, false, uint16(0))
 	f.Add([]byte("\x05hello\x00\x03abc"), []byte{0x83, 5, 0x81, 2}, false, uint16(64))
 	f.Add(append(hdr(1, 3), "abc"...), []byte{0x81, 0x82, 1}, true, uint16(0))
 	f.Add(append(append(hdr(0, 2), "ab"...), append(hdr(2, 1), 'c')...), []byte{0x89, 0x84, 0x82}, true, uint16(64))
+	f.Add(append(append(hdr(5, 1), 'x'), append(hdr(1, 1), 'y')...), []byte{0xc9, 0x81}, true, uint16(0))
 	f.Fuzz(func(t *testing.T, data, plan []byte, hostile bool, bufSize uint16) {
 		pool := newFDPool(t)
 		planAt := func(i int) byte {
@@ -145,15 +145,21 @@ func FuzzFDStream(f *testing.F) {
 		var sends []fakeSend
 		var want [][]int
 		var payloads [][]byte
+		owner := map[fdID]int{}     // hostile: the send each descriptor rode on
+		sendIDs := map[int][]fdID{} // hostile: identities of each send's descriptors
 		if hostile {
 			// Cut data into sends of 1..128 bytes; the plan byte's top bit
-			// attaches 1..4 descriptors.
+			// attaches 1..8 descriptors.
 			for i := 0; len(data) > 0; i++ {
 				b := planAt(i)
 				n := min(int(b&0x7f)+1, len(data))
 				s := fakeSend{data: data[:n]}
 				if b&0x80 != 0 {
-					s.fds = pool.make(int(b>>5&3) + 1)
+					s.fds = pool.make(int(b>>4&7) + 1)
+					sendIDs[len(sends)] = ids(t, s.fds)
+					for _, id := range sendIDs[len(sends)] {
+						owner[id] = len(sends)
+					}
 				}
 				sends = append(sends, s)
 				data = data[n:]
@@ -188,14 +194,26 @@ func FuzzFDStream(f *testing.F) {
 		defer fs.close()
 		defer r.Close()
 		fds := make([]int, 4)
+		delivered := map[int]bool{} // hostile: sends whose descriptors came out
 		for i := 0; i < len(sends)+len(payloads)+2; i++ {
 			p, n, err := r.ReadFrameFDs(nil, fds)
 			got := slices.Clone(fds[:n])
+			gotIDs := ids(t, got)
 			for _, fd := range got {
 				unix.Close(fd)
 			}
 			if hostile {
-				if err != nil && !errors.Is(err, ipcframe.ErrFDCount) {
+				if n > 0 {
+					si, ok := owner[gotIDs[0]]
+					if !ok || delivered[si] {
+						t.Fatalf("frame %d: descriptors %v belong to no send, or to one delivered before", i, gotIDs)
+					}
+					delivered[si] = true
+					if diff := cmp.Diff(sendIDs[si], gotIDs); diff != "" {
+						t.Fatalf("frame %d: descriptors are not exactly those of send %d (-want +got):\n%s", i, si, diff)
+					}
+				}
+				if err != nil && !errors.Is(err, ipcframe.ErrFrameDropped) && !errors.Is(err, os.ErrDeadlineExceeded) {
 					return
 				}
 				continue

@@ -112,7 +112,10 @@ func takeIDs(t testing.TB, fds []int) []fdID {
 }
 
 // hdr builds a frame header by hand, for frames a Writer refuses to make.
-func hdr(nfds, n int) []byte {
+func hdr(nfds, n int) []byte { return hdr32(nfds, uint32(n)) }
+
+// hdr32 is hdr for lengths beyond int on 32-bit platforms (2^32-1).
+func hdr32(nfds int, n uint32) []byte {
 	return []byte{ipcframe.Magic, ipcframe.Version, byte(nfds), 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 )
 
 // DefaultBufferSize is the default size of a Reader's buffer: 64 KiB.
@@ -28,7 +27,8 @@ type ReaderOptions struct {
 
 	// MaxFDs is the most descriptors one frame may declare and one read may
 	// return. 0 (or negative), or more than MaxFDsPerFrame, means
-	// MaxFDsPerFrame (253).
+	// MaxFDsPerFrame (253). On a stream a header declaring more is
+	// ErrBadHeader and final: the control buffer has no room for them.
 	MaxFDs int
 
 	// BufferSize is the size of the read buffer on stream transports.
@@ -56,14 +56,28 @@ type ReaderOptions struct {
 // buffer. To unblock a pending read, set a deadline on or close the
 // underlying connection.
 //
-// Errors. A read that times out (os.ErrDeadlineExceeded) before any of a
-// frame has been copied out may be retried once the deadline is moved. A
-// frame with the wrong descriptors (*FDCountError, ErrNoFDTransport, a fds
-// slice too short) is dropped with its descriptors closed, and the next read
-// returns the next frame. Every other error is final: the Reader returns it
-// again on every later call and has closed every descriptor it held. io.EOF
-// means the stream ended on a frame boundary, io.ErrUnexpectedEOF inside a
-// frame.
+// Errors. Every error is one of three kinds:
+//   - A timeout (os.ErrDeadlineExceeded) is never final: the Reader keeps
+//     what it has received of the frame, including the part of a frame
+//     larger than the buffer already copied out, and the next read, once
+//     the deadline is moved, resumes that frame.
+//   - An error matching ErrFrameDropped means one frame was dropped and its
+//     descriptors closed; the next read returns the next frame. These are
+//     the only errors matching ErrFDCount, ErrNoFDTransport or
+//     ErrTooManyFDs (a frame with more descriptors than len(fds)).
+//   - Every other error is final: the Reader returns it again on every
+//     later call and has closed every descriptor it held. io.EOF means the
+//     stream ended on a frame boundary, io.ErrUnexpectedEOF inside a frame;
+//     ErrBadHeader (including a header declaring more than MaxFDs
+//     descriptors), ErrFrameTooLarge, ErrFDProtocol and errors of the
+//     underlying reader end the stream.
+//
+// On a packet transport (ReaderOptions.Packet) every message stands alone:
+// a bad header or an oversized frame drops only that message, so those
+// errors match ErrFrameDropped too.
+//
+// A loop that skips dropped frames must therefore test ErrFrameDropped (or
+// the sentinels above), never "any error but io.EOF".
 //
 // Held descriptors. Descriptors that arrived for frames not yet returned are
 // held by the Reader, at most 2*MaxFDs at a time (one frame being read and
@@ -96,6 +110,14 @@ type Reader struct {
 
 	pending error // returned by a read together with data, reported next
 	err     error // final error
+
+	// A frame larger than the buffer whose read a timeout interrupted after
+	// part of its payload left the buffer: its header, stream offset and
+	// the payload received so far, so that the next read resumes it.
+	inFrame  bool
+	cur      Header
+	curStart int64
+	part     []byte
 }
 
 // held records descriptors that arrived with the first byte of the frame
@@ -152,11 +174,13 @@ func (r *Reader) ReadFrame(dst []byte) ([]byte, error) {
 // ReadFrameFDs reads the next frame, appends its payload to dst and stores
 // its descriptors in fds, returning the extended slice and how many
 // descriptors arrived. fds[:nfds] then belong to the caller, close-on-exec.
-// A frame with more descriptors than len(fds) fails with ErrTooManyFDs, its
-// descriptors closed. On error the returned slice has dst's length and
-// contents and nfds is 0. A frame larger than the buffer is read straight
-// into dst, which then grows to the length the header declares (never more
-// than MaxFrame) before the payload has arrived.
+// A frame with more descriptors than len(fds) is dropped, its descriptors
+// closed, with an error matching ErrTooManyFDs and ErrFrameDropped. On
+// error the returned slice has dst's length and contents and nfds is 0. A
+// frame larger than the buffer is read straight into dst's spare capacity;
+// dst grows with the bytes that have arrived (at most doubling what has
+// arrived, never beyond the declared length), not with the declared length,
+// so a header alone never costs MaxFrame of memory.
 func (r *Reader) ReadFrameFDs(dst []byte, fds []int) (payload []byte, nfds int, err error) {
 	if r.err != nil {
 		return dst, 0, r.err
@@ -164,13 +188,18 @@ func (r *Reader) ReadFrameFDs(dst []byte, fds []int) (payload []byte, nfds int, 
 	if r.packet {
 		return r.readPacket(dst, fds)
 	}
-	h, err := r.header()
-	if err != nil {
-		return dst, 0, err
+	var h Header
+	var start int64
+	if r.inFrame {
+		h, start = r.cur, r.curStart
+	} else {
+		if h, err = r.header(); err != nil {
+			return dst, 0, err
+		}
+		start = r.base + int64(r.r)
 	}
-	start := r.base + int64(r.r)
 	orig := len(dst)
-	dst, err = r.payload(dst, h)
+	dst, err = r.payload(dst, h, start)
 	if err != nil {
 		return dst[:orig], 0, err
 	}
@@ -206,14 +235,40 @@ func (r *Reader) header() (Header, error) {
 		return Header{}, r.fail(fmt.Errorf("%w: header declares %d bytes, limit %d", ErrFrameTooLarge, h.Len, r.maxFrame))
 	}
 	if h.FDs > r.maxFDs {
-		return Header{}, r.fail(fmt.Errorf("%w: header declares %d descriptors, limit %d", ErrTooManyFDs, h.FDs, r.maxFDs))
+		// Final, not a dropped frame: the descriptors cannot be received
+		// (the control buffer holds MaxFDs), so the stream cannot go on.
+		e := &HeaderError{Reason: fmt.Sprintf("%d descriptors declared, reader limit %d", h.FDs, r.maxFDs)}
+		copy(e.Header[:], r.buf[r.r:r.w])
+		return Header{}, r.fail(e)
 	}
 	return h, nil
 }
 
-// payload consumes the frame whose header is at buf[r:] and appends its
-// payload to dst.
-func (r *Reader) payload(dst []byte, h Header) ([]byte, error) {
+// payload consumes the frame whose header is at buf[r:], or resumes the
+// interrupted frame (r.inFrame), and appends its payload to dst.
+func (r *Reader) payload(dst []byte, h Header, start int64) ([]byte, error) {
+	if r.inFrame {
+		// The frame continues in r.part, which the Reader owns, so further
+		// timeouts cost no copy; dst receives it once, complete.
+		part, err := r.stream(r.part, 0, h.Len)
+		if err != nil {
+			r.part = part
+			return dst, r.interrupted(h, start, err)
+		}
+		r.inFrame = false
+		if cap(dst)-len(dst) < len(part) {
+			// Exactly the frame: append's growth could reserve up to twice.
+			nd := make([]byte, len(dst), len(dst)+len(part))
+			copy(nd, dst)
+			dst = nd
+		}
+		dst = append(dst, part...)
+		r.part = part[:0]
+		if cap(r.part) > len(r.buf) {
+			r.part = nil // do not hold a large frame's memory between frames
+		}
+		return dst, nil
+	}
 	total := HeaderSize + h.Len
 	if total <= len(r.buf) {
 		if r.r+total > len(r.buf) {
@@ -221,6 +276,7 @@ func (r *Reader) payload(dst []byte, h Header) ([]byte, error) {
 		}
 		for r.w-r.r < total {
 			if err := r.fill(); err != nil {
+				// A timeout leaves the partial frame buffered.
 				return dst, r.readErr(err, true)
 			}
 		}
@@ -228,50 +284,93 @@ func (r *Reader) payload(dst []byte, h Header) ([]byte, error) {
 		r.consume(total)
 		return dst, nil
 	}
-	// Larger than the buffer: what is buffered, then the rest straight into
-	// dst, except a tail shorter than the buffer, which is read through the
-	// buffer so that the same read takes in what follows (one read per frame,
-	// as a raw reader of the same bytes needs). Direct reads end at the
-	// frame's end, so none of them holds another frame's first byte. From
-	// here on an error is final: part of the frame has left the buffer.
-	dst = slices.Grow(dst, h.Len)
+	// Larger than the buffer: what is buffered, then the rest into dst.
+	orig := len(dst)
 	have := r.w - r.r - HeaderSize
+	dst = growFrame(dst, orig, have, h.Len)
 	dst = append(dst, r.buf[r.r+HeaderSize:r.w]...)
 	r.consume(r.w - r.r)
-	for need, empty := h.Len-have, 0; need > 0; {
-		if need < len(r.buf) {
-			// The buffer is empty here: every byte in it was copied out.
-			if err := r.fill(); err != nil {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return dst, r.fail(err)
-			}
-			c := min(need, r.w-r.r)
-			dst = append(dst, r.buf[r.r:r.r+c]...)
-			r.consume(c)
-			need -= c
-			continue
-		}
-		n, err := r.recv(dst[len(dst):len(dst)+need], false)
-		dst = dst[:len(dst)+n]
-		need -= n
-		if err != nil && (need > 0 || !deferrable(err)) {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return dst, r.fail(err)
-		}
-		if err != nil {
-			r.pending = err
-		}
-		if n == 0 && err == nil {
-			if empty++; empty >= maxEmptyReads {
-				return dst, r.fail(io.ErrNoProgress)
-			}
-		}
+	dst, err := r.stream(dst, orig, h.Len)
+	if err != nil {
+		// dst is the caller's: keep what arrived in the Reader's own memory.
+		r.part = append(r.part[:0], dst[orig:]...)
+		return dst, r.interrupted(h, start, err)
 	}
 	return dst, nil
+}
+
+// stream reads the rest of a frame of n bytes that started at b[orig] and
+// has part of its payload in b[orig:] already, with the buffer empty. The
+// buffer is empty again after every step: each step copies out all it read
+// or ends the frame. Reads straight into b end at the frame's end, so none
+// holds another frame's first byte. A tail shorter than the buffer is read
+// through it so that the same read takes in what follows (one read per
+// frame, as a raw reader of the same bytes needs); so is everything while b
+// lacks a buffer's worth of spare room, so that memory follows the bytes
+// that arrived, not the length a possibly hostile header claims (A1).
+func (r *Reader) stream(b []byte, orig, n int) ([]byte, error) {
+	for need, empty := n-(len(b)-orig), 0; need > 0; {
+		if spare := cap(b) - len(b); need >= len(r.buf) && spare >= len(r.buf) {
+			k, err := r.recv(b[len(b):len(b)+min(need, spare)], false)
+			b = b[:len(b)+k]
+			need -= k
+			switch {
+			case err == nil && k == 0:
+				if empty++; empty >= maxEmptyReads {
+					return b, io.ErrNoProgress
+				}
+			case err == nil:
+				// Consecutive empty reads count, as in bufio: a reader
+				// that alternates them with data is slow, not broken.
+				empty = 0
+			case need == 0 && deferrable(err):
+				r.pending = err
+			default:
+				return b, err
+			}
+			continue
+		}
+		if err := r.fill(); err != nil {
+			return b, err
+		}
+		c := min(need, r.w-r.r)
+		b = growFrame(b, orig, c, n)
+		b = append(b, r.buf[r.r:r.r+c]...)
+		r.consume(c)
+		need -= c
+	}
+	return b, nil
+}
+
+// growFrame makes room in dst for c more bytes of a frame of n bytes that
+// started at dst[orig]. The frame's capacity is always n>>k for some k:
+// at most twice what has arrived (c included), never beyond n, and all
+// the capacities a frame goes through sum to less than 2n. Memory is thus
+// committed only for bytes the peer has sent (A1).
+func growFrame(dst []byte, orig, c, n int) []byte {
+	if cap(dst)-len(dst) >= c {
+		return dst
+	}
+	need := len(dst) - orig + c
+	size := n
+	for size/2 >= need {
+		size /= 2
+	}
+	// make, not append: append's growth could reserve beyond the frame.
+	nd := make([]byte, len(dst), orig+size)
+	copy(nd, dst)
+	return nd
+}
+
+// interrupted ends a read that failed after part of a frame larger than
+// the buffer left the buffer (that part is in r.part). A timeout keeps it
+// so the next read resumes the frame; any other error is final.
+func (r *Reader) interrupted(h Header, start int64, err error) error {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return r.readErr(err, true)
+	}
+	r.inFrame, r.cur, r.curStart = true, h, start
+	return err
 }
 
 // deliver hands the descriptors that came with the frame starting at start
@@ -307,16 +406,20 @@ func (r *Reader) deliver(start int64, h Header, fds []int) (int, error) {
 		return 0, &FDCountError{Declared: h.FDs, Arrived: len(got), Misplaced: stray}
 	case len(got) > len(fds):
 		closeFDs(got)
-		return 0, fmt.Errorf("%w: frame carries %d descriptors, room for %d (closed, frame dropped)", ErrTooManyFDs, len(got), len(fds))
+		return 0, errNoRoom(len(got), len(fds))
 	}
 	return copy(fds, got), nil
 }
 
 func errNoFDTransport(n int) error {
 	if !canPassFDs {
-		return fmt.Errorf("%w: frame declares %d descriptors (frame dropped): %w", ErrNoFDTransport, n, ErrNotSupported)
+		return fmt.Errorf("%w: frame declares %d descriptors (%w): %w", ErrNoFDTransport, n, ErrFrameDropped, ErrNotSupported)
 	}
-	return fmt.Errorf("%w: frame declares %d descriptors (frame dropped)", ErrNoFDTransport, n)
+	return fmt.Errorf("%w: frame declares %d descriptors (%w)", ErrNoFDTransport, n, ErrFrameDropped)
+}
+
+func errNoRoom(n, room int) error {
+	return fmt.Errorf("%w: frame carries %d descriptors, room for %d (closed, %w)", ErrTooManyFDs, n, room, ErrFrameDropped)
 }
 
 // readPacket reads one message, which must be exactly one frame.
@@ -330,6 +433,7 @@ func (r *Reader) readPacket(dst []byte, fds []int) ([]byte, int, error) {
 		slot := r.slot(0)
 		n, nfds, err = r.fr.Recv(r.buf, slot)
 		if n < 0 || n > len(r.buf) || nfds < 0 || nfds > len(slot) {
+			closeReturned(slot, nfds)
 			return dst, 0, r.fail(errBadRecv(n, nfds))
 		}
 		got = slot[:nfds]
@@ -358,19 +462,33 @@ func (r *Reader) readPacket(dst []byte, fds []int) ([]byte, int, error) {
 		copy(e.Header[:], r.buf[:n])
 		err = e
 	case h.FDs > r.maxFDs:
-		err = fmt.Errorf("%w: header declares %d descriptors, limit %d", ErrTooManyFDs, h.FDs, r.maxFDs)
+		e := &HeaderError{Reason: fmt.Sprintf("%d descriptors declared, reader limit %d", h.FDs, r.maxFDs)}
+		copy(e.Header[:], r.buf[:n])
+		err = e
 	case r.fr == nil && h.FDs > 0:
 		err = errNoFDTransport(h.FDs)
 	case len(got) != h.FDs:
 		err = &FDCountError{Declared: h.FDs, Arrived: len(got)}
 	case len(got) > len(fds):
-		err = fmt.Errorf("%w: frame carries %d descriptors, room for %d (closed, frame dropped)", ErrTooManyFDs, len(got), len(fds))
+		err = errNoRoom(len(got), len(fds))
 	}
 	if err != nil {
 		closeFDs(got)
+		if !errors.Is(err, ErrFrameDropped) {
+			err = &droppedError{err}
+		}
 		return dst, 0, err
 	}
 	return append(dst, r.buf[HeaderSize:n]...), copy(fds, got), nil
+}
+
+// closeReturned closes the descriptors a misbehaving FDReader reported
+// together with an out-of-range byte count, when their count is in range:
+// they are in slot and nobody else will close them.
+func closeReturned(slot []int, nfds int) {
+	if nfds > 0 && nfds <= len(slot) {
+		closeFDs(slot[:nfds])
+	}
 }
 
 func errBadRecv(n, nfds int) error {
@@ -419,11 +537,12 @@ func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
 	}
 	si := r.freeSlot()
 	if si < 0 {
-		return 0, fmt.Errorf("%w: descriptors of more than two unread frames held", ErrTooManyFDs)
+		return 0, fmt.Errorf("%w: descriptors of more than two unread frames held", ErrFDProtocol)
 	}
 	slot := r.slot(si)
 	n, nfds, err := r.fr.Recv(p, slot)
 	if n < 0 || n > len(p) || nfds < 0 || nfds > len(slot) {
+		closeReturned(slot, nfds)
 		return 0, errBadRecv(n, nfds)
 	}
 	from := r.rcvd
@@ -438,7 +557,7 @@ func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
 		// own these.
 		closeFDs(fds)
 		if err == nil {
-			err = fmt.Errorf("%w: %d descriptors arrived without data", ErrFDCount, nfds)
+			err = fmt.Errorf("%w: %d descriptors arrived without data", ErrFDProtocol, nfds)
 		}
 	case r.last >= from:
 		r.held[r.nheld] = held{start: r.last, slot: si, n: nfds}
@@ -448,7 +567,7 @@ func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
 		// sender broke the protocol. Close them now; frame last fails.
 		closeFDs(fds)
 		if r.stray > 0 && r.strayStart != r.last {
-			return n, fmt.Errorf("%w: descriptors arrived inside two different frames", ErrFDCount)
+			return n, fmt.Errorf("%w: descriptors arrived inside two different frames", ErrFDProtocol)
 		}
 		r.strayStart = r.last
 		r.stray += nfds
@@ -537,6 +656,7 @@ func (r *Reader) fail(err error) error {
 		closeFDs(r.slot(e.slot)[:e.n])
 	}
 	r.nheld, r.stray = 0, 0
+	r.inFrame, r.part = false, nil
 	return r.err
 }
 

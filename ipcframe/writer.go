@@ -32,12 +32,18 @@ type WriterOptions struct {
 // interleave. It keeps a scratch buffer as large as the largest frame it
 // has copied (at most MaxFrame+HeaderSize bytes).
 //
-// If a write fails after part of a frame may have been written, the stream
-// is corrupt and the Writer returns that error from every later call. A
-// write that fails before writing anything leaves it usable: an argument
-// error, a timeout of a Write that wrote 0 bytes, or ETOOMANYREFS from a
-// Send (the sender's in-flight descriptor limit; the frame is dropped and
-// may be retried once the peer has read).
+// Failures. An argument error (ErrFrameTooLarge, ErrTooManyFDs,
+// ErrNoFDTransport) writes nothing and leaves the Writer usable. A frame
+// with descriptors goes through FDWriter.Send, which reports no byte count;
+// the FDWriter itself must refuse every later send once one of its writes
+// was partial (*scmrights.Conn does, with scmrights.ErrBroken), so the
+// Writer stays usable after a failed Send and passes on whatever the
+// FDWriter says next: a timeout or ETOOMANYREFS (the sender's in-flight
+// descriptor limit) that wrote nothing drops only that frame, which may be
+// retried. On a plain Write (or writev) the byte count is known: a write
+// that fails having written nothing (a timeout) leaves the Writer usable,
+// and one that wrote part of a frame is final, the Writer returning that
+// error from every later call, because the peer holds a fragment.
 type Writer struct {
 	mu       sync.Mutex
 	w        io.Writer
@@ -114,13 +120,10 @@ func (w *Writer) WriteFrameFDs(payload []byte, fds ...int) error {
 	w.buf = appendHeader(w.buf[:0], len(payload), len(fds))
 	if len(fds) > 0 {
 		w.buf = append(w.buf, payload...)
-		// Send reports no byte count, so a failure may have left part of the
-		// frame behind, unless the error proves nothing was sent.
-		err := w.fw.Send(w.buf, fds...)
-		if err != nil && !sendFailedWhole(err) {
-			w.err = err
-		}
-		return err
+		// Send reports no byte count; after a partial write the FDWriter
+		// refuses later sends itself (FDWriter contract), so the Writer
+		// need not guess from the error whether bytes left.
+		return w.fw.Send(w.buf, fds...)
 	}
 	var n int
 	var err error
