@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -12,6 +13,7 @@ const (
 	defaultResetAfter    = 10 * time.Second
 	defaultBurst         = 5
 	defaultWindow        = 10 * time.Second
+	defaultQuickFailures = 5
 )
 
 func (b *Backoff) fill() {
@@ -39,13 +41,17 @@ func (b *Backoff) fill() {
 	if b.Window <= 0 {
 		b.Window = defaultWindow
 	}
+	if b.QuickFailures == 0 {
+		b.QuickFailures = defaultQuickFailures
+	}
 }
 
 // throttle decides when a slot may be respawned. It holds no clock: every
 // method takes the current time, so the policy is tested with made-up times.
 type throttle struct {
 	b       Backoff // filled
-	attempt int     // consecutive quick deaths since the last reset
+	attempt int     // quick deaths since the last reset: the delay's exponent
+	quick   int     // consecutive quick deaths: the QuickFailures limit
 	starts  []time.Time
 	rand    func() float64 // [0,1); nil means math/rand/v2
 }
@@ -68,16 +74,23 @@ func (t *throttle) started(now time.Time) {
 }
 
 // next returns the delay before respawning a worker that exited at now after
-// running for uptime (ready says whether it had reported ready), or ok=false
-// if the respawn would exceed the burst limit.
-func (t *throttle) next(now time.Time, uptime time.Duration, ready bool) (delay time.Duration, ok bool) {
-	if ready && uptime >= t.b.ResetAfter {
+// running for uptime, of which readyFor after it reported ready (ready says
+// whether it did), or an error wrapping ErrBurst if the slot must fail.
+func (t *throttle) next(now time.Time, uptime, readyFor time.Duration, ready bool) (time.Duration, error) {
+	if ready && readyFor >= t.b.ResetAfter {
 		t.attempt = 0
 	}
+	quick := !ready || uptime < t.b.Min
+	if !quick {
+		t.quick = 0
+	} else if t.quick++; t.b.QuickFailures > 0 && t.quick >= t.b.QuickFailures {
+		return 0, fmt.Errorf("%w (%d consecutive starts died before ready or within %v)", ErrBurst, t.quick, t.b.Min)
+	}
+	var delay time.Duration
 	// s6/runit: a worker that dies before it is ready or within its first
 	// second is respawned no sooner than a second later, so a crash loop
 	// cannot become a fork bomb.
-	if !ready || uptime < t.b.Min {
+	if quick {
 		base := t.b.Min
 		for i := 0; i < t.attempt && base < t.b.Max; i++ {
 			base *= 2
@@ -102,15 +115,16 @@ func (t *throttle) next(now time.Time, uptime time.Duration, ready bool) (delay 
 			}
 		}
 		if n >= t.b.Burst {
-			return 0, false
+			return 0, fmt.Errorf("%w (%d starts in %v)", ErrBurst, t.b.Burst, t.b.Window)
 		}
 	}
-	return delay, true
+	return delay, nil
 }
 
 // reset forgets history, after a graceful restart or a revive of a failed
 // slot.
 func (t *throttle) reset() {
 	t.attempt = 0
+	t.quick = 0
 	t.starts = t.starts[:0]
 }

@@ -1,6 +1,7 @@
 package supervise_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,9 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 type death struct {
 	uptime time.Duration
 	ready  bool
+	// readyFor is the part of uptime after ready; 0 with ready means all
+	// of it (ready on start).
+	readyFor time.Duration
 }
 
 type step struct {
@@ -31,7 +35,15 @@ func simulate(b supervise.Backoff, rnd func() float64, deaths []death) []step {
 	for _, d := range deaths {
 		th.Started(now)
 		now = now.Add(d.uptime)
-		delay, ok := th.Next(now, d.uptime, d.ready)
+		readyFor := d.readyFor
+		if d.ready && readyFor == 0 {
+			readyFor = d.uptime
+		}
+		delay, err := th.Next(now, d.uptime, readyFor, d.ready)
+		ok := err == nil
+		if err != nil && !errors.Is(err, supervise.ErrBurst) {
+			panic(err)
+		}
 		out = append(out, step{delay, ok})
 		if !ok {
 			break
@@ -67,52 +79,80 @@ func TestThrottle(t *testing.T) {
 		want   []step
 	}{
 		{
-			name:   "crash loop with defaults: 1 s floor, doubling to the 30 s cap, never a fork bomb",
+			name:   "crash loop with defaults: 1 s floor, doubling, failed at the 5th consecutive quick death (C1)",
 			rnd:    zero,
-			deaths: repeat(death{0, false}, 8),
+			deaths: repeat(death{0, false, 0}, 8),
+			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {8 * s, true}, {0, false}},
+		},
+		{
+			name:   "spawn failures and deaths within Min are quick deaths too",
+			rnd:    zero,
+			deaths: []death{{0, false, 0}, {500 * ms, true, 0}, {0, false, 0}, {900 * ms, true, 0}, {0, false, 0}},
+			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {8 * s, true}, {0, false}},
+		},
+		{
+			name:   "a worker that ran ready past Min breaks the consecutive count",
+			rnd:    zero,
+			b:      supervise.Backoff{Burst: -1},
+			deaths: []death{{0, false, 0}, {0, false, 0}, {0, false, 0}, {0, false, 0}, {2 * s, true, 0}, {0, false, 0}, {0, false, 0}},
+			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {8 * s, true}, {0, true}, {16 * s, true}, {30 * s, true}},
+		},
+		{
+			name:   "quick-failure limit disabled: doubling to the 30 s cap, never a fork bomb",
+			b:      supervise.Backoff{QuickFailures: -1},
+			rnd:    zero,
+			deaths: repeat(death{0, false, 0}, 8),
 			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {8 * s, true}, {16 * s, true}, {30 * s, true}, {30 * s, true}, {30 * s, true}},
 		},
 		{
 			name:   "jitter only ever lengthens the delay and stays under the cap",
+			b:      supervise.Backoff{QuickFailures: -1},
 			rnd:    half,
-			deaths: repeat(death{0, false}, 6),
+			deaths: repeat(death{0, false, 0}, 6),
 			want:   []step{{1100 * ms, true}, {2200 * ms, true}, {4400 * ms, true}, {8800 * ms, true}, {17600 * ms, true}, {30 * s, true}},
 		},
 		{
 			name:   "ready but died within its first second counts as a quick death",
 			rnd:    zero,
-			deaths: []death{{500 * ms, true}, {500 * ms, true}},
+			deaths: []death{{500 * ms, true, 0}, {500 * ms, true, 0}},
 			want:   []step{{1 * s, true}, {2 * s, true}},
 		},
 		{
 			name:   "ready for over a second: respawned at once (s6)",
 			rnd:    zero,
-			deaths: []death{{3 * s, true}, {3 * s, true}},
+			deaths: []death{{3 * s, true, 0}, {3 * s, true, 0}},
 			want:   []step{{0, true}, {0, true}},
 		},
 		{
 			name:   "stable uptime resets the exponent",
 			rnd:    zero,
-			deaths: []death{{0, false}, {0, false}, {0, false}, {20 * s, true}, {0, false}},
+			deaths: []death{{0, false, 0}, {0, false, 0}, {0, false, 0}, {20 * s, true, 0}, {0, false, 0}},
 			want:   []step{{1 * s, true}, {2 * s, true}, {4 * s, true}, {0, true}, {1 * s, true}},
+		},
+		{
+			name: "ResetAfter counts from ready, not from start",
+			rnd:  zero,
+			// 12 s up but only 4 s of it ready: the exponent is kept.
+			deaths: []death{{0, false, 0}, {0, false, 0}, {12 * s, true, 4 * s}, {0, false, 0}},
+			want:   []step{{1 * s, true}, {2 * s, true}, {0, true}, {4 * s, true}},
 		},
 		{
 			name:   "burst: the 6th start within 10 s fails the slot",
 			rnd:    zero,
-			deaths: repeat(death{1500 * ms, true}, 10),
+			deaths: repeat(death{1500 * ms, true, 0}, 10),
 			want:   []step{{0, true}, {0, true}, {0, true}, {0, true}, {0, false}},
 		},
 		{
 			name:   "burst limit disabled",
 			b:      supervise.Backoff{Burst: -1},
 			rnd:    zero,
-			deaths: repeat(death{1500 * ms, true}, 7),
+			deaths: repeat(death{1500 * ms, true, 0}, 7),
 			want:   []step{{0, true}, {0, true}, {0, true}, {0, true}, {0, true}, {0, true}, {0, true}},
 		},
 		{
 			name:   "custom numbers",
 			b:      supervise.Backoff{Min: 10 * ms, Max: 25 * ms, Burst: 3, Window: time.Second, Jitter: -1},
-			deaths: repeat(death{0, false}, 5),
+			deaths: repeat(death{0, false, 0}, 5),
 			want:   []step{{10 * ms, true}, {20 * ms, true}, {0, false}},
 		},
 	}
@@ -127,18 +167,21 @@ func TestThrottle(t *testing.T) {
 	}
 }
 
-// TestThrottleCrashLoopRate bounds spawns of a crash loop with the default
-// numbers and real jitter: at most ~10 in any 10 s (TESTPLAN C1).
+// TestThrottleCrashLoopRate runs a crash loop with the default numbers and
+// real jitter on a made-up clock: at most ~10 spawns in any 10 s, and the
+// slot fails (ErrBurst) after its 5th start, within a minute (TESTPLAN C1).
 func TestThrottleCrashLoopRate(t *testing.T) {
 	t.Parallel()
 	th := supervise.NewThrottle(supervise.Backoff{}, nil)
 	now := t0
 	var starts []time.Time
+	var failed error
 	for range 50 {
 		th.Started(now)
 		starts = append(starts, now)
-		d, ok := th.Next(now, 0, false)
-		if !ok {
+		d, err := th.Next(now, 0, 0, false)
+		if err != nil {
+			failed = err
 			break
 		}
 		if d < time.Second {
@@ -156,6 +199,10 @@ func TestThrottleCrashLoopRate(t *testing.T) {
 		if n > 10 {
 			t.Fatalf("%d spawns within 10 s from %v", n, starts[i])
 		}
+	}
+	if !errors.Is(failed, supervise.ErrBurst) || len(starts) != 5 || starts[4].Sub(t0) > time.Minute {
+		t.Errorf("crash loop with default numbers: %d starts over %v, then %v; want failed (ErrBurst) after 5 starts",
+			len(starts), starts[len(starts)-1].Sub(t0), failed)
 	}
 }
 

@@ -16,13 +16,20 @@
 //   - Throttling: a slot that dies before it was ready, or within
 //     Backoff.Min (1 s) of starting, is respawned no sooner than 1 s later,
 //     doubling to 30 s with jitter, reset after 10 s of ready uptime; a
-//     ready worker that ran longer is respawned at once. More than 5 starts
-//     in 10 s fail the slot loudly. Spawn failures (missing binary, EACCES,
-//     ETXTBSY) are retried the same way and never stop the supervisor.
+//     ready worker that ran longer is respawned at once. Two limits fail
+//     the slot loudly (Failed, ErrBurst): more than 5 starts in 10 s
+//     (Backoff.Burst, Window), and 5 consecutive starts that died before
+//     ready or within Backoff.Min (Backoff.QuickFailures) — with the
+//     defaults a crash loop's delays (1+2+4+8 s) keep it under the burst
+//     limit, so this second rule is what fails it, after its 5th start,
+//     about 15 s in. Replacements spawned by graceful restarts count for
+//     neither. Spawn failures (missing binary, EACCES, ETXTBSY) are retried
+//     the same way and never stop the supervisor.
 //   - Readiness: a worker is ready when MarkReady/MarkReadyPID is called
 //     for it (wire a notify socket to it) or, with Options.ReadyOnStart, at
 //     once. A worker not ready within StartTimeout is killed. Readiness of
-//     a worker that has already exited is refused (checked on its pidfd).
+//     a worker that has already exited is refused (checked on its pidfd),
+//     and so is readiness of one being stopped (ErrUnknownWorker).
 //   - Stop: StopSignal (SIGTERM) then SIGCONT to the worker's process
 //     group, SIGKILL to the group after StopTimeout. When a worker exits,
 //     what is left of its process group is killed.
@@ -30,8 +37,11 @@
 //     requests during it coalesce into one more. If a new worker fails to
 //     start, exits or misses its start timeout, the restart fails and the
 //     old workers keep serving.
-//   - Scale/ScaleBy at run time; HandleSignals maps TERM/INT (stop, then
-//     kill), HUP/USR1 (restart) and TTIN/TTOU (scale) for commands.
+//   - Scale/ScaleBy at run time; a slot removed and re-added keeps counting
+//     incarnations, so an ID is never repeated. HandleSignals maps TERM/INT
+//     (stop, then kill), HUP/USR1 (restart) and TTIN/TTOU (scale) for
+//     commands; a TERM/INT before Run makes Run stop at once, one after Run
+//     returned takes the signal's default action.
 //   - Output capture (Options.CaptureOutput): stdout and stderr line by
 //     line on Lines, tagged with ID and pid; a slow reader never blocks a
 //     worker, lines are dropped and counted instead.
@@ -50,6 +60,20 @@
 // process becomes a child subreaper and reaps orphaned descendants, peeking
 // with waitid(WNOWAIT) so a worker's own exit status is never stolen; only
 // enable it when nothing else in the process starts children.
+//
+// # Supervisor death
+//
+// If the supervisor is SIGKILLed, every worker (each process it forked)
+// gets SIGKILL from the kernel through Pdeathsig. The workers' own children
+// and further descendants do not: Pdeathsig is per process, not inherited
+// across fork, and no signal reaches a process group whose leader was
+// killed. They survive, re-parented to init or the nearest subreaper, still
+// holding whatever they inherited (listening sockets, pipes). A worker that
+// forks must give its children their own Pdeathsig, or the supervisor must
+// run in a cgroup (a systemd unit with KillMode=control-group, or a cgroup
+// v2 directory killed through cgroup.kill): only a cgroup contains every
+// descendant, including those that left the process group with setsid.
+// The package does not create cgroups.
 //
 // # Ownership
 //
@@ -71,6 +95,8 @@
 //
 // # Platforms
 //
-// Linux only (pidfds: 5.3 or newer). On other systems Run and
-// HandleSignals return an error wrapping ErrNotSupported.
+// Linux only, 5.4 or newer: exits are watched with waitid(P_PIDFD), which
+// Run probes for and, if missing, returns an error wrapping
+// ErrNotSupported. On other systems Run, HandleSignals and the pid file
+// functions return an error wrapping ErrNotSupported.
 package supervise

@@ -14,8 +14,10 @@ func NewThrottle(b Backoff, rand func() float64) *Throttle {
 
 func (t *Throttle) Started(now time.Time) { t.t.started(now) }
 
-func (t *Throttle) Next(now time.Time, uptime time.Duration, ready bool) (time.Duration, bool) {
-	return t.t.next(now, uptime, ready)
+// Next is the throttle's decision for a worker that ran for uptime, of which
+// readyFor after ready; err (wrapping ErrBurst) means the slot fails.
+func (t *Throttle) Next(now time.Time, uptime, readyFor time.Duration, ready bool) (time.Duration, error) {
+	return t.t.next(now, uptime, readyFor, ready)
 }
 
 func (t *Throttle) Reset() { t.t.reset() }

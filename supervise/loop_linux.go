@@ -18,6 +18,7 @@ type worker struct {
 	start time.Time
 
 	ready    bool
+	readyAt  time.Time
 	stopping bool // the supervisor asked it to stop
 	timedOut bool // killed because it was not ready in time
 
@@ -58,6 +59,10 @@ type loop struct {
 	slots   []*slot
 	workers map[*worker]struct{} // spawned, exit not processed yet
 	byPID   map[int]*worker
+	// incarnations[i] is the last incarnation handed out for slot index i.
+	// It outlives a slot removed by Scale, so a slot re-added at the same
+	// index never repeats the ID of a worker still draining.
+	incarnations []int
 
 	genCounter     int // last generation handed out
 	gen            int // generation of the last successful restart
@@ -98,7 +103,7 @@ func (s *Supervisor) post(m any) {
 	}
 }
 
-func (s *Supervisor) run(ctx context.Context) error {
+func (s *Supervisor) run(ctx context.Context, stopPending bool) error {
 	p, err := newPlatform(s)
 	if err != nil {
 		close(s.done)
@@ -117,7 +122,13 @@ func (s *Supervisor) run(ctx context.Context) error {
 		pendingScale: -1,
 	}
 	close(s.started)
-	l.applyScale(s.opt.Workers, false)
+	if stopPending {
+		// HandleSignals got TERM/INT before Run: honour it now instead of
+		// starting workers the process was already asked to stop.
+		l.stop(false)
+	} else {
+		l.applyScale(s.opt.Workers, false)
+	}
 
 	ctxDone := ctx.Done()
 	for !(l.stopping && len(l.workers) == 0) {
@@ -138,7 +149,7 @@ func (s *Supervisor) run(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.done)
 	p.close()
-	s.emit(Event{Kind: Stopped, Time: time.Now()})
+	s.emitFinal(Event{Kind: Stopped, Time: time.Now()})
 	close(s.events)
 	close(s.lines)
 	return nil
@@ -237,11 +248,13 @@ func (l *loop) after(d time.Duration, m timerMsg) *time.Timer {
 	return time.AfterFunc(d, func() { l.s.post(m) })
 }
 
-// spawn starts one worker for sl in generation gen.
+// spawn starts one worker for sl in generation gen. Only the caller knows
+// whether the spawn serves the slot (and counts for its start limits) or is
+// a graceful restart's replacement (which does not).
 func (l *loop) spawn(sl *slot, gen int) (*worker, error) {
-	sl.incarnations++
+	l.incarnations[sl.index]++
+	sl.incarnations = l.incarnations[sl.index]
 	id := ID{Slot: sl.index, Generation: gen, Incarnation: sl.incarnations}
-	sl.th.started(time.Now())
 	var launch Launch
 	var err error
 	if l.s.spec.Prepare != nil {
@@ -271,6 +284,7 @@ func (l *loop) spawn(sl *slot, gen int) (*worker, error) {
 	go l.p.watch(w)
 	if l.opt.ReadyOnStart {
 		w.ready = true
+		w.readyAt = w.start
 		l.s.emit(Event{Kind: Ready, Time: time.Now(), ID: id, PID: pr.pid})
 	} else if l.opt.StartTimeout > 0 {
 		w.startTimer = l.after(l.opt.StartTimeout, timerMsg{kind: timerStart, w: w})
@@ -280,9 +294,10 @@ func (l *loop) spawn(sl *slot, gen int) (*worker, error) {
 
 // startSlot spawns the serving worker of a slot that has none.
 func (l *loop) startSlot(sl *slot) {
+	sl.th.started(time.Now())
 	w, err := l.spawn(sl, sl.gen)
 	if err != nil {
-		l.slotDied(sl, ID{Slot: sl.index, Generation: sl.gen, Incarnation: sl.incarnations}, 0, false, nil)
+		l.slotDied(sl, ID{Slot: sl.index, Generation: sl.gen, Incarnation: sl.incarnations}, 0, 0, false, nil)
 		return
 	}
 	sl.cur = w
@@ -294,8 +309,8 @@ func (l *loop) startSlot(sl *slot) {
 }
 
 // slotDied decides what follows the death (or failed spawn, m == nil) of a
-// slot's serving worker.
-func (l *loop) slotDied(sl *slot, last ID, uptime time.Duration, ready bool, m *exitMsg) {
+// slot's serving worker, which ran for uptime, readyFor of it ready.
+func (l *loop) slotDied(sl *slot, last ID, uptime, readyFor time.Duration, ready bool, m *exitMsg) {
 	sl.cur = nil
 	now := time.Now()
 	sl.since = now
@@ -314,9 +329,9 @@ func (l *loop) slotDied(sl *slot, last ID, uptime time.Duration, ready bool, m *
 			return
 		}
 	}
-	delay, ok := sl.th.next(now, uptime, ready)
-	if !ok {
-		l.failSlot(sl, last, fmt.Errorf("%w (%d starts in %v)", ErrBurst, sl.th.b.Burst, sl.th.b.Window))
+	delay, err := sl.th.next(now, uptime, readyFor, ready)
+	if err != nil {
+		l.failSlot(sl, last, err)
 		return
 	}
 	sl.state = SlotBackoff
@@ -365,7 +380,11 @@ func (l *loop) exited(m exitMsg) {
 	sl := w.slot
 	switch {
 	case sl.cur == w:
-		l.slotDied(sl, w.id, uptime, w.ready, &m)
+		var readyFor time.Duration
+		if w.ready {
+			readyFor = m.at.Sub(w.readyAt)
+		}
+		l.slotDied(sl, w.id, uptime, readyFor, w.ready, &m)
 	case sl.next == w:
 		sl.next = nil
 		if l.op != nil && !w.stopping {
@@ -375,6 +394,12 @@ func (l *loop) exited(m exitMsg) {
 }
 
 func (l *loop) markReady(w *worker) error {
+	// A worker being stopped (drained, scaled away, timed out) has been
+	// written off: readiness from it must neither count nor be mistaken
+	// for its replacement's.
+	if w.stopping || w.timedOut {
+		return fmt.Errorf("%w: %+v is being stopped", ErrUnknownWorker, w.id)
+	}
 	if w.ready {
 		return nil
 	}
@@ -384,10 +409,11 @@ func (l *loop) markReady(w *worker) error {
 		return fmt.Errorf("%w: pid %d", ErrExited, w.proc.pid)
 	}
 	w.ready = true
+	w.readyAt = time.Now()
 	if w.startTimer != nil {
 		w.startTimer.Stop()
 	}
-	l.s.emit(Event{Kind: Ready, Time: time.Now(), ID: w.id, PID: w.proc.pid})
+	l.s.emit(Event{Kind: Ready, Time: w.readyAt, ID: w.id, PID: w.proc.pid})
 	sl := w.slot
 	switch {
 	case sl.cur == w:
@@ -440,7 +466,10 @@ func (l *loop) stop(kill bool) {
 }
 
 func (l *loop) newSlot(index int) *slot {
-	return &slot{index: index, gen: l.gen, th: newThrottle(l.opt.Backoff)}
+	for len(l.incarnations) <= index {
+		l.incarnations = append(l.incarnations, 0)
+	}
+	return &slot{index: index, gen: l.gen, th: newThrottle(l.opt.Backoff), incarnations: l.incarnations[index]}
 }
 
 func (l *loop) applyScale(n int, announce bool) {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/supervise"
@@ -28,6 +30,7 @@ func TestMain(m *testing.M) {
 		"supervisor": supervisorRole,
 		"pidfile":    pidfileRole,
 		"pidreuse":   pidReuseRole,
+		"disownrace": disownRaceRole,
 	})
 }
 
@@ -40,7 +43,8 @@ func envDuration(name string) time.Duration {
 // when ready (the tests' readiness protocol) and otherwise sleeps until
 // signalled. Knobs: EXIT_CODE (alone: exit before ready), EXIT_AFTER,
 // EXIT_AFTER_READY, EXIT_AT (unix ns), HANG_ON_TERM, NEVER_READY,
-// READY_DELAY, FORK_GRANDCHILD=stdout|daemon|setsid-stdout, LINES=n.
+// READY_DELAY, FORK_GRANDCHILD=stdout|daemon|setsid-stdout, LINES=n,
+// LINE_BYTES=n (pad each of the LINES to n bytes).
 func workerRole() int {
 	if os.Getenv("HANG_ON_TERM") == "1" {
 		signal.Ignore(syscall.SIGTERM)
@@ -59,8 +63,13 @@ func workerRole() int {
 	}
 	time.Sleep(envDuration("READY_DELAY"))
 	if n, _ := strconv.Atoi(os.Getenv("LINES")); n > 0 {
+		pad, _ := strconv.Atoi(os.Getenv("LINE_BYTES"))
 		for i := range n {
-			fmt.Printf("line %d\n", i)
+			l := fmt.Sprintf("line %d", i)
+			if len(l) < pad {
+				l += strings.Repeat("x", pad-len(l))
+			}
+			os.Stdout.WriteString(l + "\n")
 		}
 	}
 	if os.Getenv("NEVER_READY") != "1" {
@@ -114,7 +123,8 @@ func sleeperRole() int {
 // Knobs: SUP_WORKERS, SUP_PATH+SUP_ARGS (default: the worker role),
 // SUP_SUBREAPER=1, SUP_DURATION (then stop; default: until SIGTERM, at most
 // a minute), SUP_STOP_AFTER_EXITS=n (stop 1 s after n exits), SUP_SIGNALS=1
-// (HandleSignals).
+// (HandleSignals), SUP_LINGER=1 (after Run returned, print RETURNED and
+// sleep 30 s with the signal handler still installed).
 func supervisorRole() int {
 	n, _ := strconv.Atoi(os.Getenv("SUP_WORKERS"))
 	spec := supervise.Spec{Path: os.Getenv("SUP_PATH"), Args: strings.Fields(os.Getenv("SUP_ARGS"))}
@@ -188,6 +198,10 @@ func supervisorRole() int {
 		return 1
 	}
 	wg.Wait()
+	if os.Getenv("SUP_LINGER") == "1" {
+		fmt.Println("RETURNED")
+		time.Sleep(30 * time.Second)
+	}
 	fmt.Printf("ZOMBIES %d\n", len(proccensus.Zombies(os.Getpid())))
 	return 0
 }
@@ -466,11 +480,120 @@ func pidReuseRole() int {
 	time.Sleep(300 * time.Millisecond) // past StopTimeout: the SIGKILL escalation ran
 	close(release)
 	<-done
-	// /proc here is the parent namespace's, so ask the decoy's own exit
-	// status: alive until now means it dies of this SIGKILL.
+	// /proc here is the parent namespace's, so ask the kernel whether the
+	// decoy has exited (without reaping it) before we kill it ourselves: a
+	// SIGKILL from the supervisor would show here as an exit.
+	var info unix.Siginfo
+	err = unix.Waitid(unix.P_PID, decoy.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	alive := err == nil && info.Signo == 0
 	_ = decoy.Process.Kill()
 	_ = decoy.Wait()
-	ws, _ := decoy.ProcessState.Sys().(syscall.WaitStatus)
-	fmt.Printf("DECOY %d %d %v\n", target, decoy.Process.Pid, ws.Signaled() && ws.Signal() == syscall.SIGKILL)
+	fmt.Printf("DECOY %d %d %v\n", target, decoy.Process.Pid, alive)
+	return 0
+}
+
+// disownRaceRole runs as pid 1 of a fresh pid namespace, as a subreaper
+// supervisor (TESTPLAN C6 with C7's pid control). Worker A exits; after its
+// watcher reaped it and before it disowns the pid, a new slot's worker B is
+// spawned with A's pid (through ns_last_pid). B then exits with code 3 while
+// its watcher is held long enough for the orphan reaper to steal B's status
+// if B is not owned. It prints "RESULT A B code" with B's reported code.
+func disownRaceRole() int {
+	self, _ := os.Executable()
+	// Threads take pids too: a runtime thread created between the write
+	// to ns_last_pid and the fork would take A's pid for good. Make the
+	// runtime create its threads now; idle ones are kept and reused.
+	var warm sync.WaitGroup
+	for range 16 {
+		warm.Add(1)
+		go func() {
+			defer warm.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			time.Sleep(50 * time.Millisecond)
+		}()
+	}
+	warm.Wait()
+	started := make(chan supervise.Event, 64)
+	var sup *supervise.Supervisor
+	var mu sync.Mutex
+	var target, bpid int
+	supervise.SetHookBeforeDisown(func(pid int) {
+		mu.Lock()
+		first := target == 0
+		if first {
+			target = pid
+		}
+		mu.Unlock()
+		if !first {
+			return
+		}
+		for range 20 {
+			_ = os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0)
+			if err := sup.ScaleBy(1); err != nil {
+				fmt.Println("ERROR", err)
+				return
+			}
+			e := <-started
+			if e.PID == pid {
+				mu.Lock()
+				bpid = pid
+				mu.Unlock()
+				return
+			}
+			_ = sup.ScaleBy(-1)
+		}
+		_ = sup.Stop() // inconclusive: do not wait for the deadline
+	})
+	supervise.SetHookBeforeReap(func(pid int) {
+		mu.Lock()
+		isB := pid == bpid
+		mu.Unlock()
+		if isB {
+			// B has exited and is unreaped: give the orphan reaper,
+			// woken by SIGCHLD, ample time to reap it if B is not owned.
+			time.Sleep(300 * time.Millisecond)
+		}
+	})
+	spec := supervise.Spec{Path: self, Args: []string{"-test.run=^$"},
+		Env: append(os.Environ(), helperproc.RoleVar+"=worker"),
+		Prepare: func(id supervise.ID) (supervise.Launch, error) {
+			if id.Slot == 0 {
+				return supervise.Launch{Env: []string{"EXIT_AFTER=100ms"}}, nil
+			}
+			return supervise.Launch{Env: []string{"EXIT_AFTER=500ms", "EXIT_CODE=3"}}, nil
+		}}
+	var err error
+	sup, err = supervise.New(spec, &supervise.Options{ReadyOnStart: true, Restart: supervise.RestartNever,
+		Subreaper: true, StopTimeout: time.Second, Logger: quiet})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	code := -2
+	for e := range sup.Events() {
+		switch e.Kind {
+		case supervise.Started:
+			if e.ID.Slot > 0 {
+				started <- e
+			}
+		case supervise.Exited:
+			mu.Lock()
+			isB := bpid != 0 && e.PID == bpid && e.ID.Slot > 0
+			mu.Unlock()
+			if isB {
+				code = e.Code
+				cancel()
+			}
+		}
+	}
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Printf("RESULT %d %d %d\n", target, bpid, code)
 	return 0
 }

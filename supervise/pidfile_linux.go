@@ -5,6 +5,7 @@ package supervise
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,10 +16,24 @@ import (
 
 type lockFile = *os.File
 
+// Byte ranges of the lock file. Owners contend for ownerByte. liveByte is
+// taken only after the new owner removed any stale pid file, so a reader
+// that sees it held knows a pid file it opened earlier either is the live
+// owner's or has been unlinked since (which the reader checks): a dead
+// owner's pid is never reported live.
+const (
+	ownerByte = 0
+	liveByte  = 1
+)
+
+// testHookPIDFileRead, set only by tests, runs in ReadPIDFile after the pid
+// file was read and before the lock is tested.
+var testHookPIDFileRead func()
+
 // CreatePIDFile validates the pid file at path and takes its lock, held
 // until Close. It does not write the file: call Write once the process is
 // ready, so readers never see a pid that is not serving yet. A stale file
-// (its lock free) is taken over without acting on the pid in it.
+// (its lock free) is removed under the lock without acting on the pid in it.
 func CreatePIDFile(path string) (*PIDFile, error) {
 	path = filepath.Clean(path)
 	dir := filepath.Dir(path)
@@ -42,26 +57,38 @@ func CreatePIDFile(path string) (*PIDFile, error) {
 		lock.Close()
 		return nil, err
 	}
-	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK); err != nil {
+	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, ownerByte); err != nil {
 		lock.Close()
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
 			return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
 		}
 		return nil, err
 	}
+	// The previous owner died without Close (SIGKILL): its file names a pid
+	// that may be anyone's by now. Remove it before announcing ourselves
+	// live, so no reader pairs that pid with our lock.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		lock.Close()
+		return nil, err
+	}
+	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, liveByte); err != nil {
+		// Only an owner takes liveByte, and we own ownerByte.
+		lock.Close()
+		return nil, err
+	}
 	return &PIDFile{path: path, lock: lock}, nil
 }
 
-// ofdLock applies or tests (F_OFD_GETLK) a whole-file open file description
-// lock. OFD locks, unlike flock(2), can be tested without being taken, so a
-// reader never makes a starting owner fail; like flock, they belong to the
-// open file description and vanish when the owner dies.
-func ofdLock(f *os.File, cmd int, typ int16) (held bool, err error) {
+// ofdLock applies or tests (F_OFD_GETLK) an open file description lock on
+// byte at of f. OFD locks, unlike flock(2), can be tested without being
+// taken, so a reader never makes a starting owner fail; like flock, they
+// belong to the open file description and vanish when the owner dies.
+func ofdLock(f *os.File, cmd int, typ int16, at int64) (held bool, err error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return false, err
 	}
-	lk := unix.Flock_t{Type: typ, Whence: 0}
+	lk := unix.Flock_t{Type: typ, Whence: 0, Start: at, Len: 1}
 	var lerr error
 	if err := rc.Control(func(fd uintptr) {
 		for {
@@ -190,31 +217,73 @@ func (p *PIDFile) Close() error {
 
 // ReadPIDFile reads the pid file at path and reports whether its owner is
 // live (holds the lock). A pid from a file that is not live is stale and
-// must not be signalled: it may belong to an unrelated process by now.
+// must not be signalled: it may belong to an unrelated process by now. A
+// pid written by an owner that has died is never reported live, even while
+// a new owner is taking over.
 func ReadPIDFile(path string) (pid int, live bool, err error) {
+	// A retry is needed only when the file is replaced (Write, takeover)
+	// between our read and our check, a window of three system calls; an
+	// owner rewriting in a tight loop can hit a few in a row, 32 never in
+	// practice, and the answer after them is the safe one: not live.
+	for range 32 {
+		var same bool
+		pid, live, same, err = readPIDFileOnce(path)
+		if err != nil || !live || same {
+			return pid, live, err
+		}
+	}
+	return pid, false, nil
+}
+
+// readPIDFileOnce reads the pid, tests liveByte, then checks that path still
+// names the file it read. The open descriptor pins that file's inode, so a
+// new file at path cannot have the same inode number.
+func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 	if err := checkExisting(path); err != nil {
-		return 0, false, err
+		return 0, false, false, err
 	}
-	b, err := os.ReadFile(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return 0, false, err
+		return 0, false, false, err
 	}
-	pid, err = parsePID(b)
+	defer f.Close()
+	var b [16]byte
+	n, err := io.ReadFull(f, b[:])
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return 0, false, false, err
+	}
+	pid, err = parsePID(b[:n])
 	if err != nil {
-		return 0, false, err
+		return 0, false, false, err
+	}
+	if h := testHookPIDFileRead; h != nil {
+		h()
 	}
 	fd, err := unix.Open(path+".lock", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if err == unix.ENOENT {
-			return pid, false, nil
+			return pid, false, false, nil
 		}
-		return 0, false, &os.PathError{Op: "open", Path: path + ".lock", Err: err}
+		return 0, false, false, &os.PathError{Op: "open", Path: path + ".lock", Err: err}
 	}
 	lock := os.NewFile(uintptr(fd), path+".lock")
 	defer lock.Close()
-	held, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK)
-	if err != nil {
-		return 0, false, err
+	held, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
+	if err != nil || !held {
+		return pid, false, false, err
 	}
-	return pid, held, nil
+	// liveByte is held, so any stale file was removed before it was
+	// taken: if path still names the file we read, its pid is the owner's.
+	read, err := f.Stat()
+	if err != nil {
+		return 0, false, false, err
+	}
+	now, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return pid, true, false, nil
+	}
+	if err != nil {
+		return 0, false, false, err
+	}
+	return pid, true, os.SameFile(read, now), nil
 }

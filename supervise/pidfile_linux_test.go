@@ -252,7 +252,57 @@ func TestPIDFileLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("start after a SIGKILLed owner: %v", err)
 	}
-	p.Close()
+	defer p.Close()
+	// The new owner holds the lock but has not written yet: the dead
+	// owner's pid must not be reported as live.
+	if pid, live, err := supervise.ReadPIDFile(path); live || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after takeover, before Write: pid %d live %v err %v; want the stale file gone", pid, live, err)
+	}
+	if err := p.Write(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if pid, live, err := supervise.ReadPIDFile(path); err != nil || !live || pid != os.Getpid() {
+		t.Errorf("after Write: pid %d live %v err %v", pid, live, err)
+	}
+}
+
+// TestPIDFileTakeoverWhileReading: a reader that read a dead owner's pid
+// just before a new owner took the lock over never reports that pid live
+// (TESTPLAN D4).
+func TestPIDFileTakeoverWhileReading(t *testing.T) {
+	fdcensus.Verify(t)
+	path := pidPath(t)
+	// A dead owner's leftovers: its pid file and an unlocked lock file.
+	const deadPID = 4000000
+	if err := os.WriteFile(path, []byte(strconv.Itoa(deadPID)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".lock", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var owner *supervise.PIDFile
+	var once sync.Once
+	supervise.SetHookPIDFileRead(func() {
+		once.Do(func() {
+			var err error
+			if owner, err = supervise.CreatePIDFile(path); err != nil {
+				t.Errorf("takeover: %v", err)
+			}
+		})
+	})
+	t.Cleanup(func() {
+		supervise.SetHookPIDFileRead(nil)
+		if owner != nil {
+			owner.Close()
+		}
+	})
+	pid, live, err := supervise.ReadPIDFile(path)
+	if live {
+		t.Errorf("dead owner's pid %d reported live (err %v)", pid, err)
+	}
+	if owner == nil {
+		t.Fatal("hook did not run")
+	}
 }
 
 func TestParsePID(t *testing.T) {

@@ -22,9 +22,14 @@ import (
 // unprocessed meanwhile.
 var testHookBeforeReap, testHookAfterReap func(pid int)
 
+// testHookBeforeDisown, set only by tests before Run, runs in the watcher
+// after the worker was reaped and before its pid is removed from owned.
+var testHookBeforeDisown func(pid int)
+
 // proc is the OS side of one worker.
 type proc struct {
 	pid   int
+	seq   uint64 // spawn number, the key of this process in platform.owned
 	start time.Time
 	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; closed after reaping
 
@@ -43,9 +48,13 @@ type platform struct {
 
 	// ownedMu is held across fork+exec and across each orphan reap, so the
 	// reaper never reaps a worker that was just forked but not yet
-	// registered in owned.
-	ownedMu sync.Mutex
-	owned   map[int]bool
+	// registered in owned. owned maps a worker's pid to its spawn number:
+	// once a watcher has reaped a pid, the kernel may hand it to the next
+	// worker before the watcher disowns it, and only the matching entry
+	// may be deleted.
+	ownedMu  sync.Mutex
+	owned    map[int]uint64
+	spawnSeq uint64 // guarded by ownedMu
 
 	nudge      chan struct{}
 	reaperStop chan struct{}
@@ -66,7 +75,25 @@ type spawnReq struct {
 
 type spawnReply struct {
 	pid int
+	seq uint64
 	err error
+}
+
+// probePidfdWait tells whether waitid(2) accepts P_PIDFD (Linux 5.4) by
+// passing f, which is not a pidfd: a kernel that knows P_PIDFD fails with
+// EBADF, an older one with EINVAL for the unknown idtype. Exits are watched
+// only through it, so without it supervision cannot work.
+func probePidfdWait(f *os.File) error {
+	fd, err := rawFD(f)
+	if err != nil {
+		return err
+	}
+	var info sigchldInfo
+	err = unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err == unix.EBADF {
+		return nil
+	}
+	return fmt.Errorf("%w: waitid(P_PIDFD) (Linux 5.4 or newer): %w", ErrNotSupported, os.NewSyscallError("waitid", err))
 }
 
 func newPlatform(s *Supervisor) (*platform, error) {
@@ -74,11 +101,15 @@ func newPlatform(s *Supervisor) (*platform, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := probePidfdWait(devnull); err != nil {
+		devnull.Close()
+		return nil, err
+	}
 	p := &platform{
 		s:              s,
 		devnull:        devnull,
 		spawnReqs:      make(chan spawnReq),
-		owned:          make(map[int]bool),
+		owned:          make(map[int]uint64),
 		nudge:          make(chan struct{}, 1),
 		restoreSignals: func() {},
 	}
@@ -129,17 +160,23 @@ func (p *platform) spawner() {
 	for r := range p.spawnReqs {
 		p.ownedMu.Lock()
 		pid, err := syscall.ForkExec(r.path, r.argv, r.attr)
+		p.spawnSeq++
+		seq := p.spawnSeq
 		if err == nil {
-			p.owned[pid] = true
+			p.owned[pid] = seq
 		}
 		p.ownedMu.Unlock()
-		r.reply <- spawnReply{pid: pid, err: err}
+		r.reply <- spawnReply{pid: pid, seq: seq, err: err}
 	}
 }
 
-func (p *platform) disown(pid int) {
+// disown forgets the reaped worker pid of spawn seq, unless the pid already
+// belongs to a newer worker.
+func (p *platform) disown(pid int, seq uint64) {
 	p.ownedMu.Lock()
-	delete(p.owned, pid)
+	if p.owned[pid] == seq {
+		delete(p.owned, pid)
+	}
 	p.ownedMu.Unlock()
 	select {
 	case p.nudge <- struct{}{}:
@@ -235,14 +272,14 @@ func (p *platform) start(id ID, launch *Launch) (*proc, error) {
 		closeAll(readEnds)
 		return nil, &os.PathError{Op: "fork/exec", Path: s.spec.Path, Err: rep.err}
 	}
-	pr := &proc{pid: rep.pid, start: time.Now(), outputs: readEnds}
+	pr := &proc{pid: rep.pid, seq: rep.seq, start: time.Now(), outputs: readEnds}
 	if err := pr.openPidfd(pidfd); err != nil {
 		// Without a pidfd the worker cannot be watched safely; the pid is
 		// still unreaped and ours, so killing and reaping it by pid is safe.
 		_ = unix.Kill(-pr.pid, unix.SIGKILL)
 		var ws unix.WaitStatus
 		_, _ = unix.Wait4(pr.pid, &ws, 0, nil)
-		p.disown(pr.pid)
+		p.disown(pr.pid, rep.seq)
 		closeAll(readEnds)
 		return nil, err
 	}
@@ -285,7 +322,9 @@ type sigchldInfo struct {
 func (i *sigchldInfo) siginfo() *unix.Siginfo { return (*unix.Siginfo)(unsafe.Pointer(i)) }
 
 // exitedFD reports whether the process of pidfd fd has exited, without
-// reaping it (waitid(2) WNOWAIT).
+// reaping it (waitid(2) WNOWAIT). newPlatform made sure the kernel knows
+// P_PIDFD, so an error other than EAGAIN/EINTR means there is nothing left
+// to wait for (ECHILD).
 func exitedFD(fd int) bool {
 	var info sigchldInfo
 	for {
@@ -371,7 +410,10 @@ func (p *platform) watch(w *worker) {
 		}
 	}
 	pr.pidfd.Close()
-	p.disown(pr.pid)
+	if h := testHookBeforeDisown; h != nil {
+		h(pr.pid)
+	}
+	p.disown(pr.pid, pr.seq)
 	// Captured output still buffered in the pipes is read; a grandchild that
 	// left the group and holds a pipe open cannot delay us past WaitDelay.
 	for _, r := range pr.outputs {
@@ -431,7 +473,7 @@ func (p *platform) reapOrphans() {
 		var info sigchldInfo
 		p.ownedMu.Lock()
 		err := unix.Waitid(unix.P_ALL, 0, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-		if err != nil || info.Signo != int32(unix.SIGCHLD) || p.owned[int(info.Pid)] {
+		if _, own := p.owned[int(info.Pid)]; err != nil || info.Signo != int32(unix.SIGCHLD) || own {
 			p.ownedMu.Unlock()
 			return
 		}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // HandleSignals maps the usual signals of a supervisor process onto s, as
@@ -17,7 +19,12 @@ import (
 //
 // The handler stays installed through stops and restarts, so a second
 // Ctrl-C always escalates, until the returned function is called (after Run
-// returned). Signals that arrive before Run started are ignored.
+// returned). Installing it suppresses the default action of TERM and INT,
+// so none is ever dropped: one that arrives before Run starts is remembered
+// and makes Run stop at once without starting workers; one that arrives
+// after Run returned, or a second one before Run started, terminates the
+// process by the signal's default action, as if no handler were installed.
+// HUP, USR1, TTIN and TTOU outside Run are ignored.
 func HandleSignals(s *Supervisor, strategy Strategy) (stop func(), err error) {
 	if strategy != Rolling && strategy != Parallel {
 		return nil, ErrInvalid
@@ -37,11 +44,16 @@ func HandleSignals(s *Supervisor, strategy Strategy) (stop func(), err error) {
 			case sig := <-ch:
 				switch sig {
 				case syscall.SIGTERM, syscall.SIGINT:
-					if stopping {
-						_ = s.Kill()
-					} else if s.Stop() == nil {
+					if s.signalStop(stopping) {
 						stopping = true
+						continue
 					}
+					// Nothing left to stop gracefully: die of the
+					// signal as without a handler. Stop only our
+					// channel, so a handler of the caller's still wins.
+					signal.Stop(ch)
+					_ = unix.Kill(os.Getpid(), sig.(syscall.Signal))
+					return
 				case syscall.SIGHUP, syscall.SIGUSR1:
 					_ = s.Restart(strategy)
 				case syscall.SIGTTIN:
@@ -57,4 +69,22 @@ func HandleSignals(s *Supervisor, strategy Strategy) (stop func(), err error) {
 		close(quit)
 		<-done
 	}, nil
+}
+
+// signalStop applies a TERM/INT: Stop, or Kill when again is true. Before
+// Run started, a first one is remembered for Run. It reports false when the
+// signal has nothing to act on (Run returned, or a second one before Run).
+func (s *Supervisor) signalStop(again bool) bool {
+	s.mu.Lock()
+	if !s.ran {
+		first := !s.stopPending
+		s.stopPending = true
+		s.mu.Unlock()
+		return first && !again
+	}
+	s.mu.Unlock()
+	if again {
+		return s.Kill() == nil
+	}
+	return s.Stop() == nil
 }

@@ -25,7 +25,8 @@ var (
 	// ErrInvalid wraps configuration errors from New and bad arguments.
 	ErrInvalid = errors.New("supervise: invalid argument")
 	// ErrUnknownWorker is returned by MarkReady for a worker that is not
-	// (or no longer) supervised.
+	// (or no longer) supervised, including one the supervisor is stopping
+	// (drained, scaled away, killed for missing its start timeout).
 	ErrUnknownWorker = errors.New("supervise: unknown worker")
 	// ErrExited is returned by MarkReady when the worker has already exited
 	// even if its exit has not been processed yet (TESTPLAN C20).
@@ -36,7 +37,9 @@ var (
 	// ErrExitedBeforeReady is the cause of a restart failure when a new
 	// worker exited before it reported ready.
 	ErrExitedBeforeReady = errors.New("supervise: worker exited before it was ready")
-	// ErrBurst is the cause of a Failed event when a slot hit the burst limit.
+	// ErrBurst is the cause of a Failed event when a slot hit a start limit:
+	// Backoff.Burst starts within Backoff.Window, or Backoff.QuickFailures
+	// consecutive workers that died before ready or within Backoff.Min.
 	ErrBurst = errors.New("supervise: start burst limit reached")
 	// ErrPermanent is the cause of a Failed event when a worker exited with
 	// Options.PermanentExitCode.
@@ -191,14 +194,22 @@ type Backoff struct {
 	// crash together do not respawn in lock step (default 0.2; negative
 	// disables). The delay never drops below Min nor exceeds Max.
 	Jitter float64
-	// ResetAfter is the uptime, after ready, that resets the delay to Min
-	// (default 10 s).
+	// ResetAfter is the time a worker must stay up after it reported ready
+	// for its death to reset the delay to Min (default 10 s).
 	ResetAfter time.Duration
 	// Burst and Window limit starts of one slot: a respawn that would be the
 	// Burst+1-th start within Window fails the slot instead (default 5 starts
 	// in 10 s, as systemd's StartLimitBurst). Negative Burst disables it.
+	// Replacements started by a graceful restart do not count.
 	Burst  int
 	Window time.Duration
+	// QuickFailures fails the slot after that many consecutive starts that
+	// died before ready or within Min of starting, spawn failures included
+	// (default 5; negative disables). The doubling delay alone keeps a crash
+	// loop under the burst limit (1+2+4+8 s > 10 s), so without this rule a
+	// worker that can never start would be retried every 30 s forever. With
+	// the defaults a crash loop fails after its 5th start, about 15 s in.
+	QuickFailures int
 }
 
 // Options adjust supervision. A nil *Options, and every zero field, means
@@ -431,6 +442,7 @@ type Supervisor struct {
 
 	mu                    sync.Mutex
 	ran                   bool
+	stopPending           bool // HandleSignals got TERM/INT before Run
 	last                  Status
 	dropEvents, dropLines uint64
 }
@@ -458,7 +470,7 @@ func New(spec Spec, opts *Options) (*Supervisor, error) {
 		spec:    spec,
 		opt:     o,
 		log:     o.Logger,
-		events:  make(chan Event, o.EventBuffer),
+		events:  make(chan Event, o.EventBuffer+1),
 		lines:   make(chan Line, o.OutputBuffer),
 		reqs:    make(chan request),
 		inbox:   make(chan any, 64),
@@ -516,7 +528,8 @@ func (o *Options) fill() error {
 // Events returns the event stream. It is closed after the Stopped event,
 // when Run returns. Use one reader; if it falls more than
 // Options.EventBuffer events behind, events are dropped and counted in
-// Status.DroppedEvents rather than stalling supervision.
+// Status.DroppedEvents rather than stalling supervision. Stopped itself is
+// never dropped.
 func (s *Supervisor) Events() <-chan Event { return s.events }
 
 // Lines returns captured output (Options.CaptureOutput). It is closed when
@@ -537,8 +550,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return ErrAlreadyRun
 	}
 	s.ran = true
+	stopPending := s.stopPending
 	s.mu.Unlock()
-	return s.run(ctx)
+	return s.run(ctx, stopPending)
 }
 
 type reqKind int
@@ -572,7 +586,19 @@ func (s *Supervisor) call(r request) response {
 	select {
 	case <-s.started:
 	default:
-		return response{err: ErrNotRunning}
+		s.mu.Lock()
+		ran := s.ran
+		s.mu.Unlock()
+		if !ran {
+			return response{err: ErrNotRunning}
+		}
+		// Run was called but has not started the loop yet: a request
+		// must not be lost in that window (HandleSignals relies on it).
+		select {
+		case <-s.started:
+		case <-s.done:
+			return response{err: ErrNotRunning}
+		}
 	}
 	select {
 	case s.reqs <- r:
@@ -647,16 +673,28 @@ func (s *Supervisor) Status() Status {
 	return r.status
 }
 
-// emit delivers ev without ever blocking the event loop.
+// emit delivers ev without ever blocking the event loop. The channel has
+// one slot more than Options.EventBuffer, kept free for Stopped, so the
+// terminal event is never dropped. Only the loop goroutine sends, so the
+// length check cannot race with another sender.
 func (s *Supervisor) emit(ev Event) {
 	s.logEvent(ev)
-	select {
-	case s.events <- ev:
-	default:
-		s.mu.Lock()
-		s.dropEvents++
-		s.mu.Unlock()
+	if len(s.events) < s.opt.EventBuffer {
+		select {
+		case s.events <- ev:
+			return
+		default:
+		}
 	}
+	s.mu.Lock()
+	s.dropEvents++
+	s.mu.Unlock()
+}
+
+// emitFinal delivers the last event into the reserved slot.
+func (s *Supervisor) emitFinal(ev Event) {
+	s.logEvent(ev)
+	s.events <- ev
 }
 
 func (s *Supervisor) deliverLine(l Line) {

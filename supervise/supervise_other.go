@@ -4,7 +4,7 @@ package supervise
 
 import "context"
 
-func (s *Supervisor) run(context.Context) error {
+func (s *Supervisor) run(context.Context, bool) error {
 	close(s.done)
 	close(s.events)
 	close(s.lines)
