@@ -1,11 +1,56 @@
 // Package cluster runs a program as a cluster of worker processes that
 // share listening sockets: the master side of mini-cluster.
 //
-// This file set currently holds the protocol pieces the master and workers
-// share with systemd: socket activation (LISTEN_FDS, LISTEN_FDNAMES,
-// LISTEN_PID) and readiness notification (NOTIFY_SOCKET, sd_notify(3)).
-// Both are spoken with programs in any language, so both parsers treat
-// their input as untrusted.
+// A Master binds every listen address once (or, when the process was itself
+// socket-activated by systemd, adopts the descriptors it was given), keeps
+// those sockets for the cluster's whole lifetime, and hands the very same
+// sockets to every worker and every generation as descriptors 3, 4, ... in
+// listen order. Workers learn about them through the systemd protocols, so
+// any program that supports socket activation works unchanged:
+// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (set by an exec shim, ShimArg,
+// because os/exec cannot set a child's own pid), NOTIFY_SOCKET for
+// readiness (sd_notify(3)), and HANDOFF_WORKER_ID, HANDOFF_WORKER_GENERATION
+// and HANDOFF_WORKERS. Processes, restarts, readiness deadlines, stop
+// escalation and the pid file are package supervise's.
 //
-// Linux only.
+// # Invariants
+//
+//   - One socket per address, shared: closing one of several SO_REUSEPORT
+//     sockets resets the connections queued on it, closing a shared
+//     socket's copy in one worker loses nothing. A worker that exits, is
+//     killed or is replaced never costs a queued connection.
+//   - Sockets are handed over in blocking mode, as systemd does.
+//   - Notifications are attributed by the kernel-supplied sender pid
+//     (SCM_CREDENTIALS): the sender must be a worker or a descendant of one
+//     (its parent chain is read from /proc); anything else is logged and
+//     ignored. A descendant that exits before its message is read cannot be
+//     attributed (systemd has the same race).
+//   - Socket-activation and sd_notify input is untrusted: malformed
+//     variables fail with ErrActivation, adopted descriptors that are not
+//     listening or datagram sockets are refused, and a malformed
+//     notification is dropped without disturbing the socket.
+//
+// Only the shared mode exists: the master never accepts connections
+// itself. Per-worker SO_REUSEPORT sockets, accept-and-hand-off, the control
+// socket and in-place re-exec of the master (SIGUSR2) are not part of this
+// package yet.
+//
+// # Who should not use it
+//
+// Programs that need cgroup containment, resource limits or dependency
+// ordering between services should use systemd units directly; a single
+// process that only wants zero-downtime restarts of itself may be better
+// served by handing its listener to its successor (package scmrights).
+//
+// # Platforms
+//
+// Linux only (pidfds, SCM_CREDENTIALS, /proc). Elsewhere New returns an
+// error wrapping ErrNotSupported; the protocol parsers build everywhere.
+//
+// # Ownership
+//
+// The Master owns its listening sockets and the notify socket and closes
+// them when Run returns (or on Close if Run is never called). Workers get
+// copies; a worker closing its copy never affects the others. Descriptors
+// adopted from systemd become the Master's.
 package cluster

@@ -160,18 +160,20 @@ func listenNotify(path string) (*notifySocket, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := &notifySocket{path: path, msg: scmrights.Message{Payload: make([]byte, maxNotify+1)}}
 	c, err := scmrights.NewConn(uc)
 	if err != nil {
 		uc.Close()
-		os.Remove(path)
+		s.conn = nil
+		s.removePath()
 		return nil, err
 	}
+	s.conn = c
 	if err := c.SetPassCred(true); err != nil {
-		c.Close()
-		os.Remove(path)
+		s.close()
 		return nil, err
 	}
-	return &notifySocket{conn: c, path: path, msg: scmrights.Message{Payload: make([]byte, maxNotify+1)}}, nil
+	return s, nil
 }
 
 // recv waits for the next notification and returns it with its sender's
@@ -190,9 +192,16 @@ func (s *notifySocket) recv() (Notification, scmrights.Ucred, error) {
 	return n, m.Cred, err
 }
 
-// close closes the socket and removes its path.
+// close closes the socket and removes its path; an abstract address
+// ("@name") has no file to remove.
 func (s *notifySocket) close() error {
 	err := s.conn.Close()
-	os.Remove(s.path)
+	s.removePath()
 	return err
+}
+
+func (s *notifySocket) removePath() {
+	if s.path != "" && s.path[0] != '@' {
+		os.Remove(s.path)
+	}
 }

@@ -1,0 +1,146 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/handoff-go/handoff/supervise"
+)
+
+// ErrNotSupported is returned on platforms other than Linux.
+var ErrNotSupported = errors.New("cluster: not supported on this platform")
+
+// ShimArg, as the first argument of the mini-cluster binary, selects its
+// hidden exec shim: "BIN ShimArg PATH ARGV0 ARGS..." sets LISTEN_PID to the
+// shim's own pid and executes PATH in place (same pid), which os/exec cannot
+// do. A program that embeds the master must call RunShim when it sees it.
+const ShimArg = "-handoff-exec-shim"
+
+// ReadyMode says when a worker counts as ready.
+type ReadyMode int
+
+const (
+	// ReadyNotify waits for READY=1 on NOTIFY_SOCKET (the default).
+	ReadyNotify ReadyMode = iota
+	// ReadyStarted counts a worker ready as soon as it started.
+	ReadyStarted
+)
+
+// ParseReadyMode parses "notify" or "started".
+func ParseReadyMode(s string) (ReadyMode, error) {
+	switch s {
+	case "notify":
+		return ReadyNotify, nil
+	case "started":
+		return ReadyStarted, nil
+	}
+	return 0, fmt.Errorf("cluster: ready mode %q (want notify or started)", s)
+}
+
+// Config describes a cluster. Zero fields mean the documented defaults.
+type Config struct {
+	// Program is the worker program, looked up in PATH if it has no slash;
+	// Args are its arguments.
+	Program string
+	Args    []string
+	// Workers is the number of worker slots (default runtime.NumCPU()).
+	Workers int
+	// Listen holds -listen addresses (see ParseAddr), bound once by New in
+	// this order; workers get them as descriptors 3, 4, ... Ignored when the
+	// process was itself socket-activated (LISTEN_PID is its pid): those
+	// descriptors are adopted instead.
+	Listen []string
+	// Ready is the readiness mode (default ReadyNotify).
+	Ready ReadyMode
+	// Strategy is the graceful-restart strategy (default Rolling).
+	Strategy supervise.Strategy
+	// ShutdownTimeout is the grace period between SIGTERM and SIGKILL of a
+	// worker's process group (default 10 s).
+	ShutdownTimeout time.Duration
+	// StartTimeout is how long a worker may take to report ready (default
+	// 30 s).
+	StartTimeout time.Duration
+	// Backoff throttles respawns of crashing workers (zero: supervise's
+	// defaults, 1 s doubling to 30 s, at most 5 starts in 10 s).
+	Backoff supervise.Backoff
+	// PIDFile, if set, is written with this process's pid once every
+	// worker of the first generation is ready, locked while the cluster
+	// runs and removed when it stops (supervise.CreatePIDFile).
+	PIDFile string
+	// Shim is the binary that implements ShimArg (default: this
+	// executable, os.Executable()).
+	Shim string
+	// Env is the base environment of workers (nil: os.Environ()). The
+	// master's own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_* are removed from
+	// it.
+	Env []string
+	// Stdout and Stderr receive workers' output, one line at a time,
+	// prefixed with "[slot pid] ". If both are nil, each line is logged to
+	// Logger instead (with slot, pid and stream attributes), which suits a
+	// JSON log.
+	Stdout, Stderr io.Writer
+	// Logger receives the master's log (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Master runs one cluster: the listeners it bound or adopted, a notify
+// socket, and a supervisor of the workers. Create it with New, then call Run
+// once. Methods are safe for concurrent use.
+type Master struct {
+	m *master
+}
+
+// Addrs returns the bound addresses in -listen order, with port 0 resolved.
+func (m *Master) Addrs() []net.Addr { return m.m.addrs() }
+
+// Ready is closed once every worker of the first generation is ready.
+func (m *Master) Ready() <-chan struct{} { return m.m.readyCh() }
+
+// Run starts the workers and supervises them until ctx is done or Stop or
+// Kill is called, then stops them, removes the pid file, closes the
+// listeners and returns. Run may be called once; New's resources are
+// released when it returns. Failing workers are logged, never Run's error.
+func (m *Master) Run(ctx context.Context) error { return m.m.run(ctx) }
+
+// Restart begins a zero-downtime restart with the configured strategy;
+// requests during a restart coalesce into at most one more.
+func (m *Master) Restart() error { return m.m.restart() }
+
+// Stop begins a graceful stop (STOPPING=1 to systemd when started by it).
+func (m *Master) Stop() error { return m.m.stop() }
+
+// Kill SIGKILLs every worker's process group.
+func (m *Master) Kill() error { return m.m.kill() }
+
+// ScaleBy adds delta workers (negative removes).
+func (m *Master) ScaleBy(delta int) error { return m.m.scaleBy(delta) }
+
+// Status returns the supervisor's snapshot.
+func (m *Master) Status() supervise.Status { return m.m.status() }
+
+// HandleSignals maps the master's signals: SIGTERM/SIGINT stop (a second
+// one kills), SIGHUP/SIGUSR1 restart, SIGTTIN/SIGTTOU scale by one. Call the
+// returned function after Run returned.
+func (m *Master) HandleSignals() (stop func(), err error) { return m.m.handleSignals() }
+
+// Close releases what New acquired (listeners, pid file lock) if Run is
+// never called. It is idempotent and a no-op after Run.
+func (m *Master) Close() error { return m.m.close() }
+
+// New validates cfg, takes the pid file lock, and binds (or adopts) every
+// listener. On error nothing is left open and no worker was started.
+func New(cfg *Config) (*Master, error) {
+	if cfg == nil {
+		cfg = &Config{}
+	}
+	m, err := newMaster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Master{m: m}, nil
+}

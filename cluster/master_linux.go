@@ -1,0 +1,670 @@
+//go:build linux
+
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/handoff-go/handoff/supervise"
+	"golang.org/x/sys/unix"
+)
+
+// Worker environment set by the master.
+const (
+	envWorkerID         = "HANDOFF_WORKER_ID"
+	envWorkerGeneration = "HANDOFF_WORKER_GENERATION"
+	envWorkers          = "HANDOFF_WORKERS"
+)
+
+// strippedEnv are the master's own variables that must not reach workers:
+// they describe the master's activation, not the worker's.
+var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket, "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+type master struct {
+	cfg       Config
+	log       *slog.Logger
+	program   string // resolved path
+	listeners []*listener
+	adopted   bool
+	sdNotify  string // the master's own NOTIFY_SOCKET, if any
+	pidFile   *supervise.PIDFile
+	sup       *supervise.Supervisor
+	workers   atomic.Int64
+
+	readyOnce sync.Once
+	ready     chan struct{}
+	// stopCh is closed by the first stop request, even one that arrives
+	// before Run started the supervisor, so no stop signal is ever lost.
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	isReady  atomic.Bool
+	stopping atomic.Bool
+	// notifyClosed tells serveNotify that an error means "closed".
+	notifyClosed atomic.Bool
+
+	mu     sync.Mutex
+	closed bool
+	ran    bool
+	// pids maps live worker pids (every generation, including those
+	// being stopped) to their IDs, from the supervisor's events.
+	pids map[int]supervise.ID
+}
+
+func newMaster(cfg *Config) (_ *master, err error) {
+	m := &master{cfg: *cfg, ready: make(chan struct{}), stopCh: make(chan struct{}), pids: make(map[int]supervise.ID)}
+	m.log = cfg.Logger
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	if m.cfg.Workers == 0 {
+		m.cfg.Workers = runtime.NumCPU()
+	}
+	if m.cfg.Workers < 0 || m.cfg.Workers > 4096 {
+		return nil, fmt.Errorf("cluster: %d workers (want 1 to 4096)", m.cfg.Workers)
+	}
+	if m.cfg.Program == "" {
+		return nil, errors.New("cluster: no worker program")
+	}
+	if m.cfg.Ready != ReadyNotify && m.cfg.Ready != ReadyStarted {
+		return nil, fmt.Errorf("cluster: ready mode %d", m.cfg.Ready)
+	}
+	// Resolve once so a missing program is a start-up error, not a respawn
+	// loop; a path is kept as is, so replacing the file takes effect at the
+	// next spawn.
+	if m.program, err = exec.LookPath(m.cfg.Program); err != nil {
+		return nil, fmt.Errorf("cluster: worker program: %w", err)
+	}
+	if !filepath.IsAbs(m.program) && strings.Contains(m.program, "/") {
+		if m.program, err = filepath.Abs(m.program); err != nil {
+			return nil, fmt.Errorf("cluster: worker program: %w", err)
+		}
+	}
+	if m.cfg.Shim == "" {
+		if m.cfg.Shim, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("cluster: exec shim: %w", err)
+		}
+	}
+	act, err := parseActivation(os.Getenv, os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	m.sdNotify = os.Getenv(envNotifySocket)
+	if m.cfg.PIDFile != "" {
+		// Before binding: a second instance fails on the lock without
+		// touching the first one's sockets.
+		if m.pidFile, err = supervise.CreatePIDFile(m.cfg.PIDFile); err != nil {
+			return nil, fmt.Errorf("cluster: pid file: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil && m.pidFile != nil {
+			m.pidFile.Close()
+		}
+	}()
+	if len(act) > 0 {
+		if len(m.cfg.Listen) > 0 {
+			m.log.Warn("socket-activated: ignoring -listen", "listen", m.cfg.Listen, "adopted", len(act))
+		}
+		if m.listeners, err = adopt(act); err != nil {
+			return nil, err
+		}
+		m.adopted = true
+	} else {
+		if len(m.cfg.Listen) == 0 {
+			return nil, errNoListeners
+		}
+		if m.listeners, err = bind(m.cfg.Listen); err != nil {
+			return nil, err
+		}
+	}
+	for i, l := range m.listeners {
+		m.log.Info("listening", "fd", listenFDsStart+i, "name", l.name, "network", l.addr.Network(), "addr", l.addr.String(), "adopted", m.adopted)
+	}
+	return m, nil
+}
+
+func (m *master) addrs() []net.Addr {
+	out := make([]net.Addr, len(m.listeners))
+	for i, l := range m.listeners {
+		out[i] = l.addr
+	}
+	return out
+}
+
+func (m *master) readyCh() <-chan struct{} { return m.ready }
+
+func (m *master) close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.ran {
+		return nil
+	}
+	m.closed = true
+	closeAll(m.listeners)
+	if m.pidFile != nil {
+		m.pidFile.Close()
+	}
+	return nil
+}
+
+// workerEnv is the base environment of every worker: the configured one
+// without the master's own activation variables, plus LISTEN_FDS and
+// LISTEN_FDNAMES (LISTEN_PID is set by the shim, NOTIFY_SOCKET per spawn).
+func (m *master) workerEnv() []string {
+	base := m.cfg.Env
+	if base == nil {
+		base = os.Environ()
+	}
+	out := make([]string, 0, len(base)+3)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		strip := false
+		for _, s := range strippedEnv {
+			if k == s {
+				strip = true
+			}
+		}
+		if !strip {
+			out = append(out, kv)
+		}
+	}
+	names := make([]string, len(m.listeners))
+	for i, l := range m.listeners {
+		names[i] = l.name
+	}
+	return append(out, envListenFDs+"="+strconv.Itoa(len(m.listeners)), envListenFDNames+"="+strings.Join(names, ":"))
+}
+
+func (m *master) run(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closed || m.ran {
+		m.mu.Unlock()
+		return errors.New("cluster: Run called twice or after Close")
+	}
+	m.ran = true
+	m.mu.Unlock()
+	defer func() {
+		closeAll(m.listeners)
+		if m.pidFile != nil {
+			m.pidFile.Close()
+		}
+	}()
+
+	// One notify socket for the cluster, in the abstract namespace (no
+	// file to leave behind when the master is SIGKILLed). Messages are
+	// attributed by the kernel-supplied sender pid (SCM_CREDENTIALS), so
+	// a per-worker socket would add descriptors without adding trust.
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	notifyAddr := "@handoff/" + strconv.Itoa(os.Getpid()) + "/" + hex.EncodeToString(rnd[:])
+	ns, err := listenNotify(notifyAddr)
+	if err != nil {
+		return fmt.Errorf("cluster: notify socket: %w", err)
+	}
+	defer ns.close()
+
+	files := make([]*os.File, len(m.listeners))
+	for i, l := range m.listeners {
+		files[i] = l.file
+	}
+	m.workers.Store(int64(m.cfg.Workers))
+	spec := supervise.Spec{
+		Path:       m.cfg.Shim,
+		Args:       append([]string{ShimArg, m.program, m.cfg.Program}, m.cfg.Args...),
+		Env:        m.workerEnv(),
+		ExtraFiles: files,
+		Prepare: func(id supervise.ID) (supervise.Launch, error) {
+			return supervise.Launch{Env: []string{
+				envNotifySocket + "=" + notifyAddr,
+				envWorkerID + "=" + strconv.Itoa(id.Slot),
+				envWorkerGeneration + "=" + strconv.Itoa(id.Generation),
+				envWorkers + "=" + strconv.FormatInt(m.workers.Load(), 10),
+			}}, nil
+		},
+	}
+	opts := &supervise.Options{
+		Workers:       m.cfg.Workers,
+		ReadyOnStart:  m.cfg.Ready == ReadyStarted,
+		StartTimeout:  m.cfg.StartTimeout,
+		StopTimeout:   m.cfg.ShutdownTimeout,
+		Backoff:       m.cfg.Backoff,
+		CaptureOutput: true,
+		Logger:        m.log,
+		// As PID 1 (a container) orphans re-parent to the master anyway;
+		// reap them. Nothing else in the master starts children.
+		Subreaper: os.Getpid() == 1,
+	}
+	sup, err := supervise.New(spec, opts)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	m.mu.Lock()
+	m.sup = sup
+	m.mu.Unlock()
+
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); m.serveNotify(ns) }()
+	go func() { defer wg.Done(); m.watchEvents() }()
+	go func() { defer wg.Done(); m.copyOutput() }()
+
+	m.log.Info("starting workers", "workers", m.cfg.Workers, "program", m.program, "args", m.cfg.Args, "ready", readyName(m.cfg.Ready))
+	runDone := make(chan struct{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-m.stopCh:
+		case <-runDone:
+			return
+		}
+		if !m.stopping.Swap(true) {
+			m.notifySystemd("STOPPING=1")
+		}
+		// A cancelled context is supervise's graceful stop, and works
+		// before its Run has started too.
+		cancel()
+	}()
+	err = sup.Run(ctx)
+	close(runDone)
+	m.notifyClosed.Store(true)
+	ns.conn.Close() // unblocks serveNotify; Events and Lines are closed by Run
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	m.log.Info("stopped")
+	return nil
+}
+
+func readyName(r ReadyMode) string {
+	if r == ReadyStarted {
+		return "started"
+	}
+	return "notify"
+}
+
+func (m *master) supervisor() (*supervise.Supervisor, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sup == nil {
+		return nil, supervise.ErrNotRunning
+	}
+	return m.sup, nil
+}
+
+func (m *master) restart() error {
+	s, err := m.supervisor()
+	if err != nil {
+		return err
+	}
+	return s.Restart(m.cfg.Strategy)
+}
+
+func (m *master) stop() error {
+	m.stopOnce.Do(func() { close(m.stopCh) })
+	return nil
+}
+
+func (m *master) stopRequested() bool {
+	select {
+	case <-m.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (m *master) kill() error {
+	s, err := m.supervisor()
+	if err != nil {
+		return err
+	}
+	m.stopping.Store(true)
+	return s.Kill()
+}
+
+func (m *master) scaleBy(delta int) error {
+	s, err := m.supervisor()
+	if err != nil {
+		return err
+	}
+	// New workers are spawned before the Scaled event arrives; their
+	// HANDOFF_WORKERS must already count them.
+	prev := m.workers.Load()
+	m.workers.Store(min(max(prev+int64(delta), 0), 4096))
+	if err := s.ScaleBy(delta); err != nil {
+		m.workers.Store(prev)
+		return err
+	}
+	return nil
+}
+
+func (m *master) status() supervise.Status {
+	s, err := m.supervisor()
+	if err != nil {
+		return supervise.Status{}
+	}
+	return s.Status()
+}
+
+// handleSignals installs the master's signal handler. Signals that arrive
+// before Run started the supervisor stop or restart nothing, but a stop
+// request is remembered by the context the caller cancels.
+func (m *master) handleSignals() (func(), error) {
+	ch := make(chan os.Signal, 8)
+	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-ch:
+				m.onSignal(sig.(syscall.Signal))
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
+		wg.Wait()
+	}, nil
+}
+
+func (m *master) onSignal(sig syscall.Signal) {
+	var err error
+	switch sig {
+	case unix.SIGTERM, unix.SIGINT:
+		if m.stopRequested() {
+			m.log.Warn("second stop signal: killing workers", "signal", sig.String())
+			err = m.kill()
+		} else {
+			m.log.Info("stop signal: stopping workers gracefully", "signal", sig.String())
+			err = m.stop()
+		}
+	case unix.SIGHUP, unix.SIGUSR1:
+		m.log.Info("restart signal", "signal", sig.String(), "strategy", m.cfg.Strategy.String())
+		err = m.restart()
+	case unix.SIGTTIN:
+		err = m.scaleBy(1)
+	case unix.SIGTTOU:
+		err = m.scaleBy(-1)
+	}
+	if err != nil {
+		m.log.Warn("signal not acted on", "signal", sig.String(), "err", err)
+	}
+}
+
+// notifySystemd reports state to the master's own NOTIFY_SOCKET, when
+// systemd (or another manager) gave one.
+func (m *master) notifySystemd(state string) {
+	if m.sdNotify == "" {
+		return
+	}
+	if err := sdNotify(m.sdNotify, state); err != nil {
+		m.log.Warn("sd_notify", "state", state, "err", err)
+	}
+}
+
+func (m *master) watchEvents() {
+	s := m.sup
+	for ev := range s.Events() {
+		switch ev.Kind {
+		case supervise.Started:
+			m.mu.Lock()
+			m.pids[ev.PID] = ev.ID
+			m.mu.Unlock()
+			m.log.Info("worker started", "slot", ev.ID.Slot, "pid", ev.PID, "generation", ev.ID.Generation)
+		case supervise.Exited:
+			m.mu.Lock()
+			delete(m.pids, ev.PID)
+			m.mu.Unlock()
+			attrs := []any{"slot", ev.ID.Slot, "pid", ev.PID, "code", ev.Code, "uptime", ev.Uptime.Round(time.Millisecond)}
+			if ev.Signal != 0 {
+				attrs = append(attrs, "signal", ev.Signal.String())
+			}
+			if ev.Requested {
+				m.log.Info("worker exited", attrs...)
+			} else {
+				m.log.Warn("worker exited unexpectedly", attrs...)
+			}
+		case supervise.Ready:
+			if !m.isReady.Load() {
+				st := s.Status()
+				if st.ReadyWorkers >= st.Workers && !st.Restarting {
+					m.clusterReady(st)
+				}
+			}
+		case supervise.Scaled:
+			m.workers.Store(int64(ev.Workers))
+			m.log.Info("scaled", "workers", ev.Workers)
+		case supervise.RestartBegun:
+			m.log.Info("restart begun", "generation", ev.Generation, "strategy", m.cfg.Strategy.String())
+			// Type=notify-reload wants RELOADING=1 with the monotonic time.
+			var ts unix.Timespec
+			_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+			m.notifySystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10))
+		case supervise.RestartDone, supervise.RestartFailed:
+			if ev.Kind == supervise.RestartDone {
+				m.log.Info("restart done", "generation", ev.Generation)
+			} else {
+				m.log.Error("restart failed; the previous workers keep serving", "generation", ev.Generation, "err", ev.Err)
+			}
+			if m.isReady.Load() && !m.stopping.Load() {
+				m.notifySystemd("READY=1")
+			}
+		}
+	}
+}
+
+func (m *master) clusterReady(st supervise.Status) {
+	m.readyOnce.Do(func() {
+		m.isReady.Store(true)
+		if m.pidFile != nil {
+			if err := m.pidFile.Write(os.Getpid()); err != nil {
+				m.log.Error("pid file", "err", err)
+			}
+		}
+		addrs := make([]string, len(m.listeners))
+		for i, l := range m.listeners {
+			addrs[i] = l.addr.String()
+		}
+		m.log.Info("cluster ready", "workers", st.ReadyWorkers, "listen", strings.Join(addrs, ","), "pid", os.Getpid())
+		m.notifySystemd("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		close(m.ready)
+	})
+}
+
+// copyOutput forwards captured worker output, prefixed with slot and pid.
+func (m *master) copyOutput() {
+	for ln := range m.sup.Lines() {
+		w := m.cfg.Stdout
+		if ln.Stream == supervise.Stderr {
+			w = m.cfg.Stderr
+		}
+		if m.cfg.Stdout == nil && m.cfg.Stderr == nil {
+			stream := "stdout"
+			if ln.Stream == supervise.Stderr {
+				stream = "stderr"
+			}
+			m.log.Info(ln.Text, "slot", ln.ID.Slot, "pid", ln.PID, "stream", stream)
+			continue
+		}
+		if w == nil {
+			w = io.Discard
+		}
+		fmt.Fprintf(w, "[%d %d] %s\n", ln.ID.Slot, ln.PID, ln.Text)
+	}
+}
+
+// serveNotify reads sd_notify messages until the socket is closed.
+func (m *master) serveNotify(ns *notifySocket) {
+	self := os.Getpid()
+	for {
+		n, cred, err := ns.recv()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			if m.notifyClosed.Load() {
+				return
+			}
+			var se *os.SyscallError
+			if errors.As(err, &se) && !errors.Is(err, ErrNotify) {
+				// A socket error, not a bad message: log it and
+				// pause rather than spin.
+				m.log.Warn("notify socket", "err", err)
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			m.log.Warn("notify: bad message ignored", "sender", cred.PID, "err", err)
+			continue
+		}
+		m.onNotify(n, cred.PID, self)
+	}
+}
+
+// maxAncestry bounds the walk from a sender to its worker: a worker's
+// helper is a few levels down, never dozens.
+const maxAncestry = 32
+
+func (m *master) onNotify(n Notification, sender, self int) {
+	// The sender may be the worker or any descendant of it (a shell worker
+	// running systemd-notify, a Python child): walk the parent chain. A
+	// sender that has already exited cannot be attributed (systemd has the
+	// same race with short-lived senders) and is ignored.
+	pid := sender
+	for i := 0; i < maxAncestry && pid > 1 && pid != self; i++ {
+		if n.Ready {
+			err := m.sup.MarkReadyPID(pid)
+			if err == nil {
+				m.logNotify(n, sender, pid)
+				return
+			}
+			if !errors.Is(err, supervise.ErrUnknownWorker) {
+				m.log.Warn("notify: READY=1 not accepted", "worker_pid", pid, "sender", sender, "err", err)
+				return
+			}
+		} else if m.isWorker(pid) {
+			m.logNotify(n, sender, pid)
+			return
+		}
+		ppid, ok := parentPID(pid)
+		if !ok {
+			break
+		}
+		pid = ppid
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(sender)); err != nil {
+		m.log.Warn("notify: sender exited before its message was read; ignored", "sender", sender)
+		return
+	}
+	m.log.Warn("notify: message from a process that is not a worker ignored", "sender", sender)
+}
+
+func (m *master) isWorker(pid int) bool {
+	m.mu.Lock()
+	_, ok := m.pids[pid]
+	m.mu.Unlock()
+	if ok {
+		return true
+	}
+	// A message can overtake the Started event.
+	for _, sl := range m.sup.Status().Slots {
+		if sl.PID == pid {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *master) logNotify(n Notification, sender, worker int) {
+	m.mu.Lock()
+	id, ok := m.pids[worker]
+	m.mu.Unlock()
+	slot := -1
+	if ok {
+		slot = id.Slot
+	}
+	if n.Status != "" {
+		m.log.Info("worker status", "slot", slot, "pid", worker, "sender", sender, "status", n.Status)
+	}
+	if n.Stopping {
+		m.log.Info("worker stopping", "slot", slot, "pid", worker)
+	}
+	if n.Ready {
+		m.log.Debug("worker ready", "slot", slot, "pid", worker, "sender", sender)
+	}
+}
+
+// parentPID reads the parent of pid from /proc/<pid>/stat. The command name
+// in parentheses may hold spaces and ')', so fields are counted from the
+// last ')'.
+func parentPID(pid int) (int, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	return parseStatPPID(b)
+}
+
+func parseStatPPID(b []byte) (int, bool) {
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 > len(b) {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, false
+	}
+	p, err := strconv.Atoi(f[1])
+	if err != nil || p < 0 {
+		return 0, false
+	}
+	return p, true
+}
+
+// RunShim is the exec shim selected by ShimArg. args are what follows
+// ShimArg: the resolved program path, its argv[0], and its arguments. It
+// sets LISTEN_PID to this process's pid, which is also the program's after
+// execve, and replaces the process with the program; it returns only on
+// error. Pdeathsig set by the supervisor survives the execve of a
+// non-setuid program, so the worker still dies with the master.
+func RunShim(args []string) error {
+	if len(args) < 2 {
+		return errors.New("cluster: exec shim: missing program")
+	}
+	env := os.Environ()
+	out := env[:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, envListenPID+"=") {
+			out = append(out, kv)
+		}
+	}
+	out = append(out, envListenPID+"="+strconv.Itoa(os.Getpid()))
+	err := unix.Exec(args[0], args[1:], out)
+	return fmt.Errorf("cluster: exec %s: %w", args[0], os.NewSyscallError("execve", err))
+}

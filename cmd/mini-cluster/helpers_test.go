@@ -1,0 +1,364 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
+)
+
+// fakeSrvArg selects the fake worker (TESTPLAN §1.0) in a re-executed test
+// binary. It is an argument, not helperproc's role variable, because
+// workers inherit the master's environment, role included.
+const fakeSrvArg = "-fake-srv"
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case cluster.ShimArg:
+			err := cluster.RunShim(os.Args[2:])
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(127)
+		case fakeSrvArg:
+			os.Exit(fakeSrv())
+		}
+	}
+	helperproc.Main(m, map[string]func() int{"mini-cluster": roleMaster})
+}
+
+// roleMaster is mini-cluster itself, run from the test binary so the exec
+// shim (os.Executable) is the test binary too.
+func roleMaster() int {
+	return exitCode(run(context.Background(), helperproc.Args(), os.Stdin, os.Stdout, os.Stderr), os.Stderr)
+}
+
+// fakeSrv is the fake worker: an HTTP server on LISTEN_FDS descriptor 3 that
+// answers "pid:generation" in X-Worker. Knobs (environment):
+//
+//	SRV_SLOW=d        sleep d in every request
+//	SRV_HOLD=path     accept only once path exists
+//	SRV_READY_CHILD=1 send READY=1 from a child process, not the worker
+func fakeSrv() int {
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(os.Stderr, "fake-srv: "+format+"\n", args...)
+		return 3
+	}
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		return fail("LISTEN_PID=%q, pid %d", os.Getenv("LISTEN_PID"), os.Getpid())
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n < 1 {
+		return fail("LISTEN_FDS=%q", os.Getenv("LISTEN_FDS"))
+	}
+	var ino [3]uint64
+	for i := 0; i < n && i < 3; i++ {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(3+i, &st); err == nil {
+			ino[i] = st.Ino
+		}
+	}
+	f := os.NewFile(3, "listener")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return fail("%v", err)
+	}
+	slow, _ := time.ParseDuration(os.Getenv("SRV_SLOW"))
+	gen := os.Getenv("HANDOFF_WORKER_GENERATION")
+	tag := strconv.Itoa(os.Getpid()) + ":" + gen
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(slow)
+		w.Header().Set("X-Worker", tag)
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Worker", tag)
+		for _, k := range []string{"LISTEN_FDS", "LISTEN_FDNAMES", "HANDOFF_WORKER_ID", "HANDOFF_WORKER_GENERATION", "HANDOFF_WORKERS", "NOTIFY_SOCKET"} {
+			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
+		}
+		fmt.Fprintf(w, "INODES=%d,%d,%d\n", ino[0], ino[1], ino[2])
+	})
+	srv := &http.Server{Handler: mux}
+	fresh := trackFresh(srv)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	var child *exec.Cmd
+	if os.Getenv("SRV_READY_CHILD") == "1" {
+		// A descendant announces readiness (a shell worker running
+		// systemd-notify); it lingers so the master can read its parent.
+		child = exec.Command("sh", "-c", `python3 -c 'import os,socket
+a=os.environ["NOTIFY_SOCKET"]; a="\0"+a[1:] if a[0]=="@" else a
+s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=1\nSTATUS=child says ready")'; sleep 5`)
+		child.Stdout, child.Stderr = os.Stderr, os.Stderr
+		if err := child.Start(); err != nil {
+			return fail("%v", err)
+		}
+	} else if err := sdNotify("READY=1\nSTATUS=fake ready"); err != nil {
+		return fail("notify: %v", err)
+	}
+	if hold := os.Getenv("SRV_HOLD"); hold != "" {
+		// Ready but not accepting: connections queue in the shared socket.
+		for i := 0; i < 3000; i++ {
+			if _, err := os.Stat(hold); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fail("serve: %v", err)
+	case <-sigs:
+	}
+	sdNotify("STOPPING=1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Stop accepting first and let connections already accepted send
+	// their request: net/http drops a request it reads after Shutdown
+	// began, closing the connection without a reply.
+	ln.Close()
+	<-errc
+	fresh.wait(ctx)
+	srv.Shutdown(ctx)
+	if child != nil {
+		child.Process.Kill()
+		child.Wait()
+	}
+	return 0
+}
+
+// freshConns tracks accepted connections that have not sent a request yet
+// (http.StateNew).
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func trackFresh(srv *http.Server) *freshConns {
+	f := &freshConns{conns: map[net.Conn]bool{}}
+	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if s == http.StateNew {
+			f.conns[c] = true
+		} else {
+			delete(f.conns, c)
+		}
+	}
+	return f
+}
+
+// wait waits until every accepted connection has sent its first request,
+// or ctx is done.
+func (f *freshConns) wait(ctx context.Context) {
+	for ctx.Err() == nil {
+		f.mu.Lock()
+		n := len(f.conns)
+		f.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func sdNotify(state string) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return errors.New("no NOTIFY_SOCKET")
+	}
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// syncBuffer collects a process's output for inspection while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// master is a running mini-cluster started by a test.
+type master struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	addr string // first listen address, once ready
+	done chan struct{}
+	err  error
+}
+
+var readyRE = regexp.MustCompile(`msg="cluster ready".* listen=([^ ,]+)`)
+
+// fakeSrvCmd is the worker command line for the fake worker.
+func fakeSrvCmd(t *testing.T) []string {
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{bin, fakeSrvArg}
+}
+
+// startMaster starts mini-cluster with args (flags, then the program) and
+// the census marker in its environment.
+func startMaster(t testing.TB, pc *proccensus.Census, env []string, args ...string) *master {
+	t.Helper()
+	cmd := helperproc.Command(t, "mini-cluster", &helperproc.Options{Env: append([]string{pc.Env()}, env...), Args: args})
+	return startCmd(t, cmd)
+}
+
+func startCmd(t testing.TB, cmd *exec.Cmd) *master {
+	t.Helper()
+	m := &master{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout = m.log
+	cmd.Stderr = m.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.err = cmd.Wait(); close(m.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-m.done:
+		default:
+			cmd.Process.Kill()
+			<-m.done
+		}
+		if t.Failed() {
+			t.Logf("mini-cluster log:\n%s", m.log.String())
+		}
+	})
+	return m
+}
+
+// waitReady waits for the "cluster ready" log line and returns the first
+// listen address.
+func (m *master) waitReady() string {
+	m.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if s := readyRE.FindStringSubmatch(m.log.String()); s != nil {
+			m.addr = s[1]
+			return m.addr
+		}
+		select {
+		case <-m.done:
+			m.t.Fatalf("mini-cluster exited before ready: %v\n%s", m.err, m.log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	m.t.Fatalf("mini-cluster not ready within 20 s:\n%s", m.log.String())
+	return ""
+}
+
+func (m *master) signal(sig syscall.Signal) {
+	m.t.Helper()
+	if err := m.cmd.Process.Signal(sig); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// wait waits for the master to exit and returns its exit code.
+func (m *master) wait(d time.Duration) int {
+	m.t.Helper()
+	select {
+	case <-m.done:
+	case <-time.After(d):
+		m.t.Fatalf("mini-cluster did not exit within %v:\n%s", d, m.log.String())
+	}
+	return m.cmd.ProcessState.ExitCode()
+}
+
+// workers returns the pids of the master's live children.
+func (m *master) workers() []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if p, ok := proccensus.Stat(pid); ok && p.PPID == m.cmd.Process.Pid && p.State != 'Z' {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// get performs one GET on a fresh connection and returns the body and the
+// X-Worker header.
+func get(addr, path string) (string, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return "", "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), resp.Header.Get("X-Worker"), err
+}
+
+// generations returns the distinct generations in X-Worker values.
+func generations(values map[string]int) map[int]bool {
+	out := map[int]bool{}
+	for v := range values {
+		_, g, _ := strings.Cut(v, ":")
+		if n, err := strconv.Atoi(g); err == nil {
+			out[n] = true
+		}
+	}
+	return out
+}
+
+// envOf parses the /env reply.
+func envOf(body string) map[string]string {
+	out := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			out[k] = v
+		}
+	}
+	return out
+}

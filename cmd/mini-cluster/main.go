@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/supervise"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // start-up failed (bind, pid file, program) or supervision failed
+	exitUsage   = 2 // bad flags or arguments
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == cluster.ShimArg {
+		err := cluster.RunShim(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
+		os.Exit(127)
+	}
+	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// usageError marks errors in the command line (exit code 2).
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// exitCode prints err once and maps it to an exit code.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return exitOK
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// run is mini-cluster without the process around it: it parses args, binds,
+// runs the cluster until a stop signal or ctx is done, and returns nil after
+// a clean stop.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	var listen listFlag
+	n := fs.Int("n", 0, "number of workers (default: usable CPUs)")
+	fs.Var(&listen, "listen", "address to bind, repeatable: tcp://host:port, udp://host:port, unix:///path, or host:port (tcp)")
+	mode := fs.String("mode", "shared", "how workers get connections: shared (reuseport and handoff are not available yet)")
+	strategy := fs.String("restart-strategy", "rolling", "graceful restart strategy: rolling or parallel")
+	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "grace period before SIGKILL of a worker's process group")
+	ready := fs.String("ready", "notify", "readiness: notify (wait for READY=1 on NOTIFY_SOCKET) or started")
+	pidFile := fs.String("pid-file", "", "write the master's pid here once the cluster is ready")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *mode != "shared" {
+		return &usageError{fmt.Errorf("-mode %q: only shared is available in this version (reuseport and handoff are planned)", *mode)}
+	}
+	strat, err := supervise.ParseStrategy(*strategy)
+	if err != nil {
+		return &usageError{err}
+	}
+	rm, err := cluster.ParseReadyMode(*ready)
+	if err != nil {
+		return &usageError{err}
+	}
+	if *n < 0 {
+		return &usageError{fmt.Errorf("-n %d: want a positive number", *n)}
+	}
+	if *shutdown <= 0 {
+		return &usageError{fmt.Errorf("-shutdown-timeout %v: want a positive duration", *shutdown)}
+	}
+	var handler slog.Handler
+	switch *logFormat {
+	case "text":
+		handler = slog.NewTextHandler(stderr, nil)
+	case "json":
+		handler = slog.NewJSONHandler(stderr, nil)
+	default:
+		return &usageError{fmt.Errorf("-log-format %q: want text or json", *logFormat)}
+	}
+	for _, l := range listen {
+		if _, err := cluster.ParseAddr(l); err != nil {
+			return &usageError{err}
+		}
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return &usageError{errors.New("no program to run")}
+	}
+	cfg := &cluster.Config{
+		Program:         fs.Arg(0),
+		Args:            fs.Args()[1:],
+		Workers:         *n,
+		Listen:          listen,
+		Ready:           rm,
+		Strategy:        strat,
+		ShutdownTimeout: *shutdown,
+		PIDFile:         *pidFile,
+		Logger:          slog.New(handler),
+	}
+	if *logFormat == "text" {
+		cfg.Stdout, cfg.Stderr = stdout, stderr
+	}
+	m, err := cluster.New(cfg)
+	if err != nil {
+		return err
+	}
+	stop, err := m.HandleSignals()
+	if err != nil {
+		m.Close()
+		return err
+	}
+	defer stop()
+	return m.Run(ctx)
+}
