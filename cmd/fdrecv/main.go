@@ -17,18 +17,6 @@ import (
 
 // Exit codes, one per failure class; docs/fdcli.md lists the same table,
 // and fdsend uses the same numbers.
-const (
-	exitOK         = 0
-	exitFailure    = 1  // anything not classified below
-	exitUsage      = 2  // bad flags or arguments
-	exitTimeout    = 3  // nothing received before -timeout
-	exitCount      = 4  // descriptor count differs from -n or from the names sent
-	exitTruncated  = 5  // control data truncated (MSG_CTRUNC); descriptors closed
-	exitPermission = 6  // sender's uid not allowed
-	exitSocket     = 7  // socket path problem: in use, not a socket, too long, no such directory
-	exitProtocol   = 8  // malformed message, unknown version, bad names
-	exitExec       = 10 // PROGRAM could not be executed
-)
 
 const usageText = `usage: fdrecv -socket PATH [-n N] [-timeout D] [-json] [-allow-uid UID]... [-- PROGRAM ARGS...]
 
@@ -52,38 +40,6 @@ Exit codes:
   8   protocol: malformed message, unknown wire version, invalid names
   10  exec: PROGRAM not found or not executable
 `
-
-// exitError carries an exit code with an error. printed marks errors the
-// flag package already printed.
-type exitError struct {
-	code    int
-	err     error
-	printed bool
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func fail(code int, format string, args ...any) error {
-	return &exitError{code: code, err: fmt.Errorf(format, args...)}
-}
-
-// exitCode prints err once to stderr and returns the process exit status.
-func exitCode(err error, stderr io.Writer) int {
-	if err == nil || errors.Is(err, flag.ErrHelp) {
-		return exitOK
-	}
-	code := exitFailure
-	var ee *exitError
-	if errors.As(err, &ee) {
-		code = ee.code
-		if ee.printed {
-			return code
-		}
-	}
-	fmt.Fprintf(stderr, "fdrecv: %v\n", err)
-	return code
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -134,18 +90,18 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, &exitError{code: exitUsage, err: err, printed: true}
+		return nil, &fdwire.ExitError{Code: fdwire.StatusUsage, Err: err, Printed: true}
 	}
 	cfg.program = fs.Args()
 	switch {
 	case cfg.socket == "":
-		return nil, fail(exitUsage, "-socket is required")
+		return nil, fail(fdwire.StatusUsage, "-socket is required")
 	case cfg.n < 0 || cfg.n > fdwire.MaxNames:
-		return nil, fail(exitUsage, "-n %d: want 0 to %d", cfg.n, fdwire.MaxNames)
+		return nil, fail(fdwire.StatusUsage, "-n %d: want 0 to %d", cfg.n, fdwire.MaxNames)
 	case cfg.timeout < 0:
-		return nil, fail(exitUsage, "-timeout %v: want a positive duration or 0", cfg.timeout)
+		return nil, fail(fdwire.StatusUsage, "-timeout %v: want a positive duration or 0", cfg.timeout)
 	case cfg.json && len(cfg.program) > 0:
-		return nil, fail(exitUsage, "-json applies only without PROGRAM")
+		return nil, fail(fdwire.StatusUsage, "-json applies only without PROGRAM")
 	}
 	return &cfg, nil
 }
@@ -159,3 +115,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	return receive(ctx, cfg, stdout)
 }
+
+func fail(code int, format string, args ...any) error { return fdwire.Fail(code, format, args...) }
+
+// exitCode prints err once to stderr and returns the process exit status.
+func exitCode(err error, stderr io.Writer) int { return fdwire.ExitCode("fdrecv", err, stderr) }

@@ -33,13 +33,13 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		// sender its descriptors.
 		p, err := exec.LookPath(cfg.program[0])
 		if err != nil {
-			return fail(exitExec, "%w", err)
+			return fail(fdwire.StatusExec, "%w", err)
 		}
 		progPath = p
 	}
 	ln, err := sockfile.Listen(cfg.socket, &sockfile.Options{Network: "unixpacket"})
 	if err != nil {
-		return &exitError{code: exitSocket, err: err}
+		return &fdwire.ExitError{Code: fdwire.StatusSocket, Err: err}
 	}
 	defer ln.Close()
 
@@ -59,9 +59,9 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	interrupted := func(err error) error {
 		switch ctx.Err() {
 		case context.DeadlineExceeded:
-			return fail(exitTimeout, "nothing received within %v", cfg.timeout)
+			return fail(fdwire.StatusTimeout, "nothing received within %v", cfg.timeout)
 		case context.Canceled:
-			return fail(exitFailure, "interrupted")
+			return fail(fdwire.StatusFailure, "interrupted")
 		}
 		return err
 	}
@@ -83,8 +83,8 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		return err
 	}
 	if !uidAllowed(cred.UID, cfg.allowUIDs) {
-		err := fail(exitPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
-		reply(conn, exitPermission, err.Error())
+		err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+		reply(conn, fdwire.StatusPermission, err.Error())
 		return err
 	}
 
@@ -97,15 +97,15 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		case ctx.Err() != nil:
 			return interrupted(err)
 		case errors.Is(err, scmrights.ErrTruncated):
-			rerr = &exitError{code: exitTruncated, err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
+			rerr = &fdwire.ExitError{Code: fdwire.StatusTruncated, Err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
 		case errors.Is(err, scmrights.ErrPayloadTruncated):
-			rerr = fail(exitProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
+			rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
 		case err == io.EOF:
-			rerr = fail(exitProtocol, "%w: sender closed the connection without sending", fdwire.ErrProtocol)
+			rerr = fail(fdwire.StatusProtocol, "%w: sender closed the connection without sending", fdwire.ErrProtocol)
 		default:
 			return err
 		}
-		reply(conn, rerr.(*exitError).code, rerr.Error())
+		reply(conn, rerr.(*fdwire.ExitError).Code, rerr.Error())
 		return rerr
 	}
 	fds := fdBuf[:nfds]
@@ -117,18 +117,18 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	}()
 	names, payload, err := fdwire.DecodeMessage(buf[:n])
 	if err != nil {
-		err = &exitError{code: exitProtocol, err: err}
+		err = &fdwire.ExitError{Code: fdwire.StatusProtocol, Err: err}
 	} else if len(names) != nfds {
-		err = fail(exitCount, "the message names %d descriptors but %d arrived", len(names), nfds)
+		err = fail(fdwire.StatusCount, "the message names %d descriptors but %d arrived", len(names), nfds)
 	} else if cfg.n > 0 && nfds != cfg.n {
-		err = fail(exitCount, "received %d descriptors, want %d (-n)", nfds, cfg.n)
+		err = fail(fdwire.StatusCount, "received %d descriptors, want %d (-n)", nfds, cfg.n)
 	}
 	if err != nil {
-		reply(conn, err.(*exitError).code, err.Error())
+		reply(conn, err.(*fdwire.ExitError).Code, err.Error())
 		return err
 	}
 	if progPath == "" {
-		if err := reply(conn, exitOK, ""); err != nil {
+		if err := reply(conn, fdwire.StatusOK, ""); err != nil {
 			return fmt.Errorf("reply to the sender: %w", err)
 		}
 		infos := make([]fdInfo, len(fds))
@@ -143,13 +143,13 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	// own copy of a listener, so "ok" must not precede a failure we can
 	// still report.
 	if err := ln.Close(); err != nil {
-		reply(conn, exitSocket, err.Error())
+		reply(conn, fdwire.StatusSocket, err.Error())
 		return err
 	}
 	keep = true
 	err = execWith(conn, progPath, cfg.program, names, fds)
 	closeAll(fds)
-	reply(conn, exitExec, err.Error())
+	reply(conn, fdwire.StatusExec, err.Error())
 	return err
 }
 
@@ -349,7 +349,7 @@ const (
 func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) error {
 	replyFD, err := scmrights.Dup(conn)
 	if err != nil {
-		return fail(exitExec, "%w", err)
+		return fail(fdwire.StatusExec, "%w", err)
 	}
 	defer unix.Close(replyFD) // reached only if the re-exec failed
 	// Everything above 2 becomes close-on-exec first (descriptors fdrecv
@@ -357,13 +357,13 @@ func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) 
 	// the reply channel are made inheritable.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		if err := cloexecAll(); err != nil {
-			return fail(exitExec, "mark descriptors close-on-exec: %w", err)
+			return fail(fdwire.StatusExec, "mark descriptors close-on-exec: %w", err)
 		}
 	}
 	list := make([]string, len(fds))
 	for i, fd := range append(fds, replyFD) {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			return fail(exitExec, "%w", os.NewSyscallError("fcntl", err))
+			return fail(fdwire.StatusExec, "%w", os.NewSyscallError("fcntl", err))
 		}
 		if i < len(fds) {
 			list[i] = strconv.Itoa(fd)
@@ -387,7 +387,7 @@ func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) 
 		env = append(env, shimGodebugEnv+"=0", "GODEBUG=containermaxprocs=0")
 	}
 	err = unix.Exec("/proc/self/exe", append([]string{shimArg0, path}, argv...), env)
-	return fail(exitExec, "re-exec /proc/self/exe: %w", os.NewSyscallError("execve", err))
+	return fail(fdwire.StatusExec, "re-exec /proc/self/exe: %w", os.NewSyscallError("execve", err))
 }
 
 // cloexecAll is close_range(CLOSE_RANGE_CLOEXEC) for kernels before 5.11.
@@ -445,10 +445,10 @@ func init() {
 	err := shim(spec, &replyFD, os.Args[1], os.Args[2:])
 	msg := fmt.Sprintf("exec %s: %v", os.Args[1], err)
 	if replyFD >= 0 {
-		sendReply(replyFD, exitExec, msg)
+		sendReply(replyFD, fdwire.StatusExec, msg)
 	}
 	fmt.Fprintf(os.Stderr, "fdrecv: %s\n", msg)
-	os.Exit(exitExec)
+	os.Exit(fdwire.StatusExec)
 }
 
 // sendReply writes a reply with a raw send: no netpoller in stage 2.
@@ -531,7 +531,7 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 	if *replyFD >= 0 {
 		// execve can still fail after this (a corrupt binary: ENOEXEC);
 		// LookPath already checked that PROGRAM is an executable file.
-		sendReply(*replyFD, exitOK, "")
+		sendReply(*replyFD, fdwire.StatusOK, "")
 		unix.Close(*replyFD)
 		*replyFD = -1
 	}

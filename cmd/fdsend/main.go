@@ -18,19 +18,6 @@ import (
 // Exit codes, one per failure class; docs/fdcli.md lists the same table,
 // and fdrecv uses the same numbers. When fdrecv refuses a message, fdsend
 // exits with the status fdrecv reported.
-const (
-	exitOK         = 0
-	exitFailure    = 1  // anything not classified below
-	exitUsage      = 2  // bad flags or arguments
-	exitTimeout    = 3  // no reply before -timeout
-	exitCount      = 4  // reported by fdrecv: descriptor count mismatch
-	exitTruncated  = 5  // reported by fdrecv: control data truncated
-	exitPermission = 6  // receiver's uid not allowed, or fdrecv refused ours, or EACCES on PATH
-	exitSocket     = 7  // socket path problem: missing, not listening, not a socket
-	exitProtocol   = 8  // malformed reply, or fdrecv found our message malformed
-	exitSource     = 9  // an -fd, -file or -listen could not be used
-	exitExec       = 10 // reported by fdrecv: handing the descriptors to its PROGRAM failed
-)
 
 const usageText = `usage: fdsend -socket PATH [-fd N]... [-file PATH]... [-listen ADDR]... [-name NAME]... [-payload TEXT] [-timeout D] [-allow-uid UID]...
 
@@ -55,36 +42,6 @@ Exit codes:
   9   source: an -fd is not open, a -file cannot be opened, a -listen cannot bind
   10  exec: fdrecv could not hand the descriptors to its PROGRAM
 `
-
-type exitError struct {
-	code    int
-	err     error
-	printed bool
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func fail(code int, format string, args ...any) error {
-	return &exitError{code: code, err: fmt.Errorf(format, args...)}
-}
-
-// exitCode prints err once to stderr and returns the process exit status.
-func exitCode(err error, stderr io.Writer) int {
-	if err == nil || errors.Is(err, flag.ErrHelp) {
-		return exitOK
-	}
-	code := exitFailure
-	var ee *exitError
-	if errors.As(err, &ee) {
-		code = ee.code
-		if ee.printed {
-			return code
-		}
-	}
-	fmt.Fprintf(stderr, "fdsend: %v\n", err)
-	return code
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -169,21 +126,21 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, &exitError{code: exitUsage, err: err, printed: true}
+		return nil, &fdwire.ExitError{Code: fdwire.StatusUsage, Err: err, Printed: true}
 	}
 	switch {
 	case fs.NArg() > 0:
-		return nil, fail(exitUsage, "unexpected arguments %q", fs.Args())
+		return nil, fail(fdwire.StatusUsage, "unexpected arguments %q", fs.Args())
 	case cfg.socket == "":
-		return nil, fail(exitUsage, "-socket is required")
+		return nil, fail(fdwire.StatusUsage, "-socket is required")
 	case len(cfg.sources) > fdwire.MaxNames:
-		return nil, fail(exitUsage, "%d descriptors, at most %d in one message", len(cfg.sources), fdwire.MaxNames)
+		return nil, fail(fdwire.StatusUsage, "%d descriptors, at most %d in one message", len(cfg.sources), fdwire.MaxNames)
 	case len(cfg.names) > 0 && len(cfg.names) != len(cfg.sources):
-		return nil, fail(exitUsage, "%d names for %d descriptors: give one -name per descriptor, or none", len(cfg.names), len(cfg.sources))
+		return nil, fail(fdwire.StatusUsage, "%d names for %d descriptors: give one -name per descriptor, or none", len(cfg.names), len(cfg.sources))
 	case len(cfg.payload) > fdwire.MaxPayload:
-		return nil, fail(exitUsage, "payload of %d bytes, at most %d", len(cfg.payload), fdwire.MaxPayload)
+		return nil, fail(fdwire.StatusUsage, "payload of %d bytes, at most %d", len(cfg.payload), fdwire.MaxPayload)
 	case cfg.timeout <= 0:
-		return nil, fail(exitUsage, "-timeout %v: want a positive duration", cfg.timeout)
+		return nil, fail(fdwire.StatusUsage, "-timeout %v: want a positive duration", cfg.timeout)
 	}
 	if len(cfg.names) == 0 {
 		for range cfg.sources {
@@ -192,7 +149,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	}
 	for _, n := range cfg.names {
 		if err := fdwire.ValidName(n); err != nil {
-			return nil, fail(exitUsage, "-name: %v", err)
+			return nil, fail(fdwire.StatusUsage, "-name: %v", err)
 		}
 	}
 	return &cfg, nil
@@ -207,3 +164,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	return send(ctx, cfg)
 }
+
+func fail(code int, format string, args ...any) error { return fdwire.Fail(code, format, args...) }
+
+// exitCode prints err once to stderr and returns the process exit status.
+func exitCode(err error, stderr io.Writer) int { return fdwire.ExitCode("fdsend", err, stderr) }

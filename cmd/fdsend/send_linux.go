@@ -52,13 +52,13 @@ func send(ctx context.Context, cfg *config) error {
 	for _, s := range cfg.sources {
 		fd, err := open(ctx, s, &own)
 		if err != nil {
-			return &exitError{code: exitSource, err: err}
+			return &fdwire.ExitError{Code: fdwire.StatusSource, Err: err}
 		}
 		fds = append(fds, fd)
 	}
 	msg, err := fdwire.EncodeMessage(cfg.names, []byte(cfg.payload))
 	if err != nil {
-		return fail(exitUsage, "%w", err)
+		return fail(fdwire.StatusUsage, "%w", err)
 	}
 
 	var d net.Dialer
@@ -80,7 +80,7 @@ func send(ctx context.Context, cfg *config) error {
 		return err
 	}
 	if !uidAllowed(cred.UID, cfg.allowUIDs) {
-		return fail(exitPermission, "receiver pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+		return fail(fdwire.StatusPermission, "receiver pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
 	}
 
 	sendErr := scmrights.Send(conn, msg, fds...)
@@ -88,10 +88,10 @@ func send(ctx context.Context, cfg *config) error {
 	// (wrong uid) replied before closing, and its reason beats EPIPE.
 	status, text, err := readReply(conn)
 	switch {
-	case err == nil && status != exitOK:
+	case err == nil && status != fdwire.StatusOK:
 		code := status
-		if (code < exitTimeout || code > exitProtocol) && code != exitExec {
-			code = exitFailure
+		if (code < fdwire.StatusTimeout || code > fdwire.StatusProtocol) && code != fdwire.StatusExec {
+			code = fdwire.StatusFailure
 		}
 		return fail(code, "fdrecv refused the descriptors: %s", text)
 	case sendErr != nil:
@@ -122,15 +122,15 @@ func readReply(conn *net.UnixConn) (int, string, error) {
 	n, _, err := scmrights.Recv(conn, buf, nil)
 	switch {
 	case err == io.EOF:
-		return 0, "", fail(exitProtocol, "fdrecv closed the connection without replying")
+		return 0, "", fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
 	case errors.Is(err, scmrights.ErrTruncated), errors.Is(err, scmrights.ErrPayloadTruncated):
-		return 0, "", fail(exitProtocol, "%w: %v", fdwire.ErrProtocol, err)
+		return 0, "", fail(fdwire.StatusProtocol, "%w: %v", fdwire.ErrProtocol, err)
 	case err != nil:
 		return 0, "", err
 	}
 	status, text, err := fdwire.DecodeReply(buf[:n])
 	if err != nil {
-		return 0, "", &exitError{code: exitProtocol, err: err}
+		return 0, "", &fdwire.ExitError{Code: fdwire.StatusProtocol, Err: err}
 	}
 	return status, text, nil
 }
@@ -138,10 +138,10 @@ func readReply(conn *net.UnixConn) (int, string, error) {
 func timeoutOr(ctx context.Context, cfg *config, err error) error {
 	switch {
 	case ctx.Err() == context.Canceled:
-		return fail(exitFailure, "interrupted")
+		return fail(fdwire.StatusFailure, "interrupted")
 	// The connection's deadline is the context's and may fire first.
 	case ctx.Err() == context.DeadlineExceeded, errors.Is(err, os.ErrDeadlineExceeded):
-		return fail(exitTimeout, "no reply from fdrecv within %v", cfg.timeout)
+		return fail(fdwire.StatusTimeout, "no reply from fdrecv within %v", cfg.timeout)
 	}
 	return err
 }
@@ -151,9 +151,9 @@ func dialError(ctx context.Context, cfg *config, err error) error {
 		return timeoutOr(ctx, cfg, err)
 	}
 	if errors.Is(err, fs.ErrPermission) {
-		return &exitError{code: exitPermission, err: err}
+		return &fdwire.ExitError{Code: fdwire.StatusPermission, Err: err}
 	}
-	return &exitError{code: exitSocket, err: err}
+	return &fdwire.ExitError{Code: fdwire.StatusSocket, Err: err}
 }
 
 // open returns the descriptor for one source, recording in own what it

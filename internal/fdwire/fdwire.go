@@ -1,4 +1,5 @@
-// Package fdwire is the wire format between fdsend and fdrecv, version 1;
+// Package fdwire is the contract between fdsend and fdrecv: the wire format,
+// version 1, and the status codes both exit with (status.go);
 // docs/fdcli.md is the specification. One codec serves both commands.
 //
 // Message, one SOCK_SEQPACKET message carrying the descriptors:
