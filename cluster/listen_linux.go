@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 
 	"github.com/handoff-go/handoff/internal/sockfile"
@@ -20,7 +21,7 @@ import (
 type listener struct {
 	addr net.Addr
 	name string   // LISTEN_FDNAMES entry
-	file *os.File // the copy every worker gets; blocking, close-on-exec
+	file *os.File // the copy every worker gets; close-on-exec
 	// owner keeps what must outlive the copy: the unix socket file and its
 	// lock (sockfile), nil for inet sockets and adopted ones.
 	owner io.Closer
@@ -101,15 +102,25 @@ func bindOne(a Addr) (*listener, error) {
 		// The master never accepts; the duplicate keeps the socket.
 		c.Close()
 	}
+	if owner != nil {
+		// Likewise for a unix listener: close the Go listener so the
+		// runtime poller stops waking the master for every connection
+		// (edge-triggered epoll reports each one). The sockfile owner
+		// keeps the lock and the inode identity, and unlinks the path on
+		// exit; its own close of the Go listener then fails harmlessly.
+		ul := sc.(*net.UnixListener)
+		ul.SetUnlinkOnClose(false)
+		ul.Close()
+	}
 	if err != nil {
 		if owner != nil {
 			owner.Close()
 		}
 		return nil, err
 	}
-	// Hand the socket over in blocking mode, as systemd does
-	// (NonBlocking=no): workers that never set it themselves expect that,
-	// and Go workers switch it to non-blocking anyway.
+	// Start in blocking mode, as systemd does (NonBlocking=no). This holds
+	// only until a worker changes it: O_NONBLOCK is a flag of the open file
+	// description every worker shares, and Go workers set it.
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)
 		if owner != nil {
@@ -119,6 +130,89 @@ func bindOne(a Addr) (*listener, error) {
 	}
 	name := fdName(a.Network, addr.String())
 	return &listener{addr: addr, name: name, file: os.NewFile(uintptr(fd), name), owner: owner}, nil
+}
+
+// checkActivated validates the descriptors named by socket activation
+// before the process opens anything else, so a number in the list cannot be
+// one of its own: each must be open, lack close-on-exec (the runtime and
+// this package open everything close-on-exec; an inherited descriptor
+// arrives without it), and be a listening stream socket or a datagram
+// socket (sd_is_socket). It changes nothing: on error no descriptor was
+// touched.
+func checkActivated(fds []Activated) error {
+	for _, a := range fds {
+		bad := func(what string, err error) error {
+			if err != nil {
+				return fmt.Errorf("%w: descriptor %d (%s) %s: %w", ErrActivation, a.FD, a.Name, what, err)
+			}
+			return fmt.Errorf("%w: descriptor %d (%s) %s", ErrActivation, a.FD, a.Name, what)
+		}
+		flags, err := unix.FcntlInt(uintptr(a.FD), unix.F_GETFD, 0)
+		if err != nil {
+			return bad("is not open", os.NewSyscallError("fcntl", err))
+		}
+		if flags&unix.FD_CLOEXEC != 0 {
+			return bad("was opened by this process, not inherited", nil)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(a.FD, &st); err != nil {
+			return bad("cannot be inspected", os.NewSyscallError("fstat", err))
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return bad("is not a socket", nil)
+		}
+		typ, err := unix.GetsockoptInt(a.FD, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil {
+			return bad("is not a socket", os.NewSyscallError("getsockopt", err))
+		}
+		switch typ {
+		case unix.SOCK_DGRAM:
+		case unix.SOCK_STREAM, unix.SOCK_SEQPACKET:
+			acc, err := unix.GetsockoptInt(a.FD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+			if err != nil {
+				return bad("is not a socket", os.NewSyscallError("getsockopt", err))
+			}
+			if acc == 0 {
+				return bad("is not listening", nil)
+			}
+		default:
+			return bad(fmt.Sprintf("has socket type %d", typ), nil)
+		}
+	}
+	return nil
+}
+
+// cloexecInherited marks every descriptor from 3 up close-on-exec, so
+// whatever the master inherited from its own parent (a leaked pipe, a
+// terminal's descriptor) never reaches workers. Workers get the listeners
+// through ExtraFiles, which clears the flag on their copies only. The
+// runtime's own descriptors are close-on-exec already.
+func cloexecInherited() error {
+	err := unix.CloseRange(listenFDsStart, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return os.NewSyscallError("close_range", err)
+	}
+	// Before Linux 5.11: walk /proc/self/fd. The directory's own descriptor
+	// is close-on-exec and is in the list; setting the flag again is
+	// harmless.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < listenFDsStart {
+			continue
+		}
+		// EBADF: the directory's descriptor, closed by now.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+			return os.NewSyscallError("fcntl", err)
+		}
+	}
+	return nil
 }
 
 // adopt takes over descriptors passed by socket activation, checking that

@@ -16,10 +16,20 @@ import (
 var ErrNotSupported = errors.New("cluster: not supported on this platform")
 
 // ShimArg, as the first argument of the mini-cluster binary, selects its
-// hidden exec shim: "BIN ShimArg PATH ARGV0 ARGS..." sets LISTEN_PID to the
+// hidden exec shim: "BIN ShimArg [ShimParentArgPID] PATH ARGV0 ARGS..." sets LISTEN_PID to the
 // shim's own pid and executes PATH in place (same pid), which os/exec cannot
 // do. A program that embeds the master must call RunShim when it sees it.
 const ShimArg = "-handoff-exec-shim"
+
+// ShimParentArg prefixes the optional first shim argument after ShimArg,
+// ShimParentArg+"PID", naming the master: the shim re-arms its parent-death
+// signal and refuses to exec the program if its parent is no longer that
+// process ("BIN ShimArg ShimParentArg123 PATH ARGV0 ARGS...").
+const ShimParentArg = "-handoff-master="
+
+// ErrMasterGone is returned by RunShim when the master that spawned the
+// shim died before the shim could arm its parent-death signal.
+var ErrMasterGone = errors.New("cluster: master gone")
 
 // ReadyMode says when a worker counts as ready.
 type ReadyMode int
@@ -72,8 +82,9 @@ type Config struct {
 	// worker of the first generation is ready, locked while the cluster
 	// runs and removed when it stops (supervise.CreatePIDFile).
 	PIDFile string
-	// Shim is the binary that implements ShimArg (default: this
-	// executable, os.Executable()).
+	// Shim is the binary that implements ShimArg (default: this very
+	// executable, through /proc/self/exe, so replacing or deleting the
+	// binary on disk does not break respawns).
 	Shim string
 	// Env is the base environment of workers (nil: os.Environ()). The
 	// master's own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_* are removed from
@@ -134,6 +145,12 @@ func (m *Master) Close() error { return m.m.close() }
 
 // New validates cfg, takes the pid file lock, and binds (or adopts) every
 // listener. On error nothing is left open and no worker was started.
+//
+// Before opening anything, New validates socket-activation descriptors and
+// then marks every descriptor of the process from 3 up close-on-exec, so
+// nothing the process inherited reaches workers. A program embedding the
+// master that wants one of its own descriptors inherited by other children
+// must clear the flag again after New.
 func New(cfg *Config) (*Master, error) {
 	if cfg == nil {
 		cfg = &Config{}

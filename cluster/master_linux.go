@@ -4,8 +4,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/scmrights"
 	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
 )
@@ -37,6 +36,9 @@ const (
 // strippedEnv are the master's own variables that must not reach workers:
 // they describe the master's activation, not the worker's.
 var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket, "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+// selfExe names the running executable, whatever happened to its path.
+const selfExe = "/proc/self/exe"
 
 type master struct {
 	cfg       Config
@@ -59,6 +61,7 @@ type master struct {
 	stopping atomic.Bool
 	// notifyClosed tells serveNotify that an error means "closed".
 	notifyClosed atomic.Bool
+	notifyWarn   warnLimiter
 
 	mu     sync.Mutex
 	closed bool
@@ -98,13 +101,24 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		}
 	}
 	if m.cfg.Shim == "" {
-		if m.cfg.Shim, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("cluster: exec shim: %w", err)
-		}
+		// Resolved by the kernel at each spawn in the forked child, which
+		// is still this process image: the running binary even after it
+		// was replaced or deleted on disk (an upgrade), where the path
+		// os.Executable gives would run the new binary, or nothing.
+		m.cfg.Shim = selfExe
 	}
+	// Activation descriptors are validated before anything else is opened
+	// (the pid file's lock, a socket), so a descriptor number in
+	// LISTEN_FDS can only name something this process inherited.
 	act, err := parseActivation(os.Getenv, os.Getpid())
 	if err != nil {
 		return nil, err
+	}
+	if err := checkActivated(act); err != nil {
+		return nil, err
+	}
+	if err := cloexecInherited(); err != nil {
+		return nil, fmt.Errorf("cluster: inherited descriptors: %w", err)
 	}
 	m.sdNotify = os.Getenv(envNotifySocket)
 	if m.cfg.PIDFile != "" {
@@ -208,18 +222,20 @@ func (m *master) run(ctx context.Context) error {
 		}
 	}()
 
-	// One notify socket for the cluster, in the abstract namespace (no
-	// file to leave behind when the master is SIGKILLed). Messages are
-	// attributed by the kernel-supplied sender pid (SCM_CREDENTIALS), so
-	// a per-worker socket would add descriptors without adding trust.
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	notifyAddr := "@handoff/" + strconv.Itoa(os.Getpid()) + "/" + hex.EncodeToString(rnd[:])
-	ns, err := listenNotify(notifyAddr)
+	// One notify socket for the cluster, a path in a private directory
+	// (0700, socket 0600): an abstract name could be written by any process
+	// in the network namespace. Messages are attributed by the
+	// kernel-supplied sender pid (SCM_CREDENTIALS), so a per-worker socket
+	// would add descriptors without adding trust.
+	ns, notifyDir, err := listenPrivateNotify()
 	if err != nil {
 		return fmt.Errorf("cluster: notify socket: %w", err)
 	}
-	defer ns.close()
+	defer func() {
+		ns.close()
+		os.Remove(notifyDir)
+	}()
+	notifyAddr := ns.path
 
 	files := make([]*os.File, len(m.listeners))
 	for i, l := range m.listeners {
@@ -259,6 +275,18 @@ func (m *master) run(ctx context.Context) error {
 	m.mu.Lock()
 	m.sup = sup
 	m.mu.Unlock()
+
+	// A stop requested by now (a TERM between New and Run) must not fork
+	// workers only to stop them: supervise would start the first
+	// generation before noticing a cancelled context, and its own
+	// pending-stop state is reachable only through its HandleSignals.
+	if m.stopRequested() || ctx.Err() != nil {
+		m.log.Info("stop requested before any worker was started")
+		if !m.stopping.Swap(true) {
+			m.notifySystemd("STOPPING=1")
+		}
+		return nil
+	}
 
 	var wg sync.WaitGroup
 	wg.Add(3)
@@ -339,8 +367,13 @@ func (m *master) kill() error {
 	if err != nil {
 		return err
 	}
-	m.stopping.Store(true)
-	return s.Kill()
+	if err := s.Kill(); err != nil {
+		return err
+	}
+	if !m.stopping.Swap(true) {
+		m.notifySystemd("STOPPING=1")
+	}
+	return nil
 }
 
 func (m *master) scaleBy(delta int) error {
@@ -452,15 +485,12 @@ func (m *master) watchEvents() {
 				m.log.Warn("worker exited unexpectedly", attrs...)
 			}
 		case supervise.Ready:
-			if !m.isReady.Load() {
-				st := s.Status()
-				if st.ReadyWorkers >= st.Workers && !st.Restarting {
-					m.clusterReady(st)
-				}
-			}
+			m.checkReady(s)
 		case supervise.Scaled:
 			m.workers.Store(int64(ev.Workers))
 			m.log.Info("scaled", "workers", ev.Workers)
+			// Scaling down can leave only ready workers.
+			m.checkReady(s)
 		case supervise.RestartBegun:
 			m.log.Info("restart begun", "generation", ev.Generation, "strategy", m.cfg.Strategy.String())
 			// Type=notify-reload wants RELOADING=1 with the monotonic time.
@@ -470,6 +500,9 @@ func (m *master) watchEvents() {
 		case supervise.RestartDone, supervise.RestartFailed:
 			if ev.Kind == supervise.RestartDone {
 				m.log.Info("restart done", "generation", ev.Generation)
+				// A restart before the first generation was all ready
+				// (Ready events seen while Restarting) completes it.
+				m.checkReady(s)
 			} else {
 				m.log.Error("restart failed; the previous workers keep serving", "generation", ev.Generation, "err", ev.Err)
 			}
@@ -477,6 +510,18 @@ func (m *master) watchEvents() {
 				m.notifySystemd("READY=1")
 			}
 		}
+	}
+}
+
+// checkReady declares the cluster ready once every slot's worker is ready
+// and no restart is in flight.
+func (m *master) checkReady(s *supervise.Supervisor) {
+	if m.isReady.Load() || m.stopping.Load() {
+		return
+	}
+	st := s.Status()
+	if st.Workers > 0 && st.ReadyWorkers >= st.Workers && !st.Restarting {
+		m.clusterReady(st)
 	}
 }
 
@@ -520,13 +565,77 @@ func (m *master) copyOutput() {
 	}
 }
 
+// listenPrivateNotify binds the workers' notify socket in a new directory
+// only this user can enter. Workers run as the master's user, so no chown
+// is needed. If the master is SIGKILLed the directory is left in the
+// temporary directory (it holds one dead socket).
+func listenPrivateNotify() (*notifySocket, string, error) {
+	dir, err := os.MkdirTemp("", "handoff-") // mode 0700
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(dir, "notify")
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		os.Remove(dir)
+		return nil, "", fmt.Errorf("socket path %q too long (set TMPDIR shorter)", path)
+	}
+	ns, err := listenNotify(path)
+	if err != nil {
+		os.Remove(dir)
+		return nil, "", err
+	}
+	// Mode 0600 whatever the umask; the 0700 directory already keeps
+	// other users out between bind and chmod.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ns.close()
+		os.Remove(dir)
+		return nil, "", err
+	}
+	return ns, dir, nil
+}
+
+// warnLimiter lets at most one warning a second through and counts the
+// ones it suppressed, so a process flooding the notify socket cannot flood
+// the log.
+type warnLimiter struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (w *warnLimiter) warn(log *slog.Logger, msg string, attrs ...any) {
+	w.mu.Lock()
+	now := time.Now()
+	if !w.last.IsZero() && now.Sub(w.last) < time.Second {
+		w.suppressed++
+		w.mu.Unlock()
+		return
+	}
+	n := w.suppressed
+	w.suppressed, w.last = 0, now
+	w.mu.Unlock()
+	if n > 0 {
+		attrs = append(attrs, "suppressed_since_last", n)
+	}
+	log.Warn(msg, attrs...)
+}
+
 // serveNotify reads sd_notify messages until the socket is closed.
 func (m *master) serveNotify(ns *notifySocket) {
 	self := os.Getpid()
+	// Workers run as the master's user; anything else that reached the
+	// socket (root, say) is not a worker.
+	uid, euid := os.Getuid(), os.Geteuid()
 	for {
-		n, cred, err := ns.recv()
+		r, err := ns.recv()
 		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if r.FDs > 0 || errors.Is(err, scmrights.ErrTruncated) {
+			// systemd-notify --ready sends a BARRIER=1 pipe; FDSTORE=1
+			// brings descriptors to keep. Neither is supported; the
+			// descriptors are closed, which releases a barrier at once.
+			m.log.Debug("notify: descriptors closed (FDSTORE and BARRIER are not supported)", "sender", r.Cred.PID, "descriptors", r.FDs)
 		}
 		if err != nil {
 			if m.notifyClosed.Load() {
@@ -536,14 +645,23 @@ func (m *master) serveNotify(ns *notifySocket) {
 			if errors.As(err, &se) && !errors.Is(err, ErrNotify) {
 				// A socket error, not a bad message: log it and
 				// pause rather than spin.
-				m.log.Warn("notify socket", "err", err)
+				m.notifyWarn.warn(m.log, "notify socket", "err", err)
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			m.log.Warn("notify: bad message ignored", "sender", cred.PID, "err", err)
+			if !errors.Is(err, scmrights.ErrTruncated) {
+				m.notifyWarn.warn(m.log, "notify: bad message ignored", "sender", r.Cred.PID, "err", err)
+			}
 			continue
 		}
-		m.onNotify(n, cred.PID, self)
+		if r.Cred.UID != uid && r.Cred.UID != euid {
+			m.notifyWarn.warn(m.log, "notify: message from another user ignored", "sender", r.Cred.PID, "uid", r.Cred.UID)
+			continue
+		}
+		if r.Bad.Count > 0 {
+			m.notifyWarn.warn(m.log, "notify: malformed fields ignored", "sender", r.Cred.PID, "fields", r.Bad.Count, "first", r.Bad.First)
+		}
+		m.onNotify(r.N, r.Cred.PID, self)
 	}
 }
 
@@ -565,7 +683,7 @@ func (m *master) onNotify(n Notification, sender, self int) {
 				return
 			}
 			if !errors.Is(err, supervise.ErrUnknownWorker) {
-				m.log.Warn("notify: READY=1 not accepted", "worker_pid", pid, "sender", sender, "err", err)
+				m.notifyWarn.warn(m.log, "notify: READY=1 not accepted", "worker_pid", pid, "sender", sender, "err", err)
 				return
 			}
 		} else if m.isWorker(pid) {
@@ -579,10 +697,10 @@ func (m *master) onNotify(n Notification, sender, self int) {
 		pid = ppid
 	}
 	if _, err := os.Stat("/proc/" + strconv.Itoa(sender)); err != nil {
-		m.log.Warn("notify: sender exited before its message was read; ignored", "sender", sender)
+		m.notifyWarn.warn(m.log, "notify: sender exited before its message was read; ignored", "sender", sender)
 		return
 	}
-	m.log.Warn("notify: message from a process that is not a worker ignored", "sender", sender)
+	m.notifyWarn.warn(m.log, "notify: message from a process that is not a worker ignored", "sender", sender)
 }
 
 func (m *master) isWorker(pid int) bool {
@@ -648,12 +766,27 @@ func parseStatPPID(b []byte) (int, bool) {
 }
 
 // RunShim is the exec shim selected by ShimArg. args are what follows
-// ShimArg: the resolved program path, its argv[0], and its arguments. It
-// sets LISTEN_PID to this process's pid, which is also the program's after
-// execve, and replaces the process with the program; it returns only on
-// error. Pdeathsig set by the supervisor survives the execve of a
-// non-setuid program, so the worker still dies with the master.
+// ShimArg: optionally ShimParentArg+"PID" (the master's pid), then the
+// resolved program path, its argv[0], and its arguments. It sets LISTEN_PID
+// to this process's pid, which is also the program's after execve, and
+// replaces the process with the program; it returns only on error.
+//
+// Pdeathsig is per thread: the supervisor arms it on the thread it forks,
+// and the Go runtime's other threads of the shim start with none. If execve
+// ran on one of those, the kernel would keep that thread's (empty) setting
+// and the worker would outlive a SIGKILLed master. So the shim locks its
+// thread, re-arms PR_SET_PDEATHSIG(SIGKILL) on it right before execve, and
+// then checks that its parent is still the master: a master that died
+// before the re-arm would never deliver the signal.
 func RunShim(args []string) error {
+	master := 0
+	if len(args) > 0 && strings.HasPrefix(args[0], ShimParentArg) {
+		p, err := strconv.Atoi(args[0][len(ShimParentArg):])
+		if err != nil || p <= 0 {
+			return fmt.Errorf("cluster: exec shim: bad %s%q", ShimParentArg, args[0][len(ShimParentArg):])
+		}
+		master, args = p, args[1:]
+	}
 	if len(args) < 2 {
 		return errors.New("cluster: exec shim: missing program")
 	}
@@ -665,6 +798,17 @@ func RunShim(args []string) error {
 		}
 	}
 	out = append(out, envListenPID+"="+strconv.Itoa(os.Getpid()))
+	// Never unlocked: on success the process image is replaced, on error
+	// the caller exits.
+	runtime.LockOSThread()
+	if master != 0 {
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			return fmt.Errorf("cluster: exec shim: %w", os.NewSyscallError("prctl", err))
+		}
+		if ppid := unix.Getppid(); ppid != master {
+			return fmt.Errorf("%w: exec shim: master %d is gone (parent is %d)", ErrMasterGone, master, ppid)
+		}
+	}
 	err := unix.Exec(args[0], args[1:], out)
 	return fmt.Errorf("cluster: exec %s: %w", args[0], os.NewSyscallError("execve", err))
 }

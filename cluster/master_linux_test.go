@@ -3,19 +3,29 @@
 package cluster_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -24,7 +34,93 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, cluster.RunShim(os.Args[2:]))
 		os.Exit(127)
 	}
-	helperproc.Main(m, nil)
+	helperproc.Main(m, map[string]func() int{
+		"shim-off-main-thread": shimOffMainThread,
+		"report-pdeathsig":     reportPdeathsig,
+		"embedded-master":      embeddedMaster,
+		"restart-after-delete": restartAfterDelete,
+	})
+}
+
+// shimOffMainThread runs RunShim on a goroutine locked to a thread other
+// than the main one, where Pdeathsig is not armed: the shim must re-arm it.
+func shimOffMainThread() int {
+	os.Setenv(helperproc.RoleVar, "report-pdeathsig")
+	errc := make(chan error, 1)
+	for range 64 {
+		onOther := make(chan bool)
+		go func() {
+			runtime.LockOSThread()
+			if unix.Gettid() == unix.Getpid() {
+				onOther <- false
+				select {} // keep the main thread taken so the next try gets another
+			}
+			onOther <- true
+			errc <- cluster.RunShim(helperproc.Args())
+		}()
+		if <-onOther {
+			fmt.Fprintln(os.Stderr, <-errc)
+			return 127
+		}
+	}
+	fmt.Fprintln(os.Stderr, "no goroutine off the main thread")
+	return 2
+}
+
+// reportPdeathsig prints the parent-death signal and parent of the program
+// the shim executed.
+func reportPdeathsig() int {
+	var sig int32
+	if err := unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&sig)), 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("pdeathsig=%d ppid=%d\n", sig, unix.Getppid())
+	return 0
+}
+
+// TestShimRearmsPdeathsig: a shim whose execve runs on a thread the
+// supervisor did not fork from still leaves the program with
+// Pdeathsig=SIGKILL, and a shim whose master is gone never runs the program.
+func TestShimRearmsPdeathsig(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := os.Getpid()
+	for _, tc := range []struct {
+		name    string
+		master  int
+		want    string
+		wantErr bool
+	}{
+		{"master alive", self, fmt.Sprintf("pdeathsig=%d ppid=%d\n", unix.SIGKILL, self), false},
+		{"master gone", 1, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := helperproc.Command(t, "shim-off-main-thread", &helperproc.Options{
+				Env:  []string{pc.Env()},
+				Args: []string{cluster.ShimParentArg + strconv.Itoa(tc.master), bin, bin, "-test.run=^$"},
+			})
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			runtime.LockOSThread()
+			err := cmd.Run()
+			runtime.UnlockOSThread()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("shim: %v, want error %v; stderr:\n%s", err, tc.wantErr, stderr.String())
+			}
+			if diff := cmp.Diff(tc.want, stdout.String()); diff != "" {
+				t.Errorf("program output (-want +got):\n%s", diff)
+			}
+			if tc.wantErr && !strings.Contains(stderr.String(), "master gone") {
+				t.Errorf("stderr %q does not say the master is gone", stderr.String())
+			}
+		})
+	}
 }
 
 // TestMasterLifecycle runs a cluster in process: port 0 resolved once,
@@ -119,5 +215,487 @@ func TestNewFailsCleanly(t *testing.T) {
 	}
 	if err := m.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// lineWaiter collects output and reports when a line containing want was
+// written.
+type lineWaiter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func (w *lineWaiter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if strings.Contains(w.buf.String(), w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return len(p), nil
+}
+
+// embeddedMaster runs one worker that lists the targets of its descriptors,
+// prints them on stdout, and stops.
+func embeddedMaster() int {
+	out := &lineWaiter{want: "END", seen: make(chan struct{})}
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", `for f in /proc/$$/fd/*; do echo "fd ${f##*/} $(readlink $f)"; done; echo END; exec sleep 60`},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Stdout:  out,
+		Stderr:  os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	select {
+	case <-out.seen:
+	case <-time.After(10 * time.Second):
+		fmt.Fprintln(os.Stderr, "worker printed nothing")
+	}
+	m.Stop()
+	if err := <-done; err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	os.Stdout.Write(out.buf.Bytes())
+	return 0
+}
+
+// TestInheritedFDsDoNotReachWorkers: a descriptor the master inherited
+// without close-on-exec (beyond the activation ones) is not passed on to
+// workers; the listener is.
+func TestInheritedFDsDoNotReachWorkers(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	marker, err := os.Create(filepath.Join(t.TempDir(), "inherited-marker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer marker.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	// fd 3 would be overwritten by the worker's listener anyway; the marker
+	// is fd 4 in the master.
+	cmd := helperproc.Command(t, "embedded-master", &helperproc.Options{
+		Env:        []string{pc.Env()},
+		ExtraFiles: []*os.File{devnull, marker},
+	})
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("master: %v", err)
+	}
+	got := stdout.String()
+	if !strings.Contains(got, "END") || !strings.Contains(got, "fd 3 socket:") {
+		t.Fatalf("worker output lacks its listener at fd 3:\n%s", got)
+	}
+	if strings.Contains(got, "inherited-marker") {
+		t.Errorf("the master's inherited descriptor reached the worker:\n%s", got)
+	}
+}
+
+// TestNotifySocketPrivate: workers' NOTIFY_SOCKET is a 0600 socket in a
+// 0700 directory, removed when Run returns; a READY=1 whose sender
+// credentials name another user is ignored, the worker's own counts.
+func TestNotifySocketPrivate(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to send credentials of another user")
+	}
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	out := &lineWaiter{want: "END", seen: make(chan struct{})}
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", `echo "ns $(stat -c %a "${NOTIFY_SOCKET%/*}") $(stat -c %a "$NOTIFY_SOCKET") $NOTIFY_SOCKET END"; exec sleep 60`},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyNotify,
+		Env:     append(os.Environ(), pc.Env()),
+		Stdout:  out,
+		Stderr:  out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		m.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	select {
+	case <-out.seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker printed nothing")
+	}
+	out.mu.Lock()
+	line := out.buf.String()
+	out.mu.Unlock()
+	f := strings.Fields(line[strings.Index(line, "ns "):])
+	if len(f) < 4 {
+		t.Fatalf("worker output %q", line)
+	}
+	if diff := cmp.Diff([]string{"700", "600"}, f[1:3]); diff != "" {
+		t.Errorf("notify directory and socket modes (-want +got):\n%s", diff)
+	}
+	path := f[3]
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); {
+		if sl := m.Status().Slots; len(sl) == 1 {
+			pid = sl[0].PID
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	send := func(uid int) {
+		t.Helper()
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: uint32(uid), Gid: uint32(uid)})
+		if err := unix.Sendmsg(fd, []byte("READY=1"), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(65534)
+	select {
+	case <-m.Ready():
+		t.Fatal("READY=1 from another user's credentials counted")
+	case <-time.After(300 * time.Millisecond):
+	}
+	send(0)
+	select {
+	case <-m.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("READY=1 with the worker's credentials not counted")
+	}
+	m.Stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	done <- nil
+	if _, err := os.Stat(filepath.Dir(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("notify directory left behind: %v", err)
+	}
+}
+
+// restartAfterDelete deletes its own binary, then restarts the cluster:
+// the new generation is spawned through the shim all the same.
+func restartAfterDelete() int {
+	m, err := cluster.New(&cluster.Config{
+		Program: "sleep",
+		Args:    []string{"60"},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Stdout:  os.Stderr,
+		Stderr:  os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { m.Stop(); <-done }()
+	select {
+	case <-m.Ready():
+	case <-time.After(10 * time.Second):
+		fmt.Fprintln(os.Stderr, "cluster not ready")
+		return 1
+	}
+	self, err := os.Executable()
+	if err == nil {
+		err = os.Remove(self)
+	}
+	if err == nil {
+		err = m.Restart()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if st := m.Status(); st.Generation == 2 && !st.Restarting {
+			fmt.Println("generation 2")
+			return 0
+		}
+	}
+	fmt.Fprintln(os.Stderr, "restart did not complete")
+	return 1
+}
+
+// TestShimSurvivesBinaryDeletion: the master spawns its shim through
+// /proc/self/exe, so deleting (or replacing) its binary on disk does not
+// break respawns.
+func TestShimSurvivesBinaryDeletion(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "m.test")
+	if err := os.WriteFile(cp, b, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(cp, "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperproc.RoleVar+"=restart-after-delete", pc.Env(), "GORACE=atexit_sleep_ms=0")
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("master: %v", err)
+	}
+	if diff := cmp.Diff("generation 2\n", stdout.String()); diff != "" {
+		t.Errorf("master output (-want +got):\n%s", diff)
+	}
+}
+
+// socketInode finds the socket bound at path in /proc/net/unix.
+func socketInode(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && f[7] == path {
+			return f[6]
+		}
+	}
+	t.Fatalf("no socket bound at %s", path)
+	return ""
+}
+
+// TestUnixListenerNotPolled: the master keeps one descriptor of a unix
+// listener (the copy workers get), not a Go listener registered with the
+// runtime poller that would wake it for every connection; the path stays
+// while the master holds it and is removed by Close.
+func TestUnixListenerNotPolled(t *testing.T) {
+	fdcensus.Verify(t)
+	path := filepath.Join(t.TempDir(), "s")
+	m, err := cluster.New(&cluster.Config{Program: "sh", Listen: []string{"unix://" + path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	target := "socket:[" + socketInode(t, path) + "]"
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var holders int
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == target {
+			holders++
+		}
+	}
+	if holders != 1 {
+		t.Errorf("%d descriptors hold the unix listener, want 1 (the workers' copy)", holders)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file after Close: %v, want removed", err)
+	}
+}
+
+// TestStopBeforeRun: a stop requested between New and Run (a TERM that
+// arrived early) makes Run return without starting any worker.
+func TestStopBeforeRun(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	marker := filepath.Join(t.TempDir(), "started")
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", `: > "$0"; exec sleep 60`, marker},
+		Workers: 2,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Env:     append(os.Environ(), pc.Env()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := m.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a worker was started after Stop: %v", err)
+	}
+	if st := m.Status(); st.Processes != 0 || st.Running {
+		t.Errorf("status after Run: %+v, want nothing running", st)
+	}
+}
+
+// TestReadyAfterScaleDown: the cluster becomes ready when scaling down
+// leaves only ready workers, not only on a worker's READY=1.
+func TestReadyAfterScaleDown(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to send READY=1 with a worker's credentials")
+	}
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	out := &lineWaiter{want: "END", seen: make(chan struct{})}
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", `[ "$HANDOFF_WORKER_ID" = 0 ] && echo "ns $NOTIFY_SOCKET END"; exec sleep 60`},
+		Workers: 2,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyNotify,
+		Env:     append(os.Environ(), pc.Env()),
+		Stdout:  out,
+		Stderr:  out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		m.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	select {
+	case <-out.seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker printed nothing")
+	}
+	out.mu.Lock()
+	line := out.buf.String()
+	out.mu.Unlock()
+	f := strings.Fields(line[strings.Index(line, "ns "):])
+	path := f[1]
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if sl := m.Status().Slots; len(sl) == 2 {
+			pid = sl[0].PID
+		}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: 0, Gid: 0})
+	if err := unix.Sendmsg(fd, []byte("READY=1"), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); m.Status().ReadyWorkers != 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-m.Ready():
+		t.Fatal("ready with one of two workers ready")
+	default:
+	}
+	if err := m.ScaleBy(-1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready after scaling down to the ready worker")
+	}
+}
+
+// TestKillBeforeRunKeepsState: a Kill that fails (before Run) does not mark
+// the cluster stopping, so systemd still hears READY=1 after a restart and
+// STOPPING=1 at the real stop.
+func TestKillBeforeRunKeepsState(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	nsPath := filepath.Join(t.TempDir(), "sd")
+	sd, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd.Close()
+	t.Setenv("NOTIFY_SOCKET", nsPath)
+	m, err := cluster.New(&cluster.Config{
+		Program: "sleep",
+		Args:    []string{"60"},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Env:     append(os.Environ(), pc.Env()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Kill(); err == nil {
+		t.Fatal("Kill before Run succeeded")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var got []string
+	next := func() string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		sd.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := sd.Read(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		s, _, _ := strings.Cut(string(buf[:n]), "\n")
+		got = append(got, s)
+		return s
+	}
+	next() // READY=1 of the first generation
+	if err := m.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	next() // RELOADING=1
+	next() // READY=1 after the restart
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	next()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if diff := cmp.Diff([]string{"READY=1", "RELOADING=1", "READY=1", "STOPPING=1"}, got); diff != "" {
+		t.Errorf("states sent to systemd (-want +got):\n%s", diff)
 	}
 }

@@ -39,14 +39,29 @@ type Notification struct {
 	MainPID   int    // MAINPID=...
 }
 
-// parseNotify decodes one sd_notify datagram. Unknown variables are
-// ignored, as systemd does; a line without '=', a variable set to a value
-// outside its domain, or a message over maxNotify bytes is an error wrapping
-// ErrNotify.
-func parseNotify(b []byte) (Notification, error) {
-	var n Notification
+// fieldErrors summarises the fields of one message that were ignored as
+// malformed: how many, and the first one's error (wrapping ErrNotify).
+type fieldErrors struct {
+	Count int
+	First error
+}
+
+func (f *fieldErrors) add(err error) {
+	if f.Count == 0 {
+		f.First = err
+	}
+	f.Count++
+}
+
+// parseNotify decodes one sd_notify datagram field by field, as systemd
+// does: unknown variables are ignored, and a malformed field (a line
+// without '=', a variable set to a value outside its domain) is skipped and
+// counted in bad while the valid fields are kept, so one bad STATUS never
+// loses the READY=1 next to it. Only a message over maxNotify bytes is
+// refused as a whole, with an error wrapping ErrNotify.
+func parseNotify(b []byte) (n Notification, bad fieldErrors, err error) {
 	if len(b) > maxNotify {
-		return n, fmt.Errorf("%w: %d bytes, over %d", ErrNotify, len(b), maxNotify)
+		return n, bad, fmt.Errorf("%w: %d bytes, over %d", ErrNotify, len(b), maxNotify)
 	}
 	for len(b) > 0 {
 		var line []byte
@@ -56,17 +71,18 @@ func parseNotify(b []byte) (Notification, error) {
 		}
 		k, v, ok := bytes.Cut(line, []byte{'='})
 		if !ok || len(k) == 0 {
-			return n, fmt.Errorf("%w: line %q has no assignment", ErrNotify, truncate(line))
+			bad.add(fmt.Errorf("%w: line %q has no assignment", ErrNotify, truncate(line)))
+			continue
 		}
 		switch string(k) {
 		case "READY", "RELOADING", "STOPPING", "WATCHDOG":
 			if string(v) != "1" {
 				// WATCHDOG=trigger is systemd's "fail now"; it is treated
 				// as no keep-alive rather than guessed at.
-				if string(k) == "WATCHDOG" && string(v) == "trigger" {
-					continue
+				if string(k) != "WATCHDOG" || string(v) != "trigger" {
+					bad.add(fmt.Errorf("%w: %s=%q", ErrNotify, k, truncate(v)))
 				}
-				return n, fmt.Errorf("%w: %s=%q", ErrNotify, k, truncate(v))
+				continue
 			}
 			switch string(k) {
 			case "READY":
@@ -80,24 +96,27 @@ func parseNotify(b []byte) (Notification, error) {
 			}
 		case "STATUS":
 			if !utf8Printable(v) {
-				return n, fmt.Errorf("%w: STATUS is not printable text", ErrNotify)
+				bad.add(fmt.Errorf("%w: STATUS is not printable text", ErrNotify))
+				continue
 			}
 			n.Status = string(v)
 		case "ERRNO":
 			e, err := strconv.Atoi(string(v))
 			if err != nil || e < 0 {
-				return n, fmt.Errorf("%w: ERRNO=%q", ErrNotify, truncate(v))
+				bad.add(fmt.Errorf("%w: ERRNO=%q", ErrNotify, truncate(v)))
+				continue
 			}
 			n.Errno = e
 		case "MAINPID":
 			p, err := strconv.Atoi(string(v))
 			if err != nil || p <= 0 {
-				return n, fmt.Errorf("%w: MAINPID=%q", ErrNotify, truncate(v))
+				bad.add(fmt.Errorf("%w: MAINPID=%q", ErrNotify, truncate(v)))
+				continue
 			}
 			n.MainPID = p
 		}
 	}
-	return n, nil
+	return n, bad, nil
 }
 
 func truncate(b []byte) []byte {
@@ -160,7 +179,7 @@ func listenNotify(path string) (*notifySocket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &notifySocket{path: path, msg: scmrights.Message{Payload: make([]byte, maxNotify+1)}}
+	s := &notifySocket{path: path, msg: scmrights.Message{Payload: make([]byte, maxNotify+1), FDs: make([]int, maxNotifyFDs)}}
 	c, err := scmrights.NewConn(uc)
 	if err != nil {
 		uc.Close()
@@ -176,20 +195,44 @@ func listenNotify(path string) (*notifySocket, error) {
 	return s, nil
 }
 
+// received is one datagram read from a notifySocket.
+type received struct {
+	N   Notification
+	Bad fieldErrors
+	// FDs counts descriptors that came with the message (FDSTORE=1,
+	// systemd-notify's BARRIER=1 pipe); they were closed at once.
+	FDs  int
+	Cred scmrights.Ucred
+}
+
+// maxNotifyFDs is room for the descriptors of one notification: a BARRIER
+// brings one, FDSTORE a few. A message with more is refused whole (its
+// descriptors closed by scmrights).
+const maxNotifyFDs = 16
+
 // recv waits for the next notification and returns it with its sender's
-// credentials. A message that is malformed, too long or carries
-// descriptors (FDSTORE is not supported; they are closed) is an error for
-// that message only: the socket stays usable. Close unblocks it.
-func (s *notifySocket) recv() (Notification, scmrights.Ucred, error) {
+// credentials. Descriptors that came with it are closed (FDSTORE and
+// BARRIER are not supported). An oversize message, one with more than
+// maxNotifyFDs descriptors or one without credentials is an error for that
+// message only: the socket stays usable. Close unblocks it.
+func (s *notifySocket) recv() (received, error) {
 	m := &s.msg
-	if err := s.conn.RecvMsg(m); err != nil {
-		return Notification{}, m.Cred, err
+	m.FDs = m.FDs[:cap(m.FDs)]
+	err := s.conn.RecvMsg(m)
+	r := received{Cred: m.Cred}
+	if err != nil {
+		return r, err
 	}
+	for _, fd := range m.FDs[:m.NFDs] {
+		// Received with MSG_CMSG_CLOEXEC and owned by nobody else.
+		os.NewFile(uintptr(fd), "notify-fd").Close()
+	}
+	r.FDs = m.NFDs
 	if !m.HasCred {
-		return Notification{}, m.Cred, fmt.Errorf("%w: no sender credentials", ErrNotify)
+		return r, fmt.Errorf("%w: no sender credentials", ErrNotify)
 	}
-	n, err := parseNotify(m.Payload[:m.N])
-	return n, m.Cred, err
+	r.N, r.Bad, err = parseNotify(m.Payload[:m.N])
+	return r, err
 }
 
 // close closes the socket and removes its path; an abstract address

@@ -3,6 +3,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -16,49 +17,64 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// TestParseNotify: fields are validated one by one; a malformed field is
+// counted and skipped, the valid ones are kept; only an oversize message is
+// refused whole.
 func TestParseNotify(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
 		want Notification
+		bad  int
 		err  error
 	}{
-		{"READY=1", Notification{Ready: true}, nil},
-		{"READY=1\nSTATUS=serving 4 requests\n", Notification{Ready: true, Status: "serving 4 requests"}, nil},
-		{"STOPPING=1\nRELOADING=1\nWATCHDOG=1", Notification{Stopping: true, Reloading: true, Watchdog: true}, nil},
-		{"MAINPID=77\nERRNO=2", Notification{MainPID: 77, Errno: 2}, nil},
-		{"X_CUSTOM=1\nBARRIER=1\n\n", Notification{}, nil},
-		{"WATCHDOG=trigger", Notification{}, nil},
-		{"", Notification{}, nil},
-		{"READY", Notification{}, ErrNotify},
-		{"=1", Notification{}, ErrNotify},
-		{"READY=yes", Notification{}, ErrNotify},
-		{"MAINPID=0", Notification{}, ErrNotify},
-		{"MAINPID=-5", Notification{}, ErrNotify},
-		{"ERRNO=x", Notification{}, ErrNotify},
-		{"STATUS=\x1b[31mred", Notification{}, ErrNotify},
-		{"STATUS=\xff\xfe", Notification{}, ErrNotify},
-		{strings.Repeat("X", maxNotify+1), Notification{}, ErrNotify},
+		{"READY=1", Notification{Ready: true}, 0, nil},
+		{"READY=1\nSTATUS=serving 4 requests\n", Notification{Ready: true, Status: "serving 4 requests"}, 0, nil},
+		{"STOPPING=1\nRELOADING=1\nWATCHDOG=1", Notification{Stopping: true, Reloading: true, Watchdog: true}, 0, nil},
+		{"MAINPID=77\nERRNO=2", Notification{MainPID: 77, Errno: 2}, 0, nil},
+		{"X_CUSTOM=1\nBARRIER=1\n\n", Notification{}, 0, nil},
+		{"WATCHDOG=trigger", Notification{}, 0, nil},
+		{"", Notification{}, 0, nil},
+		{"READY", Notification{}, 1, nil},
+		{"=1", Notification{}, 1, nil},
+		{"READY=yes", Notification{}, 1, nil},
+		{"MAINPID=0", Notification{}, 1, nil},
+		{"MAINPID=-5", Notification{}, 1, nil},
+		{"ERRNO=x", Notification{}, 1, nil},
+		{"STATUS=\x1b[31mred", Notification{}, 1, nil},
+		{"STATUS=\xff\xfe", Notification{}, 1, nil},
+		{"STATUS=\x1b[31mred\nREADY=1", Notification{Ready: true}, 1, nil},
+		{"READY=1\nMAINPID=x\nSTOPPING=2\nSTATUS=ok", Notification{Ready: true, Status: "ok"}, 2, nil},
+		{"garbage\nREADY=1\nERRNO=5", Notification{Ready: true, Errno: 5}, 1, nil},
+		{strings.Repeat("X", maxNotify+1), Notification{}, 0, ErrNotify},
+		{"READY=1\n" + strings.Repeat("X", maxNotify), Notification{}, 0, ErrNotify},
 	} {
-		got, err := parseNotify([]byte(tc.in))
+		got, bad, err := parseNotify([]byte(tc.in))
 		if !errors.Is(err, tc.err) {
 			t.Errorf("parseNotify(%q) error = %v, want %v", tc.in, err, tc.err)
 			continue
 		}
-		if err == nil {
-			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("parseNotify(%q) (-want +got):\n%s", tc.in, diff)
-			}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("parseNotify(%q) (-want +got):\n%s", tc.in, diff)
+		}
+		if bad.Count != tc.bad || (bad.Count > 0) != errors.Is(bad.First, ErrNotify) {
+			t.Errorf("parseNotify(%q) bad fields = %d (%v), want %d", tc.in, bad.Count, bad.First, tc.bad)
 		}
 	}
 }
 
 func FuzzParseNotify(f *testing.F) {
-	for _, s := range []string{"READY=1", "READY=1\nSTATUS=ok\n", "MAINPID=12", "ERRNO=5\nSTOPPING=1", "STATUS=\xff"} {
+	for _, s := range []string{"READY=1", "READY=1\nSTATUS=ok\n", "MAINPID=12", "ERRNO=5\nSTOPPING=1", "STATUS=\xff", "STATUS=\x1b\nREADY=1"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n, err := parseNotify(b)
+		n, bad, err := parseNotify(b)
 		if err != nil {
+			if len(b) <= maxNotify {
+				t.Fatalf("message of %d bytes refused whole: %v", len(b), err)
+			}
+			if n != (Notification{}) || bad.Count != 0 {
+				t.Fatalf("refused message yielded %+v, %d bad fields", n, bad.Count)
+			}
 			return
 		}
 		if len(b) > maxNotify {
@@ -67,12 +83,22 @@ func FuzzParseNotify(f *testing.F) {
 		if n.MainPID < 0 || n.Errno < 0 || !utf8Printable([]byte(n.Status)) {
 			t.Fatalf("out-of-domain result %+v", n)
 		}
+		if bad.Count < 0 || bad.Count > bytes.Count(b, []byte{'\n'})+1 || (bad.Count > 0) != (bad.First != nil) {
+			t.Fatalf("bad field count %d (%v) for %d lines", bad.Count, bad.First, bytes.Count(b, []byte{'\n'})+1)
+		}
+		// Parsing is per field: a READY=1 line is never lost to a bad
+		// field elsewhere in the message.
+		for _, line := range bytes.Split(b, []byte{'\n'}) {
+			if string(line) == "READY=1" && !n.Ready {
+				t.Fatalf("READY=1 line lost in %q", b)
+			}
+		}
 	})
 }
 
-// Notifications arrive with the sender's credentials; malformed ones,
-// oversize ones and ones carrying descriptors fail alone, the descriptors
-// closed, and the socket keeps working.
+// Notifications arrive with the sender's credentials; descriptors that
+// come with one are closed and counted; oversize ones and ones carrying too
+// many descriptors fail alone, and the socket keeps working.
 func TestNotifySocket(t *testing.T) {
 	fdcensus.Verify(t)
 	path := filepath.Join(t.TempDir(), "notify")
@@ -103,6 +129,11 @@ func TestNotifySocket(t *testing.T) {
 	}
 	send([]byte("READY=maybe"))
 	send([]byte("FDSTORE=1"), devnull, devnull)
+	many := make([]int, maxNotifyFDs+1)
+	for i := range many {
+		many[i] = devnull
+	}
+	send([]byte("FDSTORE=1"), many...)
 	send([]byte(strings.Repeat("STATUS=x\n", 1000)))
 	if err := sdNotify(path, "STOPPING=1"); err != nil {
 		t.Fatal(err)
@@ -110,33 +141,33 @@ func TestNotifySocket(t *testing.T) {
 	s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	type result struct {
 		N   Notification
+		Bad int
+		FDs int
 		PID int
 		Err string
 	}
 	var got []result
-	for i := 0; i < 5; i++ {
-		n, cred, err := s.recv()
-		r := result{N: n, PID: cred.PID}
+	for i := 0; i < 6; i++ {
+		r, err := s.recv()
+		res := result{N: r.N, Bad: r.Bad.Count, FDs: r.FDs, PID: r.Cred.PID}
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrNotify):
-			r.Err = "malformed"
+			res.Err = "malformed"
 		case errors.Is(err, scmrights.ErrTruncated):
-			r.Err = "descriptors"
+			res.Err = "descriptors"
 		case errors.Is(err, scmrights.ErrPayloadTruncated):
-			r.Err = "oversize"
+			res.Err = "oversize"
 		default:
 			t.Fatalf("recv %d: %v", i, err)
 		}
-		if r.Err != "" {
-			r.N = Notification{}
-		}
-		got = append(got, r)
+		got = append(got, res)
 	}
 	me := os.Getpid()
 	want := []result{
 		{N: Notification{Ready: true, Status: "up"}, PID: me},
-		{PID: me, Err: "malformed"},
+		{Bad: 1, PID: me},
+		{FDs: 2, PID: me},
 		{PID: me, Err: "descriptors"},
 		{PID: me, Err: "oversize"},
 		{N: Notification{Stopping: true}, PID: me},
