@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,8 +26,10 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"golang.org/x/sys/unix"
 )
 
 // fakeSrvArg selects the fake worker (TESTPLAN §1.0) in a re-executed test
@@ -57,7 +62,13 @@ func roleMaster() int {
 //
 //	SRV_SLOW=d        sleep d in every request
 //	SRV_HOLD=path     accept only once path exists
-//	SRV_READY_CHILD=1 send READY=1 from a child process, not the worker
+//	SRV_READY_CHILD=1 send READY=1 from a grandchild process, not the worker
+//	SRV_REPORT=dir    report to the test through files in dir (see report):
+//	                  on SIGUSR2 stop accepting, then write <pid>.inflight,
+//	                  the connections it still holds; on SIGINT write
+//	                  <pid>.sigint before stopping
+//	SRV_ACTIVE=1      with SRV_REPORT, keep <pid>.active up to date with the
+//	                  number of requests in their handler
 func fakeSrv() int {
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "fake-srv: "+format+"\n", args...)
@@ -86,8 +97,23 @@ func fakeSrv() int {
 	slow, _ := time.ParseDuration(os.Getenv("SRV_SLOW"))
 	gen := os.Getenv("HANDOFF_WORKER_GENERATION")
 	tag := strconv.Itoa(os.Getpid()) + ":" + gen
+	dir := os.Getenv("SRV_REPORT")
+	var activeMu sync.Mutex
+	active := 0
+	trackActive := func(delta int) {
+		if dir == "" || os.Getenv("SRV_ACTIVE") != "1" {
+			return
+		}
+		// Under the lock so the file never goes back to an older count.
+		activeMu.Lock()
+		defer activeMu.Unlock()
+		active += delta
+		report(dir, "active", active)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		trackActive(1)
+		defer trackActive(-1)
 		time.Sleep(slow)
 		w.Header().Set("X-Worker", tag)
 		io.WriteString(w, "ok\n")
@@ -103,13 +129,27 @@ func fakeSrv() int {
 	fresh := trackFresh(srv)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	usr2 := make(chan os.Signal, 1)
+	if dir != "" {
+		// Before READY=1: SIGUSR2's default action would kill us.
+		signal.Notify(usr2, syscall.SIGUSR2)
+	}
 	var child *exec.Cmd
 	if os.Getenv("SRV_READY_CHILD") == "1" {
-		// A descendant announces readiness (a shell worker running
-		// systemd-notify); it lingers so the master can read its parent.
-		child = exec.Command("sh", "-c", `python3 -c 'import os,socket
-a=os.environ["NOTIFY_SOCKET"]; a="\0"+a[1:] if a[0]=="@" else a
-s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=1\nSTATUS=child says ready")'; sleep 5`)
+		// A grandchild (worker -> sh -> python3) announces readiness, as a
+		// shell worker running systemd-notify does, and outlives its send,
+		// so the master must attribute it through its ancestry. It leaves
+		// (bounded) once the shell is gone or the worker is (a killed
+		// worker's shell is re-parented).
+		child = exec.Command("sh", "-c", `python3 -c 'import os,socket,time
+def ppid(p):
+    try: return open("/proc/%d/stat"%p).read().rsplit(")",1)[1].split()[1]
+    except OSError: return None
+sh=os.getppid(); wk=ppid(sh); a=os.environ["NOTIFY_SOCKET"]; a="\0"+a[1:] if a[0]=="@" else a
+s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=1\nSTATUS=child says ready")
+for _ in range(600):
+    if os.getppid()!=sh or ppid(sh)!=wk: break
+    time.sleep(0.05)'; true`)
 		child.Stdout, child.Stderr = os.Stderr, os.Stderr
 		if err := child.Start(); err != nil {
 			return fail("%v", err)
@@ -128,10 +168,31 @@ s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fail("serve: %v", err)
-	case <-sigs:
+	accepting := true
+	// stopAccepting closes our descriptor of the shared socket (the master
+	// and the other workers keep it listening) and waits for Serve, after
+	// which every connection we accepted is in fresh.
+	stopAccepting := func() {
+		if accepting {
+			accepting = false
+			ln.Close()
+			<-errc
+		}
+	}
+wait:
+	for {
+		select {
+		case err := <-errc:
+			return fail("serve: %v", err)
+		case <-usr2:
+			stopAccepting()
+			report(dir, "inflight", fresh.open())
+		case sig := <-sigs:
+			if sig == syscall.SIGINT && dir != "" {
+				report(dir, "sigint", 1)
+			}
+			break wait
+		}
 	}
 	sdNotify("STOPPING=1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -139,8 +200,7 @@ s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=
 	// Stop accepting first and let connections already accepted send
 	// their request: net/http drops a request it reads after Shutdown
 	// began, closing the connection without a reply.
-	ln.Close()
-	<-errc
+	stopAccepting()
 	fresh.wait(ctx)
 	srv.Shutdown(ctx)
 	if child != nil {
@@ -150,15 +210,54 @@ s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.connect(a); s.send(b"READY=
 	return 0
 }
 
+// report writes n to dir/<pid>.<what> atomically (rename), for the test to
+// read while the worker runs or after it died.
+func report(dir, what string, n int) {
+	name := filepath.Join(dir, strconv.Itoa(os.Getpid())+"."+what)
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(n)), 0o600); err != nil {
+		fmt.Fprintf(os.Stderr, "fake-srv: report: %v\n", err)
+		return
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		fmt.Fprintf(os.Stderr, "fake-srv: report: %v\n", err)
+	}
+}
+
+// reports reads every dir/<pid>.<what> written by report.
+func reports(t testing.TB, dir, what string) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p, ok := strings.CutSuffix(e.Name(), "."+what)
+		if !ok {
+			continue
+		}
+		pid, err1 := strconv.Atoi(p)
+		b, err2 := os.ReadFile(filepath.Join(dir, e.Name()))
+		n, err3 := strconv.Atoi(string(b))
+		if err := errors.Join(err1, err2, err3); err != nil {
+			t.Fatalf("report %s: %v", e.Name(), err)
+		}
+		out[pid] = n
+	}
+	return out
+}
+
 // freshConns tracks accepted connections that have not sent a request yet
-// (http.StateNew).
+// (http.StateNew), and all accepted connections not yet closed.
 type freshConns struct {
 	mu    sync.Mutex
 	conns map[net.Conn]bool
+	all   map[net.Conn]bool
 }
 
 func trackFresh(srv *http.Server) *freshConns {
-	f := &freshConns{conns: map[net.Conn]bool{}}
+	f := &freshConns{conns: map[net.Conn]bool{}, all: map[net.Conn]bool{}}
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -167,8 +266,21 @@ func trackFresh(srv *http.Server) *freshConns {
 		} else {
 			delete(f.conns, c)
 		}
+		if s == http.StateClosed || s == http.StateHijacked {
+			delete(f.all, c)
+		} else {
+			f.all[c] = true
+		}
 	}
 	return f
+}
+
+// open is the number of accepted connections not yet closed: the most
+// requests that can fail if the worker dies now and accepts no more.
+func (f *freshConns) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.all)
 }
 
 // wait waits until every accepted connection has sent its first request,
@@ -230,7 +342,9 @@ type master struct {
 	err  error
 }
 
-var readyRE = regexp.MustCompile(`msg="cluster ready".* listen=([^ ,]+)`)
+// readyRE finds the first listen address in the "cluster ready" record of
+// either log format.
+var readyRE = regexp.MustCompile(`msg="cluster ready".* listen=([^ ,]+)|"msg":"cluster ready".*"listen":"([^",]+)`)
 
 // fakeSrvCmd is the worker command line for the fake worker.
 func fakeSrvCmd(t *testing.T) []string {
@@ -279,7 +393,7 @@ func (m *master) waitReady() string {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if s := readyRE.FindStringSubmatch(m.log.String()); s != nil {
-			m.addr = s[1]
+			m.addr = s[1] + s[2]
 			return m.addr
 		}
 		select {
@@ -361,4 +475,131 @@ func envOf(body string) map[string]string {
 		}
 	}
 	return out
+}
+
+// signalWorker signals pid through a pidfd, and for SIGKILL waits for its
+// death, after checking, with the pidfd
+// open, that pid is still a child of the master: a pid found by a /proc
+// scan may have exited and been reused since, and a pidfd pins the process
+// it was opened for.
+func (m *master) signalWorker(pid int, sig syscall.Signal) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return os.NewSyscallError("pidfd_open", err)
+	}
+	defer unix.Close(fd)
+	if p, ok := proccensus.Stat(pid); !ok || p.PPID != m.cmd.Process.Pid || p.State == 'Z' {
+		return fmt.Errorf("pid %d is no longer a live worker", pid)
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+		return os.NewSyscallError("pidfd_send_signal", err)
+	}
+	if sig != syscall.SIGKILL {
+		return nil
+	}
+	// Wait for the death (a pidfd polls readable once the process has
+	// exited), so the next /proc scan does not count the dying worker.
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		n, err := unix.Poll(pfd, int(time.Until(deadline)/time.Millisecond)+1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("poll", err)
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("pid %d still alive 5 s after SIGKILL", pid)
+}
+
+// logRec is one record of the master's -log-format json output, with the
+// attributes the tests read.
+type logRec struct {
+	Time       time.Time `json:"time"`
+	Msg        string    `json:"msg"`
+	PID        int       `json:"pid"`
+	Generation int       `json:"generation"`
+	Signal     string    `json:"signal"`
+}
+
+// records parses the master's JSON log so far; lines that are not records
+// (none are expected) are skipped.
+func (m *master) records() []logRec {
+	var out []logRec
+	for _, line := range strings.Split(m.log.String(), "\n") {
+		var r logRec
+		if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &r) == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// count returns how many records have one of msgs.
+func count(recs []logRec, msgs ...string) int {
+	n := 0
+	for _, r := range recs {
+		if slices.Contains(msgs, r.Msg) {
+			n++
+		}
+	}
+	return n
+}
+
+// lastGeneration is the highest generation begun: 1 (the first) plus the
+// restarts the master actually began.
+func lastGeneration(recs []logRec) int {
+	g := 1
+	for _, r := range recs {
+		if r.Msg == "restart begun" && r.Generation > g {
+			g = r.Generation
+		}
+	}
+	return g
+}
+
+// life is when a worker was live according to the master's log.
+type life struct {
+	generation     int
+	started, ended time.Time // ended is zero while it runs
+}
+
+// lives maps worker pids to their lifetimes.
+func lives(recs []logRec) map[int]*life {
+	out := map[int]*life{}
+	for _, r := range recs {
+		switch r.Msg {
+		case "worker started":
+			out[r.PID] = &life{generation: r.Generation, started: r.Time}
+		case "worker exited", "worker exited unexpectedly":
+			if l := out[r.PID]; l != nil {
+				l.ended = r.Time
+			}
+		}
+	}
+	return out
+}
+
+// fdShape is what must be the same in the master after every restart
+// cycle: the inodes of its sockets (the listeners and the notify socket,
+// never re-bound) and how many descriptors of each kind it holds (pipes to
+// workers have new inodes per worker, but not a new count).
+func fdShape(pid int) (map[string]int, []uint64, error) {
+	snap, err := fdcensus.Take(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	kinds := map[string]int{}
+	for _, fd := range snap {
+		k := fd.Target
+		if i := strings.IndexByte(k, '['); i > 0 && !strings.HasPrefix(k, "anon_inode:") {
+			k = k[:i]
+		}
+		kinds[k]++
+	}
+	return kinds, snap.Inodes("socket:"), nil
 }

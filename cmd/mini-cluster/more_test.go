@@ -198,8 +198,8 @@ func TestPIDFile(t *testing.T) {
 	}
 }
 
-// TestNotifyAttribution: READY=1 from a descendant of a worker counts for
-// that worker; a message from an unrelated process is ignored and logged.
+// TestNotifyAttribution: READY=1 from a descendant of a worker (its
+// grandchild, alive while the master attributes it) counts for that worker; a message from an unrelated process is ignored and logged.
 func TestNotifyAttribution(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Fatalf("python3 is required: %v", err)
@@ -207,16 +207,24 @@ func TestNotifyAttribution(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
 	m := startMaster(t, pc, []string{"SRV_READY_CHILD=1"}, append([]string{"-n", "2", "-listen", "127.0.0.1:0", "--"}, fakeSrvCmd(t)...)...)
-	addr := m.waitReady() // only reachable if the children's READY=1 counted
+	// Only reachable if the READY=1 of each worker's grandchild counted;
+	// the grandchild is still alive when the master reads its ancestry.
+	addr := m.waitReady()
 	if !strings.Contains(m.log.String(), "child says ready") {
-		t.Errorf("STATUS from the worker's child not logged")
+		t.Errorf("STATUS from the worker's grandchild not logged")
+	}
+	if strings.Contains(m.log.String(), "sender exited before") {
+		t.Errorf("the grandchild was gone before its message was read: attribution not exercised")
 	}
 	body, _, err := get(addr, "/env")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ns := envOf(body)["NOTIFY_SOCKET"]
-	name := "\x00" + ns[1:]
+	name := ns
+	if strings.HasPrefix(ns, "@") {
+		name = "\x00" + ns[1:]
+	}
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@
 // clients reuse one. Following RFC 9112 §9.3.1, a keep-alive request that
 // fails on a reused connection before any byte of the reply arrived (the
 // server closed the idle connection while the request was in flight) is
-// retried once on a fresh connection; such retries are counted in Retried,
+// retried once on a fresh connection; such retries are counted in RetriedAfterReset,
 // and the retry's outcome is the request's outcome.
 //
 // Loopback only, bounded: at most Options.Requests requests and

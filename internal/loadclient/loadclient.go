@@ -37,14 +37,27 @@ type Options struct {
 	// Header, if set, is a response header whose values are counted in
 	// Result.Values (e.g. "X-Worker" carrying pid:generation).
 	Header string
+	// Record keeps one Reply per ok request in Result.Replies, so a test
+	// can check who answered when (default off: it costs memory).
+	Record bool
+}
+
+// Reply is one ok request: when it was sent (the attempt that succeeded)
+// and when its reply was complete, and the Options.Header value.
+type Reply struct {
+	Sent, Done time.Time
+	Value      string
 }
 
 // Result is the accounting of a run.
 type Result struct {
 	Sent, OK, Refused, Reset, Timeout, Other int
-	// Retried counts keep-alive requests retried once after the server
-	// closed an idle connection (not failures).
-	Retried int
+	// RetriedAfterReset counts keep-alive requests that got a reset with
+	// no reply byte on a reused connection (the server closed it while
+	// idle, as HTTP/1.1 allows) and were retried once on a fresh
+	// connection. They are in OK if the retry succeeded, and are counted
+	// here as well so a test can bound them.
+	RetriedAfterReset int
 	// Errors holds up to 10 sample errors of the failure classes.
 	Errors []string
 	// Slow holds up to 10 descriptions of ok requests that took over 1 s
@@ -56,14 +69,17 @@ type Result struct {
 	Elapsed time.Duration
 	// Values counts the values of Options.Header in ok replies.
 	Values map[string]int
+	// Replies holds every ok request when Options.Record is set, in the
+	// order they completed.
+	Replies []Reply
 }
 
 // Failed is the number of requests that did not end ok.
 func (r Result) Failed() int { return r.Refused + r.Reset + r.Timeout + r.Other }
 
 func (r Result) String() string {
-	return fmt.Sprintf("sent=%d ok=%d refused=%d reset=%d timeout=%d other=%d retried=%d p50=%v p99=%v max=%v in %v",
-		r.Sent, r.OK, r.Refused, r.Reset, r.Timeout, r.Other, r.Retried, r.P50, r.P99, r.Max, r.Elapsed.Round(time.Millisecond))
+	return fmt.Sprintf("sent=%d ok=%d refused=%d reset=%d timeout=%d other=%d retried-after-reset=%d p50=%v p99=%v max=%v in %v",
+		r.Sent, r.OK, r.Refused, r.Reset, r.Timeout, r.Other, r.RetriedAfterReset, r.P50, r.P99, r.Max, r.Elapsed.Round(time.Millisecond))
 }
 
 type outcome int
@@ -82,6 +98,7 @@ type tally struct {
 	lat     []time.Duration
 	budget  int
 	header  string
+	record  bool
 	stopped bool
 }
 
@@ -97,12 +114,16 @@ func (t *tally) take() bool {
 	return true
 }
 
-func (t *tally) add(o outcome, d time.Duration, value string, err error, how string) {
+func (t *tally) add(o outcome, d time.Duration, value string, err error, how string, sent time.Time) {
+	done := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch o {
 	case ok:
 		t.r.OK++
+		if t.record {
+			t.r.Replies = append(t.r.Replies, Reply{Sent: sent, Done: done, Value: value})
+		}
 		t.lat = append(t.lat, d)
 		if d > time.Second && len(t.r.Slow) < 10 {
 			t.r.Slow = append(t.r.Slow, fmt.Sprintf("%v at %v: %s", d.Round(time.Millisecond), time.Now().Format("15:04:05.000"), how))
@@ -143,7 +164,7 @@ func Run(ctx context.Context, opts Options) Result {
 	if opts.Path == "" {
 		opts.Path = "/"
 	}
-	t := &tally{budget: opts.Requests, header: opts.Header, r: Result{Values: map[string]int{}}}
+	t := &tally{budget: opts.Requests, header: opts.Header, record: opts.Record, r: Result{Values: map[string]int{}}}
 	ctx, cancel := context.WithTimeout(ctx, opts.Duration)
 	defer cancel()
 	req := []byte("GET " + opts.Path + " HTTP/1.1\r\nHost: " + opts.Addr + "\r\nUser-Agent: loadclient\r\n\r\n")
@@ -158,7 +179,7 @@ func Run(ctx context.Context, opts Options) Result {
 			defer c.close()
 			for ctx.Err() == nil && t.take() {
 				o, d, v, err := c.do()
-				t.add(o, d, v, err, c.how)
+				t.add(o, d, v, err, c.how, c.sent)
 				if opts.Pause > 0 {
 					select {
 					case <-ctx.Done():
@@ -167,7 +188,7 @@ func Run(ctx context.Context, opts Options) Result {
 				}
 			}
 			t.mu.Lock()
-			t.r.Retried += c.retries
+			t.r.RetriedAfterReset += c.retries
 			t.mu.Unlock()
 		}()
 	}
@@ -202,7 +223,8 @@ type client struct {
 	cr      countReader
 	used    int // requests completed on conn
 	retries int
-	how     string // how the last request went, for Result.Slow
+	how     string    // how the last request went, for Result.Slow
+	sent    time.Time // when the last attempt began
 }
 
 func (c *client) close() {
@@ -238,6 +260,7 @@ func (c *client) do() (outcome, time.Duration, string, error) {
 }
 
 func (c *client) attempt(deadline time.Time) (outcome, string, error) {
+	c.sent = time.Now()
 	if c.conn == nil {
 		d := net.Dialer{Deadline: deadline}
 		conn, err := d.Dial("tcp", c.addr)

@@ -1,7 +1,9 @@
 package loadclient_test
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -87,5 +89,50 @@ func TestRunClassifiesFailures(t *testing.T) {
 	r = loadclient.Run(context.Background(), loadclient.Options{Addr: ln2.Addr().String(), NewConn: 2, Requests: 2, Timeout: 100 * time.Millisecond})
 	if r.Timeout != 2 {
 		t.Errorf("silent server: %v, want 2 timeouts", r)
+	}
+}
+
+// TestRetriedAfterReset: a server that closes every keep-alive connection
+// after one reply makes each later request on it fail with no reply byte;
+// each is retried once on a fresh connection, ends ok, and is counted in
+// RetriedAfterReset. Record keeps one Reply per ok request.
+func TestRetriedAfterReset(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(c)
+			if req, err := http.ReadRequest(br); err == nil {
+				req.Body.Close()
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Worker: w1\r\nContent-Length: 2\r\n\r\nhi")
+			}
+			c.Close()
+		}
+	}()
+	before := time.Now()
+	const n = 4
+	r := loadclient.Run(context.Background(), loadclient.Options{Addr: ln.Addr().String(), KeepAlive: 1, Requests: n, Header: "X-Worker", Record: true, Duration: 10 * time.Second})
+	ln.Close()
+	<-served
+	got := [4]int{r.Sent, r.OK, r.Failed(), r.RetriedAfterReset}
+	if diff := cmp.Diff([4]int{n, n, 0, n - 1}, got); diff != "" {
+		t.Errorf("sent, ok, failed, retried after reset (-want +got):\n%s\n%v %q", diff, r, r.Errors)
+	}
+	if len(r.Replies) != n {
+		t.Fatalf("%d replies recorded, want %d", len(r.Replies), n)
+	}
+	for i, rep := range r.Replies {
+		if rep.Value != "w1" || rep.Sent.Before(before) || rep.Done.Before(rep.Sent) {
+			t.Errorf("reply %d: %+v", i, rep)
+		}
 	}
 }
