@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/fdwire"
 )
 
 // Exit codes, one per failure class; docs/fdcli.md lists the same table,
@@ -54,43 +51,20 @@ type config struct {
 	n         int
 	timeout   time.Duration
 	json      bool
-	allowUIDs []int
+	allowUIDs fdwire.UIDs
 	program   []string // PROGRAM ARGS...; empty means print
-}
-
-type uidList []int
-
-func (u *uidList) String() string { return fmt.Sprint(*u) }
-func (u *uidList) Set(s string) error {
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 0 {
-		return fmt.Errorf("not a uid: %q", s)
-	}
-	*u = append(*u, v)
-	return nil
 }
 
 func parse(args []string, stderr io.Writer) (*config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("fdrecv", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.socket, "socket", "", "`PATH` of the unix socket to create (required)")
 	fs.IntVar(&cfg.n, "n", 0, "expect exactly `N` descriptors (0: any number up to 253)")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "give up if nothing is received within `D` (0: wait forever)")
 	fs.BoolVar(&cfg.json, "json", false, "print JSON instead of text (without PROGRAM)")
-	fs.Var((*uidList)(&cfg.allowUIDs), "allow-uid", "also accept a sender running as `UID` (repeatable)")
-	fs.Usage = func() {
-		var b strings.Builder
-		fs.SetOutput(&b)
-		fs.PrintDefaults()
-		fs.SetOutput(stderr)
-		fmt.Fprintf(stderr, usageText, b.String())
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, &fdwire.ExitError{Code: fdwire.StatusUsage, Err: err, Printed: true}
+	fs.Var(&cfg.allowUIDs, "allow-uid", "also accept a sender running as `UID` (repeatable)")
+	if err := fdwire.ParseFlags(fs, args, usageText, stderr); err != nil {
+		return nil, err
 	}
 	cfg.program = fs.Args()
 	switch {

@@ -82,7 +82,7 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if !uidAllowed(cred.UID, cfg.allowUIDs) {
+	if !cfg.allowUIDs.Allows(cred.UID) {
 		err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
 		reply(conn, fdwire.StatusPermission, err.Error())
 		return err
@@ -151,18 +151,6 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	closeAll(fds)
 	reply(conn, fdwire.StatusExec, err.Error())
 	return err
-}
-
-func uidAllowed(uid int, allowed []int) bool {
-	if uid == os.Getuid() {
-		return true
-	}
-	for _, a := range allowed {
-		if uid == a {
-			return true
-		}
-	}
-	return false
 }
 
 // reply tells the sender the outcome; a sender that went away is no error

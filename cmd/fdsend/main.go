@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"os"
 	"os/signal"
@@ -13,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/fdwire"
 )
 
 // Exit codes, one per failure class; docs/fdcli.md lists the same table,
@@ -82,31 +82,18 @@ func (l *stringList) Set(v string) error {
 	return nil
 }
 
-type uidList []int
-
-func (u *uidList) String() string { return fmt.Sprint(*u) }
-func (u *uidList) Set(s string) error {
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 0 {
-		return fmt.Errorf("not a uid: %q", s)
-	}
-	*u = append(*u, v)
-	return nil
-}
-
 type config struct {
 	socket    string
 	sources   []source
 	names     []string
 	payload   string
 	timeout   time.Duration
-	allowUIDs []int
+	allowUIDs fdwire.UIDs
 }
 
 func parse(args []string, stderr io.Writer) (*config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("fdsend", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.socket, "socket", "", "`PATH` of fdrecv's unix socket (required)")
 	fs.Var(sourceFlag{"fd", &cfg.sources}, "fd", "send inherited descriptor `N` (repeatable)")
 	fs.Var(sourceFlag{"file", &cfg.sources}, "file", "open `PATH` read-only and send it (repeatable)")
@@ -114,19 +101,9 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.Var((*stringList)(&cfg.names), "name", "`NAME` of the next descriptor, in order (repeatable)")
 	fs.StringVar(&cfg.payload, "payload", "", "`TEXT` sent along (at most 65536 bytes)")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up if fdrecv has not replied within `D`")
-	fs.Var((*uidList)(&cfg.allowUIDs), "allow-uid", "also send to a receiver running as `UID` (repeatable)")
-	fs.Usage = func() {
-		var b strings.Builder
-		fs.SetOutput(&b)
-		fs.PrintDefaults()
-		fs.SetOutput(stderr)
-		fmt.Fprintf(stderr, usageText, b.String())
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, &fdwire.ExitError{Code: fdwire.StatusUsage, Err: err, Printed: true}
+	fs.Var(&cfg.allowUIDs, "allow-uid", "also send to a receiver running as `UID` (repeatable)")
+	if err := fdwire.ParseFlags(fs, args, usageText, stderr); err != nil {
+		return nil, err
 	}
 	switch {
 	case fs.NArg() > 0:

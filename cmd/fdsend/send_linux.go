@@ -79,7 +79,7 @@ func send(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	if !uidAllowed(cred.UID, cfg.allowUIDs) {
+	if !cfg.allowUIDs.Allows(cred.UID) {
 		return fail(fdwire.StatusPermission, "receiver pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
 	}
 
@@ -101,18 +101,6 @@ func send(ctx context.Context, cfg *config) error {
 	}
 	sent = true
 	return nil
-}
-
-func uidAllowed(uid int, allowed []int) bool {
-	if uid == os.Getuid() {
-		return true
-	}
-	for _, a := range allowed {
-		if uid == a {
-			return true
-		}
-	}
-	return false
 }
 
 func readReply(conn *net.UnixConn) (int, string, error) {
