@@ -319,83 +319,30 @@ func TestNotifySocketPrivate(t *testing.T) {
 		t.Skip("needs root to send credentials of another user")
 	}
 	fdcensus.Verify(t)
-	pc := proccensus.New(t)
-	out := &lineWaiter{want: "END", seen: make(chan struct{})}
-	m, err := cluster.New(&cluster.Config{
-		Program: "sh",
-		Args:    []string{"-c", `echo "ns $(stat -c %a "${NOTIFY_SOCKET%/*}") $(stat -c %a "$NOTIFY_SOCKET") $NOTIFY_SOCKET END"; exec sleep 60`},
-		Workers: 1,
-		Listen:  []string{"127.0.0.1:0"},
-		Ready:   cluster.ReadyNotify,
-		Env:     append(os.Environ(), pc.Env()),
-		Stdout:  out,
-		Stderr:  out,
-	})
-	if err != nil {
-		t.Fatal(err)
+	m, f, stop := startShellMaster(t, 1, `echo "ns $(stat -c %a "${NOTIFY_SOCKET%/*}") $(stat -c %a "$NOTIFY_SOCKET") $NOTIFY_SOCKET END"; exec sleep 60`)
+	if len(f) < 3 {
+		t.Fatalf("worker output %q", f)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		m.Stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	select {
-	case <-out.seen:
-	case <-time.After(10 * time.Second):
-		t.Fatal("worker printed nothing")
-	}
-	out.mu.Lock()
-	line := out.buf.String()
-	out.mu.Unlock()
-	f := strings.Fields(line[strings.Index(line, "ns "):])
-	if len(f) < 4 {
-		t.Fatalf("worker output %q", line)
-	}
-	if diff := cmp.Diff([]string{"700", "600"}, f[1:3]); diff != "" {
+	if diff := cmp.Diff([]string{"700", "600"}, f[:2]); diff != "" {
 		t.Errorf("notify directory and socket modes (-want +got):\n%s", diff)
 	}
-	path := f[3]
-	var pid int
-	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); {
-		if sl := m.Status().Slots; len(sl) == 1 {
-			pid = sl[0].PID
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	send := func(uid int) {
-		t.Helper()
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: uint32(uid), Gid: uint32(uid)})
-		if err := unix.Sendmsg(fd, []byte("READY=1"), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send(65534)
+	path := f[2]
+	pid := slotZeroPID(t, m, 1)
+	sendReadyAs(t, path, pid, 65534)
 	select {
 	case <-m.Ready():
 		t.Fatal("READY=1 from another user's credentials counted")
 	case <-time.After(300 * time.Millisecond):
 	}
-	send(0)
+	sendReadyAs(t, path, pid, 0)
 	select {
 	case <-m.Ready():
 	case <-time.After(10 * time.Second):
 		t.Fatal("READY=1 with the worker's credentials not counted")
 	}
-	m.Stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	done <- nil
 	if _, err := os.Stat(filepath.Dir(path)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("notify directory left behind: %v", err)
 	}
@@ -570,56 +517,8 @@ func TestReadyAfterScaleDown(t *testing.T) {
 		t.Skip("needs root to send READY=1 with a worker's credentials")
 	}
 	fdcensus.Verify(t)
-	pc := proccensus.New(t)
-	out := &lineWaiter{want: "END", seen: make(chan struct{})}
-	m, err := cluster.New(&cluster.Config{
-		Program: "sh",
-		Args:    []string{"-c", `[ "$HANDOFF_WORKER_ID" = 0 ] && echo "ns $NOTIFY_SOCKET END"; exec sleep 60`},
-		Workers: 2,
-		Listen:  []string{"127.0.0.1:0"},
-		Ready:   cluster.ReadyNotify,
-		Env:     append(os.Environ(), pc.Env()),
-		Stdout:  out,
-		Stderr:  out,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		m.Stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	select {
-	case <-out.seen:
-	case <-time.After(10 * time.Second):
-		t.Fatal("worker printed nothing")
-	}
-	out.mu.Lock()
-	line := out.buf.String()
-	out.mu.Unlock()
-	f := strings.Fields(line[strings.Index(line, "ns "):])
-	path := f[1]
-	var pid int
-	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if sl := m.Status().Slots; len(sl) == 2 {
-			pid = sl[0].PID
-		}
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: 0, Gid: 0})
-	if err := unix.Sendmsg(fd, []byte("READY=1"), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
-		t.Fatal(err)
-	}
+	m, f, _ := startShellMaster(t, 2, `[ "$HANDOFF_WORKER_ID" = 0 ] && echo "ns $NOTIFY_SOCKET END"; exec sleep 60`)
+	sendReadyAs(t, f[0], slotZeroPID(t, m, 2), 0)
 	for deadline := time.Now().Add(10 * time.Second); m.Status().ReadyWorkers != 1 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -635,6 +534,95 @@ func TestReadyAfterScaleDown(t *testing.T) {
 	case <-m.Ready():
 	case <-time.After(10 * time.Second):
 		t.Fatal("not ready after scaling down to the ready worker")
+	}
+}
+
+// startShellMaster runs a master over `sh -c script` with n workers (ready
+// by notification) and waits until a worker printed a line with "ns ... END".
+// It returns the master, the fields between "ns" and "END", and stop, which
+// stops the master and returns Run's error; stop also runs at cleanup.
+func startShellMaster(t *testing.T, n int, script string) (*cluster.Master, []string, func() error) {
+	t.Helper()
+	pc := proccensus.New(t)
+	out := &lineWaiter{want: "END", seen: make(chan struct{})}
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", script},
+		Workers: n,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyNotify,
+		Env:     append(os.Environ(), pc.Env()),
+		Stdout:  out,
+		Stderr:  out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			m.Stop()
+			runErr = <-done
+			cancel()
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-out.seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker printed nothing")
+	}
+	out.mu.Lock()
+	line := out.buf.String()
+	out.mu.Unlock()
+	i := strings.Index(line, "ns ")
+	if i < 0 {
+		t.Fatalf("worker output %q", line)
+	}
+	f := strings.Fields(line[i+len("ns "):])
+	for j, s := range f {
+		if s == "END" {
+			return m, f[:j], stop
+		}
+	}
+	t.Fatalf("worker output %q", line)
+	return nil, nil, nil
+}
+
+// slotZeroPID waits until the master runs `slots` workers and returns the
+// pid of slot 0.
+func slotZeroPID(t *testing.T, m *cluster.Master, slots int) int {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if sl := m.Status().Slots; len(sl) == slots && sl[0].PID != 0 {
+			return sl[0].PID
+		}
+	}
+	t.Fatalf("%d workers not running", slots)
+	return 0
+}
+
+// sendReadyAs sends READY=1 to the notify socket at path with explicit
+// credentials (pid, uid): root may claim any, as a worker's child could not.
+func sendReadyAs(t *testing.T, path string, pid, uid int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	oob := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: uint32(uid), Gid: uint32(uid)})
+	if err := unix.Sendmsg(fd, []byte("READY=1"), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
