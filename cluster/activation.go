@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/handoff-go/handoff/internal/listenfds"
 )
 
 // The systemd socket-activation protocol (sd_listen_fds(3)): a process
@@ -58,7 +60,7 @@ func parseActivation(getenv func(string) string, pid int) ([]Activated, error) {
 			return nil, fmt.Errorf("%w: %s names %d descriptors, %s=%d", ErrActivation, envListenFDNames, len(names), envListenFDs, n)
 		}
 		for _, name := range names {
-			if !validFDName(name) {
+			if listenfds.ValidName(name) != nil {
 				return nil, fmt.Errorf("%w: descriptor name %q", ErrActivation, name)
 			}
 		}
@@ -71,18 +73,4 @@ func parseActivation(getenv func(string) string, pid int) ([]Activated, error) {
 		}
 	}
 	return out, nil
-}
-
-// validFDName applies systemd's rule for FileDescriptorName=: at most 255
-// printable ASCII characters, no colon.
-func validFDName(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == ':' {
-			return false
-		}
-	}
-	return true
 }

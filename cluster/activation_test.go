@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/handoff-go/handoff/internal/listenfds"
+
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -70,7 +72,7 @@ func FuzzParseActivation(f *testing.F) {
 			t.Fatalf("%d descriptors", len(got))
 		}
 		for i, a := range got {
-			if a.FD != 3+i || !validFDName(a.Name) {
+			if a.FD != 3+i || listenfds.ValidName(a.Name) != nil {
 				t.Fatalf("entry %d = %+v", i, a)
 			}
 		}

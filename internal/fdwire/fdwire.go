@@ -19,6 +19,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/handoff-go/handoff/internal/listenfds"
 )
 
 const (
@@ -29,7 +31,7 @@ const (
 	// MaxNames is the most descriptors one message names: SCM_MAX_FD.
 	MaxNames = 253
 	// MaxNameLen is the longest descriptor name (systemd's limit).
-	MaxNameLen = 255
+	MaxNameLen = listenfds.MaxNameLen
 	// MaxPayload is the largest payload.
 	MaxPayload = 64 << 10
 	// MaxReplyText is the longest reply text.
@@ -147,16 +149,11 @@ func DecodeReply(b []byte) (status int, text string, err error) {
 	return status, string(b), nil
 }
 
-// ValidName applies systemd's rule for LISTEN_FDNAMES entries: 1 to 255
-// printable ASCII characters, no ':' (the separator).
+// ValidName applies systemd's rule for LISTEN_FDNAMES entries (see
+// listenfds.ValidName); errors match ErrName.
 func ValidName(s string) error {
-	if s == "" || len(s) > MaxNameLen {
-		return fmt.Errorf("%w: must be 1 to %d bytes long", ErrName, MaxNameLen)
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == ':' {
-			return fmt.Errorf("%w: %q: byte %#x not allowed (printable ASCII except ':')", ErrName, s, c)
-		}
+	if err := listenfds.ValidName(s); err != nil {
+		return fmt.Errorf("%w: %w", ErrName, err)
 	}
 	return nil
 }
