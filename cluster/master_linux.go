@@ -47,6 +47,9 @@ type master struct {
 	listeners []*listener
 	adopted   bool
 	sdNotify  string // the master's own NOTIFY_SOCKET, if any
+	// notifyAddr is the workers' NOTIFY_SOCKET, set by run before the
+	// supervisor starts.
+	notifyAddr string
 	pidFile   *supervise.PIDFile
 	sup       *supervise.Supervisor
 	workers   atomic.Int64
@@ -235,7 +238,7 @@ func (m *master) run(ctx context.Context) error {
 		ns.close()
 		os.Remove(notifyDir)
 	}()
-	notifyAddr := ns.path
+	m.notifyAddr = ns.path
 
 	files := make([]*os.File, len(m.listeners))
 	for i, l := range m.listeners {
@@ -247,14 +250,7 @@ func (m *master) run(ctx context.Context) error {
 		Args:       append([]string{ShimArg, m.program, m.cfg.Program}, m.cfg.Args...),
 		Env:        m.workerEnv(),
 		ExtraFiles: files,
-		Prepare: func(id supervise.ID) (supervise.Launch, error) {
-			return supervise.Launch{Env: []string{
-				envNotifySocket + "=" + notifyAddr,
-				envWorkerID + "=" + strconv.Itoa(id.Slot),
-				envWorkerGeneration + "=" + strconv.Itoa(id.Generation),
-				envWorkers + "=" + strconv.FormatInt(m.workers.Load(), 10),
-			}}, nil
-		},
+		Prepare:    m.prepare,
 	}
 	opts := &supervise.Options{
 		Workers:       m.cfg.Workers,
@@ -322,6 +318,18 @@ func (m *master) run(ctx context.Context) error {
 	}
 	m.log.Info("stopped")
 	return nil
+}
+
+// prepare builds one spawn's environment and per-spawn descriptors. In the
+// worker, the shared listeners (Spec.ExtraFiles) are descriptors 3, 4, ...
+// and the files of Launch.ExtraFiles follow them in order.
+func (m *master) prepare(id supervise.ID) (supervise.Launch, error) {
+	return supervise.Launch{Env: []string{
+		envNotifySocket + "=" + m.notifyAddr,
+		envWorkerID + "=" + strconv.Itoa(id.Slot),
+		envWorkerGeneration + "=" + strconv.Itoa(id.Generation),
+		envWorkers + "=" + strconv.FormatInt(m.workers.Load(), 10),
+	}}, nil
 }
 
 func readyName(r ReadyMode) string {
