@@ -50,9 +50,9 @@ type master struct {
 	// notifyAddr is the workers' NOTIFY_SOCKET, set by run before the
 	// supervisor starts.
 	notifyAddr string
-	pidFile   *supervise.PIDFile
-	sup       *supervise.Supervisor
-	workers   atomic.Int64
+	pidFile    *supervise.PIDFile
+	sup        *supervise.Supervisor
+	workers    atomic.Int64
 
 	readyOnce sync.Once
 	ready     chan struct{}
