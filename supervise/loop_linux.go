@@ -117,8 +117,8 @@ func (s *Supervisor) run(ctx context.Context, stopPending bool) error {
 		opt:          &s.opt,
 		workers:      make(map[*worker]struct{}),
 		byPID:        make(map[int]*worker),
-		genCounter:   1,
-		gen:          1,
+		genCounter:   s.opt.FirstGeneration,
+		gen:          s.opt.FirstGeneration,
 		pendingScale: -1,
 	}
 	close(s.started)

@@ -264,6 +264,11 @@ type Options struct {
 	// Logger receives a record for every event; Failed is logged at error
 	// level (default slog.Default()).
 	Logger *slog.Logger
+	// FirstGeneration is the generation of the first workers (default 1);
+	// each graceful restart adds one. A program that replaces itself in
+	// place (see Exec) sets it past the generation it had, so generation
+	// numbers never repeat for its workers.
+	FirstGeneration int
 }
 
 const (
@@ -408,7 +413,7 @@ type SlotStatus struct {
 type Status struct {
 	Running bool
 	// Generation is the generation of the last successful graceful restart
-	// (1 before any).
+	// (Options.FirstGeneration before any).
 	Generation int
 	// Restarting is true while a graceful restart is in flight;
 	// RestartQueued while one more is queued behind it.
@@ -477,13 +482,19 @@ func New(spec Spec, opts *Options) (*Supervisor, error) {
 		started: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	s.last = Status{Generation: 1, Workers: o.Workers}
+	s.last = Status{Generation: o.FirstGeneration, Workers: o.Workers}
 	return s, nil
 }
 
 func (o *Options) fill() error {
 	if o.Workers == 0 {
 		o.Workers = 1
+	}
+	if o.FirstGeneration == 0 {
+		o.FirstGeneration = 1
+	}
+	if o.FirstGeneration < 0 {
+		return fmt.Errorf("%w: FirstGeneration %d", ErrInvalid, o.FirstGeneration)
 	}
 	if o.Workers < 0 || o.Workers > maxWorkers {
 		return fmt.Errorf("%w: Workers %d (want 1..%d)", ErrInvalid, o.Workers, maxWorkers)

@@ -39,6 +39,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative workers", supervise.Spec{Path: "/bin/true"}, &supervise.Options{Workers: -1}},
 		{"too many workers", supervise.Spec{Path: "/bin/true"}, &supervise.Options{Workers: 1 << 20}},
 		{"bad policy", supervise.Spec{Path: "/bin/true"}, &supervise.Options{Restart: 7}},
+		{"negative first generation", supervise.Spec{Path: "/bin/true"}, &supervise.Options{FirstGeneration: -1}},
 	}
 	for _, tc := range tests {
 		if _, err := supervise.New(tc.spec, tc.opts); !errors.Is(err, supervise.ErrInvalid) {
@@ -111,6 +112,29 @@ func TestLifecycle(t *testing.T) {
 	if st := r.sup.Status(); st.Running || st.Processes != 0 {
 		t.Errorf("status after stop %+v", st)
 	}
+}
+
+// TestFirstGeneration: generations start at Options.FirstGeneration and a
+// graceful restart continues from there, as after an in-place Exec.
+func TestFirstGeneration(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	r := start(t, workerSpec(t, c), testOptions(supervise.Options{Workers: 1, FirstGeneration: 7}))
+	st := r.waitReady(1, 10*time.Second)
+	if st.Generation != 7 || st.Slots[0].ID.Generation != 7 {
+		t.Fatalf("status before restart %+v", st)
+	}
+	if err := r.sup.Restart(supervise.Rolling); err != nil {
+		t.Fatal(err)
+	}
+	if ev := r.waitKind(supervise.RestartDone, 10*time.Second); ev.Generation != 8 {
+		t.Errorf("restart done to generation %d, want 8", ev.Generation)
+	}
+	if st := r.sup.Status(); st.Generation != 8 || st.Slots[0].ID.Generation != 8 {
+		t.Errorf("status after restart %+v", st)
+	}
+	_ = r.sup.Stop()
+	r.waitKind(supervise.Stopped, 10*time.Second)
 }
 
 // TestCrashLoopFails: a worker that exits 1 at once, forever, is respawned
