@@ -1,0 +1,185 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+)
+
+// Case is one invocation of the benchmark binary: a -test.bench filter
+// that selects a baseline and its variants, which then run one after the
+// other in one process, so that they share the machine's state.
+type Case struct {
+	// Name identifies the case in the report: "scm/stream/K=1/P=64".
+	Name string `json:"name"`
+	// Group is the report section: scm, frame, accept or cluster.
+	Group string `json:"group"`
+	// Bench is the -test.bench pattern, one anchored element per level.
+	Bench string `json:"bench"`
+	// Benchtime is the -test.benchtime of the case.
+	Benchtime string `json:"benchtime"`
+	// Baseline is the variant the others are compared with, "" for none.
+	Baseline string `json:"baseline,omitempty"`
+	// Metric is the unit of the figure compared: msgs/s, conns/s, ms/op.
+	Metric string `json:"metric"`
+	// LowerBetter is true for latencies, where a ratio is baseline/variant.
+	LowerBetter bool `json:"lower_better,omitempty"`
+	// Extra are further units shown beside Metric.
+	Extra []string `json:"extra,omitempty"`
+	// Socket, K and P describe a scm case, for the plot.
+	Socket string `json:"socket,omitempty"`
+	K      int    `json:"k,omitempty"`
+	P      int    `json:"p,omitempty"`
+}
+
+// Variants in the order the benchmarks run them.
+var (
+	scmVariants    = []string{"c", "naive", "scm", "batched"}
+	acceptVariants = []string{"inplace", "handoff", "handoff-naive", "shared", "reuseport"}
+)
+
+func anchored(elems ...string) string {
+	out := make([]string, len(elems))
+	for i, e := range elems {
+		out[i] = "^" + regexp.QuoteMeta(e) + "$"
+	}
+	return strings.Join(out, "/")
+}
+
+// Cases returns the suite: the full one, or the small subset of -quick
+// with tiny fixed iteration counts.
+func Cases(quick bool) []Case {
+	var cs []Case
+	ks, ps := []int{1, 8, 64, 253}, []int{1, 64, 4096}
+	scmTime, frameTime, acceptTime := "250ms", "250ms", "3000x"
+	restartTime, respawnTime := "5x", "3x"
+	sizes := []string{"16B", "256B", "4KiB", "64KiB"}
+	if quick {
+		ks, ps = []int{1, 253}, []int{64}
+		scmTime, frameTime, acceptTime = "1000x", "20000x", "300x"
+		restartTime, respawnTime = "2x", "1x"
+		sizes = []string{"256B"}
+	}
+	for _, sock := range []string{"stream", "seqpacket"} {
+		for _, k := range ks {
+			for _, p := range ps {
+				kk, pp := fmt.Sprintf("K=%d", k), fmt.Sprintf("P=%d", p)
+				cs = append(cs, Case{
+					Name: "scm/" + sock + "/" + kk + "/" + pp, Group: "scm",
+					Bench: anchored("BenchmarkSCM", sock, kk, pp), Benchtime: scmTime,
+					Baseline: "c", Metric: "msgs/s", Extra: []string{"fds/s", "allocs/op", "send-allocs/op"},
+					Socket: sock, K: k, P: p,
+				})
+			}
+		}
+	}
+	for _, tr := range []string{"stream", "pipe"} {
+		for _, size := range sizes {
+			cs = append(cs, Case{
+				Name: "frame/" + tr + "/" + size, Group: "frame",
+				Bench: anchored("BenchmarkFrame", tr, size), Benchtime: frameTime,
+				Baseline: "raw", Metric: "msgs/s", Extra: []string{"MB/s", "allocs/op"},
+			})
+		}
+	}
+	cs = append(cs,
+		Case{
+			Name: "accept", Group: "accept", Bench: anchored("BenchmarkAccept"), Benchtime: acceptTime,
+			Baseline: "inplace", Metric: "conns/s", Extra: []string{"server-cpu-us/conn", "cpu-x-inplace", "conns/msg"},
+		},
+		Case{
+			Name: "cluster/restart", Group: "cluster", Bench: anchored("BenchmarkMiniCluster", "restart"),
+			Benchtime: restartTime, Metric: "ms/restart", LowerBetter: true,
+		},
+		Case{
+			Name: "cluster/respawn", Group: "cluster", Bench: anchored("BenchmarkMiniCluster", "respawn"),
+			Benchtime: respawnTime, Metric: "ms/respawn", LowerBetter: true, Extra: []string{"respawn-ms-started"},
+		},
+	)
+	return cs
+}
+
+// Target is a figure from the design brief's performance table, shown
+// beside a measurement. Check is nil for anchors that are not targets.
+type Target struct {
+	Text  string
+	Check func(v *VariantResult, c *CaseResult) bool
+}
+
+// ratioAtLeast checks the median of the per-round ratios.
+func ratioAtLeast(x float64) func(v *VariantResult, c *CaseResult) bool {
+	return func(v *VariantResult, _ *CaseResult) bool {
+		return v.Ratio.N > 0 && v.Ratio.Median >= x
+	}
+}
+
+// zeroAllocs checks that the median allocs/op of every side is below one
+// per operation: the testing package rounds allocs/op down, and sender
+// allocations are averaged over the run, set-up included.
+func zeroAllocs(v *VariantResult) bool {
+	for _, unit := range []string{"allocs/op", "send-allocs/op"} {
+		if s, ok := v.Metrics[unit]; ok && !(s.Median < 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// TargetFor returns the design brief's target for a variant of a case.
+func TargetFor(c Case, variant string) Target {
+	switch c.Group {
+	case "scm":
+		switch variant {
+		case "c":
+			if c.K == 1 && c.P == 64 {
+				return Target{Text: "anchor ~405k msgs/s"}
+			}
+			if c.K == 253 {
+				return Target{Text: "anchor ~2.5M fds/s"}
+			}
+			return Target{Text: "the limit"}
+		case "naive":
+			return Target{Text: "anchor 0.62–0.65× C"}
+		case "scm":
+			switch c.K {
+			case 1:
+				return Target{Text: "≥ 0.85× C, 0 allocs", Check: func(v *VariantResult, cr *CaseResult) bool {
+					return ratioAtLeast(0.85)(v, cr) && zeroAllocs(v)
+				}}
+			case 253:
+				return Target{Text: "≥ 0.95× C, 0 allocs", Check: func(v *VariantResult, cr *CaseResult) bool {
+					return ratioAtLeast(0.95)(v, cr) && zeroAllocs(v)
+				}}
+			}
+			return Target{Text: "> naive, 0 allocs", Check: func(v *VariantResult, cr *CaseResult) bool {
+				n := cr.Variant("naive")
+				return n != nil && n.Ratio.N > 0 && v.Ratio.N > 0 && v.Ratio.Median > n.Ratio.Median && zeroAllocs(v)
+			}}
+		case "batched":
+			return Target{Text: "≥ 1.0× C", Check: ratioAtLeast(1.0)}
+		}
+	case "frame":
+		if variant == "ipcframe" {
+			return Target{Text: "≥ 0.9× raw, 0 allocs", Check: func(v *VariantResult, cr *CaseResult) bool {
+				return ratioAtLeast(0.9)(v, cr) && zeroAllocs(v)
+			}}
+		}
+	case "accept":
+		switch variant {
+		case "handoff":
+			return Target{Text: "≥ 0.83× in place", Check: ratioAtLeast(0.83)}
+		case "handoff-naive":
+			return Target{Text: "anchor 0.59× (C 0.83×)"}
+		}
+	case "cluster":
+		if c.Name == "cluster/respawn" {
+			// supervise's own target; the mini-cluster adds its crash backoff.
+			return Target{Text: "none (supervise alone: < 10 ms)"}
+		}
+	}
+	return Target{}
+}
+
+// finite reports whether x is a usable figure.
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }

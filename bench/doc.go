@@ -1,0 +1,38 @@
+// Command bench is handoff's benchmark suite and the runner that turns it
+// into a report: descriptor passing (scmrights) against the naive stdlib
+// way and a C sendmsg/recvmsg loop, ipcframe against raw bytes, the accept
+// path (in place, master handoff, shared listener, reuseport) with server
+// CPU per connection, and mini-cluster restart and respawn latency.
+//
+// Usage, from the module root:
+//
+//	go run ./bench [-rounds 5] [-o report.md] [-svg plot.svg] [-json results.json] [-perf] [-run regexp]
+//	go run ./bench -quick          # CI: one round of a subset, < 60 s on 2 cores
+//	go run ./bench -from results.json -o report.md -svg plot.svg   # re-render, measure nothing
+//
+// The runner builds the benchmarks once (go test -c ./bench), compiles
+// bench/testdata/cloop.c with the system C compiler and builds
+// ./cmd/mini-cluster and ./examples/hello, then runs each case as the test
+// binary with a -test.bench filter. Every round runs every case once, and a
+// case runs its baseline and its variants back to back in one process, so
+// drift over the run hits all of them alike. It reports median [min–max]
+// over the rounds, and ratios computed within each round against that
+// round's baseline (the median of the per-round ratios), beside the design
+// brief's targets; progress goes to standard error.
+//
+// The benchmarks are ordinary go test benchmarks (benchstat reads their
+// output) and can be run without the runner:
+//
+//	go test -run='^$' -bench=SCM/seqpacket -benchtime=300ms ./bench
+//
+// Who should not use it: nobody imports it; it is a command. Its figures
+// are only comparable within one run on one machine.
+//
+// Platform support: the benchmarks are Linux only (the other systems build
+// the runner, which then finds no benchmarks). -perf needs perf with
+// syscall tracepoints; without them the report says so.
+//
+// Ownership: every process a benchmark starts is reaped before it returns,
+// and every descriptor it opens is closed (checked by the fd census).
+// Temporary files live in one directory removed when the runner exits.
+package main

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// errFailures is returned when some benchmark invocations failed; the
+// report was still written and lists them.
+var errFailures = errors.New("some benchmarks failed (listed in the report)")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rounds := fs.Int("rounds", 5, "rounds; each round runs every case once (at least 1; -quick runs 1)")
+	quick := fs.Bool("quick", false, "one round of a small subset with tiny iteration counts, for CI (< 60 s on 2 cores)")
+	outPath := fs.String("o", "", "write the Markdown report to this file (default standard output)")
+	svgPath := fs.String("svg", "", "write an SVG plot of fds/s against fds per message to this file")
+	jsonPath := fs.String("json", "", "write machine-readable results to this file (- for standard output, instead of the report)")
+	perf := fs.Bool("perf", false, "also count syscalls and context switches per message with perf stat, where it works")
+	filter := fs.String("run", "", "only the cases whose name matches this regular expression (e.g. 'scm/stream|accept')")
+	from := fs.String("from", "", "measure nothing: render the report and plot from the results of an earlier -json run")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: go run ./bench [flags]\n\nRuns the fd-handoff benchmark suite and writes a Markdown report.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *quick {
+		*rounds = 1
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
+	}
+	cases := Cases(*quick)
+	if *filter != "" {
+		re, err := regexp.Compile(*filter)
+		if err != nil {
+			return fmt.Errorf("-run: %w", err)
+		}
+		var kept []Case
+		for _, c := range cases {
+			if re.MatchString(c.Name) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			return fmt.Errorf("-run %q matches no case", *filter)
+		}
+		cases = kept
+	}
+
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		var res Results
+		if err := json.Unmarshal(b, &res); err != nil {
+			return fmt.Errorf("-from %s: %w", *from, err)
+		}
+		return write(&res, stdout, *outPath, *svgPath, *jsonPath)
+	}
+
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return errors.New("the go command is not on PATH")
+	}
+	root, err := moduleRoot(ctx, goTool)
+	if err != nil {
+		return err
+	}
+	cc := ""
+	for _, name := range []string{"cc", "gcc"} {
+		if p, err := exec.LookPath(name); err == nil {
+			cc = p
+			break
+		}
+	}
+	tmp, err := os.MkdirTemp("", "handoff-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	res := &Results{Rounds: *rounds, Quick: *quick}
+	res.Env = CollectEnv(ctx, goTool, cc)
+	r := &runner{
+		goTool: goTool, root: root, dir: root + "/bench", tmp: tmp, log: stderr,
+		env: append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
+	}
+	needCluster := false
+	for _, c := range cases {
+		needCluster = needCluster || c.Group == "cluster"
+	}
+	if err := r.build(ctx, cc, needCluster); err != nil {
+		return err
+	}
+	r.Run(ctx, cases, *rounds, res)
+	if *perf {
+		r.perf(ctx, cases, *quick, res)
+	}
+	res.Env.LoadAfter = LoadAverage()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+
+	if err := write(res, stdout, *outPath, *svgPath, *jsonPath); err != nil {
+		return err
+	}
+	if len(res.Failures) > 0 {
+		return errFailures
+	}
+	return nil
+}
+
+// write writes the plot, the JSON results and the Markdown report where
+// the flags say; the report goes to stdout unless -o names a file or the
+// JSON took stdout.
+func write(res *Results, stdout io.Writer, outPath, svgPath, jsonPath string) error {
+	if svgPath != "" {
+		if err := os.WriteFile(svgPath, []byte(PlotSVG(res)), 0o644); err != nil {
+			return err
+		}
+	}
+	if jsonPath != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		b = append(b, '\n')
+		if jsonPath == "-" {
+			if _, err := stdout.Write(b); err != nil {
+				return err
+			}
+		} else if err := os.WriteFile(jsonPath, b, 0o644); err != nil {
+			return err
+		}
+	}
+	if jsonPath == "-" && outPath == "" {
+		return nil
+	}
+	md := Markdown(res, plotLink(outPath, svgPath))
+	if outPath == "" {
+		_, err := io.WriteString(stdout, md)
+		return err
+	}
+	return os.WriteFile(outPath, []byte(md), 0o644)
+}
+
+// perf runs the perf cases' variants under perf stat, or notes why not.
+func (r *runner) perf(ctx context.Context, cases []Case, quick bool, res *Results) {
+	if err := PerfAvailable(ctx); err != nil {
+		res.PerfNote = "unavailable: " + err.Error()
+		fmt.Fprintf(r.log, "bench: -perf: %s\n", res.PerfNote)
+		return
+	}
+	msgs := 20000
+	if quick {
+		msgs = 2000
+	}
+	for _, c := range perfCases(cases) {
+		for _, v := range scmVariants {
+			fmt.Fprintf(r.log, "bench: perf stat %s/%s, %d messages\n", c.Name, v, msgs)
+			pr, err := r.runPerf(ctx, c, v, msgs)
+			if err != nil {
+				res.Failures = append(res.Failures, fmt.Sprintf("perf %s/%s: %v", c.Name, v, err))
+				continue
+			}
+			res.Perf = append(res.Perf, pr)
+		}
+	}
+	if len(res.Perf) == 0 && res.PerfNote == "" {
+		res.PerfNote = "no perf case was selected (they are scm/stream/K=1/P=64, scm/seqpacket/K=1/P=64 and scm/seqpacket/K=253/P=64)"
+	}
+}
+
+// plotLink is how the report refers to the plot: relative to the report's
+// directory when both are files.
+func plotLink(report, plot string) string {
+	if plot == "" || report == "" {
+		return plot
+	}
+	absReport, err1 := filepath.Abs(report)
+	absPlot, err2 := filepath.Abs(plot)
+	if err1 != nil || err2 != nil {
+		return plot
+	}
+	rel, err := filepath.Rel(filepath.Dir(absReport), absPlot)
+	if err != nil {
+		return plot
+	}
+	return filepath.ToSlash(rel)
+}

@@ -1,0 +1,56 @@
+//go:build linux
+
+package main_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/handoff-go/handoff/internal/helperproc"
+)
+
+// TestMain routes helper roles: every benchmark runs its peers (senders,
+// accepting servers, workers) as re-executed copies of this test binary, so
+// that sender and receiver never share a Go scheduler.
+func TestMain(m *testing.M) {
+	helperproc.Main(m, map[string]func() int{
+		"scm-send":      roleSCMSend,
+		"accept-server": roleAcceptServer,
+	})
+}
+
+// fatalf is a helper role's way out: the message on stderr, exit status 1.
+func fatalf(format string, args ...any) int {
+	fmt.Fprintf(os.Stderr, "bench helper: "+format+"\n", args...)
+	return 1
+}
+
+// CLoopVar names a prebuilt cloop binary. The runner compiles
+// testdata/cloop.c once and sets it, so that each benchmark process does not
+// compile it again.
+const CLoopVar = "HANDOFF_BENCH_CLOOP"
+
+// buildCLoop returns the C baseline binary: the one named by CLoopVar, or
+// testdata/cloop.c compiled now with the system C compiler into a directory
+// removed when b ends. When no compiler works it returns "" and why.
+func buildCLoop(b *testing.B) (path, whyNot string) {
+	b.Helper()
+	if p := os.Getenv(CLoopVar); p != "" {
+		return p, ""
+	}
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		if cc, err = exec.LookPath("gcc"); err != nil {
+			return "", "C baseline unavailable: no C compiler (cc or gcc) on PATH; install one to get the C sendmsg/recvmsg loop"
+		}
+	}
+	out := filepath.Join(b.TempDir(), "cloop")
+	if msg, err := exec.Command(cc, "-O2", "-o", out, filepath.Join("testdata", "cloop.c")).CombinedOutput(); err != nil {
+		return "", fmt.Sprintf("C baseline unavailable: compiling testdata/cloop.c with %s: %v: %s", cc, err, strings.TrimSpace(string(msg)))
+	}
+	return out, ""
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseLine(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    Line
+		ok      bool
+		wantErr bool
+	}{
+		{
+			name: "result with custom metrics",
+			in:   "BenchmarkSCM/stream/K=1/P=64/c-2   \t     200\t      5290 ns/op\t  12.10 MB/s\t    189120 msgs/s\t         1.000 xC",
+			want: Line{Name: "BenchmarkSCM/stream/K=1/P=64/c", Procs: 2, N: 200,
+				Metrics: map[string]float64{"ns/op": 5290, "MB/s": 12.10, "msgs/s": 189120, "xC": 1}},
+			ok: true,
+		},
+		{
+			name: "no procs suffix (GOMAXPROCS=1)",
+			in:   "BenchmarkAppendFrame 1000 12.5 ns/op 0 B/op 0 allocs/op",
+			want: Line{Name: "BenchmarkAppendFrame", Procs: 1, N: 1000,
+				Metrics: map[string]float64{"ns/op": 12.5, "B/op": 0, "allocs/op": 0}},
+			ok: true,
+		},
+		{
+			name: "hyphenated variant keeps its name",
+			in:   "BenchmarkAccept/handoff-naive-8 2000 103325 ns/op 9678 conns/s",
+			want: Line{Name: "BenchmarkAccept/handoff-naive", Procs: 8, N: 2000,
+				Metrics: map[string]float64{"ns/op": 103325, "conns/s": 9678}},
+			ok: true,
+		},
+		{
+			name: "hyphenated variant without procs suffix",
+			in:   "BenchmarkAccept/handoff-naive 2000 103325 ns/op",
+			want: Line{Name: "BenchmarkAccept/handoff-naive", Procs: 1, N: 2000,
+				Metrics: map[string]float64{"ns/op": 103325}},
+			ok: true,
+		},
+		{
+			name: "exponent notation",
+			in:   "BenchmarkSCM/seqpacket/K=1/P=1/scm-2 100 4196 ns/op 5.4e-05 send-allocs/op",
+			want: Line{Name: "BenchmarkSCM/seqpacket/K=1/P=1/scm", Procs: 2, N: 100,
+				Metrics: map[string]float64{"ns/op": 4196, "send-allocs/op": 5.4e-05}},
+			ok: true,
+		},
+		{name: "name announced by -test.v", in: "BenchmarkSCM/stream/K=1/P=64/c"},
+		{name: "empty", in: ""},
+		{name: "PASS", in: "PASS"},
+		{name: "ok line", in: "ok  \tgithub.com/handoff-go/handoff/bench\t1.043s"},
+		{name: "log output", in: "    cluster_linux_test.go:198: cannot build"},
+		{name: "skip line", in: "--- SKIP: BenchmarkMiniCluster/respawn"},
+		{name: "value without unit", in: "BenchmarkX-2 100 5290 ns/op 12", wantErr: true},
+		{name: "iterations not a number", in: "BenchmarkX-2 many 5290 ns/op", wantErr: true},
+		{name: "zero iterations", in: "BenchmarkX-2 0 5290 ns/op", wantErr: true},
+		{name: "negative iterations", in: "BenchmarkX-2 -5 5290 ns/op", wantErr: true},
+		{name: "value not a number", in: "BenchmarkX-2 100 fast ns/op", wantErr: true},
+		{name: "NaN value", in: "BenchmarkX-2 100 NaN ns/op", wantErr: true},
+		{name: "infinite value", in: "BenchmarkX-2 100 +Inf ns/op", wantErr: true},
+		{name: "unit twice", in: "BenchmarkX-2 100 1 ns/op 2 ns/op", wantErr: true},
+		{name: "unit is a number", in: "BenchmarkX-2 100 1 2", wantErr: true},
+		{name: "iterations only", in: "BenchmarkX-2 100", wantErr: true},
+		{name: "no name", in: "Benchmark-2 100 1 ns/op", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok, err := ParseLine(tt.in)
+			if tt.wantErr {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("ParseLine(%q) error = %v, want ErrMalformed", tt.in, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseLine(%q): %v", tt.in, err)
+			}
+			if ok != tt.ok {
+				t.Fatalf("ParseLine(%q) ok = %v, want %v", tt.in, ok, tt.ok)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ParseLine(%q) (-want +got):\n%s", tt.in, diff)
+			}
+		})
+	}
+}
+
+func TestLineVariant(t *testing.T) {
+	tests := []struct{ name, want string }{
+		{"BenchmarkSCM/stream/K=1/P=64/batched", "batched"},
+		{"BenchmarkAccept/handoff-naive", "handoff-naive"},
+		{"BenchmarkAppendFrame", "BenchmarkAppendFrame"},
+	}
+	for _, tt := range tests {
+		if got := (Line{Name: tt.name}).Variant(); got != tt.want {
+			t.Errorf("Variant of %q = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestParseSkips(t *testing.T) {
+	out := `BenchmarkMiniCluster
+BenchmarkMiniCluster/restart
+--- SKIP: BenchmarkMiniCluster/restart
+    cluster_linux_test.go:74: cannot build ../cmd/mini-cluster: exit status 1: # cluster
+        ../cluster/message.go:91:6: decodeControl redeclared
+BenchmarkSCM/stream/K=1/P=64/c
+--- SKIP: BenchmarkSCM/stream/K=1/P=64/c (0.00s)
+    main_linux_test.go:45: C baseline unavailable: no C compiler
+BenchmarkSCM/stream/K=1/P=64/naive-2 100 1 ns/op
+--- SKIP: BenchmarkBare
+PASS
+`
+	want := []Skip{
+		{Name: "BenchmarkMiniCluster/restart", Reason: "cannot build ../cmd/mini-cluster: exit status 1: # cluster ../cluster/message.go:91:6: decodeControl redeclared"},
+		{Name: "BenchmarkSCM/stream/K=1/P=64/c", Reason: "C baseline unavailable: no C compiler"},
+		{Name: "BenchmarkBare"},
+	}
+	if diff := cmp.Diff(want, ParseSkips(out)); diff != "" {
+		t.Errorf("ParseSkips (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// groupTitles are the report's sections, in order.
+var groupTitles = []struct{ group, title, about string }{
+	{"scm", "scmrights: descriptor passing between two processes",
+		"Each message carries P payload bytes and K copies of one descriptor; the receiver closes every descriptor. " +
+			"Sender and receiver are separate processes. Variants: **c** a blocking sendmsg/recvmsg loop in C " +
+			"(bench/testdata/cloop.c, both sides C), the limit; **naive** WriteMsgUnix+UnixRights / " +
+			"ReadMsgUnix+ParseSocketControlMessage; **scm** scmrights Conn.Send/Recv; **batched** Conn.SendBatch/RecvBatch, " +
+			"64 messages per call. Ratio: msgs/s over the C loop's."},
+	{"frame", "ipcframe: frames against raw bytes",
+		"Writer and reader in two goroutines of one process; **raw** is one Write per frame's bytes and reads into a " +
+			"64 KiB buffer. Ratio: frames/s over raw's."},
+	{"accept", "Accept path",
+		"New TCP connections on loopback from 4 client goroutines; each server turns the connection into a net.Conn and " +
+			"closes it. **inplace** one process accepting; **handoff** a master accepting every queued connection " +
+			"(non-blocking accept4 until EAGAIN) and sending the batch in one scmrights message over SOCK_SEQPACKET to the " +
+			"next of N workers; **handoff-naive** Accept and one WriteMsgUnix per connection; **shared** N workers on one " +
+			"listening socket; **reuseport** N workers on a reuseport group. Server CPU is getrusage(RUSAGE_SELF) of every " +
+			"server process (master and workers). Ratio: conns/s over in place's."},
+	{"cluster", "mini-cluster",
+		"`mini-cluster -n 2 -log-format json -- hello` (examples/hello). **restart**: SIGHUP → the master's " +
+			"\"restart done\" record of the new generation (every new worker sent READY=1). **respawn**: SIGKILL to a worker → " +
+			"its replacement's \"serving\" line (hello writes it just before READY=1); respawn-ms-started is the time to the " +
+			"\"worker started\" record."},
+}
+
+// fmtNum formats a figure with three significant digits and an SI suffix.
+func fmtNum(x float64) string {
+	if !finite(x) {
+		return "—"
+	}
+	a := math.Abs(x)
+	switch {
+	case a == 0:
+		return "0"
+	case a >= 1e9:
+		return strconv.FormatFloat(x/1e9, 'f', digits(a/1e9), 64) + "G"
+	case a >= 1e6:
+		return strconv.FormatFloat(x/1e6, 'f', digits(a/1e6), 64) + "M"
+	case a >= 1e4:
+		return strconv.FormatFloat(x/1e3, 'f', digits(a/1e3), 64) + "k"
+	case a >= 0.01:
+		return strconv.FormatFloat(x, 'f', digits(a), 64)
+	}
+	return strconv.FormatFloat(x, 'g', 2, 64)
+}
+
+// digits is how many decimals leave three significant digits of x ≥ 0.01.
+func digits(x float64) int {
+	switch {
+	case x >= 100:
+		return 0
+	case x >= 10:
+		return 1
+	case x >= 1:
+		return 2
+	}
+	return 3
+}
+
+// fmtSummary formats "median [min–max]", or just the median for one sample.
+func fmtSummary(s Summary, format func(float64) string) string {
+	if s.N == 0 {
+		return "—"
+	}
+	if s.N == 1 || s.Min == s.Max {
+		return format(s.Median)
+	}
+	return fmt.Sprintf("%s [%s–%s]", format(s.Median), format(s.Min), format(s.Max))
+}
+
+func fmtRatio(x float64) string {
+	if !finite(x) {
+		return "—"
+	}
+	return strconv.FormatFloat(x, 'f', 2, 64)
+}
+
+// cell escapes text for a Markdown table cell.
+func cell(s string) string {
+	s = strings.ReplaceAll(s, "|", `\|`)
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// Markdown renders the report. plot, when not empty, is the link to the
+// SVG plot.
+func Markdown(res *Results, plot string) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mode := fmt.Sprintf("%d rounds", res.Rounds)
+	if res.Quick {
+		mode = "-quick: 1 round of a subset, tiny iteration counts; figures are a smoke test, not measurements"
+	}
+	w("## Report (`go run ./bench`, %s)\n\n", mode)
+	w("| environment | |\n|---|---|\n")
+	w("| date | %s |\n", cell(res.Env.Date))
+	w("| OS, kernel | %s, %s |\n", cell(res.Env.OS), cell(res.Env.Kernel))
+	cpu := strconv.Itoa(res.Env.CPUs) + " CPUs"
+	if res.Env.CPUModel != "" {
+		cpu += ", " + res.Env.CPUModel
+	}
+	w("| CPU | %s |\n", cell(cpu))
+	w("| Go | %s |\n", cell(res.Env.Go))
+	w("| C compiler | %s |\n", cell(res.Env.CC))
+	w("| load average (1, 5, 15 min) before → after | %s → %s |\n\n", cell(res.Env.LoadBefore), cell(res.Env.LoadAfter))
+	w("Every figure is the median [min–max] over the rounds. A ratio is computed within each round against the " +
+		"baseline measured in the same round, by the same benchmark process, just before; the table gives the " +
+		"median [min–max] of those per-round ratios (above 1 is better than the baseline). Targets are the design " +
+		"brief's.\n\n")
+	if plot != "" {
+		w("![fds/s against fds per message](%s)\n\n", plot)
+	}
+	for _, g := range groupTitles {
+		var crs []*CaseResult
+		for _, c := range res.Cases {
+			if c.Group == g.group {
+				crs = append(crs, c)
+			}
+		}
+		if len(crs) == 0 {
+			continue
+		}
+		w("### %s\n\n%s\n\n", g.title, g.about)
+		writeTable(&b, crs)
+	}
+	if res.PerfNote != "" || len(res.Perf) > 0 {
+		w("### Syscalls and context switches per message (perf stat)\n\n")
+		if res.PerfNote != "" {
+			w("perf: %s\n\n", res.PerfNote)
+		}
+		if len(res.Perf) > 0 {
+			writePerf(&b, res.Perf)
+		}
+	}
+	var skips []string
+	for _, c := range res.Cases {
+		if c.Skipped != "" {
+			skips = append(skips, fmt.Sprintf("- %s: %s", c.Name, c.Skipped))
+		}
+		for _, v := range c.Variants {
+			if v.Skipped != "" && len(v.Samples) == 0 {
+				skips = append(skips, fmt.Sprintf("- %s/%s: %s", c.Name, v.Name, v.Skipped))
+			}
+		}
+	}
+	if len(skips) > 0 {
+		w("### Skipped\n\n%s\n\n", strings.Join(skips, "\n"))
+	}
+	if len(res.Failures) > 0 {
+		w("### Failures\n\n")
+		for _, f := range res.Failures {
+			w("```\n%s\n```\n\n", strings.TrimSpace(f))
+		}
+	}
+	return b.String()
+}
+
+// writeTable writes one section's table: a row per variant of each case.
+func writeTable(b *strings.Builder, crs []*CaseResult) {
+	c0 := crs[0]
+	hasRatio := c0.Baseline != ""
+	// Cases of a section share the compared metric, or the cells name it.
+	metricHeader, unitInCell := c0.Metric, false
+	var extra []string
+	for _, cr := range crs {
+		if cr.Metric != c0.Metric {
+			metricHeader, unitInCell = "figure", true
+		}
+		for _, u := range cr.Extra {
+			if !slices.Contains(extra, u) {
+				extra = append(extra, u)
+			}
+		}
+	}
+	header := []string{"case", "variant", metricHeader}
+	if hasRatio {
+		header = append(header, "× "+c0.Baseline)
+	}
+	header = append(header, extra...)
+	header = append(header, "target", "met")
+	fmt.Fprintf(b, "| %s |\n|%s\n", strings.Join(header, " | "), strings.Repeat("---|", len(header)))
+	for _, cr := range crs {
+		if cr.Skipped != "" {
+			fmt.Fprintf(b, "| %s | all | skipped: %s |%s\n", cell(cr.Name), cell(cr.Skipped), strings.Repeat(" |", len(header)-3))
+			continue
+		}
+		for _, v := range cr.Variants {
+			row := []string{cr.Name, v.Name}
+			if len(v.Samples) == 0 {
+				row = append(row, "skipped: "+cell(v.Skipped))
+				for len(row) < len(header) {
+					row = append(row, "")
+				}
+				fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
+				continue
+			}
+			fig := fmtSummary(v.Metrics[cr.Metric], fmtNum)
+			if unitInCell {
+				fig += " " + cr.Metric
+			}
+			row = append(row, fig)
+			if hasRatio {
+				if v.Name == cr.Baseline {
+					row = append(row, "1")
+				} else {
+					row = append(row, fmtSummary(v.Ratio, fmtRatio))
+				}
+			}
+			for _, u := range extra {
+				s, ok := v.Metrics[u]
+				if !ok {
+					row = append(row, "")
+					continue
+				}
+				row = append(row, fmtSummary(s, fmtNum))
+			}
+			met := ""
+			if v.Met != nil {
+				met = "**no**"
+				if *v.Met {
+					met = "yes"
+				}
+			}
+			row = append(row, cell(v.Target), met)
+			fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
+		}
+	}
+	b.WriteString("\n")
+}
+
+// writePerf writes the perf table: one row per case and variant.
+func writePerf(b *strings.Builder, prs []PerfResult) {
+	var events []string
+	for _, pr := range prs {
+		for ev := range pr.PerMsg {
+			if !slices.Contains(events, ev) {
+				events = append(events, ev)
+			}
+		}
+	}
+	slices.Sort(events)
+	fmt.Fprintf(b, "Counts per message, over every process of the benchmark (both sides, warm-up included), %d messages per variant.\n\n", prs[0].Messages)
+	fmt.Fprintf(b, "| case | variant | %s |\n|%s\n", strings.Join(events, " | "), strings.Repeat("---|", len(events)+2))
+	for _, pr := range prs {
+		row := []string{pr.Case, pr.Variant}
+		for _, ev := range events {
+			row = append(row, fmtNum(pr.PerMsg[ev]))
+		}
+		fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
+	}
+	b.WriteString("\n")
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"slices"
+	"sort"
+)
+
+// Results is everything one run of the runner measured.
+type Results struct {
+	Env    Env           `json:"env"`
+	Rounds int           `json:"rounds"`
+	Quick  bool          `json:"quick"`
+	Cases  []*CaseResult `json:"cases"`
+	// Perf holds per-message syscall and context-switch counts, PerfNote
+	// why there are none.
+	Perf     []PerfResult `json:"perf,omitempty"`
+	PerfNote string       `json:"perf_note,omitempty"`
+	// Failures lists invocations that failed, with their output's tail.
+	Failures []string `json:"failures,omitempty"`
+}
+
+// CaseResult is the measurements of one case over every round.
+type CaseResult struct {
+	Case
+	Variants []*VariantResult `json:"variants"`
+	// Skipped says why the whole case did not run.
+	Skipped string `json:"skipped,omitempty"`
+}
+
+// VariantResult is one variant of a case over every round.
+type VariantResult struct {
+	Name    string   `json:"name"`
+	Samples []Sample `json:"samples"`
+	// Metrics summarises every unit over the rounds.
+	Metrics map[string]Summary `json:"metrics"`
+	// Ratio summarises the per-round ratios to the case's baseline on the
+	// case's Metric (above 1 is better than the baseline).
+	Ratio Summary `json:"ratio"`
+	// Target is the design brief's figure; Met is nil when it is not a
+	// checkable target or nothing was measured.
+	Target string `json:"target,omitempty"`
+	Met    *bool  `json:"met,omitempty"`
+	// Skipped says why the variant did not run.
+	Skipped string `json:"skipped,omitempty"`
+}
+
+// Sample is one round's measurement of a variant.
+type Sample struct {
+	Round   int                `json:"round"`
+	N       int64              `json:"n"`
+	Metrics map[string]float64 `json:"metrics"`
+}
+
+// Variant returns the named variant, or nil.
+func (c *CaseResult) Variant(name string) *VariantResult {
+	for _, v := range c.Variants {
+		if v.Name == name {
+			return v
+		}
+	}
+	return nil
+}
+
+func (c *CaseResult) variant(name string) *VariantResult {
+	if v := c.Variant(name); v != nil {
+		return v
+	}
+	v := &VariantResult{Name: name}
+	c.Variants = append(c.Variants, v)
+	return v
+}
+
+// Add records a result line measured in round.
+func (c *CaseResult) Add(round int, l Line) {
+	v := c.variant(l.Variant())
+	v.Samples = append(v.Samples, Sample{Round: round, N: l.N, Metrics: l.Metrics})
+}
+
+// AddSkip records that a variant was skipped, keeping the first reason.
+func (c *CaseResult) AddSkip(variant, reason string) {
+	v := c.variant(variant)
+	if v.Skipped == "" {
+		v.Skipped = reason
+	}
+}
+
+// byRound returns a variant's values of unit by round.
+func (v *VariantResult) byRound(unit string) map[int]float64 {
+	m := make(map[int]float64, len(v.Samples))
+	for _, s := range v.Samples {
+		if x, ok := s.Metrics[unit]; ok {
+			m[s.Round] = x
+		}
+	}
+	return m
+}
+
+// Finish computes the summaries, ratios and targets of every variant.
+func (c *CaseResult) Finish() {
+	var base *VariantResult
+	if c.Baseline != "" {
+		base = c.Variant(c.Baseline)
+	}
+	for _, v := range c.Variants {
+		units := map[string][]float64{}
+		for _, s := range v.Samples {
+			for u, x := range s.Metrics {
+				units[u] = append(units[u], x)
+			}
+		}
+		v.Metrics = make(map[string]Summary, len(units))
+		for u, xs := range units {
+			v.Metrics[u] = Summarize(xs)
+		}
+		v.Ratio = Summarize(nil)
+		if base != nil {
+			v.Ratio = Summarize(RoundRatios(v.byRound(c.Metric), base.byRound(c.Metric), c.LowerBetter))
+		}
+	}
+	// Targets last: some compare with another variant's ratio.
+	for _, v := range c.Variants {
+		t := TargetFor(c.Case, v.Name)
+		v.Target = t.Text
+		v.Met = nil
+		if t.Check != nil && len(v.Samples) > 0 {
+			met := t.Check(v, c)
+			v.Met = &met
+		}
+	}
+	order := map[string]int{}
+	for i, n := range append(slices.Clone(scmVariants), acceptVariants...) {
+		order[n] = i + 1
+	}
+	order["raw"], order["ipcframe"] = 1, 2
+	sort.SliceStable(c.Variants, func(i, j int) bool {
+		return order[c.Variants[i].Name] < order[c.Variants[j].Name]
+	})
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Environment variables understood by the benchmark binary (see
+// main_linux_test.go and cluster_linux_test.go): prebuilt helpers, so that
+// every invocation does not build them again.
+const (
+	cloopVar       = "HANDOFF_BENCH_CLOOP"
+	miniClusterVar = "HANDOFF_BENCH_MINICLUSTER"
+	helloVar       = "HANDOFF_BENCH_HELLO"
+)
+
+// runner builds the benchmark binary once and runs cases with it.
+type runner struct {
+	goTool string
+	root   string // module root
+	dir    string // the bench package: the binary runs here, for testdata
+	tmp    string
+	bin    string
+	env    []string
+	log    io.Writer
+	// clusterSkip says why the mini-cluster cases cannot run.
+	clusterSkip string
+}
+
+// moduleRoot finds the handoff module from the working directory.
+func moduleRoot(ctx context.Context, goTool string) (string, error) {
+	out, err := exec.CommandContext(ctx, goTool, "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("run the benchmarks from inside the handoff module (go run ./bench)")
+	}
+	root := filepath.Dir(mod)
+	if _, err := os.Stat(filepath.Join(root, "bench", "testdata", "cloop.c")); err != nil {
+		return "", fmt.Errorf("%s is not the handoff module: %w", root, err)
+	}
+	return root, nil
+}
+
+// exec runs a command in the bench directory with the runner's
+// environment and returns its standard output; on failure the error
+// carries the tail of its standard error.
+func (r *runner) exec(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = r.dir
+	cmd.Env = r.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w\n%s", filepath.Base(name), err, tail(stderr.String()+stdout.String(), 15))
+	}
+	return stdout.String(), nil
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// testArgs are the benchmark binary's flags for one pattern.
+func (r *runner) testArgs(bench, benchtime string) []string {
+	return []string{
+		"-test.run=^$", "-test.bench=" + bench, "-test.benchtime=" + benchtime,
+		"-test.v", "-test.timeout=10m",
+	}
+}
+
+// build compiles the benchmark binary and the helpers the benchmarks use.
+// A helper that cannot be built is reported in the results, not fatal.
+func (r *runner) build(ctx context.Context, cc string, needCluster bool) error {
+	fmt.Fprintln(r.log, "bench: go test -c ./bench")
+	r.bin = filepath.Join(r.tmp, "bench.test")
+	cmd := exec.CommandContext(ctx, r.goTool, "test", "-c", "-o", r.bin, "./bench")
+	cmd.Dir = r.root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go test -c ./bench: %w\n%s", err, out)
+	}
+	if cc != "" {
+		out := filepath.Join(r.tmp, "cloop")
+		cmd := exec.CommandContext(ctx, cc, "-O2", "-o", out, filepath.Join(r.dir, "testdata", "cloop.c"))
+		if msg, err := cmd.CombinedOutput(); err == nil {
+			r.env = append(r.env, cloopVar+"="+out)
+		} else {
+			// The benchmark tries again and skips the C baseline, saying why.
+			fmt.Fprintf(r.log, "bench: compiling the C loop failed: %v\n%s\n", err, msg)
+		}
+	}
+	if needCluster {
+		fmt.Fprintln(r.log, "bench: go build ./cmd/mini-cluster ./examples/hello")
+		for _, b := range []struct{ pkg, out, env string }{
+			{"./cmd/mini-cluster", "mini-cluster", miniClusterVar},
+			{"./examples/hello", "hello", helloVar},
+		} {
+			out := filepath.Join(r.tmp, b.out)
+			cmd := exec.CommandContext(ctx, r.goTool, "build", "-o", out, b.pkg)
+			cmd.Dir = r.root
+			if msg, err := cmd.CombinedOutput(); err != nil {
+				r.clusterSkip = fmt.Sprintf("go build %s failed: %v: %s", b.pkg, err, tail(string(msg), 3))
+				break
+			}
+			r.env = append(r.env, b.env+"="+out)
+		}
+	}
+	return nil
+}
+
+// progress prints "case i/n, round, ETA" lines on the log.
+type progress struct {
+	w     io.Writer
+	total int
+	done  int
+	start time.Time
+}
+
+func (p *progress) step(round, rounds int, name string) {
+	p.done++
+	eta := "?"
+	if p.done > 1 {
+		per := time.Since(p.start) / time.Duration(p.done-1)
+		eta = (per * time.Duration(p.total-p.done+1)).Round(time.Second).String()
+	}
+	fmt.Fprintf(p.w, "bench: [%d/%d] round %d/%d %-28s elapsed %s, ETA %s\n",
+		p.done, p.total, round, rounds, name, time.Since(p.start).Round(time.Second), eta)
+}
+
+// runCase runs one case once and records what it measured in round.
+func (r *runner) runCase(ctx context.Context, c Case, round int, cr *CaseResult, res *Results) {
+	out, err := r.exec(ctx, r.bin, r.testArgs(c.Bench, c.Benchtime)...)
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	seen := 0
+	for sc.Scan() {
+		l, ok, perr := ParseLine(sc.Text())
+		if perr != nil {
+			res.Failures = append(res.Failures, fmt.Sprintf("%s round %d: %v", c.Name, round, perr))
+			continue
+		}
+		if ok {
+			cr.Add(round, l)
+			seen++
+		}
+	}
+	for _, s := range ParseSkips(out) {
+		cr.AddSkip(s.Name[strings.LastIndexByte(s.Name, '/')+1:], s.Reason)
+	}
+	if err != nil {
+		res.Failures = append(res.Failures, fmt.Sprintf("%s round %d: %v", c.Name, round, err))
+	} else if seen == 0 && len(ParseSkips(out)) == 0 {
+		res.Failures = append(res.Failures, fmt.Sprintf("%s round %d: no benchmark matched %s", c.Name, round, c.Bench))
+	}
+}
+
+// Run measures every case in rounds rounds, interleaved: each round runs
+// every case once, and every case runs its baseline and variants back to
+// back, so that drift over the run hits all of them alike.
+func (r *runner) Run(ctx context.Context, cases []Case, rounds int, res *Results) {
+	crs := make([]*CaseResult, len(cases))
+	for i, c := range cases {
+		crs[i] = &CaseResult{Case: c}
+		if c.Group == "cluster" && r.clusterSkip != "" {
+			crs[i].Skipped = r.clusterSkip
+		}
+	}
+	p := &progress{w: r.log, total: rounds * len(cases), start: time.Now()}
+	for round := 1; round <= rounds && ctx.Err() == nil; round++ {
+		for i, c := range cases {
+			if ctx.Err() != nil {
+				break
+			}
+			p.step(round, rounds, c.Name)
+			if crs[i].Skipped != "" {
+				continue
+			}
+			r.runCase(ctx, c, round, crs[i], res)
+		}
+	}
+	for _, cr := range crs {
+		cr.Finish()
+	}
+	res.Cases = crs
+}
