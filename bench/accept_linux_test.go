@@ -45,7 +45,9 @@ var acceptBaseline struct{ connsPerSec, cpuPerConn float64 }
 // the timed part). Servers are re-executed copies of this binary; each
 // accepts, turns the connection into a net.Conn and closes it, which the
 // client (4 goroutines here) sees as EOF before aborting with RST, so no
-// TIME_WAIT piles up. Variants:
+// TIME_WAIT piles up. Variants, in this order rotated by
+// $HANDOFF_BENCH_ROTATE (x-inplace and cpu-x-inplace need inplace to have
+// run before in the process):
 //
 //	inplace        one process accepting on its listener
 //	handoff        a master accepts with non-blocking accept4 until the
@@ -61,7 +63,7 @@ var acceptBaseline struct{ connsPerSec, cpuPerConn float64 }
 // Reported: conns/s, server-cpu-us/conn, x-inplace / cpu-x-inplace, and
 // for the handoff variants conns/msg, the connections per handoff message.
 func BenchmarkAccept(b *testing.B) {
-	for _, v := range []string{"inplace", "handoff", "handoff-naive", "shared", "reuseport"} {
+	for _, v := range inOrder("inplace", "handoff", "handoff-naive", "shared", "reuseport") {
 		b.Run(v, func(b *testing.B) { benchAccept(b, v) })
 	}
 }

@@ -15,7 +15,9 @@
 // ./cmd/mini-cluster and ./examples/hello, then runs each case as the test
 // binary with a -test.bench filter. Every round runs every case once, and a
 // case runs its baseline and its variants back to back in one process, so
-// drift over the run hits all of them alike. It reports median [min–max]
+// drift over the run hits all of them alike, starting with a different
+// variant each round (HANDOFF_BENCH_ROTATE), so that no variant always runs
+// first or last. It reports median [min–max]
 // over the rounds, and ratios computed within each round against that
 // round's baseline (the median of the per-round ratios), beside the design
 // brief's targets; progress goes to standard error.
@@ -33,6 +35,9 @@
 // syscall tracepoints; without them the report says so.
 //
 // Ownership: every process a benchmark starts is reaped before it returns,
-// and every descriptor it opens is closed (checked by the fd census).
+// and every descriptor it opens is closed (checked by the fd and process
+// censuses). The runner starts each benchmark binary in a process group of
+// its own and kills the group when interrupted, since a killed binary runs
+// no cleanups.
 // Temporary files live in one directory removed when the runner exits.
 package main

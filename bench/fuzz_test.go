@@ -20,6 +20,7 @@ func FuzzParseLine(f *testing.F) {
 		"BenchmarkX-2 100 5290 ns/op 12",
 		"--- SKIP: BenchmarkX",
 		"PASS",
+		"    BenchmarkX-2 100 5290 ns/op",
 	} {
 		f.Add(s)
 	}
@@ -30,6 +31,9 @@ func FuzzParseLine(f *testing.F) {
 				t.Fatalf("ParseLine(%q): ok with error %v", s, err)
 			}
 			return
+		}
+		if !strings.HasPrefix(s, "Benchmark") {
+			t.Fatalf("ParseLine(%q) accepted a line that does not start in column 0 with Benchmark", s)
 		}
 		if !strings.HasPrefix(l.Name, "Benchmark") || l.Name == "Benchmark" || l.N <= 0 || l.Procs <= 0 || len(l.Metrics) == 0 {
 			t.Fatalf("ParseLine(%q) accepted an incomplete result %+v", s, l)

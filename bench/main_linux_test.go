@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -29,6 +30,22 @@ func fatalf(format string, args ...any) int {
 	return 1
 }
 
+// RotateVar rotates the order in which a benchmark runs its variants. The
+// runner sets it to the round number, so that no variant always runs first
+// (right after the process started) or last.
+const RotateVar = "HANDOFF_BENCH_ROTATE"
+
+// inOrder returns variants rotated left by $RotateVar; unset or not a
+// number, it returns them as given.
+func inOrder(variants ...string) []string {
+	n, err := strconv.Atoi(os.Getenv(RotateVar))
+	if err != nil || n < 0 || len(variants) == 0 {
+		return variants
+	}
+	n %= len(variants)
+	return append(variants[n:len(variants):len(variants)], variants[:n]...)
+}
+
 // CLoopVar names a prebuilt cloop binary. The runner compiles
 // testdata/cloop.c once and sets it, so that each benchmark process does not
 // compile it again.
@@ -37,7 +54,7 @@ const CLoopVar = "HANDOFF_BENCH_CLOOP"
 // buildCLoop returns the C baseline binary: the one named by CLoopVar, or
 // testdata/cloop.c compiled now with the system C compiler into a directory
 // removed when b ends. When no compiler works it returns "" and why.
-func buildCLoop(b *testing.B) (path, whyNot string) {
+func buildCLoop(b testing.TB) (path, whyNot string) {
 	b.Helper()
 	if p := os.Getenv(CLoopVar); p != "" {
 		return p, ""

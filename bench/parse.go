@@ -38,10 +38,12 @@ var ErrMalformed = errors.New("malformed benchmark line")
 // starts with "Benchmark" and has fields after the name must be a complete
 // result; anything else is an error wrapping ErrMalformed.
 func ParseLine(s string) (l Line, ok bool, err error) {
-	f := strings.Fields(s)
-	if len(f) == 0 || !strings.HasPrefix(f[0], "Benchmark") {
+	// Results start in column 0; an indented line is a benchmark's log
+	// output (b.Log, a helper's message), whatever it looks like.
+	if !strings.HasPrefix(s, "Benchmark") {
 		return Line{}, false, nil
 	}
+	f := strings.Fields(s)
 	if len(f) == 1 {
 		return Line{}, false, nil // -test.v announces the benchmark
 	}

@@ -55,6 +55,8 @@ func TestParseLine(t *testing.T) {
 		{name: "PASS", in: "PASS"},
 		{name: "ok line", in: "ok  \tgithub.com/handoff-go/handoff/bench\t1.043s"},
 		{name: "log output", in: "    cluster_linux_test.go:198: cannot build"},
+		{name: "indented log line that looks like a result", in: "    BenchmarkX-2 100 5290 ns/op"},
+		{name: "indented malformed log line", in: "\tBenchmark results follow: 3 of them"},
 		{name: "skip line", in: "--- SKIP: BenchmarkMiniCluster/respawn"},
 		{name: "value without unit", in: "BenchmarkX-2 100 5290 ns/op 12", wantErr: true},
 		{name: "iterations not a number", in: "BenchmarkX-2 many 5290 ns/op", wantErr: true},

@@ -26,9 +26,9 @@ var perfEvents = []string{
 	"syscalls:sys_enter_nanosleep",
 }
 
-// PerfResult is perf stat's counts around one variant of a case, divided by
-// the messages it sent. The counts cover every process of the benchmark
-// (perf follows children), the C pair and the Go sender included.
+// PerfResult is perf stat's counts of one variant of a case per message
+// (see runPerf). The counts cover every process of the benchmark (perf
+// follows children), the C pair and the Go sender included.
 type PerfResult struct {
 	Case     string             `json:"case"`
 	Variant  string             `json:"variant"`
@@ -105,25 +105,55 @@ func perfCases(cases []Case) []Case {
 	return out
 }
 
-// runPerf runs each variant of c once for msgs messages under perf stat.
+// runPerf counts the events of one variant of c under perf stat, per
+// message: the difference between a run of 2×msgs messages and one of msgs,
+// divided by msgs. Everything else the two runs share cancels out: the
+// processes' start-up, the warm-up messages, testing's b.N = 1 run, and the
+// Go harness's own runtime (the whole count of futex and epoll calls of the
+// C variant, whose processes make none).
 func (r *runner) runPerf(ctx context.Context, c Case, variant string, msgs int) (PerfResult, error) {
-	out := filepath.Join(r.tmp, "perf.csv")
-	args := []string{"stat", "-x", ",", "-o", out, "-e", strings.Join(perfEvents, ","), "--", r.bin}
-	args = append(args, r.testArgs(c.Bench+"/"+anchored(variant), strconv.Itoa(msgs)+"x")...)
-	if _, err := r.exec(ctx, "perf", args...); err != nil {
-		return PerfResult{}, err
+	var counts [2]map[string]float64
+	for i, n := range []int{msgs, 2 * msgs} {
+		out := filepath.Join(r.tmp, "perf.csv")
+		args := []string{"stat", "-x", ",", "-o", out, "-e", strings.Join(perfEvents, ","), "--", r.bin}
+		args = append(args, r.testArgs(c.Bench+"/"+anchored(variant), strconv.Itoa(n)+"x")...)
+		if _, err := r.exec(ctx, nil, "perf", args...); err != nil {
+			return PerfResult{}, err
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			return PerfResult{}, err
+		}
+		if counts[i], err = ParsePerfCSV(string(b)); err != nil {
+			return PerfResult{}, err
+		}
 	}
-	b, err := os.ReadFile(out)
+	per, err := PerMessage(counts[0], counts[1], msgs)
 	if err != nil {
 		return PerfResult{}, err
 	}
-	counts, err := ParsePerfCSV(string(b))
-	if err != nil {
-		return PerfResult{}, err
+	return PerfResult{Case: c.Name, Variant: variant, Messages: msgs, PerMsg: per}, nil
+}
+
+// PerMessage returns (large − small) / msgs for every event, named without
+// the "syscalls:sys_enter_" prefix: large counted msgs more messages than
+// small, and everything else alike. A difference can come out negative
+// when the fixed part varies more than the messages add; it is kept, as
+// the sign that the count says nothing.
+func PerMessage(small, large map[string]float64, msgs int) (map[string]float64, error) {
+	if msgs <= 0 {
+		return nil, fmt.Errorf("per message of %d messages", msgs)
 	}
-	pr := PerfResult{Case: c.Name, Variant: variant, Messages: msgs, PerMsg: map[string]float64{}}
-	for ev, n := range counts {
-		pr.PerMsg[strings.TrimPrefix(ev, "syscalls:sys_enter_")] = n / float64(msgs)
+	if len(small) != len(large) {
+		return nil, fmt.Errorf("perf counted %d events in one run and %d in the other", len(small), len(large))
 	}
-	return pr, nil
+	per := make(map[string]float64, len(large))
+	for ev, n := range large {
+		m, ok := small[ev]
+		if !ok {
+			return nil, fmt.Errorf("perf counted %s in one run only", ev)
+		}
+		per[strings.TrimPrefix(ev, "syscalls:sys_enter_")] = (n - m) / float64(msgs)
+	}
+	return per, nil
 }

@@ -15,17 +15,21 @@ var groupTitles = []struct{ group, title, about string }{
 			"Sender and receiver are separate processes. Variants: **c** a blocking sendmsg/recvmsg loop in C " +
 			"(bench/testdata/cloop.c, both sides C), the limit; **naive** WriteMsgUnix+UnixRights / " +
 			"ReadMsgUnix+ParseSocketControlMessage; **scm** scmrights Conn.Send/Recv; **batched** Conn.SendBatch/RecvBatch, " +
-			"64 messages per call. Ratio: msgs/s over the C loop's."},
+			"64 messages per call. Ratio: msgs/s over the C loop's. recv-allocs/op and send-allocs/op are each side's " +
+			"allocations per message, counted exactly around its loop (testing's allocs/op rounds down to an integer); " +
+			"\"0 allocs\" means below 0.01."},
 	{"frame", "ipcframe: frames against raw bytes",
 		"Writer and reader in two goroutines of one process; **raw** is one Write per frame's bytes and reads into a " +
-			"64 KiB buffer. Ratio: frames/s over raw's."},
+			"64 KiB buffer. Ratio: frames/s over raw's. frame-allocs/op counts both sides' allocations per frame exactly; " +
+			"\"0 allocs\" means below 0.01."},
 	{"accept", "Accept path",
 		"New TCP connections on loopback from 4 client goroutines; each server turns the connection into a net.Conn and " +
 			"closes it. **inplace** one process accepting; **handoff** a master accepting every queued connection " +
 			"(non-blocking accept4 until EAGAIN) and sending the batch in one scmrights message over SOCK_SEQPACKET to the " +
 			"next of N workers; **handoff-naive** Accept and one WriteMsgUnix per connection; **shared** N workers on one " +
 			"listening socket; **reuseport** N workers on a reuseport group. Server CPU is getrusage(RUSAGE_SELF) of every " +
-			"server process (master and workers). Ratio: conns/s over in place's."},
+			"server process (master and workers). Ratio: conns/s over in place's; cpu-x-inplace is server CPU per connection " +
+			"over in place's in the same round."},
 	{"cluster", "mini-cluster",
 		"`mini-cluster -n 2 -log-format json -- hello` (examples/hello). **restart**: SIGHUP → the master's " +
 			"\"restart done\" record of the new generation (every new worker sent READY=1). **respawn**: SIGKILL to a worker → " +
@@ -112,9 +116,10 @@ func Markdown(res *Results, plot string) string {
 	w("| Go | %s |\n", cell(res.Env.Go))
 	w("| C compiler | %s |\n", cell(res.Env.CC))
 	w("| load average (1, 5, 15 min) before → after | %s → %s |\n\n", cell(res.Env.LoadBefore), cell(res.Env.LoadAfter))
-	w("Every figure is the median [min–max] over the rounds. A ratio is computed within each round against the " +
-		"baseline measured in the same round, by the same benchmark process, just before; the table gives the " +
-		"median [min–max] of those per-round ratios (above 1 is better than the baseline). Targets are the design " +
+	w("Every figure is the median [min–max] over the rounds. Each round runs a case's variants back to back in one " +
+		"benchmark process, starting with a different variant each round. A ratio is computed within each round " +
+		"against the baseline measured in the same round by the same process; the table gives the median " +
+		"[min–max] of those per-round ratios (above 1 is better than the baseline). Targets are the design " +
 		"brief's.\n\n")
 	if plot != "" {
 		w("![fds/s against fds per message](%s)\n\n", plot)
@@ -248,7 +253,9 @@ func writePerf(b *strings.Builder, prs []PerfResult) {
 		}
 	}
 	slices.Sort(events)
-	fmt.Fprintf(b, "Counts per message, over every process of the benchmark (both sides, warm-up included), %d messages per variant.\n\n", prs[0].Messages)
+	fmt.Fprintf(b, "Counts per message over every process of the benchmark (both sides): the counts of a run of %d messages "+
+		"minus those of a run of %d, divided by %[2]d, so that start-up, warm-up and the Go harness's own runtime cancel out "+
+		"(a negative figure means noise exceeded the count).\n\n", 2*prs[0].Messages, prs[0].Messages)
 	fmt.Fprintf(b, "| case | variant | %s |\n|%s\n", strings.Join(events, " | "), strings.Repeat("---|", len(events)+2))
 	for _, pr := range prs {
 		row := []string{pr.Case, pr.Variant}

@@ -101,6 +101,22 @@ func (c *CaseResult) Finish() {
 	if c.Baseline != "" {
 		base = c.Variant(c.Baseline)
 	}
+	if base != nil {
+		for unit, src := range c.CostRatios {
+			baseBy := base.byRound(src)
+			for _, v := range c.Variants {
+				for i := range v.Samples {
+					m := v.Samples[i].Metrics
+					delete(m, unit)
+					x, ok := m[src]
+					b, okBase := baseBy[v.Samples[i].Round]
+					if v != base && ok && okBase && b != 0 {
+						m[unit] = x / b
+					}
+				}
+			}
+		}
+	}
 	for _, v := range c.Variants {
 		units := map[string][]float64{}
 		for _, s := range v.Samples {

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -21,6 +23,10 @@ const (
 	cloopVar       = "HANDOFF_BENCH_CLOOP"
 	miniClusterVar = "HANDOFF_BENCH_MINICLUSTER"
 	helloVar       = "HANDOFF_BENCH_HELLO"
+	// rotateVar rotates the order in which a benchmark runs its variants;
+	// the runner sets it to the round number, so that no variant always
+	// runs first (right after the process starts) or last.
+	rotateVar = "HANDOFF_BENCH_ROTATE"
 )
 
 // runner builds the benchmark binary once and runs cases with it.
@@ -56,12 +62,15 @@ func moduleRoot(ctx context.Context, goTool string) (string, error) {
 // exec runs a command in the bench directory with the runner's
 // environment and returns its standard output; on failure the error
 // carries the tail of its standard error.
-func (r *runner) exec(ctx context.Context, name string, args ...string) (string, error) {
+func (r *runner) exec(ctx context.Context, env []string, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = r.dir
-	cmd.Env = r.env
+	cmd.Env = append(slices.Clip(r.env), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// On interrupt the benchmark binary dies without running its cleanups:
+	// its own group is killed with it, helpers and mini-cluster included.
+	ownGroup(cmd)
 	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Run(); err != nil {
 		return stdout.String(), fmt.Errorf("%s: %w\n%s", filepath.Base(name), err, tail(stderr.String()+stdout.String(), 15))
@@ -146,7 +155,7 @@ func (p *progress) step(round, rounds int, name string) {
 
 // runCase runs one case once and records what it measured in round.
 func (r *runner) runCase(ctx context.Context, c Case, round int, cr *CaseResult, res *Results) {
-	out, err := r.exec(ctx, r.bin, r.testArgs(c.Bench, c.Benchtime)...)
+	out, err := r.exec(ctx, []string{rotateVar + "=" + strconv.Itoa(round-1)}, r.bin, r.testArgs(c.Bench, c.Benchtime)...)
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	seen := 0
@@ -173,7 +182,9 @@ func (r *runner) runCase(ctx context.Context, c Case, round int, cr *CaseResult,
 
 // Run measures every case in rounds rounds, interleaved: each round runs
 // every case once, and every case runs its baseline and variants back to
-// back, so that drift over the run hits all of them alike.
+// back, so that drift over the run hits all of them alike, starting with a
+// different variant each round (rotateVar), so that order does not favour
+// one.
 func (r *runner) Run(ctx context.Context, cases []Case, rounds int, res *Results) {
 	crs := make([]*CaseResult, len(cases))
 	for i, c := range cases {

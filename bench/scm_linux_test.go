@@ -40,8 +40,9 @@ var scmBaseline sync.Map
 
 // BenchmarkSCM measures descriptor passing between two processes. Every
 // message carries P payload bytes and K copies of one descriptor; the
-// receiver closes each descriptor it gets. Variants, run in this order for
-// each case so they share the machine's state:
+// receiver closes each descriptor it gets. Variants, run back to back for
+// each case so they share the machine's state, in this order rotated by
+// $HANDOFF_BENCH_ROTATE:
 //
 //	c        blocking sendmsg/recvmsg in C (testdata/cloop.c), sender and
 //	         receiver both C processes: the limit
@@ -50,17 +51,18 @@ var scmBaseline sync.Map
 //	batched  scmrights Conn.SendBatch / Conn.RecvBatch, 64 messages per call
 //
 // The Go receiver is this process; the Go sender is this binary re-executed.
-// Reported: msgs/s, fds/s, xC (throughput over the C loop's in the same
-// process), allocs/op of the receiver and send-allocs/op of the sender.
-// Compare msgs/s and xC, not ns/op: the C receiver times itself, but the
-// benchmark timer of the c variant also covers both processes' start-up.
+// Reported: ns/op, MB/s and msgs/s of the timed loop (the C receiver times
+// itself, so neither covers process start-up), fds/s, xC (throughput over
+// the C loop's in the same process), and allocations per message counted
+// exactly around the loops: recv-allocs/op of the receiver, send-allocs/op
+// of the sender (testing's allocs/op is rounded down to an integer).
 func BenchmarkSCM(b *testing.B) {
 	// Once for every sub-benchmark: the parent runs once.
 	cbin, whyNot := buildCLoop(b)
 	for _, st := range scmSockets {
 		for _, k := range []int{1, 8, 64, scmrights.MaxFDs} {
 			for _, p := range []int{1, 64, 4096} {
-				for _, impl := range []string{"c", "naive", "scm", "batched"} {
+				for _, impl := range inOrder("c", "naive", "scm", "batched") {
 					b.Run(fmt.Sprintf("%s/K=%d/P=%d/%s", st.name, k, p, impl), func(b *testing.B) {
 						if impl == "c" && cbin == "" {
 							b.Skip(whyNot)
@@ -90,6 +92,11 @@ func benchSCM(b *testing.B, cbin string, sotype, k, p int, impl string) {
 		b.ReportMetric(sendAllocs, "send-allocs/op")
 	}
 	perMsg := float64(elapsed) / float64(b.N)
+	// ns/op and MB/s from the timed loop alone: the benchmark timer of
+	// the c variant also covers both C processes' start-up, and benchstat
+	// compares these.
+	b.ReportMetric(perMsg, "ns/op")
+	b.ReportMetric(float64(p)*1e3/perMsg, "MB/s")
 	b.ReportMetric(1e9/perMsg, "msgs/s")
 	b.ReportMetric(1e9/perMsg*float64(k), "fds/s")
 	if c, ok := scmBaseline.Load(key); ok {
@@ -162,11 +169,17 @@ func runGoSCM(b *testing.B, pc *proccensus.Census, sotype int, args []string, im
 	}
 	recv := scmReceiver(b, local, impl, k, p)
 	recv(1) // warm-up: the sender is running
+	// testing's allocs/op is rounded down to an integer, which reads 0 up
+	// to 0.99 allocations per message: count them exactly as well.
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	b.ResetTimer()
 	start := time.Now()
 	recv(b.N)
 	elapsed := time.Since(start)
 	b.StopTimer()
+	runtime.ReadMemStats(&ms1)
+	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N), "recv-allocs/op")
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("sender: %v\n%s", err, out.String())
 	}
@@ -289,24 +302,31 @@ func roleSCMSend() int {
 		fds[i] = devnull
 	}
 	payload := make([]byte, p)
-	var ms0, ms1 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
+	// Set-up first, then count the allocations of the sending loop only:
+	// the target is the steady state, not NewConn amortised over b.N.
+	var send func() error
 	switch impl {
 	case "naive":
-		for i := 0; i <= count; i++ {
-			if _, _, err := uc.WriteMsgUnix(payload, syscall.UnixRights(fds...), nil); err != nil {
-				return fatalf("%v", err)
+		send = func() error {
+			for i := 0; i <= count; i++ {
+				if _, _, err := uc.WriteMsgUnix(payload, syscall.UnixRights(fds...), nil); err != nil {
+					return err
+				}
 			}
+			return nil
 		}
 	case "scm":
 		c, err := scmrights.NewConn(uc)
 		if err != nil {
 			return fatalf("%v", err)
 		}
-		for i := 0; i <= count; i++ {
-			if err := c.Send(payload, fds...); err != nil {
-				return fatalf("%v", err)
+		send = func() error {
+			for i := 0; i <= count; i++ {
+				if err := c.Send(payload, fds...); err != nil {
+					return err
+				}
 			}
+			return nil
 		}
 	case "batched":
 		c, err := scmrights.NewConn(uc)
@@ -317,16 +337,24 @@ func roleSCMSend() int {
 		for i := range ms {
 			ms[i] = scmrights.Message{Payload: payload, FDs: fds}
 		}
-		for left := count + 1; left > 0; {
-			n := min(left, len(ms))
-			sent, err := c.SendBatch(ms[:n])
-			if err != nil {
-				return fatalf("%v", err)
+		send = func() error {
+			for left := count + 1; left > 0; {
+				n := min(left, len(ms))
+				sent, err := c.SendBatch(ms[:n])
+				if err != nil {
+					return err
+				}
+				left -= sent
 			}
-			left -= sent
+			return nil
 		}
 	default:
 		return fatalf("scm-send: unknown implementation %q", impl)
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	if err := send(); err != nil {
+		return fatalf("%v", err)
 	}
 	runtime.ReadMemStats(&ms1)
 	fmt.Printf("allocs=%g\n", float64(ms1.Mallocs-ms0.Mallocs)/float64(count+1))

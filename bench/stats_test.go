@@ -108,3 +108,43 @@ func TestRatioIsMedianOfRoundRatios(t *testing.T) {
 		t.Errorf("baseline not first: %q", cr.Variants[0].Name)
 	}
 }
+
+func TestPerMessage(t *testing.T) {
+	tests := []struct {
+		name    string
+		small   map[string]float64
+		large   map[string]float64
+		msgs    int
+		want    map[string]float64
+		wantErr bool
+	}{
+		{
+			name:  "fixed part cancels out",
+			small: map[string]float64{"context-switches": 900, "syscalls:sys_enter_recvmsg": 1010, "syscalls:sys_enter_futex": 420},
+			large: map[string]float64{"context-switches": 1000, "syscalls:sys_enter_recvmsg": 2010, "syscalls:sys_enter_futex": 420},
+			msgs:  1000,
+			want:  map[string]float64{"context-switches": 0.1, "recvmsg": 1, "futex": 0},
+		},
+		{
+			name:  "noise above the count stays visible",
+			small: map[string]float64{"context-switches": 500},
+			large: map[string]float64{"context-switches": 400},
+			msgs:  1000,
+			want:  map[string]float64{"context-switches": -0.1},
+		},
+		{name: "event of one run only", small: map[string]float64{"a": 1}, large: map[string]float64{"b": 1}, msgs: 1, wantErr: true},
+		{name: "events missing", small: map[string]float64{"a": 1}, large: map[string]float64{"a": 2, "b": 1}, msgs: 1, wantErr: true},
+		{name: "no messages", small: map[string]float64{"a": 1}, large: map[string]float64{"a": 1}, msgs: 0, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := PerMessage(tt.small, tt.large, tt.msgs)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("PerMessage: error %v, want error %v", err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateApprox(0, 1e-12)); diff != "" {
+				t.Errorf("PerMessage (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
