@@ -75,6 +75,23 @@
 // descendant, including those that left the process group with setsid.
 // The package does not create cgroups.
 //
+// # Replacing the supervisor's image
+//
+// Supervisor.Exec executes a new program in place of the running process
+// (execve(2), same pid) while Run runs, keeping the workers alive. It must
+// run on the spawner thread: Pdeathsig fires when the thread that forked a
+// worker exits, and execve from a multi-threaded process kills every
+// thread but the caller, so an execve from any other thread SIGKILLs every
+// worker. From the spawner thread, that thread becomes the new image's main
+// thread: the workers stay its children (waitable through pidfds,
+// os.FindProcess) and still die with it. The new image gets
+// ExecSpec.Files and the workers' output pipes as inherited descriptors and
+// the worker list through ExecSpec.Env; nothing else of the supervisor
+// survives, so the new image must adopt and retire those workers itself.
+// An execve that fails before the kernel's point of no return (ENOENT,
+// EACCES, ETXTBSY, ENOEXEC) changes nothing. PIDFile.LockFile and
+// AdoptPIDFile carry a pid file's lock across the exec.
+//
 // # Ownership
 //
 // Spec.ExtraFiles and Launch.ExtraFiles stay owned by the caller; the
@@ -97,6 +114,6 @@
 //
 // Linux only, 5.4 or newer: exits are watched with waitid(P_PIDFD), which
 // Run probes for and, if missing, returns an error wrapping
-// ErrNotSupported. On other systems Run, HandleSignals and the pid file
-// functions return an error wrapping ErrNotSupported.
+// ErrNotSupported. On other systems Run, HandleSignals, Exec and the pid
+// file functions return an error wrapping ErrNotSupported.
 package supervise

@@ -2,6 +2,7 @@ package supervise_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,6 +32,7 @@ func TestMain(m *testing.M) {
 		"pidfile":    pidfileRole,
 		"pidreuse":   pidReuseRole,
 		"disownrace": disownRaceRole,
+		"execer":     execerRole,
 	})
 }
 
@@ -136,7 +138,31 @@ func supervisorRole() int {
 	}
 	spec.Env = env
 	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// SUP_OWN_CHILD=1: a child of our own, not a worker, that exits 7 while
+	// the subreaper runs and is waited for here, through OwnChild.
+	var own *exec.Cmd
+	ownDone := make(chan string, 1)
+	if os.Getenv("SUP_OWN_CHILD") == "1" {
+		own = exec.Command("/bin/sh", "-c", "sleep 0.3; exit 7")
+		if err := own.Start(); err != nil {
+			fmt.Println("ERROR", err)
+			return 1
+		}
+		go func() {
+			// Wait only once the child has long exited, so the orphan
+			// reaper has had every chance to take it.
+			time.Sleep(700 * time.Millisecond)
+			err := own.Wait()
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				ownDone <- strconv.Itoa(ee.ExitCode())
+				return
+			}
+			ownDone <- fmt.Sprint(err)
+		}()
+	}
 	sup, err := supervise.New(spec, &supervise.Options{
+		OwnChild:           func(pid int) bool { return own != nil && pid == own.Process.Pid },
 		Workers:            n,
 		Restart:            supervise.RestartNever,
 		ReadyOnStart:       true,
@@ -201,6 +227,9 @@ func supervisorRole() int {
 	if os.Getenv("SUP_LINGER") == "1" {
 		fmt.Println("RETURNED")
 		time.Sleep(30 * time.Second)
+	}
+	if own != nil {
+		fmt.Printf("OWNCHILD %s\n", <-ownDone)
 	}
 	fmt.Printf("ZOMBIES %d\n", len(proccensus.Zombies(os.Getpid())))
 	return 0

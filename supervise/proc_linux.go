@@ -157,7 +157,21 @@ func (p *platform) close() {
 // was reaped.
 func (p *platform) spawner() {
 	runtime.LockOSThread()
-	for r := range p.spawnReqs {
+	// Exec must run on this thread too (see Supervisor.Exec).
+	execs, unregister := p.s.execRequests()
+	defer unregister()
+	for {
+		var r spawnReq
+		var ok bool
+		select {
+		case r, ok = <-p.spawnReqs:
+		case e := <-execs:
+			e.reply <- p.exec(e)
+			continue
+		}
+		if !ok {
+			return
+		}
 		p.ownedMu.Lock()
 		pid, err := syscall.ForkExec(r.path, r.argv, r.attr)
 		p.spawnSeq++
@@ -473,7 +487,11 @@ func (p *platform) reapOrphans() {
 		var info sigchldInfo
 		p.ownedMu.Lock()
 		err := unix.Waitid(unix.P_ALL, 0, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-		if _, own := p.owned[int(info.Pid)]; err != nil || info.Signo != int32(unix.SIGCHLD) || own {
+		_, own := p.owned[int(info.Pid)]
+		if err == nil && !own && p.s.opt.OwnChild != nil && info.Pid != 0 {
+			own = p.s.opt.OwnChild(int(info.Pid))
+		}
+		if err != nil || info.Signo != int32(unix.SIGCHLD) || own {
 			p.ownedMu.Unlock()
 			return
 		}

@@ -246,6 +246,12 @@ type Options struct {
 	// the process starts child processes: any child that is not a worker is
 	// reaped as soon as it exits.
 	Subreaper bool
+	// OwnChild, with Subreaper, names children of this process that the
+	// caller waits for itself (say, workers of a previous image adopted
+	// after Exec): the orphan reaper leaves a pid alone while OwnChild
+	// reports true for it. It is called with an internal lock held and
+	// must not call the Supervisor.
+	OwnChild func(pid int) bool
 	// KeepIgnoredSignals lets workers inherit signals the supervisor
 	// ignores (e.g. SIGHUP under nohup). By default workers start with
 	// default dispositions.

@@ -1079,6 +1079,26 @@ func TestWorkersGetDefaultSignals(t *testing.T) {
 // TestSubreaperReapsOrphans: with Subreaper, a worker's double-forked
 // daemon re-parents to the supervisor and is reaped when it exits, while
 // every worker's own exit status still reaches its watcher (TESTPLAN C6).
+// TestSubreaperLeavesOwnChild: a child the caller waits for itself is not
+// taken by the orphan reaper, so its exit status reaches the caller.
+func TestSubreaperLeavesOwnChild(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	_, lines, wait := helperSupervisor(t, c, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_OWN_CHILD=1", "SUP_DURATION=1s")
+	var got []string
+	for l := range lines {
+		if strings.HasPrefix(l, "OWNCHILD ") || strings.HasPrefix(l, "ZOMBIES ") {
+			got = append(got, l)
+		}
+	}
+	if err := wait(); err != nil {
+		t.Errorf("supervisor: %v", err)
+	}
+	if d := cmp.Diff([]string{"OWNCHILD 7", "ZOMBIES 0"}, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+}
+
 func TestSubreaperReapsOrphans(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)

@@ -1,0 +1,298 @@
+//go:build linux
+
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// execReq asks the spawner thread to execve.
+type execReq struct {
+	spec  *ExecSpec
+	reply chan error
+}
+
+// execHook is the spawner's exec request queue of one running Supervisor.
+type execHook struct {
+	reqs chan execReq
+	gone chan struct{} // closed when the spawner returned
+}
+
+var (
+	execHooksMu sync.Mutex
+	execHooks   = map[*Supervisor]*execHook{}
+)
+
+// startNOFILE is the soft RLIMIT_NOFILE the process started with, learnt
+// from the first failed execve (see exec), or 0.
+var startNOFILE atomic.Uint64
+
+// execRequests registers the spawner of s as the receiver of Exec requests.
+// The spawner calls it once, on its locked thread, and calls the returned
+// function when it returns.
+func (s *Supervisor) execRequests() (<-chan execReq, func()) {
+	h := &execHook{reqs: make(chan execReq), gone: make(chan struct{})}
+	execHooksMu.Lock()
+	execHooks[s] = h
+	execHooksMu.Unlock()
+	return h.reqs, func() {
+		execHooksMu.Lock()
+		if execHooks[s] == h {
+			delete(execHooks, s)
+		}
+		execHooksMu.Unlock()
+		close(h.gone)
+	}
+}
+
+// Exec replaces the process image with spec.Path (execve(2)) while Run
+// runs, keeping every worker alive as a child of the same pid. It returns
+// only on failure, with an error wrapping ErrNotRunning, ErrInvalid or the
+// execve *os.SyscallError (ENOENT, EACCES, ETXTBSY, ENOEXEC: the kernel
+// fails those before the point of no return, and the process, its threads
+// and its workers are exactly as before: supervision goes on).
+//
+// The execve runs on the thread that forked every worker. Workers get
+// Pdeathsig SIGKILL, which fires when the forking thread exits, and execve
+// from a multi-threaded process kills every other thread: from any other
+// thread it would SIGKILL all workers. From the forking thread, that thread
+// becomes the new image's main thread, so the workers stay alive, remain
+// children of the process (the new image can wait for them through pidfds:
+// os.FindProcess) and are still killed if the new image dies.
+//
+// Descriptors are close-on-exec except spec.Files and the read ends of
+// the surviving workers' captured output, which the new image inherits
+// (see ExecWorker). Nothing else of the supervisor survives: the new image
+// must adopt the workers it was told about and retire them.
+//
+// After an execve that failed, workers started later get the
+// supervisor's raised soft RLIMIT_NOFILE instead of the one the process
+// started with: syscall.Exec, the only execve that takes the runtime's
+// exec lock, makes the runtime forget that original. A later successful
+// Exec still starts the new image with it.
+func (s *Supervisor) Exec(spec *ExecSpec) error {
+	if spec == nil || spec.Path == "" || len(spec.Argv) == 0 {
+		return fmt.Errorf("%w: Exec needs a path and argv", ErrInvalid)
+	}
+	execHooksMu.Lock()
+	h := execHooks[s]
+	execHooksMu.Unlock()
+	if h == nil {
+		return ErrNotRunning
+	}
+	r := execReq{spec: spec, reply: make(chan error, 1)}
+	select {
+	case h.reqs <- r:
+		return <-r.reply
+	case <-h.gone:
+		return ErrNotRunning
+	}
+}
+
+// exec runs on the spawner thread. On success it does not return.
+func (p *platform) exec(r execReq) error {
+	// Held until execve: no worker is forked, disowned or reaped as an
+	// orphan meanwhile, so the list handed to the new image is complete.
+	// A watcher may still reap a worker that exits now; the new image
+	// checks each pid's parent before trusting it.
+	p.ownedMu.Lock()
+	defer p.ownedMu.Unlock()
+	var outputs map[string]int
+	if p.s.opt.CaptureOutput {
+		outputs = pipeReadEnds()
+	}
+	workers := make([]ExecWorker, 0, len(p.owned))
+	for pid := range p.owned {
+		w := ExecWorker{PID: pid, Stdout: -1, Stderr: -1}
+		if outputs != nil {
+			w.Stdout = outputOf(pid, 1, outputs)
+			w.Stderr = outputOf(pid, 2, outputs)
+		}
+		workers = append(workers, w)
+	}
+	var keep []int
+	for _, f := range r.spec.Files {
+		if f == nil {
+			return fmt.Errorf("%w: nil file in ExecSpec.Files", ErrInvalid)
+		}
+		fd, err := rawFD(f)
+		if err != nil {
+			return err
+		}
+		keep = append(keep, int(fd))
+	}
+	for _, w := range workers {
+		for _, fd := range []int{w.Stdout, w.Stderr} {
+			if fd >= 0 {
+				keep = append(keep, fd)
+			}
+		}
+	}
+	env := os.Environ()
+	if r.spec.Env != nil {
+		var err error
+		if env, err = r.spec.Env(workers); err != nil {
+			return err
+		}
+	}
+	var cleared []int
+	restore := func() {
+		for _, fd := range cleared {
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
+	for _, fd := range keep {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			restore()
+			return os.NewSyscallError("fcntl", err)
+		}
+		cleared = append(cleared, fd)
+	}
+	// syscall.Exec lowers the soft RLIMIT_NOFILE to the one the process
+	// started with (the Go runtime raised it), for the new image, and in
+	// doing so (Setrlimit) makes the runtime forget that original: after a
+	// failed execve, workers forked later inherit the current limit, and a
+	// later syscall.Exec restores nothing. So the first failure records
+	// the original, later execs lower to it themselves, and the limit is
+	// raised again after a failure (lowering it for good would leave a
+	// supervisor of many workers at EMFILE).
+	var lim unix.Rlimit
+	limErr := unix.Prlimit(0, unix.RLIMIT_NOFILE, nil, &lim)
+	if n := startNOFILE.Load(); limErr == nil && n != 0 && n < lim.Cur {
+		low := lim
+		low.Cur = n
+		_ = unix.Prlimit(0, unix.RLIMIT_NOFILE, &low, nil)
+	}
+	err := unix.Exec(r.spec.Path, r.spec.Argv, env)
+	if limErr == nil {
+		var now unix.Rlimit
+		if unix.Prlimit(0, unix.RLIMIT_NOFILE, nil, &now) == nil && now.Cur < lim.Cur {
+			startNOFILE.CompareAndSwap(0, now.Cur)
+		}
+		_ = unix.Prlimit(0, unix.RLIMIT_NOFILE, &lim, nil)
+	}
+	restore()
+	runtime.KeepAlive(r.spec.Files)
+	return &os.PathError{Op: "execve", Path: r.spec.Path, Err: os.NewSyscallError("execve", err)}
+}
+
+// pipeReadEnds maps "pipe:[inode]" to this process's descriptor (from 3
+// up) that holds its read end.
+func pipeReadEnds() map[string]int {
+	out := map[string]int{}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return out
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < 3 {
+			continue
+		}
+		t, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || !strings.HasPrefix(t, "pipe:") {
+			continue
+		}
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil || fl&unix.O_ACCMODE != unix.O_RDONLY {
+			continue
+		}
+		out[t] = fd
+	}
+	return out
+}
+
+// outputOf returns our read end of the pipe on the worker's descriptor n,
+// or -1: the worker may have replaced its stdout, or already exited.
+func outputOf(pid, n int, readEnds map[string]int) int {
+	t, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(n))
+	if err != nil {
+		return -1
+	}
+	if fd, ok := readEnds[t]; ok {
+		delete(readEnds, t) // one reader per pipe
+		return fd
+	}
+	return -1
+}
+
+// LockFile returns the open lock file whose lock marks the pid file live,
+// for ExecSpec.Files: the lock belongs to the open file description, so it
+// survives execve(2) as long as the descriptor does. The file stays owned
+// by p; it fails with os.ErrClosed after Close.
+func (p *PIDFile) LockFile() (*os.File, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lock == nil {
+		return nil, os.ErrClosed
+	}
+	return p.lock, nil
+}
+
+// AdoptPIDFile takes over a pid file whose lock file (path + ".lock")
+// this process inherited open, as descriptor lock, across an exec (see
+// LockFile). It checks that lock is that very file (same device and inode,
+// not a symlink, not writable by others) and holds both locks again (a
+// no-op for locks this open file description already holds; EAGAIN if
+// another holds them). A pid file that does not name this process can
+// only be a dead owner's, and is removed. On success the PIDFile owns lock; on error
+// lock is left open for the caller to close.
+func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
+	if lock == nil {
+		return nil, fmt.Errorf("%w: nil lock file", ErrInvalid)
+	}
+	path = filepath.Clean(path)
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	if err := checkExisting(path); err != nil {
+		return nil, err
+	}
+	if err := checkFile(lock, path+".lock"); err != nil {
+		return nil, err
+	}
+	held, err := lock.Stat()
+	if err != nil {
+		return nil, err
+	}
+	named, err := os.Lstat(path + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	if !os.SameFile(held, named) {
+		return nil, fmt.Errorf("%w: inherited descriptor is not %s.lock", ErrUnsafePIDFile, path)
+	}
+	for _, b := range []int64{ownerByte, liveByte} {
+		if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, b); err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+				return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
+			}
+			return nil, err
+		}
+		if b != ownerByte {
+			continue
+		}
+		// The lock may have been free (lock is another open of the file
+		// than the one that held it, whose owner died): then the file
+		// names a dead owner's pid, which must be gone before liveByte
+		// makes it read as live (as in CreatePIDFile). Ours is kept: the
+		// file is never absent across the exec.
+		if pid, _, err := ReadPIDFile(path); err == nil && pid == os.Getpid() {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return &PIDFile{path: path, lock: lock}, nil
+}
