@@ -15,12 +15,15 @@
 //
 // # Invariants
 //
-//   - One socket per address, shared: closing one of several SO_REUSEPORT
-//     sockets resets the connections queued on it, closing a shared
-//     socket's copy in one worker loses nothing. A worker that exits, is
-//     killed or is replaced never costs a queued connection.
+//   - Every listening socket is the master's: closing one of several
+//     SO_REUSEPORT sockets resets the connections queued on it, closing a
+//     copy in one worker loses nothing. A worker that exits, is killed or
+//     is replaced never costs a queued connection (in shared and handoff
+//     modes one socket per address; in reuseport mode one per address and
+//     slot, kept while the slot exists).
 //   - Listening sockets (bound or adopted) are set to blocking mode once,
-//     before the first worker starts, as systemd does. O_NONBLOCK belongs
+//     before the first worker starts, as systemd does (non-blocking in
+//     handoff mode, where the master accepts on them). O_NONBLOCK belongs
 //     to the shared open file description, so a worker that changes it
 //     changes it for all: workers must not rely on either mode.
 //   - Descriptors the master inherited without close-on-exec are marked
@@ -47,12 +50,79 @@
 //     the listening sockets; only a cgroup (a systemd unit, a container)
 //     contains them.
 //
-// Only the shared mode exists: the master never accepts connections
-// itself, and does not even poll its listeners. Watchdog deadlines
-// (WATCHDOG=1, systemd's WatchdogSec=) are not enforced. Per-worker
-// SO_REUSEPORT sockets, accept-and-hand-off, the control socket and
-// in-place re-exec of the master (SIGUSR2) are not part of this package
-// yet.
+// # Modes
+//
+// Config.Mode (-mode; workers see HANDOFF_MODE) chooses how connections
+// reach workers. ModeShared, the default, is the above: the master never
+// accepts, and does not even poll its listeners. ModeReuseport gives each
+// slot its own SO_REUSEPORT socket per TCP or UDP address, bound by the
+// master in one group (port 0 resolved once), owned by it for as long as
+// the slot exists and handed to the slot's worker of every generation as
+// descriptors 3..; a removed slot's sockets are closed once its last
+// worker exited. Unix listeners are refused (ErrMode). ModeHandoff makes
+// the master accept on its listeners (non-blocking, on the netpoller) and
+// pass each connection, with its listener name and remote address, to a
+// subscribed worker over a per-worker SOCK_SEQPACKET channel
+// (HANDOFF_CONN_FD, docs/protocol.md "Connection handoff"), several per
+// message when they queued up, least-loaded by the workers'
+// acknowledgements, never blocking on a full channel; HandoffListener (and
+// Listen in handoff mode) is the worker's net.Listener for them. UDP
+// listeners are refused (ErrMode). In every mode a worker that exits or is
+// killed costs no connection still queued in the kernel or held by the
+// master; in handoff mode a worker that dies loses the ones delivered to it
+// and not accepted, and one that closes its listener gives them back.
+//
+// # In-place upgrade (SIGUSR2)
+//
+// Under HandleSignals, SIGUSR2 re-executes the binary the master was
+// started from (resolved at New) in place: same pid, same argv. The execve
+// runs on supervise's spawner thread (supervise.Supervisor.Exec), so the
+// workers' parent-death signal does not fire and they stay children of the
+// new image. Listeners (and reuseport slot sockets, listeners bound for
+// workers), the pid file's lock, the control socket and the master ends of
+// the workers' channels are inherited descriptors; their numbers, the old
+// workers and their output pipes travel in HANDOFF_UPGRADE_STATE, which the
+// new image checks before adopting anything (garbage: logged, start
+// clean). The new image starts a full set of workers and retires the old
+// ones once its own are ready. A failed execve (missing, non-executable or
+// busy binary) leaves everything as it was. A SIGUSR2 during an upgrade is
+// ignored. See docs/operations.md.
+//
+// # Worker API and control channel
+//
+// A Go worker calls IsWorker, ID, Listen, ListenPacket, Ready, Done,
+// Context, LogHandler, Send and Messages; the same code runs standalone
+// (Listen binds locally, Send fails with ErrNotWorker, Done fires on
+// SIGTERM/SIGINT). Each worker process has a control channel to the
+// master (HANDOFF_CONTROL_FD, docs/protocol.md "Control channel"):
+// ipcframe frames of JSON messages, parsed by one fastjson decoder at both
+// ends. Through it a worker asks the master to bind an address it did not
+// inherit (bound once, cached for the cluster's lifetime and shared by
+// every worker and generation), forwards log records, exchanges messages
+// (Config.OnMessage, Master.Send, Master.Broadcast), and sends heartbeats
+// (Config.Heartbeat; WATCHDOG=1 on NOTIFY_SOCKET counts too): a ready
+// worker silent for Heartbeat*HeartbeatFactor is killed and replaced.
+// Queues are bounded both ways. A worker that writes anything invalid on
+// its channel is killed (process group) and replaced with a logged
+// reason; the master and the other workers are untouched. The package
+// takes the worker's inherited descriptors on first use: it marks them
+// close-on-exec and removes HANDOFF_CONTROL_FD from the environment.
+//
+// # Control socket
+//
+// With Config.Control the master serves a unix socket (DialControl,
+// ControlClient; docs/protocol.md) for status, restart, stop, scale, send
+// and broadcast. It lives in a 0700 directory of the master's user (created
+// if missing, refused if another user's or open to others), has mode 0600
+// under any umask, replaces a stale socket and never a live one (package
+// internal/sockfile), and is removed on exit only if it is still the file
+// the master created. Peers are checked with SO_PEERCRED before anything
+// is read: only root and the master's uid are served, others are closed on
+// unanswered. Frames (64 KiB), clients (8 at once) and time (idle, write
+// deadlines) are bounded; malformed input gets a typed error answer or a
+// close and never reaches the supervisor. Status adds to supervise.Status
+// each slot's last exit, recorded by the master from the supervisor's
+// events (best effort: supervise drops events when its buffer is full).
 //
 // # Who should not use it
 //

@@ -67,6 +67,9 @@ type Config struct {
 	Listen []string
 	// Ready is the readiness mode (default ReadyNotify).
 	Ready ReadyMode
+	// Mode says how workers get connections (default ModeShared; see
+	// Mode). Workers find it in HANDOFF_MODE.
+	Mode Mode
 	// Strategy is the graceful-restart strategy (default Rolling).
 	Strategy supervise.Strategy
 	// ShutdownTimeout is the grace period between SIGTERM and SIGKILL of a
@@ -97,6 +100,26 @@ type Config struct {
 	Stdout, Stderr io.Writer
 	// Logger receives the master's log (default slog.Default()).
 	Logger *slog.Logger
+	// Heartbeat, if positive, is the interval at which workers must show
+	// they are alive once ready: a control message (Go workers using this
+	// package send one every Heartbeat) or WATCHDOG=1 on NOTIFY_SOCKET. A
+	// worker silent for Heartbeat*HeartbeatFactor is killed (its process
+	// group) and replaced. Workers get WATCHDOG_USEC, that deadline, and
+	// WATCHDOG_PID. 0 (the default) turns heartbeats off.
+	Heartbeat time.Duration
+	// OnMessage, if not nil, receives the messages workers send with
+	// cluster.Send. It is called from the sending worker's channel
+	// goroutine, one message at a time per worker but concurrently for
+	// different workers, so a slow OnMessage delays only that worker's
+	// messages. Payload is the callee's.
+	OnMessage func(Message)
+	// Control, if set, is the path of the control socket (see
+	// DialControl), created by New: mode 0600, in a directory of this
+	// user that group and others cannot access (created 0700 if missing,
+	// refused otherwise, ErrUnsafeControlDir). A stale socket there is
+	// replaced; a live one makes New fail. Only root and this process's
+	// user may connect (SO_PEERCRED). Empty: no control socket.
+	Control string
 }
 
 // Master runs one cluster: the listeners it bound or adopted, a notify
@@ -134,9 +157,20 @@ func (m *Master) ScaleBy(delta int) error { return m.m.scaleBy(delta) }
 // Status returns the supervisor's snapshot.
 func (m *Master) Status() supervise.Status { return m.m.status() }
 
+// Send queues payload (at most MaxMessage bytes) for the serving worker of
+// slot, which receives it from cluster.Messages. It fails with ErrNoWorker
+// if the slot has no worker with a control channel, and with ErrQueueFull
+// if that worker does not read its messages. Delivery is not confirmed.
+func (m *Master) Send(slot int, payload []byte) error { return m.m.send(slot, payload) }
+
+// Broadcast queues payload for the serving worker of every slot; the
+// error joins those of the workers it could not queue it for.
+func (m *Master) Broadcast(payload []byte) error { return m.m.broadcast(payload) }
+
 // HandleSignals maps the master's signals: SIGTERM/SIGINT stop (a second
-// one kills), SIGHUP/SIGUSR1 restart, SIGTTIN/SIGTTOU scale by one. Call the
-// returned function after Run returned.
+// one kills), SIGHUP/SIGUSR1 restart, SIGTTIN/SIGTTOU scale by one, SIGUSR2
+// upgrades the master in place (see the package doc). Call the returned
+// function after Run returned.
 func (m *Master) HandleSignals() (stop func(), err error) { return m.m.handleSignals() }
 
 // Close releases what New acquired (listeners, pid file lock) if Run is

@@ -72,6 +72,16 @@ type master struct {
 	// pids maps live worker pids (every generation, including those
 	// being stopped) to their IDs, from the supervisor's events.
 	pids map[int]supervise.ID
+	// ctl holds the workers' control channels (channel_linux.go).
+	ctl ctlState
+	// csock is the control socket and the slots' last exits
+	// (control_linux.go).
+	csock controlState
+	// up is the in-place upgrade state (upgrade_linux.go).
+	up *upgrade
+	// mode holds reuseport slot sockets and the handoff dispatcher
+	// (mode_linux.go, handoff_linux.go).
+	mode modeState
 }
 
 func newMaster(cfg *Config) (_ *master, err error) {
@@ -91,6 +101,9 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	}
 	if m.cfg.Ready != ReadyNotify && m.cfg.Ready != ReadyStarted {
 		return nil, fmt.Errorf("cluster: ready mode %d", m.cfg.Ready)
+	}
+	if err := m.checkMode(); err != nil {
+		return nil, err
 	}
 	// Resolve once so a missing program is a start-up error, not a respawn
 	// loop; a path is kept as is, so replacing the file takes effect at the
@@ -113,18 +126,33 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	// Activation descriptors are validated before anything else is opened
 	// (the pid file's lock, a socket), so a descriptor number in
 	// LISTEN_FDS can only name something this process inherited.
+	// After an in-place upgrade (SIGUSR2) the old image's listeners come
+	// from its state instead (upgrade_linux.go).
+	m.inheritUpgrade()
 	act, err := parseActivation(os.Getenv, os.Getpid())
 	if err != nil {
 		return nil, err
 	}
+	act = m.upgradeActivation(act)
 	if err := checkActivated(act); err != nil {
 		return nil, err
 	}
 	if err := cloexecInherited(); err != nil {
 		return nil, fmt.Errorf("cluster: inherited descriptors: %w", err)
 	}
+	// Before the pid file and the listeners: a second instance on a live
+	// control path fails without touching anything of the first
+	// (control_linux.go).
+	if err = m.openControl(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.closeControl()
+		}
+	}()
 	m.sdNotify = os.Getenv(envNotifySocket)
-	if m.cfg.PIDFile != "" {
+	if m.cfg.PIDFile != "" && m.pidFile == nil { // set if adopted by inheritUpgrade
 		// Before binding: a second instance fails on the lock without
 		// touching the first one's sockets.
 		if m.pidFile, err = supervise.CreatePIDFile(m.cfg.PIDFile); err != nil {
@@ -137,7 +165,7 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		}
 	}()
 	if len(act) > 0 {
-		if len(m.cfg.Listen) > 0 {
+		if len(m.cfg.Listen) > 0 && !m.upgraded() {
 			m.log.Warn("socket-activated: ignoring -listen", "listen", m.cfg.Listen, "adopted", len(act))
 		}
 		if m.listeners, err = adopt(act); err != nil {
@@ -148,9 +176,13 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		if len(m.cfg.Listen) == 0 {
 			return nil, errNoListeners
 		}
-		if m.listeners, err = bind(m.cfg.Listen); err != nil {
+		if m.listeners, err = m.bindMode(m.cfg.Listen); err != nil {
 			return nil, err
 		}
+	}
+	if err := m.initMode(); err != nil {
+		closeAll(m.listeners)
+		return nil, err
 	}
 	for i, l := range m.listeners {
 		m.log.Info("listening", "fd", listenFDsStart+i, "name", l.name, "network", l.addr.Network(), "addr", l.addr.String(), "adopted", m.adopted)
@@ -175,6 +207,7 @@ func (m *master) close() error {
 		return nil
 	}
 	m.closed = true
+	m.closeControl()
 	closeAll(m.listeners)
 	if m.pidFile != nil {
 		m.pidFile.Close()
@@ -219,6 +252,7 @@ func (m *master) run(ctx context.Context) error {
 	m.ran = true
 	m.mu.Unlock()
 	defer func() {
+		m.closeControl()
 		closeAll(m.listeners)
 		if m.pidFile != nil {
 			m.pidFile.Close()
@@ -249,7 +283,7 @@ func (m *master) run(ctx context.Context) error {
 		Path:       m.cfg.Shim,
 		Args:       append([]string{ShimArg, m.program, m.cfg.Program}, m.cfg.Args...),
 		Env:        m.workerEnv(),
-		ExtraFiles: files,
+		ExtraFiles: m.specFiles(files),
 		Prepare:    m.prepare,
 	}
 	opts := &supervise.Options{
@@ -263,6 +297,9 @@ func (m *master) run(ctx context.Context) error {
 		// As PID 1 (a container) orphans re-parent to the master anyway;
 		// reap them. Nothing else in the master starts children.
 		Subreaper: os.Getpid() == 1,
+		OwnChild:  m.ownsOldWorker,
+		// After an in-place upgrade, past the previous image's workers.
+		FirstGeneration: m.firstGeneration(),
 	}
 	sup, err := supervise.New(spec, opts)
 	if err != nil {
@@ -283,12 +320,26 @@ func (m *master) run(ctx context.Context) error {
 		}
 		return nil
 	}
+	// Handoff mode's accept loops (mode_linux.go); stopped before the
+	// listeners close.
+	defer m.startMode()()
 
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); m.serveNotify(ns) }()
 	go func() { defer wg.Done(); m.watchEvents() }()
 	go func() { defer wg.Done(); m.copyOutput() }()
+	hbDone := make(chan struct{})
+	wg.Add(1)
+	go func() { defer wg.Done(); m.watchHeartbeats(hbDone) }()
+	// After the supervisor stopped every worker: channels, and the
+	// listeners workers asked for, are the master's until then.
+	defer m.closeChannels()
+	// Served while the supervisor runs (control_linux.go).
+	defer m.startControl()()
+	// After an upgrade: the old image's workers serve until ours are
+	// ready, then are retired (upgrade_linux.go).
+	defer m.startRetire()()
 
 	m.log.Info("starting workers", "workers", m.cfg.Workers, "program", m.program, "args", m.cfg.Args, "ready", readyName(m.cfg.Ready))
 	runDone := make(chan struct{})
@@ -310,6 +361,7 @@ func (m *master) run(ctx context.Context) error {
 	}()
 	err = sup.Run(ctx)
 	close(runDone)
+	close(hbDone)
 	m.notifyClosed.Store(true)
 	ns.conn.Close() // unblocks serveNotify; Events and Lines are closed by Run
 	wg.Wait()
@@ -324,12 +376,31 @@ func (m *master) run(ctx context.Context) error {
 // worker, the shared listeners (Spec.ExtraFiles) are descriptors 3, 4, ...
 // and the files of Launch.ExtraFiles follow them in order.
 func (m *master) prepare(id supervise.ID) (supervise.Launch, error) {
-	return supervise.Launch{Env: []string{
+	l := supervise.Launch{Env: []string{
 		envNotifySocket + "=" + m.notifyAddr,
 		envWorkerID + "=" + strconv.Itoa(id.Slot),
 		envWorkerGeneration + "=" + strconv.Itoa(id.Generation),
 		envWorkers + "=" + strconv.FormatInt(m.workers.Load(), 10),
-	}}, nil
+	}}
+	steps := []func(supervise.ID, *supervise.Launch) error{
+		// HANDOFF_MODE, and a reuseport slot's own listeners (mode_linux.go).
+		m.prepareListeners,
+		// The control channel follows the listeners (channel_linux.go).
+		m.prepareChannel,
+		// Then the connection channel, in handoff mode (handoff_linux.go).
+		m.prepareConn,
+	}
+	for _, step := range steps {
+		if err := step(id, &l); err != nil {
+			// supervise drops the Launch of a failed Prepare: release
+			// what the earlier steps opened (their chained Done).
+			if l.Done != nil {
+				l.Done(0, err)
+			}
+			return supervise.Launch{}, err
+		}
+	}
+	return l, nil
 }
 
 func readyName(r ReadyMode) string {
@@ -414,6 +485,8 @@ func (m *master) status() supervise.Status {
 func (m *master) handleSignals() (func(), error) {
 	ch := make(chan os.Signal, 8)
 	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
+	// SIGUSR2: in-place upgrade (upgrade_linux.go).
+	stopUpgrade := m.handleUpgradeSignal()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -429,6 +502,7 @@ func (m *master) handleSignals() (func(), error) {
 		}
 	}()
 	return func() {
+		stopUpgrade()
 		signal.Stop(ch)
 		close(done)
 		wg.Wait()
@@ -473,6 +547,7 @@ func (m *master) notifySystemd(state string) {
 func (m *master) watchEvents() {
 	s := m.sup
 	for ev := range s.Events() {
+		m.modeEvent(ev) // mode_linux.go
 		switch ev.Kind {
 		case supervise.Started:
 			m.mu.Lock()
@@ -483,6 +558,8 @@ func (m *master) watchEvents() {
 			m.mu.Lock()
 			delete(m.pids, ev.PID)
 			m.mu.Unlock()
+			m.workerGone(ev.PID)
+			m.csock.recordExit(ev)
 			attrs := []any{"slot", ev.ID.Slot, "pid", ev.PID, "code", ev.Code, "uptime", ev.Uptime.Round(time.Millisecond)}
 			if ev.Signal != 0 {
 				attrs = append(attrs, "signal", ev.Signal.String())
@@ -728,6 +805,9 @@ func (m *master) isWorker(pid int) bool {
 }
 
 func (m *master) logNotify(n Notification, sender, worker int) {
+	if n.Watchdog {
+		m.heartbeat(worker)
+	}
 	m.mu.Lock()
 	id, ok := m.pids[worker]
 	m.mu.Unlock()
@@ -800,12 +880,19 @@ func RunShim(args []string) error {
 	}
 	env := os.Environ()
 	out := env[:0]
+	watchdog := false
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, envListenPID+"=") {
+		watchdog = watchdog || strings.HasPrefix(kv, envWatchdogUSec+"=")
+		if !strings.HasPrefix(kv, envListenPID+"=") && !strings.HasPrefix(kv, envWatchdogPID+"=") {
 			out = append(out, kv)
 		}
 	}
 	out = append(out, envListenPID+"="+strconv.Itoa(os.Getpid()))
+	if watchdog {
+		// Like LISTEN_PID: sd_watchdog_enabled(3) ignores WATCHDOG_USEC
+		// unless WATCHDOG_PID names the process itself.
+		out = append(out, envWatchdogPID+"="+strconv.Itoa(os.Getpid()))
+	}
 	// Never unlocked: on success the process image is replaced, on error
 	// the caller exits.
 	runtime.LockOSThread()

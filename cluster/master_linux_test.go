@@ -39,6 +39,11 @@ func TestMain(m *testing.M) {
 		"report-pdeathsig":     reportPdeathsig,
 		"embedded-master":      embeddedMaster,
 		"restart-after-delete": restartAfterDelete,
+		"control-intruder":     controlIntruder,
+		"control-adopt":        controlAdopt,
+		"go-worker":            goWorker,
+		"raw-worker":           rawWorker,
+		"ho-worker":            hoWorker,
 	})
 }
 

@@ -24,5 +24,8 @@ func (*master) status() supervise.Status       { return supervise.Status{} }
 func (*master) handleSignals() (func(), error) { return nil, ErrNotSupported }
 func (*master) close() error                   { return nil }
 
+func (*master) send(int, []byte) error { return ErrNotSupported }
+func (*master) broadcast([]byte) error { return ErrNotSupported }
+
 // RunShim is the exec shim (see ShimArg); it is Linux only.
 func RunShim(args []string) error { return ErrNotSupported }

@@ -138,7 +138,9 @@ func TestStartupErrors(t *testing.T) {
 		msg  string
 	}{
 		{"port in use", append([]string{"-n", "2", "-listen", busy.Addr().String(), "-listen", "127.0.0.1:0", "--"}, srv...), 1, "address already in use"},
-		{"mode reuseport", append([]string{"-mode", "reuseport", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "only shared"},
+		{"unknown mode", append([]string{"-mode", "bogus", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "want shared, reuseport or handoff"},
+		{"reuseport unix", append([]string{"-mode", "reuseport", "-listen", "unix://" + filepath.Join(t.TempDir(), "s"), "--"}, srv...), 1, "unix sockets cannot be shared by SO_REUSEPORT"},
+		{"handoff udp", append([]string{"-mode", "handoff", "-listen", "udp://127.0.0.1:0", "--"}, srv...), 1, "udp sockets have no connections to hand off"},
 		{"bad listen", append([]string{"-listen", "sctp://127.0.0.1:1", "--"}, srv...), 2, "scheme"},
 		{"no host", append([]string{"-listen", ":8080", "--"}, srv...), 2, "no host"},
 		{"no listen", srv, 1, "no -listen"},
@@ -146,6 +148,8 @@ func TestStartupErrors(t *testing.T) {
 		{"missing program", []string{"-listen", "127.0.0.1:0", "--", "/nonexistent/srv"}, 1, "worker program"},
 		{"bad strategy", append([]string{"-restart-strategy", "random", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "random"},
 		{"bad log format", append([]string{"-log-format", "xml", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "xml"},
+		{"unknown flag", append([]string{"-bogus", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "flag provided but not defined: -bogus"},
+		{"bad duration", append([]string{"-heartbeat", "soon", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "invalid value \"soon\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pc := proccensus.New(t)
@@ -160,7 +164,7 @@ func TestStartupErrors(t *testing.T) {
 			if strings.Contains(out, "starting workers") {
 				t.Errorf("workers were started:\n%s", out)
 			}
-			if n := strings.Count(out, "mini-cluster: "); n != 1 {
+			if n := strings.Count(out, tc.msg); n != 1 {
 				t.Errorf("error printed %d times, want once:\n%s", n, out)
 			}
 		})
@@ -207,7 +211,9 @@ func TestRestartsUnderLoad(t *testing.T) {
 			m := startMaster(t, pc, nil, append([]string{"-n", "4", "-listen", "127.0.0.1:0", "-restart-strategy", tc.strategy, "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
 			addr := m.waitReady()
 			mpid := m.cmd.Process.Pid
-			kinds0, sockets0, err := fdShape(mpid)
+			// Listening sockets only: each worker's channels are new sockets
+			// (modes_test.go).
+			kinds0, sockets0, err := modeShape(mpid)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -216,7 +222,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 				var kinds map[string]int
 				var sockets []uint64
 				if !waitFor(fdcensus.Settle, func() bool {
-					kinds, sockets, err = fdShape(mpid)
+					kinds, sockets, err = modeShape(mpid)
 					return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
 				}) {
 					t.Errorf("%s: master's descriptors changed: kinds (-before +after):\n%s\nsocket inodes (-before +after):\n%s",

@@ -4,11 +4,15 @@
 // cleanly.
 //
 //	mini-cluster [flags] [--] PROGRAM [ARGS...]
+//	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-json] [-timeout D]
 //
-// Flags: -n, -listen (repeatable), -mode (shared only), -restart-strategy,
-// -shutdown-timeout, -ready, -pid-file, -log-format. Signals: SIGTERM and
-// SIGINT stop gracefully (a second one kills), SIGHUP and SIGUSR1 restart
-// with zero downtime, SIGTTIN and SIGTTOU add or remove a worker.
+// Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
+// -restart-strategy, -shutdown-timeout, -ready, -heartbeat, -pid-file,
+// -control, -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
+// second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
+// and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary
+// in place (same pid, same listeners). The subcommands talk to a running
+// master over its -control socket.
 //
 // Exit codes: 0 after a clean stop, 1 when start-up failed (an address
 // could not be bound, the pid file is locked, the program is missing) or

@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 			os.Exit(fakeSrv())
 		}
 	}
-	helperproc.Main(m, map[string]func() int{"mini-cluster": roleMaster})
+	helperproc.Main(m, map[string]func() int{"mini-cluster": roleMaster, "mini-cluster-forged": roleForgedUpgrade})
 }
 
 // roleMaster is mini-cluster itself, run from the test binary so the exec
@@ -69,6 +69,7 @@ func roleMaster() int {
 //	                  <pid>.sigint before stopping
 //	SRV_ACTIVE=1      with SRV_REPORT, keep <pid>.active up to date with the
 //	                  number of requests in their handler
+//	SRV_READY_GATE=path  send READY=1 (and serve) only once path exists
 func fakeSrv() int {
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "fake-srv: "+format+"\n", args...)
@@ -88,9 +89,7 @@ func fakeSrv() int {
 			ino[i] = st.Ino
 		}
 	}
-	f := os.NewFile(3, "listener")
-	ln, err := net.FileListener(f)
-	f.Close()
+	ln, err := fakeListener() // modes_test.go
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -120,7 +119,7 @@ func fakeSrv() int {
 	})
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Worker", tag)
-		for _, k := range []string{"LISTEN_FDS", "LISTEN_FDNAMES", "HANDOFF_WORKER_ID", "HANDOFF_WORKER_GENERATION", "HANDOFF_WORKERS", "NOTIFY_SOCKET"} {
+		for _, k := range []string{"LISTEN_FDS", "LISTEN_FDNAMES", "HANDOFF_WORKER_ID", "HANDOFF_WORKER_GENERATION", "HANDOFF_WORKERS", "NOTIFY_SOCKET", "HANDOFF_MODE", "HANDOFF_CONN_FD"} {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
 		}
 		fmt.Fprintf(w, "INODES=%d,%d,%d\n", ino[0], ino[1], ino[2])
@@ -133,6 +132,14 @@ func fakeSrv() int {
 	if dir != "" {
 		// Before READY=1: SIGUSR2's default action would kill us.
 		signal.Notify(usr2, syscall.SIGUSR2)
+	}
+	if gate := os.Getenv("SRV_READY_GATE"); gate != "" {
+		for i := 0; i < 3000; i++ {
+			if _, err := os.Stat(gate); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	var child *exec.Cmd
 	if os.Getenv("SRV_READY_CHILD") == "1" {
@@ -587,7 +594,8 @@ func lives(recs []logRec) map[int]*life {
 // fdShape is what must be the same in the master after every restart
 // cycle: the inodes of its sockets (the listeners and the notify socket,
 // never re-bound) and how many descriptors of each kind it holds (pipes to
-// workers have new inodes per worker, but not a new count).
+// workers have new inodes per worker, but not a new count; so do the
+// per-worker channel sockets, left out of the inodes).
 func fdShape(pid int) (map[string]int, []uint64, error) {
 	snap, err := fdcensus.Take(pid)
 	if err != nil {
@@ -601,5 +609,5 @@ func fdShape(pid int) (map[string]int, []uint64, error) {
 		}
 		kinds[k]++
 	}
-	return kinds, snap.Inodes("socket:"), nil
+	return kinds, withoutPerWorker(snap.Inodes("socket:")), nil
 }

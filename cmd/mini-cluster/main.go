@@ -32,8 +32,12 @@ func main() {
 	os.Exit(exitCode(err, os.Stderr))
 }
 
-// usageError marks errors in the command line (exit code 2).
-type usageError struct{ err error }
+// usageError marks errors in the command line (exit code 2); printed says
+// the message is already out (the flag package prints its own).
+type usageError struct {
+	err     error
+	printed bool
+}
 
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
@@ -46,11 +50,14 @@ func exitCode(err error, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
 	var ue *usageError
 	if errors.As(err, &ue) {
+		if !ue.printed {
+			fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
+		}
 		return exitUsage
 	}
+	fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
 	return exitFailure
 }
 
@@ -63,40 +70,55 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 // runs the cluster until a stop signal or ctx is done, and returns nil after
 // a clean stop.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && controlCommands[args[0]] {
+		// A subcommand talking to a running master (control.go); a
+		// program of that name runs after "--".
+		return runControl(ctx, args[0], args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-json]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	var listen listFlag
 	n := fs.Int("n", 0, "number of workers (default: usable CPUs)")
 	fs.Var(&listen, "listen", "address to bind, repeatable: tcp://host:port, udp://host:port, unix:///path, or host:port (tcp)")
-	mode := fs.String("mode", "shared", "how workers get connections: shared (reuseport and handoff are not available yet)")
+	mode := fs.String("mode", "shared", "how workers get connections: shared (one socket per address for all), reuseport (one SO_REUSEPORT socket per worker slot) or handoff (the master accepts and passes each connection)")
 	strategy := fs.String("restart-strategy", "rolling", "graceful restart strategy: rolling or parallel")
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "grace period before SIGKILL of a worker's process group")
 	ready := fs.String("ready", "notify", "readiness: notify (wait for READY=1 on NOTIFY_SOCKET) or started")
 	pidFile := fs.String("pid-file", "", "write the master's pid here once the cluster is ready")
+	control := fs.String("control", "", "serve the control socket at this path (in a 0700 directory; see mini-cluster status)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	heartbeat := fs.Duration("heartbeat", 0, "kill and replace a ready worker silent for 3 times this interval (control-channel heartbeats or WATCHDOG=1); 0 = off")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		// The flag package has printed the error and the usage.
+		return &usageError{err: err, printed: true}
 	}
-	if *mode != "shared" {
-		return &usageError{fmt.Errorf("-mode %q: only shared is available in this version (reuseport and handoff are planned)", *mode)}
+	cmode, err := cluster.ParseMode(*mode)
+	if err != nil {
+		return &usageError{err: err}
 	}
 	strat, err := supervise.ParseStrategy(*strategy)
 	if err != nil {
-		return &usageError{err}
+		return &usageError{err: err}
 	}
 	rm, err := cluster.ParseReadyMode(*ready)
 	if err != nil {
-		return &usageError{err}
+		return &usageError{err: err}
 	}
 	if *n < 0 {
-		return &usageError{fmt.Errorf("-n %d: want a positive number", *n)}
+		return &usageError{err: fmt.Errorf("-n %d: want a positive number", *n)}
 	}
 	if *shutdown <= 0 {
-		return &usageError{fmt.Errorf("-shutdown-timeout %v: want a positive duration", *shutdown)}
+		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want a positive duration", *shutdown)}
+	}
+	if *heartbeat < 0 {
+		return &usageError{err: fmt.Errorf("-heartbeat %v: want a positive duration, or 0 for none", *heartbeat)}
 	}
 	var handler slog.Handler
 	switch *logFormat {
@@ -105,16 +127,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "json":
 		handler = slog.NewJSONHandler(stderr, nil)
 	default:
-		return &usageError{fmt.Errorf("-log-format %q: want text or json", *logFormat)}
+		return &usageError{err: fmt.Errorf("-log-format %q: want text or json", *logFormat)}
 	}
 	for _, l := range listen {
 		if _, err := cluster.ParseAddr(l); err != nil {
-			return &usageError{err}
+			return &usageError{err: err}
 		}
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
-		return &usageError{errors.New("no program to run")}
+		return &usageError{err: errors.New("no program to run")}
 	}
 	cfg := &cluster.Config{
 		Program:         fs.Arg(0),
@@ -122,9 +144,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		Workers:         *n,
 		Listen:          listen,
 		Ready:           rm,
+		Mode:            cmode,
 		Strategy:        strat,
 		ShutdownTimeout: *shutdown,
+		Heartbeat:       *heartbeat,
 		PIDFile:         *pidFile,
+		Control:         *control,
 		Logger:          slog.New(handler),
 	}
 	if *logFormat == "text" {

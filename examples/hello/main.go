@@ -1,13 +1,17 @@
-// Command hello is an HTTP hello server that runs standalone or as a
-// mini-cluster worker, using only the systemd protocols so the same binary
-// works under systemd too:
+// Command hello is an HTTP hello server that runs standalone, as a
+// mini-cluster worker, or under systemd socket activation, with the same
+// code, through package cluster's worker API:
 //
-//   - it serves the first socket passed by socket activation (LISTEN_FDS and
-//     LISTEN_PID equal to its pid) and otherwise binds -addr;
-//   - it sends READY=1 to NOTIFY_SOCKET once it serves, and STOPPING=1 when
-//     it begins to stop;
-//   - on SIGTERM or SIGINT it stops accepting (closing, never shutting down,
-//     the shared listener) and finishes requests in flight.
+//   - cluster.Listen with an empty address serves the first socket the
+//     process inherited (LISTEN_FDS and LISTEN_PID equal to its pid); with
+//     none it binds -addr (default 127.0.0.1:8080). Under mini-cluster an
+//     -addr that is not inherited is bound once by the master and shared
+//     by every worker;
+//   - cluster.Ready sends READY=1 to NOTIFY_SOCKET once it serves;
+//   - cluster.Done closes on SIGTERM or SIGINT (or when the master is
+//     gone): it stops accepting (closing, never shutting down, the shared
+//     listener) and finishes requests in flight. Under -heartbeat the
+//     package keeps the master's watchdog fed.
 //
 // Standalone:
 //
@@ -25,18 +29,19 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/cluster"
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to bind when not socket-activated")
+	addr := flag.String("addr", "", "address to listen on (default: the first inherited socket, else 127.0.0.1:8080)")
 	grace := flag.Duration("grace", 10*time.Second, "how long to wait for requests in flight on SIGTERM")
 	flag.Parse()
 	if err := serve(*addr, *grace); err != nil {
@@ -45,7 +50,8 @@ func main() {
 }
 
 func serve(addr string, grace time.Duration) error {
-	ln, activated, err := listener(addr)
+	ctx := cluster.Context()
+	ln, err := listener(ctx, addr)
 	if err != nil {
 		return err
 	}
@@ -65,18 +71,19 @@ func serve(addr string, grace time.Duration) error {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	fresh := trackFresh(srv)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Printf("hello: pid %d serving %s (socket-activated: %v)", pid, ln.Addr(), activated)
-	notify("READY=1\nSTATUS=serving " + ln.Addr().String())
+	log.Printf("hello: pid %d serving %s (cluster worker: %v)", pid, ln.Addr(), cluster.IsWorker())
+	if err := cluster.Ready(); err != nil {
+		log.Printf("hello: ready: %v", err)
+	}
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
-	notify("STOPPING=1")
+	// Structured, and under mini-cluster forwarded to the master's log.
+	slog.New(cluster.LogHandler(nil)).Info("hello: stopping", "pid", pid, "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	// Stop accepting first, with close(2): the master and the other workers
@@ -125,42 +132,18 @@ func (f *freshConns) wait(ctx context.Context) {
 	}
 }
 
-// listener returns the first socket-activated listener, or binds addr.
-func listener(addr string) (net.Listener, bool, error) {
-	if os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
-		n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-		if err != nil || n < 1 {
-			return nil, false, fmt.Errorf("LISTEN_FDS=%q: want at least one descriptor", os.Getenv("LISTEN_FDS"))
+// listener listens on addr, which cluster.Listen takes from the inherited
+// sockets or the master when it can; the empty addr means the first
+// inherited socket, else the default address.
+func listener(ctx context.Context, addr string) (net.Listener, error) {
+	if addr != "" {
+		return cluster.Listen(ctx, "tcp", addr)
+	}
+	for _, network := range []string{"tcp", "unix"} {
+		ln, err := cluster.Listen(ctx, network, "")
+		if !errors.Is(err, cluster.ErrNoListener) {
+			return ln, err
 		}
-		f := os.NewFile(3, "listen-fd-3")
-		ln, err := net.FileListener(f) // duplicates the descriptor
-		f.Close()
-		if err != nil {
-			return nil, false, fmt.Errorf("descriptor 3: %w", err)
-		}
-		return ln, true, nil
 	}
-	ln, err := net.Listen("tcp", addr)
-	return ln, false, err
-}
-
-// notify sends state to NOTIFY_SOCKET (sd_notify(3)); without one it does
-// nothing.
-func notify(state string) {
-	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" {
-		return
-	}
-	if addr[0] == '@' {
-		addr = "\x00" + addr[1:]
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		log.Printf("hello: notify: %v", err)
-		return
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(state)); err != nil {
-		log.Printf("hello: notify: %v", err)
-	}
+	return cluster.Listen(ctx, "tcp", "127.0.0.1:8080")
 }

@@ -1,0 +1,200 @@
+package cluster_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/supervise"
+	"github.com/valyala/fastjson"
+)
+
+// controlSeeds are messages of every kind; the committed corpus in
+// testdata/fuzz/FuzzControlSocketDecode holds these and malformed ones.
+var controlSeeds = []string{
+	`{"type":"status"}`,
+	`{"type":"restart"}`,
+	`{"type":"stop"}`,
+	`{"type":"scale","workers":4}`,
+	`{"type":"send","slot":1,"data":"aGVsbG8="}`,
+	`{"type":"broadcast","data":""}`,
+	`{"type":"ok"}`,
+	`{"type":"error","code":"invalid","error":"supervise: invalid argument: Scale(5000)"}`,
+	`{"type":"status","pid":42,"generation":2,"restarting":false,"workers":2,"ready_workers":1,"slots":[` +
+		`{"slot":0,"pid":100,"generation":2,"state":"ready","uptime_ms":1500,"restarts":1,"last_exit":{"pid":90,"code":-1,"signal":9,"requested":false,"time_ms":1763700000123}},` +
+		`{"slot":1,"pid":0,"generation":0,"state":"backoff","uptime_ms":0,"restarts":3}]}`,
+}
+
+// FuzzControlSocketDecode: the control socket's decoder never panics, every
+// error matches ErrControlProtocol, and a decoded message re-encodes to a
+// fixed point (encode, decode, encode gives the same bytes).
+func FuzzControlSocketDecode(f *testing.F) {
+	for _, s := range controlSeeds {
+		f.Add([]byte(s))
+	}
+	var p fastjson.Parser
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m cluster.SockMsg
+		if err := cluster.DecodeSockMsg(&p, b, &m); err != nil {
+			if !errors.Is(err, cluster.ErrControlProtocol) {
+				t.Fatalf("error %v does not match ErrControlProtocol", err)
+			}
+			return
+		}
+		if m.Status != nil {
+			for _, s := range m.Status.Slots {
+				if s.Uptime < 0 {
+					t.Fatalf("slot %d: negative uptime %v", s.Slot, s.Uptime)
+				}
+			}
+		}
+		enc := cluster.AppendSockMsg(nil, &m)
+		var m2 cluster.SockMsg
+		if err := cluster.DecodeSockMsg(&p, enc, &m2); err != nil {
+			t.Fatalf("re-encoded %s does not decode: %v", enc, err)
+		}
+		if enc2 := cluster.AppendSockMsg(nil, &m2); !bytes.Equal(enc, enc2) {
+			t.Fatalf("not a fixed point:\n%s\n%s", enc, enc2)
+		}
+	})
+}
+
+// TestControlSocketRoundTrip: what one end encodes, the other decodes
+// unchanged, including a status with every field set.
+func TestControlSocketRoundTrip(t *testing.T) {
+	at := time.UnixMilli(1763700000123).UTC()
+	for _, tc := range []cluster.SockMsg{
+		{Type: "status"},
+		{Type: "restart"},
+		{Type: "stop"},
+		{Type: "scale", Workers: 0},
+		{Type: "scale", Workers: 4096},
+		{Type: "send", Slot: 3, Data: []byte("hello \x00\xff")},
+		{Type: "broadcast", Data: []byte("{\"type\":\"reload\"}")},
+		{Type: "ok"},
+		{Type: "error", Code: cluster.ControlCodeFailed, Error: "quote \" backslash \\ newline \n tab \t nul \x00 é"},
+		{Type: "status", Status: &cluster.ControlStatus{PID: 7, Generation: 3, Restarting: true, Workers: 2, ReadyWorkers: 1, Slots: []cluster.ControlSlot{
+			{Slot: 0, PID: 11, Generation: 3, State: supervise.SlotReady, Uptime: 2500 * time.Millisecond, Restarts: 2,
+				LastExit: &cluster.ControlExit{PID: 10, Code: -1, Signal: 9, Requested: true, Time: at}},
+			{Slot: 1, State: supervise.SlotFailed},
+		}}},
+	} {
+		t.Run(tc.Type, func(t *testing.T) {
+			var p fastjson.Parser
+			var got cluster.SockMsg
+			if err := cluster.DecodeSockMsg(&p, cluster.AppendSockMsg(nil, &tc), &got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc, got); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestControlSocketDecodeBad: out-of-range and ill-typed fields are
+// protocol errors, never values that wrap or are silently cut.
+func TestControlSocketDecodeBad(t *testing.T) {
+	status := func(slot string) string {
+		return `{"type":"status","pid":1,"generation":1,"workers":1,"ready_workers":1,"slots":[` + slot + `]}`
+	}
+	for _, tc := range []struct{ name, in string }{
+		{"uptime beyond a Duration", status(`{"slot":0,"state":"ready","uptime_ms":9007199254740992}`)},
+		{"negative uptime", status(`{"slot":0,"state":"ready","uptime_ms":-1}`)},
+		{"fractional pid", status(`{"slot":0,"pid":1.5,"state":"ready"}`)},
+		{"exit code 256", status(`{"slot":0,"state":"ready","last_exit":{"pid":1,"code":256}}`)},
+		{"requested not a boolean", status(`{"slot":0,"state":"ready","last_exit":{"pid":1,"code":0,"requested":1}}`)},
+		{"last_exit an array", status(`{"slot":0,"state":"ready","last_exit":[]}`)},
+		{"slot not an object", status(`7`)},
+		{"send to slot 4096", `{"type":"send","slot":4096,"data":""}`},
+		{"send without data", `{"type":"send","slot":0}`},
+		{"scale exponent", `{"type":"scale","workers":4e0}`},
+		{"error without code", `{"type":"error","error":"x"}`},
+		{"type not a string", `{"type":1}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var p fastjson.Parser
+			var m cluster.SockMsg
+			if err := cluster.DecodeSockMsg(&p, []byte(tc.in), &m); !errors.Is(err, cluster.ErrControlProtocol) {
+				t.Errorf("decode: %v (%+v), want ErrControlProtocol", err, m)
+			}
+		})
+	}
+	// The largest uptime a Duration holds still decodes exactly.
+	var p fastjson.Parser
+	var m cluster.SockMsg
+	longest := time.Duration(1<<63 - 1).Truncate(time.Millisecond)
+	in := status(`{"slot":0,"state":"ready","uptime_ms":` + strconv.FormatInt(longest.Milliseconds(), 10) + `}`)
+	if err := cluster.DecodeSockMsg(&p, []byte(in), &m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Status.Slots[0].Uptime; got != longest {
+		t.Errorf("uptime %v, want %v", got, longest)
+	}
+}
+
+// TestControlErrorIs: error codes map to the sentinels callers branch on.
+func TestControlErrorIs(t *testing.T) {
+	for _, tc := range []struct {
+		code string
+		want error
+	}{
+		{cluster.ControlCodeBadRequest, cluster.ErrControlProtocol},
+		{cluster.ControlCodeInvalid, cluster.ErrControlInvalid},
+		{cluster.ControlCodeNotRunning, supervise.ErrNotRunning},
+		{cluster.ControlCodeNoWorker, cluster.ErrNoWorker},
+		{cluster.ControlCodeQueueFull, cluster.ErrQueueFull},
+		{cluster.ControlCodeFailed, cluster.ErrControlFailed},
+		{"from-a-newer-master", cluster.ErrControlFailed},
+	} {
+		var err error = &cluster.ControlError{Code: tc.code, Message: "x"}
+		if !errors.Is(err, tc.want) {
+			t.Errorf("code %q does not match %v", tc.code, tc.want)
+		}
+	}
+}
+
+// BenchmarkControlSocketStatus encodes and decodes a 64-slot status
+// response: the protocol's encoder and fastjson decoder, and encoding/json
+// on the same struct as the baseline.
+func BenchmarkControlSocketStatus(b *testing.B) {
+	st := &cluster.ControlStatus{PID: 1, Generation: 3, Workers: 64, ReadyWorkers: 64}
+	for i := range 64 {
+		st.Slots = append(st.Slots, cluster.ControlSlot{Slot: i, PID: 1000 + i, Generation: 3, State: supervise.SlotReady, Uptime: time.Minute, Restarts: 1,
+			LastExit: &cluster.ControlExit{PID: 900 + i, Code: -1, Signal: 9, Time: time.UnixMilli(1763700000123)}})
+	}
+	msg := cluster.SockMsg{Type: "status", Status: st}
+	b.Run("protocol", func(b *testing.B) {
+		var p fastjson.Parser
+		var buf []byte
+		var got cluster.SockMsg
+		b.ReportAllocs()
+		b.SetBytes(int64(len(cluster.AppendSockMsg(nil, &msg))))
+		for b.Loop() {
+			buf = cluster.AppendSockMsg(buf[:0], &msg)
+			if err := cluster.DecodeSockMsg(&p, buf, &got); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding_json", func(b *testing.B) {
+		enc, err := json.Marshal(st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.SetBytes(int64(len(enc)))
+		for b.Loop() {
+			enc, _ = json.Marshal(st)
+			var got cluster.ControlStatus
+			if err := json.Unmarshal(enc, &got); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

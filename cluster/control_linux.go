@@ -1,0 +1,606 @@
+//go:build linux
+
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/sockfile"
+	"github.com/handoff-go/handoff/ipcframe"
+	"github.com/handoff-go/handoff/supervise"
+	"github.com/valyala/fastjson"
+	"golang.org/x/sys/unix"
+)
+
+// envControlListen carries the control socket across an in-place exec of
+// the master: "FD:DEV:INO", the listening descriptor in the new image and
+// the device and inode of the socket file it is bound to (a socket
+// descriptor's own fstat names sockfs, not the file, and Close must unlink
+// only the file this cluster created). Set by the upgrade path through
+// controlExecEnv, read and removed by openControl.
+const envControlListen = "HANDOFF_CONTROL_LISTEN"
+
+// Control server limits.
+const (
+	// maxControlClients bounds the connections served at once; further
+	// ones wait in the listen backlog. Rejected peers never take a place.
+	maxControlClients = 8
+	// controlIdleTimeout bounds the wait for a client's next request,
+	// controlWriteTimeout the write of one response.
+	controlIdleTimeout  = 30 * time.Second
+	controlWriteTimeout = 5 * time.Second
+	// maxControlRequestsPerConn bounds one connection's requests.
+	maxControlRequestsPerConn = 1 << 16
+	// controlDrainTimeout is how long closing the server waits for
+	// requests in progress before closing their connections.
+	controlDrainTimeout = 3 * time.Second
+)
+
+// controlState is the master's control-socket state: the server, if
+// Config.Control is set, and the last exit of every slot, which
+// supervise.Status does not keep. The zero value is ready to use.
+type controlState struct {
+	mu    sync.Mutex
+	srv   *controlServer
+	exits map[int]ControlExit
+}
+
+// recordExit keeps ev, an Exited event, as its slot's last exit.
+func (c *controlState) recordExit(ev supervise.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exits == nil {
+		c.exits = make(map[int]ControlExit)
+	}
+	c.exits[ev.ID.Slot] = ControlExit{PID: ev.PID, Code: ev.Code, Signal: ev.Signal, Requested: ev.Requested, Time: ev.Time.UTC()}
+}
+
+func (c *controlState) lastExit(slot int) *ControlExit {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	x, ok := c.exits[slot]
+	if !ok {
+		return nil
+	}
+	return &x
+}
+
+func (c *controlState) server() *controlServer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.srv
+}
+
+// controlServer serves the control socket.
+type controlServer struct {
+	m        *master
+	log      *slog.Logger
+	ul       *net.UnixListener
+	path     string
+	dev, ino uint64
+	// closeListener closes ul, unlinks path if the file there is still
+	// dev/ino, and releases the path's lock.
+	closeListener func() error
+	uid, euid     uint32
+	sem           chan struct{}
+	warn          warnLimiter
+
+	mu      sync.Mutex
+	conns   map[*net.UnixConn]bool // true while a request is being handled
+	closing bool
+	wg      sync.WaitGroup
+}
+
+// openControl creates (or adopts, after an in-place exec) the control
+// socket named by Config.Control. Called by newMaster; nothing is served
+// before Run.
+func (m *master) openControl() error {
+	inherited, isInherited := os.LookupEnv(envControlListen)
+	if isInherited {
+		// Workers must not see it, whatever happens next.
+		os.Unsetenv(envControlListen)
+	}
+	path := m.cfg.Control
+	if path == "" {
+		if isInherited {
+			m.log.Warn("control socket: inherited descriptor ignored (no control path configured)", "value", inherited)
+		}
+		return nil
+	}
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return fmt.Errorf("cluster: control socket: %w: %s", sockfile.ErrPathTooLong, path)
+	}
+	if isInherited {
+		srv, err := adoptControl(path, inherited)
+		if err == nil {
+			m.setControl(srv)
+			m.log.Info("control socket adopted", "path", path)
+			return nil
+		}
+		m.log.Warn("control socket: inherited descriptor not adopted; creating the socket anew", "err", err)
+	}
+	if err := checkControlDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	// sockfile gives the stale-socket recovery, live-socket protection,
+	// lock, mode 0600 under any umask, and unlink-only-our-inode.
+	sl, err := sockfile.Listen(path, nil)
+	if err != nil {
+		return fmt.Errorf("cluster: control socket: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		sl.Close()
+		return fmt.Errorf("cluster: control socket: %w", &os.PathError{Op: "lstat", Path: path, Err: err})
+	}
+	srv := newControlServer(sl.UnixListener(), path, uint64(st.Dev), uint64(st.Ino), sl.Close)
+	m.setControl(srv)
+	m.log.Info("control socket", "path", path)
+	return nil
+}
+
+func (m *master) setControl(srv *controlServer) {
+	srv.m, srv.log = m, m.log
+	m.csock.mu.Lock()
+	m.csock.srv = srv
+	m.csock.mu.Unlock()
+}
+
+func newControlServer(ul *net.UnixListener, path string, dev, ino uint64, closeListener func() error) *controlServer {
+	return &controlServer{
+		ul: ul, path: path, dev: dev, ino: ino, closeListener: closeListener,
+		uid: uint32(os.Getuid()), euid: uint32(os.Geteuid()),
+		sem:   make(chan struct{}, maxControlClients),
+		conns: make(map[*net.UnixConn]bool),
+	}
+}
+
+// checkControlDir makes sure dir is a directory of the master's user that
+// nobody else may enter or list, creating it (0700) if it is missing. The
+// socket's own 0600 mode is set by sockfile; the directory closes the window
+// in which a socket has the umask's mode, and keeps others from even
+// learning the socket's name.
+func checkControlDir(dir string) error {
+	var st unix.Stat_t
+	err := unix.Lstat(dir, &st)
+	if err == unix.ENOENT {
+		if err = unix.Mkdir(dir, 0o700); err == nil {
+			// The umask can only have removed bits; make it exact.
+			err = unix.Chmod(dir, 0o700)
+		}
+		if err != nil && err != unix.EEXIST {
+			return fmt.Errorf("cluster: control socket directory: %w", &os.PathError{Op: "mkdir", Path: dir, Err: err})
+		}
+		err = unix.Lstat(dir, &st)
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: control socket directory: %w", &os.PathError{Op: "lstat", Path: dir, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("%w: %s is not a directory (a symlink is refused too)", ErrUnsafeControlDir, dir)
+	}
+	if euid := uint32(os.Geteuid()); st.Uid != euid {
+		return fmt.Errorf("%w: %s is owned by uid %d, not by the master's uid %d", ErrUnsafeControlDir, dir, st.Uid, euid)
+	}
+	if perm := st.Mode & 0o7777; perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %#o; group and others must have no access (0700)", ErrUnsafeControlDir, dir, perm)
+	}
+	return nil
+}
+
+// adoptControl takes over the control socket an earlier image of this
+// process passed across exec (envControlListen). The descriptor must be a
+// listening AF_UNIX stream socket bound to path, and path must still be the
+// socket file it names. A descriptor that is not such a socket is left
+// untouched (it is close-on-exec by then, so it reaches no worker); one
+// whose file is gone or replaced is closed: nobody can reach it any more,
+// and kept open it would hold a listening socket, and its backlog, for the
+// master's lifetime.
+func adoptControl(path, value string) (*controlServer, error) {
+	f := strings.Split(value, ":")
+	if len(f) != 3 {
+		return nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO", envControlListen, value)
+	}
+	fd, err1 := strconv.Atoi(f[0])
+	dev, err2 := strconv.ParseUint(f[1], 10, 64)
+	ino, err3 := strconv.ParseUint(f[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || fd < 3 || fd > 1<<20 {
+		return nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO with FD >= 3", envControlListen, value)
+	}
+	if err := checkControlFD(fd, path); err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint64(st.Dev) != dev || uint64(st.Ino) != ino {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s is no longer the socket file of descriptor %d (closed)", path, fd)
+	}
+	file := os.NewFile(uintptr(fd), "control")
+	ln, err := net.FileListener(file)
+	file.Close()
+	if err != nil {
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // closeListener decides, by inode
+	// The previous image's lock on PATH.lock died with its close-on-exec
+	// descriptor; take it again so a starting instance cannot replace the
+	// socket between its check and our unlink at exit. Best effort: without
+	// it the live socket still refuses a second instance (sockfile sees it
+	// accept connections).
+	lockFD := lockControlPath(path + ".lock")
+	closeListener := func() error {
+		err := ul.Close()
+		var now unix.Stat_t
+		if unix.Lstat(path, &now) == nil && uint64(now.Dev) == dev && uint64(now.Ino) == ino {
+			if uerr := unix.Unlink(path); uerr != nil && uerr != unix.ENOENT && err == nil {
+				err = &os.PathError{Op: "unlink", Path: path, Err: uerr}
+			}
+		}
+		if lockFD >= 0 {
+			unix.Close(lockFD)
+		}
+		return err
+	}
+	return newControlServer(ul, path, dev, ino, closeListener), nil
+}
+
+// checkControlFD checks that fd is a listening unix stream socket bound to
+// path.
+func checkControlFD(fd int, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("fstat", err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("descriptor %d is not a socket", fd)
+	}
+	for _, o := range []struct {
+		opt, want int
+		what      string
+	}{
+		{unix.SO_DOMAIN, unix.AF_UNIX, "an AF_UNIX socket"},
+		{unix.SO_TYPE, unix.SOCK_STREAM, "a stream socket"},
+		{unix.SO_ACCEPTCONN, 1, "listening"},
+	} {
+		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, o.opt)
+		if err != nil {
+			return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockopt", err))
+		}
+		if v != o.want {
+			return fmt.Errorf("descriptor %d is not %s", fd, o.what)
+		}
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockname", err))
+	}
+	if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != path {
+		return fmt.Errorf("descriptor %d is not bound to %s", fd, path)
+	}
+	return nil
+}
+
+// lockControlPath flocks the lock file sockfile uses for the path, or
+// returns -1.
+func lockControlPath(lockPath string) int {
+	fd, err := unix.Open(lockPath, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0o600)
+	if err != nil {
+		return -1
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1
+	}
+	return fd
+}
+
+// controlListenerFile returns a duplicate of the control socket's listening
+// descriptor (close-on-exec set), for the in-place exec of the master, or
+// nil if the master has no control socket. The caller passes it to the new
+// image at some descriptor number n, without close-on-exec, together with
+// controlExecEnv(n).
+func (m *master) controlListenerFile() (*os.File, error) {
+	srv := m.csock.server()
+	if srv == nil {
+		return nil, nil
+	}
+	f, err := srv.ul.File()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: control socket: %w", err)
+	}
+	return f, nil
+}
+
+// controlExecEnv is the environment entry telling the new image that its
+// descriptor fd is the control socket ("" if the master has none).
+func (m *master) controlExecEnv(fd int) string {
+	srv := m.csock.server()
+	if srv == nil {
+		return ""
+	}
+	return envControlListen + "=" + strconv.Itoa(fd) + ":" + strconv.FormatUint(srv.dev, 10) + ":" + strconv.FormatUint(srv.ino, 10)
+}
+
+// closeControl closes the control socket, unlinking it; for New's error
+// paths and Close, when Run never served it. It is idempotent.
+func (m *master) closeControl() {
+	m.csock.mu.Lock()
+	srv := m.csock.srv
+	m.csock.srv = nil
+	m.csock.mu.Unlock()
+	if srv != nil {
+		srv.shutdown()
+	}
+}
+
+// startControl serves the control socket until the returned function is
+// called; that function closes the socket, lets requests in progress
+// finish (bounded), and waits for every connection's goroutine.
+func (m *master) startControl() (stop func()) {
+	srv := m.csock.server()
+	if srv == nil {
+		return func() {}
+	}
+	srv.wg.Add(1)
+	go srv.serve()
+	return m.closeControl
+}
+
+// scaleTo sets the number of slots to n.
+func (m *master) scaleTo(n int) error {
+	s, err := m.supervisor()
+	if err != nil {
+		return err
+	}
+	// As in scaleBy: new workers are spawned before the Scaled event and
+	// their HANDOFF_WORKERS must already count them.
+	prev := m.workers.Swap(int64(n))
+	if err := s.Scale(n); err != nil {
+		m.workers.Store(prev)
+		return err
+	}
+	return nil
+}
+
+// controlStatus builds the status response from the supervisor's snapshot
+// and the exits the master recorded.
+func (m *master) controlStatus() *ControlStatus {
+	st := m.status()
+	out := &ControlStatus{
+		PID: os.Getpid(), Generation: st.Generation, Restarting: st.Restarting,
+		Workers: st.Workers, ReadyWorkers: st.ReadyWorkers,
+		Slots: make([]ControlSlot, 0, len(st.Slots)),
+	}
+	now := time.Now()
+	for _, sl := range st.Slots {
+		cs := ControlSlot{Slot: sl.Slot, PID: sl.PID, State: sl.State, Restarts: sl.Restarts, LastExit: m.csock.lastExit(sl.Slot)}
+		if sl.PID != 0 {
+			cs.Generation = sl.ID.Generation
+			if !sl.Since.IsZero() {
+				cs.Uptime = max(now.Sub(sl.Since), 0)
+			}
+		}
+		out.Slots = append(out.Slots, cs)
+	}
+	return out
+}
+
+func (s *controlServer) serve() {
+	defer s.wg.Done()
+	for {
+		// A place first: at the limit, connections wait in the backlog.
+		s.sem <- struct{}{}
+		uc, err := s.ul.AcceptUnix()
+		if err != nil {
+			<-s.sem
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and the like: say so, and do not spin.
+			s.warn.warn(s.log, "control socket: accept", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		cred, err := peerCred(uc)
+		if err != nil || (cred.Uid != 0 && cred.Uid != s.uid && cred.Uid != s.euid) {
+			// Closed before anything is read: the peer gets no byte
+			// (ECONNRESET if it already wrote), and its request, unread,
+			// changes nothing (TESTPLAN A16).
+			uc.Close()
+			<-s.sem
+			if err != nil {
+				s.warn.warn(s.log, "control socket: peer credentials", "err", err)
+			} else {
+				s.warn.warn(s.log, "control socket: peer rejected (only root and the master's user may connect)", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
+			}
+			continue
+		}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			uc.Close()
+			<-s.sem
+			return
+		}
+		s.conns[uc] = false
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(uc, cred)
+			s.mu.Lock()
+			delete(s.conns, uc)
+			s.mu.Unlock()
+			uc.Close()
+			<-s.sem
+		}()
+	}
+}
+
+// peerCred returns the credentials the kernel recorded for the peer at
+// connect(2) (SO_PEERCRED): they cannot be forged by the peer.
+func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, os.NewSyscallError("getsockopt", cerr)
+	}
+	return cred, nil
+}
+
+// serveConn answers uc's requests, one frame each, until it closes, errs,
+// idles too long, or the server closes.
+func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
+	// *net.UnixConn has no descriptor-receiving method, so the Reader uses
+	// plain reads: the kernel discards descriptors sent along, and a frame
+	// declaring some is dropped (ErrNoFDTransport) and answered with an
+	// error.
+	r := ipcframe.NewReader(uc, &ipcframe.ReaderOptions{MaxFrame: maxControlRequest, BufferSize: 4096})
+	defer r.Close()
+	w := ipcframe.NewWriter(uc, &ipcframe.WriterOptions{MaxFrame: maxControlResponse})
+	var (
+		p   fastjson.Parser
+		req sockMsg
+		in  []byte
+		out []byte
+	)
+	for range maxControlRequestsPerConn {
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			return
+		}
+		s.conns[uc] = false
+		err := uc.SetReadDeadline(time.Now().Add(controlIdleTimeout))
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
+		in, err = r.ReadFrame(in[:0])
+		s.mu.Lock()
+		s.conns[uc] = true
+		s.mu.Unlock()
+		final := false
+		switch {
+		case err == nil:
+			if derr := decodeSockMsg(&p, in, &req); derr != nil {
+				out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: derr.Error()})
+			} else {
+				out = s.handle(out[:0], &req, cred)
+			}
+		case errors.Is(err, ipcframe.ErrFrameDropped):
+			out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: err.Error()})
+		case errors.Is(err, ipcframe.ErrBadHeader), errors.Is(err, ipcframe.ErrFrameTooLarge):
+			// The stream cannot be resynchronised: say why, then close.
+			out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: err.Error()})
+			final = true
+		default:
+			// EOF, a timeout, a reset: nothing to answer.
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Debug("control socket: connection ended", "peer_pid", cred.Pid, "err", err)
+			}
+			return
+		}
+		if err := uc.SetWriteDeadline(time.Now().Add(controlWriteTimeout)); err != nil {
+			return
+		}
+		if err := w.WriteFrame(out); err != nil || final {
+			return
+		}
+	}
+}
+
+// handle carries out one request and appends the response.
+func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byte {
+	var err error
+	switch req.Type {
+	case "status":
+		return appendSockMsg(dst, &sockMsg{Type: "status", Status: s.m.controlStatus()})
+	case "restart":
+		s.log.Info("control: restart requested", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
+		err = s.m.restart()
+	case "stop":
+		s.log.Info("control: stop requested", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
+		err = s.m.stop()
+	case "scale":
+		s.log.Info("control: scale requested", "workers", req.Workers, "peer_pid", cred.Pid, "peer_uid", cred.Uid)
+		err = s.m.scaleTo(req.Workers)
+	case "send":
+		s.log.Debug("control: send", "slot", req.Slot, "bytes", len(req.Data), "peer_pid", cred.Pid)
+		err = s.m.send(req.Slot, req.Data)
+	case "broadcast":
+		s.log.Debug("control: broadcast", "bytes", len(req.Data), "peer_pid", cred.Pid)
+		err = s.m.broadcast(req.Data)
+	default:
+		return appendSockMsg(dst, &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: "type " + strconv.Quote(req.Type) + " is not a request"})
+	}
+	if err != nil {
+		return appendSockMsg(dst, &sockMsg{Type: "error", Code: controlErrorCode(err), Error: err.Error()})
+	}
+	return appendSockMsg(dst, &sockMsg{Type: "ok"})
+}
+
+// shutdown closes the listener (unlinking the socket file if it is still
+// ours), unblocks idle connections at once, gives requests in progress
+// controlDrainTimeout to answer, then closes what is left and waits.
+func (s *controlServer) shutdown() {
+	s.mu.Lock()
+	s.closing = true
+	for c, busy := range s.conns {
+		if !busy {
+			_ = c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+	s.mu.Unlock()
+	if err := s.closeListener(); err != nil {
+		s.log.Warn("control socket: close", "path", s.path, "err", err)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(controlDrainTimeout):
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	<-done
+}

@@ -1,0 +1,1354 @@
+//go:build linux
+
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/scmrights"
+	"github.com/handoff-go/handoff/supervise"
+	"golang.org/x/sys/unix"
+)
+
+// rig starts a handoff dispatcher on fresh loopback listeners, stopped at
+// cleanup.
+func rig(t *testing.T, networks ...string) (*cluster.HandoffRig, []net.Listener) {
+	t.Helper()
+	return rigLog(t, nil, networks...)
+}
+
+// rigLog is rig with the dispatcher's log going to log (nil: discarded).
+func rigLog(t *testing.T, log *slog.Logger, networks ...string) (*cluster.HandoffRig, []net.Listener) {
+	t.Helper()
+	var lns []net.Listener
+	for _, nw := range networks {
+		var ln net.Listener
+		var err error
+		if nw == "unix" {
+			ln, err = net.Listen("unix", filepath.Join(shortTemp(t), "s"))
+		} else {
+			ln, err = net.Listen("tcp", "127.0.0.1:0")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		lns = append(lns, ln)
+	}
+	r, err := cluster.NewHandoffRig(log, lns...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r, lns
+}
+
+// shortTemp is a temporary directory with a path short enough for a unix
+// socket.
+func shortTemp(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ho")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHandoffMetadata: a handed-off connection arrives on the listener of
+// its name, as the right connection type, with the remote address the
+// master saw, and carries the client's bytes both ways.
+func TestHandoffMetadata(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp", "unix")
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	names := r.Names()
+	var hls []net.Listener
+	for _, name := range names {
+		hl, err := w.Listen(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hl.Close()
+		hls = append(hls, hl)
+	}
+	for i, tc := range []struct {
+		network string
+		connT   string
+	}{
+		{"tcp", "*net.TCPConn"},
+		{"unix", "*net.UnixConn"},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			c, err := net.Dial(tc.network, lns[i].Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			sc, remote, err := cluster.AcceptMeta(hls[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sc.Close()
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(sc, buf); err != nil {
+				t.Fatal(err)
+			}
+			sc.Write([]byte("pong"))
+			if _, err := io.ReadFull(c, buf); err != nil {
+				t.Fatal(err)
+			}
+			wantRemote := c.LocalAddr().String()
+			if tc.network == "unix" {
+				wantRemote = "" // an unbound client has no name
+			}
+			want := []string{tc.connT, wantRemote, sc.LocalAddr().String(), "pong"}
+			got := []string{fmt.Sprintf("%T", sc), remote, lns[i].Addr().String(), string(buf)}
+			if tc.network == "tcp" {
+				want = append(want, sc.RemoteAddr().String())
+				got = append(got, remote)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("conn type, remote, local, reply (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// dialN opens n connections that each send their index.
+func dialN(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	var cs []net.Conn
+	for i := range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "%04d", i)
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// acceptN accepts n connections from l and returns the indexes they sent.
+func acceptN(t *testing.T, l net.Listener, n int) []int {
+	t.Helper()
+	var got []int
+	for range n {
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() { c, err := l.Accept(); ch <- res{c, err} }()
+		var rs res
+		select {
+		case rs = <-ch:
+		case <-time.After(10 * time.Second):
+			l.Close()
+			<-ch
+			t.Fatalf("accepted %d of %d", len(got), n)
+		}
+		if rs.err != nil {
+			t.Fatalf("accepted %d of %d: %v", len(got), n, rs.err)
+		}
+		buf := make([]byte, 4)
+		rs.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(rs.c, buf); err != nil {
+			t.Fatal(err)
+		}
+		rs.c.Close()
+		i, _ := strconv.Atoi(string(buf))
+		got = append(got, i)
+	}
+	sort.Ints(got)
+	return got
+}
+
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// TestHandoffCloseGivesBack: connections a worker received but did not
+// accept go back to the master when it closes its listener, and reach
+// another worker; none is lost (the graceful path of every restart).
+func TestHandoffCloseGivesBack(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	a, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	la, err := a.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	dialN(t, lns[0].Addr().String(), n)
+	waitUntil(t, "connections delivered to worker A", 5*time.Second, func() bool {
+		o := r.Outstanding()
+		return len(o) == 1 && o[0] == n
+	})
+	b, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lb, err := b.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if err := la.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := la.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
+		t.Errorf("connections worker B accepted (-want +got):\n%s", diff)
+	}
+}
+
+// TestHandoffHeldUntilWorker: connections accepted while no worker takes
+// them wait in the master (and the kernel's backlog) and are delivered to
+// the first worker that listens, also when the only worker died first.
+func TestHandoffHeldUntilWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	dead, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close()
+	waitUntil(t, "dead worker removed", 5*time.Second, func() bool { return r.Workers() == 0 })
+	const n = 100
+	dialN(t, lns[0].Addr().String(), n)
+	time.Sleep(50 * time.Millisecond)
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if diff := cmp.Diff(seq(n), acceptN(t, l, n)); diff != "" {
+		t.Errorf("connections accepted (-want +got):\n%s", diff)
+	}
+}
+
+// TestHandoffStuckWorkerDoesNotBlock: a worker that subscribes and never
+// reads gets at most its window of connections; every other connection
+// goes to the worker that accepts. A worker that listens on another name
+// gets none.
+func TestHandoffStuckWorkerDoesNotBlock(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	stuck, err := r.AddRaw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	if _, err := stuck.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	other, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	lo, err := other.Listen("tcp-elsewhere")
+	if err == nil {
+		defer lo.Close()
+		// The master has no such listener: Accept fails.
+		if _, err := lo.Accept(); !errors.Is(err, cluster.ErrNoHandoff) {
+			t.Errorf("Accept on an unknown name: %v, want ErrNoHandoff", err)
+		}
+	}
+	waitUntil(t, "subscription", 5*time.Second, func() bool { return r.Workers() == 2 })
+	time.Sleep(20 * time.Millisecond) // the SUB is read
+	const n = 300
+	dialN(t, lns[0].Addr().String(), n)
+	waitUntil(t, "stuck worker's window filled", 10*time.Second, func() bool {
+		o := r.Outstanding()
+		return len(o) == 2 && (o[0] == cluster.HoWindow || o[1] == cluster.HoWindow)
+	})
+	good, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	lg, err := good.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lg.Close()
+	got := acceptN(t, lg, n-cluster.HoWindow)
+	if len(got) != n-cluster.HoWindow {
+		t.Errorf("good worker accepted %d, want %d", len(got), n-cluster.HoWindow)
+	}
+}
+
+// TestHandoffGarbageFromWorker: whatever a worker sends on its connection
+// channel that breaks the protocol, the master drops that worker's channel
+// (a real master also kills the process) with the reason logged, closes
+// every descriptor that came with it, and keeps serving the other worker.
+// The bad worker holds one delivered connection first, so a give-back of
+// one passes the count check and reaches the descriptor checks.
+func TestHandoffGarbageFromWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	pipe := func(t *testing.T) int {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(p[1])
+		return p[0]
+	}
+	returnFD := func(fd int) func(t *testing.T, c *net.UnixConn, l string) {
+		return func(t *testing.T, c *net.UnixConn, l string) {
+			c.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoReturn, []string{l}, []string{"x"}), unix.UnixRights(fd), nil)
+			unix.Close(fd)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		send   func(t *testing.T, c *net.UnixConn, listener string)
+		reason string // in the logged error
+	}{
+		{"bytes", func(t *testing.T, c *net.UnixConn, _ string) { c.Write([]byte("GET / HTTP/1.1\r\n\r\n")) }, "unknown type"},
+		{"unknown type", func(t *testing.T, c *net.UnixConn, _ string) { c.Write([]byte{0xff, 1, 2}) }, "unknown type"},
+		{"ack beyond delivered", func(t *testing.T, c *net.UnixConn, _ string) { c.Write(cluster.EncodeHandoffAck(5)) }, "ack of 5 connections, 1 outstanding"},
+		{"master's type", func(t *testing.T, c *net.UnixConn, l string) {
+			fd := pipe(t)
+			c.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoConns, []string{l}, []string{"x"}), unix.UnixRights(fd), nil)
+			unix.Close(fd)
+		}, "is the master's"},
+		{"more returned than delivered", func(t *testing.T, c *net.UnixConn, l string) {
+			fds := []int{pipe(t), pipe(t)}
+			c.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoReturn, []string{l, l}, []string{"x", "y"}), unix.UnixRights(fds...), nil)
+			closeFDs(fds)
+		}, "2 connections returned, 1 outstanding"},
+		{"returned for unknown listener", func(t *testing.T, c *net.UnixConn, _ string) {
+			returnFD(pipe(t))(t, c, "tcp-nowhere")
+		}, "unknown listener"},
+		{"pipe returned", func(t *testing.T, c *net.UnixConn, l string) { returnFD(pipe(t))(t, c, l) }, "not a socket"},
+		{"listening socket returned", func(t *testing.T, c *net.UnixConn, l string) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			fd, err := scmrights.Dup(ln.(*net.TCPListener))
+			if err != nil {
+				t.Fatal(err)
+			}
+			returnFD(fd)(t, c, l)
+		}, "not a connected tcp stream socket"},
+		{"unconnected socket returned", func(t *testing.T, c *net.UnixConn, l string) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			returnFD(fd)(t, c, l)
+		}, "getpeername"},
+		{"dialled connection returned", func(t *testing.T, c *net.UnixConn, l string) {
+			// A connection of the worker's own, to somewhere else: its
+			// local port is not the listener's.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Open until the master checked it: closing the listener
+			// would reset the connection.
+			t.Cleanup(func() { ln.Close() })
+			dc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dc.Close() })
+			fd, err := scmrights.Dup(dc.(*net.TCPConn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			returnFD(fd)(t, c, l)
+		}, "not a connection of listener"},
+		{"descriptor on sub", func(t *testing.T, c *net.UnixConn, l string) {
+			fd := pipe(t)
+			c.WriteMsgUnix(cluster.EncodeHandoffName(cluster.HoSub, l), unix.UnixRights(fd), nil)
+			unix.Close(fd)
+		}, "descriptors on a"},
+		{"too many descriptors", func(t *testing.T, c *net.UnixConn, l string) {
+			fds := make([]int, cluster.HoMaxBatch+1)
+			for i := range fds {
+				fds[i] = pipe(t)
+			}
+			c.WriteMsgUnix([]byte{cluster.HoReturn}, unix.UnixRights(fds...), nil)
+			closeFDs(fds)
+		}, "descriptors"},
+		{"oversized", func(t *testing.T, c *net.UnixConn, _ string) { c.Write(make([]byte, cluster.HoMaxMsg+1)) }, "larger than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fdcensus.Verify(t)
+			log := &hoLog{}
+			r, lns := rigLog(t, slog.New(slog.NewJSONHandler(log, nil)), "tcp")
+			name := r.Names()[0]
+			bad, err := r.AddRaw()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bad.Close()
+			bad.Write(cluster.EncodeHandoffName(cluster.HoSub, name))
+			dialN(t, lns[0].Addr().String(), 1)
+			waitUntil(t, "one connection delivered to the bad worker", 5*time.Second, func() bool {
+				return cmp.Equal([]int{1}, r.Outstanding())
+			})
+			good, err := r.AddWorker()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer good.Close()
+			lg, err := good.Listen(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lg.Close()
+			tc.send(t, bad, name)
+			waitUntil(t, "bad worker dropped", 5*time.Second, func() bool { return r.Workers() == 1 })
+			recs := log.find("handoff: worker broke the connection protocol; restarting it")
+			if len(recs) != 1 || !strings.Contains(fmt.Sprint(recs[0]["err"]), tc.reason) {
+				t.Errorf("violations logged %v, want one whose error has %q", recs, tc.reason)
+			}
+			// The master closed its end: the bad worker reads end of file.
+			bad.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, cluster.HoMaxMsg)
+			oob := make([]byte, 4096)
+			for {
+				n, oobn, _, _, err := bad.ReadMsgUnix(buf, oob)
+				// The connection delivered before the garbage.
+				if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+					for _, m := range msgs {
+						fds, _ := unix.ParseUnixRights(&m)
+						closeFDs(fds)
+					}
+				}
+				if err != nil || n == 0 && oobn == 0 {
+					if err != nil && !errors.Is(err, io.EOF) {
+						t.Errorf("bad worker's channel: %v, want end of file", err)
+					}
+					break
+				}
+			}
+			dialN(t, lns[0].Addr().String(), 5)
+			if diff := cmp.Diff(seq(5), acceptN(t, lg, 5)); diff != "" {
+				t.Errorf("good worker after the garbage (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestHandoffSpread: a burst of connections to two accepting workers is
+// answered in full and reaches both.
+func TestHandoffSpread(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	const n = 400
+	var mu sync.Mutex
+	per := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range 2 {
+		w, err := r.AddWorker()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		l, err := w.Listen(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				per[i]++
+				mu.Unlock()
+				c.Write([]byte("k"))
+				c.Close()
+			}
+		}()
+		defer l.Close()
+	}
+	var cwg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			c, err := net.DialTimeout("tcp", lns[0].Addr().String(), 5*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	cwg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if per[0]+per[1] != n || per[0] == 0 || per[1] == 0 {
+		t.Errorf("accepted per worker %v, want %d in all on both", per, n)
+	}
+}
+
+// hoWorker is a handoff-mode worker process: it serves "pid slot" over
+// HTTP on the handed-off connections of its first listener. In slot
+// HO_BAD_SLOT, the first time only (marker file HO_MARKER), it first writes
+// garbage on its connection channel.
+func hoWorker() int {
+	fd, err := strconv.Atoi(os.Getenv("HANDOFF_CONN_FD"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ho-worker: no connection channel")
+		return 3
+	}
+	name, _, _ := strings.Cut(os.Getenv("LISTEN_FDNAMES"), ":")
+	if os.Getenv("HANDOFF_WORKER_ID") == os.Getenv("HO_BAD_SLOT") {
+		if f, err := os.OpenFile(os.Getenv("HO_MARKER"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
+			f.Close()
+			// A connection "returned" that is a pipe.
+			var p [2]int
+			unix.Pipe2(p[:], unix.O_CLOEXEC)
+			unix.Sendmsg(fd, cluster.EncodeHandoffConns(cluster.HoReturn, []string{name}, []string{"x"}), unix.UnixRights(p[0]), nil, 0)
+		}
+	}
+	ln, err := cluster.HandoffListener(name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ho-worker:", err)
+		return 3
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d %s\n", os.Getpid(), os.Getenv("HANDOFF_WORKER_ID"))
+	})}
+	go srv.Serve(ln)
+	if err := notifyReady(); err != nil {
+		fmt.Fprintln(os.Stderr, "ho-worker:", err)
+		return 3
+	}
+	sig := make(chan os.Signal, 1)
+	signalNotify(sig)
+	<-sig
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	return 0
+}
+
+// hoLog collects a master's JSON log.
+type hoLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *hoLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// find returns the records with message msg.
+func (l *hoLog) find(msg string) []map[string]any {
+	l.mu.Lock()
+	text := l.buf.String()
+	l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(text, "\n") {
+		var r map[string]any
+		if json.Unmarshal([]byte(line), &r) == nil && r["msg"] == msg {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestHandoffGarbageRestartsWorker: a worker process that breaks the
+// connection protocol is killed and respawned with a logged reason; the
+// other worker keeps its pid, the master's descriptors are unchanged, and
+// the cluster keeps answering.
+func TestHandoffGarbageRestartsWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &hoLog{}
+	m, err := cluster.New(&cluster.Config{
+		Program: bin,
+		Args:    []string{"-test.run=^$"},
+		Workers: 2,
+		Mode:    cluster.ModeHandoff,
+		Listen:  []string{"127.0.0.1:0"},
+		Env: append(os.Environ(), pc.Env(), "GORACE=atexit_sleep_ms=0", helperproc.RoleVar+"=ho-worker",
+			"HO_BAD_SLOT=0", "HO_MARKER="+filepath.Join(t.TempDir(), "m")),
+		Logger:  slog.New(slog.NewJSONHandler(log, nil)),
+		Backoff: supervise.Backoff{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		m.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("master log:\n%s", log.buf.String())
+		}
+	}()
+	var bad []map[string]any
+	waitUntil(t, "protocol violation logged", 15*time.Second, func() bool {
+		bad = log.find("handoff: worker broke the connection protocol; restarting it")
+		return len(bad) > 0
+	})
+	if len(bad) != 1 || bad[0]["slot"] != float64(0) || !strings.Contains(fmt.Sprint(bad[0]["err"]), "returned") {
+		t.Errorf("violation records %v, want one for slot 0 naming the returned connection", bad)
+	}
+	select {
+	case <-m.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("cluster not ready")
+	}
+	waitUntil(t, "slot 0 respawned", 15*time.Second, func() bool {
+		n := 0
+		for _, r := range log.find("worker started") {
+			if r["slot"] == float64(0) {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	for _, r := range log.find("worker started") {
+		if r["slot"] == float64(1) && r["generation"] != float64(1) {
+			t.Errorf("slot 1 restarted: %v", r)
+		}
+	}
+	if n := len(log.find("worker started")); n != 3 {
+		t.Errorf("%d workers started, want 3 (slot 0 twice)", n)
+	}
+	addr := m.Addrs()[0].String()
+	slots := map[string]bool{}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < 200 && len(slots) < 2; i++ {
+		resp, err := client.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		f := strings.Fields(string(b))
+		if len(f) == 2 {
+			slots[f[1]] = true
+		}
+	}
+	if !slots["0"] || !slots["1"] {
+		t.Errorf("slots answering %v, want 0 and 1", slots)
+	}
+}
+
+// recvConns reads connection messages from a raw worker channel until n
+// descriptors arrived, and returns them.
+func recvConns(t *testing.T, c *net.UnixConn, n int) []int {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	var fds []int
+	buf := make([]byte, cluster.HoMaxMsg)
+	oob := make([]byte, unix.CmsgSpace(4*cluster.HoMaxBatch))
+	for i := 0; i < 2*n && len(fds) < n; i++ {
+		_, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil {
+			closeFDs(fds)
+			t.Fatalf("received %d of %d connections: %v", len(fds), n, err)
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			closeFDs(fds)
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				closeFDs(fds)
+				t.Fatal(err)
+			}
+			fds = append(fds, got...)
+		}
+	}
+	if len(fds) != n {
+		closeFDs(fds)
+		t.Fatalf("received %d connections, want %d", len(fds), n)
+	}
+	return fds
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// TestHandoffExitedWorkerGiveBackQueued: connections a worker gave back
+// right before it exited are still queued on its channel when the master
+// learns of the exit; the master reads them and passes them on instead of
+// closing the channel on them. The worker's end stays open (a descendant
+// may hold it): the master still reaches the end of the channel.
+func TestHandoffExitedWorkerGiveBackQueued(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	a, pid, err := r.AddRawPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2
+	dialN(t, lns[0].Addr().String(), n)
+	fds := recvConns(t, a, n)
+	// As a closing listener does: unsubscribe, wait for DONE, give back.
+	if _, err := a.Write(cluster.EncodeHandoffName(cluster.HoUnsub, name)); err != nil {
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, cluster.HoMaxMsg)
+	if k, err := a.Read(buf); err != nil || k == 0 || buf[0] != cluster.HoDone {
+		closeFDs(fds)
+		t.Fatalf("after UNSUB: %q, %v; want DONE", buf[:k], err)
+	}
+	// Two messages: the master's reader waits in the first give-back (no
+	// other worker yet) while the second is still queued.
+	for _, fd := range fds {
+		if _, _, err := a.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoReturn, []string{name}, []string{"x"}), unix.UnixRights(fd), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeFDs(fds)
+	r.Exited(pid)
+	b, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lb, err := b.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
+		t.Errorf("connections given back before the exit (-want +got):\n%s", diff)
+	}
+	waitUntil(t, "exited worker's channel released", 5*time.Second, func() bool { return r.Workers() == 1 })
+}
+
+// TestHandoffPause: an upgrade's pause delivers what the master holds and
+// then leaves new connections in the kernel's backlog; it fails while no
+// worker can take what the master holds; resume accepts again, and no
+// connection is lost on the way.
+func TestHandoffPause(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	addr := lns[0].Addr().String()
+	var cs []net.Conn
+	dial := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			fmt.Fprintf(c, "%04d", i)
+			cs = append(cs, c)
+		}
+	}
+	// No worker: the master accepts and holds them.
+	dial(0, 3)
+	waitUntil(t, "connections held by the master", 5*time.Second, func() bool { return r.Busy() == 1 })
+	if err := r.Pause(100 * time.Millisecond); err == nil {
+		t.Fatal("Pause with connections no worker can take: nil error")
+	}
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := r.Pause(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// What the master held is delivered (the rest of the three may still
+	// be in the backlog).
+	held := r.Outstanding()
+	if len(held) != 1 || held[0] < 1 || r.Busy() != 0 {
+		t.Fatalf("when Pause returned: delivered %v, busy %d; want at least [1], 0", held, r.Busy())
+	}
+	// Paused: the master accepts nothing.
+	dial(3, 3)
+	time.Sleep(100 * time.Millisecond)
+	if got := r.Outstanding(); !cmp.Equal(held, got) || r.Busy() != 0 {
+		t.Errorf("paused: delivered %v, busy %d; want %v, 0", got, r.Busy(), held)
+	}
+	r.Resume()
+	r.Resume() // idempotent
+	if diff := cmp.Diff(seq(6), acceptN(t, l, 6)); diff != "" {
+		t.Errorf("connections accepted across the pause (-want +got):\n%s", diff)
+	}
+}
+
+// TestHandoffCloseUnblocksAccept: Close wakes an Accept that is waiting
+// for a connection; it returns net.ErrClosed.
+func TestHandoffCloseUnblocksAccept(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l, err := w.Listen(r.Names()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if c != nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // Accept is waiting
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept during Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Accept still blocked after Close")
+	}
+	if err := l.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// TestHandoffAdoptOldWorker: after an in-place upgrade the new image serves
+// the kept channel of an old worker: the old worker's Close gets its DONE
+// at once (not after its 5 s wait), and the connections the old image had
+// delivered and the worker gives back reach a worker of the new image.
+func TestHandoffAdoptOldWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	// The rig must not take the connections the old image "accepted".
+	if err := r.Pause(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2
+	dialN(t, lns[0].Addr().String(), n)
+	var fds []int
+	for range n {
+		c, err := lns[0].Accept()
+		if err != nil {
+			closeFDs(fds)
+			t.Fatal(err)
+		}
+		fd, err := scmrights.Dup(c.(*net.TCPConn))
+		c.Close()
+		if err != nil {
+			closeFDs(fds)
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	r.Resume()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	masterEnd := os.NewFile(uintptr(pair[0]), "old-master")
+	uc, err := scmrights.UnixConn(pair[1])
+	if err != nil {
+		masterEnd.Close()
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	old, err := cluster.NewHandoffWorker(uc)
+	if err != nil {
+		masterEnd.Close()
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	defer old.Close()
+	lo, err := old.Listen(name)
+	if err != nil {
+		masterEnd.Close()
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	// The old image delivered them, then executed the new one.
+	p := cluster.EncodeHandoffConns(cluster.HoConns, []string{name, name}, []string{"a", "b"})
+	if _, err := unix.SendmsgN(pair[0], p, unix.UnixRights(fds...), nil, 0); err != nil {
+		masterEnd.Close()
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	closeFDs(fds)
+	if err := r.AdoptOld(masterEnd); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- lo.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the old worker's Close got no DONE")
+	}
+	b, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lb, err := b.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
+		t.Errorf("connections the old worker gave back (-want +got):\n%s", diff)
+	}
+}
+
+// TestHandoffWorkerBadMaster: whatever breaks the protocol on the worker's
+// side of the channel (surplus, missing or wrong descriptors, oversized or
+// unknown messages) is dropped with every descriptor closed, and the
+// worker's Accept goes on to the next good connection.
+func TestHandoffWorkerBadMaster(t *testing.T) {
+	fdcensus.Verify(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	uc, err := scmrights.UnixConn(pair[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := cluster.NewHandoffWorker(uc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "tcp-x"
+	l, err := w.Listen(name)
+	if err != nil {
+		w.Close()
+		t.Fatal(err)
+	}
+	// The master's end first: Close does not wait for a DONE then.
+	defer func() {
+		w.Close()
+		l.Close()
+	}()
+	pipe := func() int {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(p[1])
+		return p[0]
+	}
+	send := func(p []byte, fds ...int) {
+		t.Helper()
+		if _, err := unix.SendmsgN(pair[0], p, unix.UnixRights(fds...), nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		closeFDs(fds)
+	}
+	one := cluster.EncodeHandoffConns(cluster.HoConns, []string{name}, []string{"x"})
+	send(one)                                                              // missing descriptor
+	send(one, pipe(), pipe())                                              // surplus descriptor
+	send([]byte{'Z', 0}, pipe())                                           // unknown type
+	send(cluster.EncodeHandoffName(cluster.HoDone, name+"-other"), pipe()) // descriptor on DONE
+	many := make([]int, cluster.HoMaxBatch+1)
+	for i := range many {
+		many[i] = pipe()
+	}
+	send(one, many...)                             // more than a batch: truncated
+	send(make([]byte, cluster.HoMaxMsg+1), pipe()) // oversized
+	send(one, pipe())                              // wrong type: a pipe
+	// Then a good connection.
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := scmrights.Dup(sc.(*net.TCPConn))
+	sc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(cluster.EncodeHandoffConns(cluster.HoConns, []string{name}, []string{c.LocalAddr().String()}), fd)
+	type res struct {
+		c      net.Conn
+		remote string
+		err    error
+	}
+	ch := make(chan res, 1)
+	go func() { c, remote, err := cluster.AcceptMeta(l); ch <- res{c, remote, err} }()
+	select {
+	case got := <-ch:
+		if got.err != nil {
+			t.Fatal(got.err)
+		}
+		defer got.c.Close()
+		if got.remote != c.LocalAddr().String() || got.c.RemoteAddr().String() != c.LocalAddr().String() {
+			t.Errorf("accepted the connection from %v (reported %q), want %v", got.c.RemoteAddr(), got.remote, c.LocalAddr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the good connection was not accepted")
+	}
+}
+
+// TestHandoffMasterGone: when the master's end of the channel closes, the
+// connections already received are still accepted, then Accept fails with
+// ErrMasterGone, and Close returns without waiting for a DONE.
+func TestHandoffMasterGone(t *testing.T) {
+	fdcensus.Verify(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := scmrights.UnixConn(pair[1])
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	w, err := cluster.NewHandoffWorker(uc)
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const name = "tcp-x"
+	l, err := w.Listen(name)
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	fd, err := scmrights.Dup(sc.(*net.TCPConn))
+	sc.Close()
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	_, err = unix.SendmsgN(pair[0], cluster.EncodeHandoffConns(cluster.HoConns, []string{name}, []string{"x"}), unix.UnixRights(fd), nil, 0)
+	unix.Close(fd)
+	unix.Close(pair[0]) // the master is gone
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 2)
+	go func() {
+		for range 2 {
+			c, err := l.Accept()
+			if c != nil {
+				c.Close()
+			}
+			errc <- err
+		}
+	}()
+	for i, want := range []error{nil, cluster.ErrMasterGone} {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, want) || (want == nil) != (err == nil) {
+				t.Errorf("Accept %d: %v, want %v", i, err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Accept %d blocked", i)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("Close waited for a DONE from a master that is gone")
+	}
+}
+
+// TestHandoffDeadWorkerGiveBackQueued: a worker gives connections of one
+// listener back, then dies with connections of another unread on its
+// channel. The kernel reports ECONNRESET to the master's end before the
+// messages the worker sent; the master still reads the give-backs and
+// passes them on.
+func TestHandoffDeadWorkerGiveBackQueued(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp", "tcp")
+	names := r.Names()
+	a, err := r.AddRaw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, name := range names {
+		if _, err := a.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 2
+	dialN(t, lns[0].Addr().String(), n)
+	fds := recvConns(t, a, n)
+	if _, err := a.Write(cluster.EncodeHandoffName(cluster.HoUnsub, names[0])); err != nil {
+		closeFDs(fds)
+		t.Fatal(err)
+	}
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, cluster.HoMaxMsg)
+	if k, err := a.Read(buf); err != nil || k == 0 || buf[0] != cluster.HoDone {
+		closeFDs(fds)
+		t.Fatalf("after UNSUB: %q, %v; want DONE", buf[:k], err)
+	}
+	// The master's reader waits in the first give-back (no other worker
+	// of that listener yet) while the second is still queued.
+	for _, fd := range fds {
+		if _, _, err := a.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoReturn, []string{names[0]}, []string{"x"}), unix.UnixRights(fd), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeFDs(fds)
+	// A connection of the other listener reaches a's channel, unread.
+	dialN(t, lns[1].Addr().String(), 1)
+	waitUntil(t, "connection of the second listener delivered", 5*time.Second, func() bool {
+		// The second give-back is not read yet: its connection counts.
+		return cmp.Equal([]int{2}, r.Outstanding())
+	})
+	a.Close() // the worker dies
+	b, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lb, err := b.Listen(names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
+		t.Errorf("connections given back before the death (-want +got):\n%s", diff)
+	}
+	waitUntil(t, "dead worker's channel released", 5*time.Second, func() bool { return r.Workers() == 1 })
+}
+
+// TestHandoffAcceptEMFILE: when the worker cannot make a net.Conn of a
+// handed-off connection for lack of descriptors, Accept keeps it and
+// returns a temporary error (a server backs off and calls again, as with
+// a kernel's accept queue under EMFILE); the next Accept serves it, and a
+// Close gives back any still kept.
+func TestHandoffAcceptEMFILE(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fails := 2
+	emfile := &net.OpError{Op: "file", Net: "file+net", Err: os.NewSyscallError("dup", unix.EMFILE)}
+	restore := cluster.SetHandoffFileConn(func(f *os.File) (net.Conn, error) {
+		if fails > 0 {
+			fails--
+			return nil, emfile
+		}
+		return net.FileConn(f)
+	})
+	defer restore()
+	dialN(t, lns[0].Addr().String(), 1)
+	for range 2 {
+		c, err := acceptWithin(t, l)
+		var ne net.Error
+		//lint:ignore SA1019 net/http's Server.Serve backs off on exactly this.
+		if c != nil || !errors.Is(err, unix.EMFILE) || !errors.As(err, &ne) || !ne.Temporary() {
+			t.Fatalf("Accept at EMFILE: %v, %v; want a temporary EMFILE error", c, err)
+		}
+	}
+	if diff := cmp.Diff([]int{0}, acceptN(t, l, 1)); diff != "" {
+		t.Errorf("connection accepted after EMFILE (-want +got):\n%s", diff)
+	}
+	// Kept at Close: given back to the master, which hands it to another
+	// worker.
+	fails = 1
+	dialN(t, lns[0].Addr().String(), 1)
+	if c, err := acceptWithin(t, l); !errors.Is(err, unix.EMFILE) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Accept at EMFILE: %v", err)
+	}
+	b, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	lb, err := b.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{0}, acceptN(t, lb, 1)); diff != "" {
+		t.Errorf("kept connection given back at Close (-want +got):\n%s", diff)
+	}
+}
+
+// acceptWithin is one Accept of l, failing the test if it blocks 10 s (the
+// listener is closed then).
+func acceptWithin(t *testing.T, l net.Listener) (net.Conn, error) {
+	t.Helper()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := l.Accept(); ch <- res{c, err} }()
+	select {
+	case rs := <-ch:
+		return rs.c, rs.err
+	case <-time.After(10 * time.Second):
+		l.Close()
+		if rs := <-ch; rs.c != nil {
+			rs.c.Close()
+		}
+		t.Fatal("Accept blocked for 10 s")
+		return nil, nil
+	}
+}

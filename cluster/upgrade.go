@@ -1,0 +1,333 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/handoff-go/handoff/internal/listenfds"
+)
+
+// envUpgradeState carries the state of an in-place upgrade (SIGUSR2) from
+// the old master image to the new one, in the environment of the execve.
+const envUpgradeState = "HANDOFF_UPGRADE_STATE"
+
+// upgradeMagic opens the state; the version changes with the format, and an
+// image that does not know it starts clean.
+const upgradeMagic = "handoff-upgrade v1"
+
+// maxUpgradeState bounds the state: well under execve's 128 KiB limit for
+// one environment string (MAX_ARG_STRLEN).
+const maxUpgradeState = 96 << 10
+
+// ErrUpgradeState reports a malformed upgrade state. The master logs it
+// and starts clean: it never adopts descriptors or processes it could not
+// make sense of.
+var ErrUpgradeState = errors.New("cluster: malformed upgrade state")
+
+// upgradeState is what the old image hands over. Every descriptor is a
+// number in the new image, unchanged by execve(2).
+type upgradeState struct {
+	// pid is the master's pid; a state for another process is garbage.
+	pid int
+	// listeners in -listen order, as socket activation would name them.
+	listeners []Activated
+	// pidLock is the pid file's lock file (supervise.PIDFile.LockFile), or
+	// -1.
+	pidLock int
+	// files are other named descriptors parts of the master keep across
+	// the exec (keepAcrossUpgrade), such as the control socket's listener.
+	files []namedFD
+	// binds are the listeners workers had the master bind at run time
+	// (cluster.Listen), by their -listen form (Addr.String).
+	binds []namedFD
+	// slots are reuseport mode's per-slot sockets (slot >= 1).
+	slots []slotFD
+	// workers are the old image's worker processes.
+	workers []oldWorker
+	// notify is the old image's notify socket path, removed by the new
+	// image (its directory too).
+	notify string
+}
+
+type namedFD struct {
+	name string
+	fd   int
+}
+
+// slotFD is socket index (in -listen order) of reuseport slot slot.
+type slotFD struct {
+	fd, slot, index int
+}
+
+// oldWorker is a worker of the old image, retired by the new one once its
+// own workers are ready.
+type oldWorker struct {
+	pid, slot, generation int
+	// stdout and stderr are the read ends of its captured output, or -1.
+	stdout, stderr int
+}
+
+// Bounds of parsed numbers: descriptors are small non-negative ints above
+// stdio; PID_MAX_LIMIT is 2^22.
+const (
+	maxStateFD   = 1 << 20
+	maxStatePID  = 1 << 22
+	maxStateSlot = 4096
+	maxStateGen  = 1 << 30
+	maxFileName  = 64
+	// maxStateSlots bounds reuseport slot sockets: the state's size bound
+	// comes first in practice.
+	maxStateSlots = 1 << 14
+)
+
+// encode renders the state, one record a line:
+//
+//	handoff-upgrade v1 PID
+//	L FD NAME             a listener (NAME as in LISTEN_FDNAMES)
+//	K FD                  the pid file's lock file
+//	F FD NAME             another kept descriptor
+//	B FD ADDR             a listener bound for a worker (ADDR: scheme://address)
+//	S FD SLOT INDEX       reuseport mode: socket INDEX of slot SLOT
+//	W PID SLOT GEN OUT ERR   an old worker (OUT, ERR: output pipes or -1)
+//	N PATH                the old notify socket
+func (s *upgradeState) encode() (string, error) {
+	var b strings.Builder
+	b.WriteString(upgradeMagic + " " + strconv.Itoa(s.pid) + "\n")
+	for _, l := range s.listeners {
+		fmt.Fprintf(&b, "L %d %s\n", l.FD, l.Name)
+	}
+	if s.pidLock >= 0 {
+		fmt.Fprintf(&b, "K %d\n", s.pidLock)
+	}
+	for _, f := range s.files {
+		fmt.Fprintf(&b, "F %d %s\n", f.fd, f.name)
+	}
+	for _, l := range s.binds {
+		fmt.Fprintf(&b, "B %d %s\n", l.fd, l.name)
+	}
+	for _, l := range s.slots {
+		fmt.Fprintf(&b, "S %d %d %d\n", l.fd, l.slot, l.index)
+	}
+	for _, w := range s.workers {
+		fmt.Fprintf(&b, "W %d %d %d %d %d\n", w.pid, w.slot, w.generation, w.stdout, w.stderr)
+	}
+	if s.notify != "" && !strings.ContainsAny(s.notify, "\n\x00") {
+		b.WriteString("N " + s.notify + "\n")
+	}
+	if b.Len() > maxUpgradeState {
+		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, b.Len(), maxUpgradeState)
+	}
+	out := b.String()
+	// What we hand over must be what the new image accepts.
+	if _, err := parseUpgradeState(out); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// parseUpgradeState parses encode's output. Anything else (a bad number, a
+// descriptor named twice, an unknown record, too large) is an error
+// wrapping ErrUpgradeState; it never panics.
+func parseUpgradeState(s string) (*upgradeState, error) {
+	bad := func(format string, args ...any) (*upgradeState, error) {
+		return nil, fmt.Errorf("%w: "+format, append([]any{ErrUpgradeState}, args...)...)
+	}
+	if len(s) > maxUpgradeState {
+		return bad("%d bytes", len(s))
+	}
+	lines := strings.Split(s, "\n")
+	if n := len(lines); n > 0 && lines[n-1] == "" {
+		lines = lines[:n-1]
+	}
+	if len(lines) == 0 {
+		return bad("empty")
+	}
+	head, ok := strings.CutPrefix(lines[0], upgradeMagic+" ")
+	if !ok {
+		return bad("unknown header %q", trunc(lines[0]))
+	}
+	st := &upgradeState{pidLock: -1}
+	var err error
+	if st.pid, err = atoiIn(head, 1, maxStatePID); err != nil {
+		return bad("pid: %v", err)
+	}
+	fds := map[int]bool{}
+	fd := func(field string) (int, error) {
+		n, err := atoiIn(field, listenFDsStart, maxStateFD)
+		if err != nil {
+			return 0, err
+		}
+		if fds[n] {
+			return 0, fmt.Errorf("descriptor %d named twice", n)
+		}
+		fds[n] = true
+		return n, nil
+	}
+	optFD := func(field string) (int, error) {
+		if field == "-1" {
+			return -1, nil
+		}
+		return fd(field)
+	}
+	pids := map[int]bool{}
+	for i, ln := range lines[1:] {
+		kind, rest, _ := strings.Cut(ln, " ")
+		recErr := func(err error) (*upgradeState, error) {
+			return bad("line %d %q: %v", i+2, trunc(ln), err)
+		}
+		switch kind {
+		case "L", "F", "B":
+			num, name, ok := strings.Cut(rest, " ")
+			if !ok {
+				return recErr(errors.New("no name"))
+			}
+			n, err := fd(num)
+			if err != nil {
+				return recErr(err)
+			}
+			if kind == "L" {
+				if err := listenfds.ValidName(name); err != nil {
+					return recErr(err)
+				}
+				if len(st.listeners) >= maxListenFDs {
+					return recErr(errors.New("too many listeners"))
+				}
+				st.listeners = append(st.listeners, Activated{FD: n, Name: name})
+				continue
+			}
+			if kind == "B" {
+				a, err := ParseAddr(name)
+				if err != nil || a.String() != name {
+					return recErr(errors.New("bad address"))
+				}
+				for _, l := range st.binds {
+					if l.name == name {
+						return recErr(errors.New("address named twice"))
+					}
+				}
+				if len(st.binds) >= maxListenFDs {
+					return recErr(errors.New("too many bound listeners"))
+				}
+				st.binds = append(st.binds, namedFD{name: name, fd: n})
+				continue
+			}
+			if !validFileName(name) {
+				return recErr(errors.New("bad file name"))
+			}
+			for _, f := range st.files {
+				if f.name == name {
+					return recErr(errors.New("file named twice"))
+				}
+			}
+			st.files = append(st.files, namedFD{name: name, fd: n})
+		case "S":
+			f := strings.Split(rest, " ")
+			if len(f) != 3 {
+				return recErr(errors.New("want 3 fields"))
+			}
+			var l slotFD
+			if l.fd, err = fd(f[0]); err != nil {
+				return recErr(err)
+			}
+			if l.slot, err = atoiIn(f[1], 1, maxStateSlot-1); err != nil {
+				return recErr(err)
+			}
+			if l.index, err = atoiIn(f[2], 0, maxListenFDs-1); err != nil {
+				return recErr(err)
+			}
+			for _, o := range st.slots {
+				if o.slot == l.slot && o.index == l.index {
+					return recErr(errors.New("slot socket named twice"))
+				}
+			}
+			if len(st.slots) >= maxStateSlots {
+				return recErr(errors.New("too many slot sockets"))
+			}
+			st.slots = append(st.slots, l)
+		case "K":
+			if st.pidLock >= 0 {
+				return recErr(errors.New("second pid file lock"))
+			}
+			if st.pidLock, err = fd(rest); err != nil {
+				return recErr(err)
+			}
+		case "W":
+			f := strings.Split(rest, " ")
+			if len(f) != 5 {
+				return recErr(errors.New("want 5 fields"))
+			}
+			var w oldWorker
+			if w.pid, err = atoiIn(f[0], 2, maxStatePID); err != nil {
+				return recErr(err)
+			}
+			if w.pid == st.pid || pids[w.pid] {
+				return recErr(errors.New("pid repeated"))
+			}
+			pids[w.pid] = true
+			if w.slot, err = atoiIn(f[1], 0, maxStateSlot-1); err != nil {
+				return recErr(err)
+			}
+			if w.generation, err = atoiIn(f[2], 1, maxStateGen); err != nil {
+				return recErr(err)
+			}
+			if w.stdout, err = optFD(f[3]); err != nil {
+				return recErr(err)
+			}
+			if w.stderr, err = optFD(f[4]); err != nil {
+				return recErr(err)
+			}
+			st.workers = append(st.workers, w)
+		case "N":
+			if st.notify != "" || !strings.HasPrefix(rest, "/") || strings.ContainsRune(rest, 0) {
+				return recErr(errors.New("want one absolute path"))
+			}
+			st.notify = rest
+		default:
+			return recErr(errors.New("unknown record"))
+		}
+	}
+	return st, nil
+}
+
+// validFileName accepts the names of kept descriptors: short, and of
+// characters that cannot break a record.
+func validFileName(s string) bool {
+	if s == "" || len(s) > maxFileName {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// atoiIn parses a canonical decimal in [lo, hi]: no sign, no leading zero.
+func atoiIn(s string, lo, hi int) (int, error) {
+	if s == "" || len(s) > 10 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("number %q", trunc(s))
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, fmt.Errorf("number %q", trunc(s))
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	if n < lo || n > hi {
+		return 0, fmt.Errorf("%d out of range %d..%d", n, lo, hi)
+	}
+	return n, nil
+}
+
+// trunc shortens garbage quoted in an error.
+func trunc(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

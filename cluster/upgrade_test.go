@@ -1,0 +1,100 @@
+package cluster_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/handoff-go/handoff/cluster"
+)
+
+const goodState = "handoff-upgrade v1 4242\n" +
+	"L 3 tcp-127.0.0.1-8080\n" +
+	"L 7 my name with spaces\n" +
+	"K 9\n" +
+	"F 12 chan.4301\n" +
+	"W 4301 0 3 14 15\n" +
+	"W 4302 1 3 -1 -1\n" +
+	"N /tmp/handoff-123/notify\n"
+
+// TestUpgradeState: the state the old image hands over round-trips, and
+// garbage is rejected as a whole with ErrUpgradeState (the new image then
+// starts clean and adopts nothing).
+func TestUpgradeState(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		ok       bool
+	}{
+		{"full", goodState, true},
+		{"minimal", "handoff-upgrade v1 1\n", true},
+		{"no trailing newline", "handoff-upgrade v1 7\nL 3 x", true},
+		{"empty", "", false},
+		{"other version", "handoff-upgrade v2 4242\n", false},
+		{"pid zero", "handoff-upgrade v1 0\n", false},
+		{"pid leading zero", "handoff-upgrade v1 042\n", false},
+		{"pid too large", "handoff-upgrade v1 99999999\n", false},
+		{"stdio descriptor", "handoff-upgrade v1 5\nL 2 x\n", false},
+		{"negative descriptor", "handoff-upgrade v1 5\nL -3 x\n", false},
+		{"descriptor twice", "handoff-upgrade v1 5\nL 3 x\nK 3\n", false},
+		{"output reuses a listener", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 3 -1\n", false},
+		{"listener name with colon", "handoff-upgrade v1 5\nL 3 a:b\n", false},
+		{"listener without name", "handoff-upgrade v1 5\nL 3\n", false},
+		{"file name with slash", "handoff-upgrade v1 5\nF 3 ../x\n", false},
+		{"file twice", "handoff-upgrade v1 5\nF 3 a\nF 4 a\n", false},
+		{"two locks", "handoff-upgrade v1 5\nK 3\nK 4\n", false},
+		{"worker is the master", "handoff-upgrade v1 5\nW 5 0 1 -1 -1\n", false},
+		{"worker twice", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 6 1 1 -1 -1\n", false},
+		{"worker short", "handoff-upgrade v1 5\nW 6 0 1 -1\n", false},
+		{"worker generation 0", "handoff-upgrade v1 5\nW 6 0 0 -1 -1\n", false},
+		{"worker slot too large", "handoff-upgrade v1 5\nW 6 4096 1 -1 -1\n", false},
+		{"relative notify", "handoff-upgrade v1 5\nN tmp/notify\n", false},
+		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false},
+		{"blank line", "handoff-upgrade v1 5\n\nL 3 x\n", false},
+		{"too large", "handoff-upgrade v1 5\n" + strings.Repeat("W 6 0 1 -1 -1\n", 10000), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := cluster.ReencodeUpgradeState(tc.in)
+			if !tc.ok {
+				if !errors.Is(err, cluster.ErrUpgradeState) {
+					t.Errorf("err = %v, want ErrUpgradeState", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.in
+			if !strings.HasSuffix(want, "\n") {
+				want += "\n"
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// FuzzUpgradeState: the parser never panics, and whatever it accepts
+// renders to a state it accepts again, unchanged.
+func FuzzUpgradeState(f *testing.F) {
+	f.Add(goodState)
+	f.Add("handoff-upgrade v1 1\n")
+	f.Add("handoff-upgrade v1 5\nL 3 x\nK 3\n")
+	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nN /x\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		once, err := cluster.ReencodeUpgradeState(s)
+		if err != nil {
+			if !errors.Is(err, cluster.ErrUpgradeState) {
+				t.Fatalf("error %v does not wrap ErrUpgradeState", err)
+			}
+			return
+		}
+		twice, err := cluster.ReencodeUpgradeState(once)
+		if err != nil || twice != once {
+			t.Fatalf("re-encoded state %q: %q, %v", once, twice, err)
+		}
+	})
+}

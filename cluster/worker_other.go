@@ -1,0 +1,36 @@
+//go:build !linux
+
+package cluster
+
+import (
+	"context"
+	"net"
+)
+
+// wchannel is the control channel, which needs Linux: elsewhere a process
+// is never a worker and the API works standalone.
+type wchannel struct{}
+
+func initWorker(*wstate) {}
+
+func (w *wstate) send([]byte) error { return ErrNotWorker }
+
+func (w *wstate) forward([]byte) {}
+
+// listen binds locally: without a master there is nothing to inherit
+// from it. The empty address names an inherited socket, which needs Linux.
+func (w *wstate) listen(ctx context.Context, network, address string) (net.Listener, error) {
+	if address == "" {
+		return nil, ErrNoListener
+	}
+	var lc net.ListenConfig
+	return lc.Listen(ctx, network, address)
+}
+
+func (w *wstate) listenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	if address == "" {
+		return nil, ErrNoListener
+	}
+	var lc net.ListenConfig
+	return lc.ListenPacket(ctx, network, address)
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/handoff-go/handoff/cluster"
+)
+
+// controlCommands are the subcommands that talk to a running master over
+// its control socket; run dispatches on them.
+var controlCommands = map[string]bool{"status": true, "restart": true, "stop": true, "scale": true, "send": true, "broadcast": true}
+
+// runControl runs "mini-cluster CMD [OPERANDS] -control PATH [-json]":
+// status, restart, stop, scale N, send SLOT MESSAGE, broadcast MESSAGE.
+// Flags may come before or after the operands.
+func runControl(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mini-cluster "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	operand := map[string]string{"scale": " N", "send": " SLOT MESSAGE", "broadcast": " MESSAGE"}[cmd]
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: mini-cluster %s%s -control PATH [-json] [-timeout D]\n\nflags:\n", cmd, operand)
+		fs.PrintDefaults()
+	}
+	path := fs.String("control", "", "path of the master's control socket (the master's -control)")
+	asJSON := fs.Bool("json", false, "print the answer as JSON")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up on the master after this long")
+	var pos []string
+	rest := args
+	// flag stops at the first operand; parse again after each one, so that
+	// "scale 4 -control P" works. Each pass consumes at least one argument.
+	for range len(args) + 1 {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return &usageError{err: err, printed: true}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if *path == "" {
+		fs.Usage()
+		return &usageError{err: fmt.Errorf("%s: -control PATH is required", cmd)}
+	}
+	if *timeout <= 0 {
+		return &usageError{err: fmt.Errorf("-timeout %v: want a positive duration", *timeout)}
+	}
+	n := 0
+	switch {
+	case cmd == "scale" && len(pos) != 1:
+		fs.Usage()
+		return &usageError{err: errors.New("scale: want exactly one worker count")}
+	case cmd == "scale":
+		var err error
+		if n, err = strconv.Atoi(pos[0]); err != nil || n < 0 || n > 4096 {
+			return &usageError{err: fmt.Errorf("scale %q: want a number of workers from 0 to 4096", pos[0])}
+		}
+	case cmd == "send" && len(pos) != 2, cmd == "broadcast" && len(pos) != 1:
+		fs.Usage()
+		return &usageError{err: fmt.Errorf("%s: want%s", cmd, operand)}
+	case cmd == "send":
+		var err error
+		if n, err = strconv.Atoi(pos[0]); err != nil || n < 0 || n >= 4096 {
+			return &usageError{err: fmt.Errorf("send %q: want a slot number from 0 to 4095", pos[0])}
+		}
+	case cmd == "broadcast":
+	case len(pos) != 0:
+		fs.Usage()
+		return &usageError{err: fmt.Errorf("%s: unexpected argument %q", cmd, pos[0])}
+	}
+	if (cmd == "send" || cmd == "broadcast") && len(pos[len(pos)-1]) > cluster.MaxMessage {
+		// An operand error like the others (exit 2), found before dialling.
+		return &usageError{err: fmt.Errorf("%s: message of %d bytes; at most %d", cmd, len(pos[len(pos)-1]), cluster.MaxMessage)}
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	c, err := cluster.DialControl(dctx, *path, &cluster.ControlOptions{Timeout: *timeout})
+	if err != nil {
+		return explainDial(*path, err)
+	}
+	defer c.Close()
+	switch cmd {
+	case "status":
+		st, err := c.Status()
+		if err != nil {
+			return explainControl(*path, err)
+		}
+		if *asJSON {
+			_, err = stdout.Write(append(st.AppendJSON(nil), '\n'))
+			return err
+		}
+		return printStatus(stdout, st, time.Now())
+	case "restart":
+		err = c.Restart()
+	case "stop":
+		err = c.Stop()
+	case "scale":
+		err = c.Scale(n)
+	case "send":
+		err = c.Send(n, []byte(pos[1]))
+	case "broadcast":
+		err = c.Broadcast([]byte(pos[0]))
+	}
+	if err != nil {
+		return explainControl(*path, err)
+	}
+	if *asJSON {
+		_, err = io.WriteString(stdout, `{"type":"ok"}`+"\n")
+		return err
+	}
+	switch cmd {
+	case "restart":
+		_, err = fmt.Fprintln(stdout, "restart begun")
+	case "stop":
+		_, err = fmt.Fprintln(stdout, "stop begun")
+	case "scale":
+		_, err = fmt.Fprintf(stdout, "scaling to %d workers\n", n)
+	case "send":
+		_, err = fmt.Fprintf(stdout, "queued for slot %d\n", n)
+	case "broadcast":
+		_, err = fmt.Fprintln(stdout, "queued for every worker")
+	}
+	return err
+}
+
+// explainDial turns a failed connect into a message that says what to do.
+func explainDial(path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("no control socket at %s (is a master running with -control %s?): %w", path, path, err)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("control socket %s refuses connections (the master is not running; the file is stale): %w", path, err)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("permission denied on %s (run as the master's user or root): %w", path, err)
+	}
+	return err
+}
+
+func explainControl(path string, err error) error {
+	if errors.Is(err, cluster.ErrControlClosed) {
+		return fmt.Errorf("the master closed %s without answering (only root and the master's user may use it): %w", path, err)
+	}
+	return err
+}
+
+// printStatus writes the human table of st.
+func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
+	restarting := ""
+	if st.Restarting {
+		restarting = ", restarting"
+	}
+	if _, err := fmt.Fprintf(w, "master %d: generation %d, %d/%d workers ready%s\n", st.PID, st.Generation, st.ReadyWorkers, st.Workers, restarting); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT")
+	for _, s := range st.Slots {
+		pid, gen, up := "-", "-", "-"
+		if s.PID != 0 {
+			pid, gen, up = strconv.Itoa(s.PID), strconv.Itoa(s.Generation), s.Uptime.Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Slot, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+	}
+	return tw.Flush()
+}
+
+// describeExit is the LAST EXIT column: "-", or e.g. "pid 42 killed by
+// SIGKILL 3s ago" / "pid 42 exit 1 3s ago (requested)".
+func describeExit(x *cluster.ControlExit, now time.Time) string {
+	if x == nil {
+		return "-"
+	}
+	how := "exit " + strconv.Itoa(x.Code)
+	if x.Signal != 0 {
+		how = "killed by " + signalName(x.Signal)
+	}
+	s := fmt.Sprintf("pid %d %s %s ago", x.PID, how, now.Sub(x.Time).Round(time.Second))
+	if x.Requested {
+		s += " (requested)"
+	}
+	return s
+}
+
+func signalName(sig syscall.Signal) string {
+	switch sig {
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGABRT:
+		return "SIGABRT"
+	case syscall.SIGSEGV:
+		return "SIGSEGV"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return "signal " + strconv.Itoa(int(sig))
+}

@@ -1,0 +1,219 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/valyala/fastjson"
+)
+
+// ctl runs one subcommand in process and returns its exit code, stdout
+// and stderr.
+func ctl(args ...string) (int, string, string) {
+	var stdout, stderr bytes.Buffer
+	code := exitCode(run(context.Background(), args, nil, &stdout, &stderr), &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// controlDir returns a short private directory for a control socket.
+func controlDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// statusJSON runs "status -json" and returns the parsed fields the tests
+// compare: generation, workers, ready workers, and per slot
+// "generation/state/restarts".
+func statusJSON(t *testing.T, path string) (gen, workers, ready int, slots []string) {
+	t.Helper()
+	code, out, errOut := ctl("status", "-control", path, "-json")
+	if code != 0 {
+		t.Fatalf("status -json: exit %d: %s", code, errOut)
+	}
+	v, err := fastjson.Parse(out)
+	if err != nil {
+		t.Fatalf("status -json printed %q: %v", out, err)
+	}
+	for _, s := range v.GetArray("slots") {
+		slots = append(slots, strconv.Itoa(s.GetInt("generation"))+"/"+string(s.GetStringBytes("state"))+"/"+strconv.Itoa(s.GetInt("restarts")))
+	}
+	return v.GetInt("generation"), v.GetInt("workers"), v.GetInt("ready_workers"), slots
+}
+
+// servingPID returns the pid "status -json" shows for slot.
+func servingPID(t *testing.T, path string, slot int) int {
+	t.Helper()
+	code, out, errOut := ctl("status", "-control", path, "-json")
+	if code != 0 {
+		t.Fatalf("status -json: exit %d: %s", code, errOut)
+	}
+	v, err := fastjson.Parse(out)
+	if err != nil {
+		t.Fatalf("status -json printed %q: %v", out, err)
+	}
+	slots := v.GetArray("slots")
+	if slot >= len(slots) || slots[slot].GetInt("pid") == 0 {
+		t.Fatalf("status -json shows no worker in slot %d: %s", slot, out)
+	}
+	return slots[slot].GetInt("pid")
+}
+
+// waitCtl polls cond for 15 s at most.
+func waitCtl(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; i < 1500 && time.Now().Before(deadline); i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestControlSubcommands runs every subcommand against a real mini-cluster:
+// the status table and its JSON, scale, restart (generation +1), a worker
+// kill (restarts +1, last exit), and stop (the master exits 0).
+func TestControlSubcommands(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	path := filepath.Join(controlDir(t), "run", "ctl")
+	m := startMaster(t, pc, nil, append([]string{"-n", "2", "-listen", "127.0.0.1:0", "-control", path, "--"}, fakeSrvCmd(t)...)...)
+	m.waitReady()
+
+	code, out, errOut := ctl("status", "-control", path)
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	wantHead := "master " + strconv.Itoa(m.cmd.Process.Pid) + ": generation 1, 2/2 workers ready"
+	if len(lines) != 4 || lines[0] != wantHead || !strings.HasPrefix(lines[1], "SLOT  PID") {
+		t.Fatalf("status table:\n%s\nwant %q, a header and 2 rows", out, wantHead)
+	}
+	row := regexp.MustCompile(`^(\d+) +(\d+) +1 +ready +\S+ +0 +-$`)
+	for i, l := range lines[2:] {
+		mm := row.FindStringSubmatch(l)
+		if mm == nil || mm[1] != strconv.Itoa(i) {
+			t.Errorf("row %d: %q does not match %v", i, l, row)
+		}
+	}
+
+	gen, workers, ready, slots := statusJSON(t, path)
+	if diff := cmp.Diff([]any{1, 2, 2, []string{"1/ready/0", "1/ready/0"}}, []any{gen, workers, ready, slots}); diff != "" {
+		t.Errorf("status -json (-want +got):\n%s", diff)
+	}
+
+	// scale N is absolute.
+	if code, out, errOut := ctl("scale", "3", "-control", path); code != 0 || out != "scaling to 3 workers\n" {
+		t.Fatalf("scale 3: exit %d, %q, %s", code, out, errOut)
+	}
+	waitCtl(t, "3 ready workers", func() bool { _, w, r, _ := statusJSON(t, path); return w == 3 && r == 3 })
+
+	// restart: generation +1.
+	if code, out, errOut := ctl("restart", "-control", path); code != 0 || out != "restart begun\n" {
+		t.Fatalf("restart: exit %d, %q, %s", code, out, errOut)
+	}
+	waitCtl(t, "generation 2", func() bool {
+		g, w, r, s := statusJSON(t, path)
+		return g == 2 && w == 3 && r == 3 && cmp.Equal(s, []string{"2/ready/0", "2/ready/0", "2/ready/0"})
+	})
+
+	// A worker killed: replaced, restarts +1, last exit shown. The victim
+	// is a serving worker named by status: the master's children may still
+	// include a worker of generation 1 being stopped, whose death counts
+	// no restart.
+	victim := servingPID(t, path, 0)
+	if err := m.signalWorker(victim, 9); err != nil {
+		t.Fatal(err)
+	}
+	waitCtl(t, "the killed worker replaced", func() bool {
+		_, w, r, s := statusJSON(t, path)
+		return w == 3 && r == 3 && strings.Count(strings.Join(s, " "), "/1") == 1
+	})
+	_, out, _ = ctl("status", "-control", path)
+	if !strings.Contains(out, "pid "+strconv.Itoa(victim)+" killed by SIGKILL") {
+		t.Errorf("status does not show the kill of %d:\n%s", victim, out)
+	}
+
+	// send and broadcast reach the workers' control channels (fake-srv
+	// does not read them: queued is all that can be seen here).
+	if code, out, errOut := ctl("send", "0", "hello", "-control", path); code != 0 || out != "queued for slot 0\n" {
+		t.Errorf("send: exit %d, %q, %s", code, out, errOut)
+	}
+	if code, out, errOut := ctl("broadcast", "-control", path, "--", "-hello"); code != 0 || out != "queued for every worker\n" {
+		t.Errorf("broadcast: exit %d, %q, %s", code, out, errOut)
+	}
+	if code, _, errOut := ctl("send", "9", "hello", "-control", path); code != 1 || !strings.Contains(errOut, "no_worker") {
+		t.Errorf("send to slot 9: exit %d, %s; want exit 1 and no_worker", code, errOut)
+	}
+
+	if code, out, errOut := ctl("stop", "-control", path, "-json"); code != 0 || out != `{"type":"ok"}`+"\n" {
+		t.Fatalf("stop -json: exit %d, %q, %s", code, out, errOut)
+	}
+	if code := m.wait(20 * time.Second); code != 0 {
+		t.Errorf("master exit code %d after stop, want 0", code)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+}
+
+// TestControlSubcommandErrors: usage errors exit 2, an unreachable master
+// exits 1 with a message that says why.
+func TestControlSubcommandErrors(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := controlDir(t)
+	stale := filepath.Join(dir, "stale")
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no -control", []string{"status"}, 2, "-control PATH is required"},
+		{"scale without N", []string{"scale", "-control", stale}, 2, "exactly one worker count"},
+		{"scale not a number", []string{"scale", "many", "-control", stale}, 2, `scale "many"`},
+		{"scale too many", []string{"scale", "5000", "-control", stale}, 2, "from 0 to 4096"},
+		{"extra argument", []string{"status", "now", "-control", stale}, 2, `unexpected argument "now"`},
+		{"bad flag", []string{"stop", "-force"}, 2, "flag provided but not defined"},
+		{"send without message", []string{"send", "1", "-control", stale}, 2, "want SLOT MESSAGE"},
+		{"send to a bad slot", []string{"send", "x", "hi", "-control", stale}, 2, `send "x"`},
+		{"broadcast without message", []string{"broadcast", "-control", stale}, 2, "want MESSAGE"},
+		{"send too long", []string{"send", "0", strings.Repeat("x", 32<<10+1), "-control", stale}, 2, "at most 32768"},
+		{"broadcast too long", []string{"broadcast", strings.Repeat("x", 32<<10+1), "-control", stale}, 2, "at most 32768"},
+		{"missing socket", []string{"status", "-control", filepath.Join(dir, "none")}, 1, "no control socket at"},
+		{"stale socket", []string{"restart", "-control", stale}, 1, "refuses connections"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := ctl(tc.args...)
+			if code != tc.code || !strings.Contains(errOut, tc.msg) || out != "" {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.msg)
+			}
+		})
+	}
+}

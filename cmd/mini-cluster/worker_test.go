@@ -1,0 +1,128 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/proccensus"
+)
+
+// TestHelloGoWorker runs examples/hello (package cluster's worker API)
+// under mini-cluster -heartbeat: an -addr the master did not bind is bound
+// by the master once and served by both workers, and a hung worker
+// (SIGSTOP) is killed and replaced while the other keeps running.
+func TestHelloGoWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	hello := buildHello(t)
+	pc := proccensus.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := ln.Addr().String()
+	ln.Close()
+	m := startMaster(t, pc, nil, "-n", "2", "-heartbeat", "300ms", "-log-format", "json", "-listen", "127.0.0.1:0", "--", hello, "-addr", free)
+	m.waitReady()
+	seen := map[string]bool{}
+	if !waitFor(10*time.Second, func() bool {
+		if _, w, err := get(free, "/"); err == nil {
+			seen[w] = true
+		}
+		return len(seen) == 2
+	}) {
+		t.Fatalf("workers seen on the master-bound address %s: %v, want 2", free, seen)
+	}
+	if n := count(m.records(), "listening for workers"); n != 1 {
+		t.Errorf("%q logged %d times, want once (bound once, then cached)", "listening for workers", n)
+	}
+
+	pids := m.workers()
+	if len(pids) != 2 {
+		t.Fatalf("workers %v, want 2", pids)
+	}
+	// Healthy workers outlive a few heartbeat deadlines (900 ms each).
+	time.Sleep(2 * time.Second)
+	if got := m.workers(); !slices.Equal(sorted(got), sorted(pids)) {
+		t.Fatalf("healthy workers replaced: %v -> %v", pids, got)
+	}
+	if err := m.signalWorker(pids[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool {
+		w := m.workers()
+		return len(w) == 2 && !slices.Contains(w, pids[0]) && slices.Contains(w, pids[1])
+	}) {
+		t.Fatalf("hung worker %d not replaced (workers %v)", pids[0], m.workers())
+	}
+	if n := count(m.records(), "worker killed to be replaced"); n != 1 {
+		t.Errorf("%d kill records, want 1", n)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+}
+
+func sorted(s []int) []int {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// TestHeartbeatFlag: a negative -heartbeat is a usage error (exit 2).
+func TestHeartbeatFlag(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(context.Background(), []string{"-heartbeat", "-1s", "-listen", "127.0.0.1:0", "true"}, nil, &stderr, &stderr)
+	if code := exitCode(err, &stderr); code != exitUsage {
+		t.Errorf("exit code %d (err %v), want %d", code, err, exitUsage)
+	}
+	if !strings.Contains(stderr.String(), "-heartbeat -1s") {
+		t.Errorf("stderr %q does not name the flag", stderr.String())
+	}
+}
+
+// perWorkerSockets returns the inodes of unnamed connected unix sockets
+// (/proc/net/unix): the master's ends of per-worker channels (control, and
+// connection channels in handoff mode), new with every worker by design,
+// unlike the listeners and the notify and control sockets.
+func perWorkerSockets() map[uint64]bool {
+	out := map[uint64]bool{}
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode [Path]
+		f := strings.Fields(line)
+		if len(f) != 7 || f[5] != "03" {
+			continue
+		}
+		if ino, err := strconv.ParseUint(f[6], 10, 64); err == nil {
+			out[ino] = true
+		}
+	}
+	return out
+}
+
+// withoutPerWorker removes per-worker channel sockets from inodes.
+func withoutPerWorker(inodes []uint64) []uint64 {
+	skip := perWorkerSockets()
+	out := inodes[:0:0]
+	for _, ino := range inodes {
+		if !skip[ino] {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
