@@ -280,8 +280,12 @@ func (m *master) run(ctx context.Context) error {
 	}
 	m.workers.Store(int64(m.cfg.Workers))
 	spec := supervise.Spec{
-		Path:       m.cfg.Shim,
-		Args:       append([]string{ShimArg, m.program, m.cfg.Program}, m.cfg.Args...),
+		Path: m.cfg.Shim,
+		// ShimParentArg: the shim re-arms the parent-death signal on the
+		// thread that calls execve (it is per thread, and a Go shim may
+		// run on a thread other than the one fork set it on) and refuses
+		// to exec the program if the master died meanwhile.
+		Args:       append([]string{ShimArg, ShimParentArg + strconv.Itoa(os.Getpid()), m.program, m.cfg.Program}, m.cfg.Args...),
 		Env:        m.workerEnv(),
 		ExtraFiles: m.specFiles(files),
 		Prepare:    m.prepare,

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +33,11 @@ import (
 func TestMain(m *testing.M) {
 	// The master re-executes this binary as its exec shim.
 	if len(os.Args) > 1 && os.Args[1] == cluster.ShimArg {
+		if os.Getenv("TEST_SHIM_OFF_MAIN") == "1" {
+			// As a Go shim may: execve from a thread fork did not
+			// set the parent-death signal on.
+			os.Exit(runShimOffMainThread(os.Args[2:]))
+		}
 		fmt.Fprintln(os.Stderr, cluster.RunShim(os.Args[2:]))
 		os.Exit(127)
 	}
@@ -47,10 +54,61 @@ func TestMain(m *testing.M) {
 	})
 }
 
+// TestMasterArmsShimParentDeath: the master names itself to the exec shim,
+// so a shim that executes the worker from another thread than the one fork
+// armed still gives the worker SIGKILL on the master's death (TESTPLAN C8;
+// without it a worker outlived a SIGKILLed master under load).
+func TestMasterArmsShimParentDeath(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	m, err := cluster.New(&cluster.Config{
+		Program: exe,
+		Args:    []string{"-test.run=^$"},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Shim:    exe,
+		Env:     append(os.Environ(), pc.Env(), "TEST_SHIM_OFF_MAIN=1", helperproc.RoleVar+"=report-pdeathsig"),
+		Stdout:  &out,
+		Stderr:  &out,
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	want := fmt.Sprintf("pdeathsig=%d ppid=%d", unix.SIGKILL, os.Getpid())
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "pdeathsig=") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("worker output %q lacks %q", out.String(), want)
+	}
+}
+
 // shimOffMainThread runs RunShim on a goroutine locked to a thread other
 // than the main one, where Pdeathsig is not armed: the shim must re-arm it.
 func shimOffMainThread() int {
 	os.Setenv(helperproc.RoleVar, "report-pdeathsig")
+	return runShimOffMainThread(helperproc.Args())
+}
+
+func runShimOffMainThread(args []string) int {
 	errc := make(chan error, 1)
 	for range 64 {
 		onOther := make(chan bool)
@@ -61,7 +119,7 @@ func shimOffMainThread() int {
 				select {} // keep the main thread taken so the next try gets another
 			}
 			onOther <- true
-			errc <- cluster.RunShim(helperproc.Args())
+			errc <- cluster.RunShim(args)
 		}()
 		if <-onOther {
 			fmt.Fprintln(os.Stderr, <-errc)

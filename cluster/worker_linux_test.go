@@ -113,6 +113,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.buf.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
 func (s *syncBuffer) records() []map[string]any {
 	s.mu.Lock()
 	text := s.buf.String()
