@@ -546,6 +546,13 @@ func (m *master) logFromWorker(pid int, msg *ctlMsg) {
 // signalled here for the same reason; supervise, which knows when its
 // worker is unreaped, cleans the group up.
 func (m *master) restartWorker(pid int, reason string) {
+	// Looked up before the kill: its exit event removes the pid.
+	attrs := []any{"slot", m.slotOf(pid), "pid", pid}
+	m.mu.Lock()
+	if id, ok := m.pids[pid]; ok {
+		attrs = append(attrs, "generation", id.Generation)
+	}
+	m.mu.Unlock()
 	s := &m.ctl
 	var err error = unix.ESRCH
 	s.mu.Lock()
@@ -563,12 +570,6 @@ func (m *master) restartWorker(pid int, reason string) {
 		m.log.Debug("worker not killed", "pid", pid, "reason", reason, "err", os.NewSyscallError("pidfd_send_signal", err))
 		return
 	}
-	attrs := []any{"slot", m.slotOf(pid), "pid", pid}
-	m.mu.Lock()
-	if id, ok := m.pids[pid]; ok {
-		attrs = append(attrs, "generation", id.Generation)
-	}
-	m.mu.Unlock()
 	m.log.Warn("worker killed to be replaced", append(attrs, "reason", reason)...)
 }
 
