@@ -102,14 +102,8 @@ func (m *master) prepareChannel(_ supervise.ID, l *supervise.Launch) error {
 	if n := len(l.ExtraFiles); n != 0 && n != len(m.listeners) {
 		return fmt.Errorf("cluster: control channel: %d per-spawn descriptors before it, want 0 or %d", n, len(m.listeners))
 	}
-	uc, remote, err := scmrights.Socketpair(unix.SOCK_STREAM)
+	conn, remote, err := newChannelPair(unix.SOCK_STREAM)
 	if err != nil {
-		return fmt.Errorf("cluster: control channel: %w", err)
-	}
-	conn, err := scmrights.NewConn(uc)
-	if err != nil {
-		uc.Close()
-		remote.Close()
 		return fmt.Errorf("cluster: control channel: %w", err)
 	}
 	fd := listenFDsStart + len(m.listeners)
@@ -132,6 +126,22 @@ func (m *master) prepareChannel(_ supervise.ID, l *supervise.Launch) error {
 		}
 	}
 	return nil
+}
+
+// newChannelPair makes the socketpair of a per-worker channel: the
+// master's end as a Conn, the worker's end as the file it inherits.
+func newChannelPair(sotype int) (*scmrights.Conn, *os.File, error) {
+	local, remote, err := scmrights.Socketpair(sotype)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := scmrights.NewConn(local)
+	if err != nil {
+		local.Close()
+		remote.Close()
+		return nil, nil, err
+	}
+	return conn, remote, nil
 }
 
 // addChannel starts serving a new worker's channel; false if the master

@@ -632,14 +632,8 @@ func (w *hoWorker) close() {
 // descriptor fdnum, named by HANDOFF_CONN_FD; the master's end is
 // registered once the spawn succeeded, and closed if it failed.
 func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error {
-	local, remote, err := scmrights.Socketpair(unix.SOCK_SEQPACKET)
+	conn, remote, err := newChannelPair(unix.SOCK_SEQPACKET)
 	if err != nil {
-		return fmt.Errorf("cluster: connection channel: %w", err)
-	}
-	conn, err := scmrights.NewConn(local)
-	if err != nil {
-		local.Close()
-		remote.Close()
 		return fmt.Errorf("cluster: connection channel: %w", err)
 	}
 	l.ExtraFiles = append(l.ExtraFiles, remote)

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/handoff-go/handoff/scmrights"
 	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
 )
@@ -382,38 +383,30 @@ func (m *master) upgradeNow() error {
 	// The master ends of the workers' control channels stay open, unread,
 	// until each old worker is gone: EOF would tell a Go worker its master
 	// died.
-	m.ctl.mu.Lock()
-	for pid, c := range m.ctl.chans {
-		f, err := c.conn.UnixConn().File()
+	keep := func(name string, pid int, c *scmrights.Conn) {
+		f, err := c.UnixConn().File()
 		if err != nil {
-			continue
+			return
 		}
 		fd, err := fileFD(f)
 		if err != nil {
 			f.Close()
-			continue
+			return
 		}
 		dups = append(dups, f)
 		files = append(files, f)
-		st.files = append(st.files, namedFD{name: "chan." + strconv.Itoa(pid), fd: fd})
+		st.files = append(st.files, namedFD{name: name + "." + strconv.Itoa(pid), fd: fd})
+	}
+	m.ctl.mu.Lock()
+	for pid, c := range m.ctl.chans {
+		keep("chan", pid, c.conn)
 	}
 	m.ctl.mu.Unlock()
 	// Likewise handoff mode's connection channels.
 	if h := m.mode.ho; h != nil {
 		h.mu.Lock()
 		for _, w := range h.workers {
-			f, err := w.conn.UnixConn().File()
-			if err != nil {
-				continue
-			}
-			fd, err := fileFD(f)
-			if err != nil {
-				f.Close()
-				continue
-			}
-			dups = append(dups, f)
-			files = append(files, f)
-			st.files = append(st.files, namedFD{name: "conn." + strconv.Itoa(w.pid), fd: fd})
+			keep("conn", w.pid, w.conn)
 		}
 		h.mu.Unlock()
 	}
