@@ -83,8 +83,9 @@
 // the workers' channels are inherited descriptors; their numbers, the old
 // workers and their output pipes travel in HANDOFF_UPGRADE_STATE, which the
 // new image checks before adopting anything (garbage: logged, start
-// clean). The new image starts a full set of workers and retires the old
-// ones once its own are ready. A failed execve (missing, non-executable or
+// clean). The new image starts a full set of workers (as many as the old
+// image had in force, so scaling survives) and retires the old ones once
+// its own are ready. A failed execve (missing, non-executable or
 // busy binary) leaves everything as it was. A SIGUSR2 during an upgrade is
 // ignored. See docs/operations.md.
 //

@@ -49,6 +49,10 @@ type upgradeState struct {
 	// notify is the old image's notify socket path, removed by the new
 	// image (its directory too).
 	notify string
+	// slotCount is the number of slots in force (after scale requests,
+	// SIGTTIN, SIGTTOU), or 0 when not recorded: the new image starts that
+	// many, not its -n flag, so an upgrade never undoes a scale.
+	slotCount int
 }
 
 type namedFD struct {
@@ -92,6 +96,7 @@ const (
 //	S FD SLOT INDEX       reuseport mode: socket INDEX of slot SLOT
 //	W PID SLOT GEN OUT ERR   an old worker (OUT, ERR: output pipes or -1)
 //	N PATH                the old notify socket
+//	C COUNT               the number of slots in force (1..4096)
 func (s *upgradeState) encode() (string, error) {
 	var b strings.Builder
 	b.WriteString(upgradeMagic + " " + strconv.Itoa(s.pid) + "\n")
@@ -115,6 +120,9 @@ func (s *upgradeState) encode() (string, error) {
 	}
 	if s.notify != "" && !strings.ContainsAny(s.notify, "\n\x00") {
 		b.WriteString("N " + s.notify + "\n")
+	}
+	if s.slotCount > 0 {
+		fmt.Fprintf(&b, "C %d\n", s.slotCount)
 	}
 	if b.Len() > maxUpgradeState {
 		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, b.Len(), maxUpgradeState)
@@ -284,6 +292,13 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 				return recErr(errors.New("want one absolute path"))
 			}
 			st.notify = rest
+		case "C":
+			if st.slotCount != 0 {
+				return recErr(errors.New("second slot count"))
+			}
+			if st.slotCount, err = atoiIn(rest, 1, maxStateSlot); err != nil {
+				return recErr(err)
+			}
 		default:
 			return recErr(errors.New("unknown record"))
 		}

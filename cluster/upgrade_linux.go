@@ -119,6 +119,12 @@ func (m *master) inheritUpgrade() {
 	}
 	up.state = st
 	up.listeners = st.listeners
+	if st.slotCount > 0 && st.slotCount != m.cfg.Workers {
+		// The old image was scaled (control socket, SIGTTIN/SIGTTOU) away
+		// from the -n this image was started with again: keep the scale.
+		m.log.Info("upgrade: keeping the previous image's worker count", "workers", st.slotCount, "configured", m.cfg.Workers)
+		m.cfg.Workers = st.slotCount
+	}
 	// newMaster's cloexecInherited, right after, makes every one of them
 	// close-on-exec: none reaches a worker except through ExtraFiles.
 	for _, f := range st.files {
@@ -469,6 +475,7 @@ func (m *master) upgradeNow() error {
 				}
 				st.pidLock = fd
 			}
+			st.slotCount = int(m.workers.Load())
 			m.mu.Lock()
 			for _, w := range workers {
 				// A worker whose Started event is not processed yet is
@@ -673,6 +680,13 @@ func (m *master) retire(p *oldProc) {
 		attrs = append(attrs, "signal", ws.Signal().String())
 	}
 	m.log.Info("upgrade: previous worker exited", attrs...)
+	// The supervisor never saw this worker: record its exit for status's
+	// LAST EXIT, as the supervisor's own Exited events are.
+	ev := supervise.Event{Kind: supervise.Exited, Time: time.Now(), ID: supervise.ID{Slot: p.w.slot, Generation: p.w.generation}, PID: pid, Code: ws.ExitStatus(), Requested: true}
+	if ws.Signaled() {
+		ev.Signal = ws.Signal()
+	}
+	m.csock.recordExit(ev)
 	for _, name := range []string{"chan.", "conn."} {
 		if f := m.inheritedFile(name + strconv.Itoa(pid)); f != nil {
 			f.Close()
@@ -838,6 +852,17 @@ func (m *master) adoptSlots(slots []slotFD) {
 		bySlot[l.slot] = append(bySlot[l.slot], l)
 	}
 	for slot, ls := range bySlot {
+		if slot >= m.cfg.Workers {
+			// No worker of this image will accept on them: kept, they would
+			// take their share of the group's new connections and leave
+			// them unanswered (an old image that did not record its slot
+			// count).
+			for _, l := range ls {
+				unix.Close(l.fd)
+			}
+			m.log.Warn("upgrade: slot sockets of a slot this image does not run closed", "slot", slot, "workers", m.cfg.Workers)
+			continue
+		}
 		ok := m.cfg.Mode == ModeReuseport && len(ls) == len(m.listeners)
 		set := make([]*listener, len(m.listeners))
 		for _, l := range ls {

@@ -17,7 +17,8 @@ const goodState = "handoff-upgrade v1 4242\n" +
 	"F 12 chan.4301\n" +
 	"W 4301 0 3 14 15\n" +
 	"W 4302 1 3 -1 -1\n" +
-	"N /tmp/handoff-123/notify\n"
+	"N /tmp/handoff-123/notify\n" +
+	"C 3\n"
 
 // TestUpgradeState: the state the old image hands over round-trips, and
 // garbage is rejected as a whole with ErrUpgradeState (the new image then
@@ -50,6 +51,10 @@ func TestUpgradeState(t *testing.T) {
 		{"worker generation 0", "handoff-upgrade v1 5\nW 6 0 0 -1 -1\n", false},
 		{"worker slot too large", "handoff-upgrade v1 5\nW 6 4096 1 -1 -1\n", false},
 		{"relative notify", "handoff-upgrade v1 5\nN tmp/notify\n", false},
+		{"slot count", "handoff-upgrade v1 5\nC 3\n", true},
+		{"slot count 0", "handoff-upgrade v1 5\nC 0\n", false},
+		{"slot count too large", "handoff-upgrade v1 5\nC 4097\n", false},
+		{"two slot counts", "handoff-upgrade v1 5\nC 3\nC 4\n", false},
 		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false},
 		{"blank line", "handoff-upgrade v1 5\n\nL 3 x\n", false},
 		{"too large", "handoff-upgrade v1 5\n" + strings.Repeat("W 6 0 1 -1 -1\n", 10000), false},

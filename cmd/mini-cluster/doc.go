@@ -11,8 +11,9 @@
 // -control, -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
 // second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
 // and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary
-// in place (same pid, same listeners). The subcommands talk to a running
-// master over its -control socket.
+// in place (same pid, same listeners; the workers are replaced by as many
+// new ones). The subcommands talk to a running master over its -control
+// socket.
 //
 // Exit codes: 0 after a clean stop, 1 when start-up failed (an address
 // could not be bound, the pid file is locked, the program is missing) or

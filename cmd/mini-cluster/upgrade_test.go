@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/valyala/fastjson"
+
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/loadclient"
@@ -759,4 +761,141 @@ func sigIgnMask(t *testing.T, pid int) uint64 {
 	}
 	t.Fatalf("no SigIgn for pid %d", pid)
 	return 0
+}
+
+// TestUpgradeKeepsScaleAndLastExit: an upgrade must not undo a scale (the
+// new image used to start its -n workers, not the count in force), and the
+// previous image's workers, which the new image stops, are each slot's
+// last exit in status (requested, by pid), not "-".
+func TestUpgradeKeepsScaleAndLastExit(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mini-cluster")
+	copyBinary(t, bin)
+	path := filepath.Join(controlDir(t), "ctl")
+	m := startMasterFrom(t, pc, bin, nil, append([]string{"-n", "2", "-listen", "127.0.0.1:0", "-control", path,
+		"-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
+	m.waitReady()
+	if code, _, errOut := ctl("scale", "3", "-control", path); code != 0 {
+		t.Fatalf("scale 3: exit %d: %s", code, errOut)
+	}
+	waitCtl(t, "3 ready workers", func() bool { _, w, r, _ := statusJSON(t, path); return w == 3 && r == 3 })
+	old := map[int]int{}
+	for slot := range 3 {
+		old[slot] = servingPID(t, path, slot)
+	}
+	m.signal(syscall.SIGUSR2)
+	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
+		t.Fatalf("upgrade not done within 15 s")
+	}
+	waitCtl(t, "3 ready workers after the upgrade", func() bool { _, w, r, _ := statusJSON(t, path); return w == 3 && r == 3 })
+	gen, workers, ready, slots := statusJSON(t, path)
+	if diff := cmp.Diff([]any{2, 3, 3, []string{"2/ready/0", "2/ready/0", "2/ready/0"}}, []any{gen, workers, ready, slots}); diff != "" {
+		t.Errorf("status -json after the upgrade (-want +got):\n%s", diff)
+	}
+	code, out, errOut := ctl("status", "-control", path, "-json")
+	if code != 0 {
+		t.Fatalf("status -json: exit %d: %s", code, errOut)
+	}
+	v, err := fastjson.Parse(out)
+	if err != nil {
+		t.Fatalf("status -json printed %q: %v", out, err)
+	}
+	got := map[int]string{}
+	for _, s := range v.GetArray("slots") {
+		x := s.Get("last_exit")
+		if x == nil {
+			got[s.GetInt("slot")] = "none"
+			continue
+		}
+		got[s.GetInt("slot")] = fmt.Sprintf("pid %d requested %v", x.GetInt("pid"), x.GetBool("requested"))
+	}
+	want := map[int]string{}
+	for slot, pid := range old {
+		want[slot] = fmt.Sprintf("pid %d requested true", pid)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("last exits after the upgrade (-want +got):\n%s", diff)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestUpgradeStateExtraSlotSockets: a reuseport state that names sockets of
+// a slot the new image does not run (an image that did not record its
+// slot count, scaled above -n) must not leave them in the group: the
+// kernel would hash a share of new connections to them, and nobody would
+// ever accept those.
+func TestUpgradeStateExtraSlotSockets(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	var files []*os.File
+	addr := ""
+	for range 2 {
+		a := addr
+		if a == "" {
+			a = "127.0.0.1:0"
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	state := "handoff-upgrade v1 %d\nL 3 tcp-127.0.0.1-" + port + "\nS 4 1 0\n"
+	cmd := helperproc.Command(t, "mini-cluster-forged", &helperproc.Options{
+		Env:        []string{pc.Env(), "FORGED_STATE=" + state},
+		Args:       append([]string{"-n", "1", "-mode", "reuseport", "-listen", addr, "-log-format", "json", "--"}, fakeSrvCmd(t)...),
+		ExtraFiles: files,
+	})
+	m := startCmd(t, cmd)
+	for _, f := range files {
+		f.Close()
+	}
+	m.waitReady()
+	if !strings.Contains(m.log.String(), "upgrade: slot sockets of a slot this image does not run closed") {
+		t.Errorf("log does not say the extra slot's sockets were closed")
+	}
+	// With slot 1's socket still in the group about half of these would
+	// wait forever in its queue.
+	failed := 0
+	for range 16 {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			failed++
+			continue
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			failed++
+		} else if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			failed++
+		}
+		c.Close()
+	}
+	if failed != 0 {
+		t.Errorf("%d of 16 requests failed or hung", failed)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
 }
