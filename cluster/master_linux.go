@@ -35,7 +35,11 @@ const (
 
 // strippedEnv are the master's own variables that must not reach workers:
 // they describe the master's activation, not the worker's.
-var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket, "WATCHDOG_USEC", "WATCHDOG_PID"}
+var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket, "WATCHDOG_USEC", "WATCHDOG_PID",
+	// A master that is itself a worker of another (nested), or took over
+	// from an older image, must not pass its own descriptors' numbers on.
+	envControlFD, envConnFD, envMode, envControlListen, envUpgradeState,
+	envWorkerID, envWorkerGeneration, envWorkers}
 
 // selfExe names the running executable, whatever happened to its path.
 const selfExe = "/proc/self/exe"

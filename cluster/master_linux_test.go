@@ -244,6 +244,69 @@ func TestMasterLifecycle(t *testing.T) {
 	ln.Close()
 }
 
+// TestWorkerEnvStripsMasterOwn: variables that describe the master's own
+// descriptors or activation (a master nested in another cluster, or
+// re-executed in place) never reach its workers; the master sets its own.
+func TestWorkerEnvStripsMasterOwn(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	out := t.TempDir()
+	stale := []string{"HANDOFF_CONN_FD=9", "HANDOFF_CONTROL_FD=8", "HANDOFF_MODE=handoff", "HANDOFF_CONTROL_LISTEN=7:1:2",
+		"HANDOFF_UPGRADE_STATE=x", "HANDOFF_WORKER_ID=5", "HANDOFF_WORKERS=9", "WATCHDOG_USEC=5", "LISTEN_FDNAMES=a:b"}
+	m, err := cluster.New(&cluster.Config{
+		Program: "sh",
+		Args:    []string{"-c", `env > "$OUT/$$.tmp" && mv "$OUT/$$.tmp" "$OUT/$$.env" && exec sleep 60`},
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   cluster.ReadyStarted,
+		Env:     append(append(os.Environ(), pc.Env(), "OUT="+out), stale...),
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var env []string
+	deadline := time.Now().Add(10 * time.Second)
+	for env == nil && time.Now().Before(deadline) {
+		if files, _ := filepath.Glob(filepath.Join(out, "*.env")); len(files) > 0 {
+			b, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			env = strings.Split(string(b), "\n")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if env == nil {
+		t.Fatal("the worker wrote no environment")
+	}
+	got := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && (strings.HasPrefix(k, "HANDOFF_") || strings.HasPrefix(k, "WATCHDOG_") || strings.HasPrefix(k, "LISTEN_FD")) {
+			got[k] = v
+		}
+	}
+	delete(got, "HANDOFF_CONTROL_FD") // the master's own channel for this worker
+	want := map[string]string{"HANDOFF_MODE": "shared", "HANDOFF_WORKER_ID": "0", "HANDOFF_WORKER_GENERATION": "1",
+		"HANDOFF_WORKERS": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": got["LISTEN_FDNAMES"]}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("worker environment (-want +got):\n%s", diff)
+	}
+	if got["LISTEN_FDNAMES"] == "a:b" {
+		t.Errorf("LISTEN_FDNAMES is the stale one")
+	}
+}
+
 // TestNewFailsCleanly: a bind failure in the second address releases the
 // first, and Close releases everything when Run is never called.
 func TestNewFailsCleanly(t *testing.T) {
