@@ -373,6 +373,12 @@ func startMaster(t testing.TB, pc *proccensus.Census, env []string, args ...stri
 func startCmd(t testing.TB, cmd *exec.Cmd) *master {
 	t.Helper()
 	m := &master{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	// The master's private notify directory goes under TMPDIR; a master a
+	// test SIGKILLs cannot remove it, so keep it in the test's own.
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, "TMPDIR="+t.TempDir())
 	cmd.Stdout = m.log
 	cmd.Stderr = m.log
 	if err := cmd.Start(); err != nil {
