@@ -18,7 +18,6 @@ func TestMain(m *testing.M) {
 		"rlimit-recv":   roleRlimitRecv,
 		"nobody-sender": roleNobodySender,
 		"echo":          roleEcho,
-		"bench-send":    roleBenchSend,
 	})
 }
 
