@@ -3,7 +3,6 @@
 package cluster_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,31 +79,13 @@ func startControlMaster(t *testing.T, pc *proccensus.Census, path string, n int)
 
 // quietLogger collects the master's log and prints it if the test failed.
 func quietLogger(t *testing.T) *slog.Logger {
-	var buf syncBuf
+	var buf syncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("master log:\n%s", buf.String())
 		}
 	})
 	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// syncBuf is a bytes.Buffer safe for concurrent writers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // dial connects to the control socket, closed at cleanup.
@@ -813,7 +793,7 @@ func TestControlAdopt(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var stderr syncBuf
+			var stderr syncBuffer
 			cmd.Stderr = &stderr
 			helperproc.Start(t, cmd)
 			line := make([]byte, 6)

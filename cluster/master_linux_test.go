@@ -54,6 +54,29 @@ func TestMain(m *testing.M) {
 	})
 }
 
+// runMaster runs m in the background for at most limit. The returned stop
+// stops it gracefully, waits for Run and fails the test on an error of
+// either; it runs once, at the latest at cleanup.
+func runMaster(t testing.TB, m *cluster.Master, limit time.Duration) (stop func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			defer cancel()
+			if err := m.Stop(); err != nil {
+				t.Errorf("Stop: %v", err)
+			}
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // TestMasterArmsShimParentDeath: the master names itself to the exec shim,
 // so a shim that executes the worker from another thread than the one fork
 // armed still gives the worker SIGKILL on the master's death (TESTPLAN C8;
@@ -81,21 +104,13 @@ func TestMasterArmsShimParentDeath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
+	stop := runMaster(t, m, 30*time.Second)
 	want := fmt.Sprintf("pdeathsig=%d ppid=%d", unix.SIGKILL, os.Getpid())
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "pdeathsig=") && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := m.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop()
 	if !strings.Contains(out.String(), want) {
 		t.Errorf("worker output %q lacks %q", out.String(), want)
 	}
@@ -265,10 +280,7 @@ func TestWorkerEnvStripsMasterOwn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
+	stop := runMaster(t, m, 30*time.Second)
 	var env []string
 	deadline := time.Now().Add(10 * time.Second)
 	for env == nil && time.Now().Before(deadline) {
@@ -281,12 +293,7 @@ func TestWorkerEnvStripsMasterOwn(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := m.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop()
 	if env == nil {
 		t.Fatal("the worker wrote no environment")
 	}

@@ -4,7 +4,6 @@ package cluster_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -72,16 +71,7 @@ func TestReuseportScale(t *testing.T) {
 	}
 	_, portS, _ := strings.Cut(m.Addrs()[0].String(), ":")
 	port, _ := strconv.Atoi(portS)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		m.Stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runMaster(t, m, 30*time.Second)
 	select {
 	case <-m.Ready():
 	case <-time.After(15 * time.Second):
