@@ -389,83 +389,84 @@ func keys(m map[int]bool) []int {
 	return out
 }
 
-// TestKillWorkersUnderLoad: SIGKILL a worker every 500 ms under load; no
-// connection is ever refused, because the master keeps the socket open, and
-// only requests the killed worker had accepted fail (TESTPLAN L3, C2).
+// TestKillWorkersUnderLoad: SIGKILL a worker every 500 ms under load, in
+// every mode; no connection is ever refused, because the master keeps the
+// sockets open, and only requests the killed worker had accepted fail
+// (TESTPLAN L3, C2).
 func TestKillWorkersUnderLoad(t *testing.T) {
-	fdcensus.Verify(t)
-	pc := proccensus.New(t)
-	// The long run uses 8 workers so each slot is killed about every 4 s,
-	// under supervise's default burst limit of 5 starts in 10 s.
-	n := loadSize(4, 8)
-	dir := t.TempDir()
-	// A little work per request, so a kill finds requests in flight.
-	m := startMaster(t, pc, []string{"SRV_REPORT=" + dir, "SRV_SLOW=5ms"}, append([]string{"-n", fmt.Sprint(n), "-listen", "127.0.0.1:0", "--"}, fakeSrvCmd(t)...)...)
-	addr := m.waitReady()
-	dur := time.Duration(loadSize(3, 15)) * time.Second
-	var res loadclient.Result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		clients := loadSize(32, 128)
-		res = loadclient.Run(context.Background(), loadclient.Options{Addr: addr, NewConn: clients, Requests: 20000, Duration: dur,
-			Pause: dur * time.Duration(clients) / 18000})
-	}()
-	kills, exposed := 0, 0
-	for i := 0; i < int(dur/(500*time.Millisecond)); i++ {
-		time.Sleep(500 * time.Millisecond)
-		// The oldest worker: every slot is hit in turn, so none reaches
-		// supervise's burst limit (5 starts in 10 s) by bad luck.
-		w := m.workers()
-		if len(w) == 0 {
-			continue
-		}
-		victim := oldest(w)
-		// SIGUSR2: the worker stops accepting, then reports the
-		// connections it still holds; only those can fail at the kill.
-		if err := m.signalWorker(victim, syscall.SIGUSR2); err != nil {
-			t.Logf("worker %d: %v", victim, err)
-			continue
-		}
-		var inflight int
-		if !waitFor(5*time.Second, func() bool {
-			var ok bool
-			inflight, ok = reports(t, dir, "inflight")[victim]
-			return ok
-		}) {
-			t.Fatalf("worker %d did not report its connections in flight", victim)
-		}
-		if err := m.signalWorker(victim, syscall.SIGKILL); err != nil {
-			t.Fatalf("worker %d: %v", victim, err)
-		}
-		kills++
-		exposed += inflight
-	}
-	<-done
-	t.Logf("%d kills with %d connections in flight: %v", kills, exposed, res)
-	if kills == 0 {
-		t.Fatal("no worker was killed")
-	}
-	if res.Refused != 0 || res.Timeout != 0 || res.Other != 0 {
-		t.Errorf("refused/timeout/other must be 0: %v; errors %q", res, res.Errors)
-	}
-	if res.Reset > exposed {
-		t.Errorf("%d resets, but the killed workers held only %d connections: a request not yet accepted failed", res.Reset, exposed)
-	}
-	// Every slot comes back.
-	deadline := time.Now().Add(10 * time.Second)
-	for len(m.workers()) != n && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got := len(m.workers()); got != n {
-		t.Errorf("%d workers live after the kills, want %d", got, n)
-	}
-	if _, _, err := get(addr, "/"); err != nil {
-		t.Errorf("after the kills: %v", err)
-	}
-	m.signal(syscall.SIGTERM)
-	if code := m.wait(15 * time.Second); code != 0 {
-		t.Errorf("exit code %d, want 0", code)
+	for _, mode := range append([]string{"shared"}, otherModes...) {
+		t.Run("L3 "+mode, func(t *testing.T) {
+			fdcensus.Verify(t)
+			pc := proccensus.New(t)
+			// The long run uses 8 workers so each slot is killed about every
+			// 4 s, under supervise's default burst limit of 5 starts in 10 s.
+			n := loadSize(4, 8)
+			dir := t.TempDir()
+			m := startMaster(t, pc, []string{"SRV_REPORT=" + dir, "SRV_SLOW=5ms"}, append([]string{"-mode", mode, "-n", fmt.Sprint(n), "-listen", "127.0.0.1:0", "--"}, fakeSrvCmd(t)...)...)
+			addr := m.waitReady()
+			dur := time.Duration(loadSize(3, 15)) * time.Second
+			var res loadclient.Result
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				clients := loadSize(32, 128)
+				res = loadclient.Run(context.Background(), loadclient.Options{Addr: addr, NewConn: clients, Requests: 20000, Duration: dur,
+					Pause: dur * time.Duration(clients) / 18000})
+			}()
+			kills, exposed := 0, 0
+			for i := 0; i < int(dur/(500*time.Millisecond)); i++ {
+				time.Sleep(500 * time.Millisecond)
+				w := m.workers()
+				if len(w) == 0 {
+					continue
+				}
+				// The oldest worker: every slot is hit in turn, so none
+				// reaches supervise's burst limit by bad luck.
+				victim := oldest(w)
+				// The worker stops accepting (in handoff mode it gives its
+				// queued connections back), then reports what it holds.
+				if err := m.signalWorker(victim, syscall.SIGUSR2); err != nil {
+					t.Logf("worker %d: %v", victim, err)
+					continue
+				}
+				var inflight int
+				if !waitFor(5*time.Second, func() bool {
+					var ok bool
+					inflight, ok = reports(t, dir, "inflight")[victim]
+					return ok
+				}) {
+					<-done
+					t.Fatalf("worker %d did not report its connections in flight", victim)
+				}
+				if err := m.signalWorker(victim, syscall.SIGKILL); err != nil {
+					<-done
+					t.Fatalf("worker %d: %v", victim, err)
+				}
+				kills++
+				exposed += inflight
+			}
+			<-done
+			t.Logf("%s: %d kills with %d connections in flight: %v", mode, kills, exposed, res)
+			if kills == 0 {
+				t.Fatal("no worker was killed")
+			}
+			if res.Refused != 0 || res.Timeout != 0 || res.Other != 0 {
+				t.Errorf("refused/timeout/other must be 0: %v; errors %q", res, res.Errors)
+			}
+			if res.Reset > exposed {
+				t.Errorf("%d resets, but the killed workers held only %d connections", res.Reset, exposed)
+			}
+			if !waitFor(10*time.Second, func() bool { return len(m.workers()) == n }) {
+				t.Errorf("%d workers live after the kills, want %d", len(m.workers()), n)
+			}
+			if _, _, err := get(addr, "/"); err != nil {
+				t.Errorf("after the kills: %v", err)
+			}
+			m.signal(syscall.SIGTERM)
+			if code := m.wait(15 * time.Second); code != 0 {
+				t.Errorf("exit code %d, want 0", code)
+			}
+		})
 	}
 }
 
