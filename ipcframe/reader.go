@@ -17,6 +17,11 @@ const minBufferSize = 64
 // before a read fails with io.ErrNoProgress, as bufio does.
 const maxEmptyReads = 100
 
+// directRead is the smallest rest of a frame read straight into the
+// caller's slice rather than through the buffer: below it, copying costs
+// less than the extra read.
+const directRead = 16 << 10
+
 // ReaderOptions adjusts a Reader. The zero value, or nil, means the
 // documented defaults.
 type ReaderOptions struct {
@@ -118,6 +123,13 @@ type Reader struct {
 	cur      Header
 	curStart int64
 	part     []byte
+
+	// exact is set while frames are larger than the buffer: headers and
+	// payload tails are then read with exact lengths, so the buffer is
+	// empty at each frame's start and its payload goes straight into dst
+	// with one read, not through the buffer with a copy. A frame that
+	// fits the buffer clears it.
+	exact bool
 }
 
 // held records descriptors that arrived with the first byte of the frame
@@ -223,7 +235,11 @@ func (r *Reader) Close() error {
 // buf[r:].
 func (r *Reader) header() (Header, error) {
 	for r.w-r.r < HeaderSize {
-		if err := r.fill(); err != nil {
+		limit := 0
+		if r.exact {
+			limit = HeaderSize - (r.w - r.r)
+		}
+		if err := r.fill(limit); err != nil {
 			return Header{}, r.readErr(err, r.w > r.r)
 		}
 	}
@@ -271,11 +287,12 @@ func (r *Reader) payload(dst []byte, h Header, start int64) ([]byte, error) {
 	}
 	total := HeaderSize + h.Len
 	if total <= len(r.buf) {
+		r.exact = false
 		if r.r+total > len(r.buf) {
 			r.compact()
 		}
 		for r.w-r.r < total {
-			if err := r.fill(); err != nil {
+			if err := r.fill(0); err != nil {
 				// A timeout leaves the partial frame buffered.
 				return dst, r.readErr(err, true)
 			}
@@ -285,6 +302,7 @@ func (r *Reader) payload(dst []byte, h Header, start int64) ([]byte, error) {
 		return dst, nil
 	}
 	// Larger than the buffer: what is buffered, then the rest into dst.
+	r.exact = true
 	orig := len(dst)
 	have := r.w - r.r - HeaderSize
 	dst = growFrame(dst, orig, have, h.Len)
@@ -303,14 +321,16 @@ func (r *Reader) payload(dst []byte, h Header, start int64) ([]byte, error) {
 // has part of its payload in b[orig:] already, with the buffer empty. The
 // buffer is empty again after every step: each step copies out all it read
 // or ends the frame. Reads straight into b end at the frame's end, so none
-// holds another frame's first byte. A tail shorter than the buffer is read
-// through it so that the same read takes in what follows (one read per
-// frame, as a raw reader of the same bytes needs); so is everything while b
-// lacks a buffer's worth of spare room, so that memory follows the bytes
-// that arrived, not the length a possibly hostile header claims (A1).
+// holds another frame's first byte. They need b to have room: the whole
+// rest, or a buffer's worth; otherwise bytes go through the buffer, so that
+// memory follows the bytes that arrived, not the length a possibly hostile
+// header claims (A1). A rest shorter than directMin goes through the buffer
+// too, where a copy costs less than a second read; outside exact mode
+// that read also takes in what follows.
 func (r *Reader) stream(b []byte, orig, n int) ([]byte, error) {
+	directMin := min(len(r.buf), directRead)
 	for need, empty := n-(len(b)-orig), 0; need > 0; {
-		if spare := cap(b) - len(b); need >= len(r.buf) && spare >= len(r.buf) {
+		if spare := cap(b) - len(b); need >= directMin && spare >= min(need, len(r.buf)) {
 			k, err := r.recv(b[len(b):len(b)+min(need, spare)], false)
 			b = b[:len(b)+k]
 			need -= k
@@ -330,7 +350,11 @@ func (r *Reader) stream(b []byte, orig, n int) ([]byte, error) {
 			}
 			continue
 		}
-		if err := r.fill(); err != nil {
+		limit := 0
+		if r.exact {
+			limit = need
+		}
+		if err := r.fill(limit); err != nil {
 			return b, err
 		}
 		c := min(need, r.w-r.r)
@@ -496,13 +520,17 @@ func errBadRecv(n, nfds int) error {
 }
 
 // fill reads once into the free tail of the buffer, compacting it first if
-// the tail is empty.
-func (r *Reader) fill() error {
+// the tail is empty; at most limit bytes if limit is positive.
+func (r *Reader) fill(limit int) error {
 	if r.w == len(r.buf) {
 		r.compact()
 	}
+	end := len(r.buf)
+	if limit > 0 {
+		end = min(end, r.w+limit)
+	}
 	for empty := 0; ; {
-		n, err := r.recv(r.buf[r.w:], true)
+		n, err := r.recv(r.buf[r.w:end], true)
 		if err == nil && n > 0 {
 			return nil
 		}
