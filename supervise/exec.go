@@ -29,7 +29,7 @@ type ExecSpec struct {
 type ExecWorker struct {
 	PID int
 	// Stdout and Stderr are the descriptor numbers, kept open across the
-	// exec, of the read ends of the worker's captured output
+	// exec, of duplicates of the read ends of the worker's captured output
 	// (Options.CaptureOutput), or -1. The new image must keep reading them
 	// until EOF: a worker writing to a pipe nobody reads blocks, and one
 	// writing to a closed pipe gets SIGPIPE.

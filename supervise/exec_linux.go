@@ -111,12 +111,22 @@ func (p *platform) exec(r execReq) error {
 	if p.s.opt.CaptureOutput {
 		outputs = pipeReadEnds()
 	}
+	// The output readers close a pipe's read end when its worker exits,
+	// which may happen right up to execve: the new image gets duplicates,
+	// which stay open whatever the readers do (closed again if the exec
+	// fails).
+	var outDups []int
+	defer func() {
+		for _, fd := range outDups {
+			unix.Close(fd)
+		}
+	}()
 	workers := make([]ExecWorker, 0, len(p.owned))
 	for pid := range p.owned {
 		w := ExecWorker{PID: pid, Stdout: -1, Stderr: -1}
 		if outputs != nil {
-			w.Stdout = outputOf(pid, 1, outputs)
-			w.Stderr = outputOf(pid, 2, outputs)
+			w.Stdout = dupOutput(outputOf(pid, 1, outputs), &outDups)
+			w.Stderr = dupOutput(outputOf(pid, 2, outputs), &outDups)
 		}
 		workers = append(workers, w)
 	}
@@ -186,6 +196,34 @@ func (p *platform) exec(r execReq) error {
 	return &os.PathError{Op: "execve", Path: r.spec.Path, Err: os.NewSyscallError("execve", err)}
 }
 
+// dupOutput duplicates the pipe read end fd (close-on-exec until Exec
+// clears it) and checks that the duplicate is still the pipe of the worker
+// (its reader may have closed fd, and the number been reused, since it was
+// looked up); -1 if not.
+func dupOutput(out outputFD, dups *[]int) int {
+	if out.fd < 0 {
+		return -1
+	}
+	d, err := unix.FcntlInt(uintptr(out.fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return -1
+	}
+	var st unix.Stat_t
+	if unix.Fstat(d, &st) != nil || "pipe:["+strconv.FormatUint(st.Ino, 10)+"]" != out.link {
+		unix.Close(d)
+		return -1
+	}
+	*dups = append(*dups, d)
+	return d
+}
+
+// outputFD is a worker's output pipe: our read end's descriptor and the
+// pipe's /proc link ("pipe:[inode]").
+type outputFD struct {
+	fd   int
+	link string
+}
+
 // pipeReadEnds maps "pipe:[inode]" to this process's descriptor (from 3
 // up) that holds its read end.
 func pipeReadEnds() map[string]int {
@@ -213,17 +251,17 @@ func pipeReadEnds() map[string]int {
 }
 
 // outputOf returns our read end of the pipe on the worker's descriptor n,
-// or -1: the worker may have replaced its stdout, or already exited.
-func outputOf(pid, n int, readEnds map[string]int) int {
+// or fd -1: the worker may have replaced its stdout, or already exited.
+func outputOf(pid, n int, readEnds map[string]int) outputFD {
 	t, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(n))
 	if err != nil {
-		return -1
+		return outputFD{fd: -1}
 	}
 	if fd, ok := readEnds[t]; ok {
 		delete(readEnds, t) // one reader per pipe
-		return fd
+		return outputFD{fd: fd, link: t}
 	}
-	return -1
+	return outputFD{fd: -1}
 }
 
 // LockFile returns the open lock file whose lock marks the pid file live,

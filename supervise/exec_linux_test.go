@@ -356,3 +356,84 @@ func TestAdoptPIDFile(t *testing.T) {
 		}
 	})
 }
+
+// TestExecOutputOutlivesReader: the output descriptors Exec hands to the
+// new image stay open when the worker exits right before execve and its
+// reader closes the pipe's read end (they are duplicates), and a failed
+// Exec closes them again.
+func TestExecOutputOutlivesReader(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	sup, err := supervise.New(supervise.Spec{Path: "/bin/sh", Args: []string{"-c", "echo READY; exec sleep 30"}, Env: append(os.Environ(), pc.Env())},
+		&supervise.Options{Workers: 1, ReadyOnStart: true, CaptureOutput: true, StopTimeout: time.Second, Restart: supervise.RestartNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		for range sup.Events() {
+		}
+	}()
+	ready := make(chan struct{})
+	go func() {
+		once := false
+		for l := range sup.Lines() {
+			if l.Text == "READY" && !once {
+				once = true
+				close(ready)
+			}
+		}
+	}()
+	runDone := make(chan error, 1)
+	go func() { runDone <- sup.Run(ctx) }()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		t.Fatal("worker not ready")
+	}
+	errAbort := errors.New("abort")
+	var facts []string
+	err = sup.Exec(&supervise.ExecSpec{Path: "/bin/true", Argv: []string{"true"}, Env: func(ws []supervise.ExecWorker) ([]string, error) {
+		if len(ws) != 1 || ws[0].Stdout < 0 {
+			facts = append(facts, fmt.Sprintf("workers %+v", ws))
+			return nil, errAbort
+		}
+		link, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(ws[0].Stdout))
+		holders := pipeHolders(link)
+		unix.Kill(ws[0].PID, unix.SIGKILL)
+		// Wait until the reader closed its own read end.
+		for deadline := time.Now().Add(5 * time.Second); pipeHolders(link) >= holders; {
+			if time.Now().After(deadline) {
+				facts = append(facts, "reader never closed its end")
+				return nil, errAbort
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		got, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(ws[0].Stdout))
+		facts = append(facts, fmt.Sprintf("open %v same %v", err == nil, got == link && link != ""))
+		return nil, errAbort
+	}})
+	if !errors.Is(err, errAbort) {
+		t.Errorf("Exec = %v, want the Env error", err)
+	}
+	if diff := cmp.Diff([]string{"open true same true"}, facts); diff != "" {
+		t.Errorf("output descriptor at execve (-want +got):\n%s", diff)
+	}
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Error(err)
+	}
+}
+
+// pipeHolders counts this process's descriptors naming link ("pipe:[N]").
+func pipeHolders(link string) int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	n := 0
+	for _, e := range ents {
+		if t, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && t == link {
+			n++
+		}
+	}
+	return n
+}
