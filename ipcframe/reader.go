@@ -352,7 +352,9 @@ func (r *Reader) stream(b []byte, orig, n int) ([]byte, error) {
 		}
 		limit := 0
 		if r.exact {
-			limit = need
+			// The rest of this frame and the next header, never more:
+			// the next payload then goes straight into dst too.
+			limit = need + HeaderSize
 		}
 		if err := r.fill(limit); err != nil {
 			return b, err
