@@ -37,8 +37,15 @@
 //     requests during it coalesce into one more. If a new worker fails to
 //     start, exits or misses its start timeout, the restart fails and the
 //     old workers keep serving.
-//   - Scale/ScaleBy at run time; a slot removed and re-added keeps counting
-//     incarnations, so an ID is never repeated. HandleSignals maps TERM/INT
+//   - Recycle replaces one ready worker the same way without a new
+//     generation (for a maximum running time); a replacement that fails
+//     leaves the old worker serving. A restart, or a Scale removing the
+//     slot, stops a replacement in flight; if the old worker dies first,
+//     the replacement takes its slot unless the restart policy leaves it
+//     down.
+//   - Scale/ScaleBy at run time (StartEmpty starts with no slot); a slot
+//     removed and re-added keeps counting incarnations, so an ID is never
+//     repeated. HandleSignals maps TERM/INT
 //     (stop, then kill), HUP/USR1 (restart) and TTIN/TTOU (scale) for
 //     commands; a TERM/INT before Run makes Run stop at once, one after Run
 //     returned takes the signal's default action.

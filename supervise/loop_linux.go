@@ -71,6 +71,9 @@ type loop struct {
 	queuedStrategy Strategy
 	pendingScale   int // -1: none
 	stopping       bool
+	// recycling is the slot whose next worker Recycle started
+	// (recycle_linux.go), or nil.
+	recycling *slot
 }
 
 // Messages posted to s.inbox.
@@ -205,6 +208,8 @@ func (l *loop) handle(r request) response {
 		return response{err: l.markReady(w)}
 	case reqStatus:
 		return response{status: l.status()}
+	case reqRecycle:
+		return response{err: l.recycle(r.id)}
 	}
 	return response{}
 }
@@ -385,8 +390,13 @@ func (l *loop) exited(m exitMsg) {
 			readyFor = m.at.Sub(w.readyAt)
 		}
 		l.slotDied(sl, w.id, uptime, readyFor, w.ready, &m)
+		// A replacement Recycle started for it (recycle_linux.go).
+		l.recycleOrphaned(sl)
 	case sl.next == w:
 		sl.next = nil
+		if l.recycling == sl {
+			l.recycleFailed(sl, w, m)
+		}
 		if l.op != nil && !w.stopping {
 			l.failRestart(fmt.Errorf("slot %d: %w (exit code %d, signal %d)", sl.index, ErrExitedBeforeReady, m.code, int(m.signal)))
 		}
@@ -421,6 +431,8 @@ func (l *loop) markReady(w *worker) error {
 		sl.since = time.Now()
 	case sl.next == w && l.op != nil:
 		l.restartProgress(sl)
+	case sl.next == w && l.recycling == sl:
+		l.recycleReady(sl)
 	}
 	return nil
 }
@@ -482,6 +494,9 @@ func (l *loop) applyScale(n int, announce bool) {
 		for _, sl := range l.slots[n:] {
 			sl.removed = true
 			l.cancelSlotTimer(sl)
+			if l.recycling == sl {
+				l.abortRecycle()
+			}
 			if sl.cur != nil {
 				l.stopWorker(sl.cur)
 			}
@@ -497,6 +512,8 @@ func (l *loop) applyScale(n int, announce bool) {
 }
 
 func (l *loop) beginRestart(strategy Strategy) {
+	// A restart replaces every slot's worker anyway.
+	l.abortRecycle()
 	l.genCounter++
 	op := &restartOp{strategy: strategy, gen: l.genCounter}
 	l.op = op
@@ -640,13 +657,14 @@ func (l *loop) status() Status {
 		Generation:    l.gen,
 		Restarting:    l.op != nil,
 		RestartQueued: l.queued,
+		Recycling:     l.recycling != nil,
 		Workers:       len(l.slots),
 		Processes:     len(l.workers),
 	}
 	for _, sl := range l.slots {
 		ss := SlotStatus{Slot: sl.index, State: sl.state, Since: sl.since, Restarts: sl.restarts, Err: sl.err}
 		if w := sl.cur; w != nil {
-			ss.ID, ss.PID = w.id, w.proc.pid
+			ss.ID, ss.PID, ss.Started = w.id, w.proc.pid, w.start
 			// alive: a worker whose exit is not processed yet is not live
 			// (C20).
 			if w.ready && !l.stopping && w.proc.alive() {

@@ -217,6 +217,9 @@ type Backoff struct {
 type Options struct {
 	// Workers is the number of slots (default 1).
 	Workers int
+	// StartEmpty starts Run with no slot at all, whatever Workers says;
+	// Scale adds them (a program that starts suspended).
+	StartEmpty bool
 	// Restart is the restart policy (default RestartAlways).
 	Restart Policy
 	// PermanentExitCode is an exit code that is never restarted, whatever
@@ -409,6 +412,8 @@ type SlotStatus struct {
 	PID int
 	// Since is when the worker started, or when the slot entered its state.
 	Since time.Time
+	// Started is when the serving worker started (zero without one).
+	Started time.Time
 	// Restarts counts respawns after exits (not graceful restarts).
 	Restarts int
 	// Err is why the slot failed (SlotFailed).
@@ -432,6 +437,10 @@ type Status struct {
 	Processes     int
 	DroppedEvents uint64
 	DroppedLines  uint64
+
+	// Recycling is true while a replacement started by Recycle is not
+	// ready yet.
+	Recycling bool
 }
 
 // Supervisor runs and keeps alive N slots of one program. Create it with New
@@ -493,7 +502,7 @@ func New(spec Spec, opts *Options) (*Supervisor, error) {
 }
 
 func (o *Options) fill() error {
-	if o.Workers == 0 {
+	if o.Workers == 0 && !o.StartEmpty {
 		o.Workers = 1
 	}
 	if o.FirstGeneration == 0 {
@@ -504,6 +513,9 @@ func (o *Options) fill() error {
 	}
 	if o.Workers < 0 || o.Workers > maxWorkers {
 		return fmt.Errorf("%w: Workers %d (want 1..%d)", ErrInvalid, o.Workers, maxWorkers)
+	}
+	if o.StartEmpty {
+		o.Workers = 0
 	}
 	if o.Restart < RestartAlways || o.Restart > RestartNever {
 		return fmt.Errorf("%w: restart policy %d", ErrInvalid, int(o.Restart))
@@ -583,6 +595,7 @@ const (
 	reqReadyID
 	reqReadyPID
 	reqStatus
+	reqRecycle
 )
 
 type request struct {
