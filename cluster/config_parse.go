@@ -1,0 +1,868 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/handoff-go/handoff/internal/sshlaunch"
+	"github.com/handoff-go/handoff/supervise"
+	"github.com/valyala/fastjson"
+)
+
+// Limits of a configuration file.
+const (
+	// MaxConfigFile is the largest configuration file accepted, in bytes.
+	MaxConfigFile = 1 << 20
+	// MaxConfigWorkers is the most workers a file may declare, local and
+	// remote, over all groups (supervise's slot limit).
+	MaxConfigWorkers = 4096
+
+	cfgMaxGroups      = 256
+	cfgMaxCommand     = 4096 // elements of "command", program included
+	cfgMaxStringBytes = 64 << 10
+	cfgMaxListen      = 256
+	cfgMaxEnv         = 4096
+	cfgMaxRemotes     = 256
+	cfgMaxNameBytes   = 64
+	cfgMaxJSONDepth   = 64
+	// fastjson allocates over 200 bytes per value (its value cache grows
+	// by copying and the old copies stay referenced), so 1 MiB of "[],"
+	// would cost 200 MiB; this cap keeps a file near 30 MiB.
+	cfgMaxJSONValues = 1 << 16
+	cfgMaxBurst      = 1000
+	// Durations above these are surely typos ("10h" for "10s").
+	cfgMaxTimeout        = 24 * time.Hour
+	cfgMaxRunningTimeCap = 366 * 24 * time.Hour
+	// execve fails with E2BIG when one argument or environment string
+	// exceeds MAX_ARG_STRLEN (32 pages, 128 KiB) with its NUL.
+	cfgMaxArgStrlen = 128 << 10
+)
+
+// LoadConfig reads and parses the configuration file at path (see
+// ParseConfig). Errors are *ConfigError with File set to path; a file that
+// cannot be read, is not a regular file (symlinks are followed; a pipe,
+// FIFO or device is refused without being opened) or is larger than
+// MaxConfigFile is reported at 1:1.
+func LoadConfig(path string) (*FileConfig, error) {
+	data, err := readConfigFile(path)
+	if err != nil {
+		msg := err.Error()
+		// The path is already in the error's File: keep the cause only.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			msg = pe.Op + ": " + pe.Err.Error()
+		}
+		return nil, &ConfigError{File: path, Line: 1, Column: 1, Msg: msg}
+	}
+	fc, err := ParseConfig(data)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			ce.File = path
+		}
+		return nil, err
+	}
+	return fc, nil
+}
+
+func readConfigFile(path string) ([]byte, error) {
+	// Checked before opening: opening a FIFO would block until a writer
+	// shows up.
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	switch t := st.Mode().Type(); {
+	case t == 0:
+	case t&fs.ModeDir != 0:
+		return nil, errors.New("is a directory, not a file")
+	case t&fs.ModeNamedPipe != 0:
+		return nil, errors.New("is a pipe or FIFO, not a regular file")
+	case t&fs.ModeDevice != 0:
+		return nil, errors.New("is a device, not a regular file")
+	default:
+		return nil, errors.New("not a regular file")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Read one byte past the limit instead of trusting the size: the file
+	// may grow while it is read.
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxConfigFile {
+		return nil, fmt.Errorf("file larger than %d bytes", MaxConfigFile)
+	}
+	return data, nil
+}
+
+// ParseConfig parses a mini-cluster configuration file: one JSON object
+// (docs/operations.md, "Configuration file (-config)"). Unknown and
+// duplicate keys are errors, as is any value of the wrong type or out of
+// range; absent fields get their documented defaults. Every error is a
+// *ConfigError naming the line and column of the offending value (or of
+// the syntax error) and matching ErrConfig. The result does not alias
+// data.
+func ParseConfig(data []byte) (*FileConfig, error) {
+	if len(data) > MaxConfigFile {
+		return nil, &ConfigError{Line: 1, Column: 1, Msg: fmt.Sprintf("file larger than %d bytes", MaxConfigFile)}
+	}
+	// fastjson reports neither positions nor duplicate keys and unescapes
+	// on a best-effort basis, so the bytes are checked strictly first; what
+	// fastjson then parses is well-formed JSON with unique keys.
+	if off, msg := cfgCheckJSON(data); msg != "" {
+		line, col := cfgLineCol(data, off)
+		return nil, &ConfigError{Line: line, Column: col, Msg: msg}
+	}
+	var p fastjson.Parser
+	v, err := p.ParseBytes(data)
+	if err != nil {
+		// Not reached for input cfgCheckJSON accepts; kept so that a
+		// disagreement is an error, never a panic.
+		return nil, &ConfigError{Line: 1, Column: 1, Msg: "invalid JSON: " + err.Error()}
+	}
+	d := &configDecoder{data: data}
+	fc := d.file(v)
+	if d.err != nil {
+		return nil, d.err
+	}
+	return fc, nil
+}
+
+// cfgPath is the path of a value inside the file; it is only extended by
+// copying, so paths may be shared.
+type cfgPath []cfgPathSeg
+
+type cfgPathSeg struct {
+	key   string
+	index int // when !isKey
+	isKey bool
+}
+
+func (p cfgPath) key(k string) cfgPath {
+	return append(p[:len(p):len(p)], cfgPathSeg{key: k, isKey: true})
+}
+
+func (p cfgPath) index(i int) cfgPath {
+	return append(p[:len(p):len(p)], cfgPathSeg{index: i})
+}
+
+func (p cfgPath) String() string {
+	var b strings.Builder
+	for i, s := range p {
+		switch {
+		case !s.isKey:
+			b.WriteByte('[')
+			b.WriteString(strconv.Itoa(s.index))
+			b.WriteByte(']')
+		case cfgPlainKey(s.key):
+			if i > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(s.key)
+		default:
+			b.WriteByte('[')
+			b.WriteString(strconv.Quote(cfgTruncate(s.key, 64)))
+			b.WriteByte(']')
+		}
+	}
+	return b.String()
+}
+
+func cfgPlainKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// configDecoder turns the parsed value into a FileConfig; it keeps the
+// first error (later checks are skipped once err is set).
+type configDecoder struct {
+	data    []byte
+	err     *ConfigError
+	workers int // declared so far, all groups
+}
+
+// fail records an error about the value at p (or its key when onKey).
+func (d *configDecoder) fail(p cfgPath, onKey bool, format string, args ...any) {
+	d.failAt(p, p, onKey, format, args...)
+}
+
+// failAt records an error shown as path shown, positioned at the value (or
+// key) at p: a missing key is reported at its object.
+func (d *configDecoder) failAt(p, shown cfgPath, onKey bool, format string, args ...any) {
+	if d.err != nil {
+		return
+	}
+	line, col := cfgLineCol(d.data, cfgLocate(d.data, p, onKey))
+	d.err = &ConfigError{Line: line, Column: col, Path: shown.String(), Msg: fmt.Sprintf(format, args...)}
+}
+
+// cfgDescribe names v for a "got ..." message, bounded in length.
+func cfgDescribe(v *fastjson.Value) string {
+	switch v.Type() {
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return strconv.Quote(cfgTruncate(string(b), 40))
+	case fastjson.TypeNumber:
+		return cfgTruncate(string(v.MarshalTo(nil)), 40)
+	case fastjson.TypeObject:
+		return "an object"
+	case fastjson.TypeArray:
+		return "an array"
+	case fastjson.TypeTrue:
+		return "true"
+	case fastjson.TypeFalse:
+		return "false"
+	}
+	return "null"
+}
+
+func cfgTruncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	n -= 3
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// object visits the members of the object v in file order, failing on a
+// key that is not in known (nil: any key).
+func (d *configDecoder) object(v *fastjson.Value, p cfgPath, known []string, f func(k string, v *fastjson.Value, p cfgPath)) {
+	if d.err != nil {
+		return
+	}
+	o, err := v.Object()
+	if err != nil {
+		d.fail(p, false, "want an object, got %s", cfgDescribe(v))
+		return
+	}
+	o.Visit(func(kb []byte, fv *fastjson.Value) {
+		if d.err != nil {
+			return
+		}
+		k := string(kb)
+		kp := p.key(k)
+		if known != nil && !cfgContains(known, k) {
+			d.fail(kp, true, "unknown key %s (want one of %s)", strconv.Quote(cfgTruncate(k, 40)), strings.Join(known, ", "))
+			return
+		}
+		f(k, fv, kp)
+	})
+}
+
+func cfgContains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *configDecoder) array(v *fastjson.Value, p cfgPath, max int, what string) []*fastjson.Value {
+	if d.err != nil {
+		return nil
+	}
+	a, err := v.Array()
+	if err != nil {
+		d.fail(p, false, "want an array of %s, got %s", what, cfgDescribe(v))
+		return nil
+	}
+	if len(a) > max {
+		d.fail(p.index(max), false, "too many %s (at most %d)", what, max)
+		return nil
+	}
+	return a
+}
+
+func (d *configDecoder) string(v *fastjson.Value, p cfgPath) string {
+	if d.err != nil {
+		return ""
+	}
+	b, err := v.StringBytes()
+	if err != nil {
+		d.fail(p, false, "want a string, got %s", cfgDescribe(v))
+		return ""
+	}
+	if len(b) > cfgMaxStringBytes {
+		d.fail(p, false, "string longer than %d bytes", cfgMaxStringBytes)
+		return ""
+	}
+	if bytes.IndexByte(b, 0) >= 0 {
+		d.fail(p, false, "string contains a NUL byte")
+		return ""
+	}
+	return string(b)
+}
+
+func (d *configDecoder) int(v *fastjson.Value, p cfgPath, lo, hi int) int {
+	if d.err != nil {
+		return 0
+	}
+	n, err := v.Int()
+	if err != nil || n < lo || n > hi {
+		d.fail(p, false, "want an integer from %d to %d, got %s", lo, hi, cfgDescribe(v))
+		return 0
+	}
+	return n
+}
+
+func (d *configDecoder) bool(v *fastjson.Value, p cfgPath) bool {
+	if d.err != nil {
+		return false
+	}
+	switch v.Type() {
+	case fastjson.TypeTrue:
+		return true
+	case fastjson.TypeFalse:
+		return false
+	}
+	d.fail(p, false, "want true or false, got %s", cfgDescribe(v))
+	return false
+}
+
+// minDuration is duration with a lower bound for a non-zero value (0 keeps
+// meaning "off").
+func (d *configDecoder) minDuration(v *fastjson.Value, p cfgPath, lo, max time.Duration) time.Duration {
+	t := d.duration(v, p, max)
+	if d.err == nil && t != 0 && t < lo {
+		d.fail(p, false, "want 0 (off) or at least %s, got %s", lo, cfgDescribe(v))
+		return 0
+	}
+	return t
+}
+
+func (d *configDecoder) duration(v *fastjson.Value, p cfgPath, max time.Duration) time.Duration {
+	if d.err != nil {
+		return 0
+	}
+	b, err := v.StringBytes()
+	if err != nil {
+		d.fail(p, false, "want a duration like \"10s\", got %s", cfgDescribe(v))
+		return 0
+	}
+	t, err := time.ParseDuration(string(b))
+	if err != nil {
+		d.fail(p, false, "want a duration like \"10s\", got %s", cfgDescribe(v))
+		return 0
+	}
+	if t < 0 || t > max {
+		d.fail(p, false, "want a duration from 0 to %s, got %s", max, cfgDescribe(v))
+		return 0
+	}
+	return t
+}
+
+var (
+	fileKeys  = []string{"control", "pid_file", "groups"}
+	groupKeys = []string{"name", "command", "count", "params", "env", "listen", "mode", "ready", "restart_strategy",
+		"restart", "backoff", "heartbeat", "shutdown_timeout", "start_timeout", "max_running_time", "suspended", "remote"}
+	backoffKeys = []string{"min", "max", "reset_after", "burst", "window"}
+	remoteKeys  = []string{"ssh", "port", "count", "identity", "known_hosts", "binary"}
+)
+
+func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
+	fc := &FileConfig{}
+	var root cfgPath
+	var groups *fastjson.Value
+	d.object(v, root, fileKeys, func(k string, fv *fastjson.Value, p cfgPath) {
+		switch k {
+		case "control":
+			fc.Control = d.string(fv, p)
+			switch {
+			case d.err != nil:
+			case fc.Control == "":
+				d.fail(p, false, "empty path (leave \"control\" out for no control socket)")
+			case len(fc.Control) > maxUnixPath:
+				d.fail(p, false, "socket path longer than %d bytes", maxUnixPath)
+			}
+		case "pid_file":
+			fc.PIDFile = d.string(fv, p)
+			if d.err == nil && fc.PIDFile == "" {
+				d.fail(p, false, "empty path (leave \"pid_file\" out for no pid file)")
+			}
+		case "groups":
+			groups = fv
+		}
+	})
+	if d.err != nil {
+		return nil
+	}
+	gp := root.key("groups")
+	if groups == nil {
+		d.failAt(root, gp, false, "missing: a configuration needs at least one group")
+		return nil
+	}
+	a := d.array(groups, gp, cfgMaxGroups, "groups")
+	if d.err == nil && len(a) == 0 {
+		d.fail(gp, false, "no groups: a configuration needs at least one")
+	}
+	names := make(map[string]bool, len(a))
+	for i, gv := range a {
+		g := d.group(gv, gp.index(i), names)
+		if d.err != nil {
+			return nil
+		}
+		fc.Groups = append(fc.Groups, g)
+	}
+	d.sharedBinds(gp, fc.Groups)
+	if d.err != nil {
+		return nil
+	}
+	return fc
+}
+
+// sharedBinds refuses an address that two groups, or two entries of one
+// host, would bind on the same machine: the second bind fails (EADDRINUSE),
+// or with SO_REUSEPORT the kernel splits connections between unrelated
+// programs. On a remote host that failure would only show once connected,
+// as an agent restarted with backoff for ever. Hosts are compared by name
+// as written; port 0 never collides.
+func (d *configDecoder) sharedBinds(gp cfgPath, groups []GroupConfig) {
+	type bind struct {
+		host string // "" for this machine
+		addr Addr
+	}
+	seen := make(map[bind]string)
+	for gi, g := range groups {
+		type where struct {
+			host  string
+			p     cfgPath // the value to blame, nil: the listen entry
+			shown string
+			owner string
+		}
+		var hosts []where
+		if g.Count > 0 {
+			hosts = append(hosts, where{"", nil, "this machine", fmt.Sprintf("the local workers of %s (%q)", gp.index(gi), g.Name)})
+		}
+		for ri, r := range g.Remote {
+			t, _ := sshlaunch.ParseTarget(r.SSH)
+			h := strings.ToLower(t.Host)
+			rp := gp.index(gi).key("remote").index(ri)
+			hosts = append(hosts, where{h, rp.key("ssh"), "host " + strconv.Quote(h), rp.String()})
+		}
+		for li, l := range g.Listen {
+			a, _ := ParseAddr(l)
+			if cfgFreshPort(a) {
+				continue
+			}
+			lp := gp.index(gi).key("listen").index(li)
+			for _, h := range hosts {
+				k := bind{h.host, a}
+				if prev, ok := seen[k]; ok {
+					p := h.p
+					if p == nil {
+						p = lp
+					}
+					d.fail(p, false, "%s would bind %q twice (also for %s)", h.shown, a.String(), prev)
+					return
+				}
+				seen[k] = h.owner
+			}
+		}
+	}
+}
+
+func (d *configDecoder) group(v *fastjson.Value, p cfgPath, names map[string]bool) GroupConfig {
+	var g GroupConfig
+	var hasName, hasCommand, hasCount, hasListen bool
+	d.object(v, p, groupKeys, func(k string, fv *fastjson.Value, kp cfgPath) {
+		switch k {
+		case "name":
+			hasName = true
+			g.Name = d.string(fv, kp)
+			switch {
+			case d.err != nil:
+			case !cfgValidGroupName(g.Name):
+				d.fail(kp, false, "want a name of 1 to %d bytes of A-Z a-z 0-9 . _ -, starting with a letter or digit, got %s", cfgMaxNameBytes, cfgDescribe(fv))
+			case names[g.Name]:
+				d.fail(kp, false, "duplicate group name %q", g.Name)
+			}
+			names[g.Name] = true
+		case "command":
+			hasCommand = true
+			a := d.array(fv, kp, cfgMaxCommand, "command arguments")
+			if d.err == nil && len(a) == 0 {
+				d.fail(kp, false, "empty command: want [\"program\", \"arg\", ...]")
+			}
+			for i, av := range a {
+				s := d.string(av, kp.index(i))
+				if d.err != nil {
+					return
+				}
+				if i == 0 {
+					if s == "" {
+						d.fail(kp.index(i), false, "empty program name")
+						return
+					}
+					g.Program = s
+				} else {
+					g.Args = append(g.Args, s)
+				}
+			}
+		case "count":
+			hasCount = true
+			g.Count = d.int(fv, kp, 0, MaxConfigWorkers)
+			d.addWorkers(g.Count, kp)
+		case "params":
+			if fv.Type() != fastjson.TypeObject {
+				d.fail(kp, false, "want a JSON object, got %s", cfgDescribe(fv))
+				return
+			}
+			// Compact and still valid JSON: fastjson copies strings and
+			// keys it has not been asked to unescape as written, and
+			// cfgCheckJSON checked those bytes.
+			g.Params = fv.MarshalTo(nil)
+			if len(g.Params) > cfgMaxStringBytes {
+				d.fail(kp, false, "params longer than %d bytes as compact JSON", cfgMaxStringBytes)
+			}
+		case "env":
+			d.env(fv, kp, &g)
+		case "listen":
+			hasListen = true
+			d.listen(fv, kp, &g)
+		case "mode":
+			s := d.string(fv, kp)
+			if d.err == nil {
+				var err error
+				if g.Mode, err = ParseMode(s); err != nil {
+					d.fail(kp, false, "want \"shared\", \"reuseport\" or \"handoff\", got %s", cfgDescribe(fv))
+				}
+			}
+		case "ready":
+			s := d.string(fv, kp)
+			if d.err == nil {
+				var err error
+				if g.Ready, err = ParseReadyMode(s); err != nil {
+					d.fail(kp, false, "want \"notify\" or \"started\", got %s", cfgDescribe(fv))
+				}
+			}
+		case "restart_strategy":
+			s := d.string(fv, kp)
+			if d.err == nil {
+				var err error
+				if g.Strategy, err = supervise.ParseStrategy(s); err != nil {
+					d.fail(kp, false, "want \"rolling\" or \"parallel\", got %s", cfgDescribe(fv))
+				}
+			}
+		case "restart":
+			s := d.string(fv, kp)
+			if d.err == nil {
+				var ok bool
+				if g.Restart, ok = cfgParsePolicy(s); !ok {
+					d.fail(kp, false, "want \"always\", \"on-failure\" or \"never\", got %s", cfgDescribe(fv))
+				}
+			}
+		case "backoff":
+			d.backoff(fv, kp, &g.Backoff)
+		case "heartbeat":
+			// Shorter intervals would kill healthy workers that are
+			// merely descheduled for a moment.
+			g.Heartbeat = d.minDuration(fv, kp, 10*time.Millisecond, time.Hour)
+		case "shutdown_timeout":
+			g.ShutdownTimeout = d.duration(fv, kp, cfgMaxTimeout)
+		case "start_timeout":
+			g.StartTimeout = d.duration(fv, kp, cfgMaxTimeout)
+		case "max_running_time":
+			// Shorter limits recycle workers about as fast as they
+			// start.
+			g.MaxRunningTime = d.minDuration(fv, kp, time.Second, cfgMaxRunningTimeCap)
+		case "suspended":
+			g.Suspended = d.bool(fv, kp)
+		case "remote":
+			a := d.array(fv, kp, cfgMaxRemotes, "remote hosts")
+			for i, rv := range a {
+				r := d.remote(rv, kp.index(i))
+				if d.err != nil {
+					return
+				}
+				g.Remote = append(g.Remote, r)
+			}
+		}
+	})
+	if d.err != nil {
+		return g
+	}
+	switch {
+	case !hasName:
+		d.failAt(p, p.key("name"), false, "missing: every group needs a name")
+	case !hasCommand:
+		d.failAt(p, p.key("command"), false, "missing: want [\"program\", \"arg\", ...]")
+	case !hasCount && len(g.Remote) == 0:
+		g.Count = 1
+		d.addWorkers(1, p)
+	case g.Size() == 0:
+		d.fail(p.key("count"), false, "the group has no workers (count 0 and no remote hosts)")
+	}
+	if d.err == nil && !hasListen {
+		// Every group needs listeners: the master binds them for local
+		// workers, each host's agent for its remote ones.
+		d.failAt(p, p.key("listen"), false, "missing: a group needs at least one listen address")
+	}
+	d.modeListen(p, &g)
+	if g.Params == nil {
+		g.Params = []byte("{}")
+	}
+	return g
+}
+
+// addWorkers counts n more workers declared at p against the file's limit.
+func (d *configDecoder) addWorkers(n int, p cfgPath) {
+	if d.err != nil {
+		return
+	}
+	d.workers += n
+	if d.workers > MaxConfigWorkers {
+		d.fail(p, false, "more than %d workers in the file", MaxConfigWorkers)
+	}
+}
+
+func cfgValidGroupName(s string) bool {
+	// A name starts with a letter or digit, so that "-x" on a command
+	// line ("mini-cluster suspend -x") is never a group, nor "." a path.
+	if s == "" || len(s) > cfgMaxNameBytes || !cfgAlnum(s[0]) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func cfgAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+func cfgParsePolicy(s string) (supervise.Policy, bool) {
+	for _, p := range []supervise.Policy{supervise.RestartAlways, supervise.RestartOnFailure, supervise.RestartNever} {
+		if s == p.String() {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// cfgReservedEnv reports names the master sets for each worker itself (or
+// strips from their environment): a group's "env" must not fight it.
+func cfgReservedEnv(k string) bool {
+	return k == "NOTIFY_SOCKET" || strings.HasPrefix(k, "HANDOFF_") || strings.HasPrefix(k, "LISTEN_") ||
+		strings.HasPrefix(k, "WATCHDOG_")
+}
+
+func (d *configDecoder) env(v *fastjson.Value, p cfgPath, g *GroupConfig) {
+	n := 0
+	d.object(v, p, nil, func(k string, fv *fastjson.Value, kp cfgPath) {
+		n++
+		switch {
+		case n > cfgMaxEnv:
+			d.fail(kp, true, "too many variables (at most %d)", cfgMaxEnv)
+		case k == "" || strings.ContainsAny(k, "=\x00"):
+			d.fail(kp, true, "want a variable name without '=' or NUL, got %s", strconv.Quote(cfgTruncate(k, 40)))
+		case len(k) > cfgMaxStringBytes:
+			d.fail(kp, true, "variable name longer than %d bytes", cfgMaxStringBytes)
+		case cfgReservedEnv(k):
+			d.fail(kp, true, "%s is set by mini-cluster itself (HANDOFF_*, LISTEN_*, WATCHDOG_*, NOTIFY_SOCKET are reserved)", strconv.Quote(cfgTruncate(k, 40)))
+		}
+		val := d.string(fv, kp)
+		if d.err != nil {
+			return
+		}
+		if len(k)+1+len(val)+1 > cfgMaxArgStrlen {
+			d.fail(kp, false, "variable longer than %d bytes (execve's limit)", cfgMaxArgStrlen-1)
+			return
+		}
+		g.Env = append(g.Env, k+"="+val)
+	})
+}
+
+func (d *configDecoder) listen(v *fastjson.Value, p cfgPath, g *GroupConfig) {
+	a := d.array(v, p, cfgMaxListen, "listen addresses")
+	if d.err == nil && len(a) == 0 {
+		d.fail(p, false, "no listen addresses: a group needs at least one")
+	}
+	seen := make(map[Addr]bool, len(a))
+	for i, lv := range a {
+		ip := p.index(i)
+		s := d.string(lv, ip)
+		if d.err != nil {
+			return
+		}
+		addr, err := ParseAddr(s)
+		if err != nil {
+			d.fail(ip, false, "%v", err)
+			return
+		}
+		if seen[addr] && !cfgFreshPort(addr) {
+			d.fail(ip, false, "duplicate listen address %q", addr.String())
+			return
+		}
+		seen[addr] = true
+		g.Listen = append(g.Listen, s)
+	}
+}
+
+// cfgFreshPort reports a tcp or udp address with port 0, which binds a
+// fresh port each time, so it may repeat; any other repeat fails to bind
+// (a unix path ending in ":0" included).
+func cfgFreshPort(a Addr) bool {
+	_, port, err := net.SplitHostPort(a.Address)
+	return a.Network != "unix" && err == nil && port == "0"
+}
+
+// modeListen refuses addresses the group's mode cannot serve, which New
+// would refuse at start-up (on a remote host, only once connected).
+func (d *configDecoder) modeListen(p cfgPath, g *GroupConfig) {
+	for i, l := range g.Listen {
+		if d.err != nil {
+			return
+		}
+		a, _ := ParseAddr(l)
+		switch {
+		case g.Mode == ModeReuseport && a.Network == "unix":
+			d.fail(p.key("listen").index(i), false, "unix sockets cannot be shared by SO_REUSEPORT (use mode shared or handoff)")
+		case g.Mode == ModeHandoff && a.Network == "udp":
+			d.fail(p.key("listen").index(i), false, "udp sockets have no connections to hand off (use mode shared or reuseport)")
+		}
+	}
+}
+
+func (d *configDecoder) backoff(v *fastjson.Value, p cfgPath, b *supervise.Backoff) {
+	d.object(v, p, backoffKeys, func(k string, fv *fastjson.Value, kp cfgPath) {
+		switch k {
+		case "min":
+			b.Min = d.duration(fv, kp, cfgMaxTimeout)
+		case "max":
+			b.Max = d.duration(fv, kp, cfgMaxTimeout)
+		case "reset_after":
+			b.ResetAfter = d.duration(fv, kp, cfgMaxTimeout)
+		case "window":
+			b.Window = d.duration(fv, kp, cfgMaxTimeout)
+		case "burst":
+			b.Burst = d.int(fv, kp, -1, cfgMaxBurst)
+		}
+	})
+	if d.err == nil && b.Min > 0 && b.Max > 0 && b.Max < b.Min {
+		d.fail(p.key("max"), false, "max %s is below min %s", b.Max, b.Min)
+	}
+}
+
+func (d *configDecoder) remote(v *fastjson.Value, p cfgPath) RemoteHost {
+	r := RemoteHost{Port: sshlaunch.DefaultPort, Binary: "mini-cluster"}
+	var hasSSH, hasCount, hasIdentity, hasKnownHosts bool
+	d.object(v, p, remoteKeys, func(k string, fv *fastjson.Value, kp cfgPath) {
+		switch k {
+		case "ssh":
+			hasSSH = true
+			r.SSH = d.string(fv, kp)
+			if d.err != nil {
+				return
+			}
+			t, err := sshlaunch.ParseTarget(r.SSH)
+			switch {
+			case err != nil:
+				d.fail(kp, false, "want \"user@host\" or \"host\": %v", err)
+			case strings.Contains(t.Host, ":") && net.ParseIP(t.Host) == nil:
+				// A colon is only valid in an IPv6 address; "host:2222"
+				// would be looked up as a name.
+				d.fail(kp, false, "want the port in \"port\", not in %s", cfgDescribe(fv))
+			}
+		case "port":
+			r.Port = d.int(fv, kp, 1, 65535)
+		case "count":
+			hasCount = true
+			r.Count = d.int(fv, kp, 1, MaxConfigWorkers)
+			d.addWorkers(r.Count, kp)
+		case "identity":
+			hasIdentity = true
+			r.Identity = d.sshPath(fv, kp, false)
+		case "known_hosts":
+			hasKnownHosts = true
+			r.KnownHosts = d.sshPath(fv, kp, true)
+		case "binary":
+			r.Binary = d.string(fv, kp)
+			if d.err == nil && (r.Binary == "" || r.Binary[0] == '-' || cfgHasControl(r.Binary)) {
+				d.fail(kp, false, "want a program name or path (not empty, no leading '-', no control characters), got %s", cfgDescribe(fv))
+			}
+		}
+	})
+	if d.err != nil {
+		return r
+	}
+	for _, m := range []struct {
+		has  bool
+		key  string
+		what string
+	}{
+		{hasSSH, "ssh", "want \"user@host\""},
+		{hasCount, "count", "want the number of workers on that host"},
+		{hasIdentity, "identity", "want the private key file ssh offers"},
+		{hasKnownHosts, "known_hosts", "want the known_hosts file with the host's key (host keys are always checked)"},
+	} {
+		if !m.has {
+			d.failAt(p, p.key(m.key), false, "missing: %s", m.what)
+			return r
+		}
+	}
+	return r
+}
+
+// sshPath checks an identity (or known_hosts) file path with sshlaunch's
+// own rules, by building the ssh arguments with only that path in
+// question.
+func (d *configDecoder) sshPath(v *fastjson.Value, p cfgPath, knownHosts bool) string {
+	s := d.string(v, p)
+	if d.err != nil {
+		return ""
+	}
+	if !strings.HasPrefix(s, "/") {
+		d.fail(p, false, "want an absolute path, got %s", cfgDescribe(v))
+		return ""
+	}
+	t := sshlaunch.Target{Host: "localhost", Identity: "/i", KnownHosts: "/k"}
+	if knownHosts {
+		t.KnownHosts = s
+	} else {
+		t.Identity = s
+	}
+	if _, err := t.Args([]string{"true"}); err != nil {
+		d.fail(p, false, "path unusable with ssh (no whitespace, quotes, '%%' or control characters), got %s", cfgDescribe(v))
+		return ""
+	}
+	return s
+}
+
+func cfgHasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
