@@ -90,6 +90,12 @@ const (
 	maxControlResponse = ipcframe.DefaultMaxFrame
 	maxControlSlots    = 4096
 	maxControlWorkers  = 4096
+	// A -config master's status: at most this many groups, remote hosts
+	// per group, and bytes in a group's name or a remote's host and error.
+	maxControlGroups  = 1024
+	maxControlRemotes = 256
+	maxControlName    = 256
+	maxControlText    = 4096
 )
 
 // ControlStatus is the master's answer to a status request.
@@ -103,6 +109,49 @@ type ControlStatus struct {
 	Restarting bool
 	// Workers is the number of slots, ReadyWorkers those whose worker is
 	// ready.
+	Workers, ReadyWorkers int
+	Slots                 []ControlSlot
+	// Groups is set by a master running a -config file: one entry per
+	// group, in file order. Workers and ReadyWorkers then sum the local
+	// workers of every group, and Slots is empty: each group lists its own
+	// (listing them twice would halve the workers a response can hold).
+	Groups []ControlGroup
+}
+
+// ControlGroup is the status of one group of a -config master.
+type ControlGroup struct {
+	Name string
+	// Suspended is true while the group is suspended.
+	Suspended bool
+	// Generation and Restarting describe the group's local workers as
+	// ControlStatus does for a single cluster.
+	Generation int
+	Restarting bool
+	// Workers and ReadyWorkers count local and remote workers.
+	Workers, ReadyWorkers int
+	// Slots are the local workers.
+	Slots []ControlSlot
+	// Remote is one entry per remote host, in file order.
+	Remote []ControlRemote
+}
+
+// ControlRemote is the status of one remote host of a group, as its agent
+// last reported it.
+type ControlRemote struct {
+	// Host is the "ssh" target (user@host) and port.
+	Host string
+	Port int
+	// Connected is true while an agent session is up; AgentPID is the
+	// agent's pid on that host (0 when none).
+	Connected bool
+	AgentPID  int
+	// Sessions counts agent sessions started; LastError is why the last
+	// one ended or failed ("" if none did).
+	Sessions  int
+	LastError string
+	// Workers and ReadyWorkers are the host's configured and ready
+	// workers; Slots as its agent last reported them (empty while
+	// disconnected).
 	Workers, ReadyWorkers int
 	Slots                 []ControlSlot
 }
@@ -121,6 +170,10 @@ type ControlSlot struct {
 	// LastExit is the slot's most recent worker exit, nil if none exited
 	// since the master started.
 	LastExit *ControlExit
+	// ID is the worker's global id (HANDOFF_WORKER_ID) and Index its
+	// index in its group (HANDOFF_GROUP_INDEX); outside groups both equal
+	// Slot.
+	ID, Index int
 }
 
 // ControlExit describes a worker exit.
@@ -202,37 +255,97 @@ func (c *ControlClient) Status() (*ControlStatus, error) {
 }
 
 // Restart begins a graceful restart and returns once the master accepted
-// it; requests during a restart coalesce into at most one more.
+// it; requests during a restart coalesce into at most one more. A -config
+// master restarts every group.
 func (c *ControlClient) Restart() error { return c.simple(&sockMsg{Type: "restart"}) }
+
+// RestartGroup restarts one group of a -config master ("": every group).
+func (c *ControlClient) RestartGroup(group string) error {
+	if err := checkGroupArg(group, false); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "restart", Group: group})
+}
+
+// Suspend stops the workers of a -config master's group gracefully until
+// Resume; its listeners stay open, so connections wait in their backlog.
+func (c *ControlClient) Suspend(group string) error {
+	if err := checkGroupArg(group, true); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "suspend", Group: group})
+}
+
+// Resume starts the workers of a suspended group again.
+func (c *ControlClient) Resume(group string) error {
+	if err := checkGroupArg(group, true); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "resume", Group: group})
+}
+
+// checkGroupArg refuses what the master would refuse anyway, before a
+// round trip.
+func checkGroupArg(group string, required bool) error {
+	if required && group == "" {
+		return fmt.Errorf("%w: a group name is required", ErrControlInvalid)
+	}
+	if len(group) > maxControlName {
+		return fmt.Errorf("%w: group name of %d bytes (at most %d)", ErrControlInvalid, len(group), maxControlName)
+	}
+	return nil
+}
 
 // Stop begins a graceful stop of the cluster and returns once the master
 // accepted it (the master exits later).
 func (c *ControlClient) Stop() error { return c.simple(&sockMsg{Type: "stop"}) }
 
 // Scale sets the number of worker slots to n (0 to 4096).
-func (c *ControlClient) Scale(n int) error {
+func (c *ControlClient) Scale(n int) error { return c.ScaleGroup("", n) }
+
+// ScaleGroup sets the number of local worker slots of a -config master's
+// group to n ("" addresses a single-command master).
+func (c *ControlClient) ScaleGroup(group string, n int) error {
 	if n < 0 || n > maxControlWorkers {
 		return fmt.Errorf("%w: scale %d (want 0..%d)", ErrControlInvalid, n, maxControlWorkers)
 	}
-	return c.simple(&sockMsg{Type: "scale", Workers: n})
+	if err := checkGroupArg(group, false); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "scale", Group: group, Workers: n})
 }
 
 // Send queues payload (at most MaxMessage bytes) for the serving worker of
 // slot, as Master.Send does; the worker reads it from Messages.
-func (c *ControlClient) Send(slot int, payload []byte) error {
+func (c *ControlClient) Send(slot int, payload []byte) error { return c.SendGroup("", slot, payload) }
+
+// SendGroup is Send to a local slot of a -config master's group ("": a
+// single-command master).
+func (c *ControlClient) SendGroup(group string, slot int, payload []byte) error {
 	if slot < 0 || slot >= maxControlSlots || len(payload) > MaxMessage {
 		return fmt.Errorf("%w: send to slot %d, %d bytes (at most %d)", ErrControlInvalid, slot, len(payload), MaxMessage)
 	}
-	return c.simple(&sockMsg{Type: "send", Slot: slot, Data: payload})
+	if err := checkGroupArg(group, false); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "send", Group: group, Slot: slot, Data: payload})
 }
 
 // Broadcast queues payload for the serving worker of every slot, as
-// Master.Broadcast does.
-func (c *ControlClient) Broadcast(payload []byte) error {
+// Master.Broadcast does; a -config master queues it for every local worker
+// of every group.
+func (c *ControlClient) Broadcast(payload []byte) error { return c.BroadcastGroup("", payload) }
+
+// BroadcastGroup is Broadcast to the local workers of one group ("": every
+// group).
+func (c *ControlClient) BroadcastGroup(group string, payload []byte) error {
 	if len(payload) > MaxMessage {
 		return fmt.Errorf("%w: broadcast of %d bytes (at most %d)", ErrControlInvalid, len(payload), MaxMessage)
 	}
-	return c.simple(&sockMsg{Type: "broadcast", Data: payload})
+	if err := checkGroupArg(group, false); err != nil {
+		return err
+	}
+	return c.simple(&sockMsg{Type: "broadcast", Group: group, Data: payload})
 }
 
 // giveUp closes the connection after err left it out of step. Called with
@@ -309,6 +422,10 @@ type sockMsg struct {
 	// messages).
 	Slot int
 	Data []byte
+	// Group names the group a request of a -config master is for
+	// ("restart", "scale", "send", "broadcast": optional; "suspend",
+	// "resume": required; "stop": refused, it stops every group).
+	Group string
 	// Code and Error describe an "error" response.
 	Code, Error string
 	// Status is the body of a "status" response (nil in the request).
@@ -316,7 +433,7 @@ type sockMsg struct {
 }
 
 // Control message types.
-var controlTypes = [...]string{"status", "restart", "stop", "scale", "send", "broadcast", "ok", "error"}
+var controlTypes = [...]string{"status", "restart", "stop", "scale", "send", "broadcast", "suspend", "resume", "ok", "error"}
 
 // decodeSockMsg parses one control message (request or response) from b
 // into msg, reusing p. Unknown fields are ignored; known fields must have
@@ -346,6 +463,18 @@ func decodeSockMsg(p *fastjson.Parser, b []byte, msg *sockMsg) error {
 	}
 	if msg.Type == "" {
 		return fmt.Errorf("%w: unknown message type %.64q", ErrControlProtocol, typ)
+	}
+	switch msg.Type {
+	case "restart", "scale", "send", "broadcast", "suspend", "resume", "stop":
+		// "stop" takes none, but decodes it so that the master refuses
+		// a stop meant for one group rather than stop every group.
+		required := msg.Type == "suspend" || msg.Type == "resume"
+		if msg.Group, err = jsonText(v, "group", required, maxControlName); err != nil {
+			return err
+		}
+		if required && msg.Group == "" {
+			return fmt.Errorf("%w: %s without a group", ErrControlProtocol, msg.Type)
+		}
 	}
 	switch msg.Type {
 	case "scale":
@@ -404,9 +533,37 @@ func decodeStatus(v *fastjson.Value) (*ControlStatus, error) {
 	if st.ReadyWorkers, err = jsonInt(v, "ready_workers", true, 0, maxControlWorkers); err != nil {
 		return nil, err
 	}
+	if st.Slots, err = decodeSlots(v, true); err != nil {
+		return nil, err
+	}
+	gv := v.Get("groups")
+	if gv == nil || gv.Type() == fastjson.TypeNull {
+		return st, nil
+	}
+	garr, err := gv.Array()
+	if err != nil {
+		return nil, fmt.Errorf("%w: groups: %w", ErrControlProtocol, err)
+	}
+	if len(garr) > maxControlGroups {
+		return nil, fmt.Errorf("%w: %d groups (at most %d)", ErrControlProtocol, len(garr), maxControlGroups)
+	}
+	st.Groups = make([]ControlGroup, len(garr))
+	for i, e := range garr {
+		if err := decodeGroup(e, &st.Groups[i]); err != nil {
+			return nil, fmt.Errorf("group %d: %w", i, err)
+		}
+	}
+	return st, nil
+}
+
+// decodeSlots decodes v's "slots" array (absent: none, unless required).
+func decodeSlots(v *fastjson.Value, required bool) ([]ControlSlot, error) {
 	sv := v.Get("slots")
 	if sv == nil {
-		return nil, fmt.Errorf("%w: status without slots", ErrControlProtocol)
+		if required {
+			return nil, fmt.Errorf("%w: status without slots", ErrControlProtocol)
+		}
+		return nil, nil
 	}
 	arr, err := sv.Array()
 	if err != nil {
@@ -415,13 +572,101 @@ func decodeStatus(v *fastjson.Value) (*ControlStatus, error) {
 	if len(arr) > maxControlSlots {
 		return nil, fmt.Errorf("%w: %d slots (at most %d)", ErrControlProtocol, len(arr), maxControlSlots)
 	}
-	st.Slots = make([]ControlSlot, len(arr))
+	if len(arr) == 0 && !required {
+		// A group's or host's empty list decodes as none, like an absent one.
+		return nil, nil
+	}
+	out := make([]ControlSlot, len(arr))
 	for i, e := range arr {
-		if err := decodeSlot(e, &st.Slots[i]); err != nil {
+		if err := decodeSlot(e, &out[i]); err != nil {
 			return nil, fmt.Errorf("slot %d: %w", i, err)
 		}
 	}
-	return st, nil
+	return out, nil
+}
+
+func decodeGroup(v *fastjson.Value, g *ControlGroup) error {
+	if v.Type() != fastjson.TypeObject {
+		return fmt.Errorf("%w: group is a JSON %s", ErrControlProtocol, v.Type())
+	}
+	var err error
+	if g.Name, err = jsonText(v, "name", true, maxControlName); err != nil {
+		return err
+	}
+	if g.Suspended, err = jsonBool(v, "suspended"); err != nil {
+		return err
+	}
+	if g.Generation, err = jsonInt(v, "generation", false, 0, 1<<31-1); err != nil {
+		return err
+	}
+	if g.Restarting, err = jsonBool(v, "restarting"); err != nil {
+		return err
+	}
+	// Local and remote workers together: a group has at most 4096 local
+	// ones and 4096 on each remote host.
+	if g.Workers, err = jsonInt(v, "workers", false, 0, maxControlWorkers*(maxControlRemotes+1)); err != nil {
+		return err
+	}
+	if g.ReadyWorkers, err = jsonInt(v, "ready_workers", false, 0, maxControlWorkers*(maxControlRemotes+1)); err != nil {
+		return err
+	}
+	if g.Slots, err = decodeSlots(v, false); err != nil {
+		return err
+	}
+	rv := v.Get("remote")
+	if rv == nil || rv.Type() == fastjson.TypeNull {
+		return nil
+	}
+	arr, err := rv.Array()
+	if err != nil {
+		return fmt.Errorf("%w: remote: %w", ErrControlProtocol, err)
+	}
+	if len(arr) > maxControlRemotes {
+		return fmt.Errorf("%w: %d remote hosts (at most %d)", ErrControlProtocol, len(arr), maxControlRemotes)
+	}
+	if len(arr) == 0 {
+		return nil
+	}
+	g.Remote = make([]ControlRemote, len(arr))
+	for i, e := range arr {
+		if err := decodeRemote(e, &g.Remote[i]); err != nil {
+			return fmt.Errorf("remote %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func decodeRemote(v *fastjson.Value, r *ControlRemote) error {
+	if v.Type() != fastjson.TypeObject {
+		return fmt.Errorf("%w: remote is a JSON %s", ErrControlProtocol, v.Type())
+	}
+	var err error
+	if r.Host, err = jsonText(v, "host", true, maxControlName); err != nil {
+		return err
+	}
+	if r.Port, err = jsonInt(v, "port", false, 0, 65535); err != nil {
+		return err
+	}
+	if r.Connected, err = jsonBool(v, "connected"); err != nil {
+		return err
+	}
+	if r.AgentPID, err = jsonInt(v, "agent_pid", false, 0, 1<<31-1); err != nil {
+		return err
+	}
+	if r.Sessions, err = jsonInt(v, "sessions", false, 0, 1<<31-1); err != nil {
+		return err
+	}
+	if r.LastError, err = jsonText(v, "last_error", false, maxControlText); err != nil {
+		return err
+	}
+	if r.Workers, err = jsonInt(v, "workers", false, 0, maxControlWorkers); err != nil {
+		return err
+	}
+	if r.ReadyWorkers, err = jsonInt(v, "ready_workers", false, 0, maxControlWorkers); err != nil {
+		return err
+	}
+	r.Slots, err = decodeSlots(v, false)
+	return err
 }
 
 func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
@@ -454,6 +699,19 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 	s.Uptime = time.Duration(ms) * time.Millisecond
 	if s.Restarts, err = jsonInt(v, "restarts", false, 0, 1<<31-1); err != nil {
 		return err
+	}
+	// Absent from a master that predates groups: outside groups both are
+	// the slot.
+	s.ID, s.Index = s.Slot, s.Slot
+	if v.Get("id") != nil {
+		if s.ID, err = jsonInt(v, "id", true, 0, 1<<31-1); err != nil {
+			return err
+		}
+	}
+	if v.Get("index") != nil {
+		if s.Index, err = jsonInt(v, "index", true, 0, 1<<31-1); err != nil {
+			return err
+		}
 	}
 	le := v.Get("last_exit")
 	if le == nil || le.Type() == fastjson.TypeNull {
@@ -511,6 +769,19 @@ func jsonString(v *fastjson.Value, key string, required bool) (string, error) {
 	return string(b), nil
 }
 
+// jsonText is jsonString with a length limit, for strings a status
+// response repeats per group or host.
+func jsonText(v *fastjson.Value, key string, required bool, maxLen int) (string, error) {
+	s, err := jsonString(v, key, required)
+	if err != nil {
+		return "", err
+	}
+	if len(s) > maxLen {
+		return "", fmt.Errorf("%w: %q: %d bytes (at most %d)", ErrControlProtocol, key, len(s), maxLen)
+	}
+	return s, nil
+}
+
 func jsonInt(v *fastjson.Value, key string, required bool, lo, hi int) (int, error) {
 	f := v.Get(key)
 	if f == nil {
@@ -547,6 +818,10 @@ func jsonBool(v *fastjson.Value, key string) (bool, error) {
 func appendSockMsg(dst []byte, msg *sockMsg) []byte {
 	dst = append(dst, `{"type":`...)
 	dst = appendJSONString(dst, msg.Type)
+	if msg.Group != "" {
+		dst = append(dst, `,"group":`...)
+		dst = appendJSONString(dst, msg.Group)
+	}
 	switch msg.Type {
 	case "scale":
 		dst = append(dst, `,"workers":`...)
@@ -593,14 +868,77 @@ func (s *ControlStatus) appendFields(dst []byte) []byte {
 	dst = strconv.AppendInt(dst, int64(s.Workers), 10)
 	dst = append(dst, `,"ready_workers":`...)
 	dst = strconv.AppendInt(dst, int64(s.ReadyWorkers), 10)
-	dst = append(dst, `,"slots":[`...)
-	for i := range s.Slots {
+	dst = appendSlots(dst, s.Slots)
+	if len(s.Groups) == 0 {
+		return dst
+	}
+	dst = append(dst, `,"groups":[`...)
+	for i := range s.Groups {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = s.Slots[i].appendJSON(dst)
+		dst = s.Groups[i].appendJSON(dst)
 	}
 	return append(dst, ']')
+}
+
+// appendSlots appends `,"slots":[...]`.
+func appendSlots(dst []byte, slots []ControlSlot) []byte {
+	dst = append(dst, `,"slots":[`...)
+	for i := range slots {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = slots[i].appendJSON(dst)
+	}
+	return append(dst, ']')
+}
+
+func (g *ControlGroup) appendJSON(dst []byte) []byte {
+	// Clipped as the decoder bounds them: one long text (an agent's error
+	// from a remote host, say) must not make the whole status unreadable.
+	dst = append(dst, `{"name":`...)
+	dst = appendJSONString(dst, clipText(g.Name, maxControlName))
+	dst = append(dst, `,"suspended":`...)
+	dst = strconv.AppendBool(dst, g.Suspended)
+	dst = append(dst, `,"generation":`...)
+	dst = strconv.AppendInt(dst, int64(g.Generation), 10)
+	dst = append(dst, `,"restarting":`...)
+	dst = strconv.AppendBool(dst, g.Restarting)
+	dst = append(dst, `,"workers":`...)
+	dst = strconv.AppendInt(dst, int64(g.Workers), 10)
+	dst = append(dst, `,"ready_workers":`...)
+	dst = strconv.AppendInt(dst, int64(g.ReadyWorkers), 10)
+	dst = appendSlots(dst, g.Slots)
+	dst = append(dst, `,"remote":[`...)
+	for i := range g.Remote {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = g.Remote[i].appendJSON(dst)
+	}
+	return append(dst, "]}"...)
+}
+
+func (r *ControlRemote) appendJSON(dst []byte) []byte {
+	dst = append(dst, `{"host":`...)
+	dst = appendJSONString(dst, clipText(r.Host, maxControlName))
+	dst = append(dst, `,"port":`...)
+	dst = strconv.AppendInt(dst, int64(r.Port), 10)
+	dst = append(dst, `,"connected":`...)
+	dst = strconv.AppendBool(dst, r.Connected)
+	dst = append(dst, `,"agent_pid":`...)
+	dst = strconv.AppendInt(dst, int64(r.AgentPID), 10)
+	dst = append(dst, `,"sessions":`...)
+	dst = strconv.AppendInt(dst, int64(r.Sessions), 10)
+	dst = append(dst, `,"last_error":`...)
+	dst = appendJSONString(dst, clipText(r.LastError, maxControlText))
+	dst = append(dst, `,"workers":`...)
+	dst = strconv.AppendInt(dst, int64(r.Workers), 10)
+	dst = append(dst, `,"ready_workers":`...)
+	dst = strconv.AppendInt(dst, int64(r.ReadyWorkers), 10)
+	dst = appendSlots(dst, r.Slots)
+	return append(dst, '}')
 }
 
 func (s *ControlSlot) appendJSON(dst []byte) []byte {
@@ -616,6 +954,10 @@ func (s *ControlSlot) appendJSON(dst []byte) []byte {
 	dst = strconv.AppendInt(dst, s.Uptime.Milliseconds(), 10)
 	dst = append(dst, `,"restarts":`...)
 	dst = strconv.AppendInt(dst, int64(s.Restarts), 10)
+	dst = append(dst, `,"id":`...)
+	dst = strconv.AppendInt(dst, int64(s.ID), 10)
+	dst = append(dst, `,"index":`...)
+	dst = strconv.AppendInt(dst, int64(s.Index), 10)
 	if x := s.LastExit; x != nil {
 		dst = append(dst, `,"last_exit":{"pid":`...)
 		dst = strconv.AppendInt(dst, int64(x.PID), 10)

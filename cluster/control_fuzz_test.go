@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +29,19 @@ var controlSeeds = []string{
 	`{"type":"status","pid":42,"generation":2,"restarting":false,"workers":2,"ready_workers":1,"slots":[` +
 		`{"slot":0,"pid":100,"generation":2,"state":"ready","uptime_ms":1500,"restarts":1,"last_exit":{"pid":90,"code":-1,"signal":9,"requested":false,"time_ms":1763700000123}},` +
 		`{"slot":1,"pid":0,"generation":0,"state":"backoff","uptime_ms":0,"restarts":3}]}`,
+	`{"type":"restart","group":"web"}`,
+	`{"type":"scale","group":"web","workers":3}`,
+	`{"type":"send","group":"jobs","slot":0,"data":"aGk="}`,
+	`{"type":"suspend","group":"web"}`,
+	`{"type":"resume","group":"web"}`,
+	`{"type":"stop","group":"web"}`,
+	`{"type":"status","pid":42,"generation":1,"restarting":false,"workers":1,"ready_workers":1,"slots":[` +
+		`{"slot":0,"pid":100,"generation":1,"state":"ready","uptime_ms":10,"restarts":0,"id":0,"index":0}],"groups":[` +
+		`{"name":"web","suspended":false,"generation":1,"restarting":false,"workers":3,"ready_workers":3,"slots":[` +
+		`{"slot":0,"pid":100,"generation":1,"state":"ready","uptime_ms":10,"restarts":0,"id":0,"index":0}],"remote":[` +
+		`{"host":"deploy@10.0.0.2","port":2222,"connected":true,"agent_pid":77,"sessions":2,"last_error":"sshlaunch: host key not trusted","workers":2,"ready_workers":2,"slots":[` +
+		`{"slot":0,"pid":500,"generation":1,"state":"ready","uptime_ms":5,"restarts":0,"id":1,"index":1}]}]},` +
+		`{"name":"jobs","suspended":true,"workers":0,"ready_workers":0,"slots":[],"remote":[]}]}`,
 }
 
 // FuzzControlSocketDecode: the control socket's decoder never panics, every
@@ -83,6 +97,25 @@ func TestControlSocketRoundTrip(t *testing.T) {
 				LastExit: &cluster.ControlExit{PID: 10, Code: -1, Signal: 9, Requested: true, Time: at}},
 			{Slot: 1, State: supervise.SlotFailed},
 		}}},
+		{Type: "restart", Group: "web"},
+		{Type: "scale", Group: "web", Workers: 7},
+		{Type: "send", Group: "jobs", Slot: 1, Data: []byte("x")},
+		{Type: "broadcast", Group: "jobs", Data: []byte("y")},
+		{Type: "suspend", Group: "web"},
+		{Type: "resume", Group: "web"},
+		{Type: "stop", Group: "web"},
+		{Type: "status", Status: &cluster.ControlStatus{PID: 9, Generation: 2, Workers: 1, ReadyWorkers: 1,
+			Slots: []cluster.ControlSlot{{Slot: 0, PID: 20, Generation: 2, State: supervise.SlotReady, ID: 4, Index: 0}},
+			Groups: []cluster.ControlGroup{
+				{Name: "web", Generation: 2, Restarting: true, Workers: 3, ReadyWorkers: 2,
+					Slots: []cluster.ControlSlot{{Slot: 0, PID: 20, Generation: 2, State: supervise.SlotReady, ID: 4, Index: 0}},
+					Remote: []cluster.ControlRemote{
+						{Host: "deploy@10.0.0.2", Port: 2222, Connected: true, AgentPID: 77, Sessions: 3, Workers: 2, ReadyWorkers: 1,
+							Slots: []cluster.ControlSlot{{Slot: 1, PID: 30, Generation: 1, State: supervise.SlotStarting, ID: 6, Index: 2}}},
+						{Host: "other", Port: 22, LastError: "sshlaunch: host key not trusted \"x\"", Workers: 1},
+					}},
+				{Name: "jobs", Suspended: true, Generation: 1},
+			}}},
 	} {
 		t.Run(tc.Type, func(t *testing.T) {
 			var p fastjson.Parser
@@ -94,6 +127,29 @@ func TestControlSocketRoundTrip(t *testing.T) {
 				t.Errorf("round trip (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestControlSocketClipsText: a status whose texts exceed what the decoder
+// accepts (an agent's long error from a remote host, a long ssh target) is
+// still decodable: the encoder clips them, between runes.
+func TestControlSocketClipsText(t *testing.T) {
+	long := strings.Repeat("é", 5000) // 10000 bytes
+	msg := cluster.SockMsg{Type: "status", Status: &cluster.ControlStatus{PID: 1, Generation: 1, Slots: []cluster.ControlSlot{},
+		Groups: []cluster.ControlGroup{{Name: "far", Generation: 1, Remote: []cluster.ControlRemote{
+			{Host: "u@" + strings.Repeat("h", 300), Port: 22, LastError: long, Workers: 1},
+		}}}}}
+	var p fastjson.Parser
+	var got cluster.SockMsg
+	if err := cluster.DecodeSockMsg(&p, cluster.AppendSockMsg(nil, &msg), &got); err != nil {
+		t.Fatalf("a status with a %d-byte error does not decode: %v", len(long), err)
+	}
+	r := got.Status.Groups[0].Remote[0]
+	if want := strings.Repeat("é", 2048); r.LastError != want {
+		t.Errorf("last error of %d bytes, want the first %d", len(r.LastError), len(want))
+	}
+	if len(r.Host) != 256 || !strings.HasPrefix(r.Host, "u@hhh") {
+		t.Errorf("host %q (%d bytes), want its first 256 bytes", r.Host, len(r.Host))
 	}
 }
 
@@ -116,6 +172,17 @@ func TestControlSocketDecodeBad(t *testing.T) {
 		{"scale exponent", `{"type":"scale","workers":4e0}`},
 		{"error without code", `{"type":"error","error":"x"}`},
 		{"type not a string", `{"type":1}`},
+		{"suspend without a group", `{"type":"suspend"}`},
+		{"resume with an empty group", `{"type":"resume","group":""}`},
+		{"group not a string", `{"type":"restart","group":1}`},
+		{"stop group not a string", `{"type":"stop","group":true}`},
+		{"group name too long", `{"type":"restart","group":"` + strings.Repeat("g", 257) + `"}`},
+		{"groups not an array", strings.TrimSuffix(status(""), "}") + `,"groups":{}}`},
+		{"group without a name", strings.TrimSuffix(status(""), "}") + `,"groups":[{"workers":1}]}`},
+		{"remote port 65536", strings.TrimSuffix(status(""), "}") + `,"groups":[{"name":"a","remote":[{"host":"h","port":65536}]}]}`},
+		{"remote not an object", strings.TrimSuffix(status(""), "}") + `,"groups":[{"name":"a","remote":[1]}]}`},
+		{"negative id", status(`{"slot":0,"state":"ready","id":-1}`)},
+		{"index not a number", status(`{"slot":0,"state":"ready","index":"1"}`)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p fastjson.Parser

@@ -81,9 +81,17 @@ func (c *controlState) server() *controlServer {
 	return c.srv
 }
 
+// controlBackend carries out control requests: a single-command *master,
+// or the *fleet of a -config process.
+type controlBackend interface {
+	controlStatus() *ControlStatus
+	// controlDo carries out every request but "status".
+	controlDo(req *sockMsg) error
+}
+
 // controlServer serves the control socket.
 type controlServer struct {
-	m        *master
+	b        controlBackend
 	log      *slog.Logger
 	ul       *net.UnixListener
 	path     string
@@ -129,28 +137,40 @@ func (m *master) openControl() error {
 		}
 		m.log.Warn("control socket: inherited descriptor not adopted; creating the socket anew", "err", err)
 	}
-	if err := checkControlDir(filepath.Dir(path)); err != nil {
+	srv, err := createControl(path)
+	if err != nil {
 		return err
 	}
-	// sockfile gives the stale-socket recovery, live-socket protection,
-	// lock, mode 0600 under any umask, and unlink-only-our-inode.
-	sl, err := sockfile.Listen(path, nil)
-	if err != nil {
-		return fmt.Errorf("cluster: control socket: %w", err)
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		sl.Close()
-		return fmt.Errorf("cluster: control socket: %w", &os.PathError{Op: "lstat", Path: path, Err: err})
-	}
-	srv := newControlServer(sl.UnixListener(), path, uint64(st.Dev), uint64(st.Ino), sl.Close)
 	m.setControl(srv)
 	m.log.Info("control socket", "path", path)
 	return nil
 }
 
+// createControl creates the control socket at path, in a directory that
+// checkControlDir accepts.
+func createControl(path string) (*controlServer, error) {
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("cluster: control socket: %w: %s", sockfile.ErrPathTooLong, path)
+	}
+	if err := checkControlDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	// sockfile gives the stale-socket recovery, live-socket protection,
+	// lock, mode 0600 under any umask, and unlink-only-our-inode.
+	sl, err := sockfile.Listen(path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: control socket: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		sl.Close()
+		return nil, fmt.Errorf("cluster: control socket: %w", &os.PathError{Op: "lstat", Path: path, Err: err})
+	}
+	return newControlServer(sl.UnixListener(), path, uint64(st.Dev), uint64(st.Ino), sl.Close), nil
+}
+
 func (m *master) setControl(srv *controlServer) {
-	srv.m, srv.log = m, m.log
+	srv.b, srv.log = m, m.log
 	m.csock.mu.Lock()
 	m.csock.srv = srv
 	m.csock.mu.Unlock()
@@ -378,6 +398,11 @@ func (m *master) scaleTo(n int) error {
 	if err != nil {
 		return err
 	}
+	m.grp.mu.Lock()
+	defer m.grp.mu.Unlock()
+	if m.grp.suspended { // group_linux.go
+		return m.scaleSuspended(n)
+	}
 	// As in scaleBy: new workers are spawned before the Scaled event and
 	// their HANDOFF_WORKERS must already count them.
 	prev := m.workers.Swap(int64(n))
@@ -399,7 +424,11 @@ func (m *master) controlStatus() *ControlStatus {
 	}
 	now := time.Now()
 	for _, sl := range st.Slots {
-		cs := ControlSlot{Slot: sl.Slot, PID: sl.PID, State: sl.State, Restarts: sl.Restarts, LastExit: m.csock.lastExit(sl.Slot)}
+		cs := ControlSlot{Slot: sl.Slot, PID: sl.PID, State: sl.State, Restarts: sl.Restarts, LastExit: m.csock.lastExit(sl.Slot),
+			ID: sl.Slot, Index: m.cfg.GroupIndexBase + sl.Slot}
+		if m.cfg.WorkerID != nil {
+			cs.ID = m.cfg.WorkerID(sl.Slot)
+		}
 		if sl.PID != 0 {
 			cs.Generation = sl.ID.Generation
 			if !sl.Since.IsZero() {
@@ -539,37 +568,60 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 		if err := uc.SetWriteDeadline(time.Now().Add(controlWriteTimeout)); err != nil {
 			return
 		}
+		if len(out) > maxControlResponse {
+			// Silence would read as a refused peer to the client: say
+			// what happened instead.
+			s.log.Warn("control socket: answer too large", "type", req.Type, "bytes", len(out), "limit", maxControlResponse)
+			out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeFailed, Error: fmt.Sprintf("answer of %d bytes exceeds the %d-byte limit", len(out), maxControlResponse)})
+		}
 		if err := w.WriteFrame(out); err != nil || final {
 			return
 		}
 	}
 }
 
+// controlDo carries out a request for a single-command master, which has
+// no groups.
+func (m *master) controlDo(req *sockMsg) error {
+	if req.Group != "" || req.Type == "suspend" || req.Type == "resume" {
+		return fmt.Errorf("%w: %s: this master runs no groups (no -config)", ErrControlInvalid, req.Type)
+	}
+	switch req.Type {
+	case "restart":
+		return m.restart()
+	case "stop":
+		return m.stop()
+	case "scale":
+		return m.scaleTo(req.Workers)
+	case "send":
+		return m.send(req.Slot, req.Data)
+	case "broadcast":
+		return m.broadcast(req.Data)
+	}
+	return fmt.Errorf("%w: type %q is not a request", ErrControlProtocol, req.Type)
+}
+
 // handle carries out one request and appends the response.
 func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byte {
-	var err error
+	var attrs []any
+	if req.Group != "" {
+		attrs = append(attrs, "group", req.Group)
+	}
 	switch req.Type {
 	case "status":
-		return appendSockMsg(dst, &sockMsg{Type: "status", Status: s.m.controlStatus()})
-	case "restart":
-		s.log.Info("control: restart requested", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
-		err = s.m.restart()
-	case "stop":
-		s.log.Info("control: stop requested", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
-		err = s.m.stop()
+		return appendSockMsg(dst, &sockMsg{Type: "status", Status: s.b.controlStatus()})
 	case "scale":
-		s.log.Info("control: scale requested", "workers", req.Workers, "peer_pid", cred.Pid, "peer_uid", cred.Uid)
-		err = s.m.scaleTo(req.Workers)
+		s.log.Info("control: scale requested", append(attrs, "workers", req.Workers, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
+	case "restart", "stop", "suspend", "resume":
+		s.log.Info("control: "+req.Type+" requested", append(attrs, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
 	case "send":
-		s.log.Debug("control: send", "slot", req.Slot, "bytes", len(req.Data), "peer_pid", cred.Pid)
-		err = s.m.send(req.Slot, req.Data)
+		s.log.Debug("control: send", append(attrs, "slot", req.Slot, "bytes", len(req.Data), "peer_pid", cred.Pid)...)
 	case "broadcast":
-		s.log.Debug("control: broadcast", "bytes", len(req.Data), "peer_pid", cred.Pid)
-		err = s.m.broadcast(req.Data)
+		s.log.Debug("control: broadcast", append(attrs, "bytes", len(req.Data), "peer_pid", cred.Pid)...)
 	default:
 		return appendSockMsg(dst, &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: "type " + strconv.Quote(req.Type) + " is not a request"})
 	}
-	if err != nil {
+	if err := s.b.controlDo(req); err != nil {
 		return appendSockMsg(dst, &sockMsg{Type: "error", Code: controlErrorCode(err), Error: err.Error()})
 	}
 	return appendSockMsg(dst, &sockMsg{Type: "ok"})

@@ -89,10 +89,29 @@
 // busy binary) leaves everything as it was. A SIGUSR2 during an upgrade is
 // ignored. See docs/operations.md.
 //
+// # Suspend, resume and maximum running time
+//
+// Master.Suspend stops every worker gracefully and starts none until
+// Resume (Config.Suspended starts that way; such a master is ready at
+// once). The listeners stay open, so connections wait in the kernel's
+// backlog, in the reuseport slots' sockets (kept while suspended) or, in
+// handoff mode, in the master, and are served after Resume; scaling while
+// suspended changes the count resumed, Restart fails with ErrSuspended,
+// and SIGUSR2 is refused (the upgrade state does not record a
+// suspension). Config.MaxRunningTime recycles a worker that has run that
+// long with supervise.Supervisor.Recycle: a replacement for its slot
+// (same generation, next incarnation) first, the old worker stopped once
+// it is ready; one slot at a time, never during a restart or while
+// suspended, and a replacement that fails leaves the old worker serving,
+// tried again later. Config.Restart is supervise's restart policy. Group
+// settings (Config.Group and the fields after it) add HANDOFF_GROUP,
+// HANDOFF_GROUP_INDEX, HANDOFF_GROUP_SIZE and HANDOFF_PARAMS to the
+// workers' environment, read by Group and Params.
+//
 // # Worker API and control channel
 //
-// A Go worker calls IsWorker, ID, Listen, ListenPacket, Ready, Done,
-// Context, LogHandler, Send and Messages; the same code runs standalone
+// A Go worker calls IsWorker, ID, Group, Params, Listen, ListenPacket,
+// Ready, Done, Context, LogHandler, Send and Messages; the same code runs standalone
 // (Listen binds locally, Send fails with ErrNotWorker, Done fires on
 // SIGTERM/SIGINT). Each worker process has a control channel to the
 // master (HANDOFF_CONTROL_FD, docs/protocol.md "Control channel"):
@@ -125,12 +144,39 @@
 // each slot's last exit, recorded by the master from the supervisor's
 // events (best effort: supervise drops events when its buffer is full).
 //
+// # Groups (Fleet)
+//
+// NewFleet runs the groups of a FileConfig (mini-cluster -config) in one
+// process: a Master per group with local workers and an ssh agent session
+// per remote host. Global worker ids are laid out in file order; a slot
+// added by scaling gets a fresh id. The Fleet owns the one control socket
+// (requests may name a group; "suspend" and "resume" must), pid file,
+// signals and systemd notifications; its masters have none of their own.
+// Socket activation and SIGUSR2 are refused in a Fleet.
+//
+// # Remote agents
+//
+// A remote host's workers run under an agent, the mini-cluster binary
+// started over ssh with AgentArg (RunAgent): one Master for that host's
+// workers, speaking ipcframe frames of JSON on the session's stdin and
+// stdout (docs/protocol.md, "Agent protocol (ssh)"). The agent relays its
+// log and its workers' output, reports status every second (the session's
+// heartbeat; the master pings it as often), and stops its workers
+// gracefully when the session ends, the master's pings stop, or it is
+// signalled. Host keys are always checked (internal/sshlaunch). The
+// operator's side (SSH groups, one mini-cluster per host under systemd, a
+// Kubernetes pod, security notes) is in docs/operations.md, "Running beyond
+// one host".
+//
 // # Who should not use it
 //
 // Programs that need cgroup containment, resource limits or dependency
 // ordering between services should use systemd units directly; a single
 // process that only wants zero-downtime restarts of itself may be better
 // served by handing its listener to its successor (package scmrights).
+// SSH groups run fixed workers on fixed hosts: placement, failover to
+// another host and autoscaling across machines are an orchestrator's job
+// (one mini-cluster per pod or per host, see docs/operations.md).
 //
 // # Platforms
 //

@@ -27,6 +27,10 @@ const ShimArg = "-handoff-exec-shim"
 // process ("BIN ShimArg ShimParentArg123 PATH ARGV0 ARGS...").
 const ShimParentArg = "-handoff-master="
 
+// ErrSuspended is returned by Restart while the master is suspended: there
+// is no worker to restart.
+var ErrSuspended = errors.New("cluster: suspended")
+
 // ErrMasterGone is returned by RunShim when the master that spawned the
 // shim died before the shim could arm its parent-death signal.
 var ErrMasterGone = errors.New("cluster: master gone")
@@ -120,6 +124,31 @@ type Config struct {
 	// replaced; a live one makes New fail. Only root and this process's
 	// user may connect (SO_PEERCRED). Empty: no control socket.
 	Control string
+	// Restart is the restart policy of exited workers (default
+	// supervise.RestartAlways).
+	Restart supervise.Policy
+	// MaxRunningTime, if positive, recycles a worker that has run that
+	// long: a replacement is started for its slot and, once ready, the old
+	// worker is stopped gracefully (for workers that leak).
+	MaxRunningTime time.Duration
+	// Suspended starts the cluster suspended: no worker runs until Resume.
+	Suspended bool
+
+	// Group settings, for a cluster that is one group of a -config file
+	// (see GroupConfig). All zero outside a group.
+	//
+	// Group is the group's name (HANDOFF_GROUP; unset when empty) and
+	// Params its parameters as JSON (HANDOFF_PARAMS, set when Group is).
+	Group  string
+	Params []byte
+	// GroupSize is HANDOFF_GROUP_SIZE (0: the current number of workers)
+	// and GroupIndexBase the group index of slot 0 (HANDOFF_GROUP_INDEX is
+	// GroupIndexBase+slot).
+	GroupSize, GroupIndexBase int
+	// WorkerID maps a slot to the worker's global id (HANDOFF_WORKER_ID;
+	// nil: the slot). It must be stable for a slot and safe for concurrent
+	// use.
+	WorkerID func(slot int) int
 }
 
 // Master runs one cluster: the listeners it bound or adopted, a notify
@@ -132,7 +161,9 @@ type Master struct {
 // Addrs returns the bound addresses in -listen order, with port 0 resolved.
 func (m *Master) Addrs() []net.Addr { return m.m.addrs() }
 
-// Ready is closed once every worker of the first generation is ready.
+// Ready is closed once every worker of the first generation is ready, or
+// once the master is suspended (Suspend, Config.Suspended): there is
+// nothing to wait for then.
 func (m *Master) Ready() <-chan struct{} { return m.m.readyCh() }
 
 // Run starts the workers and supervises them until ctx is done or Stop or
@@ -142,7 +173,8 @@ func (m *Master) Ready() <-chan struct{} { return m.m.readyCh() }
 func (m *Master) Run(ctx context.Context) error { return m.m.run(ctx) }
 
 // Restart begins a zero-downtime restart with the configured strategy;
-// requests during a restart coalesce into at most one more.
+// requests during a restart coalesce into at most one more. While
+// suspended it fails with ErrSuspended.
 func (m *Master) Restart() error { return m.m.restart() }
 
 // Stop begins a graceful stop (STOPPING=1 to systemd when started by it).
@@ -150,6 +182,23 @@ func (m *Master) Stop() error { return m.m.stop() }
 
 // Kill SIGKILLs every worker's process group.
 func (m *Master) Kill() error { return m.m.kill() }
+
+// Suspend stops every worker gracefully (SIGTERM, ShutdownTimeout, then
+// SIGKILL of its process group) and starts none until Resume. The worker
+// count is remembered and the listeners stay open, so clients' connections
+// wait in the kernel's backlog. Suspending a suspended master does nothing;
+// during a graceful restart Suspend fails (supervise.ErrBusy), and during
+// an in-place upgrade (SIGUSR2) too. It needs Run (supervise.ErrNotRunning
+// before): Config.Suspended starts suspended.
+func (m *Master) Suspend() error { return m.m.suspend() }
+
+// Resume starts the remembered number of workers again (ScaleBy while
+// suspended changes that number). Resuming a running master does nothing.
+func (m *Master) Resume() error { return m.m.resume() }
+
+// Suspended reports whether the master is suspended (Suspend, or
+// Config.Suspended until the first Resume).
+func (m *Master) Suspended() bool { return m.m.suspended() }
 
 // ScaleBy adds delta workers (negative removes).
 func (m *Master) ScaleBy(delta int) error { return m.m.scaleBy(delta) }

@@ -39,7 +39,9 @@ var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNoti
 	// A master that is itself a worker of another (nested), or took over
 	// from an older image, must not pass its own descriptors' numbers on.
 	envControlFD, envConnFD, envMode, envControlListen, envUpgradeState,
-	envWorkerID, envWorkerGeneration, envWorkers}
+	envWorkerID, envWorkerGeneration, envWorkers,
+	// A group worker's; a master outside a group sets none of them.
+	envGroup, envGroupIndex, envGroupSize, envParams}
 
 // selfExe names the running executable, whatever happened to its path.
 const selfExe = "/proc/self/exe"
@@ -86,6 +88,8 @@ type master struct {
 	// mode holds reuseport slot sockets and the handoff dispatcher
 	// (mode_linux.go, handoff_linux.go).
 	mode modeState
+	// grp is the suspend state and the recycler (group_linux.go).
+	grp groupState
 }
 
 func newMaster(cfg *Config) (_ *master, err error) {
@@ -109,6 +113,10 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	if err := m.checkMode(); err != nil {
 		return nil, err
 	}
+	if err := m.checkGroup(); err != nil { // group_linux.go
+		return nil, err
+	}
+	m.grp.suspended = m.cfg.Suspended
 	// Resolve once so a missing program is a start-up error, not a respawn
 	// loop; a path is kept as is, so replacing the file takes effect at the
 	// next spawn.
@@ -296,6 +304,8 @@ func (m *master) run(ctx context.Context) error {
 	}
 	opts := &supervise.Options{
 		Workers:       m.cfg.Workers,
+		StartEmpty:    m.startEmpty(),
+		Restart:       m.cfg.Restart,
 		ReadyOnStart:  m.cfg.Ready == ReadyStarted,
 		StartTimeout:  m.cfg.StartTimeout,
 		StopTimeout:   m.cfg.ShutdownTimeout,
@@ -348,6 +358,8 @@ func (m *master) run(ctx context.Context) error {
 	// After an upgrade: the old image's workers serve until ours are
 	// ready, then are retired (upgrade_linux.go).
 	defer m.startRetire()()
+	// Suspended start, MaxRunningTime (group_linux.go).
+	defer m.startGroup()()
 
 	m.log.Info("starting workers", "workers", m.cfg.Workers, "program", m.program, "args", m.cfg.Args, "ready", readyName(m.cfg.Ready))
 	runDone := make(chan struct{})
@@ -386,10 +398,11 @@ func (m *master) run(ctx context.Context) error {
 func (m *master) prepare(id supervise.ID) (supervise.Launch, error) {
 	l := supervise.Launch{Env: []string{
 		envNotifySocket + "=" + m.notifyAddr,
-		envWorkerID + "=" + strconv.Itoa(id.Slot),
 		envWorkerGeneration + "=" + strconv.Itoa(id.Generation),
 		envWorkers + "=" + strconv.FormatInt(m.workers.Load(), 10),
 	}}
+	// HANDOFF_WORKER_ID and HANDOFF_GROUP_* (group_linux.go).
+	l.Env = m.groupEnv(id, l.Env)
 	steps := []func(supervise.ID, *supervise.Launch) error{
 		// HANDOFF_MODE, and a reuseport slot's own listeners (mode_linux.go).
 		m.prepareListeners,
@@ -432,6 +445,11 @@ func (m *master) restart() error {
 	if err != nil {
 		return err
 	}
+	m.grp.mu.Lock()
+	defer m.grp.mu.Unlock()
+	if m.grp.suspended {
+		return fmt.Errorf("cluster: restart: %w", ErrSuspended)
+	}
 	return s.Restart(m.cfg.Strategy)
 }
 
@@ -467,6 +485,11 @@ func (m *master) scaleBy(delta int) error {
 	s, err := m.supervisor()
 	if err != nil {
 		return err
+	}
+	m.grp.mu.Lock()
+	defer m.grp.mu.Unlock()
+	if m.grp.suspended { // group_linux.go
+		return m.scaleSuspended(min(max(int(m.workers.Load())+delta, 0), 4096))
 	}
 	// New workers are spawned before the Scaled event arrives; their
 	// HANDOFF_WORKERS must already count them.
@@ -580,7 +603,8 @@ func (m *master) watchEvents() {
 		case supervise.Ready:
 			m.checkReady(s)
 		case supervise.Scaled:
-			m.workers.Store(int64(ev.Workers))
+			// While suspended, the count to resume (group_linux.go).
+			m.workers.Store(m.scaledWorkers(ev.Workers))
 			m.log.Info("scaled", "workers", ev.Workers)
 			// Scaling down can leave only ready workers.
 			m.checkReady(s)
@@ -648,13 +672,13 @@ func (m *master) copyOutput() {
 			if ln.Stream == supervise.Stderr {
 				stream = "stderr"
 			}
-			m.log.Info(ln.Text, "slot", ln.ID.Slot, "pid", ln.PID, "stream", stream)
+			m.log.Info(ln.Text, m.lineAttrs(ln, stream)...)
 			continue
 		}
 		if w == nil {
 			w = io.Discard
 		}
-		fmt.Fprintf(w, "[%d %d] %s\n", ln.ID.Slot, ln.PID, ln.Text)
+		fmt.Fprintf(w, "%s%s\n", m.linePrefix(ln), ln.Text)
 	}
 }
 

@@ -41,6 +41,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, cluster.RunShim(os.Args[2:]))
 		os.Exit(127)
 	}
+	// Remote groups run this binary over ssh as their agent.
+	if len(os.Args) > 1 && os.Args[1] == cluster.AgentArg {
+		os.Exit(runTestAgent())
+	}
 	helperproc.Main(m, map[string]func() int{
 		"shim-off-main-thread": shimOffMainThread,
 		"report-pdeathsig":     reportPdeathsig,
@@ -51,6 +55,9 @@ func TestMain(m *testing.M) {
 		"go-worker":            goWorker,
 		"raw-worker":           rawWorker,
 		"ho-worker":            hoWorker,
+		"group-worker":         groupWorker,
+		"agent-worker":         agentWorker,
+		"fake-agent":           fakeAgent,
 	})
 }
 

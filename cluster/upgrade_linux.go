@@ -318,6 +318,11 @@ func (m *master) upgradeNow() error {
 	if m.stopRequested() || m.stopping.Load() {
 		return fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
 	}
+	// The new image's state has no record of a suspension: it would start
+	// every worker (group_linux.go). Suspend refuses while this runs.
+	if m.suspended() {
+		return fmt.Errorf("cluster: upgrade: %w (resume first)", ErrSuspended)
+	}
 	if !m.isReady.Load() {
 		return errors.New("cluster: upgrade: the cluster is not ready yet")
 	}

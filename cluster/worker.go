@@ -97,7 +97,8 @@ func (w *wstate) finish() {
 func IsWorker() bool { return self().isWorker }
 
 // ID returns the worker's slot, HANDOFF_WORKER_ID: stable across
-// restarts, 0 to HANDOFF_WORKERS-1. Standalone it is 0.
+// restarts, 0 to HANDOFF_WORKERS-1. In a group of a -config file it is
+// the worker's global id instead (see Group). Standalone it is 0.
 func ID() int { return self().id }
 
 // Done returns a channel closed when the process should stop gracefully:

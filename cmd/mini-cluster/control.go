@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -17,20 +18,26 @@ import (
 
 // controlCommands are the subcommands that talk to a running master over
 // its control socket; run dispatches on them.
-var controlCommands = map[string]bool{"status": true, "restart": true, "stop": true, "scale": true, "send": true, "broadcast": true}
+var controlCommands = map[string]bool{"status": true, "restart": true, "stop": true, "scale": true, "send": true, "broadcast": true, "suspend": true, "resume": true}
 
-// runControl runs "mini-cluster CMD [OPERANDS] -control PATH [-json]":
-// status, restart, stop, scale N, send SLOT MESSAGE, broadcast MESSAGE.
-// Flags may come before or after the operands.
+// runControl runs "mini-cluster CMD [OPERANDS] -control PATH [-group NAME]
+// [-json]": status, restart, stop, scale N, send SLOT MESSAGE, broadcast
+// MESSAGE, suspend GROUP, resume GROUP. Flags may come before or after the
+// operands.
 func runControl(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mini-cluster "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	operand := map[string]string{"scale": " N", "send": " SLOT MESSAGE", "broadcast": " MESSAGE"}[cmd]
+	operand := map[string]string{"scale": " N", "send": " SLOT MESSAGE", "broadcast": " MESSAGE", "suspend": " GROUP", "resume": " GROUP"}[cmd]
+	groupFlag := ""
+	if cmd == "restart" || cmd == "scale" || cmd == "send" || cmd == "broadcast" {
+		groupFlag = " [-group NAME]"
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mini-cluster %s%s -control PATH [-json] [-timeout D]\n\nflags:\n", cmd, operand)
+		fmt.Fprintf(stderr, "usage: mini-cluster %s%s -control PATH%s [-json] [-timeout D]\n\nflags:\n", cmd, operand, groupFlag)
 		fs.PrintDefaults()
 	}
 	path := fs.String("control", "", "path of the master's control socket (the master's -control)")
+	group := fs.String("group", "", "the group of a -config master to act on (restart, scale, send, broadcast; default: every group, or the only one)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the master after this long")
 	var pos []string
@@ -57,6 +64,15 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 	if *timeout <= 0 {
 		return &usageError{err: fmt.Errorf("-timeout %v: want a positive duration", *timeout)}
 	}
+	if *group != "" && (cmd == "stop" || cmd == "status") {
+		// Ignored, -group would turn "stop one group" into a stop of every
+		// group, and "status of one group" into all of them.
+		hint := "stop acts on every group; use suspend GROUP to stop one"
+		if cmd == "status" {
+			hint = "status shows every group"
+		}
+		return &usageError{err: fmt.Errorf("%s: -group is not supported (%s)", cmd, hint)}
+	}
 	n := 0
 	switch {
 	case cmd == "scale" && len(pos) != 1:
@@ -76,6 +92,14 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 			return &usageError{err: fmt.Errorf("send %q: want a slot number from 0 to 4095", pos[0])}
 		}
 	case cmd == "broadcast":
+	case (cmd == "suspend" || cmd == "resume") && len(pos) != 1:
+		fs.Usage()
+		return &usageError{err: fmt.Errorf("%s: want exactly one group name", cmd)}
+	case cmd == "suspend" || cmd == "resume":
+		if *group != "" && *group != pos[0] {
+			return &usageError{err: fmt.Errorf("%s %s: -group names another group (%s)", cmd, pos[0], *group)}
+		}
+		*group = pos[0]
 	case len(pos) != 0:
 		fs.Usage()
 		return &usageError{err: fmt.Errorf("%s: unexpected argument %q", cmd, pos[0])}
@@ -104,15 +128,19 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		}
 		return printStatus(stdout, st, time.Now())
 	case "restart":
-		err = c.Restart()
+		err = c.RestartGroup(*group)
 	case "stop":
 		err = c.Stop()
 	case "scale":
-		err = c.Scale(n)
+		err = c.ScaleGroup(*group, n)
 	case "send":
-		err = c.Send(n, []byte(pos[1]))
+		err = c.SendGroup(*group, n, []byte(pos[1]))
 	case "broadcast":
-		err = c.Broadcast([]byte(pos[0]))
+		err = c.BroadcastGroup(*group, []byte(pos[0]))
+	case "suspend":
+		err = c.Suspend(*group)
+	case "resume":
+		err = c.Resume(*group)
 	}
 	if err != nil {
 		return explainControl(*path, err)
@@ -132,6 +160,10 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		_, err = fmt.Fprintf(stdout, "queued for slot %d\n", n)
 	case "broadcast":
 		_, err = fmt.Fprintln(stdout, "queued for every worker")
+	case "suspend":
+		_, err = fmt.Fprintf(stdout, "group %s suspending\n", *group)
+	case "resume":
+		_, err = fmt.Fprintf(stdout, "group %s resuming\n", *group)
 	}
 	return err
 }
@@ -156,8 +188,12 @@ func explainControl(path string, err error) error {
 	return err
 }
 
-// printStatus writes the human table of st.
+// printStatus writes the human table of st: one for a single-command
+// master, one per group for a -config master.
 func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
+	if len(st.Groups) > 0 {
+		return printGroups(w, st, now)
+	}
 	restarting := ""
 	if st.Restarting {
 		restarting = ", restarting"
@@ -175,6 +211,80 @@ func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Slot, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
 	}
 	return tw.Flush()
+}
+
+// printGroups writes a -config master's status: per group, its local
+// slots, then each remote host and the slots its agent reported.
+func printGroups(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
+	if _, err := fmt.Fprintf(w, "master %d: %d groups, %d/%d local workers ready\n", st.PID, len(st.Groups), st.ReadyWorkers, st.Workers); err != nil {
+		return err
+	}
+	for _, g := range st.Groups {
+		state := ""
+		if g.Suspended {
+			state += ", suspended"
+		}
+		if g.Restarting {
+			state += ", restarting"
+		}
+		if _, err := fmt.Fprintf(w, "\ngroup %s: generation %d, %d/%d workers ready%s\n", g.Name, g.Generation, g.ReadyWorkers, g.Workers, state); err != nil {
+			return err
+		}
+		// Each host's state first, then one table: a line without a tab
+		// would end tabwriter's column block, and the hosts' rows would no
+		// longer line up under the header.
+		hosts := make([]string, len(g.Remote))
+		for i, r := range g.Remote {
+			host := printable(r.Host)
+			if r.Port != 0 && r.Port != 22 {
+				host += ":" + strconv.Itoa(r.Port)
+			}
+			hosts[i] = host
+			conn := "disconnected"
+			if r.Connected {
+				conn = "connected, agent pid " + strconv.Itoa(r.AgentPID)
+			}
+			line := fmt.Sprintf("%s: %s, %d/%d ready, %d sessions", host, conn, r.ReadyWorkers, r.Workers, r.Sessions)
+			if r.LastError != "" {
+				line += ", last error: " + printable(r.LastError)
+			}
+			if _, err := fmt.Fprintf(w, "%s\n", line); err != nil {
+				return err
+			}
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "HOST\tSLOT\tID\tINDEX\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT")
+		slotRows(tw, "local", g.Slots, now)
+		for i, r := range g.Remote {
+			slotRows(tw, hosts[i], r.Slots, now)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printable replaces control characters with '?': a remote host's agent
+// chooses the text of its errors, and a terminal would obey escape
+// sequences in it (and a newline would forge a row).
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+func slotRows(tw io.Writer, host string, slots []cluster.ControlSlot, now time.Time) {
+	for _, s := range slots {
+		pid, gen, up := "-", "-", "-"
+		if s.PID != 0 {
+			pid, gen, up = strconv.Itoa(s.PID), strconv.Itoa(s.Generation), s.Uptime.Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", host, s.Slot, s.ID, s.Index, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+	}
 }
 
 // describeExit is the LAST EXIT column: "-", or e.g. "pid 42 killed by

@@ -4,7 +4,9 @@
 // cleanly.
 //
 //	mini-cluster [flags] [--] PROGRAM [ARGS...]
-//	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-json] [-timeout D]
+//	mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format text|json]
+//	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-group NAME] [-json] [-timeout D]
+//	mini-cluster suspend|resume GROUP -control PATH
 //
 // Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
 // -restart-strategy, -shutdown-timeout, -ready, -heartbeat, -pid-file,
@@ -15,9 +17,15 @@
 // new ones). The subcommands talk to a running master over its -control
 // socket.
 //
+// With -config, one process runs every group of a JSON file, locally and on
+// ssh hosts (where mini-cluster runs in its hidden agent mode): global
+// worker ids, group params, suspend and resume, per-group control with
+// -group. SIGUSR2 and socket activation are refused in that mode.
+//
 // Exit codes: 0 after a clean stop, 1 when start-up failed (an address
 // could not be bound, the pid file is locked, the program is missing) or
-// supervision could not run, 2 for a bad command line.
+// supervision could not run, 2 for a bad command line or configuration
+// file.
 //
 // docs/operations.md describes flags, signals, the worker environment, a
 // systemd unit and a Kubernetes pod spec. Linux only.

@@ -70,6 +70,11 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 // runs the cluster until a stop signal or ctx is done, and returns nil after
 // a clean stop.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == cluster.AgentArg {
+		// The remote side of a -config group, started by the master over
+		// ssh: stdin and stdout are the session, stderr ssh's diagnostics.
+		return cluster.RunAgent(ctx, stdin, stdout)
+	}
 	if len(args) > 0 && controlCommands[args[0]] {
 		// A subcommand talking to a running master (control.go); a
 		// program of that name runs after "--".
@@ -78,7 +83,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-json]\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format F]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|suspend GROUP|resume GROUP -control PATH [-group NAME] [-json]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	var listen listFlag
@@ -92,12 +97,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	control := fs.String("control", "", "serve the control socket at this path (in a 0700 directory; see mini-cluster status)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	heartbeat := fs.Duration("heartbeat", 0, "kill and replace a ready worker silent for 3 times this interval (control-channel heartbeats or WATCHDOG=1); 0 = off")
+	configPath := fs.String("config", "", "run the groups of this JSON configuration file (instead of PROGRAM and the worker flags)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		// The flag package has printed the error and the usage.
 		return &usageError{err: err, printed: true}
+	}
+	if *configPath != "" {
+		return runConfig(ctx, fs, *configPath, *control, *pidFile, *logFormat, stdout, stderr)
 	}
 	cmode, err := cluster.ParseMode(*mode)
 	if err != nil {
@@ -166,4 +175,53 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	defer stop()
 	return m.Run(ctx)
+}
+
+// configFlags are the flags a -config file replaces.
+var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "restart-strategy": true, "shutdown-timeout": true, "ready": true, "heartbeat": true}
+
+// runConfig runs "mini-cluster -config FILE": every group of the file in
+// one process (cluster.Fleet).
+func runConfig(ctx context.Context, fs *flag.FlagSet, path, control, pidFile, logFormat string, stdout, stderr io.Writer) error {
+	var clash []string
+	fs.Visit(func(f *flag.Flag) {
+		if configFlags[f.Name] {
+			clash = append(clash, "-"+f.Name)
+		}
+	})
+	if len(clash) > 0 {
+		return &usageError{err: fmt.Errorf("-config: %s cannot be combined with a configuration file (set them per group in %s)", strings.Join(clash, ", "), path)}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{err: fmt.Errorf("-config: unexpected program %q (the file's groups name their commands)", fs.Arg(0))}
+	}
+	var handler slog.Handler
+	switch logFormat {
+	case "text":
+		handler = slog.NewTextHandler(stderr, nil)
+	case "json":
+		handler = slog.NewJSONHandler(stderr, nil)
+	default:
+		return &usageError{err: fmt.Errorf("-log-format %q: want text or json", logFormat)}
+	}
+	fc, err := cluster.LoadConfig(path)
+	if err != nil {
+		// FILE:LINE:COL: path: message, as compilers print, exit 2.
+		return &usageError{err: err}
+	}
+	opts := &cluster.FleetOptions{Logger: slog.New(handler), Control: control, PIDFile: pidFile}
+	if logFormat == "text" {
+		opts.Stdout, opts.Stderr = stdout, stderr
+	}
+	f, err := cluster.NewFleet(fc, opts)
+	if err != nil {
+		return err
+	}
+	stop, err := f.HandleSignals()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	defer stop()
+	return f.Run(ctx)
 }

@@ -1,0 +1,680 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/handoff-go/handoff/ipcframe"
+	"github.com/handoff-go/handoff/supervise"
+	"github.com/valyala/fastjson"
+)
+
+// AgentArg, as the first argument of the mini-cluster binary, selects its
+// hidden agent mode (RunAgent on stdin and stdout): what a -config master
+// runs on each remote host over ssh. A program that embeds the master and
+// serves remote groups must call RunAgent when it sees it.
+const AgentArg = "-handoff-agent"
+
+// Agent protocol errors.
+var (
+	// ErrAgentProtocol reports a malformed, oversized or unexpected frame
+	// on an agent session, on either end.
+	ErrAgentProtocol = errors.New("cluster: agent protocol error")
+	// ErrAgentFailed is matched by an *AgentError: the agent reported that
+	// it could not run its workers (a bad start spec, a listener it could
+	// not bind, a missing program).
+	ErrAgentFailed = errors.New("cluster: agent failed")
+	// ErrRemoteDown is returned by a command for a remote host whose agent
+	// session is not up.
+	ErrRemoteDown = errors.New("cluster: remote host not connected")
+)
+
+// AgentError is a failure the agent reported in an "error" frame, or a
+// command the agent refused in its "ack". It matches ErrAgentFailed.
+type AgentError struct {
+	Message string
+}
+
+func (e *AgentError) Error() string { return "cluster: agent: " + e.Message }
+
+// Is reports whether target is ErrAgentFailed.
+func (e *AgentError) Is(target error) bool { return target == ErrAgentFailed }
+
+// Agent protocol limits. A frame is at most maxAgentFrame bytes (a status
+// of maxControlSlots slots fits); lists in a start spec and a log record's
+// attributes are bounded so that a decoded message stays small.
+const (
+	agentVersion       = 1
+	maxAgentFrame      = ipcframe.DefaultMaxFrame
+	maxAgentArgs       = 1024
+	maxAgentEnv        = 1024
+	maxAgentListen     = 64
+	maxAgentAttrs      = 64
+	maxAgentAttrKey    = 256
+	maxAgentDurationMS = int(math.MaxInt64 / int64(time.Millisecond))
+	// defaultStatusInterval is how often an agent reports its status and
+	// the master pings it (the session's heartbeats, one per direction);
+	// the master gives up on a session silent for agentSilentIntervals
+	// intervals, the agent on a master silent for as long plus
+	// agentSilenceSlack.
+	defaultStatusInterval = time.Second
+	agentSilentIntervals  = 3
+	agentSilenceSlack     = 2 * time.Second
+)
+
+// Agent message types: master to agent, then agent to master.
+var agentTypes = [...]string{
+	"start", "restart", "suspend", "resume", "stop", "ping", "kill",
+	"started", "status", "log", "ack", "error", "exit",
+}
+
+// agentMsg is every agent-protocol message, in one shape for both ends:
+// decodeAgentMsg fills it and appendAgentMsg writes it. Fields not used by
+// Type are zero.
+type agentMsg struct {
+	Type string
+	// Seq numbers a command (restart, suspend, resume, stop) and the
+	// "ack" answering it.
+	Seq int64
+	// Start is the body of "start".
+	Start *agentStart
+	// PID is the agent's pid ("started"); Addrs the addresses it bound.
+	PID   int
+	Addrs []string
+	// Status, Ready (every worker of the first generation was ready),
+	// Suspended and Dropped (log records the agent dropped so far) make up
+	// "status".
+	Status    *ControlStatus
+	Ready     bool
+	Suspended bool
+	Dropped   int64
+	// Level, Msg and Attrs are a "log" record.
+	Level slog.Level
+	Msg   string
+	Attrs []agentAttr
+	// Error is the failure of an "ack" (empty: done), "error" or "exit".
+	Error string
+}
+
+// agentAttr is one attribute of a relayed log record. Value is an int64,
+// float64, bool or string.
+type agentAttr struct {
+	Key   string
+	Value slog.Value
+}
+
+// agentStart is the start spec: everything the agent's Master needs, from
+// the group's settings and the host's share of its workers.
+type agentStart struct {
+	Version int
+	Group   string
+	Program string
+	Args    []string
+	// IDs are the global ids of the host's workers, one per slot (so
+	// len(IDs) is the host's worker count); IndexBase is the group index
+	// of slot 0 and GroupSize the group's size.
+	IDs                  []int
+	IndexBase, GroupSize int
+	// Params is compact JSON (an object).
+	Params   []byte
+	Env      []string
+	Listen   []string
+	Mode     Mode
+	Ready    ReadyMode
+	Strategy supervise.Strategy
+	Restart  supervise.Policy
+	Backoff  supervise.Backoff
+	// Durations travel in milliseconds.
+	Heartbeat, ShutdownTimeout, StartTimeout, MaxRunningTime, StatusInterval time.Duration
+	Suspended                                                                bool
+}
+
+var policyNames = [...]string{supervise.RestartAlways: "always", supervise.RestartOnFailure: "on-failure", supervise.RestartNever: "never"}
+
+// appendAgentMsg appends msg as one JSON object: the encoder of both ends.
+func appendAgentMsg(dst []byte, msg *agentMsg) []byte {
+	dst = append(dst, `{"type":`...)
+	dst = appendJSONString(dst, msg.Type)
+	switch msg.Type {
+	case "start":
+		if msg.Start != nil {
+			dst = msg.Start.appendFields(dst)
+		}
+	case "restart", "suspend", "resume", "stop":
+		dst = appendKeyInt(dst, "seq", msg.Seq)
+	case "ack":
+		dst = appendKeyInt(dst, "seq", msg.Seq)
+		if msg.Error != "" {
+			dst = append(dst, `,"error":`...)
+			dst = appendJSONString(dst, msg.Error)
+		}
+	case "started":
+		dst = appendKeyInt(dst, "version", agentVersion)
+		dst = appendKeyInt(dst, "pid", int64(msg.PID))
+		dst = appendStrings(dst, "addrs", msg.Addrs)
+	case "status":
+		dst = append(dst, `,"ready":`...)
+		dst = strconv.AppendBool(dst, msg.Ready)
+		dst = append(dst, `,"suspended":`...)
+		dst = strconv.AppendBool(dst, msg.Suspended)
+		dst = appendKeyInt(dst, "dropped", msg.Dropped)
+		if msg.Status != nil {
+			dst = append(dst, `,"status":{`...)
+			dst = msg.Status.appendFields(dst)
+			dst = append(dst, '}')
+		}
+	case "log":
+		dst = appendKeyInt(dst, "level", int64(msg.Level))
+		dst = append(dst, `,"msg":`...)
+		dst = appendJSONString(dst, msg.Msg)
+		dst = append(dst, `,"attrs":{`...)
+		for i, a := range msg.Attrs {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONString(dst, a.Key)
+			dst = append(dst, ':')
+			dst = appendAttrValue(dst, a.Value)
+		}
+		dst = append(dst, '}')
+	case "error", "exit":
+		dst = append(dst, `,"error":`...)
+		dst = appendJSONString(dst, msg.Error)
+	}
+	return append(dst, '}')
+}
+
+func (s *agentStart) appendFields(dst []byte) []byte {
+	dst = appendKeyInt(dst, "version", int64(s.Version))
+	dst = append(dst, `,"group":`...)
+	dst = appendJSONString(dst, s.Group)
+	dst = append(dst, `,"program":`...)
+	dst = appendJSONString(dst, s.Program)
+	dst = appendStrings(dst, "args", s.Args)
+	dst = append(dst, `,"ids":[`...)
+	for i, id := range s.IDs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, int64(id), 10)
+	}
+	dst = append(dst, ']')
+	dst = appendKeyInt(dst, "index_base", int64(s.IndexBase))
+	dst = appendKeyInt(dst, "group_size", int64(s.GroupSize))
+	dst = append(dst, `,"params":`...)
+	if len(s.Params) == 0 {
+		dst = append(dst, "{}"...)
+	} else {
+		dst = append(dst, s.Params...)
+	}
+	dst = appendStrings(dst, "env", s.Env)
+	dst = appendStrings(dst, "listen", s.Listen)
+	dst = append(dst, `,"mode":`...)
+	dst = appendJSONString(dst, s.Mode.String())
+	dst = append(dst, `,"ready":`...)
+	ready := "notify"
+	if s.Ready == ReadyStarted {
+		ready = "started"
+	}
+	dst = appendJSONString(dst, ready)
+	dst = append(dst, `,"strategy":`...)
+	dst = appendJSONString(dst, s.Strategy.String())
+	dst = append(dst, `,"restart":`...)
+	dst = appendJSONString(dst, s.Restart.String())
+	b := &s.Backoff
+	dst = append(dst, `,"backoff":{"min_ms":`...)
+	dst = strconv.AppendInt(dst, b.Min.Milliseconds(), 10)
+	dst = appendKeyInt(dst, "max_ms", b.Max.Milliseconds())
+	dst = append(dst, `,"jitter":`...)
+	dst = strconv.AppendFloat(dst, finite(b.Jitter), 'g', -1, 64)
+	dst = appendKeyInt(dst, "reset_after_ms", b.ResetAfter.Milliseconds())
+	dst = appendKeyInt(dst, "burst", int64(b.Burst))
+	dst = appendKeyInt(dst, "window_ms", b.Window.Milliseconds())
+	dst = appendKeyInt(dst, "quick_failures", int64(b.QuickFailures))
+	dst = append(dst, '}')
+	dst = appendKeyInt(dst, "heartbeat_ms", s.Heartbeat.Milliseconds())
+	dst = appendKeyInt(dst, "shutdown_timeout_ms", s.ShutdownTimeout.Milliseconds())
+	dst = appendKeyInt(dst, "start_timeout_ms", s.StartTimeout.Milliseconds())
+	dst = appendKeyInt(dst, "max_running_time_ms", s.MaxRunningTime.Milliseconds())
+	dst = appendKeyInt(dst, "status_interval_ms", s.StatusInterval.Milliseconds())
+	dst = append(dst, `,"suspended":`...)
+	return strconv.AppendBool(dst, s.Suspended)
+}
+
+func finite(f float64) float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0
+	}
+	return f
+}
+
+func appendKeyInt(dst []byte, key string, n int64) []byte {
+	dst = append(dst, ',', '"')
+	dst = append(dst, key...)
+	dst = append(dst, '"', ':')
+	return strconv.AppendInt(dst, n, 10)
+}
+
+func appendStrings(dst []byte, key string, ss []string) []byte {
+	dst = append(dst, ',', '"')
+	dst = append(dst, key...)
+	dst = append(dst, `":[`...)
+	for i, s := range ss {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendJSONString(dst, s)
+	}
+	return append(dst, ']')
+}
+
+// appendAttrValue writes a resolved slog value as a JSON scalar: numbers
+// and booleans as such (so slot and pid stay integers at the master),
+// everything else as its text.
+func appendAttrValue(dst []byte, v slog.Value) []byte {
+	switch v.Kind() {
+	case slog.KindInt64:
+		return strconv.AppendInt(dst, v.Int64(), 10)
+	case slog.KindUint64:
+		if u := v.Uint64(); u <= math.MaxInt64 {
+			return strconv.AppendUint(dst, u, 10)
+		}
+	case slog.KindFloat64:
+		if f := v.Float64(); !math.IsNaN(f) && !math.IsInf(f, 0) {
+			return strconv.AppendFloat(dst, f, 'g', -1, 64)
+		}
+	case slog.KindBool:
+		return strconv.AppendBool(dst, v.Bool())
+	case slog.KindTime:
+		return appendJSONString(dst, v.Time().Format(time.RFC3339Nano))
+	}
+	return appendJSONString(dst, v.String())
+}
+
+// decodeAgentMsg parses one agent-protocol message (either direction) from
+// b into msg, reusing p. Unknown fields are ignored; known fields must have
+// the right JSON type and range. Errors match ErrAgentProtocol. Nothing in
+// msg aliases b or p.
+func decodeAgentMsg(p *fastjson.Parser, b []byte, msg *agentMsg) error {
+	if err := decodeAgent(p, b, msg); err != nil {
+		*msg = agentMsg{}
+		return fmt.Errorf("%w: %w", ErrAgentProtocol, err)
+	}
+	return nil
+}
+
+func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
+	*msg = agentMsg{}
+	// fastjson unescapes on a best-effort basis: bad escapes and invalid
+	// UTF-8 are refused first, not guessed (as decodeSockMsg does).
+	if err := fastjson.ValidateBytes(b); err != nil {
+		return err
+	}
+	v, err := p.ParseBytes(b)
+	if err != nil {
+		return err
+	}
+	if v.Type() != fastjson.TypeObject {
+		return fmt.Errorf("message is a JSON %s, not an object", v.Type())
+	}
+	typ, err := jsonString(v, "type", true)
+	if err != nil {
+		return err
+	}
+	for _, t := range agentTypes {
+		if typ == t {
+			msg.Type = t
+		}
+	}
+	if msg.Type == "" {
+		return fmt.Errorf("unknown message type %.64q", typ)
+	}
+	switch msg.Type {
+	case "start":
+		msg.Start, err = decodeStart(v)
+		return err
+	case "restart", "suspend", "resume", "stop":
+		msg.Seq, err = jsonInt64(v, "seq", true)
+		return err
+	case "ack":
+		if msg.Seq, err = jsonInt64(v, "seq", true); err != nil {
+			return err
+		}
+		msg.Error, err = jsonString(v, "error", false)
+		// A failure text goes to logs and status: one line's worth.
+		msg.Error = clipText(msg.Error, maxControlText)
+		return err
+	case "started":
+		ver, err := jsonInt(v, "version", true, 0, 1<<31-1)
+		if err != nil {
+			return err
+		}
+		if ver != agentVersion {
+			return fmt.Errorf("agent speaks version %d, not %d", ver, agentVersion)
+		}
+		if msg.PID, err = jsonInt(v, "pid", true, 1, 1<<31-1); err != nil {
+			return err
+		}
+		msg.Addrs, err = jsonStrings(v, "addrs", maxAgentListen)
+		return err
+	case "status":
+		if msg.Ready, err = jsonBool(v, "ready"); err != nil {
+			return err
+		}
+		if msg.Suspended, err = jsonBool(v, "suspended"); err != nil {
+			return err
+		}
+		if msg.Dropped, err = jsonInt64(v, "dropped", false); err != nil {
+			return err
+		}
+		sv := v.Get("status")
+		if sv == nil || sv.Type() != fastjson.TypeObject {
+			return errors.New("status without a status object")
+		}
+		msg.Status, err = decodeStatus(sv)
+		return err
+	case "log":
+		lvl, err := jsonInt(v, "level", true, -1000, 1000)
+		if err != nil {
+			return err
+		}
+		msg.Level = slog.Level(lvl)
+		if msg.Msg, err = jsonString(v, "msg", false); err != nil {
+			return err
+		}
+		msg.Attrs, err = decodeAttrs(v.Get("attrs"))
+		return err
+	case "error", "exit":
+		msg.Error, err = jsonString(v, "error", false)
+		// A failure text goes to logs and status: one line's worth.
+		msg.Error = clipText(msg.Error, maxControlText)
+		return err
+	}
+	return nil
+}
+
+func decodeStart(v *fastjson.Value) (*agentStart, error) {
+	s := &agentStart{}
+	var err error
+	if s.Version, err = jsonInt(v, "version", true, 0, 1<<31-1); err != nil {
+		return nil, err
+	}
+	if s.Version != agentVersion {
+		return nil, fmt.Errorf("start spec version %d, this agent speaks %d", s.Version, agentVersion)
+	}
+	if s.Group, err = jsonString(v, "group", false); err != nil {
+		return nil, err
+	}
+	if s.Program, err = jsonString(v, "program", true); err != nil {
+		return nil, err
+	}
+	if s.Program == "" {
+		return nil, errors.New("empty program")
+	}
+	if s.Args, err = jsonStrings(v, "args", maxAgentArgs); err != nil {
+		return nil, err
+	}
+	iv := v.Get("ids")
+	if iv == nil {
+		return nil, errors.New(`no "ids"`)
+	}
+	ids, err := iv.Array()
+	if err != nil {
+		return nil, fmt.Errorf(`"ids": %w`, err)
+	}
+	if len(ids) == 0 || len(ids) > maxControlWorkers {
+		return nil, fmt.Errorf("%d ids (want 1..%d)", len(ids), maxControlWorkers)
+	}
+	s.IDs = make([]int, len(ids))
+	for i, e := range ids {
+		n, err := e.Int()
+		if err != nil || n < 0 || n > 1<<31-1 {
+			return nil, fmt.Errorf(`"ids"[%d] is not an id`, i)
+		}
+		s.IDs[i] = n
+	}
+	if s.IndexBase, err = jsonInt(v, "index_base", false, 0, 1<<31-1); err != nil {
+		return nil, err
+	}
+	if s.GroupSize, err = jsonInt(v, "group_size", false, 0, 1<<31-1); err != nil {
+		return nil, err
+	}
+	if pv := v.Get("params"); pv != nil {
+		if pv.Type() != fastjson.TypeObject {
+			return nil, fmt.Errorf(`"params" is a JSON %s, not an object`, pv.Type())
+		}
+		s.Params = pv.MarshalTo(nil)
+	}
+	if s.Env, err = jsonStrings(v, "env", maxAgentEnv); err != nil {
+		return nil, err
+	}
+	for _, kv := range s.Env {
+		if k, _, ok := cutEnv(kv); !ok || k == "" {
+			return nil, fmt.Errorf("env entry %.64q is not KEY=VALUE", kv)
+		}
+	}
+	// No argv or environment entry can hold a NUL byte (execve takes C
+	// strings): refused here, not at every spawn of a worker.
+	for _, f := range [][]string{{s.Group, s.Program}, s.Args, s.Env} {
+		for _, str := range f {
+			if strings.IndexByte(str, 0) >= 0 {
+				return nil, fmt.Errorf("%.64q holds a NUL byte", str)
+			}
+		}
+	}
+	if s.Listen, err = jsonStrings(v, "listen", maxAgentListen); err != nil {
+		return nil, err
+	}
+	if len(s.Listen) == 0 {
+		return nil, errors.New("no listen address")
+	}
+	if name, err := jsonString(v, "mode", false); err != nil {
+		return nil, err
+	} else if name != "" {
+		if s.Mode, err = ParseMode(name); err != nil {
+			return nil, err
+		}
+	}
+	if name, err := jsonString(v, "ready", false); err != nil {
+		return nil, err
+	} else if name != "" {
+		if s.Ready, err = ParseReadyMode(name); err != nil {
+			return nil, err
+		}
+	}
+	if name, err := jsonString(v, "strategy", false); err != nil {
+		return nil, err
+	} else if name != "" {
+		if s.Strategy, err = supervise.ParseStrategy(name); err != nil {
+			return nil, err
+		}
+	}
+	if name, err := jsonString(v, "restart", false); err != nil {
+		return nil, err
+	} else if name != "" {
+		s.Restart = -1
+		for p, n := range policyNames {
+			if name == n {
+				s.Restart = supervise.Policy(p)
+			}
+		}
+		if s.Restart < 0 {
+			return nil, fmt.Errorf("restart policy %.32q", name)
+		}
+	}
+	if bv := v.Get("backoff"); bv != nil {
+		if bv.Type() != fastjson.TypeObject {
+			return nil, fmt.Errorf(`"backoff" is a JSON %s, not an object`, bv.Type())
+		}
+		b := &s.Backoff
+		if b.Min, err = jsonMillis(bv, "min_ms"); err != nil {
+			return nil, err
+		}
+		if b.Max, err = jsonMillis(bv, "max_ms"); err != nil {
+			return nil, err
+		}
+		if jv := bv.Get("jitter"); jv != nil {
+			n, ok := parseNumber(jv)
+			if !ok || jv.Type() != fastjson.TypeNumber {
+				return nil, errors.New(`"jitter" is not a number`)
+			}
+			b.Jitter = n.f
+		}
+		if b.ResetAfter, err = jsonMillis(bv, "reset_after_ms"); err != nil {
+			return nil, err
+		}
+		if b.Burst, err = jsonInt(bv, "burst", false, -1<<31, 1<<31-1); err != nil {
+			return nil, err
+		}
+		if b.Window, err = jsonMillis(bv, "window_ms"); err != nil {
+			return nil, err
+		}
+		if b.QuickFailures, err = jsonInt(bv, "quick_failures", false, -1<<31, 1<<31-1); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range []struct {
+		key string
+		to  *time.Duration
+	}{
+		{"heartbeat_ms", &s.Heartbeat},
+		{"shutdown_timeout_ms", &s.ShutdownTimeout},
+		{"start_timeout_ms", &s.StartTimeout},
+		{"max_running_time_ms", &s.MaxRunningTime},
+		{"status_interval_ms", &s.StatusInterval},
+	} {
+		if *d.to, err = jsonMillis(v, d.key); err != nil {
+			return nil, err
+		}
+	}
+	if s.Suspended, err = jsonBool(v, "suspended"); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func cutEnv(kv string) (k, v string, ok bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+		if kv[i] == 0 {
+			return "", "", false
+		}
+	}
+	return "", "", false
+}
+
+func jsonInt64(v *fastjson.Value, key string, required bool) (int64, error) {
+	n, err := jsonInt(v, key, required, 0, 1<<53)
+	return int64(n), err
+}
+
+func jsonMillis(v *fastjson.Value, key string) (time.Duration, error) {
+	ms, err := jsonInt(v, key, false, 0, maxAgentDurationMS)
+	return time.Duration(ms) * time.Millisecond, err
+}
+
+// jsonStrings reads an optional array of at most limit strings.
+func jsonStrings(v *fastjson.Value, key string, limit int) ([]string, error) {
+	f := v.Get(key)
+	if f == nil {
+		return nil, nil
+	}
+	arr, err := f.Array()
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w", key, err)
+	}
+	if len(arr) > limit {
+		return nil, fmt.Errorf("%q: %d entries (at most %d)", key, len(arr), limit)
+	}
+	out := make([]string, len(arr))
+	for i, e := range arr {
+		b, err := e.StringBytes()
+		if err != nil {
+			return nil, fmt.Errorf("%q[%d]: %w", key, i, err)
+		}
+		out[i] = string(b)
+	}
+	return out, nil
+}
+
+func decodeAttrs(v *fastjson.Value) ([]agentAttr, error) {
+	if v == nil {
+		return nil, nil
+	}
+	o, err := v.Object()
+	if err != nil {
+		return nil, fmt.Errorf(`"attrs": %w`, err)
+	}
+	if o.Len() > maxAgentAttrs {
+		return nil, fmt.Errorf("%d attributes (at most %d)", o.Len(), maxAgentAttrs)
+	}
+	out := make([]agentAttr, 0, o.Len())
+	o.Visit(func(k []byte, e *fastjson.Value) {
+		if err != nil {
+			return
+		}
+		if len(k) > maxAgentAttrKey {
+			err = fmt.Errorf("attribute key of %d bytes (at most %d)", len(k), maxAgentAttrKey)
+			return
+		}
+		a := agentAttr{Key: string(k)}
+		switch e.Type() {
+		case fastjson.TypeString:
+			a.Value = slog.StringValue(string(e.GetStringBytes()))
+		case fastjson.TypeTrue, fastjson.TypeFalse:
+			a.Value = slog.BoolValue(e.GetBool())
+		case fastjson.TypeNumber:
+			f, ok := parseNumber(e)
+			switch {
+			case !ok:
+				err = fmt.Errorf("attribute %.64q: bad number", k)
+				return
+			case f.isInt:
+				a.Value = slog.Int64Value(f.i)
+			default:
+				a.Value = slog.Float64Value(f.f)
+			}
+		default:
+			err = fmt.Errorf("attribute %.64q is a JSON %s", k, e.Type())
+			return
+		}
+		out = append(out, a)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// number is a JSON number: an int64 when it is one, else a float64.
+type number struct {
+	isInt bool
+	i     int64
+	f     float64
+}
+
+// parseNumber parses a JSON number from its text with strconv, which
+// rounds correctly: fastjson's own float parser may not, and a re-encoded
+// value would then drift from the one sent. Infinite results (1e400) are
+// refused.
+func parseNumber(v *fastjson.Value) (number, bool) {
+	if v.Type() != fastjson.TypeNumber {
+		return number{}, false
+	}
+	raw := string(v.MarshalTo(nil))
+	if i, err := strconv.ParseInt(raw, 10, 64); err == nil {
+		return number{isInt: true, i: i, f: float64(i)}, true
+	}
+	f, err := strconv.ParseFloat(raw, 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return number{}, false
+	}
+	return number{f: f}, true
+}

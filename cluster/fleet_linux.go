@@ -1,0 +1,784 @@
+//go:build linux
+
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/handoff-go/handoff/supervise"
+	"golang.org/x/sys/unix"
+)
+
+type fleet struct {
+	log      *slog.Logger
+	groups   []*fleetGroup
+	pidFile  *supervise.PIDFile
+	ctl      *controlServer
+	sdNotify string // the process's own NOTIFY_SOCKET, if any
+
+	ready    chan struct{}
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	// stopping is set once the fleet begins to stop; sdMu orders it with
+	// READY=1, so systemd never hears READY=1 after STOPPING=1.
+	sdMu     sync.Mutex
+	stopping bool
+
+	mu     sync.Mutex
+	ran    bool
+	closed bool
+
+	// scaleMu serialises scaling, so that the workers of every group
+	// together stay within MaxConfigWorkers (fleetGroup.local).
+	scaleMu sync.Mutex
+
+	// Global worker ids of local slots beyond a group's configured count
+	// (scale up); see workerIDs.
+	idMu   sync.Mutex
+	nextID int
+	fresh  map[[2]int]int // (group index, slot) -> id
+}
+
+type fleetGroup struct {
+	cfg     GroupConfig
+	index   int
+	m       *master // nil when the group has no local workers
+	remotes []*remoteGroup
+	// suspended is the group's state as the fleet last set it; with a
+	// local master, the master's own state is authoritative.
+	suspended atomic.Bool
+	// local is the number of local workers the group was last scaled to
+	// (the count resumed while suspended); f.scaleMu.
+	local int
+}
+
+func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
+	if fc == nil || len(fc.Groups) == 0 {
+		return nil, fmt.Errorf("%w: no groups", ErrConfig)
+	}
+	if opts == nil {
+		opts = &FleetOptions{}
+	}
+	f := &fleet{log: opts.Logger, ready: make(chan struct{}), stopCh: make(chan struct{}), fresh: make(map[[2]int]int)}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	// Descriptors from a socket activation could not be assigned to
+	// groups, and each group's master would try to adopt all of them.
+	act, err := parseActivation(os.Getenv, os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	if len(act) > 0 {
+		return nil, fmt.Errorf("cluster: socket activation (%d descriptors in LISTEN_FDS) is not supported with a configuration file: let the groups bind their own \"listen\" addresses", len(act))
+	}
+	// ParseConfig refuses these, but a FileConfig may be built in Go: a
+	// second group of a name could never be addressed, and the ids must
+	// fit the limit scaling keeps.
+	seen, total := make(map[string]bool, len(fc.Groups)), 0
+	for i := range fc.Groups {
+		g := &fc.Groups[i]
+		if seen[g.Name] {
+			return nil, fmt.Errorf("%w: two groups named %q", ErrConfig, g.Name)
+		}
+		seen[g.Name] = true
+		total += g.Size()
+	}
+	if total > MaxConfigWorkers {
+		return nil, fmt.Errorf("%w: %d workers (at most %d over every group)", ErrConfig, total, MaxConfigWorkers)
+	}
+	control, pidPath := fc.Control, fc.PIDFile
+	if opts.Control != "" {
+		control = opts.Control
+	}
+	if opts.PIDFile != "" {
+		pidPath = opts.PIDFile
+	}
+	defer func() {
+		if err != nil {
+			f.closeAll()
+		}
+	}()
+	// As for a single master: the control socket first, so a second
+	// instance fails without touching the first one's pid file or sockets.
+	if control != "" {
+		if f.ctl, err = createControl(control); err != nil {
+			return nil, err
+		}
+		f.ctl.b, f.ctl.log = f, f.log
+		f.log.Info("control socket", "path", control)
+	}
+	if pidPath != "" {
+		if f.pidFile, err = supervise.CreatePIDFile(pidPath); err != nil {
+			return nil, fmt.Errorf("cluster: pid file: %w", err)
+		}
+	}
+	f.nextID = total
+	base := 0
+	for i := range fc.Groups {
+		g := &fleetGroup{cfg: fc.Groups[i], index: i, local: fc.Groups[i].Count}
+		g.suspended.Store(g.cfg.Suspended)
+		f.groups = append(f.groups, g)
+		if err := f.newGroup(g, base, opts); err != nil {
+			return nil, fmt.Errorf("cluster: group %q: %w", g.cfg.Name, err)
+		}
+		base += g.cfg.Size()
+	}
+	// Only the fleet notifies systemd: newGroup cleared its masters' copy,
+	// which would send READY=1 once per group.
+	f.sdNotify = os.Getenv(envNotifySocket)
+	return f, nil
+}
+
+// newGroup creates g's master (binding its listeners) and its remote
+// hosts' sessions; the group's workers have global ids from base on.
+func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions) error {
+	gc := &g.cfg
+	log := slog.New(&groupHandler{h: f.log.Handler(), name: gc.Name})
+	params := gc.Params
+	if len(params) == 0 {
+		params = []byte("{}")
+	}
+	if gc.Count > 0 {
+		env := opts.Env
+		if len(gc.Env) > 0 {
+			if env == nil {
+				env = os.Environ()
+			}
+			env = append(append([]string(nil), env...), gc.Env...)
+		}
+		cfg := &Config{
+			Program: gc.Program, Args: gc.Args, Workers: gc.Count, Listen: gc.Listen,
+			Ready: gc.Ready, Mode: gc.Mode, Strategy: gc.Strategy,
+			ShutdownTimeout: gc.ShutdownTimeout, StartTimeout: gc.StartTimeout, Backoff: gc.Backoff,
+			Heartbeat: gc.Heartbeat, Restart: gc.Restart, MaxRunningTime: gc.MaxRunningTime, Suspended: gc.Suspended,
+			Shim: opts.Shim, Env: env, Logger: log,
+			Group: gc.Name, Params: params, GroupIndexBase: 0,
+			WorkerID: f.workerIDs(g.index, base, gc.Count),
+		}
+		if len(gc.Remote) > 0 {
+			// Remote hosts cannot scale, so the size is fixed; a local-only
+			// group's size follows its current count (GroupSize 0).
+			cfg.GroupSize = gc.Size()
+		}
+		// The master prefixes its output lines with the group's name.
+		cfg.Stdout, cfg.Stderr = opts.Stdout, opts.Stderr
+		m, err := newMaster(cfg)
+		if err != nil {
+			return err
+		}
+		// The fleet notifies systemd once for every group.
+		m.sdNotify = ""
+		g.m = m
+	}
+	next := base + gc.Count
+	index := gc.Count
+	for i := range gc.Remote {
+		h := &gc.Remote[i]
+		ids := make([]int, h.Count)
+		for j := range ids {
+			ids[j] = next + j
+		}
+		// The remote group adds the group and host attributes itself.
+		r, err := newRemoteGroup(gc, h, ids, index, f.log)
+		if err != nil {
+			return err
+		}
+		g.remotes = append(g.remotes, r)
+		next += h.Count
+		index += h.Count
+	}
+	return nil
+}
+
+// workerIDs is a group master's Config.WorkerID: configured slots take the
+// group's ids from base on; a slot beyond them (scale up) gets a fresh id
+// past every configured one, kept for the fleet's lifetime.
+func (f *fleet) workerIDs(group, base, count int) func(int) int {
+	return func(slot int) int {
+		if slot < count {
+			return base + slot
+		}
+		f.idMu.Lock()
+		defer f.idMu.Unlock()
+		key := [2]int{group, slot}
+		id, ok := f.fresh[key]
+		if !ok {
+			id = f.nextID
+			f.nextID++
+			f.fresh[key] = id
+		}
+		return id
+	}
+}
+
+// groupHandler adds a "group" attribute to the records of a group's master
+// that do not carry one already (the master adds it to its workers' output
+// lines itself, and a key twice in a JSON record is ambiguous).
+type groupHandler struct {
+	h    slog.Handler
+	name string
+	has  bool // an attribute "group" was added by WithAttrs
+}
+
+func (g *groupHandler) Enabled(ctx context.Context, l slog.Level) bool { return g.h.Enabled(ctx, l) }
+
+func (g *groupHandler) Handle(ctx context.Context, r slog.Record) error {
+	if !g.has {
+		found := false
+		r.Attrs(func(a slog.Attr) bool {
+			found = a.Key == "group"
+			return !found
+		})
+		if !found {
+			// First, where the master's own With attributes would be.
+			nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+			nr.AddAttrs(slog.String("group", g.name))
+			r.Attrs(func(a slog.Attr) bool { nr.AddAttrs(a); return true })
+			r = nr
+		}
+	}
+	return g.h.Handle(ctx, r)
+}
+
+func (g *groupHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	has := g.has
+	for _, a := range as {
+		has = has || a.Key == "group"
+	}
+	return &groupHandler{h: g.h.WithAttrs(as), name: g.name, has: has}
+}
+
+func (g *groupHandler) WithGroup(name string) slog.Handler {
+	// Attributes after this nest under name: the group goes in first.
+	h := g.h
+	if !g.has {
+		h = h.WithAttrs([]slog.Attr{slog.String("group", g.name)})
+	}
+	return &groupHandler{h: h.WithGroup(name), name: g.name, has: true}
+}
+
+// closeAll releases what newFleet acquired.
+func (f *fleet) closeAll() {
+	for _, g := range f.groups {
+		if g.m != nil {
+			g.m.close()
+		}
+	}
+	if f.pidFile != nil {
+		f.pidFile.Close()
+	}
+	if f.ctl != nil {
+		f.ctl.shutdown()
+	}
+}
+
+func (f *fleet) close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.ran {
+		return nil
+	}
+	f.closed = true
+	f.closeAll()
+	return nil
+}
+
+func (f *fleet) run(ctx context.Context) error {
+	f.mu.Lock()
+	if f.closed || f.ran {
+		f.mu.Unlock()
+		return errors.New("cluster: Run called twice or after Close")
+	}
+	f.ran = true
+	f.mu.Unlock()
+	defer func() {
+		if f.pidFile != nil {
+			f.pidFile.Close()
+		}
+	}()
+	if f.ctl != nil {
+		f.ctl.wg.Add(1)
+		go f.ctl.serve()
+		// Closed last: status stays available while the groups stop.
+		defer f.ctl.shutdown()
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		errs = make([]error, len(f.groups))
+	)
+	for i, g := range f.groups {
+		if g.m != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := g.m.run(gctx); err != nil {
+					errs[i] = fmt.Errorf("group %q: %w", g.cfg.Name, err)
+					// A group that could not run takes the fleet down:
+					// running without it would hide the failure.
+					f.log.Error("group failed; stopping every group", "group", g.cfg.Name, "err", err)
+					cancel()
+				}
+			}()
+		}
+		for _, r := range g.remotes {
+			wg.Add(1)
+			go func() { defer wg.Done(); r.run(gctx) }()
+		}
+	}
+	allDone := make(chan struct{})
+	go func() { wg.Wait(); close(allDone) }()
+	readyDone := make(chan struct{})
+	go func() { defer close(readyDone); f.awaitReady(gctx) }()
+	select {
+	case <-ctx.Done():
+	case <-f.stopCh:
+	case <-gctx.Done():
+	case <-allDone:
+	}
+	f.beginStop()
+	f.log.Info("stopping every group")
+	cancel()
+	<-allDone
+	<-readyDone
+	f.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// awaitReady writes the pid file and tells systemd READY=1 once every
+// local group is ready.
+func (f *fleet) awaitReady(ctx context.Context) {
+	for _, g := range f.groups {
+		if g.m == nil {
+			continue
+		}
+		select {
+		case <-g.m.readyCh():
+		case <-ctx.Done():
+			return
+		}
+	}
+	f.sdMu.Lock()
+	defer f.sdMu.Unlock()
+	if f.stopping {
+		return
+	}
+	if f.pidFile != nil {
+		if err := f.pidFile.Write(os.Getpid()); err != nil {
+			f.log.Error("pid file", "err", err)
+		}
+	}
+	f.log.Info("every group ready", "groups", len(f.groups), "pid", os.Getpid())
+	f.notifySystemd("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	close(f.ready)
+}
+
+// beginStop marks the fleet stopping and tells systemd, once.
+func (f *fleet) beginStop() {
+	f.sdMu.Lock()
+	defer f.sdMu.Unlock()
+	if !f.stopping {
+		f.stopping = true
+		f.notifySystemd("STOPPING=1")
+	}
+}
+
+func (f *fleet) notifySystemd(state string) {
+	if f.sdNotify == "" {
+		return
+	}
+	if err := sdNotify(f.sdNotify, state); err != nil {
+		f.log.Warn("sd_notify", "state", state, "err", err)
+	}
+}
+
+// group finds a group by name; "" is the only group of a one-group fleet.
+func (f *fleet) group(name string) (*fleetGroup, error) {
+	if name == "" {
+		if len(f.groups) == 1 {
+			return f.groups[0], nil
+		}
+		return nil, fmt.Errorf("%w: name a group (%d groups run)", ErrControlInvalid, len(f.groups))
+	}
+	for _, g := range f.groups {
+		if g.cfg.Name == name {
+			return g, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no group %q", ErrControlInvalid, name)
+}
+
+// each runs fn on the named group, or on every group for "", joining the
+// errors.
+func (f *fleet) each(name string, fn func(*fleetGroup) error) error {
+	if name != "" {
+		g, err := f.group(name)
+		if err != nil {
+			return err
+		}
+		return fn(g)
+	}
+	var errs []error
+	for _, g := range f.groups {
+		if err := fn(g); err != nil {
+			errs = append(errs, fmt.Errorf("group %q: %w", g.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *fleet) restart(name string) error {
+	if name == "" {
+		running := 0
+		for _, g := range f.groups {
+			if !f.isSuspended(g) {
+				running++
+			}
+		}
+		if running == 0 {
+			return fmt.Errorf("cluster: restart: %w (every group)", ErrSuspended)
+		}
+	}
+	return f.each(name, func(g *fleetGroup) error {
+		if name == "" && f.isSuspended(g) {
+			// Nothing runs to be restarted; every group means every
+			// running one, not a failure because one is suspended.
+			return nil
+		}
+		var errs []error
+		if g.m != nil {
+			errs = append(errs, g.m.restart())
+		}
+		for _, r := range g.remotes {
+			err := r.restart()
+			if errors.Is(err, ErrRemoteDown) {
+				// No session, no worker to restart there: the host's next
+				// session starts new workers anyway. Failing would report
+				// the local groups' restart, which went ahead, as failed.
+				f.log.Warn("restart: remote host not connected; its next session starts new workers", "group", g.cfg.Name, "host", r.host, "err", err)
+				continue
+			}
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+func (f *fleet) stop() error {
+	f.stopOnce.Do(func() { close(f.stopCh) })
+	return nil
+}
+
+func (f *fleet) stopRequested() bool {
+	select {
+	case <-f.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (f *fleet) kill() error {
+	f.stop()
+	f.beginStop()
+	var errs []error
+	for _, g := range f.groups {
+		// Remote sessions end at once, their agents killing their
+		// workers.
+		for _, r := range g.remotes {
+			r.kill()
+		}
+		if g.m == nil {
+			continue
+		}
+		if err := g.m.kill(); err != nil && !errors.Is(err, supervise.ErrNotRunning) {
+			errs = append(errs, fmt.Errorf("group %q: %w", g.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *fleet) suspend(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: suspend: name a group", ErrControlInvalid)
+	}
+	g, err := f.group(name)
+	if err != nil {
+		return err
+	}
+	errs := []error{}
+	if g.m != nil {
+		errs = append(errs, g.m.suspend())
+	}
+	for _, r := range g.remotes {
+		errs = append(errs, r.suspend())
+	}
+	if err := errors.Join(errs...); err != nil {
+		// A refusal (a restart in flight) leaves the group running.
+		return err
+	}
+	g.suspended.Store(true)
+	return nil
+}
+
+// isSuspended reports the group's state: its master's, or for a group of
+// remote hosts only, what the fleet last set.
+func (f *fleet) isSuspended(g *fleetGroup) bool {
+	if g.m != nil {
+		return g.m.suspended()
+	}
+	return g.suspended.Load()
+}
+
+func (f *fleet) resume(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: resume: name a group", ErrControlInvalid)
+	}
+	g, err := f.group(name)
+	if err != nil {
+		return err
+	}
+	errs := []error{}
+	if g.m != nil {
+		errs = append(errs, g.m.resume())
+	}
+	for _, r := range g.remotes {
+		errs = append(errs, r.resume())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	g.suspended.Store(false)
+	return nil
+}
+
+func (f *fleet) scale(name string, n int) error {
+	g, err := f.group(name)
+	if err != nil {
+		return err
+	}
+	if len(g.remotes) > 0 || g.m == nil {
+		return fmt.Errorf("%w: group %q has remote hosts; it cannot be scaled (edit the configuration)", ErrControlInvalid, g.cfg.Name)
+	}
+	if n < 0 || n > maxControlWorkers {
+		return fmt.Errorf("%w: scale %d (want 0..%d)", ErrControlInvalid, n, maxControlWorkers)
+	}
+	f.scaleMu.Lock()
+	defer f.scaleMu.Unlock()
+	return f.scaleLocked(g, n)
+}
+
+// scaleLocked scales g's local workers to n if the process stays within
+// MaxConfigWorkers: the limit a file has, kept by scaling too, so that a
+// status response (one slot each) stays within what the control
+// protocol decodes. Called with f.scaleMu held.
+func (f *fleet) scaleLocked(g *fleetGroup, n int) error {
+	others := 0
+	for _, o := range f.groups {
+		if o != g {
+			others += o.local
+		}
+		for _, h := range o.cfg.Remote {
+			others += h.Count
+		}
+	}
+	if others+n > MaxConfigWorkers {
+		return fmt.Errorf("%w: scale group %q to %d: the process would run %d workers (at most %d over every group)", ErrControlInvalid, g.cfg.Name, n, others+n, MaxConfigWorkers)
+	}
+	if err := g.m.scaleTo(n); err != nil {
+		return err
+	}
+	g.local = n
+	return nil
+}
+
+// controlDo carries out a control request for the fleet.
+func (f *fleet) controlDo(req *sockMsg) error {
+	switch req.Type {
+	case "restart":
+		return f.restart(req.Group)
+	case "stop":
+		if req.Group != "" {
+			return fmt.Errorf("%w: stop stops every group; suspend %q stops one", ErrControlInvalid, req.Group)
+		}
+		return f.stop()
+	case "scale":
+		return f.scale(req.Group, req.Workers)
+	case "suspend":
+		return f.suspend(req.Group)
+	case "resume":
+		return f.resume(req.Group)
+	case "send":
+		g, err := f.group(req.Group)
+		if err != nil {
+			return err
+		}
+		if g.m == nil {
+			return fmt.Errorf("%w: group %q has no local workers", ErrNoWorker, g.cfg.Name)
+		}
+		return g.m.send(req.Slot, req.Data)
+	case "broadcast":
+		return f.each(req.Group, func(g *fleetGroup) error {
+			if g.m == nil {
+				if req.Group != "" {
+					// As send: a named group without local workers takes
+					// no message, which must not look delivered.
+					return fmt.Errorf("%w: group %q has no local workers", ErrNoWorker, g.cfg.Name)
+				}
+				return nil
+			}
+			return g.m.broadcast(req.Data)
+		})
+	}
+	return fmt.Errorf("%w: type %q is not a request", ErrControlProtocol, req.Type)
+}
+
+// controlStatus is the status of every group; the top-level fields sum
+// the local workers of all of them (see ControlStatus.Groups).
+func (f *fleet) controlStatus() *ControlStatus {
+	out := &ControlStatus{PID: os.Getpid(), Generation: 1, Groups: make([]ControlGroup, 0, len(f.groups))}
+	for _, g := range f.groups {
+		cg := ControlGroup{Name: g.cfg.Name, Suspended: g.suspended.Load(), Generation: 1}
+		if g.m != nil {
+			st := g.m.controlStatus()
+			cg.Suspended = g.m.suspended()
+			cg.Generation, cg.Restarting = st.Generation, st.Restarting
+			cg.Workers, cg.ReadyWorkers, cg.Slots = st.Workers, st.ReadyWorkers, st.Slots
+			if cg.Suspended {
+				// A suspended master runs no slot: count the workers
+				// resume starts, as a remote host counts its configured
+				// ones even while suspended or down.
+				cg.Workers = int(g.m.workers.Load())
+			}
+			out.Generation = max(out.Generation, st.Generation)
+			out.Restarting = out.Restarting || st.Restarting
+			out.Workers += cg.Workers
+			out.ReadyWorkers += st.ReadyWorkers
+		}
+		for _, r := range g.remotes {
+			rs := r.status()
+			// The agent's report is the remote host's word: a host runs
+			// its configured workers, so slots beyond them (or more of
+			// them) are dropped, lest one host's agent blow the response
+			// past what a client reads and take every group's status down.
+			rs.Slots = slices.DeleteFunc(rs.Slots, func(s ControlSlot) bool { return s.Slot >= rs.Workers })
+			rs.Slots = rs.Slots[:min(len(rs.Slots), rs.Workers)]
+			rs.ReadyWorkers = min(rs.ReadyWorkers, rs.Workers)
+			cg.Workers += rs.Workers
+			cg.ReadyWorkers += rs.ReadyWorkers
+			cg.Remote = append(cg.Remote, rs)
+		}
+		out.Groups = append(out.Groups, cg)
+	}
+	out.Slots = []ControlSlot{}
+	return out
+}
+
+// handleSignals installs the fleet's signal handler.
+func (f *fleet) handleSignals() (func(), error) {
+	ch := make(chan os.Signal, 8)
+	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
+	done := make(chan struct{})
+	// Restarts run in their own goroutine: a remote agent slow to
+	// acknowledge must not delay a stop signal behind it. Requests made
+	// while one runs coalesce into one more, as a master's do.
+	restarts := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-ch:
+				f.onSignal(sig.(syscall.Signal), restarts)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-restarts:
+				if err := f.restart(""); err != nil {
+					f.log.Warn("restart signal not acted on", "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
+		wg.Wait()
+	}, nil
+}
+
+func (f *fleet) onSignal(sig syscall.Signal, restarts chan<- struct{}) {
+	var err error
+	switch sig {
+	case unix.SIGTERM, unix.SIGINT:
+		if f.stopRequested() {
+			f.log.Warn("second stop signal: killing workers", "signal", sig.String())
+			err = f.kill()
+		} else {
+			f.log.Info("stop signal: stopping every group gracefully", "signal", sig.String())
+			err = f.stop()
+		}
+	case unix.SIGHUP, unix.SIGUSR1:
+		f.log.Info("restart signal: restarting every group", "signal", sig.String())
+		select {
+		case restarts <- struct{}{}:
+		default: // one is queued already
+		}
+	case unix.SIGUSR2:
+		// The in-place upgrade hands one master's listeners and workers to
+		// a new image; a fleet has several, and remote sessions that an
+		// exec would cut.
+		f.log.Error("in-place upgrade (SIGUSR2) is not available with a configuration file; restart the groups (SIGHUP) or the service instead", "signal", sig.String())
+		return
+	case unix.SIGTTIN, unix.SIGTTOU:
+		err = f.scaleOne(sig)
+	}
+	if err != nil {
+		f.log.Warn("signal not acted on", "signal", sig.String(), "err", err)
+	}
+}
+
+// scaleOne scales the only local-only group by one, as a single master
+// does; with several groups the signal cannot say which.
+func (f *fleet) scaleOne(sig syscall.Signal) error {
+	var only *fleetGroup
+	n := 0
+	for _, g := range f.groups {
+		if g.m != nil && len(g.remotes) == 0 {
+			only = g
+			n++
+		}
+	}
+	if n != 1 {
+		f.log.Warn("scaling signal ignored: it scales only when exactly one group runs only local workers; use mini-cluster scale -group NAME N", "signal", sig.String(), "local_only_groups", n)
+		return nil
+	}
+	delta := 1
+	if sig == unix.SIGTTOU {
+		delta = -1
+	}
+	f.scaleMu.Lock()
+	defer f.scaleMu.Unlock()
+	return f.scaleLocked(only, min(max(only.local+delta, 0), maxControlWorkers))
+}

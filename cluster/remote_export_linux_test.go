@@ -1,0 +1,52 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// RemoteGroup exposes the master side of a remote group to the external
+// tests.
+type RemoteGroup struct{ r *remoteGroup }
+
+// NewRemoteGroup is newRemoteGroup; env is added to the ssh client's
+// environment and interval, if positive, is the agent's status interval.
+func NewRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log *slog.Logger, env []string, interval time.Duration) (*RemoteGroup, error) {
+	r, err := newRemoteGroup(g, h, ids, indexBase, log)
+	if err != nil {
+		return nil, err
+	}
+	r.env = env
+	if interval > 0 {
+		r.statusInterval = interval
+	}
+	return &RemoteGroup{r: r}, nil
+}
+
+func (g *RemoteGroup) Run(ctx context.Context) { g.r.run(ctx) }
+func (g *RemoteGroup) Status() ControlRemote   { return g.r.status() }
+func (g *RemoteGroup) Restart() error          { return g.r.restart() }
+func (g *RemoteGroup) Suspend() error          { return g.r.suspend() }
+func (g *RemoteGroup) Resume() error           { return g.r.resume() }
+func (g *RemoteGroup) Ready() <-chan struct{}  { return g.r.ready() }
+func (g *RemoteGroup) Kill()                   { g.r.kill() }
+
+// SSHPID is the pid of the current session's ssh client (0 if none).
+func (g *RemoteGroup) SSHPID() int {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	return g.r.sshPID
+}
+
+// RemoteReadFrames runs the master's frame reader of a session on frames
+// (an agent's output), with commands of the given seqs waiting for their
+// acks that nobody collects, and returns why it ended.
+func RemoteReadFrames(g *RemoteGroup, frames io.Reader, seqs []int64) error {
+	s := &remoteSession{done: make(chan struct{}), pending: make(map[int64]chan error)}
+	for _, seq := range seqs {
+		s.pending[seq] = make(chan error, 1)
+	}
+	return g.r.readFrames(frames, s, make(chan struct{}, 1))
+}
