@@ -69,7 +69,7 @@ const (
 
 // Agent message types: master to agent, then agent to master.
 var agentTypes = [...]string{
-	"start", "restart", "suspend", "resume", "stop", "ping", "kill",
+	"start", "restart", "suspend", "resume", "stop", "ping", "kill", "max_running_time",
 	"started", "status", "log", "ack", "error", "exit",
 }
 
@@ -81,6 +81,9 @@ type agentMsg struct {
 	// Seq numbers a command (restart, suspend, resume, stop) and the
 	// "ack" answering it.
 	Seq int64
+	// MaxRunning is the new maximum running time of "max_running_time"
+	// (0: none).
+	MaxRunning time.Duration
 	// Start is the body of "start".
 	Start *agentStart
 	// PID is the agent's pid ("started"); Addrs the addresses it bound.
@@ -147,6 +150,9 @@ func appendAgentMsg(dst []byte, msg *agentMsg) []byte {
 		}
 	case "restart", "suspend", "resume", "stop":
 		dst = appendKeyInt(dst, "seq", msg.Seq)
+	case "max_running_time":
+		dst = appendKeyInt(dst, "seq", msg.Seq)
+		dst = appendMaxRunning(dst, msg.MaxRunning, true)
 	case "ack":
 		dst = appendKeyInt(dst, "seq", msg.Seq)
 		if msg.Error != "" {
@@ -340,6 +346,15 @@ func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 		return err
 	case "restart", "suspend", "resume", "stop":
 		msg.Seq, err = jsonInt64(v, "seq", true)
+		return err
+	case "max_running_time":
+		if msg.Seq, err = jsonInt64(v, "seq", true); err != nil {
+			return err
+		}
+		msg.MaxRunning, err = jsonMaxRunning(v, true)
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrAgentProtocol, err)
+		}
 		return err
 	case "ack":
 		if msg.Seq, err = jsonInt64(v, "seq", true); err != nil {

@@ -26,6 +26,7 @@ var agentSeeds = []string{
 	`{"type":"stop","seq":0}`,
 	`{"type":"ping"}`,
 	`{"type":"kill"}`,
+	`{"type":"max_running_time","seq":3,"max_running_time_ms":1000}`,
 	`{"type":"started","version":1,"pid":4242,"addrs":["127.0.0.1:8080"]}`,
 	`{"type":"status","ready":true,"suspended":false,"dropped":7,"status":{"pid":4242,"generation":2,"restarting":false,` +
 		`"workers":1,"ready_workers":1,"slots":[{"slot":0,"pid":100,"generation":2,"state":"ready","uptime_ms":1500,"restarts":1,` +

@@ -163,7 +163,7 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 				// either.
 				stop("kill requested by the master")
 				_ = m.Kill()
-			case "restart", "suspend", "resume", "stop":
+			case "restart", "suspend", "resume", "stop", "max_running_time":
 				if msg.Type == "stop" {
 					stop("stop requested by the master")
 					a.send(&agentMsg{Type: "ack", Seq: msg.Seq})
@@ -344,6 +344,8 @@ func (a *agent) obey(m *Master, cmds <-chan agentMsg) {
 			err = m.Suspend()
 		case "resume":
 			err = m.Resume()
+		case "max_running_time":
+			err = m.SetMaxRunningTime(msg.MaxRunning)
 		}
 		ack := agentMsg{Type: "ack", Seq: msg.Seq}
 		if err != nil {

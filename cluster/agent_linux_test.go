@@ -264,6 +264,43 @@ func TestAgentOverPipe(t *testing.T) {
 	}
 }
 
+// TestAgentMaxRunningTime: the master changes the maximum running time of
+// a running agent; it is acknowledged, reported in status, and the
+// agent's worker is recycled; an out-of-range value is a protocol error.
+func TestAgentMaxRunningTime(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	a := startAgentPipe(t)
+	a.send(startSpec(t, pc, 1))
+	a.until("started", isType("started"))
+	a.workersUp(1)
+	var first int
+	a.until("a worker pid", func(v *fastjson.Value) bool {
+		first = v.GetInt("status", "slots", "0", "pid")
+		return isType("status")(v) && first > 0
+	})
+	a.send(`{"type":"max_running_time","seq":5,"max_running_time_ms":1000}`)
+	a.until("ack 5", func(v *fastjson.Value) bool {
+		return isType("ack")(v) && v.GetInt("seq") == 5 && v.Get("error") == nil
+	})
+	a.until("the worker recycled", func(v *fastjson.Value) bool {
+		pid := v.GetInt("status", "slots", "0", "pid")
+		return isType("status")(v) && v.GetInt("status", "max_running_time_ms") == 1000 && pid > 0 && pid != first &&
+			v.GetInt("status", "ready_workers") == 1
+	})
+	a.send(`{"type":"max_running_time","seq":6,"max_running_time_ms":10}`)
+	types, err := a.drain()
+	if !errors.Is(err, cluster.ErrAgentProtocol) {
+		t.Errorf("RunAgent after 10 ms: %v, want ErrAgentProtocol", err)
+	}
+	if len(types) == 0 || types[len(types)-1] != "exit" {
+		t.Errorf("last frames %v, want ... exit", types)
+	}
+	if err := pc.WaitGone(10 * time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestAgentKill: after "stop", workers that ignore SIGTERM would have the
 // whole grace period (30 s here); "kill", the master's second stop signal,
 // SIGKILLs them at once and the agent exits.

@@ -111,6 +111,9 @@ type ControlStatus struct {
 	// ready.
 	Workers, ReadyWorkers int
 	Slots                 []ControlSlot
+	// MaxRunningTime is the maximum running time in effect (0: none; a
+	// -config master reports it per group).
+	MaxRunningTime time.Duration
 	// Groups is set by a master running a -config file: one entry per
 	// group, in file order. Workers and ReadyWorkers then sum the local
 	// workers of every group, and Slots is empty: each group lists its own
@@ -123,6 +126,9 @@ type ControlGroup struct {
 	Name string
 	// Suspended is true while the group is suspended.
 	Suspended bool
+	// MaxRunningTime is the group's maximum running time in effect (0:
+	// none).
+	MaxRunningTime time.Duration
 	// Generation and Restarting describe the group's local workers as
 	// ControlStatus does for a single cluster.
 	Generation int
@@ -276,6 +282,20 @@ func (c *ControlClient) Suspend(group string) error {
 	return c.simple(&sockMsg{Type: "suspend", Group: group})
 }
 
+// SetMaxRunningTime changes the maximum running time of the workers of a
+// group of a -config master, or of a single-command master (group ""): 0
+// for none, else 1 s to 366 days. Workers already past it are recycled,
+// one at a time.
+func (c *ControlClient) SetMaxRunningTime(group string, d time.Duration) error {
+	if err := checkGroupArg(group, false); err != nil {
+		return err
+	}
+	if d != 0 && (d < time.Second || d > maxControlRunning) {
+		return fmt.Errorf("%w: maximum running time %v (want 0, or 1s to %v)", ErrControlInvalid, d, maxControlRunning)
+	}
+	return c.simple(&sockMsg{Type: "max_running_time", Group: group, MaxRunning: d.Truncate(time.Millisecond)})
+}
+
 // Resume starts the workers of a suspended group again.
 func (c *ControlClient) Resume(group string) error {
 	if err := checkGroupArg(group, true); err != nil {
@@ -417,6 +437,8 @@ type sockMsg struct {
 	Type string
 	// Workers is the target of "scale".
 	Workers int
+	// MaxRunning is the target of "max_running_time" (0: none).
+	MaxRunning time.Duration
 	// Slot and Data are the target and payload of "send"; Data that of
 	// "broadcast" too (base64 on the wire, like the control channel's
 	// messages).
@@ -433,7 +455,7 @@ type sockMsg struct {
 }
 
 // Control message types.
-var controlTypes = [...]string{"status", "restart", "stop", "scale", "send", "broadcast", "suspend", "resume", "ok", "error"}
+var controlTypes = [...]string{"status", "restart", "stop", "scale", "send", "broadcast", "suspend", "resume", "max_running_time", "ok", "error"}
 
 // decodeSockMsg parses one control message (request or response) from b
 // into msg, reusing p. Unknown fields are ignored; known fields must have
@@ -465,7 +487,7 @@ func decodeSockMsg(p *fastjson.Parser, b []byte, msg *sockMsg) error {
 		return fmt.Errorf("%w: unknown message type %.64q", ErrControlProtocol, typ)
 	}
 	switch msg.Type {
-	case "restart", "scale", "send", "broadcast", "suspend", "resume", "stop":
+	case "restart", "scale", "send", "broadcast", "suspend", "resume", "stop", "max_running_time":
 		// "stop" takes none, but decodes it so that the master refuses
 		// a stop meant for one group rather than stop every group.
 		required := msg.Type == "suspend" || msg.Type == "resume"
@@ -479,6 +501,10 @@ func decodeSockMsg(p *fastjson.Parser, b []byte, msg *sockMsg) error {
 	switch msg.Type {
 	case "scale":
 		if msg.Workers, err = jsonInt(v, "workers", true, 0, maxControlWorkers); err != nil {
+			return err
+		}
+	case "max_running_time":
+		if msg.MaxRunning, err = jsonMaxRunning(v, true); err != nil {
 			return err
 		}
 	case "send", "broadcast":
@@ -531,6 +557,9 @@ func decodeStatus(v *fastjson.Value) (*ControlStatus, error) {
 		return nil, err
 	}
 	if st.ReadyWorkers, err = jsonInt(v, "ready_workers", true, 0, maxControlWorkers); err != nil {
+		return nil, err
+	}
+	if st.MaxRunningTime, err = jsonMaxRunning(v, false); err != nil {
 		return nil, err
 	}
 	if st.Slots, err = decodeSlots(v, true); err != nil {
@@ -594,6 +623,9 @@ func decodeGroup(v *fastjson.Value, g *ControlGroup) error {
 		return err
 	}
 	if g.Suspended, err = jsonBool(v, "suspended"); err != nil {
+		return err
+	}
+	if g.MaxRunningTime, err = jsonMaxRunning(v, false); err != nil {
 		return err
 	}
 	if g.Generation, err = jsonInt(v, "generation", false, 0, 1<<31-1); err != nil {
@@ -826,6 +858,8 @@ func appendSockMsg(dst []byte, msg *sockMsg) []byte {
 	case "scale":
 		dst = append(dst, `,"workers":`...)
 		dst = strconv.AppendInt(dst, int64(msg.Workers), 10)
+	case "max_running_time":
+		dst = appendMaxRunning(dst, msg.MaxRunning, true)
 	case "send", "broadcast":
 		if msg.Type == "send" {
 			dst = append(dst, `,"slot":`...)
@@ -868,6 +902,7 @@ func (s *ControlStatus) appendFields(dst []byte) []byte {
 	dst = strconv.AppendInt(dst, int64(s.Workers), 10)
 	dst = append(dst, `,"ready_workers":`...)
 	dst = strconv.AppendInt(dst, int64(s.ReadyWorkers), 10)
+	dst = appendMaxRunning(dst, s.MaxRunningTime, false)
 	dst = appendSlots(dst, s.Slots)
 	if len(s.Groups) == 0 {
 		return dst
@@ -901,6 +936,7 @@ func (g *ControlGroup) appendJSON(dst []byte) []byte {
 	dst = appendJSONString(dst, clipText(g.Name, maxControlName))
 	dst = append(dst, `,"suspended":`...)
 	dst = strconv.AppendBool(dst, g.Suspended)
+	dst = appendMaxRunning(dst, g.MaxRunningTime, false)
 	dst = append(dst, `,"generation":`...)
 	dst = strconv.AppendInt(dst, int64(g.Generation), 10)
 	dst = append(dst, `,"restarting":`...)
@@ -988,4 +1024,31 @@ func controlErrorCode(err error) string {
 		return ControlCodeQueueFull
 	}
 	return ControlCodeFailed
+}
+
+// maxControlRunning bounds a maximum running time on the control
+// socket, as in a configuration file.
+const maxControlRunning = 366 * 24 * time.Hour
+
+// jsonMaxRunning reads "max_running_time_ms": 0 (none) or 1 s to 366 days.
+func jsonMaxRunning(v *fastjson.Value, required bool) (time.Duration, error) {
+	ms, err := jsonInt64(v, "max_running_time_ms", required)
+	if err != nil {
+		return 0, err
+	}
+	d := time.Duration(ms) * time.Millisecond
+	if d != 0 && (d < time.Second || d > maxControlRunning) {
+		return 0, fmt.Errorf("%w: max_running_time_ms %d (want 0, or 1000 to %d)", ErrControlProtocol, ms, maxControlRunning.Milliseconds())
+	}
+	return d, nil
+}
+
+// appendMaxRunning appends `,"max_running_time_ms":N`, when d is not zero
+// or always is set.
+func appendMaxRunning(dst []byte, d time.Duration, always bool) []byte {
+	if d == 0 && !always {
+		return dst
+	}
+	dst = append(dst, `,"max_running_time_ms":`...)
+	return strconv.AppendInt(dst, d.Milliseconds(), 10)
 }

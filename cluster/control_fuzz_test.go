@@ -104,6 +104,10 @@ func TestControlSocketRoundTrip(t *testing.T) {
 		{Type: "suspend", Group: "web"},
 		{Type: "resume", Group: "web"},
 		{Type: "stop", Group: "web"},
+		{Type: "max_running_time", Group: "web", MaxRunning: time.Hour},
+		{Type: "max_running_time", MaxRunning: 0},
+		{Type: "status", Status: &cluster.ControlStatus{PID: 8, Generation: 1, MaxRunningTime: 90 * time.Second, Slots: []cluster.ControlSlot{},
+			Groups: []cluster.ControlGroup{{Name: "jobs", MaxRunningTime: time.Second}}}},
 		{Type: "status", Status: &cluster.ControlStatus{PID: 9, Generation: 2, Workers: 1, ReadyWorkers: 1,
 			Slots: []cluster.ControlSlot{{Slot: 0, PID: 20, Generation: 2, State: supervise.SlotReady, ID: 4, Index: 0}},
 			Groups: []cluster.ControlGroup{

@@ -420,7 +420,8 @@ func (m *master) controlStatus() *ControlStatus {
 	out := &ControlStatus{
 		PID: os.Getpid(), Generation: st.Generation, Restarting: st.Restarting,
 		Workers: st.Workers, ReadyWorkers: st.ReadyWorkers,
-		Slots: make([]ControlSlot, 0, len(st.Slots)),
+		Slots:          make([]ControlSlot, 0, len(st.Slots)),
+		MaxRunningTime: m.maxRunningTime(),
 	}
 	now := time.Now()
 	for _, sl := range st.Slots {
@@ -597,6 +598,8 @@ func (m *master) controlDo(req *sockMsg) error {
 		return m.send(req.Slot, req.Data)
 	case "broadcast":
 		return m.broadcast(req.Data)
+	case "max_running_time":
+		return m.setMaxRunningTime(req.MaxRunning)
 	}
 	return fmt.Errorf("%w: type %q is not a request", ErrControlProtocol, req.Type)
 }
@@ -614,6 +617,8 @@ func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byt
 		s.log.Info("control: scale requested", append(attrs, "workers", req.Workers, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
 	case "restart", "stop", "suspend", "resume":
 		s.log.Info("control: "+req.Type+" requested", append(attrs, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
+	case "max_running_time":
+		s.log.Info("control: max running time requested", append(attrs, "max_running_time", req.MaxRunning, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
 	case "send":
 		s.log.Debug("control: send", append(attrs, "slot", req.Slot, "bytes", len(req.Data), "peer_pid", cred.Pid)...)
 	case "broadcast":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"time"
 )
 
 // FleetOptions adjusts NewFleet. nil or zero fields mean the defaults.
@@ -80,6 +81,12 @@ func (f *Fleet) Suspend(group string) error { return f.f.suspend(group) }
 
 // Resume starts a suspended group's workers again.
 func (f *Fleet) Resume(group string) error { return f.f.resume(group) }
+
+// SetMaxRunningTime changes a group's maximum running time (0: none) on
+// its local workers and its remote hosts ("" names the only group).
+func (f *Fleet) SetMaxRunningTime(group string, d time.Duration) error {
+	return f.f.setMaxRunningTime(group, d)
+}
 
 // Scale sets the number of local workers of a group without remote hosts
 // to n. New slots get fresh global ids. The process stays within

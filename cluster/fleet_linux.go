@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
@@ -57,6 +58,8 @@ type fleetGroup struct {
 	// suspended is the group's state as the fleet last set it; with a
 	// local master, the master's own state is authoritative.
 	suspended atomic.Bool
+	// maxRun is the group's maximum running time in effect, ns.
+	maxRun atomic.Int64
 	// local is the number of local workers the group was last scaled to
 	// (the count resumed while suspended); f.scaleMu.
 	local int
@@ -127,6 +130,7 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 	base := 0
 	for i := range fc.Groups {
 		g := &fleetGroup{cfg: fc.Groups[i], index: i, local: fc.Groups[i].Count}
+		g.maxRun.Store(int64(fc.Groups[i].MaxRunningTime))
 		g.suspended.Store(g.cfg.Suspended)
 		f.groups = append(f.groups, g)
 		if err := f.newGroup(g, base, opts); err != nil {
@@ -620,6 +624,8 @@ func (f *fleet) controlDo(req *sockMsg) error {
 		return f.suspend(req.Group)
 	case "resume":
 		return f.resume(req.Group)
+	case "max_running_time":
+		return f.setMaxRunningTime(req.Group, req.MaxRunning)
 	case "send":
 		g, err := f.group(req.Group)
 		if err != nil {
@@ -645,12 +651,36 @@ func (f *fleet) controlDo(req *sockMsg) error {
 	return fmt.Errorf("%w: type %q is not a request", ErrControlProtocol, req.Type)
 }
 
+// setMaxRunningTime changes a group's maximum running time (0: none), on
+// its local workers and on every remote host (a host without a session
+// gets it when its next session starts).
+func (f *fleet) setMaxRunningTime(name string, d time.Duration) error {
+	g, err := f.group(name)
+	if err != nil {
+		return err
+	}
+	if d < 0 {
+		return fmt.Errorf("%w: negative maximum running time %v", ErrControlInvalid, d)
+	}
+	g.maxRun.Store(int64(d))
+	var errs []error
+	if g.m != nil {
+		errs = append(errs, g.m.setMaxRunningTime(d))
+	}
+	for _, r := range g.remotes {
+		if err := r.setMaxRunningTime(d); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.host, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // controlStatus is the status of every group; the top-level fields sum
 // the local workers of all of them (see ControlStatus.Groups).
 func (f *fleet) controlStatus() *ControlStatus {
 	out := &ControlStatus{PID: os.Getpid(), Generation: 1, Groups: make([]ControlGroup, 0, len(f.groups))}
 	for _, g := range f.groups {
-		cg := ControlGroup{Name: g.cfg.Name, Suspended: g.suspended.Load(), Generation: 1}
+		cg := ControlGroup{Name: g.cfg.Name, Suspended: g.suspended.Load(), Generation: 1, MaxRunningTime: time.Duration(g.maxRun.Load())}
 		if g.m != nil {
 			st := g.m.controlStatus()
 			cg.Suspended = g.m.suspended()

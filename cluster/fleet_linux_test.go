@@ -473,3 +473,93 @@ func TestFleetRemoteStatusBounded(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestFleetMaxRunningTimeControl: the maximum running time of one group
+// is set, shown and cleared over the control socket; with it set, that
+// group's worker is recycled (a new pid) and the other group's is not;
+// out-of-range values are refused without a round trip or by the master.
+func TestFleetMaxRunningTimeControl(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir, err := os.MkdirTemp("", "fl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "c", "ctl")
+	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{shGroup("a", 1), shGroup("b", 1)}},
+		&cluster.FleetOptions{Control: path, Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runFleet(t, f)
+	<-f.Ready()
+	c, err := cluster.DialControl(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pidOf := func(g cluster.ControlGroup) int {
+		for _, s := range g.Slots {
+			if s.State == supervise.SlotReady {
+				return s.PID
+			}
+		}
+		return 0
+	}
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a0, b0 := pidOf(st.Groups[0]), pidOf(st.Groups[1])
+	if a0 == 0 || b0 == 0 || st.Groups[0].MaxRunningTime != 0 {
+		t.Fatalf("status before: %+v", st)
+	}
+	if err := c.SetMaxRunningTime("a", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "group a recycled", 15*time.Second, func() bool {
+		st, err := c.Status()
+		return err == nil && st.Groups[0].MaxRunningTime == time.Second && pidOf(st.Groups[0]) != 0 && pidOf(st.Groups[0]) != a0
+	})
+	if err := c.SetMaxRunningTime("a", 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err = c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Groups[0].MaxRunningTime != 0 || pidOf(st.Groups[1]) != b0 {
+		t.Errorf("after clearing a's limit: a %v, b pid %d (want 0, unchanged %d)", st.Groups[0].MaxRunningTime, pidOf(st.Groups[1]), b0)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"too short", c.SetMaxRunningTime("a", 500*time.Millisecond)},
+		{"negative", c.SetMaxRunningTime("a", -time.Second)},
+		{"no such group", c.SetMaxRunningTime("zz", time.Minute)},
+		{"no group with two", c.SetMaxRunningTime("", time.Minute)},
+	} {
+		if !errors.Is(tc.err, cluster.ErrControlInvalid) {
+			t.Errorf("%s: %v, want ErrControlInvalid", tc.name, tc.err)
+		}
+	}
+	// The master checks the range too, whatever a client sends.
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := ipcframe.NewWriter(raw, nil).WriteFrame([]byte(`{"type":"max_running_time","group":"a","max_running_time_ms":500}`)); err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := ipcframe.NewReader(raw, nil).ReadFrame(nil); err != nil || !strings.Contains(string(ans), `"code":"bad_request"`) {
+		t.Errorf("500 ms answered %s, %v; want a bad_request error", ans, err)
+	}
+	stop()
+	if err := pc.WaitGone(10 * time.Second); err != nil {
+		t.Error(err)
+	}
+}

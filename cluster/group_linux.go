@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/handoff-go/handoff/supervise"
@@ -37,6 +38,9 @@ type groupState struct {
 	// retry holds, per worker recycled for MaxRunningTime, when it may be
 	// tried again if its replacement failed. Recycler goroutine only.
 	retry map[supervise.ID]time.Time
+	// maxRun is the maximum running time in effect (Config.MaxRunningTime
+	// until SetMaxRunningTime), in nanoseconds; 0: none.
+	maxRun atomic.Int64
 }
 
 // checkGroup validates the group settings and the new policies of cfg.
@@ -45,6 +49,7 @@ func (m *master) checkGroup() error {
 	if c.MaxRunningTime < 0 {
 		return fmt.Errorf("cluster: negative MaxRunningTime %v", c.MaxRunningTime)
 	}
+	m.grp.maxRun.Store(int64(c.MaxRunningTime))
 	if c.Restart < supervise.RestartAlways || c.Restart > supervise.RestartNever {
 		return fmt.Errorf("cluster: restart policy %d", int(c.Restart))
 	}
@@ -244,9 +249,6 @@ func (m *master) startGroup() (stop func()) {
 		m.log.Info("started suspended: no worker runs until resumed", "workers", m.workers.Load())
 		m.clusterReady(supervise.Status{})
 	}
-	if m.cfg.MaxRunningTime <= 0 {
-		return func() {}
-	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -264,21 +266,43 @@ func (m *master) startGroup() (stop func()) {
 // serving before another replacement is tried: MaxRunningTime, within 5 s
 // to 1 min, so a replacement that cannot start is not retried in a loop.
 func (m *master) recycleRetry() time.Duration {
-	return min(max(m.cfg.MaxRunningTime, 5*time.Second), time.Minute)
+	return min(max(m.maxRunningTime(), 5*time.Second), time.Minute)
+}
+
+// maxRunningTime is the maximum running time in effect (0: none).
+func (m *master) maxRunningTime() time.Duration { return time.Duration(m.grp.maxRun.Load()) }
+
+// setMaxRunningTime changes the maximum running time (0: none); the
+// recycler applies it at its next check, at most a second later.
+func (m *master) setMaxRunningTime(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("%w: negative maximum running time %v", ErrControlInvalid, d)
+	}
+	if prev := time.Duration(m.grp.maxRun.Swap(int64(d))); prev != d {
+		m.log.Info("maximum running time changed", "max_running_time", d, "was", prev)
+	}
+	return nil
 }
 
 func (m *master) recycler(done <-chan struct{}) {
-	// Often enough that a worker does not overstay much, rarely enough to
-	// cost nothing.
-	t := time.NewTicker(min(max(m.cfg.MaxRunningTime/4, 50*time.Millisecond), time.Second))
-	defer t.Stop()
 	m.grp.retry = map[supervise.ID]time.Time{}
 	for {
+		// Often enough that a worker does not overstay much, rarely
+		// enough to cost nothing; once a second with no limit set, so a
+		// limit set later applies soon.
+		period := time.Second
+		if d := m.maxRunningTime(); d > 0 {
+			period = min(max(d/4, 50*time.Millisecond), time.Second)
+		}
+		t := time.NewTimer(period)
 		select {
 		case <-done:
+			t.Stop()
 			return
 		case now := <-t.C:
-			m.recycleOldest(now)
+			if m.maxRunningTime() > 0 {
+				m.recycleOldest(now)
+			}
 		}
 	}
 }
@@ -300,7 +324,7 @@ func (m *master) recycleOldest(now time.Time) {
 	for i := range st.Slots {
 		sl := &st.Slots[i]
 		live[sl.ID] = true
-		if sl.State != supervise.SlotReady || sl.PID == 0 || now.Sub(sl.Started) < m.cfg.MaxRunningTime {
+		if sl.State != supervise.SlotReady || sl.PID == 0 || now.Sub(sl.Started) < m.maxRunningTime() {
 			continue
 		}
 		if at, ok := m.grp.retry[sl.ID]; ok && now.Before(at) {
@@ -335,5 +359,5 @@ func (m *master) recycleOldest(now time.Time) {
 	}
 	m.log.Info("recycling worker past its maximum running time", "slot", pick.Slot, "pid", pick.PID,
 		"generation", pick.ID.Generation, "incarnation", pick.ID.Incarnation,
-		"running", now.Sub(pick.Started).Round(time.Millisecond), "max_running_time", m.cfg.MaxRunningTime)
+		"running", now.Sub(pick.Started).Round(time.Millisecond), "max_running_time", m.maxRunningTime())
 }

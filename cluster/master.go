@@ -200,6 +200,14 @@ func (m *Master) Resume() error { return m.m.resume() }
 // Config.Suspended until the first Resume).
 func (m *Master) Suspended() bool { return m.m.suspended() }
 
+// SetMaxRunningTime changes Config.MaxRunningTime while the cluster runs
+// (0: none); workers already past the new limit are recycled one at a
+// time, the first within a second.
+func (m *Master) SetMaxRunningTime(d time.Duration) error { return m.m.setMaxRunningTime(d) }
+
+// MaxRunningTime is the maximum running time in effect (0: none).
+func (m *Master) MaxRunningTime() time.Duration { return m.m.maxRunningTime() }
+
 // ScaleBy adds delta workers (negative removes).
 func (m *Master) ScaleBy(delta int) error { return m.m.scaleBy(delta) }
 

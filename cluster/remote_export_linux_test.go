@@ -25,13 +25,14 @@ func NewRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log
 	return &RemoteGroup{r: r}, nil
 }
 
-func (g *RemoteGroup) Run(ctx context.Context) { g.r.run(ctx) }
-func (g *RemoteGroup) Status() ControlRemote   { return g.r.status() }
-func (g *RemoteGroup) Restart() error          { return g.r.restart() }
-func (g *RemoteGroup) Suspend() error          { return g.r.suspend() }
-func (g *RemoteGroup) Resume() error           { return g.r.resume() }
-func (g *RemoteGroup) Ready() <-chan struct{}  { return g.r.ready() }
-func (g *RemoteGroup) Kill()                   { g.r.kill() }
+func (g *RemoteGroup) Run(ctx context.Context)                 { g.r.run(ctx) }
+func (g *RemoteGroup) Status() ControlRemote                   { return g.r.status() }
+func (g *RemoteGroup) Restart() error                          { return g.r.restart() }
+func (g *RemoteGroup) Suspend() error                          { return g.r.suspend() }
+func (g *RemoteGroup) Resume() error                           { return g.r.resume() }
+func (g *RemoteGroup) Ready() <-chan struct{}                  { return g.r.ready() }
+func (g *RemoteGroup) Kill()                                   { g.r.kill() }
+func (g *RemoteGroup) SetMaxRunningTime(d time.Duration) error { return g.r.setMaxRunningTime(d) }
 
 // SSHPID is the pid of the current session's ssh client (0 if none).
 func (g *RemoteGroup) SSHPID() int {

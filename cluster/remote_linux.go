@@ -66,6 +66,7 @@ type remoteGroup struct {
 
 	mu        sync.Mutex
 	suspended bool
+	maxRun    time.Duration  // the maximum running time later sessions start with
 	sess      *remoteSession // nil between sessions
 	st        ControlRemote
 	dropped   int64 // the agent's dropped log records, last reported
@@ -117,6 +118,7 @@ func newRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log
 		readyCh:        make(chan struct{}),
 		killCh:         make(chan struct{}),
 		suspended:      g.Suspended,
+		maxRun:         g.MaxRunningTime,
 		st:             ControlRemote{Host: h.SSH, Port: port, Workers: h.Count},
 	}
 	return r, nil
@@ -176,8 +178,29 @@ func (r *remoteGroup) setSuspended(on bool) error {
 	return nil
 }
 
+// setMaxRunningTime remembers the maximum running time for later sessions
+// and forwards it to the current one, like setSuspended.
+func (r *remoteGroup) setMaxRunningTime(d time.Duration) error {
+	r.mu.Lock()
+	prev := r.maxRun
+	r.maxRun = d
+	r.mu.Unlock()
+	err := r.commandMsg(&agentMsg{Type: "max_running_time", MaxRunning: d})
+	if err != nil && !errors.Is(err, ErrRemoteDown) {
+		r.mu.Lock()
+		r.maxRun = prev
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // command sends a command frame and waits for its ack.
-func (r *remoteGroup) command(typ string) error {
+func (r *remoteGroup) command(typ string) error { return r.commandMsg(&agentMsg{Type: typ}) }
+
+// commandMsg sends msg, numbered, and waits for its ack.
+func (r *remoteGroup) commandMsg(msg *agentMsg) error {
+	typ := msg.Type
 	r.mu.Lock()
 	s := r.sess
 	r.mu.Unlock()
@@ -195,7 +218,8 @@ func (r *remoteGroup) command(typ string) error {
 		delete(s.pending, seq)
 		s.mu.Unlock()
 	}()
-	if err := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: typ, Seq: seq})); err != nil {
+	msg.Seq = seq
+	if err := s.w.WriteFrame(appendAgentMsg(nil, msg)); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrRemoteDown, r.host, err)
 	}
 	timer := time.NewTimer(r.shutdownTimeout() + remoteAckTimeout)
@@ -271,7 +295,7 @@ func (r *remoteGroup) run(ctx context.Context) {
 func (r *remoteGroup) startSpec() *agentStart {
 	g := r.g
 	r.mu.Lock()
-	suspended := r.suspended
+	suspended, maxRun := r.suspended, r.maxRun
 	r.mu.Unlock()
 	return &agentStart{
 		Version: agentVersion, Group: g.Name, Program: g.Program, Args: g.Args,
@@ -279,7 +303,7 @@ func (r *remoteGroup) startSpec() *agentStart {
 		Env: g.Env, Listen: g.Listen, Mode: g.Mode, Ready: g.Ready, Strategy: g.Strategy,
 		Restart: g.Restart, Backoff: g.Backoff, Heartbeat: g.Heartbeat,
 		ShutdownTimeout: g.ShutdownTimeout, StartTimeout: g.StartTimeout,
-		MaxRunningTime: g.MaxRunningTime, StatusInterval: r.statusInterval,
+		MaxRunningTime: maxRun, StatusInterval: r.statusInterval,
 		Suspended: suspended,
 	}
 }

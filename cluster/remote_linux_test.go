@@ -317,7 +317,19 @@ func TestRemoteGroupCommands(t *testing.T) {
 	if err := r.rg.Resume(); err != nil {
 		t.Fatalf("Resume: %v", err)
 	}
-	r.waitStatus("two ready workers after resume", remoteAllReady(2))
+	resumed := pidsOf(r.waitStatus("two ready workers after resume", remoteAllReady(2)))
+	// A maximum running time set on the master reaches the agent: both
+	// workers are recycled.
+	if err := r.rg.SetMaxRunningTime(time.Second); err != nil {
+		t.Fatalf("SetMaxRunningTime: %v", err)
+	}
+	r.waitStatus("both workers recycled", func(st cluster.ControlRemote) bool {
+		now := pidsOf(st)
+		return st.ReadyWorkers == 2 && len(now) == 2 && !slices.Contains(now, resumed[0]) && !slices.Contains(now, resumed[1])
+	})
+	if err := r.rg.SetMaxRunningTime(0); err != nil {
+		t.Fatalf("SetMaxRunningTime(0): %v", err)
+	}
 	if st := r.rg.Status(); st.Sessions != 1 {
 		t.Errorf("commands took %d sessions, want 1", st.Sessions)
 	}

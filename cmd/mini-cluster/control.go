@@ -18,18 +18,19 @@ import (
 
 // controlCommands are the subcommands that talk to a running master over
 // its control socket; run dispatches on them.
-var controlCommands = map[string]bool{"status": true, "restart": true, "stop": true, "scale": true, "send": true, "broadcast": true, "suspend": true, "resume": true}
+var controlCommands = map[string]bool{"status": true, "restart": true, "stop": true, "scale": true, "send": true, "broadcast": true, "suspend": true, "resume": true, "max-running-time": true}
 
 // runControl runs "mini-cluster CMD [OPERANDS] -control PATH [-group NAME]
 // [-json]": status, restart, stop, scale N, send SLOT MESSAGE, broadcast
-// MESSAGE, suspend GROUP, resume GROUP. Flags may come before or after the
+// MESSAGE, suspend GROUP, resume GROUP, max-running-time D. Flags may come
+// before or after the
 // operands.
 func runControl(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mini-cluster "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	operand := map[string]string{"scale": " N", "send": " SLOT MESSAGE", "broadcast": " MESSAGE", "suspend": " GROUP", "resume": " GROUP"}[cmd]
+	operand := map[string]string{"scale": " N", "send": " SLOT MESSAGE", "broadcast": " MESSAGE", "suspend": " GROUP", "resume": " GROUP", "max-running-time": " D"}[cmd]
 	groupFlag := ""
-	if cmd == "restart" || cmd == "scale" || cmd == "send" || cmd == "broadcast" {
+	if cmd == "restart" || cmd == "scale" || cmd == "send" || cmd == "broadcast" || cmd == "max-running-time" {
 		groupFlag = " [-group NAME]"
 	}
 	fs.Usage = func() {
@@ -37,7 +38,7 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		fs.PrintDefaults()
 	}
 	path := fs.String("control", "", "path of the master's control socket (the master's -control)")
-	group := fs.String("group", "", "the group of a -config master to act on (restart, scale, send, broadcast; default: every group, or the only one)")
+	group := fs.String("group", "", "the group of a -config master to act on (restart, scale, send, broadcast, max-running-time; default: every group, or the only one)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the master after this long")
 	var pos []string
@@ -74,7 +75,16 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		return &usageError{err: fmt.Errorf("%s: -group is not supported (%s)", cmd, hint)}
 	}
 	n := 0
+	var maxRun time.Duration
 	switch {
+	case cmd == "max-running-time" && len(pos) != 1:
+		fs.Usage()
+		return &usageError{err: errors.New("max-running-time: want exactly one duration (0 for none)")}
+	case cmd == "max-running-time":
+		var err error
+		if maxRun, err = time.ParseDuration(pos[0]); err != nil || maxRun != 0 && (maxRun < time.Second || maxRun > 366*24*time.Hour) {
+			return &usageError{err: fmt.Errorf("max-running-time %q: want 0 (none) or a duration from 1s to 8784h", pos[0])}
+		}
 	case cmd == "scale" && len(pos) != 1:
 		fs.Usage()
 		return &usageError{err: errors.New("scale: want exactly one worker count")}
@@ -141,6 +151,8 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		err = c.Suspend(*group)
 	case "resume":
 		err = c.Resume(*group)
+	case "max-running-time":
+		err = c.SetMaxRunningTime(*group, maxRun)
 	}
 	if err != nil {
 		return explainControl(*path, err)
@@ -164,6 +176,16 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		_, err = fmt.Fprintf(stdout, "group %s suspending\n", *group)
 	case "resume":
 		_, err = fmt.Fprintf(stdout, "group %s resuming\n", *group)
+	case "max-running-time":
+		what := "maximum running time"
+		if *group != "" {
+			what = "group " + *group + ": " + what
+		}
+		if maxRun == 0 {
+			_, err = fmt.Fprintf(stdout, "%s: none\n", what)
+		} else {
+			_, err = fmt.Fprintf(stdout, "%s: %v\n", what, maxRun)
+		}
 	}
 	return err
 }
@@ -198,6 +220,9 @@ func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 	if st.Restarting {
 		restarting = ", restarting"
 	}
+	if st.MaxRunningTime > 0 {
+		restarting += ", max running time " + st.MaxRunningTime.String()
+	}
 	if _, err := fmt.Fprintf(w, "master %d: generation %d, %d/%d workers ready%s\n", st.PID, st.Generation, st.ReadyWorkers, st.Workers, restarting); err != nil {
 		return err
 	}
@@ -223,6 +248,9 @@ func printGroups(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 		state := ""
 		if g.Suspended {
 			state += ", suspended"
+		}
+		if g.MaxRunningTime > 0 {
+			state += ", max running time " + g.MaxRunningTime.String()
 		}
 		if g.Restarting {
 			state += ", restarting"

@@ -166,6 +166,23 @@ func TestControlSubcommands(t *testing.T) {
 		t.Errorf("send to slot 9: exit %d, %s; want exit 1 and no_worker", code, errOut)
 	}
 
+	// max-running-time: shown in status, and every worker past it is
+	// recycled (new pids, same generation); 0 clears it.
+	before := servingPID(t, path, 0)
+	if code, out, errOut := ctl("max-running-time", "1s", "-control", path); code != 0 || out != "maximum running time: 1s\n" {
+		t.Fatalf("max-running-time 1s: exit %d, %q, %s", code, out, errOut)
+	}
+	if _, out, _ := ctl("status", "-control", path); !strings.Contains(strings.SplitN(out, "\n", 2)[0], ", max running time 1s") {
+		t.Errorf("status header does not show the limit:\n%s", out)
+	}
+	waitCtl(t, "slot 0 recycled", func() bool { return servingPID(t, path, 0) != before })
+	if code, out, errOut := ctl("max-running-time", "0", "-control", path); code != 0 || out != "maximum running time: none\n" {
+		t.Errorf("max-running-time 0: exit %d, %q, %s", code, out, errOut)
+	}
+	if code, _, errOut := ctl("max-running-time", "1s", "-group", "web", "-control", path); code != 1 || !strings.Contains(errOut, "no groups") {
+		t.Errorf("max-running-time -group on a single master: exit %d, %s; want exit 1, no groups", code, errOut)
+	}
+
 	if code, out, errOut := ctl("stop", "-control", path, "-json"); code != 0 || out != `{"type":"ok"}`+"\n" {
 		t.Fatalf("stop -json: exit %d, %q, %s", code, out, errOut)
 	}
@@ -199,6 +216,9 @@ func TestControlSubcommandErrors(t *testing.T) {
 		{"scale without N", []string{"scale", "-control", stale}, 2, "exactly one worker count"},
 		{"scale not a number", []string{"scale", "many", "-control", stale}, 2, `scale "many"`},
 		{"scale too many", []string{"scale", "5000", "-control", stale}, 2, "from 0 to 4096"},
+		{"max-running-time too short", []string{"max-running-time", "500ms", "-control", stale}, 2, "from 1s to 8784h"},
+		{"max-running-time not a duration", []string{"max-running-time", "soon", "-control", stale}, 2, `max-running-time "soon"`},
+		{"max-running-time without D", []string{"max-running-time", "-control", stale}, 2, "exactly one duration"},
 		{"extra argument", []string{"status", "now", "-control", stale}, 2, `unexpected argument "now"`},
 		{"bad flag", []string{"stop", "-force"}, 2, "flag provided but not defined"},
 		{"send without message", []string{"send", "1", "-control", stale}, 2, "want SLOT MESSAGE"},
