@@ -361,7 +361,9 @@ func (m *master) run(ctx context.Context) error {
 	// Suspended start, MaxRunningTime (group_linux.go).
 	defer m.startGroup()()
 
-	m.log.Info("starting workers", "workers", m.cfg.Workers, "program", m.program, "args", m.cfg.Args, "ready", readyName(m.cfg.Ready))
+	if !m.suspended() {
+		m.log.Info("starting workers", "workers", m.cfg.Workers, "program", m.program, "args", m.cfg.Args, "ready", readyName(m.cfg.Ready))
+	}
 	runDone := make(chan struct{})
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

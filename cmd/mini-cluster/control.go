@@ -241,7 +241,7 @@ func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 // printGroups writes a -config master's status: per group, its local
 // slots, then each remote host and the slots its agent reported.
 func printGroups(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
-	if _, err := fmt.Fprintf(w, "master %d: %d groups, %d/%d local workers ready\n", st.PID, len(st.Groups), st.ReadyWorkers, st.Workers); err != nil {
+	if _, err := fmt.Fprintf(w, "master %d: %s, %d/%d local workers ready\n", st.PID, plural(len(st.Groups), "group"), st.ReadyWorkers, st.Workers); err != nil {
 		return err
 	}
 	for _, g := range st.Groups {
@@ -272,7 +272,7 @@ func printGroups(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 			if r.Connected {
 				conn = "connected, agent pid " + strconv.Itoa(r.AgentPID)
 			}
-			line := fmt.Sprintf("%s: %s, %d/%d ready, %d sessions", host, conn, r.ReadyWorkers, r.Workers, r.Sessions)
+			line := fmt.Sprintf("%s: %s, %d/%d ready, %s", host, conn, r.ReadyWorkers, r.Workers, plural(r.Sessions, "session"))
 			if r.LastError != "" {
 				line += ", last error: " + printable(r.LastError)
 			}
@@ -348,4 +348,12 @@ func signalName(sig syscall.Signal) string {
 		return "SIGHUP"
 	}
 	return "signal " + strconv.Itoa(int(sig))
+}
+
+// plural is "1 group", "2 groups".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
