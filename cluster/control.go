@@ -290,8 +290,8 @@ func (c *ControlClient) SetMaxRunningTime(group string, d time.Duration) error {
 	if err := checkGroupArg(group, false); err != nil {
 		return err
 	}
-	if d != 0 && (d < time.Second || d > maxControlRunning) {
-		return fmt.Errorf("%w: maximum running time %v (want 0, or 1s to %v)", ErrControlInvalid, d, maxControlRunning)
+	if err := checkMaxRunning(d); err != nil {
+		return err
 	}
 	return c.simple(&sockMsg{Type: "max_running_time", Group: group, MaxRunning: d.Truncate(time.Millisecond)})
 }
@@ -1030,17 +1030,28 @@ func controlErrorCode(err error) string {
 // socket, as in a configuration file.
 const maxControlRunning = 366 * 24 * time.Hour
 
+// checkMaxRunning refuses a maximum running time outside 0 or 1 s to 366
+// days: an agent takes nothing else in its "max_running_time" frame (it
+// would end the session as a protocol error), nor does a file.
+func checkMaxRunning(d time.Duration) error {
+	if d != 0 && (d < time.Second || d > maxControlRunning) {
+		return fmt.Errorf("%w: maximum running time %v (want 0, or 1s to %v)", ErrControlInvalid, d, maxControlRunning)
+	}
+	return nil
+}
+
 // jsonMaxRunning reads "max_running_time_ms": 0 (none) or 1 s to 366 days.
 func jsonMaxRunning(v *fastjson.Value, required bool) (time.Duration, error) {
 	ms, err := jsonInt64(v, "max_running_time_ms", required)
 	if err != nil {
 		return 0, err
 	}
-	d := time.Duration(ms) * time.Millisecond
-	if d != 0 && (d < time.Second || d > maxControlRunning) {
+	// Checked in milliseconds: up to 2^53 of them, the product in
+	// nanoseconds would wrap, possibly into the valid range.
+	if ms != 0 && (ms < time.Second.Milliseconds() || ms > maxControlRunning.Milliseconds()) {
 		return 0, fmt.Errorf("%w: max_running_time_ms %d (want 0, or 1000 to %d)", ErrControlProtocol, ms, maxControlRunning.Milliseconds())
 	}
-	return d, nil
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // appendMaxRunning appends `,"max_running_time_ms":N`, when d is not zero

@@ -187,6 +187,12 @@ func TestControlSocketDecodeBad(t *testing.T) {
 		{"remote not an object", strings.TrimSuffix(status(""), "}") + `,"groups":[{"name":"a","remote":[1]}]}`},
 		{"negative id", status(`{"slot":0,"state":"ready","id":-1}`)},
 		{"index not a number", status(`{"slot":0,"state":"ready","index":"1"}`)},
+		// 18446744074710 ms is 2^64 ns + 1.000448 s: wrapped, it would pass
+		// for a second.
+		{"max running time wrapping to 1 s", `{"type":"max_running_time","max_running_time_ms":18446744074710}`},
+		{"max running time 999 ms", `{"type":"max_running_time","max_running_time_ms":999}`},
+		{"max running time over 366 days", `{"type":"max_running_time","max_running_time_ms":31622400001}`},
+		{"status max running time wrapping", strings.TrimSuffix(status(""), "}") + `,"max_running_time_ms":18446744074710}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p fastjson.Parser

@@ -70,9 +70,9 @@ func (f *Fleet) Restart(group string) error { return f.f.restart(group) }
 // Stop begins a graceful stop of every group.
 func (f *Fleet) Stop() error { return f.f.stop() }
 
-// Kill SIGKILLs every local worker's process group; remote agents are
-// told to stop as by Stop, and their ssh sessions killed if they are not
-// done within the group's shutdown timeout plus 5 s.
+// Kill SIGKILLs every local worker's process group and begins a stop as by
+// Stop; remote agents are told to SIGKILL their workers' process groups
+// too ("kill"), and their ssh sessions are ended 5 s later if not done.
 func (f *Fleet) Kill() error { return f.f.kill() }
 
 // Suspend stops a group's workers gracefully, remembering its slots, until
@@ -82,7 +82,8 @@ func (f *Fleet) Suspend(group string) error { return f.f.suspend(group) }
 // Resume starts a suspended group's workers again.
 func (f *Fleet) Resume(group string) error { return f.f.resume(group) }
 
-// SetMaxRunningTime changes a group's maximum running time (0: none) on
+// SetMaxRunningTime changes a group's maximum running time (0: none, else
+// 1 s to 366 days, as in a file; anything else is ErrControlInvalid) on
 // its local workers and its remote hosts ("" names the only group).
 func (f *Fleet) SetMaxRunningTime(group string, d time.Duration) error {
 	return f.f.setMaxRunningTime(group, d)

@@ -659,8 +659,8 @@ func (f *fleet) setMaxRunningTime(name string, d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if d < 0 {
-		return fmt.Errorf("%w: negative maximum running time %v", ErrControlInvalid, d)
+	if err := checkMaxRunning(d); err != nil {
+		return err
 	}
 	g.maxRun.Store(int64(d))
 	var errs []error

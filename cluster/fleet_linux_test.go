@@ -540,10 +540,17 @@ func TestFleetMaxRunningTimeControl(t *testing.T) {
 		{"negative", c.SetMaxRunningTime("a", -time.Second)},
 		{"no such group", c.SetMaxRunningTime("zz", time.Minute)},
 		{"no group with two", c.SetMaxRunningTime("", time.Minute)},
+		// The Go API keeps the same range (a remote agent refuses any
+		// other value as a protocol error), and changes nothing.
+		{"Go API: too short", f.SetMaxRunningTime("a", 500*time.Millisecond)},
+		{"Go API: over 366 days", f.SetMaxRunningTime("a", 367*24*time.Hour)},
 	} {
 		if !errors.Is(tc.err, cluster.ErrControlInvalid) {
 			t.Errorf("%s: %v, want ErrControlInvalid", tc.name, tc.err)
 		}
+	}
+	if got := f.Status().Groups[0].MaxRunningTime; got != 0 {
+		t.Errorf("after refused values: a's maximum running time %v, want 0", got)
 	}
 	// The master checks the range too, whatever a client sends.
 	raw, err := net.Dial("unix", path)
@@ -560,6 +567,63 @@ func TestFleetMaxRunningTimeControl(t *testing.T) {
 	}
 	stop()
 	if err := pc.WaitGone(10 * time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestFleetKillRemote: Kill after Stop, the fleet's second stop signal,
+// reaches the remote hosts: their workers, which ignore SIGTERM and have a
+// 30 s grace period, are killed at once, Run returns well before the
+// grace period, and nothing is left running on the host.
+func TestFleetKillRemote(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	srv := sshtest.Start(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := cluster.RemoteHost{SSH: srv.User + "@" + sshtest.Host, Port: srv.Port, Count: 1, Identity: srv.ClientKey,
+		KnownHosts: srv.WriteKnownHosts(t), Binary: exe}
+	far := cluster.GroupConfig{Name: "far", Program: exe, Args: []string{"-test.run=^$"}, Listen: []string{"127.0.0.1:0"},
+		Env: append(agentEnv(pc), "AGENT_WORKER_STUBBORN=1"), ShutdownTimeout: 30 * time.Second, Remote: []cluster.RemoteHost{host}}
+	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{far}},
+		&cluster.FleetOptions{Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(45 * time.Second):
+			t.Error("Run did not return")
+		}
+	}()
+	waitUntil(t, "the remote worker ready", 20*time.Second, func() bool {
+		r := f.Status().Groups[0].Remote[0]
+		return r.Connected && r.ReadyWorkers == 1
+	})
+	f.Stop()
+	time.Sleep(500 * time.Millisecond) // the agent got "stop"; its worker ignores it
+	if err := f.Kill(); err != nil {
+		t.Errorf("Kill: %v", err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		// The grace period is 30 s: only a kill ends the session this soon.
+		t.Fatalf("Run still running 15 s after Kill: %+v", f.Status().Groups[0].Remote[0])
+	}
+	if err := pc.WaitGone(5 * time.Second); err != nil {
 		t.Error(err)
 	}
 }

@@ -3,10 +3,14 @@
 package cluster_test
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,5 +84,46 @@ func TestFleetRemoteDownSeams(t *testing.T) {
 	stop()
 	if err := pc.WaitGone(10 * time.Second); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestControlAnswerTooLarge: a status answer beyond what a client reads
+// is replaced by an error that says so (silence would read as a refused
+// peer), and the connection goes on serving.
+func TestControlAnswerTooLarge(t *testing.T) {
+	fdcensus.Verify(t)
+	dir, err := os.MkdirTemp("", "ctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "c", "ctl")
+	var huge atomic.Bool
+	huge.Store(true)
+	stop, err := cluster.ServeControlSocket(path, func() *cluster.ControlStatus {
+		st := &cluster.ControlStatus{PID: 1, Generation: 1, Slots: []cluster.ControlSlot{}}
+		if huge.Load() {
+			// About 80 bytes a slot: some 1.6 MB in all.
+			st.Groups = []cluster.ControlGroup{{Name: "big", Slots: make([]cluster.ControlSlot, 20000)}}
+		}
+		return st
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c, err := cluster.DialControl(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Status()
+	var ce *cluster.ControlError
+	if !errors.As(err, &ce) || ce.Code != cluster.ControlCodeFailed || !strings.Contains(ce.Message, "exceeds the 1048576-byte limit") {
+		t.Errorf("oversized status: %v, want a %q error naming the limit", err, cluster.ControlCodeFailed)
+	}
+	huge.Store(false)
+	if st, err := c.Status(); err != nil || st.PID != 1 {
+		t.Errorf("status on the same connection afterwards: %+v, %v", st, err)
 	}
 }

@@ -524,6 +524,10 @@ func TestStartSuspended(t *testing.T) {
 	if st := g.m.Status(); st.Workers != 0 || st.Processes != 0 || !g.m.Suspended() {
 		t.Errorf("started suspended, status %+v suspended %v", st, g.m.Suspended())
 	}
+	// The log says why no worker runs, and does not claim to start any.
+	if l := g.log.String(); !strings.Contains(l, `"msg":"started suspended`) || strings.Contains(l, `"msg":"starting workers"`) {
+		t.Errorf("log of a master started suspended:\n%s", l)
+	}
 	if err := g.m.Resume(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/handoff-go/handoff/ipcframe"
 )
 
 // RemoteGroup exposes the master side of a remote group to the external
@@ -39,6 +41,16 @@ func (g *RemoteGroup) SSHPID() int {
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
 	return g.r.sshPID
+}
+
+// RemoteSession runs the master's frame reader of a session whose start
+// spec asked for suspended and maxRun on frames; the session's commands go
+// to cmds. It returns when frames end.
+func RemoteSession(g *RemoteGroup, frames io.Reader, cmds io.Writer, suspended bool, maxRun time.Duration) error {
+	s := &remoteSession{w: ipcframe.NewWriter(cmds, &ipcframe.WriterOptions{MaxFrame: maxAgentFrame}), done: make(chan struct{}),
+		pending: make(map[int64]chan error), suspended: suspended, maxRun: maxRun}
+	defer close(s.done)
+	return g.r.readFrames(frames, s, make(chan struct{}, 1))
 }
 
 // RemoteReadFrames runs the master's frame reader of a session on frames

@@ -78,8 +78,9 @@ type remoteSession struct {
 	w    *ipcframe.Writer
 	done chan struct{} // closed when the session's frames end
 
-	// suspended is the state the start spec asked for.
+	// suspended and maxRun are what the start spec asked for.
 	suspended bool
+	maxRun    time.Duration
 
 	mu      sync.Mutex
 	seq     int64
@@ -181,6 +182,9 @@ func (r *remoteGroup) setSuspended(on bool) error {
 // setMaxRunningTime remembers the maximum running time for later sessions
 // and forwards it to the current one, like setSuspended.
 func (r *remoteGroup) setMaxRunningTime(d time.Duration) error {
+	if err := checkMaxRunning(d); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	prev := r.maxRun
 	r.maxRun = d
@@ -353,7 +357,7 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	alive := make(chan struct{}, 1)
 	go func() { frames <- r.readFrames(stdout, s, alive) }()
 	spec := r.startSpec()
-	s.suspended = spec.Suspended
+	s.suspended, s.maxRun = spec.Suspended, spec.MaxRunningTime
 	specErr := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: "start", Start: spec}))
 
 	// agentSilentIntervals status intervals without a frame end a
@@ -544,7 +548,7 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 			r.mu.Lock()
 			r.sess = s
 			r.st.Connected, r.st.AgentPID, r.st.LastError = true, msg.PID, ""
-			want := r.suspended
+			want, wantMax := r.suspended, r.maxRun
 			r.mu.Unlock()
 			r.log.Info("agent started", "agent_pid", msg.PID, "addrs", msg.Addrs)
 			if want != s.suspended {
@@ -553,6 +557,14 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 				go func() {
 					if err := r.setSuspended(want); err != nil {
 						r.log.Warn("forwarding suspend/resume to the new agent", "suspend", want, "err", err)
+					}
+				}()
+			}
+			if wantMax != s.maxRun {
+				// Likewise for a maximum running time.
+				go func() {
+					if err := r.setMaxRunningTime(wantMax); err != nil {
+						r.log.Warn("forwarding the maximum running time to the new agent", "max_running_time", wantMax, "err", err)
 					}
 				}()
 			}

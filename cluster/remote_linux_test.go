@@ -25,6 +25,7 @@ import (
 	"github.com/handoff-go/handoff/internal/sshtest"
 	"github.com/handoff-go/handoff/ipcframe"
 	"github.com/handoff-go/handoff/supervise"
+	"github.com/valyala/fastjson"
 	"golang.org/x/sys/unix"
 )
 
@@ -330,6 +331,11 @@ func TestRemoteGroupCommands(t *testing.T) {
 	if err := r.rg.SetMaxRunningTime(0); err != nil {
 		t.Fatalf("SetMaxRunningTime(0): %v", err)
 	}
+	// A value the agent's decoder refuses (it would end the session as a
+	// protocol error) never goes out.
+	if err := r.rg.SetMaxRunningTime(500 * time.Millisecond); !errors.Is(err, cluster.ErrControlInvalid) {
+		t.Errorf("SetMaxRunningTime(500ms): %v, want ErrControlInvalid", err)
+	}
 	if st := r.rg.Status(); st.Sessions != 1 {
 		t.Errorf("commands took %d sessions, want 1", st.Sessions)
 	}
@@ -529,6 +535,65 @@ func TestRemoteReadFramesHostile(t *testing.T) {
 	}
 	if st := rg.Status(); len(st.Slots) != 1 || st.Slots[0].Index != 1+4096 {
 		t.Errorf("status %+v", st)
+	}
+}
+
+// TestRemoteStartedForwardsMaxRunningTime: a maximum running time set
+// while a session's agent was starting (its spec built, no session to
+// forward to yet) is sent to the agent once it reports "started", as a
+// suspend is; otherwise that agent would run with the old value until the
+// next reconnect.
+func TestRemoteStartedForwardsMaxRunningTime(t *testing.T) {
+	fdcensus.Verify(t)
+	g := &cluster.GroupConfig{Name: "web", Program: "srv", Listen: []string{"127.0.0.1:0"},
+		Remote: []cluster.RemoteHost{{SSH: "u@h1", Count: 1, Identity: "id", KnownHosts: "kh"}}}
+	rg, err := cluster.NewRemoteGroup(g, &g.Remote[0], []int{3}, 1, slog.New(slog.DiscardHandler), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No session: remembered only.
+	if err := rg.SetMaxRunningTime(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inR.Close()
+	defer inW.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	defer outW.Close()
+	done := make(chan error, 1)
+	// The session's spec carried no maximum running time.
+	go func() { done <- cluster.RemoteSession(rg, inR, outW, false, 0) }()
+	w := ipcframe.NewWriter(inW, nil)
+	if err := w.WriteFrame([]byte(`{"type":"started","version":1,"pid":42,"addrs":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	outR.SetReadDeadline(time.Now().Add(10 * time.Second))
+	frame, err := ipcframe.NewReader(outR, nil).ReadFrame(nil)
+	var p fastjson.Parser
+	v, perr := p.ParseBytes(frame)
+	if err != nil || perr != nil || string(v.GetStringBytes("type")) != "max_running_time" || v.GetInt("max_running_time_ms") != 2000 {
+		t.Fatalf("command after started: %s, %v, %v; want max_running_time 2000 ms", frame, err, perr)
+	}
+	for _, f := range []string{`{"type":"ack","seq":` + strconv.Itoa(v.GetInt("seq")) + `}`, `{"type":"exit"}`} {
+		if err := w.WriteFrame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inW.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("readFrames: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("readFrames did not return at EOF")
 	}
 }
 

@@ -382,7 +382,9 @@ func TestGroupsStatusTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"group far: generation 1, 1/2 workers ready", "u@h:2222: connected, agent pid 77, 1/1 ready, 1 session",
+	// Counts of one are singular: each want ends its line.
+	for _, want := range []string{"master 9: 1 group, 1/1 local workers ready\n", "group far: generation 1, 1/2 workers ready",
+		"u@h:2222: connected, agent pid 77, 1/1 ready, 1 session\n",
 		"v@k: disconnected, 0/1 ready, 3 sessions, last error: agent: ?[2J?]0;pwned?boom?u@h:2222"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
