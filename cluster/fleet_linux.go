@@ -514,9 +514,19 @@ func (f *fleet) kill() error {
 	return errors.Join(errs...)
 }
 
-func (f *fleet) suspend(name string) error {
+func (f *fleet) suspend(name string) error { return f.setSuspended(name, true) }
+
+func (f *fleet) resume(name string) error { return f.setSuspended(name, false) }
+
+// setSuspended suspends or resumes a group: its local workers and every
+// remote host.
+func (f *fleet) setSuspended(name string, on bool) error {
+	verb := "resume"
+	if on {
+		verb = "suspend"
+	}
 	if name == "" {
-		return fmt.Errorf("%w: suspend: name a group", ErrControlInvalid)
+		return fmt.Errorf("%w: %s: name a group", ErrControlInvalid, verb)
 	}
 	g, err := f.group(name)
 	if err != nil {
@@ -524,16 +534,20 @@ func (f *fleet) suspend(name string) error {
 	}
 	errs := []error{}
 	if g.m != nil {
-		errs = append(errs, g.m.suspend())
+		if on {
+			errs = append(errs, g.m.suspend())
+		} else {
+			errs = append(errs, g.m.resume())
+		}
 	}
 	for _, r := range g.remotes {
-		errs = append(errs, r.suspend())
+		errs = append(errs, r.setSuspended(on))
 	}
 	if err := errors.Join(errs...); err != nil {
-		// A refusal (a restart in flight) leaves the group running.
+		// A refusal (a restart in flight) leaves the group as it was.
 		return err
 	}
-	g.suspended.Store(true)
+	g.suspended.Store(on)
 	return nil
 }
 
@@ -544,28 +558,6 @@ func (f *fleet) isSuspended(g *fleetGroup) bool {
 		return g.m.suspended()
 	}
 	return g.suspended.Load()
-}
-
-func (f *fleet) resume(name string) error {
-	if name == "" {
-		return fmt.Errorf("%w: resume: name a group", ErrControlInvalid)
-	}
-	g, err := f.group(name)
-	if err != nil {
-		return err
-	}
-	errs := []error{}
-	if g.m != nil {
-		errs = append(errs, g.m.resume())
-	}
-	for _, r := range g.remotes {
-		errs = append(errs, r.resume())
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	g.suspended.Store(false)
-	return nil
 }
 
 func (f *fleet) scale(name string, n int) error {
