@@ -211,24 +211,8 @@ func TestFleetNewFails(t *testing.T) {
 func TestFleetControlSocket(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
-	dir, err := os.MkdirTemp("", "fl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "c", "ctl")
-	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{shGroup("a", 1), shGroup("b", 1)}},
-		&cluster.FleetOptions{Control: path, Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runFleet(t, f)
-	<-f.Ready()
-	c, err := cluster.DialControl(context.Background(), path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	path := controlPath(t)
+	_, stop, c := controlFleet(t, pc, path, shGroup("a", 1), shGroup("b", 1))
 	st, err := c.Status()
 	if err != nil {
 		t.Fatal(err)
@@ -267,16 +251,7 @@ func TestFleetControlSocket(t *testing.T) {
 	}
 	// A stop naming a group (a client's idea of stopping one) is refused,
 	// never taken for a stop of every group.
-	raw, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := ipcframe.NewWriter(raw, nil).WriteFrame([]byte(`{"type":"stop","group":"a"}`)); err != nil {
-		t.Fatal(err)
-	}
-	ans, err := ipcframe.NewReader(raw, nil).ReadFrame(nil)
+	ans, err := rawControl(t, path, `{"type":"stop","group":"a"}`)
 	if err != nil || !strings.Contains(string(ans), `"code":"invalid"`) {
 		t.Errorf("stop naming group a answered %s, %v; want an invalid error", ans, err)
 	}
@@ -426,12 +401,7 @@ func TestFleetRemoteStatusBounded(t *testing.T) {
 	host := cluster.RemoteHost{SSH: srv.User + "@" + sshtest.Host, Port: srv.Port, Count: 1, Identity: srv.ClientKey, KnownHosts: srv.WriteKnownHosts(t), Binary: bin}
 	far := cluster.GroupConfig{Name: "far", Program: "/bin/true", Listen: []string{"127.0.0.1:0"}, Ready: cluster.ReadyStarted,
 		ShutdownTimeout: 2 * time.Second, Remote: []cluster.RemoteHost{host, host, host}}
-	dir, err := os.MkdirTemp("", "fl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "c", "ctl")
+	path := controlPath(t)
 	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{shGroup("a", 1), far}},
 		&cluster.FleetOptions{Control: path, Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
 	if err != nil {
@@ -481,24 +451,8 @@ func TestFleetRemoteStatusBounded(t *testing.T) {
 func TestFleetMaxRunningTimeControl(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
-	dir, err := os.MkdirTemp("", "fl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "c", "ctl")
-	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{shGroup("a", 1), shGroup("b", 1)}},
-		&cluster.FleetOptions{Control: path, Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runFleet(t, f)
-	<-f.Ready()
-	c, err := cluster.DialControl(context.Background(), path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	path := controlPath(t)
+	f, stop, c := controlFleet(t, pc, path, shGroup("a", 1), shGroup("b", 1))
 	pidOf := func(g cluster.ControlGroup) int {
 		for _, s := range g.Slots {
 			if s.State == supervise.SlotReady {
@@ -553,16 +507,7 @@ func TestFleetMaxRunningTimeControl(t *testing.T) {
 		t.Errorf("after refused values: a's maximum running time %v, want 0", got)
 	}
 	// The master checks the range too, whatever a client sends.
-	raw, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := ipcframe.NewWriter(raw, nil).WriteFrame([]byte(`{"type":"max_running_time","group":"a","max_running_time_ms":500}`)); err != nil {
-		t.Fatal(err)
-	}
-	if ans, err := ipcframe.NewReader(raw, nil).ReadFrame(nil); err != nil || !strings.Contains(string(ans), `"code":"bad_request"`) {
+	if ans, err := rawControl(t, path, `{"type":"max_running_time","group":"a","max_running_time_ms":500}`); err != nil || !strings.Contains(string(ans), `"code":"bad_request"`) {
 		t.Errorf("500 ms answered %s, %v; want a bad_request error", ans, err)
 	}
 	stop()
@@ -626,4 +571,53 @@ func TestFleetKillRemote(t *testing.T) {
 	if err := pc.WaitGone(5 * time.Second); err != nil {
 		t.Error(err)
 	}
+}
+
+// controlPath returns a control socket path in a fresh directory, short
+// enough for sun_path (t.TempDir's names can be too long), removed at the
+// end of the test.
+func controlPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "c", "ctl")
+}
+
+// controlFleet runs a fleet of groups with its control socket at path and
+// returns it, its stop function (see runFleet) and a client connected
+// once every group is ready.
+func controlFleet(t *testing.T, pc *proccensus.Census, path string, groups ...cluster.GroupConfig) (*cluster.Fleet, func(), *cluster.ControlClient) {
+	t.Helper()
+	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: groups},
+		&cluster.FleetOptions{Control: path, Logger: slog.New(slog.DiscardHandler), Env: append(os.Environ(), pc.Env())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runFleet(t, f)
+	<-f.Ready()
+	c, err := cluster.DialControl(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return f, stop, c
+}
+
+// rawControl sends one request frame as written, bypassing the client's
+// own checks, and returns the master's answer.
+func rawControl(t *testing.T, path, req string) ([]byte, error) {
+	t.Helper()
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := ipcframe.NewWriter(raw, nil).WriteFrame([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	return ipcframe.NewReader(raw, nil).ReadFrame(nil)
 }

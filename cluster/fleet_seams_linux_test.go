@@ -92,12 +92,7 @@ func TestFleetRemoteDownSeams(t *testing.T) {
 // peer), and the connection goes on serving.
 func TestControlAnswerTooLarge(t *testing.T) {
 	fdcensus.Verify(t)
-	dir, err := os.MkdirTemp("", "ctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "c", "ctl")
+	path := controlPath(t)
 	var huge atomic.Bool
 	huge.Store(true)
 	stop, err := cluster.ServeControlSocket(path, func() *cluster.ControlStatus {
