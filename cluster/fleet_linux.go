@@ -27,9 +27,8 @@ type fleet struct {
 	ctl      *controlServer
 	sdNotify string // the process's own NOTIFY_SOCKET, if any
 
-	ready    chan struct{}
-	stopOnce sync.Once
-	stopCh   chan struct{}
+	ready   chan struct{}
+	stopReq stopLatch
 	// stopping is set once the fleet begins to stop; sdMu orders it with
 	// READY=1, so systemd never hears READY=1 after STOPPING=1.
 	sdMu     sync.Mutex
@@ -72,7 +71,7 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 	if opts == nil {
 		opts = &FleetOptions{}
 	}
-	f := &fleet{log: opts.Logger, ready: make(chan struct{}), stopCh: make(chan struct{}), fresh: make(map[[2]int]int)}
+	f := &fleet{log: opts.Logger, ready: make(chan struct{}), stopReq: stopLatch{ch: make(chan struct{})}, fresh: make(map[[2]int]int)}
 	if f.log == nil {
 		f.log = slog.Default()
 	}
@@ -348,7 +347,7 @@ func (f *fleet) run(ctx context.Context) error {
 	go func() { defer close(readyDone); f.awaitReady(gctx) }()
 	select {
 	case <-ctx.Done():
-	case <-f.stopCh:
+	case <-f.stopReq.done():
 	case <-gctx.Done():
 	case <-allDone:
 	}
@@ -481,18 +480,11 @@ func (f *fleet) restart(name string) error {
 }
 
 func (f *fleet) stop() error {
-	f.stopOnce.Do(func() { close(f.stopCh) })
+	f.stopReq.request()
 	return nil
 }
 
-func (f *fleet) stopRequested() bool {
-	select {
-	case <-f.stopCh:
-		return true
-	default:
-		return false
-	}
-}
+func (f *fleet) stopRequested() bool { return f.stopReq.requested() }
 
 func (f *fleet) kill() error {
 	f.stop()

@@ -62,10 +62,9 @@ type master struct {
 
 	readyOnce sync.Once
 	ready     chan struct{}
-	// stopCh is closed by the first stop request, even one that arrives
-	// before Run started the supervisor, so no stop signal is ever lost.
-	stopOnce sync.Once
-	stopCh   chan struct{}
+	// stopReq records the first stop request, even one before Run
+	// started the supervisor.
+	stopReq  stopLatch
 	isReady  atomic.Bool
 	stopping atomic.Bool
 	// notifyClosed tells serveNotify that an error means "closed".
@@ -93,7 +92,7 @@ type master struct {
 }
 
 func newMaster(cfg *Config) (_ *master, err error) {
-	m := &master{cfg: *cfg, ready: make(chan struct{}), stopCh: make(chan struct{}), pids: make(map[int]supervise.ID)}
+	m := &master{cfg: *cfg, ready: make(chan struct{}), stopReq: stopLatch{ch: make(chan struct{})}, pids: make(map[int]supervise.ID)}
 	m.log = cfg.Logger
 	if m.log == nil {
 		m.log = slog.Default()
@@ -370,7 +369,7 @@ func (m *master) run(ctx context.Context) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-		case <-m.stopCh:
+		case <-m.stopReq.done():
 		case <-runDone:
 			return
 		}
@@ -456,18 +455,11 @@ func (m *master) restart() error {
 }
 
 func (m *master) stop() error {
-	m.stopOnce.Do(func() { close(m.stopCh) })
+	m.stopReq.request()
 	return nil
 }
 
-func (m *master) stopRequested() bool {
-	select {
-	case <-m.stopCh:
-		return true
-	default:
-		return false
-	}
-}
+func (m *master) stopRequested() bool { return m.stopReq.requested() }
 
 func (m *master) kill() error {
 	s, err := m.supervisor()

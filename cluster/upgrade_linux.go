@@ -582,7 +582,7 @@ func (m *master) startRetire() (wait func()) {
 			select {
 			case <-m.ready:
 				m.log.Info("upgrade: new workers ready; stopping the previous image's workers", "workers", len(up.old))
-			case <-m.stopCh:
+			case <-m.stopReq.done():
 			case <-ctx.Done():
 			}
 			var wg sync.WaitGroup
