@@ -519,16 +519,19 @@ func handoffBatched(ln *os.File, workers []*net.UnixConn, handled, sent *atomic.
 	var acceptErr error
 	drain := func(fd uintptr) bool {
 		for len(batch) < cap(batch) {
-			nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			// Blocking, as cluster's master does: the worker's os.NewFile
+			// then leaves it off its poller. No address: x/sys's Accept4
+			// would add a getsockopt(SO_PROTOCOL) per inet connection.
+			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 			switch {
-			case err == nil:
-				batch = append(batch, nfd)
+			case e == 0:
+				batch = append(batch, int(nfd))
 				continue
-			case err == unix.EINTR || err == unix.ECONNABORTED:
+			case e == unix.EINTR || e == unix.ECONNABORTED:
 				continue
-			case err == unix.EAGAIN:
+			case e == unix.EAGAIN:
 			default:
-				acceptErr = os.NewSyscallError("accept4", err)
+				acceptErr = os.NewSyscallError("accept4", e)
 			}
 			break
 		}

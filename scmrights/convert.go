@@ -3,6 +3,7 @@
 package scmrights
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -56,7 +57,47 @@ func Listener(fd int) (net.Listener, error) {
 // socket or anything that is not a socket fails with a *SocketError. NetConn
 // takes ownership of fd.
 func NetConn(fd int) (net.Conn, error) {
-	if err := checkSocket(fd, "connected stream socket", func(s sockInfo) bool {
+	const want = "connected stream socket"
+	sotype, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	switch {
+	case err == nil && sotype == unix.SOCK_STREAM:
+	case err == nil && sotype == unix.SOCK_SEQPACKET:
+		// net.FileConn panics on an inet SOCK_SEQPACKET (SCTP) socket:
+		// the family is checked first. Rare enough for the full check.
+		return checkedConn(fd, want)
+	default:
+		return nil, reject(fd, want)
+	}
+	if !hasPeer(fd) {
+		return nil, reject(fd, want)
+	}
+	// A connected stream socket: net.FileConn takes it (a TCP or unix
+	// one) or refuses it (another family). Two system calls instead of
+	// inspect's five (fstat, SO_TYPE, SO_ACCEPTCONN, getsockname,
+	// getpeername), as net.FileConn reads the type and both addresses
+	// again anyway; this is the hot path of every hand-off.
+	f := os.NewFile(uintptr(fd), "conn")
+	c, err := net.FileConn(f)
+	if err == nil && c.RemoteAddr() != nil {
+		f.Close()
+		return c, nil
+	}
+	if c != nil {
+		c.Close() // disconnected meanwhile
+	}
+	if err != nil && !errors.Is(err, syscall.EPROTONOSUPPORT) {
+		// Out of descriptors or memory: not the socket's fault.
+		f.Close()
+		return nil, err
+	}
+	err = rejection(fd, want)
+	f.Close()
+	return nil, err
+}
+
+// checkedConn is NetConn with every property checked before net.FileConn.
+func checkedConn(fd int, want string) (net.Conn, error) {
+	if err := checkSocket(fd, want, func(s sockInfo) bool {
 		return !s.listening && s.connected && (s.sotype == unix.SOCK_STREAM || (s.sotype == unix.SOCK_SEQPACKET && s.family == unix.AF_UNIX))
 	}); err != nil {
 		return nil, err
@@ -149,6 +190,24 @@ func checkSocket(fd int, want string, ok func(sockInfo) bool) error {
 		return nil
 	}
 	unix.Close(fd)
+	return describe(fd, got, kind, err, want)
+}
+
+// reject closes fd, refused as not a want, and says what it was.
+func reject(fd int, want string) error {
+	err := rejection(fd, want)
+	unix.Close(fd)
+	return err
+}
+
+// rejection says what fd, refused as not a want, is: a *SocketError, or
+// the error inspecting it. fd stays open.
+func rejection(fd int, want string) error {
+	got, kind, err := inspect(fd)
+	return describe(fd, got, kind, err, want)
+}
+
+func describe(fd int, got sockInfo, kind string, err error, want string) error {
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -193,4 +194,123 @@ func mustOpen(t *testing.T, path string) int {
 		t.Fatal(err)
 	}
 	return fd
+}
+
+// NetConn checks a stream socket on net.FileConn's own result; every kind
+// of descriptor must still get the answer the full inspection gave, and a
+// refused one must be closed without touching the socket's options.
+func TestNetConnDescriptors(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := t.TempDir()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	client, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	socket := func(domain, typ int) func() int {
+		return func() int {
+			fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}
+	}
+	pairEnd := func(typ int) func() int {
+		return func() int {
+			fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Close(fds[1]) })
+			return fds[0]
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		open func() int
+		// want is the network of the accepted net.Conn, or "" for a
+		// refusal, whose SocketError.Got must contain got.
+		want, got string
+	}{
+		{"connected TCP", func() int { return dup(t, client.(*net.TCPConn)) }, "tcp", ""},
+		{"unix stream pair", pairEnd(unix.SOCK_STREAM), "unix", ""},
+		{"unix seqpacket pair", pairEnd(unix.SOCK_SEQPACKET), "unixpacket", ""},
+		{"listening TCP", func() int { return dup(t, tcp.(*net.TCPListener)) }, "", "listening SOCK_STREAM inet socket"},
+		{"listening unix", func() int { return dup(t, ul) }, "", "listening SOCK_STREAM unix socket"},
+		{"unbound TCP", socket(unix.AF_INET, unix.SOCK_STREAM), "", "unconnected SOCK_STREAM inet socket"},
+		{"unconnected unix stream", socket(unix.AF_UNIX, unix.SOCK_STREAM), "", "unconnected SOCK_STREAM unix socket"},
+		{"unconnected unix seqpacket", socket(unix.AF_UNIX, unix.SOCK_SEQPACKET), "", "unconnected SOCK_SEQPACKET unix socket"},
+		{"UDP", func() int { return dup(t, udp.(*net.UDPConn)) }, "", "SOCK_DGRAM inet socket"},
+		{"unix datagram pair", pairEnd(unix.SOCK_DGRAM), "", "SOCK_DGRAM unix socket"},
+		{"FIFO", func() int {
+			p := filepath.Join(dir, "fifo")
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, "", "FIFO"},
+		{"memfd", func() int {
+			fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, "", "regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd := tc.open()
+			c, err := scmrights.NetConn(fd)
+			if tc.want != "" {
+				if err != nil {
+					t.Fatalf("NetConn = %v, want a %s conn", err, tc.want)
+				}
+				defer c.Close()
+				if got := c.LocalAddr().Network(); got != tc.want || c.RemoteAddr() == nil {
+					t.Errorf("NetConn gave a %s conn with peer %v, want a connected %s one", got, c.RemoteAddr(), tc.want)
+				}
+				return
+			}
+			var se *scmrights.SocketError
+			if !errors.As(err, &se) || !errors.Is(err, scmrights.ErrWrongSocket) {
+				t.Fatalf("NetConn = %v, %v; want a *SocketError", c, err)
+			}
+			if !strings.Contains(se.Got, tc.got) || se.FD != fd {
+				t.Errorf("SocketError{FD: %d, Got: %q}, want FD %d, Got containing %q", se.FD, se.Got, fd, tc.got)
+			}
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Errorf("refused descriptor %d still open (F_GETFD: %v)", fd, err)
+			}
+		})
+	}
+	// A refused listener was not touched: net.FileConn would have set
+	// TCP_NODELAY on it, which accepted connections inherit.
+	rc, err := tcp.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodelay int
+	rc.Control(func(fd uintptr) { nodelay, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY) })
+	if nodelay != 0 {
+		t.Error("NetConn set TCP_NODELAY on the listening socket it refused")
+	}
 }

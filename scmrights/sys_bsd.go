@@ -85,3 +85,10 @@ func socketpair(sotype int) ([2]int, error) {
 	}
 	return fds, nil
 }
+
+// hasPeer says whether the socket fd has a peer address (getpeername(2)
+// succeeds).
+func hasPeer(fd int) bool {
+	_, err := unix.Getpeername(fd)
+	return err == nil
+}
