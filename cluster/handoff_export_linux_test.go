@@ -233,3 +233,14 @@ func SetHandoffFileConn(fn func(*os.File) (net.Conn, error)) (restore func()) {
 	hoFileConn = fn
 	return func() { hoFileConn = prev }
 }
+
+// AcceptPeer accepts one connection on the listening socket fd as the
+// master's accept loop does, and formats the peer's address as it sends it.
+func AcceptPeer(fd int) (int, string, error) {
+	var rsa unix.RawSockaddrAny
+	nfd, n, err := accept4(fd, &rsa, unix.SOCK_CLOEXEC)
+	if err != nil {
+		return -1, "", err
+	}
+	return nfd, string(appendRawSockaddr(nil, &rsa, n)), nil
+}

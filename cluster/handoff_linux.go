@@ -3,6 +3,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/handoff-go/handoff/scmrights"
 	"github.com/handoff-go/handoff/supervise"
@@ -452,7 +454,8 @@ func (b *hoBatch) acceptAll(fd int) bool {
 	for b.n < hoMaxBatch {
 		// Blocking: the worker's os.NewFile then leaves it off its poller,
 		// and net.FileConn puts only its own duplicate there.
-		nfd, sa, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		var rsa unix.RawSockaddrAny
+		nfd, salen, err := accept4(fd, &rsa, unix.SOCK_CLOEXEC)
 		switch err {
 		case nil:
 		case unix.EINTR, unix.ECONNABORTED:
@@ -464,9 +467,70 @@ func (b *hoBatch) acceptAll(fd int) bool {
 			return true
 		}
 		var tmp [64]byte
-		b.push(nfd, appendSockaddr(tmp[:0], sa))
+		b.push(nfd, appendRawSockaddr(tmp[:0], &rsa, salen))
 	}
 	return true
+}
+
+// accept4 is accept4(2) leaving the peer's address raw. x/sys's Accept4
+// converts it, which for an inet address costs an allocation and a
+// getsockopt(SO_PROTOCOL) on the listener (to tell L2TP apart): one system
+// call more per connection on the master's hot path.
+func accept4(fd int, rsa *unix.RawSockaddrAny, flags int) (int, uint32, error) {
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(rsa)), uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return -1, 0, e
+	}
+	return int(r), n, nil
+}
+
+// appendRawSockaddr formats the first n bytes of rsa, an address accept4
+// returned, as appendSockaddr does.
+func appendRawSockaddr(dst []byte, rsa *unix.RawSockaddrAny, n uint32) []byte {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		if n < unix.SizeofSockaddrInet4 {
+			return dst
+		}
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		sa := unix.SockaddrInet4{Port: netPort(p.Port), Addr: p.Addr}
+		return appendSockaddr(dst, &sa)
+	case unix.AF_INET6:
+		if n < unix.SizeofSockaddrInet6 {
+			return dst
+		}
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		sa := unix.SockaddrInet6{Port: netPort(p.Port), ZoneId: p.Scope_id, Addr: p.Addr}
+		return appendSockaddr(dst, &sa)
+	case unix.AF_UNIX:
+		p := (*unix.RawSockaddrUnix)(unsafe.Pointer(rsa))
+		path := unsafe.Slice((*byte)(unsafe.Pointer(&p.Path[0])), len(p.Path))
+		l := min(int(n)-int(unsafe.Offsetof(p.Path)), len(path))
+		if l <= 0 {
+			return dst // an unbound client
+		}
+		path = path[:l]
+		abstract := path[0] == 0
+		if abstract {
+			path = path[1:]
+		}
+		if i := bytes.IndexByte(path, 0); i >= 0 {
+			path = path[:i]
+		}
+		if abstract && len(path) > 0 {
+			// Written with a leading @, as x/sys and net do.
+			dst = append(dst, '@')
+		}
+		return append(dst, path...)
+	}
+	return dst
+}
+
+// netPort reads a port stored in network byte order.
+func netPort(p uint16) int {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return int(b[0])<<8 | int(b[1])
 }
 
 // dispatch delivers every connection of b, waiting while no worker can

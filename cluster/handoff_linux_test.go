@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1350,5 +1351,74 @@ func acceptWithin(t *testing.T, l net.Listener) (net.Conn, error) {
 		}
 		t.Fatal("Accept blocked for 10 s")
 		return nil, nil
+	}
+}
+
+// The master formats accepted peers' raw addresses itself (x/sys's
+// conversion costs a getsockopt per inet connection); every family must
+// read as net reports the client's own address.
+func TestHandoffPeerAddress(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, network, laddr string
+		client               func(addr string) (net.Conn, error)
+		want                 func(c net.Conn) string
+	}{
+		{"inet", "tcp4", "127.0.0.1:0", nil, nil},
+		{"inet6", "tcp6", "[::1]:0", nil, nil},
+		{"unix unbound", "unix", filepath.Join(dir, "a"), nil, func(net.Conn) string { return "" }},
+		{"unix path", "unix", filepath.Join(dir, "b"), func(addr string) (net.Conn, error) {
+			return net.DialUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "bc"), Net: "unix"}, &net.UnixAddr{Name: addr, Net: "unix"})
+		}, nil},
+		{"unix abstract", "unix", filepath.Join(dir, "c"), func(addr string) (net.Conn, error) {
+			return net.DialUnix("unix", &net.UnixAddr{Name: "@handoff-peer-test", Net: "unix"}, &net.UnixAddr{Name: addr, Net: "unix"})
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen(tc.network, tc.laddr)
+			if err != nil {
+				if tc.network == "tcp6" {
+					t.Skipf("no IPv6 loopback: %v", err)
+				}
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			dial := tc.client
+			if dial == nil {
+				dial = func(addr string) (net.Conn, error) { return net.Dial(ln.Addr().Network(), addr) }
+			}
+			c, err := dial(ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			want := c.LocalAddr().String()
+			if tc.want != nil {
+				want = tc.want(c)
+			}
+			rc, err := ln.(syscall.Conn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var (
+				nfd  int
+				got  string
+				aerr error
+			)
+			// Dial returned, so the connection is queued (loopback).
+			if err := rc.Control(func(fd uintptr) {
+				nfd, got, aerr = cluster.AcceptPeer(int(fd))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			unix.Close(nfd)
+			if got != want {
+				t.Errorf("peer address %q, want %q", got, want)
+			}
+		})
 	}
 }
