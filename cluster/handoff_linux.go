@@ -4,6 +4,7 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -85,7 +86,8 @@ type hoWorker struct {
 	dead bool
 	buf  []byte
 	// The non-blocking send's arguments and result, bound once so
-	// RawConn.Write does not allocate a closure per message.
+	// RawConn.Write does not allocate a closure per message; oob is
+	// reused for the SCM_RIGHTS control message.
 	p, oob []byte
 	err    error
 	fn     func(fd uintptr) bool
@@ -476,9 +478,16 @@ func (b *hoBatch) acceptAll(fd int) bool {
 // converts it, which for an inet address costs an allocation and a
 // getsockopt(SO_PROTOCOL) on the listener (to tell L2TP apart): one system
 // call more per connection on the master's hot path.
+//
+// The listener is non-blocking, so accept4 never sleeps: RawSyscall skips
+// the scheduler's entersyscall/exitsyscall, whose first call after an
+// idle spell also wakes the runtime's sysmon thread (a futex wake and a
+// train of 20 µs sleeps). The master goes idle between most connections,
+// so that was a wake-up per connection; the channel sendmsg and the close
+// of the master's copies avoid it the same way.
 func accept4(fd int, rsa *unix.RawSockaddrAny, flags int) (int, uint32, error) {
 	n := uint32(unix.SizeofSockaddrAny)
-	r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(rsa)), uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(rsa)), uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
 	if e != 0 {
 		return -1, 0, e
 	}
@@ -637,7 +646,7 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 	for i := range k {
 		w.buf = hoAppendEntry(w.buf, b.name, b.addr(i))
 	}
-	w.p, w.oob, w.err = w.buf, unix.UnixRights(b.fds[:k]...), nil
+	w.p, w.oob, w.err = w.buf, putRights(w.oob, b.fds[:k]), nil
 	// Counted before the send: the worker may accept and ack them before
 	// sendmsg returns here.
 	w.out.Add(int64(k))
@@ -645,7 +654,7 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 	if err == nil {
 		err = w.err
 	}
-	w.p, w.oob = nil, nil
+	w.p = nil
 	switch {
 	case err == nil:
 	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
@@ -657,7 +666,9 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 		return sendDead
 	}
 	for _, fd := range b.fds[:k] {
-		unix.Close(fd)
+		// The worker holds its own reference now: dropping ours never
+		// blocks, so no scheduler bookkeeping (see accept4).
+		unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 	}
 	return sendOK
 }
@@ -665,14 +676,40 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 // write is the non-blocking sendmsg: it never parks on the poller, so a
 // worker that does not read cannot hold up the dispatcher.
 func (w *hoWorker) write(fd uintptr) bool {
+	iov := unix.Iovec{Base: unsafe.SliceData(w.p)}
+	iov.SetLen(len(w.p))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: unsafe.SliceData(w.oob)}
+	msg.SetControllen(len(w.oob))
 	for {
-		_, err := unix.SendmsgN(int(fd), w.p, w.oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		if err == unix.EINTR {
+		// MSG_DONTWAIT: never sleeps, so RawSyscall (see accept4).
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		if e == unix.EINTR {
 			continue
 		}
-		w.err = err
+		if e != 0 {
+			w.err = e
+		}
 		return true
 	}
+}
+
+// putRights fills buf (grown if needed) with one SCM_RIGHTS control
+// message carrying fds, as unix.UnixRights does without allocating.
+func putRights(buf []byte, fds []int) []byte {
+	n := unix.CmsgSpace(4 * len(fds))
+	if cap(buf) < n {
+		buf = make([]byte, unix.CmsgSpace(4*hoMaxBatch))
+	}
+	buf = buf[:n]
+	clear(buf)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
+	h.Level, h.Type = unix.SOL_SOCKET, unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(4 * len(fds)))
+	data := buf[unix.CmsgLen(0):]
+	for i, fd := range fds {
+		binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
+	}
+	return buf
 }
 
 // subscribe turns w's subscription to listener idx on or off.
