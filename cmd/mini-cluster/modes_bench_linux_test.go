@@ -89,7 +89,8 @@ func startInPlace(b *testing.B, pc *proccensus.Census) (string, int) {
 // worker, or the lone server) for one worker in shared, reuseport and
 // handoff mode and for one process accepting in place, in interleaved
 // rounds of the same run, and reports each mode's ratios to in place
-// (targets: handoff ≥ 0.83 of the in-place rate, ≤ 1.5× its CPU).
+// (targets: handoff ≥ 0.83 of the in-place rate, ≤ 1.5× its CPU) as
+// medians of the per-round ratios.
 func BenchmarkModes(b *testing.B) {
 	pc := proccensus.New(b)
 	n := max(b.N, 3000)
@@ -123,26 +124,41 @@ func BenchmarkModes(b *testing.B) {
 	for _, s := range servers {
 		run(s, 300) // warm-up
 	}
-	rate := map[string]float64{}
-	cpu := map[string]float64{}
+	rate := map[string][]float64{}
+	cpu := map[string][]float64{}
+	rateX := map[string][]float64{}
+	cpuX := map[string][]float64{}
 	b.ReportAllocs()
 	b.SetBytes(0)
 	b.ResetTimer()
-	const rounds = 2
-	for range rounds {
-		for _, s := range servers {
-			r, c := run(s, n)
-			rate[s.name] += r / rounds
-			cpu[s.name] += c / rounds
+	for round := range modesRounds {
+		// A different server goes first each round, so drift and the
+		// order within a round hit each alike.
+		r, c := map[string]float64{}, map[string]float64{}
+		for i := range servers {
+			s := servers[(round+i)%len(servers)]
+			r[s.name], c[s.name] = run(s, n)
 		}
+		for _, s := range servers {
+			rate[s.name] = append(rate[s.name], r[s.name])
+			cpu[s.name] = append(cpu[s.name], c[s.name])
+			rateX[s.name] = append(rateX[s.name], r[s.name]/r["inplace"])
+			cpuX[s.name] = append(cpuX[s.name], c[s.name]/c["inplace"])
+		}
+		b.Logf("round %d: handoff/inplace rate %.3f cpu %.3f", round+1, r["handoff"]/r["inplace"], c["handoff"]/c["inplace"])
 	}
 	b.StopTimer()
+	// Medians of the rounds; the ratios are the medians of the per-round
+	// ratios, each taken against in place measured in the same round.
 	for _, s := range servers {
-		b.ReportMetric(rate[s.name], s.name+"-conn/s")
-		b.ReportMetric(cpu[s.name], s.name+"-cpu-µs/conn")
+		b.ReportMetric(median(rate[s.name]), s.name+"-conn/s")
+		b.ReportMetric(median(cpu[s.name]), s.name+"-cpu-µs/conn")
 		if s.name != "inplace" {
-			b.ReportMetric(rate[s.name]/rate["inplace"], s.name+"/inplace-rate")
-			b.ReportMetric(cpu[s.name]/cpu["inplace"], s.name+"/inplace-cpu")
+			b.ReportMetric(median(rateX[s.name]), s.name+"/inplace-rate")
+			b.ReportMetric(median(cpuX[s.name]), s.name+"/inplace-cpu")
 		}
 	}
 }
+
+// modesRounds is the number of rounds of BenchmarkModes.
+const modesRounds = 5
