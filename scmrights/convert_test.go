@@ -22,34 +22,10 @@ import (
 func TestListenerRejectsWrongDescriptors(t *testing.T) {
 	fdcensus.Verify(t)
 	dir := t.TempDir()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
-	client, err := net.Dial("tcp", tcp.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
+	_, client, udp := inetSockets(t)
 
 	cases := map[string]func() int{
-		"FIFO": func() int {
-			p := filepath.Join(dir, "fifo")
-			if err := unix.Mkfifo(p, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fd
-		},
+		"FIFO": func() int { return fifoFD(t, dir) },
 		"directory": func() int {
 			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 			if err != nil {
@@ -57,13 +33,7 @@ func TestListenerRejectsWrongDescriptors(t *testing.T) {
 			}
 			return fd
 		},
-		"memfd": func() int {
-			fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fd
-		},
+		"memfd":                func() int { return memfdFD(t) },
 		"UDP socket":           func() int { return dup(t, udp.(*net.UDPConn)) },
 		"connected TCP socket": func() int { return dup(t, client.(*net.TCPConn)) },
 		"unix socket holding in-flight descriptors": func() int {
@@ -103,6 +73,51 @@ func TestListenerRejectsWrongDescriptors(t *testing.T) {
 			t.Fatalf("%s: Listener blocked", name)
 		}
 	}
+}
+
+// inetSockets opens a TCP listener, a client connected to it and a UDP
+// socket on loopback, closed when the test ends.
+func inetSockets(t *testing.T) (tcp net.Listener, client net.Conn, udp net.PacketConn) {
+	t.Helper()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tcp.Close() })
+	client, err = net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	udp, err = net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	return tcp, client, udp
+}
+
+// fifoFD opens a new FIFO in dir.
+func fifoFD(t *testing.T, dir string) int {
+	t.Helper()
+	p := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+func memfdFD(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }
 
 func dup(t *testing.T, c syscall.Conn) int {
@@ -202,21 +217,7 @@ func mustOpen(t *testing.T, path string) int {
 func TestNetConnDescriptors(t *testing.T) {
 	fdcensus.Verify(t)
 	dir := t.TempDir()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
-	client, err := net.Dial("tcp", tcp.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
+	tcp, client, udp := inetSockets(t)
 	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
@@ -258,24 +259,8 @@ func TestNetConnDescriptors(t *testing.T) {
 		{"unconnected unix seqpacket", socket(unix.AF_UNIX, unix.SOCK_SEQPACKET), "", "unconnected SOCK_SEQPACKET unix socket"},
 		{"UDP", func() int { return dup(t, udp.(*net.UDPConn)) }, "", "SOCK_DGRAM inet socket"},
 		{"unix datagram pair", pairEnd(unix.SOCK_DGRAM), "", "SOCK_DGRAM unix socket"},
-		{"FIFO", func() int {
-			p := filepath.Join(dir, "fifo")
-			if err := unix.Mkfifo(p, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fd
-		}, "", "FIFO"},
-		{"memfd", func() int {
-			fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return fd
-		}, "", "regular file"},
+		{"FIFO", func() int { return fifoFD(t, dir) }, "", "FIFO"},
+		{"memfd", func() int { return memfdFD(t) }, "", "regular file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fd := tc.open()
