@@ -156,6 +156,23 @@ func TestHandoffMetadata(t *testing.T) {
 	}
 }
 
+// workerOn adds a worker to r and returns its listener on name; both are
+// closed when the test ends.
+func workerOn(t *testing.T, r *cluster.HandoffRig, name string) net.Listener {
+	t.Helper()
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	l, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 // dialN opens n connections that each send their index.
 func dialN(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()
@@ -237,16 +254,7 @@ func TestHandoffCloseGivesBack(t *testing.T) {
 		o := r.Outstanding()
 		return len(o) == 1 && o[0] == n
 	})
-	b, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	lb, err := b.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Close()
+	lb := workerOn(t, r, name)
 	if err := la.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -274,16 +282,7 @@ func TestHandoffHeldUntilWorker(t *testing.T) {
 	const n = 100
 	dialN(t, lns[0].Addr().String(), n)
 	time.Sleep(50 * time.Millisecond)
-	w, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	l, err := w.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := workerOn(t, r, name)
 	if diff := cmp.Diff(seq(n), acceptN(t, l, n)); diff != "" {
 		t.Errorf("connections accepted (-want +got):\n%s", diff)
 	}
@@ -326,16 +325,7 @@ func TestHandoffStuckWorkerDoesNotBlock(t *testing.T) {
 		o := r.Outstanding()
 		return len(o) == 2 && (o[0] == cluster.HoWindow || o[1] == cluster.HoWindow)
 	})
-	good, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer good.Close()
-	lg, err := good.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lg.Close()
+	lg := workerOn(t, r, name)
 	got := acceptN(t, lg, n-cluster.HoWindow)
 	if len(got) != n-cluster.HoWindow {
 		t.Errorf("good worker accepted %d, want %d", len(got), n-cluster.HoWindow)
@@ -456,16 +446,7 @@ func TestHandoffGarbageFromWorker(t *testing.T) {
 			waitUntil(t, "one connection delivered to the bad worker", 5*time.Second, func() bool {
 				return cmp.Equal([]int{1}, r.Outstanding())
 			})
-			good, err := r.AddWorker()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer good.Close()
-			lg, err := good.Listen(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lg.Close()
+			lg := workerOn(t, r, name)
 			tc.send(t, bad, name)
 			waitUntil(t, "bad worker dropped", 5*time.Second, func() bool { return r.Workers() == 1 })
 			recs := log.find("handoff: worker broke the connection protocol; restarting it")
@@ -511,16 +492,7 @@ func TestHandoffSpread(t *testing.T) {
 	per := map[int]int{}
 	var wg sync.WaitGroup
 	for i := range 2 {
-		w, err := r.AddWorker()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Close()
-		l, err := w.Listen(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
+		l := workerOn(t, r, name)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -809,16 +781,7 @@ func TestHandoffExitedWorkerGiveBackQueued(t *testing.T) {
 	}
 	closeFDs(fds)
 	r.Exited(pid)
-	b, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	lb, err := b.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Close()
+	lb := workerOn(t, r, name)
 	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
 		t.Errorf("connections given back before the exit (-want +got):\n%s", diff)
 	}
@@ -852,16 +815,7 @@ func TestHandoffPause(t *testing.T) {
 	if err := r.Pause(100 * time.Millisecond); err == nil {
 		t.Fatal("Pause with connections no worker can take: nil error")
 	}
-	w, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	l, err := w.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := workerOn(t, r, name)
 	if err := r.Pause(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -999,16 +953,7 @@ func TestHandoffAdoptOldWorker(t *testing.T) {
 	case <-time.After(4 * time.Second):
 		t.Fatal("the old worker's Close got no DONE")
 	}
-	b, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	lb, err := b.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Close()
+	lb := workerOn(t, r, name)
 	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
 		t.Errorf("connections the old worker gave back (-want +got):\n%s", diff)
 	}
@@ -1246,16 +1191,7 @@ func TestHandoffDeadWorkerGiveBackQueued(t *testing.T) {
 		return cmp.Equal([]int{2}, r.Outstanding())
 	})
 	a.Close() // the worker dies
-	b, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	lb, err := b.Listen(names[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Close()
+	lb := workerOn(t, r, names[0])
 	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
 		t.Errorf("connections given back before the death (-want +got):\n%s", diff)
 	}
@@ -1271,16 +1207,7 @@ func TestHandoffAcceptEMFILE(t *testing.T) {
 	fdcensus.Verify(t)
 	r, lns := rig(t, "tcp")
 	name := r.Names()[0]
-	w, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	l, err := w.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := workerOn(t, r, name)
 	fails := 2
 	emfile := &net.OpError{Op: "file", Net: "file+net", Err: os.NewSyscallError("dup", unix.EMFILE)}
 	restore := cluster.SetHandoffFileConn(func(f *os.File) (net.Conn, error) {
@@ -1313,16 +1240,7 @@ func TestHandoffAcceptEMFILE(t *testing.T) {
 		}
 		t.Fatalf("Accept at EMFILE: %v", err)
 	}
-	b, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	lb, err := b.Listen(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lb.Close()
+	lb := workerOn(t, r, name)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
