@@ -381,7 +381,21 @@ func (h *handoff) acceptInto(b *hoBatch, fd int) bool {
 	}
 	h.busy++
 	h.pmu.Unlock()
-	done := b.acceptAll(fd)
+	// accept4 goes through RawSyscall and must never sleep. open set
+	// O_NONBLOCK, but the flag belongs to the open file description every
+	// worker shares as descriptor 3..: a worker that clears it (a blocking
+	// accept, os.File.Fd) would leave accept4 asleep after the queue
+	// drained, holding its P, so the batch waits for more connections and
+	// any stop-the-world waits with it. One fcntl per wake-up restores it.
+	if restored, err := ensureNonblock(fd); err != nil {
+		b.err = err
+	} else {
+		if restored {
+			h.warn.warn(h.log, "handoff: a listener was made blocking, presumably by a worker; set non-blocking again", "name", b.name)
+		}
+		b.acceptAll(fd)
+	}
+	done := b.n > 0 || b.err != nil
 	if b.n == 0 {
 		h.leave()
 	}
@@ -479,12 +493,13 @@ func (b *hoBatch) acceptAll(fd int) bool {
 // getsockopt(SO_PROTOCOL) on the listener (to tell L2TP apart): one system
 // call more per connection on the master's hot path.
 //
-// The listener is non-blocking, so accept4 never sleeps: RawSyscall skips
-// the scheduler's entersyscall/exitsyscall, whose first call after an
-// idle spell also wakes the runtime's sysmon thread (a futex wake and a
-// train of 20 µs sleeps). The master goes idle between most connections,
-// so that was a wake-up per connection; the channel sendmsg and the close
-// of the master's copies avoid it the same way.
+// The listener is non-blocking (acceptInto sees to it on every wake-up),
+// so accept4 never sleeps: RawSyscall skips the scheduler's
+// entersyscall/exitsyscall, whose first call after an idle spell also
+// wakes the runtime's sysmon thread (a futex wake and a train of 20 µs
+// sleeps). The master goes idle between most connections, so that was a
+// wake-up per connection; the channel sendmsg and the close of the
+// master's copies avoid it the same way.
 func accept4(fd int, rsa *unix.RawSockaddrAny, flags int) (int, uint32, error) {
 	n := uint32(unix.SizeofSockaddrAny)
 	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(rsa)), uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
@@ -492,6 +507,22 @@ func accept4(fd int, rsa *unix.RawSockaddrAny, flags int) (int, uint32, error) {
 		return -1, 0, e
 	}
 	return int(r), n, nil
+}
+
+// ensureNonblock sets O_NONBLOCK on fd unless it is set, and says whether
+// it had to. fcntl's F_GETFL and F_SETFL never sleep (see accept4).
+func ensureNonblock(fd int) (bool, error) {
+	fl, _, e := unix.RawSyscall(unix.SYS_FCNTL, uintptr(fd), unix.F_GETFL, 0)
+	if e != 0 {
+		return false, e
+	}
+	if fl&unix.O_NONBLOCK != 0 {
+		return false, nil
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_FCNTL, uintptr(fd), unix.F_SETFL, fl|unix.O_NONBLOCK); e != 0 {
+		return false, e
+	}
+	return true, nil
 }
 
 // appendRawSockaddr formats the first n bytes of rsa, an address accept4

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -1292,6 +1293,15 @@ func TestHandoffPeerAddress(t *testing.T) {
 		{"unix abstract", "unix", filepath.Join(dir, "c"), func(addr string) (net.Conn, error) {
 			return net.DialUnix("unix", &net.UnixAddr{Name: "@handoff-peer-test", Net: "unix"}, &net.UnixAddr{Name: addr, Net: "unix"})
 		}, nil},
+		// The longest names: sun_path full, no terminating NUL.
+		{"unix abstract 107 bytes", "unix", filepath.Join(dir, "d"), func(addr string) (net.Conn, error) {
+			return net.DialUnix("unix", &net.UnixAddr{Name: "@" + strings.Repeat("a", 107), Net: "unix"}, &net.UnixAddr{Name: addr, Net: "unix"})
+		}, nil},
+		{"unix path 107 bytes", "unix", filepath.Join(dir, "e"), func(addr string) (net.Conn, error) {
+			name := filepath.Join(dir, "f")
+			name += strings.Repeat("f", max(0, 107-len(name)))
+			return net.DialUnix("unix", &net.UnixAddr{Name: name, Net: "unix"}, &net.UnixAddr{Name: addr, Net: "unix"})
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, err := net.Listen(tc.network, tc.laddr)
@@ -1339,4 +1349,134 @@ func TestHandoffPeerAddress(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The master's accept4 goes through RawSyscall, so the listener must stay
+// non-blocking; but O_NONBLOCK belongs to the open file description every
+// worker shares. After one clears it, connections are still delivered at
+// once: none waits in a batch behind an accept4 asleep for the next
+// connection, holding its P.
+func TestHandoffListenerMadeBlocking(t *testing.T) {
+	fdcensus.Verify(t)
+	// Without a collection there is no stop-the-world, which an accept4
+	// asleep in RawSyscall would hold up, freezing the test instead of
+	// failing it.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	log := &hoLog{}
+	r, lns := rigLog(t, slog.New(slog.NewJSONHandler(log, nil)), "tcp")
+	l := workerOn(t, r, r.Names()[0])
+	setNonblock := func(on bool) {
+		rc, err := lns[0].(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.SetNonblock(int(fd), on) }); err != nil {
+			t.Fatal(err)
+		}
+		if serr != nil {
+			t.Fatal(serr)
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			// Wake an accept4 asleep on the blocking listener, so the
+			// rig can stop.
+			setNonblock(true)
+			if c, err := net.Dial("tcp", lns[0].Addr().String()); err == nil {
+				c.Close()
+			}
+		}
+	})
+	// As a worker would on its descriptor 3.
+	setNonblock(false)
+	const n = 3
+	dialN(t, lns[0].Addr().String(), n)
+	if diff := cmp.Diff(seq(n), acceptN(t, l, n)); diff != "" {
+		t.Errorf("connections accepted (-want +got):\n%s", diff)
+	}
+	if recs := log.find("handoff: a listener was made blocking, presumably by a worker; set non-blocking again"); len(recs) != 1 {
+		t.Errorf("%d warnings about the blocking listener, want 1", len(recs))
+	}
+}
+
+// The master builds its SCM_RIGHTS control message in a reused buffer;
+// for every batch size, after a larger and a smaller one, it must be the
+// bytes unix.UnixRights gives.
+func TestHandoffPutRights(t *testing.T) {
+	var buf []byte
+	for _, k := range []int{cluster.HoMaxBatch, 1, 2, 7, cluster.HoMaxBatch - 1, 3, cluster.HoMaxBatch} {
+		fds := make([]int, k)
+		for i := range fds {
+			fds[i] = 1000 + 37*i + k
+		}
+		buf = cluster.PutRights(buf, fds)
+		if diff := cmp.Diff(unix.UnixRights(fds...), buf); diff != "" {
+			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
+		}
+	}
+	for k := 1; k <= cluster.HoMaxBatch; k++ {
+		buf = cluster.PutRights(buf, seq(k))
+		if diff := cmp.Diff(unix.UnixRights(seq(k)...), buf); diff != "" {
+			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
+		}
+	}
+}
+
+// TESTPLAN E1 in the master: accept4 failing for lack of descriptors
+// leaves the connection queued in the kernel; the accept loop warns, backs
+// off and takes it once descriptors are free again.
+func TestHandoffMasterAcceptEMFILE(t *testing.T) {
+	fdcensus.Verify(t)
+	log := &hoLog{}
+	r, lns := rigLog(t, slog.New(slog.NewJSONHandler(log, nil)), "tcp")
+	l := workerOn(t, r, r.Names()[0])
+	// The client's socket exists before the limit; connect needs none.
+	cfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(cfd)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	lowest, err := unix.Dup(cfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(lowest)
+	low := lim
+	low.Cur = uint64(lowest) // no descriptor is free below it
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	port := lns[0].Addr().(*net.TCPAddr).Port
+	if err := unix.Connect(cfd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "accept4's EMFILE warning", 5*time.Second, func() bool {
+		for _, rec := range log.find("handoff: accept") {
+			if e, _ := rec["err"].(string); strings.Contains(e, "too many open files") {
+				return true
+			}
+		}
+		return false
+	})
+	restore()
+	c, err := acceptWithin(t, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }

@@ -261,6 +261,17 @@ func TestNetConnDescriptors(t *testing.T) {
 		{"unix datagram pair", pairEnd(unix.SOCK_DGRAM), "", "SOCK_DGRAM unix socket"},
 		{"FIFO", func() int { return fifoFD(t, dir) }, "", "FIFO"},
 		{"memfd", func() int { return memfdFD(t) }, "", "regular file"},
+		// The peer's end is gone, the socket still has its peer's address.
+		{"unix stream, peer closed", func() int {
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(fds[1])
+			return fds[0]
+		}, "unix", ""},
+		{"TCP reset by its peer", func() int { return resetTCP(t) }, "", "unconnected SOCK_STREAM inet socket"},
+		{"netlink", socket(unix.AF_NETLINK, unix.SOCK_RAW), "", "SOCK_RAW other-family socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fd := tc.open()
@@ -297,5 +308,39 @@ func TestNetConnDescriptors(t *testing.T) {
 	rc.Control(func(fd uintptr) { nodelay, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY) })
 	if nodelay != 0 {
 		t.Error("NetConn set TCP_NODELAY on the listening socket it refused")
+	}
+}
+
+// resetTCP returns a connected TCP socket whose peer then reset the
+// connection (SO_LINGER 0): getpeername fails on it from then on.
+func resetTCP(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.(*net.TCPConn).SetLinger(0)
+	s.Close()
+	fd := dup(t, c.(*net.TCPConn))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := unix.Getpeername(fd); err == unix.ENOTCONN {
+			return fd
+		}
+		if time.Now().After(deadline) {
+			unix.Close(fd)
+			t.Fatal("the reset did not arrive within 5 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
