@@ -3,7 +3,6 @@
 package scmrights
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -68,11 +67,15 @@ func NetConn(fd int) (net.Conn, error) {
 	default:
 		return nil, reject(fd, want)
 	}
-	if !hasPeer(fd) {
+	switch family, connected := peerFamily(fd); {
+	case !connected:
+		return nil, reject(fd, want)
+	case family != unix.AF_INET && family != unix.AF_INET6 && family != unix.AF_UNIX:
+		// net.FileConn would set O_NONBLOCK on the sender's description
+		// too before failing on the family (vsock, TIPC, ...).
 		return nil, reject(fd, want)
 	}
-	// A connected stream socket: net.FileConn takes it (a TCP or unix
-	// one) or refuses it (another family). Two system calls instead of
+	// A connected TCP or unix stream socket. Two system calls instead of
 	// inspect's five (fstat, SO_TYPE, SO_ACCEPTCONN, getsockname,
 	// getpeername), as net.FileConn reads the type and both addresses
 	// again anyway; this is the hot path of every hand-off.
@@ -82,14 +85,12 @@ func NetConn(fd int) (net.Conn, error) {
 		f.Close()
 		return c, nil
 	}
-	if c != nil {
-		c.Close() // disconnected meanwhile
-	}
-	if err != nil && !errors.Is(err, syscall.EPROTONOSUPPORT) {
+	if err != nil {
 		// Out of descriptors or memory: not the socket's fault.
 		f.Close()
 		return nil, err
 	}
+	c.Close() // disconnected meanwhile
 	err = rejection(fd, want)
 	f.Close()
 	return nil, err

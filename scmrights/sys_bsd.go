@@ -86,9 +86,20 @@ func socketpair(sotype int) ([2]int, error) {
 	return fds, nil
 }
 
-// hasPeer says whether the socket fd has a peer address (getpeername(2)
-// succeeds).
-func hasPeer(fd int) bool {
-	_, err := unix.Getpeername(fd)
-	return err == nil
+// peerFamily returns the address family of the socket fd's peer, and
+// false if it has none (getpeername(2) fails).
+func peerFamily(fd int) (int, bool) {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return 0, false
+	}
+	switch sa.(type) {
+	case *unix.SockaddrInet4:
+		return unix.AF_INET, true
+	case *unix.SockaddrInet6:
+		return unix.AF_INET6, true
+	case *unix.SockaddrUnix:
+		return unix.AF_UNIX, true
+	}
+	return unix.AF_UNSPEC, true
 }

@@ -124,12 +124,13 @@ func socketpair(sotype int) ([2]int, error) {
 	return unix.Socketpair(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 }
 
-// hasPeer says whether the socket fd has a peer address (getpeername(2)
-// succeeds). The raw call, because x/sys's Getpeername adds a
-// getsockopt(SO_PROTOCOL) for every inet address, to tell L2TP apart.
-func hasPeer(fd int) bool {
+// peerFamily returns the address family of the socket fd's peer, and
+// false if it has none (getpeername(2) fails). The raw call, because
+// x/sys's Getpeername adds a getsockopt(SO_PROTOCOL) for every inet
+// address, to tell L2TP apart.
+func peerFamily(fd int) (int, bool) {
 	var sa unix.RawSockaddrAny
 	n := uint32(unix.SizeofSockaddrAny)
 	_, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)))
-	return e == 0
+	return int(sa.Addr.Family), e == 0
 }
