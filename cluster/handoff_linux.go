@@ -697,11 +697,27 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 		return sendDead
 	}
 	for _, fd := range b.fds[:k] {
-		// The worker holds its own reference now: dropping ours never
-		// blocks, so no scheduler bookkeeping (see accept4).
-		unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+		closeCopy(fd)
 	}
 	return sendOK
+}
+
+// closeCopy closes the master's copy of a delivered connection. The worker
+// holds its own reference by now, so close(2) only drops ours and never
+// sleeps, and RawSyscall spares the scheduler (see accept4). The exception
+// is a socket with SO_LINGER on that the worker already served and closed:
+// ours is then the last reference, and close waits for the peer to
+// acknowledge the FIN, which must not happen while holding a P (a
+// stop-the-world would wait for it). Such a socket gets the ordinary call.
+func closeCopy(fd int) {
+	var l unix.Linger
+	n := uint32(unsafe.Sizeof(l))
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), uintptr(unsafe.Pointer(&n)), 0)
+	if e == 0 && l.Onoff == 0 {
+		unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+		return
+	}
+	unix.Close(fd)
 }
 
 // write is the non-blocking sendmsg: it never parks on the poller, so a

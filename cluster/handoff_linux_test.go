@@ -1480,3 +1480,27 @@ func TestHandoffMasterAcceptEMFILE(t *testing.T) {
 	}
 	c.Close()
 }
+
+// Connections with SO_LINGER on (inherited from the listener here) take
+// the master's ordinary close(2), which may wait for the peer; they are
+// delivered as any other.
+func TestHandoffLingerConnections(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	rc, err := lns[0].(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 1})
+	}); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	l := workerOn(t, r, r.Names()[0])
+	const n = 8
+	dialN(t, lns[0].Addr().String(), n)
+	if diff := cmp.Diff(seq(n), acceptN(t, l, n)); diff != "" {
+		t.Errorf("connections accepted (-want +got):\n%s", diff)
+	}
+}
