@@ -56,7 +56,7 @@ const (
 	maxAgentListen     = 64
 	maxAgentAttrs      = 64
 	maxAgentAttrKey    = 256
-	maxAgentDurationMS = int(math.MaxInt64 / int64(time.Millisecond))
+	maxAgentDurationMS = math.MaxInt64 / int64(time.Millisecond)
 	// defaultStatusInterval is how often an agent reports its status and
 	// the master pings it (the session's heartbeats, one per direction);
 	// the master gives up on a session silent for agentSilentIntervals
@@ -586,12 +586,11 @@ func cutEnv(kv string) (k, v string, ok bool) {
 }
 
 func jsonInt64(v *fastjson.Value, key string, required bool) (int64, error) {
-	n, err := jsonInt(v, key, required, 0, 1<<53)
-	return int64(n), err
+	return jsonRange(v, key, required, 0, 1<<53)
 }
 
 func jsonMillis(v *fastjson.Value, key string) (time.Duration, error) {
-	ms, err := jsonInt(v, key, false, 0, maxAgentDurationMS)
+	ms, err := jsonRange(v, key, false, 0, maxAgentDurationMS)
 	return time.Duration(ms) * time.Millisecond, err
 }
 

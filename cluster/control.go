@@ -724,7 +724,7 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 	}
 	// Bounded by what a time.Duration holds: beyond it the multiplication
 	// below would wrap to a negative uptime.
-	ms, err := jsonInt(v, "uptime_ms", false, 0, int(math.MaxInt64/int64(time.Millisecond)))
+	ms, err := jsonRange(v, "uptime_ms", false, 0, math.MaxInt64/int64(time.Millisecond))
 	if err != nil {
 		return err
 	}
@@ -767,11 +767,11 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 	if x.Requested, err = jsonBool(le, "requested"); err != nil {
 		return err
 	}
-	at, err := jsonInt(le, "time_ms", false, 0, 1<<53)
+	at, err := jsonRange(le, "time_ms", false, 0, 1<<53)
 	if err != nil {
 		return err
 	}
-	x.Time = time.UnixMilli(int64(at)).UTC()
+	x.Time = time.UnixMilli(at).UTC()
 	s.LastExit = x
 	return nil
 }
@@ -815,6 +815,12 @@ func jsonText(v *fastjson.Value, key string, required bool, maxLen int) (string,
 }
 
 func jsonInt(v *fastjson.Value, key string, required bool, lo, hi int) (int, error) {
+	n, err := jsonRange(v, key, required, int64(lo), int64(hi))
+	return int(n), err
+}
+
+// jsonRange reads an integer in lo..hi; absent, it is 0 unless required.
+func jsonRange(v *fastjson.Value, key string, required bool, lo, hi int64) (int64, error) {
 	f := v.Get(key)
 	if f == nil {
 		if required {
@@ -826,10 +832,10 @@ func jsonInt(v *fastjson.Value, key string, required bool, lo, hi int) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("%w: %q: %w", ErrControlProtocol, key, err)
 	}
-	if n < int64(lo) || n > int64(hi) {
+	if n < lo || n > hi {
 		return 0, fmt.Errorf("%w: %q = %d (want %d..%d)", ErrControlProtocol, key, n, lo, hi)
 	}
-	return int(n), nil
+	return n, nil
 }
 
 func jsonBool(v *fastjson.Value, key string) (bool, error) {
