@@ -492,6 +492,7 @@ func TestHandoffSpread(t *testing.T) {
 	var mu sync.Mutex
 	per := map[int]int{}
 	var wg sync.WaitGroup
+	defer wg.Wait() // after the deferred Closes below end the Accepts
 	for i := range 2 {
 		l := workerOn(t, r, name)
 		wg.Add(1)
