@@ -41,7 +41,7 @@ var groupVars = []string{"HANDOFF_WORKER_ID", "HANDOFF_WORKERS", "HANDOFF_GROUP"
 // becomes ready). It stops gracefully on SIGTERM.
 func groupWorker() int {
 	ctx := cluster.Context()
-	var seen sync.Map // connections past StateNew
+	var seen sync.Map // connections no longer fresh
 	var b strings.Builder
 	b.WriteString("genv")
 	for _, k := range groupVars {
@@ -71,21 +71,31 @@ func groupWorker() int {
 		fmt.Fprintln(os.Stderr, "group-worker:", err)
 		return 3
 	}
-	// fresh counts accepted connections whose request is not read yet.
+	// fresh counts accepted connections whose first request has not
+	// reached the handler. Not "left StateNew": net/http sets StateActive
+	// once it has read a request and only then checks whether Shutdown
+	// began, dropping the request unanswered if so; only the handler's
+	// start means the reply will be written.
 	var fresh atomic.Int64
+	settle := func(c net.Conn) {
+		if _, ok := seen.LoadOrStore(c, true); !ok {
+			fresh.Add(-1)
+		}
+	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := r.Context().Value(groupConnKey{}).(net.Conn); ok {
+			settle(c)
+		}
 		fmt.Fprintf(w, "%d %d\n", os.Getpid(), cluster.ID())
-	}), ConnState: func(c net.Conn, s http.ConnState) {
-		if s == http.StateNew {
+	}), ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, groupConnKey{}, c)
+	}, ConnState: func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
 			fresh.Add(1)
-		} else if s == http.StateActive || s == http.StateClosed {
-			// Active once per request; only the first one ends "new".
-			if _, ok := seen.LoadOrStore(c, true); !ok {
-				fresh.Add(-1)
-			}
-			if s == http.StateClosed {
-				seen.Delete(c)
-			}
+		case http.StateClosed, http.StateHijacked:
+			settle(c)
+			seen.Delete(c)
 		}
 	}}
 	served := make(chan struct{})
@@ -111,6 +121,9 @@ func groupWorker() int {
 	srv.Shutdown(sctx)
 	return 0
 }
+
+// groupConnKey carries a request's accepted net.Conn in its context.
+type groupConnKey struct{}
 
 // groupMaster is an in-process master of group-worker processes.
 type groupMaster struct {

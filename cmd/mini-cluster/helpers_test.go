@@ -204,9 +204,9 @@ wait:
 	sdNotify("STOPPING=1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Stop accepting first and let connections already accepted send
-	// their request: net/http drops a request it reads after Shutdown
-	// began, closing the connection without a reply.
+	// Stop accepting first and let the first request of every connection
+	// already accepted reach the handler: net/http drops a request it
+	// reads after Shutdown began, closing the connection without a reply.
 	stopAccepting()
 	fresh.wait(ctx)
 	srv.Shutdown(ctx)
@@ -255,30 +255,54 @@ func reports(t testing.TB, dir, what string) map[int]int {
 	return out
 }
 
-// freshConns tracks accepted connections that have not sent a request yet
-// (http.StateNew), and all accepted connections not yet closed.
+// freshConns tracks accepted connections whose first request has not
+// reached the handler yet, and all accepted connections not yet closed.
 type freshConns struct {
 	mu    sync.Mutex
 	conns map[net.Conn]bool
 	all   map[net.Conn]bool
 }
 
+// connKey carries the accepted net.Conn in each request's context.
+type connKey struct{}
+
+// trackFresh installs srv's ConnState, ConnContext and a wrapper around its
+// Handler (set srv.Handler first).
+//
+// A connection stops being fresh when its first request enters the
+// handler, not when it leaves http.StateNew: net/http sets StateActive
+// (running the hook) once it has read the request and only then checks
+// whether Shutdown began, closing the connection unanswered if so (the
+// check added for golang/go#65802). A Shutdown that fell in that window
+// lost a request on a fresh connection, rarely, in TestRestartsUnderLoad.
 func trackFresh(srv *http.Server) *freshConns {
 	f := &freshConns{conns: map[net.Conn]bool{}, all: map[net.Conn]bool{}}
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, connKey{}, c)
+	}
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if s == http.StateNew {
+		switch s {
+		case http.StateNew:
 			f.conns[c] = true
-		} else {
-			delete(f.conns, c)
-		}
-		if s == http.StateClosed || s == http.StateHijacked {
-			delete(f.all, c)
-		} else {
 			f.all[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(f.conns, c)
+			delete(f.all, c)
 		}
 	}
+	h := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// From here net/http writes the reply whatever Shutdown does:
+		// Shutdown closes only idle connections.
+		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+			f.mu.Lock()
+			delete(f.conns, c)
+			f.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
 	return f
 }
 
@@ -290,8 +314,8 @@ func (f *freshConns) open() int {
 	return len(f.all)
 }
 
-// wait waits until every accepted connection has sent its first request,
-// or ctx is done.
+// wait waits until the first request of every accepted connection has
+// reached the handler (or the connection closed), or ctx is done.
 func (f *freshConns) wait(ctx context.Context) {
 	for ctx.Err() == nil {
 		f.mu.Lock()
