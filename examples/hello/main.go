@@ -70,7 +70,7 @@ func serve(addr string, grace time.Duration) error {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	fresh := trackFresh(srv)
+	fresh := trackFresh(srv) // after Handler: it wraps it
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Printf("hello: pid %d serving %s (cluster worker: %v)", pid, ln.Addr(), cluster.IsWorker())
@@ -87,9 +87,10 @@ func serve(addr string, grace time.Duration) error {
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	// Stop accepting first, with close(2): the master and the other workers
-	// keep accepting on the shared socket. Then let connections accepted so
-	// far send their request before Shutdown, because net/http closes,
-	// unanswered, a connection whose request it reads after Shutdown began.
+	// keep accepting on the shared socket. Then let the first request of
+	// every connection accepted so far reach the handler before Shutdown,
+	// because net/http closes, unanswered, a connection whose request it
+	// reads after Shutdown began (see trackFresh).
 	ln.Close()
 	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
@@ -98,28 +99,52 @@ func serve(addr string, grace time.Duration) error {
 	return srv.Shutdown(sctx)
 }
 
-// freshConns tracks accepted connections that have not sent a request yet.
+// freshConns tracks accepted connections whose first request has not
+// reached the handler yet.
 type freshConns struct {
 	mu    sync.Mutex
 	conns map[net.Conn]bool
 }
 
+// connKey carries the accepted connection in each request's context.
+type connKey struct{}
+
+// trackFresh sets srv's ConnState and ConnContext and wraps its Handler.
+//
+// A connection stays fresh until its first request enters the handler,
+// not merely until it leaves http.StateNew: net/http marks a connection
+// StateActive once it has read a request and only then checks whether
+// Shutdown began, closing the connection unanswered if so
+// (golang/go#65802). From the handler on, Shutdown waits for the reply.
 func trackFresh(srv *http.Server) *freshConns {
 	f := &freshConns{conns: map[net.Conn]bool{}}
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, connKey{}, c)
+	}
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if s == http.StateNew {
+		switch s {
+		case http.StateNew:
 			f.conns[c] = true
-		} else {
+		case http.StateClosed, http.StateHijacked:
 			delete(f.conns, c)
 		}
 	}
+	h := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+			f.mu.Lock()
+			delete(f.conns, c)
+			f.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
 	return f
 }
 
-// wait returns once every accepted connection has sent its first request,
-// or when ctx is done.
+// wait returns once the first request of every accepted connection has
+// reached the handler (or the connection closed), or when ctx is done.
 func (f *freshConns) wait(ctx context.Context) {
 	for ctx.Err() == nil {
 		f.mu.Lock()
