@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -24,15 +25,22 @@ import (
 // master is not on the data path in shared mode). Both sides are warmed
 // up, then measured in helloRounds interleaved rounds, the side going first
 // alternating, so drift and warm-up hit both alike; each round serves at
-// least 10000 requests over 8 keep-alive connections. The busiest worker's
-// share of a cluster round's requests (X-Worker) is reported too: the 8
-// connections go to whichever worker's poller wins each accept.
+// least 10000 requests over conns=8 or conns=64 keep-alive connections.
+// The busiest worker's share of a cluster round's requests (X-Worker) is
+// reported too: the connections go to whichever worker's poller wins each
+// accept, so 8 of them may split anywhere from 8/0 to 4/4.
 func BenchmarkHello(b *testing.B) {
 	hello := buildHello(b)
+	for _, conns := range []int{8, 64} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) { benchHello(b, hello, conns) })
+	}
+}
+
+func benchHello(b *testing.B, hello string, conns int) {
 	pc := proccensus.New(b)
 	n := max(b.N, 10000)
 	load := func(addr string, n int) (float64, float64) {
-		r := loadclient.Run(context.Background(), loadclient.Options{Addr: addr, KeepAlive: 8, Requests: n, Duration: time.Minute, Header: "X-Worker"})
+		r := loadclient.Run(context.Background(), loadclient.Options{Addr: addr, KeepAlive: conns, Requests: n, Duration: time.Minute, Header: "X-Worker"})
 		if r.OK != n {
 			b.Fatalf("load on %s: %v", addr, r)
 		}
