@@ -244,7 +244,3 @@ func AcceptPeer(fd int) (int, string, error) {
 	}
 	return nfd, string(appendRawSockaddr(nil, &rsa, n)), nil
 }
-
-// PutRights builds the SCM_RIGHTS control message as the master's sends
-// do, into buf (reused).
-func PutRights(buf []byte, fds []int) []byte { return putRights(buf, fds) }

@@ -4,7 +4,6 @@ package cluster
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -677,7 +676,7 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 	for i := range k {
 		w.buf = hoAppendEntry(w.buf, b.name, b.addr(i))
 	}
-	w.p, w.oob, w.err = w.buf, putRights(w.oob, b.fds[:k]), nil
+	w.p, w.oob, w.err = w.buf, scmrights.PutRights(w.oob, b.fds[:k]), nil
 	// Counted before the send: the worker may accept and ack them before
 	// sendmsg returns here.
 	w.out.Add(int64(k))
@@ -738,25 +737,6 @@ func (w *hoWorker) write(fd uintptr) bool {
 		}
 		return true
 	}
-}
-
-// putRights fills buf (grown if needed) with one SCM_RIGHTS control
-// message carrying fds, as unix.UnixRights does without allocating.
-func putRights(buf []byte, fds []int) []byte {
-	n := unix.CmsgSpace(4 * len(fds))
-	if cap(buf) < n {
-		buf = make([]byte, unix.CmsgSpace(4*hoMaxBatch))
-	}
-	buf = buf[:n]
-	clear(buf)
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
-	h.Level, h.Type = unix.SOL_SOCKET, unix.SCM_RIGHTS
-	h.SetLen(unix.CmsgLen(4 * len(fds)))
-	data := buf[unix.CmsgLen(0):]
-	for i, fd := range fds {
-		binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
-	}
-	return buf
 }
 
 // subscribe turns w's subscription to listener idx on or off.

@@ -1401,29 +1401,6 @@ func TestHandoffListenerMadeBlocking(t *testing.T) {
 	}
 }
 
-// The master builds its SCM_RIGHTS control message in a reused buffer;
-// for every batch size, after a larger and a smaller one, it must be the
-// bytes unix.UnixRights gives.
-func TestHandoffPutRights(t *testing.T) {
-	var buf []byte
-	for _, k := range []int{cluster.HoMaxBatch, 1, 2, 7, cluster.HoMaxBatch - 1, 3, cluster.HoMaxBatch} {
-		fds := make([]int, k)
-		for i := range fds {
-			fds[i] = 1000 + 37*i + k
-		}
-		buf = cluster.PutRights(buf, fds)
-		if diff := cmp.Diff(unix.UnixRights(fds...), buf); diff != "" {
-			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
-		}
-	}
-	for k := 1; k <= cluster.HoMaxBatch; k++ {
-		buf = cluster.PutRights(buf, seq(k))
-		if diff := cmp.Diff(unix.UnixRights(seq(k)...), buf); diff != "" {
-			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
-		}
-	}
-}
-
 // TESTPLAN E1 in the master: accept4 failing for lack of descriptors
 // leaves the connection queued in the kernel; the accept loop warns, backs
 // off and takes it once descriptors are free again.

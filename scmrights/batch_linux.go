@@ -108,7 +108,7 @@ func (c *Conn) SendBatch(msgs []Message) (int, error) {
 			w.bytes += len(chunk[i].Payload)
 			var oob []byte
 			if fds := chunk[i].FDs; len(fds) > 0 {
-				oob = putRights(w.mm.oob[off:], fds)
+				oob = PutRights(w.mm.oob[off:], fds)
 				off += len(oob)
 			}
 			w.mm.set(i, chunk[i].Payload, oob)

@@ -66,16 +66,24 @@ func walkControl(oob []byte, rights, unwanted func(fd int), cred func(data []byt
 	return nil
 }
 
-// putRights writes one SCM_RIGHTS control message carrying fds into b, which
-// must have room for unix.CmsgSpace(4*len(fds)) bytes, and returns it.
-func putRights(b []byte, fds []int) []byte {
-	b = b[:unix.CmsgSpace(4*len(fds))]
+// PutRights writes one SCM_RIGHTS control message carrying fds into b and
+// returns it: the bytes unix.UnixRights returns, without allocating once b
+// has room for unix.CmsgSpace(4*len(fds)) bytes (a smaller b is replaced by
+// one that has room for MaxFDs). It is for callers that build their own
+// msghdr, such as a non-blocking sendmsg; Send and Conn do this themselves.
+// Unix systems only.
+func PutRights(b []byte, fds []int) []byte {
+	n := unix.CmsgSpace(4 * len(fds))
+	if cap(b) < n {
+		b = make([]byte, max(n, unix.CmsgSpace(4*MaxFDs)))
+	}
+	b = b[:n]
 	var h unix.Cmsghdr
 	h.Level = unix.SOL_SOCKET
 	h.Type = unix.SCM_RIGHTS
 	h.SetLen(unix.CmsgLen(4 * len(fds)))
-	n := copy(b, unsafe.Slice((*byte)(unsafe.Pointer(&h)), unix.SizeofCmsghdr))
-	clear(b[n:cmsgDataOff])
+	c := copy(b, unsafe.Slice((*byte)(unsafe.Pointer(&h)), unix.SizeofCmsghdr))
+	clear(b[c:cmsgDataOff])
 	for i, fd := range fds {
 		binary.NativeEndian.PutUint32(b[cmsgDataOff+4*i:], uint32(fd))
 	}

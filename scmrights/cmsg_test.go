@@ -84,3 +84,28 @@ func TestWalkControl(t *testing.T) {
 		}
 	}
 }
+
+// PutRights reuses its buffer; for every count, after larger and smaller
+// ones, it must write the bytes unix.UnixRights gives.
+func TestPutRights(t *testing.T) {
+	var buf []byte
+	for _, k := range []int{scmrights.MaxFDs, 1, 2, 7, scmrights.MaxFDs - 1, 3, 64, scmrights.MaxFDs} {
+		fds := make([]int, k)
+		for i := range fds {
+			fds[i] = 1000 + 37*i + k
+		}
+		buf = scmrights.PutRights(buf, fds)
+		if diff := cmp.Diff(unix.UnixRights(fds...), buf); diff != "" {
+			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
+		}
+	}
+	for k := 1; k <= scmrights.MaxFDs; k++ {
+		fds := make([]int, k)
+		for i := range fds {
+			fds[i] = i
+		}
+		if diff := cmp.Diff(unix.UnixRights(fds...), scmrights.PutRights(buf, fds)); diff != "" {
+			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
+		}
+	}
+}

@@ -288,7 +288,7 @@ func (w *writer) send(rc syscall.RawConn, sotype int, p []byte, fds []int) (int,
 	w.p, w.n, w.err = p, 0, nil
 	w.oob = nil
 	if len(fds) > 0 {
-		w.oob = putRights(w.oobBuf, fds)
+		w.oob = PutRights(w.oobBuf, fds)
 	}
 	err := rawError(rc.Write(w.fn))
 	if err == nil {

@@ -6,7 +6,6 @@ package scmrights
 func WalkRights(oob []byte, fn func(fd int)) error { return walkRights(oob, fn) }
 
 // PutRights exposes the control-message builder to the fuzz target.
-func PutRights(b []byte, fds []int) []byte { return putRights(b, fds) }
 
 // WalkControl exposes the full control-message walker to tests.
 func WalkControl(oob []byte, rights, unwanted func(fd int), cred func([]byte)) error {

@@ -28,7 +28,7 @@ func FuzzWalkRights(f *testing.F) {
 		}
 		_ = err
 
-		// Round trip: what putRights writes, walkRights reads back, even
+		// Round trip: what PutRights writes, walkRights reads back, even
 		// when followed by arbitrary bytes or cut short.
 		fds := make([]int, 0, 8)
 		for i := 0; i+4 <= len(oob) && len(fds) < 8; i += 4 {
