@@ -58,27 +58,24 @@ func Listener(fd int) (net.Listener, error) {
 func NetConn(fd int) (net.Conn, error) {
 	const want = "connected stream socket"
 	sotype, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	switch {
-	case err == nil && sotype == unix.SOCK_STREAM:
-	case err == nil && sotype == unix.SOCK_SEQPACKET:
-		// net.FileConn panics on an inet SOCK_SEQPACKET (SCTP) socket:
-		// the family is checked first. Rare enough for the full check.
-		return checkedConn(fd, want)
-	default:
+	if err != nil || (sotype != unix.SOCK_STREAM && sotype != unix.SOCK_SEQPACKET) {
 		return nil, reject(fd, want)
 	}
 	switch family, connected := peerFamily(fd); {
 	case !connected:
 		return nil, reject(fd, want)
-	case family != unix.AF_INET && family != unix.AF_INET6 && family != unix.AF_UNIX:
-		// net.FileConn would set O_NONBLOCK on the sender's description
-		// too before failing on the family (vsock, TIPC, ...).
+	case family != unix.AF_INET && family != unix.AF_INET6 && family != unix.AF_UNIX,
+		// net.FileConn panics on an inet SOCK_SEQPACKET (SCTP) socket.
+		sotype == unix.SOCK_SEQPACKET && family != unix.AF_UNIX:
+		// And for another family it would set O_NONBLOCK on the
+		// sender's description too before failing (vsock, TIPC, ...).
 		return nil, reject(fd, want)
 	}
-	// A connected TCP or unix stream socket. Two system calls instead of
-	// inspect's five (fstat, SO_TYPE, SO_ACCEPTCONN, getsockname,
-	// getpeername), as net.FileConn reads the type and both addresses
-	// again anyway; this is the hot path of every hand-off.
+	// A connected TCP or unix stream socket, or unix seqpacket one. Two
+	// system calls instead of inspect's five (fstat, SO_TYPE,
+	// SO_ACCEPTCONN, getsockname, getpeername), as net.FileConn reads the
+	// type and both addresses again anyway; this is the hot path of every
+	// hand-off.
 	f := os.NewFile(uintptr(fd), "conn")
 	c, err := net.FileConn(f)
 	if err == nil && c.RemoteAddr() != nil {
@@ -94,18 +91,6 @@ func NetConn(fd int) (net.Conn, error) {
 	err = rejection(fd, want)
 	f.Close()
 	return nil, err
-}
-
-// checkedConn is NetConn with every property checked before net.FileConn.
-func checkedConn(fd int, want string) (net.Conn, error) {
-	if err := checkSocket(fd, want, func(s sockInfo) bool {
-		return !s.listening && s.connected && (s.sotype == unix.SOCK_STREAM || (s.sotype == unix.SOCK_SEQPACKET && s.family == unix.AF_UNIX))
-	}); err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "conn")
-	defer f.Close()
-	return net.FileConn(f)
 }
 
 // PacketConn returns a net.PacketConn for a received datagram socket (UDP or
