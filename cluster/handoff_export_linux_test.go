@@ -244,3 +244,6 @@ func AcceptPeer(fd int) (int, string, error) {
 	}
 	return nfd, string(appendRawSockaddr(nil, &rsa, n)), nil
 }
+
+// Lingers is the master's test for a connection whose close may wait.
+var Lingers = lingers

@@ -709,14 +709,19 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 // acknowledge the FIN, which must not happen while holding a P (a
 // stop-the-world would wait for it). Such a socket gets the ordinary call.
 func closeCopy(fd int) {
+	if lingers(fd) {
+		unix.Close(fd)
+		return
+	}
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// lingers says whether the socket fd has SO_LINGER on (or cannot tell).
+func lingers(fd int) bool {
 	var l unix.Linger
 	n := uint32(unsafe.Sizeof(l))
 	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), uintptr(unsafe.Pointer(&n)), 0)
-	if e == 0 && l.Onoff == 0 {
-		unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
-		return
-	}
-	unix.Close(fd)
+	return e != 0 || l.Onoff != 0
 }
 
 // write is the non-blocking sendmsg: it never parks on the poller, so a

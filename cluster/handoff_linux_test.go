@@ -1459,9 +1459,9 @@ func TestHandoffMasterAcceptEMFILE(t *testing.T) {
 	c.Close()
 }
 
-// Connections with SO_LINGER on (inherited from the listener here) take
-// the master's ordinary close(2), which may wait for the peer; they are
-// delivered as any other.
+// Connections with SO_LINGER on (inherited from the listener here) are
+// told apart, so they take the master's ordinary close(2), which may wait
+// for the peer; they are delivered as any other.
 func TestHandoffLingerConnections(t *testing.T) {
 	fdcensus.Verify(t)
 	r, lns := rig(t, "tcp")
@@ -1480,5 +1480,21 @@ func TestHandoffLingerConnections(t *testing.T) {
 	dialN(t, lns[0].Addr().String(), n)
 	if diff := cmp.Diff(seq(n), acceptN(t, l, n)); diff != "" {
 		t.Errorf("connections accepted (-want +got):\n%s", diff)
+	}
+	// The test itself: a socket with SO_LINGER on lingers, one without
+	// does not.
+	for _, on := range []int32{0, 1} {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: on, Linger: 1}); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+		if got := cluster.Lingers(fd); got != (on == 1) {
+			t.Errorf("SO_LINGER on=%d: Lingers = %v", on, got)
+		}
+		unix.Close(fd)
 	}
 }
