@@ -187,8 +187,7 @@ func cfgPlainKey(k string) bool {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if c := k[i]; !cfgIsIdentByte(c) && c != '-' {
 			return false
 		}
 	}
@@ -361,11 +360,10 @@ func (d *configDecoder) duration(v *fastjson.Value, p cfgPath, max time.Duration
 		return 0
 	}
 	b, err := v.StringBytes()
-	if err != nil {
-		d.fail(p, false, "want a duration like \"10s\", got %s", cfgDescribe(v))
-		return 0
+	var t time.Duration
+	if err == nil {
+		t, err = time.ParseDuration(string(b))
 	}
-	t, err := time.ParseDuration(string(b))
 	if err != nil {
 		d.fail(p, false, "want a duration like \"10s\", got %s", cfgDescribe(v))
 		return 0
@@ -546,29 +544,11 @@ func (d *configDecoder) group(v *fastjson.Value, p cfgPath, names map[string]boo
 			hasListen = true
 			d.listen(fv, kp, &g)
 		case "mode":
-			s := d.string(fv, kp)
-			if d.err == nil {
-				var err error
-				if g.Mode, err = ParseMode(s); err != nil {
-					d.fail(kp, false, "want \"shared\", \"reuseport\" or \"handoff\", got %s", cfgDescribe(fv))
-				}
-			}
+			g.Mode = cfgEnum(d, fv, kp, ParseMode, "want \"shared\", \"reuseport\" or \"handoff\"")
 		case "ready":
-			s := d.string(fv, kp)
-			if d.err == nil {
-				var err error
-				if g.Ready, err = ParseReadyMode(s); err != nil {
-					d.fail(kp, false, "want \"notify\" or \"started\", got %s", cfgDescribe(fv))
-				}
-			}
+			g.Ready = cfgEnum(d, fv, kp, ParseReadyMode, "want \"notify\" or \"started\"")
 		case "restart_strategy":
-			s := d.string(fv, kp)
-			if d.err == nil {
-				var err error
-				if g.Strategy, err = supervise.ParseStrategy(s); err != nil {
-					d.fail(kp, false, "want \"rolling\" or \"parallel\", got %s", cfgDescribe(fv))
-				}
-			}
+			g.Strategy = cfgEnum(d, fv, kp, supervise.ParseStrategy, "want \"rolling\" or \"parallel\"")
 		case "restart":
 			s := d.string(fv, kp)
 			if d.err == nil {
@@ -648,8 +628,7 @@ func cfgValidGroupName(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+		if c := s[i]; !cfgIsIdentByte(c) && c != '.' && c != '-' {
 			return false
 		}
 	}
@@ -658,6 +637,21 @@ func cfgValidGroupName(s string) bool {
 
 func cfgAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// cfgEnum decodes the string at p with parse, one of the Parse functions
+// of a named setting; want lists the accepted names for the error.
+func cfgEnum[T any](d *configDecoder, v *fastjson.Value, p cfgPath, parse func(string) (T, error), want string) T {
+	var t T
+	s := d.string(v, p)
+	if d.err != nil {
+		return t
+	}
+	t, err := parse(s)
+	if err != nil {
+		d.fail(p, false, "%s, got %s", want, cfgDescribe(v))
+	}
+	return t
 }
 
 func cfgParsePolicy(s string) (supervise.Policy, bool) {

@@ -370,7 +370,9 @@ func cfgHex4(b []byte, i int) (rune, bool) {
 // cfgLocate returns the offset in b (input cfgCheckJSON accepted) of the value
 // at path p, or of its key when onKey and p ends with a key. When the path
 // does not lead anywhere (a missing key) it returns the offset of the
-// deepest value found on the way.
+// deepest value found on the way. Values on the way are skipped by the
+// checker itself: b passed it, so it cannot fail here, and the values it
+// counts are a subset of those it counted before.
 func cfgLocate(b []byte, p cfgPath, onKey bool) int {
 	c := cfgJsonChecker{b: b}
 	i := c.ws(0)
@@ -404,7 +406,7 @@ func cfgLocate(b []byte, p cfgPath, onKey bool) int {
 					found = true
 					break
 				}
-				if i = c.ws(cfgSkipValue(b, i)); i < len(b) && b[i] == ',' {
+				if i = c.ws(c.value(i, 1)); i < len(b) && b[i] == ',' {
 					i = c.ws(i + 1)
 				}
 			}
@@ -421,7 +423,7 @@ func cfgLocate(b []byte, p cfgPath, onKey bool) int {
 			if i >= len(b) || b[i] == ']' {
 				return at
 			}
-			if i = c.ws(cfgSkipValue(b, i)); i < len(b) && b[i] == ',' {
+			if i = c.ws(c.value(i, 1)); i < len(b) && b[i] == ',' {
 				i = c.ws(i + 1)
 			}
 		}
@@ -430,57 +432,6 @@ func cfgLocate(b []byte, p cfgPath, onKey bool) int {
 		}
 	}
 	return min(i, len(b))
-}
-
-// cfgSkipValue returns the offset just past the (checked) value at b[i].
-func cfgSkipValue(b []byte, i int) int {
-	if i >= len(b) {
-		return len(b)
-	}
-	switch b[i] {
-	case '"':
-		return cfgSkipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = cfgSkipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return len(b)
-	}
-	for i < len(b) {
-		switch b[i] {
-		case ',', ']', '}', ' ', '\t', '\n', '\r':
-			return i
-		}
-		i++
-	}
-	return i
-}
-
-// cfgSkipString returns the offset past the closing quote of the string that
-// starts at b[i] == '"'.
-func cfgSkipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return len(b)
 }
 
 // cfgLineCol converts an offset into a 1-based line and byte column.
