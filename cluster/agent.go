@@ -137,8 +137,6 @@ type agentStart struct {
 	Suspended                                                                bool
 }
 
-var policyNames = [...]string{supervise.RestartAlways: "always", supervise.RestartOnFailure: "on-failure", supervise.RestartNever: "never"}
-
 // appendAgentMsg appends msg as one JSON object: the encoder of both ends.
 func appendAgentMsg(dst []byte, msg *agentMsg) []byte {
 	dst = append(dst, `{"type":`...)
@@ -352,14 +350,13 @@ func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 			return err
 		}
 		msg.MaxRunning, err = jsonMaxRunning(v, true)
-		if err != nil {
-			err = fmt.Errorf("%w: %w", ErrAgentProtocol, err)
-		}
 		return err
 	case "ack":
 		if msg.Seq, err = jsonInt64(v, "seq", true); err != nil {
 			return err
 		}
+		fallthrough
+	case "error", "exit":
 		msg.Error, err = jsonString(v, "error", false)
 		// A failure text goes to logs and status: one line's worth.
 		msg.Error = clipText(msg.Error, maxControlText)
@@ -403,11 +400,6 @@ func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 			return err
 		}
 		msg.Attrs, err = decodeAttrs(v.Get("attrs"))
-		return err
-	case "error", "exit":
-		msg.Error, err = jsonString(v, "error", false)
-		// A failure text goes to logs and status: one line's worth.
-		msg.Error = clipText(msg.Error, maxControlText)
 		return err
 	}
 	return nil
@@ -469,7 +461,7 @@ func decodeStart(v *fastjson.Value) (*agentStart, error) {
 		return nil, err
 	}
 	for _, kv := range s.Env {
-		if k, _, ok := cutEnv(kv); !ok || k == "" {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return nil, fmt.Errorf("env entry %.64q is not KEY=VALUE", kv)
 		}
 	}
@@ -512,13 +504,8 @@ func decodeStart(v *fastjson.Value) (*agentStart, error) {
 	if name, err := jsonString(v, "restart", false); err != nil {
 		return nil, err
 	} else if name != "" {
-		s.Restart = -1
-		for p, n := range policyNames {
-			if name == n {
-				s.Restart = supervise.Policy(p)
-			}
-		}
-		if s.Restart < 0 {
+		var ok bool
+		if s.Restart, ok = cfgParsePolicy(name); !ok {
 			return nil, fmt.Errorf("restart policy %.32q", name)
 		}
 	}
@@ -571,18 +558,6 @@ func decodeStart(v *fastjson.Value) (*agentStart, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-func cutEnv(kv string) (k, v string, ok bool) {
-	for i := 0; i < len(kv); i++ {
-		if kv[i] == '=' {
-			return kv[:i], kv[i+1:], true
-		}
-		if kv[i] == 0 {
-			return "", "", false
-		}
-	}
-	return "", "", false
 }
 
 func jsonInt64(v *fastjson.Value, key string, required bool) (int64, error) {

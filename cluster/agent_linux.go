@@ -109,7 +109,8 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 		return nil // told to stop before the spec came
 	}
 
-	m, err := New(agentConfig(spec, slog.New(&agentLogHandler{a: a})))
+	log := slog.New(&agentLogHandler{a: a})
+	m, err := New(agentConfig(spec, log))
 	if err != nil {
 		a.fatal(err)
 		flush()
@@ -148,7 +149,7 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 	stop := func(why string) {
 		if !stopping {
 			stopping = true
-			slog.New(&agentLogHandler{a: a}).Info("agent stopping workers", "reason", why)
+			log.Info("agent stopping workers", "reason", why)
 			_ = m.Stop()
 		}
 	}
@@ -163,12 +164,10 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 				// either.
 				stop("kill requested by the master")
 				_ = m.Kill()
-			case "restart", "suspend", "resume", "stop", "max_running_time":
-				if msg.Type == "stop" {
-					stop("stop requested by the master")
-					a.send(&agentMsg{Type: "ack", Seq: msg.Seq})
-					continue
-				}
+			case "stop":
+				stop("stop requested by the master")
+				a.send(&agentMsg{Type: "ack", Seq: msg.Seq})
+			case "restart", "suspend", "resume", "max_running_time":
 				select {
 				case cmds <- msg:
 				default:
@@ -380,10 +379,7 @@ func (a *agent) enqueue(frame []byte, isLog bool) {
 		}
 		return
 	}
-	select {
-	case a.wake <- struct{}{}:
-	default:
-	}
+	a.wakeWriter()
 }
 
 // closeQueue lets writeLoop return once the queue is written.
@@ -391,6 +387,12 @@ func (a *agent) closeQueue() {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
+	a.wakeWriter()
+}
+
+// wakeWriter tells writeLoop to look at the queue; a wake already pending
+// covers this one.
+func (a *agent) wakeWriter() {
 	select {
 	case a.wake <- struct{}{}:
 	default:

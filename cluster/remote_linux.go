@@ -145,7 +145,7 @@ func (r *remoteGroup) status() ControlRemote {
 }
 
 // restart asks the agent for a graceful restart of the host's workers.
-func (r *remoteGroup) restart() error { return r.command("restart") }
+func (r *remoteGroup) restart() error { return r.command(&agentMsg{Type: "restart"}) }
 
 // kill ends the host's session at once, its agent told to SIGKILL its
 // workers' process groups (the fleet's second stop signal). Idempotent.
@@ -165,18 +165,7 @@ func (r *remoteGroup) setSuspended(on bool) error {
 	if on {
 		typ = "suspend"
 	}
-	r.mu.Lock()
-	prev := r.suspended
-	r.suspended = on
-	r.mu.Unlock()
-	err := r.command(typ)
-	if err != nil && !errors.Is(err, ErrRemoteDown) {
-		r.mu.Lock()
-		r.suspended = prev
-		r.mu.Unlock()
-		return err
-	}
-	return nil
+	return rememberAndForward(r, &r.suspended, on, &agentMsg{Type: typ})
 }
 
 // setMaxRunningTime remembers the maximum running time for later sessions
@@ -185,25 +174,29 @@ func (r *remoteGroup) setMaxRunningTime(d time.Duration) error {
 	if err := checkMaxRunning(d); err != nil {
 		return err
 	}
+	return rememberAndForward(r, &r.maxRun, d, &agentMsg{Type: "max_running_time", MaxRunning: d})
+}
+
+// rememberAndForward sets *field (guarded by r.mu) to v for later sessions
+// and sends msg to the current one. Without a session it only remembers;
+// if the agent refuses, the previous value is kept.
+func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) error {
 	r.mu.Lock()
-	prev := r.maxRun
-	r.maxRun = d
+	prev := *field
+	*field = v
 	r.mu.Unlock()
-	err := r.commandMsg(&agentMsg{Type: "max_running_time", MaxRunning: d})
+	err := r.command(msg)
 	if err != nil && !errors.Is(err, ErrRemoteDown) {
 		r.mu.Lock()
-		r.maxRun = prev
+		*field = prev
 		r.mu.Unlock()
 		return err
 	}
 	return nil
 }
 
-// command sends a command frame and waits for its ack.
-func (r *remoteGroup) command(typ string) error { return r.commandMsg(&agentMsg{Type: typ}) }
-
-// commandMsg sends msg, numbered, and waits for its ack.
-func (r *remoteGroup) commandMsg(msg *agentMsg) error {
+// command sends msg, numbered, and waits for its ack.
+func (r *remoteGroup) command(msg *agentMsg) error {
 	typ := msg.Type
 	r.mu.Lock()
 	s := r.sess
@@ -348,7 +341,6 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	r.mu.Lock()
 	r.st.Sessions++
 	r.sshPID = cmd.Process.Pid
-	r.st.Connected, r.st.AgentPID, r.st.Slots, r.st.ReadyWorkers = false, 0, nil, 0
 	r.mu.Unlock()
 	r.log.Info("agent session starting", "target", r.target.String(), "ssh_pid", cmd.Process.Pid)
 
@@ -384,6 +376,15 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 			hard = time.After(sshlaunch.KillDelay)
 		}
 	}
+	// sendOff writes a stop or kill frame off the loop: a stuck link must
+	// not keep the watchdog from firing. The write fails once ssh is gone.
+	sendOff := func(typ string) {
+		go func() {
+			if err := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: typ})); err != nil {
+				kill()
+			}
+		}()
+	}
 	if specErr != nil {
 		why = fmt.Errorf("cluster: sending the start spec: %w", specErr)
 		end()
@@ -414,11 +415,7 @@ loop:
 		case <-killC:
 			killC = nil
 			stopSent = true
-			go func() {
-				if err := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: "kill"})); err != nil {
-					kill()
-				}
-			}()
+			sendOff("kill")
 			// Time for the agent to kill its workers and report; then
 			// ssh goes, and the agent stops anyway at EOF.
 			watchdog.Reset(remoteStopGrace)
@@ -428,13 +425,7 @@ loop:
 				continue // killed already: no grace to wait for
 			}
 			stopSent = true
-			// Off the loop: a stuck link must not keep the deadline
-			// below from firing. The write fails once ssh is gone.
-			go func() {
-				if err := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: "stop"})); err != nil {
-					kill()
-				}
-			}()
+			sendOff("stop")
 			watchdog.Reset(r.shutdownTimeout() + remoteStopGrace)
 		}
 	}
