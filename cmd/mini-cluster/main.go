@@ -129,14 +129,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if *heartbeat < 0 {
 		return &usageError{err: fmt.Errorf("-heartbeat %v: want a positive duration, or 0 for none", *heartbeat)}
 	}
-	var handler slog.Handler
-	switch *logFormat {
-	case "text":
-		handler = slog.NewTextHandler(stderr, nil)
-	case "json":
-		handler = slog.NewJSONHandler(stderr, nil)
-	default:
-		return &usageError{err: fmt.Errorf("-log-format %q: want text or json", *logFormat)}
+	handler, err := logHandler(*logFormat, stderr)
+	if err != nil {
+		return err
 	}
 	for _, l := range listen {
 		if _, err := cluster.ParseAddr(l); err != nil {
@@ -177,6 +172,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return m.Run(ctx)
 }
 
+// logHandler is the handler of -log-format: text or json, on stderr.
+func logHandler(format string, stderr io.Writer) (slog.Handler, error) {
+	switch format {
+	case "text":
+		return slog.NewTextHandler(stderr, nil), nil
+	case "json":
+		return slog.NewJSONHandler(stderr, nil), nil
+	}
+	return nil, &usageError{err: fmt.Errorf("-log-format %q: want text or json", format)}
+}
+
 // configFlags are the flags a -config file replaces.
 var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "restart-strategy": true, "shutdown-timeout": true, "ready": true, "heartbeat": true}
 
@@ -195,14 +201,9 @@ func runConfig(ctx context.Context, fs *flag.FlagSet, path, control, pidFile, lo
 	if fs.NArg() > 0 {
 		return &usageError{err: fmt.Errorf("-config: unexpected program %q (the file's groups name their commands)", fs.Arg(0))}
 	}
-	var handler slog.Handler
-	switch logFormat {
-	case "text":
-		handler = slog.NewTextHandler(stderr, nil)
-	case "json":
-		handler = slog.NewJSONHandler(stderr, nil)
-	default:
-		return &usageError{err: fmt.Errorf("-log-format %q: want text or json", logFormat)}
+	handler, err := logHandler(logFormat, stderr)
+	if err != nil {
+		return err
 	}
 	fc, err := cluster.LoadConfig(path)
 	if err != nil {
