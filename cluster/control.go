@@ -1033,8 +1033,8 @@ func controlErrorCode(err error) string {
 }
 
 // maxControlRunning bounds a maximum running time on the control
-// socket, as in a configuration file.
-const maxControlRunning = 366 * 24 * time.Hour
+// socket: the configuration file's bound.
+const maxControlRunning = cfgMaxRunningTimeCap
 
 // checkMaxRunning refuses a maximum running time outside 0 or 1 s to 366
 // days: an agent takes nothing else in its "max_running_time" frame (it

@@ -426,10 +426,7 @@ func (m *master) controlStatus() *ControlStatus {
 	now := time.Now()
 	for _, sl := range st.Slots {
 		cs := ControlSlot{Slot: sl.Slot, PID: sl.PID, State: sl.State, Restarts: sl.Restarts, LastExit: m.csock.lastExit(sl.Slot),
-			ID: sl.Slot, Index: m.cfg.GroupIndexBase + sl.Slot}
-		if m.cfg.WorkerID != nil {
-			cs.ID = m.cfg.WorkerID(sl.Slot)
-		}
+			ID: m.workerID(sl.Slot), Index: m.cfg.GroupIndexBase + sl.Slot}
 		if sl.PID != 0 {
 			cs.Generation = sl.ID.Generation
 			if !sl.Since.IsZero() {

@@ -148,10 +148,6 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions) error {
 	gc := &g.cfg
 	log := slog.New(&groupHandler{h: f.log.Handler(), name: gc.Name})
-	params := gc.Params
-	if len(params) == 0 {
-		params = []byte("{}")
-	}
 	if gc.Count > 0 {
 		env := opts.Env
 		if len(gc.Env) > 0 {
@@ -166,7 +162,7 @@ func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions) error {
 			ShutdownTimeout: gc.ShutdownTimeout, StartTimeout: gc.StartTimeout, Backoff: gc.Backoff,
 			Heartbeat: gc.Heartbeat, Restart: gc.Restart, MaxRunningTime: gc.MaxRunningTime, Suspended: gc.Suspended,
 			Shim: opts.Shim, Env: env, Logger: log,
-			Group: gc.Name, Params: params, GroupIndexBase: 0,
+			Group: gc.Name, Params: gc.Params, // groupEnv gives "{}" for none
 			WorkerID: f.workerIDs(g.index, base, gc.Count),
 		}
 		if len(gc.Remote) > 0 {
@@ -398,14 +394,7 @@ func (f *fleet) beginStop() {
 	}
 }
 
-func (f *fleet) notifySystemd(state string) {
-	if f.sdNotify == "" {
-		return
-	}
-	if err := sdNotify(f.sdNotify, state); err != nil {
-		f.log.Warn("sd_notify", "state", state, "err", err)
-	}
-}
+func (f *fleet) notifySystemd(state string) { notifyManager(f.log, f.sdNotify, state) }
 
 // group finds a group by name; "" is the only group of a one-group fleet.
 func (f *fleet) group(name string) (*fleetGroup, error) {

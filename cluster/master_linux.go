@@ -560,14 +560,7 @@ func (m *master) onSignal(sig syscall.Signal) {
 
 // notifySystemd reports state to the master's own NOTIFY_SOCKET, when
 // systemd (or another manager) gave one.
-func (m *master) notifySystemd(state string) {
-	if m.sdNotify == "" {
-		return
-	}
-	if err := sdNotify(m.sdNotify, state); err != nil {
-		m.log.Warn("sd_notify", "state", state, "err", err)
-	}
-}
+func (m *master) notifySystemd(state string) { notifyManager(m.log, m.sdNotify, state) }
 
 func (m *master) watchEvents() {
 	s := m.sup

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -138,6 +139,14 @@ func utf8Printable(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// notifyManager reports state to our own service manager's
+// NOTIFY_SOCKET, socket (none: nothing to do), logging a failure.
+func notifyManager(log *slog.Logger, socket, state string) {
+	if err := sdNotify(socket, state); err != nil {
+		log.Warn("sd_notify", "state", state, "err", err)
+	}
 }
 
 // sdNotify sends state to the socket named by addr (the value of
