@@ -1,12 +1,14 @@
 package supervise
 
-// SetHookBeforeReap installs a hook run after a worker exited and before it
-// is reaped; nil removes it. Tests only; not safe while a Supervisor runs.
-func SetHookBeforeReap(h func(pid int)) { testHookBeforeReap = h }
+// SetHookExited installs a hook run by a worker's watcher once the worker
+// has exited, before anything is done about it; nil removes it. Tests only;
+// not safe while a Supervisor runs.
+func SetHookExited(h func(pid int)) { testHookExited = h }
 
-// SetHookAfterReap installs a hook run after a worker was reaped and before
-// its exit is processed; nil removes it. Tests only, before Run.
-func SetHookAfterReap(h func(pid int)) { testHookAfterReap = h }
+// SetHookBeforePost installs a hook run after an exited worker was marked
+// reaped, and before its exit is posted to the event loop; the worker is still unreaped, and the hook may reap it. nil removes
+// it. Tests only, before Run.
+func SetHookBeforePost(h func(pid int)) { testHookBeforePost = h }
 
 // SetHookPIDFileRead installs a hook run by ReadPIDFile between reading the
 // pid file and testing its lock; nil removes it. Tests only.
@@ -25,6 +27,11 @@ func DisownRecycled() bool {
 	return owned
 }
 
-// SetHookBeforeDisown installs a hook run after a worker was reaped and
-// before its pid is disowned; nil removes it. Tests only, before Run.
-func SetHookBeforeDisown(h func(pid int)) { testHookBeforeDisown = h }
+// SetHookBeforeReap installs a hook run after a worker's exit was posted and
+// before its watcher reaps it; nil removes it. Tests only, before Run.
+func SetHookBeforeReap(h func(pid int)) { testHookBeforeReap = h }
+
+// SetHookAfterReap installs a hook run after the watcher's wait4 of a worker,
+// with its error, and before the pid is disowned; nil removes it. Tests
+// only, before Run.
+func SetHookAfterReap(h func(pid int, err error)) { testHookAfterReap = h }

@@ -459,18 +459,24 @@ func helperCommand(t *testing.T, role string, env []string) *exec.Cmd {
 }
 
 // pidReuseRole runs as pid 1 of a fresh pid namespace (TESTPLAN C7). When
-// its worker has been reaped but the exit is not processed yet, it makes a
-// decoy take the worker's pid (through ns_last_pid) as a process group
-// leader, then stops the supervisor, whose stop signals and SIGKILL
-// escalation must not reach the decoy. It prints "DECOY want got alive".
+// its worker has exited and its exit is not posted yet, it reaps the worker
+// itself (the watcher reaps only after posting, so this is how the pid can
+// be recycled before the event loop knows) and makes a decoy take the pid
+// (through ns_last_pid) as a process group leader, then stops the
+// supervisor, whose stop signals and SIGKILL escalation must not reach the
+// decoy. It prints "DECOY want got alive".
 func pidReuseRole() int {
 	self, _ := os.Executable()
 	reaped := make(chan struct{})
 	release := make(chan struct{})
 	var decoy *exec.Cmd
 	var target int
-	supervise.SetHookAfterReap(func(pid int) {
+	supervise.SetHookBeforePost(func(pid int) {
 		target = pid
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			fmt.Println("ERROR wait4", err)
+		}
 		for range 20 {
 			// Threads take pids too, so retry until the decoy lands on it.
 			_ = os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0)
@@ -526,7 +532,8 @@ func pidReuseRole() int {
 // watcher reaped it and before it disowns the pid, a new slot's worker B is
 // spawned with A's pid (through ns_last_pid). B then exits with code 3 while
 // its watcher is held long enough for the orphan reaper to steal B's status
-// if B is not owned. It prints "RESULT A B code" with B's reported code.
+// if B is not owned. It prints "RESULT A B code reaped" with B's reported
+// code and whether B's own watcher reaped it.
 func disownRaceRole() int {
 	self, _ := os.Executable()
 	// Threads take pids too: a runtime thread created between the write
@@ -547,8 +554,12 @@ func disownRaceRole() int {
 	var sup *supervise.Supervisor
 	var mu sync.Mutex
 	var target, bpid int
-	supervise.SetHookBeforeDisown(func(pid int) {
+	breaped := false
+	supervise.SetHookAfterReap(func(pid int, err error) {
 		mu.Lock()
+		if pid == bpid && target != 0 {
+			breaped = err == nil
+		}
 		first := target == 0
 		if first {
 			target = pid
@@ -574,7 +585,7 @@ func disownRaceRole() int {
 		}
 		_ = sup.Stop() // inconclusive: do not wait for the deadline
 	})
-	supervise.SetHookBeforeReap(func(pid int) {
+	supervise.SetHookExited(func(pid int) {
 		mu.Lock()
 		isB := pid == bpid
 		mu.Unlock()
@@ -623,6 +634,6 @@ func disownRaceRole() int {
 	<-done
 	mu.Lock()
 	defer mu.Unlock()
-	fmt.Printf("RESULT %d %d %d\n", target, bpid, code)
+	fmt.Printf("RESULT %d %d %d %v\n", target, bpid, code, breaped)
 	return 0
 }

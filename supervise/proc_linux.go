@@ -16,22 +16,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Test seams, set only by tests before Run: testHookBeforeReap runs in the
-// watcher after a worker exited and before it is reaped, testHookAfterReap
-// after it was reaped and before its exit is posted; both hold the exit
-// unprocessed meanwhile.
-var testHookBeforeReap, testHookAfterReap func(pid int)
-
-// testHookBeforeDisown, set only by tests before Run, runs in the watcher
-// after the worker was reaped and before its pid is removed from owned.
-var testHookBeforeDisown func(pid int)
+// Test seams, set only by tests before Run; each holds the exit in the
+// watcher while it runs. testHookExited runs once the worker has exited,
+// before anything is done about it. testHookBeforePost runs after the
+// worker was marked reaped, and before its exit is posted; the worker is still unreaped, so a test may reap it itself to let
+// its pid be recycled. testHookBeforeReap runs after the exit was posted and
+// before the watcher's wait4(2); testHookAfterReap after it, with its error,
+// and before the pid is disowned.
+var (
+	testHookExited, testHookBeforePost, testHookBeforeReap func(pid int)
+	testHookAfterReap                                      func(pid int, err error)
+)
 
 // proc is the OS side of one worker.
 type proc struct {
 	pid   int
 	seq   uint64 // spawn number, the key of this process in platform.owned
 	start time.Time
-	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; closed after reaping
+	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; reaped through, then closed
 
 	mu     sync.Mutex
 	reaped bool // guarded by mu; once true the pid may be recycled
@@ -324,24 +326,34 @@ func (pr *proc) openPidfd(fd int) error {
 	return nil
 }
 
-// sigchldInfo mirrors the start of siginfo_t for SIGCHLD up to si_pid: the
-// union begins at the first pointer-aligned offset after three int32s.
+// sigchldInfo mirrors siginfo_t for SIGCHLD up to si_status: the union
+// begins at the first pointer-aligned offset after three int32s.
 type sigchldInfo struct {
 	Signo, Errno, Code int32
 	_                  [unsafe.Sizeof(uintptr(0))/4 - 1]int32
 	Pid                int32
-	_                  [128 - 4*3 - 4 - (unsafe.Sizeof(uintptr(0))/4-1)*4]byte
+	UID                uint32
+	Status             int32
+	_                  [128 - 4*3 - 4*3 - (unsafe.Sizeof(uintptr(0))/4-1)*4]byte
 }
+
+// si_code values of SIGCHLD for a terminated child
+// (include/uapi/asm-generic/siginfo.h); x/sys/unix does not define them.
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)
 
 func (i *sigchldInfo) siginfo() *unix.Siginfo { return (*unix.Siginfo)(unsafe.Pointer(i)) }
 
 // exitedFD reports whether the process of pidfd fd has exited, without
-// reaping it (waitid(2) WNOWAIT). newPlatform made sure the kernel knows
-// P_PIDFD, so an error other than EAGAIN/EINTR means there is nothing left
-// to wait for (ECHILD).
-func exitedFD(fd int) bool {
-	var info sigchldInfo
+// reaping it (waitid(2) WNOWAIT), and if so fills info. newPlatform made
+// sure the kernel knows P_PIDFD, so an error other than EAGAIN/EINTR means
+// there is nothing left to wait for (ECHILD).
+func exitedFD(fd int, info *sigchldInfo) bool {
 	for {
+		*info = sigchldInfo{}
 		err := unix.Waitid(unix.P_PIDFD, fd, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 		switch err {
 		case nil:
@@ -361,7 +373,8 @@ func (pr *proc) alive() bool {
 		return false
 	}
 	exited := true
-	if err := rc.Control(func(fd uintptr) { exited = exitedFD(int(fd)) }); err != nil {
+	var info sigchldInfo
+	if err := rc.Control(func(fd uintptr) { exited = exitedFD(int(fd), &info) }); err != nil {
 		return false
 	}
 	return !exited
@@ -385,28 +398,15 @@ func (pr *proc) signalGroup(sig syscall.Signal) {
 	}
 }
 
-// watch waits for w to exit, kills what is left of its process group, reaps
-// it and posts the exit to the event loop.
+// watch waits for w to exit, kills what is left of its process group,
+// posts the exit to the event loop and reaps it.
 // The caller has done p.wg.Add(1).
 func (p *platform) watch(w *worker) {
 	defer p.wg.Done()
 	pr := w.proc
-	if rc, err := pr.pidfd.SyscallConn(); err == nil {
-		// Read returns when the callback reports true; in between the
-		// goroutine is parked on the poller: no polling, no thread.
-		if rc.Read(func(fd uintptr) bool { return exitedFD(int(fd)) }) != nil {
-			// Not pollable after all: block this thread in waitid
-			// instead, still without reaping.
-			_ = rc.Control(func(fd uintptr) {
-				_ = unix.SetNonblock(int(fd), false)
-				var info sigchldInfo
-				for unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
-				}
-			})
-		}
-	}
+	info := pr.waitExit()
 	at := time.Now()
-	if h := testHookBeforeReap; h != nil {
+	if h := testHookExited; h != nil {
 		h(pr.pid)
 	}
 	pr.mu.Lock()
@@ -416,34 +416,91 @@ func (p *platform) watch(w *worker) {
 	_ = unix.Kill(-pr.pid, unix.SIGKILL)
 	pr.reaped = true
 	pr.mu.Unlock()
-	var ws unix.WaitStatus
-	for {
-		_, err := unix.Wait4(pr.pid, &ws, 0, nil)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	pr.pidfd.Close()
-	if h := testHookBeforeDisown; h != nil {
-		h(pr.pid)
-	}
-	p.disown(pr.pid, pr.seq)
 	// Captured output still buffered in the pipes is read; a grandchild that
 	// left the group and holds a pipe open cannot delay us past WaitDelay.
 	for _, r := range pr.outputs {
 		_ = r.SetReadDeadline(time.Now().Add(p.s.opt.WaitDelay))
 	}
-	if h := testHookAfterReap; h != nil {
+	if h := testHookBeforePost; h != nil {
 		h(pr.pid)
 	}
+	// The exit is posted from waitid's record, before the reap: reaping can
+	// take long (release_task prunes the pid's /proc dentries, more of them
+	// the more /proc was read), and the event loop must not see a dead
+	// worker as live meanwhile. Until the reap the zombie keeps its pid, and
+	// the pid stays owned, so the orphan reaper leaves it alone.
 	m := exitMsg{w: w, at: at, code: -1}
-	switch {
-	case ws.Exited():
-		m.code = ws.ExitStatus()
-	case ws.Signaled():
-		m.signal = syscall.Signal(ws.Signal())
+	switch info.Code {
+	case cldExited:
+		m.code = int(info.Status)
+	case cldKilled, cldDumped:
+		m.signal = syscall.Signal(info.Status)
 	}
 	p.s.post(m)
+	if h := testHookBeforeReap; h != nil {
+		h(pr.pid)
+	}
+	err := pr.reap()
+	if err != nil {
+		// Something else in this process reaped our child (a wait4(-1),
+		// or SIGCHLD set to SIG_IGN); the exit was already posted.
+		p.s.log.Warn("supervise: reaping worker", "pid", pr.pid, "err", err)
+	}
+	pr.pidfd.Close()
+	if h := testHookAfterReap; h != nil {
+		h(pr.pid, err)
+	}
+	p.disown(pr.pid, pr.seq)
+}
+
+// reap reaps the exited worker through its pidfd, never by pid: if
+// something else reaped it first, the pid may already name another child
+// of ours, and waiting on it would block until that one exits and take its
+// status.
+func (pr *proc) reap() error {
+	rc, err := pr.pidfd.SyscallConn()
+	if err != nil {
+		return err
+	}
+	cerr := rc.Control(func(fd uintptr) {
+		var info sigchldInfo
+		// The process has exited, so even on the O_NONBLOCK pidfd this
+		// does not return EAGAIN.
+		for {
+			err = unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED, nil)
+			if err != unix.EINTR {
+				break
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return os.NewSyscallError("waitid", err)
+}
+
+// waitExit returns once the worker has exited, without reaping it, with
+// waitid's record of the exit (zero if there was none to read).
+func (pr *proc) waitExit() sigchldInfo {
+	var info sigchldInfo
+	rc, err := pr.pidfd.SyscallConn()
+	if err == nil {
+		// Read returns when the callback reports true; in between the
+		// goroutine is parked on the poller: no polling, no thread.
+		err = rc.Read(func(fd uintptr) bool { return exitedFD(int(fd), &info) })
+	}
+	if err == nil {
+		return info
+	}
+	// Not pollable after all: block this thread in waitid instead, still
+	// without reaping. The worker is unreaped, so its pid is still its own.
+	for {
+		info = sigchldInfo{}
+		err := unix.Waitid(unix.P_PID, pr.pid, info.siginfo(), unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return info
+		}
+	}
 }
 
 func (p *platform) readLines(r *os.File, id ID, pid int, stream Stream) {

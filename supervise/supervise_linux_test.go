@@ -771,11 +771,11 @@ func TestReadyThenExit(t *testing.T) {
 	c := proccensus.New(t)
 	hold := make(chan struct{})
 	held := make(chan int, 4)
-	supervise.SetHookBeforeReap(func(pid int) {
+	supervise.SetHookExited(func(pid int) {
 		held <- pid
 		<-hold
 	})
-	t.Cleanup(func() { supervise.SetHookBeforeReap(nil) })
+	t.Cleanup(func() { supervise.SetHookExited(nil) })
 	spec := workerSpec(t, c, "EXIT_AFTER_READY=1", "EXIT_CODE=0")
 	sup, err := supervise.New(spec, testOptions(supervise.Options{Restart: supervise.RestartNever}))
 	if err != nil {
@@ -814,6 +814,79 @@ func TestReadyThenExit(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 	for range sup.Lines() {
+	}
+}
+
+// TestExitPostedBeforeReap: the reap of an exited worker can be slow (the
+// kernel prunes its /proc dentries then) and must not hold back the Exited
+// event. The watcher is held between posting and reaping: the event
+// arrives, with the worker's real exit code, while it is still a zombie.
+func TestExitPostedBeforeReap(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	hold := make(chan struct{})
+	held := make(chan int, 1)
+	supervise.SetHookBeforeReap(func(pid int) {
+		held <- pid
+		<-hold
+	})
+	t.Cleanup(func() { supervise.SetHookBeforeReap(nil) })
+	spec := workerSpec(t, c, "EXIT_AFTER_READY=1", "EXIT_CODE=7")
+	sup, err := supervise.New(spec, testOptions(supervise.Options{Restart: supervise.RestartNever, ReadyOnStart: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(t.Context()) }()
+	go func() {
+		for range sup.Lines() {
+		}
+	}()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	defer release()
+	timeout := time.After(10 * time.Second)
+	var exit supervise.Event
+wait:
+	for {
+		select {
+		case e, ok := <-sup.Events():
+			if !ok {
+				t.Fatal("events closed before Exited")
+			}
+			if e.Kind == supervise.Exited {
+				exit = e
+				break wait
+			}
+		case <-timeout:
+			t.Fatal("no Exited event while the reap is held")
+		}
+	}
+	if pid := <-held; pid != exit.PID {
+		t.Fatalf("reap held for pid %d, Exited for %d", pid, exit.PID)
+	}
+	if exit.Code != 7 || exit.Signal != 0 {
+		t.Errorf("Exited code %d signal %v, want code 7", exit.Code, exit.Signal)
+	}
+	if p, ok := proccensus.Stat(exit.PID); !ok || p.State != 'Z' {
+		t.Errorf("worker %d not a zombie while its reap is held: %+v %v", exit.PID, p, ok)
+	}
+	release()
+	_ = sup.Stop()
+	for range sup.Events() {
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if z := proccensus.Zombies(os.Getpid()); len(z) != 0 {
+		t.Errorf("zombies after Run: %v", z)
 	}
 }
 
@@ -1725,7 +1798,8 @@ func TestDisownKeepsRecycledPID(t *testing.T) {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
 	var a, b, code int
-	if _, err := fmt.Sscanf(lastLine(string(out)), "RESULT %d %d %d", &a, &b, &code); err != nil {
+	var reaped bool
+	if _, err := fmt.Sscanf(lastLine(string(out)), "RESULT %d %d %d %t", &a, &b, &code, &reaped); err != nil {
 		t.Fatalf("helper output %q", out)
 	}
 	if a != b {
@@ -1734,6 +1808,9 @@ func TestDisownKeepsRecycledPID(t *testing.T) {
 		t.Skipf("new worker did not get the reaped worker's pid %d (got %d): inconclusive", a, b)
 	}
 	if code != 3 {
-		t.Errorf("worker with recycled pid %d reported exit code %d, want 3 (status stolen by the orphan reaper)", b, code)
+		t.Errorf("worker with recycled pid %d reported exit code %d, want 3", b, code)
+	}
+	if !reaped {
+		t.Errorf("worker with recycled pid %d was not reaped by its watcher (status stolen by the orphan reaper)", b)
 	}
 }
