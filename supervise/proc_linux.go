@@ -3,6 +3,7 @@
 package supervise
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -33,7 +34,7 @@ type proc struct {
 	pid   int
 	seq   uint64 // spawn number, the key of this process in platform.owned
 	start time.Time
-	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; reaped through, then closed
+	pidfd *os.File // O_NONBLOCK pidfd on the runtime poller; closed once the exit is seen
 
 	mu     sync.Mutex
 	reaped bool // guarded by mu; once true the pid may be recycled
@@ -436,47 +437,46 @@ func (p *platform) watch(w *worker) {
 	case cldKilled, cldDumped:
 		m.signal = syscall.Signal(info.Status)
 	}
+	// The pidfd goes now, not after the reap: the reap is what may be slow.
+	pr.pidfd.Close()
 	p.s.post(m)
 	if h := testHookBeforeReap; h != nil {
 		h(pr.pid)
 	}
-	err := pr.reap()
+	err := reap(pr.pid)
 	if err != nil {
-		// Something else in this process reaped our child (a wait4(-1),
-		// or SIGCHLD set to SIG_IGN); the exit was already posted.
 		p.s.log.Warn("supervise: reaping worker", "pid", pr.pid, "err", err)
 	}
-	pr.pidfd.Close()
 	if h := testHookAfterReap; h != nil {
 		h(pr.pid, err)
 	}
 	p.disown(pr.pid, pr.seq)
 }
 
-// reap reaps the exited worker through its pidfd, never by pid: if
-// something else reaped it first, the pid may already name another child
-// of ours, and waiting on it would block until that one exits and take its
-// status.
-func (pr *proc) reap() error {
-	rc, err := pr.pidfd.SyscallConn()
-	if err != nil {
-		return err
-	}
-	cerr := rc.Control(func(fd uintptr) {
-		var info sigchldInfo
-		// The process has exited, so even on the O_NONBLOCK pidfd this
-		// does not return EAGAIN.
-		for {
-			err = unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED, nil)
-			if err != unix.EINTR {
-				break
-			}
+// errNotReaped: the worker's pid names a live child of this process, so
+// something else reaped the worker (a wait4(-1), or SIGCHLD set to
+// SIG_IGN) and the pid was recycled.
+var errNotReaped = errors.New("supervise: worker already reaped elsewhere; its pid is another child's now")
+
+// reap reaps the exited worker pid without blocking. Only its zombie can
+// hold the pid unless something else reaped it first; then the pid may
+// name another child of ours, and a blocking wait would sleep until that
+// child exits. (A pidfd-based reap would be immune, but it would keep the
+// pidfd open through the slow part.)
+func reap(pid int) error {
+	var ws unix.WaitStatus
+	for {
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return os.NewSyscallError("wait4", err)
+		case got == 0:
+			return errNotReaped
 		}
-	})
-	if cerr != nil {
-		return cerr
+		return nil
 	}
-	return os.NewSyscallError("waitid", err)
 }
 
 // waitExit returns once the worker has exited, without reaping it, with

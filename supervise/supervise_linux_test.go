@@ -818,9 +818,10 @@ func TestReadyThenExit(t *testing.T) {
 }
 
 // TestExitPostedBeforeReap: the reap of an exited worker can be slow (the
-// kernel prunes its /proc dentries then) and must not hold back the Exited
-// event. The watcher is held between posting and reaping: the event
-// arrives, with the worker's real exit code, while it is still a zombie.
+// kernel prunes its /proc dentries then) and must hold back neither the
+// Exited event, with the worker's real exit code, nor the close of its
+// pidfd. The watcher is held between posting and reaping: the event
+// arrives while the worker is still a zombie, and its pidfd is closed.
 func TestExitPostedBeforeReap(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
@@ -831,6 +832,7 @@ func TestExitPostedBeforeReap(t *testing.T) {
 		<-hold
 	})
 	t.Cleanup(func() { supervise.SetHookBeforeReap(nil) })
+	before := pidfds(t)
 	spec := workerSpec(t, c, "EXIT_AFTER_READY=1", "EXIT_CODE=7")
 	sup, err := supervise.New(spec, testOptions(supervise.Options{Restart: supervise.RestartNever, ReadyOnStart: true}))
 	if err != nil {
@@ -876,6 +878,9 @@ wait:
 	if p, ok := proccensus.Stat(exit.PID); !ok || p.State != 'Z' {
 		t.Errorf("worker %d not a zombie while its reap is held: %+v %v", exit.PID, p, ok)
 	}
+	if got := pidfds(t); got != before {
+		t.Errorf("%d pidfds open while the reap is held, want %d as before the worker", got, before)
+	}
 	release()
 	_ = sup.Stop()
 	for range sup.Events() {
@@ -888,6 +893,16 @@ wait:
 	if z := proccensus.Zombies(os.Getpid()); len(z) != 0 {
 		t.Errorf("zombies after Run: %v", z)
 	}
+}
+
+// pidfds counts this process's open pidfds.
+func pidfds(t *testing.T) int {
+	t.Helper()
+	snap, err := fdcensus.Take(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap.Count("anon_inode:[pidfd]")
 }
 
 // TestSlowOutputConsumer: nobody reads Lines, the worker writes 1.2 MiB,
