@@ -21,11 +21,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/httpdrain"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
@@ -124,8 +126,8 @@ func fakeSrv() int {
 		}
 		fmt.Fprintf(w, "INODES=%d,%d,%d\n", ino[0], ino[1], ino[2])
 	})
-	srv := &http.Server{Handler: mux}
-	fresh := trackFresh(srv)
+	var open openConns
+	srv := &http.Server{Handler: mux, ConnState: open.track}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	usr2 := make(chan os.Signal, 1)
@@ -173,27 +175,19 @@ for _ in range(600):
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	pl := &pausableListener{Listener: ln, closed: make(chan struct{}), parked: make(chan struct{})}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	accepting := true
-	// stopAccepting closes our descriptor of the shared socket (the master
-	// and the other workers keep it listening) and waits for Serve, after
-	// which every connection we accepted is in fresh.
-	stopAccepting := func() {
-		if accepting {
-			accepting = false
-			ln.Close()
-			<-errc
-		}
-	}
+	go func() { errc <- httpdrain.Serve(ctx, srv, pl, &httpdrain.Options{Grace: 10 * time.Second}) }()
 wait:
 	for {
 		select {
 		case err := <-errc:
 			return fail("serve: %v", err)
 		case <-usr2:
-			stopAccepting()
-			report(dir, "inflight", fresh.open())
+			pl.pause()
+			report(dir, "inflight", open.count())
 		case sig := <-sigs:
 			if sig == syscall.SIGINT && dir != "" {
 				report(dir, "sigint", 1)
@@ -202,14 +196,10 @@ wait:
 		}
 	}
 	sdNotify("STOPPING=1")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	// Stop accepting first and let the first request of every connection
-	// already accepted reach the handler: net/http drops a request it
-	// reads after Shutdown began, closing the connection without a reply.
-	stopAccepting()
-	fresh.wait(ctx)
-	srv.Shutdown(ctx)
+	stop()
+	if err := <-errc; err != nil {
+		fmt.Fprintf(os.Stderr, "fake-srv: drain: %v\n", err)
+	}
 	if child != nil {
 		child.Process.Kill()
 		child.Wait()
@@ -255,76 +245,80 @@ func reports(t testing.TB, dir, what string) map[int]int {
 	return out
 }
 
-// freshConns tracks accepted connections whose first request has not
-// reached the handler yet, and all accepted connections not yet closed.
-type freshConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-	all   map[net.Conn]bool
+// openConns counts accepted connections not yet closed (or hijacked).
+type openConns struct {
+	mu sync.Mutex
+	n  int
 }
 
-// connKey carries the accepted net.Conn in each request's context.
-type connKey struct{}
-
-// trackFresh installs srv's ConnState, ConnContext and a wrapper around its
-// Handler (set srv.Handler first).
-//
-// A connection stops being fresh when its first request enters the
-// handler, not when it leaves http.StateNew: net/http sets StateActive
-// (running the hook) once it has read the request and only then checks
-// whether Shutdown began, closing the connection unanswered if so (the
-// check added for golang/go#65802). A Shutdown that fell in that window
-// lost a request on a fresh connection, rarely, in TestRestartsUnderLoad.
-func trackFresh(srv *http.Server) *freshConns {
-	f := &freshConns{conns: map[net.Conn]bool{}, all: map[net.Conn]bool{}}
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		return context.WithValue(ctx, connKey{}, c)
+// track is the fake worker's srv.ConnState, which httpdrain wraps.
+func (o *openConns) track(c net.Conn, s http.ConnState) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch s {
+	case http.StateNew:
+		o.n++
+	case http.StateClosed, http.StateHijacked:
+		o.n--
 	}
-	srv.ConnState = func(c net.Conn, s http.ConnState) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		switch s {
-		case http.StateNew:
-			f.conns[c] = true
-			f.all[c] = true
-		case http.StateClosed, http.StateHijacked:
-			delete(f.conns, c)
-			delete(f.all, c)
-		}
-	}
-	h := srv.Handler
-	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// From here net/http writes the reply whatever Shutdown does:
-		// Shutdown closes only idle connections.
-		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
-			f.mu.Lock()
-			delete(f.conns, c)
-			f.mu.Unlock()
-		}
-		h.ServeHTTP(w, r)
-	})
-	return f
 }
 
-// open is the number of accepted connections not yet closed: the most
+// count is the number of accepted connections not yet closed: the most
 // requests that can fail if the worker dies now and accepts no more.
-func (f *freshConns) open() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.all)
+func (o *openConns) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n
 }
 
-// wait waits until the first request of every accepted connection has
-// reached the handler (or the connection closed), or ctx is done.
-func (f *freshConns) wait(ctx context.Context) {
-	for ctx.Err() == nil {
-		f.mu.Lock()
-		n := len(f.conns)
-		f.mu.Unlock()
-		if n == 0 {
-			return
+// pausableListener lets the fake worker stop accepting on SIGUSR2 and
+// keep serving what it holds: pause closes our descriptor of the shared
+// socket (the master and the other workers keep it listening; in handoff
+// mode the queued connections go back to the master), while Accept,
+// instead of failing, waits for Close, so httpdrain.Serve drains only on
+// SIGTERM.
+type pausableListener struct {
+	net.Listener
+	paused    atomic.Bool
+	closeOnce sync.Once
+	closed    chan struct{} // closed by Close
+	parkOnce  sync.Once
+	parked    chan struct{} // closed once Accept waits for Close after pause
+}
+
+func (l *pausableListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil && l.paused.Load() {
+		// net/http registers (ConnState StateNew) every connection an
+		// Accept returned before it calls Accept again, so from here on
+		// openConns holds every connection this worker accepted.
+		l.parkOnce.Do(func() { close(l.parked) })
+		<-l.closed
+		return nil, net.ErrClosed
+	}
+	return c, err
+}
+
+func (l *pausableListener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		close(l.closed)
+		if !l.paused.Load() {
+			err = l.Listener.Close()
 		}
-		time.Sleep(5 * time.Millisecond)
+	})
+	return err
+}
+
+// pause closes the socket and waits, bounded, until Accept has seen it.
+func (l *pausableListener) pause() {
+	if l.paused.Swap(true) {
+		return
+	}
+	l.Listener.Close()
+	select {
+	case <-l.parked:
+	case <-time.After(5 * time.Second):
 	}
 }
 

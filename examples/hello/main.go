@@ -8,10 +8,10 @@
 //     -addr that is not inherited is bound once by the master and shared
 //     by every worker;
 //   - cluster.Ready sends READY=1 to NOTIFY_SOCKET once it serves;
-//   - cluster.Done closes on SIGTERM or SIGINT (or when the master is
-//     gone): it stops accepting (closing, never shutting down, the shared
-//     listener) and finishes requests in flight. Under -heartbeat the
-//     package keeps the master's watchdog fed.
+//   - cluster.Context is done on SIGTERM or SIGINT (or when the master is
+//     gone): httpdrain.Serve then stops accepting (closing, never shutting
+//     down, the shared listener) and finishes requests in flight. Under
+//     -heartbeat the package keeps the master's watchdog fed.
 //
 // Standalone:
 //
@@ -34,10 +34,10 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/handoff-go/handoff/cluster"
+	"github.com/handoff-go/handoff/httpdrain"
 )
 
 func main() {
@@ -70,91 +70,18 @@ func serve(addr string, grace time.Duration) error {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	fresh := trackFresh(srv) // after Handler: it wraps it
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	log.Printf("hello: pid %d serving %s (cluster worker: %v)", pid, ln.Addr(), cluster.IsWorker())
 	if err := cluster.Ready(); err != nil {
 		log.Printf("hello: ready: %v", err)
 	}
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	// Structured, and under mini-cluster forwarded to the master's log.
-	slog.New(cluster.LogHandler(nil)).Info("hello: stopping", "pid", pid, "grace", grace)
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	// Stop accepting first, with close(2): the master and the other workers
-	// keep accepting on the shared socket. Then let the first request of
-	// every connection accepted so far reach the handler before Shutdown,
-	// because net/http closes, unanswered, a connection whose request it
-	// reads after Shutdown began (see trackFresh).
-	ln.Close()
-	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
-		return err
-	}
-	fresh.wait(sctx)
-	return srv.Shutdown(sctx)
-}
-
-// freshConns tracks accepted connections whose first request has not
-// reached the handler yet.
-type freshConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-}
-
-// connKey carries the accepted connection in each request's context.
-type connKey struct{}
-
-// trackFresh sets srv's ConnState and ConnContext and wraps its Handler.
-//
-// A connection stays fresh until its first request enters the handler,
-// not merely until it leaves http.StateNew: net/http marks a connection
-// StateActive once it has read a request and only then checks whether
-// Shutdown began, closing the connection unanswered if so
-// (golang/go#65802). From the handler on, Shutdown waits for the reply.
-func trackFresh(srv *http.Server) *freshConns {
-	f := &freshConns{conns: map[net.Conn]bool{}}
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		return context.WithValue(ctx, connKey{}, c)
-	}
-	srv.ConnState = func(c net.Conn, s http.ConnState) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		switch s {
-		case http.StateNew:
-			f.conns[c] = true
-		case http.StateClosed, http.StateHijacked:
-			delete(f.conns, c)
-		}
-	}
-	h := srv.Handler
-	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
-			f.mu.Lock()
-			delete(f.conns, c)
-			f.mu.Unlock()
-		}
-		h.ServeHTTP(w, r)
+	context.AfterFunc(ctx, func() {
+		// Structured, and under mini-cluster forwarded to the master's log.
+		slog.New(cluster.LogHandler(nil)).Info("hello: stopping", "pid", pid, "grace", grace)
 	})
-	return f
-}
-
-// wait returns once the first request of every accepted connection has
-// reached the handler (or the connection closed), or when ctx is done.
-func (f *freshConns) wait(ctx context.Context) {
-	for ctx.Err() == nil {
-		f.mu.Lock()
-		n := len(f.conns)
-		f.mu.Unlock()
-		if n == 0 {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// Serves until ctx is done, then stops accepting (closing, never
+	// shutting down, the shared listener) and drains without dropping a
+	// request net/http has already read.
+	return httpdrain.Serve(ctx, srv, ln, &httpdrain.Options{Grace: grace})
 }
 
 // listener listens on addr, which cluster.Listen takes from the inherited
