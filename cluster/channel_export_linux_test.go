@@ -19,15 +19,19 @@ func RestartWorker(m *Master, pid int, reason string) { m.m.restartWorker(pid, r
 // still does for a worker reaped before its Exited event was handled.
 func CountAsWorker(m *Master, pid int) {
 	m.m.mu.Lock()
-	m.m.pids[pid] = supervise.ID{Slot: 0, Generation: 1}
+	m.m.pids[pid] = testWorkerID
 	m.m.mu.Unlock()
 }
 
-// TrackPID does what Launch.Done does for a worker just spawned.
-func TrackPID(m *Master, pid int) { m.m.trackPID(pid) }
+// testWorkerID is the ID CountAsWorker, TrackPID and WorkerGone give pid.
+var testWorkerID = supervise.ID{Slot: 0, Generation: 1}
 
-// WorkerGone does what the worker's Exited event does.
-func WorkerGone(m *Master, pid int) { m.m.workerGone(pid) }
+// TrackPID does what Launch.Done does for a worker just spawned.
+func TrackPID(m *Master, pid int) { m.m.trackPID(pid, testWorkerID) }
+
+// WorkerGone does what the worker's Exited event does to its channel
+// state.
+func WorkerGone(m *Master, pid int) { m.m.workerGone(pid, testWorkerID) }
 
 // BindPolicy checks a -listen style address against what a worker may
 // have the master bind.

@@ -59,6 +59,7 @@ type outFrame struct {
 type channel struct {
 	m    *master
 	pid  int
+	id   supervise.ID
 	conn *scmrights.Conn
 	out  chan outFrame
 	done chan struct{}
@@ -77,11 +78,13 @@ type ctlState struct {
 	// watching the ready workers whose heartbeats are checked.
 	beats    map[int]time.Time
 	watching map[int]bool
-	// pidfds holds a pidfd per worker, opened while the worker was
-	// certainly unreaped (Launch.Done): the only safe way to kill it later,
-	// since its pid may be reaped and reused before the Exited event
-	// reaches watchEvents.
-	pidfds map[int]*os.File
+	// procs holds every spawned worker process until its clean-up
+	// (workerExited), with a pidfd opened while the worker was certainly
+	// unreaped (Launch.Done): the only safe way to kill it later, since its
+	// pid may be reaped and reused before the Exited event reaches
+	// watchEvents, and the ground truth that it exited when that event was
+	// dropped (reconcile).
+	procs  map[int]*wproc
 	closed bool
 	wg     sync.WaitGroup
 
@@ -91,6 +94,13 @@ type ctlState struct {
 	binds  map[string]*listener
 }
 
+// wproc is one worker process the master tracks: its spawn's ID and its
+// pidfd (nil if pidfd_open failed).
+type wproc struct {
+	id    supervise.ID
+	pidfd *os.File
+}
+
 // prepareChannel creates a spawn's control channel and adds its child end
 // to l, right after the listeners (descriptor 3+len(listeners)), with
 // HANDOFF_CONTROL_FD and, when heartbeats are on, WATCHDOG_USEC (RunShim
@@ -98,7 +108,7 @@ type ctlState struct {
 // (reuseport mode) when it is called; a connection channel must be added
 // after it. The child end is closed in l.Done, the master end when the
 // worker exits or Run returns.
-func (m *master) prepareChannel(_ supervise.ID, l *supervise.Launch) error {
+func (m *master) prepareChannel(id supervise.ID, l *supervise.Launch) error {
 	if n := len(l.ExtraFiles); n != 0 && n != len(m.listeners) {
 		return fmt.Errorf("cluster: control channel: %d per-spawn descriptors before it, want 0 or %d", n, len(m.listeners))
 	}
@@ -116,9 +126,9 @@ func (m *master) prepareChannel(_ supervise.ID, l *supervise.Launch) error {
 	l.Done = func(pid int, err error) {
 		remote.Close()
 		if err == nil && pid > 0 {
-			m.trackPID(pid)
+			m.trackPID(pid, id)
 		}
-		if err != nil || pid <= 0 || !m.addChannel(pid, conn) {
+		if err != nil || pid <= 0 || !m.addChannel(pid, id, conn) {
 			conn.Close()
 		}
 		if prev != nil {
@@ -146,8 +156,8 @@ func newChannelPair(sotype int) (*scmrights.Conn, *os.File, error) {
 
 // addChannel starts serving a new worker's channel; false if the master
 // is shutting its channels down.
-func (m *master) addChannel(pid int, conn *scmrights.Conn) bool {
-	c := &channel{m: m, pid: pid, conn: conn, out: make(chan outFrame, sendQueue), done: make(chan struct{})}
+func (m *master) addChannel(pid int, id supervise.ID, conn *scmrights.Conn) bool {
+	c := &channel{m: m, pid: pid, id: id, conn: conn, out: make(chan outFrame, sendQueue), done: make(chan struct{})}
 	s := &m.ctl
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -179,35 +189,56 @@ func (c *channel) close() {
 	})
 }
 
-// trackPID opens a pidfd for a worker just spawned. Launch.Done runs
+// trackPID records a worker just spawned, with a pidfd. Launch.Done runs
 // before the supervisor starts waiting for the worker, so pid cannot have
-// been reaped, let alone reused, yet. Pidfds of workers whose Exited event
-// was dropped (supervise's event buffer) are closed here too, once there
-// are more than a restart's worth, so they cannot pile up.
-func (m *master) trackPID(pid int) {
+// been reaped, let alone reused, yet. A failed pidfd_open is recorded too:
+// the worker is then taken as alive until its Exited event.
+func (m *master) trackPID(pid int, id supervise.ID) {
 	fd, err := unix.PidfdOpen(pid, 0) // close-on-exec
+	p := &wproc{id: id}
+	if err != nil {
+		m.log.Warn("pidfd_open: the worker cannot be killed for a control-channel violation or a missed heartbeat", "pid", pid, "err", err)
+	} else {
+		p.pidfd = os.NewFile(uintptr(fd), "pidfd")
+	}
 	s := &m.ctl
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.pidfds) > 2*int(m.workers.Load())+64 {
-		for p, f := range s.pidfds {
-			if pidfdDone(f) {
-				f.Close()
-				delete(s.pidfds, p)
-			}
+	if s.procs == nil {
+		s.procs = make(map[int]*wproc)
+	}
+	if old := s.procs[pid]; old != nil && old.pidfd != nil {
+		// Only if that worker's clean-up never ran (a pidfd_open that
+		// failed kept it alive in the books).
+		old.pidfd.Close()
+	}
+	s.procs[pid] = p
+}
+
+// tracks reports whether pid is the tracked worker process id: false once
+// its clean-up ran, or when pid names a newer worker.
+func (s *ctlState) tracks(pid int, id supervise.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.procs[pid]
+	return p != nil && p.id == id
+}
+
+// procsByState splits the tracked workers into those whose pidfd reports
+// an exit and the others (a worker without a pidfd counts as alive).
+func (s *ctlState) procsByState() (exited, alive map[int]supervise.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	exited = make(map[int]supervise.ID)
+	alive = make(map[int]supervise.ID, len(s.procs))
+	for pid, p := range s.procs {
+		if p.pidfd != nil && pidfdDone(p.pidfd) {
+			exited[pid] = p.id
+		} else {
+			alive[pid] = p.id
 		}
 	}
-	if err != nil {
-		m.log.Warn("pidfd_open: the worker cannot be killed for a control-channel violation or a missed heartbeat", "pid", pid, "err", err)
-		return
-	}
-	if s.pidfds == nil {
-		s.pidfds = make(map[int]*os.File)
-	}
-	if old := s.pidfds[pid]; old != nil {
-		old.Close()
-	}
-	s.pidfds[pid] = os.NewFile(uintptr(fd), "pidfd")
+	return exited, alive
 }
 
 // pidfdDone reports whether the process of pidfd f has exited: a pidfd
@@ -218,26 +249,44 @@ func pidfdDone(f *os.File) bool {
 		return true
 	}
 	exited := false
-	rc.Control(func(fd uintptr) {
-		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(p, 0)
-		exited = err == nil && n > 0
-	})
+	rc.Control(func(fd uintptr) { exited = pidfdPolled(int(fd)) })
 	return exited
 }
 
-// workerGone forgets an exited worker (its Exited event).
-func (m *master) workerGone(pid int) {
+// pidfdPolled is pidfdDone on a raw pidfd.
+func pidfdPolled(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(p, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
+// workerGone forgets the exited worker process id of pid: its pidfd, its
+// control channel and heartbeat records. It is part of workerExited, and
+// does nothing for a worker already forgotten or when pid names a newer
+// worker (the pid was reaped and reused before a late Exited event).
+func (m *master) workerGone(pid int, id supervise.ID) {
 	s := &m.ctl
 	s.mu.Lock()
+	p := s.procs[pid]
+	if p != nil && p.id == id {
+		if p.pidfd != nil {
+			p.pidfd.Close()
+		}
+		delete(s.procs, pid)
+		p = nil
+	}
 	c := s.chans[pid]
-	delete(s.beats, pid)
-	delete(s.watching, pid)
-	// A live process behind the pidfd is a newer worker that got the
-	// reaped pid before this event arrived: keep its pidfd.
-	if f := s.pidfds[pid]; f != nil && pidfdDone(f) {
-		f.Close()
-		delete(s.pidfds, pid)
+	if c != nil && c.id != id {
+		c = nil
+	}
+	if p == nil {
+		delete(s.beats, pid)
+		delete(s.watching, pid)
 	}
 	s.mu.Unlock()
 	if c != nil {
@@ -255,9 +304,11 @@ func (m *master) closeChannels() {
 	for _, c := range s.chans {
 		cs = append(cs, c)
 	}
-	for pid, f := range s.pidfds {
-		f.Close()
-		delete(s.pidfds, pid)
+	for pid, p := range s.procs {
+		if p.pidfd != nil {
+			p.pidfd.Close()
+		}
+		delete(s.procs, pid)
 	}
 	s.mu.Unlock()
 	for _, c := range cs {
@@ -566,7 +617,8 @@ func (m *master) restartWorker(pid int, reason string) {
 	s := &m.ctl
 	var err error = unix.ESRCH
 	s.mu.Lock()
-	if f := s.pidfds[pid]; f != nil && !pidfdDone(f) {
+	if p := s.procs[pid]; p != nil && p.pidfd != nil && !pidfdDone(p.pidfd) {
+		f := p.pidfd
 		// Under s.mu: workerGone cannot close f meanwhile. A worker
 		// that already exited (a frame cut short by its death) is
 		// not reported killed.

@@ -213,7 +213,7 @@ func (m *master) scaleSuspended(n int) error {
 	defer m.mode.mu.Unlock()
 	for slot, set := range m.mode.slots {
 		// A slot whose worker is still stopping keeps its sockets until
-		// it exits (modeEvent).
+		// it exits (slotProcessGone).
 		if slot >= n && m.mode.live[slot] == 0 {
 			delete(m.mode.slots, slot)
 			closeAll(set)

@@ -887,19 +887,47 @@ func (h *handoff) remove(w *hoWorker) {
 }
 
 // exited removes the worker process pid, whose channel may stay open in a
-// descendant that inherited it.
+// descendant that inherited it. A worker whose pidfd shows it alive is a
+// newer process that got the reaped pid: it stays.
 func (h *handoff) exited(pid int) {
-	h.mu.Lock()
-	var w *hoWorker
-	for _, x := range h.workers {
-		if x.pid == pid {
-			w = x
+	for _, w := range h.snapshot() {
+		if w.pid == pid && w.exited(true) {
+			h.remove(w)
 		}
 	}
-	h.mu.Unlock()
-	if w != nil {
-		h.remove(w)
+}
+
+// sweep removes every worker whose pidfd reports it exited, whatever the
+// master learnt of it: its Exited event may have been dropped, and a
+// descendant holding its channel end keeps the channel from reaching end
+// of file, so a connection could be sent to a dead worker.
+func (h *handoff) sweep() int {
+	n := 0
+	for _, w := range h.snapshot() {
+		if w.exited(false) {
+			h.remove(w)
+			n++
+		}
 	}
+	return n
+}
+
+// snapshot copies the workers in the rotation.
+func (h *handoff) snapshot() []*hoWorker {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.workers)
+}
+
+// exited reports whether w's process exited by its pidfd; unknown (no
+// pidfd) is reported as unknown.
+func (w *hoWorker) exited(unknown bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pidfd < 0 {
+		return unknown
+	}
+	return pidfdPolled(w.pidfd)
 }
 
 // bad restarts a worker that broke the protocol: it is killed (the

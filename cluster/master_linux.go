@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -67,6 +68,9 @@ type master struct {
 	stopReq  stopLatch
 	isReady  atomic.Bool
 	stopping atomic.Bool
+	// reloading is set while systemd was told RELOADING=1 and not yet
+	// READY=1 again.
+	reloading atomic.Bool
 	// notifyClosed tells serveNotify that an error means "closed".
 	notifyClosed atomic.Bool
 	notifyWarn   warnLimiter
@@ -89,6 +93,14 @@ type master struct {
 	mode modeState
 	// grp is the suspend state and the recycler (group_linux.go).
 	grp groupState
+	// seenDrops is Status().DroppedEvents at the last reconcile
+	// (watchEvents' goroutine only).
+	seenDrops uint64
+	// Test seams (nil, zero: off): eventBuffer is supervise's
+	// Options.EventBuffer, and watchEvents calls eventGate before it
+	// waits for each event, so a test can stall the reader.
+	eventBuffer int
+	eventGate   func()
 }
 
 func newMaster(cfg *Config) (_ *master, err error) {
@@ -310,6 +322,7 @@ func (m *master) run(ctx context.Context) error {
 		StopTimeout:   m.cfg.ShutdownTimeout,
 		Backoff:       m.cfg.Backoff,
 		CaptureOutput: true,
+		EventBuffer:   m.eventBuffer,
 		Logger:        m.log,
 		// As PID 1 (a container) orphans re-parent to the master anyway;
 		// reap them. Nothing else in the master starts children.
@@ -562,59 +575,197 @@ func (m *master) onSignal(sig syscall.Signal) {
 // systemd (or another manager) gave one.
 func (m *master) notifySystemd(state string) { notifyManager(m.log, m.sdNotify, state) }
 
+// watchEvents keeps the master's per-worker state from the supervisor's
+// events. supervise drops events rather than stall when this reader falls
+// Options.EventBuffer behind (a slow log handler, a stalled goroutine), and
+// the state is then rebuilt from what can be queried without events
+// (reconcile). An event is dropped only while the buffer is full, and only
+// this goroutine empties it, so a drop always leaves the buffer full for
+// this reader to see when it comes back: no periodic check (and no idle
+// wake-up) is needed.
 func (m *master) watchEvents() {
 	s := m.sup
-	for ev := range s.Events() {
-		m.modeEvent(ev) // mode_linux.go
-		switch ev.Kind {
-		case supervise.Started:
-			m.mu.Lock()
-			m.pids[ev.PID] = ev.ID
-			m.mu.Unlock()
-			m.log.Info("worker started", "slot", ev.ID.Slot, "pid", ev.PID, "generation", ev.ID.Generation)
-		case supervise.Exited:
-			m.mu.Lock()
-			delete(m.pids, ev.PID)
-			m.mu.Unlock()
-			m.workerGone(ev.PID)
-			m.csock.recordExit(ev)
-			attrs := []any{"slot", ev.ID.Slot, "pid", ev.PID, "code", ev.Code, "uptime", ev.Uptime.Round(time.Millisecond)}
-			if ev.Signal != 0 {
-				attrs = append(attrs, "signal", ev.Signal.String())
-			}
-			if ev.Requested {
-				m.log.Info("worker exited", attrs...)
-			} else {
-				m.log.Warn("worker exited unexpectedly", attrs...)
-			}
-		case supervise.Ready:
-			m.checkReady(s)
-		case supervise.Scaled:
-			// While suspended, the count to resume (group_linux.go).
-			m.workers.Store(m.scaledWorkers(ev.Workers))
-			m.log.Info("scaled", "workers", ev.Workers)
-			// Scaling down can leave only ready workers.
-			m.checkReady(s)
-		case supervise.RestartBegun:
-			m.log.Info("restart begun", "generation", ev.Generation, "strategy", m.cfg.Strategy.String())
-			// Type=notify-reload wants RELOADING=1 with the monotonic time.
-			var ts unix.Timespec
-			_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-			m.notifySystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10))
-		case supervise.RestartDone, supervise.RestartFailed:
-			if ev.Kind == supervise.RestartDone {
-				m.log.Info("restart done", "generation", ev.Generation)
-				// A restart before the first generation was all ready
-				// (Ready events seen while Restarting) completes it.
-				m.checkReady(s)
-			} else {
-				m.log.Error("restart failed; the previous workers keep serving", "generation", ev.Generation, "err", ev.Err)
-			}
-			if m.isReady.Load() && !m.stopping.Load() {
-				m.notifySystemd("READY=1")
-			}
+	events := s.Events()
+	suspect := false
+	for {
+		if m.eventGate != nil {
+			m.eventGate()
+		}
+		// Checked once the buffer is drained, so the common path costs a
+		// len and no Status call.
+		suspect = suspect || len(events) >= cap(events)-1
+		ev, ok := <-events
+		if !ok {
+			return
+		}
+		m.onEvent(s, ev)
+		if suspect && len(events) == 0 {
+			suspect = false
+			m.checkDropped(s)
 		}
 	}
+}
+
+// onEvent applies one supervisor event to the master's state.
+func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
+	switch ev.Kind {
+	case supervise.Started:
+		m.workerStarted(ev.PID, ev.ID)
+		m.log.Info("worker started", "slot", ev.ID.Slot, "pid", ev.PID, "generation", ev.ID.Generation)
+	case supervise.Exited:
+		m.workerExited(ev.PID, ev.ID)
+		m.csock.recordExit(ev)
+		attrs := []any{"slot", ev.ID.Slot, "pid", ev.PID, "code", ev.Code, "uptime", ev.Uptime.Round(time.Millisecond)}
+		if ev.Signal != 0 {
+			attrs = append(attrs, "signal", ev.Signal.String())
+		}
+		if ev.Requested {
+			m.log.Info("worker exited", attrs...)
+		} else {
+			m.log.Warn("worker exited unexpectedly", attrs...)
+		}
+	case supervise.Ready:
+		m.checkReady(s)
+	case supervise.Scaled:
+		// Before m.workers takes this event's count: a scale-up
+		// requested since has stored a larger one, whose slots keep
+		// their sockets.
+		m.closeRemovedSlots(ev.Workers) // mode_linux.go
+		// While suspended, the count to resume (group_linux.go).
+		m.workers.Store(m.scaledWorkers(ev.Workers))
+		m.log.Info("scaled", "workers", ev.Workers)
+		// Scaling down can leave only ready workers.
+		m.checkReady(s)
+	case supervise.RestartBegun:
+		m.log.Info("restart begun", "generation", ev.Generation, "strategy", m.cfg.Strategy.String())
+		m.restartBegun()
+	case supervise.RestartDone, supervise.RestartFailed:
+		if ev.Kind == supervise.RestartDone {
+			m.log.Info("restart done", "generation", ev.Generation)
+		} else {
+			m.log.Error("restart failed; the previous workers keep serving", "generation", ev.Generation, "err", ev.Err)
+		}
+		m.restartEnded(s)
+	}
+}
+
+// workerStarted counts a worker process that started, run by its Started
+// event or by reconcile when that event was dropped; the second run for one
+// worker does nothing, and so does a run for a worker reconcile already
+// cleaned up (it exited before its event was read).
+func (m *master) workerStarted(pid int, id supervise.ID) {
+	if !m.ctl.tracks(pid, id) {
+		return
+	}
+	m.mu.Lock()
+	old, ok := m.pids[pid]
+	if !ok || old != id {
+		m.pids[pid] = id
+	}
+	m.mu.Unlock()
+	if ok && old == id {
+		return
+	}
+	if ok {
+		// The pid was reaped and reused before the earlier worker's
+		// Exited event (dropped) was seen.
+		m.slotProcessGone(old.Slot)
+	}
+	m.slotProcessStarted(id.Slot) // mode_linux.go
+}
+
+// workerExited is the one clean-up of a worker process that exited, run
+// by its Exited event or by reconcile when that event was dropped; the
+// second run for one worker does nothing. Nothing here acts on the pid
+// alone: a late event may name a pid already reused by a newer worker.
+func (m *master) workerExited(pid int, id supervise.ID) {
+	m.mu.Lock()
+	got, counted := m.pids[pid]
+	counted = counted && got == id
+	if counted {
+		delete(m.pids, pid)
+	}
+	m.mu.Unlock()
+	if counted {
+		m.slotProcessGone(id.Slot) // mode_linux.go
+	}
+	m.workerGone(pid, id) // channel_linux.go
+	if m.mode.ho != nil {
+		// Out of the rotation, even if a descendant keeps its
+		// connection channel open (handoff_linux.go).
+		m.mode.ho.exited(pid)
+	}
+}
+
+// restartBegun tells systemd a graceful restart began (Type=notify-reload
+// wants RELOADING=1 with the monotonic time).
+func (m *master) restartBegun() {
+	m.reloading.Store(true)
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	m.notifySystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10))
+}
+
+// restartEnded follows a graceful restart that completed or failed.
+func (m *master) restartEnded(s *supervise.Supervisor) {
+	m.reloading.Store(false)
+	// A restart before the first generation was all ready (Ready events
+	// seen while Restarting) completes it.
+	m.checkReady(s)
+	if m.isReady.Load() && !m.stopping.Load() {
+		m.notifySystemd("READY=1")
+	}
+}
+
+// checkDropped reconciles the master's state if supervise dropped events
+// since the last check.
+func (m *master) checkDropped(s *supervise.Supervisor) {
+	st := s.Status()
+	if st.DroppedEvents == m.seenDrops {
+		return
+	}
+	m.reconcile(s, st)
+}
+
+// reconcile rebuilds what dropped events would have changed, from ground
+// truth that needs no event: the master's own pidfds (a worker whose pidfd
+// polls readable has exited), the dispatcher's pidfds, and the
+// supervisor's Status. Every change goes through the code its event would
+// have run (workerExited, closeRemovedSlots, checkReady, restartEnded), so
+// an event still queued behind the drops finds its work done and does
+// nothing twice. Exit codes of dropped Exited events are lost: the control
+// socket's last exit of a slot may be an older one.
+func (m *master) reconcile(s *supervise.Supervisor, st supervise.Status) {
+	dropped := st.DroppedEvents - m.seenDrops
+	m.seenDrops = st.DroppedEvents
+	gone, alive := m.ctl.procsByState()
+	// Counted from a Started event, no longer tracked: cleaned up by an
+	// earlier reconcile before that event was read.
+	m.mu.Lock()
+	counted := maps.Clone(m.pids)
+	m.mu.Unlock()
+	for pid, id := range counted {
+		if _, ok := gone[pid]; !ok && !m.ctl.tracks(pid, id) {
+			gone[pid] = id
+		}
+	}
+	for pid, id := range gone {
+		m.workerExited(pid, id)
+	}
+	for pid, id := range alive {
+		m.workerStarted(pid, id)
+	}
+	routed := 0
+	if m.mode.ho != nil {
+		routed = m.mode.ho.sweep()
+	}
+	m.closeRemovedSlots(st.Workers)
+	m.checkReady(s)
+	if m.reloading.Load() && !st.Restarting {
+		m.restartEnded(s)
+	}
+	m.log.Warn("supervise events dropped; master state reconciled", "dropped", dropped, "exited_workers", len(gone), "live_workers", len(alive),
+		"handoff_removed", routed, "workers", st.Workers, "ready_workers", st.ReadyWorkers, "processes", st.Processes)
 }
 
 // checkReady declares the cluster ready once every slot's worker is ready

@@ -55,6 +55,7 @@ func TestMain(m *testing.M) {
 		"go-worker":            goWorker,
 		"raw-worker":           rawWorker,
 		"ho-worker":            hoWorker,
+		"ho-hold-worker":       hoHoldWorker,
 		"group-worker":         groupWorker,
 		"agent-worker":         agentWorker,
 		"fake-agent":           fakeAgent,

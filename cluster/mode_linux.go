@@ -244,58 +244,59 @@ func (m *master) listenerFiles() []*os.File {
 	return files
 }
 
-// modeEvent follows the supervisor's events for the mode: the master's
-// copies of the reuseport sockets of a slot removed by scaling down are
-// closed at once; a handoff worker that exited leaves the rotation.
-func (m *master) modeEvent(ev supervise.Event) {
-	switch ev.Kind {
-	case supervise.Scaled:
-		// The slots from ev.Workers on are being stopped. Their sockets
-		// would keep receiving their share of new connections with nobody
-		// to accept them, for as long as the socket is open: until the
-		// worker exits if the master kept its copy, so during its whole
-		// graceful stop, and all of them reset then. Closed here, a socket
-		// leaves the group as soon as its worker closes its own copy (its
-		// first step in a graceful stop); only connections queued on it in
-		// that moment are reset, unless the kernel migrates them
-		// (net.ipv4.tcp_migrate_req=1). A slot added again later binds new
-		// ones. m.workers is checked too: a scale-up that followed may have
-		// given a removed slot a worker again, with these sockets.
-		m.mode.mu.Lock()
-		defer m.mode.mu.Unlock()
-		for slot, set := range m.mode.slots {
-			if slot >= ev.Workers && int64(slot) >= m.workers.Load() {
-				delete(m.mode.slots, slot)
-				closeAll(set)
-				m.log.Info("slot sockets closed", "slot", slot)
-			}
-		}
-	case supervise.Started:
-		m.mode.mu.Lock()
-		if m.mode.live != nil {
-			m.mode.live[ev.ID.Slot]++
-		}
-		m.mode.mu.Unlock()
-	case supervise.Exited:
-		if m.mode.ho != nil {
-			m.mode.ho.exited(ev.PID)
-		}
-		m.mode.mu.Lock()
-		defer m.mode.mu.Unlock()
-		if m.mode.live == nil {
-			return
-		}
-		if m.mode.live[ev.ID.Slot]--; m.mode.live[ev.ID.Slot] > 0 {
-			return
-		}
-		delete(m.mode.live, ev.ID.Slot)
-		// A slot beyond the worker count whose sockets the Scaled event
-		// left open (a scale-up had raced it) and is gone now.
-		if set, ok := m.mode.slots[ev.ID.Slot]; ok && int64(ev.ID.Slot) >= m.workers.Load() {
-			delete(m.mode.slots, ev.ID.Slot)
+// closeRemovedSlots follows a scale-down to n slots (a Scaled event, or
+// reconcile when that event was dropped): the master's copies of the
+// reuseport sockets of the removed slots are closed at once.
+//
+// The slots from n on are being stopped. Their sockets would keep
+// receiving their share of new connections with nobody to accept them, for
+// as long as the socket is open: until the worker exits if the master kept
+// its copy, so during its whole graceful stop, and all of them reset then.
+// Closed here, a socket leaves the group as soon as its worker closes its
+// own copy (its first step in a graceful stop); only connections queued on
+// it in that moment are reset, unless the kernel migrates them
+// (net.ipv4.tcp_migrate_req=1). A slot added again later binds new ones.
+// m.workers is checked too: a scale-up that followed may have given a
+// removed slot a worker again, with these sockets.
+func (m *master) closeRemovedSlots(n int) {
+	m.mode.mu.Lock()
+	defer m.mode.mu.Unlock()
+	for slot, set := range m.mode.slots {
+		if slot >= n && int64(slot) >= m.workers.Load() {
+			delete(m.mode.slots, slot)
 			closeAll(set)
-			m.log.Info("slot sockets closed", "slot", ev.ID.Slot)
+			m.log.Info("slot sockets closed", "slot", slot)
 		}
+	}
+}
+
+// slotProcessStarted counts a worker process of slot (every generation).
+func (m *master) slotProcessStarted(slot int) {
+	m.mode.mu.Lock()
+	defer m.mode.mu.Unlock()
+	if m.mode.live != nil {
+		m.mode.live[slot]++
+	}
+}
+
+// slotProcessGone uncounts a worker process of slot that exited; the last
+// one of a slot beyond the worker count takes the slot's sockets with it.
+func (m *master) slotProcessGone(slot int) {
+	m.mode.mu.Lock()
+	defer m.mode.mu.Unlock()
+	if m.mode.live == nil {
+		return
+	}
+	if m.mode.live[slot]--; m.mode.live[slot] > 0 {
+		return
+	}
+	delete(m.mode.live, slot)
+	// A slot beyond the worker count whose sockets the Scaled event left
+	// open (a scale-up had raced it) and is gone now.
+	if set, ok := m.mode.slots[slot]; ok && int64(slot) >= m.workers.Load() {
+		delete(m.mode.slots, slot)
+		closeAll(set)
+		m.log.Info("slot sockets closed", "slot", slot)
 	}
 }
 
