@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-go/handoff/internal/sshlaunch"
 	"github.com/handoff-go/handoff/ipcframe"
+	"github.com/handoff-go/handoff/supervise"
 	"github.com/valyala/fastjson"
 )
 
@@ -36,8 +37,6 @@ const (
 	remoteStderrTail = 8 << 10
 	// remoteLineMax bounds one logged line of ssh's stderr.
 	remoteLineMax = 1024
-	// defaultShutdownTimeout mirrors supervise's default grace.
-	defaultShutdownTimeout = 10 * time.Second
 )
 
 // remoteGroup runs the workers of one group on one remote host: an agent
@@ -235,7 +234,7 @@ func (r *remoteGroup) shutdownTimeout() time.Duration {
 	if r.g.ShutdownTimeout > 0 {
 		return r.g.ShutdownTimeout
 	}
-	return defaultShutdownTimeout
+	return supervise.DefaultStopTimeout
 }
 
 // run keeps an agent session up until ctx is done, reconnecting with the
@@ -245,17 +244,9 @@ func (r *remoteGroup) shutdownTimeout() time.Duration {
 // cause. On return the agent has been asked to stop its workers and ssh
 // has exited.
 func (r *remoteGroup) run(ctx context.Context) {
-	minDelay, maxDelay, jitter := r.g.Backoff.Min, r.g.Backoff.Max, r.g.Backoff.Jitter
-	if minDelay <= 0 {
-		minDelay = time.Second
-	}
-	if maxDelay <= 0 {
-		maxDelay = 30 * time.Second
-	}
-	maxDelay = max(maxDelay, minDelay)
-	if jitter == 0 {
-		jitter = 0.2
-	}
+	// The group's backoff, with supervise's defaults, paces reconnects too.
+	b := r.g.Backoff.WithDefaults()
+	minDelay, maxDelay, jitter := b.Min, b.Max, b.Jitter
 	delay := minDelay
 	for ctx.Err() == nil {
 		began := time.Now()

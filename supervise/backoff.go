@@ -16,6 +16,13 @@ const (
 	defaultQuickFailures = 5
 )
 
+// WithDefaults returns b with every zero field set to its default, as the
+// supervisor reads it; for code that applies the same policy elsewhere.
+func (b Backoff) WithDefaults() Backoff {
+	b.fill()
+	return b
+}
+
 func (b *Backoff) fill() {
 	if b.Min <= 0 {
 		b.Min = defaultBackoffMin

@@ -264,3 +264,28 @@ func FuzzSplitLines(f *testing.F) {
 		}
 	})
 }
+
+// TestBackoffWithDefaults: the policy the supervisor applies, as other
+// code (cluster's ssh reconnects) reads it.
+func TestBackoffWithDefaults(t *testing.T) {
+	def := supervise.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: 0.2, ResetAfter: 10 * time.Second,
+		Burst: 5, Window: 10 * time.Second, QuickFailures: 5}
+	for _, tc := range []struct {
+		name string
+		in   supervise.Backoff
+		want supervise.Backoff
+	}{
+		{"zero", supervise.Backoff{}, def},
+		{"max below min", supervise.Backoff{Min: 2 * time.Minute},
+			supervise.Backoff{Min: 2 * time.Minute, Max: 2 * time.Minute, Jitter: 0.2, ResetAfter: 10 * time.Second,
+				Burst: 5, Window: 10 * time.Second, QuickFailures: 5}},
+		{"disabled", supervise.Backoff{Jitter: -1, Burst: -1, QuickFailures: -1},
+			supervise.Backoff{Min: time.Second, Max: 30 * time.Second, ResetAfter: 10 * time.Second,
+				Burst: -1, Window: 10 * time.Second, QuickFailures: -1}},
+		{"set", def, def},
+	} {
+		if diff := cmp.Diff(tc.want, tc.in.WithDefaults()); diff != "" {
+			t.Errorf("%s: (-want +got)\n%s", tc.name, diff)
+		}
+	}
+}

@@ -280,10 +280,13 @@ type Options struct {
 	FirstGeneration int
 }
 
+// DefaultStopTimeout is Options.StopTimeout's default: how long a worker
+// has between StopSignal and SIGKILL.
+const DefaultStopTimeout = 10 * time.Second
+
 const (
 	defaultPermanentExitCode = 125
 	defaultStartTimeout      = 30 * time.Second
-	defaultStopTimeout       = 10 * time.Second
 	defaultWaitDelay         = time.Second
 	defaultBuffer            = 1024
 	defaultMaxLine           = 4096
@@ -533,7 +536,7 @@ func (o *Options) fill() error {
 		return fmt.Errorf("%w: StopSignal %v is not a syscall.Signal", ErrInvalid, o.StopSignal)
 	}
 	if o.StopTimeout <= 0 {
-		o.StopTimeout = defaultStopTimeout
+		o.StopTimeout = DefaultStopTimeout
 	}
 	if o.WaitDelay <= 0 {
 		o.WaitDelay = defaultWaitDelay
