@@ -18,7 +18,9 @@ import (
 
 // TestMain adds a process-wide descriptor census after all tests, and
 // runs the helper roles of the cross-process tests.
-func TestMain(m *testing.M) { helperproc.Main(m, map[string]func() int{"sender": senderRole}) }
+func TestMain(m *testing.M) {
+	helperproc.Main(m, map[string]func() int{"sender": senderRole, "soak-recv": soakRecvRole})
+}
 
 // scmrights.Conn is the FD transport ipcframe is built for.
 var (

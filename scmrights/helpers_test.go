@@ -18,6 +18,7 @@ func TestMain(m *testing.M) {
 		"rlimit-recv":   roleRlimitRecv,
 		"nobody-sender": roleNobodySender,
 		"echo":          roleEcho,
+		"soak-recv":     roleSoakRecv,
 	})
 }
 
