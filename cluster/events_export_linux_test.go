@@ -7,7 +7,9 @@ import (
 
 // SetEventSeams makes the master build its supervisor with an event
 // buffer of buffer events (0: supervise's default) and call gate (if not
-// nil) before it waits for each event. Call it before Run.
+// nil) after it checked for drops and before it waits for each event: a
+// drop while gate blocks is then one the reader's next receive partly
+// hides (it takes one of the queued events first). Call it before Run.
 func SetEventSeams(m *Master, buffer int, gate func()) {
 	m.m.eventBuffer, m.m.eventGate = buffer, gate
 }

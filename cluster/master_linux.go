@@ -97,8 +97,9 @@ type master struct {
 	// (watchEvents' goroutine only).
 	seenDrops uint64
 	// Test seams (nil, zero: off): eventBuffer is supervise's
-	// Options.EventBuffer, and watchEvents calls eventGate before it
-	// waits for each event, so a test can stall the reader.
+	// Options.EventBuffer, and watchEvents calls eventGate between its
+	// check for drops and its wait for each event, so a test can stall the
+	// reader where a drop is hardest to notice.
 	eventBuffer int
 	eventGate   func()
 }
@@ -580,20 +581,23 @@ func (m *master) notifySystemd(state string) { notifyManager(m.log, m.sdNotify, 
 // Options.EventBuffer behind (a slow log handler, a stalled goroutine), and
 // the state is then rebuilt from what can be queried without events
 // (reconcile). An event is dropped only while the buffer is full, and only
-// this goroutine empties it, so a drop always leaves the buffer full for
-// this reader to see when it comes back: no periodic check (and no idle
-// wake-up) is needed.
+// this goroutine empties it, so a drop leaves the buffer full, less at most
+// the one event this reader was about to receive, for it to see when it
+// comes back: no periodic check (and no idle wake-up) is needed.
 func (m *master) watchEvents() {
 	s := m.sup
 	events := s.Events()
 	suspect := false
 	for {
+		// A drop leaves EventBuffer (cap-1) events queued, but if it
+		// happens between this check and the receive below, the receive
+		// takes one of them before the next check: cap-2 catches both.
+		// The reconcile waits until the buffer is drained, so the common
+		// path costs a len and no Status call.
+		suspect = suspect || len(events) >= cap(events)-2
 		if m.eventGate != nil {
 			m.eventGate()
 		}
-		// Checked once the buffer is drained, so the common path costs a
-		// len and no Status call.
-		suspect = suspect || len(events) >= cap(events)-1
 		ev, ok := <-events
 		if !ok {
 			return

@@ -1,5 +1,10 @@
 package supervise
 
+// SetHookWatch installs a hook run by a worker's watcher when it starts,
+// before it waits for the worker's exit; nil removes it. Tests only, before
+// Run.
+func SetHookWatch(h func(pid int)) { testHookWatch = h }
+
 // SetHookExited installs a hook run by a worker's watcher once the worker
 // has exited, before anything is done about it; nil removes it. Tests only;
 // not safe while a Supervisor runs.

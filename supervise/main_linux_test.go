@@ -126,7 +126,9 @@ func sleeperRole() int {
 // SUP_SUBREAPER=1, SUP_DURATION (then stop; default: until SIGTERM, at most
 // a minute), SUP_STOP_AFTER_EXITS=n (stop 1 s after n exits), SUP_SIGNALS=1
 // (HandleSignals), SUP_LINGER=1 (after Run returned, print RETURNED and
-// sleep 30 s with the signal handler still installed).
+// sleep 30 s with the signal handler still installed), SUP_HOLD_REAP=d
+// (each watcher waits d between posting its worker's exit and reaping it,
+// as a slow reap would).
 func supervisorRole() int {
 	n, _ := strconv.Atoi(os.Getenv("SUP_WORKERS"))
 	spec := supervise.Spec{Path: os.Getenv("SUP_PATH"), Args: strings.Fields(os.Getenv("SUP_ARGS"))}
@@ -160,6 +162,9 @@ func supervisorRole() int {
 			}
 			ownDone <- fmt.Sprint(err)
 		}()
+	}
+	if d := envDuration("SUP_HOLD_REAP"); d > 0 {
+		supervise.SetHookBeforeReap(func(int) { time.Sleep(d) })
 	}
 	sup, err := supervise.New(spec, &supervise.Options{
 		OwnChild:           func(pid int) bool { return own != nil && pid == own.Process.Pid },
@@ -464,16 +469,29 @@ func helperCommand(t *testing.T, role string, env []string) *exec.Cmd {
 // be recycled before the event loop knows) and makes a decoy take the pid
 // (through ns_last_pid) as a process group leader, then stops the
 // supervisor, whose stop signals and SIGKILL escalation must not reach the
-// decoy. It prints "DECOY want got alive".
+// decoy. It prints "DECOY want got alive". PIDREUSE_EARLY=1: the worker is
+// reaped and its pid recycled before its watcher even saw the exit, and the
+// watcher's kill of what is left of the worker's group must not reach the
+// decoy (the stop then follows the exit). PIDREUSE_EARLY=stop: the same,
+// with the supervisor stopped before its watcher saw the exit, so its stop
+// signals and SIGKILL escalation must not reach the decoy either.
 func pidReuseRole() int {
 	self, _ := os.Executable()
 	reaped := make(chan struct{})
 	release := make(chan struct{})
 	var decoy *exec.Cmd
 	var target int
-	supervise.SetHookBeforePost(func(pid int) {
+	hook := supervise.SetHookBeforePost
+	early := os.Getenv("PIDREUSE_EARLY") == "1"
+	earlyStop := os.Getenv("PIDREUSE_EARLY") == "stop"
+	early = early || earlyStop
+	if early {
+		hook = supervise.SetHookWatch
+	}
+	hook(func(pid int) {
 		target = pid
 		var ws unix.WaitStatus
+		// Blocks until the worker exits (SetHookWatch runs before that).
 		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
 			fmt.Println("ERROR wait4", err)
 		}
@@ -506,14 +524,33 @@ func pidReuseRole() int {
 	}
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(context.Background()) }()
+	exited := make(chan struct{})
 	go func() {
-		for range sup.Events() {
+		for ev := range sup.Events() {
+			if ev.Kind == supervise.Exited {
+				close(exited)
+			}
 		}
 	}()
 	<-reaped
-	_ = sup.Stop()
-	time.Sleep(300 * time.Millisecond) // past StopTimeout: the SIGKILL escalation ran
-	close(release)
+	if early && !earlyStop {
+		// The supervisor cannot tell its unseen worker from the decoy
+		// until the watcher runs: a stop now would signal the decoy's
+		// group, so the exit goes first.
+		close(release)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			fmt.Println("ERROR no Exited event")
+		}
+		// A SIGKILL sent to the decoy has had the time to end it.
+		time.Sleep(300 * time.Millisecond)
+		_ = sup.Stop()
+	} else {
+		_ = sup.Stop()
+		time.Sleep(300 * time.Millisecond) // past StopTimeout: the SIGKILL escalation ran
+		close(release)
+	}
 	<-done
 	// /proc here is the parent namespace's, so ask the kernel whether the
 	// decoy has exited (without reaping it) before we kill it ourselves: a

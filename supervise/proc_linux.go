@@ -18,15 +18,17 @@ import (
 )
 
 // Test seams, set only by tests before Run; each holds the exit in the
-// watcher while it runs. testHookExited runs once the worker has exited,
+// watcher while it runs. testHookWatch runs when the watcher starts, before
+// it waits for the exit, so a test may reap the worker behind its back.
+// testHookExited runs once the worker has exited,
 // before anything is done about it. testHookBeforePost runs after the
 // worker was marked reaped, and before its exit is posted; the worker is still unreaped, so a test may reap it itself to let
 // its pid be recycled. testHookBeforeReap runs after the exit was posted and
 // before the watcher's wait4(2); testHookAfterReap after it, with its error,
 // and before the pid is disowned.
 var (
-	testHookExited, testHookBeforePost, testHookBeforeReap func(pid int)
-	testHookAfterReap                                      func(pid int, err error)
+	testHookWatch, testHookExited, testHookBeforePost, testHookBeforeReap func(pid int)
+	testHookAfterReap                                                     func(pid int, err error)
 )
 
 // proc is the OS side of one worker.
@@ -139,16 +141,21 @@ func newPlatform(s *Supervisor) (*platform, error) {
 	return p, nil
 }
 
-// close releases what newPlatform acquired; every worker has been reaped.
+// close releases what newPlatform acquired once every watcher has reaped
+// its worker. Watchers post an exit before they reap, so the loop can end
+// while the last workers are still zombies, owned, and in the orphan
+// reaper's way (it stops at an owned zombie): the reaper stops only after
+// the watchers, with one last pass for orphans that died meanwhile.
 func (p *platform) close() {
 	close(p.spawnReqs)
+	p.wg.Wait()
 	if p.subreaper {
 		close(p.reaperStop)
 		<-p.reaperDone
+		p.reapOrphans()
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(p.prevReaper), 0, 0, 0)
 	}
 	p.restoreSignals()
-	p.wg.Wait()
 	p.devnull.Close()
 }
 
@@ -328,15 +335,21 @@ func (pr *proc) openPidfd(fd int) error {
 }
 
 // sigchldInfo mirrors siginfo_t for SIGCHLD up to si_status: the union
-// begins at the first pointer-aligned offset after three int32s.
+// begins at the first pointer-aligned offset after three int32s. Of those,
+// si_signo comes first everywhere, but MIPS swaps si_code and si_errno, so
+// si_code is read through x/sys's per-architecture Siginfo (code).
 type sigchldInfo struct {
-	Signo, Errno, Code int32
-	_                  [unsafe.Sizeof(uintptr(0))/4 - 1]int32
-	Pid                int32
-	UID                uint32
-	Status             int32
-	_                  [128 - 4*3 - 4*3 - (unsafe.Sizeof(uintptr(0))/4-1)*4]byte
+	Signo  int32
+	_      [2]int32 // si_errno and si_code, in the architecture's order
+	_      [unsafe.Sizeof(uintptr(0))/4 - 1]int32
+	Pid    int32
+	UID    uint32
+	Status int32
+	_      [128 - 4*3 - 4*3 - (unsafe.Sizeof(uintptr(0))/4-1)*4]byte
 }
+
+// code is si_code.
+func (i *sigchldInfo) code() int32 { return i.siginfo().Code }
 
 // si_code values of SIGCHLD for a terminated child
 // (include/uapi/asm-generic/siginfo.h); x/sys/unix does not define them.
@@ -368,6 +381,29 @@ func exitedFD(fd int, info *sigchldInfo) bool {
 	}
 }
 
+// waitable reports whether the worker is still a child of ours to wait
+// for, running or a zombie (waitid(2) WNOWAIT on its pidfd), and so still
+// holds its pid; false once it was reaped (ECHILD).
+func (pr *proc) waitable() bool {
+	rc, err := pr.pidfd.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	cerr := rc.Control(func(fd uintptr) {
+		var info sigchldInfo
+		for {
+			err := unix.Waitid(unix.P_PIDFD, int(fd), info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			ok = err == nil || err == unix.EAGAIN
+			return
+		}
+	})
+	return cerr == nil && ok
+}
+
 func (pr *proc) alive() bool {
 	rc, err := pr.pidfd.SyscallConn()
 	if err != nil {
@@ -384,11 +420,13 @@ func (pr *proc) alive() bool {
 // signalGroup sends sig to the worker's process group. The group id is the
 // worker's pid, which the kernel cannot recycle while the worker is
 // unreaped; the watcher sets reaped under mu before reaping, so a signal is
-// never sent to a recycled id (TESTPLAN C7).
+// never sent to a recycled id (TESTPLAN C7). The pidfd is asked too: if
+// something else in this process reaped the worker before its watcher saw
+// the exit, the id may already be another group's.
 func (pr *proc) signalGroup(sig syscall.Signal) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	if pr.reaped {
+	if pr.reaped || !pr.waitable() {
 		return
 	}
 	if err := unix.Kill(-pr.pid, sig); err == unix.ESRCH {
@@ -405,16 +443,25 @@ func (pr *proc) signalGroup(sig syscall.Signal) {
 func (p *platform) watch(w *worker) {
 	defer p.wg.Done()
 	pr := w.proc
+	if h := testHookWatch; h != nil {
+		h(pr.pid)
+	}
 	info := pr.waitExit()
 	at := time.Now()
+	// Without waitid's record the worker was no zombie of ours when it was
+	// asked (ECHILD): something else in this process reaped it, and its pid
+	// and group id may name another process already (TESTPLAN C7).
+	ours := info.Signo == int32(unix.SIGCHLD)
 	if h := testHookExited; h != nil {
 		h(pr.pid)
 	}
 	pr.mu.Lock()
-	// The leader is a zombie, so the group id is still ours: kill the
-	// worker's leftover children (systemd KillMode=control-group) so none
-	// outlives it holding its pipes or sockets (C5).
-	_ = unix.Kill(-pr.pid, unix.SIGKILL)
+	if ours {
+		// The leader is a zombie, so the group id is still ours: kill the
+		// worker's leftover children (systemd KillMode=control-group) so
+		// none outlives it holding its pipes or sockets (C5).
+		_ = unix.Kill(-pr.pid, unix.SIGKILL)
+	}
 	pr.reaped = true
 	pr.mu.Unlock()
 	// Captured output still buffered in the pipes is read; a grandchild that
@@ -431,7 +478,7 @@ func (p *platform) watch(w *worker) {
 	// worker as live meanwhile. Until the reap the zombie keeps its pid, and
 	// the pid stays owned, so the orphan reaper leaves it alone.
 	m := exitMsg{w: w, at: at, code: -1}
-	switch info.Code {
+	switch info.code() {
 	case cldExited:
 		m.code = int(info.Status)
 	case cldKilled, cldDumped:
@@ -443,7 +490,10 @@ func (p *platform) watch(w *worker) {
 	if h := testHookBeforeReap; h != nil {
 		h(pr.pid)
 	}
-	err := reap(pr.pid)
+	err := errReapedElsewhere
+	if ours {
+		err = reap(pr.pid)
+	}
 	if err != nil {
 		p.s.log.Warn("supervise: reaping worker", "pid", pr.pid, "err", err)
 	}
@@ -457,6 +507,11 @@ func (p *platform) watch(w *worker) {
 // something else reaped the worker (a wait4(-1), or SIGCHLD set to
 // SIG_IGN) and the pid was recycled.
 var errNotReaped = errors.New("supervise: worker already reaped elsewhere; its pid is another child's now")
+
+// errReapedElsewhere: the worker was reaped by something else in this
+// process before its watcher saw the exit; neither its pid nor its group
+// was touched after that.
+var errReapedElsewhere = errors.New("supervise: worker reaped elsewhere before its exit was seen")
 
 // reap reaps the exited worker pid without blocking. Only its zombie can
 // hold the pid unless something else reaped it first; then the pid may

@@ -1216,6 +1216,32 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 	}
 }
 
+// TestSubreaperReapsOrphansWhileReaping: the last worker's exit is posted
+// before it is reaped, so Run's loop ends while the worker is still being
+// reaped (held here for 2 s, as a slow reap of a worker with many /proc
+// entries would be). An orphan (the worker's daemon grandchild, which
+// outlives it by about 500 ms) that dies meanwhile is still reaped before
+// Run returns: the orphan reaper must not have stopped before the watchers
+// were done.
+func TestSubreaperReapsOrphansWhileReaping(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	_, lines, wait := helperSupervisor(t, c, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_DURATION=200ms", "SUP_HOLD_REAP=2s",
+		"FORK_GRANDCHILD=daemon")
+	var got []string
+	for l := range lines {
+		if strings.HasPrefix(l, "EXIT ") || strings.HasPrefix(l, "ZOMBIES ") {
+			got = append(got, l)
+		}
+	}
+	if err := wait(); err != nil {
+		t.Errorf("supervisor: %v", err)
+	}
+	if d := cmp.Diff([]string{"EXIT 0 -1 15", "ZOMBIES 0"}, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+}
+
 // TestHandleSignals drives the signal mapping with real signals to this
 // process: HUP restarts, TTIN/TTOU scale, TERM stops.
 func TestHandleSignals(t *testing.T) {
@@ -1438,30 +1464,43 @@ func inheritable(t *testing.T) []int {
 
 // TestPIDReuseNeverSignalled: a decoy that took a reaped worker's pid, and
 // leads a process group with that id, is never signalled by the stop and
-// kill escalation aimed at the worker (TESTPLAN C7). Runs in a fresh pid
-// namespace, where the decoy's pid can be chosen through ns_last_pid.
+// kill escalation aimed at the worker (TESTPLAN C7), nor by the watcher's
+// kill of the worker's leftover group, also when the worker was reaped
+// (by something else in the process) before its watcher saw it exit. Runs in a fresh pid namespace, where the decoy's pid
+// can be chosen through ns_last_pid.
 func TestPIDReuseNeverSignalled(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root for a pid namespace")
 	}
-	fdcensus.Verify(t)
-	c := proccensus.New(t)
-	cmd := helperCommand(t, "pidreuse", []string{c.Env(), noRaceExitSleep})
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helper: %v\n%s", err, out)
-	}
-	var want, got int
-	var alive bool
-	if _, err := fmt.Sscanf(lastLine(string(out)), "DECOY %d %d %t", &want, &got, &alive); err != nil {
-		t.Fatalf("helper output %q", out)
-	}
-	if want != got {
-		t.Fatalf("decoy got pid %d, not the worker's %d: inconclusive", got, want)
-	}
-	if !alive {
-		t.Errorf("decoy with the recycled pid %d was killed", got)
+	for _, tc := range []struct {
+		name string
+		env  string
+	}{
+		{"reaped after the exit was seen", "PIDREUSE_EARLY=0"},
+		{"reaped before the exit was seen", "PIDREUSE_EARLY=1"},
+		{"reaped before the exit was seen, then stopped", "PIDREUSE_EARLY=stop"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fdcensus.Verify(t)
+			c := proccensus.New(t)
+			cmd := helperCommand(t, "pidreuse", []string{c.Env(), noRaceExitSleep, tc.env})
+			cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("helper: %v\n%s", err, out)
+			}
+			var want, got int
+			var alive bool
+			if _, err := fmt.Sscanf(lastLine(string(out)), "DECOY %d %d %t", &want, &got, &alive); err != nil {
+				t.Fatalf("helper output %q", out)
+			}
+			if want != got {
+				t.Fatalf("decoy got pid %d, not the worker's %d: inconclusive", got, want)
+			}
+			if !alive {
+				t.Errorf("decoy with the recycled pid %d was killed", got)
+			}
+		})
 	}
 }
 
