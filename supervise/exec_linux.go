@@ -100,6 +100,26 @@ func (s *Supervisor) Exec(spec *ExecSpec) error {
 }
 
 // exec runs on the spawner thread. On success it does not return.
+// reapPosted reaps the owned worker pid of spawn seq if its exit was
+// posted and its watcher has not reaped it yet, and reports whether the
+// worker is gone: its exit was reported, so it is no worker for the new
+// image, and after a successful execve no watcher would reap it. A watcher
+// reaping at this very moment keeps it in the list (the new image reaps
+// what is left). The caller holds ownedMu, so no fork can take the pid.
+func (p *platform) reapPosted(pid int, seq uint64) bool {
+	pr := p.posted[pid]
+	if pr == nil || pr.seq != seq || !pr.reapMu.TryLock() {
+		return false
+	}
+	defer pr.reapMu.Unlock()
+	if !pr.execReaped {
+		// ECHILD: its watcher reaped it already and waits for ownedMu
+		// to disown it.
+		pr.execReaped = reap(pid) == nil
+	}
+	return true
+}
+
 func (p *platform) exec(r execReq) error {
 	// Held until execve: no worker is forked, disowned or reaped as an
 	// orphan meanwhile, so the list handed to the new image is complete.
@@ -122,7 +142,10 @@ func (p *platform) exec(r execReq) error {
 		}
 	}()
 	workers := make([]ExecWorker, 0, len(p.owned))
-	for pid := range p.owned {
+	for pid, seq := range p.owned {
+		if p.reapPosted(pid, seq) {
+			continue
+		}
 		w := ExecWorker{PID: pid, Stdout: -1, Stderr: -1}
 		if outputs != nil {
 			w.Stdout = dupOutput(outputOf(pid, 1, outputs), &outDups)

@@ -437,3 +437,85 @@ func pipeHolders(link string) int {
 	}
 	return n
 }
+
+// TestExecReapsPostedExit: a worker whose exit was posted but whose
+// watcher has not reaped it yet is no worker for a new image: Exec reaps it
+// instead of listing it (the new image would take the zombie for a live
+// worker of an unknown slot), and its watcher then leaves the reap done.
+func TestExecReapsPostedExit(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	hold := make(chan struct{})
+	held := make(chan int, 1)
+	reaped := make(chan error, 1)
+	supervise.SetHookBeforeReap(func(pid int) {
+		held <- pid
+		<-hold
+	})
+	supervise.SetHookAfterReap(func(pid int, err error) { reaped <- err })
+	t.Cleanup(func() {
+		supervise.SetHookBeforeReap(nil)
+		supervise.SetHookAfterReap(nil)
+	})
+	spec := workerSpec(t, c, "EXIT_AFTER_READY=1", "EXIT_CODE=0")
+	sup, err := supervise.New(spec, testOptions(supervise.Options{Restart: supervise.RestartNever, ReadyOnStart: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- sup.Run(ctx) }()
+	go func() {
+		for range sup.Lines() {
+		}
+	}()
+	go func() {
+		for range sup.Events() {
+		}
+	}()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	defer release()
+	var pid int
+	select {
+	case pid = <-held: // exit posted, not reaped
+	case <-ctx.Done():
+		t.Fatal("worker exit not seen")
+	}
+	errAbort := errors.New("abort")
+	var listed []int
+	err = sup.Exec(&supervise.ExecSpec{Path: "/bin/true", Argv: []string{"true"}, Env: func(ws []supervise.ExecWorker) ([]string, error) {
+		for _, w := range ws {
+			listed = append(listed, w.PID)
+		}
+		return nil, errAbort
+	}})
+	if !errors.Is(err, errAbort) {
+		t.Errorf("Exec = %v, want the Env error", err)
+	}
+	if len(listed) != 0 {
+		t.Errorf("Exec listed %v as workers; %d had exited", listed, pid)
+	}
+	if p, ok := proccensus.Stat(pid); ok {
+		t.Errorf("exited worker %d not reaped by Exec: %+v", pid, p)
+	}
+	release()
+	select {
+	case err := <-reaped:
+		if err != nil {
+			t.Errorf("watcher after Exec reaped the worker: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("watcher did not finish")
+	}
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Error(err)
+	}
+}

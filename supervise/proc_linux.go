@@ -41,6 +41,13 @@ type proc struct {
 	mu     sync.Mutex
 	reaped bool // guarded by mu; once true the pid may be recycled
 
+	// reapMu is held by the watcher while it reaps, and by Exec while it
+	// reaps a worker whose exit was posted (execReaped), so exactly one of
+	// them reaps; never held by the event loop, which must not wait for a
+	// slow reap.
+	reapMu     sync.Mutex
+	execReaped bool // guarded by reapMu
+
 	outputs []*os.File // read ends of captured stdout/stderr
 }
 
@@ -59,6 +66,10 @@ type platform struct {
 	// may be deleted.
 	ownedMu  sync.Mutex
 	owned    map[int]uint64
+	// posted holds the owned workers whose exit was posted and that are
+	// not reaped yet (guarded by ownedMu): Exec reaps them rather than
+	// hand them to the new image as live workers.
+	posted map[int]*proc
 	spawnSeq uint64 // guarded by ownedMu
 
 	nudge      chan struct{}
@@ -115,6 +126,7 @@ func newPlatform(s *Supervisor) (*platform, error) {
 		devnull:        devnull,
 		spawnReqs:      make(chan spawnReq),
 		owned:          make(map[int]uint64),
+		posted:         make(map[int]*proc),
 		nudge:          make(chan struct{}, 1),
 		restoreSignals: func() {},
 	}
@@ -200,6 +212,9 @@ func (p *platform) disown(pid int, seq uint64) {
 	p.ownedMu.Lock()
 	if p.owned[pid] == seq {
 		delete(p.owned, pid)
+	}
+	if pr := p.posted[pid]; pr != nil && pr.seq == seq {
+		delete(p.posted, pid)
 	}
 	p.ownedMu.Unlock()
 	select {
@@ -486,14 +501,24 @@ func (p *platform) watch(w *worker) {
 	}
 	// The pidfd goes now, not after the reap: the reap is what may be slow.
 	pr.pidfd.Close()
+	if ours {
+		p.ownedMu.Lock()
+		p.posted[pr.pid] = pr
+		p.ownedMu.Unlock()
+	}
 	p.s.post(m)
 	if h := testHookBeforeReap; h != nil {
 		h(pr.pid)
 	}
 	err := errReapedElsewhere
-	if ours {
+	pr.reapMu.Lock()
+	switch {
+	case pr.execReaped:
+		err = nil
+	case ours:
 		err = reap(pr.pid)
 	}
+	pr.reapMu.Unlock()
 	if err != nil {
 		p.s.log.Warn("supervise: reaping worker", "pid", pr.pid, "err", err)
 	}
