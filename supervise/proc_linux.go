@@ -64,12 +64,12 @@ type platform struct {
 	// once a watcher has reaped a pid, the kernel may hand it to the next
 	// worker before the watcher disowns it, and only the matching entry
 	// may be deleted.
-	ownedMu  sync.Mutex
-	owned    map[int]uint64
+	ownedMu sync.Mutex
+	owned   map[int]uint64
 	// posted holds the owned workers whose exit was posted and that are
 	// not reaped yet (guarded by ownedMu): Exec reaps them rather than
 	// hand them to the new image as live workers.
-	posted map[int]*proc
+	posted   map[int]*proc
 	spawnSeq uint64 // guarded by ownedMu
 
 	nudge      chan struct{}
