@@ -17,6 +17,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,6 +58,12 @@ func TestMain(m *testing.M) {
 // roleMaster is mini-cluster itself, run from the test binary so the exec
 // shim (os.Executable) is the test binary too.
 func roleMaster() int {
+	if path := os.Getenv(soakGoroutinesVar); path != "" {
+		if err := reportGoroutines(path); err != nil {
+			fmt.Fprintf(os.Stderr, "mini-cluster (test): %v\n", err)
+			return 3
+		}
+	}
 	return exitCode(run(context.Background(), helperproc.Args(), os.Stdin, os.Stdout, os.Stderr), os.Stderr)
 }
 
@@ -72,10 +80,33 @@ func roleMaster() int {
 //	SRV_ACTIVE=1      with SRV_REPORT, keep <pid>.active up to date with the
 //	                  number of requests in their handler
 //	SRV_READY_GATE=path  send READY=1 (and serve) only once path exists
+//	SRV_NOFILE=n      set our own soft RLIMIT_NOFILE to n at start (Go
+//	                  gives children the soft limit it found, so the
+//	                  master cannot lower it for us); with SRV_REPORT,
+//	                  <pid>.emfile counts accepts failed with EMFILE and
+//	                  <pid>.peak is the most connections open at once
+//	SRV_QUIESCE=1     with SRV_REPORT, on SIGUSR2 wait (bounded) until no
+//	                  accepted connection has a request unanswered before
+//	                  writing <pid>.inflight (then the count still busy)
 func fakeSrv() int {
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "fake-srv: "+format+"\n", args...)
 		return 3
+	}
+	nofile := os.Getenv("SRV_NOFILE")
+	if nofile != "" {
+		n, err := strconv.ParseUint(nofile, 10, 64)
+		if err != nil {
+			return fail("SRV_NOFILE=%q", nofile)
+		}
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			return fail("getrlimit: %v", err)
+		}
+		rl.Cur = n
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			return fail("setrlimit: %v", err)
+		}
 	}
 	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
 		return fail("LISTEN_PID=%q, pid %d", os.Getenv("LISTEN_PID"), os.Getpid())
@@ -127,6 +158,19 @@ func fakeSrv() int {
 		fmt.Fprintf(w, "INODES=%d,%d,%d\n", ino[0], ino[1], ino[2])
 	})
 	var open openConns
+	if dir != "" && nofile != "" {
+		// Opened now: at EMFILE no report file could be created.
+		emfile, err := openCounter(dir, "emfile")
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer emfile.f.Close()
+		if open.peak, err = openCounter(dir, "peak"); err != nil {
+			return fail("%v", err)
+		}
+		defer open.peak.f.Close()
+		ln = &emfileListener{Listener: ln, n: emfile}
+	}
 	srv := &http.Server{Handler: mux, ConnState: open.track}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -187,6 +231,16 @@ wait:
 			return fail("serve: %v", err)
 		case <-usr2:
 			pl.pause()
+			if os.Getenv("SRV_QUIESCE") == "1" {
+				// Requests on connections accepted before the pause get
+				// their replies; a kill after the report finds only idle
+				// keep-alive connections, which clients may retry.
+				for i := 0; i < 500 && open.busy() > 0; i++ {
+					time.Sleep(10 * time.Millisecond)
+				}
+				report(dir, "inflight", open.busy())
+				continue
+			}
 			report(dir, "inflight", open.count())
 		case sig := <-sigs:
 			if sig == syscall.SIGINT && dir != "" {
@@ -236,7 +290,7 @@ func reports(t testing.TB, dir, what string) map[int]int {
 		}
 		pid, err1 := strconv.Atoi(p)
 		b, err2 := os.ReadFile(filepath.Join(dir, e.Name()))
-		n, err3 := strconv.Atoi(string(b))
+		n, err3 := strconv.Atoi(strings.TrimSpace(string(b)))
 		if err := errors.Join(err1, err2, err3); err != nil {
 			t.Fatalf("report %s: %v", e.Name(), err)
 		}
@@ -245,10 +299,12 @@ func reports(t testing.TB, dir, what string) map[int]int {
 	return out
 }
 
-// openConns counts accepted connections not yet closed (or hijacked).
+// openConns tracks accepted connections not yet closed (or hijacked).
 type openConns struct {
-	mu sync.Mutex
-	n  int
+	mu    sync.Mutex
+	state map[net.Conn]http.ConnState
+	most  int
+	peak  *counter // nil: the most open at once is not reported
 }
 
 // track is the fake worker's srv.ConnState, which httpdrain wraps.
@@ -256,10 +312,19 @@ func (o *openConns) track(c net.Conn, s http.ConnState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch s {
-	case http.StateNew:
-		o.n++
 	case http.StateClosed, http.StateHijacked:
-		o.n--
+		delete(o.state, c)
+	default:
+		if o.state == nil {
+			o.state = map[net.Conn]http.ConnState{}
+		}
+		o.state[c] = s
+	}
+	if len(o.state) > o.most {
+		o.most = len(o.state)
+		if o.peak != nil {
+			o.peak.set(o.most)
+		}
 	}
 }
 
@@ -268,7 +333,102 @@ func (o *openConns) track(c net.Conn, s http.ConnState) {
 func (o *openConns) count() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.n
+	return len(o.state)
+}
+
+// busy is the number of accepted connections with a request not yet
+// answered, or not yet read (new).
+func (o *openConns) busy() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, s := range o.state {
+		if s == http.StateNew || s == http.StateActive {
+			n++
+		}
+	}
+	return n
+}
+
+// counter is a number the fake worker keeps in dir/<pid>.<what> through a
+// descriptor opened at start, rewritten in place (fixed width), so it
+// costs no new descriptor when the process has none left.
+type counter struct {
+	mu sync.Mutex
+	f  *os.File
+	n  int
+}
+
+func openCounter(dir, what string) (*counter, error) {
+	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(os.Getpid())+"."+what), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	c := &counter{f: f}
+	c.set(0)
+	return c, nil
+}
+
+func (c *counter) set(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.write(n)
+}
+
+func (c *counter) add(d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.write(c.n + d)
+}
+
+// write stores n, c.mu held.
+func (c *counter) write(n int) {
+	c.n = n
+	if _, err := c.f.WriteAt(fmt.Appendf(nil, "%19d\n", n), 0); err != nil {
+		fmt.Fprintf(os.Stderr, "fake-srv: report: %v\n", err)
+	}
+}
+
+// emfileListener counts accepts that failed for lack of descriptors. The
+// error goes on unchanged: net/http backs off on it (5 ms doubling to
+// 1 s), which is what TESTPLAN L7 checks.
+type emfileListener struct {
+	net.Listener
+	n *counter
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if errors.Is(err, unix.EMFILE) {
+		l.n.add(1)
+	}
+	return c, err
+}
+
+// soakGoroutinesVar names a file in which the master role writes
+// runtime.NumGoroutine() and the live heap (as of the last GC) every 200 ms
+// (TESTPLAN L6 samples them).
+const soakGoroutinesVar = "MC_TEST_GOROUTINES"
+
+// reportGoroutines starts the master role's goroutine report. The file
+// is opened once and rewritten in place, so the report adds one
+// descriptor for the master's life instead of one per write.
+func reportGoroutines(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	go func() {
+		// runtime/metrics reads the heap without stopping the world.
+		heap := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		// Bounded: 40 min, longer than any soak.
+		for i := 0; i < 12000; i++ {
+			metrics.Read(heap)
+			f.WriteAt(fmt.Appendf(nil, "%19d %19d\n", runtime.NumGoroutine(), heap[0].Value.Uint64()), 0)
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	return nil
 }
 
 // pausableListener lets the fake worker stop accepting on SIGUSR2 and
