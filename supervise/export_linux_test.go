@@ -11,8 +11,9 @@ func SetHookWatch(h func(pid int)) { testHookWatch = h }
 func SetHookExited(h func(pid int)) { testHookExited = h }
 
 // SetHookBeforePost installs a hook run after an exited worker was marked
-// reaped, and before its exit is posted to the event loop; the worker is still unreaped, and the hook may reap it. nil removes
-// it. Tests only, before Run.
+// reaped, and before its exit is posted to the event loop; the worker is
+// still unreaped, and the hook may reap it. nil removes it. Tests only,
+// before Run.
 func SetHookBeforePost(h func(pid int)) { testHookBeforePost = h }
 
 // SetHookPIDFileRead installs a hook run by ReadPIDFile between reading the

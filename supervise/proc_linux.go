@@ -20,12 +20,12 @@ import (
 // Test seams, set only by tests before Run; each holds the exit in the
 // watcher while it runs. testHookWatch runs when the watcher starts, before
 // it waits for the exit, so a test may reap the worker behind its back.
-// testHookExited runs once the worker has exited,
-// before anything is done about it. testHookBeforePost runs after the
-// worker was marked reaped, and before its exit is posted; the worker is still unreaped, so a test may reap it itself to let
-// its pid be recycled. testHookBeforeReap runs after the exit was posted and
-// before the watcher's wait4(2); testHookAfterReap after it, with its error,
-// and before the pid is disowned.
+// testHookExited runs once the worker has exited, before anything is done
+// about it. testHookBeforePost runs after the worker was marked reaped and
+// before its exit is posted; the worker is still unreaped, so a test may
+// reap it itself to let its pid be recycled. testHookBeforeReap runs after
+// the exit was posted and before the watcher's wait4(2); testHookAfterReap
+// after it, with its error, and before the pid is disowned.
 var (
 	testHookWatch, testHookExited, testHookBeforePost, testHookBeforeReap func(pid int)
 	testHookAfterReap                                                     func(pid int, err error)

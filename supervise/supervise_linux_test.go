@@ -1172,19 +1172,27 @@ func TestWorkersGetDefaultSignals(t *testing.T) {
 func TestSubreaperLeavesOwnChild(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
-	_, lines, wait := helperSupervisor(t, c, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_OWN_CHILD=1", "SUP_DURATION=1s")
+	got := helperReport(t, c, []string{"OWNCHILD ", "ZOMBIES "}, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_OWN_CHILD=1", "SUP_DURATION=1s")
+	if d := cmp.Diff([]string{"OWNCHILD 7", "ZOMBIES 0"}, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+}
+
+// helperReport runs the supervisor helper with env and returns its output
+// lines that start with one of prefixes, failing t if the helper failed.
+func helperReport(t *testing.T, c *proccensus.Census, prefixes []string, env ...string) []string {
+	t.Helper()
+	_, lines, wait := helperSupervisor(t, c, env...)
 	var got []string
 	for l := range lines {
-		if strings.HasPrefix(l, "OWNCHILD ") || strings.HasPrefix(l, "ZOMBIES ") {
+		if slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(l, p) }) {
 			got = append(got, l)
 		}
 	}
 	if err := wait(); err != nil {
 		t.Errorf("supervisor: %v", err)
 	}
-	if d := cmp.Diff([]string{"OWNCHILD 7", "ZOMBIES 0"}, got); d != "" {
-		t.Errorf("(-want +got):\n%s", d)
-	}
+	return got
 }
 
 func TestSubreaperReapsOrphans(t *testing.T) {
@@ -1226,17 +1234,8 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 func TestSubreaperReapsOrphansWhileReaping(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
-	_, lines, wait := helperSupervisor(t, c, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_DURATION=200ms", "SUP_HOLD_REAP=2s",
-		"FORK_GRANDCHILD=daemon")
-	var got []string
-	for l := range lines {
-		if strings.HasPrefix(l, "EXIT ") || strings.HasPrefix(l, "ZOMBIES ") {
-			got = append(got, l)
-		}
-	}
-	if err := wait(); err != nil {
-		t.Errorf("supervisor: %v", err)
-	}
+	got := helperReport(t, c, []string{"EXIT ", "ZOMBIES "}, "SUP_WORKERS=1", "SUP_SUBREAPER=1", "SUP_DURATION=200ms",
+		"SUP_HOLD_REAP=2s", "FORK_GRANDCHILD=daemon")
 	if d := cmp.Diff([]string{"EXIT 0 -1 15", "ZOMBIES 0"}, got); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
 	}
