@@ -16,14 +16,15 @@ import (
 
 // Handoff protocol constants for the tests.
 const (
-	HoConns, HoReturn, HoAck, HoSub, HoUnsub, HoDone = hoConns, hoReturn, hoAck, hoSub, hoUnsub, hoDone
-	HoMaxBatch, HoWindow, HoMaxMsg                   = hoMaxBatch, hoWindow, hoMaxMsg
+	HoConns, HoReturn, HoAck, HoSub, HoUnsub, HoDone, HoGrant = hoConns, hoReturn, hoAck, hoSub, hoUnsub, hoDone, hoGrant
+	HoMaxBatch, HoWindow, HoMaxMsg, HoNoLimit, HoReserve      = hoMaxBatch, hoWindow, hoMaxMsg, hoNoLimit, hoReserve
 )
 
 // HoDecoded is a decoded handoff message with copied strings.
 type HoDecoded struct {
 	Type         byte
 	N            int
+	Limit        int64 // of a grant
 	Name         string
 	Names, Addrs []string
 	FDs          []int
@@ -35,7 +36,7 @@ func DecodeHandoff(p []byte, fds []int) (HoDecoded, error) {
 	if err := decodeHandoff(p, fds, &m); err != nil {
 		return HoDecoded{}, err
 	}
-	d := HoDecoded{Type: m.typ, N: m.n, Name: string(m.name), FDs: m.fds}
+	d := HoDecoded{Type: m.typ, N: m.n, Limit: m.limit, Name: string(m.name), FDs: m.fds}
 	if m.typ == hoConns || m.typ == hoReturn {
 		for _, e := range m.entries[:m.n] {
 			d.Names = append(d.Names, string(e.name))
@@ -65,6 +66,17 @@ func EncodeHandoffName(typ byte, name string) []byte { return hoAppendName(nil, 
 
 // EncodeHandoffAck builds a hoAck message.
 func EncodeHandoffAck(n int) []byte { return hoAppendAck(nil, n) }
+
+// EncodeHandoffGrant builds a hoGrant message (limit: HoNoLimit or a
+// sequence number).
+func EncodeHandoffGrant(limit int64) []byte { return hoAppendGrant(nil, limit) }
+
+// SetHandoffBeforeRecv makes every worker-side read call fn right before
+// its recvmsg, after the descriptor count.
+func SetHandoffBeforeRecv(fn func()) (restore func()) {
+	hoBeforeRecv = fn
+	return func() { hoBeforeRecv = nil }
+}
 
 // HandoffRig is the master's dispatcher without a Master: the tests give
 // it listeners and worker channels directly.

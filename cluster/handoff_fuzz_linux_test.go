@@ -24,6 +24,9 @@ func FuzzHandoffMessage(f *testing.F) {
 	f.Add(cluster.EncodeHandoffConns(cluster.HoConns, []string{"a"}, []string{"x"}), uint8(3))
 	f.Add(cluster.EncodeHandoffAck(16), uint8(0))
 	f.Add(cluster.EncodeHandoffAck(16), uint8(1))
+	f.Add(cluster.EncodeHandoffGrant(0xfffffffe), uint8(0))
+	f.Add(cluster.EncodeHandoffGrant(cluster.HoNoLimit), uint8(1))
+	f.Add([]byte{cluster.HoGrant, 0, 0}, uint8(0))
 	f.Add(cluster.EncodeHandoffName(cluster.HoSub, "unix-/run/app.sock"), uint8(0))
 	f.Add(cluster.EncodeHandoffName(cluster.HoDone, "x"), uint8(1))
 	f.Add([]byte{cluster.HoConns, 0}, uint8(0))
@@ -50,6 +53,11 @@ func FuzzHandoffMessage(f *testing.F) {
 			if d.Type == cluster.HoConns || d.Type == cluster.HoReturn {
 				want = d.N
 				if got := cluster.EncodeHandoffConns(d.Type, d.Names, d.Addrs); !cmp.Equal(got, p) {
+					t.Errorf("re-encoded %q, decoded from %q", got, p)
+				}
+			}
+			if d.Type == cluster.HoGrant {
+				if got := cluster.EncodeHandoffGrant(d.Limit); !cmp.Equal(got, p) {
 					t.Errorf("re-encoded %q, decoded from %q", got, p)
 				}
 			}

@@ -83,7 +83,12 @@ type hoWorker struct {
 	mu   sync.Mutex // serialises sends; guards the fields below
 	subs []bool     // by listener index
 	dead bool
-	buf  []byte
+	// sent counts the connections sent (modulo 2³²); while limited, the
+	// worker's last grant allows sending up to limit (see hoGrant): it is
+	// short of descriptors.
+	sent, limit uint32
+	limited     bool
+	buf         []byte
 	// The non-blocking send's arguments and result, bound once so
 	// RawConn.Write does not allocate a closure per message; oob is
 	// reused for the SCM_RIGHTS control message.
@@ -593,9 +598,10 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 			if k <= 0 {
 				continue
 			}
-			switch w.send(b, k) {
+			sent, res := w.send(b, k)
+			switch res {
 			case sendOK:
-				b.drop(k)
+				b.drop(sent)
 				progress = true
 			case sendFull:
 				full = true
@@ -609,8 +615,8 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 		if progress {
 			continue
 		}
-		// An ack or a new subscriber wakes us at once; a full channel
-		// drains without a message, so it is polled.
+		// An ack, a grant or a new subscriber wakes us at once; a full
+		// channel drains without a message, so it is polled.
 		var poll <-chan time.Time
 		if full {
 			if timer == nil {
@@ -656,21 +662,30 @@ type sendResult int
 
 const (
 	sendOK   sendResult = iota
-	sendSkip            // not subscribed
+	sendSkip            // not subscribed, or no room granted
 	sendFull            // the channel is full
 	sendDead            // the channel is gone
 )
 
 // send tries to deliver the first k connections of b in one message,
-// without blocking. On success the master's copies are closed.
-func (w *hoWorker) send(b *hoBatch, k int) sendResult {
+// without blocking, fewer if the worker's grant allows fewer, and returns
+// how many it sent. On success the master's copies are closed.
+func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.dead {
-		return sendDead
+		return 0, sendDead
 	}
 	if b.lidx >= len(w.subs) || !w.subs[b.lidx] {
-		return sendSkip
+		return 0, sendSkip
+	}
+	if w.limited {
+		// Serial arithmetic: a grant behind what was sent is no room.
+		room := int(int32(w.limit - w.sent))
+		if room <= 0 {
+			return 0, sendSkip
+		}
+		k = min(k, room)
 	}
 	w.buf = hoAppendHeader(w.buf[:0], hoConns, k)
 	for i := range k {
@@ -689,16 +704,17 @@ func (w *hoWorker) send(b *hoBatch, k int) sendResult {
 	case err == nil:
 	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
 		w.out.Add(-int64(k))
-		return sendFull
+		return 0, sendFull
 	default:
 		w.out.Add(-int64(k))
 		w.dead = true
-		return sendDead
+		return 0, sendDead
 	}
+	w.sent += uint32(k)
 	for _, fd := range b.fds[:k] {
 		closeCopy(fd)
 	}
-	return sendOK
+	return k, sendOK
 }
 
 // closeCopy closes the master's copy of a delivered connection. The worker
@@ -994,6 +1010,11 @@ func (h *handoff) handle(w *hoWorker, msg *hoMsg, b *hoBatch) error {
 		if !ack(w, msg.n) {
 			return fmt.Errorf("ack of %d connections, %d outstanding", msg.n, w.out.Load())
 		}
+		h.signal()
+	case hoGrant:
+		w.mu.Lock()
+		w.limited, w.limit = msg.limit != hoNoLimit, uint32(msg.limit)
+		w.mu.Unlock()
 		h.signal()
 	case hoSub, hoUnsub:
 		h.mu.Lock()

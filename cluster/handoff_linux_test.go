@@ -431,6 +431,12 @@ func TestHandoffGarbageFromWorker(t *testing.T) {
 			closeFDs(fds)
 		}, "descriptors"},
 		{"oversized", func(t *testing.T, c *net.UnixConn, _ string) { c.Write(make([]byte, cluster.HoMaxMsg+1)) }, "larger than"},
+		{"short grant", func(t *testing.T, c *net.UnixConn, _ string) { c.Write([]byte{cluster.HoGrant, 0, 0, 1}) }, "grant of 3 bytes"},
+		{"descriptor on grant", func(t *testing.T, c *net.UnixConn, _ string) {
+			fd := pipe(t)
+			c.WriteMsgUnix(cluster.EncodeHandoffGrant(9), unix.UnixRights(fd), nil)
+			unix.Close(fd)
+		}, "descriptors on a grant"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fdcensus.Verify(t)

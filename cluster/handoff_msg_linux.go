@@ -19,6 +19,7 @@ const (
 	hoReturn = 'R' // worker → master: connections given back, one descriptor each
 	hoSub    = 'S' // worker → master: name; send this listener's connections
 	hoUnsub  = 'U' // worker → master: name; stop sending them
+	hoGrant  = 'W' // worker → master: how many connections it has room for
 )
 
 const (
@@ -37,6 +38,10 @@ const (
 	hoWindow = 128
 )
 
+// hoNoLimit is a hoGrant without a limit: the worker has room for a window
+// and a batch more than it holds (see hoReceiver.room).
+const hoNoLimit = -1
+
 // hoEntry is one connection's metadata; both slices alias the payload.
 type hoEntry struct {
 	name, addr []byte
@@ -45,8 +50,11 @@ type hoEntry struct {
 // hoMsg is one decoded message. Its slices alias the payload and the
 // descriptor slice passed to decodeHandoff, valid until they are reused.
 type hoMsg struct {
-	typ     byte
-	n       int // connections (hoConns, hoReturn) or the count of hoAck
+	typ byte
+	n   int // connections (hoConns, hoReturn) or the count of hoAck
+	// limit of hoGrant: the sequence number (count of connections sent on
+	// the channel, modulo 2³²) the master may send up to, or hoNoLimit.
+	limit   int64
 	entries [hoMaxBatch]hoEntry
 	name    []byte // hoDone, hoSub, hoUnsub
 	fds     []int  // hoConns, hoReturn: one per entry, in order
@@ -66,7 +74,7 @@ func decodeHandoff(p []byte, fds []int, m *hoMsg) (err error) {
 			err = fmt.Errorf("%w: %w", ErrHandoffMessage, err)
 		}
 	}()
-	m.n, m.name, m.fds = 0, nil, nil
+	m.n, m.limit, m.name, m.fds = 0, 0, nil, nil
 	if len(p) == 0 {
 		return errors.New("empty")
 	}
@@ -112,6 +120,19 @@ func decodeHandoff(p []byte, fds []int, m *hoMsg) (err error) {
 			return fmt.Errorf("ack of %d connections (want 1 to %d)", c, hoWindow)
 		}
 		m.n = int(c)
+		return nil
+	case hoGrant:
+		if len(fds) != 0 {
+			return fmt.Errorf("%d descriptors on a grant", len(fds))
+		}
+		switch len(body) {
+		case 0:
+			m.limit = hoNoLimit
+		case 4:
+			m.limit = int64(binary.BigEndian.Uint32(body))
+		default:
+			return fmt.Errorf("grant of %d bytes (want 0 or 4)", len(body))
+		}
 		return nil
 	case hoDone, hoSub, hoUnsub:
 		if len(fds) != 0 {
@@ -172,4 +193,14 @@ func hoAppendName(dst []byte, typ byte, name string) []byte {
 // hoAppendAck builds a hoAck message for n accepted connections.
 func hoAppendAck(dst []byte, n int) []byte {
 	return binary.BigEndian.AppendUint32(append(dst, hoAck), uint32(n))
+}
+
+// hoAppendGrant builds a hoGrant message: limit is a sequence number, or
+// hoNoLimit.
+func hoAppendGrant(dst []byte, limit int64) []byte {
+	dst = append(dst, hoGrant)
+	if limit == hoNoLimit {
+		return dst
+	}
+	return binary.BigEndian.AppendUint32(dst, uint32(limit))
 }

@@ -11,7 +11,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
@@ -28,6 +30,19 @@ const (
 	// hoCloseWait bounds how long Close waits for the master to confirm
 	// that nothing more of the listener is on its way.
 	hoCloseWait = 5 * time.Second
+
+	// hoReserve is what a worker short of descriptors keeps free of
+	// connections: for net.FileConn's dup in Accept, for counting its
+	// descriptors, and for a few the server opens between a grant and the
+	// connections it covers.
+	hoReserve = 4
+	// hoAmple is the free descriptors at which a worker needs no grant:
+	// a full window and a batch fit, whatever is on its way.
+	hoAmple = hoWindow + hoMaxBatch + hoReserve
+	// hoRecheck is how often a reader short of descriptors counts them
+	// again while it waits, so that the room closed connections freed is
+	// granted to the master, which sends nothing beyond a grant.
+	hoRecheck = 50 * time.Millisecond
 )
 
 // HandoffListener returns the listener of a handoff-mode worker for the
@@ -39,7 +54,10 @@ const (
 //
 // When the process is out of descriptors (EMFILE), Accept keeps the
 // connection and returns a temporary error, as a kernel listener leaves
-// it queued: a server backs off and calls again (net/http does).
+// it queued: a server backs off and calls again (net/http does). Near its
+// RLIMIT_NOFILE a worker tells the master how many connections it has
+// descriptors for, and leaves in the channel a batch that would not fit;
+// Accept fails with EMFILE meanwhile, and no connection is reset.
 //
 // Listeners of one process share its channel; there is at most one per
 // name at a time. Close unblocks Accept, tells the master to stop sending
@@ -141,6 +159,20 @@ type hoReceiver struct {
 	fds []int
 	msg hoMsg
 
+	// Descriptor room, also the token holder's. A batch that arrives
+	// with the descriptor table too full for it is lost: the kernel
+	// installs what fits and drops the rest (MSG_CTRUNC), and the master
+	// closed its copies. So a worker near RLIMIT_NOFILE (short) counts its
+	// free descriptors before each read, grants the master room for that
+	// many connections (hoGrant) and leaves in the socket a batch that
+	// would not fit.
+	rc     syscall.RawConn
+	short  bool
+	recvd  uint32 // connections that arrived in hoConns messages
+	grant  int64  // the last grant sent: a limit, or hoNoLimit
+	rlimit int    // soft RLIMIT_NOFILE, as last read
+	dents  []byte
+
 	mu      sync.Mutex
 	lns     map[string]*handoffLn // open listeners
 	closing map[string]*handoffLn // closed, waiting for the master's DONE
@@ -154,10 +186,64 @@ func newReceiver(uc *net.UnixConn) (*hoReceiver, error) {
 		return nil, err
 	}
 	r := &hoReceiver{conn: c, gone: make(chan struct{}), token: make(chan struct{}, 1),
-		buf: make([]byte, hoMaxMsg), fds: make([]int, hoMaxBatch),
+		buf: make([]byte, hoMaxMsg), fds: make([]int, hoMaxBatch), grant: hoNoLimit,
 		lns: map[string]*handoffLn{}, closing: map[string]*handoffLn{}}
+	r.rc, _ = c.SyscallConn()
+	if free := r.free(); free >= 0 && free < hoAmple {
+		r.short = true
+	}
 	r.token <- struct{}{}
 	return r, nil
+}
+
+// free counts the descriptors the process can still open, below its soft
+// RLIMIT_NOFILE, or returns -1 if it cannot tell (no /proc). Out of
+// descriptors, it cannot open /proc/self/fd either: 0.
+func (r *hoReceiver) free() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return -1
+	}
+	r.rlimit = int(min(rl.Cur, 1<<30))
+	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+			return 0
+		}
+		return -1
+	}
+	defer unix.Close(dir)
+	if r.dents == nil {
+		r.dents = make([]byte, 8<<10)
+	}
+	open := -1 // dir itself
+	for {
+		n, err := unix.Getdents(dir, r.dents)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1
+		}
+		if n <= 0 {
+			break
+		}
+		const (
+			reclenAt = unsafe.Offsetof(unix.Dirent{}.Reclen)
+			nameAt   = int(unsafe.Offsetof(unix.Dirent{}.Name))
+		)
+		for b := r.dents[:n]; len(b) > nameAt; {
+			reclen := int(*(*uint16)(unsafe.Pointer(&b[reclenAt])))
+			if reclen <= nameAt || reclen > len(b) {
+				return -1
+			}
+			if b[nameAt] != '.' { // not . or ..
+				open++
+			}
+			b = b[reclen:]
+		}
+	}
+	return max(0, r.rlimit-open)
 }
 
 // end closes the channel: the master is gone, or the worker drops it.
@@ -178,8 +264,11 @@ func (r *hoReceiver) interrupt() {
 
 // read reads and sorts the master's messages, the caller holding the
 // token, until stop reports true, deadline passes (zero: none) or the
-// channel ends.
-func (r *hoReceiver) read(stop func() bool, deadline time.Time) {
+// channel ends. It returns true, having read nothing more, when the
+// process is short of descriptors for the next batch, or for any
+// connection at all if accepting: Accept then fails with EMFILE, as
+// accept(2) does.
+func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) bool {
 	// Set before stop is looked at: an interrupt after that look fails
 	// the wait below; one before it is seen by stop.
 	if !deadline.IsZero() || r.stale.Swap(false) {
@@ -189,7 +278,26 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time) {
 		defer r.stale.Store(true)
 	}
 	reset := false
-	for !stop() {
+	for {
+		if r.short {
+			// The wait ends in time to count again (see hoRecheck);
+			// set before stop is looked at, as above.
+			wait := time.Now().Add(hoRecheck)
+			if !deadline.IsZero() && deadline.Before(wait) {
+				wait = deadline
+			}
+			r.stale.Store(true)
+			_ = r.conn.SetReadDeadline(wait)
+		}
+		if stop() {
+			return false
+		}
+		if r.short && !r.fits(accepting) {
+			return true
+		}
+		if hoBeforeRecv != nil {
+			hoBeforeRecv()
+		}
 		n, nfd, err := r.conn.Recv(r.buf, r.fds)
 		if err != nil {
 			switch {
@@ -201,23 +309,39 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time) {
 				continue
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				if !deadline.IsZero() && !time.Now().Before(deadline) {
-					return
+					return false
 				}
-				_ = r.conn.SetReadDeadline(deadline)
+				if !r.short {
+					_ = r.conn.SetReadDeadline(deadline)
+				}
 				continue
-			case errors.Is(err, scmrights.ErrTruncated), errors.Is(err, scmrights.ErrPayloadTruncated):
-				// The master never sends more than a batch; its
-				// descriptors were closed. Nothing else was lost.
+			case errors.Is(err, scmrights.ErrTruncated):
+				r.lost(r.buf[:n])
+				continue
+			case errors.Is(err, scmrights.ErrPayloadTruncated):
+				// The master never sends more than hoMaxMsg; the
+				// descriptors were closed.
 				continue
 			}
 			r.end()
-			return
+			return false
 		}
 		if err := decodeHandoff(r.buf[:n], r.fds[:nfd], &r.msg); err != nil {
 			continue // descriptors closed by the decoder
 		}
 		switch r.msg.typ {
 		case hoConns:
+			r.recvd += uint32(r.msg.n)
+			if !r.short {
+				// Descriptors are allocated lowest first: one this high
+				// means the table is nearly full below the limit.
+				for _, fd := range r.msg.fds {
+					if r.rlimit-fd < hoAmple {
+						r.short = true
+						break
+					}
+				}
+			}
 			r.deliver(&r.msg)
 		case hoDone:
 			r.mu.Lock()
@@ -235,6 +359,78 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time) {
 	}
 }
 
+// fits counts the free descriptors, grants the master room for as many
+// connections less hoReserve, and says whether the next message can be
+// read: not a batch of at least as many connections as there are free
+// descriptors (it waits in the socket), and, when accepting, nothing at
+// all if none is queued and the reserve is all that is left.
+func (r *hoReceiver) fits(accepting bool) bool {
+	free := r.free()
+	if free < 0 || free >= hoAmple+hoMaxBatch {
+		// Room again (or no way to count): no limit.
+		r.short = false
+		r.setGrant(hoNoLimit)
+		return true
+	}
+	r.setGrant(int64(r.recvd + uint32(max(0, free-hoReserve))))
+	typ, count, queued := r.peek()
+	if !queued {
+		return !accepting || free > hoReserve
+	}
+	return typ != hoConns || count < free
+}
+
+// setGrant sends the master a grant if it differs from the last one.
+func (r *hoReceiver) setGrant(limit int64) {
+	if limit == r.grant {
+		return
+	}
+	var p [5]byte
+	if r.send(hoAppendGrant(p[:0], limit), nil) == nil {
+		r.grant = limit
+	}
+}
+
+// peek reports the type and, for a batch, the connection count of the
+// next message without receiving it: MSG_PEEK with no room for control
+// data installs no descriptor. queued is false only if nothing is queued;
+// end of file or an error reads as a message of type 0, for Recv to see.
+func (r *hoReceiver) peek() (typ byte, count int, queued bool) {
+	var hdr [2]byte
+	var n int
+	var err error
+	cerr := r.rc.Control(func(fd uintptr) {
+		for {
+			n, _, _, _, err = unix.Recvmsg(int(fd), hdr[:], nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	})
+	switch {
+	case cerr == nil && err == unix.EAGAIN:
+		return 0, 0, false
+	case cerr != nil || err != nil || n < 2:
+		return 0, 0, true
+	}
+	return hdr[0], int(hdr[1]), true
+}
+
+// lost accounts for a batch p whose descriptors did not all fit: those
+// that arrived were closed and the kernel dropped the rest (the clients
+// see a reset). Acknowledged, so the master's window for this worker does
+// not shrink for good; and from now on the worker counts before reading.
+func (r *hoReceiver) lost(p []byte) {
+	r.short = true
+	if len(p) < 2 || p[0] != hoConns || p[1] == 0 || p[1] > hoMaxBatch {
+		return
+	}
+	k := int(p[1])
+	r.recvd += uint32(k)
+	var a [5]byte
+	_ = r.send(hoAppendAck(a[:0], k), nil)
+}
+
 // hoItem is a received connection not yet accepted.
 type hoItem struct {
 	fd   int
@@ -250,6 +446,9 @@ func (it hoItem) close() {
 		unix.Close(it.fd)
 	}
 }
+
+// hoBeforeRecv, if set, runs before each recvmsg of a worker (tests).
+var hoBeforeRecv func()
 
 // hoFileConn is net.FileConn; tests replace it to fail.
 var hoFileConn = net.FileConn
@@ -373,8 +572,11 @@ func (l *handoffLn) accept() (net.Conn, string, error) {
 				}
 			case <-r.token:
 				// Nothing queued: read the channel in this goroutine.
-				r.read(l.acceptable, time.Time{})
+				short := r.read(l.acceptable, time.Time{}, true)
 				r.token <- struct{}{}
+				if short && !l.acceptable() {
+					return nil, "", l.opErr(os.NewSyscallError("accept", unix.EMFILE))
+				}
 				continue
 			}
 		}
@@ -469,8 +671,18 @@ func (l *handoffLn) Close() error {
 			case <-t.C:
 				break wait
 			case <-r.token:
-				r.read(l.finished, deadline)
+				short := r.read(l.finished, deadline, false)
 				r.token <- struct{}{}
+				if short {
+					// A batch waits for descriptors: count again soon.
+					select {
+					case <-l.done:
+					case <-r.gone:
+					case <-t.C:
+						break wait
+					case <-time.After(hoRecheck):
+					}
+				}
 			}
 		}
 		t.Stop()
