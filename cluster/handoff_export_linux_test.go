@@ -203,7 +203,7 @@ func (r *HandoffRig) AddWorker() (*HandoffWorker, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := newReceiver(uc)
+	rc, err := newReceiver(uc, true)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +232,7 @@ func (r *HandoffRig) AdoptOld(f *os.File) error {
 // NewHandoffWorker is the worker side of a connection channel made by the
 // test.
 func NewHandoffWorker(uc *net.UnixConn) (*HandoffWorker, error) {
-	rc, err := newReceiver(uc)
+	rc, err := newReceiver(uc, true)
 	if err != nil {
 		return nil, err
 	}

@@ -3,17 +3,23 @@
 package cluster_test
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
 )
@@ -135,25 +141,27 @@ func sortedInts(s []int) []int {
 	return out
 }
 
-// shortWorker is a worker channel whose far end the test plays master on,
-// in this process with its soft RLIMIT_NOFILE lowered so that room free
-// descriptors remain; conns are n connected pairs made before that, each
-// client having sent its index.
-type shortWorker struct {
+// shortChild is a handoff worker in a child process (hoShortWorker) whose
+// connection channel the test serves as the master: the child's soft
+// RLIMIT_NOFILE leaves it about room free descriptors, and conns are n
+// connected pairs whose accepted ends the test sends it.
+type shortChild struct {
 	master  *net.UnixConn
-	l       net.Listener
+	in      io.WriteCloser
+	lines   chan string
 	clients []net.Conn
-	servers []int // the accepted ends, sent to the worker by send
+	servers []int
 }
 
-func newShortWorker(t *testing.T, room, n int) *shortWorker {
+func startShortChild(t *testing.T, pc *proccensus.Census, room, n int) *shortChild {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	s := &shortWorker{}
+	s := &shortChild{lines: make(chan string, 256)}
+	t.Cleanup(func() { closeFDs(s.servers) })
 	for i := range n {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -175,73 +183,99 @@ func newShortWorker(t *testing.T, room, n int) *shortWorker {
 		s.clients = append(s.clients, c)
 		s.servers = append(s.servers, fd)
 	}
-	ln.Close()
-	t.Cleanup(func() { closeFDs(s.servers) })
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	mc, child, err := scmrights.Socketpair(unix.SOCK_SEQPACKET)
 	if err != nil {
-		t.Fatal(err)
-	}
-	mc, err := scmrights.UnixConn(pair[0])
-	if err != nil {
-		unix.Close(pair[1])
 		t.Fatal(err)
 	}
 	s.master = mc
 	t.Cleanup(func() { mc.Close() })
-	uc, err := scmrights.UnixConn(pair[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	setRoom(t, room)
-	w, err := cluster.NewHandoffWorker(uc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.l, err = w.Listen("tcp-x"); err != nil {
-		w.Close()
-		t.Fatal(err)
-	}
-	// The worker's end first: Close then waits for no DONE.
-	t.Cleanup(func() {
-		w.Close()
-		s.l.Close()
+	cmd := helperproc.Command(t, "ho-short-worker", &helperproc.Options{
+		Env:        append([]string{pc.Env()}, "HANDOFF_CONN_FD=3", "HANDOFF_CONN_VERSION=2", "HO_ROOM="+strconv.Itoa(room)),
+		ExtraFiles: []*os.File{child},
 	})
-	if m, ok := rawRecv(t, s.master, 5*time.Second); !ok || m.Type != cluster.HoSub {
-		t.Fatalf("first message %+v, want a SUB", m)
+	if s.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
 	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helperproc.Start(t, cmd)
+	child.Close()
+	go func() {
+		defer close(s.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		s.do(t, "quit")
+		s.in.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Error("worker did not quit")
+		}
+	})
 	return s
 }
 
-// setRoom lowers the soft RLIMIT_NOFILE so that about room descriptors
-// are free, until restored: when the test ends, at the latest.
-func setRoom(t *testing.T, room int) (restore func()) {
+// do sends the child one command.
+func (s *shortChild) do(t *testing.T, cmd string) {
 	t.Helper()
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
+	if _, err := fmt.Fprintln(s.in, cmd); err != nil {
+		t.Errorf("command %q: %v", cmd, err)
 	}
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim := old
-	lim.Cur = uint64(len(ents) - 1 + room) // ReadDir's own was one
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	restore = func() {
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-			t.Error(err)
-		}
-	}
-	t.Cleanup(restore)
-	return restore
 }
 
-// send hands the worker the accepted ends i..j-1 in one batch. The real
-// master closes its copies at once, in its own process; here they are in
-// the worker's and would free room, so they stay open until drop.
-func (s *shortWorker) send(t *testing.T, i, j int) {
+// until reads the child's lines until pred accepts one, within 10 s, and
+// returns them all.
+func (s *shortChild) until(t *testing.T, what string, pred func(string) bool) []string {
+	t.Helper()
+	var got []string
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("worker gone waiting for %s; it said %q", what, got)
+			}
+			got = append(got, l)
+			if pred(l) {
+				return got
+			}
+		case <-timeout:
+			t.Fatalf("no %s from the worker in 10 s; it said %q", what, got)
+		}
+	}
+}
+
+// oks reads the child's lines until it accepted n connections, and returns
+// their indexes in order.
+func (s *shortChild) oks(t *testing.T, n int) []int {
+	t.Helper()
+	var got []int
+	s.until(t, fmt.Sprintf("%d accepted connections", n), func(l string) bool {
+		if i, ok := strings.CutPrefix(l, "ok "); ok {
+			k, _ := strconv.Atoi(i)
+			got = append(got, k)
+		}
+		return len(got) == n
+	})
+	return sortedInts(got)
+}
+
+// send hands the child the accepted ends i..j-1 in one batch and closes
+// the copies here, as the master does.
+func (s *shortChild) send(t *testing.T, i, j int) {
 	t.Helper()
 	names, addrs := make([]string, j-i), make([]string, j-i)
 	for k := range names {
@@ -250,40 +284,18 @@ func (s *shortWorker) send(t *testing.T, i, j int) {
 	if err := scmrights.Send(s.master, cluster.EncodeHandoffConns(cluster.HoConns, names, addrs), s.servers[i:j]...); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// drop closes the master's copies of the accepted ends i..j-1.
-func (s *shortWorker) drop(i, j int) {
 	closeFDs(s.servers[i:j])
 	for k := i; k < j; k++ {
 		s.servers[k] = -1
 	}
 }
 
-// accept is one Accept within 10 s; it returns the index the client sent
-// (-1 for none) and the error.
-func (s *shortWorker) accept(t *testing.T) (int, error) {
-	t.Helper()
-	c, err := acceptWithin(t, s.l)
-	if err != nil {
-		return -1, err
-	}
-	defer c.Close()
-	buf := make([]byte, 4)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatalf("reading an accepted connection: %v", err)
-	}
-	i, _ := strconv.Atoi(string(buf))
-	return i - 1000, nil
-}
-
-// messages collects what the worker sent until pred is satisfied, within
-// 5 s.
-func (s *shortWorker) messages(t *testing.T, what string, pred func([]cluster.HoDecoded) bool) []cluster.HoDecoded {
+// messages collects what the worker sent on the channel until pred is
+// satisfied, within 10 s.
+func (s *shortChild) messages(t *testing.T, what string, pred func([]cluster.HoDecoded) bool) []cluster.HoDecoded {
 	t.Helper()
 	var ms []cluster.HoDecoded
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !pred(ms) {
 		m, ok := rawRecv(t, s.master, time.Until(deadline))
 		if !ok {
@@ -292,6 +304,18 @@ func (s *shortWorker) messages(t *testing.T, what string, pred func([]cluster.Ho
 		ms = append(ms, m)
 	}
 	return ms
+}
+
+// alive checks that the clients are still connected: not reset, no end
+// of file.
+func alive(t *testing.T, clients []net.Conn) {
+	t.Helper()
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("client %d of a waiting connection: %v, want it still connected", i, err)
+		}
+	}
 }
 
 func lastGrant(ms []cluster.HoDecoded) (int64, bool) {
@@ -313,136 +337,246 @@ func acked(ms []cluster.HoDecoded) int {
 	return n
 }
 
+func isSub(ms []cluster.HoDecoded) bool { return len(ms) > 0 && ms[len(ms)-1].Type == cluster.HoSub }
+
+func span(from, to int) []int {
+	out := make([]int, 0, to-from)
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+const emfileLine = "err EMFILE temporary"
+
 // TestHandoffWorkerShortOfDescriptors: a worker near RLIMIT_NOFILE grants
-// the master room for its free descriptors less a reserve; a batch that
-// would not fit stays in the socket (nothing is lost) while Accept fails
-// with a temporary EMFILE, as accept(2) does; once descriptors are free
-// again the worker takes the batch, serves every connection of it and
-// lifts its limit.
+// the master room for its free descriptors less a reserve, before it
+// subscribes; a batch that would not fit stays in the channel (none of its
+// clients is reset) while Accept fails with a temporary EMFILE, as
+// accept(2) does; with room again the worker takes the batch, serves every
+// connection of it and lifts its limit.
 func TestHandoffWorkerShortOfDescriptors(t *testing.T) {
 	fdcensus.Verify(t)
+	pc := proccensus.New(t)
 	const room, n = 24, 40
-	s := newShortWorker(t, room, n)
-	type res struct {
-		i   int
-		err error
+	s := startShortChild(t, pc, room, n)
+	ms := s.messages(t, "SUB", isSub)
+	g, ok := lastGrant(ms)
+	// The worker's own descriptors since its limit was set take a few.
+	if !ok || g < room/2 || g > room-cluster.HoReserve {
+		t.Fatalf("before its SUB the worker sent %+v, want a grant of %d to %d", ms, room/2, room-cluster.HoReserve)
 	}
-	first := make(chan res, 1)
-	go func() { i, err := s.accept(t); first <- res{i, err} }()
-	ms := s.messages(t, "grant", func(ms []cluster.HoDecoded) bool { _, ok := lastGrant(ms); return ok })
-	g, _ := lastGrant(ms)
-	// The receiver and Accept hold a few descriptors of their own.
-	if g < room/2 || g > room-cluster.HoReserve {
-		t.Fatalf("first grant %d connections with %d descriptors free, want %d to %d", g, room, room/2, room-cluster.HoReserve)
-	}
+	s.do(t, "accept 2")
 	s.send(t, 0, 2)
-	select {
-	case rs := <-first:
-		if rs.err != nil || rs.i != 0 {
-			t.Fatalf("first Accept: %d, %v; want connection 0", rs.i, rs.err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("first Accept did not return")
+	if diff := cmp.Diff([]int{0, 1}, s.oks(t, 2)); diff != "" {
+		t.Fatalf("connections accepted within the grant (-want +got):\n%s", diff)
 	}
-	if i, err := s.accept(t); err != nil || i != 1 {
-		t.Fatalf("second Accept: %d, %v; want connection 1", i, err)
-	}
-	// More than fit: the server opened descriptors since its grant, say.
+	// More than fit, as if the server had opened descriptors since.
 	s.send(t, 2, n)
-	for range 2 {
-		_, err := s.accept(t)
-		var ne net.Error
-		//lint:ignore SA1019 net/http's Server.Serve backs off on exactly this.
-		if !errors.Is(err, unix.EMFILE) || !errors.As(err, &ne) || !ne.Temporary() {
-			t.Fatalf("Accept with a batch of %d queued and %d descriptors free: %v; want a temporary EMFILE", n-2, room, err)
+	s.do(t, fmt.Sprintf("accept %d", n-2))
+	s.until(t, "EMFILE", func(l string) bool {
+		if strings.HasPrefix(l, "ok ") {
+			t.Fatalf("accepted %q from a batch of %d with about %d descriptors free", l, n-2, room)
 		}
-	}
-	// Every client of the waiting batch is still connected.
-	for _, c := range s.clients[2:] {
-		c.SetReadDeadline(time.Now().Add(time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("client of a waiting connection: %v, want it still open", err)
-		}
-	}
-	setRoom(t, 10*(cluster.HoWindow+cluster.HoMaxBatch))
-	s.drop(0, n)
-	var got []int
-	for range n - 2 {
-		i, err := s.accept(t)
-		if err != nil {
-			t.Fatalf("Accept with room again, after %d: %v", len(got), err)
-		}
-		got = append(got, i)
-	}
-	want := make([]int, n-2)
-	for i := range want {
-		want[i] = i + 2
-	}
-	if diff := cmp.Diff(want, sortedInts(got)); diff != "" {
+		return l == emfileLine
+	})
+	alive(t, s.clients[2:])
+	s.do(t, "room")
+	if diff := cmp.Diff(span(2, n), s.oks(t, n-2)); diff != "" {
 		t.Errorf("connections of the batch that waited (-want +got):\n%s", diff)
 	}
-	ms = s.messages(t, "ack of every connection and a lifted limit", func(ms []cluster.HoDecoded) bool {
+	ms = s.messages(t, "acks and a lifted limit", func(ms []cluster.HoDecoded) bool {
 		g, ok := lastGrant(ms)
-		return ok && g == cluster.HoNoLimit && acked(ms) >= n-4
+		return ok && g == cluster.HoNoLimit && acked(ms) > n-4
 	})
 	if a := acked(ms); a > n {
 		t.Errorf("acknowledged %d connections of %d", a, n)
 	}
 }
 
+// TestHandoffWorkerServerFillsTable: a worker with room at first, whose
+// server then opens descriptors of its own until few are free, notices it
+// within hoRecheckIdle, grants the master only what is left and leaves a
+// larger batch in the channel until the server closes them.
+func TestHandoffWorkerServerFillsTable(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	const room, n = 400, cluster.HoMaxBatch
+	s := startShortChild(t, pc, room, n)
+	if ms := s.messages(t, "SUB", isSub); len(ms) != 1 {
+		t.Fatalf("worker with room sent %+v, want only its SUB", ms)
+	}
+	s.do(t, fmt.Sprintf("accept %d", n))
+	s.do(t, "fill 40")
+	s.until(t, "filled", func(l string) bool { return l == "filled" })
+	ms := s.messages(t, "grant", func(ms []cluster.HoDecoded) bool { _, ok := lastGrant(ms); return ok })
+	if g, _ := lastGrant(ms); g < 20 || g > 40-cluster.HoReserve {
+		t.Fatalf("grant %d with 40 descriptors free, want 20 to %d", g, 40-cluster.HoReserve)
+	}
+	s.send(t, 0, n)
+	s.until(t, "EMFILE", func(l string) bool {
+		if strings.HasPrefix(l, "ok ") {
+			t.Fatalf("accepted %q from a batch of %d with 40 descriptors free", l, n)
+		}
+		return l == emfileLine
+	})
+	alive(t, s.clients)
+	s.do(t, "free")
+	if diff := cmp.Diff(span(0, n), s.oks(t, n)); diff != "" {
+		t.Errorf("connections of the batch that waited (-want +got):\n%s", diff)
+	}
+}
+
 // TestHandoffWorkerLostBatchAcked: a batch that arrives when the process
 // has no descriptor left for it (the server opened them after the count)
 // is lost, but acknowledged, so the master's window for the worker does
-// not shrink for good; the worker counts before every read from then on
-// and serves the next batch once descriptors are free.
+// not shrink for good; Accept fails with EMFILE, and the worker serves the
+// next batch once descriptors are free.
 func TestHandoffWorkerLostBatchAcked(t *testing.T) {
 	fdcensus.Verify(t)
+	pc := proccensus.New(t)
 	const room, n = 24, 6
-	s := newShortWorker(t, room, n)
-	var filler []int
-	restore := cluster.SetHandoffBeforeRecv(func() {
-		// Exhaust the table between the count and the recvmsg, once.
-		if filler != nil {
-			return
-		}
-		for range 4 * room {
-			fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				break
-			}
-			filler = append(filler, fd)
-		}
-	})
-	defer restore()
-	defer func() { closeFDs(filler) }()
+	s := startShortChild(t, pc, room, n)
+	s.messages(t, "SUB", isSub)
 	// Queued before the worker reads: its count finds room for it.
 	s.send(t, 0, 5)
-	done := make(chan error, 1)
-	go func() { _, err := s.accept(t); done <- err }()
+	s.do(t, "arm")
+	s.until(t, "armed", func(l string) bool { return l == "armed" })
+	s.do(t, "accept 1")
 	ms := s.messages(t, "ack of the lost batch", func(ms []cluster.HoDecoded) bool { return acked(ms) > 0 })
 	if a := acked(ms); a != 5 {
 		t.Errorf("acknowledged %d connections of a lost batch of 5", a)
 	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, unix.EMFILE) {
-			t.Errorf("Accept out of descriptors: %v, want EMFILE", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Accept out of descriptors did not return")
-	}
-	s.drop(0, 5)
-	for _, c := range s.clients[:5] {
+	s.until(t, "EMFILE", func(l string) bool { return l == emfileLine })
+	for i, c := range s.clients[:5] {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Errorf("client of a lost connection read a byte, want end of file or a reset")
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("client %d of a lost connection: %v, want end of file or a reset", i, err)
 		}
 	}
-	closeFDs(filler)
-	filler = filler[:0]
+	s.do(t, "free")
 	s.send(t, 5, 6)
-	s.drop(5, 6)
-	if i, err := s.accept(t); err != nil || i != 5 {
-		t.Errorf("Accept once descriptors are free: %d, %v; want connection 5", i, err)
+	if diff := cmp.Diff([]int{5}, s.oks(t, 1)); diff != "" {
+		t.Errorf("connection after the lost batch (-want +got):\n%s", diff)
 	}
+}
+
+// hoShortWorker is the worker of the tests above: a handoff listener
+// "tcp-x" on HANDOFF_CONN_FD with the soft RLIMIT_NOFILE set so that
+// HO_ROOM descriptors are free, driven by commands on stdin, one a line:
+//
+//	accept N  accept until N connections, in the background: "ok <index>"
+//	          for each, "err <error>" for each failure (then 5 ms back-off)
+//	fill K    open /dev/null until K descriptors are free: "filled"
+//	free      close what fill and arm opened: "freed"
+//	arm       the next recvmsg finds the table full (filled before it): "armed"
+//	room      restore the limit Go started with: "roomy"
+//	quit      exit 0
+func hoShortWorker() int {
+	var out sync.Mutex
+	say := func(format string, args ...any) {
+		out.Lock()
+		defer out.Unlock()
+		fmt.Printf(format+"\n", args...)
+	}
+	var start unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &start); err != nil {
+		say("getrlimit: %v", err)
+		return 3
+	}
+	openNow := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents) - 1 // ReadDir's own
+	}
+	room, _ := strconv.Atoi(os.Getenv("HO_ROOM"))
+	lim := start
+	lim.Cur = uint64(openNow() + room)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		say("setrlimit: %v", err)
+		return 3
+	}
+	ln, err := cluster.HandoffListener("tcp-x")
+	if err != nil {
+		say("listen: %v", err)
+		return 3
+	}
+	var fmu sync.Mutex
+	var filler []int
+	fill := func(max int) {
+		fmu.Lock()
+		defer fmu.Unlock()
+		for range max {
+			fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return
+			}
+			filler = append(filler, fd)
+		}
+	}
+	armed := false
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		k, _ := strconv.Atoi(arg)
+		switch cmd {
+		case "accept":
+			go func() {
+				deadline := time.Now().Add(20 * time.Second)
+				for n := 0; n < k && time.Now().Before(deadline); {
+					c, err := ln.Accept()
+					var ne net.Error
+					switch {
+					//lint:ignore SA1019 net/http backs off on exactly this.
+					case errors.Is(err, unix.EMFILE) && errors.As(err, &ne) && ne.Temporary():
+						say(emfileLine)
+						time.Sleep(5 * time.Millisecond)
+					case err != nil:
+						say("err %v", err)
+						time.Sleep(5 * time.Millisecond)
+					default:
+						buf := make([]byte, 4)
+						c.SetReadDeadline(time.Now().Add(5 * time.Second))
+						_, err := io.ReadFull(c, buf)
+						c.Close()
+						i, _ := strconv.Atoi(string(buf))
+						if err != nil {
+							say("err reading: %v", err)
+						} else {
+							say("ok %d", i-1000)
+						}
+						n++
+					}
+				}
+			}()
+		case "fill":
+			var now unix.Rlimit
+			unix.Getrlimit(unix.RLIMIT_NOFILE, &now)
+			fill(int(now.Cur) - openNow() - k)
+			say("filled")
+		case "free":
+			fmu.Lock()
+			for _, fd := range filler {
+				unix.Close(fd)
+			}
+			filler = filler[:0]
+			fmu.Unlock()
+			say("freed")
+		case "arm":
+			cluster.SetHandoffBeforeRecv(func() {
+				if !armed {
+					armed = true
+					fill(1 << 20)
+				}
+			})
+			say("armed")
+		case "room":
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &start); err != nil {
+				say("setrlimit: %v", err)
+			}
+			say("roomy")
+		case "quit":
+			return 0
+		}
+	}
+	return 0
 }

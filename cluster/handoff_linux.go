@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -679,14 +680,11 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult) {
 	if b.lidx >= len(w.subs) || !w.subs[b.lidx] {
 		return 0, sendSkip
 	}
-	if w.limited {
-		// Serial arithmetic: a grant behind what was sent is no room.
-		room := int(int32(w.limit - w.sent))
-		if room <= 0 {
-			return 0, sendSkip
-		}
-		k = min(k, room)
+	room := w.room()
+	if room <= 0 {
+		return 0, sendSkip
 	}
+	k = min(k, room)
 	w.buf = hoAppendHeader(w.buf[:0], hoConns, k)
 	for i := range k {
 		w.buf = hoAppendEntry(w.buf, b.name, b.addr(i))
@@ -715,6 +713,15 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult) {
 		closeCopy(fd)
 	}
 	return k, sendOK
+}
+
+// room is how many more connections w's grant allows; w.mu is held.
+func (w *hoWorker) room() int {
+	if !w.limited {
+		return math.MaxInt
+	}
+	// Serial arithmetic: a grant behind what was sent is no room.
+	return max(0, int(int32(w.limit-w.sent)))
 }
 
 // closeCopy closes the master's copy of a delivered connection. The worker
@@ -786,7 +793,7 @@ func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error
 		return fmt.Errorf("cluster: connection channel: %w", err)
 	}
 	l.ExtraFiles = append(l.ExtraFiles, remote)
-	l.Env = append(l.Env, envConnFD+"="+strconv.Itoa(fdnum))
+	l.Env = append(l.Env, envConnFD+"="+strconv.Itoa(fdnum), envConnVersion+"=2")
 	prev := l.Done
 	l.Done = func(pid int, err error) {
 		remote.Close()
@@ -1013,9 +1020,13 @@ func (h *handoff) handle(w *hoWorker, msg *hoMsg, b *hoBatch) error {
 		h.signal()
 	case hoGrant:
 		w.mu.Lock()
+		before := w.room()
 		w.limited, w.limit = msg.limit != hoNoLimit, uint32(msg.limit)
+		more := w.room() > before
 		w.mu.Unlock()
-		h.signal()
+		if more {
+			h.signal()
+		}
 	case hoSub, hoUnsub:
 		h.mu.Lock()
 		idx, ok := h.byName[string(msg.name)]

@@ -3,8 +3,10 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -39,10 +41,15 @@ const (
 	// hoAmple is the free descriptors at which a worker needs no grant:
 	// a full window and a batch fit, whatever is on its way.
 	hoAmple = hoWindow + hoMaxBatch + hoReserve
-	// hoRecheck is how often a reader short of descriptors counts them
-	// again while it waits, so that the room closed connections freed is
+	// hoRecheck is how often a worker short of descriptors counts them
+	// again, also while it waits: the room closed connections freed is
 	// granted to the master, which sends nothing beyond a grant.
-	hoRecheck = 50 * time.Millisecond
+	// hoRecheckIdle is the same for a worker with room: the server may
+	// open descriptors of its own at any time. A count that takes long
+	// (a large table) is repeated no more than once per 100 times its
+	// cost.
+	hoRecheck     = 50 * time.Millisecond
+	hoRecheckIdle = 250 * time.Millisecond
 )
 
 // HandoffListener returns the listener of a handoff-mode worker for the
@@ -99,7 +106,8 @@ func openReceiver(v string) (*hoReceiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s=%d: %w", ErrNoHandoff, envConnFD, fd, err)
 	}
-	return newReceiver(uc)
+	v2, _ := strconv.Atoi(os.Getenv(envConnVersion))
+	return newReceiver(uc, v2 >= 2)
 }
 
 // inheritedAddr is the local address of the inherited listener named
@@ -159,19 +167,32 @@ type hoReceiver struct {
 	fds []int
 	msg hoMsg
 
+	// dl is the read deadline last set by a reader.
+	dl time.Time
+
 	// Descriptor room, also the token holder's. A batch that arrives
 	// with the descriptor table too full for it is lost: the kernel
 	// installs what fits and drops the rest (MSG_CTRUNC), and the master
-	// closed its copies. So a worker near RLIMIT_NOFILE (short) counts its
-	// free descriptors before each read, grants the master room for that
-	// many connections (hoGrant) and leaves in the socket a batch that
-	// would not fit.
+	// closed its copies. So a worker counts its free descriptors now and
+	// then (see count); near RLIMIT_NOFILE (short) it grants the master
+	// room for that many connections (hoGrant), and leaves in the socket
+	// a batch that would not fit.
 	rc     syscall.RawConn
+	grants bool // the master takes hoGrant (HANDOFF_CONN_VERSION 2)
 	short  bool
 	recvd  uint32 // connections that arrived in hoConns messages
 	grant  int64  // the last grant sent: a limit, or hoNoLimit
 	rlimit int    // soft RLIMIT_NOFILE, as last read
-	dents  []byte
+	// The last count: free descriptors (free0, a lower bound) with recvd0
+	// connections received; the next is due at next.
+	free0  int
+	recvd0 uint32
+	next   time.Time
+	scan   []byte // getdents and /proc/self/status scratch
+	// peekFn and its results (see waitPeek).
+	peekFn  func(fd uintptr) bool
+	peekHdr [2]byte
+	peekN   int
 
 	mu      sync.Mutex
 	lns     map[string]*handoffLn // open listeners
@@ -179,32 +200,75 @@ type hoReceiver struct {
 	unacked int
 }
 
-func newReceiver(uc *net.UnixConn) (*hoReceiver, error) {
+// newReceiver adopts uc; grants says whether the master takes hoGrant.
+func newReceiver(uc *net.UnixConn, grants bool) (*hoReceiver, error) {
 	c, err := scmrights.NewConn(uc)
 	if err != nil {
 		uc.Close()
 		return nil, err
 	}
 	r := &hoReceiver{conn: c, gone: make(chan struct{}), token: make(chan struct{}, 1),
-		buf: make([]byte, hoMaxMsg), fds: make([]int, hoMaxBatch), grant: hoNoLimit,
+		buf: make([]byte, hoMaxMsg), fds: make([]int, hoMaxBatch), grants: grants, grant: hoNoLimit,
 		lns: map[string]*handoffLn{}, closing: map[string]*handoffLn{}}
 	r.rc, _ = c.SyscallConn()
-	if free := r.free(); free >= 0 && free < hoAmple {
-		r.short = true
-	}
+	r.peekFn = r.peekOnce
+	// A worker short from the start grants before its first SUB: the
+	// master must not fill a window it has no room for.
+	r.count(time.Now())
 	r.token <- struct{}{}
 	return r, nil
 }
 
-// free counts the descriptors the process can still open, below its soft
-// RLIMIT_NOFILE, or returns -1 if it cannot tell (no /proc). Out of
-// descriptors, it cannot open /proc/self/fd either: 0.
+// est is the free descriptors now by the last count: each connection
+// received since takes one; those closed since are not seen.
+func (r *hoReceiver) est() int { return r.free0 - int(r.recvd-r.recvd0) }
+
+// count takes stock of the free descriptors, then decides whether the
+// worker is short (with a margin before it is not), sends the grant that
+// follows and sets when to count again.
+func (r *hoReceiver) count(now time.Time) {
+	free := r.free()
+	cost := time.Since(now)
+	every := hoRecheckIdle
+	switch {
+	case free < 0:
+		// No /proc: nothing to go by but a cut batch (see lost).
+		r.short, free = false, math.MaxInt32
+	case r.short:
+		r.short = free < hoAmple+hoMaxBatch
+	default:
+		r.short = free < hoAmple
+	}
+	r.free0, r.recvd0 = free, r.recvd
+	if r.short {
+		every = hoRecheck
+		r.setGrant(int64(r.recvd + uint32(max(0, free-hoReserve))))
+	} else {
+		r.setGrant(hoNoLimit)
+	}
+	r.next = now.Add(max(every, 100*cost))
+}
+
+// free returns how many descriptors the process can still open below its
+// soft RLIMIT_NOFILE, at least: -1 if it cannot tell (no /proc), 0 if it
+// cannot open /proc/self/fd for lack of them. Reading the table's size
+// (FDSize in /proc/self/status, which no descriptor is above) is enough
+// when that is far below the limit; else the open descriptors are counted,
+// which takes time in proportion to them.
 func (r *hoReceiver) free() int {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return -1
 	}
 	r.rlimit = int(min(rl.Cur, 1<<30))
+	if r.scan == nil {
+		r.scan = make([]byte, 8<<10)
+	}
+	if !r.short {
+		if size := r.fdSize(); size >= 0 && r.rlimit-size >= hoAmple+hoMaxBatch {
+			return r.rlimit - size
+		}
+	}
 	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
@@ -213,12 +277,9 @@ func (r *hoReceiver) free() int {
 		return -1
 	}
 	defer unix.Close(dir)
-	if r.dents == nil {
-		r.dents = make([]byte, 8<<10)
-	}
 	open := -1 // dir itself
 	for {
-		n, err := unix.Getdents(dir, r.dents)
+		n, err := unix.Getdents(dir, r.scan)
 		if err == unix.EINTR {
 			continue
 		}
@@ -232,7 +293,7 @@ func (r *hoReceiver) free() int {
 			reclenAt = unsafe.Offsetof(unix.Dirent{}.Reclen)
 			nameAt   = int(unsafe.Offsetof(unix.Dirent{}.Name))
 		)
-		for b := r.dents[:n]; len(b) > nameAt; {
+		for b := r.scan[:n]; len(b) > nameAt; {
 			reclen := int(*(*uint16)(unsafe.Pointer(&b[reclenAt])))
 			if reclen <= nameAt || reclen > len(b) {
 				return -1
@@ -244,6 +305,42 @@ func (r *hoReceiver) free() int {
 		}
 	}
 	return max(0, r.rlimit-open)
+}
+
+// fdSize reads FDSize from /proc/self/status, or returns -1.
+func (r *hoReceiver) fdSize() int {
+	fd, err := unix.Open("/proc/self/status", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	defer unix.Close(fd)
+	n, err := unix.Read(fd, r.scan)
+	if err != nil || n <= 0 {
+		return -1
+	}
+	b := r.scan[:n]
+	const key = "\nFDSize:"
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return -1
+	}
+	size, ok := 0, false
+	for _, c := range b[i+len(key):] {
+		switch {
+		case c == ' ' || c == '\t':
+			if ok {
+				return size
+			}
+		case c >= '0' && c <= '9' && size < 1<<30:
+			size, ok = size*10+int(c-'0'), true
+		default:
+			if ok {
+				return size
+			}
+			return -1
+		}
+	}
+	return -1
 }
 
 // end closes the channel: the master is gone, or the worker drops it.
@@ -269,31 +366,48 @@ func (r *hoReceiver) interrupt() {
 // connection at all if accepting: Accept then fails with EMFILE, as
 // accept(2) does.
 func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) bool {
-	// Set before stop is looked at: an interrupt after that look fails
-	// the wait below; one before it is seen by stop.
-	if !deadline.IsZero() || r.stale.Swap(false) {
-		_ = r.conn.SetReadDeadline(deadline)
-	}
-	if !deadline.IsZero() {
-		defer r.stale.Store(true)
-	}
 	reset := false
 	for {
-		if r.short {
-			// The wait ends in time to count again (see hoRecheck);
-			// set before stop is looked at, as above.
-			wait := time.Now().Add(hoRecheck)
-			if !deadline.IsZero() && deadline.Before(wait) {
-				wait = deadline
-			}
-			r.stale.Store(true)
-			_ = r.conn.SetReadDeadline(wait)
+		now := time.Now()
+		if !now.Before(r.next) || !r.short && r.est() < hoAmple {
+			r.count(now)
+		}
+		// The wait ends in time for the next count. Set before stop is
+		// looked at: an interrupt after that look fails the wait below;
+		// one before it is seen by stop.
+		want := deadline
+		if want.IsZero() || r.next.Before(want) {
+			want = r.next
+		}
+		if r.stale.Swap(false) || !want.Equal(r.dl) {
+			_ = r.conn.SetReadDeadline(want)
+			r.dl = want
 		}
 		if stop() {
 			return false
 		}
-		if r.short && !r.fits(accepting) {
-			return true
+		if r.short {
+			est := r.est()
+			if accepting && est <= hoReserve {
+				return true
+			}
+			typ, count, err := r.waitPeek()
+			if err == nil && typ == hoConns && count >= est {
+				if time.Now().Before(r.next) {
+					return true
+				}
+				continue // count again first
+			}
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if !deadline.IsZero() && !time.Now().Before(deadline) {
+						return false
+					}
+					continue
+				}
+				r.end()
+				return false
+			}
 		}
 		if hoBeforeRecv != nil {
 			hoBeforeRecv()
@@ -310,9 +424,6 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) 
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				if !deadline.IsZero() && !time.Now().Before(deadline) {
 					return false
-				}
-				if !r.short {
-					_ = r.conn.SetReadDeadline(deadline)
 				}
 				continue
 			case errors.Is(err, scmrights.ErrTruncated):
@@ -334,10 +445,11 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) 
 			r.recvd += uint32(r.msg.n)
 			if !r.short {
 				// Descriptors are allocated lowest first: one this high
-				// means the table is nearly full below the limit.
+				// means the table is nearly full below the limit, with
+				// descriptors the server opened itself.
 				for _, fd := range r.msg.fds {
 					if r.rlimit-fd < hoAmple {
-						r.short = true
+						r.next = time.Time{}
 						break
 					}
 				}
@@ -359,30 +471,10 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) 
 	}
 }
 
-// fits counts the free descriptors, grants the master room for as many
-// connections less hoReserve, and says whether the next message can be
-// read: not a batch of at least as many connections as there are free
-// descriptors (it waits in the socket), and, when accepting, nothing at
-// all if none is queued and the reserve is all that is left.
-func (r *hoReceiver) fits(accepting bool) bool {
-	free := r.free()
-	if free < 0 || free >= hoAmple+hoMaxBatch {
-		// Room again (or no way to count): no limit.
-		r.short = false
-		r.setGrant(hoNoLimit)
-		return true
-	}
-	r.setGrant(int64(r.recvd + uint32(max(0, free-hoReserve))))
-	typ, count, queued := r.peek()
-	if !queued {
-		return !accepting || free > hoReserve
-	}
-	return typ != hoConns || count < free
-}
-
-// setGrant sends the master a grant if it differs from the last one.
+// setGrant sends the master a grant if it differs from the last one and
+// the master takes grants.
 func (r *hoReceiver) setGrant(limit int64) {
-	if limit == r.grant {
+	if limit == r.grant || !r.grants {
 		return
 	}
 	var p [5]byte
@@ -391,37 +483,49 @@ func (r *hoReceiver) setGrant(limit int64) {
 	}
 }
 
-// peek reports the type and, for a batch, the connection count of the
-// next message without receiving it: MSG_PEEK with no room for control
-// data installs no descriptor. queued is false only if nothing is queued;
-// end of file or an error reads as a message of type 0, for Recv to see.
-func (r *hoReceiver) peek() (typ byte, count int, queued bool) {
-	var hdr [2]byte
-	var n int
-	var err error
-	cerr := r.rc.Control(func(fd uintptr) {
-		for {
-			n, _, _, _, err = unix.Recvmsg(int(fd), hdr[:], nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if err != unix.EINTR {
-				return
-			}
-		}
-	})
-	switch {
-	case cerr == nil && err == unix.EAGAIN:
-		return 0, 0, false
-	case cerr != nil || err != nil || n < 2:
-		return 0, 0, true
+// waitPeek waits until a message is queued (or the read deadline passes,
+// or the channel closes) and reports its type and, for a batch, its
+// connection count without receiving it: MSG_PEEK with no room for control
+// data installs no descriptor. A message it cannot peek (end of file, an
+// error to report) reads as type 0, for Recv to see.
+func (r *hoReceiver) waitPeek() (typ byte, count int, err error) {
+	if err := r.rc.Read(r.peekFn); err != nil {
+		return 0, 0, err
 	}
-	return hdr[0], int(hdr[1]), true
+	if r.peekN < 2 {
+		return 0, 0, nil
+	}
+	return r.peekHdr[0], int(r.peekHdr[1]), nil
+}
+
+// peekOnce is waitPeek's RawConn.Read function: false (wait) while
+// nothing is queued.
+func (r *hoReceiver) peekOnce(fd uintptr) bool {
+	iov := unix.Iovec{Base: &r.peekHdr[0]}
+	iov.SetLen(len(r.peekHdr))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
+	for {
+		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			r.peekN = int(n)
+		default:
+			r.peekN = -1
+		}
+		return true
+	}
 }
 
 // lost accounts for a batch p whose descriptors did not all fit: those
 // that arrived were closed and the kernel dropped the rest (the clients
 // see a reset). Acknowledged, so the master's window for this worker does
-// not shrink for good; and from now on the worker counts before reading.
+// not shrink for good; and the descriptors are counted at once.
 func (r *hoReceiver) lost(p []byte) {
-	r.short = true
+	r.next = time.Time{}
 	if len(p) < 2 || p[0] != hoConns || p[1] == 0 || p[1] > hoMaxBatch {
 		return
 	}
@@ -659,7 +763,12 @@ func (l *handoffLn) Close() error {
 	// An Accept of l reading the channel returns.
 	r.interrupt()
 	var p [2 + hoMaxName]byte
-	if r.send(hoAppendName(p[:0], hoUnsub, l.name), nil) == nil {
+	unsub := r.send(hoAppendName(p[:0], hoUnsub, l.name), nil)
+	// Given back before the wait (and after the UNSUB, so that the master
+	// passes them to another worker): they hold descriptors that a batch
+	// queued ahead of the DONE may need (see hoReceiver.read).
+	l.giveBackQueued()
+	if unsub == nil {
 		// Read the channel for the DONE if nobody else does.
 		deadline := time.Now().Add(hoCloseWait)
 		t := time.NewTimer(hoCloseWait)
@@ -694,6 +803,12 @@ func (l *handoffLn) Close() error {
 	r.mu.Unlock()
 	// Nothing more arrives for l: a reader gives back anything of this
 	// name from now on, and the master sends none after DONE.
+	l.giveBackQueued()
+	return nil
+}
+
+// giveBackQueued gives back every connection queued on l.
+func (l *handoffLn) giveBackQueued() {
 	var items []hoItem
 	for {
 		select {
@@ -707,8 +822,7 @@ func (l *handoffLn) Close() error {
 		}
 		break
 	}
-	r.giveBack(l.name, items)
-	return nil
+	l.r.giveBack(l.name, items)
 }
 
 // giveBack returns connections to the master in RETURN messages, or

@@ -56,6 +56,7 @@ func TestMain(m *testing.M) {
 		"raw-worker":           rawWorker,
 		"ho-worker":            hoWorker,
 		"ho-hold-worker":       hoHoldWorker,
+		"ho-short-worker":      hoShortWorker,
 		"group-worker":         groupWorker,
 		"agent-worker":         agentWorker,
 		"fake-agent":           fakeAgent,

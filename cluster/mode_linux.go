@@ -20,6 +20,11 @@ import (
 // envConnFD names the worker's end of its connection channel (handoff mode).
 const envConnFD = "HANDOFF_CONN_FD"
 
+// envConnVersion is the connection channel's protocol version the master
+// speaks (docs/protocol.md): "2" adds grants (hoGrant); a master that does
+// not set it would take a grant for a protocol violation.
+const envConnVersion = "HANDOFF_CONN_VERSION"
+
 // modeState is the per-mode part of the master: the slot sockets of
 // reuseport mode, the dispatcher of handoff mode.
 type modeState struct {
