@@ -154,6 +154,12 @@ type shortChild struct {
 }
 
 func startShortChild(t *testing.T, pc *proccensus.Census, room, n int) *shortChild {
+	return startShortChildVersion(t, pc, room, n, "2")
+}
+
+// startShortChildVersion is startShortChild with HANDOFF_CONN_VERSION set
+// to version (unset if empty).
+func startShortChildVersion(t *testing.T, pc *proccensus.Census, room, n int, version string) *shortChild {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -189,10 +195,11 @@ func startShortChild(t *testing.T, pc *proccensus.Census, room, n int) *shortChi
 	}
 	s.master = mc
 	t.Cleanup(func() { mc.Close() })
-	cmd := helperproc.Command(t, "ho-short-worker", &helperproc.Options{
-		Env:        append([]string{pc.Env()}, "HANDOFF_CONN_FD=3", "HANDOFF_CONN_VERSION=2", "HO_ROOM="+strconv.Itoa(room)),
-		ExtraFiles: []*os.File{child},
-	})
+	env := []string{pc.Env(), "HANDOFF_CONN_FD=3", "HO_ROOM=" + strconv.Itoa(room)}
+	if version != "" {
+		env = append(env, "HANDOFF_CONN_VERSION="+version)
+	}
+	cmd := helperproc.Command(t, "ho-short-worker", &helperproc.Options{Env: env, ExtraFiles: []*os.File{child}})
 	if s.in, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
@@ -427,6 +434,86 @@ func TestHandoffWorkerServerFillsTable(t *testing.T) {
 	}
 }
 
+// TestHandoffWorkerOldMaster: under a master that does not announce
+// version 2 the worker sends no grant (such a master would kill it for
+// one), and still leaves a batch that would not fit in the channel.
+func TestHandoffWorkerOldMaster(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	const room, n = 24, 40
+	s := startShortChildVersion(t, pc, room, n, "")
+	if ms := s.messages(t, "SUB", isSub); len(ms) != 1 {
+		t.Fatalf("worker under an old master sent %+v, want only its SUB", ms)
+	}
+	s.send(t, 0, n)
+	s.do(t, fmt.Sprintf("accept %d", n))
+	s.until(t, "EMFILE", func(l string) bool {
+		if strings.HasPrefix(l, "ok ") {
+			t.Fatalf("accepted %q from a batch of %d with about %d descriptors free", l, n, room)
+		}
+		return l == emfileLine
+	})
+	alive(t, s.clients)
+	s.do(t, "room")
+	if diff := cmp.Diff(span(0, n), s.oks(t, n)); diff != "" {
+		t.Errorf("connections of the batch that waited (-want +got):\n%s", diff)
+	}
+	ms := s.messages(t, "acks", func(ms []cluster.HoDecoded) bool { return acked(ms) > n-4 })
+	for _, m := range ms {
+		if m.Type == cluster.HoGrant {
+			t.Errorf("worker under an old master sent a grant: %+v", ms)
+			break
+		}
+	}
+}
+
+// TestHandoffWorkerCloseWhileShort: a listener closed while a batch waits
+// in the channel for descriptors gives back its queued connections first,
+// which makes room for the batch; the batch is then taken and given back
+// too, so the master can pass every connection on and none is lost.
+func TestHandoffWorkerCloseWhileShort(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	// Eight queued leave about 15 descriptors free: too few for a batch of
+	// 17, enough once they are given back.
+	const room, n = 24, 26
+	s := startShortChild(t, pc, room, n)
+	s.messages(t, "SUB", isSub)
+	s.do(t, "accept 1")
+	s.send(t, 0, 9)
+	if diff := cmp.Diff([]int{0}, s.oks(t, 1)); diff != "" {
+		t.Fatalf("first connection (-want +got):\n%s", diff)
+	}
+	s.send(t, 9, n)
+	s.do(t, "close")
+	var back []int
+	doneSent := false
+	s.messages(t, "return of every connection", func(ms []cluster.HoDecoded) bool {
+		if len(ms) == 0 {
+			return false
+		}
+		switch m := ms[len(ms)-1]; m.Type {
+		case cluster.HoUnsub:
+			if err := scmrights.Send(s.master, cluster.EncodeHandoffName(cluster.HoDone, "tcp-x")); err != nil {
+				t.Fatal(err)
+			}
+			doneSent = true
+		case cluster.HoReturn:
+			for _, fd := range m.FDs {
+				back = append(back, readIndex(t, fd)-1000)
+			}
+		}
+		return len(back) == n-1
+	})
+	if !doneSent {
+		t.Error("no UNSUB before the connections came back")
+	}
+	if diff := cmp.Diff(span(1, n), sortedInts(back)); diff != "" {
+		t.Errorf("connections given back (-want +got):\n%s", diff)
+	}
+	s.until(t, "Close", func(l string) bool { return strings.HasPrefix(l, "closed") })
+}
+
 // TestHandoffWorkerLostBatchAcked: a batch that arrives when the process
 // has no descriptor left for it (the server opened them after the count)
 // is lost, but acknowledged, so the master's window for the worker does
@@ -471,6 +558,7 @@ func TestHandoffWorkerLostBatchAcked(t *testing.T) {
 //	free      close what fill and arm opened: "freed"
 //	arm       the next recvmsg finds the table full (filled before it): "armed"
 //	room      restore the limit Go started with: "roomy"
+//	close     close the listener, in the background: "closed <error>"
 //	quit      exit 0
 func hoShortWorker() int {
 	var out sync.Mutex
@@ -569,6 +657,8 @@ func hoShortWorker() int {
 				}
 			})
 			say("armed")
+		case "close":
+			go func() { say("closed %v", ln.Close()) }()
 		case "room":
 			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &start); err != nil {
 				say("setrlimit: %v", err)
