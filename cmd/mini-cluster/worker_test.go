@@ -7,6 +7,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,7 +33,11 @@ func TestHelloGoWorker(t *testing.T) {
 	}
 	free := ln.Addr().String()
 	ln.Close()
-	m := startMaster(t, pc, nil, "-n", "2", "-heartbeat", "300ms", "-log-format", "json", "-listen", "127.0.0.1:0", "--", hello, "-addr", free)
+	// The master's own -listen is a unix socket: a TCP port 0 could be
+	// given the port just freed, and the workers would then find free
+	// among their inherited sockets instead of asking the master for it.
+	own := "unix://" + filepath.Join(t.TempDir(), "m.sock")
+	m := startMaster(t, pc, nil, "-n", "2", "-heartbeat", "300ms", "-log-format", "json", "-listen", own, "--", hello, "-addr", free)
 	m.waitReady()
 	seen := map[string]bool{}
 	if !waitFor(10*time.Second, func() bool {
