@@ -36,7 +36,12 @@
 //   - Graceful restart (Restart): rolling or parallel; one in flight, any
 //     requests during it coalesce into one more. If a new worker fails to
 //     start, exits or misses its start timeout, the restart fails and the
-//     old workers keep serving.
+//     old workers keep serving. A new worker that cannot be spawned for
+//     lack of resources (EMFILE, ENFILE, ENOMEM, EAGAIN, ENOBUFS: the
+//     supervisor out of descriptors, say) does not fail it at once: the
+//     restart stays in flight and the spawn is retried with the Backoff
+//     delays (1 s doubling), up to Backoff.QuickFailures failures in a row
+//     (5: the last about 15 s in), while the old workers serve.
 //   - Recycle replaces one ready worker the same way without a new
 //     generation (for a maximum running time); a replacement that fails
 //     leaves the old worker serving. A restart, or a Scale removing the

@@ -4,9 +4,12 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // worker is one spawned process. Fields are owned by the event loop except
@@ -45,10 +48,14 @@ type slot struct {
 type restartOp struct {
 	strategy Strategy
 	gen      int
-	order    []*slot // rolling: slots still to replace
+	order    []*slot // slots whose replacement is not spawned yet
 	current  *slot   // rolling: slot whose new worker is awaited
 	waiting  int     // parallel: new workers not ready yet
 	spawning bool    // parallel: still spawning, do not complete yet
+	// th paces retries of a replacement that could not be spawned for
+	// lack of resources (retryable); retry is the pending retry's timer.
+	th    *throttle
+	retry *time.Timer
 }
 
 type loop struct {
@@ -90,6 +97,7 @@ const (
 	timerRespawn timerKind = iota
 	timerStart
 	timerKill
+	timerRestartRetry
 )
 
 type timerMsg struct {
@@ -97,6 +105,7 @@ type timerMsg struct {
 	w    *worker
 	sl   *slot
 	seq  int
+	op   *restartOp // timerRestartRetry: the restart it continues
 }
 
 func (s *Supervisor) post(m any) {
@@ -245,6 +254,14 @@ func (l *loop) dispatch(m any) {
 			if _, live := l.workers[m.w]; live {
 				m.w.proc.signalGroup(syscall.SIGKILL)
 			}
+		case timerRestartRetry:
+			// The restart may have ended (stop, a replacement that
+			// died) since the timer was set.
+			if l.op != m.op || l.stopping {
+				return
+			}
+			m.op.retry = nil
+			l.continueRestart()
 		}
 	}
 }
@@ -515,21 +532,28 @@ func (l *loop) beginRestart(strategy Strategy) {
 	// A restart replaces every slot's worker anyway.
 	l.abortRecycle()
 	l.genCounter++
-	op := &restartOp{strategy: strategy, gen: l.genCounter}
+	op := &restartOp{strategy: strategy, gen: l.genCounter, order: append([]*slot(nil), l.slots...), th: newThrottle(l.opt.Backoff)}
 	l.op = op
 	l.s.emit(Event{Kind: RestartBegun, Time: time.Now(), Generation: op.gen})
-	if strategy == Rolling {
-		op.order = append([]*slot(nil), l.slots...)
+	l.continueRestart()
+}
+
+// continueRestart spawns the replacements the restart in flight still
+// lacks: the next one (rolling) or all of them (parallel).
+func (l *loop) continueRestart() {
+	if l.op.strategy == Rolling {
 		l.rollNext()
 		return
 	}
+	op := l.op
 	op.spawning = true
-	for _, sl := range l.slots {
-		w, err := l.spawnNext(sl)
+	for len(op.order) > 0 {
+		w, err := l.spawnNext(op.order[0])
 		if err != nil {
-			l.failRestart(err)
+			l.restartSpawnFailed(err)
 			return
 		}
+		op.order = op.order[1:]
 		if !w.ready {
 			op.waiting++
 		}
@@ -540,6 +564,39 @@ func (l *loop) beginRestart(strategy Strategy) {
 	}
 }
 
+// restartSpawnFailed follows a replacement that could not be spawned. A
+// shortage (the supervisor out of descriptors, say) passes without anyone
+// fixing anything, so the spawn is retried after Backoff's delay, up to
+// QuickFailures attempts in a row; the workers it would replace keep
+// serving meanwhile. Any other error fails the restart at once.
+func (l *loop) restartSpawnFailed(err error) {
+	op := l.op
+	if !retryable(err) {
+		l.failRestart(err)
+		return
+	}
+	delay, gaveUp := op.th.next(time.Now(), 0, 0, false)
+	if gaveUp != nil {
+		l.failRestart(fmt.Errorf("%w (%d attempts in a row)", err, op.th.quick))
+		return
+	}
+	l.s.log.Warn("supervise: graceful restart: spawn failed for lack of resources; retrying", "generation", op.gen,
+		"slot", op.order[0].index, "failures", op.th.quick, "delay", delay, "err", err.Error())
+	op.retry = l.after(delay, timerMsg{kind: timerRestartRetry, op: op})
+}
+
+// retryable reports whether a spawn failed for a resource that frees up by
+// itself: descriptors (process or system), memory, processes (fork's
+// EAGAIN under RLIMIT_NPROC) or socket buffers.
+func retryable(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.EAGAIN, unix.ENOBUFS} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // spawnNext starts the replacement of sl for the restart in flight.
 func (l *loop) spawnNext(sl *slot) (*worker, error) {
 	w, err := l.spawn(sl, l.op.gen)
@@ -547,6 +604,8 @@ func (l *loop) spawnNext(sl *slot) (*worker, error) {
 		return nil, err
 	}
 	sl.next = w
+	// Retries count failures in a row.
+	l.op.th.reset()
 	return w, nil
 }
 
@@ -554,12 +613,12 @@ func (l *loop) rollNext() {
 	op := l.op
 	for len(op.order) > 0 {
 		sl := op.order[0]
-		op.order = op.order[1:]
 		w, err := l.spawnNext(sl)
 		if err != nil {
-			l.failRestart(err)
+			l.restartSpawnFailed(err)
 			return
 		}
+		op.order = op.order[1:]
 		if !w.ready {
 			op.current = sl
 			return
@@ -615,6 +674,7 @@ func (l *loop) promote(sl *slot) {
 func (l *loop) finishRestart() {
 	op := l.op
 	l.op = nil
+	op.stopRetry()
 	l.gen = op.gen
 	l.s.emit(Event{Kind: RestartDone, Time: time.Now(), Generation: op.gen})
 	l.afterRestart()
@@ -625,6 +685,7 @@ func (l *loop) finishRestart() {
 func (l *loop) failRestart(err error) {
 	op := l.op
 	l.op = nil
+	op.stopRetry()
 	for _, sl := range l.slots {
 		if sl.next != nil {
 			w := sl.next
@@ -634,6 +695,13 @@ func (l *loop) failRestart(err error) {
 	}
 	l.s.emit(Event{Kind: RestartFailed, Time: time.Now(), Generation: op.gen, Err: err})
 	l.afterRestart()
+}
+
+func (op *restartOp) stopRetry() {
+	if op.retry != nil {
+		op.retry.Stop()
+		op.retry = nil
+	}
 }
 
 func (l *loop) afterRestart() {

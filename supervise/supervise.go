@@ -209,6 +209,8 @@ type Backoff struct {
 	// loop under the burst limit (1+2+4+8 s > 10 s), so without this rule a
 	// worker that can never start would be retried every 30 s forever. With
 	// the defaults a crash loop fails after its 5th start, about 15 s in.
+	// It also bounds the retries of a graceful restart's spawns that failed
+	// for lack of resources (see Supervisor.Restart).
 	QuickFailures int
 }
 
@@ -645,7 +647,14 @@ func (s *Supervisor) call(r request) response {
 // one is in flight, the request is queued; any number of requests during one
 // restart coalesce into one more (the last strategy wins). It returns at once;
 // the outcome is reported by RestartDone or RestartFailed events. A restart
-// also respawns slots that had failed.
+// also respawns slots that had failed. A new worker that cannot be spawned
+// for lack of resources (an error wrapping EMFILE, ENFILE, ENOMEM, EAGAIN or
+// ENOBUFS, from the spawn or from Spec.Prepare) does not fail the restart:
+// it stays in flight and the spawn is retried after Backoff's delay (Min
+// doubling to Max), each failure reported by SpawnFailed, until
+// Backoff.QuickFailures failures in a row fail it (with a negative
+// QuickFailures it retries until it succeeds or is stopped). Any other spawn
+// failure fails the restart at once.
 func (s *Supervisor) Restart(strategy Strategy) error {
 	if strategy != Rolling && strategy != Parallel {
 		return fmt.Errorf("%w: strategy %d", ErrInvalid, int(strategy))
