@@ -41,7 +41,8 @@
 //     supervisor out of descriptors, say) does not fail it at once: the
 //     restart stays in flight and the spawn is retried with the Backoff
 //     delays (1 s doubling), up to Backoff.QuickFailures failures in a row
-//     (5: the last about 15 s in), while the old workers serve.
+//     (5: the last about 15 s in, up to 18 s with jitter), while the old
+//     workers serve.
 //   - Recycle replaces one ready worker the same way without a new
 //     generation (for a maximum running time); a replacement that fails
 //     leaves the old worker serving. A restart, or a Scale removing the

@@ -532,7 +532,14 @@ func (l *loop) beginRestart(strategy Strategy) {
 	// A restart replaces every slot's worker anyway.
 	l.abortRecycle()
 	l.genCounter++
-	op := &restartOp{strategy: strategy, gen: l.genCounter, order: append([]*slot(nil), l.slots...), th: newThrottle(l.opt.Backoff)}
+	// Retries of a spawn short of resources are always bounded: a restart
+	// in flight holds back Scale and Recycle, so a negative QuickFailures
+	// (a slot's crash loop never fails) means the default here.
+	b := l.opt.Backoff
+	if b.QuickFailures < 0 {
+		b.QuickFailures = 0
+	}
+	op := &restartOp{strategy: strategy, gen: l.genCounter, order: append([]*slot(nil), l.slots...), th: newThrottle(b)}
 	l.op = op
 	l.s.emit(Event{Kind: RestartBegun, Time: time.Now(), Generation: op.gen})
 	l.continueRestart()

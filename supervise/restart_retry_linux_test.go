@@ -36,6 +36,9 @@ func TestRestartRetriesShortSpawn(t *testing.T) {
 		{name: "rolling recovers", strategy: supervise.Rolling, errno: syscall.EMFILE, short: -1, end: "recover"},
 		{name: "parallel recovers", strategy: supervise.Parallel, errno: syscall.EMFILE, short: 1, end: "recover"},
 		{name: "parallel gives up", strategy: supervise.Parallel, errno: syscall.ENFILE, short: 1, quick: 3, end: "give up"},
+		// A negative QuickFailures lets a slot's crash loop go on, but a
+		// restart's retries stay bounded by the default (5).
+		{name: "rolling gives up despite negative QuickFailures", strategy: supervise.Rolling, errno: syscall.ENOMEM, short: -1, quick: -1, end: "give up"},
 		{name: "rolling stopped while waiting", strategy: supervise.Rolling, errno: syscall.EMFILE, short: 0, end: "stop"},
 		{name: "not a shortage", strategy: supervise.Rolling, errno: syscall.ENOENT, short: -1, end: "fail at once"},
 	}
@@ -43,7 +46,20 @@ func TestRestartRetriesShortSpawn(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fdcensus.Verify(t)
 			c := proccensus.New(t)
-			spec := workerSpec(t, c)
+			b := supervise.Backoff{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond, QuickFailures: tc.quick}
+			var env []string
+			stopTimeout := time.Duration(0) // testOptions' default
+			if tc.end == "stop" {
+				// The loop must outlive the retry's delay after Stop, or a
+				// stale retry timer could not fire into it: workers that
+				// ignore SIGTERM keep it stopping for StopTimeout, well
+				// past the delay, which is long enough for the Stop to
+				// come first.
+				b.Min, b.Max = 300*time.Millisecond, 300*time.Millisecond
+				env = []string{"HANG_ON_TERM=1"}
+				stopTimeout = time.Second
+			}
+			spec := workerSpec(t, c, env...)
 			var short atomic.Bool
 			short.Store(true)
 			spec.Prepare = func(id supervise.ID) (supervise.Launch, error) {
@@ -52,8 +68,7 @@ func TestRestartRetriesShortSpawn(t *testing.T) {
 				}
 				return supervise.Launch{}, nil
 			}
-			b := supervise.Backoff{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond, QuickFailures: tc.quick}
-			r := start(t, spec, testOptions(supervise.Options{Workers: 2, Backoff: b}))
+			r := start(t, spec, testOptions(supervise.Options{Workers: 2, Backoff: b, StopTimeout: stopTimeout}))
 			before := pids(r.waitReady(2, 10*time.Second))
 			if err := r.sup.Restart(tc.strategy); err != nil {
 				t.Fatal(err)
@@ -111,15 +126,21 @@ func TestRestartRetriesShortSpawn(t *testing.T) {
 				if !errors.Is(f.Err, tc.errno) || f.Generation != 2 {
 					t.Errorf("RestartFailed %+v, want generation 2 and %v", f, tc.errno)
 				}
-				if n := len(project(r.all(), supervise.SpawnFailed)); n != tc.quick {
-					t.Errorf("%d failed spawns, want %d (QuickFailures)\n%s", n, tc.quick, r.dump())
+				want := tc.quick
+				if want <= 0 {
+					want = 5
 				}
-				// Slot 0's replacement was spawned: stopped, as asked.
-				e := r.wait("exit of slot 0's replacement", 10*time.Second, func(e supervise.Event) bool {
-					return e.Kind == supervise.Exited && e.ID.Generation == 2
-				})
-				if e.ID.Slot != 0 || !e.Requested {
-					t.Errorf("exit %+v, want slot 0's replacement, requested", e)
+				if n := len(project(r.all(), supervise.SpawnFailed)); n != want {
+					t.Errorf("%d failed spawns, want %d (QuickFailures)\n%s", n, want, r.dump())
+				}
+				if tc.short > 0 {
+					// Slot 0's replacement was spawned: stopped, as asked.
+					e := r.wait("exit of slot 0's replacement", 10*time.Second, func(e supervise.Event) bool {
+						return e.Kind == supervise.Exited && e.ID.Generation == 2
+					})
+					if e.ID.Slot != 0 || !e.Requested {
+						t.Errorf("exit %+v, want slot 0's replacement, requested", e)
+					}
 				}
 				serving()
 			case "stop":
@@ -130,9 +151,15 @@ func TestRestartRetriesShortSpawn(t *testing.T) {
 				if f := r.waitKind(supervise.RestartFailed, 10*time.Second); !errors.Is(f.Err, supervise.ErrStopping) {
 					t.Errorf("RestartFailed.Err = %v, want ErrStopping", f.Err)
 				}
+				// Stopped comes after StopTimeout (the workers ignore
+				// SIGTERM), past the retry's delay: a retry timer still
+				// armed would have spawned again before it.
 				r.waitKind(supervise.Stopped, 10*time.Second)
-				// Past every retry delay: none fires into the stopped loop.
-				time.Sleep(2 * b.Max)
+				for _, e := range project(r.all(), supervise.Exited) {
+					if e.Signal != syscall.SIGKILL {
+						t.Errorf("exit %+v, want SIGKILL after StopTimeout (the premise: the loop outlives the retry delay)", e)
+					}
+				}
 				n := 0
 				for _, e := range r.all() {
 					if (e.Kind == supervise.Started || e.Kind == supervise.SpawnFailed) && e.ID.Generation == 2 {

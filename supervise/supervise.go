@@ -181,7 +181,9 @@ func ParseStrategy(s string) (Strategy, error) {
 	return 0, fmt.Errorf("%w: restart strategy %q (want rolling or parallel)", ErrInvalid, s)
 }
 
-// Backoff throttles respawns of one slot. The zero value means the defaults.
+// Backoff throttles respawns of one slot, and the retries of a graceful
+// restart's spawns that failed for lack of resources. The zero value means
+// the defaults.
 type Backoff struct {
 	// Min is the delay before respawning a worker that died before it was
 	// ready or within Min of being started (default 1 s, as s6 and runit).
@@ -210,7 +212,9 @@ type Backoff struct {
 	// worker that can never start would be retried every 30 s forever. With
 	// the defaults a crash loop fails after its 5th start, about 15 s in.
 	// It also bounds the retries of a graceful restart's spawns that failed
-	// for lack of resources (see Supervisor.Restart).
+	// for lack of resources (see Supervisor.Restart); there a negative value
+	// means the default, since a restart in flight holds back Scale and
+	// Recycle.
 	QuickFailures int
 }
 
@@ -652,9 +656,12 @@ func (s *Supervisor) call(r request) response {
 // ENOBUFS, from the spawn or from Spec.Prepare) does not fail the restart:
 // it stays in flight and the spawn is retried after Backoff's delay (Min
 // doubling to Max), each failure reported by SpawnFailed, until
-// Backoff.QuickFailures failures in a row fail it (with a negative
-// QuickFailures it retries until it succeeds or is stopped). Any other spawn
-// failure fails the restart at once.
+// Backoff.QuickFailures failures in a row fail it (5 when QuickFailures is
+// 0 or negative: about 15 s in, up to 18 s with jitter). Meanwhile Scale
+// waits and Recycle returns ErrBusy. Any other spawn failure fails the
+// restart at once. With Parallel, the replacements already spawned keep
+// what they hold while the others are retried, so under a process or
+// memory limit Rolling has the better chance.
 func (s *Supervisor) Restart(strategy Strategy) error {
 	if strategy != Rolling && strategy != Parallel {
 		return fmt.Errorf("%w: strategy %d", ErrInvalid, int(strategy))
