@@ -74,3 +74,39 @@ func parseActivation(getenv func(string) string, pid int) ([]Activated, error) {
 	}
 	return out, nil
 }
+
+// parseWorkerActivation is parseActivation for a worker (TESTPLAN A19). It
+// also accepts LISTEN_FDNAMES naming fewer descriptors than LISTEN_FDS, as
+// a supervisor newer than the worker may pass: the names belong to the
+// first descriptors, and the rest come back last, named "unknown", extra
+// counting them. A worker adopts an extra only if it is an inherited
+// listening or datagram socket, and Ready closes it unless Listen claimed
+// it. More names than descriptors, or any other garbage, is still an
+// error. The master keeps parseActivation's strict rule (TESTPLAN A20):
+// it hands what it adopts on to workers and must not guess.
+func parseWorkerActivation(getenv func(string) string, pid int) (act []Activated, extra int, err error) {
+	act, err = parseActivation(getenv, pid)
+	names := getenv(envListenFDNames)
+	if err == nil || names == "" {
+		return act, 0, err
+	}
+	n, nerr := strconv.Atoi(getenv(envListenFDs))
+	named := strings.Count(names, ":") + 1
+	if nerr != nil || n > maxListenFDs || named >= n {
+		return nil, 0, err
+	}
+	short := func(k string) string {
+		if k == envListenFDs {
+			return strconv.Itoa(named)
+		}
+		return getenv(k)
+	}
+	act, err = parseActivation(short, pid)
+	if err != nil {
+		return nil, 0, err
+	}
+	for fd := listenFDsStart + named; fd < listenFDsStart+n; fd++ {
+		act = append(act, Activated{FD: fd, Name: "unknown"})
+	}
+	return act, n - named, nil
+}

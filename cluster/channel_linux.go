@@ -399,7 +399,7 @@ func (c *channel) handle(msg *ctlMsg) error {
 			fn(Message{Slot: m.slotOf(c.pid), PID: c.pid, Payload: msg.Data})
 		}
 	case msgListen:
-		l, bound, err := m.bindShared(msg.Network, msg.Address)
+		l, bound, err := m.workerListener(c.pid, msg.Network, msg.Address)
 		reply := outFrame{b: appendListened(nil, msg.ID, nameOf(l), err)}
 		if err == nil {
 			reply.f = l.file
@@ -466,6 +466,81 @@ func (c *channel) write() {
 			return
 		}
 	}
+}
+
+// workerListener answers a worker's listen request. An address of one of
+// the cluster's own listeners (-listen or adopted) gets that very socket (in
+// reuseport mode the worker's slot's): a worker whose Ready closed its
+// unclaimed inherited copy (TESTPLAN A19) asks for it again later, and a
+// bind would fail with EADDRINUSE. No bindPolicy here: the worker had the
+// socket already, so even a privileged port gains it nothing. Any other
+// address goes to bindShared.
+func (m *master) workerListener(pid int, network, address string) (*listener, bool, error) {
+	for i, l := range m.listeners {
+		if !isListenerAddr(network, address, l.addr) {
+			continue
+		}
+		if m.cfg.Mode != ModeReuseport {
+			return l, false, nil
+		}
+		// Only a set that exists: a worker of a slot scaled away, still
+		// in its graceful stop, must not get new sockets into the
+		// reuseport group, where they would take connections it resets
+		// on exit (see closeRemovedSlots).
+		set, ok := m.existingSlotSet(m.slotOf(pid))
+		if !ok {
+			return nil, false, fmt.Errorf("%w: %s://%s: the worker's slot has no sockets (scaled away)", ErrListen, network, address)
+		}
+		return set[i], false, nil
+	}
+	return m.bindShared(network, address)
+}
+
+// isListenerAddr reports whether network://address, as a worker sends it,
+// names the bound address a. Literals only, never a resolution: the
+// address is untrusted input (see bindPolicy). Port 0 never matches: it
+// asks for a new socket.
+func isListenerAddr(network, address string, a net.Addr) bool {
+	var ip net.IP
+	var port int
+	switch a := a.(type) {
+	case *net.UnixAddr:
+		return network == "unix" && address != "" && a.Name == address
+	case *net.TCPAddr:
+		if network != "tcp" {
+			return false
+		}
+		ip, port = a.IP, a.Port
+	case *net.UDPAddr:
+		if network != "udp" {
+			return false
+		}
+		ip, port = a.IP, a.Port
+	default:
+		return false
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || ap.Port() == 0 || int(ap.Port()) != port {
+		return false
+	}
+	bound, ok := netip.AddrFromSlice(ip)
+	if !ok || ap.Addr().WithZone("").Unmap() != bound.Unmap() {
+		return false
+	}
+	// Link-local listeners on two interfaces differ only by zone.
+	zone, want := ap.Addr().Zone(), addrZone(a)
+	return zone == "" || want == "" || zone == want
+}
+
+// addrZone is a's IPv6 zone, if any.
+func addrZone(a net.Addr) string {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.Zone
+	case *net.UDPAddr:
+		return a.Zone
+	}
+	return ""
 }
 
 // bindShared returns the listener for network://address, binding it on

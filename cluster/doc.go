@@ -128,6 +128,24 @@
 // takes the worker's inherited descriptors on first use: it marks them
 // close-on-exec and removes HANDOFF_CONTROL_FD from the environment.
 //
+// Ready closes the inherited sockets no Listen or ListenPacket call has
+// claimed (TESTPLAN A19, as tableflip does; systemd advises closing
+// descriptors a service does not know): a name the worker does not know
+// from a newer supervisor, an address it no longer serves, and the
+// descriptors beyond the names when LISTEN_FDNAMES names fewer than
+// LISTEN_FDS (a worker takes those as "unknown", and only if they are
+// inherited listening or datagram sockets, and never serves them; the
+// master refuses that mismatch). In handoff mode, where the master
+// accepts, it closes the inherited listeners even when Listen was called
+// for them. The worker's descriptors are then exactly those it uses. It
+// closes, never shuts down: the master, systemd and the other workers keep
+// the sockets. Only inherited listening and datagram sockets are closed,
+// never the control or connection channel. A Listen after Ready for a
+// closed socket's address gets the master's socket (the master answers a
+// request for one of its own listeners with it); standalone it fails with
+// ErrNoListener, so a program started by systemd claims its sockets before
+// Ready.
+//
 // # Control socket
 //
 // With Config.Control the master serves a unix socket (DialControl,

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -110,32 +109,16 @@ func openReceiver(v string) (*hoReceiver, error) {
 	return newReceiver(uc, v2 >= 2)
 }
 
-// inheritedAddr is the local address of the inherited listener named
-// name (descriptors 3.. in LISTEN_FDNAMES order), or a handoffAddr.
+// inheritedAddr is the local address, recorded when the worker adopted
+// its inherited descriptors, of the listener named name (LISTEN_FDNAMES),
+// or a handoffAddr: Ready may have closed that descriptor since, and its
+// number may name something else by now.
 func inheritedAddr(name string) net.Addr {
-	names := strings.Split(os.Getenv(envListenFDNames), ":")
-	n, _ := strconv.Atoi(os.Getenv(envListenFDs))
-	for i, nm := range names {
-		if nm != name || i >= n {
-			continue
+	// Names and addresses never change after adoption.
+	for _, in := range self().inh {
+		if in.name == name && in.addr != nil {
+			return in.addr
 		}
-		sa, err := unix.Getsockname(listenFDsStart + i)
-		if err != nil {
-			break
-		}
-		switch a := sa.(type) {
-		case *unix.SockaddrInet4:
-			return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
-		case *unix.SockaddrInet6:
-			var zone string
-			if ifi, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil && a.ZoneId != 0 {
-				zone = ifi.Name
-			}
-			return &net.TCPAddr{IP: append(net.IP(nil), a.Addr[:]...), Port: a.Port, Zone: zone}
-		case *unix.SockaddrUnix:
-			return &net.UnixAddr{Name: a.Name, Net: "unix"}
-		}
-		break
 	}
 	return handoffAddr(name)
 }

@@ -60,6 +60,7 @@ func TestMain(m *testing.M) {
 		"group-worker":         groupWorker,
 		"agent-worker":         agentWorker,
 		"fake-agent":           fakeAgent,
+		"a19-worker":           a19Worker,
 	})
 }
 

@@ -224,6 +224,18 @@ func (m *master) slotSet(slot int) ([]*listener, error) {
 	return set, nil
 }
 
+// existingSlotSet returns the reuseport sockets of slot, never binding
+// them: false for a slot that has none (scaled away, or no slot at all).
+func (m *master) existingSlotSet(slot int) ([]*listener, bool) {
+	if slot == 0 {
+		return m.listeners, true
+	}
+	m.mode.mu.Lock()
+	defer m.mode.mu.Unlock()
+	set, ok := m.mode.slots[slot]
+	return set, ok
+}
+
 // prepareConn adds the connection channel in handoff mode. It runs last
 // in prepare, so the channel follows every other descriptor.
 // If it fails, what earlier steps allocated for the spawn is released

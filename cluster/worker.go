@@ -29,7 +29,9 @@ var (
 	// ErrTooLarge is returned for a message payload over MaxMessage.
 	ErrTooLarge = errors.New("cluster: message too large")
 	// ErrNoListener is returned by Listen and ListenPacket for the empty
-	// address when the process inherited no socket of that kind.
+	// address when the process inherited no socket of that kind, and,
+	// without a master to ask, for an inherited socket that Ready closed
+	// because nothing had claimed it.
 	ErrNoListener = errors.New("cluster: no inherited listener")
 )
 
@@ -49,7 +51,10 @@ type wstate struct {
 	done     chan struct{}
 	doneOnce sync.Once
 	msgs     chan []byte
-	inh      []inherited
+	// inh is set up once by initWorker; after that only the claimed and
+	// closed fields change, under inhMu.
+	inh   []inherited
+	inhMu sync.Mutex
 
 	sigOnce sync.Once
 	ctx     context.Context
@@ -62,6 +67,16 @@ type inherited struct {
 	name   string
 	addr   net.Addr // nil if getsockname failed
 	stream bool     // SOCK_STREAM listener, else datagram
+	// releasable: an inherited listening or datagram socket (checked at
+	// adoption, identified by dev and ino), which Ready closes unless
+	// claimed.
+	releasable bool
+	dev, ino   uint64
+	// unnamed: beyond LISTEN_FDNAMES (see parseWorkerActivation), which
+	// Ready closes and Listen never serves: what it is, nobody said.
+	unnamed bool
+	claimed bool // Listen or ListenPacket used it: kept open
+	closed  bool // released by Ready
 }
 
 var (
@@ -136,9 +151,26 @@ func (w *wstate) watchSignals() {
 
 // Ready reports the worker ready: READY=1 on NOTIFY_SOCKET (sd_notify(3)),
 // so it works with mini-cluster's -ready notify and under systemd alike.
-// Without NOTIFY_SOCKET (standalone) it does nothing and returns nil.
+// Without NOTIFY_SOCKET (standalone) it sends nothing.
+//
+// First, as tableflip does, Ready closes every inherited socket (LISTEN_FDS)
+// that no Listen or ListenPacket call has claimed: a name the worker does
+// not know (a newer supervisor), descriptors beyond the names of a
+// LISTEN_FDNAMES shorter than LISTEN_FDS, an address the program no longer
+// serves. It uses close(2), never shutdown(2), so the master, systemd and
+// the other workers, which hold the same sockets, lose nothing, and the
+// worker's descriptors are exactly the ones it uses. Only listening and
+// datagram sockets the process inherited (no close-on-exec at adoption)
+// are closed; the control and connection channels (HANDOFF_CONTROL_FD,
+// HANDOFF_CONN_FD) and anything else are never touched. A claimed socket
+// stays open for later Listen calls, except in handoff mode, where the
+// master accepts and the worker never uses it. A Listen after Ready for a closed
+// socket's address asks the master, which returns the same socket; with no
+// master (standalone, systemd) it fails with an error wrapping
+// ErrNoListener, since the activator still holds the address: claim every
+// socket before calling Ready.
 func Ready() error {
-	self()
+	self().releaseInherited()
 	return sdNotify(os.Getenv(envNotifySocket), "READY=1")
 }
 
@@ -156,7 +188,8 @@ func Ready() error {
 //   - otherwise (standalone) a socket bound here.
 //
 // Every call returns a new net.Listener on the same shared socket; closing
-// it never affects other workers.
+// it never affects other workers. A call that matches an inherited socket
+// claims it, so Ready keeps it open (see Ready).
 func Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	return self().listen(ctx, network, address)
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,10 +54,8 @@ func initWorker(w *wstate) {
 		startHeartbeats(w, pid)
 		return
 	}
-	if act, err := parseActivation(os.Getenv, pid); err == nil {
-		for _, a := range act {
-			w.inh = append(w.inh, inspectInherited(a))
-		}
+	if act, extra, err := parseWorkerActivation(os.Getenv, pid); err == nil {
+		w.inh = adoptInherited(act, extra)
 	} else {
 		fmt.Fprintf(os.Stderr, "cluster: socket activation ignored: %v\n", err)
 	}
@@ -267,7 +266,8 @@ func (c *wchannel) request(ctx context.Context, network, address string) (int, s
 	select {
 	case r := <-reply:
 		if r.err != "" {
-			return -1, "", fmt.Errorf("%w: %s", ErrListen, r.err)
+			// The master's text starts with ErrListen's own, mostly.
+			return -1, "", fmt.Errorf("%w: %s", ErrListen, strings.TrimPrefix(r.err, ErrListen.Error()+": "))
 		}
 		return r.fd, r.name, nil
 	case <-ctx.Done():
@@ -321,25 +321,6 @@ func startHeartbeats(w *wstate, pid int) {
 			}
 		}
 	}()
-}
-
-// match finds the inherited socket for network and address (see Listen).
-func (w *wstate) match(network, address string, stream bool) (inherited, bool, error) {
-	for _, in := range w.inh {
-		if in.stream != stream || in.addr == nil || !sameFamily(network, in.addr) {
-			continue
-		}
-		if address == "" {
-			return in, true, nil
-		}
-		if sameAddr(network, address, in.addr) {
-			return in, true, nil
-		}
-	}
-	if address == "" {
-		return inherited{}, false, fmt.Errorf("%w: no %s socket among LISTEN_FDS", ErrNoListener, network)
-	}
-	return inherited{}, false, nil
 }
 
 func sameFamily(network string, a net.Addr) bool {
@@ -429,19 +410,23 @@ func (w *wstate) listen(ctx context.Context, network, address string) (net.Liste
 	default:
 		return nil, fmt.Errorf("cluster: listen: %w", net.UnknownNetworkError(network))
 	}
-	in, ok, err := w.match(network, address, true)
+	// In handoff mode the master accepts: a claim needs no duplicate.
+	c, ok, err := w.claim(network, address, true, !handoffMode())
 	if err != nil {
 		return nil, err
 	}
-	if ok {
+	if ok && c.released == nil {
 		if handoffMode() {
-			return handoffListener(in.name)
+			return handoffListener(c.name)
 		}
-		fd, err := unix.FcntlInt(uintptr(in.fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("cluster: listen %s: %w", in.name, os.NewSyscallError("fcntl", err))
+		return scmrights.Listener(c.fd)
+	}
+	if ok {
+		// Closed by Ready: the master still has it (its -listen socket).
+		if w.ch == nil {
+			return nil, releasedError(network, address, c)
 		}
-		return scmrights.Listener(fd)
+		address = c.released.String()
 	}
 	if w.ch == nil {
 		var lc net.ListenConfig
@@ -469,16 +454,18 @@ func (w *wstate) listenPacket(ctx context.Context, network, address string) (net
 	default:
 		return nil, fmt.Errorf("cluster: listen packet: %w", net.UnknownNetworkError(network))
 	}
-	in, ok, err := w.match(network, address, false)
+	c, ok, err := w.claim(network, address, false, true)
 	if err != nil {
 		return nil, err
 	}
+	if ok && c.released == nil {
+		return scmrights.PacketConn(c.fd)
+	}
 	if ok {
-		fd, err := unix.FcntlInt(uintptr(in.fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("cluster: listen %s: %w", in.name, os.NewSyscallError("fcntl", err))
+		if w.ch == nil {
+			return nil, releasedError(network, address, c)
 		}
-		return scmrights.PacketConn(fd)
+		address = c.released.String()
 	}
 	if w.ch == nil {
 		var lc net.ListenConfig

@@ -92,7 +92,11 @@ func goWorker() int {
 }
 
 func listenerInode(ln net.Listener) uint64 {
-	rc, err := ln.(syscall.Conn).SyscallConn()
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return 0 // a handoff listener: no socket of its own
+	}
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return 0
 	}

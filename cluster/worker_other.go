@@ -34,3 +34,7 @@ func (w *wstate) listenPacket(ctx context.Context, network, address string) (net
 	var lc net.ListenConfig
 	return lc.ListenPacket(ctx, network, address)
 }
+
+// releaseInherited has nothing to close: only Linux adopts inherited
+// sockets.
+func (w *wstate) releaseInherited() {}

@@ -1,0 +1,179 @@
+//go:build linux
+
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// A worker's inherited sockets after Ready (TESTPLAN A19): what Listen
+// claimed stays open, the rest is closed, tableflip's closeInherited and
+// systemd's advice for descriptors a service does not know.
+
+// adoptInherited builds the worker's table of activation descriptors. The
+// last extra of act are descriptors LISTEN_FDNAMES did not name: they are
+// adopted, to be closed by Ready and never served (TESTPLAN A20: no guessing
+// what an unnamed descriptor is for), only if they are inherited listening
+// or datagram sockets, and otherwise left untouched. The control and connection channels are never
+// adopted, even when a LISTEN_FDS too large covers their numbers.
+func adoptInherited(act []Activated, extra int) []inherited {
+	ctl, conn := envFD(envControlFD), envFD(envConnFD)
+	var out []inherited
+	for i, a := range act {
+		if a.FD == ctl || a.FD == conn {
+			continue
+		}
+		// Before inspectInherited sets close-on-exec, which is half of
+		// what tells an inherited descriptor from one of this process.
+		ok, dev, ino := releasable(a.FD)
+		if i >= len(act)-extra && !ok {
+			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (beyond %s) ignored: not an inherited listening or datagram socket\n", a.FD, envListenFDNames)
+			continue
+		}
+		in := inspectInherited(a)
+		in.releasable, in.dev, in.ino = ok, dev, ino
+		in.unnamed = i >= len(act)-extra
+		out = append(out, in)
+	}
+	return out
+}
+
+// envFD returns the descriptor number in the variable key, or -1.
+func envFD(key string) int {
+	fd, err := strconv.Atoi(os.Getenv(key))
+	if err != nil || fd < listenFDsStart {
+		return -1
+	}
+	return fd
+}
+
+// releasable reports whether fd is a socket Ready may close: open, without
+// close-on-exec (the runtime and this package open everything with it, so
+// fd was inherited, not opened by this process), and a listening stream
+// socket or a datagram socket (sd_is_socket): never a connection, which a
+// socket-activated service (Accept=yes) may get, nor a channel. dev and ino
+// identify it later.
+func releasable(fd int) (ok bool, dev, ino uint64) {
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil || flags&unix.FD_CLOEXEC != 0 {
+		return false, 0, 0
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return false, 0, 0
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return false, 0, 0
+	}
+	switch typ {
+	case unix.SOCK_DGRAM:
+	case unix.SOCK_STREAM, unix.SOCK_SEQPACKET:
+		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc == 0 {
+			return false, 0, 0
+		}
+	default:
+		return false, 0, 0
+	}
+	return true, st.Dev, st.Ino
+}
+
+// releaseInherited closes the inherited sockets nothing claimed (see
+// Ready).
+func (w *wstate) releaseInherited() {
+	w.inhMu.Lock()
+	defer w.inhMu.Unlock()
+	for i := range w.inh {
+		in := &w.inh[i]
+		if !in.releasable || in.claimed || in.closed {
+			continue
+		}
+		in.closed = true
+		// The number may have been closed and reused since adoption (by
+		// code that took it with another activation library): close it
+		// only if it still is the socket adopted.
+		var st unix.Stat_t
+		if unix.Fstat(in.fd, &st) != nil || st.Dev != in.dev || st.Ino != in.ino {
+			continue
+		}
+		// close(2), not shutdown(2): shutdown would stop accept for the
+		// master and every other worker holding the socket.
+		unix.Close(in.fd)
+	}
+}
+
+// claim is what a Listen call found among the inherited sockets.
+type claim struct {
+	fd   int // a close-on-exec duplicate for the caller, or -1
+	name string
+	// released is the address of a socket Ready closed, whose
+	// descriptor was inhFD: the caller asks the master for it instead.
+	released net.Addr
+	inhFD    int
+}
+
+// claim finds the inherited socket for network and address (see Listen).
+// With dup it returns a duplicate of it and marks it claimed, so Ready
+// keeps it; without (handoff mode: the master accepts, the worker never
+// uses the socket) Ready closes it all the same. ok is false when no
+// inherited socket matches.
+func (w *wstate) claim(network, address string, stream, dup bool) (c claim, ok bool, err error) {
+	// addr, stream and name never change after adoption: match without
+	// the lock, which sameAddr's resolution of a name must not hold up.
+	i := -1
+	for j := range w.inh {
+		in := &w.inh[j]
+		if in.stream != stream || in.addr == nil || !sameFamily(network, in.addr) {
+			continue
+		}
+		if in.unnamed {
+			// Never served; asked for by address, it is still the
+			// activator's, so a bind could only fail.
+			if address != "" && sameAddr(network, address, in.addr) {
+				return claim{}, false, fmt.Errorf("cluster: listen %s %s: %w: descriptor %d is beyond %s, so not served",
+					network, address, ErrNoListener, in.fd, envListenFDNames)
+			}
+			continue
+		}
+		if address == "" || sameAddr(network, address, in.addr) {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		if address == "" {
+			return claim{}, false, fmt.Errorf("%w: no %s socket among LISTEN_FDS", ErrNoListener, network)
+		}
+		return claim{}, false, nil
+	}
+	w.inhMu.Lock()
+	defer w.inhMu.Unlock()
+	in := &w.inh[i]
+	c = claim{fd: -1, name: in.name, inhFD: in.fd}
+	if in.closed {
+		c.released = in.addr
+		return c, true, nil
+	}
+	if dup {
+		fd, err := unix.FcntlInt(uintptr(in.fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return claim{}, false, fmt.Errorf("cluster: listen %s: %w", in.name, os.NewSyscallError("fcntl", err))
+		}
+		c.fd = fd
+		in.claimed = true
+	}
+	return c, true, nil
+}
+
+// releasedError is Listen's error, without a master, for a socket Ready
+// closed: the activator still holds the address, so a bind here would
+// only fail with EADDRINUSE.
+func releasedError(network, address string, c claim) error {
+	return fmt.Errorf("cluster: listen %s %s: %w: descriptor %d (%s, %s) was closed by Ready, unclaimed, and there is no master to ask for it",
+		network, address, ErrNoListener, c.inhFD, c.name, c.released)
+}
