@@ -102,8 +102,22 @@ func NewHandoffRig(log *slog.Logger, lns ...net.Listener) (*HandoffRig, error) {
 		m.listeners = append(m.listeners, &listener{addr: ln.Addr(), name: name, file: os.NewFile(uintptr(fd), name)})
 	}
 	m.mode.ho = newHandoff(m)
+	// Workers count as ready at once (-ready started), unless a test
+	// gates them (GateOnReady).
+	m.mode.ho.gate = false
 	return &HandoffRig{m: m, h: m.mode.ho}, nil
 }
+
+// GateOnReady makes workers added from now on wait for MarkReady before
+// they are sent connections, as under -ready notify.
+func (r *HandoffRig) GateOnReady() {
+	r.h.mu.Lock()
+	r.h.gate = true
+	r.h.mu.Unlock()
+}
+
+// MarkReady is the master's note that the worker process pid sent READY=1.
+func (r *HandoffRig) MarkReady(pid int) { r.h.markReady(pid) }
 
 // Names returns the listener names in order.
 func (r *HandoffRig) Names() []string {
@@ -152,7 +166,22 @@ func (r *HandoffRig) AddRaw() (*net.UnixConn, error) {
 // AddRawPID is AddRaw that also returns the worker's made-up pid, for
 // Exited: negative, so pidfd_open fails and no real process is ever
 // signalled.
-func (r *HandoffRig) AddRawPID() (*net.UnixConn, int, error) {
+func (r *HandoffRig) AddRawPID() (*net.UnixConn, int, error) { return r.addRaw(false, 0) }
+
+// AddRawPeer is AddRawPID with the dispatcher keeping its copy of the
+// worker's end, as the master does for its workers (hoWorker.peer): what
+// the worker never read is rescued when it exits.
+func (r *HandoffRig) AddRawPeer() (*net.UnixConn, int, error) { return r.addRaw(true, 0) }
+
+// AddRawPeerAs is AddRawPeer for a worker whose process is pid, a real
+// one the test started: the dispatcher opens its pidfd and may look at
+// its /proc/<pid>/fd (see watch), and kills it if its end is not there.
+func (r *HandoffRig) AddRawPeerAs(pid int) (*net.UnixConn, error) {
+	uc, _, err := r.addRaw(true, pid)
+	return uc, err
+}
+
+func (r *HandoffRig) addRaw(keepPeer bool, pid int) (*net.UnixConn, int, error) {
 	local, remote, err := scmrights.Socketpair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, 0, err
@@ -163,11 +192,17 @@ func (r *HandoffRig) AddRawPID() (*net.UnixConn, int, error) {
 		remote.Close()
 		return nil, 0, err
 	}
-	r.pids--
-	pid := r.pids
-	r.h.register(pid, 0, conn)
+	if pid == 0 {
+		r.pids--
+		pid = r.pids
+	}
 	uc, err := scmrights.UnixConn(int(dupFile(remote)))
+	peer := -1
+	if keepPeer {
+		peer = dupPeer(remote)
+	}
 	remote.Close()
+	r.h.register(pid, 0, conn, peer)
 	return uc, pid, err
 }
 

@@ -50,6 +50,12 @@ type handoff struct {
 	wake chan struct{}
 	done chan struct{}
 	warn warnLimiter
+	// gate: a worker is sent connections only once ready (-ready
+	// notify), so one that hangs or dies before READY=1 holds none.
+	// Guarded by mu. (A worker's channel is registered by the spawn's
+	// Done, on the supervisor's loop, which also serves MarkReadyPID: its
+	// READY=1 cannot come first.)
+	gate bool
 
 	// pmu guards the pause of an in-place upgrade (pause, resume): while
 	// paused no accept loop calls accept, and busy counts the accept loops
@@ -78,12 +84,26 @@ type hoWorker struct {
 	// retired: a worker of the image before an in-place upgrade; it is
 	// sent nothing, its acks, UNSUBs and give-backs are served.
 	retired bool
+	// ready: the worker reported ready (see handoff.gate).
+	ready atomic.Bool
 
 	out atomic.Int64 // connections delivered and not yet acknowledged
 
 	mu   sync.Mutex // serialises sends; guards the fields below
 	subs []bool     // by listener index
 	dead bool
+	// peer is the master's copy of the worker's end of the channel (-1
+	// for a retired worker, or once taken). Held, it keeps what the
+	// master sent and the worker never read queued after the worker dies,
+	// where rescue takes it back, instead of the last close resetting
+	// those connections.
+	// It is a raw descriptor, off the runtime's poller: it is never
+	// waited on, and registered it would wake the poller on every send.
+	peer int
+	// peerIno identifies the worker's end in its /proc/<pid>/fd (see
+	// watch); heard is when the worker last sent anything (hoClock).
+	peerIno uint64
+	heard   atomic.Int64
 	// sent counts the connections sent (modulo 2³²); while limited, the
 	// worker's last grant allows sending up to limit (see hoGrant): it is
 	// short of descriptors.
@@ -172,7 +192,8 @@ func appendSockaddr(dst []byte, sa unix.Sockaddr) []byte {
 }
 
 func newHandoff(m *master) *handoff {
-	h := &handoff{log: m.log, byName: map[string]int{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	h := &handoff{log: m.log, byName: map[string]int{}, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		gate: m.cfg.Ready == ReadyNotify}
 	for _, l := range m.listeners {
 		h.lns = append(h.lns, &hoListener{idx: len(h.lns), name: l.name, l: l})
 		h.byName[l.name] = len(h.lns) - 1
@@ -258,6 +279,8 @@ func (h *handoff) start() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.started = true
+	h.wg.Add(1)
+	go h.watch()
 	for _, hl := range h.lns {
 		if err := h.open(hl); err != nil {
 			h.log.Error("handoff: cannot accept on listener", "name", hl.name, "err", err)
@@ -433,6 +456,10 @@ func (h *handoff) leave() {
 // in time, or the master stopped) it stays paused, still delivering; the
 // caller calls resume. pause may be called again while paused.
 func (h *handoff) pause(d time.Duration) error {
+	// A worker that died moments ago may not be reported yet: what it
+	// never read is rescued now, counted below, rather than lost with the
+	// exec that closes the master's copies of the workers' ends.
+	h.sweep()
 	h.pmu.Lock()
 	if !h.paused {
 		h.paused = true
@@ -637,7 +664,24 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 	return true
 }
 
-// candidates lists the live workers, fewest unacknowledged connections
+// markReady lets the worker process pid be sent connections: it reported
+// ready. Until then its subscriptions wait (see gate).
+func (h *handoff) markReady(pid int) {
+	h.mu.Lock()
+	found := false
+	for _, w := range h.workers {
+		if w.pid == pid && !w.retired {
+			found = true
+			w.ready.Store(true)
+		}
+	}
+	h.mu.Unlock()
+	if found {
+		h.signal()
+	}
+}
+
+// candidates lists the live, ready workers, fewest unacknowledged connections
 // first, starting the scan at a rotating index so ties take turns.
 func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 	h.mu.Lock()
@@ -649,7 +693,7 @@ func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 		}
 	}
 	h.mu.Unlock()
-	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired })
+	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired || !w.ready.Load() })
 	// Insertion sort, stable: a handful of workers.
 	for i := 1; i < len(dst); i++ {
 		for j := i; j > 0 && dst[j].out.Load() < dst[j-1].out.Load(); j-- {
@@ -796,11 +840,15 @@ func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error
 	l.Env = append(l.Env, envConnFD+"="+strconv.Itoa(fdnum), envConnVersion+"=2")
 	prev := l.Done
 	l.Done = func(pid int, err error) {
+		peer := -1
+		if err == nil && pid > 0 {
+			peer = dupPeer(remote)
+		}
 		remote.Close()
 		if err != nil || pid <= 0 {
 			conn.Close()
 		} else {
-			h.register(pid, id.Slot, conn)
+			h.register(pid, id.Slot, conn, peer)
 		}
 		if prev != nil {
 			prev(pid, err)
@@ -836,15 +884,50 @@ func (m *master) handoffAdoptOld(pid, slot int, f *os.File) error {
 		uc.Close()
 		return fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err)
 	}
-	m.mode.ho.registerAs(pid, slot, conn, true)
+	m.mode.ho.registerAs(pid, slot, conn, -1, true)
 	return nil
 }
 
-func (h *handoff) register(pid, slot int, conn *scmrights.Conn) { h.registerAs(pid, slot, conn, false) }
+// dupPeer returns a close-on-exec duplicate of the worker's end f, for
+// hoWorker.peer, or -1 (then the worker's unread connections are lost with
+// it, as before peers existed).
+func dupPeer(f *os.File) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	rc.Control(func(s uintptr) {
+		if d, err := unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			fd = d
+		}
+	})
+	return fd
+}
 
-func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, retired bool) {
+// hoEpoch is the base of hoClock.
+var hoEpoch = time.Now()
+
+// hoClock is monotonic nanoseconds, for hoWorker.heard.
+func hoClock() int64 { return int64(time.Since(hoEpoch)) }
+
+// register serves the connection channel of a new worker; peer is the
+// master's copy of the worker's end (see hoWorker.peer; -1 for none),
+// owned from here.
+func (h *handoff) register(pid, slot int, conn *scmrights.Conn, peer int) {
+	h.registerAs(pid, slot, conn, peer, false)
+}
+
+func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, retired bool) {
 	rc, _ := conn.SyscallConn()
-	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, retired: retired}
+	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, retired: retired, peer: peer}
+	w.heard.Store(hoClock())
+	if peer >= 0 {
+		var st unix.Stat_t
+		if unix.Fstat(peer, &st) == nil {
+			w.peerIno = st.Ino
+		}
+	}
 	w.fn = w.write
 	if retired {
 		// What the old image delivered and the worker has not reported
@@ -862,6 +945,7 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, retired bool) 
 		w.release()
 		return
 	}
+	w.ready.Store(!h.gate)
 	h.workers = append(h.workers, w)
 	h.wg.Add(1)
 	h.mu.Unlock()
@@ -871,12 +955,24 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, retired bool) 
 // release closes what w holds; the caller made sure nobody else uses it.
 func (w *hoWorker) release() {
 	w.close()
+	if peer := w.takePeer(); peer >= 0 {
+		unix.Close(peer)
+	}
 	w.mu.Lock()
 	if w.pidfd >= 0 {
 		unix.Close(w.pidfd)
 		w.pidfd = -1
 	}
 	w.mu.Unlock()
+}
+
+// takePeer hands over w's copy of the worker's end, -1 if taken.
+func (w *hoWorker) takePeer() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.peer
+	w.peer = -1
+	return p
 }
 
 // unlist takes w out of the rotation.
@@ -896,9 +992,10 @@ func (h *handoff) unlist(w *hoWorker) {
 // back right before it went are still queued there, and closing would
 // reset them. The reader drains them, reads end of file (shutdown(2)
 // SHUT_RD makes recvmsg return 0 once the queue is empty, even if a
-// descendant still holds the worker's end) and closes the channel.
-// Connections it was sent and had not accepted are lost with it if it
-// died (they were delivered); none still in the master is.
+// descendant, or the master's peer copy, still holds the worker's end)
+// and closes the channel. What the worker was sent and never read is
+// rescued once it is known dead (exited, sweep); connections it had read
+// and not accepted are lost with it.
 func (h *handoff) remove(w *hoWorker) {
 	h.unlist(w)
 	w.mu.Lock()
@@ -915,9 +1012,251 @@ func (h *handoff) remove(w *hoWorker) {
 func (h *handoff) exited(pid int) {
 	for _, w := range h.snapshot() {
 		if w.pid == pid && w.exited(true) {
-			h.remove(w)
+			h.gone(w)
 		}
 	}
+}
+
+// gone takes the dead worker w out of the rotation and rescues what it
+// never read.
+func (h *handoff) gone(w *hoWorker) {
+	// Held from before the peer is taken until every dispatcher holds its
+	// own: an upgrade's pause that finds the peer taken waits for what
+	// this call reads back.
+	h.hold()
+	defer h.leave()
+	// Taken first: the reader closes w's peer when it ends, which remove
+	// brings about.
+	peer := w.takePeer()
+	h.remove(w)
+	if peer < 0 {
+		return
+	}
+	defer unix.Close(peer)
+	batches := h.takeUnread(w, peer)
+	if len(batches) == 0 {
+		return
+	}
+	total := 0
+	for _, b := range batches {
+		total += b.n
+	}
+	h.log.Info("handoff: passed on the connections a gone worker never read", "slot", w.slot, "pid", w.pid, "connections", total)
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		for _, b := range batches {
+			b.closeAll()
+		}
+		return
+	}
+	h.wg.Add(len(batches))
+	h.mu.Unlock()
+	// One dispatcher per listener: one without a live subscriber must
+	// not hold up the others. Counted until delivered, so an upgrade's
+	// pause waits for them.
+	for _, b := range batches {
+		h.hold()
+		go func() {
+			defer h.wg.Done()
+			defer h.leave()
+			if !h.dispatch(b) {
+				b.closeAll()
+			}
+		}()
+	}
+}
+
+// takeUnread reads, from peer (the master's copy of the dead worker w's
+// end), the connections the master sent w and w never read, one batch per
+// listener (hoBatch holds up to hoMaxBatch; more make more batches).
+// Nothing else can be queued there: only the master writes to that end,
+// and only w's process (and descendants that inherited its end, if any)
+// read it, so the messages are the master's own.
+func (h *handoff) takeUnread(w *hoWorker, peer int) []*hoBatch {
+	buf := make([]byte, hoMaxMsg)
+	oob := make([]byte, unix.CmsgSpace(hoMaxBatch*4))
+	var msg hoMsg
+	var out []*hoBatch
+	open := map[int]*hoBatch{} // by listener: the batch being filled
+	reset := false
+	for {
+		// MSG_DONTWAIT: the channel's file status flags are shared with
+		// the worker's descriptor and left alone.
+		n, oobn, flags, _, err := unix.Recvmsg(peer, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.ECONNRESET && !reset:
+			// The master's end was shut with the worker's messages
+			// unread: reported once, before what is queued here.
+			reset = true
+			continue
+		case err == unix.EAGAIN:
+			return out
+		case err != nil:
+			h.log.Warn("handoff: cannot read back what a gone worker never read", "slot", w.slot, "pid", w.pid, "err", os.NewSyscallError("recvmsg", err))
+			return out
+		case n == 0 && oobn == 0:
+			return out
+		}
+		fds, ferr := rightsOf(oob[:oobn])
+		if ferr != nil || flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 {
+			closeInts(fds)
+			h.log.Warn("handoff: a message a gone worker never read was cut; its connections are lost", "slot", w.slot, "pid", w.pid, "flags", flags, "err", ferr)
+			continue
+		}
+		if err := decodeHandoff(buf[:n], fds, &msg); err != nil || msg.typ != hoConns {
+			closeInts(msg.fds) // a DONE carries none; errors closed them
+			continue
+		}
+		for i := range msg.n {
+			h.mu.Lock()
+			li, ok := h.byName[string(msg.entries[i].name)]
+			name := ""
+			if ok {
+				name = h.lns[li].name
+			}
+			h.mu.Unlock()
+			if !ok {
+				// Impossible: the master wrote the name.
+				unix.Close(msg.fds[i])
+				continue
+			}
+			b := open[li]
+			if b == nil || b.n == hoMaxBatch {
+				b = &hoBatch{}
+				b.reset(li, name)
+				open[li] = b
+				out = append(out, b)
+			}
+			b.push(msg.fds[i], msg.entries[i].addr)
+		}
+	}
+}
+
+// hoQuiet is how long a worker with connections outstanding may stay
+// silent before watch looks for its end of the channel.
+const hoQuiet = 2 * time.Second
+
+// watch finds workers that closed their end of the connection channel and
+// live on (an exec that closed it, a bug): the master's peer copy keeps
+// the channel open, so no end of file says so, and connections sent there
+// would wait for the process's exit. A worker with connections outstanding
+// that has sent nothing for hoQuiet, whose process provably no longer
+// holds its end (its /proc/<pid>/fd read in full, without the inode) and
+// is still the same process (its pidfd) is taken out, and what it never
+// read is rescued. A healthy worker acknowledges as it accepts, and one
+// that holds a few quietly is looked at every few seconds.
+func (h *handoff) watch() {
+	defer h.wg.Done()
+	t := time.NewTicker(hoQuiet / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+			// A dead worker whose exit report is late (a busy event
+			// loop) is found here too.
+			h.sweep()
+			now := hoClock()
+			for _, w := range h.snapshot() {
+				if w.peerIno == 0 || w.out.Load() == 0 || now-w.heard.Load() < int64(hoQuiet) {
+					continue
+				}
+				if closedEnd(w) {
+					// It cannot serve in handoff mode any more: killed, as
+					// a worker that breaks the protocol is, so the
+					// supervisor replaces it.
+					h.log.Warn("handoff: worker closed its connection channel and lives on; restarting it and passing on what it did not read", "slot", w.slot, "pid", w.pid)
+					w.kill(h.log)
+					h.gone(w)
+				}
+			}
+		}
+	}
+}
+
+// closedEnd reports whether w's process, alive, provably holds no
+// descriptor of its end of the channel. Whatever /proc cannot tell (no
+// pidfd, the process gone or hidden, a descriptor it may not read, no
+// descriptors listed at all) says false: a worker is never dropped on a
+// guess; a dead one is the supervisor's to report.
+func closedEnd(w *hoWorker) bool {
+	if !w.alive() {
+		return false
+	}
+	dir := "/proc/" + strconv.Itoa(w.pid) + "/fd"
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	want := "socket:[" + strconv.FormatUint(w.peerIno, 10) + "]"
+	seen := 0
+	for {
+		names, err := f.Readdirnames(256)
+		for _, n := range names {
+			l, err := os.Readlink(dir + "/" + n)
+			switch {
+			case err == nil && l == want:
+				return false
+			case err == nil:
+				seen++
+			case !errors.Is(err, os.ErrNotExist):
+				return false // EACCES without CAP_SYS_PTRACE, say
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return false
+		}
+	}
+	// Still the same process after the scan, so the pid named it
+	// throughout.
+	return seen > 0 && w.alive()
+}
+
+// alive reports whether w's process is known to be running (by its pidfd,
+// polled under w.mu, which release takes to close it).
+func (w *hoWorker) alive() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pidfd >= 0 && !pidfdPolled(w.pidfd)
+}
+
+// kill sends w's process SIGKILL through its pidfd, if it has one.
+func (w *hoWorker) kill(log *slog.Logger) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pidfd >= 0 {
+		if err := unix.PidfdSendSignal(w.pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.Error("handoff: cannot kill worker", "pid", w.pid, "err", os.NewSyscallError("pidfd_send_signal", err))
+		}
+	}
+}
+
+// rightsOf returns the descriptors of the SCM_RIGHTS messages in oob.
+func rightsOf(oob []byte) ([]int, error) {
+	cmsgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for i := range cmsgs {
+		if cmsgs[i].Header.Level != unix.SOL_SOCKET || cmsgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		r, err := unix.ParseUnixRights(&cmsgs[i])
+		if err != nil {
+			return fds, err
+		}
+		fds = append(fds, r...)
+	}
+	return fds, nil
 }
 
 // sweep removes every worker whose pidfd reports it exited, whatever the
@@ -928,7 +1267,7 @@ func (h *handoff) sweep() int {
 	n := 0
 	for _, w := range h.snapshot() {
 		if w.exited(false) {
-			h.remove(w)
+			h.gone(w)
 			n++
 		}
 	}
@@ -958,13 +1297,7 @@ func (w *hoWorker) exited(unknown bool) bool {
 // the master's state or another worker.
 func (h *handoff) bad(w *hoWorker, err error) {
 	h.log.Warn("handoff: worker broke the connection protocol; restarting it", "slot", w.slot, "pid", w.pid, "err", err)
-	w.mu.Lock()
-	if w.pidfd >= 0 {
-		if kerr := unix.PidfdSendSignal(w.pidfd, unix.SIGKILL, nil, 0); kerr != nil && !errors.Is(kerr, unix.ESRCH) {
-			h.log.Error("handoff: cannot kill worker", "pid", w.pid, "err", os.NewSyscallError("pidfd_send_signal", kerr))
-		}
-	}
-	w.mu.Unlock()
+	w.kill(h.log)
 	// Nothing else it sent is read: its channel is closed at once.
 	h.unlist(w)
 	w.close()
@@ -988,6 +1321,7 @@ func (h *handoff) read(w *hoWorker) {
 				// The worker's end closed with connections it was sent
 				// unread: the kernel reports that once, before what the
 				// worker sent (connections given back), then end of file.
+				// Only a worker without a peer copy (retired) gets here.
 				reset = true
 				continue
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
@@ -998,6 +1332,7 @@ func (h *handoff) read(w *hoWorker) {
 			}
 			return
 		}
+		w.heard.Store(hoClock())
 		if err := decodeHandoff(buf[:n], fds[:nfd], &msg); err != nil {
 			h.bad(w, err)
 			return

@@ -96,8 +96,8 @@ func openReceiver(v string) (*hoReceiver, error) {
 		return nil, fmt.Errorf("%w: %s=%q", ErrNoHandoff, envConnFD, v)
 	}
 	// The descriptor arrived without close-on-exec; the worker's own
-	// children must not hold it, or the master would never see the
-	// worker's end close.
+	// children must not hold it: one would keep reading after the worker
+	// is gone, taking connections the master means to pass on.
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("%w: %s=%d: %w", ErrNoHandoff, envConnFD, fd, os.NewSyscallError("fcntl", err))
 	}

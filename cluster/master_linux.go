@@ -938,6 +938,9 @@ func (m *master) onNotify(n Notification, sender, self int) {
 		if n.Ready {
 			err := m.sup.MarkReadyPID(pid)
 			if err == nil {
+				if m.mode.ho != nil {
+					m.mode.ho.markReady(pid)
+				}
 				m.logNotify(n, sender, pid)
 				return
 			}

@@ -88,6 +88,14 @@ func roleMaster() int {
 //	SRV_QUIESCE=1     with SRV_REPORT, on SIGUSR2 wait (bounded) until no
 //	                  accepted connection has a request unanswered before
 //	                  writing <pid>.inflight (then the count still busy)
+//	SRV_HANG_GEN=n    in generation n (HANDOFF_WORKER_GENERATION), once
+//	                  the listener is open (in handoff mode: subscribed),
+//	                  start a "sleep" child in our process group, then
+//	                  never send READY=1 and never accept (a start timeout
+//	                  must kill the whole group; TESTPLAN C3)
+//	SRV_FAIL_GEN=n    in generation n, once the listener is open, exit 3
+//	                  after 200 ms, before READY=1: a started process that
+//	                  crashes during initialisation (TESTPLAN C11)
 func fakeSrv() int {
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "fake-srv: "+format+"\n", args...)
@@ -122,12 +130,15 @@ func fakeSrv() int {
 			ino[i] = st.Ino
 		}
 	}
+	gen := os.Getenv("HANDOFF_WORKER_GENERATION")
 	ln, err := fakeListener() // modes_test.go
 	if err != nil {
 		return fail("%v", err)
 	}
+	if code, ok := genFault(gen); ok {
+		return code
+	}
 	slow, _ := time.ParseDuration(os.Getenv("SRV_SLOW"))
-	gen := os.Getenv("HANDOFF_WORKER_GENERATION")
 	tag := strconv.Itoa(os.Getpid()) + ":" + gen
 	dir := os.Getenv("SRV_REPORT")
 	var activeMu sync.Mutex
@@ -259,6 +270,34 @@ wait:
 		child.Wait()
 	}
 	return 0
+}
+
+// genFault acts on SRV_FAIL_GEN and SRV_HANG_GEN in generation gen: ok
+// says the fake worker must exit with code.
+func genFault(gen string) (code int, ok bool) {
+	if g := os.Getenv("SRV_FAIL_GEN"); g != "" && g == gen {
+		// Late enough that the master saw the process start.
+		time.Sleep(200 * time.Millisecond)
+		fmt.Fprintf(os.Stderr, "fake-srv: SRV_FAIL_GEN=%s: initialisation failed on purpose\n", g)
+		return 3, true
+	}
+	if g := os.Getenv("SRV_HANG_GEN"); g != "" && g == gen {
+		// The child is in our process group and outlives us unless the
+		// master kills the group, not just us.
+		child := exec.Command("sleep", "60")
+		if err := child.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "fake-srv: %v\n", err)
+			return 3, true
+		}
+		// Bounded; SIGTERM's default action (no handler yet) and SIGKILL
+		// end us sooner.
+		time.Sleep(time.Minute)
+		child.Process.Kill()
+		child.Wait()
+		fmt.Fprintf(os.Stderr, "fake-srv: SRV_HANG_GEN=%s: still alive after 1 min\n", g)
+		return 3, true
+	}
+	return 0, false
 }
 
 // report writes n to dir/<pid>.<what> atomically (rename), for the test to
