@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdcensus"
@@ -201,22 +200,8 @@ func TestRestartAtEMFILE(t *testing.T) {
 			}
 			// Nothing a failed spawn opened is left: the master holds what
 			// it held before, per-worker descriptors renewed.
-			var kinds map[string]int
-			var sockets []uint64
-			if !waitFor(fdcensus.Settle, func() bool {
-				kinds, sockets, err = fdShape(mpid)
-				return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
-			}) {
-				t.Errorf("master's descriptors changed across the restart: kinds (-before +after):\n%s\nsocket inodes (-before +after):\n%s",
-					cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
-			}
-			m.signal(syscall.SIGTERM)
-			if code := m.wait(15 * time.Second); code != 0 {
-				t.Errorf("exit code %d, want 0", code)
-			}
-			if strings.Contains(m.log.String(), "panic") {
-				t.Errorf("the master's log mentions a panic")
-			}
+			checkFDShape(t, mpid, kinds0, sockets0, "across the restart")
+			stopClean(t, m)
 		})
 	}
 }

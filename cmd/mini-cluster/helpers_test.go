@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/httpdrain"
 	"github.com/handoff-go/handoff/internal/fdcensus"
@@ -833,4 +834,35 @@ func fdShape(pid int) (map[string]int, []uint64, error) {
 		kinds[k]++
 	}
 	return kinds, withoutPerWorker(snap.Inodes("socket:")), nil
+}
+
+// checkFDShape waits (fdcensus.Settle) for the master pid's descriptors to
+// have the shape kinds0 and sockets0 (fdShape) again, and fails the test
+// with both diffs if they do not; what names the span, as in "across the
+// restart".
+func checkFDShape(t *testing.T, pid int, kinds0 map[string]int, sockets0 []uint64, what string) {
+	t.Helper()
+	var kinds map[string]int
+	var sockets []uint64
+	var err error
+	if !waitFor(fdcensus.Settle, func() bool {
+		kinds, sockets, err = fdShape(pid)
+		return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
+	}) {
+		t.Errorf("master's descriptors changed %s (err %v): kinds (-before +after):\n%s\nsocket inodes (-before +after):\n%s",
+			what, err, cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
+	}
+}
+
+// stopClean stops the master with SIGTERM and checks it exits 0 without a
+// panic in its log.
+func stopClean(t *testing.T, m *master) {
+	t.Helper()
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if strings.Contains(m.log.String(), "panic") {
+		t.Errorf("the master's log mentions a panic")
+	}
 }

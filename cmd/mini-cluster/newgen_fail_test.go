@@ -214,22 +214,8 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 				t.Errorf("connections were sent to a worker that was not ready, and taken back: %s", m)
 			}
 			// Nothing the failed generation had is left in the master.
-			var kinds map[string]int
-			var sockets []uint64
-			if !waitFor(fdcensus.Settle, func() bool {
-				kinds, sockets, err = fdShape(mpid)
-				return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
-			}) {
-				t.Errorf("master's descriptors changed across the restarts: kinds (-before +after):\n%s\nsocket inodes (-before +after):\n%s",
-					cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
-			}
-			m.signal(syscall.SIGTERM)
-			if code := m.wait(15 * time.Second); code != 0 {
-				t.Errorf("exit code %d, want 0", code)
-			}
-			if strings.Contains(m.log.String(), "panic") {
-				t.Errorf("the master's log mentions a panic")
-			}
+			checkFDShape(t, mpid, kinds0, sockets0, "across the restarts")
+			stopClean(t, m)
 		})
 	}
 }

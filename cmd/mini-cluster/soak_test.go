@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/loadclient"
 	"github.com/handoff-go/handoff/internal/proccensus"
@@ -247,15 +246,7 @@ func TestSoakRestartsAndKills(t *testing.T) {
 	}) {
 		t.Errorf("%d workers live after the soak, want %d", len(m.workers()), workers)
 	}
-	var kinds map[string]int
-	var sockets []uint64
-	if !waitFor(fdcensus.Settle, func() bool {
-		kinds, sockets, err = fdShape(mpid)
-		return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
-	}) {
-		t.Errorf("master's descriptors changed over the soak: kinds (-before +after):\n%s\nsocket inodes (-before +after):\n%s",
-			cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
-	}
+	checkFDShape(t, mpid, kinds0, sockets0, "over the soak")
 	// The baseline was read with every worker ready and idle; a little
 	// slack for a timer or a connection the runtime has not yet reaped.
 	const goroutineSlack = 3

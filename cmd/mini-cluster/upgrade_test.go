@@ -501,15 +501,7 @@ func TestUpgradeBinaryUnusable(t *testing.T) {
 			if !slices.Equal(old, now) {
 				t.Errorf("workers changed by a failed upgrade: %v, before %v", now, old)
 			}
-			var kinds map[string]int
-			var sockets []uint64
-			if !waitFor(fdcensus.Settle, func() bool {
-				kinds, sockets, err = fdShape(mpid)
-				return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
-			}) {
-				t.Errorf("master's descriptors changed by a failed upgrade: kinds (-before +after):\n%s\nsockets (-before +after):\n%s",
-					cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
-			}
+			checkFDShape(t, mpid, kinds0, sockets0, "by a failed upgrade")
 			// Everything is as it was: the next upgrade works.
 			m.signal(syscall.SIGUSR2)
 			if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
