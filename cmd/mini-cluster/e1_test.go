@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // naiveSrvArg selects the naive fake worker, TESTPLAN E1's ACCEPT_NAIVE=1
@@ -46,19 +44,8 @@ func naiveSrv() int {
 		return 3
 	}
 	nofile := os.Getenv("SRV_NOFILE")
-	if nofile != "" {
-		n, err := strconv.ParseUint(nofile, 10, 64)
-		if err != nil {
-			return fail("SRV_NOFILE=%q", nofile)
-		}
-		var rl unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return fail("getrlimit: %v", err)
-		}
-		rl.Cur = n
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return fail("setrlimit: %v", err)
-		}
+	if err := setNofile(nofile); err != nil {
+		return fail("%v", err)
 	}
 	ln, err := fakeListener() // modes_test.go
 	if err != nil {

@@ -103,19 +103,8 @@ func fakeSrv() int {
 		return 3
 	}
 	nofile := os.Getenv("SRV_NOFILE")
-	if nofile != "" {
-		n, err := strconv.ParseUint(nofile, 10, 64)
-		if err != nil {
-			return fail("SRV_NOFILE=%q", nofile)
-		}
-		var rl unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return fail("getrlimit: %v", err)
-		}
-		rl.Cur = n
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return fail("setrlimit: %v", err)
-		}
+	if err := setNofile(nofile); err != nil {
+		return fail("%v", err)
 	}
 	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
 		return fail("LISTEN_PID=%q, pid %d", os.Getenv("LISTEN_PID"), os.Getpid())
@@ -271,6 +260,28 @@ wait:
 		child.Wait()
 	}
 	return 0
+}
+
+// setNofile sets this process's soft RLIMIT_NOFILE to the SRV_NOFILE value
+// v ("": leave it). Go gives children the soft limit it found, so a worker
+// must lower its own.
+func setNofile(v string) error {
+	if v == "" {
+		return nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("SRV_NOFILE=%q", v)
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	rl.Cur = n
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("setrlimit: %w", err)
+	}
+	return nil
 }
 
 // genFault acts on SRV_FAIL_GEN and SRV_HANG_GEN in generation gen: ok
