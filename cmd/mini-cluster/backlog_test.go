@@ -3,12 +3,10 @@
 package main
 
 import (
-	"context"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,29 +51,19 @@ func TestTinyBacklogRestartBurst(t *testing.T) {
 				append([]string{"-n", "2", "-mode", mode, "-listen", "127.0.0.1:1", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
 			m.waitReady()
 			over0 := listenOverflows(t)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var res loadclient.Result
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				// SYN retries back off 1 s, 2 s, 4 s...: the timeout leaves
-				// room for several.
-				res = loadclient.Run(ctx, loadclient.Options{Addr: addr, NewConn: 64, Requests: 20000, Duration: 60 * time.Second, Timeout: 20 * time.Second})
-			}()
+			// SYN retries back off 1 s, 2 s, 4 s...: the timeout leaves room
+			// for several.
+			stop := runLoad(loadclient.Options{Addr: addr, NewConn: 64, Requests: 20000, Duration: 60 * time.Second, Timeout: 20 * time.Second})
+			defer stop()
 			time.Sleep(300 * time.Millisecond)
 			for i := range restarts {
 				m.signal(syscall.SIGHUP)
 				if !waitFor(15*time.Second, func() bool { return count(m.records(), "restart done", "restart failed") >= i+1 }) {
-					cancel()
-					wg.Wait()
-					t.Fatalf("restart %d not done within 15 s", i+1)
+					t.Fatalf("restart %d not done within 15 s; %v", i+1, stop())
 				}
 				time.Sleep(300 * time.Millisecond)
 			}
-			cancel()
-			wg.Wait()
+			res := stop()
 			recs := m.records()
 			over := listenOverflows(t) - over0
 			t.Logf("%s, backlog 8, %d restarts: %v; accept queue overflows %d", mode, restarts, res, over)

@@ -3,11 +3,9 @@
 package main
 
 import (
-	"context"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -57,19 +55,7 @@ func TestRestartAtEMFILE(t *testing.T) {
 			if mode == "shared" {
 				opts.NewConn = 2
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var res loadclient.Result
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res = loadclient.Run(ctx, opts)
-			}()
-			stop := func() {
-				cancel()
-				wg.Wait()
-			}
+			stop := runLoad(opts)
 			defer stop()
 			// The keep-alive clients connect (bounded: any still
 			// connecting is served once the limit is back).
@@ -149,8 +135,7 @@ func TestRestartAtEMFILE(t *testing.T) {
 			restore()
 			tr := time.Now()
 			if !waitFor(15*time.Second, func() bool { return count(m.records(), "restart done") > 0 }) {
-				stop()
-				t.Fatalf("no restart done within 15 s of the limit's restore; %v", res)
+				t.Fatalf("no restart done within 15 s of the limit's restore; %v", stop())
 			}
 			done := time.Since(tr)
 			if n := count(m.records(), restartFailedMsg); n != 0 {
@@ -168,7 +153,7 @@ func TestRestartAtEMFILE(t *testing.T) {
 				t.Errorf("request after the restart: %q, %v; want generation 2", tag, err)
 			}
 			time.Sleep(300 * time.Millisecond) // load on the new generation
-			stop()
+			res := stop()
 
 			// Who answered during the EMFILE period.
 			during := map[int]int{}

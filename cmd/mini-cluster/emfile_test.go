@@ -3,14 +3,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,22 +80,11 @@ func TestEMFILEUnderLoad(t *testing.T) {
 			}
 			pid := w[0]
 			span := time.Duration(loadSize(tc.spanCI, tc.spanLong)) * time.Second
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var res loadclient.Result
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				// Each request may wait in the queue for the whole EMFILE
-				// period: the timeout is well past it.
-				res = loadclient.Run(ctx, loadclient.Options{Addr: addr, KeepAlive: clients, Requests: 20000, Duration: span + 30*time.Second,
-					Timeout: span + 20*time.Second, Pause: 500 * time.Millisecond, Header: "X-Worker", Record: true})
-			}()
-			stop := func() {
-				cancel()
-				wg.Wait()
-			}
+			// Each request may wait in the queue for the whole EMFILE
+			// period: the timeout is well past it.
+			stop := runLoad(loadclient.Options{Addr: addr, KeepAlive: clients, Requests: 20000, Duration: span + 30*time.Second,
+				Timeout: span + 20*time.Second, Pause: 500 * time.Millisecond, Header: "X-Worker", Record: true})
+			defer stop()
 			var arrivals []net.Conn
 			defer func() {
 				for _, c := range arrivals {
@@ -134,7 +121,7 @@ func TestEMFILEUnderLoad(t *testing.T) {
 				}
 			}
 			c1, r1, t1, e1 := cpuTicks([]int{pid}), runnable(pid), time.Now(), emfile()
-			stop()
+			res := stop()
 			busy, ran, period := time.Duration(c1-c0)*clockTick, r1-r0, t1.Sub(t0)
 			inSpan := 0
 			for _, r := range res.Replies {

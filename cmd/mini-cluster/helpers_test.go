@@ -33,6 +33,7 @@ import (
 	"github.com/handoff-go/handoff/httpdrain"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/loadclient"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"golang.org/x/sys/unix"
 )
@@ -845,6 +846,24 @@ func fdShape(pid int) (map[string]int, []uint64, error) {
 		kinds[k]++
 	}
 	return kinds, withoutPerWorker(snap.Inodes("socket:")), nil
+}
+
+// runLoad runs the load client in the background until the returned stop,
+// which waits for it and returns its result; stop may be called again
+// (deferred, say) and returns the same result.
+func runLoad(opts loadclient.Options) (stop func() loadclient.Result) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var res loadclient.Result
+	go func() {
+		defer close(done)
+		res = loadclient.Run(ctx, opts)
+	}()
+	return func() loadclient.Result {
+		cancel()
+		<-done
+		return res
+	}
 }
 
 // checkFDShape waits (fdcensus.Settle) for the master pid's descriptors to

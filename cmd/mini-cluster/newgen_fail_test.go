@@ -3,13 +3,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,20 +79,8 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var res loadclient.Result
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res = loadclient.Run(ctx, loadclient.Options{Addr: addr, KeepAlive: 4, NewConn: 2, Requests: 20000,
-					Duration: 40 * time.Second, Timeout: 20 * time.Second, Pause: 10 * time.Millisecond, Header: "X-Worker", Record: true})
-			}()
-			stop := func() {
-				cancel()
-				wg.Wait()
-			}
+			stop := runLoad(loadclient.Options{Addr: addr, KeepAlive: 4, NewConn: 2, Requests: 20000,
+				Duration: 40 * time.Second, Timeout: 20 * time.Second, Pause: 10 * time.Millisecond, Header: "X-Worker", Record: true})
 			defer stop()
 			time.Sleep(300 * time.Millisecond)
 
@@ -102,8 +88,7 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 			t0 := time.Now()
 			m.signal(syscall.SIGHUP)
 			if !waitFor(startTimeout+10*time.Second, func() bool { return count(m.records(), restartFailedMsg, "restart done") > 0 }) {
-				stop()
-				t.Fatalf("restart neither failed nor done within %v of SIGHUP; %v", startTimeout+10*time.Second, res)
+				t.Fatalf("restart neither failed nor done within %v of SIGHUP; %v", startTimeout+10*time.Second, stop())
 			}
 			t1 := time.Now()
 			if n := count(m.records(), "restart done"); n != 0 {
@@ -152,8 +137,7 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 			t2 := time.Now()
 			m.signal(syscall.SIGHUP)
 			if !waitFor(15*time.Second, func() bool { return count(m.records(), "restart done") > 0 }) {
-				stop()
-				t.Fatalf("retry: no restart done within 15 s; %v", res)
+				t.Fatalf("retry: no restart done within 15 s; %v", stop())
 			}
 			var done logRec
 			for _, r := range m.records() {
@@ -176,7 +160,7 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 				t.Errorf("request after the retry: %q, %v; want generation 3", tag, err)
 			}
 			time.Sleep(300 * time.Millisecond) // load on generation 3
-			stop()
+			res := stop()
 
 			// Who answered: until the retry (the attempt and the 300 ms
 			// after it) only the old workers can have, all of them.
