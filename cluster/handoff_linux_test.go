@@ -1395,6 +1395,13 @@ func TestHandoffListenerMadeBlocking(t *testing.T) {
 			}
 		}
 	})
+	// One connection first: once it is delivered, the accept loop has
+	// seen EAGAIN and waits on the poller, so the flag changes between
+	// its wake-ups, as a worker's would. (Changed between the loop's
+	// check and its accept4, it would block there until the next
+	// connection; the loop checks once per wake-up.)
+	dialN(t, lns[0].Addr().String(), 1)
+	acceptN(t, l, 1)
 	// As a worker would on its descriptor 3.
 	setNonblock(false)
 	const n = 3
