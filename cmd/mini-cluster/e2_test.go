@@ -141,17 +141,7 @@ func TestRestartAtEMFILE(t *testing.T) {
 			if n := count(m.records(), restartFailedMsg); n != 0 {
 				t.Errorf("restart failed (%d times)", n)
 			}
-			var now []int
-			if !waitFor(15*time.Second, func() bool {
-				now = m.workers()
-				return len(now) == 2 && !slices.Contains(now, old[0]) && !slices.Contains(now, old[1])
-			}) {
-				t.Errorf("workers %v after the restart, want 2 new ones (old %v)", now, old)
-			}
-			_, tag, err := get(addr, "/")
-			if _, gen, _ := strings.Cut(tag, ":"); err != nil || gen != "2" {
-				t.Errorf("request after the restart: %q, %v; want generation 2", tag, err)
-			}
+			checkReplaced(t, m, addr, old, "2", "after the restart")
 			time.Sleep(300 * time.Millisecond) // load on the new generation
 			res := stop()
 

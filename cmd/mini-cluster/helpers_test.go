@@ -866,6 +866,24 @@ func runLoad(opts loadclient.Options) (stop func() loadclient.Result) {
 	}
 }
 
+// checkReplaced waits (15 s) until the master runs as many workers as old,
+// none of them old, and checks that a request at addr is answered by
+// generation gen; after names the event, as in "after the restart".
+func checkReplaced(t *testing.T, m *master, addr string, old []int, gen, after string) {
+	t.Helper()
+	var now []int
+	if !waitFor(15*time.Second, func() bool {
+		now = m.workers()
+		return len(now) == len(old) && !slices.ContainsFunc(now, func(p int) bool { return slices.Contains(old, p) })
+	}) {
+		t.Errorf("workers %v %s, want %d new ones (old %v)", now, after, len(old), old)
+	}
+	_, tag, err := get(addr, "/")
+	if _, g, _ := strings.Cut(tag, ":"); err != nil || g != gen {
+		t.Errorf("request %s: %q, %v; want generation %s", after, tag, err, gen)
+	}
+}
+
 // checkFDShape waits (fdcensus.Settle) for the master pid's descriptors to
 // have the shape kinds0 and sockets0 (fdShape) again, and fails the test
 // with both diffs if they do not; what names the span, as in "across the

@@ -148,17 +148,7 @@ func TestNewGenerationFailsUnderLoad(t *testing.T) {
 			if done.Generation != 3 {
 				t.Errorf("retry: restart done for generation %d, want 3", done.Generation)
 			}
-			var now []int
-			if !waitFor(15*time.Second, func() bool {
-				now = m.workers()
-				return len(now) == 2 && !slices.Contains(now, old[0]) && !slices.Contains(now, old[1])
-			}) {
-				t.Errorf("workers %v after the retry, want 2 new ones (old %v)", now, old)
-			}
-			_, tag, err := get(addr, "/")
-			if _, gen, _ := strings.Cut(tag, ":"); err != nil || gen != "3" {
-				t.Errorf("request after the retry: %q, %v; want generation 3", tag, err)
-			}
+			checkReplaced(t, m, addr, old, "3", "after the retry")
 			time.Sleep(300 * time.Millisecond) // load on generation 3
 			res := stop()
 
