@@ -196,11 +196,15 @@ func (r *HandoffRig) addRaw(keepPeer bool, pid int) (*net.UnixConn, int, error) 
 		r.pids--
 		pid = r.pids
 	}
-	uc, err := scmrights.UnixConn(int(dupFile(remote)))
 	peer := -1
 	if keepPeer {
-		peer = dupPeer(remote)
+		if peer, err = scmrights.Dup(remote); err != nil {
+			conn.Close()
+			remote.Close()
+			return nil, 0, err
+		}
 	}
+	uc, err := scmrights.UnixConn(int(dupFile(remote)))
 	remote.Close()
 	r.h.register(pid, 0, conn, peer)
 	return uc, pid, err

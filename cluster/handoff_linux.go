@@ -842,7 +842,11 @@ func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error
 	l.Done = func(pid int, err error) {
 		peer := -1
 		if err == nil && pid > 0 {
-			peer = dupPeer(remote)
+			// Without the copy the worker's unread connections are lost
+			// with it, as before there were copies.
+			if fd, derr := scmrights.Dup(remote); derr == nil {
+				peer = fd
+			}
 		}
 		remote.Close()
 		if err != nil || pid <= 0 {
@@ -886,23 +890,6 @@ func (m *master) handoffAdoptOld(pid, slot int, f *os.File) error {
 	}
 	m.mode.ho.registerAs(pid, slot, conn, -1, true)
 	return nil
-}
-
-// dupPeer returns a close-on-exec duplicate of the worker's end f, for
-// hoWorker.peer, or -1 (then the worker's unread connections are lost with
-// it, as before peers existed).
-func dupPeer(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1
-	}
-	fd := -1
-	rc.Control(func(s uintptr) {
-		if d, err := unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			fd = d
-		}
-	})
-	return fd
 }
 
 // hoEpoch is the base of hoClock.
@@ -1076,6 +1063,7 @@ func (h *handoff) gone(w *hoWorker) {
 func (h *handoff) takeUnread(w *hoWorker, peer int) []*hoBatch {
 	buf := make([]byte, hoMaxMsg)
 	oob := make([]byte, unix.CmsgSpace(hoMaxBatch*4))
+	fds := make([]int, 0, hoMaxBatch)
 	var msg hoMsg
 	var out []*hoBatch
 	open := map[int]*hoBatch{} // by listener: the batch being filled
@@ -1100,7 +1088,8 @@ func (h *handoff) takeUnread(w *hoWorker, peer int) []*hoBatch {
 		case n == 0 && oobn == 0:
 			return out
 		}
-		fds, ferr := rightsOf(oob[:oobn])
+		var ferr error
+		fds, ferr = scmrights.AppendRights(fds[:0], oob[:oobn])
 		if ferr != nil || flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 {
 			closeInts(fds)
 			h.log.Warn("handoff: a message a gone worker never read was cut; its connections are lost", "slot", w.slot, "pid", w.pid, "flags", flags, "err", ferr)
@@ -1110,14 +1099,9 @@ func (h *handoff) takeUnread(w *hoWorker, peer int) []*hoBatch {
 			closeInts(msg.fds) // a DONE carries none; errors closed them
 			continue
 		}
+		h.mu.Lock()
 		for i := range msg.n {
-			h.mu.Lock()
 			li, ok := h.byName[string(msg.entries[i].name)]
-			name := ""
-			if ok {
-				name = h.lns[li].name
-			}
-			h.mu.Unlock()
 			if !ok {
 				// Impossible: the master wrote the name.
 				unix.Close(msg.fds[i])
@@ -1126,12 +1110,13 @@ func (h *handoff) takeUnread(w *hoWorker, peer int) []*hoBatch {
 			b := open[li]
 			if b == nil || b.n == hoMaxBatch {
 				b = &hoBatch{}
-				b.reset(li, name)
+				b.reset(li, h.lns[li].name)
 				open[li] = b
 				out = append(out, b)
 			}
 			b.push(msg.fds[i], msg.entries[i].addr)
 		}
+		h.mu.Unlock()
 	}
 }
 
@@ -1237,26 +1222,6 @@ func (w *hoWorker) kill(log *slog.Logger) {
 			log.Error("handoff: cannot kill worker", "pid", w.pid, "err", os.NewSyscallError("pidfd_send_signal", err))
 		}
 	}
-}
-
-// rightsOf returns the descriptors of the SCM_RIGHTS messages in oob.
-func rightsOf(oob []byte) ([]int, error) {
-	cmsgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, err
-	}
-	var fds []int
-	for i := range cmsgs {
-		if cmsgs[i].Header.Level != unix.SOL_SOCKET || cmsgs[i].Header.Type != unix.SCM_RIGHTS {
-			continue
-		}
-		r, err := unix.ParseUnixRights(&cmsgs[i])
-		if err != nil {
-			return fds, err
-		}
-		fds = append(fds, r...)
-	}
-	return fds, nil
 }
 
 // sweep removes every worker whose pidfd reports it exited, whatever the

@@ -91,6 +91,19 @@ func PutRights(b []byte, fds []int) []byte {
 	return b
 }
 
+// AppendRights appends to dst the descriptors carried by the SCM_RIGHTS
+// messages in oob, the control data of a caller's own recvmsg, and returns
+// it: the counterpart of PutRights, with the bounds-checked walk Recv uses.
+// Descriptors of other control messages (SCM_PIDFD) are closed;
+// credentials are skipped. On ErrMalformedControl the result holds the
+// descriptors before the bad header, still open, for the caller to close.
+// It does not look at MSG_CTRUNC: the caller checks its flags. Unix systems
+// only.
+func AppendRights(dst []int, oob []byte) ([]int, error) {
+	err := walkControl(oob, func(fd int) { dst = append(dst, fd) }, closeUnwanted, nil)
+	return dst, err
+}
+
 // rightsSpace is the control buffer size for receiving up to n descriptors,
 // plus room for one credentials message so a socket with SO_PASSCRED set does
 // not turn every receive into a truncation.

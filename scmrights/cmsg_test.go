@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
 )
@@ -107,5 +108,42 @@ func TestPutRights(t *testing.T) {
 		if diff := cmp.Diff(unix.UnixRights(fds...), scmrights.PutRights(buf, fds)); diff != "" {
 			t.Errorf("%d descriptors (-want +got):\n%s", k, diff)
 		}
+	}
+}
+
+// AppendRights gives back what PutRights wrote, after what dst held, and
+// the descriptors of every SCM_RIGHTS message; it closes an SCM_PIDFD
+// descriptor nobody asked for, and on a malformed header returns the
+// descriptors before it, open.
+func TestAppendRights(t *testing.T) {
+	fdcensus.Verify(t)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	bad := cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 4)
+	binary.NativeEndian.PutUint64(bad, 3)
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want []int
+		err  bool
+	}{
+		{"PutRights", scmrights.PutRights(nil, []int{5, 6, 7}), []int{1, 5, 6, 7}, false},
+		{"two messages and credentials", cat(cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 8), cmsg(unix.SOL_SOCKET, unix.SCM_CREDENTIALS, 1, 0, 0), cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 9, 10)), []int{1, 8, 9, 10}, false},
+		{"malformed", cat(cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 3), bad), []int{1, 3}, true},
+		{"pidfd", cat(cmsg(unix.SOL_SOCKET, 0x04, uint32(p[0])), cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, 12)), []int{1, 12}, false},
+	} {
+		got, err := scmrights.AppendRights([]int{1}, tc.oob)
+		if (err != nil) != tc.err || err != nil && !errors.Is(err, scmrights.ErrMalformedControl) {
+			t.Errorf("%s: error %v, want malformed %v", tc.name, err, tc.err)
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+	if _, err := unix.FcntlInt(uintptr(p[0]), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+		t.Errorf("the SCM_PIDFD descriptor is still open (fcntl: %v)", err)
 	}
 }
