@@ -19,8 +19,9 @@ import (
 // last extra of act are descriptors LISTEN_FDNAMES did not name: they are
 // adopted, to be closed by Ready and never served (TESTPLAN A20: no guessing
 // what an unnamed descriptor is for), only if they are inherited listening
-// or datagram sockets, and otherwise left untouched. The control and connection channels are never
-// adopted, even when a LISTEN_FDS too large covers their numbers.
+// or datagram sockets, and otherwise left untouched. The control and
+// connection channels are never adopted, even when a LISTEN_FDS too large
+// covers their numbers.
 func adoptInherited(act []Activated, extra int) []inherited {
 	ctl, conn := envFD(envControlFD), envFD(envConnFD)
 	var out []inherited
@@ -30,13 +31,20 @@ func adoptInherited(act []Activated, extra int) []inherited {
 		}
 		// Before inspectInherited sets close-on-exec, which is half of
 		// what tells an inherited descriptor from one of this process.
-		ok, dev, ino := releasable(a.FD)
+		// Ready may close only these: never a connection (a socket
+		// activated with Accept=yes gets one) nor a channel; dev and ino
+		// identify the socket later.
+		st, what, _ := inheritedSocket(a.FD)
+		ok := what == ""
 		if i >= len(act)-extra && !ok {
-			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (beyond %s) ignored: not an inherited listening or datagram socket\n", a.FD, envListenFDNames)
+			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (beyond %s) ignored: it %s, not an inherited listening or datagram socket\n", a.FD, envListenFDNames, what)
 			continue
 		}
 		in := inspectInherited(a)
-		in.releasable, in.dev, in.ino = ok, dev, ino
+		in.releasable = ok
+		if ok {
+			in.dev, in.ino = st.Dev, st.Ino
+		}
 		in.unnamed = i >= len(act)-extra
 		out = append(out, in)
 	}
@@ -50,37 +58,6 @@ func envFD(key string) int {
 		return -1
 	}
 	return fd
-}
-
-// releasable reports whether fd is a socket Ready may close: open, without
-// close-on-exec (the runtime and this package open everything with it, so
-// fd was inherited, not opened by this process), and a listening stream
-// socket or a datagram socket (sd_is_socket): never a connection, which a
-// socket-activated service (Accept=yes) may get, nor a channel. dev and ino
-// identify it later.
-func releasable(fd int) (ok bool, dev, ino uint64) {
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	if err != nil || flags&unix.FD_CLOEXEC != 0 {
-		return false, 0, 0
-	}
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return false, 0, 0
-	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return false, 0, 0
-	}
-	switch typ {
-	case unix.SOCK_DGRAM:
-	case unix.SOCK_STREAM, unix.SOCK_SEQPACKET:
-		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc == 0 {
-			return false, 0, 0
-		}
-	default:
-		return false, 0, 0
-	}
-	return true, st.Dev, st.Ino
 }
 
 // releaseInherited closes the inherited sockets nothing claimed (see

@@ -141,45 +141,54 @@ func bindOne(a Addr) (*listener, error) {
 // touched.
 func checkActivated(fds []Activated) error {
 	for _, a := range fds {
-		bad := func(what string, err error) error {
+		if _, what, err := inheritedSocket(a.FD); what != "" {
 			if err != nil {
 				return fmt.Errorf("%w: descriptor %d (%s) %s: %w", ErrActivation, a.FD, a.Name, what, err)
 			}
 			return fmt.Errorf("%w: descriptor %d (%s) %s", ErrActivation, a.FD, a.Name, what)
 		}
-		flags, err := unix.FcntlInt(uintptr(a.FD), unix.F_GETFD, 0)
-		if err != nil {
-			return bad("is not open", os.NewSyscallError("fcntl", err))
-		}
-		if flags&unix.FD_CLOEXEC != 0 {
-			return bad("was opened by this process, not inherited", nil)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(a.FD, &st); err != nil {
-			return bad("cannot be inspected", os.NewSyscallError("fstat", err))
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			return bad("is not a socket", nil)
-		}
-		typ, err := unix.GetsockoptInt(a.FD, unix.SOL_SOCKET, unix.SO_TYPE)
-		if err != nil {
-			return bad("is not a socket", os.NewSyscallError("getsockopt", err))
-		}
-		switch typ {
-		case unix.SOCK_DGRAM:
-		case unix.SOCK_STREAM, unix.SOCK_SEQPACKET:
-			acc, err := unix.GetsockoptInt(a.FD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-			if err != nil {
-				return bad("is not a socket", os.NewSyscallError("getsockopt", err))
-			}
-			if acc == 0 {
-				return bad("is not listening", nil)
-			}
-		default:
-			return bad(fmt.Sprintf("has socket type %d", typ), nil)
-		}
 	}
 	return nil
+}
+
+// inheritedSocket checks that fd is an inherited listening stream socket
+// or datagram socket (sd_is_socket): open, without close-on-exec (the
+// runtime and this package open everything close-on-exec), a socket, and
+// listening unless it is a datagram socket. It returns fd's stat, or what
+// is wrong with it and the system call's error, if one failed. It changes
+// nothing.
+func inheritedSocket(fd int) (st unix.Stat_t, what string, err error) {
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		return st, "is not open", os.NewSyscallError("fcntl", err)
+	}
+	if flags&unix.FD_CLOEXEC != 0 {
+		return st, "was opened by this process, not inherited", nil
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, "cannot be inspected", os.NewSyscallError("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return st, "is not a socket", nil
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return st, "is not a socket", os.NewSyscallError("getsockopt", err)
+	}
+	switch typ {
+	case unix.SOCK_DGRAM:
+	case unix.SOCK_STREAM, unix.SOCK_SEQPACKET:
+		acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+		if err != nil {
+			return st, "is not a socket", os.NewSyscallError("getsockopt", err)
+		}
+		if acc == 0 {
+			return st, "is not listening", nil
+		}
+	default:
+		return st, fmt.Sprintf("has socket type %d", typ), nil
+	}
+	return st, "", nil
 }
 
 // cloexecInherited marks every descriptor from 3 up close-on-exec, so
