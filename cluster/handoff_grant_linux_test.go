@@ -219,18 +219,7 @@ func startShortChildVersion(t *testing.T, pc *proccensus.Census, room, n int, ve
 	t.Cleanup(func() {
 		s.do(t, "quit")
 		s.in.Close()
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Error("worker did not quit")
-		}
+		waitExit(t, cmd, "on quit")
 	})
 	return s
 }

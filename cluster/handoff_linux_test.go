@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
@@ -87,6 +88,24 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitExit waits up to 10 s for cmd, a helper told to stop (what it was
+// told, for the message), to exit 0; past that it is killed and reaped.
+func waitExit(t *testing.T, cmd *exec.Cmd, what string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("worker did not exit %s within 10 s", what)
 	}
 }
 

@@ -432,18 +432,7 @@ func TestReadyClosesUnclaimed(t *testing.T) {
 				}
 			}
 			stdin.Close()
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("worker: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Error("worker did not exit at EOF on stdin")
-			}
+			waitExit(t, cmd, "at EOF on stdin")
 		})
 	}
 }

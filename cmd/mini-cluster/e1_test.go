@@ -53,17 +53,11 @@ func naiveSrv() int {
 	}
 	var open openConns
 	if dir := os.Getenv("SRV_REPORT"); dir != "" {
-		// Opened now: at EMFILE no report file could be created.
-		emfile, err := openCounter(dir, "emfile")
-		if err != nil {
+		var closeCounters func()
+		if ln, closeCounters, err = countEMFILE(dir, ln, &open); err != nil {
 			return fail("%v", err)
 		}
-		defer emfile.f.Close()
-		if open.peak, err = openCounter(dir, "peak"); err != nil {
-			return fail("%v", err)
-		}
-		defer open.peak.f.Close()
-		ln = &emfileListener{Listener: ln, n: emfile}
+		defer closeCounters()
 	}
 	tag := strconv.Itoa(os.Getpid()) + ":" + os.Getenv("HANDOFF_WORKER_GENERATION")
 	srv := &http.Server{

@@ -161,17 +161,11 @@ func fakeSrv() int {
 	})
 	var open openConns
 	if dir != "" && nofile != "" {
-		// Opened now: at EMFILE no report file could be created.
-		emfile, err := openCounter(dir, "emfile")
-		if err != nil {
+		var closeCounters func()
+		if ln, closeCounters, err = countEMFILE(dir, ln, &open); err != nil {
 			return fail("%v", err)
 		}
-		defer emfile.f.Close()
-		if open.peak, err = openCounter(dir, "peak"); err != nil {
-			return fail("%v", err)
-		}
-		defer open.peak.f.Close()
-		ln = &emfileListener{Listener: ln, n: emfile}
+		defer closeCounters()
 	}
 	srv := &http.Server{Handler: mux, ConnState: open.track}
 	sigs := make(chan os.Signal, 1)
@@ -261,6 +255,22 @@ wait:
 		child.Wait()
 	}
 	return 0
+}
+
+// countEMFILE wraps ln so that dir/<pid>.emfile counts its accepts that
+// failed with EMFILE, and makes open keep dir/<pid>.peak, the most
+// connections open at once. Both files are opened now: at EMFILE none
+// could be. closeCounters closes them.
+func countEMFILE(dir string, ln net.Listener, open *openConns) (_ net.Listener, closeCounters func(), err error) {
+	emfile, err := openCounter(dir, "emfile")
+	if err != nil {
+		return nil, nil, err
+	}
+	if open.peak, err = openCounter(dir, "peak"); err != nil {
+		emfile.f.Close()
+		return nil, nil, err
+	}
+	return &emfileListener{Listener: ln, n: emfile}, func() { emfile.f.Close(); open.peak.f.Close() }, nil
 }
 
 // setNofile sets this process's soft RLIMIT_NOFILE to the SRV_NOFILE value
