@@ -264,8 +264,16 @@ func AcceptMeta(l net.Listener) (net.Conn, string, error) { return l.(*handoffLn
 // AdoptOld is handoffAdoptOld for a worker of an older image with a
 // made-up pid; it takes f.
 func (r *HandoffRig) AdoptOld(f *os.File) error {
+	_, err := r.AdoptOldPeer(f, -1)
+	return err
+}
+
+// AdoptOldPeer is AdoptOld with the old image's copy of the worker's end
+// (peer, -1 for none), as an upgrade carries it over; it takes peer too and
+// returns the made-up pid, for Exited.
+func (r *HandoffRig) AdoptOldPeer(f *os.File, peer int) (int, error) {
 	r.pids--
-	return r.m.handoffAdoptOld(r.pids, 0, f)
+	return r.pids, r.m.handoffAdoptOld(r.pids, 0, f, peer)
 }
 
 // NewHandoffWorker is the worker side of a connection channel made by the

@@ -93,7 +93,7 @@ type hoWorker struct {
 	subs []bool     // by listener index
 	dead bool
 	// peer is the master's copy of the worker's end of the channel (-1
-	// for a retired worker, or once taken). Held, it keeps what the
+	// once taken; for a retired worker, the old image's, if it had one). Held, it keeps what the
 	// master sent and the worker never read queued after the worker dies,
 	// where rescue takes it back, instead of the last close resetting
 	// those connections.
@@ -866,29 +866,37 @@ func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error
 // master end f was kept across the exec: the master reads what that worker
 // sends (acks; an UNSUB, answered with DONE so the worker's Close returns
 // at once; the connections it gives back, which go to this image's
-// workers) and sends it nothing. The channel is closed when the worker's
-// end is (its exit) or the master stops. It takes ownership of f, also on
-// error; in other modes it only closes f.
-func (m *master) handoffAdoptOld(pid, slot int, f *os.File) error {
+// workers) and sends it nothing. peer is the old image's copy of the
+// worker's end (-1: none), so that what the old image sent and the worker
+// never read is passed on if the worker dies. The channel is closed when
+// the worker is gone or the master stops. It takes ownership of f and
+// peer, also on error; in other modes it only closes them.
+func (m *master) handoffAdoptOld(pid, slot int, f *os.File, peer int) error {
 	defer f.Close()
+	fail := func(err error) error {
+		if peer >= 0 {
+			unix.Close(peer)
+		}
+		return err
+	}
 	if m.mode.ho == nil {
-		return nil
+		return fail(nil)
 	}
 	c, err := net.FileConn(f)
 	if err != nil {
-		return fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err)
+		return fail(fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err))
 	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		return fmt.Errorf("cluster: connection channel of pid %d: %w", pid, ErrNoHandoff)
+		return fail(fmt.Errorf("cluster: connection channel of pid %d: %w", pid, ErrNoHandoff))
 	}
 	conn, err := scmrights.NewConn(uc)
 	if err != nil {
 		uc.Close()
-		return fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err)
+		return fail(fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err))
 	}
-	m.mode.ho.registerAs(pid, slot, conn, -1, true)
+	m.mode.ho.registerAs(pid, slot, conn, peer, true)
 	return nil
 }
 
@@ -951,6 +959,21 @@ func (w *hoWorker) release() {
 		w.pidfd = -1
 	}
 	w.mu.Unlock()
+}
+
+// dupPeer returns a close-on-exec duplicate of w's copy of the worker's
+// end, for an in-place upgrade to carry over; -1 if w has none.
+func (w *hoWorker) dupPeer() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.peer < 0 {
+		return -1
+	}
+	fd, err := unix.FcntlInt(uintptr(w.peer), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
 }
 
 // takePeer hands over w's copy of the worker's end, -1 if taken.
@@ -1147,7 +1170,9 @@ func (h *handoff) watch() {
 			h.sweep()
 			now := hoClock()
 			for _, w := range h.snapshot() {
-				if w.peerIno == 0 || w.out.Load() == 0 || now-w.heard.Load() < int64(hoQuiet) {
+				// A retired worker is sent nothing, and one that closes
+				// its end while it drains must not be killed for it.
+				if w.retired || w.peerIno == 0 || w.out.Load() == 0 || now-w.heard.Load() < int64(hoQuiet) {
 					continue
 				}
 				if closedEnd(w) {
@@ -1286,7 +1311,8 @@ func (h *handoff) read(w *hoWorker) {
 				// The worker's end closed with connections it was sent
 				// unread: the kernel reports that once, before what the
 				// worker sent (connections given back), then end of file.
-				// Only a worker without a peer copy (retired) gets here.
+				// Only a worker without a peer copy gets here (retired,
+				// from an image that kept none).
 				reset = true
 				continue
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):

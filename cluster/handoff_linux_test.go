@@ -986,6 +986,86 @@ func TestHandoffAdoptOldWorker(t *testing.T) {
 	}
 }
 
+// TestHandoffAdoptOldWorkerDies: an old worker that dies after an in-place
+// upgrade without reading what the old image sent it: with the old image's
+// copy of its end carried over, the new image passes those connections to
+// its own workers when the old worker exits; without it they die with the
+// worker's end, reset.
+func TestHandoffAdoptOldWorkerDies(t *testing.T) {
+	for _, keep := range []bool{true, false} {
+		t.Run(fmt.Sprintf("peer=%v", keep), func(t *testing.T) {
+			fdcensus.Verify(t)
+			r, lns := rig(t, "tcp")
+			name := r.Names()[0]
+			lb := workerOn(t, r, name)
+			if err := r.Pause(time.Second); err != nil {
+				t.Fatal(err)
+			}
+			const n = 3
+			clients := dialN(t, lns[0].Addr().String(), n)
+			var fds []int
+			for range n {
+				c, err := lns[0].Accept()
+				if err != nil {
+					closeFDs(fds)
+					t.Fatal(err)
+				}
+				fd, err := scmrights.Dup(c.(*net.TCPConn))
+				c.Close()
+				if err != nil {
+					closeFDs(fds)
+					t.Fatal(err)
+				}
+				fds = append(fds, fd)
+			}
+			r.Resume()
+			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				closeFDs(fds)
+				t.Fatal(err)
+			}
+			// The old image delivered them; the worker never read them.
+			p := cluster.EncodeHandoffConns(cluster.HoConns, []string{name, name, name}, []string{"a", "b", "c"})
+			_, err = unix.SendmsgN(pair[0], p, unix.UnixRights(fds...), nil, 0)
+			closeFDs(fds)
+			if err != nil {
+				unix.Close(pair[0])
+				unix.Close(pair[1])
+				t.Fatal(err)
+			}
+			peer := -1
+			if keep {
+				if peer, err = unix.FcntlInt(uintptr(pair[1]), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+					unix.Close(pair[0])
+					unix.Close(pair[1])
+					t.Fatal(err)
+				}
+			}
+			pid, err := r.AdoptOldPeer(os.NewFile(uintptr(pair[0]), "old-master"), peer)
+			if err != nil {
+				unix.Close(pair[1])
+				t.Fatal(err)
+			}
+			unix.Close(pair[1]) // the old worker dies
+			r.Exited(pid)
+			if keep {
+				if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
+					t.Errorf("connections the dead old worker never read (-want +got):\n%s", diff)
+				}
+				return
+			}
+			// Without the copy the kernel closed them with the worker's
+			// end: each client reads end of file or a reset.
+			for i, c := range clients {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("client %d: read %v, want end of file or reset", i, err)
+				}
+			}
+		})
+	}
+}
+
 // TestHandoffWorkerBadMaster: whatever breaks the protocol on the worker's
 // side of the channel (surplus, missing or wrong descriptors, oversized or
 // unknown messages) is dropped with every descriptor closed, and the

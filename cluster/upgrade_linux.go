@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -256,6 +257,22 @@ func (m *master) inheritedFile(name string) *os.File {
 	return f
 }
 
+// inheritedRaw takes the inherited descriptor called name as a raw
+// close-on-exec descriptor, off the runtime's poller; -1 if there is none.
+func (m *master) inheritedRaw(name string) int {
+	f := m.inheritedFile(name)
+	if f == nil {
+		return -1
+	}
+	defer f.Close()
+	fd, err := scmrights.Dup(f)
+	if err != nil {
+		m.log.Warn("upgrade: inherited descriptor", "name", name, "err", err)
+		return -1
+	}
+	return fd
+}
+
 // handleUpgradeSignal turns SIGUSR2 into an upgrade until the returned
 // function is called.
 func (m *master) handleUpgradeSignal() func() {
@@ -413,13 +430,24 @@ func (m *master) upgradeNow() error {
 		keep("chan", pid, c.conn)
 	}
 	m.ctl.mu.Unlock()
-	// Likewise handoff mode's connection channels.
+	// Likewise handoff mode's connection channels, and the master's
+	// copies of the workers' ends: what a worker was sent and never read
+	// still outlives it after the exec, for the new image to pass on.
 	if h := m.mode.ho; h != nil {
 		h.mu.Lock()
-		for _, w := range h.workers {
+		ws := slices.Clone(h.workers)
+		for _, w := range ws {
 			keep("conn", w.pid, w.conn)
 		}
 		h.mu.Unlock()
+		for _, w := range ws {
+			if fd := w.dupPeer(); fd >= 0 {
+				f := os.NewFile(uintptr(fd), "peer")
+				dups = append(dups, f)
+				files = append(files, f)
+				st.files = append(st.files, namedFD{name: "peer." + strconv.Itoa(w.pid), fd: fd})
+			}
+		}
 	}
 	m.ctl.bindMu.Lock()
 	for key, l := range m.ctl.binds {
@@ -563,7 +591,7 @@ func (m *master) startRetire() (wait func()) {
 	// until they exit.
 	for _, p := range up.old {
 		if f := m.inheritedFile("conn." + strconv.Itoa(p.w.pid)); f != nil {
-			if err := m.handoffAdoptOld(p.w.pid, p.w.slot, f); err != nil {
+			if err := m.handoffAdoptOld(p.w.pid, p.w.slot, f, m.inheritedRaw("peer."+strconv.Itoa(p.w.pid))); err != nil {
 				m.log.Warn("upgrade: previous worker's connection channel", "pid", p.w.pid, "err", err)
 			}
 		}
@@ -680,6 +708,11 @@ func (m *master) retire(p *oldProc) {
 	}
 	p.reaped.Store(true)
 	p.pidfd.Close()
+	if m.mode.ho != nil {
+		// What it was sent and never read is passed on now, not at the
+		// next sweep.
+		m.mode.ho.exited(pid)
+	}
 	attrs := []any{"pid", pid, "slot", p.w.slot, "generation", p.w.generation, "code", ws.ExitStatus()}
 	if ws.Signaled() {
 		attrs = append(attrs, "signal", ws.Signal().String())

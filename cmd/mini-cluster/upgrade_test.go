@@ -619,6 +619,86 @@ func TestUpgradeHandoffMode(t *testing.T) {
 	}
 }
 
+// TestUpgradeHandoffOldWorkerDies: in handoff mode, a worker of the old
+// image that dies after the exec without reading what the old image sent it
+// loses nothing: the old image's copy of its end of the connection channel
+// is carried across the exec, and the new image passes those connections
+// on. The worker is stopped (SIGSTOP) before the load, so connections wait
+// unread in its channel; after the exec it is SIGKILLed while the new
+// image's workers are held at their readiness gate. Every request succeeds,
+// and the new image says it passed connections on. Before the copy was
+// carried over, they were reset.
+func TestUpgradeHandoffOldWorkerDies(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mini-cluster")
+	copyBinary(t, bin)
+	gate := filepath.Join(dir, "gate")
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := startMasterFrom(t, pc, bin, []string{"SRV_READY_GATE=" + gate},
+		append([]string{"-n", "2", "-mode", "handoff", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
+	addr := m.waitReady()
+	old := m.workers()
+	if len(old) != 2 {
+		t.Fatalf("%d workers, want 2", len(old))
+	}
+	stopped := old[0]
+	if err := m.signalWorker(stopped, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var res loadclient.Result
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res = loadclient.Run(context.Background(), loadclient.Options{Addr: addr, NewConn: 8, Requests: 400, Duration: 2 * time.Second,
+			Timeout: 15 * time.Second, Pause: 20 * time.Millisecond})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	// The new image's workers wait at the gate: nothing is served by
+	// them, nor sent to the old ones, until it opens.
+	if err := os.Remove(gate); err != nil {
+		t.Fatal(err)
+	}
+	copyBinary(t, bin)
+	m.signal(syscall.SIGUSR2)
+	if !waitFor(10*time.Second, func() bool { return count(m.records(), "upgrade: took over from the previous image") == 1 }) {
+		<-done
+		t.Fatalf("no new image within 10 s")
+	}
+	if err := m.signalWorker(stopped, syscall.SIGKILL); err != nil {
+		t.Error(err)
+	}
+	// The new image finds the dead worker by its pidfd (at once, or at
+	// its next sweep, within a second) and holds what it never read.
+	time.Sleep(1500 * time.Millisecond)
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
+		t.Errorf("upgrade not done within 15 s")
+	}
+	<-done
+	rescued := 0
+	for _, s := range rescuedRE.FindAllStringSubmatch(m.log.String(), -1) {
+		n, _ := strconv.Atoi(s[1])
+		rescued += n
+	}
+	t.Logf("%v; %d connections passed on from the dead old worker", res, rescued)
+	if res.Failed() != 0 || res.OK != res.Sent || res.OK == 0 {
+		t.Errorf("lost requests: %v; errors %q", res, res.Errors)
+	}
+	if rescued == 0 {
+		t.Errorf("nothing passed on from the old worker's channel: the test did not exercise the carried-over copy")
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+}
+
 // TestUpgradeSignalWindow: signals the new image handles only once it has
 // installed its handlers (SIGHUP, SIGINT, SIGUSR1, SIGTTIN, SIGTTOU) may
 // arrive between the exec and that moment; they must not kill the master,
