@@ -46,13 +46,18 @@
 // srv.ConnState, srv.ConnContext, srv.Handler and srv.BaseContext that call
 // the ones already set there (a nil Handler still means
 // http.DefaultServeMux, and BaseContext still gets ln itself); set them
-// before calling Serve and do not change them afterwards. Requests'
+// before calling Serve and do not change them afterwards. Serve tracks the
+// connections ln returns by their net.Conn value, so they must be usable as
+// map keys, as every net.Conn of the standard library (a pointer) is. Requests'
 // contexts do not derive from ctx: ctx only says when to stop, and
 // requests in flight keep running through the drain.
 //
 // # Concurrency
 //
-// Serve blocks until the drain is over. Call it once per server; to serve
+// Serve blocks until the drain is over. When the grace expires it closes
+// the remaining connections but cannot stop their handlers: a handler
+// still running (in a sleep, say) may outlive Serve, its writes failing.
+// Call it once per server; to serve
 // several listeners, use one http.Server per listener (they may share a
 // Handler). The installed hooks are safe for net/http's concurrent use.
 //

@@ -8,3 +8,10 @@ func SetTestHookQuiesce(f func()) (restore func()) {
 	testHookQuiesce = f
 	return func() { testHookQuiesce = nil }
 }
+
+// SetTestHookServing makes Serve call f right after it started srv.Serve,
+// before it waits for srv.Serve or ctx, until the returned restore runs.
+func SetTestHookServing(f func()) (restore func()) {
+	testHookServing = f
+	return func() { testHookServing = nil }
+}

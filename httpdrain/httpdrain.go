@@ -35,6 +35,10 @@ type Options struct {
 // fresh connections, before Shutdown.
 var testHookQuiesce func()
 
+// testHookServing, when set by a test, runs once srv.Serve was started,
+// before Serve waits for it or for ctx.
+var testHookServing func()
+
 // Serve serves srv on ln until ctx is done, then drains srv: it closes ln,
 // waits until the first request of every accepted connection has reached
 // srv's handler (or the connection closed), and shuts srv down, all within
@@ -67,10 +71,20 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, opt *Options)
 	} else {
 		errc := make(chan error, 1)
 		go func() { errc <- srv.Serve(l) }()
+		if testHookServing != nil {
+			testHookServing()
+		}
 		select {
 		case serveErr = <-errc:
 			if errors.Is(serveErr, http.ErrServerClosed) {
 				return serveErr
+			}
+			if ctx.Err() != nil {
+				// Told to stop as Accept failed, both ready when select
+				// chose (a handoff listener whose master is stopping
+				// fails as the worker is told to stop): an ordinary stop,
+				// whichever select picked.
+				serveErr = nil
 			}
 			deadline = time.Now().Add(grace)
 		case <-ctx.Done():

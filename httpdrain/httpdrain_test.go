@@ -622,6 +622,50 @@ func TestServeError(t *testing.T) {
 	}
 }
 
+// stopFailListener's Accept cancels the context Serve was given and then
+// fails: an accept error caused by the stop (a handoff listener whose
+// master is stopping). Its Close, which srv.Serve calls as it returns
+// that error, closes closed.
+type stopFailListener struct {
+	net.Listener
+	cancel context.CancelFunc
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *stopFailListener) Accept() (net.Conn, error) {
+	l.cancel()
+	return nil, errors.New("listener gone with the stop")
+}
+
+func (l *stopFailListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// TestStopWithAcceptError: an Accept that fails as ctx is done is an
+// ordinary stop, never reported as the server's error, whichever of the
+// two Serve sees first. The hook lets srv.Serve return before Serve
+// looks, so both are ready and Serve's select picks at random; 40 runs.
+func TestStopWithAcceptError(t *testing.T) {
+	fdcensus.Verify(t)
+	for i := range 40 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ln := &stopFailListener{Listener: listen(t), cancel: cancel, closed: make(chan struct{})}
+		restore := httpdrain.SetTestHookServing(func() {
+			within(t, ln.closed, "srv.Serve returning")
+			// srv.Serve sends its error right after the close.
+			time.Sleep(time.Millisecond)
+		})
+		err := httpdrain.Serve(ctx, &http.Server{Handler: okHandler}, ln, &httpdrain.Options{Grace: wait})
+		restore()
+		cancel()
+		if err != nil {
+			t.Fatalf("run %d: Serve: %v, want nil", i, err)
+		}
+	}
+}
+
 // TestCanceledBeforeServe: with ctx already done, Serve accepts nothing,
 // closes the listener once, leaves srv shut down and returns nil.
 func TestCanceledBeforeServe(t *testing.T) {
