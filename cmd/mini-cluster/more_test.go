@@ -136,15 +136,25 @@ func TestHelloExample(t *testing.T) {
 		t.Errorf("hello under mini-cluster: %q, %v", body, err)
 	}
 	// Restarts under load lose nothing with the example's drain logic.
+	// The load lasts until a restart is done, however long a loaded
+	// machine takes to start the new workers.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	done := make(chan loadclient.Result)
 	go func() {
-		done <- loadclient.Run(context.Background(), loadclient.Options{Addr: addr, NewConn: 8, KeepAlive: 8, Requests: 5000, Duration: 3 * time.Second, Pause: 2 * time.Millisecond, Header: "X-Worker"})
+		done <- loadclient.Run(ctx, loadclient.Options{Addr: addr, NewConn: 8, KeepAlive: 8, Requests: 100000, Duration: 20 * time.Second, Pause: 2 * time.Millisecond, Header: "X-Worker"})
 	}()
 	for i := 0; i < 2; i++ {
 		time.Sleep(700 * time.Millisecond)
 		m.signal(syscall.SIGHUP)
 	}
+	if !waitFor(15*time.Second, func() bool { return strings.Contains(m.log.String(), `msg="restart done"`) }) {
+		t.Errorf("no restart done within 15 s of the SIGHUPs")
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
 	res := <-done
+	t.Logf("restarts under load: %v, generations %v", res, keys(generations(res.Values)))
 	if res.Failed() != 0 || len(generations(res.Values)) < 2 {
 		t.Errorf("hello restarted under load: %v, generations %v; %q", res, keys(generations(res.Values)), res.Errors)
 	}
