@@ -103,7 +103,7 @@ func listenN[T closer](ctx context.Context, n int, address string, open func(con
 			for _, m := range members {
 				m.Close()
 			}
-			return nil, nil, fmt.Errorf("reuseport: group member %d of %d: %w", i, n, err)
+			return nil, nil, &memberError{index: i, n: n, err: err}
 		}
 		if i == 0 {
 			// The kernel's choice for port 0, in the resolved form, so the
@@ -115,6 +115,19 @@ func listenN[T closer](ctx context.Context, n int, address string, open func(con
 	}
 	return members, addr, nil
 }
+
+// memberError is the error of the group member that failed to open, so
+// Probe can tell a refused second member from a first bind that failed.
+type memberError struct {
+	index, n int
+	err      error
+}
+
+func (e *memberError) Error() string {
+	return fmt.Sprintf("reuseport: group member %d of %d: %v", e.index, e.n, e.err)
+}
+
+func (e *memberError) Unwrap() error { return e.err }
 
 // Addr returns the address every member is bound to.
 func (g *Group) Addr() net.Addr { return g.addr }

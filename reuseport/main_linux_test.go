@@ -12,5 +12,6 @@ func TestMain(m *testing.M) {
 		"lossns":       lossNetnsHelper,
 		"acceptserver": acceptServerHelper,
 		"probens":      probeNetnsHelper,
+		"portzerons":   portZeroNetnsHelper,
 	})
 }

@@ -86,7 +86,10 @@ const bpfRetK = 0x06
 // every datagram to one member and checks that 8 datagrams from 8 source
 // ports all arrive there, once for each member. It opens and closes about 50
 // sockets and takes a few milliseconds. On platforms without SO_REUSEPORT
-// it returns an error wrapping ErrNotSupported.
+// it returns an error wrapping ErrNotSupported. Shared is false with a nil
+// error only when the second socket is refused the first one's port; a
+// first socket that cannot bind (no free ephemeral port, EADDRINUSE) is an
+// error.
 func Probe() (Capability, error) {
 	return probe(steerTo)
 }
@@ -108,9 +111,11 @@ func probe(prog func(member uint32) []Instruction) (Capability, error) {
 		if errors.Is(err, ErrNotSupported) {
 			return c, err
 		}
-		if errors.Is(err, ErrAddrInUse) {
+		var me *memberError
+		if isAddrInUse(err) && errors.As(err, &me) && me.index > 0 {
 			// The kernel refused a second member: the option is accepted
-			// but does not share the port.
+			// but does not share the port. The first member's EADDRINUSE
+			// says only that no ephemeral port was free.
 			return c, nil
 		}
 		return c, fmt.Errorf("reuseport: probe: %w", err)

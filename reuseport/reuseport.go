@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -21,7 +23,9 @@ var (
 	// by another user (the kernel only groups sockets of the same effective
 	// uid). The error also matches syscall.EADDRINUSE (on every platform
 	// whose syscall package defines it, i.e. all but plan9) and carries the
-	// *net.OpError of the failed bind.
+	// *net.OpError of the failed bind. It is not used when the requested
+	// port was 0: EADDRINUSE then means the kernel found no free port in its
+	// ephemeral range, and the bind's error is returned unchanged.
 	ErrAddrInUse = errors.New("reuseport: address in use by a socket outside the reuseport group (bound without SO_REUSEPORT, or owned by another user)")
 
 	// ErrInvalidConfig reports a Config field or argument out of range.
@@ -34,13 +38,14 @@ var (
 // TCP rather than net's default Multipath TCP (see MultipathTCP). A Config is
 // read, never modified, so one value may be shared by concurrent calls.
 type Config struct {
-	// Backlog is the accept-queue length passed to listen(2). Zero keeps
-	// package net's choice, the system maximum (net.core.somaxconn on
-	// Linux). A positive value is applied by calling listen(2) again on the
-	// bound socket, which Linux and the BSDs accept as "change the
-	// backlog"; the kernel still caps it at somaxconn. Only Config.Listen
-	// and Config.ListenGroup can apply it: net calls listen(2) after
-	// Control returns, so Config.Control alone ignores Backlog.
+	// Backlog is the accept-queue length passed to listen(2), at most
+	// math.MaxInt32 (listen takes a C int). Zero keeps package net's
+	// choice, the system maximum (net.core.somaxconn on Linux). A positive
+	// value is applied by calling listen(2) again on the bound socket,
+	// which Linux and the BSDs accept as "change the backlog"; the kernel
+	// still caps it at somaxconn. Only Config.Listen and Config.ListenGroup
+	// can apply it: net calls listen(2) after Control returns, so
+	// Config.Control alone ignores Backlog.
 	Backlog int
 
 	// V6Only sets IPV6_V6ONLY on IPv6 sockets, so "[::]:port" does not
@@ -56,8 +61,8 @@ type Config struct {
 	DeferAccept time.Duration
 
 	// FastOpen sets TCP_FASTOPEN (Linux) with this many pending TFO
-	// requests; zero leaves it off. The server side also needs bit 2 of
-	// net.ipv4.tcp_fastopen. TCP only.
+	// requests, at most math.MaxInt32; zero leaves it off. The server side
+	// also needs bit 2 of net.ipv4.tcp_fastopen. TCP only.
 	FastOpen int
 
 	// MultipathTCP makes Listen accept Multipath TCP (IPPROTO_MPTCP)
@@ -75,10 +80,17 @@ func (c *Config) validate() error {
 	switch {
 	case c.Backlog < 0:
 		return fmt.Errorf("%w: Backlog %d is negative", ErrInvalidConfig, c.Backlog)
+	case c.Backlog > math.MaxInt32:
+		// listen(2) takes a C int: the kernel would see the low 32 bits
+		// (1<<32 becomes 0).
+		return fmt.Errorf("%w: Backlog %d exceeds %d", ErrInvalidConfig, c.Backlog, math.MaxInt32)
 	case c.DeferAccept < 0:
 		return fmt.Errorf("%w: DeferAccept %v is negative", ErrInvalidConfig, c.DeferAccept)
 	case c.FastOpen < 0:
 		return fmt.Errorf("%w: FastOpen %d is negative", ErrInvalidConfig, c.FastOpen)
+	case c.FastOpen > math.MaxInt32:
+		// setsockopt(2) takes a C int, as for Backlog.
+		return fmt.Errorf("%w: FastOpen %d exceeds %d", ErrInvalidConfig, c.FastOpen, math.MaxInt32)
 	}
 	return nil
 }
@@ -107,8 +119,10 @@ func isDatagram(network string) bool {
 //
 // network is "tcp4", "tcp6", "udp4" or "udp6" there (net appends the address
 // family); IPv6 options apply when it ends in "6". Backlog is not applied
-// (see Config.Backlog). On unsupported platforms it returns an error
-// wrapping ErrNotSupported.
+// (see Config.Backlog). The option is set before bind(2), so a UDP socket
+// bound this way to port 0 on Linux may be given the port of another
+// program's group of the same user; ListenPacket avoids that. On
+// unsupported platforms it returns an error wrapping ErrNotSupported.
 func (c *Config) Control(network, address string, rc syscall.RawConn) error {
 	if err := c.validate(); err != nil {
 		return err
@@ -139,7 +153,7 @@ func (c *Config) Listen(ctx context.Context, network, address string) (net.Liste
 	lc.SetMultipathTCP(c != nil && c.MultipathTCP)
 	l, err := lc.Listen(ctx, network, address)
 	if err != nil {
-		return nil, listenError(err)
+		return nil, listenError(address, err)
 	}
 	if c != nil && c.Backlog > 0 {
 		if err := setBacklog(l.(*net.TCPListener), c.Backlog); err != nil {
@@ -155,6 +169,12 @@ func (c *Config) Listen(ctx context.Context, network, address string) (net.Liste
 // balances (see Probe), datagrams are spread over the group by a hash of
 // their source and destination, so one client's datagrams stay on one
 // member while the group is unchanged. TCP-only Config fields are ignored.
+//
+// On Linux a port of 0 is bound without SO_REUSEPORT and the option is set
+// once the port is chosen: the kernel's UDP port search counts a port held
+// only by SO_REUSEPORT sockets of the same user as free, so a socket asking
+// for port 0 with the option set could be given, and silently join, another
+// program's group.
 func (c *Config) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
 	if !isDatagram(network) {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
@@ -162,12 +182,17 @@ func (c *Config) ListenPacket(ctx context.Context, network, address string) (net
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	lc := net.ListenConfig{Control: c.Control}
-	pc, err := lc.ListenPacket(ctx, network, address)
+	pc, err := c.listenPacketOS(ctx, network, address)
 	if err != nil {
-		return nil, listenError(err)
+		return nil, listenError(address, err)
 	}
 	return pc, nil
+}
+
+// listenPacket binds one UDP socket with control as net's Control hook.
+func listenPacket(ctx context.Context, network, address string, control func(string, string, syscall.RawConn) error) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: control}
+	return lc.ListenPacket(ctx, network, address)
 }
 
 // Listen is Listen with the default Config.
@@ -180,12 +205,31 @@ func ListenPacket(ctx context.Context, network, address string) (net.PacketConn,
 	return (*Config)(nil).ListenPacket(ctx, network, address)
 }
 
-// listenError marks EADDRINUSE as ErrAddrInUse: with SO_REUSEPORT set, the
-// only ways to get it are a holder outside the group or another uid, and the
-// bare errno names neither.
-func listenError(err error) error {
-	if isAddrInUse(err) {
+// listenError marks EADDRINUSE as ErrAddrInUse: with SO_REUSEPORT set and a
+// port given, the only ways to get it are a holder outside the group or
+// another uid, and the bare errno names neither. For port 0 it means the
+// ephemeral range had no free port, which ErrAddrInUse would misname.
+func listenError(address string, err error) error {
+	if isAddrInUse(err) && !portZero(address) {
 		return fmt.Errorf("%w: %w", ErrAddrInUse, err)
 	}
 	return err
+}
+
+// portZero reports whether address asks the kernel to choose the port, as
+// package net reads it: an empty address or port, or a number equal to 0
+// ("0", "00", "+0"). A service name is never 0.
+func portZero(address string) bool {
+	if address == "" {
+		return true
+	}
+	_, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	if port == "" {
+		return true
+	}
+	n, err := strconv.ParseInt(port, 10, 64)
+	return err == nil && n == 0
 }

@@ -2,6 +2,7 @@ package reuseport_test
 
 import (
 	"errors"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -118,6 +119,7 @@ func localAddr(v any) net.Addr {
 func TestConfigOptions(t *testing.T) {
 	fdcensus.Verify(t)
 	somaxconn := readSysctl(t, "/proc/sys/net/core/somaxconn")
+	rawSomaxconn := somaxconn
 	if somaxconn > 65535 {
 		somaxconn = 65535 // net caps the backlog it passes at 65535
 	}
@@ -136,6 +138,9 @@ func TestConfigOptions(t *testing.T) {
 		{"nil config", nil, "tcp4", "127.0.0.1:0", opts{Backlog: somaxconn}},
 		{"zero config", &reuseport.Config{}, "tcp4", "127.0.0.1:0", opts{Backlog: somaxconn}},
 		{"backlog", &reuseport.Config{Backlog: 7}, "tcp4", "127.0.0.1:0", opts{Backlog: 7}},
+		// The largest valid value; the kernel caps it at somaxconn, which
+		// net's own value (capped at 65535) may be below.
+		{"backlog MaxInt32", &reuseport.Config{Backlog: math.MaxInt32}, "tcp4", "127.0.0.1:0", opts{Backlog: rawSomaxconn}},
 		{"defer accept", &reuseport.Config{DeferAccept: time.Second}, "tcp4", "127.0.0.1:0", opts{Backlog: somaxconn, DeferAccept: 1}},
 		{"defer accept rounds up", &reuseport.Config{DeferAccept: 500 * time.Millisecond}, "tcp4", "127.0.0.1:0", opts{Backlog: somaxconn, DeferAccept: 1}},
 		{"fast open", &reuseport.Config{FastOpen: 16}, "tcp4", "127.0.0.1:0", opts{Backlog: somaxconn, FastOpen: 16}},
@@ -339,6 +344,28 @@ func TestErrors(t *testing.T) {
 			_, err := (&reuseport.Config{DeferAccept: -time.Second}).Listen(ctx, "tcp", "127.0.0.1:0")
 			return err
 		}, reuseport.ErrInvalidConfig, false},
+		// listen(2) and setsockopt(2) take a C int; 1<<32 used to reach
+		// the kernel as 0.
+		{"backlog above MaxInt32", func() error {
+			_, err := (&reuseport.Config{Backlog: asInt(math.MaxInt32 + 1)}).Listen(ctx, "tcp", "127.0.0.1:0")
+			return err
+		}, reuseport.ErrInvalidConfig, false},
+		{"backlog 1<<32", func() error {
+			_, err := (&reuseport.Config{Backlog: asInt(1 << 32)}).ListenGroup(ctx, "tcp", "127.0.0.1:0", 2)
+			return err
+		}, reuseport.ErrInvalidConfig, false},
+		{"fast open above MaxInt32", func() error {
+			_, err := (&reuseport.Config{FastOpen: asInt(math.MaxInt32 + 1)}).Listen(ctx, "tcp", "127.0.0.1:0")
+			return err
+		}, reuseport.ErrInvalidConfig, false},
+		{"fast open above MaxInt32 in Control", func() error {
+			lc := net.ListenConfig{Control: (&reuseport.Config{FastOpen: asInt(math.MaxInt32 + 1)}).Control}
+			l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+			if err == nil {
+				l.Close()
+			}
+			return err
+		}, reuseport.ErrInvalidConfig, false},
 		{"negative fast open in Control", func() error {
 			lc := net.ListenConfig{Control: (&reuseport.Config{FastOpen: -1}).Control}
 			l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
@@ -381,6 +408,15 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// asInt converts v for a Config field. Where int has 32 bits and cannot
+// hold v, it returns -1, which Config refuses as well.
+func asInt(v int64) int {
+	if int64(int(v)) != v {
+		return -1
+	}
+	return int(v)
 }
 
 func attachTo(ctx interface {

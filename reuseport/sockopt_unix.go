@@ -14,16 +14,23 @@ import (
 )
 
 func control(c *Config, network string, rc syscall.RawConn) error {
+	return controlOptions(c, network, rc, true)
+}
+
+// controlOptions sets c's options, and SO_REUSEPORT if reuse is true.
+func controlOptions(c *Config, network string, rc syscall.RawConn, reuse bool) error {
 	var optErr error
-	if err := rc.Control(func(fd uintptr) { optErr = setOptions(int(fd), c, network) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { optErr = setOptions(int(fd), c, network, reuse) }); err != nil {
 		return err
 	}
 	return optErr
 }
 
-func setOptions(fd int, c *Config, network string) error {
-	if err := setReusePort(fd); err != nil {
-		return err
+func setOptions(fd int, c *Config, network string, reuse bool) error {
+	if reuse {
+		if err := setReusePort(fd); err != nil {
+			return err
+		}
 	}
 	if c == nil {
 		return nil
