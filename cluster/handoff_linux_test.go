@@ -904,23 +904,20 @@ func TestHandoffCloseUnblocksAccept(t *testing.T) {
 	}
 }
 
-// TestHandoffAdoptOldWorker: after an in-place upgrade the new image serves
-// the kept channel of an old worker: the old worker's Close gets its DONE
-// at once (not after its 5 s wait), and the connections the old image had
-// delivered and the worker gives back reach a worker of the new image.
-func TestHandoffAdoptOldWorker(t *testing.T) {
-	fdcensus.Verify(t)
-	r, lns := rig(t, "tcp")
-	name := r.Names()[0]
-	// The rig must not take the connections the old image "accepted".
+// oldImageConns dials n connections to ln and accepts them as the image
+// before an upgrade did, with the rig paused so that it takes none: it
+// returns the clients and raw descriptors of the accepted ends, the
+// caller's to close or send.
+func oldImageConns(t *testing.T, r *cluster.HandoffRig, ln net.Listener, n int) ([]net.Conn, []int) {
+	t.Helper()
 	if err := r.Pause(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	const n = 2
-	dialN(t, lns[0].Addr().String(), n)
+	defer r.Resume()
+	clients := dialN(t, ln.Addr().String(), n)
 	var fds []int
 	for range n {
-		c, err := lns[0].Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			closeFDs(fds)
 			t.Fatal(err)
@@ -933,7 +930,19 @@ func TestHandoffAdoptOldWorker(t *testing.T) {
 		}
 		fds = append(fds, fd)
 	}
-	r.Resume()
+	return clients, fds
+}
+
+// TestHandoffAdoptOldWorker: after an in-place upgrade the new image serves
+// the kept channel of an old worker: the old worker's Close gets its DONE
+// at once (not after its 5 s wait), and the connections the old image had
+// delivered and the worker gives back reach a worker of the new image.
+func TestHandoffAdoptOldWorker(t *testing.T) {
+	fdcensus.Verify(t)
+	r, lns := rig(t, "tcp")
+	name := r.Names()[0]
+	const n = 2
+	_, fds := oldImageConns(t, r, lns[0], n)
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		closeFDs(fds)
@@ -998,27 +1007,8 @@ func TestHandoffAdoptOldWorkerDies(t *testing.T) {
 			r, lns := rig(t, "tcp")
 			name := r.Names()[0]
 			lb := workerOn(t, r, name)
-			if err := r.Pause(time.Second); err != nil {
-				t.Fatal(err)
-			}
 			const n = 3
-			clients := dialN(t, lns[0].Addr().String(), n)
-			var fds []int
-			for range n {
-				c, err := lns[0].Accept()
-				if err != nil {
-					closeFDs(fds)
-					t.Fatal(err)
-				}
-				fd, err := scmrights.Dup(c.(*net.TCPConn))
-				c.Close()
-				if err != nil {
-					closeFDs(fds)
-					t.Fatal(err)
-				}
-				fds = append(fds, fd)
-			}
-			r.Resume()
+			clients, fds := oldImageConns(t, r, lns[0], n)
 			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				closeFDs(fds)

@@ -449,11 +449,7 @@ func TestKillWorkersUnderLoad(t *testing.T) {
 				exposed += held
 			}
 			<-done
-			rescued := 0
-			for _, s := range rescuedRE.FindAllStringSubmatch(m.log.String(), -1) {
-				n, _ := strconv.Atoi(s[1])
-				rescued += n
-			}
+			rescued := m.rescued()
 			t.Logf("%s: %d kills holding %d client connections, %d passed on from their channels: %v", mode, kills, exposed, rescued, res)
 			if kills == 0 {
 				t.Fatal("no worker was killed")

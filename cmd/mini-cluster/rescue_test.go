@@ -20,6 +20,17 @@ import (
 // dead worker's channel.
 var rescuedRE = regexp.MustCompile(`"msg":"handoff: passed on the connections a gone worker never read".*"connections":(\d+)`)
 
+// rescued sums the connections the master's log says it passed on from
+// gone workers' channels (a -log-format json master).
+func (m *master) rescued() int {
+	total := 0
+	for _, s := range rescuedRE.FindAllStringSubmatch(m.log.String(), -1) {
+		n, _ := strconv.Atoi(s[1])
+		total += n
+	}
+	return total
+}
+
 // TestHandoffHungWorkerRescued: in handoff mode a hung worker (SIGSTOP,
 // before any load, so it holds no request) is still sent connections
 // until its unacknowledged count makes the other worker the less loaded;
@@ -52,11 +63,7 @@ func TestHandoffHungWorkerRescued(t *testing.T) {
 	if n := count(m.records(), "worker killed to be replaced"); n != 1 {
 		t.Errorf("%d heartbeat kills, want 1", n)
 	}
-	rescued := 0
-	for _, s := range rescuedRE.FindAllStringSubmatch(m.log.String(), -1) {
-		n, _ := strconv.Atoi(s[1])
-		rescued += n
-	}
+	rescued := m.rescued()
 	if rescued == 0 {
 		t.Errorf("the master passed on no connection of the hung worker: the test did not strand any\n%s", m.log.String())
 	}

@@ -59,6 +59,21 @@ func copyBinary(t *testing.T, dst string) {
 	}
 }
 
+// upgradeDir makes a directory with a copy of the test binary (bin), for a
+// master to be started from and upgraded to, and an open readiness gate
+// (the SRV_READY_GATE file: removed, the next workers wait at it).
+func upgradeDir(t *testing.T) (dir, bin, gate string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin = filepath.Join(dir, "mini-cluster")
+	copyBinary(t, bin)
+	gate = filepath.Join(dir, "gate")
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin, gate
+}
+
 // startMasterFrom starts mini-cluster from the binary at bin (a copy of the
 // test binary), so the tests can replace or remove what the master was
 // started from.
@@ -179,13 +194,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 func testUpgradeUnderLoad(t *testing.T, mode string) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "mini-cluster")
-	copyBinary(t, bin)
-	gate := filepath.Join(dir, "gate")
-	if err := os.WriteFile(gate, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin, gate := upgradeDir(t)
 	pidFile := filepath.Join(dir, "mc.pid")
 	if err := os.Mkdir(filepath.Join(dir, "c"), 0o700); err != nil {
 		t.Fatal(err)
@@ -631,13 +640,7 @@ func TestUpgradeHandoffMode(t *testing.T) {
 func TestUpgradeHandoffOldWorkerDies(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "mini-cluster")
-	copyBinary(t, bin)
-	gate := filepath.Join(dir, "gate")
-	if err := os.WriteFile(gate, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	_, bin, gate := upgradeDir(t)
 	m := startMasterFrom(t, pc, bin, []string{"SRV_READY_GATE=" + gate},
 		append([]string{"-n", "2", "-mode", "handoff", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
 	addr := m.waitReady()
@@ -681,11 +684,7 @@ func TestUpgradeHandoffOldWorkerDies(t *testing.T) {
 		t.Errorf("upgrade not done within 15 s")
 	}
 	<-done
-	rescued := 0
-	for _, s := range rescuedRE.FindAllStringSubmatch(m.log.String(), -1) {
-		n, _ := strconv.Atoi(s[1])
-		rescued += n
-	}
+	rescued := m.rescued()
 	t.Logf("%v; %d connections passed on from the dead old worker", res, rescued)
 	if res.Failed() != 0 || res.OK != res.Sent || res.OK == 0 {
 		t.Errorf("lost requests: %v; errors %q", res, res.Errors)
