@@ -8,11 +8,13 @@
 //	fdrecv -socket PATH [-n N] [-timeout D] [-json] [-allow-uid UID]... [-- PROGRAM ARGS...]
 //
 // fdrecv creates PATH with package internal/sockfile (mode 0600 under any
-// umask, a stale socket replaced, a live one never unlinked), accepts one
-// sender, checks its uid with SO_PEERCRED before reading anything (it must
-// be fdrecv's own uid or one given with -allow-uid), and receives one
-// message: descriptors, their names and a payload (the wire format is
-// specified in docs/fdcli.md). Bad input from the sender (a malformed
+// umask, 0666 with -allow-uid; a stale socket replaced, a live one never
+// unlinked), accepts senders, checks each one's uid with SO_PEERCRED before
+// reading anything (it must be fdrecv's own uid or one given with
+// -allow-uid), and receives one message: descriptors, their names and a
+// payload (the wire format is specified in docs/fdcli.md). A refused uid,
+// or a connection that sends nothing within 5 s, is dropped and the next
+// one accepted. Bad input from the sender (a malformed
 // message, names that do not match the descriptors, more or fewer
 // descriptors than -n, truncated control data) fails with a distinct exit
 // code, and every received descriptor is closed.
@@ -28,9 +30,11 @@
 // anything opens a descriptor) because in a running Go program descriptors
 // 3 and 4 usually belong to the runtime (netpoller, cgroup CPU-limit file),
 // which must never be overwritten while other threads may use them. The
-// sender's "ok" is sent from that fresh image once the descriptors are in
-// place, so a sender never closes its copy of a listener that PROGRAM did
-// not get. If the fresh image's runtime holds a target slot anyway (a
+// sender's "placed" reply is sent from that fresh image once the
+// descriptors are in place, and success is the reply channel (held
+// close-on-exec) closing at PROGRAM's execve; a failed execve sends status
+// 10 instead. So a sender never closes its copy of a listener that PROGRAM
+// did not get. If the fresh image's runtime holds a target slot anyway (a
 // non-blocking stdin makes it create its netpoller at 3), fdrecv refuses
 // with exit 10 rather than overwrite it.
 //

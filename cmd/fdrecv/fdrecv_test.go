@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -24,9 +23,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	fdrecv "github.com/handoff-go/handoff/cmd/fdrecv"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/scmrights"
+	"golang.org/x/sys/unix"
 )
 
 // runInProcess starts fdrecv's run in a goroutine and returns a function
@@ -102,20 +103,22 @@ func TestBadInput(t *testing.T) {
 		flags []string
 		msg   []byte
 		nfds  int
-		close bool // close without sending
 		want  int
+		// replyVersion is the reply's version byte: a sender of another
+		// version is refused in its own version's layout.
+		replyVersion byte
 	}{
-		{"valid, for contrast", nil, mustEncode(t, []string{"a"}, []byte("p")), 1, false, 0},
-		{"garbage payload", nil, []byte("hello there"), 1, false, 8},
-		{"unknown version", nil, append([]byte("HFDS\x07"), mustEncode(t, []string{"a"}, nil)[5:]...), 1, false, 8},
-		{"trailing bytes", nil, append(mustEncode(t, []string{"a"}, []byte("p")), 0), 1, false, 8},
-		{"colon in a name", nil, []byte("HFDS\x01\x01\x03a:b\x00\x00\x00\x00"), 1, false, 8},
-		{"more names than descriptors", nil, mustEncode(t, []string{"a", "b"}, nil), 1, false, 4},
-		{"fewer names than descriptors", nil, mustEncode(t, []string{"a"}, nil), 3, false, 4},
-		{"fewer descriptors than -n", []string{"-n", "2"}, mustEncode(t, []string{"a"}, nil), 1, false, 4},
-		{"more descriptors than -n", []string{"-n", "1"}, mustEncode(t, []string{"a", "b", "c"}, nil), 3, false, 4},
-		{"message too large", nil, make([]byte, fdwire.MaxMessage+100), 2, false, 8},
-		{"sender closes without sending", nil, nil, 0, true, 8},
+		{"valid, for contrast", nil, mustEncode(t, []string{"a"}, []byte("p")), 1, 0, fdwire.Version},
+		{"garbage payload", nil, []byte("hello there"), 1, 8, fdwire.Version},
+		{"unknown version", nil, append([]byte("HFDS\x07"), mustEncode(t, []string{"a"}, nil)[5:]...), 1, 8, 7},
+		{"version 1 sender", nil, append([]byte("HFDS\x01"), mustEncode(t, []string{"a"}, nil)[5:]...), 1, 8, 1},
+		{"trailing bytes", nil, append(mustEncode(t, []string{"a"}, []byte("p")), 0), 1, 8, fdwire.Version},
+		{"colon in a name", nil, []byte("HFDS\x02\x01\x03a:b\x00\x00\x00\x00"), 1, 8, fdwire.Version},
+		{"more names than descriptors", nil, mustEncode(t, []string{"a", "b"}, nil), 1, 4, fdwire.Version},
+		{"fewer names than descriptors", nil, mustEncode(t, []string{"a"}, nil), 3, 4, fdwire.Version},
+		{"fewer descriptors than -n", []string{"-n", "2"}, mustEncode(t, []string{"a"}, nil), 1, 4, fdwire.Version},
+		{"more descriptors than -n", []string{"-n", "1"}, mustEncode(t, []string{"a", "b", "c"}, nil), 3, 4, fdwire.Version},
+		{"message too large", nil, make([]byte, fdwire.MaxMessage+100), 2, 8, fdwire.Version},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,20 +126,15 @@ func TestBadInput(t *testing.T) {
 			wait := runInProcess(t, append([]string{"-socket", path, "-timeout", "20s"}, tt.flags...)...)
 			c := dial(t, path)
 			defer c.Close()
-			status := -1
-			if !tt.close {
-				if err := scmrights.Send(c, tt.msg, dupFDs(t, r, tt.nfds)...); err != nil {
-					t.Fatal(err)
-				}
-				status = readReply(t, c)
-			} else {
-				c.Close()
+			if err := scmrights.Send(c, tt.msg, dupFDs(t, r, tt.nfds)...); err != nil {
+				t.Fatal(err)
 			}
+			status := readReplyVersion(t, c, tt.replyVersion)
 			code, out := wait()
 			if code != tt.want {
 				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, out)
 			}
-			if !tt.close && status != tt.want {
+			if status != tt.want {
 				t.Errorf("reply status %d, want %d", status, tt.want)
 			}
 			if _, err := os.Lstat(path); err == nil {
@@ -342,7 +340,8 @@ func TestTruncatedControlData(t *testing.T) {
 
 // A16: a sender whose uid is not allowed is refused from its credentials
 // alone, before it sends anything; -allow-uid admits it. fdrecv runs as
-// nobody, the sender (this test) as root.
+// nobody, the sender (this test) as root. A refused sender does not end
+// fdrecv's wait: it times out (3) unless an allowed sender comes.
 func TestPeerUID(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
@@ -351,8 +350,8 @@ func TestPeerUID(t *testing.T) {
 		flags []string
 		want  int
 	}{
-		{"other uid refused", nil, 6},
-		{"other uid allowed", []string{"-allow-uid", "0"}, 0},
+		{"other uid refused", []string{"-timeout", "1s"}, 6},
+		{"other uid allowed", []string{"-timeout", "20s", "-allow-uid", "0"}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -363,7 +362,7 @@ func TestPeerUID(t *testing.T) {
 			path := filepath.Join(dir, "s")
 			cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
 				AsNobody: true,
-				Args:     append([]string{"-socket", path, "-timeout", "20s"}, tt.flags...),
+				Args:     append([]string{"-socket", path}, tt.flags...),
 				Env:      childEnv(pc),
 			})
 			var out bytes.Buffer
@@ -382,10 +381,143 @@ func TestPeerUID(t *testing.T) {
 			if st := readReply(t, c); st != tt.want {
 				t.Errorf("reply status %d, want %d", st, tt.want)
 			}
-			if code := exitStatus(t, cmd.Wait()); code != tt.want {
-				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, out.String())
+			wantExit := tt.want
+			if tt.want == fdwire.StatusPermission {
+				wantExit = fdwire.StatusTimeout
+			}
+			if code := exitStatus(t, cmd.Wait()); code != wantExit {
+				t.Errorf("exit %d, want %d; output:\n%s", code, wantExit, out.String())
 			}
 		})
+	}
+}
+
+// -allow-uid works when the sender is not root: the socket file is 0666
+// (connect(2) needs write permission, which root alone does without), and
+// SO_PEERCRED decides. A refused sender gets reply 6 and fdrecv goes on to
+// the next connection. fdrecv runs as root, the sender as nobody.
+func TestAllowUIDNonRoot(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tests := []struct {
+		name  string
+		allow string
+		said  string // what the nobody sender read
+	}{
+		{"nobody allowed", "65534", "status 0\neof\n"},
+		{"nobody refused, then the owner sends", "1234", "status 6\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := shortDir(t)
+			// The directory decides who may replace PATH; nobody only
+			// needs to reach it.
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "s")
+			wait := runInProcess(t, "-socket", path, "-timeout", "20s", "-allow-uid", tt.allow)
+			waitFor(t, path)
+			if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o666 {
+				t.Errorf("socket file: %v, %v; want mode 0666", fi, err)
+			}
+			cmd := helperproc.Command(t, "sendmsg", &helperproc.Options{AsNobody: true, Args: []string{path}, Env: childEnv(pc)})
+			var out bytes.Buffer
+			cmd.Stdout = &out
+			helperproc.Start(t, cmd)
+			cmd.Wait()
+			if out.String() != tt.said {
+				t.Errorf("sender read %q, want %q", out.String(), tt.said)
+			}
+			if tt.allow != "65534" {
+				c := dial(t, path)
+				defer c.Close()
+				if err := scmrights.Send(c, mustEncode(t, nil, []byte("x"))); err != nil {
+					t.Fatal(err)
+				}
+				if st := readReply(t, c); st != 0 {
+					t.Errorf("owner's reply status %d, want 0", st)
+				}
+			}
+			if code, out := wait(); code != 0 {
+				t.Errorf("fdrecv exit %d, want 0; output:\n%s", code, out)
+			}
+		})
+	}
+}
+
+// A stray connection does not abort the hand-off: one that hangs up
+// without sending and one that sends nothing within the per-connection
+// deadline are dropped, and the next sender's descriptors are received.
+func TestStrayConnections(t *testing.T) {
+	fdcensus.Verify(t)
+	defer fdrecv.SetConnReadTimeout(300 * time.Millisecond)()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	path := filepath.Join(shortDir(t), "s")
+	wait := runInProcess(t, "-socket", path, "-timeout", "20s")
+	hangUp := dial(t, path)
+	hangUp.Close()
+	silent := dial(t, path)
+	defer silent.Close()
+	c := dial(t, path)
+	defer c.Close()
+	if err := scmrights.Send(c, mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st := readReply(t, c); st != 0 {
+		t.Errorf("reply status %d, want 0", st)
+	}
+	if st := readReply(t, c); st != -1 {
+		t.Errorf("after the reply: status %d, want end of file", st)
+	}
+	code, out := wait()
+	if code != 0 || strings.Count(out, "dropped a connection") != 2 || !strings.Contains(out, "0 p: pipe") {
+		t.Errorf("exit %d, output:\n%s\nwant 0, two dropped connections, the pipe", code, out)
+	}
+	if st := readReply(t, silent); st != -1 {
+		t.Errorf("silent connection: status %d, want end of file", st)
+	}
+}
+
+// x/sys names an unnamed unix socket "@", like an abstract one: fdrecv
+// tells them apart by the address length.
+func TestDescribeUnixNames(t *testing.T) {
+	fdcensus.Verify(t)
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	abstract := "@fdr-test-" + strconv.Itoa(os.Getpid())
+	ln, err := net.Listen("unix", abstract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fds := []int{pair[0]}
+	fds = append(fds, dupFDs(t, ln.(syscall.Conn), 1)...)
+	path := filepath.Join(shortDir(t), "s")
+	wait := runInProcess(t, "-socket", path, "-timeout", "20s")
+	c := dial(t, path)
+	defer c.Close()
+	if err := scmrights.Send(c, mustEncode(t, []string{"pair", "abs"}, nil), fds...); err != nil {
+		t.Fatal(err)
+	}
+	readReply(t, c)
+	code, out := wait()
+	got := strings.Split(out, "\n")
+	if len(got) < 3 {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+	want := []string{"0 pair: unix connection (unnamed) -> (unnamed)", "1 abs: unix listener " + abstract}
+	if diff := cmp.Diff(want, got[1:3]); code != 0 || diff != "" {
+		t.Errorf("exit %d, output (-want +got):\n%s", code, diff)
 	}
 }
 
@@ -467,6 +599,56 @@ func TestExecProgram(t *testing.T) {
 	if _, err := os.Lstat(path); err == nil {
 		t.Errorf("socket %s left behind", path)
 	}
+}
+
+// execve of PROGRAM fails after the descriptors were placed (here its #!
+// interpreter does not exist, which LookPath cannot see): fdsend must not
+// report success. It exits 10 (the reply after "placed"), fdrecv exits 10,
+// and the old server's listener, which fdsend sent with -fd, still
+// accepts in the old server.
+func TestExecFailsAfterPlacing(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	fdsendBin := buildFdsend(t)
+	dir := shortDir(t)
+	prog := filepath.Join(dir, "prog")
+	if err := os.WriteFile(prog, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	path := filepath.Join(dir, "s")
+	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args: []string{"-socket", path, "-n", "1", "-timeout", "20s", "--", prog},
+		Env:  childEnv(pc),
+	})
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	helperproc.Start(t, cmd)
+	waitFor(t, path)
+	code, err := runFdsend(ln, fdsendBin, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != fdwire.StatusExec {
+		t.Errorf("fdsend exit %d, want %d", code, fdwire.StatusExec)
+	}
+	if code := exitStatus(t, cmd.Wait()); code != fdwire.StatusExec || !strings.Contains(out.String(), "no such file") {
+		t.Errorf("fdrecv exit %d, want %d; output:\n%s", code, fdwire.StatusExec, out.String())
+	}
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("the old server's listener after the failed hand-off: %v", err)
+	}
+	defer c.Close()
+	ac, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("the old server cannot accept after the failed hand-off: %v", err)
+	}
+	ac.Close()
 }
 
 // When the fresh image's runtime holds a target slot (here its netpoller,

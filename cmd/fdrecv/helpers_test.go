@@ -21,6 +21,7 @@ import (
 
 	fdrecv "github.com/handoff-go/handoff/cmd/fdrecv"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/scmrights"
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 		"listenfds": roleListenFDs,
 		"server1":   roleServer1,
 		"server2":   roleServer2,
+		"sendmsg":   roleSendMsg,
 	})
 }
 
@@ -131,6 +133,48 @@ func roleListenFDs() int {
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
 		return 1
+	}
+	return 0
+}
+
+// roleSendMsg connects to the fdrecv socket at its argument, sends a valid
+// message without descriptors, and prints each reply status it reads, up
+// to a failure status or "eof" (or the error that ended it).
+func roleSendMsg() int {
+	path := helperproc.Args()[0]
+	c, err := net.Dial("unixpacket", path)
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+	msg, _ := fdwire.EncodeMessage(nil, []byte("x"))
+	// A refused sender may find the connection closed already (EPIPE):
+	// the reply read below says why.
+	_, _ = uc.Write(msg)
+	buf := make([]byte, 2048)
+	for range 3 {
+		n, err := uc.Read(buf)
+		if err == io.EOF {
+			fmt.Println("eof")
+			return 0
+		}
+		if err != nil {
+			fmt.Println("read:", err)
+			return 1
+		}
+		st, _, err := fdwire.DecodeReply(buf[:n])
+		if err != nil {
+			fmt.Println("reply:", err)
+			return 1
+		}
+		fmt.Println("status", st)
+		if st != 0 {
+			// A failure status is final.
+			return 0
+		}
 	}
 	return 0
 }
@@ -269,6 +313,12 @@ func dial(t *testing.T, path string) *net.UnixConn {
 // readReply reads fdrecv's reply and returns its status byte, or -1 at EOF.
 func readReply(t *testing.T, c *net.UnixConn) int {
 	t.Helper()
+	return readReplyVersion(t, c, fdwire.Version)
+}
+
+// readReplyVersion is readReply for a reply stamped with version v.
+func readReplyVersion(t *testing.T, c *net.UnixConn, v byte) int {
+	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 2048)
 	n, _, err := scmrights.Recv(c, buf, nil)
@@ -278,8 +328,8 @@ func readReply(t *testing.T, c *net.UnixConn) int {
 	if err != nil {
 		t.Fatalf("reading the reply: %v", err)
 	}
-	if n < 8 || string(buf[:4]) != "HFDR" || buf[4] != 1 {
-		t.Fatalf("reply %q is not a version 1 reply", buf[:n])
+	if n < 8 || string(buf[:4]) != "HFDR" || buf[4] != v {
+		t.Fatalf("reply %q is not a version %d reply", buf[:n], v)
 	}
 	return int(buf[5])
 }

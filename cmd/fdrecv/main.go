@@ -17,9 +17,10 @@ import (
 
 const usageText = `usage: fdrecv -socket PATH [-n N] [-timeout D] [-json] [-allow-uid UID]... [-- PROGRAM ARGS...]
 
-Creates a unix socket at PATH (mode 0600), accepts one fdsend whose uid is
-fdrecv's own or allowed with -allow-uid, and receives its descriptors, their
-names and a payload. Without PROGRAM, prints what each descriptor is and the
+Creates a unix socket at PATH (mode 0600; 0666 with -allow-uid, the uid
+check deciding), accepts an fdsend whose uid is fdrecv's own or allowed with
+-allow-uid (others are refused and the next connection accepted), and
+receives its descriptors, their names and a payload. Without PROGRAM, prints what each descriptor is and the
 payload. With PROGRAM, execs it in place with the descriptors at 3, 4, ...
 and LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set (socket activation).
 
@@ -32,7 +33,6 @@ Exit codes:
   3   timeout: nothing received before -timeout
   4   count: fewer or more descriptors than -n, or than names sent
   5   truncated: control data truncated (MSG_CTRUNC); all descriptors closed
-  6   permission: the sender's uid is not allowed
   7   socket: PATH in use by a live socket, not a socket, too long, or not creatable
   8   protocol: malformed message, unknown wire version, invalid names
   10  exec: PROGRAM not found or not executable
@@ -44,6 +44,11 @@ func main() {
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
+
+// connReadTimeout bounds how long one connection may take to send its
+// message before fdrecv drops it and accepts the next: fdsend sends right
+// after connecting, so only a stray or stuck client waits this long.
+var connReadTimeout = 5 * time.Second
 
 // config is the parsed command line.
 type config struct {
@@ -87,7 +92,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	return receive(ctx, cfg, stdout)
+	return receive(ctx, cfg, stdout, stderr)
 }
 
 func fail(code int, format string, args ...any) error { return fdwire.Fail(code, format, args...) }

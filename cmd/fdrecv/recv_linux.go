@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -16,7 +15,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"github.com/handoff-go/handoff/internal/sockfile"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
@@ -26,7 +27,7 @@ import (
 // Recv at once.
 var longAgo = time.Unix(1, 0)
 
-func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
+func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	var progPath string
 	if len(cfg.program) > 0 {
 		// Resolved before anything is received, so a typo never costs the
@@ -37,7 +38,15 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		}
 		progPath = p
 	}
-	ln, err := sockfile.Listen(cfg.socket, &sockfile.Options{Network: "unixpacket"})
+	opts := &sockfile.Options{Network: "unixpacket"}
+	if len(cfg.allowUIDs) > 0 {
+		// connect(2) needs write permission on the socket file, so another
+		// user can reach a 0600 socket only as root. Who may talk is
+		// decided by SO_PEERCRED below; the directory around PATH decides
+		// who may replace the file.
+		opts.Mode = 0o666
+	}
+	ln, err := sockfile.Listen(cfg.socket, opts)
 	if err != nil {
 		return &fdwire.ExitError{Code: fdwire.StatusSocket, Err: err}
 	}
@@ -66,58 +75,59 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		return err
 	}
 
-	conn, err := ln.AcceptUnix()
-	if err != nil {
-		return interrupted(err)
+	var (
+		conn  *net.UnixConn
+		cred  scmrights.Ucred
+		msg   []byte
+		fds   []int
+		buf   = make([]byte, fdwire.MaxMessage+1)
+		fdBuf = make([]int, scmrights.MaxFDs)
+	)
+	// Connections that are not a sender's message (a refused uid, nothing
+	// sent in time, a hang-up before sending) are dropped, and the next one
+	// accepted: a stray local client must not abort the hand-off.
+	for conn == nil {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return interrupted(err)
+		}
+		cur.Store(c)
+		if ctx.Err() != nil {
+			c.Close()
+			return interrupted(nil)
+		}
+		var n, nfds int
+		cred, n, nfds, err = readOne(ctx, cfg, c, buf, fdBuf)
+		var drop *dropError
+		switch {
+		case errors.As(err, &drop):
+			c.Close()
+			fmt.Fprintf(stderr, "fdrecv: dropped a connection: %v\n", drop.err)
+			continue
+		case err != nil:
+			c.Close()
+			return interrupted(err)
+		}
+		conn, msg, fds = c, buf[:n], fdBuf[:nfds]
 	}
 	defer conn.Close()
-	cur.Store(conn)
-	if ctx.Err() != nil {
-		return interrupted(nil)
-	}
-
-	// A16: the peer is judged by the credentials the kernel recorded at
-	// connect time, before a byte of its message is read.
-	cred, err := scmrights.PeerCred(conn)
-	if err != nil {
-		return err
-	}
-	if !cfg.allowUIDs.Allows(cred.UID) {
-		err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
-		reply(conn, fdwire.StatusPermission, err.Error())
-		return err
-	}
-
-	buf := make([]byte, fdwire.MaxMessage+1)
-	fdBuf := make([]int, scmrights.MaxFDs)
-	n, nfds, err := scmrights.Recv(conn, buf, fdBuf)
-	if err != nil {
-		var rerr error
-		switch {
-		case ctx.Err() != nil:
-			return interrupted(err)
-		case errors.Is(err, scmrights.ErrTruncated):
-			rerr = &fdwire.ExitError{Code: fdwire.StatusTruncated, Err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
-		case errors.Is(err, scmrights.ErrPayloadTruncated):
-			rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
-		case err == io.EOF:
-			rerr = fail(fdwire.StatusProtocol, "%w: sender closed the connection without sending", fdwire.ErrProtocol)
-		default:
-			return err
-		}
-		reply(conn, rerr.(*fdwire.ExitError).Code, rerr.Error())
-		return rerr
-	}
-	fds := fdBuf[:nfds]
+	nfds := len(fds)
 	keep := false
 	defer func() {
 		if !keep {
 			closeAll(fds)
 		}
 	}()
-	names, payload, err := fdwire.DecodeMessage(buf[:n])
+	names, payload, err := fdwire.DecodeMessage(msg)
 	if err != nil {
 		err = &fdwire.ExitError{Code: fdwire.StatusProtocol, Err: err}
+		if errors.Is(err, fdwire.ErrVersion) {
+			// Refused in the sender's own version's layout, so that it
+			// can tell why.
+			e := err.(*fdwire.ExitError)
+			replyBytes(conn, fdwire.EncodeRefusal(fdwire.MessageVersion(msg), e.Code, e.Error()))
+			return err
+		}
 	} else if len(names) != nfds {
 		err = fail(fdwire.StatusCount, "the message names %d descriptors but %d arrived", len(names), nfds)
 	} else if cfg.n > 0 && nfds != cfg.n {
@@ -128,9 +138,11 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		return err
 	}
 	if progPath == "" {
+		// "Placed", then end of file: the sender's success.
 		if err := reply(conn, fdwire.StatusOK, ""); err != nil {
 			return fmt.Errorf("reply to the sender: %w", err)
 		}
+		conn.Close()
 		infos := make([]fdInfo, len(fds))
 		for i, fd := range fds {
 			infos[i] = describe(fd)
@@ -138,9 +150,10 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 		}
 		return writeReport(stdout, cfg.json, cred, infos, payload)
 	}
-	// With PROGRAM the success reply comes from stage 2, once the
-	// descriptors sit at 3, 4, ...: a sender that hears "ok" may close its
-	// own copy of a listener, so "ok" must not precede a failure we can
+	// With PROGRAM the "placed" reply comes from stage 2, once the
+	// descriptors sit at 3, 4, ..., and success is the reply channel
+	// closing at PROGRAM's execve: a sender that succeeds may close its own
+	// copy of a listener, so success must not precede a failure we can
 	// still report.
 	if err := ln.Close(); err != nil {
 		reply(conn, fdwire.StatusSocket, err.Error())
@@ -153,13 +166,94 @@ func receive(ctx context.Context, cfg *config, stdout io.Writer) error {
 	return err
 }
 
+// dropError marks a connection fdrecv drops to accept the next one.
+type dropError struct{ err error }
+
+func (e *dropError) Error() string { return e.err.Error() }
+
+// readOne checks the peer of c and receives its message into buf and fdBuf.
+// A *dropError means: not a sender's message, accept the next connection.
+func readOne(ctx context.Context, cfg *config, c *net.UnixConn, buf []byte, fdBuf []int) (cred scmrights.Ucred, n, nfds int, err error) {
+	// A16: the peer is judged by the credentials the kernel recorded at
+	// connect time, before a byte of its message is read.
+	cred, err = scmrights.PeerCred(c)
+	if err != nil {
+		return cred, 0, 0, &dropError{err}
+	}
+	if !cfg.allowUIDs.Allows(cred.UID) {
+		err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+		reply(c, fdwire.StatusPermission, err.Error())
+		awaitHangUp(ctx, c)
+		return cred, 0, 0, &dropError{err}
+	}
+	d := time.Now().Add(connReadTimeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	if err := c.SetReadDeadline(d); err != nil {
+		return cred, 0, 0, err
+	}
+	// The context may have ended before the deadline above replaced the
+	// one its AfterFunc set.
+	if ctx.Err() != nil {
+		return cred, 0, 0, ctx.Err()
+	}
+	n, nfds, err = scmrights.Recv(c, buf, fdBuf)
+	if err == nil {
+		return cred, n, nfds, nil
+	}
+	var rerr error
+	switch {
+	case ctx.Err() != nil:
+		return cred, 0, 0, err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return cred, 0, 0, &dropError{fmt.Errorf("pid %d sent nothing within %v", cred.PID, connReadTimeout)}
+	case err == io.EOF:
+		return cred, 0, 0, &dropError{fmt.Errorf("pid %d closed the connection without sending", cred.PID)}
+	case errors.Is(err, scmrights.ErrTruncated):
+		rerr = &fdwire.ExitError{Code: fdwire.StatusTruncated, Err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
+	case errors.Is(err, scmrights.ErrPayloadTruncated):
+		rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
+	default:
+		return cred, 0, 0, err
+	}
+	reply(c, rerr.(*fdwire.ExitError).Code, rerr.Error())
+	return cred, 0, 0, rerr
+}
+
+// awaitHangUp waits, at most a second, for the peer of a refused
+// connection to hang up. fdsend sends without waiting for a verdict, and
+// closing a unix socket with that message unread makes the kernel report
+// ECONNRESET to the peer, possibly before it has read the reply that says
+// why it was refused.
+func awaitHangUp(ctx context.Context, c *net.UnixConn) {
+	wait := time.Second
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d))
+	}
+	rc, err := c.SyscallConn()
+	if err != nil || wait <= 0 {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		// POLLRDHUP only: POLLIN would return at once for the queued
+		// message. POLLHUP and POLLERR are always reported.
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		_, _ = unix.Poll(pfd, int(wait/time.Millisecond))
+	})
+}
+
 // reply tells the sender the outcome; a sender that went away is no error
 // worth reporting over the real one.
 func reply(c *net.UnixConn, status int, text string) error {
+	return replyBytes(c, fdwire.EncodeReply(status, text))
+}
+
+func replyBytes(c *net.UnixConn, b []byte) error {
 	if err := c.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		return err
 	}
-	_, err := c.Write(fdwire.EncodeReply(status, text))
+	_, err := c.Write(b)
 	return err
 }
 
@@ -256,12 +350,22 @@ func describeSocket(fd int) fdInfo {
 		fi.Local = sockaddrString(sa)
 	}
 	sa, perr := unix.Getpeername(fd)
+	if family == unix.AF_UNIX {
+		// x/sys shows an unnamed unix socket as "@", like an abstract one
+		// named "": only the raw address length tells them apart.
+		fi.Local, _ = unixName(unix.SYS_GETSOCKNAME, fd)
+		if perr == nil {
+			fi.Remote, perr = unixName(unix.SYS_GETPEERNAME, fd)
+		}
+	}
 	switch {
 	case listening != 0:
 		fi.Role = "listener"
 	case perr == nil:
 		fi.Role = "connection"
-		fi.Remote = sockaddrString(sa)
+		if family != unix.AF_UNIX {
+			fi.Remote = sockaddrString(sa)
+		}
 	default:
 		fi.Role = "unconnected"
 	}
@@ -280,13 +384,38 @@ func sockaddrString(sa unix.Sockaddr) string {
 			}
 		}
 		return a.String()
-	case *unix.SockaddrUnix:
-		if sa.Name == "" {
-			return "(unnamed)"
-		}
-		return sa.Name
 	}
 	return ""
+}
+
+// unixName returns a unix socket's own (SYS_GETSOCKNAME) or peer's
+// (SYS_GETPEERNAME) address: "(unnamed)" when the kernel returns no path
+// at all (a socketpair, an unbound socket), "@name" for an abstract
+// address, otherwise the path.
+func unixName(trap uintptr, fd int) (string, error) {
+	var rsa unix.RawSockaddrUnix
+	l := uint32(unsafe.Sizeof(rsa))
+	_, _, e := unix.Syscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)))
+	if e != 0 {
+		return "", e
+	}
+	off := uint32(unsafe.Offsetof(rsa.Path))
+	if l <= off {
+		return "(unnamed)", nil
+	}
+	n := int(min(l-off, uint32(len(rsa.Path))))
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(rsa.Path[i])
+	}
+	if p[0] == 0 {
+		// Abstract: every byte of the given length is the name.
+		return "@" + string(p[1:]), nil
+	}
+	if i := strings.IndexByte(string(p), 0); i >= 0 {
+		p = p[:i]
+	}
+	return string(p), nil
 }
 
 // report is what -json prints.
@@ -447,8 +576,7 @@ func sendReply(fd, status int, text string) {
 
 // shim places fds at 3, 4, ..., tells the sender (on *replyFD, or -1) that
 // they are in place, and execs path. It returns only on failure, with
-// *replyFD updated to where the reply channel is now, or -1 once the "ok"
-// was sent and the channel closed.
+// *replyFD updated to where the reply channel is now.
 func shim(spec string, replyFD *int, path string, argv []string) error {
 	var fds []int
 	if spec != "" {
@@ -517,11 +645,12 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 		env = append(env, "GODEBUG="+g[1:])
 	}
 	if *replyFD >= 0 {
-		// execve can still fail after this (a corrupt binary: ENOEXEC);
-		// LookPath already checked that PROGRAM is an executable file.
+		// "Placed". The channel stays open, close-on-exec (moveUp): a
+		// successful execve closes it, which the sender reads as end of
+		// file, its success; if execve fails (a #! interpreter missing,
+		// another architecture, PROGRAM gone since LookPath) the caller
+		// writes the failure on it instead.
 		sendReply(*replyFD, fdwire.StatusOK, "")
-		unix.Close(*replyFD)
-		*replyFD = -1
 	}
 	return unix.Exec(path, argv, env)
 }

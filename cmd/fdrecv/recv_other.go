@@ -10,4 +10,4 @@ import (
 
 var errNotSupported = errors.New("fdrecv: not supported on this platform (needs Linux)")
 
-func receive(context.Context, *config, io.Writer) error { return errNotSupported }
+func receive(context.Context, *config, io.Writer, io.Writer) error { return errNotSupported }

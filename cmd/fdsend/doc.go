@@ -8,18 +8,23 @@
 // The descriptors are sent in command-line order, all in one message:
 // -fd N sends the inherited descriptor N, -file PATH opens PATH read-only,
 // -listen ADDR binds a fresh listener (tcp://HOST:PORT, udp://HOST:PORT,
-// unix:///PATH; a plain HOST:PORT means tcp). -name gives the descriptors
+// unix:///PATH, a relative PATH made absolute; a plain HOST:PORT means
+// tcp), in blocking mode as systemd hands sockets out; -fd descriptors
+// keep the mode they have. -name gives the descriptors
 // their names, in the same order (one per descriptor, or none: every name
-// is then "unknown", as in systemd). fdsend waits for fdrecv's reply and
-// exits with fdrecv's status when it refused the message, so a script can
-// keep serving when the hand-off failed.
+// is then "unknown", as in systemd). fdsend waits up to -timeout for PATH
+// to appear, then for fdrecv's reply ("placed", then end of file once
+// PROGRAM runs) and exits with fdrecv's status when it refused the message
+// or its PROGRAM could not be executed, so a script can keep serving when
+// the hand-off failed.
 //
 // fdsend checks the receiver's uid with SO_PEERCRED before sending: it must
 // be fdsend's own uid or one given with -allow-uid, so a socket planted by
 // another user never gets the descriptors.
 //
 // After a successful send fdsend closes its own copies; a unix:// listener
-// keeps its path, which now belongs to the receiver.
+// keeps its path once sendmsg succeeded, whatever the reply, since the
+// receiver may already serve it.
 //
 // # Who should not use it
 //

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"net"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	fdsend "github.com/handoff-go/handoff/cmd/fdsend"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/scmrights"
@@ -113,6 +113,9 @@ func TestUsage(t *testing.T) {
 		{"payload too large", []string{"-socket", "s", "-payload", strings.Repeat("x", 64<<10+1)}, 2, "at most 65536"},
 		{"stray argument", []string{"-socket", "s", "extra"}, 2, "unexpected arguments"},
 		{"zero timeout", []string{"-socket", "s", "-timeout", "0s"}, 2, "-timeout 0s"},
+		// Rejected before anything is opened: exit 2, not 9 (source).
+		{"unknown scheme", []string{"-socket", "s", "-listen", "sctp://127.0.0.1:0"}, 2, "unknown scheme"},
+		{"empty unix path", []string{"-socket", "s", "-listen", "unix://"}, 2, "bad path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,16 +167,15 @@ func TestSendErrors(t *testing.T) {
 		want int
 		out  string
 	}{
-		{"no socket at the path", []string{"-socket", missing}, 7, "no such file"},
-		{"regular file at the path", []string{"-socket", file}, 7, "connection refused"},
-		{"stale socket", []string{"-socket", stale}, 7, "connection refused"},
+		{"no socket at the path", []string{"-socket", missing, "-timeout", "300ms"}, 7, "no such file"},
+		{"regular file at the path", []string{"-socket", file, "-timeout", "300ms"}, 7, "connection refused"},
+		{"stale socket", []string{"-socket", stale, "-timeout", "300ms"}, 7, "connection refused"},
 		{"stream socket, not seqpacket", []string{"-socket", stream}, 7, "protocol wrong type"},
 		{"fd not open", []string{"-socket", missing, "-fd", "999"}, 9, "-fd 999"},
 		{"fd not inherited", []string{"-socket", missing, "-fd", strconv.Itoa(cloexecFD)}, 9, "not inherited"},
 		{"file missing", []string{"-socket", missing, "-file", filepath.Join(dir, "nope")}, 9, "no such file"},
-		{"unknown scheme", []string{"-socket", missing, "-listen", "sctp://127.0.0.1:0"}, 9, "unknown scheme"},
 		{"port in use", []string{"-socket", missing, "-listen", busy.Addr().String()}, 9, "address already in use"},
-		{"unix listener, then no receiver", []string{"-socket", missing, "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
+		{"unix listener, then no receiver", []string{"-socket", missing, "-timeout", "300ms", "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,8 +229,8 @@ func recvMessage(t *testing.T, c *net.UnixConn) (names []string, payload string,
 		unix.Close(fd)
 	}
 	b := buf[:n]
-	if len(b) < 6 || string(b[:5]) != "HFDS\x01" {
-		t.Errorf("receiver: not a version 1 message: %q", b)
+	if len(b) < 6 || string(b[:4]) != "HFDS" || b[4] != fdwire.Version {
+		t.Errorf("receiver: not a version %d message: %q", fdwire.Version, b)
 		return nil, "", nfds
 	}
 	k := int(b[5])
@@ -257,13 +259,33 @@ func TestReplies(t *testing.T) {
 		want   int
 		out    string
 	}{
-		{"ok", func(c *net.UnixConn) {
+		{"placed, then end of file", func(c *net.UnixConn) {
 			names, payload, nfds := recvMessage(t, c)
 			if diff := cmp.Diff([]string{"a", "b"}, names); diff != "" || payload != "hello" || nfds != 2 {
 				t.Errorf("receiver got %q %q %d fds", names, payload, nfds)
 			}
 			c.Write(fdwire.EncodeReply(0, ""))
 		}, 0, ""},
+		// fdrecv's last stage: execve of PROGRAM failed after placing.
+		{"placed, then exec failed", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(fdwire.EncodeReply(0, ""))
+			c.Write(fdwire.EncodeReply(10, "exec: no such file"))
+		}, 10, "exec: no such file"},
+		{"placed, then nothing", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(fdwire.EncodeReply(0, ""))
+			time.Sleep(time.Second)
+		}, 3, "within 300ms"},
+		{"placed twice", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write(fdwire.EncodeReply(0, ""))
+			c.Write(fdwire.EncodeReply(0, ""))
+		}, 8, "second success reply"},
+		{"version 1 reply", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			c.Write([]byte("HFDR\x01\x00\x00\x00"))
+		}, 8, "unknown version"},
 		{"refused: count", func(c *net.UnixConn) {
 			recvMessage(t, c)
 			c.Write(fdwire.EncodeReply(4, "want 3"))
@@ -302,7 +324,7 @@ func TestReplies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := fakeReceiver(t, tt.answer)
 			timeout := "20s"
-			if tt.want == 3 {
+			if tt.want == fdwire.StatusTimeout {
 				timeout = "300ms"
 			}
 			code, out := runFdsend("-socket", path, "-timeout", timeout, "-fd", inherited(t, r), "-file", os.Args[0], "-name", "a", "-name", "b", "-payload", "hello")
@@ -535,5 +557,153 @@ func (lr *lineReader) line(t *testing.T) string {
 	case <-time.After(20 * time.Second):
 		t.Fatal("timed out waiting for a line")
 		return ""
+	}
+}
+
+// fdFacts is what a receiver can see of one descriptor.
+type fdFacts struct {
+	Nonblocking bool
+	Local       string
+}
+
+// recvFacts reads fdsend's message and returns what each descriptor is
+// like, closing them, then replies "placed" and hangs up (success).
+func recvFacts(t *testing.T, c *net.UnixConn, got *[]fdFacts) {
+	buf := make([]byte, 1<<18)
+	fds := make([]int, 253)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, nfds, err := scmrights.Recv(c, buf, fds)
+	if err != nil {
+		t.Errorf("receiver: %v", err)
+		return
+	}
+	for _, fd := range fds[:nfds] {
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		f := fdFacts{Nonblocking: fl&unix.O_NONBLOCK != 0}
+		if sa, err := unix.Getsockname(fd); err == nil {
+			if u, ok := sa.(*unix.SockaddrUnix); ok {
+				f.Local = u.Name
+			}
+		}
+		*got = append(*got, f)
+		unix.Close(fd)
+	}
+	c.Write(fdwire.EncodeReply(0, ""))
+}
+
+// -listen sockets arrive in blocking mode, as systemd hands them out by
+// default: a receiver's blocking accept(2) must wait, not fail with
+// EAGAIN. A relative unix:// path is sent bound to its absolute path.
+func TestListenSocketsBlocking(t *testing.T) {
+	fdcensus.Verify(t)
+	dir := shortDir(t)
+	facts := make(chan []fdFacts, 1)
+	path := fakeReceiver(t, func(c *net.UnixConn) {
+		var got []fdFacts
+		defer func() { facts <- got }()
+		recvFacts(t, c, &got)
+	})
+	t.Chdir(dir)
+	code, out := runFdsend("-socket", path, "-timeout", "20s",
+		"-listen", "tcp://127.0.0.1:0", "-listen", "udp://127.0.0.1:0", "-listen", "unix://rel.sock")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	want := []fdFacts{{}, {}, {Local: filepath.Join(dir, "rel.sock")}}
+	if diff := cmp.Diff(want, <-facts); diff != "" {
+		t.Errorf("what the receiver got (-want +got):\n%s", diff)
+	}
+}
+
+// fdsend waits for PATH to appear (until -timeout), so the documented
+// "fdrecv ... & fdsend ..." does not race.
+func TestWaitsForSocket(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	t.Run("path appears later", func(t *testing.T) {
+		path := filepath.Join(shortDir(t), "s")
+		done := make(chan int, 1)
+		go func() {
+			code, _ := runFdsend("-socket", path, "-timeout", "20s", "-payload", "x")
+			done <- code
+		}()
+		// Only ordering: fdsend has most likely found no PATH yet.
+		time.Sleep(200 * time.Millisecond)
+		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		_ = ln.SetDeadline(time.Now().Add(20 * time.Second))
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Fatal(err)
+		}
+		recvMessage(t, c)
+		c.Write(fdwire.EncodeReply(0, ""))
+		c.Close()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("exit %d, want 0", code)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("fdsend did not return")
+		}
+	})
+	t.Run("docs example, fdrecv in the background", func(t *testing.T) {
+		fdrecvBin := buildFdrecv(t)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		defer w.Close()
+		for i := range 3 {
+			path := filepath.Join(shortDir(t), "s")
+			cmd := exec.Command(fdrecvBin, "-socket", path, "-n", "1", "-timeout", "20s")
+			cmd.Env = append(os.Environ(), childEnv(pc)...)
+			helperproc.Start(t, cmd)
+			code, msg := runFdsend("-socket", path, "-fd", inherited(t, r), "-name", "web")
+			if code != 0 {
+				t.Errorf("run %d: fdsend exit %d: %s", i, code, msg)
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("run %d: fdrecv: %v", i, err)
+			}
+		}
+	})
+}
+
+// Once sendmsg succeeded, a unix:// listener's path is never unlinked: the
+// receiver may serve it already, whatever became of the reply.
+func TestUnixPathKeptAfterSend(t *testing.T) {
+	fdcensus.Verify(t)
+	tests := []struct {
+		name   string
+		answer func(c *net.UnixConn)
+		want   int
+	}{
+		{"hung up without a reply", func(c *net.UnixConn) { recvMessage(t, c) }, fdwire.StatusProtocol},
+		{"no reply before -timeout", func(c *net.UnixConn) {
+			recvMessage(t, c)
+			time.Sleep(time.Second)
+		}, fdwire.StatusTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := fakeReceiver(t, tt.answer)
+			u := filepath.Join(shortDir(t), "u")
+			code, out := runFdsend("-socket", path, "-timeout", "300ms", "-listen", "unix://"+u)
+			if code != tt.want {
+				t.Errorf("exit %d, want %d: %s", code, tt.want, out)
+			}
+			if fi, err := os.Lstat(u); err != nil || fi.Mode()&os.ModeSocket == 0 {
+				t.Errorf("unix:// path after the send: %v, %v; want the socket kept", fi, err)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,10 +23,11 @@ import (
 const usageText = `usage: fdsend -socket PATH [-fd N]... [-file PATH]... [-listen ADDR]... [-name NAME]... [-payload TEXT] [-timeout D] [-allow-uid UID]...
 
 Sends descriptors, in command-line order and in one message, to the fdrecv
-listening at PATH: inherited descriptors (-fd), files opened read-only
-(-file), and listeners bound fresh (-listen tcp://HOST:PORT, udp://HOST:PORT,
-unix:///PATH; a plain HOST:PORT is tcp). -name names them in the same order
-(none: every name is "unknown"). Waits for fdrecv's reply.
+listening at PATH: inherited descriptors (-fd, in the mode they have), files
+opened read-only (-file), and sockets bound fresh, in blocking mode (-listen
+tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH; a plain HOST:PORT is tcp).
+-name names them in the same order (none: every name is "unknown"). Waits
+up to -timeout for PATH to appear and for fdrecv's reply.
 
 Flags:
 %s
@@ -37,7 +39,7 @@ Exit codes:
   4   count: fdrecv expected another number of descriptors (-n)
   5   truncated: fdrecv's control data was truncated (e.g. its fd limit)
   6   permission: the receiver's uid is not allowed, or it refused ours
-  7   socket: PATH does not exist, is not a socket, or nobody listens on it
+  7   socket: PATH did not appear before -timeout, is not a socket, or nobody listens on it
   8   protocol: malformed reply, or fdrecv found the message malformed
   9   source: an -fd is not open, a -file cannot be opened, a -listen cannot bind
   10  exec: fdrecv could not hand the descriptors to its PROGRAM
@@ -100,7 +102,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(sourceFlag{"listen", &cfg.sources}, "listen", "bind `ADDR` (tcp://, udp://, unix://) and send the socket (repeatable)")
 	fs.Var((*stringList)(&cfg.names), "name", "`NAME` of the next descriptor, in order (repeatable)")
 	fs.StringVar(&cfg.payload, "payload", "", "`TEXT` sent along (at most 65536 bytes)")
-	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up if fdrecv has not replied within `D`")
+	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up after `D` in all: waiting for PATH to appear, then for fdrecv's reply")
 	fs.Var(&cfg.allowUIDs, "allow-uid", "also send to a receiver running as `UID` (repeatable)")
 	if err := fdwire.ParseFlags(fs, args, usageText, stderr); err != nil {
 		return nil, err
@@ -129,7 +131,37 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 			return nil, fail(fdwire.StatusUsage, "-name: %v", err)
 		}
 	}
+	// Checked before anything is opened, so a typo is a usage error.
+	for i, s := range cfg.sources {
+		if s.kind != "listen" {
+			continue
+		}
+		scheme, rest := splitListen(s.value)
+		switch scheme {
+		case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+		case "unix":
+			// The receiver sees the path the socket was bound to; a
+			// relative one would mean nothing in its working directory.
+			abs, err := filepath.Abs(rest)
+			if err != nil || rest == "" {
+				return nil, fail(fdwire.StatusUsage, "-listen %s: bad path", s.value)
+			}
+			cfg.sources[i].value = "unix://" + abs
+		default:
+			return nil, fail(fdwire.StatusUsage, "-listen %s: unknown scheme %q (want tcp, udp or unix)", s.value, scheme)
+		}
+	}
 	return &cfg, nil
+}
+
+// splitListen splits a -listen value into scheme and address; a plain
+// HOST:PORT is tcp.
+func splitListen(addr string) (scheme, rest string) {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		return "tcp", addr
+	}
+	return scheme, rest
 }
 
 // run is the whole command: parse args, open the sources, send, wait for

@@ -6,16 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/handoff-go/handoff/internal/fdwire"
 	"io"
 	"io/fs"
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdwire"
 	"github.com/handoff-go/handoff/internal/sockfile"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
@@ -24,7 +23,7 @@ import (
 var longAgo = time.Unix(1, 0)
 
 // opened holds what send opened itself, to close (or, for unix listeners
-// after a failed send, unlink) at the end.
+// never sent, unlink) at the end.
 type opened struct {
 	fds     []int
 	unixLns []*sockfile.Listener
@@ -35,7 +34,8 @@ func (o *opened) close(sent bool) {
 		unix.Close(fd)
 	}
 	for _, l := range o.unixLns {
-		// Once sent, the path belongs to the receiver's copy of the socket.
+		// Once sendmsg succeeded the receiver may already serve the socket
+		// at this path, whatever the reply says (or if none comes).
 		l.SetUnlinkOnClose(!sent)
 		l.Close()
 	}
@@ -61,12 +61,10 @@ func send(ctx context.Context, cfg *config) error {
 		return fail(fdwire.StatusUsage, "%w", err)
 	}
 
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unixpacket", cfg.socket)
+	conn, err := dial(ctx, cfg)
 	if err != nil {
-		return dialError(ctx, cfg, err)
+		return err
 	}
-	conn := c.(*net.UnixConn)
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(longAgo) })
 	defer stop()
@@ -84,11 +82,24 @@ func send(ctx context.Context, cfg *config) error {
 	}
 
 	sendErr := scmrights.Send(conn, msg, fds...)
+	sent = sendErr == nil
 	// Read the reply even when the send failed: a receiver that refused us
 	// (wrong uid) replied before closing, and its reason beats EPIPE.
 	status, text, err := readReply(conn)
+	if err == nil && status == fdwire.StatusOK {
+		// "Placed": success only once end of file follows. fdrecv's last
+		// stage holds the channel close-on-exec, so a successful execve of
+		// PROGRAM closes it, and a failed one writes a status instead.
+		status, text, err = readReply(conn)
+		switch {
+		case err == io.EOF:
+			return nil
+		case err == nil && status == fdwire.StatusOK:
+			return fail(fdwire.StatusProtocol, "%v: a second success reply", fdwire.ErrProtocol)
+		}
+	}
 	switch {
-	case err == nil && status != fdwire.StatusOK:
+	case err == nil:
 		code := status
 		if (code < fdwire.StatusTimeout || code > fdwire.StatusProtocol) && code != fdwire.StatusExec {
 			code = fdwire.StatusFailure
@@ -96,13 +107,42 @@ func send(ctx context.Context, cfg *config) error {
 		return fail(code, "fdrecv refused the descriptors: %s", text)
 	case sendErr != nil:
 		return timeoutOr(ctx, cfg, fmt.Errorf("send: %w", sendErr))
-	case err != nil:
-		return timeoutOr(ctx, cfg, err)
+	case err == io.EOF:
+		return fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
 	}
-	sent = true
-	return nil
+	return timeoutOr(ctx, cfg, err)
 }
 
+// dial connects to PATH, waiting for it to appear: fdrecv may be started
+// in the background just before fdsend. ENOENT (no file yet) and
+// ECONNREFUSED (a stale file not yet replaced, or not yet listening) are
+// retried with a short backoff until the context ends.
+func dial(ctx context.Context, cfg *config) (*net.UnixConn, error) {
+	var d net.Dialer
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, "unixpacket", cfg.socket)
+		if err == nil {
+			return c.(*net.UnixConn), nil
+		}
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
+			return nil, dialError(ctx, cfg, err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if ctx.Err() == context.Canceled {
+				return nil, fail(fdwire.StatusFailure, "interrupted")
+			}
+			return nil, &fdwire.ExitError{Code: fdwire.StatusSocket, Err: fmt.Errorf("%w (waited %v)", err, cfg.timeout)}
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
+}
+
+// readReply reads one reply; io.EOF is returned as is.
 func readReply(conn *net.UnixConn) (int, string, error) {
 	buf := make([]byte, fdwire.MaxReply+1)
 	// No room for descriptors: a reply carrying any is refused and they
@@ -110,7 +150,7 @@ func readReply(conn *net.UnixConn) (int, string, error) {
 	n, _, err := scmrights.Recv(conn, buf, nil)
 	switch {
 	case err == io.EOF:
-		return 0, "", fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
+		return 0, "", err
 	case errors.Is(err, scmrights.ErrTruncated), errors.Is(err, scmrights.ErrPayloadTruncated):
 		return 0, "", fail(fdwire.StatusProtocol, "%w: %v", fdwire.ErrProtocol, err)
 	case err != nil:
@@ -189,12 +229,10 @@ func open(ctx context.Context, s source, own *opened) (int, error) {
 	return -1, fmt.Errorf("unknown source %q", s.kind)
 }
 
-// listen binds addr and returns a close-on-exec duplicate of the socket.
+// listen binds addr and returns a close-on-exec duplicate of the socket, in
+// blocking mode.
 func listen(ctx context.Context, addr string, own *opened) (int, error) {
-	scheme, rest, ok := strings.Cut(addr, "://")
-	if !ok {
-		scheme, rest = "tcp", addr
-	}
+	scheme, rest := splitListen(addr)
 	var lc net.ListenConfig
 	var c syscall.Conn
 	switch scheme {
@@ -222,5 +260,18 @@ func listen(ctx context.Context, addr string, own *opened) (int, error) {
 	default:
 		return -1, fmt.Errorf("unknown scheme %q (want tcp, udp or unix)", scheme)
 	}
-	return scmrights.Dup(c)
+	fd, err := scmrights.Dup(c)
+	if err != nil {
+		return -1, err
+	}
+	// Go's sockets are O_NONBLOCK, and the duplicate shares that file
+	// status flag. A socket-activated receiver expects blocking mode, as
+	// systemd hands out by default (NonBlocking=no): a blocking accept(2)
+	// on a non-blocking listener fails at once with EAGAIN. Nothing in
+	// fdsend waits on the socket, so clearing it here is safe.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return fd, nil
 }

@@ -1,14 +1,21 @@
 // Package fdwire is the contract between fdsend and fdrecv: the wire format,
-// version 1, and the status codes both exit with (status.go);
+// version 2, and the status codes both exit with (status.go);
 // docs/fdcli.md is the specification. One codec serves both commands.
 //
 // Message, one SOCK_SEQPACKET message carrying the descriptors:
 //
-//	"HFDS" | version 1 | nnames u8 | nnames × (len u8, name) | payload len u32 BE | payload
+//	"HFDS" | version 2 | nnames u8 | nnames × (len u8, name) | payload len u32 BE | payload
 //
 // Reply, one message without descriptors:
 //
-//	"HFDR" | version 1 | status u8 | text len u16 BE | text
+//	"HFDR" | version 2 | status u8 | text len u16 BE | text
+//
+// Version 2 has version 1's layout; what changed is what a status 0 reply
+// means. In version 1 it was final. In version 2 it says "placed": the
+// descriptors are where they go, and success is the connection then
+// reaching end of file with nothing more (fdrecv's last stage holds the
+// reply channel close-on-exec, so only a successful execve closes it). A
+// reply after "placed" is a failure that came later (execve failed).
 //
 // Messages come from another process: the decoders bound every length
 // before using it and never panic.
@@ -27,7 +34,7 @@ const (
 	msgMagic   = "HFDS"
 	replyMagic = "HFDR"
 	// Version is the wire version this package speaks.
-	Version = 1
+	Version = 2
 	// MaxNames is the most descriptors one message names: SCM_MAX_FD.
 	MaxNames = 253
 	// MaxNameLen is the longest descriptor name (systemd's limit).
@@ -45,6 +52,9 @@ const (
 var (
 	// ErrProtocol reports bytes that are not a valid message or reply.
 	ErrProtocol = errors.New("fdwire: malformed")
+	// ErrVersion reports a message or reply of another wire version; such
+	// errors also match ErrProtocol.
+	ErrVersion = errors.New("fdwire: unknown version")
 	// ErrName reports a descriptor name outside systemd's rule.
 	ErrName = errors.New("fdwire: invalid descriptor name")
 	// ErrTooLarge reports too many names or too large a payload to encode.
@@ -80,7 +90,7 @@ func DecodeMessage(b []byte) (names []string, payload []byte, err error) {
 	}
 	b = b[len(msgMagic):]
 	if b[0] != Version {
-		return nil, nil, fmt.Errorf("%w: version %d, want %d", ErrProtocol, b[0], Version)
+		return nil, nil, fmt.Errorf("%w: %w: version %d, want %d", ErrProtocol, ErrVersion, b[0], Version)
 	}
 	n := int(b[1])
 	b = b[2:]
@@ -114,28 +124,56 @@ func DecodeMessage(b []byte) (names []string, payload []byte, err error) {
 }
 
 // EncodeReply builds a reply; text is cut to MaxReplyText bytes on a rune
-// boundary.
+// boundary. Status 0 means "placed" (see the package comment).
 func EncodeReply(status int, text string) []byte {
+	return encodeReply(Version, status, text)
+}
+
+// MessageVersion returns the version byte of b if b starts like a message
+// of any version, or 0 (also for a message stamped version 0).
+func MessageVersion(b []byte) int {
+	if len(b) < len(msgMagic)+1 || string(b[:len(msgMagic)]) != msgMagic {
+		return 0
+	}
+	return int(b[len(msgMagic)])
+}
+
+// EncodeRefusal builds a reply with a non-zero status in the layout every
+// version so far shares, stamped with the sender's version, so that a
+// sender of another version can decode why it was refused. A zero status
+// becomes StatusProtocol: a refusal must never read as success.
+func EncodeRefusal(version, status int, text string) []byte {
+	if version < 1 || version > 255 {
+		version = Version
+	}
+	if status == StatusOK {
+		status = StatusProtocol
+	}
+	return encodeReply(byte(version), status, text)
+}
+
+func encodeReply(version byte, status int, text string) []byte {
 	for len(text) > MaxReplyText {
 		_, size := utf8.DecodeLastRuneInString(text)
 		text = text[:len(text)-size]
 	}
 	b := make([]byte, 0, len(replyMagic)+4+len(text))
 	b = append(b, replyMagic...)
-	b = append(b, Version, byte(status))
+	b = append(b, version, byte(status))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(text)))
 	return append(b, text...)
 }
 
-// DecodeReply parses a reply: status 0 is success, anything else the exit
-// code class the receiver failed with, and text says why.
+// DecodeReply parses a reply: status 0 is "placed" (success once end of
+// file follows), anything else the exit code class the receiver failed
+// with, and text says why.
 func DecodeReply(b []byte) (status int, text string, err error) {
 	if len(b) < len(replyMagic)+4 || string(b[:len(replyMagic)]) != replyMagic {
 		return 0, "", fmt.Errorf("%w: not an fdrecv reply", ErrProtocol)
 	}
 	b = b[len(replyMagic):]
 	if b[0] != Version {
-		return 0, "", fmt.Errorf("%w: version %d, want %d", ErrProtocol, b[0], Version)
+		return 0, "", fmt.Errorf("%w: %w: version %d, want %d", ErrProtocol, ErrVersion, b[0], Version)
 	}
 	status = int(b[1])
 	l := int(binary.BigEndian.Uint16(b[2:]))
