@@ -3,6 +3,7 @@
 package scmrights
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -100,7 +102,10 @@ func (c *Conn) Send(payload []byte, fds ...int) error {
 	c.wmu.Lock()
 	_, err := c.w.send(c.rc, c.sotype, payload, fds)
 	c.wmu.Unlock()
-	return opError("write", c.uc, err)
+	if err != nil {
+		err = opError("write", c.uc, err)
+	}
+	return err
 }
 
 // Recv receives one message; see the package-level Recv.
@@ -108,7 +113,10 @@ func (c *Conn) Recv(buf []byte, fds []int) (n, nfds int, err error) {
 	c.rmu.Lock()
 	n, nfds, err = c.r.recv(c.rc, c.sotype, buf, fds, nil)
 	c.rmu.Unlock()
-	return n, nfds, opError("read", c.uc, err)
+	if err != nil {
+		err = opError("read", c.uc, err)
+	}
+	return n, nfds, err
 }
 
 // RecvMsg receives one message as Recv does, into m.Payload and m.FDs,
@@ -257,7 +265,9 @@ func rawError(err error) error {
 var maxSendSpace = unix.CmsgSpace(4 * MaxFDs)
 
 // writer is the send state of one connection. fn is bound once so that
-// passing it to RawConn.Write does not allocate a closure per call.
+// passing it to RawConn.Write does not allocate a closure per call; the
+// loop is its body rather than a method value, which would add a wrapper
+// frame to every call (see sendmsg on why frames count).
 type writer struct {
 	p, oob []byte
 	n      int // payload bytes written so far
@@ -272,7 +282,29 @@ type writer struct {
 
 func (w *writer) init() {
 	w.oobBuf = make([]byte, maxSendSpace)
-	w.fn = w.write
+	// fn runs under the descriptor's write lock, which RawConn.Write holds
+	// across waits: a short write is finished before any other send starts.
+	w.fn = func(fd uintptr) bool {
+		for {
+			n, err := sendmsg(int(fd), &w.mb, w.p, w.oob)
+			switch ready(err) {
+			case callAgain:
+				continue
+			case callWait:
+				return false
+			}
+			if err != nil {
+				w.err = os.NewSyscallError("sendmsg", err)
+				return true
+			}
+			w.oob = nil // the descriptors rode on the first byte; never send them twice
+			w.n += n
+			w.p = w.p[n:]
+			if len(w.p) == 0 {
+				return true
+			}
+		}
+	}
 }
 
 var writerPool = sync.Pool{New: func() any {
@@ -302,30 +334,6 @@ func (w *writer) send(rc syscall.RawConn, sotype int, p []byte, fds []int) (int,
 		w.broken = fmt.Errorf("%w (%d of %d bytes written): %w", ErrBroken, n, len(p), err)
 	}
 	return n, err
-}
-
-// write runs under the descriptor's write lock, which RawConn.Write holds
-// across waits: a short write is finished before any other send starts.
-func (w *writer) write(fd uintptr) bool {
-	for {
-		n, err := sendmsg(int(fd), &w.mb, w.p, w.oob)
-		switch ready(err) {
-		case callAgain:
-			continue
-		case callWait:
-			return false
-		}
-		if err != nil {
-			w.err = os.NewSyscallError("sendmsg", err)
-			return true
-		}
-		w.oob = nil // the descriptors rode on the first byte; never send them twice
-		w.n += n
-		w.p = w.p[n:]
-		if len(w.p) == 0 {
-			return true
-		}
-	}
 }
 
 // callResult says what to do after a non-blocking system call.
@@ -363,7 +371,23 @@ type reader struct {
 
 func (r *reader) init() {
 	r.oobBuf = make([]byte, rightsSpace(MaxFDs))
-	r.fn = r.read
+	r.fn = func(fd uintptr) bool { // a closure, not a method value: see writer
+		for {
+			n, oobn, flags, err := recvmsg(int(fd), &r.mb, r.p, r.oob)
+			switch ready(err) {
+			case callAgain:
+				continue
+			case callWait:
+				return false
+			}
+			if err != nil {
+				r.err = os.NewSyscallError("recvmsg", err)
+				return true
+			}
+			r.n, r.oobn, r.flags = n, oobn, flags
+			return true
+		}
+	}
 }
 
 var readerPool = sync.Pool{New: func() any {
@@ -399,29 +423,19 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Me
 	return r.n, nfds, err
 }
 
-func (r *reader) read(fd uintptr) bool {
-	for {
-		n, oobn, flags, err := recvmsg(int(fd), &r.mb, r.p, r.oob)
-		switch ready(err) {
-		case callAgain:
-			continue
-		case callWait:
-			return false
-		}
-		if err != nil {
-			r.err = os.NewSyscallError("recvmsg", err)
-			return true
-		}
-		r.n, r.oobn, r.flags = n, oobn, flags
-		return true
-	}
-}
-
 // deliver moves the descriptors in oob into fds and decides whether the
 // message is whole. On any failure every descriptor that arrived is closed:
 // a message is never delivered with fewer descriptors than were sent. If m
 // is not nil, the credentials found in oob are stored in it.
 func deliver(n, flags int, oob []byte, fds []int, m *Message) (int, error) {
+	if flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) == 0 {
+		if nfds, ok := rightsOnly(oob, fds); ok {
+			if m != nil {
+				m.Cred, m.HasCred = Ucred{}, false
+			}
+			return nfds, nil
+		}
+	}
 	total := 0
 	var credFn func([]byte)
 	if m != nil {
@@ -452,6 +466,37 @@ func deliver(n, flags int, oob []byte, fds []int, m *Message) (int, error) {
 		return 0, fmt.Errorf("%w: message larger than the %d-byte buffer; %d descriptors closed", ErrPayloadTruncated, n, total)
 	}
 	return total, nil
+}
+
+// rightsOnly is deliver's fast path for the common message: no control data,
+// or a single SCM_RIGHTS message whose descriptors all fit in fds. It copies
+// them and reports true; for anything else it touches nothing and reports
+// false, and walkControl decides.
+func rightsOnly(oob []byte, fds []int) (int, bool) {
+	if len(oob) == 0 {
+		return 0, true
+	}
+	// Read the header in place when it is aligned (Conn's own buffer always
+	// is): copying it out, as walkControl does, costs a memmove call.
+	if len(oob) < cmsgDataOff || uintptr(unsafe.Pointer(&oob[0]))%unsafe.Alignof(unix.Cmsghdr{}) != 0 {
+		return 0, false
+	}
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	l := uint64(h.Len)
+	if h.Level != unix.SOL_SOCKET || h.Type != unix.SCM_RIGHTS ||
+		l < uint64(cmsgDataOff) || l > uint64(len(oob)) ||
+		(l+uint64(cmsgAlign)-1)&^uint64(cmsgAlign-1) < uint64(len(oob)) { // another header follows
+		return 0, false
+	}
+	data := oob[cmsgDataOff:l]
+	nfds := len(data) / 4
+	if nfds > len(fds) || len(data)%4 != 0 {
+		return 0, false
+	}
+	for i := range nfds {
+		fds[i] = int(int32(binary.NativeEndian.Uint32(data[4*i:])))
+	}
+	return nfds, true
 }
 
 // closeUnwanted closes a descriptor the caller never asked for (a pidfd

@@ -11,3 +11,6 @@ func WalkRights(oob []byte, fn func(fd int)) error { return walkRights(oob, fn) 
 func WalkControl(oob []byte, rights, unwanted func(fd int), cred func([]byte)) error {
 	return walkControl(oob, rights, unwanted, cred)
 }
+
+// RightsOnly exposes deliver's fast path to the fuzz target.
+func RightsOnly(oob []byte, fds []int) (int, bool) { return rightsOnly(oob, fds) }

@@ -5,6 +5,7 @@ package scmrights_test
 import (
 	"encoding/binary"
 	"testing"
+	"unsafe"
 
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
@@ -62,6 +63,45 @@ func FuzzWalkRights(f *testing.F) {
 		}
 		if len(got) != wantN {
 			t.Fatalf("cut to %d bytes: %d descriptors, want %d", len(short), len(got), wantN)
+		}
+	})
+}
+
+// FuzzRightsOnly checks deliver's fast path against the full walker: when
+// it accepts control data, the walker must find exactly the same
+// descriptors, no other control message and no error.
+func FuzzRightsOnly(f *testing.F) {
+	f.Add(scmrights.PutRights(make([]byte, unix.CmsgSpace(12)), []int{3, 4, 5}), uint8(3), uint8(0))
+	f.Add(scmrights.PutRights(make([]byte, unix.CmsgSpace(4)), []int{7}), uint8(1), uint8(0))
+	f.Add(scmrights.PutRights(make([]byte, unix.CmsgSpace(4)), []int{7}), uint8(0), uint8(0))
+	f.Add([]byte{}, uint8(0), uint8(0))
+	f.Add(make([]byte, unix.SizeofCmsghdr), uint8(1), uint8(1))
+	f.Fuzz(func(t *testing.T, in []byte, room, shift uint8) {
+		// Copy into an 8-aligned buffer at offset shift%8: the fast path
+		// must decline unaligned data, never misread it.
+		buf := make([]uint64, len(in)/8+2)
+		raw := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), len(buf)*8)
+		oob := raw[int(shift%8) : int(shift%8)+len(in)]
+		copy(oob, in)
+		fds := make([]int, int(room%16))
+		n, ok := scmrights.RightsOnly(oob, fds)
+		if !ok {
+			return
+		}
+		var walked []int
+		other := false
+		err := scmrights.WalkControl(oob, func(fd int) { walked = append(walked, fd) },
+			func(int) { other = true }, func([]byte) { other = true })
+		if err != nil || other {
+			t.Fatalf("fast path accepted %x (%d fds), walker: err %v, other control messages %v", oob, n, err, other)
+		}
+		if n != len(walked) || n > len(fds) {
+			t.Fatalf("fast path found %d descriptors in %x, walker %d, room %d", n, oob, len(walked), len(fds))
+		}
+		for i := range n {
+			if fds[i] != walked[i] {
+				t.Fatalf("descriptor %d: fast path %d, walker %d", i, fds[i], walked[i])
+			}
 		}
 	})
 }

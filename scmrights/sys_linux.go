@@ -85,16 +85,20 @@ type msgBuf struct {
 // kernel never delays a stop-the-world.
 const rawMax = 64 << 10
 
-func syscallFor(n int) func(trap, a1, a2, a3 uintptr) (r1, r2 uintptr, err unix.Errno) {
-	if n <= rawMax {
-		return unix.RawSyscall
-	}
-	return unix.Syscall
-}
+// sendmsg and recvmsg call unix.RawSyscall6 (a jump straight to the
+// syscall package's) rather than unix.RawSyscall (two more frames) through
+// a function value: on this path a CPU profile (perf cpu-clock, K=1)
+// charged 10-40 ns per message to each small wrapper.
 
 func sendmsg(fd int, b *msgBuf, p, oob []byte) (int, error) {
 	fillMsg(&b.msg, &b.iov, p, oob)
-	n, _, e := syscallFor(len(p))(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), sendFlags)
+	var n uintptr
+	var e unix.Errno
+	if len(p) <= rawMax {
+		n, _, e = unix.RawSyscall6(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), sendFlags, 0, 0, 0)
+	} else {
+		n, _, e = unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), sendFlags)
+	}
 	b.iov.Base, b.msg.Control = nil, nil
 	if e != 0 {
 		return 0, e
@@ -104,7 +108,13 @@ func sendmsg(fd int, b *msgBuf, p, oob []byte) (int, error) {
 
 func recvmsg(fd int, b *msgBuf, p, oob []byte) (n, oobn, flags int, err error) {
 	fillMsg(&b.msg, &b.iov, p, oob)
-	r, _, e := syscallFor(len(p))(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), recvFlags)
+	var r uintptr
+	var e unix.Errno
+	if len(p) <= rawMax {
+		r, _, e = unix.RawSyscall6(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), recvFlags, 0, 0, 0)
+	} else {
+		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), recvFlags)
+	}
 	b.iov.Base, b.msg.Control = nil, nil
 	if e != 0 {
 		return 0, 0, 0, e
