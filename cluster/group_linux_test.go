@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -500,6 +502,32 @@ func TestSuspendResume(t *testing.T) {
 			// The resumed workers count the scaled slot.
 			groupWaitLines(t, g.out, "HANDOFF_WORKERS=3", 3)
 		})
+	}
+}
+
+// TestScaleByHugeDelta: ScaleBy with a delta past the 4096-worker limit
+// means the limit (or 0), never an int overflow that wraps around. On a
+// suspended master it only sets the count Resume would start.
+func TestScaleByHugeDelta(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	g := newGroupMaster(t, pc, cluster.Config{Workers: 2, Suspended: true}, false)
+	g.ready()
+	scaled := regexp.MustCompile(`"msg":"scaled while suspended","workers":(\d+)`)
+	for _, tc := range []struct {
+		delta int
+		want  string
+	}{{math.MaxInt, "4096"}, {math.MinInt, "0"}, {3, "3"}} {
+		if err := g.m.ScaleBy(tc.delta); err != nil {
+			t.Fatalf("ScaleBy(%d): %v", tc.delta, err)
+		}
+		all := scaled.FindAllStringSubmatch(g.log.String(), -1)
+		if len(all) == 0 || all[len(all)-1][1] != tc.want {
+			t.Errorf("ScaleBy(%d): last count logged %v, want %s", tc.delta, all, tc.want)
+		}
+	}
+	if st := g.m.Status(); st.Processes != 0 {
+		t.Errorf("ScaleBy while suspended started processes: %+v", st)
 	}
 }
 

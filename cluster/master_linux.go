@@ -494,6 +494,9 @@ func (m *master) scaleBy(delta int) error {
 	if err != nil {
 		return err
 	}
+	// Beyond ±4096 every delta means the same, and the sums below must
+	// not wrap (ScaleBy(math.MaxInt) would scale to 0).
+	delta = min(max(delta, -4096), 4096)
 	m.grp.mu.Lock()
 	defer m.grp.mu.Unlock()
 	if m.grp.suspended { // group_linux.go
