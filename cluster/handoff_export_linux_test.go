@@ -276,6 +276,13 @@ func (r *HandoffRig) AdoptOldPeer(f *os.File, peer int) (int, error) {
 	return r.pids, r.m.handoffAdoptOld(r.pids, 0, f, peer)
 }
 
+// AdoptOldPeerAs is AdoptOldPeer for an old worker whose process is pid, a
+// real one the test started: the dispatcher opens its pidfd and may look at
+// its /proc/<pid>/fd (see watch).
+func (r *HandoffRig) AdoptOldPeerAs(f *os.File, peer, pid int) error {
+	return r.m.handoffAdoptOld(pid, 0, f, peer)
+}
+
 // NewHandoffWorker is the worker side of a connection channel made by the
 // test.
 func NewHandoffWorker(uc *net.UnixConn) (*HandoffWorker, error) {

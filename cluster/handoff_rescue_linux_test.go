@@ -14,6 +14,7 @@ import (
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"golang.org/x/sys/unix"
 )
 
 // TestHandoffRescueUnread: connections the master delivered to a worker
@@ -78,6 +79,39 @@ func TestHandoffRescueUnread(t *testing.T) {
 			}
 			waitUntil(t, "gone worker out of the rotation", 5*time.Second, func() bool { return r.Workers() == 2 })
 		})
+	}
+}
+
+// TestHandoffRetiredNotKilled: an old worker adopted after an upgrade, with
+// the old image's copy of its end carried over, is never killed by the
+// check for workers that closed their end and live on: it is sent nothing,
+// and one that closes its channel while it drains slow requests must be
+// left to finish them. A real process that never held the end stands for
+// it, past the 2 s of silence that check waits for.
+func TestHandoffRetiredNotKilled(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	r, _ := rig(t, "tcp")
+	sleeper := exec.Command("sleep", "30")
+	sleeper.Env = append(os.Environ(), pc.Env())
+	helperproc.Start(t, sleeper)
+	pid := sleeper.Process.Pid
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := unix.FcntlInt(uintptr(pair[1]), unix.F_DUPFD_CLOEXEC, 0)
+	unix.Close(pair[1]) // the worker's own end: gone from its process
+	if err != nil {
+		unix.Close(pair[0])
+		t.Fatal(err)
+	}
+	if err := r.AdoptOldPeerAs(os.NewFile(uintptr(pair[0]), "old-master"), peer, pid); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3500 * time.Millisecond)
+	if p, ok := proccensus.Stat(pid); !ok || p.State == 'Z' {
+		t.Errorf("the retired worker was killed: %+v, %v", p, ok)
 	}
 }
 

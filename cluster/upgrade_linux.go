@@ -257,17 +257,31 @@ func (m *master) inheritedFile(name string) *os.File {
 	return f
 }
 
-// inheritedRaw takes the inherited descriptor called name as a raw
-// close-on-exec descriptor, off the runtime's poller; -1 if there is none.
-func (m *master) inheritedRaw(name string) int {
+// inheritedPeer takes the inherited copy of a worker's end of its
+// connection channel called name as a raw close-on-exec descriptor, off the
+// runtime's poller; -1 if there is none or it is not a unix seqpacket
+// socket (the rescue reads it with recvmsg).
+func (m *master) inheritedPeer(name string) int {
 	f := m.inheritedFile(name)
 	if f == nil {
 		return -1
 	}
 	defer f.Close()
 	fd, err := scmrights.Dup(f)
+	if err == nil {
+		dom, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+		typ, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err = errors.Join(err1, err2); err != nil {
+			err = os.NewSyscallError("getsockopt", err)
+		} else if dom != unix.AF_UNIX || typ != unix.SOCK_SEQPACKET {
+			err = errors.New("not a unix seqpacket socket")
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
-		m.log.Warn("upgrade: inherited descriptor", "name", name, "err", err)
+		m.log.Warn("upgrade: inherited descriptor ignored", "name", name, "err", err)
 		return -1
 	}
 	return fd
@@ -591,7 +605,7 @@ func (m *master) startRetire() (wait func()) {
 	// until they exit.
 	for _, p := range up.old {
 		if f := m.inheritedFile("conn." + strconv.Itoa(p.w.pid)); f != nil {
-			if err := m.handoffAdoptOld(p.w.pid, p.w.slot, f, m.inheritedRaw("peer."+strconv.Itoa(p.w.pid))); err != nil {
+			if err := m.handoffAdoptOld(p.w.pid, p.w.slot, f, m.inheritedPeer("peer."+strconv.Itoa(p.w.pid))); err != nil {
 				m.log.Warn("upgrade: previous worker's connection channel", "pid", p.w.pid, "err", err)
 			}
 		}
@@ -725,7 +739,7 @@ func (m *master) retire(p *oldProc) {
 		ev.Signal = ws.Signal()
 	}
 	m.csock.recordExit(ev)
-	for _, name := range []string{"chan.", "conn."} {
+	for _, name := range []string{"chan.", "conn.", "peer."} {
 		if f := m.inheritedFile(name + strconv.Itoa(pid)); f != nil {
 			f.Close()
 		}

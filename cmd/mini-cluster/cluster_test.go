@@ -431,9 +431,14 @@ func TestKillWorkersUnderLoad(t *testing.T) {
 					continue
 				}
 				// Stopped, it takes nothing more from the kernel: what it
-				// holds now is what dies with it. Meanwhile new
+				// holds now is what dies with it. Every thread must have
+				// stopped, so that none still installs a descriptor (a
+				// recvmsg, an accept4) after the count. Meanwhile new
 				// connections queue for it (its channel, its reuseport
 				// listener) or go to the others.
+				if !waitFor(5*time.Second, func() bool { return allStopped(victim) }) {
+					t.Logf("worker %d: not every thread stopped within 5 s", victim)
+				}
 				time.Sleep(50 * time.Millisecond)
 				held, err := heldConns(victim)
 				if err != nil {
@@ -475,6 +480,27 @@ func TestKillWorkersUnderLoad(t *testing.T) {
 			}
 		})
 	}
+}
+
+// allStopped reports whether every thread of process pid is stopped
+// (state T, or t when traced).
+func allStopped(pid int) bool {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		return false
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) == 0 || (f[0] != "T" && f[0] != "t") {
+			return false
+		}
+	}
+	return true
 }
 
 // heldConns counts the TCP sockets other than listeners in process pid's

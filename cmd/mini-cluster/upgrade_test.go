@@ -433,38 +433,46 @@ func upgradeLoadSpanned(res loadclient.Result, old, now []int, execed time.Time)
 // master serving with the same workers and descriptors, logs why, and a
 // later SIGUSR2 with the binary back succeeds (TESTPLAN C12).
 func TestUpgradeBinaryUnusable(t *testing.T) {
+	// A new binary still being written (golang/go#22315): the running
+	// image's own file cannot be opened for writing, so a new file is
+	// renamed over the path and kept open. execve fails only after the
+	// state, and in handoff mode the copies of the workers' ends, were
+	// made.
+	busy := func(t *testing.T, bin string) func() {
+		copyBinary(t, bin+".new")
+		f, err := os.OpenFile(bin+".new", os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(bin+".new", bin); err != nil {
+			t.Fatal(err)
+		}
+		return func() { f.Close() }
+	}
 	for _, tc := range []struct {
 		name    string
 		breakIt func(t *testing.T, bin string) (restore func())
 		want    string
+		mode    string
 	}{
 		{"missing", func(t *testing.T, bin string) func() {
 			if err := os.Remove(bin); err != nil {
 				t.Fatal(err)
 			}
 			return func() { copyBinary(t, bin) }
-		}, "no such file"},
+		}, "no such file", ""},
 		{"not executable", func(t *testing.T, bin string) func() {
 			if err := os.Chmod(bin, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			return func() { os.Chmod(bin, 0o755) }
-		}, "permission denied"},
-		{"busy", func(t *testing.T, bin string) func() {
-			// A new binary still being written (golang/go#22315): the
-			// running image's own file cannot be opened for writing, so
-			// a new file is renamed over the path and kept open.
-			copyBinary(t, bin+".new")
-			f, err := os.OpenFile(bin+".new", os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Rename(bin+".new", bin); err != nil {
-				t.Fatal(err)
-			}
-			return func() { f.Close() }
-		}, "text file busy"},
+		}, "permission denied", ""},
+		{"busy", busy, "text file busy", "shared"},
+		{"busy in handoff mode", busy, "text file busy", "handoff"},
 	} {
+		if tc.mode == "" {
+			tc.mode = "shared"
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			fdcensus.Verify(t)
 			pc := proccensus.New(t)
@@ -472,7 +480,7 @@ func TestUpgradeBinaryUnusable(t *testing.T) {
 			bin := filepath.Join(dir, "mini-cluster")
 			copyBinary(t, bin)
 			m := startMasterFrom(t, pc, bin, nil,
-				append([]string{"-n", "2", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
+				append([]string{"-n", "2", "-mode", tc.mode, "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
 			addr := m.waitReady()
 			mpid := m.cmd.Process.Pid
 			kinds0, sockets0, err := fdShape(mpid)
