@@ -21,14 +21,15 @@
 // A Reader error is a timeout, a dropped frame or final. A timeout
 // (os.ErrDeadlineExceeded) is never final: the next read resumes the frame
 // where it stopped. Errors matching ErrFrameDropped (among them every
-// *FDCountError, ErrNoFDTransport and a frame with more descriptors than
-// the caller's fds slice, ErrTooManyFDs; on SOCK_SEQPACKET also a bad or
-// oversized message) dropped one frame, its descriptors closed; the next
-// read returns the next frame. Every other error is final and repeats on
-// every later read: io.EOF, io.ErrUnexpectedEOF, ErrBadHeader and
-// ErrFrameTooLarge on a stream, ErrFDProtocol, ErrClosed and errors of the
-// underlying connection. A read loop skips ErrFrameDropped and stops on
-// anything else but a timeout.
+// *FDCountError, including descriptors the transport lost, ErrNoFDTransport
+// and a frame with more descriptors than the caller's fds slice,
+// ErrTooManyFDs; on SOCK_SEQPACKET also a bad, oversized or truncated
+// message) dropped one frame, its descriptors closed; the next read
+// returns the next frame. Every other error is final and repeats on every
+// later read: io.EOF, io.ErrUnexpectedEOF, ErrBadHeader and
+// ErrFrameTooLarge on a stream, ErrFDProtocol, ErrClosed and other errors
+// of the underlying connection. A read loop skips ErrFrameDropped and
+// stops on anything else but a timeout.
 //
 // # Descriptors
 //
@@ -43,7 +44,10 @@
 // whose first byte lies in the bytes it returned. The Reader applies that
 // rule and cross-checks it against the count the frame's header declares: a
 // mismatch drops the frame with an *FDCountError and closes the
-// descriptors. Descriptors a peer attaches to a byte that starts no frame
+// descriptors. So do descriptors the FDReader lost (it returned an error
+// with the bytes they came with: MSG_CTRUNC when the receiver has run out
+// of descriptors, for instance): only the frame that owned them is
+// dropped, and the next frame is read normally. Descriptors a peer attaches to a byte that starts no frame
 // are detected on a best-effort basis only: when the recvmsg that returns
 // them also returns the first byte of a later frame (which depends on
 // timing), the rule charges them to that later frame, which is then dropped
@@ -74,7 +78,12 @@
 // # Platforms
 //
 // Frames without descriptors work on every platform Go supports. Frames with
-// descriptors need Linux: elsewhere the Reader uses plain reads (a frame
-// declaring descriptors fails with ErrNoFDTransport) and the Writer refuses
-// descriptors with an error wrapping ErrNotSupported.
+// descriptors need Linux: elsewhere the Writer refuses descriptors with an
+// error wrapping ErrNotSupported, and the Reader uses plain reads. A frame
+// declaring descriptors that a transport does not deliver (a pipe, TCP) is
+// then dropped with ErrNoFDTransport. A unix socket peer that does attach
+// descriptors makes the plain read itself fail (*scmrights.Conn's Read
+// closes them and returns scmrights.ErrTruncated), and that error is final:
+// without the Linux attribution rule the Reader cannot tell which frame
+// they belonged to.
 package ipcframe

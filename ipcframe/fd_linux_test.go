@@ -465,8 +465,9 @@ func TestEmptyPayloadFDs(t *testing.T) {
 }
 
 // TestTooManyFDs: 253 descriptors travel in one frame; 254 are refused
-// before anything is written; a reader whose limit is exceeded fails with
-// every descriptor closed.
+// before anything is written; descriptors beyond a reader's limit are
+// closed and cost only their frame, unless its header declares them, which
+// is final.
 func TestTooManyFDs(t *testing.T) {
 	fdcensus.Verify(t)
 	a, b := connPair(t, unix.SOCK_STREAM)
@@ -478,20 +479,133 @@ func TestTooManyFDs(t *testing.T) {
 	if err := w.WriteFrameFDs([]byte("253"), fds[:ipcframe.MaxFDsPerFrame]...); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.WriteFrameFDs([]byte("5"), fds[:5]...); err != nil {
-		t.Fatal(err)
-	}
 	r := ipcframe.NewReader(b, nil)
 	gotFrames := readFrames(t, r, 1)
 	if diff := cmp.Diff([]got{frameOf([]byte("253"), fid[:ipcframe.MaxFDsPerFrame])}, gotFrames); diff != "" {
 		t.Errorf("frame (-want +got):\n%s", diff)
 	}
 
-	// A reader that accepts 4 per frame meets 5: the transport refuses
-	// them (MSG_CTRUNC-style), closes them, and the stream is done.
+	// A reader that accepts 4 per frame meets 5 on a frame declaring 4:
+	// the transport refuses them (MSG_CTRUNC-style) and closes them; that
+	// frame is dropped and the next one read. A header declaring 5 ends
+	// the stream: no control buffer of the reader could receive them.
+	if err := a.Send(append(hdr(4, 1), 'x'), fds[:5]...); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFrame([]byte("next")); err != nil {
+		t.Fatal(err)
+	}
 	small := ipcframe.NewReader(b, &ipcframe.ReaderOptions{MaxFDs: 4})
-	if _, _, err := small.ReadFrameFDs(nil, make([]int, 4)); !errors.Is(err, scmrights.ErrTruncated) {
-		t.Fatalf("5 descriptors, limit 4: %v, want scmrights.ErrTruncated", err)
+	rfds := make([]int, 4)
+	_, _, err := small.ReadFrameFDs(nil, rfds)
+	var ce *ipcframe.FDCountError
+	if !errors.As(err, &ce) || !errors.Is(err, ipcframe.ErrFrameDropped) || !errors.Is(err, scmrights.ErrTruncated) || ce.Declared != 4 || ce.Arrived != 0 {
+		t.Fatalf("5 descriptors, limit 4: %v, want an *FDCountError declaring 4, none arrived, lost with scmrights.ErrTruncated", err)
+	}
+	if p, n, err := small.ReadFrameFDs(nil, rfds); err != nil || n != 0 || string(p) != "next" {
+		t.Fatalf("frame after the truncated one: %q, %d descriptors, %v", p, n, err)
+	}
+	if err := w.WriteFrameFDs([]byte("5"), fds[:5]...); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := small.ReadFrameFDs(nil, rfds); !errors.Is(err, ipcframe.ErrBadHeader) || errors.Is(err, ipcframe.ErrFrameDropped) {
+		t.Fatalf("header declaring 5, limit 4: %v, want a final ErrBadHeader", err)
+	}
+}
+
+// exhaustFDs lowers RLIMIT_NOFILE and fills the descriptor table so that
+// exactly one more descriptor can be opened. The returned function closes
+// the fillers and restores the limit; it is also registered as a cleanup.
+func exhaustFDs(t *testing.T, dupOf int) (restore func()) {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	highest := 0
+	for _, e := range ents {
+		var n int
+		if _, err := fmt.Sscan(e.Name(), &n); err == nil {
+			highest = max(highest, n)
+		}
+	}
+	var fill []int
+	done := false
+	restore = func() {
+		if done {
+			return
+		}
+		done = true
+		for _, fd := range fill {
+			unix.Close(fd)
+		}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+			t.Errorf("restoring RLIMIT_NOFILE: %v", err)
+		}
+	}
+	t.Cleanup(restore)
+	lim := old
+	lim.Cur = uint64(highest + 2)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	// Every number below the limit gets taken (at most highest+2 dups),
+	// then one is given back.
+	for range highest + 2 {
+		fd, err := unix.Dup(dupOf)
+		if err != nil {
+			if !errors.Is(err, unix.EMFILE) {
+				t.Fatal(err)
+			}
+			break
+		}
+		fill = append(fill, fd)
+	}
+	if _, err := unix.Dup(dupOf); !errors.Is(err, unix.EMFILE) || len(fill) == 0 {
+		t.Fatalf("descriptor table not full: %v, %d fillers", err, len(fill))
+	}
+	unix.Close(fill[len(fill)-1])
+	fill = fill[:len(fill)-1]
+	return restore
+}
+
+// TestOutOfDescriptors (TESTPLAN A11): the receiver has one free descriptor
+// when a frame with three arrives. The kernel installs what fits and
+// reports MSG_CTRUNC; scmrights closes them. Only that frame is dropped:
+// once the limit is restored the next frames arrive, with their
+// descriptors.
+func TestOutOfDescriptors(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_STREAM)
+	fds, fid := memfds(t, 3)
+	w := ipcframe.NewWriter(a, nil)
+	if err := w.WriteFrameFDs([]byte("three"), fds...); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFrame([]byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFrameFDs([]byte("one"), fds[:1]...); err != nil {
+		t.Fatal(err)
+	}
+	r := ipcframe.NewReader(b, nil)
+	rfds := make([]int, 8)
+	restore := exhaustFDs(t, fds[0])
+	p, n, err := r.ReadFrameFDs(nil, rfds)
+	closeAll(rfds[:n])
+	restore()
+	var ce *ipcframe.FDCountError
+	if !errors.As(err, &ce) || !errors.Is(err, ipcframe.ErrFrameDropped) || !errors.Is(err, scmrights.ErrTruncated) || ce.Declared != 3 || ce.Arrived != 0 {
+		t.Fatalf("frame read out of descriptors: %q, %d descriptors, %v; want an *FDCountError declaring 3, lost with scmrights.ErrTruncated", p, n, err)
+	}
+	gotFrames := readFrames(t, r, 2)
+	want := []got{frameOf([]byte("next"), nil), frameOf([]byte("one"), fid[:1])}
+	if diff := cmp.Diff(want, gotFrames); diff != "" {
+		t.Errorf("frames after the limit is restored (-want +got):\n%s", diff)
 	}
 }
 
@@ -500,7 +614,7 @@ func TestTooManyFDs(t *testing.T) {
 func TestSeqpacket(t *testing.T) {
 	fdcensus.Verify(t)
 	a, b := connPair(t, unix.SOCK_SEQPACKET)
-	fds, fid := memfds(t, 3)
+	fds, fid := memfds(t, 5)
 	good := func(p string, n int) func() error {
 		return func() error { return ipcframe.NewWriter(a, nil).WriteFrameFDs([]byte(p), fds[:n]...) }
 	}
@@ -518,12 +632,15 @@ func TestSeqpacket(t *testing.T) {
 		{"too few fds", func() error { return a.Send(append(hdr(3, 1), 'x'), fds[:2]...) }, nil, ipcframe.ErrFDCount},
 		{"injected fds", func() error { return a.Send(append(hdr(0, 1), 'x'), fds[:2]...) }, nil, ipcframe.ErrFDCount},
 		{"too large", func() error { return a.Send(append(hdr(0, 101), make([]byte, 101)...)) }, nil, ipcframe.ErrFrameTooLarge},
-		{"good again", good("two", 3), &got{sha256.Sum256([]byte("two")), fid}, nil},
+		{"cut by the transport", func() error { return a.Send(append(hdr(1, 200), make([]byte, 200)...), fds[:1]...) }, nil, scmrights.ErrPayloadTruncated},
+		{"more fds than MaxFDs", func() error { return a.Send(append(hdr(4, 1), 'x'), fds...) }, nil, scmrights.ErrTruncated},
+		{"good again", good("two", 3), &got{sha256.Sum256([]byte("two")), fid[:3]}, nil},
 	}
-	// MaxFrame 101 with a message of 109 bytes fits the 110-byte buffer, so
+	// MaxFrame 100 with a message of 109 bytes fits the 109-byte buffer, so
 	// "too large" is this package's check; a longer message is cut by the
-	// transport, which scmrights reports as ErrPayloadTruncated.
-	r := ipcframe.NewReader(b, &ipcframe.ReaderOptions{Packet: true, MaxFrame: 100})
+	// transport (MSG_TRUNC), which scmrights reports as ErrPayloadTruncated.
+	// Either way only that message is dropped.
+	r := ipcframe.NewReader(b, &ipcframe.ReaderOptions{Packet: true, MaxFrame: 100, MaxFDs: 4})
 	rfds := make([]int, 8)
 	for _, s := range steps {
 		if err := s.send(); err != nil {
@@ -532,6 +649,9 @@ func TestSeqpacket(t *testing.T) {
 		p, n, err := r.ReadFrameFDs(nil, rfds)
 		if !errors.Is(err, s.wantErr) || (err == nil) != (s.wantErr == nil) {
 			t.Fatalf("%s: error %v, want %v", s.name, err, s.wantErr)
+		}
+		if err != nil && !errors.Is(err, ipcframe.ErrFrameDropped) {
+			t.Fatalf("%s: error %v does not match ErrFrameDropped", s.name, err)
 		}
 		if s.want != nil {
 			if diff := cmp.Diff(*s.want, frameOf(p, takeIDs(t, rfds[:n]))); diff != "" {

@@ -47,8 +47,8 @@ var (
 	// because that ends the stream.
 	ErrTooManyFDs = errors.New("ipcframe: too many descriptors")
 
-	// ErrFDCount reports a frame whose descriptors do not match its header;
-	// the frame is dropped (ErrFrameDropped). Errors carrying it are
+	// ErrFDCount reports a frame whose descriptors do not match its header,
+	// or were lost by the transport; the frame is dropped (ErrFrameDropped). Errors carrying it are
 	// *FDCountError values.
 	ErrFDCount = errors.New("ipcframe: descriptor count mismatch")
 
@@ -93,17 +93,26 @@ func (e *HeaderError) Error() string {
 func (e *HeaderError) Is(target error) bool { return target == ErrBadHeader }
 
 // FDCountError describes a frame whose descriptors did not match the count
-// its header declares: fewer arrived (TESTPLAN A7), more arrived, or some
-// arrived on bytes other than the frame's first (A8). Every descriptor that
-// arrived for the frame has been closed and the frame dropped; the Reader
-// stays usable.
+// its header declares: fewer arrived (TESTPLAN A7), more arrived, some
+// arrived on bytes other than the frame's first (A8), or the transport lost
+// them (A11: the receiver ran out of descriptors and the kernel truncated
+// them, MSG_CTRUNC). Every descriptor that arrived for the frame has been
+// closed and the frame dropped; the Reader stays usable.
 type FDCountError struct {
 	Declared  int // descriptors the header declared
 	Arrived   int // descriptors that came with the frame's first byte
 	Misplaced int // descriptors that came with later bytes of the frame
+
+	// Lost is the error the FDReader returned with bytes of the frame when
+	// it lost their descriptors (see FDReader), or nil. errors.Is and
+	// errors.As reach it through Unwrap.
+	Lost error
 }
 
 func (e *FDCountError) Error() string {
+	if e.Lost != nil {
+		return fmt.Sprintf("ipcframe: frame declares %d descriptors; the transport lost those that arrived with it (all closed, frame dropped): %v", e.Declared, e.Lost)
+	}
 	if e.Misplaced > 0 {
 		return fmt.Sprintf("ipcframe: frame declares %d descriptors, %d arrived with its first byte and %d with later bytes (all closed, frame dropped)", e.Declared, e.Arrived, e.Misplaced)
 	}
@@ -116,8 +125,12 @@ func (e *FDCountError) Is(target error) bool {
 	return target == ErrFDCount || target == ErrFrameDropped
 }
 
+// Unwrap returns Lost.
+func (e *FDCountError) Unwrap() error { return e.Lost }
+
 // droppedError marks an error that dropped one frame of a packet
-// transport (a bad header or an oversized frame), after which the Reader
+// transport (a bad or oversized message, or one the transport truncated),
+// after which the Reader
 // goes on: it matches ErrFrameDropped as well as its cause.
 type droppedError struct{ err error }
 
@@ -135,7 +148,10 @@ func (e *droppedError) Unwrap() []error { return []error{e.err, ErrFrameDropped}
 // an error with nfds == 0: a descriptor it closed itself must not be
 // counted, or the Reader would close that number again, and by then it may
 // name an unrelated file. An error may come with n > 0: those bytes were
-// consumed. Recv returns io.EOF at end of stream.
+// consumed. Such an error, unless io.EOF or a timeout, must mean that the
+// descriptors that came with those bytes were lost and nothing else: the
+// Reader drops the frame that owned them (an *FDCountError whose Lost is
+// that error) and goes on reading. Recv returns io.EOF at end of stream.
 type FDReader interface {
 	Recv(buf []byte, fds []int) (n, nfds int, err error)
 }
@@ -160,9 +176,11 @@ type Header struct {
 }
 
 // ParseHeader decodes the first HeaderSize bytes of b. It checks the magic,
-// version, reserved byte and descriptor count; it does not check Len against
-// any maximum, which is the caller's policy (see ReaderOptions.MaxFrame).
-// b shorter than HeaderSize is an error wrapping ErrBadHeader.
+// version, reserved byte and descriptor count (errors are *HeaderError,
+// matching ErrBadHeader; so is b shorter than HeaderSize). A length above
+// MaxFrameLimit, which no Reader accepts, is an error wrapping
+// ErrFrameTooLarge; below that, checking Len against a maximum is the
+// caller's policy (see ReaderOptions.MaxFrame).
 func ParseHeader(b []byte) (Header, error) {
 	if len(b) < HeaderSize {
 		e := &HeaderError{Reason: fmt.Sprintf("%d bytes, want %d", len(b), HeaderSize)}
@@ -180,12 +198,11 @@ func ParseHeader(b []byte) (Header, error) {
 	case b[2] > MaxFDsPerFrame:
 		reason = fmt.Sprintf("%d descriptors declared, at most %d", b[2], MaxFDsPerFrame)
 	default:
-		// Go's int is at least 32 bits; on 32-bit platforms a length above
-		// MaxInt32 is rejected by every MaxFrame (≤ MaxFrameLimit) anyway,
-		// so it is clamped rather than wrapped negative.
-		n := uint64(binary.BigEndian.Uint32(b[4:8]))
-		if n > maxInt {
-			n = maxInt
+		// Checked as uint32: on 32-bit platforms a larger length would
+		// wrap negative as an int.
+		n := binary.BigEndian.Uint32(b[4:8])
+		if n > MaxFrameLimit {
+			return Header{}, fmt.Errorf("%w: header declares %d bytes, above MaxFrameLimit (%d)", ErrFrameTooLarge, n, MaxFrameLimit)
 		}
 		return Header{Len: int(n), FDs: int(b[2])}, nil
 	}
@@ -193,8 +210,6 @@ func ParseHeader(b []byte) (Header, error) {
 	copy(e.Header[:], b)
 	return Header{}, e
 }
-
-const maxInt = uint64(^uint(0) >> 1)
 
 // AppendFrame appends to dst the frame carrying payload and no descriptors,
 // and returns the extended slice. It allocates only if dst lacks capacity.

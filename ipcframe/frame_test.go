@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"math"
 	"os"
 	"slices"
 	"strings"
@@ -61,8 +60,11 @@ func TestParseHeader(t *testing.T) {
 		{"docs: 13 bytes, 2 fds", "68 01 02 00 00 00 00 0d", ipcframe.Header{Len: 13, FDs: 2}, nil},
 		{"docs: empty, 1 fd", "68 01 01 00 00 00 00 00", ipcframe.Header{FDs: 1}, nil},
 		{"253 fds", "68 01 fd 00 00 00 00 01", ipcframe.Header{Len: 1, FDs: 253}, nil},
-		// ParseHeader clamps the length to MaxInt where int is 32 bits.
-		{"max length", "68 01 00 00 ff ff ff ff", ipcframe.Header{Len: int(min(uint64(math.MaxUint32), uint64(math.MaxInt)))}, nil},
+		{"MaxFrameLimit", "68 01 00 00 40 00 00 00", ipcframe.Header{Len: ipcframe.MaxFrameLimit}, nil},
+		// Refused, not clamped or wrapped where int is 32 bits.
+		{"MaxFrameLimit+1", "68 01 00 00 40 00 00 01", ipcframe.Header{}, ipcframe.ErrFrameTooLarge},
+		{"max length", "68 01 00 00 ff ff ff ff", ipcframe.Header{}, ipcframe.ErrFrameTooLarge},
+		{"above MaxInt32", "68 01 00 00 80 00 00 00", ipcframe.Header{}, ipcframe.ErrFrameTooLarge},
 		{"254 fds", "68 01 fe 00 00 00 00 01", ipcframe.Header{}, ipcframe.ErrBadHeader},
 		{"wrong magic", "47 45 54 20 2f 20 48 54", ipcframe.Header{}, ipcframe.ErrBadHeader},
 		{"version 2", "68 02 00 00 00 00 00 00", ipcframe.Header{}, ipcframe.ErrBadHeader},
@@ -77,7 +79,7 @@ func TestParseHeader(t *testing.T) {
 				t.Fatalf("ParseHeader error = %v, want %v", err, tt.wantErr)
 			}
 			var he *ipcframe.HeaderError
-			if err != nil && !errors.As(err, &he) {
+			if errors.Is(err, ipcframe.ErrBadHeader) && !errors.As(err, &he) {
 				t.Errorf("error %T is not a *HeaderError", err)
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
@@ -295,6 +297,46 @@ func TestWriterPlain(t *testing.T) {
 	}
 }
 
+// capWriter records the capacity of the last slice it was given: the
+// Writer's scratch buffer, for frames it copies.
+type capWriter struct{ last int }
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	c.last = cap(p)
+	return len(p), nil
+}
+
+// TestWriterReleasesLargeBuffer: after a frame larger than 64 KiB the
+// Writer does not keep that frame's memory as its scratch buffer, and
+// small frames still cost no allocation once the buffer is back.
+func TestWriterReleasesLargeBuffer(t *testing.T) {
+	// Not parallel: AllocsPerRun counts every goroutine's allocations.
+	cw := &capWriter{}
+	w := ipcframe.NewWriter(cw, nil)
+	steps := []struct {
+		payload int
+		maxCap  int // most the scratch buffer may hold after the write
+	}{
+		{10, 64 << 10},
+		{ipcframe.DefaultMaxFrame, 0},
+		{10, 64 << 10},
+		{60 << 10, 64 << 10},
+		{60 << 10, 64 << 10},
+	}
+	for i, st := range steps {
+		if err := w.WriteFrame(make([]byte, st.payload)); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if st.maxCap > 0 && cw.last > st.maxCap {
+			t.Errorf("step %d: %d-byte frame written from a %d-byte buffer, want at most %d", i, st.payload, cw.last, st.maxCap)
+		}
+	}
+	small := []byte("small")
+	if n := testing.AllocsPerRun(100, func() { _ = w.WriteFrame(small) }); n != 0 {
+		t.Errorf("small frame: %v allocations per write, want 0", n)
+	}
+}
+
 // shortWriter accepts at most n bytes per call and reports a short write.
 type shortWriter struct {
 	n      int
@@ -427,9 +469,12 @@ func TestDroppedFramesLoopEnds(t *testing.T) {
 	}
 }
 
-// timeoutReader returns its reads in turn: data, a timeout, or both.
+// timeoutReader returns its reads in turn: data, a timeout, or both. Like
+// a connection whose deadline passed, once it has timed out every read
+// times out until the test moves the deadline (clears expired).
 type timeoutReader struct {
-	steps []timeoutStep
+	steps   []timeoutStep
+	expired bool
 }
 
 type timeoutStep struct {
@@ -438,6 +483,9 @@ type timeoutStep struct {
 }
 
 func (s *timeoutReader) Read(p []byte) (int, error) {
+	if s.expired {
+		return 0, os.ErrDeadlineExceeded
+	}
 	if len(s.steps) == 0 {
 		return 0, io.EOF
 	}
@@ -449,6 +497,7 @@ func (s *timeoutReader) Read(p []byte) (int, error) {
 	}
 	s.steps = s.steps[1:]
 	if st.timeout {
+		s.expired = true
 		return n, os.ErrDeadlineExceeded
 	}
 	return n, nil
@@ -497,6 +546,7 @@ func TestTimeoutResumes(t *testing.T) {
 				dst[0] = '>'
 				p, err := r.ReadFrame(dst)
 				if errors.Is(err, os.ErrDeadlineExceeded) {
+					tr.expired = false
 					timeouts++
 					if string(p) != ">" {
 						t.Fatalf("timeout returned %d bytes, want dst unchanged", len(p))
@@ -516,6 +566,59 @@ func TestTimeoutResumes(t *testing.T) {
 			}
 			if timeouts != len(tt.cuts) {
 				t.Errorf("%d timeouts, want %d", timeouts, len(tt.cuts))
+			}
+		})
+	}
+}
+
+// TestTimeoutWithLastBytes: a timeout that comes with the bytes completing
+// a frame does not outlive that frame. Once the deadline has moved, the
+// next read returns the next frame, not the stale timeout; with the
+// deadline still passed, it times out afresh; io.EOF with the last bytes
+// is kept for the read after them.
+func TestTimeoutWithLastBytes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		buf        int
+		first      []byte
+		moveFirst  bool // move the deadline before the second read
+		wantSecond error
+	}{
+		{"buffered frame, deadline moved", 0, []byte("one"), true, nil},
+		{"buffered frame, deadline still passed", 0, []byte("one"), false, os.ErrDeadlineExceeded},
+		{"frame larger than the buffer, deadline moved", 64, bytes.Repeat([]byte("x"), 300), true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			first := frames(tt.first)
+			tr := &timeoutReader{steps: []timeoutStep{
+				{data: first[:len(first)-1]},
+				{data: first[len(first)-1:], timeout: true},
+				{data: frames([]byte("two"))},
+			}}
+			r := ipcframe.NewReader(tr, &ipcframe.ReaderOptions{BufferSize: tt.buf})
+			p, err := r.ReadFrame(nil)
+			if err != nil || !bytes.Equal(p, tt.first) {
+				t.Fatalf("first frame: %d bytes, %v", len(p), err)
+			}
+			if tt.moveFirst {
+				tr.expired = false
+			}
+			p, err = r.ReadFrame(nil)
+			if !errors.Is(err, tt.wantSecond) || (err == nil) != (tt.wantSecond == nil) {
+				t.Fatalf("second read: %q, %v; want error %v", p, err, tt.wantSecond)
+			}
+			if err != nil {
+				tr.expired = false
+				p, err = r.ReadFrame(nil)
+			}
+			if err != nil || string(p) != "two" {
+				t.Fatalf("second frame: %q, %v", p, err)
+			}
+			if _, err := r.ReadFrame(nil); err != io.EOF {
+				t.Fatalf("after the last frame: %v, want io.EOF", err)
 			}
 		})
 	}

@@ -32,6 +32,8 @@ func reference(data []byte, maxFrame int) []step {
 		}
 		h, err := ipcframe.ParseHeader(data)
 		switch {
+		case errors.Is(err, ipcframe.ErrFrameTooLarge):
+			return append(out, step{err: ipcframe.ErrFrameTooLarge})
 		case err != nil:
 			return append(out, step{err: ipcframe.ErrBadHeader})
 		case h.Len > maxFrame:
@@ -104,74 +106,117 @@ func allocated() uint64 {
 	return m.TotalAlloc
 }
 
+// readerCase is one input of FuzzReader and TestReaderAllocBound.
+type readerCase struct {
+	name              string
+	data, plan        []byte
+	bufSize, maxFrame uint16
+}
+
+// readerSeeds are FuzzReader's seeds, which TestReaderAllocBound also runs.
+var readerSeeds = []readerCase{
+	{"frames", frames([]byte("hello"), nil, []byte("world")), []byte{0, 3, 200}, 0, 100},
+	{"huge length", append(frames([]byte("x")), 0x68, 0x01, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff), []byte{}, 64, 0},
+	{"not a frame", []byte("GET / HTTP/1.1\r\n\r\n"), []byte{1}, 0, 0},
+	{"larger than the buffer", frames(bytes.Repeat([]byte("y"), 1000), []byte("z")), []byte{7, 255}, 64, 2000},
+	{"declares descriptors", []byte{0x68, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 'a', 0x68, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}, []byte{2}, 0, 0},
+	{"timeouts", frames(bytes.Repeat([]byte("t"), 3000), []byte("u")), []byte{0x3f, 0x7f, 0xc5, 0x85, 0x4a}, 64, 4000},
+	{"maximal frame dripping in", frames(bytes.Repeat([]byte("m"), 65535)), []byte{0x7f, 0x3f, 0xc0}, 64, 65534},
+	{"header only, maximal length", []byte{0x68, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 'a'}, []byte{0x40}, 64, 65535},
+}
+
+// checkReader reads rc.data and checks it against the reference decoder;
+// before and after, if not nil, run around every ReadFrame (after gets
+// what before returned).
+func checkReader(t *testing.T, rc readerCase, before func() uint64, after func(step int, before uint64, limit int)) {
+	t.Helper()
+	limit := int(rc.maxFrame) + 1
+	want := reference(rc.data, limit)
+	r := ipcframe.NewReader(&planReader{data: rc.data, plan: rc.plan}, &ipcframe.ReaderOptions{BufferSize: int(rc.bufSize), MaxFrame: limit})
+	effBuf := int(rc.bufSize) // the buffer NewReader makes
+	if effBuf == 0 {
+		effBuf = ipcframe.DefaultBufferSize
+	}
+	effBuf = max(effBuf, 64)
+	var dst []byte
+	timeouts := 0
+	for i := 0; i < len(want); {
+		var b uint64
+		if before != nil {
+			b = before()
+		}
+		c := cap(dst)
+		var err error
+		dst, err = r.ReadFrame(dst[:0])
+		if after != nil {
+			after(i, b, limit)
+		}
+		if cap(dst) != c && cap(dst) > limit+effBuf+1024 {
+			t.Fatalf("step %d: dst grown to %d bytes for a %d-byte frame, MaxFrame %d, buffer %d", i, cap(dst), len(dst), limit, effBuf)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if timeouts++; timeouts > 2*len(rc.data)+2 {
+				t.Fatalf("step %d: %d timeouts", i, timeouts)
+			}
+			continue
+		}
+		w := want[i]
+		i++
+		if w.err != nil {
+			if !errors.Is(err, w.err) {
+				t.Fatalf("step %d: error %v, want %v", i-1, err, w.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("step %d: error %v, want a %d-byte frame", i-1, err, len(w.payload))
+		}
+		if len(dst) > limit {
+			t.Fatalf("step %d: %d-byte payload over MaxFrame %d", i-1, len(dst), limit)
+		}
+		if !bytes.Equal(dst, w.payload) {
+			t.Fatalf("step %d: payload %q, want %q", i-1, dst, w.payload)
+		}
+	}
+	last := want[len(want)-1].err
+	if _, err := r.ReadFrame(nil); !errors.Is(err, last) {
+		t.Fatalf("after the final error %v: %v", last, err)
+	}
+}
+
+// TestReaderAllocBound: memory is bounded per frame, whatever the reads:
+// one ReadFrame allocates less than 3*MaxFrame (the capacities a large
+// frame grows through sum to under 2*MaxFrame because growth at most
+// doubles what arrived; a timeout inside it adds one copy of what arrived),
+// plus headroom for error values. It runs FuzzReader's seeds, among them
+// large frames dripping in; the fuzz target leaves out the ReadMemStats
+// calls, which cost more than the rest of an execution.
+func TestReaderAllocBound(t *testing.T) {
+	const headroom = 16 << 10 // error values, runtime noise
+	for _, rc := range readerSeeds {
+		t.Run(rc.name, func(t *testing.T) {
+			checkReader(t, rc, allocated, func(step int, before uint64, limit int) {
+				if grew := allocated() - before; grew > uint64(3*limit+headroom) {
+					t.Fatalf("step %d: one ReadFrame allocated %d bytes, MaxFrame %d", step, grew, limit)
+				}
+			})
+		})
+	}
+}
+
 // FuzzReader feeds arbitrary bytes, split into arbitrary reads (some
 // returning data with io.EOF or a timeout, some empty, some timing out
 // with no data), to a Reader with arbitrary limits. It never panics, never
 // returns a payload over MaxFrame, never loses or repeats a byte across
-// timeouts, and agrees with the in-memory reference decoder. Memory is
-// bounded per frame: dst never grows beyond MaxFrame plus the buffer size,
-// and one ReadFrame allocates less than 3*MaxFrame (the capacities a large
-// frame grows through sum to under 2*MaxFrame because growth at most
-// doubles what arrived; a timeout inside it adds one copy of what arrived),
-// plus headroom for error values.
+// timeouts, and agrees with the in-memory reference decoder; dst never
+// grows beyond MaxFrame plus the buffer size. TestReaderAllocBound checks
+// allocation per frame on the seeds.
 func FuzzReader(f *testing.F) {
-	f.Add(frames([]byte("hello"), nil, []byte("world")), []byte{0, 3, 200}, uint16(0), uint16(100))
-	f.Add(append(frames([]byte("x")), 0x68, 0x01, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff), []byte{}, uint16(64), uint16(0))
-	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"), []byte{1}, uint16(0), uint16(0))
-	f.Add(frames(bytes.Repeat([]byte("y"), 1000), []byte("z")), []byte{7, 255}, uint16(64), uint16(2000))
-	f.Add([]byte{0x68, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 'a', 0x68, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}, []byte{2}, uint16(0), uint16(0))
-	f.Add(frames(bytes.Repeat([]byte("t"), 3000), []byte("u")), []byte{0x3f, 0x7f, 0xc5, 0x85, 0x4a}, uint16(64), uint16(4000))
+	for _, rc := range readerSeeds {
+		f.Add(rc.data, rc.plan, rc.bufSize, rc.maxFrame)
+	}
 	f.Fuzz(func(t *testing.T, data, plan []byte, bufSize, maxFrame uint16) {
-		limit := int(maxFrame) + 1
-		want := reference(data, limit)
-		r := ipcframe.NewReader(&planReader{data: data, plan: plan}, &ipcframe.ReaderOptions{BufferSize: int(bufSize), MaxFrame: limit})
-		const headroom = 16 << 10 // error values, runtime noise
-		effBuf := int(bufSize)    // the buffer NewReader makes
-		if effBuf == 0 {
-			effBuf = ipcframe.DefaultBufferSize
-		}
-		effBuf = max(effBuf, 64)
-		var dst []byte
-		timeouts := 0
-		for i := 0; i < len(want); {
-			before := allocated()
-			c := cap(dst)
-			var err error
-			dst, err = r.ReadFrame(dst[:0])
-			if grew := allocated() - before; grew > uint64(3*limit+headroom) {
-				t.Fatalf("step %d: one ReadFrame allocated %d bytes, MaxFrame %d", i, grew, limit)
-			}
-			if cap(dst) != c && cap(dst) > limit+effBuf+1024 {
-				t.Fatalf("step %d: dst grown to %d bytes for a %d-byte frame, MaxFrame %d, buffer %d", i, cap(dst), len(dst), limit, effBuf)
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if timeouts++; timeouts > 2*len(data)+2 {
-					t.Fatalf("step %d: %d timeouts", i, timeouts)
-				}
-				continue
-			}
-			w := want[i]
-			i++
-			if w.err != nil {
-				if !errors.Is(err, w.err) {
-					t.Fatalf("step %d: error %v, want %v", i-1, err, w.err)
-				}
-				continue
-			}
-			if err != nil {
-				t.Fatalf("step %d: error %v, want a %d-byte frame", i-1, err, len(w.payload))
-			}
-			if len(dst) > limit {
-				t.Fatalf("step %d: %d-byte payload over MaxFrame %d", i-1, len(dst), limit)
-			}
-			if !bytes.Equal(dst, w.payload) {
-				t.Fatalf("step %d: payload %q, want %q", i-1, dst, w.payload)
-			}
-		}
-		last := want[len(want)-1].err
-		if _, err := r.ReadFrame(nil); !errors.Is(err, last) {
-			t.Fatalf("after the final error %v: %v", last, err)
-		}
+		checkReader(t, readerCase{data: data, plan: plan, bufSize: bufSize, maxFrame: maxFrame}, nil, nil)
 	})
 }
 

@@ -68,8 +68,9 @@ type ReaderOptions struct {
 //     the deadline is moved, resumes that frame.
 //   - An error matching ErrFrameDropped means one frame was dropped and its
 //     descriptors closed; the next read returns the next frame. These are
-//     the only errors matching ErrFDCount, ErrNoFDTransport or
-//     ErrTooManyFDs (a frame with more descriptors than len(fds)).
+//     the only errors matching ErrFDCount (also descriptors the FDReader
+//     lost, see FDReader), ErrNoFDTransport or ErrTooManyFDs (a frame with
+//     more descriptors than len(fds)).
 //   - Every other error is final: the Reader returns it again on every
 //     later call and has closed every descriptor it held. io.EOF means the
 //     stream ended on a frame boundary, io.ErrUnexpectedEOF inside a frame;
@@ -78,8 +79,9 @@ type ReaderOptions struct {
 //     underlying reader end the stream.
 //
 // On a packet transport (ReaderOptions.Packet) every message stands alone:
-// a bad header or an oversized frame drops only that message, so those
-// errors match ErrFrameDropped too.
+// a bad header, an oversized frame or a message the transport consumed but
+// failed (payload or descriptors truncated, MSG_TRUNC or MSG_CTRUNC) drops
+// only that message, so those errors match ErrFrameDropped too.
 //
 // A loop that skips dropped frames must therefore test ErrFrameDropped (or
 // the sentinels above), never "any error but io.EOF".
@@ -111,9 +113,12 @@ type Reader struct {
 	held       [2]held // frames' descriptors, oldest first
 	nheld      int
 	stray      int   // descriptors (already closed) that arrived mid-frame...
+	strayLost  error // ...or were lost by the FDReader mid-frame...
 	strayStart int64 // ...in the frame starting here
 
-	pending error // returned by a read together with data, reported next
+	// pending came with data from a read and is reported by the next:
+	// io.EOF, or a timeout while the frame still needs bytes.
+	pending error
 	err     error // final error
 
 	// A frame larger than the buffer whose read a timeout interrupted after
@@ -138,6 +143,7 @@ type held struct {
 	start int64
 	slot  int
 	n     int
+	lost  error // the FDReader lost descriptors for this frame (see recv)
 }
 
 // NewReader returns a Reader reading frames from rd. See ReaderOptions for
@@ -215,6 +221,7 @@ func (r *Reader) ReadFrameFDs(dst []byte, fds []int) (payload []byte, nfds int, 
 	if err != nil {
 		return dst[:orig], 0, err
 	}
+	r.frameDone()
 	nfds, err = r.deliver(start, h, fds)
 	if err != nil {
 		return dst[:orig], 0, err
@@ -409,6 +416,7 @@ func (r *Reader) deliver(start int64, h Header, fds []int) (int, error) {
 		return 0, nil
 	}
 	var got []int
+	var lost error
 	for r.nheld > 0 && r.held[0].start <= start {
 		e := r.held[0]
 		r.held[0] = r.held[1]
@@ -420,16 +428,20 @@ func (r *Reader) deliver(start int64, h Header, fds []int) (int, error) {
 			closeFDs(s)
 			continue
 		}
-		got = s
+		got, lost = s, e.lost
 	}
 	stray := 0
-	if r.stray > 0 && r.strayStart == start {
+	if (r.stray > 0 || r.strayLost != nil) && r.strayStart == start {
 		stray, r.stray = r.stray, 0
+		if lost == nil {
+			lost = r.strayLost
+		}
+		r.strayLost = nil
 	}
 	switch {
-	case stray > 0 || len(got) != h.FDs:
+	case stray > 0 || lost != nil || len(got) != h.FDs:
 		closeFDs(got)
-		return 0, &FDCountError{Declared: h.FDs, Arrived: len(got), Misplaced: stray}
+		return 0, &FDCountError{Declared: h.FDs, Arrived: len(got), Misplaced: stray, Lost: lost}
 	case len(got) > len(fds):
 		closeFDs(got)
 		return 0, errNoRoom(len(got), len(fds))
@@ -470,11 +482,22 @@ func (r *Reader) readPacket(dst []byte, fds []int) ([]byte, int, error) {
 		}
 	}
 	if err != nil {
-		if n == 0 || !deferrable(err) {
+		switch {
+		case n == 0:
 			closeFDs(got)
 			return dst, 0, r.readErr(err, false)
+		case err == io.EOF:
+			r.pending = err
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The message is whole: a later read meets the deadline again
+			// if it still stands.
+		default:
+			// The transport consumed the message but failed it (payload
+			// or descriptors truncated: MSG_TRUNC, MSG_CTRUNC). Message
+			// boundaries make dropping just this one safe.
+			closeFDs(got)
+			return dst, 0, &droppedError{err}
 		}
-		r.pending = err
 	}
 	// In packet mode every message stands alone, so a bad one is dropped
 	// and the next read starts clean.
@@ -577,6 +600,23 @@ func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
 	}
 	from := r.rcvd
 	r.advance(n, intoBuf)
+	if n > 0 && err != nil && !deferrable(err) {
+		// FDReader contract: the descriptors that came with these bytes
+		// were lost (closed by Recv: MSG_CTRUNC on EMFILE, more than
+		// MaxFDs). Like stray descriptors, that costs the frame that owns
+		// them, not the stream.
+		closeFDs(slot[:nfds])
+		if r.last >= from {
+			r.held[r.nheld] = held{start: r.last, slot: si, lost: err}
+			r.nheld++
+			return n, nil
+		}
+		if (r.stray > 0 || r.strayLost != nil) && r.strayStart != r.last {
+			return n, fmt.Errorf("%w: descriptors arrived inside two different frames", ErrFDProtocol)
+		}
+		r.strayStart, r.strayLost = r.last, err
+		return n, nil
+	}
 	if nfds == 0 {
 		return n, err
 	}
@@ -596,7 +636,7 @@ func (r *Reader) recv(p []byte, intoBuf bool) (int, error) {
 		// They rode on a byte inside frame last, not on its first byte: the
 		// sender broke the protocol. Close them now; frame last fails.
 		closeFDs(fds)
-		if r.stray > 0 && r.strayStart != r.last {
+		if (r.stray > 0 || r.strayLost != nil) && r.strayStart != r.last {
 			return n, fmt.Errorf("%w: descriptors arrived inside two different frames", ErrFDProtocol)
 		}
 		r.strayStart = r.last
@@ -685,9 +725,18 @@ func (r *Reader) fail(err error) error {
 	for _, e := range r.held[:r.nheld] {
 		closeFDs(r.slot(e.slot)[:e.n])
 	}
-	r.nheld, r.stray = 0, 0
+	r.nheld, r.stray, r.strayLost = 0, 0, nil
 	r.inFrame, r.part = false, nil
 	return r.err
+}
+
+// frameDone is called once a frame's bytes are all consumed. A timeout that
+// came with its last bytes no longer applies: the next read may come after
+// the deadline moved, and meets it again if it did not. io.EOF stays.
+func (r *Reader) frameDone() {
+	if r.pending != io.EOF {
+		r.pending = nil
+	}
 }
 
 func (r *Reader) consume(k int) {

@@ -29,8 +29,8 @@ type WriterOptions struct {
 // else.
 //
 // A Writer is safe for concurrent use: frames from concurrent calls never
-// interleave. It keeps a scratch buffer as large as the largest frame it
-// has copied (at most MaxFrame+HeaderSize bytes).
+// interleave. It keeps a scratch buffer for copying small frames, and
+// releases it after a frame larger than 64 KiB.
 //
 // Failures. An argument error (ErrFrameTooLarge, ErrTooManyFDs,
 // ErrNoFDTransport) writes nothing and leaves the Writer usable. A frame
@@ -117,6 +117,19 @@ func (w *Writer) WriteFrameFDs(payload []byte, fds ...int) error {
 	if w.err != nil {
 		return w.err
 	}
+	err := w.write(payload, fds)
+	if cap(w.buf) > maxKeptBuf {
+		w.buf = nil // do not hold a large frame's memory between frames
+	}
+	return err
+}
+
+// maxKeptBuf is the largest scratch buffer a Writer keeps between frames,
+// as large as a Reader's default buffer.
+const maxKeptBuf = DefaultBufferSize
+
+// write writes one checked frame, with w.mu held.
+func (w *Writer) write(payload []byte, fds []int) error {
 	w.buf = appendHeader(w.buf[:0], len(payload), len(fds))
 	if len(fds) > 0 {
 		w.buf = append(w.buf, payload...)

@@ -31,8 +31,11 @@
 //     a worker that has already exited is refused (checked on its pidfd),
 //     and so is readiness of one being stopped (ErrUnknownWorker).
 //   - Stop: StopSignal (SIGTERM) then SIGCONT to the worker's process
-//     group, SIGKILL to the group after StopTimeout. When a worker exits,
-//     what is left of its process group is killed.
+//     group, SIGKILL to the group after StopTimeout (and to a worker that
+//     left its group, through its pidfd). When a worker exits by itself,
+//     what is left of its process group is killed at once; when it exits
+//     after being asked to stop, the rest of its group keeps the rest of
+//     StopTimeout, and Run waits for it (Kill ends it).
 //   - Graceful restart (Restart): rolling or parallel; one in flight, any
 //     requests during it coalesce into one more. If a new worker fails to
 //     start, exits or misses its start timeout, the restart fails and the
@@ -63,7 +66,9 @@
 //
 // Every worker runs in its own process group (a terminal's Ctrl-C reaches
 // only the supervisor), with default signal dispositions even if the
-// supervisor ignores some (nohup), stdin on /dev/null, and Pdeathsig
+// supervisor ignores some (nohup: the process then catches those signals
+// into a channel nobody reads, for good; see Options.KeepIgnoredSignals),
+// stdin on /dev/null, and Pdeathsig
 // SIGKILL. Workers are forked from one goroutine locked to its OS thread
 // for the supervisor's lifetime, because Pdeathsig fires when the forking
 // thread, not the process, dies. Workers are watched and signalled through

@@ -112,6 +112,18 @@ func (p *platform) reapPosted(pid int, seq uint64) bool {
 		return false
 	}
 	defer pr.reapMu.Unlock()
+	pr.mu.Lock()
+	if pr.lingering && !pr.reaped {
+		// Its group was being given the rest of a stop's grace; nobody
+		// will watch it after the execve, so it goes now, while the
+		// unreaped leader still pins the group id.
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		select {
+		case pr.kick <- struct{}{}:
+		default:
+		}
+	}
+	pr.mu.Unlock()
 	if !pr.execReaped {
 		// ECHILD: its watcher reaped it already and waits for ownedMu
 		// to disown it.

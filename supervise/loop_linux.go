@@ -65,7 +65,11 @@ type loop struct {
 
 	slots   []*slot
 	workers map[*worker]struct{} // spawned, exit not processed yet
-	byPID   map[int]*worker
+	// lingering holds exited workers asked to stop whose process group
+	// still has its grace period (proc.linger): Run waits for them and
+	// Kill ends them.
+	lingering map[*worker]struct{}
+	byPID     map[int]*worker
 	// incarnations[i] is the last incarnation handed out for slot index i.
 	// It outlives a slot removed by Scale, so a slot re-added at the same
 	// index never repeats the ID of a worker still draining.
@@ -87,9 +91,14 @@ type loop struct {
 type exitMsg struct {
 	w      *worker
 	at     time.Time
-	code   int
+	code   int  // -1 unless exited
+	exited bool // a normal exit (CLD_EXITED) with status code
 	signal syscall.Signal
+	linger bool // its group lingers until lingerDoneMsg
 }
+
+// lingerDoneMsg: the lingering group of w is empty or was killed.
+type lingerDoneMsg struct{ w *worker }
 
 type timerKind int
 
@@ -128,6 +137,7 @@ func (s *Supervisor) run(ctx context.Context, stopPending bool) error {
 		p:            p,
 		opt:          &s.opt,
 		workers:      make(map[*worker]struct{}),
+		lingering:    make(map[*worker]struct{}),
 		byPID:        make(map[int]*worker),
 		genCounter:   s.opt.FirstGeneration,
 		gen:          s.opt.FirstGeneration,
@@ -143,7 +153,7 @@ func (s *Supervisor) run(ctx context.Context, stopPending bool) error {
 	}
 
 	ctxDone := ctx.Done()
-	for !(l.stopping && len(l.workers) == 0) {
+	for !(l.stopping && len(l.workers) == 0 && len(l.lingering) == 0) {
 		select {
 		case <-ctxDone:
 			ctxDone = nil
@@ -186,7 +196,7 @@ func (l *loop) handle(r request) response {
 			if l.pendingScale >= 0 {
 				target = l.pendingScale
 			}
-			n = min(max(target+r.n, 0), maxWorkers)
+			n = clampAdd(target, r.n)
 		}
 		if l.op != nil {
 			l.pendingScale = n
@@ -227,6 +237,8 @@ func (l *loop) dispatch(m any) {
 	switch m := m.(type) {
 	case exitMsg:
 		l.exited(m)
+	case lingerDoneMsg:
+		delete(l.lingering, m.w)
 	case timerMsg:
 		switch m.kind {
 		case timerRespawn:
@@ -252,7 +264,7 @@ func (l *loop) dispatch(m any) {
 			}
 		case timerKill:
 			if _, live := l.workers[m.w]; live {
-				m.w.proc.signalGroup(syscall.SIGKILL)
+				m.w.proc.kill()
 			}
 		case timerRestartRetry:
 			// The restart may have ended (stop, a replacement that
@@ -340,7 +352,9 @@ func (l *loop) slotDied(sl *slot, last ID, uptime, readyFor time.Duration, ready
 		return
 	}
 	if m != nil {
-		if m.signal == 0 && m.code == l.opt.PermanentExitCode {
+		// Only a real exit has a code: -1 stands for none (a worker
+		// reaped elsewhere), never for PermanentExitCode -1.
+		if m.exited && l.opt.PermanentExitCode >= 0 && m.code == l.opt.PermanentExitCode {
 			l.failSlot(sl, last, fmt.Errorf("%w %d", ErrPermanent, m.code))
 			return
 		}
@@ -387,6 +401,9 @@ func (l *loop) cancelSlotTimer(sl *slot) {
 func (l *loop) exited(m exitMsg) {
 	w := m.w
 	delete(l.workers, w)
+	if m.linger {
+		l.lingering[w] = struct{}{}
+	}
 	if l.byPID[w.proc.pid] == w {
 		delete(l.byPID, w.proc.pid)
 	}
@@ -462,6 +479,8 @@ func (l *loop) stopWorker(w *worker) {
 	if w.startTimer != nil {
 		w.startTimer.Stop()
 	}
+	// Recorded before the signal, so an exit it causes lingers.
+	w.proc.requestStop(time.Now().Add(l.opt.StopTimeout))
 	// SIGCONT after the stop signal: a stopped (SIGSTOP/Ctrl-Z) process
 	// would otherwise not act on it until the SIGKILL.
 	w.proc.signalGroup(l.opt.StopSignal.(syscall.Signal))
@@ -487,11 +506,28 @@ func (l *loop) stop(kill bool) {
 	for w := range l.workers {
 		if kill {
 			w.stopping = true
-			w.proc.signalGroup(syscall.SIGKILL)
+			w.proc.kill()
 		} else {
 			l.stopWorker(w)
 		}
 	}
+	if kill {
+		for w := range l.lingering {
+			w.proc.kill()
+		}
+	}
+}
+
+// clampAdd returns n+delta clamped to 0..maxWorkers, for n in that range,
+// without overflowing on any delta.
+func clampAdd(n, delta int) int {
+	switch {
+	case delta > maxWorkers-n:
+		return maxWorkers
+	case delta < -n:
+		return 0
+	}
+	return n + delta
 }
 
 func (l *loop) newSlot(index int) *slot {

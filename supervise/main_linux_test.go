@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 		"pidreuse":   pidReuseRole,
 		"disownrace": disownRaceRole,
 		"execer":     execerRole,
+		"drainer":    drainerRole,
+		"hopper":     hopperRole,
+		"pidread":    pidReadRole,
 	})
 }
 

@@ -45,7 +45,7 @@ func CreatePIDFile(path string) (*PIDFile, error) {
 	}
 	// O_NOFOLLOW: a symlink planted at the lock path must not make us
 	// create or lock another file.
-	fd, err := unix.Open(path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		if err == unix.ELOOP {
 			return nil, fmt.Errorf("%w: %s.lock is a symlink", ErrUnsafePIDFile, path)
@@ -54,6 +54,13 @@ func CreatePIDFile(path string) (*PIDFile, error) {
 	}
 	lock := os.NewFile(uintptr(fd), path+".lock")
 	if err := checkFile(lock, path+".lock"); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	// Readers of other users open the lock to test it (ReadPIDFile), as
+	// they read the 0644 pid file; whatever the umask, or an older 0600
+	// lock file, it must be readable.
+	if err := lock.Chmod(0o644); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -122,7 +129,12 @@ func checkDir(dir string) error {
 	return nil
 }
 
-func checkExisting(path string) error {
+func checkExisting(path string) error { return checkExistingAs(path, false) }
+
+// checkExistingAs is checkExisting, for a reader (ReadPIDFile) when reader
+// is true: a reader also trusts a file owned by root, which it could not
+// have planted, so anyone may read a root daemon's pid file.
+func checkExistingAs(path string, reader bool) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -130,7 +142,7 @@ func checkExisting(path string) error {
 	if err != nil {
 		return err
 	}
-	return checkInfo(fi, path)
+	return checkInfo(fi, path, reader)
 }
 
 func checkFile(f *os.File, path string) error {
@@ -138,10 +150,10 @@ func checkFile(f *os.File, path string) error {
 	if err != nil {
 		return err
 	}
-	return checkInfo(fi, path)
+	return checkInfo(fi, path, false)
 }
 
-func checkInfo(fi os.FileInfo, path string) error {
+func checkInfo(fi os.FileInfo, path string, reader bool) error {
 	if fi.Mode()&os.ModeSymlink != 0 {
 		return fmt.Errorf("%w: %s is a symlink", ErrUnsafePIDFile, path)
 	}
@@ -152,7 +164,7 @@ func checkInfo(fi os.FileInfo, path string) error {
 		return fmt.Errorf("%w: %s is writable by others", ErrUnsafePIDFile, path)
 	}
 	// os.FileInfo.Sys is a *syscall.Stat_t whatever package made the call.
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && !(reader && st.Uid == 0) {
 		return fmt.Errorf("%w: %s is owned by uid %d", ErrUnsafePIDFile, path, st.Uid)
 	}
 	return nil
@@ -219,7 +231,9 @@ func (p *PIDFile) Close() error {
 // live (holds the lock). A pid from a file that is not live is stale and
 // must not be signalled: it may belong to an unrelated process by now. A
 // pid written by an owner that has died is never reported live, even while
-// a new owner is taking over.
+// a new owner is taking over. The files must pass CreatePIDFile's checks,
+// except that a reader also accepts files owned by root, so any user can
+// read a root daemon's pid file (both files are 0644).
 func ReadPIDFile(path string) (pid int, live bool, err error) {
 	// A retry is needed only when the file is replaced (Write, takeover)
 	// between our read and our check, a window of three system calls; an
@@ -239,7 +253,7 @@ func ReadPIDFile(path string) (pid int, live bool, err error) {
 // names the file it read. The open descriptor pins that file's inode, so a
 // new file at path cannot have the same inode number.
 func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
-	if err := checkExisting(path); err != nil {
+	if err := checkExistingAs(path, true); err != nil {
 		return 0, false, false, err
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)

@@ -3,11 +3,13 @@
 package supervise
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,6 +42,12 @@ type proc struct {
 
 	mu     sync.Mutex
 	reaped bool // guarded by mu; once true the pid may be recycled
+	// stopBy is when a stop the supervisor asked for escalates to SIGKILL
+	// (zero: no stop was asked); guarded by mu. If the worker exits with
+	// it set, its group keeps the rest of that grace (linger).
+	stopBy    time.Time
+	lingering bool          // guarded by mu: exit posted, group still given its grace
+	kick      chan struct{} // cap 1: ends a linger with SIGKILL at once
 
 	// reapMu is held by the watcher while it reaps, and by Exec while it
 	// reaps a worker whose exit was posted (execReaped), so exactly one of
@@ -78,8 +86,17 @@ type platform struct {
 	subreaper  bool
 	prevReaper int32
 
-	restoreSignals func()
-	wg             sync.WaitGroup // watchers and output readers
+	wg sync.WaitGroup // watchers, output readers and the group scanner
+
+	// groups are the lingering process groups the scanner watches
+	// (linger), by group id; guarded by groupsMu, as is scanning, true
+	// while the scanner runs.
+	groupsMu sync.Mutex
+	groups   map[int]*lingerGroup
+	scanning bool
+	// groupsChanged wakes the scanner when a group is added or leaves,
+	// so it scans a new one at once and exits as soon as none is left.
+	groupsChanged chan struct{}
 }
 
 type spawnReq struct {
@@ -122,13 +139,12 @@ func newPlatform(s *Supervisor) (*platform, error) {
 		return nil, err
 	}
 	p := &platform{
-		s:              s,
-		devnull:        devnull,
-		spawnReqs:      make(chan spawnReq),
-		owned:          make(map[int]uint64),
-		posted:         make(map[int]*proc),
-		nudge:          make(chan struct{}, 1),
-		restoreSignals: func() {},
+		s:         s,
+		devnull:   devnull,
+		spawnReqs: make(chan spawnReq),
+		owned:     make(map[int]uint64),
+		posted:    make(map[int]*proc),
+		nudge:     make(chan struct{}, 1),
 	}
 	if s.opt.Subreaper {
 		if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&p.prevReaper)), 0, 0, 0); err != nil {
@@ -147,7 +163,7 @@ func newPlatform(s *Supervisor) (*platform, error) {
 		go p.reaper(sigchld)
 	}
 	if !s.opt.KeepIgnoredSignals {
-		p.restoreSignals = resetIgnoredSignals()
+		resetIgnoredSignals()
 	}
 	go p.spawner()
 	return p, nil
@@ -167,7 +183,6 @@ func (p *platform) close() {
 		p.reapOrphans()
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(p.prevReaper), 0, 0, 0)
 	}
-	p.restoreSignals()
 	p.devnull.Close()
 }
 
@@ -311,7 +326,7 @@ func (p *platform) start(id ID, launch *Launch) (*proc, error) {
 		closeAll(readEnds)
 		return nil, &os.PathError{Op: "fork/exec", Path: s.spec.Path, Err: rep.err}
 	}
-	pr := &proc{pid: rep.pid, seq: rep.seq, start: time.Now(), outputs: readEnds}
+	pr := &proc{pid: rep.pid, seq: rep.seq, start: time.Now(), outputs: readEnds, kick: make(chan struct{}, 1)}
 	if err := pr.openPidfd(pidfd); err != nil {
 		// Without a pidfd the worker cannot be watched safely; the pid is
 		// still unreaped and ours, so killing and reaping it by pid is safe.
@@ -444,16 +459,216 @@ func (pr *proc) signalGroup(sig syscall.Signal) {
 	if pr.reaped || !pr.waitable() {
 		return
 	}
-	if err := unix.Kill(-pr.pid, sig); err == unix.ESRCH {
-		// The worker left its group (setpgid/setsid); signal it alone.
+	err := unix.Kill(-pr.pid, sig)
+	// A worker that left its group (setpgid/setsid) is signalled alone too,
+	// through its pidfd: otherwise, while members of its first group
+	// remain, the group signal succeeds without reaching it, and nothing
+	// ever stops it. A leader still in its group is not signalled twice (a
+	// second SIGTERM often means "hurry" to a server).
+	if pg, gerr := unix.Getpgid(pr.pid); err == unix.ESRCH || (gerr == nil && pg != pr.pid) {
 		if rc, err := pr.pidfd.SyscallConn(); err == nil {
 			_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), sig, nil, 0) })
 		}
 	}
 }
 
-// watch waits for w to exit, kills what is left of its process group,
-// posts the exit to the event loop and reaps it.
+// requestStop records that the supervisor asked the worker to stop, with
+// SIGKILL due at deadline: if it exits before, its group keeps the rest of
+// the grace period.
+func (pr *proc) requestStop(deadline time.Time) {
+	pr.mu.Lock()
+	if pr.stopBy.IsZero() {
+		pr.stopBy = deadline
+	}
+	pr.mu.Unlock()
+}
+
+// kill SIGKILLs the worker's group, also while it lingers after the
+// worker's exit.
+func (pr *proc) kill() {
+	pr.signalGroup(syscall.SIGKILL)
+	select {
+	case pr.kick <- struct{}{}:
+	default:
+	}
+}
+
+// groupPoll is how often /proc is scanned while groups linger at first;
+// the interval doubles up to groupPollMax while none ends, since each scan
+// reads the stat file of every process on the host.
+const (
+	groupPoll    = 20 * time.Millisecond
+	groupPollMax = 320 * time.Millisecond
+)
+
+// lingerGroup is one registration of a lingering group with the scanner;
+// done is closed once no live process but its leader has the group id.
+type lingerGroup struct{ done chan struct{} }
+
+// linger gives what is left of the group of a worker that exited during a
+// requested stop the rest of its grace period (systemd's control-group
+// mode waits for the timeout too): it returns once no live member is
+// left, at the deadline, or on kill, and SIGKILLs the group either way, so
+// a member the scan missed (forked behind its back) dies as it would have
+// without the grace. Meanwhile the leader's zombie is kept unreaped, so
+// the group id cannot be recycled.
+func (p *platform) linger(pr *proc) {
+	pr.mu.Lock()
+	deadline := pr.stopBy
+	pr.mu.Unlock()
+	g := p.watchGroup(pr.pid)
+	defer p.unwatchGroup(pr.pid, g)
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
+	select {
+	case <-g.done:
+	case <-t.C:
+	case <-pr.kick:
+	}
+	pr.reapMu.Lock()
+	defer pr.reapMu.Unlock()
+	// Once Exec (or anything else in this process) reaped the leader, the
+	// group id is no longer known to be ours.
+	if !pr.execReaped && pr.waitable() {
+		_ = unix.Kill(-pr.pid, unix.SIGKILL)
+	}
+}
+
+// watchGroup registers pgid with the group scanner, starting it if needed.
+func (p *platform) watchGroup(pgid int) *lingerGroup {
+	g := &lingerGroup{done: make(chan struct{})}
+	p.groupsMu.Lock()
+	defer p.groupsMu.Unlock()
+	if p.groups == nil {
+		p.groups = make(map[int]*lingerGroup)
+	}
+	p.groups[pgid] = g
+	if p.groupsChanged == nil {
+		p.groupsChanged = make(chan struct{}, 1)
+	}
+	select {
+	case p.groupsChanged <- struct{}{}:
+	default:
+	}
+	if !p.scanning {
+		p.scanning = true
+		p.wg.Add(1)
+		go p.scanGroups()
+	}
+	return g
+}
+
+func (p *platform) unwatchGroup(pgid int, g *lingerGroup) {
+	p.groupsMu.Lock()
+	if p.groups[pgid] == g {
+		delete(p.groups, pgid)
+		select {
+		case p.groupsChanged <- struct{}{}:
+		default:
+		}
+	}
+	p.groupsMu.Unlock()
+}
+
+// scanGroups ends lingering groups that have no live member but their
+// leader. The leader's zombie, kept to pin the group id, is a member
+// itself, so kill(-pgid, 0) cannot tell; and a group member is usually no
+// child of ours, so it can only be found in /proc. One goroutine scans for
+// every lingering group at once, and only while there are some.
+func (p *platform) scanGroups() {
+	defer p.wg.Done()
+	wait := groupPoll
+	t := time.NewTimer(groupPoll)
+	defer t.Stop()
+	for {
+		p.groupsMu.Lock()
+		if len(p.groups) == 0 {
+			p.scanning = false
+			p.groupsMu.Unlock()
+			return
+		}
+		changed := p.groupsChanged
+		snap := make(map[int]*lingerGroup, len(p.groups))
+		for pgid, g := range p.groups {
+			snap[pgid] = g
+		}
+		p.groupsMu.Unlock()
+		ended := false
+		if live, ok := liveGroups(snap); ok {
+			p.groupsMu.Lock()
+			for pgid, g := range snap {
+				if !live[pgid] && p.groups[pgid] == g {
+					close(g.done)
+					delete(p.groups, pgid)
+					ended = true
+				}
+			}
+			p.groupsMu.Unlock()
+		}
+		if ended {
+			wait = groupPoll
+		} else {
+			wait = min(2*wait, groupPollMax)
+		}
+		t.Reset(wait)
+		select {
+		case <-t.C:
+		case <-changed:
+			// A new group is scanned at once; a group gone may have
+			// been the last.
+			// (Reset above drops a stale expiry: Go 1.23 timers.)
+			wait = groupPoll
+		}
+	}
+}
+
+// liveGroups returns which of groups have a live (not zombie) member other
+// than their leader, from /proc/<pid>/stat; ok is false if /proc cannot be
+// listed, and then every group counts as live until its deadline.
+func liveGroups(groups map[int]*lingerGroup) (live map[int]bool, ok bool) {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil, false
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, false
+	}
+	live = make(map[int]bool)
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		if _, leader := groups[pid]; leader {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + name + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// "pid (comm) state ppid pgrp ...": comm may hold anything.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if pgrp, err := strconv.Atoi(f[2]); err == nil {
+			if _, ok := groups[pgrp]; ok {
+				live[pgrp] = true
+			}
+		}
+	}
+	return live, true
+}
+
+// watch waits for w to exit, kills what is left of its process group (or,
+// after a requested stop, gives it the rest of its grace), posts the exit
+// to the event loop and reaps it.
 // The caller has done p.wg.Add(1).
 func (p *platform) watch(w *worker) {
 	defer p.wg.Done()
@@ -471,18 +686,25 @@ func (p *platform) watch(w *worker) {
 		h(pr.pid)
 	}
 	pr.mu.Lock()
-	if ours {
+	// After a stop the supervisor asked for, the rest of the group gets
+	// the rest of StopTimeout, as the docs promise: a shell wrapper's
+	// draining server must not be SIGKILLed because the shell went first.
+	linger := ours && !pr.stopBy.IsZero()
+	if ours && !linger {
 		// The leader is a zombie, so the group id is still ours: kill the
 		// worker's leftover children (systemd KillMode=control-group) so
 		// none outlives it holding its pipes or sockets (C5).
 		_ = unix.Kill(-pr.pid, unix.SIGKILL)
 	}
-	pr.reaped = true
+	pr.lingering = linger
+	if !linger {
+		pr.reaped = true
+	}
 	pr.mu.Unlock()
 	// Captured output still buffered in the pipes is read; a grandchild that
 	// left the group and holds a pipe open cannot delay us past WaitDelay.
-	for _, r := range pr.outputs {
-		_ = r.SetReadDeadline(time.Now().Add(p.s.opt.WaitDelay))
+	if !linger {
+		p.setOutputDeadlines(pr)
 	}
 	if h := testHookBeforePost; h != nil {
 		h(pr.pid)
@@ -492,21 +714,35 @@ func (p *platform) watch(w *worker) {
 	// the more /proc was read), and the event loop must not see a dead
 	// worker as live meanwhile. Until the reap the zombie keeps its pid, and
 	// the pid stays owned, so the orphan reaper leaves it alone.
-	m := exitMsg{w: w, at: at, code: -1}
+	m := exitMsg{w: w, at: at, code: -1, linger: linger}
 	switch info.code() {
 	case cldExited:
 		m.code = int(info.Status)
+		m.exited = true
 	case cldKilled, cldDumped:
 		m.signal = syscall.Signal(info.Status)
 	}
 	// The pidfd goes now, not after the reap: the reap is what may be slow.
-	pr.pidfd.Close()
+	// A lingering worker keeps it until the linger ends, for signalGroup.
+	if !linger {
+		pr.pidfd.Close()
+	}
 	if ours {
 		p.ownedMu.Lock()
 		p.posted[pr.pid] = pr
 		p.ownedMu.Unlock()
 	}
 	p.s.post(m)
+	if linger {
+		p.linger(pr)
+		pr.mu.Lock()
+		pr.reaped = true
+		pr.lingering = false
+		pr.mu.Unlock()
+		p.setOutputDeadlines(pr)
+		pr.pidfd.Close()
+		p.s.post(lingerDoneMsg{w: w})
+	}
 	if h := testHookBeforeReap; h != nil {
 		h(pr.pid)
 	}
@@ -526,6 +762,12 @@ func (p *platform) watch(w *worker) {
 		h(pr.pid, err)
 	}
 	p.disown(pr.pid, pr.seq)
+}
+
+func (p *platform) setOutputDeadlines(pr *proc) {
+	for _, r := range pr.outputs {
+		_ = r.SetReadDeadline(time.Now().Add(p.s.opt.WaitDelay))
+	}
 }
 
 // errNotReaped: the worker's pid names a live child of this process, so
@@ -645,32 +887,43 @@ func (p *platform) reapOrphans() {
 	}
 }
 
+// ignoredSink catches, for the whole process, the signals some Supervisor
+// found ignored (see resetIgnoredSignals). Nobody reads it: a caught signal
+// that finds the channel full is dropped, so this process still ignores it.
+var (
+	ignoredSinkMu sync.Mutex
+	ignoredSink   = make(chan os.Signal, 1)
+)
+
 // resetIgnoredSignals makes workers start with default dispositions for
 // signals this process ignores. Ignored dispositions survive execve(2), and
 // os/exec resets only signals the Go runtime handles (golang/go#20479), so
 // under nohup every worker would ignore SIGHUP (C18). Catching the signals
 // into a channel nobody reads keeps them ignored here while the runtime
-// resets them to SIG_DFL in each child. The returned function undoes it.
-func resetIgnoredSignals() func() {
+// resets them to SIG_DFL in each child.
+//
+// The catch is never undone. Undoing it takes signal.Ignore (signal.Stop
+// alone would leave SIGTERM, say, deadly), and signal.Ignore strips the
+// signal from every signal.Notify in the process: the program's own
+// handlers, and the catch of another Supervisor still running (cluster runs
+// several in one process), whose later workers would start with the signal
+// ignored again.
+func resetIgnoredSignals() {
 	candidates := []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGPIPE,
 		syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGCHLD,
 		syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGURG, syscall.SIGWINCH,
 		syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGVTALRM, syscall.SIGPROF, syscall.SIGIO,
 		syscall.SIGPWR}
+	ignoredSinkMu.Lock()
+	defer ignoredSinkMu.Unlock()
 	var ignored []os.Signal
 	for _, sig := range candidates {
 		if signal.Ignored(sig) {
 			ignored = append(ignored, sig)
 		}
 	}
-	if len(ignored) == 0 {
-		return func() {}
-	}
-	sink := make(chan os.Signal, 1)
-	signal.Notify(sink, ignored...)
-	return func() {
-		signal.Stop(sink)
-		signal.Ignore(ignored...)
+	if len(ignored) > 0 {
+		signal.Notify(ignoredSink, ignored...)
 	}
 }
 

@@ -202,6 +202,7 @@ func TestRecycleOldWorkerDies(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = p.Kill()
+			_ = p.Release()
 			r.wait("old worker exited", 10*time.Second, func(e supervise.Event) bool { return e.Kind == supervise.Exited && e.PID == old.PID })
 			if tc.adopted {
 				r.wait("replacement ready", 10*time.Second, func(e supervise.Event) bool { return e.Kind == supervise.Ready && e.ID == repl })

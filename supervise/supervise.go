@@ -229,7 +229,9 @@ type Options struct {
 	// Restart is the restart policy (default RestartAlways).
 	Restart Policy
 	// PermanentExitCode is an exit code that is never restarted, whatever
-	// the policy (s6's 125). 0 means 125; negative means none.
+	// the policy (s6's 125). 0 means 125; negative means none. Only a
+	// normal exit with that status counts, never a death by signal or a
+	// worker reaped by something else (reported with code -1).
 	PermanentExitCode int
 	// ReadyOnStart counts a worker ready as soon as it started. By default
 	// a worker is ready only when MarkReady is called for it.
@@ -241,7 +243,9 @@ type Options struct {
 	// to stop it (default SIGTERM).
 	StopSignal os.Signal
 	// StopTimeout is the grace period after StopSignal before SIGKILL of the
-	// process group (default 10 s).
+	// process group (default 10 s). The group keeps it when the worker
+	// itself exits first: Run waits until the rest of the group is gone too,
+	// or SIGKILLs it when the period ends (Kill ends it at once).
 	StopTimeout time.Duration
 	// WaitDelay bounds how long captured output is still read after a worker
 	// exited, in case a grandchild that left the process group holds the
@@ -263,18 +267,24 @@ type Options struct {
 	OwnChild func(pid int) bool
 	// KeepIgnoredSignals lets workers inherit signals the supervisor
 	// ignores (e.g. SIGHUP under nohup). By default workers start with
-	// default dispositions.
+	// default dispositions: Run catches such signals, for the whole process
+	// and for good, into a channel nobody reads (they stay ignored by this
+	// process, but children it starts later, by any means, no longer
+	// inherit SIG_IGN). A signal.Ignore or signal.Reset of such a signal
+	// undoes the catch until the next Run.
 	KeepIgnoredSignals bool
 	// CaptureOutput delivers workers' stdout and stderr line by line on
 	// Lines. By default workers write to the supervisor's stdout and stderr.
 	CaptureOutput bool
 	// OutputBuffer is how many captured lines are buffered for a slow
-	// reader of Lines before lines are dropped and counted (default 1024).
+	// reader of Lines before lines are dropped and counted (default 1024,
+	// at most 1<<20).
 	OutputBuffer int
 	// MaxLineBytes splits longer output lines (default 4096).
 	MaxLineBytes int
 	// EventBuffer is how many events are buffered for a slow reader of
-	// Events before events are dropped and counted (default 1024).
+	// Events before events are dropped and counted (default 1024, at most
+	// 1<<20).
 	EventBuffer int
 	// Logger receives a record for every event; Failed is logged at error
 	// level (default slog.Default()).
@@ -297,6 +307,7 @@ const (
 	defaultBuffer            = 1024
 	defaultMaxLine           = 4096
 	maxWorkers               = 4096
+	maxBuffer                = 1 << 20
 )
 
 // EventKind tells what an Event reports.
@@ -556,6 +567,11 @@ func (o *Options) fill() error {
 	}
 	if o.EventBuffer <= 0 {
 		o.EventBuffer = defaultBuffer
+	}
+	// Each buffer is allocated up front by New: a huge one would panic in
+	// make or take all memory.
+	if o.OutputBuffer > maxBuffer || o.EventBuffer > maxBuffer {
+		return fmt.Errorf("%w: OutputBuffer %d, EventBuffer %d (want at most %d)", ErrInvalid, o.OutputBuffer, o.EventBuffer, maxBuffer)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

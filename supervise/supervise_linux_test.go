@@ -253,6 +253,8 @@ func TestReadyWorkerReplacedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = p.Kill()
+	// Its pidfd is closed now, not whenever the GC runs (fd census).
+	_ = p.Release()
 	e := r.waitKind(supervise.Exited, 10*time.Second)
 	if e.ID.Slot != 1 || e.Signal != syscall.SIGKILL || e.Requested {
 		t.Errorf("exit event %+v", e)
@@ -330,6 +332,7 @@ func TestGrandchildHoldsStdout(t *testing.T) {
 			killGC := func() {
 				if p, err := os.FindProcess(gc); err == nil {
 					_ = p.Kill()
+					_ = p.Release()
 				}
 			}
 			if mode == "setsid-stdout" {
@@ -1098,6 +1101,7 @@ func TestParentDeathKillsWorkers(t *testing.T) {
 			t.Errorf("worker %d alive 1 s after its supervisor was killed", pid)
 			if p, err := os.FindProcess(pid); err == nil {
 				_ = p.Kill()
+				_ = p.Release()
 			}
 		}
 	}
