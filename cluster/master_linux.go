@@ -326,9 +326,11 @@ func (m *master) run(ctx context.Context) error {
 		EventBuffer:   m.eventBuffer,
 		Logger:        m.log,
 		// As PID 1 (a container) orphans re-parent to the master anyway;
-		// reap them. Nothing else in the master starts children.
+		// reap them. Other children the process starts (ssh clients of
+		// remote groups) are held (holdChild); the supervisors of other
+		// groups leave each other's workers alone.
 		Subreaper: os.Getpid() == 1,
-		OwnChild:  m.ownsOldWorker,
+		OwnChild:  m.ownsChild,
 		// After an in-place upgrade, past the previous image's workers.
 		FirstGeneration: m.firstGeneration(),
 	}

@@ -324,6 +324,10 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	if err := cmd.Start(); err != nil {
 		return r.ended(fmt.Errorf("cluster: ssh: %w", err))
 	}
+	// As PID 1 the local groups' supervisors reap orphans: this child is
+	// ours to wait for (its exec succeeded moments ago; it cannot have
+	// exited and been taken in between).
+	holdChild(cmd.Process.Pid)
 	s := &remoteSession{
 		w:       ipcframe.NewWriter(stdin, &ipcframe.WriterOptions{MaxFrame: maxAgentFrame}),
 		done:    make(chan struct{}),
@@ -426,7 +430,11 @@ loop:
 		kill()
 	}
 	waitDone := make(chan error, 1)
-	go func() { waitDone <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		releaseChild(cmd.Process.Pid)
+		waitDone <- err
+	}()
 	var waitErr error
 	select {
 	case waitErr = <-waitDone:

@@ -105,7 +105,7 @@ func (s *Supervisor) Exec(spec *ExecSpec) error {
 // worker is gone: its exit was reported, so it is no worker for the new
 // image, and after a successful execve no watcher would reap it. A watcher
 // reaping at this very moment keeps it in the list (the new image reaps
-// what is left). The caller holds ownedMu, so no fork can take the pid.
+// what is left). The caller holds procs.mu, so no fork can take the pid.
 func (p *platform) reapPosted(pid int, seq uint64) bool {
 	pr := p.posted[pid]
 	if pr == nil || pr.seq != seq || !pr.reapMu.TryLock() {
@@ -125,7 +125,7 @@ func (p *platform) reapPosted(pid int, seq uint64) bool {
 	}
 	pr.mu.Unlock()
 	if !pr.execReaped {
-		// ECHILD: its watcher reaped it already and waits for ownedMu
+		// ECHILD: its watcher reaped it already and waits for procs.mu
 		// to disown it.
 		pr.execReaped = reap(pid) == nil
 	}
@@ -137,8 +137,8 @@ func (p *platform) exec(r execReq) error {
 	// orphan meanwhile, so the list handed to the new image is complete.
 	// A watcher may still reap a worker that exits now; the new image
 	// checks each pid's parent before trusting it.
-	p.ownedMu.Lock()
-	defer p.ownedMu.Unlock()
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
 	var outputs map[string]int
 	if p.s.opt.CaptureOutput {
 		outputs = pipeReadEnds()

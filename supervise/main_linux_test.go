@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -131,7 +132,7 @@ func sleeperRole() int {
 // (HandleSignals), SUP_LINGER=1 (after Run returned, print RETURNED and
 // sleep 30 s with the signal handler still installed), SUP_HOLD_REAP=d
 // (each watcher waits d between posting its worker's exit and reaping it,
-// as a slow reap would).
+// as a slow reap would), SUP_TWO=1 (two supervisors in this process).
 func supervisorRole() int {
 	n, _ := strconv.Atoi(os.Getenv("SUP_WORKERS"))
 	spec := supervise.Spec{Path: os.Getenv("SUP_PATH"), Args: strings.Fields(os.Getenv("SUP_ARGS"))}
@@ -169,19 +170,30 @@ func supervisorRole() int {
 	if d := envDuration("SUP_HOLD_REAP"); d > 0 {
 		supervise.SetHookBeforeReap(func(int) { time.Sleep(d) })
 	}
-	sup, err := supervise.New(spec, &supervise.Options{
-		OwnChild:           func(pid int) bool { return own != nil && pid == own.Process.Pid },
-		Workers:            n,
-		Restart:            supervise.RestartNever,
-		ReadyOnStart:       true,
-		Subreaper:          os.Getenv("SUP_SUBREAPER") == "1",
-		KeepIgnoredSignals: os.Getenv("SUP_KEEP_IGNORED") == "1",
-		StopTimeout:        time.Second,
-		Logger:             logger,
-	})
-	if err != nil {
-		fmt.Println("ERROR", err)
-		return 1
+	// SUP_TWO=1: two supervisors in this process, each with SUP_WORKERS
+	// workers, as cluster runs one per group; SUP_STOP_AFTER_EXITS counts
+	// the exits of both.
+	count := 1
+	if os.Getenv("SUP_TWO") == "1" {
+		count = 2
+	}
+	var sups []*supervise.Supervisor
+	for range count {
+		sup, err := supervise.New(spec, &supervise.Options{
+			OwnChild:           func(pid int) bool { return own != nil && pid == own.Process.Pid },
+			Workers:            n,
+			Restart:            supervise.RestartNever,
+			ReadyOnStart:       true,
+			Subreaper:          os.Getenv("SUP_SUBREAPER") == "1",
+			KeepIgnoredSignals: os.Getenv("SUP_KEEP_IGNORED") == "1",
+			StopTimeout:        time.Second,
+			Logger:             logger,
+		})
+		if err != nil {
+			fmt.Println("ERROR", err)
+			return 1
+		}
+		sups = append(sups, sup)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -199,7 +211,7 @@ func supervisorRole() int {
 		cancel()
 	}()
 	if os.Getenv("SUP_SIGNALS") == "1" {
-		stop, err := supervise.HandleSignals(sup, supervise.Rolling)
+		stop, err := supervise.HandleSignals(sups[0], supervise.Rolling)
 		if err != nil {
 			fmt.Println("ERROR", err)
 			return 1
@@ -207,31 +219,44 @@ func supervisorRole() int {
 		defer stop()
 	}
 	stopAfter, _ := strconv.Atoi(os.Getenv("SUP_STOP_AFTER_EXITS"))
+	var exits atomic.Int32
+	var out sync.Mutex
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		exits := 0
-		for ev := range sup.Events() {
-			if ev.Kind == supervise.Exited {
-				if exits++; exits == stopAfter {
-					// Orphans of the workers outlive them by 500 ms.
-					time.AfterFunc(time.Second, cancel)
+	errs := make(chan error, len(sups))
+	for _, sup := range sups {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for ev := range sup.Events() {
+				if ev.Kind == supervise.Exited {
+					if int(exits.Add(1)) == stopAfter {
+						// Orphans of the workers outlive them by 500 ms.
+						time.AfterFunc(time.Second, cancel)
+					}
 				}
+				out.Lock()
+				switch ev.Kind {
+				case supervise.Started:
+					fmt.Printf("PID %d %d\n", ev.ID.Slot, ev.PID)
+				case supervise.Exited:
+					fmt.Printf("EXIT %d %d %d\n", ev.ID.Slot, ev.Code, int(ev.Signal))
+				}
+				out.Unlock()
 			}
-			switch ev.Kind {
-			case supervise.Started:
-				fmt.Printf("PID %d %d\n", ev.ID.Slot, ev.PID)
-			case supervise.Exited:
-				fmt.Printf("EXIT %d %d %d\n", ev.ID.Slot, ev.Code, int(ev.Signal))
-			}
-		}
-	}()
-	if err := sup.Run(ctx); err != nil {
-		fmt.Println("ERROR", err)
-		return 1
+		}()
+		go func() {
+			defer wg.Done()
+			errs <- sup.Run(ctx)
+		}()
 	}
 	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			fmt.Println("ERROR", err)
+			return 1
+		}
+	}
 	if os.Getenv("SUP_LINGER") == "1" {
 		fmt.Println("RETURNED")
 		time.Sleep(30 * time.Second)

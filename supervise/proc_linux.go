@@ -59,6 +59,22 @@ type proc struct {
 	outputs []*os.File // read ends of captured stdout/stderr
 }
 
+// procs is what every supervisor of the process shares. mu is held across
+// each fork+exec and each orphan reap, so that no orphan reaper, whichever
+// supervisor's, reaps a worker that was just forked but not yet
+// registered in its platform's owned, nor any supervisor's worker (or a
+// child an OwnChild hook claims): several supervisors in one process
+// (cluster's groups), all subreapers as PID 1, would otherwise reap each
+// other's workers and leave their watchers signalling a recycled pid.
+// subreapers counts the platforms that made the process a child
+// subreaper; the last one restores prevReaper.
+var procs struct {
+	mu         sync.Mutex
+	platforms  map[*platform]struct{}
+	subreapers int
+	prevReaper int32
+}
+
 // platform holds the per-Run OS resources.
 type platform struct {
 	s       *Supervisor
@@ -66,25 +82,21 @@ type platform struct {
 
 	spawnReqs chan spawnReq
 
-	// ownedMu is held across fork+exec and across each orphan reap, so the
-	// reaper never reaps a worker that was just forked but not yet
-	// registered in owned. owned maps a worker's pid to its spawn number:
-	// once a watcher has reaped a pid, the kernel may hand it to the next
-	// worker before the watcher disowns it, and only the matching entry
-	// may be deleted.
-	ownedMu sync.Mutex
-	owned   map[int]uint64
+	// owned maps a worker's pid to its spawn number (guarded by
+	// procs.mu): once a watcher has reaped a pid, the kernel may hand it
+	// to the next worker before the watcher disowns it, and only the
+	// matching entry may be deleted.
+	owned map[int]uint64
 	// posted holds the owned workers whose exit was posted and that are
-	// not reaped yet (guarded by ownedMu): Exec reaps them rather than
+	// not reaped yet (guarded by procs.mu): Exec reaps them rather than
 	// hand them to the new image as live workers.
 	posted   map[int]*proc
-	spawnSeq uint64 // guarded by ownedMu
+	spawnSeq uint64 // guarded by procs.mu
 
 	nudge      chan struct{}
 	reaperStop chan struct{}
 	reaperDone chan struct{}
 	subreaper  bool
-	prevReaper int32
 
 	wg sync.WaitGroup // watchers, output readers and the group scanner
 
@@ -147,13 +159,9 @@ func newPlatform(s *Supervisor) (*platform, error) {
 		nudge:     make(chan struct{}, 1),
 	}
 	if s.opt.Subreaper {
-		if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&p.prevReaper)), 0, 0, 0); err != nil {
+		if err := becomeSubreaper(); err != nil {
 			devnull.Close()
-			return nil, os.NewSyscallError("prctl(PR_GET_CHILD_SUBREAPER)", err)
-		}
-		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-			devnull.Close()
-			return nil, os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+			return nil, err
 		}
 		p.subreaper = true
 		p.reaperStop = make(chan struct{})
@@ -165,8 +173,46 @@ func newPlatform(s *Supervisor) (*platform, error) {
 	if !s.opt.KeepIgnoredSignals {
 		resetIgnoredSignals()
 	}
+	procs.mu.Lock()
+	if procs.platforms == nil {
+		procs.platforms = make(map[*platform]struct{})
+	}
+	procs.platforms[p] = struct{}{}
+	procs.mu.Unlock()
 	go p.spawner()
 	return p, nil
+}
+
+// becomeSubreaper makes the process a child subreaper for one more
+// platform.
+func becomeSubreaper() error {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	if procs.subreapers == 0 {
+		if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&procs.prevReaper)), 0, 0, 0); err != nil {
+			return os.NewSyscallError("prctl(PR_GET_CHILD_SUBREAPER)", err)
+		}
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+		}
+	}
+	procs.subreapers++
+	return nil
+}
+
+// ownedAnywhere reports whether pid is a worker of any supervisor of the
+// process, or a child one's OwnChild hook claims. The caller holds
+// procs.mu.
+func ownedAnywhere(pid int) bool {
+	for q := range procs.platforms {
+		if _, ok := q.owned[pid]; ok {
+			return true
+		}
+		if q.s.opt.OwnChild != nil && q.s.opt.OwnChild(pid) {
+			return true
+		}
+	}
+	return false
 }
 
 // close releases what newPlatform acquired once every watcher has reaped
@@ -181,8 +227,16 @@ func (p *platform) close() {
 		close(p.reaperStop)
 		<-p.reaperDone
 		p.reapOrphans()
-		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(p.prevReaper), 0, 0, 0)
 	}
+	procs.mu.Lock()
+	delete(procs.platforms, p)
+	if p.subreaper {
+		procs.subreapers--
+		if procs.subreapers == 0 {
+			_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(procs.prevReaper), 0, 0, 0)
+		}
+	}
+	procs.mu.Unlock()
 	p.devnull.Close()
 }
 
@@ -209,14 +263,14 @@ func (p *platform) spawner() {
 		if !ok {
 			return
 		}
-		p.ownedMu.Lock()
+		procs.mu.Lock()
 		pid, err := syscall.ForkExec(r.path, r.argv, r.attr)
 		p.spawnSeq++
 		seq := p.spawnSeq
 		if err == nil {
 			p.owned[pid] = seq
 		}
-		p.ownedMu.Unlock()
+		procs.mu.Unlock()
 		r.reply <- spawnReply{pid: pid, seq: seq, err: err}
 	}
 }
@@ -224,14 +278,14 @@ func (p *platform) spawner() {
 // disown forgets the reaped worker pid of spawn seq, unless the pid already
 // belongs to a newer worker.
 func (p *platform) disown(pid int, seq uint64) {
-	p.ownedMu.Lock()
+	procs.mu.Lock()
 	if p.owned[pid] == seq {
 		delete(p.owned, pid)
 	}
 	if pr := p.posted[pid]; pr != nil && pr.seq == seq {
 		delete(p.posted, pid)
 	}
-	p.ownedMu.Unlock()
+	procs.mu.Unlock()
 	select {
 	case p.nudge <- struct{}{}:
 	default:
@@ -728,9 +782,9 @@ func (p *platform) watch(w *worker) {
 		pr.pidfd.Close()
 	}
 	if ours {
-		p.ownedMu.Lock()
+		procs.mu.Lock()
 		p.posted[pr.pid] = pr
-		p.ownedMu.Unlock()
+		procs.mu.Unlock()
 	}
 	p.s.post(m)
 	if linger {
@@ -864,19 +918,15 @@ func (p *platform) reapOrphans() {
 	// Bounded per wake-up; if more are pending, come back through nudge.
 	for range 1024 {
 		var info sigchldInfo
-		p.ownedMu.Lock()
+		procs.mu.Lock()
 		err := unix.Waitid(unix.P_ALL, 0, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-		_, own := p.owned[int(info.Pid)]
-		if err == nil && !own && p.s.opt.OwnChild != nil && info.Pid != 0 {
-			own = p.s.opt.OwnChild(int(info.Pid))
-		}
-		if err != nil || info.Signo != int32(unix.SIGCHLD) || own {
-			p.ownedMu.Unlock()
+		if err != nil || info.Signo != int32(unix.SIGCHLD) || info.Pid == 0 || ownedAnywhere(int(info.Pid)) {
+			procs.mu.Unlock()
 			return
 		}
 		var ws unix.WaitStatus
 		_, err = unix.Wait4(int(info.Pid), &ws, unix.WNOHANG, nil)
-		p.ownedMu.Unlock()
+		procs.mu.Unlock()
 		if err == nil {
 			p.s.log.Debug("supervise: reaped orphan", "pid", info.Pid)
 		}

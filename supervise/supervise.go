@@ -256,8 +256,10 @@ type Options struct {
 	// Subreaper makes the supervisor's process a child subreaper
 	// (PR_SET_CHILD_SUBREAPER) while Run runs, and reaps orphaned
 	// descendants that re-parent to it. Only enable it if nothing else in
-	// the process starts child processes: any child that is not a worker is
-	// reaped as soon as it exits.
+	// the process starts child processes (or OwnChild names them): any
+	// child that is not a worker is reaped as soon as it exits. The
+	// workers of every Supervisor in the process, and the children any of
+	// their OwnChild hooks claim, are left to their owners.
 	Subreaper bool
 	// OwnChild, with Subreaper, names children of this process that the
 	// caller waits for itself (say, workers of a previous image adopted

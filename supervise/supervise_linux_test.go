@@ -1228,6 +1228,39 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 	}
 }
 
+// TestSubreapersInOneProcess: two supervisors in one process, both
+// subreapers (cluster's groups as PID 1), never reap each other's workers:
+// every exit is reported with its real code, none as -1 (reaped
+// elsewhere), and the orphans are still reaped.
+func TestSubreapersInOneProcess(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	_, lines, wait := helperSupervisor(t, c, "SUP_TWO=1", "SUP_WORKERS=3", "SUP_SUBREAPER=1", "SUP_STOP_AFTER_EXITS=6",
+		"FORK_GRANDCHILD=daemon", "EXIT_AFTER=200ms", "EXIT_CODE=3")
+	var exits []string
+	reaped, zombies := 0, -1
+	for l := range lines {
+		switch {
+		case strings.HasPrefix(l, "EXIT "):
+			f := strings.Fields(l)
+			exits = append(exits, f[2]+"/"+f[3])
+		case strings.Contains(l, "reaped orphan"):
+			reaped++
+		case strings.HasPrefix(l, "ZOMBIES "):
+			zombies, _ = strconv.Atoi(strings.TrimPrefix(l, "ZOMBIES "))
+		}
+	}
+	if err := wait(); err != nil {
+		t.Errorf("supervisor: %v", err)
+	}
+	if d := cmp.Diff([]string{"3/0", "3/0", "3/0", "3/0", "3/0", "3/0"}, exits); d != "" {
+		t.Errorf("worker exit code/signal (-want +got):\n%s", d)
+	}
+	if reaped != 6 || zombies != 0 {
+		t.Errorf("reaped %d orphans (want 6), %d zombies left (want 0)", reaped, zombies)
+	}
+}
+
 // TestSubreaperReapsOrphansWhileReaping: the last worker's exit is posted
 // before it is reaped, so Run's loop ends while the worker is still being
 // reaped (held here for 2 s, as a slow reap of a worker with many /proc
