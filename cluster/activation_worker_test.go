@@ -3,6 +3,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"net"
 	"testing"
@@ -101,8 +102,12 @@ func TestClaimInherited(t *testing.T) {
 		{"127.0.0.1:8080", true, "web", nil},
 		{"127.0.0.1:8081", false, "", ErrNoListener},
 		{"127.0.0.1:8082", false, "", nil},
+		// A wildcard never takes a specific address's socket, nor is
+		// an unnamed one's refusal triggered by it (TestClaimWildcard).
+		{":8080", false, "", nil},
+		{":8081", false, "", nil},
 	} {
-		c, ok, err := w.claim("tcp", tc.address, true, false)
+		c, ok, err := w.claim(mustReq(t, w, "tcp", tc.address), true, false)
 		if ok != tc.ok || c.name != tc.name || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
 			t.Errorf("claim(%q) = %+v, %v, %v; want name %q, %v, %v", tc.address, c, ok, err, tc.name, tc.ok, tc.err)
 		}
@@ -110,12 +115,71 @@ func TestClaimInherited(t *testing.T) {
 	if w.inh[1].claimed {
 		t.Error("a claim without a duplicate kept the socket from Ready")
 	}
-	if _, _, err := w.claim("tcp", "", true, false); err != nil {
+	if _, _, err := w.claim(mustReq(t, w, "tcp", ""), true, false); err != nil {
 		t.Fatal(err)
 	}
 	only := &wstate{inh: w.inh[:1]}
-	if _, ok, err := only.claim("tcp", "", true, false); ok || !errors.Is(err, ErrNoListener) {
+	if _, ok, err := only.claim(mustReq(t, only, "tcp", ""), true, false); ok || !errors.Is(err, ErrNoListener) {
 		t.Errorf("claim of \"\" with only an unnamed socket: %v, %v; want ErrNoListener", ok, err)
+	}
+}
+
+func mustReq(t *testing.T, w *wstate, network, address string) *listenReq {
+	t.Helper()
+	q, err := w.resolve(context.Background(), network, address)
+	if err != nil {
+		t.Fatalf("resolve(%s, %q): %v", network, address, err)
+	}
+	return q
+}
+
+// TestClaimWildcard: an empty host, 0.0.0.0 and :: ask for a wildcard
+// socket and match an inherited one of a compatible family, as net.Listen
+// would bind it: "tcp" and "udp" take 0.0.0.0 or a dual-stack :: (what
+// systemd's ListenStream=8080 binds), "tcp4" only 0.0.0.0, "tcp6" only
+// ::. A wildcard never matches a specific address, nor a specific one a
+// wildcard. A host name is resolved once, and the master gets what the
+// match used: a literal, and for an empty host a wildcard it accepts.
+func TestClaimWildcard(t *testing.T) {
+	tcp := func(ip net.IP, port int) *net.TCPAddr { return &net.TCPAddr{IP: ip, Port: port} }
+	w := &wstate{inh: []inherited{
+		{fd: 50, name: "v4any", addr: tcp(net.IPv4zero.To4(), 8090), stream: true},
+		{fd: 51, name: "dual", addr: tcp(net.IPv6zero, 8091), stream: true},
+		{fd: 52, name: "v6only", addr: tcp(net.IPv6zero, 8092), stream: true, v6only: true},
+		{fd: 53, name: "web", addr: tcp(net.IPv4(127, 0, 0, 1).To4(), 8080), stream: true},
+		{fd: 54, name: "dns", addr: &net.UDPAddr{IP: net.IPv6zero, Port: 8093}},
+		{fd: 55, name: "v6lo", addr: tcp(net.IPv6loopback, 8095), stream: true},
+	}}
+	for _, tc := range []struct {
+		network, address string
+		stream           bool
+		want, forMaster  string // want "": no match
+	}{
+		{"tcp", ":8090", true, "v4any", "0.0.0.0:8090"},
+		{"tcp4", ":8090", true, "v4any", "0.0.0.0:8090"},
+		{"tcp6", ":8090", true, "", "[::]:8090"},
+		{"tcp", ":8091", true, "dual", "0.0.0.0:8091"},
+		{"tcp", "0.0.0.0:8091", true, "dual", "0.0.0.0:8091"},
+		{"tcp", "[::]:8091", true, "dual", "[::]:8091"},
+		{"tcp", "[::]:8090", true, "v4any", "[::]:8090"},
+		{"tcp4", ":8091", true, "", "0.0.0.0:8091"},
+		{"tcp6", ":8091", true, "dual", "[::]:8091"},
+		{"tcp", ":8092", true, "", "0.0.0.0:8092"},
+		{"tcp6", ":8092", true, "v6only", "[::]:8092"},
+		{"tcp", "127.0.0.1:8091", true, "", "127.0.0.1:8091"},
+		{"tcp", ":8080", true, "", "0.0.0.0:8080"},
+		{"tcp", "127.0.0.1:8080", true, "web", "127.0.0.1:8080"},
+		{"tcp", "localhost:8080", true, "web", "127.0.0.1:8080"},
+		{"tcp", "[::1]:8095", true, "v6lo", "[::1]:8095"},
+		{"tcp", ":0", true, "", "0.0.0.0:0"},
+		{"udp", ":8093", false, "dns", "0.0.0.0:8093"},
+		{"udp", ":8091", false, "", "0.0.0.0:8091"},
+	} {
+		q := mustReq(t, w, tc.network, tc.address)
+		c, ok, err := w.claim(q, tc.stream, false)
+		if err != nil || ok != (tc.want != "") || c.name != tc.want || q.forMaster != tc.forMaster {
+			t.Errorf("claim(%s, %q) = %q, %v, %v, for the master %q; want %q, %q", tc.network, tc.address, c.name, ok, err, q.forMaster, tc.want, tc.forMaster)
+		}
 	}
 }
 

@@ -124,9 +124,35 @@
 // worker silent for Heartbeat*HeartbeatFactor is killed and replaced.
 // Queues are bounded both ways. A worker that writes anything invalid on
 // its channel is killed (process group) and replaced with a logged
-// reason; the master and the other workers are untouched. The package
-// takes the worker's inherited descriptors on first use: it marks them
-// close-on-exec and removes HANDOFF_CONTROL_FD from the environment.
+// reason; the master and the other workers are untouched. Heartbeats go
+// on after Done closes, while the worker drains, until it exits or the
+// master is gone.
+//
+// The package's first call of the worker API (any of the above), not an
+// init function, since a master imports the package too, takes what the process was started with, as
+// sd_listen_fds(3) and sd_notify(3) do when asked to unset the
+// environment: it reads LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES,
+// NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID, HANDOFF_CONTROL_FD,
+// HANDOFF_CONN_FD, HANDOFF_CONN_VERSION and HANDOFF_MODE once, removes
+// them from the environment, and uses the values read for Ready,
+// heartbeats, Listen and HandoffListener. When LISTEN_PID names the
+// process it marks close-on-exec the descriptors 3..3+LISTEN_FDS-1 and
+// the control and connection channels, whatever else fails (a malformed
+// LISTEN_FDNAMES, a channel that is refused), and adopts a channel only if
+// it was inherited (not close-on-exec) and is a unix socket. So a child
+// the program starts after that call inherits none of them: it cannot
+// report ready or send heartbeats for its parent (the master accepts a
+// worker's descendants' notifications), nor read its connections. Call
+// the API (IsWorker will do) before starting children, and read these
+// variables yourself, if at all, before that first call.
+// HANDOFF_WORKER_ID, HANDOFF_WORKER_GENERATION and HANDOFF_WORKERS stay
+// in the environment for the program to read; ID reports 0 in a process
+// LISTEN_PID does not name (a worker's child). Standalone, with none of
+// the variables set, nothing changes. HandoffListener called before the
+// rest of the API, by a program that does its own socket activation and
+// sd_notify, sets the worker up all the same (descriptors, control
+// channel, heartbeats) but leaves the environment as it is, for that
+// program to read.
 //
 // Ready closes the inherited sockets no Listen or ListenPacket call has
 // claimed (TESTPLAN A19, as tableflip does; systemd advises closing

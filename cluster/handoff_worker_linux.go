@@ -79,33 +79,39 @@ var hoWorkerSide struct {
 }
 
 // handoffListener is the worker side of handoff mode (see HandoffListener).
+// Called before the rest of the worker API, by a program that does its own
+// socket activation and sd_notify, it sets the worker up (control channel,
+// heartbeats) but leaves the environment as it is, where such a program
+// reads it.
 func handoffListener(name string) (net.Listener, error) {
+	w := setUp(false)
 	hoWorkerSide.once.Do(func() {
-		hoWorkerSide.r, hoWorkerSide.err = openReceiver(os.Getenv(envConnFD))
+		if w.connErr != nil {
+			hoWorkerSide.err = fmt.Errorf("%w: %w", ErrNoHandoff, w.connErr)
+			return
+		}
+		hoWorkerSide.r, hoWorkerSide.err = openReceiver(w.connFD, w.connVersion)
 	})
 	if hoWorkerSide.err != nil {
 		return nil, hoWorkerSide.err
 	}
-	return hoWorkerSide.r.listen(name, inheritedAddr(name))
+	return hoWorkerSide.r.listen(name, inheritedAddr(w, name))
 }
 
-// openReceiver adopts the connection channel named by HANDOFF_CONN_FD.
-func openReceiver(v string) (*hoReceiver, error) {
-	fd, err := strconv.Atoi(v)
-	if v == "" || err != nil || fd < listenFDsStart {
+// openReceiver adopts the connection channel named by HANDOFF_CONN_FD, v,
+// with HANDOFF_CONN_VERSION version, both as the process started with
+// them. The worker's set-up checked that the descriptor was inherited and
+// marked it close-on-exec (initWorker).
+func openReceiver(v, version string) (*hoReceiver, error) {
+	fd := envFD(v)
+	if fd < 0 {
 		return nil, fmt.Errorf("%w: %s=%q", ErrNoHandoff, envConnFD, v)
-	}
-	// The descriptor arrived without close-on-exec; the worker's own
-	// children must not hold it: one would keep reading after the worker
-	// is gone, taking connections the master means to pass on.
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-		return nil, fmt.Errorf("%w: %s=%d: %w", ErrNoHandoff, envConnFD, fd, os.NewSyscallError("fcntl", err))
 	}
 	uc, err := scmrights.UnixConn(fd)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s=%d: %w", ErrNoHandoff, envConnFD, fd, err)
 	}
-	v2, _ := strconv.Atoi(os.Getenv(envConnVersion))
+	v2, _ := strconv.Atoi(version)
 	return newReceiver(uc, v2 >= 2)
 }
 
@@ -113,9 +119,9 @@ func openReceiver(v string) (*hoReceiver, error) {
 // its inherited descriptors, of the listener named name (LISTEN_FDNAMES),
 // or a handoffAddr: Ready may have closed that descriptor since, and its
 // number may name something else by now.
-func inheritedAddr(name string) net.Addr {
+func inheritedAddr(w *wstate, name string) net.Addr {
 	// Names and addresses never change after adoption.
-	for _, in := range self().inh {
+	for _, in := range w.inh {
 		if in.name == name && in.addr != nil {
 			return in.addr
 		}

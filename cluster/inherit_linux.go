@@ -21,9 +21,8 @@ import (
 // what an unnamed descriptor is for), only if they are inherited listening
 // or datagram sockets, and otherwise left untouched. The control and
 // connection channels are never adopted, even when a LISTEN_FDS too large
-// covers their numbers.
-func adoptInherited(act []Activated, extra int) []inherited {
-	ctl, conn := envFD(envControlFD), envFD(envConnFD)
+// covers their numbers (ctl and conn, -1 for none).
+func adoptInherited(act []Activated, extra, ctl, conn int) []inherited {
 	var out []inherited
 	for i, a := range act {
 		if a.FD == ctl || a.FD == conn {
@@ -51,9 +50,9 @@ func adoptInherited(act []Activated, extra int) []inherited {
 	return out
 }
 
-// envFD returns the descriptor number in the variable key, or -1.
-func envFD(key string) int {
-	fd, err := strconv.Atoi(os.Getenv(key))
+// envFD returns the descriptor number in v, a variable's value, or -1.
+func envFD(v string) int {
+	fd, err := strconv.Atoi(v)
 	if err != nil || fd < listenFDsStart {
 		return -1
 	}
@@ -94,37 +93,37 @@ type claim struct {
 	inhFD    int
 }
 
-// claim finds the inherited socket for network and address (see Listen).
-// With dup it returns a duplicate of it and marks it claimed, so Ready
-// keeps it; without (handoff mode: the master accepts, the worker never
-// uses the socket) Ready closes it all the same. ok is false when no
-// inherited socket matches.
-func (w *wstate) claim(network, address string, stream, dup bool) (c claim, ok bool, err error) {
+// claim finds the inherited socket for q (see Listen). With dup it
+// returns a duplicate of it and marks it claimed, so Ready keeps it;
+// without (handoff mode: the master accepts, the worker never uses the
+// socket) Ready closes it all the same. ok is false when no inherited
+// socket matches.
+func (w *wstate) claim(q *listenReq, stream, dup bool) (c claim, ok bool, err error) {
 	// addr, stream and name never change after adoption: match without
-	// the lock, which sameAddr's resolution of a name must not hold up.
+	// the lock.
 	i := -1
 	for j := range w.inh {
 		in := &w.inh[j]
-		if in.stream != stream || in.addr == nil || !sameFamily(network, in.addr) {
+		if in.stream != stream || in.addr == nil || !sameFamily(q.network, in.addr) {
 			continue
 		}
 		if in.unnamed {
 			// Never served; asked for by address, it is still the
 			// activator's, so a bind could only fail.
-			if address != "" && sameAddr(network, address, in.addr) {
+			if q.address != "" && q.matches(in) {
 				return claim{}, false, fmt.Errorf("cluster: listen %s %s: %w: descriptor %d is beyond %s, so not served",
-					network, address, ErrNoListener, in.fd, envListenFDNames)
+					q.network, q.address, ErrNoListener, in.fd, envListenFDNames)
 			}
 			continue
 		}
-		if address == "" || sameAddr(network, address, in.addr) {
+		if q.address == "" || q.matches(in) {
 			i = j
 			break
 		}
 	}
 	if i < 0 {
-		if address == "" {
-			return claim{}, false, fmt.Errorf("%w: no %s socket among LISTEN_FDS", ErrNoListener, network)
+		if q.address == "" {
+			return claim{}, false, fmt.Errorf("%w: no %s socket among LISTEN_FDS", ErrNoListener, q.network)
 		}
 		return claim{}, false, nil
 	}
@@ -145,6 +144,17 @@ func (w *wstate) claim(network, address string, stream, dup bool) (c claim, ok b
 		in.claimed = true
 	}
 	return c, true, nil
+}
+
+// inheritsFamily reports whether some inherited socket has network's
+// family: only then is an address worth resolving for a match.
+func (w *wstate) inheritsFamily(network string) bool {
+	for _, in := range w.inh {
+		if in.addr != nil && sameFamily(network, in.addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // releasedError is Listen's error, without a master, for a socket Ready

@@ -6,14 +6,16 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 )
 
 // The worker API: what a Go program calls to run as a mini-cluster worker
 // and, with the same code, standalone. Every function is safe for
-// concurrent use; state is set up on the first call, not in init.
+// concurrent use; state is set up on the first call, not in init: a master
+// imports this package too and reads the same variables for itself. That
+// first call also takes the protocol variables out of the environment (see
+// takeEnv), so call one before starting children.
 
 // Errors of the worker API and of Master.Send and Master.Broadcast.
 var (
@@ -47,10 +49,17 @@ type Message struct {
 type wstate struct {
 	id       int
 	isWorker bool
-	ch       *wchannel // nil: no control channel
-	done     chan struct{}
-	doneOnce sync.Once
-	msgs     chan []byte
+	// notify is NOTIFY_SOCKET; mode, connFD and connVersion are
+	// HANDOFF_MODE, HANDOFF_CONN_FD and HANDOFF_CONN_VERSION when they
+	// are this process's (initWorker). All are read once, at set-up,
+	// which removes them from the environment (takeEnv).
+	notify, mode        string
+	connFD, connVersion string
+	connErr             error     // why HANDOFF_CONN_FD cannot be adopted
+	ch                  *wchannel // nil: no control channel
+	done                chan struct{}
+	doneOnce            sync.Once
+	msgs                chan []byte
 	// inh is set up once by initWorker; after that only the claimed and
 	// closed fields change, under inhMu.
 	inh   []inherited
@@ -67,6 +76,7 @@ type inherited struct {
 	name   string
 	addr   net.Addr // nil if getsockname failed
 	stream bool     // SOCK_STREAM listener, else datagram
+	v6only bool     // an IPv6 socket with IPV6_V6ONLY
 	// releasable: an inherited listening or datagram socket (checked at
 	// adoption, identified by dev and ino), which Ready closes unless
 	// claimed.
@@ -88,12 +98,16 @@ var (
 // more are dropped, so a worker that ignores them cannot grow.
 const messageQueue = 256
 
-func self() *wstate {
+func self() *wstate { return setUp(true) }
+
+// setUp sets the worker state up once. The first call decides whether the
+// protocol variables are also removed from the environment (take): every
+// call of the API does, except HandoffListener (see there).
+func setUp(take bool) *wstate {
 	selfOnce.Do(func() {
 		w := &wstate{done: make(chan struct{}), msgs: make(chan []byte, messageQueue)}
 		w.ctx, w.cancel = context.WithCancel(context.Background())
-		w.id, _ = strconv.Atoi(os.Getenv("HANDOFF_WORKER_ID")) // envWorkerID (Linux only)
-		initWorker(w)
+		initWorker(w, take)
 		selfW = w
 	})
 	return selfW
@@ -113,7 +127,9 @@ func IsWorker() bool { return self().isWorker }
 
 // ID returns the worker's slot, HANDOFF_WORKER_ID: stable across
 // restarts, 0 to HANDOFF_WORKERS-1. In a group of a -config file it is
-// the worker's global id instead (see Group). Standalone it is 0.
+// the worker's global id instead (see Group). Standalone it is 0, and so
+// it is in a process LISTEN_PID does not name: a worker's child that
+// inherited the variable is not the worker.
 func ID() int { return self().id }
 
 // Done returns a channel closed when the process should stop gracefully:
@@ -151,7 +167,10 @@ func (w *wstate) watchSignals() {
 
 // Ready reports the worker ready: READY=1 on NOTIFY_SOCKET (sd_notify(3)),
 // so it works with mini-cluster's -ready notify and under systemd alike.
-// Without NOTIFY_SOCKET (standalone) it sends nothing.
+// Without NOTIFY_SOCKET (standalone) it sends nothing. The socket is the
+// one the process started with: the package's first call took the
+// variable out of the environment, so the program's children do not
+// report for it.
 //
 // First, as tableflip does, Ready closes every inherited socket (LISTEN_FDS)
 // that no Listen or ListenPacket call has claimed: a name the worker does
@@ -170,8 +189,9 @@ func (w *wstate) watchSignals() {
 // ErrNoListener, since the activator still holds the address: claim every
 // socket before calling Ready.
 func Ready() error {
-	self().releaseInherited()
-	return sdNotify(os.Getenv(envNotifySocket), "READY=1")
+	w := self()
+	w.releaseInherited()
+	return sdNotify(w.notify, "READY=1")
 }
 
 // Listen returns a stream listener (network "tcp", "tcp4", "tcp6" or
@@ -180,11 +200,19 @@ func Ready() error {
 //   - a socket the process inherited by socket activation (LISTEN_FDS with
 //     LISTEN_PID equal to its pid: from mini-cluster or systemd) whose
 //     local address is address; the empty address means the first
-//     inherited stream socket (ErrNoListener if none);
+//     inherited stream socket (ErrNoListener if none). An empty host,
+//     0.0.0.0 or :: asks for a wildcard socket and, as net.Listen binds
+//     those, matches for "tcp" an inherited 0.0.0.0 or a :: that takes
+//     IPv4 too (systemd's ListenStream=8080), for "tcp4" only 0.0.0.0,
+//     for "tcp6" only ::. A host name is resolved once, with ctx, to the
+//     address net.Listen would bind (the first, IPv4 first unless the
+//     network says tcp6), and that address is what is matched and what
+//     the master is asked for;
 //   - otherwise, under a master, the socket the master binds for the
 //     cluster: bound once, kept for the cluster's lifetime and shared by
 //     every worker and generation that asks for the same network and
-//     address (port 0 is resolved once); bind errors come back as errors;
+//     address (port 0 is resolved once; an empty host is sent as 0.0.0.0,
+//     or :: for tcp6); bind errors come back as errors;
 //   - otherwise (standalone) a socket bound here.
 //
 // Every call returns a new net.Listener on the same shared socket; closing
@@ -202,7 +230,8 @@ func ListenPacket(ctx context.Context, network, address string) (net.PacketConn,
 
 // Send queues payload (at most MaxMessage bytes) for the master, which
 // receives it through Config.OnMessage. It returns ErrNotWorker when there
-// is no master and ErrQueueFull when the master does not keep up.
+// is no master, ErrQueueFull when the master does not keep up, and
+// ErrMasterGone once the master is gone (Done is closed then).
 func Send(payload []byte) error {
 	if len(payload) > MaxMessage {
 		return ErrTooLarge

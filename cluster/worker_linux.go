@@ -43,34 +43,134 @@ type listenReply struct {
 // workerQueue bounds the frames waiting to go to the master.
 const workerQueue = 256
 
-// initWorker takes what the master (or systemd) gave this process: the
-// socket-activation descriptors and the control channel, both only when
-// LISTEN_PID names this process, so a child that inherited the environment
-// never takes its parent's. It also starts heartbeats when WATCHDOG_USEC
-// asks for them.
-func initWorker(w *wstate) {
-	pid := os.Getpid()
-	if os.Getenv(envListenPID) != strconv.Itoa(pid) {
-		startHeartbeats(w, pid)
-		return
+// takenEnv are the variables the worker API reads once, at set-up, and
+// removes from the environment, as sd_listen_fds(3) and sd_notify(3) do
+// when asked to unset it: they describe this process's start. A child
+// that inherited them would act for this process: report READY=1 for it
+// (the master accepts notifications from a worker's descendants), send
+// heartbeats for it, take descriptor numbers for its channels.
+// HANDOFF_WORKER_ID, HANDOFF_WORKER_GENERATION and HANDOFF_WORKERS stay:
+// programs read them (examples/hello), and ID reports 0 in a process
+// LISTEN_PID does not name.
+var takenEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket,
+	envWatchdogUSec, envWatchdogPID, envControlFD, envConnFD, envConnVersion, envMode}
+
+// takeEnv returns the variables of takenEnv, and with unset removes them
+// from the environment.
+func takeEnv(unset bool) map[string]string {
+	e := make(map[string]string, len(takenEnv))
+	for _, k := range takenEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			e[k] = v
+			if unset {
+				os.Unsetenv(k)
+			}
+		}
 	}
-	if act, extra, err := parseWorkerActivation(os.Getenv, pid); err == nil {
-		w.inh = adoptInherited(act, extra)
+	return e
+}
+
+// initWorker takes what the master (or systemd) gave this process (see
+// takeEnv): the socket-activation descriptors, the control channel and the
+// slot, only when LISTEN_PID names this process, so a child that inherited
+// the environment never takes its parent's; the connection channel also
+// without LISTEN_PID. It also starts heartbeats when WATCHDOG_USEC asks
+// for them. With take, the variables are removed from the environment.
+func initWorker(w *wstate, take bool) {
+	pid := os.Getpid()
+	e := takeEnv(take)
+	getenv := func(k string) string { return e[k] }
+	w.notify = e[envNotifySocket]
+	lp := e[envListenPID]
+	mine := lp == strconv.Itoa(pid)
+	// Without LISTEN_PID, as well: a handoff worker started by other means
+	// than the exec shim, with no sockets to inherit.
+	if conn := e[envConnFD]; conn != "" && (mine || lp == "") {
+		w.mode, w.connFD, w.connVersion = e[envMode], conn, e[envConnVersion]
+		// Before anything sets close-on-exec, which tells an inherited
+		// descriptor from one this process opened.
+		w.connErr = inheritedChannel(envConnFD, conn)
+	} else if mine {
+		w.mode = e[envMode]
+	}
+	if mine {
+		w.id, _ = strconv.Atoi(os.Getenv(envWorkerID))
+		adoptAll(w, getenv, pid)
+	}
+	if fd := envFD(w.connFD); fd >= 0 {
+		// The worker's children must not hold it: one would keep reading
+		// after the worker is gone, taking connections the master means
+		// to pass on.
+		unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+	}
+	startHeartbeats(w, pid, getenv)
+}
+
+// adoptAll adopts the activation descriptors and the control channel of a
+// process LISTEN_PID names, and marks them and the connection channel
+// close-on-exec whatever fails, as sd_listen_fds(3) does: the process's
+// children must not hold them.
+func adoptAll(w *wstate, getenv func(string) string, pid int) {
+	ctl := getenv(envControlFD)
+	// Before anything here sets close-on-exec.
+	ctlErr := inheritedChannel(envControlFD, ctl)
+	if act, extra, err := parseWorkerActivation(getenv, pid); err == nil {
+		w.inh = adoptInherited(act, extra, envFD(ctl), envFD(w.connFD))
 	} else {
 		fmt.Fprintf(os.Stderr, "cluster: socket activation ignored: %v\n", err)
 	}
-	if s := os.Getenv(envControlFD); s != "" {
-		ch, err := openChannel(s)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "cluster: control channel ignored: %v\n", err)
-		} else {
-			w.ch = ch
-			w.isWorker = true
-			go w.readChannel()
-			go ch.write()
+	if n, err := strconv.Atoi(getenv(envListenFDs)); err == nil && n > 0 {
+		for fd := listenFDsStart; fd < listenFDsStart+min(n, maxListenFDs); fd++ {
+			unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
 		}
 	}
-	startHeartbeats(w, pid)
+	if ctl == "" {
+		return
+	}
+	if fd := envFD(ctl); fd >= 0 {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+	}
+	var ch *wchannel
+	err := ctlErr
+	if err == nil {
+		ch, err = openChannel(ctl)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster: control channel ignored: %v\n", err)
+		return
+	}
+	w.ch = ch
+	w.isWorker = true
+	go w.readChannel()
+	go ch.write()
+}
+
+// inheritedChannel checks that the descriptor in v (the value of key) is
+// a channel's end this process inherited: a number from 3 up, open without
+// close-on-exec (the runtime and this package open everything
+// close-on-exec) and a unix socket (its type is checked where it is
+// used). Anything else is not the master's channel, and taking it would
+// read or close a descriptor of the program's.
+func inheritedChannel(key, v string) error {
+	fd := envFD(v)
+	if fd < 0 {
+		return fmt.Errorf("%s=%q is not a descriptor number", key, v)
+	}
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		return fmt.Errorf("%s=%d: %w", key, fd, os.NewSyscallError("fcntl", err))
+	}
+	if flags&unix.FD_CLOEXEC != 0 {
+		return fmt.Errorf("%s=%d: opened by this process, not inherited", key, fd)
+	}
+	dom, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return fmt.Errorf("%s=%d: not a socket: %w", key, fd, os.NewSyscallError("getsockopt", err))
+	}
+	if dom != unix.AF_UNIX {
+		return fmt.Errorf("%s=%d: socket family %d, want AF_UNIX", key, fd, dom)
+	}
+	return nil
 }
 
 // inspectInherited reads an activation descriptor's type and address and
@@ -79,18 +179,26 @@ func initWorker(w *wstate) {
 func inspectInherited(a Activated) inherited {
 	in := inherited{fd: a.FD, name: a.Name}
 	unix.FcntlInt(uintptr(a.FD), unix.F_SETFD, unix.FD_CLOEXEC)
-	typ, err := unix.GetsockoptInt(a.FD, unix.SOL_SOCKET, unix.SO_TYPE)
+	in.addr, in.stream, in.v6only = socketAddr(a.FD)
+	return in
+}
+
+// socketAddr returns fd's local address (nil if it cannot be read),
+// whether it is a stream socket, and whether it is an IPv6 socket with
+// IPV6_V6ONLY.
+func socketAddr(fd int) (addr net.Addr, stream, v6only bool) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
-		return in
+		return nil, false, false
 	}
-	in.stream = typ == unix.SOCK_STREAM
-	sa, err := unix.Getsockname(a.FD)
+	stream = typ == unix.SOCK_STREAM
+	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return in
+		return nil, stream, false
 	}
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
-		in.addr = inetAddr(in.stream, sa.Addr[:], sa.Port, "")
+		addr = inetAddr(stream, sa.Addr[:], sa.Port, "")
 	case *unix.SockaddrInet6:
 		zone := ""
 		if sa.ZoneId != 0 {
@@ -98,11 +206,15 @@ func inspectInherited(a Activated) inherited {
 				zone = ifi.Name
 			}
 		}
-		in.addr = inetAddr(in.stream, sa.Addr[:], sa.Port, zone)
+		addr = inetAddr(stream, sa.Addr[:], sa.Port, zone)
+		// A :: socket takes IPv4 too unless IPV6_V6ONLY is set
+		// (net.ipv6.bindv6only): see listenReq.matchesInet.
+		on, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		v6only = err == nil && on != 0
 	case *unix.SockaddrUnix:
-		in.addr = &net.UnixAddr{Name: sa.Name, Net: "unix"}
+		addr = &net.UnixAddr{Name: sa.Name, Net: "unix"}
 	}
-	return in
+	return addr, stream, v6only
 }
 
 func inetAddr(stream bool, ip []byte, port int, zone string) net.Addr {
@@ -114,12 +226,11 @@ func inetAddr(stream bool, ip []byte, port int, zone string) net.Addr {
 }
 
 // openChannel takes the control channel descriptor named by
-// HANDOFF_CONTROL_FD, checking that it is a connected unix stream socket,
-// and removes the variable: the descriptor is this process's alone (its
-// copy is close-on-exec).
+// HANDOFF_CONTROL_FD (checked by inheritedChannel), checking that it is a
+// stream socket.
 func openChannel(s string) (*wchannel, error) {
-	fd, err := strconv.Atoi(s)
-	if err != nil || fd < listenFDsStart {
+	fd := envFD(s)
+	if fd < 0 {
 		return nil, fmt.Errorf("%s=%q is not a descriptor number", envControlFD, s)
 	}
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
@@ -138,7 +249,6 @@ func openChannel(s string) (*wchannel, error) {
 		uc.Close()
 		return nil, err
 	}
-	os.Unsetenv(envControlFD)
 	return &wchannel{conn: conn, out: make(chan []byte, workerQueue), gone: make(chan struct{}), pending: make(map[int64]chan listenReply)}, nil
 }
 
@@ -294,30 +404,36 @@ func (w *wstate) forward(b []byte) {
 // startHeartbeats sends a heartbeat every WATCHDOG_USEC/HeartbeatFactor:
 // on the control channel under mini-cluster, WATCHDOG=1 on NOTIFY_SOCKET
 // otherwise (systemd's WatchdogSec=). WATCHDOG_PID, when set, must name
-// this process (sd_watchdog_enabled(3)).
-func startHeartbeats(w *wstate, pid int) {
-	usec, err := strconv.ParseInt(os.Getenv(envWatchdogUSec), 10, 64)
+// this process (sd_watchdog_enabled(3)). Heartbeats go on after Done
+// closes, while the program drains: the process is alive, and a SIGTERM
+// from anyone but the master leaves the master waiting for them. They end
+// with the process, or when the master is gone.
+func startHeartbeats(w *wstate, pid int, getenv func(string) string) {
+	usec, err := strconv.ParseInt(getenv(envWatchdogUSec), 10, 64)
 	if err != nil || usec <= 0 {
 		return
 	}
-	if p := os.Getenv(envWatchdogPID); p != "" && p != strconv.Itoa(pid) {
+	if p := getenv(envWatchdogPID); p != "" && p != strconv.Itoa(pid) {
 		return
 	}
 	every := max(time.Duration(usec)*time.Microsecond/HeartbeatFactor, time.Millisecond)
-	notify := os.Getenv(envNotifySocket)
+	var gone <-chan struct{} // nil: never, without a control channel
+	if w.ch != nil {
+		gone = w.ch.gone
+	}
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
-			case <-w.done:
+			case <-gone:
 				return
 			case <-t.C:
 			}
 			if w.ch != nil {
 				w.forward(appendHeartbeat(nil))
-			} else if notify != "" {
-				sdNotify(notify, "WATCHDOG=1")
+			} else if w.notify != "" {
+				sdNotify(w.notify, "WATCHDOG=1")
 			}
 		}
 	}()
@@ -335,22 +451,6 @@ func sameFamily(network string, a net.Addr) bool {
 	return false
 }
 
-// sameAddr compares a requested address with a bound one. Port 0 never
-// matches: it asks for a new socket.
-func sameAddr(network, address string, a net.Addr) bool {
-	switch a := a.(type) {
-	case *net.UnixAddr:
-		return a.Name == address
-	case *net.TCPAddr:
-		r, err := net.ResolveTCPAddr(network, address)
-		return err == nil && r.Port != 0 && r.Port == a.Port && r.IP.Equal(a.IP)
-	case *net.UDPAddr:
-		r, err := net.ResolveUDPAddr(network, address)
-		return err == nil && r.Port != 0 && r.Port == a.Port && r.IP.Equal(a.IP)
-	}
-	return false
-}
-
 // masterNetwork maps a Go network name to a -listen scheme.
 func masterNetwork(network string) string {
 	switch network {
@@ -362,47 +462,134 @@ func masterNetwork(network string) string {
 	return network
 }
 
-// resolveForMaster turns a host name in an inet address into an IP
-// literal, here and cancellable by ctx: the master binds literals only
-// (bindPolicy). Like net.Listen it takes the first address, IPv4 first
-// unless the network says tcp6 or udp6. Anything else is left to the
-// master to judge.
-func resolveForMaster(ctx context.Context, network, address string) (string, error) {
-	if network == "unix" {
-		return address, nil
-	}
-	host, port, err := net.SplitHostPort(address)
-	if err != nil || host == "" {
-		return address, nil
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return address, nil
-	}
-	want := "ip"
-	switch network {
-	case "tcp4", "udp4":
-		want = "ip4"
-	case "tcp6", "udp6":
-		want = "ip6"
-	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, want, host)
-	if err == nil && len(ips) == 0 {
-		err = errors.New("no address")
-	}
-	if err != nil {
-		return "", fmt.Errorf("cluster: listen %s %s: %w: %w", network, address, ErrListen, err)
-	}
-	ip := ips[0]
-	for _, a := range ips {
-		if a.Unmap().Is4() {
-			ip = a
-			break
-		}
-	}
-	return net.JoinHostPort(ip.Unmap().String(), port), nil
+// listenReq is a Listen call's network and address, resolved once with
+// the caller's context: the same resolution serves the match among the
+// inherited sockets, the request to the master and a bind here.
+type listenReq struct {
+	network, address string
+	// inet: address parsed as host and port; ip is invalid for an
+	// empty host, the wildcard.
+	inet bool
+	ip   netip.Addr
+	port int
+	// named: the host was a name, resolved to ip.
+	named bool
+	// forMaster is address as the master takes it: IP literals only
+	// (bindPolicy), a host always (an empty host is a wildcard here), a
+	// numeric port.
+	forMaster string
 }
 
-func handoffMode() bool { return os.Getenv(envMode) == "handoff" }
+// resolve returns the request for network and address. A host name is
+// resolved as net.Listen does, to the first address, IPv4 first unless
+// the network says tcp6 or udp6, and only when something needs it (a
+// master, or an inherited socket of the family): standalone, without
+// one, the address goes to net.ListenConfig untouched. Anything
+// unparsable is left to the master or the bind to judge, and matches no
+// inherited socket.
+func (w *wstate) resolve(ctx context.Context, network, address string) (*listenReq, error) {
+	q := &listenReq{network: network, address: address, forMaster: address}
+	if network == "unix" || address == "" || (w.ch == nil && !w.inheritsFamily(network)) {
+		return q, nil
+	}
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return q, nil
+	}
+	port, err := net.DefaultResolver.LookupPort(ctx, network, portStr)
+	if err != nil {
+		return q, nil
+	}
+	v6 := strings.HasSuffix(network, "6")
+	switch ip, err := netip.ParseAddr(host); {
+	case host == "":
+		// The master refuses an empty host, which could bind every
+		// interface by accident; here it is what the caller asked.
+		wild := "0.0.0.0"
+		if v6 {
+			wild = "::"
+		}
+		q.forMaster = net.JoinHostPort(wild, strconv.Itoa(port))
+	case err == nil:
+		q.ip = ip
+		q.forMaster = net.JoinHostPort(host, strconv.Itoa(port))
+	default:
+		want := "ip"
+		switch network {
+		case "tcp4", "udp4":
+			want = "ip4"
+		case "tcp6", "udp6":
+			want = "ip6"
+		}
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, want, host)
+		if err == nil && len(ips) == 0 {
+			err = errors.New("no address")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cluster: listen %s %s: %w: %w", network, address, ErrListen, err)
+		}
+		q.ip = ips[0]
+		for _, a := range ips {
+			if a.Unmap().Is4() {
+				q.ip = a
+				break
+			}
+		}
+		q.ip = q.ip.Unmap()
+		q.named = true
+		q.forMaster = net.JoinHostPort(q.ip.String(), strconv.Itoa(port))
+	}
+	q.inet, q.port = true, port
+	return q, nil
+}
+
+// bindAddr is the address to bind here, without a master.
+func (q *listenReq) bindAddr() string {
+	if q.named {
+		return q.forMaster
+	}
+	return q.address
+}
+
+// matches reports whether the inherited socket in is the one q asks for.
+// Port 0 never matches: it asks for a new socket.
+func (q *listenReq) matches(in *inherited) bool {
+	switch a := in.addr.(type) {
+	case *net.UnixAddr:
+		return q.network == "unix" && q.address != "" && a.Name == q.address
+	case *net.TCPAddr:
+		return q.matchesInet(a.IP, a.Port, in.v6only)
+	case *net.UDPAddr:
+		return q.matchesInet(a.IP, a.Port, in.v6only)
+	}
+	return false
+}
+
+func (q *listenReq) matchesInet(ip net.IP, port int, v6only bool) bool {
+	if !q.inet || q.port == 0 || q.port != port {
+		return false
+	}
+	bound, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return false
+	}
+	if q.ip.IsValid() && !q.ip.IsUnspecified() {
+		return q.ip.WithZone("").Unmap() == bound.Unmap()
+	}
+	// A wildcard. For "tcp" and "udp", net.Listen binds "", 0.0.0.0 and
+	// :: alike, as one dual-stack socket: an inherited 0.0.0.0, or a ::
+	// that takes IPv4 too (systemd's ListenStream=8080), serves them.
+	if !bound.IsUnspecified() {
+		return false
+	}
+	switch q.network[len(q.network)-1] {
+	case '4':
+		return bound.Is4()
+	case '6':
+		return bound.Is6()
+	}
+	return bound.Is4() || !v6only
+}
 
 func (w *wstate) listen(ctx context.Context, network, address string) (net.Listener, error) {
 	switch network {
@@ -410,13 +597,18 @@ func (w *wstate) listen(ctx context.Context, network, address string) (net.Liste
 	default:
 		return nil, fmt.Errorf("cluster: listen: %w", net.UnknownNetworkError(network))
 	}
+	q, err := w.resolve(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
 	// In handoff mode the master accepts: a claim needs no duplicate.
-	c, ok, err := w.claim(network, address, true, !handoffMode())
+	handoff := w.mode == "handoff"
+	c, ok, err := w.claim(q, true, !handoff)
 	if err != nil {
 		return nil, err
 	}
 	if ok && c.released == nil {
-		if handoffMode() {
+		if handoff {
 			return handoffListener(c.name)
 		}
 		return scmrights.Listener(c.fd)
@@ -426,21 +618,17 @@ func (w *wstate) listen(ctx context.Context, network, address string) (net.Liste
 		if w.ch == nil {
 			return nil, releasedError(network, address, c)
 		}
-		address = c.released.String()
+		q.forMaster = c.released.String()
 	}
 	if w.ch == nil {
 		var lc net.ListenConfig
-		return lc.Listen(ctx, network, address)
+		return lc.Listen(ctx, network, q.bindAddr())
 	}
-	addr, err := resolveForMaster(ctx, network, address)
-	if err != nil {
-		return nil, err
-	}
-	fd, name, err := w.ch.request(ctx, masterNetwork(network), addr)
+	fd, name, err := w.ch.request(ctx, masterNetwork(network), q.forMaster)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: listen %s %s: %w", network, address, err)
 	}
-	if handoffMode() {
+	if handoff {
 		// The master accepts on it and hands connections over.
 		unix.Close(fd)
 		return handoffListener(name)
@@ -454,7 +642,11 @@ func (w *wstate) listenPacket(ctx context.Context, network, address string) (net
 	default:
 		return nil, fmt.Errorf("cluster: listen packet: %w", net.UnknownNetworkError(network))
 	}
-	c, ok, err := w.claim(network, address, false, true)
+	q, err := w.resolve(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	c, ok, err := w.claim(q, false, true)
 	if err != nil {
 		return nil, err
 	}
@@ -465,17 +657,13 @@ func (w *wstate) listenPacket(ctx context.Context, network, address string) (net
 		if w.ch == nil {
 			return nil, releasedError(network, address, c)
 		}
-		address = c.released.String()
+		q.forMaster = c.released.String()
 	}
 	if w.ch == nil {
 		var lc net.ListenConfig
-		return lc.ListenPacket(ctx, network, address)
+		return lc.ListenPacket(ctx, network, q.bindAddr())
 	}
-	addr, err := resolveForMaster(ctx, network, address)
-	if err != nil {
-		return nil, err
-	}
-	fd, _, err := w.ch.request(ctx, masterNetwork(network), addr)
+	fd, _, err := w.ch.request(ctx, masterNetwork(network), q.forMaster)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: listen %s %s: %w", network, address, err)
 	}

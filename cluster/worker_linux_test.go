@@ -43,7 +43,13 @@ import (
 // At start it sends "hello <slot> <isworker> <control fd var> <watchdog pid ok>"
 // and, with W_LISTEN2, "inode <slot> <inode>" or "listen2-error <ErrListen?>".
 // Standalone it prints "standalone <addr> <isworker> <id> <send error>".
+// W_VARIANT selects another worker of workerVariants instead.
 func goWorker() int {
+	if v := os.Getenv("W_VARIANT"); v != "" {
+		return workerVariants[v]()
+	}
+	// Before the first call of the API, which takes the variable.
+	wdOK := os.Getenv("WATCHDOG_PID") == strconv.Itoa(os.Getpid())
 	ctx := cluster.Context()
 	log := slog.New(cluster.LogHandler(nil))
 	ln, err := cluster.Listen(ctx, "tcp", os.Getenv("W_ADDR"))
@@ -58,7 +64,6 @@ func goWorker() int {
 	if !cluster.IsWorker() {
 		fmt.Printf("standalone %s %v %d %v\n", ln.Addr(), cluster.IsWorker(), cluster.ID(), errors.Is(cluster.Send(nil), cluster.ErrNotWorker))
 	} else {
-		wdOK := os.Getenv("WATCHDOG_PID") == strconv.Itoa(os.Getpid())
 		cluster.Send(fmt.Appendf(nil, "hello %d %v %q %v", cluster.ID(), cluster.IsWorker(), os.Getenv("HANDOFF_CONTROL_FD"), wdOK))
 	}
 	if a := os.Getenv("W_LISTEN2"); a != "" {
@@ -173,8 +178,15 @@ func startGoCluster(t *testing.T, pc *proccensus.Census, n int, role string, hb 
 // message from a worker first, in OnMessage.
 func startProgramCluster(t *testing.T, pc *proccensus.Census, n int, hb time.Duration, hook func(cluster.Message), prog string, args []string, env ...string) *goCluster {
 	t.Helper()
+	return startClusterWith(t, pc, n, hb, hook, nil, prog, args, env...)
+}
+
+// startClusterWith is startProgramCluster with edit, if not nil, changing
+// the configuration first.
+func startClusterWith(t *testing.T, pc *proccensus.Census, n int, hb time.Duration, hook func(cluster.Message), edit func(*cluster.Config), prog string, args []string, env ...string) *goCluster {
+	t.Helper()
 	c := &goCluster{t: t, log: &syncBuffer{}, msgs: make(chan cluster.Message, 256)}
-	m, err := cluster.New(&cluster.Config{
+	cfg := &cluster.Config{
 		Program:   prog,
 		Args:      args,
 		Workers:   n,
@@ -193,7 +205,11 @@ func startProgramCluster(t *testing.T, pc *proccensus.Census, n int, hb time.Dur
 				t.Errorf("OnMessage queue full: %q", msg.Payload)
 			}
 		},
-	})
+	}
+	if edit != nil {
+		edit(cfg)
+	}
+	m, err := cluster.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -907,8 +923,12 @@ func TestWorkerLogCannotSpoof(t *testing.T) {
 	}
 }
 
+// startNotify is NOTIFY_SOCKET as the process started: the worker API's
+// first call takes it from the environment.
+var startNotify = os.Getenv("NOTIFY_SOCKET")
+
 func notifyReady() error {
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: os.Getenv("NOTIFY_SOCKET"), Net: "unixgram"})
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: startNotify, Net: "unixgram"})
 	if err != nil {
 		return err
 	}

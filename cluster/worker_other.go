@@ -5,13 +5,23 @@ package cluster
 import (
 	"context"
 	"net"
+	"os"
 )
 
 // wchannel is the control channel, which needs Linux: elsewhere a process
 // is never a worker and the API works standalone.
 type wchannel struct{}
 
-func initWorker(*wstate) {}
+// initWorker reads NOTIFY_SOCKET, for Ready, and with take removes it from
+// the environment, as sd_notify(3) does when asked to (see takeEnv on
+// Linux). ID
+// stays 0: only a Linux process is ever a master's worker.
+func initWorker(w *wstate, take bool) {
+	w.notify = os.Getenv(envNotifySocket)
+	if take {
+		os.Unsetenv(envNotifySocket)
+	}
+}
 
 func (w *wstate) send([]byte) error { return ErrNotWorker }
 
