@@ -1202,10 +1202,22 @@ func helperReport(t *testing.T, c *proccensus.Census, prefixes []string, env ...
 func TestSubreaperReapsOrphans(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
-	_, lines, wait := helperSupervisor(t, c, "SUP_WORKERS=3", "SUP_SUBREAPER=1", "SUP_STOP_AFTER_EXITS=3",
-		"FORK_GRANDCHILD=daemon", "EXIT_AFTER=200ms", "EXIT_CODE=3")
-	var exits []string
-	reaped, zombies := 0, -1
+	exits, reaped, zombies := orphanRun(t, c, "SUP_WORKERS=3", "SUP_STOP_AFTER_EXITS=3")
+	if d := cmp.Diff([]string{"3/0", "3/0", "3/0"}, exits); d != "" {
+		t.Errorf("worker exit code/signal (-want +got):\n%s", d)
+	}
+	if reaped != 3 || zombies != 0 {
+		t.Errorf("reaped %d orphans (want 3), %d zombies left (want 0)", reaped, zombies)
+	}
+}
+
+// orphanRun runs the supervisor role as a subreaper with workers that
+// exit 3 after 200 ms, each leaving a daemon grandchild, and returns the
+// exits ("code/signal"), the orphans reaped and the zombies left.
+func orphanRun(t *testing.T, c *proccensus.Census, env ...string) (exits []string, reaped, zombies int) {
+	t.Helper()
+	_, lines, wait := helperSupervisor(t, c, append([]string{"SUP_SUBREAPER=1", "FORK_GRANDCHILD=daemon", "EXIT_AFTER=200ms", "EXIT_CODE=3"}, env...)...)
+	zombies = -1
 	for l := range lines {
 		switch {
 		case strings.HasPrefix(l, "EXIT "):
@@ -1220,12 +1232,7 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Errorf("supervisor: %v", err)
 	}
-	if d := cmp.Diff([]string{"3/0", "3/0", "3/0"}, exits); d != "" {
-		t.Errorf("worker exit code/signal (-want +got):\n%s", d)
-	}
-	if reaped != 3 || zombies != 0 {
-		t.Errorf("reaped %d orphans (want 3), %d zombies left (want 0)", reaped, zombies)
-	}
+	return exits, reaped, zombies
 }
 
 // TestSubreapersInOneProcess: two supervisors in one process, both
@@ -1235,24 +1242,7 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 func TestSubreapersInOneProcess(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
-	_, lines, wait := helperSupervisor(t, c, "SUP_TWO=1", "SUP_WORKERS=3", "SUP_SUBREAPER=1", "SUP_STOP_AFTER_EXITS=6",
-		"FORK_GRANDCHILD=daemon", "EXIT_AFTER=200ms", "EXIT_CODE=3")
-	var exits []string
-	reaped, zombies := 0, -1
-	for l := range lines {
-		switch {
-		case strings.HasPrefix(l, "EXIT "):
-			f := strings.Fields(l)
-			exits = append(exits, f[2]+"/"+f[3])
-		case strings.Contains(l, "reaped orphan"):
-			reaped++
-		case strings.HasPrefix(l, "ZOMBIES "):
-			zombies, _ = strconv.Atoi(strings.TrimPrefix(l, "ZOMBIES "))
-		}
-	}
-	if err := wait(); err != nil {
-		t.Errorf("supervisor: %v", err)
-	}
+	exits, reaped, zombies := orphanRun(t, c, "SUP_TWO=1", "SUP_WORKERS=3", "SUP_STOP_AFTER_EXITS=6")
 	if d := cmp.Diff([]string{"3/0", "3/0", "3/0", "3/0", "3/0", "3/0"}, exits); d != "" {
 		t.Errorf("worker exit code/signal (-want +got):\n%s", d)
 	}
