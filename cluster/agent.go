@@ -316,7 +316,7 @@ func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 	*msg = agentMsg{}
 	// fastjson unescapes on a best-effort basis: bad escapes and invalid
 	// UTF-8 are refused first, not guessed (as decodeSockMsg does).
-	if err := fastjson.ValidateBytes(b); err != nil {
+	if err := validateJSON(b); err != nil {
 		return err
 	}
 	v, err := p.ParseBytes(b)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/handoff-go/handoff/ipcframe"
 	"github.com/handoff-go/handoff/supervise"
@@ -464,7 +465,10 @@ func decodeSockMsg(p *fastjson.Parser, b []byte, msg *sockMsg) error {
 	*msg = sockMsg{}
 	// As in decodeControl: fastjson unescapes on a best-effort basis, so
 	// bad escapes and invalid UTF-8 are refused first, not guessed.
-	if err := fastjson.ValidateBytes(b); err != nil {
+	if !utf8.Valid(b) {
+		return fmt.Errorf("%w: not UTF-8", ErrControlProtocol)
+	}
+	if err := validateJSON(b); err != nil {
 		return fmt.Errorf("%w: %w", ErrControlProtocol, err)
 	}
 	v, err := p.ParseBytes(b)

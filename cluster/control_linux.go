@@ -429,8 +429,10 @@ func (m *master) controlStatus() *ControlStatus {
 			ID: m.workerID(sl.Slot), Index: m.cfg.GroupIndexBase + sl.Slot}
 		if sl.PID != 0 {
 			cs.Generation = sl.ID.Generation
-			if !sl.Since.IsZero() {
-				cs.Uptime = max(now.Sub(sl.Since), 0)
+			// How long the serving worker has run: Since moves with the
+			// slot's state (ready, stopping), Started does not.
+			if !sl.Started.IsZero() {
+				cs.Uptime = max(now.Sub(sl.Started), 0)
 			}
 		}
 		out.Slots = append(out.Slots, cs)

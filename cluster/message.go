@@ -88,6 +88,42 @@ func msgErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrMessage}, args...)...)
 }
 
+// maxJSONDepth bounds the nesting of JSON from another process. Every
+// message of the package is at most a few levels deep.
+const maxJSONDepth = 64
+
+// validateJSON checks b strictly with fastjson.ValidateBytes, which unlike
+// fastjson's parser checks escapes, after bounding its nesting:
+// ValidateBytes has no depth limit, and its time and error text grow with
+// the square of the depth (64 KiB of '[' kept a master busy for minutes).
+func validateJSON(b []byte) error {
+	depth, inString, escaped := 0, false, false
+	for i, c := range b {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			if depth++; depth > maxJSONDepth {
+				return fmt.Errorf("JSON nested deeper than %d levels (offset %d)", maxJSONDepth, i)
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return fastjson.ValidateBytes(b)
+}
+
 // decodeControl parses one control frame payload with p, which is reused
 // across calls (one parser per reading goroutine). Every error wraps
 // ErrMessage. Unknown fields are ignored, so either end may add optional
@@ -103,7 +139,7 @@ func decodeControl(p *fastjson.Parser, b []byte) (ctlMsg, error) {
 	if !utf8.Valid(b) {
 		return m, msgErr("not UTF-8")
 	}
-	if err := fastjson.ValidateBytes(b); err != nil {
+	if err := validateJSON(b); err != nil {
 		return m, msgErr("%v", err)
 	}
 	v, err := p.ParseBytes(b)

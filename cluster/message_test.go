@@ -233,3 +233,44 @@ func BenchmarkDecodeControl(b *testing.B) {
 		}
 	})
 }
+
+// TestDecodeDeepNesting: JSON nested past 64 levels from another process
+// (a worker's control channel, a control-socket client, a remote agent) is
+// refused by its depth before fastjson's validator, whose time and error
+// text grow with the square of the depth, sees it; nesting up to the
+// limit is still JSON.
+func TestDecodeDeepNesting(t *testing.T) {
+	deep := func(n int) []byte {
+		return []byte(`{"type":"data","payload":` + strings.Repeat("[", n) + strings.Repeat("]", n) + `}`)
+	}
+	var p fastjson.Parser
+	decoders := []struct {
+		name   string
+		decode func([]byte) error
+	}{
+		{"worker control", func(b []byte) error { _, err := cluster.DecodeControl(b); return err }},
+		{"control socket", func(b []byte) error { var m cluster.SockMsg; return cluster.DecodeSockMsg(&p, b, &m) }},
+		{"agent", func(b []byte) error { _, err := cluster.AgentReencode(&p, b); return err }},
+	}
+	for _, d := range decoders {
+		t.Run(d.name, func(t *testing.T) {
+			// The whole frame a peer may send, all brackets: closed, and
+			// never closed (fastjson's validator took minutes on that).
+			open := []byte(`{"type":"data","payload":` + strings.Repeat("[", cluster.MaxControlFrame-64))
+			for _, b := range [][]byte{deep((cluster.MaxControlFrame - 64) / 2), open} {
+				err := d.decode(b)
+				if err == nil || !strings.Contains(err.Error(), "nested deeper than 64") {
+					t.Errorf("64 KiB of nesting: %.200v, want refused for its depth", err)
+				}
+			}
+			if err := d.decode(deep(63)); err != nil && strings.Contains(err.Error(), "nested deeper") {
+				t.Errorf("63 levels refused for depth: %v", err)
+			}
+			// Brackets inside a string are not nesting.
+			b := []byte(`{"type":"data","payload":"` + strings.Repeat("[", 200) + `"}`)
+			if err := d.decode(b); err != nil && strings.Contains(err.Error(), "nested deeper") {
+				t.Errorf("brackets in a string counted as nesting: %v", err)
+			}
+		})
+	}
+}

@@ -6,12 +6,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -235,5 +237,67 @@ func TestControlSubcommandErrors(t *testing.T) {
 				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.msg)
 			}
 		})
+	}
+}
+
+// TestGroupFlagHelp: each subcommand's -group help says what an absent
+// -group does for it: every group, or the only one (scale, send and
+// max-running-time fail with several groups).
+func TestGroupFlagHelp(t *testing.T) {
+	for _, tc := range []struct{ cmd, want string }{
+		{"restart", "(default: every group)"},
+		{"broadcast", "(default: every group)"},
+		{"scale", "(default: the only group; required when there are several)"},
+		{"send", "(default: the only group; required when there are several)"},
+		{"max-running-time", "(default: the only group; required when there are several)"},
+		{"suspend", "as the GROUP operand names it"},
+		{"stop", "not supported: stop acts on every group"},
+		{"status", "not supported: status acts on every group"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := runControl(context.Background(), tc.cmd, []string{"-h"}, &stdout, &stderr)
+		help := strings.Join(strings.Fields(stderr.String()), " ")
+		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(help, tc.want) {
+			t.Errorf("%s -h: %v, want flag.ErrHelp and -group help containing %q; got:\n%s", tc.cmd, err, tc.want, stderr.String())
+		}
+	}
+}
+
+// TestStatusUptime: a slot's uptime is how long its worker has run, not
+// how long it has been in its state: a worker that took 1.5 s to report
+// ready shows at least that much right after it did.
+func TestStatusUptime(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	path := filepath.Join(controlDir(t), "ctl")
+	gate := filepath.Join(t.TempDir(), "gate")
+	m := startMaster(t, pc, []string{"SRV_READY_GATE=" + gate},
+		append([]string{"-n", "1", "-listen", "127.0.0.1:0", "-control", path, "--"}, fakeSrvCmd(t)...)...)
+	if !waitFor(10*time.Second, func() bool { code, _, _ := ctl("status", "-control", path, "-json"); return code == 0 }) {
+		t.Fatal("control socket not answering within 10 s")
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m.waitReady()
+	code, out, errOut := ctl("status", "-control", path, "-json")
+	if code != 0 {
+		t.Fatalf("status -json: exit %d: %s", code, errOut)
+	}
+	v, err := fastjson.Parse(out)
+	if err != nil {
+		t.Fatalf("status -json printed %q: %v", out, err)
+	}
+	slots := v.GetArray("slots")
+	if len(slots) != 1 || string(slots[0].GetStringBytes("state")) != "ready" {
+		t.Fatalf("status -json: %s, want one ready slot", out)
+	}
+	if up := slots[0].GetInt64("uptime_ms"); up < 1400 {
+		t.Errorf("uptime %d ms right after a 1.5 s start, want at least 1400", up)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
 	}
 }

@@ -120,8 +120,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err != nil {
 		return &usageError{err: err}
 	}
-	if *n < 0 {
-		return &usageError{err: fmt.Errorf("-n %d: want a positive number", *n)}
+	if *n < 0 || *n > 4096 {
+		return &usageError{err: fmt.Errorf("-n %d: want 0 to 4096", *n)}
 	}
 	if *shutdown <= 0 {
 		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want a positive duration", *shutdown)}
