@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -17,6 +18,16 @@ type FileConfig struct {
 	Control, PIDFile string
 	// Groups in file order. Names are unique.
 	Groups []GroupConfig
+
+	// source is the file LoadConfig read: the fleet warns on SIGHUP when
+	// it changed, since nothing re-reads it.
+	source *configSource
+}
+
+// configSource is a configuration file as LoadConfig read it.
+type configSource struct {
+	path string
+	sum  [sha256.Size]byte
 }
 
 // GroupConfig is one group of workers running one program: Count workers

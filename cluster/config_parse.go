@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -41,6 +43,7 @@ const (
 	cfgMaxBurst      = 1000
 	// Durations above these are surely typos ("10h" for "10s").
 	cfgMaxTimeout        = 24 * time.Hour
+	cfgMinTimeout        = 100 * time.Millisecond
 	cfgMaxRunningTimeCap = 366 * 24 * time.Hour
 	// execve fails with E2BIG when one argument or environment string
 	// exceeds MAX_ARG_STRLEN (32 pages, 128 KiB) with its NUL.
@@ -50,7 +53,8 @@ const (
 // LoadConfig reads and parses the configuration file at path (see
 // ParseConfig). Errors are *ConfigError with File set to path; a file that
 // cannot be read, is not a regular file (symlinks are followed; a pipe,
-// FIFO or device is refused without being opened) or is larger than
+// FIFO or device is refused without being read, and without blocking if
+// the path is replaced while it is opened) or is larger than
 // MaxConfigFile is reported at 1:1.
 func LoadConfig(path string) (*FileConfig, error) {
 	data, err := readConfigFile(path)
@@ -71,6 +75,7 @@ func LoadConfig(path string) (*FileConfig, error) {
 		}
 		return nil, err
 	}
+	fc.source = &configSource{path: path, sum: sha256.Sum256(data)}
 	return fc, nil
 }
 
@@ -92,11 +97,18 @@ func readConfigFile(path string) ([]byte, error) {
 	default:
 		return nil, errors.New("not a regular file")
 	}
-	f, err := os.Open(path)
+	// The path may have been replaced since (a FIFO now): open without
+	// blocking (O_CLOEXEC is os's own) and check what was opened.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file (replaced while opened)")
+	}
 	// Read one byte past the limit instead of trusting the size: the file
 	// may grow while it is read.
 	data, err := io.ReadAll(io.LimitReader(f, MaxConfigFile+1))
@@ -345,11 +357,11 @@ func (d *configDecoder) bool(v *fastjson.Value, p cfgPath) bool {
 }
 
 // minDuration is duration with a lower bound for a non-zero value (0 keeps
-// meaning "off").
-func (d *configDecoder) minDuration(v *fastjson.Value, p cfgPath, lo, max time.Duration) time.Duration {
+// its meaning, zero: "off" or "the default").
+func (d *configDecoder) minDuration(v *fastjson.Value, p cfgPath, lo, max time.Duration, zero string) time.Duration {
 	t := d.duration(v, p, max)
 	if d.err == nil && t != 0 && t < lo {
-		d.fail(p, false, "want 0 (off) or at least %s, got %s", lo, cfgDescribe(v))
+		d.fail(p, false, "want 0 (%s) or at least %s, got %s", zero, lo, cfgDescribe(v))
 		return 0
 	}
 	return t
@@ -427,11 +439,89 @@ func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
 		}
 		fc.Groups = append(fc.Groups, g)
 	}
-	d.sharedBinds(gp, fc.Groups)
-	if d.err != nil {
+	// The rules a FileConfig built in Go is held to too (NewFleet); most
+	// were checked above already, with finer positions.
+	if p, msg := validateFileConfig(fc); msg != "" {
+		d.fail(p, false, "%s", msg)
 		return nil
 	}
 	return fc
+}
+
+// validateFileConfig checks the rules ParseConfig enforces on the values
+// themselves, for NewFleet, whose FileConfig may be built in Go: group
+// names, a program, at least one worker and one listen address per group,
+// the addresses each mode can serve, remote hosts, the worker limit, and
+// addresses two groups would bind on one machine. It returns the path of
+// the offending value and what is wrong ("" if nothing).
+func validateFileConfig(fc *FileConfig) (cfgPath, string) {
+	gp := cfgPath(nil).key("groups")
+	switch {
+	case fc == nil || len(fc.Groups) == 0:
+		return gp, "no groups: a configuration needs at least one"
+	case len(fc.Groups) > cfgMaxGroups:
+		return gp, fmt.Sprintf("more than %d groups", cfgMaxGroups)
+	}
+	names := make(map[string]bool, len(fc.Groups))
+	total := 0
+	for i := range fc.Groups {
+		g := &fc.Groups[i]
+		p := gp.index(i)
+		if p, msg := validateGroup(g, p, names); msg != "" {
+			return p, msg
+		}
+		total += g.Size()
+		if total > MaxConfigWorkers {
+			return p, fmt.Sprintf("more than %d workers over every group", MaxConfigWorkers)
+		}
+	}
+	return sharedBinds(gp, fc.Groups)
+}
+
+func validateGroup(g *GroupConfig, p cfgPath, names map[string]bool) (cfgPath, string) {
+	switch {
+	case !cfgValidGroupName(g.Name):
+		return p.key("name"), fmt.Sprintf("want a name of 1 to %d bytes of A-Z a-z 0-9 . _ -, starting with a letter or digit, got %q", cfgMaxNameBytes, cfgTruncate(g.Name, 80))
+	case names[g.Name]:
+		return p.key("name"), fmt.Sprintf("duplicate group name %q", g.Name)
+	case g.Program == "":
+		return p.key("command"), "empty program name"
+	case g.Count < 0 || g.Count > MaxConfigWorkers:
+		return p.key("count"), fmt.Sprintf("want 0 to %d workers, got %d", MaxConfigWorkers, g.Count)
+	case len(g.Listen) == 0:
+		return p.key("listen"), "no listen addresses: a group needs at least one"
+	case len(g.Remote) > cfgMaxRemotes:
+		return p.key("remote"), fmt.Sprintf("more than %d remote hosts", cfgMaxRemotes)
+	}
+	names[g.Name] = true
+	for i, r := range g.Remote {
+		rp := p.key("remote").index(i)
+		if r.Count < 1 || r.Count > MaxConfigWorkers {
+			return rp.key("count"), fmt.Sprintf("want 1 to %d workers, got %d", MaxConfigWorkers, r.Count)
+		}
+		if _, err := sshlaunch.ParseTarget(r.SSH); err != nil {
+			return rp.key("ssh"), fmt.Sprintf("want \"user@host\" or \"host\": %v", err)
+		}
+	}
+	if g.Size() == 0 {
+		return p.key("count"), "the group has no workers (count 0 and no remote hosts)"
+	}
+	seen := make(map[Addr]bool, len(g.Listen))
+	for i, l := range g.Listen {
+		lp := p.key("listen").index(i)
+		a, err := ParseAddr(l)
+		if err != nil {
+			return lp, err.Error()
+		}
+		if seen[a] && !cfgFreshPort(a) {
+			return lp, fmt.Sprintf("duplicate listen address %q", a.String())
+		}
+		seen[a] = true
+		if msg := modeListen(g.Mode, a); msg != "" {
+			return lp, msg
+		}
+	}
+	return nil, ""
 }
 
 // sharedBinds refuses an address that two groups, or two entries of one
@@ -440,7 +530,7 @@ func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
 // programs. On a remote host that failure would only show once connected,
 // as an agent restarted with backoff for ever. Hosts are compared by name
 // as written; port 0 never collides.
-func (d *configDecoder) sharedBinds(gp cfgPath, groups []GroupConfig) {
+func sharedBinds(gp cfgPath, groups []GroupConfig) (cfgPath, string) {
 	type bind struct {
 		host string // "" for this machine
 		addr Addr
@@ -476,13 +566,13 @@ func (d *configDecoder) sharedBinds(gp cfgPath, groups []GroupConfig) {
 					if p == nil {
 						p = lp
 					}
-					d.fail(p, false, "%s would bind %q twice (also for %s)", h.shown, a.String(), prev)
-					return
+					return p, fmt.Sprintf("%s would bind %q twice (also for %s)", h.shown, a.String(), prev)
 				}
 				seen[k] = h.owner
 			}
 		}
 	}
+	return nil, ""
 }
 
 func (d *configDecoder) group(v *fastjson.Value, p cfgPath, names map[string]bool) GroupConfig {
@@ -562,15 +652,17 @@ func (d *configDecoder) group(v *fastjson.Value, p cfgPath, names map[string]boo
 		case "heartbeat":
 			// Shorter intervals would kill healthy workers that are
 			// merely descheduled for a moment.
-			g.Heartbeat = d.minDuration(fv, kp, 10*time.Millisecond, time.Hour)
+			g.Heartbeat = d.minDuration(fv, kp, 10*time.Millisecond, time.Hour, "off")
 		case "shutdown_timeout":
-			g.ShutdownTimeout = d.duration(fv, kp, cfgMaxTimeout)
+			// Shorter ones kill every worker before it could drain, or
+			// fail every start.
+			g.ShutdownTimeout = d.minDuration(fv, kp, cfgMinTimeout, cfgMaxTimeout, "the default")
 		case "start_timeout":
-			g.StartTimeout = d.duration(fv, kp, cfgMaxTimeout)
+			g.StartTimeout = d.minDuration(fv, kp, cfgMinTimeout, cfgMaxTimeout, "the default")
 		case "max_running_time":
 			// Shorter limits recycle workers about as fast as they
 			// start.
-			g.MaxRunningTime = d.minDuration(fv, kp, time.Second, cfgMaxRunningTimeCap)
+			g.MaxRunningTime = d.minDuration(fv, kp, time.Second, cfgMaxRunningTimeCap, "off")
 		case "suspended":
 			g.Suspended = d.bool(fv, kp)
 		case "remote":
@@ -738,13 +830,21 @@ func (d *configDecoder) modeListen(p cfgPath, g *GroupConfig) {
 			return
 		}
 		a, _ := ParseAddr(l)
-		switch {
-		case g.Mode == ModeReuseport && a.Network == "unix":
-			d.fail(p.key("listen").index(i), false, "unix sockets cannot be shared by SO_REUSEPORT (use mode shared or handoff)")
-		case g.Mode == ModeHandoff && a.Network == "udp":
-			d.fail(p.key("listen").index(i), false, "udp sockets have no connections to hand off (use mode shared or reuseport)")
+		if msg := modeListen(g.Mode, a); msg != "" {
+			d.fail(p.key("listen").index(i), false, "%s", msg)
 		}
 	}
+}
+
+// modeListen says why mode cannot serve a ("" if it can).
+func modeListen(mode Mode, a Addr) string {
+	switch {
+	case mode == ModeReuseport && a.Network == "unix":
+		return "unix sockets cannot be shared by SO_REUSEPORT (use mode shared or handoff)"
+	case mode == ModeHandoff && a.Network == "udp":
+		return "udp sockets have no connections to hand off (use mode shared or reuseport)"
+	}
+	return ""
 }
 
 func (d *configDecoder) backoff(v *fastjson.Value, p cfgPath, b *supervise.Backoff) {
@@ -762,8 +862,24 @@ func (d *configDecoder) backoff(v *fastjson.Value, p cfgPath, b *supervise.Backo
 			b.Burst = d.int(fv, kp, -1, cfgMaxBurst)
 		}
 	})
-	if d.err == nil && b.Min > 0 && b.Max > 0 && b.Max < b.Min {
-		d.fail(p.key("max"), false, "max %s is below min %s", b.Max, b.Min)
+	// Compared as supervise reads them, defaults filled in: it would
+	// silently raise max to min.
+	def := supervise.Backoff{}.WithDefaults()
+	lo, hi := b.Min, b.Max
+	if lo == 0 {
+		lo = def.Min
+	}
+	if hi == 0 {
+		hi = def.Max
+	}
+	switch {
+	case d.err != nil || hi >= lo:
+	case b.Max == 0:
+		d.fail(p.key("min"), false, "min %s is above the default max %s (set \"max\" too)", lo, hi)
+	case b.Min == 0:
+		d.fail(p.key("max"), false, "max %s is below the default min %s (set \"min\" too)", hi, lo)
+	default:
+		d.fail(p.key("max"), false, "max %s is below min %s", hi, lo)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/supervise"
 )
@@ -71,7 +72,7 @@ func TestParseConfigDocExample(t *testing.T) {
 			}},
 		}},
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreUnexported(cluster.FileConfig{})); diff != "" {
 		t.Errorf("ParseConfig(doc example) (-want +got):\n%s", diff)
 	}
 	if n := got.Groups[0].Size(); n != 4 {
@@ -126,7 +127,7 @@ func TestParseConfigDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreUnexported(cluster.FileConfig{})); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 			checkFileConfig(t, got)
@@ -241,6 +242,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backoff burst", group(`"backoff": {"burst": §-2}`), "groups[0].backoff.burst", "from -1 to 1000"},
 		{"backoff window", group(`"backoff": {"window": §"1d"}`), "groups[0].backoff.window", `got "1d"`},
 		{"backoff max below min", group(`"backoff": {"max": §"1s", "min": "2s"}`), "groups[0].backoff.max", "below min"},
+		{"backoff max below default min", group(`"backoff": {"max": §"10ms"}`), "groups[0].backoff.max", `max 10ms is below the default min 1s (set "min" too)`},
+		{"backoff min above default max", group(`"backoff": {"min": §"1h"}`), "groups[0].backoff.min", `min 1h0m0s is above the default max 30s (set "max" too)`},
+		{"shutdown timeout too short", group(`"shutdown_timeout": §"1ns"`), "groups[0].shutdown_timeout", `want 0 (the default) or at least 100ms, got "1ns"`},
+		{"start timeout too short", group(`"start_timeout": §"99ms"`), "groups[0].start_timeout", `want 0 (the default) or at least 100ms, got "99ms"`},
 		{"remote not array", group(`"remote": §{}`), "groups[0].remote", "want an array of remote hosts"},
 		{"remote too many", group(`"remote": [` + strings.Repeat(`{},`, 256) + `§{}]`), "groups[0].remote[256]", "too many remote hosts (at most 256)"},
 		{"too many workers local and remote", `{"groups": [{"name": "a", "command": ["p"], "listen": ["127.0.0.1:0"], "count": 4000,

@@ -4,6 +4,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,9 @@ type fleet struct {
 	pidFile  *supervise.PIDFile
 	ctl      *controlServer
 	sdNotify string // the process's own NOTIFY_SOCKET, if any
+	// source is the configuration file as read at start (nil: built in
+	// Go), for SIGHUP's warning.
+	source *configSource
 
 	ready   chan struct{}
 	stopReq stopLatch
@@ -59,19 +63,22 @@ type fleetGroup struct {
 	suspended atomic.Bool
 	// maxRun is the group's maximum running time in effect, ns.
 	maxRun atomic.Int64
+	// setMu serialises suspend, resume and max_running_time requests for
+	// the group, so that an undo never races another request.
+	setMu sync.Mutex
 	// local is the number of local workers the group was last scaled to
 	// (the count resumed while suspended); f.scaleMu.
 	local int
 }
 
 func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
-	if fc == nil || len(fc.Groups) == 0 {
-		return nil, fmt.Errorf("%w: no groups", ErrConfig)
-	}
 	if opts == nil {
 		opts = &FleetOptions{}
 	}
 	f := &fleet{log: opts.Logger, ready: make(chan struct{}), stopReq: stopLatch{ch: make(chan struct{})}, fresh: make(map[[2]int]int)}
+	if fc != nil {
+		f.source = fc.source
+	}
 	if f.log == nil {
 		f.log = slog.Default()
 	}
@@ -84,20 +91,16 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 	if len(act) > 0 {
 		return nil, fmt.Errorf("cluster: socket activation (%d descriptors in LISTEN_FDS) is not supported with a configuration file: let the groups bind their own \"listen\" addresses", len(act))
 	}
-	// ParseConfig refuses these, but a FileConfig may be built in Go: a
-	// second group of a name could never be addressed, and the ids must
-	// fit the limit scaling keeps.
-	seen, total := make(map[string]bool, len(fc.Groups)), 0
-	for i := range fc.Groups {
-		g := &fc.Groups[i]
-		if seen[g.Name] {
-			return nil, fmt.Errorf("%w: two groups named %q", ErrConfig, g.Name)
-		}
-		seen[g.Name] = true
-		total += g.Size()
+	// A FileConfig may be built in Go: hold it to ParseConfig's rules (a
+	// second group of a name could never be addressed, two reuseport
+	// groups on one address would split its connections, and the ids must
+	// fit the limit scaling keeps).
+	if p, msg := validateFileConfig(fc); msg != "" {
+		return nil, fmt.Errorf("%w: %s: %s", ErrConfig, p, msg)
 	}
-	if total > MaxConfigWorkers {
-		return nil, fmt.Errorf("%w: %d workers (at most %d over every group)", ErrConfig, total, MaxConfigWorkers)
+	total := 0
+	for i := range fc.Groups {
+		total += fc.Groups[i].Size()
 	}
 	control, pidPath := fc.Control, fc.PIDFile
 	if opts.Control != "" {
@@ -499,8 +502,11 @@ func (f *fleet) suspend(name string) error { return f.setSuspended(name, true) }
 
 func (f *fleet) resume(name string) error { return f.setSuspended(name, false) }
 
-// setSuspended suspends or resumes a group: its local workers and every
-// remote host.
+// setSuspended suspends or resumes a group: its local workers first (a
+// refusal, such as a restart in flight, stops there), then every remote
+// host; a host's refusal undoes what was done, so the group is never left
+// half suspended while its state says otherwise. Calls for one group are
+// serialised (g.setMu).
 func (f *fleet) setSuspended(name string, on bool) error {
 	verb := "resume"
 	if on {
@@ -513,20 +519,46 @@ func (f *fleet) setSuspended(name string, on bool) error {
 	if err != nil {
 		return err
 	}
-	errs := []error{}
-	if g.m != nil {
+	g.setMu.Lock()
+	defer g.setMu.Unlock()
+	set := func(m *master, on bool) error {
 		if on {
-			errs = append(errs, g.m.suspend())
-		} else {
-			errs = append(errs, g.m.resume())
+			return m.suspend()
 		}
+		return m.resume()
 	}
+	localChanged := false
+	if g.m != nil {
+		was := g.m.suspended()
+		if err := set(g.m, on); err != nil {
+			return err
+		}
+		localChanged = was != on
+	}
+	var changed []*remoteGroup
 	for _, r := range g.remotes {
-		errs = append(errs, r.setSuspended(on))
-	}
-	if err := errors.Join(errs...); err != nil {
-		// A refusal (a restart in flight) leaves the group as it was.
-		return err
+		r.mu.Lock()
+		was := r.suspended
+		r.mu.Unlock()
+		if err := r.setSuspended(on); err != nil {
+			err = fmt.Errorf("%s: %w", r.host, err)
+			// Best effort: an undo that fails leaves the part as it is
+			// now, which the log says.
+			for _, c := range changed {
+				if uerr := c.setSuspended(!on); uerr != nil {
+					f.log.Error(verb+": undo failed", "group", g.cfg.Name, "host", c.host, "err", uerr)
+				}
+			}
+			if localChanged {
+				if uerr := set(g.m, !on); uerr != nil {
+					f.log.Error(verb+": undo failed on the local workers", "group", g.cfg.Name, "err", uerr)
+				}
+			}
+			return err
+		}
+		if was != on {
+			changed = append(changed, r)
+		}
 	}
 	g.suspended.Store(on)
 	return nil
@@ -626,7 +658,8 @@ func (f *fleet) controlDo(req *sockMsg) error {
 
 // setMaxRunningTime changes a group's maximum running time (0: none), on
 // its local workers and on every remote host (a host without a session
-// gets it when its next session starts).
+// gets it when its next session starts). A host's refusal restores the
+// previous value everywhere; g.maxRun is stored only on success.
 func (f *fleet) setMaxRunningTime(name string, d time.Duration) error {
 	g, err := f.group(name)
 	if err != nil {
@@ -635,17 +668,40 @@ func (f *fleet) setMaxRunningTime(name string, d time.Duration) error {
 	if err := checkMaxRunning(d); err != nil {
 		return err
 	}
-	g.maxRun.Store(int64(d))
-	var errs []error
+	g.setMu.Lock()
+	defer g.setMu.Unlock()
+	prev := time.Duration(g.maxRun.Load())
 	if g.m != nil {
-		errs = append(errs, g.m.setMaxRunningTime(d))
-	}
-	for _, r := range g.remotes {
-		if err := r.setMaxRunningTime(d); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", r.host, err))
+		if err := g.m.setMaxRunningTime(d); err != nil {
+			return err
 		}
 	}
-	return errors.Join(errs...)
+	type done struct {
+		r    *remoteGroup
+		prev time.Duration
+	}
+	var changed []done
+	for _, r := range g.remotes {
+		r.mu.Lock()
+		was := r.maxRun
+		r.mu.Unlock()
+		if err := r.setMaxRunningTime(d); err != nil {
+			err = fmt.Errorf("%s: %w", r.host, err)
+			for _, c := range changed {
+				if uerr := c.r.setMaxRunningTime(c.prev); uerr != nil {
+					f.log.Error("max_running_time: undo failed", "group", g.cfg.Name, "host", c.r.host, "err", uerr)
+				}
+			}
+			if g.m != nil {
+				// Never refused: only a negative value is.
+				_ = g.m.setMaxRunningTime(prev)
+			}
+			return err
+		}
+		changed = append(changed, done{r, was})
+	}
+	g.maxRun.Store(int64(d))
+	return nil
 }
 
 // controlStatus is the status of every group; the top-level fields sum
@@ -743,6 +799,10 @@ func (f *fleet) onSignal(sig syscall.Signal, restarts chan<- struct{}) {
 			err = f.stop()
 		}
 	case unix.SIGHUP, unix.SIGUSR1:
+		if sig == unix.SIGHUP {
+			// systemctl reload sends it: an edited file would seem applied.
+			f.checkConfigFile()
+		}
 		f.log.Info("restart signal: restarting every group", "signal", sig.String())
 		select {
 		case restarts <- struct{}{}:
@@ -759,6 +819,24 @@ func (f *fleet) onSignal(sig syscall.Signal, restarts chan<- struct{}) {
 	}
 	if err != nil {
 		f.log.Warn("signal not acted on", "signal", sig.String(), "err", err)
+	}
+}
+
+// checkConfigFile warns when the configuration file's contents differ
+// from what was read at start: the file is read once, and a reload
+// (SIGHUP) only restarts the workers. The read is bounded and never
+// blocks on a FIFO (readConfigFile).
+func (f *fleet) checkConfigFile() {
+	src := f.source
+	if src == nil {
+		return
+	}
+	data, err := readConfigFile(src.path)
+	switch {
+	case err != nil:
+		f.log.Warn("configuration file unreadable; it is only read at start-up", "file", src.path, "err", err)
+	case sha256.Sum256(data) != src.sum:
+		f.log.Warn("configuration file changed since start-up and is not re-read: restart mini-cluster to apply it (SIGHUP only restarts the workers)", "file", src.path)
 	}
 }
 

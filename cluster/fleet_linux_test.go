@@ -338,6 +338,8 @@ func TestFleetScaleLimit(t *testing.T) {
 // TestFleetRemoteStatusBounded: an agent that claims 4096 workers with a
 // forged global id (about 450 KB of status each second), and exits on
 // "stop".
+var fakeSeq = regexp.MustCompile(`"seq":([0-9]+)`)
+
 func fakeAgent() int {
 	var b strings.Builder
 	b.WriteString(`{"type":"status","ready":true,"status":{"pid":4242,"generation":1,"workers":4096,"ready_workers":4096,"slots":[`)
@@ -375,6 +377,13 @@ func fakeAgent() int {
 		if strings.Contains(string(buf), `"type":"stop"`) {
 			write(`{"type":"exit"}`)
 			return 0
+		}
+		// FAKE_REFUSE: suspend and max_running_time are refused, as by an
+		// agent whose restart is in flight.
+		if os.Getenv("FAKE_REFUSE") != "" && (strings.Contains(string(buf), `"type":"suspend"`) || strings.Contains(string(buf), `"type":"max_running_time"`)) {
+			if m := fakeSeq.FindSubmatch(buf); m != nil {
+				write(`{"type":"ack","seq":` + string(m[1]) + `,"error":"busy: a restart is in flight"}`)
+			}
 		}
 	}
 	return 0

@@ -6,7 +6,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -360,4 +363,33 @@ func (m *master) recycleOldest(now time.Time) {
 	m.log.Info("recycling worker past its maximum running time", "slot", pick.Slot, "pid", pick.PID,
 		"generation", pick.ID.Generation, "incarnation", pick.ID.Incarnation,
 		"running", now.Sub(pick.Started).Round(time.Millisecond), "max_running_time", m.maxRunningTime())
+}
+
+// lookProgram resolves a worker program as exec.LookPath does, but a name
+// without a slash is searched in the PATH of env (the workers'
+// environment; its last PATH entry, which is the one exec keeps) when env
+// sets one. Relative PATH entries are skipped: a worker's working
+// directory is not the master's concern (exec.LookPath refuses them too,
+// with exec.ErrDot).
+func lookProgram(prog string, env []string) (string, error) {
+	path, ok := "", false
+	for _, kv := range env {
+		if v, found := strings.CutPrefix(kv, "PATH="); found {
+			path, ok = v, true
+		}
+	}
+	if !ok || strings.Contains(prog, "/") {
+		return exec.LookPath(prog)
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		cand := filepath.Join(dir, prog)
+		// LookPath of a path only checks that it is an executable file.
+		if p, err := exec.LookPath(cand); err == nil {
+			return p, nil
+		}
+	}
+	return "", &exec.Error{Name: prog, Err: fmt.Errorf("%w in the workers' PATH %q", exec.ErrNotFound, path)}
 }

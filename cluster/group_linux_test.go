@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -42,6 +43,11 @@ var groupVars = []string{"HANDOFF_WORKER_ID", "HANDOFF_WORKERS", "HANDOFF_GROUP"
 // ready unless the file G_NOREADY names exists (a replacement that never
 // becomes ready). It stops gracefully on SIGTERM.
 func groupWorker() int {
+	if os.Getenv("G_CHILD") == "probe" {
+		name, index, size := cluster.Group()
+		fmt.Printf("child api %q %d %d %v\n", name, index, size, cluster.Params() == nil)
+		return 0
+	}
 	ctx := cluster.Context()
 	var seen sync.Map // connections no longer fresh
 	var b strings.Builder
@@ -60,6 +66,15 @@ func groupWorker() int {
 	}
 	fmt.Fprintf(&b, " api %q %d %d %s", name, index, size, params)
 	fmt.Println(b.String())
+	if os.Getenv("G_CHILD") == "spawn" {
+		// A child that inherits the group's variables (G_CHILD above).
+		c := exec.Command(os.Args[0], os.Args[1:]...)
+		c.Env = append(os.Environ(), "G_CHILD=probe")
+		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		if err := c.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "group-worker: child:", err)
+		}
+	}
 
 	var ln net.Listener
 	var err error
@@ -305,6 +320,25 @@ func TestGroupWorkerEnv(t *testing.T) {
 				t.Errorf("worker environments (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestGroupWorkerChild: a group worker's child inherits the group's
+// variables but is not the worker: cluster.Group and cluster.Params
+// answer as outside a group there, as cluster.ID does.
+func TestGroupWorkerChild(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	g := newGroupMaster(t, pc, cluster.Config{Workers: 1, Group: "db"}, false, "G_CHILD=spawn")
+	g.ready()
+	line := groupWaitLines(t, g.out, "child api ", 1)[0]
+	_, got, _ := strings.Cut(line, "child api ")
+	if want := `"" 0 1 true`; got != want {
+		t.Errorf("Group and Params in a worker's child: %s, want %s", got, want)
+	}
+	g.stop()
+	if err := pc.WaitGone(10 * time.Second); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -131,8 +130,9 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	m.grp.suspended = m.cfg.Suspended
 	// Resolve once so a missing program is a start-up error, not a respawn
 	// loop; a path is kept as is, so replacing the file takes effect at the
-	// next spawn.
-	if m.program, err = exec.LookPath(m.cfg.Program); err != nil {
+	// next spawn. A bare name is looked up in the workers' PATH (Config.Env)
+	// when it sets one: mini-cluster's own could find another program.
+	if m.program, err = lookProgram(m.cfg.Program, m.cfg.Env); err != nil {
 		return nil, fmt.Errorf("cluster: worker program: %w", err)
 	}
 	if !filepath.IsAbs(m.program) && strings.Contains(m.program, "/") {

@@ -38,7 +38,18 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		fs.PrintDefaults()
 	}
 	path := fs.String("control", "", "path of the master's control socket (the master's -control)")
-	group := fs.String("group", "", "the group of a -config master to act on (restart, scale, send, broadcast, max-running-time; default: every group, or the only one)")
+	// What an absent -group means differs: restart and broadcast act on
+	// every group, the others need one and take the only one if there is.
+	groupHelp := "the group of a -config master to act on (default: the only group; required when there are several)"
+	switch cmd {
+	case "restart", "broadcast":
+		groupHelp = "the group of a -config master to act on (default: every group)"
+	case "suspend", "resume":
+		groupHelp = "the group to act on, as the GROUP operand names it"
+	case "stop", "status":
+		groupHelp = "not supported: " + cmd + " acts on every group"
+	}
+	group := fs.String("group", "", groupHelp)
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the master after this long")
 	var pos []string
