@@ -61,8 +61,8 @@ func statusJSON(t *testing.T, path string) (gen, workers, ready int, slots []str
 	return v.GetInt("generation"), v.GetInt("workers"), v.GetInt("ready_workers"), slots
 }
 
-// servingPID returns the pid "status -json" shows for slot.
-func servingPID(t *testing.T, path string, slot int) int {
+// statusSlots runs "status -json" and returns its slots and its output.
+func statusSlots(t *testing.T, path string) ([]*fastjson.Value, string) {
 	t.Helper()
 	code, out, errOut := ctl("status", "-control", path, "-json")
 	if code != 0 {
@@ -72,7 +72,13 @@ func servingPID(t *testing.T, path string, slot int) int {
 	if err != nil {
 		t.Fatalf("status -json printed %q: %v", out, err)
 	}
-	slots := v.GetArray("slots")
+	return v.GetArray("slots"), out
+}
+
+// servingPID returns the pid "status -json" shows for slot.
+func servingPID(t *testing.T, path string, slot int) int {
+	t.Helper()
+	slots, out := statusSlots(t, path)
 	if slot >= len(slots) || slots[slot].GetInt("pid") == 0 {
 		t.Fatalf("status -json shows no worker in slot %d: %s", slot, out)
 	}
@@ -281,15 +287,7 @@ func TestStatusUptime(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.waitReady()
-	code, out, errOut := ctl("status", "-control", path, "-json")
-	if code != 0 {
-		t.Fatalf("status -json: exit %d: %s", code, errOut)
-	}
-	v, err := fastjson.Parse(out)
-	if err != nil {
-		t.Fatalf("status -json printed %q: %v", out, err)
-	}
-	slots := v.GetArray("slots")
+	slots, out := statusSlots(t, path)
 	if len(slots) != 1 || string(slots[0].GetStringBytes("state")) != "ready" {
 		t.Fatalf("status -json: %s, want one ready slot", out)
 	}
