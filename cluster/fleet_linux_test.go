@@ -402,8 +402,10 @@ func TestFleetRemoteStatusBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "fake-agent")
-	// ssh passes no environment: the wrapper selects the helper role.
-	script := "#!/bin/sh\nexec env " + helperproc.RoleVar + "=fake-agent GORACE=atexit_sleep_ms=0 '" + exe + "' \"$@\"\n"
+	// ssh passes no environment: the wrapper selects the helper role. The
+	// agent's arguments are dropped: with them TestMain would run the real
+	// agent, not the fake one.
+	script := "#!/bin/sh\nexec env " + helperproc.RoleVar + "=fake-agent GORACE=atexit_sleep_ms=0 '" + exe + "'\n"
 	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
 	}
