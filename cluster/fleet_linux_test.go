@@ -389,6 +389,24 @@ func fakeAgent() int {
 	return 0
 }
 
+// fakeAgentBin writes a wrapper that runs this binary as the fake agent
+// (fakeAgent) with env set, for a RemoteHost's Binary. ssh passes no
+// environment, so the wrapper selects the helper role; it drops the
+// agent's arguments, with which TestMain would run the real agent.
+func fakeAgentBin(t *testing.T, env ...string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "fake-agent")
+	script := "#!/bin/sh\nexec env " + helperproc.RoleVar + "=fake-agent " + strings.Join(append(env, "GORACE=atexit_sleep_ms=0"), " ") + " '" + exe + "'\n"
+	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
 // TestFleetRemoteStatusBounded: remote hosts whose agents report far more
 // workers than they run, with forged ids, cannot take the status down (the
 // response would exceed what a client reads): each host shows its own
@@ -397,18 +415,7 @@ func TestFleetRemoteStatusBounded(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
 	srv := sshtest.Start(t)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "fake-agent")
-	// ssh passes no environment: the wrapper selects the helper role. The
-	// agent's arguments are dropped: with them TestMain would run the real
-	// agent, not the fake one.
-	script := "#!/bin/sh\nexec env " + helperproc.RoleVar + "=fake-agent GORACE=atexit_sleep_ms=0 '" + exe + "'\n"
-	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
-		t.Fatal(err)
-	}
+	bin := fakeAgentBin(t)
 	host := cluster.RemoteHost{SSH: srv.User + "@" + sshtest.Host, Port: srv.Port, Count: 1, Identity: srv.ClientKey, KnownHosts: srv.WriteKnownHosts(t), Binary: bin}
 	far := cluster.GroupConfig{Name: "far", Program: "/bin/true", Listen: []string{"127.0.0.1:0"}, Ready: cluster.ReadyStarted,
 		ShutdownTimeout: 2 * time.Second, Remote: []cluster.RemoteHost{host, host, host}}

@@ -13,7 +13,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
-	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/internal/sshtest"
 	"github.com/handoff-go/handoff/supervise"
@@ -79,17 +78,7 @@ func TestFleetRemoteRefusalUndone(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
 	srv := sshtest.Start(t)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "fake-agent")
-	// ssh passes no environment: the wrapper selects the helper role. The
-	// agent's arguments are dropped: TestMain would run the real agent.
-	script := "#!/bin/sh\nexec env " + helperproc.RoleVar + "=fake-agent FAKE_REFUSE=1 GORACE=atexit_sleep_ms=0 '" + exe + "'\n"
-	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
-		t.Fatal(err)
-	}
+	bin := fakeAgentBin(t, "FAKE_REFUSE=1")
 	mix := shGroup("mix", 1)
 	mix.Remote = []cluster.RemoteHost{{SSH: srv.User + "@" + sshtest.Host, Port: srv.Port, Count: 1, Identity: srv.ClientKey, KnownHosts: srv.WriteKnownHosts(t), Binary: bin}}
 	f, err := cluster.NewFleet(&cluster.FileConfig{Groups: []cluster.GroupConfig{mix}},

@@ -296,6 +296,17 @@ func (r *remoteGroup) startSpec() *agentStart {
 	}
 }
 
+// heldChildren are children this process started itself and waits for
+// (the ssh clients of remote groups): no supervisor's orphan reaper may
+// take them (see holdChild).
+var heldChildren sync.Map // pid -> struct{}
+
+// holdChild keeps the orphan reapers of every local group's supervisor
+// (subreapers as PID 1) away from child pid until releaseChild, once the
+// caller has waited for it.
+func holdChild(pid int)    { heldChildren.Store(pid, struct{}{}) }
+func releaseChild(pid int) { heldChildren.Delete(pid) }
+
 // session runs one agent session and returns why it ended (nil when ctx
 // ended it).
 func (r *remoteGroup) session(ctx context.Context) (err error) {

@@ -663,17 +663,6 @@ func (m *master) firstGeneration() int {
 	return g
 }
 
-// heldChildren are children this process started itself and waits for
-// (the ssh clients of remote groups): no supervisor's orphan reaper may
-// take them (see holdChild).
-var heldChildren sync.Map // pid -> struct{}
-
-// holdChild keeps the orphan reapers of every local group's supervisor
-// (subreapers as PID 1) away from child pid until releaseChild, once the
-// caller has waited for it.
-func holdChild(pid int)    { heldChildren.Store(pid, struct{}{}) }
-func releaseChild(pid int) { heldChildren.Delete(pid) }
-
 // ownsChild is the supervisor's OwnChild: a previous image's worker, or a
 // child held by holdChild.
 func (m *master) ownsChild(pid int) bool {

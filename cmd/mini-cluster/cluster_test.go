@@ -368,12 +368,8 @@ func checkReplies(t *testing.T, replies []loadclient.Reply, lv map[int]*life) {
 func oldest(pids []int) int {
 	best, bestStart := pids[0], uint64(1<<63)
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) > 19 {
+		f, ok := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+		if ok && len(f) > 19 {
 			if st, err := strconv.ParseUint(f[19], 10, 64); err == nil && st < bestStart {
 				best, bestStart = pid, st
 			}
@@ -483,6 +479,16 @@ func TestKillWorkersUnderLoad(t *testing.T) {
 	}
 }
 
+// statFields reads a /proc stat file and returns its fields after the
+// command name (state first), which may itself hold spaces and parentheses.
+func statFields(path string) ([]string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])), true
+}
+
 // allStopped reports whether every thread of process pid is stopped
 // (state T, or t when traced).
 func allStopped(pid int) bool {
@@ -492,12 +498,8 @@ func allStopped(pid int) bool {
 		return false
 	}
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
-		if err != nil {
-			return false
-		}
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) == 0 || (f[0] != "T" && f[0] != "t") {
+		f, ok := statFields(filepath.Join(dir, e.Name(), "stat"))
+		if !ok || len(f) == 0 || (f[0] != "T" && f[0] != "t") {
 			return false
 		}
 	}
