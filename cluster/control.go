@@ -208,39 +208,89 @@ type ControlOptions struct {
 // bad frame) closes the client: an answer may still be on its way, and it
 // would be taken for the next request's. Later calls then fail with an
 // error matching net.ErrClosed; dial again. Close is idempotent.
+//
+// The master closes a connection that stays idle for 30 s, or sooner when
+// all its 8 places are taken and another client connects. A request that
+// finds the connection closed that way before any of it was read (the
+// write fails with EPIPE after an earlier request was answered) is sent
+// again once on a new connection: the master never saw it.
 type ControlClient struct {
 	timeout time.Duration
-	conn    *net.UnixConn
+	path    string
 
-	mu     sync.Mutex
-	broken error // why the connection was given up, set with mu held
-	w      *ipcframe.Writer
-	r      *ipcframe.Reader
-	p      fastjson.Parser
-	buf    []byte
-	msg    sockMsg
+	// connMu guards conn and closed, so that Close can interrupt a request
+	// in progress (which holds mu) while a redial may replace conn.
+	connMu sync.Mutex
+	conn   *net.UnixConn
+	closed bool
+
+	mu       sync.Mutex
+	broken   error // why the connection was given up, set with mu held
+	answered bool  // the master answered a request on conn
+	w        *ipcframe.Writer
+	r        *ipcframe.Reader
+	p        fastjson.Parser
+	buf      []byte
+	msg      sockMsg
 }
 
 // DialControl connects to the control socket at path. ctx bounds the
 // connect only.
 func DialControl(ctx context.Context, path string, opts *ControlOptions) (*ControlClient, error) {
-	c := &ControlClient{timeout: 10 * time.Second}
+	c := &ControlClient{timeout: 10 * time.Second, path: path}
 	if opts != nil && opts.Timeout > 0 {
 		c.timeout = opts.Timeout
 	}
+	conn, err := dialControl(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	c.use(conn)
+	return c, nil
+}
+
+func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: control socket: %w", err)
 	}
-	c.conn = conn.(*net.UnixConn)
-	c.w = ipcframe.NewWriter(c.conn, &ipcframe.WriterOptions{MaxFrame: maxControlRequest})
-	c.r = ipcframe.NewReader(c.conn, &ipcframe.ReaderOptions{MaxFrame: maxControlResponse, BufferSize: 4096})
-	return c, nil
+	return conn.(*net.UnixConn), nil
+}
+
+// use makes conn the client's connection. Called before c is shared or
+// with c.mu and c.connMu held.
+func (c *ControlClient) use(conn *net.UnixConn) {
+	c.conn, c.answered = conn, false
+	c.w = ipcframe.NewWriter(conn, &ipcframe.WriterOptions{MaxFrame: maxControlRequest})
+	c.r = ipcframe.NewReader(conn, &ipcframe.ReaderOptions{MaxFrame: maxControlResponse, BufferSize: 4096})
+}
+
+// redial replaces a connection the master closed while it was idle.
+// Called with c.mu held.
+func (c *ControlClient) redial() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	conn, err := dialControl(ctx, c.path)
+	if err != nil {
+		return err
+	}
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	if c.closed {
+		conn.Close()
+		return fmt.Errorf("cluster: control socket: %w", net.ErrClosed)
+	}
+	c.conn.Close()
+	c.use(conn)
+	return nil
 }
 
 // Close closes the connection.
 func (c *ControlClient) Close() error {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	c.closed = true
 	err := c.conn.Close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
@@ -373,7 +423,9 @@ func (c *ControlClient) BroadcastGroup(group string, payload []byte) error {
 // c.mu held.
 func (c *ControlClient) giveUp(err error) {
 	c.broken = err
+	c.connMu.Lock()
 	c.conn.Close()
+	c.connMu.Unlock()
 }
 
 func (c *ControlClient) simple(req *sockMsg) error {
@@ -398,7 +450,20 @@ func (c *ControlClient) roundTrip(req *sockMsg) error {
 		return fmt.Errorf("cluster: control socket: %w", err)
 	}
 	c.buf = appendSockMsg(c.buf[:0], req)
-	if err := c.w.WriteFrame(c.buf); err != nil {
+	err := c.w.WriteFrame(c.buf)
+	if err != nil && c.answered && errors.Is(err, syscall.EPIPE) {
+		// The master had closed the idle connection: a peer that is
+		// gone reads nothing (unix(7)), so the request was never seen
+		// and may be sent again, whatever it asks.
+		if derr := c.redial(); derr != nil {
+			c.giveUp(err)
+			return fmt.Errorf("%w (%v; dialling again: %v)", ErrControlClosed, err, derr)
+		}
+		if err = c.conn.SetDeadline(time.Now().Add(c.timeout)); err == nil {
+			err = c.w.WriteFrame(c.buf)
+		}
+	}
+	if err != nil {
 		// Part of the frame may have been written: the stream is lost.
 		c.giveUp(err)
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
@@ -406,7 +471,6 @@ func (c *ControlClient) roundTrip(req *sockMsg) error {
 		}
 		return fmt.Errorf("cluster: control socket: %w", err)
 	}
-	var err error
 	c.buf, err = c.r.ReadFrame(c.buf[:0])
 	if err != nil {
 		// After a timeout the answer may still come, and would be read as
@@ -422,6 +486,7 @@ func (c *ControlClient) roundTrip(req *sockMsg) error {
 	default:
 		return fmt.Errorf("cluster: control socket: %w", err)
 	}
+	c.answered = true
 	if err := decodeSockMsg(&c.p, c.buf, &c.msg); err != nil {
 		return err
 	}

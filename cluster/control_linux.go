@@ -32,8 +32,10 @@ const envControlListen = "HANDOFF_CONTROL_LISTEN"
 
 // Control server limits.
 const (
-	// maxControlClients bounds the connections served at once; further
-	// ones wait in the listen backlog. Rejected peers never take a place.
+	// maxControlClients bounds the connections served at once. A client
+	// beyond it takes the place of the longest idle one; when all are in a
+	// request, it waits for the first to finish, and further ones wait in
+	// the listen backlog. Rejected peers never take a place.
 	maxControlClients = 8
 	// controlIdleTimeout bounds the wait for a client's next request,
 	// controlWriteTimeout the write of one response.
@@ -104,9 +106,17 @@ type controlServer struct {
 	warn          warnLimiter
 
 	mu      sync.Mutex
-	conns   map[*net.UnixConn]bool // true while a request is being handled
+	conns   map[*net.UnixConn]*controlConn
 	closing bool
 	wg      sync.WaitGroup
+}
+
+// controlConn is the state of one served connection, guarded by
+// controlServer.mu.
+type controlConn struct {
+	busy    bool      // a request is being handled
+	evicted bool      // its place went to a newer client
+	idle    time.Time // when it last waited for a request
 }
 
 // openControl creates (or adopts, after an in-place exec) the control
@@ -181,7 +191,7 @@ func newControlServer(ul *net.UnixListener, path string, dev, ino uint64, closeL
 		ul: ul, path: path, dev: dev, ino: ino, closeListener: closeListener,
 		uid: uint32(os.Getuid()), euid: uint32(os.Geteuid()),
 		sem:   make(chan struct{}, maxControlClients),
-		conns: make(map[*net.UnixConn]bool),
+		conns: make(map[*net.UnixConn]*controlConn),
 	}
 }
 
@@ -443,11 +453,8 @@ func (m *master) controlStatus() *ControlStatus {
 func (s *controlServer) serve() {
 	defer s.wg.Done()
 	for {
-		// A place first: at the limit, connections wait in the backlog.
-		s.sem <- struct{}{}
 		uc, err := s.ul.AcceptUnix()
 		if err != nil {
-			<-s.sem
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -462,13 +469,22 @@ func (s *controlServer) serve() {
 			// (ECONNRESET if it already wrote), and its request, unread,
 			// changes nothing (TESTPLAN A16).
 			uc.Close()
-			<-s.sem
 			if err != nil {
 				s.warn.warn(s.log, "control socket: peer credentials", "err", err)
 			} else {
 				s.warn.warn(s.log, "control socket: peer rejected (only root and the master's user may connect)", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
 			}
 			continue
+		}
+		// A place: at the limit, idle clients (a program keeping a
+		// ControlClient open) must not lock out the operator's command
+		// for controlIdleTimeout, so the longest idle one gives its place
+		// up. When every place is in a request, wait for one to end.
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.evictIdle()
+			s.sem <- struct{}{}
 		}
 		s.mu.Lock()
 		if s.closing {
@@ -477,7 +493,7 @@ func (s *controlServer) serve() {
 			<-s.sem
 			return
 		}
-		s.conns[uc] = false
+		s.conns[uc] = &controlConn{idle: time.Now()}
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go func() {
@@ -490,6 +506,30 @@ func (s *controlServer) serve() {
 			<-s.sem
 		}()
 	}
+}
+
+// evictIdle ends the connection that has waited longest for a request, if
+// any connection is waiting: its read fails at once, and serveConn, seeing
+// it evicted, returns. Its client finds the connection closed; a
+// ControlClient dials again for its next request.
+func (s *controlServer) evictIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var (
+		oldest *net.UnixConn
+		since  time.Time
+	)
+	for c, st := range s.conns {
+		if !st.busy && !st.evicted && (oldest == nil || st.idle.Before(since)) {
+			oldest, since = c, st.idle
+		}
+	}
+	if oldest == nil {
+		return
+	}
+	s.conns[oldest].evicted = true
+	_ = oldest.SetReadDeadline(time.Unix(1, 0))
+	s.log.Debug("control socket: idle connection closed for a new client", "idle", time.Since(since).Round(time.Millisecond))
 }
 
 // peerCred returns the credentials the kernel recorded for the peer at
@@ -530,11 +570,14 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 	)
 	for range maxControlRequestsPerConn {
 		s.mu.Lock()
-		if s.closing {
+		st := s.conns[uc]
+		if s.closing || st.evicted {
 			s.mu.Unlock()
 			return
 		}
-		s.conns[uc] = false
+		st.busy, st.idle = false, time.Now()
+		// Set with mu held, so that shutdown and evictIdle, which set a
+		// past deadline on idle connections, are not undone.
 		err := uc.SetReadDeadline(time.Now().Add(controlIdleTimeout))
 		s.mu.Unlock()
 		if err != nil {
@@ -542,7 +585,7 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 		}
 		in, err = r.ReadFrame(in[:0])
 		s.mu.Lock()
-		s.conns[uc] = true
+		st.busy = true
 		s.mu.Unlock()
 		final := false
 		switch {
@@ -637,8 +680,8 @@ func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byt
 func (s *controlServer) shutdown() {
 	s.mu.Lock()
 	s.closing = true
-	for c, busy := range s.conns {
-		if !busy {
+	for c, st := range s.conns {
+		if !st.busy {
 			_ = c.SetReadDeadline(time.Unix(1, 0))
 		}
 	}

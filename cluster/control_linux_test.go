@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -906,6 +907,69 @@ func TestControlClientAfterTimeout(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("fake master still running")
+	}
+}
+
+// TestControlIdleClientsMakeRoom: clients that keep idle connections open
+// do not lock others out. With every place taken by an idle connection, a
+// new client is answered at once and the longest idle connection is
+// closed; a ControlClient whose idle connection was closed sends its next
+// request on a new one.
+func TestControlIdleClientsMakeRoom(t *testing.T) {
+	fdcensus.Verify(t)
+	path := controlPath(t)
+	var statuses atomic.Int64
+	stop, err := cluster.ServeControlSocket(path, func() *cluster.ControlStatus {
+		statuses.Add(1)
+		return &cluster.ControlStatus{PID: 1, Generation: 1, Slots: []cluster.ControlSlot{}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	status := func(what string, c *cluster.ControlClient) {
+		t.Helper()
+		if _, err := c.Status(); err != nil {
+			t.Fatalf("%s: status: %v", what, err)
+		}
+	}
+
+	// The oldest idle connection: a raw one, to see it closed.
+	raw, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+	r, w := ipcframe.NewReader(raw, nil), ipcframe.NewWriter(raw, nil)
+	if err := w.WriteFrame([]byte(`{"type":"status"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ReadFrame(nil); err != nil {
+		t.Fatalf("raw status: %v", err)
+	}
+	const places = 8 // maxControlClients
+	var cs []*cluster.ControlClient
+	for i := range places - 1 {
+		cs = append(cs, dialControl(t, path))
+		status(fmt.Sprintf("client %d", i), cs[i])
+	}
+	// Every place is idle: without room made, this one would wait for the
+	// 30 s idle timeout, past its 5 s.
+	cs = append(cs, dialControl(t, path))
+	status("client beyond the limit", cs[places-1])
+	if _, err := r.ReadFrame(nil); !errors.Is(err, io.EOF) {
+		t.Fatalf("longest idle connection: read %v, want EOF (closed for the new client)", err)
+	}
+	// cs[0] is now the longest idle: one more client closes it, and cs[0]
+	// dials again for its next request (closing cs[1]'s, and so on).
+	cs = append(cs, dialControl(t, path))
+	status("second client beyond the limit", cs[places])
+	for i, c := range cs {
+		status(fmt.Sprintf("client %d after its connection was closed", i), c)
+	}
+	if got, want := statuses.Load(), int64(1+2*len(cs)); got != want {
+		t.Errorf("status requests answered: %d, want %d", got, want)
 	}
 }
 

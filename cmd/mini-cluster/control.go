@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -130,45 +132,55 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		return &usageError{err: fmt.Errorf("%s: message of %d bytes; at most %d", cmd, len(pos[len(pos)-1]), cluster.MaxMessage)}
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	err := callControl(ctx, cmd, *path, *group, *timeout, n, maxRun, pos, *asJSON, stdout)
+	if err != nil && *asJSON {
+		// Scripts read stdout: the failure is there too, classified.
+		writeJSONError(stdout, err)
+	}
+	return err
+}
+
+// callControl dials the master, sends cmd and prints the answer.
+func callControl(ctx context.Context, cmd, path, group string, timeout time.Duration, n int, maxRun time.Duration, pos []string, asJSON bool, stdout io.Writer) error {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := cluster.DialControl(dctx, *path, &cluster.ControlOptions{Timeout: *timeout})
+	c, err := cluster.DialControl(dctx, path, &cluster.ControlOptions{Timeout: timeout})
 	if err != nil {
-		return explainDial(*path, err)
+		return explainDial(path, err)
 	}
 	defer c.Close()
 	switch cmd {
 	case "status":
 		st, err := c.Status()
 		if err != nil {
-			return explainControl(*path, err)
+			return explainControl(path, err)
 		}
-		if *asJSON {
+		if asJSON {
 			_, err = stdout.Write(append(st.AppendJSON(nil), '\n'))
 			return err
 		}
 		return printStatus(stdout, st, time.Now())
 	case "restart":
-		err = c.RestartGroup(*group)
+		err = c.RestartGroup(group)
 	case "stop":
 		err = c.Stop()
 	case "scale":
-		err = c.ScaleGroup(*group, n)
+		err = c.ScaleGroup(group, n)
 	case "send":
-		err = c.SendGroup(*group, n, []byte(pos[1]))
+		err = c.SendGroup(group, n, []byte(pos[1]))
 	case "broadcast":
-		err = c.BroadcastGroup(*group, []byte(pos[0]))
+		err = c.BroadcastGroup(group, []byte(pos[0]))
 	case "suspend":
-		err = c.Suspend(*group)
+		err = c.Suspend(group)
 	case "resume":
-		err = c.Resume(*group)
+		err = c.Resume(group)
 	case "max-running-time":
-		err = c.SetMaxRunningTime(*group, maxRun)
+		err = c.SetMaxRunningTime(group, maxRun)
 	}
 	if err != nil {
-		return explainControl(*path, err)
+		return explainControl(path, err)
 	}
-	if *asJSON {
+	if asJSON {
 		_, err = io.WriteString(stdout, `{"type":"ok"}`+"\n")
 		return err
 	}
@@ -184,13 +196,13 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 	case "broadcast":
 		_, err = fmt.Fprintln(stdout, "queued for every worker")
 	case "suspend":
-		_, err = fmt.Fprintf(stdout, "group %s suspending\n", *group)
+		_, err = fmt.Fprintf(stdout, "group %s suspending\n", group)
 	case "resume":
-		_, err = fmt.Fprintf(stdout, "group %s resuming\n", *group)
+		_, err = fmt.Fprintf(stdout, "group %s resuming\n", group)
 	case "max-running-time":
 		what := "maximum running time"
-		if *group != "" {
-			what = "group " + *group + ": " + what
+		if group != "" {
+			what = "group " + group + ": " + what
 		}
 		if maxRun == 0 {
 			_, err = fmt.Fprintf(stdout, "%s: none\n", what)
@@ -212,6 +224,33 @@ func explainDial(path string, err error) error {
 		return fmt.Errorf("permission denied on %s (run as the master's user or root): %w", path, err)
 	}
 	return err
+}
+
+// writeJSONError prints err as {"type":"error","code":C,"error":TEXT}: C
+// is the master's code for an error answer, else what went wrong on the way
+// (no_socket, refused, permission, closed, timeout, failed).
+func writeJSONError(w io.Writer, err error) {
+	code := "failed"
+	var ce *cluster.ControlError
+	switch {
+	case errors.As(err, &ce):
+		code = ce.Code
+	case errors.Is(err, fs.ErrNotExist):
+		code = "no_socket"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		code = "refused"
+	case errors.Is(err, fs.ErrPermission):
+		code = "permission"
+	case errors.Is(err, cluster.ErrControlClosed):
+		code = "closed"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		code = "timeout"
+	}
+	// json.Marshal of a string cannot fail; the code may come from the
+	// master, so it is escaped like the text.
+	c, _ := json.Marshal(code)
+	text, _ := json.Marshal(err.Error())
+	fmt.Fprintf(w, `{"type":"error","code":%s,"error":%s}`+"\n", c, text)
 }
 
 func explainControl(path string, err error) error {

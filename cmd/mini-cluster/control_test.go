@@ -173,6 +173,11 @@ func TestControlSubcommands(t *testing.T) {
 	if code, _, errOut := ctl("send", "9", "hello", "-control", path); code != 1 || !strings.Contains(errOut, "no_worker") {
 		t.Errorf("send to slot 9: exit %d, %s; want exit 1 and no_worker", code, errOut)
 	}
+	// With -json the failure is on stdout too, as JSON with the code.
+	code, out, errOut = ctl("send", "9", "hello", "-control", path, "-json")
+	if v, err := fastjson.Parse(out); code != 1 || err != nil || string(v.GetStringBytes("type")) != "error" || string(v.GetStringBytes("code")) != "no_worker" || !strings.Contains(errOut, "no_worker") {
+		t.Errorf("send -json to slot 9: exit %d, stdout %q (%v), stderr %s; want exit 1 and an error object with code no_worker", code, out, err, errOut)
+	}
 
 	// max-running-time: shown in status, and every worker past it is
 	// recycled (new pids, same generation); 0 clears it.
@@ -241,6 +246,34 @@ func TestControlSubcommandErrors(t *testing.T) {
 			code, out, errOut := ctl(tc.args...)
 			if code != tc.code || !strings.Contains(errOut, tc.msg) || out != "" {
 				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.msg)
+			}
+		})
+	}
+	// -json: usage errors stay on stderr alone (the command line is
+	// wrong, not the master); a failure to reach the master is also on
+	// stdout, classified.
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // the JSON on stdout, "" for none
+	}{
+		{"usage", []string{"scale", "-control", stale, "-json"}, 2, ""},
+		{"missing socket", []string{"status", "-control", filepath.Join(dir, "none"), "-json"}, 1, "no_socket"},
+		{"stale socket", []string{"restart", "-json", "-control", stale}, 1, "refused"},
+	} {
+		t.Run("json "+tc.name, func(t *testing.T) {
+			code, out, errOut := ctl(tc.args...)
+			got := ""
+			if out != "" {
+				v, err := fastjson.Parse(out)
+				if err != nil || string(v.GetStringBytes("type")) != "error" || len(v.GetStringBytes("error")) == 0 {
+					t.Fatalf("stdout %q (%v): want an error object", out, err)
+				}
+				got = string(v.GetStringBytes("code"))
+			}
+			if code != tc.code || got != tc.want || errOut == "" {
+				t.Errorf("exit %d, code %q, stderr %q; want exit %d, code %q and a message on stderr", code, got, errOut, tc.code, tc.want)
 			}
 		})
 	}
