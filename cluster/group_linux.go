@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/supervise"
-	"github.com/valyala/fastjson"
 )
 
 // maxParams bounds Config.Params: it travels in one environment string,
@@ -73,7 +72,7 @@ func (m *master) checkGroup() error {
 		if len(c.Params) > maxParams || bytes.IndexByte(c.Params, 0) >= 0 {
 			return fmt.Errorf("cluster: group %s: Params of %d bytes (want at most %d, no NUL)", c.Group, len(c.Params), maxParams)
 		}
-		if err := fastjson.ValidateBytes(c.Params); err != nil {
+		if err := validateJSON(c.Params); err != nil {
 			return fmt.Errorf("cluster: group %s: Params: %w", c.Group, err)
 		}
 		c.Params = bytes.Clone(c.Params)

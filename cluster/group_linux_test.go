@@ -359,6 +359,9 @@ func TestGroupConfigInvalid(t *testing.T) {
 		{"params not json", cluster.Config{Group: "g", Params: []byte(`{"a":`)}},
 		{"params with NUL", cluster.Config{Group: "g", Params: []byte("{\"a\":\"\x00\"}")}},
 		{"params too large", cluster.Config{Group: "g", Params: []byte(`"` + strings.Repeat("x", 64<<10) + `"`)}},
+		// Valid JSON, but fastjson's validator takes time in the square
+		// of the depth: the bound other JSON of the package has.
+		{"params nested too deep", cluster.Config{Group: "g", Params: []byte(strings.Repeat("[", 65) + strings.Repeat("]", 65))}},
 		{"negative size", cluster.Config{Group: "g", GroupSize: -1}},
 		{"negative index base", cluster.Config{Group: "g", GroupIndexBase: -1}},
 		{"negative max running time", cluster.Config{MaxRunningTime: -time.Second}},
