@@ -6,12 +6,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,9 +37,27 @@ const acceptClients = 4
 // variants: one per CPU, at least 2, at most 8.
 var acceptWorkers = min(max(runtime.NumCPU(), 2), 8)
 
-// acceptBaseline holds the in-place figures of this process, so the other
-// variants report their ratios to them side by side.
-var acceptBaseline struct{ connsPerSec, cpuPerConn float64 }
+// acceptFigures holds conns/s and server CPU per connection of every
+// variant this process measured, by name, so that the variants after a
+// baseline report their ratios to it side by side.
+var acceptFigures sync.Map // string → acceptFigure
+
+type acceptFigure struct{ connsPerSec, cpuPerConn float64 }
+
+// acceptRefRatios are the ratios to a variant other than inplace: unit,
+// the variants reporting it, the variant divided by, and whether it is of
+// server CPU per connection rather than of conns/s. The runner's accept
+// case computes the same per round (cases.go), whatever the order.
+var acceptRefRatios = []struct {
+	unit     string
+	variants []string
+	ref      string
+	cpu      bool
+}{
+	{"x-inplace-c", []string{"inplace", "handoff-c"}, "inplace-c", false},
+	{"cpu-x-inplace-c", []string{"handoff-c"}, "inplace-c", true},
+	{"x-handoff-c", []string{"handoff", "handoff-naive"}, "handoff-c", false},
+}
 
 // BenchmarkAccept measures new TCP connections per second on loopback and
 // the server CPU spent on each (user+system, from getrusage(RUSAGE_SELF) of
@@ -46,10 +66,14 @@ var acceptBaseline struct{ connsPerSec, cpuPerConn float64 }
 // accepts, turns the connection into a net.Conn and closes it, which the
 // client (4 goroutines here) sees as EOF before aborting with RST, so no
 // TIME_WAIT piles up. Variants, in this order rotated by
-// $HANDOFF_BENCH_ROTATE (x-inplace and cpu-x-inplace need inplace to have
-// run before in the process):
+// $HANDOFF_BENCH_ROTATE (a ratio is reported only when the variant it
+// divides by ran before in the process):
 //
 //	inplace        one process accepting on its listener
+//	inplace-c      the same in C (testdata/caccept.c): accept4, close
+//	handoff-c      a C master: blocking accept4, one connection per
+//	               sendmsg/SCM_RIGHTS over SOCK_SEQPACKET to the next of N
+//	               C workers (round robin), which recvmsg and close it
 //	handoff        a master accepts with non-blocking accept4 until the
 //	               backlog is empty (at most 253), sends all those
 //	               connections in one scmrights message over SOCK_SEQPACKET
@@ -60,11 +84,25 @@ var acceptBaseline struct{ connsPerSec, cpuPerConn float64 }
 //	shared         N workers accepting on one shared listening socket
 //	reuseport      N workers, each on its own member of a reuseport group
 //
-// Reported: conns/s, server-cpu-us/conn, x-inplace / cpu-x-inplace, and
-// for the handoff variants conns/msg, the connections per handoff message.
+// The C variants are skipped, saying why, without a C compiler.
+//
+// Reported: conns/s, server-cpu-us/conn, x-inplace / cpu-x-inplace (over
+// inplace's), for the handoff variants conns/msg, the connections per
+// handoff message, and the ratios to the C variants of acceptRefRatios:
+// x-inplace-c (inplace and handoff-c over inplace-c: Go's in place and C's
+// hand-off against C's in place), cpu-x-inplace-c (handoff-c's server CPU
+// per connection over inplace-c's) and x-handoff-c (handoff and
+// handoff-naive over handoff-c).
 func BenchmarkAccept(b *testing.B) {
-	for _, v := range inOrder("inplace", "handoff", "handoff-naive", "shared", "reuseport") {
-		b.Run(v, func(b *testing.B) { benchAccept(b, v) })
+	// Once for every sub-benchmark: the parent runs once.
+	cbin, whyNot := buildCAccept(b)
+	for _, v := range inOrder("inplace", "inplace-c", "handoff-c", "handoff", "handoff-naive", "shared", "reuseport") {
+		b.Run(v, func(b *testing.B) {
+			if strings.HasSuffix(v, "-c") && cbin == "" {
+				b.Skip(whyNot)
+			}
+			benchAccept(b, cbin, v)
+		})
 	}
 }
 
@@ -75,13 +113,25 @@ type acceptServer struct {
 	out   *bufio.Scanner
 }
 
-func startAcceptServer(b *testing.B, pc *proccensus.Census, mode string, files ...*os.File) *acceptServer {
+// startAcceptServer starts a server in mode with files at fd 3...: this
+// binary's accept-server role, or the C program bin (caccept) when bin is
+// not "". Both speak the same protocol on stdin and stdout.
+func startAcceptServer(b *testing.B, pc *proccensus.Census, bin, mode string, files ...*os.File) *acceptServer {
 	b.Helper()
-	cmd := helperproc.Command(b, "accept-server", &helperproc.Options{
-		Env:        []string{pc.Env()},
-		ExtraFiles: files,
-		Args:       []string{mode, strconv.Itoa(acceptWorkers)},
-	})
+	args := []string{mode, strconv.Itoa(acceptWorkers)}
+	var cmd *exec.Cmd
+	if bin == "" {
+		cmd = helperproc.Command(b, "accept-server", &helperproc.Options{
+			Env:        []string{pc.Env()},
+			ExtraFiles: files,
+			Args:       args,
+		})
+	} else {
+		cmd = exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), pc.Env())
+		cmd.ExtraFiles = files
+		cmd.Stderr = os.Stderr
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -142,7 +192,9 @@ func tcpFile(b *testing.B, l net.Listener) *os.File {
 	return f
 }
 
-func benchAccept(b *testing.B, variant string) {
+// benchAccept runs one variant; cbin is the C servers' binary, needed by
+// the variants ending in -c.
+func benchAccept(b *testing.B, cbin, variant string) {
 	fdcensus.Verify(b)
 	pc := proccensus.New(b)
 	b.ReportAllocs()
@@ -164,7 +216,20 @@ func benchAccept(b *testing.B, variant string) {
 		files = nil
 	}
 	defer closeFiles()
-	switch variant {
+	// A -c variant is its Go namesake's set-up with the C servers.
+	base, isC := strings.CutSuffix(variant, "-c")
+	bin := ""
+	if isC {
+		// caccept serves in place (listen) and hands off (master, worker).
+		if base != "inplace" && base != "handoff" {
+			b.Fatalf("unknown variant %q", variant)
+		}
+		if cbin == "" {
+			b.Fatalf("%s: no C binary", variant)
+		}
+		bin = cbin
+	}
+	switch base {
 	case "inplace", "shared", "handoff", "handoff-naive":
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
@@ -175,17 +240,17 @@ func benchAccept(b *testing.B, variant string) {
 		// Only close(2), never shutdown(2): the children keep the socket.
 		ln.Close()
 		files = append(files, lf)
-		switch variant {
+		switch base {
 		case "inplace":
-			servers = append(servers, startAcceptServer(b, pc, "listen", lf))
+			servers = append(servers, startAcceptServer(b, pc, bin, "listen", lf))
 			counted = servers
 		case "shared":
 			for range acceptWorkers {
-				servers = append(servers, startAcceptServer(b, pc, "listen", lf))
+				servers = append(servers, startAcceptServer(b, pc, bin, "listen", lf))
 			}
 			counted = servers
 		default:
-			suffix := strings.TrimPrefix(variant, "handoff")
+			suffix := strings.TrimPrefix(base, "handoff")
 			master := []*os.File{lf}
 			var workers []*acceptServer
 			for range acceptWorkers {
@@ -196,11 +261,11 @@ func benchAccept(b *testing.B, variant string) {
 				mf, wf := os.NewFile(uintptr(fds[0]), "master"), os.NewFile(uintptr(fds[1]), "worker")
 				files = append(files, mf, wf)
 				master = append(master, mf)
-				w := startAcceptServer(b, pc, "worker"+suffix, wf)
+				w := startAcceptServer(b, pc, bin, "worker"+suffix, wf)
 				workers = append(workers, w)
 				servers = append(servers, w)
 			}
-			servers = append(servers, startAcceptServer(b, pc, "master"+suffix, master...))
+			servers = append(servers, startAcceptServer(b, pc, bin, "master"+suffix, master...))
 			counted = workers
 		}
 	case "reuseport":
@@ -214,7 +279,7 @@ func benchAccept(b *testing.B, variant string) {
 		}
 		g.Close()
 		for _, f := range files {
-			servers = append(servers, startAcceptServer(b, pc, "listen", f))
+			servers = append(servers, startAcceptServer(b, pc, bin, "listen", f))
 		}
 		counted = servers
 	default:
@@ -261,11 +326,29 @@ func benchAccept(b *testing.B, variant string) {
 	if m1 > m0 {
 		b.ReportMetric(float64(b.N)/float64(m1-m0), "conns/msg")
 	}
-	if variant == "inplace" {
-		acceptBaseline.connsPerSec, acceptBaseline.cpuPerConn = connsPerSec, cpuPerConn
-	} else if acceptBaseline.connsPerSec > 0 && acceptBaseline.cpuPerConn > 0 {
-		b.ReportMetric(connsPerSec/acceptBaseline.connsPerSec, "x-inplace")
-		b.ReportMetric(cpuPerConn/acceptBaseline.cpuPerConn, "cpu-x-inplace")
+	acceptFigures.Store(variant, acceptFigure{connsPerSec, cpuPerConn})
+	ref := func(name string) (acceptFigure, bool) {
+		f, ok := acceptFigures.Load(name)
+		if !ok {
+			return acceptFigure{}, false
+		}
+		fig := f.(acceptFigure)
+		return fig, fig.connsPerSec > 0 && fig.cpuPerConn > 0
+	}
+	if in, ok := ref("inplace"); ok && variant != "inplace" {
+		b.ReportMetric(connsPerSec/in.connsPerSec, "x-inplace")
+		b.ReportMetric(cpuPerConn/in.cpuPerConn, "cpu-x-inplace")
+	}
+	for _, rr := range acceptRefRatios {
+		r, ok := ref(rr.ref)
+		if !ok || !slices.Contains(rr.variants, variant) {
+			continue
+		}
+		if rr.cpu {
+			b.ReportMetric(cpuPerConn/r.cpuPerConn, rr.unit)
+		} else {
+			b.ReportMetric(connsPerSec/r.connsPerSec, rr.unit)
+		}
 	}
 }
 
@@ -589,5 +672,59 @@ func handoffNaive(ln net.Listener, workers []*net.UnixConn, handled, sent *atomi
 		}
 		handled.Add(1)
 		sent.Add(1)
+	}
+}
+
+// TestAcceptC runs the C variants of BenchmarkAccept for 50 connections:
+// the C servers must speak the accept-server protocol (every connection
+// counted by the workers, "conns/msg" 1 for the C master), reap cleanly and
+// leave no descriptor behind; handoff-c, run after inplace-c, reports its
+// ratios to it.
+func TestAcceptC(t *testing.T) {
+	fdcensus.Verify(t)
+	cbin, whyNot := buildCAccept(t)
+	if cbin == "" {
+		t.Skip(whyNot)
+	}
+	bt := flag.Lookup("test.benchtime")
+	old := bt.Value.String()
+	if err := bt.Value.Set("50x"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = bt.Value.Set(old) }()
+	tests := []struct {
+		variant string
+		want    []string // units reported besides conns/s
+	}{
+		{"inplace-c", []string{"server-cpu-us/conn"}},
+		{"handoff-c", []string{"server-cpu-us/conn", "conns/msg", "x-inplace-c", "cpu-x-inplace-c"}},
+	}
+	for _, tt := range tests {
+		r := testing.Benchmark(func(b *testing.B) { benchAccept(b, cbin, tt.variant) })
+		if r.N != 50 {
+			t.Fatalf("%s: ran %d connections, want 50 (did the benchmark fail?)", tt.variant, r.N)
+		}
+		if r.Extra["conns/s"] <= 0 {
+			t.Errorf("%s: conns/s %v", tt.variant, r.Extra["conns/s"])
+		}
+		for _, u := range tt.want {
+			if _, ok := r.Extra[u]; !ok {
+				t.Errorf("%s: %s not reported: %v", tt.variant, u, r.Extra)
+			}
+		}
+		if m, ok := r.Extra["conns/msg"]; ok && m != 1 {
+			t.Errorf("%s: %v conns/msg, want 1 (one connection per message)", tt.variant, m)
+		}
+	}
+}
+
+// TestBuildCWithoutCompiler checks that without a C compiler the C
+// variants are skipped with a message saying what is missing.
+func TestBuildCWithoutCompiler(t *testing.T) {
+	t.Setenv(CAcceptVar, "")
+	t.Setenv("PATH", t.TempDir())
+	bin, whyNot := buildCAccept(t)
+	if bin != "" || !strings.Contains(whyNot, "no C compiler") || !strings.Contains(whyNot, "in-place and hand-off") {
+		t.Errorf("buildCAccept without a compiler = %q, %q; want \"\" and why", bin, whyNot)
 	}
 }

@@ -1,8 +1,9 @@
 // Command bench is handoff's benchmark suite and the runner that turns it
 // into a report: descriptor passing (scmrights) against the naive stdlib
 // way and a C sendmsg/recvmsg loop, ipcframe against raw bytes, the accept
-// path (in place, master handoff, shared listener, reuseport) with server
-// CPU per connection, and mini-cluster restart and respawn latency.
+// path (in place, master handoff, shared listener, reuseport, and in place
+// and handoff in C) with server CPU per connection, and mini-cluster
+// restart and respawn latency.
 //
 // Usage, from the module root:
 //
@@ -11,7 +12,8 @@
 //	go run ./bench -from results.json -o report.md -svg plot.svg   # re-render, measure nothing
 //
 // The runner builds the benchmarks once (go test -c ./bench), compiles
-// bench/testdata/cloop.c with the system C compiler and builds
+// bench/testdata/cloop.c and caccept.c with the system C compiler (without
+// one, the C variants are skipped, saying why) and builds
 // ./cmd/mini-cluster and ./examples/hello, then runs each case as the test
 // binary with a -test.bench filter. Every round runs every case once, and a
 // case runs its baseline and its variants back to back in one process, so

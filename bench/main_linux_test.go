@@ -46,28 +46,47 @@ func inOrder(variants ...string) []string {
 	return append(variants[n:len(variants):len(variants)], variants[:n]...)
 }
 
-// CLoopVar names a prebuilt cloop binary. The runner compiles
-// testdata/cloop.c once and sets it, so that each benchmark process does not
-// compile it again.
-const CLoopVar = "HANDOFF_BENCH_CLOOP"
+// CLoopVar and CAcceptVar name prebuilt C baselines. The runner compiles
+// testdata/cloop.c and testdata/caccept.c once and sets them, so that each
+// benchmark process does not compile them again.
+const (
+	CLoopVar   = "HANDOFF_BENCH_CLOOP"
+	CAcceptVar = "HANDOFF_BENCH_CACCEPT"
+)
 
-// buildCLoop returns the C baseline binary: the one named by CLoopVar, or
-// testdata/cloop.c compiled now with the system C compiler into a directory
-// removed when b ends. When no compiler works it returns "" and why.
+// buildCLoop returns the C sendmsg/recvmsg loop of BenchmarkSCM, or "" and
+// why not.
 func buildCLoop(b testing.TB) (path, whyNot string) {
 	b.Helper()
-	if p := os.Getenv(CLoopVar); p != "" {
+	return buildC(b, "cloop", CLoopVar, "the C sendmsg/recvmsg loop")
+}
+
+// buildCAccept returns the C accept servers of BenchmarkAccept, or "" and
+// why not.
+func buildCAccept(b testing.TB) (path, whyNot string) {
+	b.Helper()
+	return buildC(b, "caccept", CAcceptVar, "the C in-place and hand-off servers")
+}
+
+// buildC returns a C baseline binary: the one named by envVar, or
+// testdata/name.c compiled now with the system C compiler (the runner's
+// flags: -O2 -pthread) into a directory removed when b ends. When no
+// compiler works it returns "" and why, naming what is missing.
+func buildC(b testing.TB, name, envVar, what string) (path, whyNot string) {
+	b.Helper()
+	if p := os.Getenv(envVar); p != "" {
 		return p, ""
 	}
 	cc, err := exec.LookPath("cc")
 	if err != nil {
 		if cc, err = exec.LookPath("gcc"); err != nil {
-			return "", "C baseline unavailable: no C compiler (cc or gcc) on PATH; install one to get the C sendmsg/recvmsg loop"
+			return "", "C baseline unavailable: no C compiler (cc or gcc) on PATH; install one to get " + what
 		}
 	}
-	out := filepath.Join(b.TempDir(), "cloop")
-	if msg, err := exec.Command(cc, "-O2", "-o", out, filepath.Join("testdata", "cloop.c")).CombinedOutput(); err != nil {
-		return "", fmt.Sprintf("C baseline unavailable: compiling testdata/cloop.c with %s: %v: %s", cc, err, strings.TrimSpace(string(msg)))
+	src := filepath.Join("testdata", name+".c")
+	out := filepath.Join(b.TempDir(), name)
+	if msg, err := exec.Command(cc, "-O2", "-pthread", "-o", out, src).CombinedOutput(); err != nil {
+		return "", fmt.Sprintf("C baseline unavailable: compiling %s with %s: %v: %s", src, cc, err, strings.TrimSpace(string(msg)))
 	}
 	return out, ""
 }

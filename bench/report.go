@@ -27,9 +27,12 @@ var groupTitles = []struct{ group, title, about string }{
 			"closes it. **inplace** one process accepting; **handoff** a master accepting every queued connection " +
 			"(non-blocking accept4 until EAGAIN) and sending the batch in one scmrights message over SOCK_SEQPACKET to the " +
 			"next of N workers; **handoff-naive** Accept and one WriteMsgUnix per connection; **shared** N workers on one " +
-			"listening socket; **reuseport** N workers on a reuseport group. Server CPU is getrusage(RUSAGE_SELF) of every " +
-			"server process (master and workers). Ratio: conns/s over in place's; cpu-x-inplace is server CPU per connection " +
-			"over in place's in the same round."},
+			"listening socket; **reuseport** N workers on a reuseport group. The C baseline (bench/testdata/caccept.c, every " +
+			"server process C, blocking in the kernel): **inplace-c** accept4 and close; **handoff-c** a master's blocking " +
+			"accept4 and one sendmsg/SCM_RIGHTS per connection over SOCK_SEQPACKET to the next of N workers, which recvmsg " +
+			"and close. Server CPU is getrusage(RUSAGE_SELF) of every server process (master and workers). Ratio: conns/s " +
+			"over in place's; cpu-x-inplace is server CPU per connection over in place's in the same round; x-inplace-c " +
+			"and cpu-x-inplace-c the same over inplace-c's, x-handoff-c conns/s over handoff-c's."},
 	{"cluster", "mini-cluster",
 		"`mini-cluster -n 2 -log-format json -- hello` (examples/hello). **restart**: SIGHUP → the master's " +
 			"\"restart done\" record of the new generation (every new worker sent READY=1). **respawn**: SIGKILL to a worker → " +
@@ -136,6 +139,11 @@ func Markdown(res *Results, plot string) string {
 		}
 		w("### %s\n\n%s\n\n", g.title, g.about)
 		writeTable(&b, crs)
+		if g.group == "accept" {
+			for _, cr := range crs {
+				b.WriteString(acceptLines(cr))
+			}
+		}
 	}
 	if res.PerfNote != "" || len(res.Perf) > 0 {
 		w("### Syscalls and context switches per message (perf stat)\n\n")
@@ -240,6 +248,45 @@ func writeTable(b *strings.Builder, crs []*CaseResult) {
 		}
 	}
 	b.WriteString("\n")
+}
+
+// acceptLines states the accept path's ratios that the brief's targets
+// and anchors name, Go beside C, each the median [min–max] of per-round
+// ratios; "" without a measurement of either handoff variant.
+func acceptLines(cr *CaseResult) string {
+	// A missing variant or unit is an empty summary (N = 0): no line.
+	metric := func(name, unit string) Summary {
+		v := cr.Variant(name)
+		switch {
+		case v == nil:
+			return Summary{}
+		case unit == "":
+			return v.Ratio
+		}
+		return v.Metrics[unit]
+	}
+	var lines []string
+	for _, l := range []struct {
+		label string
+		s     Summary
+		note  string
+	}{
+		{"Go hand-off ÷ Go in place", metric("handoff", ""), "target ≥ 0.83"},
+		{"C hand-off ÷ C in place", metric("handoff-c", "x-inplace-c"), "the brief: a C implementation reaches 0.83"},
+		{"Go hand-off ÷ C hand-off", metric("handoff", "x-handoff-c"), "above 1: Go's outruns C's"},
+		{"naive Go hand-off ÷ Go in place", metric("handoff-naive", ""), "the brief: 0.59"},
+		{"Go server CPU per connection, hand-off ÷ in place", metric("handoff", "cpu-x-inplace"), "target ≤ 1.5"},
+		{"C server CPU per connection, hand-off ÷ in place", metric("handoff-c", "cpu-x-inplace-c"), "C's own cost of handing off"},
+	} {
+		if l.s.N > 0 {
+			lines = append(lines, fmt.Sprintf("- %s: %s (%s)", l.label, fmtSummary(l.s, fmtRatio), l.note))
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return "Hand-off against in place, Go beside C (median [min–max] of the per-round ratios):\n\n" +
+		strings.Join(lines, "\n") + "\n\n"
 }
 
 // writePerf writes the perf table: one row per case and variant.

@@ -117,6 +117,25 @@ func (c *CaseResult) Finish() {
 			}
 		}
 	}
+	for _, rr := range c.RefRatios {
+		var refBy map[int]float64
+		if ref := c.Variant(rr.Ref); ref != nil {
+			refBy = ref.byRound(rr.Src)
+		}
+		for _, v := range c.Variants {
+			for i := range v.Samples {
+				m := v.Samples[i].Metrics
+				// The benchmark's own figure divides by whatever ran
+				// before it in its process, or is missing.
+				delete(m, rr.Unit)
+				x, ok := m[rr.Src]
+				r, okRef := refBy[v.Samples[i].Round]
+				if slices.Contains(rr.Variants, v.Name) && ok && okRef && r != 0 {
+					m[rr.Unit] = x / r
+				}
+			}
+		}
+	}
 	for _, v := range c.Variants {
 		units := map[string][]float64{}
 		for _, s := range v.Samples {

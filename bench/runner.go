@@ -21,6 +21,7 @@ import (
 // every invocation does not build them again.
 const (
 	cloopVar       = "HANDOFF_BENCH_CLOOP"
+	cacceptVar     = "HANDOFF_BENCH_CACCEPT"
 	miniClusterVar = "HANDOFF_BENCH_MINICLUSTER"
 	helloVar       = "HANDOFF_BENCH_HELLO"
 	// rotateVar rotates the order in which a benchmark runs its variants;
@@ -106,13 +107,18 @@ func (r *runner) build(ctx context.Context, cc string, needCluster bool) error {
 		return fmt.Errorf("go test -c ./bench: %w\n%s", err, out)
 	}
 	if cc != "" {
-		out := filepath.Join(r.tmp, "cloop")
-		cmd := exec.CommandContext(ctx, cc, "-O2", "-o", out, filepath.Join(r.dir, "testdata", "cloop.c"))
-		if msg, err := cmd.CombinedOutput(); err == nil {
-			r.env = append(r.env, cloopVar+"="+out)
-		} else {
-			// The benchmark tries again and skips the C baseline, saying why.
-			fmt.Fprintf(r.log, "bench: compiling the C loop failed: %v\n%s\n", err, msg)
+		for _, c := range []struct{ name, env string }{{"cloop", cloopVar}, {"caccept", cacceptVar}} {
+			out := filepath.Join(r.tmp, c.name)
+			// The flags of the benchmark's own build (buildC): caccept
+			// runs a control thread.
+			cmd := exec.CommandContext(ctx, cc, "-O2", "-pthread", "-o", out, filepath.Join(r.dir, "testdata", c.name+".c"))
+			if msg, err := cmd.CombinedOutput(); err == nil {
+				r.env = append(r.env, c.env+"="+out)
+			} else {
+				// The benchmark tries again and skips the C baseline,
+				// saying why.
+				fmt.Fprintf(r.log, "bench: compiling testdata/%s.c failed: %v\n%s\n", c.name, err, msg)
+			}
 		}
 	}
 	if needCluster {

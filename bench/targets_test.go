@@ -2,6 +2,8 @@ package main
 
 import (
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestTargetsMet checks the met/not met verdicts against the design
@@ -69,5 +71,66 @@ func TestTargetsMet(t *testing.T) {
 				t.Errorf("%s: target %q met = %v, want %v (ratio %+v)", tt.in.v, v.Target, *v.Met, tt.want, v.Ratio)
 			}
 		})
+	}
+}
+
+// TestAcceptRefRatios checks the accept case's ratios to the C variants:
+// computed within each round (a round without the reference gives none),
+// only for the variants that have them, replacing the benchmark's own
+// figures; and that C's hand-off ratio is an anchor, not a verdict.
+func TestAcceptRefRatios(t *testing.T) {
+	var accept Case
+	for _, c := range Cases(false) {
+		if c.Name == "accept" {
+			accept = c
+		}
+	}
+	cr := &CaseResult{Case: accept}
+	add := func(round int, variant string, conns, cpu float64) {
+		// 99: what a benchmark that ran in another order reports.
+		cr.Add(round, Line{Name: "BenchmarkAccept/" + variant, N: 1, Metrics: map[string]float64{
+			"conns/s": conns, "server-cpu-us/conn": cpu, "x-inplace-c": 99, "cpu-x-inplace-c": 99, "x-handoff-c": 99}})
+	}
+	add(1, "inplace", 900, 20)
+	add(1, "inplace-c", 1000, 10)
+	add(1, "handoff-c", 830, 15)
+	add(1, "handoff", 800, 30)
+	add(1, "shared", 700, 25)
+	// Round 2 lost inplace-c (a failed run): no ratio to it that round.
+	add(2, "inplace", 950, 20)
+	add(2, "handoff-c", 900, 16)
+	add(2, "handoff", 950, 30)
+	cr.Finish()
+	tests := []struct {
+		variant, unit string
+		want          []float64 // by round, absent rounds left out
+	}{
+		{"inplace", "x-inplace-c", []float64{900.0 / 1000}},
+		{"handoff-c", "x-inplace-c", []float64{830.0 / 1000}},
+		{"handoff-c", "cpu-x-inplace-c", []float64{15.0 / 10}},
+		{"handoff", "x-handoff-c", []float64{800.0 / 830, 950.0 / 900}},
+		{"handoff", "x-inplace-c", nil},
+		{"shared", "x-handoff-c", nil},
+		{"inplace-c", "x-inplace-c", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.variant+"/"+tt.unit, func(t *testing.T) {
+			v := cr.Variant(tt.variant)
+			var got []float64
+			for _, s := range v.Samples {
+				if x, ok := s.Metrics[tt.unit]; ok {
+					got = append(got, x)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("%s of %s per round (-want +got):\n%s", tt.unit, tt.variant, diff)
+			}
+		})
+	}
+	if v := cr.Variant("handoff-c"); v.Met != nil || v.Target == "" {
+		t.Errorf("handoff-c: target %q, verdict %v: want an anchor without a verdict", v.Target, v.Met)
+	}
+	if v := cr.Variant("handoff"); v.Met == nil || !*v.Met {
+		t.Errorf("handoff at 0.89 and 1.0× in place: verdict %v, want met", v.Met)
 	}
 }
