@@ -34,9 +34,15 @@
 // descriptors are in place, and success is the reply channel (held
 // close-on-exec) closing at PROGRAM's execve; a failed execve sends status
 // 10 instead. So a sender never closes its copy of a listener that PROGRAM
-// did not get. If the fresh image's runtime holds a target slot anyway (a
-// non-blocking stdin makes it create its netpoller at 3), fdrecv refuses
-// with exit 10 rather than overwrite it.
+// did not get. A standard descriptor (0-2) in non-blocking mode, as
+// Node.js and some terminals leave them, would make the fresh image's
+// runtime create its netpoller at 3 and 4 (os.NewFile registers
+// non-blocking descriptors), so fdrecv parks each such descriptor above 2
+// for the re-exec, a blocking /dev/null holding its slot, and puts it back
+// right before PROGRAM's execve (or before printing a failure): PROGRAM
+// gets exactly the caller's standard descriptors, and O_NONBLOCK, shared
+// with the caller, is never changed. If a target slot is held anyway,
+// fdrecv refuses with exit 10 rather than overwrite it.
 //
 // # Who should not use it
 //

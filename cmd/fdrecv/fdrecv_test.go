@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	fdrecv "github.com/handoff-go/handoff/cmd/fdrecv"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/fdwire"
@@ -593,7 +595,8 @@ func TestExecProgram(t *testing.T) {
 			5: {Ino: inodeOf(t, f)},
 		},
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
+	// Stdio: this test's own, not the subject here.
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(execReport{}, "Stdio")); diff != "" {
 		t.Errorf("what PROGRAM saw (-want +got):\n%s", diff)
 	}
 	if _, err := os.Lstat(path); err == nil {
@@ -651,12 +654,21 @@ func TestExecFailsAfterPlacing(t *testing.T) {
 	ac.Close()
 }
 
-// When the fresh image's runtime holds a target slot (here its netpoller,
-// created for a non-blocking stdin), fdrecv refuses rather than overwrite
-// it, and tells the sender, who keeps its descriptors: exit 10 both sides.
-func TestExecRefusesBusySlot(t *testing.T) {
+// A caller that leaves standard descriptors non-blocking (Node.js, some
+// terminals) gets the hand-off anyway: stage 1 parks those descriptors
+// above 2 so stage 2's runtime starts without a netpoller at 3 and 4, and
+// PROGRAM gets the received descriptors at 3, 4 and exactly the caller's
+// standard descriptors: the same pipes (inode), still non-blocking where
+// the caller made them so, blocking elsewhere. The sender's success is
+// "placed", then end of file.
+func TestExecNonblockingStdio(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -667,30 +679,415 @@ func TestExecRefusesBusySlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tests := []struct {
+		name     string
+		nonblock string // nonblockVar
+		// shared: stdout and stderr are one description (2>&1), so
+		// both are non-blocking, and both are parked.
+		shared bool
+	}{
+		{"stdin", "0", false},
+		{"stdout", "1", false},
+		{"stderr", "2", false},
+		{"all three", "0,1,2", false},
+		{"stdout and stderr one pipe", "1", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(shortDir(t), "s")
+			cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+				Args: []string{"-socket", path, "-n", "2", "-timeout", "20s", "--", bin, "-test.run=^$"},
+				Env:  childEnv(pc, execRoleVar+"=listenfds", nonblockVar+"="+tt.nonblock),
+			})
+			// *os.File, so the child's 0, 1, 2 are these very pipes and
+			// the test knows their inodes.
+			var stdio [3]*os.File
+			var ours [3]*os.File // the test's ends
+			for i := range stdio {
+				pr, pw, err := os.Pipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pr.Close()
+				defer pw.Close()
+				if i == 0 {
+					stdio[i], ours[i] = pr, pw
+				} else {
+					stdio[i], ours[i] = pw, pr
+				}
+			}
+			if tt.shared {
+				// The stderr pipe goes unused: its reader sees end of
+				// file at once.
+				stdio[2].Close()
+				stdio[2] = stdio[1]
+			}
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
+			helperproc.Start(t, cmd)
+			want := execReport{
+				PID:           cmd.Process.Pid,
+				ListenPID:     strconv.Itoa(cmd.Process.Pid),
+				ListenFDs:     "2",
+				ListenFDNames: "web:pipe",
+				FDs: map[int]fdState{
+					3: {Ino: inodeOf(t, ln.(syscall.Conn))},
+					4: {Ino: inodeOf(t, r)},
+				},
+			}
+			for i, f := range stdio {
+				nb := strings.Contains(tt.nonblock, strconv.Itoa(i)) || tt.shared && i == 2
+				want.Stdio[i] = stdioState{Ino: inodeOf(t, f), Nonblock: nb}
+			}
+			for _, f := range stdio {
+				f.Close()
+			}
+			stdout, stderr := readAllAsync(t, ours[1]), readAllAsync(t, ours[2])
+			c := dial(t, path)
+			defer c.Close()
+			fds := append(dupFDs(t, ln.(syscall.Conn), 1), dupFDs(t, r, 1)...)
+			if err := scmrights.Send(c, mustEncode(t, []string{"web", "pipe"}, []byte("p")), fds...); err != nil {
+				t.Fatal(err)
+			}
+			if st := readReply(t, c); st != 0 {
+				t.Errorf("reply status %d, want 0 (placed)", st)
+			}
+			if st := readReply(t, c); st != -1 {
+				t.Errorf("after placed: status %d, want end of file", st)
+			}
+			werr := cmd.Wait()
+			out, errOut := stdout(), stderr()
+			if werr != nil {
+				t.Fatalf("%v; stdout:\n%s\nstderr:\n%s", werr, out, errOut)
+			}
+			var got execReport
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("%v in %q; stderr:\n%s", err, out, errOut)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("what PROGRAM saw (-want +got):\n%s", diff)
+			}
+			if errOut != "" {
+				t.Errorf("stderr: %q, want nothing", errOut)
+			}
+		})
+	}
+}
+
+// readAllAsync reads f to end of file in the background, for at most
+// 20 s; the returned function waits for the text.
+func readAllAsync(t *testing.T, f *os.File) func() string {
+	t.Helper()
+	if err := f.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan string, 1)
+	go func() {
+		b, err := io.ReadAll(f)
+		if err != nil {
+			b = append(b, "\nread: "+err.Error()...)
+		}
+		ch <- string(b)
+	}()
+	return func() string { return <-ch }
+}
+
+// Stage 2 fails after the descriptors were placed and stdio restored
+// (PROGRAM removed since fdrecv looked it up): its message must reach the
+// caller's non-blocking stderr, not the placeholder that stood in for it
+// while stage 2 started. The sender reads "placed", then status 10.
+func TestExecFailureReachesNonblockingStderr(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	dir := shortDir(t)
+	prog := filepath.Join(dir, "prog")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s")
+	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+		Args: []string{"-socket", path, "-n", "1", "-timeout", "20s", "--", prog},
+		Env:  childEnv(pc, nonblockVar+"=2"),
+	})
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	helperproc.Start(t, cmd)
+	waitFor(t, path)
+	if err := os.Remove(prog); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, path)
+	defer c.Close()
+	if err := scmrights.Send(c, mustEncode(t, []string{"pipe"}, nil), dupFDs(t, r, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	got := []int{readReply(t, c), readReply(t, c)}
+	if diff := cmp.Diff([]int{0, fdwire.StatusExec}, got); diff != "" {
+		t.Errorf("replies (-want +got):\n%s", diff)
+	}
+	code := exitStatus(t, cmd.Wait())
+	wantErr := "fdrecv: exec " + prog + ": no such file or directory\n"
+	if code != fdwire.StatusExec || stderr.String() != wantErr {
+		t.Errorf("exit %d, stderr %q; want %d, %q", code, stderr.String(), fdwire.StatusExec, wantErr)
+	}
+}
+
+// Stage 1's own re-exec fails (E2BIG: the role's RLIMIT_STACK of 256 KiB
+// caps execve's strings at the kernel's floor of 128 KiB, which a 120 KiB
+// variable plus 15 KiB of LISTEN_FDNAMES exceed): stage 1 puts its parked non-blocking standard descriptors back
+// before printing, so the message reaches the real stderr, and its fd
+// census afterwards (0, 1, 2 by inode included) equals the one taken
+// before receiving. The sender gets 10.
+func TestReexecFailureRestoresStdio(t *testing.T) {
+	var stack unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_STACK, &stack); err != nil {
+		t.Fatal(err)
+	}
+	if stack.Cur < 2<<20 {
+		// The role's own execve, with its 120 KiB variable, needs room.
+		t.Skipf("RLIMIT_STACK %d is too small to start the helper", stack.Cur)
+	}
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
 	path := filepath.Join(shortDir(t), "s")
 	cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
-		Args: []string{"-socket", path, "-timeout", "20s", "--", bin, "-test.run=^$"},
-		Env:  childEnv(pc, execRoleVar+"=listenfds", nonblockVar+"=1"),
+		Args: []string{"-socket", path, "-timeout", "20s", "--", "true"},
+		Env: childEnv(pc, nonblockVar+"=0,1,2", censusVar+"=1", stackVar+"=262144",
+			"FDRECV_TEST_PAD="+strings.Repeat("x", 120<<10)),
 	})
+	// The role's own stdin, a pipe, made non-blocking there.
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stdin.Close()
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	helperproc.Start(t, cmd)
 	c := dial(t, path)
 	defer c.Close()
-	if err := scmrights.Send(c, mustEncode(t, []string{"pipe"}, []byte("p")), dupFDs(t, r, 1)...); err != nil {
+	names := make([]string, 60)
+	for i := range names {
+		names[i] = strconv.Itoa(i) + strings.Repeat("n", 250)
+	}
+	if err := scmrights.Send(c, mustEncode(t, names, nil), dupFDs(t, r, len(names))...); err != nil {
 		t.Fatal(err)
 	}
-	if st := readReply(t, c); st != 10 {
-		t.Errorf("reply status %d, want 10", st)
+	if st := readReply(t, c); st != fdwire.StatusExec {
+		t.Errorf("reply status %d, want %d", st, fdwire.StatusExec)
 	}
-	if code := exitStatus(t, cmd.Wait()); code != 10 || !strings.Contains(out.String(), "is in use") {
-		t.Errorf("exit %d, want 10; output:\n%s", code, out.String())
+	code := exitStatus(t, cmd.Wait())
+	wantErr := "fdrecv: re-exec /proc/self/exe: execve: argument list too long\n"
+	if code != fdwire.StatusExec || stderr.String() != wantErr {
+		t.Errorf("exit %d, stderr %q; want %d, %q", code, stderr.String(), fdwire.StatusExec, wantErr)
 	}
+	if diff := cmp.Diff("census ok\n", stdout.String()); diff != "" {
+		t.Errorf("fdrecv's own census (-want +got):\n%s", diff)
+	}
+}
+
+// Stage 2 started directly, as stage 1 would, with the hidden interface.
+// files become 3, 4, ...; the reply channel is a socketpair whose other
+// end is returned. PROGRAM is this binary as listenfds.
+func startStage2(t *testing.T, pc *proccensus.Census, files []*os.File, env ...string) (cmd *exec.Cmd, stdout, stderr *bytes.Buffer) {
+	t.Helper()
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin)
+	cmd.Args = []string{fdrecv.ShimArg0, bin, "-test.run=^$"}
+	cmd.Env = append(append(os.Environ(), childEnv(pc, helperproc.RoleVar+"=listenfds")...), env...)
+	cmd.ExtraFiles = files
+	stdout, stderr = new(bytes.Buffer), new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	helperproc.Start(t, cmd)
+	return cmd, stdout, stderr
+}
+
+// replyPair returns a SOCK_SEQPACKET pair: the test's end as a conn, the
+// other as a file to hand to stage 2.
+func replyPair(t *testing.T) (*net.UnixConn, *os.File) {
+	t.Helper()
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(p[0]), "reply")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		unix.Close(p[1])
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	theirs := os.NewFile(uintptr(p[1]), "reply")
+	t.Cleanup(func() { theirs.Close() })
+	return c.(*net.UnixConn), theirs
+}
+
+// The refusal still exists: a target slot held by anything stage 1 did
+// not pass (here an inherited /dev/null at 3, standing in for a runtime
+// descriptor, which stage 1 no longer lets stage 2 create) is never
+// overwritten. Stage 2 exits 10, tells the sender, and PROGRAM never runs.
+// With a standard descriptor parked (stderr, at 6), the refusal is
+// printed after it was put back: on the parked pipe, not on the
+// placeholder stage 2 started with.
+func TestStage2RefusesBusySlot(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tests := []struct {
+		name   string
+		parked string // ShimStdioEnv
+	}{
+		{"nothing parked", ""},
+		{"stderr parked", "2=6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			defer w.Close()
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer null.Close()
+			realR, realW, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer realR.Close()
+			defer realW.Close()
+			c, theirs := replyPair(t)
+			cmd, stdout, placeholder := startStage2(t, pc, []*os.File{null, r, theirs, realW},
+				fdrecv.ShimEnv+"=4", fdrecv.ShimReplyEnv+"=5", fdrecv.ShimStdioEnv+"="+tt.parked)
+			theirs.Close()
+			realW.Close()
+			parkedOut := readAllAsync(t, realR)
+			if st := readReply(t, c); st != fdwire.StatusExec {
+				t.Errorf("reply status %d, want %d", st, fdwire.StatusExec)
+			}
+			code := exitStatus(t, cmd.Wait())
+			stderr, other := placeholder.String(), parkedOut()
+			if tt.parked != "" {
+				stderr, other = other, stderr
+			}
+			if code != fdwire.StatusExec || !strings.Contains(stderr, "descriptor 3 (/dev/null) is in use") || other != "" || stdout.Len() != 0 {
+				t.Errorf("exit %d, stdout %q, stderr %q, other %q; want %d, nothing, in use, nothing", code, stdout.String(), stderr, other, fdwire.StatusExec)
+			}
+		})
+	}
+}
+
+// A20 for the parked standard descriptors: a malformed or inconsistent
+// HANDOFF_FDRECV_STDIO is refused (exit 10, the sender told) and nothing
+// is dup3'ed onto 0, 1 or 2: the message reaches the real stderr, not a
+// decoy (a pipe at 5 that a wrong "2=5"-style restore would make stderr)
+// nor a received descriptor.
+func TestStage2RefusesBadStdioSpec(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tests := []struct {
+		name string
+		spec string // "unset": not in the environment
+		want string
+	}{
+		{"unset", "unset", "HANDOFF_FDRECV_STDIO not set"},
+		{"standard descriptor", "2=1", "bad HANDOFF_FDRECV_STDIO"},
+		{"slot out of range", "3=5", "bad HANDOFF_FDRECV_STDIO"},
+		{"negative slot", "-1=5", "bad HANDOFF_FDRECV_STDIO"},
+		{"leading zero", "2=05", "bad HANDOFF_FDRECV_STDIO"},
+		{"plus sign", "2=+5", "bad HANDOFF_FDRECV_STDIO"},
+		{"trailing garbage", "2=5x", "bad HANDOFF_FDRECV_STDIO"},
+		{"trailing comma", "2=5,", "bad HANDOFF_FDRECV_STDIO"},
+		{"overflow", "2=99999999999999999999", "bad HANDOFF_FDRECV_STDIO"},
+		{"same slot twice", "2=5,2=5", "bad HANDOFF_FDRECV_STDIO"},
+		{"descending slots", "2=5,1=6", "bad HANDOFF_FDRECV_STDIO"},
+		{"same descriptor twice", "1=5,2=5", "bad HANDOFF_FDRECV_STDIO"},
+		{"a received descriptor", "2=3", "is also received or the reply channel"},
+		{"the reply channel", "2=4", "is also received or the reply channel"},
+		{"not open", "2=9", "was not inherited"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			received, rw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer received.Close()
+			defer rw.Close()
+			decoyR, decoyW, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer decoyR.Close()
+			defer decoyW.Close()
+			c, theirs := replyPair(t)
+			env := []string{fdrecv.ShimEnv + "=3", fdrecv.ShimReplyEnv + "=4"}
+			if tt.spec != "unset" {
+				env = append(env, fdrecv.ShimStdioEnv+"="+tt.spec)
+			}
+			cmd, stdout, stderr := startStage2(t, pc, []*os.File{rw, theirs, decoyW}, env...)
+			theirs.Close()
+			decoyW.Close()
+			rw.Close()
+			decoy := readAllAsync(t, decoyR)
+			leaked := readAllAsync(t, received)
+			if st := readReply(t, c); st != fdwire.StatusExec {
+				t.Errorf("reply status %d, want %d", st, fdwire.StatusExec)
+			}
+			code := exitStatus(t, cmd.Wait())
+			if code != fdwire.StatusExec || !strings.Contains(stderr.String(), tt.want) || stdout.Len() != 0 {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, nothing, %q", code, stdout.String(), stderr.String(), fdwire.StatusExec, tt.want)
+			}
+			if d, l := decoy(), leaked(); d != "" || l != "" {
+				t.Errorf("written to the decoy: %q, to the received pipe: %q; want nothing", d, l)
+			}
+		})
+	}
+}
+
+// One encoding per value: whatever parses formats back to the same text,
+// and only slots 0 to 2 with distinct descriptors above 2 parse. Seeds
+// in testdata/fuzz/FuzzParseParkedStdio.
+func FuzzParseParkedStdio(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := fdrecv.ParseParkedStdio(s)
+		if err != nil {
+			if p != [3]int{-1, -1, -1} {
+				t.Fatalf("%q: error %v with %v", s, err, p)
+			}
+			return
+		}
+		seen := map[int]bool{}
+		for _, fd := range p {
+			if fd == -1 {
+				continue
+			}
+			if fd < 3 || seen[fd] {
+				t.Fatalf("%q parsed to %v", s, p)
+			}
+			seen[fd] = true
+		}
+		if back := fdrecv.FormatParkedStdio(p); back != s {
+			t.Fatalf("%q parsed to %v, which formats as %q", s, p, back)
+		}
+	})
 }
 
 // The real use, as in docs/fdcli.md: server1 serves a TCP listener; fdsend,

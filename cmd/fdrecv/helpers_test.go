@@ -48,8 +48,12 @@ const (
 	// censusVar makes the role print "census ok" if fdrecv left its
 	// descriptors as they were.
 	censusVar = "FDRECV_TEST_CENSUS"
-	// nonblockVar puts the role's stdin in non-blocking mode.
-	nonblockVar = "FDRECV_TEST_NONBLOCK_STDIN"
+	// nonblockVar lists standard descriptors ("0,2") the role puts in
+	// non-blocking mode, as Node.js does to its stdio.
+	nonblockVar = "FDRECV_TEST_NONBLOCK"
+	// stackVar sets the role's RLIMIT_STACK before receiving; the kernel
+	// derives execve's argument and environment limit from it.
+	stackVar = "FDRECV_TEST_RLIMIT_STACK"
 )
 
 // roleFdrecv runs the command in a child, as a user would.
@@ -57,23 +61,33 @@ func roleFdrecv() int {
 	if next := os.Getenv(execRoleVar); next != "" {
 		os.Setenv(helperproc.RoleVar, next)
 	}
-	if s := os.Getenv(rlimitVar); s != "" {
+	for _, l := range []struct {
+		env      string
+		resource int
+	}{{rlimitVar, unix.RLIMIT_NOFILE}, {stackVar, unix.RLIMIT_STACK}} {
+		s := os.Getenv(l.env)
+		if s == "" {
+			continue
+		}
 		n, _ := strconv.ParseUint(s, 10, 64)
 		var lim unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		if err := unix.Getrlimit(l.resource, &lim); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		lim.Cur = n
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		if err := unix.Setrlimit(l.resource, &lim); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}
-	if os.Getenv(nonblockVar) != "" {
-		if err := unix.SetNonblock(0, true); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+	if s := os.Getenv(nonblockVar); s != "" {
+		for _, f := range strings.Split(s, ",") {
+			fd, _ := strconv.Atoi(f)
+			if err := unix.SetNonblock(fd, true); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
 		}
 	}
 	before, err := fdcensus.Take(0)
@@ -101,10 +115,24 @@ type execReport struct {
 	ListenFDNames string
 	// FDs maps every inherited descriptor above 2 to its inode.
 	FDs map[int]fdState
+	// Stdio describes descriptors 0, 1 and 2.
+	Stdio [3]stdioState
+	// Hidden lists fdrecv's own environment variables that reached
+	// PROGRAM.
+	Hidden []string
 }
 
 type fdState struct {
 	Ino uint64
+}
+
+// stdioState identifies a standard descriptor's open file description by
+// its inode and its O_NONBLOCK flag (a file status flag, stored in the
+// description: a placeholder, or another description of the same pipe,
+// would not have the caller's).
+type stdioState struct {
+	Ino      uint64
+	Nonblock bool
 }
 
 func roleListenFDs() int {
@@ -120,8 +148,19 @@ func roleListenFDs() int {
 		ListenFDNames: os.Getenv("LISTEN_FDNAMES"),
 		FDs:           map[int]fdState{},
 	}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "HANDOFF_FDRECV_") {
+			r.Hidden = append(r.Hidden, kv)
+		}
+	}
 	for fd, st := range snap {
 		if fd <= 2 {
+			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			r.Stdio[fd] = stdioState{Ino: st.Ino, Nonblock: fl&unix.O_NONBLOCK != 0}
 			continue
 		}
 		// A close-on-exec descriptor cannot have come through exec: this

@@ -453,14 +453,17 @@ func writeReport(w io.Writer, asJSON bool, cred scmrights.Ucred, infos []fdInfo,
 }
 
 // Exec hand-off, stage 1 (this process) and stage 2 (a fresh image of this
-// binary, see init). Stage 1 leaves exactly the received descriptors
-// inheritable; stage 2 moves them to 3, 4, ... before any runtime
-// descriptor exists there, and execs PROGRAM.
+// binary, see init). Stage 1 leaves exactly the received descriptors, the
+// reply channel and any parked standard descriptors (see parkedStdio)
+// inheritable; stage 2 moves the received ones to 3, 4, ... before any
+// runtime descriptor exists there, puts the parked ones back, and execs
+// PROGRAM.
 const (
 	shimArg0       = "fdrecv-exec"
 	shimEnv        = "HANDOFF_FDRECV_EXEC_FDS"
 	shimReplyEnv   = "HANDOFF_FDRECV_REPLY_FD"
 	shimGodebugEnv = "HANDOFF_FDRECV_GODEBUG" // "0": unset; "1"+value: GODEBUG=value
+	shimStdioEnv   = "HANDOFF_FDRECV_STDIO"   // parked standard descriptors, see parkedStdio
 )
 
 func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) error {
@@ -486,7 +489,7 @@ func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) 
 			list[i] = strconv.Itoa(fd)
 		}
 	}
-	env := withoutVars(os.Environ(), "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", shimEnv, shimReplyEnv, shimGodebugEnv, "GODEBUG")
+	env := withoutVars(os.Environ(), "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", shimEnv, shimReplyEnv, shimGodebugEnv, shimStdioEnv, "GODEBUG")
 	env = append(env,
 		"LISTEN_PID="+strconv.Itoa(os.Getpid()),
 		"LISTEN_FDS="+strconv.Itoa(len(fds)),
@@ -503,9 +506,150 @@ func execWith(conn *net.UnixConn, path string, argv, names []string, fds []int) 
 	} else {
 		env = append(env, shimGodebugEnv+"=0", "GODEBUG=containermaxprocs=0")
 	}
+	// From here until execve returns, os.Stdin, os.Stdout and os.Stderr may
+	// refer to placeholders: nothing may print.
+	parked, err := parkStdio()
+	if err != nil {
+		return fail(fdwire.StatusExec, "%w", err)
+	}
+	env = append(env, shimStdioEnv+"="+parked.String())
 	err = unix.Exec("/proc/self/exe", append([]string{shimArg0, path}, argv...), env)
+	// The caller prints this error on stderr: the real one again.
+	parked.unpark()
 	return fail(fdwire.StatusExec, "re-exec /proc/self/exe: %w", os.NewSyscallError("execve", err))
 }
+
+// parkedStdio says, for each standard descriptor 0, 1, 2, where the
+// original is parked while a blocking placeholder holds its slot, or -1.
+//
+// Why: os's package initialisation wraps 0, 1 and 2 with os.NewFile, which
+// registers a non-blocking descriptor with the netpoller, so a stage 2
+// image started with a non-blocking standard descriptor would create its
+// epoll and eventfd at 3 and 4 before its init could run, right where the
+// received descriptors must go. O_NONBLOCK itself must stay as it is: it
+// belongs to the open file description, which the caller shares (a
+// terminal, a pipe to Node.js), so it is never cleared, only moved aside.
+//
+// Encoded for stage 2 (shimStdioEnv) as "SLOT=FD" items joined by ",", in
+// ascending slot order, each number in canonical decimal: "" (nothing
+// parked), "0=9", "0=9,2=10".
+type parkedStdio [3]int
+
+var noneParked = parkedStdio{-1, -1, -1}
+
+// parkStdio parks each standard descriptor in non-blocking mode at a
+// descriptor above 2, inheritable, and puts a blocking /dev/null (O_RDWR,
+// inheritable) in its slot. On failure nothing stays parked.
+func parkStdio() (parkedStdio, error) {
+	p := noneParked
+	null := -1
+	defer func() {
+		if null >= 0 {
+			unix.Close(null)
+		}
+	}()
+	for slot := range p {
+		fl, err := unix.FcntlInt(uintptr(slot), unix.F_GETFL, 0)
+		if err != nil || fl&unix.O_NONBLOCK == 0 {
+			continue
+		}
+		if null < 0 {
+			fd, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != nil {
+				p.unpark()
+				return noneParked, fmt.Errorf("park non-blocking descriptor %d: %w", slot, &os.PathError{Op: "open", Path: os.DevNull, Err: err})
+			}
+			null = fd
+		}
+		// F_DUPFD, not F_DUPFD_CLOEXEC: stage 2 must inherit it.
+		saved, err := unix.FcntlInt(uintptr(slot), unix.F_DUPFD, 3)
+		if err != nil {
+			p.unpark()
+			return noneParked, fmt.Errorf("park non-blocking descriptor %d: %w", slot, os.NewSyscallError("fcntl", err))
+		}
+		p[slot] = saved
+		if err := unix.Dup3(null, slot, 0); err != nil {
+			p.unpark()
+			return noneParked, fmt.Errorf("park non-blocking descriptor %d: %w", slot, os.NewSyscallError("dup3", err))
+		}
+	}
+	return p, nil
+}
+
+// unpark puts every parked descriptor back in its slot and closes the
+// parked copy (stage 1, after a failed re-exec).
+func (p *parkedStdio) unpark() {
+	p.restore()
+	for slot, fd := range p {
+		if fd >= 0 {
+			unix.Close(fd)
+			p[slot] = -1
+		}
+	}
+}
+
+// restore puts every parked descriptor back in its slot, with dup3 (no
+// flags: inheritable), keeping the parked copy. The slot's placeholder is
+// closed by dup3 itself; the original description, flags included, is
+// the caller's again.
+func (p *parkedStdio) restore() error {
+	var first error
+	for slot, fd := range p {
+		if fd < 0 {
+			continue
+		}
+		if err := unix.Dup3(fd, slot, 0); err != nil && first == nil {
+			first = os.NewSyscallError("dup3", err)
+		}
+	}
+	return first
+}
+
+func (p parkedStdio) String() string {
+	var items []string
+	for slot, fd := range p {
+		if fd >= 0 {
+			items = append(items, strconv.Itoa(slot)+"="+strconv.Itoa(fd))
+		}
+	}
+	return strings.Join(items, ",")
+}
+
+// parseParkedStdio decodes the shimStdioEnv value strictly: numbers from
+// anywhere else must never be dup3'ed onto 0, 1 or 2. Items in ascending
+// slot order, slots 0 to 2, descriptors above 2, canonical decimal, no
+// descriptor twice: exactly one encoding for each value, the one String
+// produces.
+func parseParkedStdio(s string) (parkedStdio, error) {
+	p := noneParked
+	if s == "" {
+		return p, nil
+	}
+	bad := fmt.Errorf("bad %s=%q", shimStdioEnv, s)
+	last := -1
+	for _, item := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(item, "=")
+		if !ok || len(k) != 1 || k[0] < '0' || k[0] > '2' {
+			return noneParked, bad
+		}
+		slot := int(k[0] - '0')
+		fd, err := strconv.Atoi(v)
+		if err != nil || fd < 3 || fd > maxFD || strconv.Itoa(fd) != v || slot <= last {
+			return noneParked, bad
+		}
+		for _, other := range p {
+			if other == fd {
+				return noneParked, bad
+			}
+		}
+		p[slot], last = fd, slot
+	}
+	return p, nil
+}
+
+// maxFD bounds descriptor numbers read from the environment: descriptors
+// are C ints.
+const maxFD = 1<<31 - 1
 
 // cloexecAll is close_range(CLOSE_RANGE_CLOEXEC) for kernels before 5.11.
 func cloexecAll() error {
@@ -559,7 +703,12 @@ func init() {
 	if v, err := strconv.Atoi(os.Getenv(shimReplyEnv)); err == nil && v > 2 {
 		replyFD = v
 	}
-	err := shim(spec, &replyFD, os.Args[1], os.Args[2:])
+	parked := noneParked
+	err := shim(spec, &replyFD, &parked, os.Args[1], os.Args[2:])
+	// Before anything is printed: stderr may be a placeholder until then.
+	// parked is set only once validated, so nothing from a malformed
+	// environment is ever dup3'ed onto 0, 1 or 2.
+	parked.restore()
 	msg := fmt.Sprintf("exec %s: %v", os.Args[1], err)
 	if replyFD >= 0 {
 		sendReply(replyFD, fdwire.StatusExec, msg)
@@ -574,10 +723,13 @@ func sendReply(fd, status int, text string) {
 	_ = unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil)
 }
 
-// shim places fds at 3, 4, ..., tells the sender (on *replyFD, or -1) that
-// they are in place, and execs path. It returns only on failure, with
-// *replyFD updated to where the reply channel is now.
-func shim(spec string, replyFD *int, path string, argv []string) error {
+// shim places fds at 3, 4, ..., puts the standard descriptors stage 1
+// parked back in their slots, tells the sender (on *replyFD, or -1) that
+// the descriptors are in place, and execs path. It returns only on
+// failure, with *replyFD and *parked updated to where the reply channel
+// and the parked descriptors are now (*parked stays noneParked unless
+// shimStdioEnv was valid).
+func shim(spec string, replyFD *int, parked *parkedStdio, path string, argv []string) error {
 	var fds []int
 	if spec != "" {
 		for _, s := range strings.Split(spec, ",") {
@@ -595,9 +747,37 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 				return true
 			}
 		}
+		for _, f := range parked {
+			if f == fd {
+				return true
+			}
+		}
 		return fd == *replyFD
 	}
-	// A target slot held by anything but a received descriptor belongs to
+	stdioSpec, ok := os.LookupEnv(shimStdioEnv)
+	if !ok {
+		return fmt.Errorf("%s not set", shimStdioEnv)
+	}
+	p, err := parseParkedStdio(stdioSpec)
+	if err != nil {
+		return err
+	}
+	for _, fd := range p {
+		if fd < 0 {
+			continue
+		}
+		if ours(fd) {
+			return fmt.Errorf("bad %s=%q: descriptor %d is also received or the reply channel", shimStdioEnv, stdioSpec, fd)
+		}
+		// Stage 1 parks with F_DUPFD: a parked descriptor came through
+		// execve, so it is open and not close-on-exec. Anything this
+		// image's runtime opened is close-on-exec.
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC != 0 {
+			return fmt.Errorf("bad %s=%q: descriptor %d was not inherited", shimStdioEnv, stdioSpec, fd)
+		}
+	}
+	*parked = p
+	// A target slot held by anything but a descriptor of ours belongs to
 	// this image's runtime (it opened it before init): overwriting it could
 	// crash the runtime before execve, so refuse.
 	for t := 3; t < 3+n; t++ {
@@ -606,9 +786,9 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 			return fmt.Errorf("descriptor %d (%s) is in use, cannot place received descriptors at 3..%d", t, l, 2+n)
 		}
 	}
-	// Move every received descriptor, and the reply channel, above the
-	// target range first, so no dup3 below overwrites one not yet placed.
-	// The moved copies are close-on-exec.
+	// Move every received descriptor, the reply channel and the parked
+	// standard descriptors above the target range first, so no dup3 below
+	// overwrites one not yet placed. The moved copies are close-on-exec.
 	moveUp := func(fd int) (int, error) {
 		m, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3+n)
 		if err != nil {
@@ -623,6 +803,16 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 			return err
 		}
 		*replyFD = m
+	}
+	for slot, fd := range parked {
+		if fd < 0 {
+			continue
+		}
+		m, err := moveUp(fd)
+		if err != nil {
+			return err
+		}
+		parked[slot] = m
 	}
 	moved := make([]int, n)
 	for i, fd := range fds {
@@ -640,9 +830,14 @@ func shim(spec string, replyFD *int, path string, argv []string) error {
 		}
 		unix.Close(m)
 	}
-	env := withoutVars(os.Environ(), shimEnv, shimReplyEnv, shimGodebugEnv, "GODEBUG")
+	env := withoutVars(os.Environ(), shimEnv, shimReplyEnv, shimGodebugEnv, shimStdioEnv, "GODEBUG")
 	if g := os.Getenv(shimGodebugEnv); strings.HasPrefix(g, "1") {
 		env = append(env, "GODEBUG="+g[1:])
+	}
+	// PROGRAM gets the caller's own standard descriptors, O_NONBLOCK as
+	// the caller left it; the parked copies close at execve.
+	if err := parked.restore(); err != nil {
+		return err
 	}
 	if *replyFD >= 0 {
 		// "Placed". The channel stays open, close-on-exec (moveUp): a
