@@ -90,36 +90,52 @@ func releaseLock(fd int) {
 	}
 }
 
+// beforeConnect, when set by a test, runs in checkExisting between the
+// Lstat that found a socket and the connect that probes it: the window in
+// which another process may remove or replace the file.
+var beforeConnect func(path string)
+
+// staleFile identifies the stale socket file checkExisting found.
+type staleFile struct{ dev, ino uint64 }
+
 // checkExisting decides what may happen to whatever is at path: nothing
-// there or a stale socket may be replaced; anything else may not.
-func checkExisting(path string, sotype int) error {
+// there (nil, nil) or a stale socket (its identity) may be replaced;
+// anything else may not.
+func checkExisting(path string, sotype int) (*staleFile, error) {
 	var st unix.Stat_t
 	err := unix.Lstat(path, &st)
 	if err == unix.ENOENT {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return &os.PathError{Op: "lstat", Path: path, Err: err}
+		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("%w: %s is a %s", ErrNotSocket, path, fileKind(st.Mode))
+		return nil, fmt.Errorf("%w: %s is a %s", ErrNotSocket, path, fileKind(st.Mode))
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
-		return os.NewSyscallError("socket", err)
+		return nil, os.NewSyscallError("socket", err)
 	}
 	defer unix.Close(fd)
+	if beforeConnect != nil {
+		beforeConnect(path)
+	}
 	// Non-blocking: a live listener with a full backlog answers EAGAIN
 	// instead of making us wait.
 	switch err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err {
 	case nil, unix.EAGAIN, unix.EINPROGRESS, unix.EPROTOTYPE:
 		// EPROTOTYPE: someone listens there with another socket type.
-		return fmt.Errorf("%w: %s accepts connections", ErrInUse, path)
+		return nil, fmt.Errorf("%w: %s accepts connections", ErrInUse, path)
 	case unix.ECONNREFUSED:
 		// Bound by nobody: the owner died without unlinking it.
-		return nil
+		return &staleFile{dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
+	case unix.ENOENT:
+		// The stale file was removed since the Lstat (systemd-tmpfiles, an
+		// admin): nothing is there now.
+		return nil, nil
 	default:
-		return &os.PathError{Op: "connect", Path: path, Err: err}
+		return nil, &os.PathError{Op: "connect", Path: path, Err: err}
 	}
 }
 
@@ -146,13 +162,17 @@ func fileKind(mode uint32) string {
 // place, keeps getsockname (and every peer's view of the address) equal to
 // path.
 func create(path string, sotype int, mode os.FileMode) (*Listener, error) {
-	if err := checkExisting(path, sotype); err != nil {
+	stale, err := checkExisting(path, sotype)
+	if err != nil {
 		return nil, err
 	}
-	// Only a stale socket or nothing is there now; other sockfile users are
-	// locked out until we are done.
-	if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
-		return nil, &os.PathError{Op: "unlink", Path: path, Err: err}
+	// Other sockfile users are locked out until we are done, but not other
+	// programs: only the stale file found is removed, not whatever may have
+	// replaced it since (bind then fails with EADDRINUSE).
+	if stale != nil {
+		if err := unlinkIfSame(path, stale.dev, stale.ino); err != nil {
+			return nil, err
+		}
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -229,8 +249,10 @@ func unlinkIfSame(path string, dev, ino uint64) error {
 		}
 		return &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	if uint64(st.Dev) != dev || uint64(st.Ino) != ino {
-		return nil // a successor's socket
+	// The type too: the inode of a stale file, once unlinked, is free for
+	// reuse, and tmpfs and ext4 hand it to the next file created.
+	if uint64(st.Dev) != dev || uint64(st.Ino) != ino || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil // a successor's file
 	}
 	if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
 		return &os.PathError{Op: "unlink", Path: path, Err: err}

@@ -560,3 +560,90 @@ func TestOtherUserCannotDial(t *testing.T) {
 		})
 	}
 }
+
+// B1, racing variant: between the Lstat that finds a stale socket and the
+// connect that probes it, the file goes away (systemd-tmpfiles) or is
+// replaced by another program that does not use the lock. Gone: Listen
+// proceeds as if nothing had been there. Replaced: the replacement is
+// neither unlinked nor taken over.
+func TestStaleSocketChangesBeforeProbe(t *testing.T) {
+	fdcensus.Verify(t)
+	tests := []struct {
+		name string
+		// change runs in the window; it returns what to close afterwards.
+		change  func(t *testing.T, path string) io.Closer
+		wantErr error // nil: Listen succeeds and serves the path
+	}{
+		{"removed", func(t *testing.T, path string) io.Closer {
+			if err := os.Remove(path); err != nil {
+				t.Error(err)
+			}
+			return io.NopCloser(nil)
+		}, nil},
+		{"replaced by a regular file", func(t *testing.T, path string) io.Closer {
+			if err := os.Remove(path); err != nil {
+				t.Error(err)
+			}
+			if err := os.WriteFile(path, []byte("data"), 0o644); err != nil {
+				t.Error(err)
+			}
+			return io.NopCloser(nil)
+		}, sockfile.ErrInUse},
+		{"replaced by a live socket", func(t *testing.T, path string) io.Closer {
+			if err := os.Remove(path); err != nil {
+				t.Error(err)
+			}
+			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Error(err)
+				return io.NopCloser(nil)
+			}
+			go servePID(ln)
+			return ln
+		}, sockfile.ErrInUse},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "s")
+			staleSocket(t, path)
+			var (
+				calls  int
+				closer io.Closer = io.NopCloser(nil)
+				after  map[string]string
+			)
+			restore := sockfile.SetBeforeConnect(func(p string) {
+				calls++
+				closer = tt.change(t, p)
+				after = listDir(t, dir)
+			})
+			l, err := sockfile.Listen(path, nil)
+			restore()
+			defer closer.Close()
+			if calls != 1 {
+				t.Errorf("the hook ran %d times, want 1", calls)
+			}
+			if tt.wantErr != nil {
+				if err == nil {
+					l.Close()
+					t.Fatalf("Listen succeeded, want %v", tt.wantErr)
+				}
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Listen = %v, want %v", err, tt.wantErr)
+				}
+				if diff := cmp.Diff(after, listDir(t, dir)); diff != "" {
+					t.Errorf("the replacement was touched (-before +after):\n%s", diff)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Listen = %v, want success", err)
+			}
+			defer l.Close()
+			go servePID(l)
+			if got := dialPID(t, path); got != os.Getpid() {
+				t.Errorf("answered by pid %d, want %d", got, os.Getpid())
+			}
+		})
+	}
+}
