@@ -86,7 +86,8 @@ var acceptRefRatios = []struct {
 //
 // The C variants are skipped, saying why, without a C compiler.
 //
-// Reported: conns/s, server-cpu-us/conn, x-inplace / cpu-x-inplace (over
+// Reported: conns/s, server-cpu-us/conn (no allocs/op: the servers are
+// other processes), x-inplace / cpu-x-inplace (over
 // inplace's), for the handoff variants conns/msg, the connections per
 // handoff message, and the ratios to the C variants of acceptRefRatios:
 // x-inplace-c (inplace and handoff-c over inplace-c: Go's in place and C's
@@ -197,7 +198,9 @@ func tcpFile(b *testing.B, l net.Listener) *os.File {
 func benchAccept(b *testing.B, cbin, variant string) {
 	fdcensus.Verify(b)
 	pc := proccensus.New(b)
-	b.ReportAllocs()
+	// No b.ReportAllocs: this process is the load client, and its
+	// allocations would read as the servers'; server-cpu-us/conn is their
+	// cost.
 	var (
 		servers []*acceptServer
 		counted []*acceptServer // the ones whose handled counts sum to the connections

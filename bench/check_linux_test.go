@@ -5,6 +5,8 @@ package main_test
 import (
 	"flag"
 	"math"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/proccensus"
 )
 
 func TestInOrder(t *testing.T) {
@@ -87,5 +90,53 @@ func TestSCMNsPerOpIsTheLoop(t *testing.T) {
 		if _, ok := r.Extra["recv-allocs/op"]; ok != (impl != "c") {
 			t.Errorf("%s: recv-allocs/op reported = %v, want %v", impl, ok, impl != "c")
 		}
+	}
+}
+
+// TestAllocsOnlyWhereTheyAreTheServers runs benchmarks in a copy of this
+// binary and checks where testing's allocs/op is reported: it counts this
+// process alone, which is the Go receiver of the scm variants, but only the
+// load client, log reader or launcher of the accept, mini-cluster and C
+// loop benchmarks, whose servers are other processes.
+func TestAllocsOnlyWhereTheyAreTheServers(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		bench, benchtime, result string
+		allocs                   bool
+	}{
+		{"^BenchmarkSCM$/^seqpacket$/^K=1$/^P=1$/^scm$", "20x", "BenchmarkSCM/seqpacket/K=1/P=1/scm", true},
+		{"^BenchmarkSCM$/^seqpacket$/^K=1$/^P=1$/^c$", "20x", "BenchmarkSCM/seqpacket/K=1/P=1/c", false},
+		{"^BenchmarkAccept$/^inplace$", "20x", "BenchmarkAccept/inplace", false},
+		{"^BenchmarkMiniCluster$/^restart$", "1x", "BenchmarkMiniCluster/restart", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.result, func(t *testing.T) {
+			cmd := exec.Command(bin, "-test.run=^$", "-test.bench="+tt.bench, "-test.benchtime="+tt.benchtime, "-test.v", "-test.timeout=2m")
+			cmd.Env = append(os.Environ(), pc.Env())
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			var line string
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, tt.result+"-") || strings.HasPrefix(l, tt.result+" ") || strings.HasPrefix(l, tt.result+"\t") {
+					line = l
+				}
+			}
+			if line == "" {
+				if strings.Contains(string(out), "--- SKIP: "+tt.result) {
+					t.Skipf("skipped:\n%s", out)
+				}
+				t.Fatalf("no result line for %s:\n%s", tt.result, out)
+			}
+			if got := strings.Contains(line, "allocs/op"); got != tt.allocs {
+				t.Errorf("allocs/op reported = %v, want %v: %s", got, tt.allocs, line)
+			}
+		})
 	}
 }

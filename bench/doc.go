@@ -2,8 +2,10 @@
 // into a report: descriptor passing (scmrights) against the naive stdlib
 // way and a C sendmsg/recvmsg loop, ipcframe against raw bytes, the accept
 // path (in place, master handoff, shared listener, reuseport, and in place
-// and handoff in C) with server CPU per connection, and mini-cluster
-// restart and respawn latency.
+// and handoff in C) with server CPU per connection, examples/hello's
+// requests/s under mini-cluster against standalone (cmd/mini-cluster's
+// BenchmarkHello, with the master's RSS), and mini-cluster restart and
+// respawn latency.
 //
 // Usage, from the module root:
 //
@@ -11,18 +13,29 @@
 //	go run ./bench -quick          # CI: one round of a subset, < 60 s on 2 cores
 //	go run ./bench -from results.json -o report.md -svg plot.svg   # re-render, measure nothing
 //
-// The runner builds the benchmarks once (go test -c ./bench), compiles
-// bench/testdata/cloop.c and caccept.c with the system C compiler (without
-// one, the C variants are skipped, saying why) and builds
-// ./cmd/mini-cluster and ./examples/hello, then runs each case as the test
-// binary with a -test.bench filter. Every round runs every case once, and a
-// case runs its baseline and its variants back to back in one process, so
+// -run also selects among the cases of a -from file; -from refuses the
+// flags that say how to measure (-rounds, -quick, -perf). -quick's figures
+// decide no target: its report has no verdict column. An interrupted run
+// writes the report of the rounds that completed, marked as partial.
+//
+// The runner builds the benchmarks once (go test -c ./bench, and
+// go test -c ./cmd/mini-cluster for BenchmarkHello, which runs in that
+// package's directory), compiles bench/testdata/cloop.c and caccept.c with
+// the system C compiler (without one, the C variants are skipped, saying
+// why) and builds ./cmd/mini-cluster and ./examples/hello, then runs each
+// case as its test binary with a -test.bench filter. Every round runs
+// every case once, and a case runs its baseline and its variants back to back in one process, so
 // drift over the run hits all of them alike, starting with a different
 // variant each round (HANDOFF_BENCH_ROTATE), so that no variant always runs
 // first or last. It reports median [min–max]
 // over the rounds, and ratios computed within each round against that
 // round's baseline (the median of the per-round ratios), beside the design
-// brief's targets; progress goes to standard error.
+// brief's targets; progress goes to standard error. Comparisons between
+// two variants (scm against naive) are per-round ratios too. A target whose
+// baseline was not measured is undecided ("no baseline"), not missed.
+// Ratios print with two decimals rounded toward the side that fails a
+// target, so that a printed figure never looks met when the exact one is
+// not.
 //
 // The benchmarks are ordinary go test benchmarks (benchstat reads their
 // output) and can be run without the runner:
@@ -40,6 +53,10 @@
 // and every descriptor it opens is closed (checked by the fd and process
 // censuses). The runner starts each benchmark binary in a process group of
 // its own and kills the group when interrupted, since a killed binary runs
-// no cleanups.
+// no cleanups; and also once the binary exits by itself (a panic, its
+// -test.timeout, the OOM killer), before reaping it, when its helpers would
+// otherwise be orphaned. It is the child subreaper of its descendants
+// (PR_SET_CHILD_SUBREAPER), so that orphans that left the group come to it
+// and are killed and reaped too; any process left running is a failure.
 // Temporary files live in one directory removed when the runner exits.
 package main

@@ -72,3 +72,27 @@ func FuzzParsePerfCSV(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseSkips checks that ParseSkips never panics, finds one skip per
+// "--- SKIP: " line and returns single-line reasons. Seeds:
+// testdata/fuzz/FuzzParseSkips, among them real -test.v output.
+func FuzzParseSkips(f *testing.F) {
+	f.Add("BenchmarkX\n    x_test.go:1: why\n--- SKIP: BenchmarkX\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		skips := ParseSkips(s)
+		want := 0
+		for _, line := range strings.Split(s, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "--- SKIP: ") {
+				want++
+			}
+		}
+		if len(skips) != want {
+			t.Fatalf("ParseSkips(%q): %d skips, want %d", s, len(skips), want)
+		}
+		for _, sk := range skips {
+			if strings.Contains(sk.Reason, "\n") || strings.Contains(sk.Name, " ") {
+				t.Fatalf("ParseSkips(%q): skip %+v", s, sk)
+			}
+		}
+	})
+}

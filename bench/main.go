@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -54,6 +56,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	var re *regexp.Regexp
+	if *filter != "" {
+		var err error
+		if re, err = regexp.Compile(*filter); err != nil {
+			return fmt.Errorf("-run: %w", err)
+		}
+	}
+	if *from != "" {
+		return fromJSON(fs, *from, re, stdout, *outPath, *svgPath, *jsonPath)
+	}
 	if *quick {
 		*rounds = 1
 	}
@@ -61,11 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
 	}
 	cases := Cases(*quick)
-	if *filter != "" {
-		re, err := regexp.Compile(*filter)
-		if err != nil {
-			return fmt.Errorf("-run: %w", err)
-		}
+	if re != nil {
 		var kept []Case
 		for _, c := range cases {
 			if re.MatchString(c.Name) {
@@ -76,18 +84,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-run %q matches no case", *filter)
 		}
 		cases = kept
-	}
-
-	if *from != "" {
-		b, err := os.ReadFile(*from)
-		if err != nil {
-			return err
-		}
-		var res Results
-		if err := json.Unmarshal(b, &res); err != nil {
-			return fmt.Errorf("-from %s: %w", *from, err)
-		}
-		return write(&res, stdout, *outPath, *svgPath, *jsonPath)
 	}
 
 	goTool, err := exec.LookPath("go")
@@ -118,28 +114,76 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		env: append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
 	}
 	needCluster := false
+	var pkgs []string
 	for _, c := range cases {
 		needCluster = needCluster || c.Group == "cluster"
+		if c.Pkg != "" && !slices.Contains(pkgs, c.Pkg) {
+			pkgs = append(pkgs, c.Pkg)
+		}
 	}
-	if err := r.build(ctx, cc, needCluster); err != nil {
+	// Orphans of a benchmark that left its process group come here, to
+	// be killed after each case, instead of to init.
+	if undo, err := becomeSubreaper(); err != nil {
+		fmt.Fprintf(stderr, "bench: %v: helpers that leave a benchmark's process group may outlive it\n", err)
+	} else {
+		defer undo()
+	}
+	if err := r.build(ctx, cc, needCluster, pkgs); err != nil {
 		return err
 	}
 	r.Run(ctx, cases, *rounds, res)
-	if *perf {
+	if *perf && ctx.Err() == nil {
 		r.perf(ctx, cases, *quick, res)
 	}
 	res.Env.LoadAfter = LoadAverage()
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("interrupted: %w", err)
-	}
+	return finish(ctx, res, stdout, *outPath, *svgPath, *jsonPath)
+}
 
-	if err := write(res, stdout, *outPath, *svgPath, *jsonPath); err != nil {
+// finish writes the results of a run, those of an interrupted one too,
+// marked as partial, and returns why the run did not succeed.
+func finish(ctx context.Context, res *Results, stdout io.Writer, outPath, svgPath, jsonPath string) error {
+	interrupted := ctx.Err()
+	res.Interrupted = interrupted != nil
+	if err := write(res, stdout, outPath, svgPath, jsonPath); err != nil {
 		return err
+	}
+	if interrupted != nil {
+		return fmt.Errorf("interrupted, partial report written: %w", interrupted)
 	}
 	if len(res.Failures) > 0 {
 		return errFailures
 	}
 	return nil
+}
+
+// fromJSON renders the report of an earlier -json run, keeping the cases
+// re matches (all when re is nil). Flags that say how to measure are
+// refused rather than silently ignored.
+func fromJSON(fs *flag.FlagSet, path string, re *regexp.Regexp, stdout io.Writer, outPath, svgPath, jsonPath string) error {
+	var measuring []string
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "rounds" || f.Name == "quick" || f.Name == "perf" {
+			measuring = append(measuring, "-"+f.Name)
+		}
+	})
+	if len(measuring) > 0 {
+		return fmt.Errorf("-from measures nothing: %s would not apply", strings.Join(measuring, ", "))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("-from %s: %w", path, err)
+	}
+	if re != nil {
+		res.Keep(re.MatchString)
+		if len(res.Cases) == 0 {
+			return fmt.Errorf("-run %q matches no case of %s", re, path)
+		}
+	}
+	return write(&res, stdout, outPath, svgPath, jsonPath)
 }
 
 // write writes the plot, the JSON results and the Markdown report where

@@ -103,35 +103,73 @@ type Skip struct {
 	Reason string
 }
 
-// ParseSkips finds "--- SKIP: Name" lines in -test.v output and the
-// indented log lines that follow them, which carry the reason.
+// ParseSkips finds "--- SKIP: Name" lines in benchmark output and the
+// reason logged with each. With -test.v (as the runner runs) the testing
+// package prints a benchmark's name, then its log lines indented, then
+// "--- SKIP": the reason is the indented lines just before. Without -v the
+// log lines follow the "--- SKIP" line instead; those are taken when none
+// precede it.
 func ParseSkips(out string) []Skip {
 	var skips []Skip
 	lines := strings.Split(out, "\n")
+	var before []string // indented lines since the last line in column 0
 	for i := 0; i < len(lines); i++ {
 		t := strings.TrimSpace(lines[i])
 		name, ok := strings.CutPrefix(t, "--- SKIP: ")
 		if !ok {
+			if indented(lines[i]) {
+				before = append(before, lines[i])
+			} else {
+				before = nil
+			}
 			continue
 		}
 		if j := strings.IndexByte(name, ' '); j >= 0 {
 			name = name[:j] // " (0.00s)"
 		}
-		var reason []string
-		for i+1 < len(lines) && strings.HasPrefix(lines[i+1], "    ") {
-			i++
-			r := strings.TrimSpace(lines[i])
-			// Drop the "file.go:12: " prefix of the first line.
-			if len(reason) == 0 {
-				if k := strings.Index(r, ".go:"); k >= 0 {
-					if m := strings.Index(r[k+4:], ": "); m >= 0 {
-						r = r[k+4+m+2:]
-					}
-				}
+		reason := before
+		before = nil
+		if len(reason) == 0 {
+			for i+1 < len(lines) && indented(lines[i+1]) && !strings.HasPrefix(strings.TrimSpace(lines[i+1]), "--- ") {
+				i++
+				reason = append(reason, lines[i])
 			}
-			reason = append(reason, r)
 		}
-		skips = append(skips, Skip{Name: name, Reason: strings.Join(reason, " ")})
+		msg := make([]string, len(reason))
+		for k, r := range reason {
+			msg[k] = logText(r)
+		}
+		skips = append(skips, Skip{Name: name, Reason: strings.Join(msg, " ")})
 	}
 	return skips
+}
+
+// indented reports whether a line is log output: the testing package
+// indents a benchmark's log lines by four spaces, their continuation
+// lines by eight.
+func indented(s string) bool {
+	return strings.HasPrefix(s, "    ") || strings.HasPrefix(s, "\t")
+}
+
+// logText is the text of a log line: without its indentation and, on the
+// first line of a message (indented by four spaces, its continuation lines
+// by more), without the "file.go:12: " the testing package puts before it.
+func logText(line string) string {
+	s := strings.TrimSpace(line)
+	if !strings.HasPrefix(line, "    ") || strings.HasPrefix(line, "     ") || strings.HasPrefix(line, "    \t") {
+		return s
+	}
+	k := strings.Index(s, ".go:")
+	if k <= 0 || strings.ContainsAny(s[:k], " \t") {
+		return s
+	}
+	rest := s[k+len(".go:"):]
+	n := 0
+	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+		n++
+	}
+	if after, ok := strings.CutPrefix(rest[n:], ": "); ok && n > 0 {
+		return after
+	}
+	return s
 }

@@ -117,7 +117,7 @@ func (r *runner) runPerf(ctx context.Context, c Case, variant string, msgs int) 
 		out := filepath.Join(r.tmp, "perf.csv")
 		args := []string{"stat", "-x", ",", "-o", out, "-e", strings.Join(perfEvents, ","), "--", r.bin}
 		args = append(args, r.testArgs(c.Bench+"/"+anchored(variant), strconv.Itoa(n)+"x")...)
-		if _, err := r.exec(ctx, nil, "perf", args...); err != nil {
+		if _, err := r.exec(ctx, r.dir, nil, "perf", args...); err != nil {
 			return PerfResult{}, err
 		}
 		b, err := os.ReadFile(out)

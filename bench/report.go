@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +16,7 @@ var groupTitles = []struct{ group, title, about string }{
 			"Sender and receiver are separate processes. Variants: **c** a blocking sendmsg/recvmsg loop in C " +
 			"(bench/testdata/cloop.c, both sides C), the limit; **naive** WriteMsgUnix+UnixRights / " +
 			"ReadMsgUnix+ParseSocketControlMessage; **scm** scmrights Conn.Send/Recv; **batched** Conn.SendBatch/RecvBatch, " +
-			"64 messages per call. Ratio: msgs/s over the C loop's. recv-allocs/op and send-allocs/op are each side's " +
+			"64 messages per call. Ratio: msgs/s over the C loop's; x-naive is scm's msgs/s over naive's in the same round. recv-allocs/op and send-allocs/op are each side's " +
 			"allocations per message, counted exactly around its loop (testing's allocs/op rounds down to an integer); " +
 			"\"0 allocs\" means below 0.01."},
 	{"frame", "ipcframe: frames against raw bytes",
@@ -33,6 +34,13 @@ var groupTitles = []struct{ group, title, about string }{
 			"and close. Server CPU is getrusage(RUSAGE_SELF) of every server process (master and workers). Ratio: conns/s " +
 			"over in place's; cpu-x-inplace is server CPU per connection over in place's in the same round; x-inplace-c " +
 			"and cpu-x-inplace-c the same over inplace-c's, x-handoff-c conns/s over handoff-c's."},
+	{"hello", "mini-cluster against standalone (examples/hello)",
+		"BenchmarkHello of cmd/mini-cluster (its test binary, run like the others): requests/s of examples/hello under " +
+			"`mini-cluster -n 2` (shared mode) and standalone, with the same keep-alive load client (internal/loadclient) " +
+			"over 8 or 64 connections, in 4 interleaved rounds of at least 10000 requests a side within each run, the side " +
+			"going first alternating. cluster/standalone is the median of those rounds' ratios (the figure here its median " +
+			"over the runner's rounds); busiest-worker-share is the share of a cluster round's requests the busier worker " +
+			"served; master-RSS-KiB is the master's VmRSS after the load."},
 	{"cluster", "mini-cluster",
 		"`mini-cluster -n 2 -log-format json -- hello` (examples/hello). **restart**: SIGHUP → the master's " +
 			"\"restart done\" record of the new generation (every new worker sent READY=1). **respawn**: SIGKILL to a worker → " +
@@ -85,11 +93,49 @@ func fmtSummary(s Summary, format func(float64) string) string {
 	return fmt.Sprintf("%s [%s–%s]", format(s.Median), format(s.Min), format(s.Max))
 }
 
-func fmtRatio(x float64) string {
+// fmtRatio formats a ratio with two decimals, rounded toward the side
+// that fails a target, so that a figure that misses one never prints as
+// if it met it: down for speed ("≥ 0.83": 0.8299 prints 0.82), up when
+// cost says so ("≤ 1.5": 1.5001 prints 1.51). The rounding is of the
+// figure's exact decimal value, the one the verdict compares.
+func fmtRatio(x float64, cost bool) string {
 	if !finite(x) {
 		return "—"
 	}
-	return strconv.FormatFloat(x, 'f', 2, 64)
+	r, ok := new(big.Rat).SetString(strconv.FormatFloat(x, 'f', -1, 64))
+	if !ok {
+		return strconv.FormatFloat(x, 'f', 2, 64)
+	}
+	r.Mul(r, big.NewRat(100, 1))
+	// Quo truncates toward zero; floor and ceiling differ from it only
+	// when there is a remainder.
+	q, m := new(big.Int).QuoRem(r.Num(), r.Denom(), new(big.Int))
+	if m.Sign() != 0 {
+		switch {
+		case cost && m.Sign() > 0:
+			q.Add(q, big.NewInt(1))
+		case !cost && m.Sign() < 0:
+			q.Sub(q, big.NewInt(1))
+		}
+	}
+	return new(big.Rat).SetFrac(q, big.NewInt(100)).FloatString(2)
+}
+
+// speedRatio and costRatio are fmtRatio for fmtSummary.
+func speedRatio(x float64) string { return fmtRatio(x, false) }
+func costRatio(x float64) string  { return fmtRatio(x, true) }
+
+// unitFormat is how a unit's figures are printed: ratios (the runner's
+// per-round ones, x-… and cpu-x-…, and BenchmarkHello's) with fmtRatio,
+// costs rounded up; the rest with fmtNum.
+func unitFormat(unit string) func(float64) string {
+	switch {
+	case strings.HasPrefix(unit, "cpu-x-"):
+		return costRatio
+	case strings.HasPrefix(unit, "x-"), unit == helloRatio:
+		return speedRatio
+	}
+	return fmtNum
 }
 
 // cell escapes text for a Markdown table cell.
@@ -105,9 +151,13 @@ func Markdown(res *Results, plot string) string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	mode := fmt.Sprintf("%d rounds", res.Rounds)
 	if res.Quick {
-		mode = "-quick: 1 round of a subset, tiny iteration counts; figures are a smoke test, not measurements"
+		mode = "-quick: 1 round of a subset, tiny iteration counts; figures are a smoke test, not measurements, and decide no target"
 	}
 	w("## Report (`go run ./bench`, %s)\n\n", mode)
+	if res.Interrupted {
+		w("**Interrupted**: a partial run. Cases and rounds after the interruption are missing, and the figures are " +
+			"of the rounds that completed.\n\n")
+	}
 	w("| environment | |\n|---|---|\n")
 	w("| date | %s |\n", cell(res.Env.Date))
 	w("| OS, kernel | %s, %s |\n", cell(res.Env.OS), cell(res.Env.Kernel))
@@ -122,8 +172,10 @@ func Markdown(res *Results, plot string) string {
 	w("Every figure is the median [min–max] over the rounds. Each round runs a case's variants back to back in one " +
 		"benchmark process, starting with a different variant each round. A ratio is computed within each round " +
 		"against the baseline measured in the same round by the same process; the table gives the median " +
-		"[min–max] of those per-round ratios (above 1 is better than the baseline). Targets are the design " +
-		"brief's.\n\n")
+		"[min–max] of those per-round ratios (above 1 is better than the baseline). Ratios are printed with two " +
+		"decimals rounded toward the side that fails a target (speed down, CPU cost up), so that a figure printed as " +
+		"meeting a threshold meets it. Targets are the design brief's; \"no baseline\" in the met column means the " +
+		"figure it compares with was not measured, so nothing is decided.\n\n")
 	if plot != "" {
 		w("![fds/s against fds per message](%s)\n\n", plot)
 	}
@@ -138,7 +190,7 @@ func Markdown(res *Results, plot string) string {
 			continue
 		}
 		w("### %s\n\n%s\n\n", g.title, g.about)
-		writeTable(&b, crs)
+		writeTable(&b, crs, !res.Quick)
 		if g.group == "accept" {
 			for _, cr := range crs {
 				b.WriteString(acceptLines(cr))
@@ -177,8 +229,10 @@ func Markdown(res *Results, plot string) string {
 	return b.String()
 }
 
-// writeTable writes one section's table: a row per variant of each case.
-func writeTable(b *strings.Builder, crs []*CaseResult) {
+// writeTable writes one section's table: a row per variant of each case,
+// and a verdict column when verdicts says so (not for -quick's smoke runs,
+// whose tiny counts decide nothing).
+func writeTable(b *strings.Builder, crs []*CaseResult, verdicts bool) {
 	c0 := crs[0]
 	hasRatio := c0.Baseline != ""
 	// Cases of a section share the compared metric, or the cells name it.
@@ -199,7 +253,10 @@ func writeTable(b *strings.Builder, crs []*CaseResult) {
 		header = append(header, "× "+c0.Baseline)
 	}
 	header = append(header, extra...)
-	header = append(header, "target", "met")
+	header = append(header, "target")
+	if verdicts {
+		header = append(header, "met")
+	}
 	fmt.Fprintf(b, "| %s |\n|%s\n", strings.Join(header, " | "), strings.Repeat("---|", len(header)))
 	for _, cr := range crs {
 		if cr.Skipped != "" {
@@ -216,7 +273,7 @@ func writeTable(b *strings.Builder, crs []*CaseResult) {
 				fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
 				continue
 			}
-			fig := fmtSummary(v.Metrics[cr.Metric], fmtNum)
+			fig := fmtSummary(v.Metrics[cr.Metric], unitFormat(cr.Metric))
 			if unitInCell {
 				fig += " " + cr.Metric
 			}
@@ -225,7 +282,7 @@ func writeTable(b *strings.Builder, crs []*CaseResult) {
 				if v.Name == cr.Baseline {
 					row = append(row, "1")
 				} else {
-					row = append(row, fmtSummary(v.Ratio, fmtRatio))
+					row = append(row, fmtSummary(v.Ratio, speedRatio))
 				}
 			}
 			for _, u := range extra {
@@ -234,16 +291,19 @@ func writeTable(b *strings.Builder, crs []*CaseResult) {
 					row = append(row, "")
 					continue
 				}
-				row = append(row, fmtSummary(s, fmtNum))
+				row = append(row, fmtSummary(s, unitFormat(u)))
 			}
-			met := ""
-			if v.Met != nil {
-				met = "**no**"
-				if *v.Met {
-					met = "yes"
+			row = append(row, cell(v.Target))
+			if verdicts {
+				met := v.Undecided
+				if v.Met != nil {
+					met = "**no**"
+					if *v.Met {
+						met = "yes"
+					}
 				}
+				row = append(row, cell(met))
 			}
-			row = append(row, cell(v.Target), met)
 			fmt.Fprintf(b, "| %s |\n", strings.Join(row, " | "))
 		}
 	}
@@ -269,17 +329,22 @@ func acceptLines(cr *CaseResult) string {
 	for _, l := range []struct {
 		label string
 		s     Summary
+		cost  bool
 		note  string
 	}{
-		{"Go hand-off ÷ Go in place", metric("handoff", ""), "target ≥ 0.83"},
-		{"C hand-off ÷ C in place", metric("handoff-c", "x-inplace-c"), "the brief: a C implementation reaches 0.83"},
-		{"Go hand-off ÷ C hand-off", metric("handoff", "x-handoff-c"), "above 1: Go's outruns C's"},
-		{"naive Go hand-off ÷ Go in place", metric("handoff-naive", ""), "the brief: 0.59"},
-		{"Go server CPU per connection, hand-off ÷ in place", metric("handoff", "cpu-x-inplace"), "target ≤ 1.5"},
-		{"C server CPU per connection, hand-off ÷ in place", metric("handoff-c", "cpu-x-inplace-c"), "C's own cost of handing off"},
+		{"Go hand-off ÷ Go in place", metric("handoff", ""), false, "target ≥ 0.83"},
+		{"C hand-off ÷ C in place", metric("handoff-c", "x-inplace-c"), false, "the brief: a C implementation reaches 0.83"},
+		{"Go hand-off ÷ C hand-off", metric("handoff", "x-handoff-c"), false, "above 1: Go's outruns C's"},
+		{"naive Go hand-off ÷ Go in place", metric("handoff-naive", ""), false, "the brief: 0.59"},
+		{"Go server CPU per connection, hand-off ÷ in place", metric("handoff", "cpu-x-inplace"), true, "target ≤ 1.5"},
+		{"C server CPU per connection, hand-off ÷ in place", metric("handoff-c", "cpu-x-inplace-c"), true, "C's own cost of handing off"},
 	} {
 		if l.s.N > 0 {
-			lines = append(lines, fmt.Sprintf("- %s: %s (%s)", l.label, fmtSummary(l.s, fmtRatio), l.note))
+			format := speedRatio
+			if l.cost {
+				format = costRatio
+			}
+			lines = append(lines, fmt.Sprintf("- %s: %s (%s)", l.label, fmtSummary(l.s, format), l.note))
 		}
 	}
 	if len(lines) == 0 {

@@ -3,14 +3,18 @@ package main
 import (
 	"slices"
 	"sort"
+	"strings"
 )
 
 // Results is everything one run of the runner measured.
 type Results struct {
-	Env    Env           `json:"env"`
-	Rounds int           `json:"rounds"`
-	Quick  bool          `json:"quick"`
-	Cases  []*CaseResult `json:"cases"`
+	Env    Env  `json:"env"`
+	Rounds int  `json:"rounds"`
+	Quick  bool `json:"quick"`
+	// Interrupted is true for a run stopped by a signal: the results are
+	// those of the rounds that completed.
+	Interrupted bool          `json:"interrupted,omitempty"`
+	Cases       []*CaseResult `json:"cases"`
 	// Perf holds per-message syscall and context-switch counts, PerfNote
 	// why there are none.
 	Perf     []PerfResult `json:"perf,omitempty"`
@@ -37,9 +41,11 @@ type VariantResult struct {
 	// case's Metric (above 1 is better than the baseline).
 	Ratio Summary `json:"ratio"`
 	// Target is the design brief's figure; Met is nil when it is not a
-	// checkable target or nothing was measured.
-	Target string `json:"target,omitempty"`
-	Met    *bool  `json:"met,omitempty"`
+	// checkable target, nothing was measured, or the figure it needs is
+	// missing, which Undecided then names ("no baseline").
+	Target    string `json:"target,omitempty"`
+	Met       *bool  `json:"met,omitempty"`
+	Undecided string `json:"undecided,omitempty"`
 	// Skipped says why the variant did not run.
 	Skipped string `json:"skipped,omitempty"`
 }
@@ -156,10 +162,14 @@ func (c *CaseResult) Finish() {
 	for _, v := range c.Variants {
 		t := TargetFor(c.Case, v.Name)
 		v.Target = t.Text
-		v.Met = nil
+		v.Met, v.Undecided = nil, ""
 		if t.Check != nil && len(v.Samples) > 0 {
-			met := t.Check(v, c)
-			v.Met = &met
+			met, why := t.Check(v, c)
+			if why != "" {
+				v.Undecided = why
+			} else {
+				v.Met = &met
+			}
 		}
 	}
 	order := map[string]int{}
@@ -169,5 +179,23 @@ func (c *CaseResult) Finish() {
 	order["raw"], order["ipcframe"] = 1, 2
 	sort.SliceStable(c.Variants, func(i, j int) bool {
 		return order[c.Variants[i].Name] < order[c.Variants[j].Name]
+	})
+}
+
+// Keep drops the cases whose name keep rejects, with their perf counts
+// and failures.
+func (res *Results) Keep(keep func(name string) bool) {
+	res.Cases = slices.DeleteFunc(res.Cases, func(c *CaseResult) bool { return !keep(c.Name) })
+	res.Perf = slices.DeleteFunc(res.Perf, func(p PerfResult) bool { return !keep(p.Case) })
+	res.Failures = slices.DeleteFunc(res.Failures, func(f string) bool {
+		// "name round 2: ..." and "perf name/variant: ...", as runCase
+		// and perf write them.
+		f = strings.TrimPrefix(f, "perf ")
+		for _, c := range res.Cases {
+			if strings.HasPrefix(f, c.Name+" round ") || strings.HasPrefix(f, c.Name+"/") {
+				return false
+			}
+		}
+		return true
 	})
 }

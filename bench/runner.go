@@ -37,8 +37,12 @@ type runner struct {
 	dir    string // the bench package: the binary runs here, for testdata
 	tmp    string
 	bin    string
-	env    []string
-	log    io.Writer
+	// pkgBins are the test binaries of other packages' benchmarks (Case.Pkg),
+	// pkgSkip why one could not be built.
+	pkgBins map[string]string
+	pkgSkip map[string]string
+	env     []string
+	log     io.Writer
 	// clusterSkip says why the mini-cluster cases cannot run.
 	clusterSkip string
 }
@@ -60,12 +64,14 @@ func moduleRoot(ctx context.Context, goTool string) (string, error) {
 	return root, nil
 }
 
-// exec runs a command in the bench directory with the runner's
-// environment and returns its standard output; on failure the error
-// carries the tail of its standard error.
-func (r *runner) exec(ctx context.Context, env []string, name string, args ...string) (string, error) {
+// exec runs a command in dir with the runner's environment and returns
+// its standard output; on failure the error carries the tail of its
+// standard error. Processes the command leaves running are killed, and
+// are an error too. The runner runs one command at a time: every other
+// child it has then is such a leftover.
+func (r *runner) exec(ctx context.Context, dir string, env []string, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = r.dir
+	cmd.Dir = dir
 	cmd.Env = append(slices.Clip(r.env), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -73,8 +79,26 @@ func (r *runner) exec(ctx context.Context, env []string, name string, args ...st
 	// its own group is killed with it, helpers and mini-cluster included.
 	ownGroup(cmd)
 	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s: %w\n%s", filepath.Base(name), err, tail(stderr.String()+stdout.String(), 15))
+	fail := func(err error) error {
+		return fmt.Errorf("%s: %w\n%s", filepath.Base(name), err, tail(stderr.String()+stdout.String(), 15))
+	}
+	if err := cmd.Start(); err != nil {
+		return "", fail(err)
+	}
+	// A binary that exits by itself (a panic, its -test.timeout, the OOM
+	// killer) runs no cleanups either, and its helpers would hold the
+	// output pipes open until WaitDelay: kill them before waiting, while
+	// the unreaped leader still holds the group's id.
+	var left []string
+	if err := waitExited(cmd); err == nil {
+		left = killLeftovers(cmd)
+	}
+	err := cmd.Wait()
+	if err == nil && len(left) > 0 && ctx.Err() == nil {
+		err = fmt.Errorf("left processes running (killed): %s", strings.Join(left, ", "))
+	}
+	if err != nil {
+		return stdout.String(), fail(err)
 	}
 	return stdout.String(), nil
 }
@@ -96,9 +120,10 @@ func (r *runner) testArgs(bench, benchtime string) []string {
 	}
 }
 
-// build compiles the benchmark binary and the helpers the benchmarks use.
-// A helper that cannot be built is reported in the results, not fatal.
-func (r *runner) build(ctx context.Context, cc string, needCluster bool) error {
+// build compiles the benchmark binary and the helpers the benchmarks use,
+// and the test binaries of pkgs (Case.Pkg). A helper or another package's
+// binary that cannot be built is reported in the results, not fatal.
+func (r *runner) build(ctx context.Context, cc string, needCluster bool, pkgs []string) error {
 	fmt.Fprintln(r.log, "bench: go test -c ./bench")
 	r.bin = filepath.Join(r.tmp, "bench.test")
 	cmd := exec.CommandContext(ctx, r.goTool, "test", "-c", "-o", r.bin, "./bench")
@@ -120,6 +145,26 @@ func (r *runner) build(ctx context.Context, cc string, needCluster bool) error {
 				fmt.Fprintf(r.log, "bench: compiling testdata/%s.c failed: %v\n%s\n", c.name, err, msg)
 			}
 		}
+	}
+	for _, pkg := range pkgs {
+		if _, done := r.pkgBins[pkg]; done {
+			continue
+		}
+		fmt.Fprintf(r.log, "bench: go test -c %s\n", pkg)
+		out := filepath.Join(r.tmp, strings.ReplaceAll(strings.Trim(pkg, "./"), "/", "-")+".test")
+		cmd := exec.CommandContext(ctx, r.goTool, "test", "-c", "-o", out, pkg)
+		cmd.Dir = r.root
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			if r.pkgSkip == nil {
+				r.pkgSkip = map[string]string{}
+			}
+			r.pkgSkip[pkg] = fmt.Sprintf("go test -c %s failed: %v: %s", pkg, err, tail(string(msg), 3))
+			continue
+		}
+		if r.pkgBins == nil {
+			r.pkgBins = map[string]string{}
+		}
+		r.pkgBins[pkg] = out
 	}
 	if needCluster {
 		fmt.Fprintln(r.log, "bench: go build ./cmd/mini-cluster ./examples/hello")
@@ -161,7 +206,16 @@ func (p *progress) step(round, rounds int, name string) {
 
 // runCase runs one case once and records what it measured in round.
 func (r *runner) runCase(ctx context.Context, c Case, round int, cr *CaseResult, res *Results) {
-	out, err := r.exec(ctx, []string{rotateVar + "=" + strconv.Itoa(round-1)}, r.bin, r.testArgs(c.Bench, c.Benchtime)...)
+	bin, dir := r.bin, r.dir
+	if c.Pkg != "" {
+		bin, dir = r.pkgBins[c.Pkg], filepath.Join(r.root, filepath.FromSlash(c.Pkg))
+	}
+	out, err := r.exec(ctx, dir, []string{rotateVar + "=" + strconv.Itoa(round-1)}, bin, r.testArgs(c.Bench, c.Benchtime)...)
+	if ctx.Err() != nil {
+		// Interrupted: what the killed binary printed is no measurement
+		// of the round, and its death no failure of the benchmark.
+		return
+	}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	seen := 0
@@ -197,6 +251,9 @@ func (r *runner) Run(ctx context.Context, cases []Case, rounds int, res *Results
 		crs[i] = &CaseResult{Case: c}
 		if c.Group == "cluster" && r.clusterSkip != "" {
 			crs[i].Skipped = r.clusterSkip
+		}
+		if why := r.pkgSkip[c.Pkg]; c.Pkg != "" && why != "" {
+			crs[i].Skipped = why
 		}
 	}
 	p := &progress{w: r.log, total: rounds * len(cases), start: time.Now()}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -14,7 +16,7 @@ func TestTargetsMet(t *testing.T) {
 		v  string
 	}
 	scm := func(k int, variant string, ratio, naiveRatio float64, allocs map[string]float64) subject {
-		cr := &CaseResult{Case: Case{Name: "scm", Group: "scm", Baseline: "c", Metric: "msgs/s", K: k, P: 64}}
+		cr := &CaseResult{Case: caseNamed(t, fmt.Sprintf("scm/stream/K=%d/P=64", k))}
 		add := func(v string, msgs float64, extra map[string]float64) {
 			m := map[string]float64{"msgs/s": msgs}
 			for u, x := range extra {
@@ -40,6 +42,17 @@ func TestTargetsMet(t *testing.T) {
 		cr.Add(1, Line{Name: "BenchmarkFrame/ipcframe", N: 1, Metrics: m})
 		return subject{cr, "ipcframe"}
 	}
+	accept := func(ratio, cpu float64) subject {
+		cr := &CaseResult{Case: caseNamed(t, "accept")}
+		cr.Add(1, Line{Name: "BenchmarkAccept/inplace", N: 1, Metrics: map[string]float64{"conns/s": 1000, "server-cpu-us/conn": 20}})
+		cr.Add(1, Line{Name: "BenchmarkAccept/handoff", N: 1, Metrics: map[string]float64{"conns/s": 1000 * ratio, "server-cpu-us/conn": 20 * cpu}})
+		return subject{cr, "handoff"}
+	}
+	hello := func(ratio float64) subject {
+		cr := &CaseResult{Case: caseNamed(t, "hello")}
+		cr.Add(1, Line{Name: "BenchmarkHello/conns=8", N: 1, Metrics: map[string]float64{helloRatio: ratio, "master-RSS-KiB": 12000}})
+		return subject{cr, "conns=8"}
+	}
 	tests := []struct {
 		name string
 		in   subject
@@ -59,6 +72,13 @@ func TestTargetsMet(t *testing.T) {
 		{"ipcframe 0.9× raw, 0 allocs", frame(0.9, map[string]float64{"allocs/op": 0, "frame-allocs/op": 0.001}), true},
 		{"ipcframe rounds 0.3 allocs/frame down to 0", frame(0.95, map[string]float64{"allocs/op": 0, "frame-allocs/op": 0.3}), false},
 		{"ipcframe 0.89× raw", frame(0.89, nil), false},
+		// Issue 10's second target: the -quick run that read "yes".
+		{"handoff 0.95× in place, CPU 1.84×", accept(0.95, 1.84), false},
+		{"handoff 0.90× in place, CPU 1.4×", accept(0.90, 1.4), true},
+		{"handoff 0.90× in place, CPU 1.5×", accept(0.90, 1.5), true},
+		{"handoff 0.80× in place, CPU 1.2×", accept(0.80, 1.2), false},
+		{"hello 0.98× standalone", hello(0.98), true},
+		{"hello 0.96× standalone", hello(0.96), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -132,5 +152,115 @@ func TestAcceptRefRatios(t *testing.T) {
 	}
 	if v := cr.Variant("handoff"); v.Met == nil || !*v.Met {
 		t.Errorf("handoff at 0.89 and 1.0× in place: verdict %v, want met", v.Met)
+	}
+}
+
+// caseNamed returns the full suite's case of that name.
+func caseNamed(t *testing.T, name string) Case {
+	t.Helper()
+	for _, c := range Cases(false) {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no case %q", name)
+	return Case{}
+}
+
+// TestTargetsOverRounds checks verdicts that depend on how rounds are
+// combined: scm against naive within each round, allocations in any round,
+// and the accept path's rate and CPU together.
+func TestTargetsOverRounds(t *testing.T) {
+	type round struct{ c, naive, scm, scmAllocs float64 }
+	scm := func(rounds ...round) *CaseResult {
+		cr := &CaseResult{Case: caseNamed(t, "scm/stream/K=8/P=64")}
+		for i, r := range rounds {
+			cr.Add(i+1, Line{Name: "BenchmarkSCM/c", N: 1, Metrics: map[string]float64{"msgs/s": r.c}})
+			cr.Add(i+1, Line{Name: "BenchmarkSCM/naive", N: 1, Metrics: map[string]float64{"msgs/s": r.naive, "recv-allocs/op": 1}})
+			cr.Add(i+1, Line{Name: "BenchmarkSCM/scm", N: 1, Metrics: map[string]float64{"msgs/s": r.scm, "recv-allocs/op": r.scmAllocs, "allocs/op": 0}})
+		}
+		return cr
+	}
+	tests := []struct {
+		name string
+		cr   *CaseResult
+		want bool
+	}{
+		// Medians over rounds: scm 0.80× C, naive 0.75×, but scm is
+		// slower than naive in rounds 1 and 2.
+		{"scm loses to naive in 2 of 3 rounds", scm(round{1000, 750, 700, 0}, round{1000, 850, 800, 0}, round{1000, 600, 900, 0}), false},
+		{"scm beats naive in 2 of 3 rounds", scm(round{1000, 650, 700, 0}, round{1000, 750, 800, 0}, round{1000, 950, 900, 0}), true},
+		// The median allocation count is 0, the maximum is not.
+		{"scm allocates in 2 of 5 rounds", scm(round{1000, 600, 900, 0}, round{1000, 600, 900, 0.5}, round{1000, 600, 900, 0},
+			round{1000, 600, 900, 0.5}, round{1000, 600, 900, 0}), false},
+		{"scm allocates in no round", scm(round{1000, 600, 900, 0.001}, round{1000, 600, 900, 0}), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cr.Finish()
+			v := tt.cr.Variant("scm")
+			if v.Met == nil {
+				t.Fatalf("no verdict for target %q (undecided: %q)", v.Target, v.Undecided)
+			}
+			if *v.Met != tt.want {
+				t.Errorf("target %q met = %v, want %v (x-naive %+v)", v.Target, *v.Met, tt.want, v.Metrics[xNaive])
+			}
+		})
+	}
+}
+
+// TestTargetsWithoutBaseline checks that a ratio target whose baseline
+// never ran (no C compiler, or C failing every round) is undecided, not
+// missed, unless another part of the target is missed anyway.
+func TestTargetsWithoutBaseline(t *testing.T) {
+	scm := func(recvAllocs float64) *CaseResult {
+		cr := &CaseResult{Case: caseNamed(t, "scm/stream/K=1/P=64")}
+		cr.AddSkip("c", "C baseline unavailable: no C compiler")
+		for round := 1; round <= 2; round++ {
+			cr.Add(round, Line{Name: "BenchmarkSCM/naive", N: 1, Metrics: map[string]float64{"msgs/s": 600}})
+			cr.Add(round, Line{Name: "BenchmarkSCM/scm", N: 1, Metrics: map[string]float64{"msgs/s": 900, "recv-allocs/op": recvAllocs}})
+			cr.Add(round, Line{Name: "BenchmarkSCM/batched", N: 1, Metrics: map[string]float64{"msgs/s": 1000}})
+		}
+		return cr
+	}
+	noInplace := &CaseResult{Case: caseNamed(t, "accept")}
+	noInplace.Add(1, Line{Name: "BenchmarkAccept/handoff", N: 1, Metrics: map[string]float64{"conns/s": 900, "server-cpu-us/conn": 20}})
+	cpuOver := &CaseResult{Case: caseNamed(t, "accept")}
+	cpuOver.Add(1, Line{Name: "BenchmarkAccept/inplace", N: 1, Metrics: map[string]float64{"conns/s": 1000}})
+	cpuOver.Add(1, Line{Name: "BenchmarkAccept/handoff", N: 1, Metrics: map[string]float64{"conns/s": 900, "server-cpu-us/conn": 20}})
+	type verdict struct {
+		Met       *bool
+		Undecided string
+	}
+	no := false
+	tests := []struct {
+		name    string
+		cr      *CaseResult
+		variant string
+		want    verdict
+	}{
+		{"scm without C", scm(0), "scm", verdict{Undecided: noBaseline}},
+		{"batched without C", scm(0), "batched", verdict{Undecided: noBaseline}},
+		{"scm without C, allocating", scm(0.5), "scm", verdict{Met: &no}},
+		{"handoff without inplace", noInplace, "handoff", verdict{Undecided: noBaseline}},
+		{"handoff without inplace's CPU", cpuOver, "handoff", verdict{Undecided: noBaseline}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cr.Finish()
+			v := tt.cr.Variant(tt.variant)
+			if diff := cmp.Diff(tt.want, verdict{v.Met, v.Undecided}); diff != "" {
+				t.Errorf("%s, target %q (-want +got):\n%s", tt.variant, v.Target, diff)
+			}
+		})
+	}
+	// The report says so in the met column.
+	cr := scm(0)
+	cr.Finish()
+	var b strings.Builder
+	writeTable(&b, []*CaseResult{cr}, true)
+	want := "| ≥ 0.85× C, > naive, 0 allocs | no baseline |"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, b.String())
 	}
 }
