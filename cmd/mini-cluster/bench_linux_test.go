@@ -72,7 +72,6 @@ func benchHello(b *testing.B, hello string, conns int) {
 
 	load(addr, 1000) // warm-up: connections, page cache, CPU frequency
 	load(free, 1000)
-	b.ReportAllocs()
 	b.ResetTimer()
 	var ratios, shares, clusterRPS, aloneRPS []float64
 	for i := range helloRounds {

@@ -123,7 +123,6 @@ func BenchmarkModes(b *testing.B) {
 	cpu := map[string][]float64{}
 	rateX := map[string][]float64{}
 	cpuX := map[string][]float64{}
-	b.ReportAllocs()
 	b.SetBytes(0)
 	b.ResetTimer()
 	for round := range modesRounds {
