@@ -58,8 +58,8 @@
 // slot its own SO_REUSEPORT socket per TCP or UDP address, bound by the
 // master in one group (port 0 resolved once), owned by it for as long as
 // the slot exists and handed to the slot's worker of every generation as
-// descriptors 3..; a removed slot's sockets are closed once its last
-// worker exited. Unix listeners are refused (ErrMode). ModeHandoff makes
+// descriptors 3..; a removed slot's sockets are closed at once on
+// scale-down. Unix listeners are refused (ErrMode). ModeHandoff makes
 // the master accept on its listeners (non-blocking, on the netpoller) and
 // pass each connection, with its listener name and remote address, to a
 // subscribed worker over a per-worker SOCK_SEQPACKET channel
@@ -175,8 +175,8 @@
 // # Control socket
 //
 // With Config.Control the master serves a unix socket (DialControl,
-// ControlClient; docs/protocol.md) for status, restart, stop, scale, send
-// and broadcast. It lives in a 0700 directory of the master's user (created
+// ControlClient; docs/protocol.md) for status, restart, stop, scale, send,
+// broadcast and max-running-time (and, for a Fleet, suspend and resume). It lives in a 0700 directory of the master's user (created
 // if missing, refused if another user's or open to others), has mode 0600
 // under any umask, replaces a stale socket and never a live one (package
 // internal/sockfile), and is removed on exit only if it is still the file

@@ -59,6 +59,7 @@
 //
 // See usage (fdrecv -h) and docs/fdcli.md: 0 success, 1 other failure,
 // 2 usage, 3 timeout, 4 descriptor count mismatch, 5 truncated control data,
-// 6 permission refused, 7 socket path problem, 8 protocol error, 10 exec
-// failed.
+// 7 socket path problem, 8 protocol error, 10 exec failed. (A refused
+// sender is answered 6 and fdrecv accepts the next one: 6 is never its own
+// exit code.)
 package main
