@@ -10,14 +10,31 @@ var (
 	// ErrPIDFileLocked is returned by CreatePIDFile when a live process
 	// holds the pid file's lock.
 	ErrPIDFileLocked = errors.New("supervise: pid file locked by a running process")
-	// ErrUnsafePIDFile is returned for a pid file (or its lock file or
-	// directory) that is a symlink, not a regular file, owned by another
-	// user, or writable by others (CVE-2018-16888 class).
+	// ErrUnsafePIDFile is returned for a pid file (or its lock file, or a
+	// directory on the way to them) that another user could replace or
+	// that could be another file in disguise: a symlink, not a regular
+	// file, a file with more than one hard link, owned by another user, or
+	// writable by others (CVE-2018-16888 class). CreatePIDFile and
+	// ReadPIDFile return it as an *UnsafePIDFileError naming the path.
 	ErrUnsafePIDFile = errors.New("supervise: unsafe pid file")
 	// ErrBadPIDFile is returned by ReadPIDFile for content that is not one
 	// decimal pid.
 	ErrBadPIDFile = errors.New("supervise: malformed pid file")
 )
+
+// UnsafePIDFileError is the error for a refused pid file, lock file or
+// directory. It matches ErrUnsafePIDFile with errors.Is.
+type UnsafePIDFileError struct {
+	Path   string // the refused file or directory
+	Reason string // why, e.g. "has 2 hard links"
+}
+
+func (e *UnsafePIDFileError) Error() string {
+	return ErrUnsafePIDFile.Error() + ": " + e.Path + " " + e.Reason
+}
+
+// Unwrap returns ErrUnsafePIDFile.
+func (e *UnsafePIDFileError) Unwrap() error { return ErrUnsafePIDFile }
 
 // maxPID bounds a parsed pid: Linux's PID_MAX_LIMIT is 2^22.
 const maxPID = 1 << 22

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -34,6 +35,22 @@ var testHookPIDFileRead func()
 // until Close. It does not write the file: call Write once the process is
 // ready, so readers never see a pid that is not serving yet. A stale file
 // (its lock free) is removed under the lock without acting on the pid in it.
+//
+// Nothing another user could have planted there, or could swap, is used
+// (CVE-2018-16888 class); a refusal is an *UnsafePIDFileError, matching
+// ErrUnsafePIDFile:
+//   - The pid file's directory must be owned by root or the caller, and
+//     not writable by group or others unless it is sticky (as /tmp).
+//   - Run as root, the process checks every directory from / on by that
+//     rule (so they must be owned by root), and every symlink on the way
+//     must be owned by root.
+//   - An existing pid or lock file must be a regular file (never a
+//     symlink, never followed), owned by the caller, with one hard link,
+//     not writable by group or others.
+//   - A missing lock file is created 0644 (O_EXCL); an existing one is
+//     used as it is, never chmod'ed: if it is not readable by others,
+//     other users' ReadPIDFile fails until it is removed (while no owner
+//     runs) and recreated.
 func CreatePIDFile(path string) (*PIDFile, error) {
 	path = filepath.Clean(path)
 	dir := filepath.Dir(path)
@@ -43,25 +60,8 @@ func CreatePIDFile(path string) (*PIDFile, error) {
 	if err := checkExisting(path); err != nil {
 		return nil, err
 	}
-	// O_NOFOLLOW: a symlink planted at the lock path must not make us
-	// create or lock another file.
-	fd, err := unix.Open(path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	lock, err := openLock(path + ".lock")
 	if err != nil {
-		if err == unix.ELOOP {
-			return nil, fmt.Errorf("%w: %s.lock is a symlink", ErrUnsafePIDFile, path)
-		}
-		return nil, &os.PathError{Op: "open", Path: path + ".lock", Err: err}
-	}
-	lock := os.NewFile(uintptr(fd), path+".lock")
-	if err := checkFile(lock, path+".lock"); err != nil {
-		lock.Close()
-		return nil, err
-	}
-	// Readers of other users open the lock to test it (ReadPIDFile), as
-	// they read the 0644 pid file; whatever the umask, or an older 0600
-	// lock file, it must be readable.
-	if err := lock.Chmod(0o644); err != nil {
-		lock.Close()
 		return nil, err
 	}
 	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, ownerByte); err != nil {
@@ -113,20 +113,178 @@ func ofdLock(f *os.File, cmd int, typ int16, at int64) (held bool, err error) {
 	return cmd == unix.F_OFD_GETLK && lk.Type != unix.F_UNLCK, nil
 }
 
-// checkDir refuses a directory others may write to without the sticky bit:
-// they could swap the pid file between our checks and our use.
+// openLock opens the lock file name, creating it if absent. Only a file
+// this call created (O_EXCL) is chmod'ed: fchmod on an existing one would
+// change whatever inode is there, such as a root-owned 0600 file
+// hard-linked at name by another user, which passes the owner and mode
+// checks (only its link count tells it apart).
+func openLock(name string) (*os.File, error) {
+	// Each retry needs the file removed between our two opens, which only
+	// root or we may do in a directory checkDir accepted.
+	for range 8 {
+		fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			f := os.NewFile(uintptr(fd), name)
+			// Readers of other users open the lock to test it
+			// (ReadPIDFile), as they read the 0644 pid file: it must
+			// be readable whatever the umask.
+			if err := f.Chmod(0o644); err != nil {
+				f.Close()
+				return nil, err
+			}
+			if err := checkFile(f, name); err != nil {
+				f.Close()
+				return nil, err
+			}
+			return f, nil
+		}
+		if err != unix.EEXIST {
+			return nil, &os.PathError{Op: "open", Path: name, Err: err}
+		}
+		// O_NOFOLLOW: a symlink planted at the lock path must not make
+		// us lock another file.
+		fd, err = unix.Open(name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch err {
+		case nil:
+		case unix.ENOENT:
+			continue
+		case unix.ELOOP:
+			return nil, unsafePath(name, "is a symlink")
+		default:
+			return nil, &os.PathError{Op: "open", Path: name, Err: err}
+		}
+		f := os.NewFile(uintptr(fd), name)
+		fi, err := f.Stat()
+		if err == nil {
+			err = checkInfo(fi, name, false)
+		}
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if fi.Sys().(*syscall.Stat_t).Nlink == 0 {
+			// Removed since we opened it: a lock on it would not
+			// exclude an owner that creates the file anew.
+			f.Close()
+			continue
+		}
+		return f, nil
+	}
+	return nil, unsafePath(name, "keeps being removed while it is opened")
+}
+
+func unsafePath(path, format string, args ...any) error {
+	return &UnsafePIDFileError{Path: path, Reason: fmt.Sprintf(format, args...)}
+}
+
+// maxSymlinks bounds the symlinks checkDir follows, as the kernel does
+// (ELOOP after 40).
+const maxSymlinks = 40
+
+// checkDir applies CreatePIDFile's directory rule. A directory another
+// user can change lets them swap the pid or lock file between our checks
+// and our use, or plant a link there. A sticky directory writable by all
+// is accepted when root or the caller owns it, as systemd accepts /tmp:
+// the kernel lets only an entry's owner, the directory's owner and root
+// rename or remove the entry, so our files stay ours, and what others
+// plant (their own file, a symlink, a hard link to one of our files) is
+// refused by the file checks (owner, O_NOFOLLOW, link count) and O_EXCL,
+// which leaves them only the means to make CreatePIDFile fail.
+//
+// Root checks every directory and symlink met on the way from /: one that
+// another user controls lets them redirect the path. This is systemd's
+// rule for PIDFile= since CVE-2018-16888 (chase_symlinks with CHASE_SAFE
+// refuses a path once it passes from an unprivileged user's directory to
+// another owner's file; systemd then trusts the pid only if it is the
+// service's). Stricter than systemd, a directory writable by its group is
+// refused even when root owns it, as group membership is not known here
+// (a POSIX ACL granting write shows as group write too). Another user
+// checks the last directory only: redirected, it can only be made to
+// touch files it may write anyway, and checking parents would refuse
+// usual layouts such as one's own directory in a group-writable tree.
 func checkDir(dir string) error {
-	fi, err := os.Stat(dir)
+	euid := os.Geteuid()
+	if euid != 0 {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		return checkDirInfo(fi, dir, euid)
+	}
+	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%w: %s is not a directory", ErrUnsafePIDFile, dir)
+	fi, err := os.Lstat("/")
+	if err != nil {
+		return err
 	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("%w: directory %s is writable by others", ErrUnsafePIDFile, dir)
+	if err := checkDirInfo(fi, "/", euid); err != nil {
+		return err
+	}
+	// Resolve abs one component at a time, as the kernel would, so that
+	// each directory and symlink is checked where it is met. cur never
+	// holds a symlink, so its lexical parent (for "..") is its real one,
+	// and every prefix of it has been checked.
+	cur, rest, links := "/", abs, 0
+	for rest != "" {
+		var name string
+		name, rest, _ = strings.Cut(rest, "/")
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, name)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			if err := checkDirInfo(fi, next, euid); err != nil {
+				return err
+			}
+			cur = next
+			continue
+		}
+		if links++; links > maxSymlinks {
+			return &os.PathError{Op: "lstat", Path: dir, Err: unix.ELOOP}
+		}
+		if uid := ownerOf(fi); uid != 0 {
+			return unsafePath(next, "is a symlink owned by uid %d", uid)
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = target + "/" + rest
 	}
 	return nil
+}
+
+// checkDirInfo applies checkDir's rule to one directory.
+func checkDirInfo(fi os.FileInfo, path string, euid int) error {
+	if !fi.IsDir() {
+		return unsafePath(path, "is not a directory")
+	}
+	if uid := ownerOf(fi); uid != 0 && uid != euid {
+		return unsafePath(path, "is a directory owned by uid %d", uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return unsafePath(path, "is a directory writable by group or others and not sticky")
+	}
+	return nil
+}
+
+// ownerOf returns fi's owner. os.FileInfo.Sys is a *syscall.Stat_t
+// whatever package made the call.
+func ownerOf(fi os.FileInfo) int {
+	return int(fi.Sys().(*syscall.Stat_t).Uid)
 }
 
 func checkExisting(path string) error { return checkExistingAs(path, false) }
@@ -153,19 +311,28 @@ func checkFile(f *os.File, path string) error {
 	return checkInfo(fi, path, false)
 }
 
+// checkInfo refuses a pid or lock file another user could have planted or
+// could change. A hard link (st_nlink > 1) is refused: it passes the other
+// checks when it leads to a file of the caller's, root's for root, that is
+// not ours to touch.
 func checkInfo(fi os.FileInfo, path string, reader bool) error {
 	if fi.Mode()&os.ModeSymlink != 0 {
-		return fmt.Errorf("%w: %s is a symlink", ErrUnsafePIDFile, path)
+		return unsafePath(path, "is a symlink")
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%w: %s is not a regular file", ErrUnsafePIDFile, path)
+		return unsafePath(path, "is not a regular file")
+	}
+	// 0 links is no link to another file: a file being replaced (Write's
+	// rename) can be stat'ed after its lookup and its unlinking.
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Nlink > 1 {
+		return unsafePath(path, "has %d hard links", st.Nlink)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("%w: %s is writable by others", ErrUnsafePIDFile, path)
+		return unsafePath(path, "is writable by group or others")
 	}
-	// os.FileInfo.Sys is a *syscall.Stat_t whatever package made the call.
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && !(reader && st.Uid == 0) {
-		return fmt.Errorf("%w: %s is owned by uid %d", ErrUnsafePIDFile, path, st.Uid)
+	if int(st.Uid) != os.Geteuid() && !(reader && st.Uid == 0) {
+		return unsafePath(path, "is owned by uid %d", st.Uid)
 	}
 	return nil
 }
@@ -273,15 +440,31 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 	if h := testHookPIDFileRead; h != nil {
 		h()
 	}
-	fd, err := unix.Open(path+".lock", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a FIFO planted at the lock path must not block the
+	// reader in open(2); it is then refused as not a regular file.
+	fd, err := unix.Open(path+".lock", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if err == unix.ENOENT {
+		switch err {
+		case unix.ENOENT:
 			return pid, false, false, nil
+		case unix.ELOOP:
+			return 0, false, false, unsafePath(path+".lock", "is a symlink")
 		}
 		return 0, false, false, &os.PathError{Op: "open", Path: path + ".lock", Err: err}
 	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return 0, false, false, os.NewSyscallError("fcntl", err)
+	}
 	lock := os.NewFile(uintptr(fd), path+".lock")
 	defer lock.Close()
+	li, err := lock.Stat()
+	if err == nil {
+		err = checkInfo(li, path+".lock", true)
+	}
+	if err != nil {
+		return 0, false, false, err
+	}
 	held, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
 	if err != nil || !held {
 		return pid, false, false, err
