@@ -6,8 +6,13 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/scmrights"
@@ -94,5 +99,81 @@ func TestCheckActivated(t *testing.T) {
 				t.Errorf("refused descriptor %d was touched: %v", tc.fd, err)
 			}
 		})
+	}
+}
+
+// TestUpgradeStartBinary: the binary an upgrade executes is argv[0] as given at
+// start, made absolute or looked up in PATH, symlinks kept (a deploy that
+// swaps one is followed), as long as it names the running image; else the
+// running image's resolved path.
+func TestUpgradeStartBinary(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	link := filepath.Join(dir, "current")
+	if err := os.Symlink(self, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	t.Setenv("PATH", dir)
+	for _, tc := range []struct {
+		name              string
+		argv              []string
+		wantExe           string
+		wantArgv0, reason string
+	}{
+		{"symlink kept", []string{link, "-x"}, link, link, ""},
+		{"relative made absolute", []string{"./current", "-x"}, link, link, ""},
+		{"looked up in PATH", []string{"current", "-x"}, link, "current", ""},
+		{"not the running image", []string{"/bin/sh", "-x"}, self, "/bin/sh", ""},
+		{"not found", []string{"no-such-binary", "-x"}, self, "no-such-binary", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			exe, argv := startBinary(tc.argv)
+			if diff := cmp.Diff([]string{tc.wantExe, tc.wantArgv0, "-x"}, []string{exe, argv[0], argv[1]}); diff != "" {
+				t.Errorf("startBinary(%q): (-want +got):\n%s", tc.argv, diff)
+			}
+		})
+	}
+	if exe, _ := startBinary(nil); exe != self {
+		t.Errorf("startBinary(nil) = %q, want %q", exe, self)
+	}
+}
+
+// TestUpgradeParseStatChild: parent, process group and start time are read past
+// a command name holding spaces and parentheses.
+func TestUpgradeParseStatChild(t *testing.T) {
+	line := "4242 (a) b (c) S 17 4242 17 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10 18446744073709551615\n"
+	ppid, pgid, start, ok := parseStatChild([]byte(line))
+	if diff := cmp.Diff([]any{17, 4242, uint64(123456), true}, []any{ppid, pgid, start, ok}); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if _, _, _, ok := parseStatChild([]byte("4242 (a) S 17")); ok {
+		t.Errorf("a short line parsed")
+	}
+}
+
+// TestUpgradeKillChildrenSparesNewer: the leftovers an exec by an older image
+// left are the children started before this image; one this image started
+// (after its package initialisation) is never taken for one.
+func TestUpgradeKillChildrenSparesNewer(t *testing.T) {
+	// Past the clock tick this image started in.
+	time.Sleep(30 * time.Millisecond)
+	c := exec.Command("sleep", "30")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.Process.Kill()
+		c.Wait()
+	}()
+	killed, stuck := killChildren(nil)
+	if len(killed) != 0 || len(stuck) != 0 {
+		t.Errorf("killChildren killed %v (not reaped %v), want none", killed, stuck)
+	}
+	if err := c.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the child is gone: %v", err)
 	}
 }

@@ -27,6 +27,19 @@ const ShimArg = "-handoff-exec-shim"
 // process ("BIN ShimArg ShimParentArg123 PATH ARGV0 ARGS...").
 const ShimParentArg = "-handoff-master="
 
+// UpgradeProbeArg, as the only argument of the master's binary, selects its
+// hidden upgrade probe: the binary must call RunUpgradeProbe with its
+// standard output and exit 0. Before an in-place upgrade (SIGUSR2) the
+// running master runs the binary it is about to execute that way, as a
+// child with the same environment (plus HANDOFF_UPGRADE_PROBE=1), and
+// executes it only if, within 2 s, the probe exits 0 and names the state
+// version the running master writes: a binary that cannot start, crashes,
+// or would not take the state over leaves the cluster as it was. A
+// program that embeds the master must handle UpgradeProbeArg as it handles
+// ShimArg, or SIGUSR2 is refused (New fails in a probe, so a program that
+// ignores the argument does not start a second master).
+const UpgradeProbeArg = "-handoff-upgrade-probe"
+
 // ErrSuspended is returned by Restart while the master is suspended: there
 // is no worker to restart.
 var ErrSuspended = errors.New("cluster: suspended")

@@ -39,7 +39,7 @@ var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNoti
 	// A master that is itself a worker of another (nested), or took over
 	// from an older image, must not pass its own descriptors' numbers on.
 	envControlFD, envConnFD, envMode, envControlListen, envUpgradeState,
-	envWorkerID, envWorkerGeneration, envWorkers,
+	envWorkerID, envWorkerGeneration, envWorkers, envUpgradeProbe,
 	// A group worker's; a master outside a group sets none of them.
 	envGroup, envGroupIndex, envGroupSize, envParams}
 
@@ -126,6 +126,12 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	}
 	if err := m.checkGroup(); err != nil { // group_linux.go
 		return nil, err
+	}
+	if os.Getenv(envUpgradeProbe) != "" {
+		// Started as a running master's upgrade probe by a binary that
+		// did not handle UpgradeProbeArg: a second master would bind,
+		// lock and spawn beside the first.
+		return nil, fmt.Errorf("%w: started as an upgrade probe (%s set): the program must call cluster.RunUpgradeProbe when its only argument is %s", ErrUpgradeProbe, envUpgradeProbe, UpgradeProbeArg)
 	}
 	m.grp.suspended = m.cfg.Suspended
 	// Resolve once so a missing program is a start-up error, not a respawn
@@ -471,6 +477,12 @@ func (m *master) restart() error {
 }
 
 func (m *master) stop() error {
+	if m.up != nil {
+		// Not between an upgrade's last check and its execve (see
+		// upgrade.gate).
+		m.up.gate.Lock()
+		defer m.up.gate.Unlock()
+	}
 	m.stopReq.request()
 	return nil
 }

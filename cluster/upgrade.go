@@ -3,6 +3,9 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"io"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -13,18 +16,40 @@ import (
 // the old master image to the new one, in the environment of the execve.
 const envUpgradeState = "HANDOFF_UPGRADE_STATE"
 
-// upgradeMagic opens the state; the version changes with the format, and an
-// image that does not know it starts clean.
-const upgradeMagic = "handoff-upgrade v1"
+// upgradePrefix and the version open the state. The version changes with
+// an incompatible format; an image parses every version in
+// upgradeVersions, so a new image takes over from an older one as long as
+// it still lists the older one's version.
+const upgradePrefix = "handoff-upgrade "
 
-// maxUpgradeState bounds the state: well under execve's 128 KiB limit for
-// one environment string (MAX_ARG_STRLEN).
-const maxUpgradeState = 96 << 10
+// upgradeVersion is the version this image writes.
+const upgradeVersion = "v1"
+
+// upgradeMagic opens the state this image writes.
+const upgradeMagic = upgradePrefix + upgradeVersion
+
+// upgradeVersions are the versions this image parses (and RunUpgradeProbe
+// reports), the one it writes included.
+var upgradeVersions = []string{upgradeVersion}
+
+// maxUpgradeState bounds the state, which travels in one environment
+// string: execve(2) refuses a string (name, "=" and NUL included) longer
+// than MAX_ARG_STRLEN, 32 pages (128 KiB), with E2BIG, before its point of
+// no return. A state this large names about 1400 worker processes in
+// handoff mode (W record and three channel records, some 90 bytes each)
+// and about 2500 in the other modes (W record and control channel); a
+// larger one fails the upgrade, which then changes nothing.
+const maxUpgradeState = 128<<10 - 64
 
 // ErrUpgradeState reports a malformed upgrade state. The master logs it
 // and starts clean: it never adopts descriptors or processes it could not
 // make sense of.
 var ErrUpgradeState = errors.New("cluster: malformed upgrade state")
+
+// ErrUpgradeProbe reports a new binary that failed the upgrade probe (see
+// UpgradeProbeArg): the upgrade is refused and the master keeps running.
+// New returns it in a process started as the probe.
+var ErrUpgradeProbe = errors.New("cluster: upgrade: the new binary failed the upgrade probe")
 
 // upgradeState is what the old image hands over. Every descriptor is a
 // number in the new image, unchanged by execve(2).
@@ -88,7 +113,7 @@ const (
 
 // encode renders the state, one record a line:
 //
-//	handoff-upgrade v1 PID
+//	handoff-upgrade VERSION PID
 //	L FD NAME             a listener (NAME as in LISTEN_FDNAMES)
 //	K FD                  the pid file's lock file
 //	F FD NAME             another kept descriptor
@@ -97,6 +122,11 @@ const (
 //	W PID SLOT GEN OUT ERR   an old worker (OUT, ERR: output pipes or -1)
 //	N PATH                the old notify socket
 //	C COUNT               the number of slots in force (1..4096)
+//
+// A record whose kind is a lower-case letter is optional: an image that
+// does not know it ignores it (anything it names is then closed or
+// stopped as a leftover, never adopted), so a later image may add one
+// without a new version. An unknown upper-case kind rejects the state.
 func (s *upgradeState) encode() (string, error) {
 	var b strings.Builder
 	b.WriteString(upgradeMagic + " " + strconv.Itoa(s.pid) + "\n")
@@ -152,9 +182,10 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 	if len(lines) == 0 {
 		return bad("empty")
 	}
-	head, ok := strings.CutPrefix(lines[0], upgradeMagic+" ")
-	if !ok {
-		return bad("unknown header %q", trunc(lines[0]))
+	head, ok := strings.CutPrefix(lines[0], upgradePrefix)
+	ver, head, _ := strings.Cut(head, " ")
+	if !ok || !slices.Contains(upgradeVersions, ver) {
+		return bad("unknown header %q (this image parses %s)", trunc(lines[0]), strings.Join(upgradeVersions, ", "))
 	}
 	st := &upgradeState{pidLock: -1}
 	var err error
@@ -300,6 +331,10 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 				return recErr(err)
 			}
 		default:
+			if len(kind) == 1 && kind[0] >= 'a' && kind[0] <= 'z' {
+				// Optional: a later image's, ignored (see encode).
+				continue
+			}
 			return recErr(errors.New("unknown record"))
 		}
 	}
@@ -345,4 +380,21 @@ func trunc(s string) string {
 		return s[:64] + "..."
 	}
 	return s
+}
+
+// RunUpgradeProbe is the upgrade probe selected by UpgradeProbeArg: it
+// writes to w the header of every upgrade state this binary accepts, one a
+// line ("handoff-upgrade v1"), for the running master to check before it
+// executes this binary in place. On platforms other than Linux it writes
+// nothing and returns an error wrapping ErrNotSupported.
+func RunUpgradeProbe(w io.Writer) error {
+	if runtime.GOOS != "linux" {
+		return ErrNotSupported
+	}
+	var b strings.Builder
+	for _, v := range upgradeVersions {
+		b.WriteString(upgradePrefix + v + "\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }

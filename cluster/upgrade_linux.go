@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -16,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/handoff-go/handoff/scmrights"
@@ -26,8 +29,11 @@ import (
 // upgrade is the master's in-place upgrade state (master.up): how to
 // re-execute itself, and, in a new image, what the old one handed over.
 type upgrade struct {
-	exe  string   // the binary the master was started from, resolved at start
-	argv []string // its argv
+	// exe is the binary the master was started from (argv[0] at start,
+	// made absolute, symlinks kept: startBinary); argv is the argv to
+	// execute it with.
+	exe  string
+	argv []string
 	// busy is set from SIGUSR2 until the exec failed, and in a new image
 	// until the old image's workers are retired: a SIGUSR2 meanwhile is
 	// ignored (coalesced), never a second exec.
@@ -37,6 +43,11 @@ type upgrade struct {
 	// (signal.Ignore took them from handleSignals' channel), while
 	// handleSignals runs.
 	relay chan os.Signal
+	// gate is held from the last step of an exec's state to the exec's
+	// outcome, and by stop while it records a stop: a stop is either seen
+	// by that step (the upgrade is given up) or waits for the outcome,
+	// never acknowledged and then lost by the exec.
+	gate sync.Mutex
 
 	// From the old image (nil/empty in a fresh master).
 	state     *upgradeState
@@ -80,18 +91,15 @@ var errUpgradeBusy = errors.New("cluster: upgrade already in progress")
 // inheritUpgrade is called first thing in newMaster, before anything is
 // opened: it resolves the binary a later upgrade executes and, when this
 // image was started by one (envUpgradeState), takes over what the old
-// image handed over. A state that is garbage, for another pid, or names a
-// descriptor that is not open or was not inherited (close-on-exec set: one
-// of our own) is logged and ignored as a whole: the master starts clean
-// and never adopts random descriptors or processes.
+// image handed over. A state that is garbage, for another pid, of a
+// version this image does not parse, or names a descriptor that is not
+// open or was not inherited (close-on-exec set: one of our own) is logged
+// and ignored as a whole: nothing it names is adopted. Its leftovers are
+// not left running either (cleanLeftovers): the master starts clean.
 func (m *master) inheritUpgrade() {
 	up := &upgrade{argv: append([]string(nil), os.Args...), inherited: map[string]*os.File{}}
 	m.up = up
-	// Resolved now: an upgrade runs what is at this path then, the
-	// replaced binary, not the image running (/proc/self/exe).
-	if exe, err := os.Executable(); err == nil {
-		up.exe = exe
-	}
+	up.exe, up.argv = startBinary(up.argv)
 	raw, ok := os.LookupEnv(envUpgradeState)
 	if !ok {
 		return
@@ -116,8 +124,10 @@ func (m *master) inheritUpgrade() {
 	}
 	if err != nil {
 		m.log.Error("upgrade: state from the previous image ignored; starting clean", "err", err)
+		m.cleanLeftovers(nil)
 		return
 	}
+	m.cleanLeftovers(st)
 	up.state = st
 	up.listeners = st.listeners
 	if st.slotCount > 0 && st.slotCount != m.cfg.Workers {
@@ -132,16 +142,7 @@ func (m *master) inheritUpgrade() {
 		up.inherited[f.name] = os.NewFile(uintptr(f.fd), f.name)
 	}
 	if st.pidLock >= 0 {
-		lock := os.NewFile(uintptr(st.pidLock), "pid file lock")
-		if m.cfg.PIDFile == "" {
-			lock.Close()
-		} else if pf, err := supervise.AdoptPIDFile(m.cfg.PIDFile, lock); err != nil {
-			// New takes the lock anew (CreatePIDFile) after this.
-			lock.Close()
-			m.log.Warn("upgrade: pid file lock not adopted; locking it again", "err", err)
-		} else {
-			m.pidFile = pf
-		}
+		m.adoptPIDLock(st.pidLock)
 	}
 	self := os.Getpid()
 	for _, w := range st.workers {
@@ -187,6 +188,269 @@ func (m *master) inheritUpgrade() {
 		up.busy.Store(true)
 	}
 	m.log.Info("upgrade: took over from the previous image", "listeners", len(st.listeners), "workers", len(up.old), "pid_file_lock", st.pidLock >= 0)
+}
+
+// adoptPIDLock takes the inherited pid file lock file fd over, or closes
+// it (New then takes the lock anew, CreatePIDFile).
+func (m *master) adoptPIDLock(fd int) {
+	lock := os.NewFile(uintptr(fd), "pid file lock")
+	if m.cfg.PIDFile == "" {
+		lock.Close()
+	} else if pf, err := supervise.AdoptPIDFile(m.cfg.PIDFile, lock); err != nil {
+		lock.Close()
+		m.log.Warn("upgrade: pid file lock not adopted; locking it again", "err", err)
+	} else {
+		m.pidFile = pf
+	}
+}
+
+// startBinary returns the binary a later upgrade executes, and the argv to
+// execute it with: argv[0] as the process was started with, not what
+// /proc/self/exe resolved it to, so a deploy that swaps a symlink
+// (current -> releases/v2) is followed. It is made absolute, or looked up
+// in PATH, now (the working directory and PATH may change), and used only
+// if it names the running image now; otherwise (argv[0] is not a path to
+// it: a wrapper set it) the running image's resolved path is used.
+func startBinary(argv []string) (string, []string) {
+	exe, _ := os.Executable()
+	if len(argv) == 0 || argv[0] == "" {
+		return exe, argv
+	}
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		p, err := exec.LookPath(path)
+		if err != nil {
+			return exe, argv
+		}
+		path = p
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil || !sameInode(abs, selfExe) {
+		return exe, argv
+	}
+	if strings.Contains(argv[0], "/") && !filepath.IsAbs(argv[0]) {
+		// A relative path would be resolved again by the new image, from
+		// a working directory that may have changed.
+		argv = append([]string{abs}, argv[1:]...)
+	}
+	return abs, argv
+}
+
+// sameInode reports whether paths a and b name the same file.
+func sameInode(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// imageStart is CLOCK_BOOTTIME, in clock ticks, when this package was
+// initialised, before main: every child an earlier image of this process
+// started has a start time (/proc/PID/stat) no later; MaxUint64 if the
+// clock cannot be read.
+var imageStart = bootTicks()
+
+// userHZ is the unit of /proc/PID/stat times (USER_HZ, 100 on every Linux
+// architecture Go supports).
+const userHZ = 100
+
+func bootTicks() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return math.MaxUint64
+	}
+	return uint64(ts.Nano()) / uint64(time.Second/userHZ)
+}
+
+// cleanLeftovers follows an exec by an older image: whatever came through
+// it and is not adopted must not outlive the decision. With st nil (the
+// state was refused) that is everything: every inherited descriptor from 3
+// up (no close-on-exec: this image opens its own with it) is closed, but
+// for socket activation's (LISTEN_PID is this process), the control
+// socket's listener HANDOFF_CONTROL_LISTEN names (a unix listening socket;
+// openControl checks it is the socket at the control path) and the pid
+// file's lock file (found as the file at Config.PIDFile + ".lock", same
+// device and inode, never by the state), which is adopted so no other
+// instance can take the pid file meanwhile; and every child process
+// started before this image (all of them the old image's workers, or
+// processes of their own) is SIGKILLed, its process group too, and
+// reaped, so this image binds and serves alone. Old listeners left open
+// would keep the port (EADDRINUSE) or, in reuseport mode, their share of
+// new connections, and old workers would serve unsupervised. With a
+// state, the descriptors and workers it does not name go the same way.
+//
+// A program that embeds the master and starts child processes of its own
+// must call New before it starts them: a child started in the same clock
+// tick (10 ms) as the program would be taken for a leftover.
+func (m *master) cleanLeftovers(st *upgradeState) {
+	keep := map[int]bool{}
+	keepPIDs := map[int]bool{}
+	if act, err := parseActivation(os.Getenv, os.Getpid()); err == nil {
+		for _, a := range act {
+			keep[a.FD] = true
+		}
+	}
+	if v, ok := os.LookupEnv(envControlListen); ok {
+		num, _, _ := strings.Cut(v, ":")
+		if fd := envFD(num); fd >= 0 && unixListener(fd) {
+			keep[fd] = true
+		}
+	}
+	if st != nil {
+		for _, fd := range stateFDs(st) {
+			keep[fd] = true
+		}
+		for _, w := range st.workers {
+			keepPIDs[w.pid] = true
+		}
+	} else if lock := m.findPIDLock(); lock >= 0 {
+		keep[lock] = true
+		m.adoptPIDLock(lock)
+	}
+	closed := closeInherited(keep)
+	killed, stuck := killChildren(keepPIDs)
+	if len(closed) == 0 && len(killed) == 0 {
+		return
+	}
+	msg := "upgrade: leftovers of the previous image not in its state closed and killed"
+	if st == nil {
+		msg = "upgrade: the previous image's descriptors closed and its workers killed; starting clean"
+	}
+	attrs := []any{"closed_descriptors", closed, "killed_processes", killed}
+	if len(stuck) > 0 {
+		attrs = append(attrs, "not_reaped", stuck)
+	}
+	m.log.Error(msg, attrs...)
+}
+
+// unixListener reports whether fd is a listening unix socket.
+func unixListener(fd int) bool {
+	dom, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	acc, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	return err1 == nil && err2 == nil && dom == unix.AF_UNIX && acc == 1
+}
+
+// findPIDLock returns the inherited descriptor of Config.PIDFile's lock
+// file, or -1.
+func (m *master) findPIDLock() int {
+	if m.cfg.PIDFile == "" {
+		return -1
+	}
+	var want unix.Stat_t
+	if unix.Lstat(filepath.Clean(m.cfg.PIDFile)+".lock", &want) != nil || want.Mode&unix.S_IFMT != unix.S_IFREG {
+		return -1
+	}
+	for _, fd := range inheritedFDs() {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			return fd
+		}
+	}
+	return -1
+}
+
+// inheritedFDs lists this process's descriptors from 3 up without
+// close-on-exec.
+func inheritedFDs() []int {
+	ents, err := os.ReadDir("/proc/self/fd") // its own descriptor is close-on-exec
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < listenFDsStart {
+			continue
+		}
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
+			out = append(out, fd)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// closeInherited closes the inherited descriptors not in keep.
+func closeInherited(keep map[int]bool) []int {
+	var closed []int
+	for _, fd := range inheritedFDs() {
+		if !keep[fd] {
+			unix.Close(fd)
+			closed = append(closed, fd)
+		}
+	}
+	return closed
+}
+
+// killChildren SIGKILLs every child process started before this image
+// (imageStart) and not in keep, with its process group if it leads one
+// (a worker's children), and reaps them, up to 5 s in all. They are this
+// process's unreaped children, so neither pid nor group id can be reused
+// meanwhile. stuck lists those not reaped in time.
+func killChildren(keep map[int]bool) (killed, stuck []int) {
+	self := os.Getpid()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, nil
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || keep[pid] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		ppid, pgid, start, ok := parseStatChild(b)
+		if !ok || ppid != self || start > imageStart {
+			continue
+		}
+		if pgid == pid {
+			_ = unix.Kill(-pid, unix.SIGKILL)
+		}
+		_ = unix.Kill(pid, unix.SIGKILL)
+		killed = append(killed, pid)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range killed {
+		for {
+			var ws unix.WaitStatus
+			got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if got == pid || err != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				stuck = append(stuck, pid)
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return killed, stuck
+}
+
+// parseStatChild reads the parent, process group and start time (clock
+// ticks since boot) from /proc/PID/stat; fields are counted from the last
+// ')', as the command name may hold anything.
+func parseStatChild(b []byte) (ppid, pgid int, start uint64, ok bool) {
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	// After the name: state ppid pgrp session tty tpgid flags minflt
+	// cminflt majflt cmajflt utime stime cutime cstime priority nice
+	// num_threads itrealvalue starttime (field 22 of the whole line).
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, 0, 0, false
+	}
+	var err1, err2, err3 error
+	ppid, err1 = strconv.Atoi(f[1])
+	pgid, err2 = strconv.Atoi(f[2])
+	start, err3 = strconv.ParseUint(f[19], 10, 64)
+	return ppid, pgid, start, err1 == nil && err2 == nil && err3 == nil
 }
 
 // stateFDs lists every descriptor st names.
@@ -357,27 +621,54 @@ func (m *master) upgradeNow() error {
 	if !m.isReady.Load() {
 		return errors.New("cluster: upgrade: the cluster is not ready yet")
 	}
-	if m.up.exe == "" {
+	exe := m.up.exe
+	if exe == "" {
 		return errors.New("cluster: upgrade: the master's binary is unknown")
 	}
 	// Checked for a clear message; execve checks again (and the file may
 	// change in between), failing before its point of no return.
-	if fi, err := os.Stat(m.up.exe); err != nil {
+	if fi, err := os.Stat(exe); err != nil {
 		return fmt.Errorf("cluster: upgrade: %w", err)
 	} else if !fi.Mode().IsRegular() {
-		return fmt.Errorf("cluster: upgrade: %s is not a regular file", m.up.exe)
+		return fmt.Errorf("cluster: upgrade: %s is not a regular file", exe)
 	}
-	if err := unix.Access(m.up.exe, unix.X_OK); err != nil {
-		return fmt.Errorf("cluster: upgrade: %w", &os.PathError{Op: "access", Path: m.up.exe, Err: err})
+	if err := unix.Access(exe, unix.X_OK); err != nil {
+		return fmt.Errorf("cluster: upgrade: %w", &os.PathError{Op: "access", Path: exe, Err: err})
+	}
+	if sameInode(exe, selfExe) {
+		m.log.Warn("upgrade: the binary is the running image itself (not replaced?); re-executing it anyway", "binary", exe)
+	}
+	// The new binary must start and take the state over: past the
+	// execve, one that cannot would take every worker down with it.
+	if err := m.probeUpgrade(exe); err != nil {
+		return err
+	}
+
+	// Held until the exec's outcome: a scale, restart, suspend or resume
+	// requested from now on waits for it instead of being acknowledged
+	// and then lost by the exec; one accepted before is carried across
+	// (the slot count in force). Taken here, not on the spawner thread:
+	// its holder may wait for a spawn.
+	m.grp.mu.Lock()
+	if m.grp.suspended {
+		m.grp.mu.Unlock()
+		return fmt.Errorf("cluster: upgrade: %w (resume first)", ErrSuspended)
 	}
 
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	m.notifySystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10))
-	ignored, paused := false, false
+	ignored, paused, bound, gated := false, false, false, false
 	var dups []*os.File
 	defer func() {
 		// Only reached when the exec failed.
+		m.grp.mu.Unlock()
+		if gated {
+			m.up.gate.Unlock()
+		}
+		if bound {
+			m.ctl.bindMu.Unlock()
+		}
 		if paused {
 			m.handoffResume()
 		}
@@ -398,46 +689,121 @@ func (m *master) upgradeNow() error {
 			m.notifySystemd("READY=1")
 		}
 	}()
+	spec := &supervise.ExecSpec{
+		Path: exe,
+		Argv: m.up.argv,
+		Prepare: func(workers []supervise.ExecWorker) ([]string, []*os.File, error) {
+			// On the supervisor's spawner thread, right before execve: no
+			// worker is spawned meanwhile, and every one spawned so far
+			// has its channels registered, so the state names exactly the
+			// workers handed over, with their channels and the listeners
+			// bound for them.
+			if m.stopRequested() {
+				return nil, nil, fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
+			}
+			// Handoff mode: stop accepting (new connections wait in the
+			// backlog, kept across the exec) and deliver every connection
+			// the master holds, which the exec would reset.
+			paused = true
+			if m.mode.ho != nil {
+				m.log.Info("upgrade: accepting paused; handing the connections the master holds to workers")
+			}
+			if err := m.handoffPause(time.Second); err != nil {
+				return nil, nil, fmt.Errorf("cluster: upgrade: %w", err)
+			}
+			m.ctl.bindMu.Lock()
+			bound = true
+			st, files, controlFD, err := m.upgradeState(workers, &dups)
+			if err != nil {
+				return nil, nil, err
+			}
+			// The last step: a stop (signal, control socket, Stop) from
+			// now on waits for the exec's outcome instead of being lost
+			// by it; one already accepted gives the upgrade up.
+			m.up.gate.Lock()
+			gated = true
+			if m.stopRequested() || m.stopping.Load() {
+				return nil, nil, fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
+			}
+			st.slotCount = int(m.workers.Load())
+			blob, err := st.encode()
+			if err != nil {
+				return nil, nil, err
+			}
+			env := upgradeEnv(os.Environ(), blob)
+			if controlFD >= 0 {
+				env = append(env, m.controlExecEnv(controlFD))
+			}
+			// Until the new image installed its handlers these are
+			// dropped, a SIGUSR2 like any during an upgrade.
+			signal.Ignore(append([]os.Signal{unix.SIGUSR2}, ignoredAcrossExec...)...)
+			ignored = true
+			m.log.Info("upgrade: executing the new image", "binary", exe, "workers", len(st.workers), "listeners", len(st.listeners), "state_bytes", len(blob))
+			return env, files, nil
+		},
+	}
+	return sup.Exec(spec)
+}
 
-	st := &upgradeState{pid: os.Getpid(), pidLock: -1, notify: m.notifyAddr}
-	var files []*os.File
+// upgradeState builds the state of an exec and the files to keep across
+// it, for the workers the supervisor hands over; the caller holds
+// m.ctl.bindMu. Duplicates it makes are added to dups, for the caller to
+// close if the exec fails (the originals stay with their owners).
+// slotCount is left for the caller.
+func (m *master) upgradeState(workers []supervise.ExecWorker, dups *[]*os.File) (st *upgradeState, files []*os.File, controlFD int, err error) {
+	st = &upgradeState{pid: os.Getpid(), pidLock: -1, notify: m.notifyAddr}
+	controlFD = -1
+	handed := make(map[int]bool, len(workers))
+	for _, w := range workers {
+		handed[w.PID] = true
+	}
+	add := func(f *os.File) (int, error) {
+		fd, err := fileFD(f)
+		if err != nil {
+			return -1, fmt.Errorf("cluster: upgrade: %w", err)
+		}
+		files = append(files, f)
+		return fd, nil
+	}
 	for _, l := range m.listeners {
-		files = append(files, l.file)
+		fd, err := add(l.file)
+		if err != nil {
+			return nil, nil, -1, err
+		}
+		st.listeners = append(st.listeners, Activated{FD: fd, Name: l.name})
 	}
 	if m.pidFile != nil {
 		lock, err := m.pidFile.LockFile()
 		if err != nil {
-			return fmt.Errorf("cluster: upgrade: pid file: %w", err)
+			return nil, nil, -1, fmt.Errorf("cluster: upgrade: pid file: %w", err)
 		}
-		files = append(files, lock)
+		if st.pidLock, err = add(lock); err != nil {
+			return nil, nil, -1, err
+		}
 	}
-	// Duplicates: the originals stay with their owners if the exec fails.
-	var controlFD = -1
 	if f, err := m.controlListenerFile(); err != nil {
-		return fmt.Errorf("cluster: upgrade: %w", err)
+		return nil, nil, -1, fmt.Errorf("cluster: upgrade: %w", err)
 	} else if f != nil {
-		dups = append(dups, f)
-		files = append(files, f)
-		if controlFD, err = fileFD(f); err != nil {
-			return fmt.Errorf("cluster: upgrade: %w", err)
+		*dups = append(*dups, f)
+		if controlFD, err = add(f); err != nil {
+			return nil, nil, -1, err
 		}
 	}
 	// The master ends of the workers' control channels stay open, unread,
 	// until each old worker is gone: EOF would tell a Go worker its master
-	// died.
+	// died. Only the handed-over workers': the others have exited.
 	keep := func(name string, pid int, c *scmrights.Conn) {
+		if !handed[pid] {
+			return
+		}
 		f, err := c.UnixConn().File()
 		if err != nil {
 			return
 		}
-		fd, err := fileFD(f)
-		if err != nil {
-			f.Close()
-			return
+		*dups = append(*dups, f)
+		if fd, err := add(f); err == nil {
+			st.files = append(st.files, namedFD{name: name + "." + strconv.Itoa(pid), fd: fd})
 		}
-		dups = append(dups, f)
-		files = append(files, f)
-		st.files = append(st.files, namedFD{name: name + "." + strconv.Itoa(pid), fd: fd})
 	}
 	m.ctl.mu.Lock()
 	for pid, c := range m.ctl.chans {
@@ -455,118 +821,167 @@ func (m *master) upgradeNow() error {
 		}
 		h.mu.Unlock()
 		for _, w := range ws {
+			if !handed[w.pid] {
+				continue
+			}
 			if fd := w.dupPeer(); fd >= 0 {
 				f := os.NewFile(uintptr(fd), "peer")
-				dups = append(dups, f)
+				*dups = append(*dups, f)
 				files = append(files, f)
 				st.files = append(st.files, namedFD{name: "peer." + strconv.Itoa(w.pid), fd: fd})
 			}
 		}
 	}
-	m.ctl.bindMu.Lock()
+	// The caller holds bindMu until the exec's outcome: a listener bound
+	// for a worker from now on would be missing from the state.
 	for key, l := range m.ctl.binds {
-		fd, err := fileFD(l.file)
-		if err != nil {
-			continue
+		if fd, err := add(l.file); err == nil {
+			st.binds = append(st.binds, namedFD{name: key, fd: fd})
 		}
-		files = append(files, l.file)
-		st.binds = append(st.binds, namedFD{name: key, fd: fd})
 	}
-	m.ctl.bindMu.Unlock()
 	// Reuseport mode: each slot's sockets, which its old and new workers
 	// must share (closing one resets the connections queued on it).
 	m.mode.mu.Lock()
 	for slot, set := range m.mode.slots {
 		for i, l := range set {
-			fd, err := fileFD(l.file)
-			if err != nil {
-				continue
+			if fd, err := add(l.file); err == nil {
+				st.slots = append(st.slots, slotFD{fd: fd, slot: slot, index: i})
 			}
-			files = append(files, l.file)
-			st.slots = append(st.slots, slotFD{fd: fd, slot: slot, index: i})
 		}
 	}
 	m.mode.mu.Unlock()
-
-	spec := &supervise.ExecSpec{
-		Path:  m.up.exe,
-		Argv:  m.up.argv,
-		Files: files,
-		Env: func(workers []supervise.ExecWorker) ([]string, error) {
-			// On the supervisor's spawner thread, right before execve.
-			if m.stopRequested() {
-				return nil, fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
-			}
-			// Handoff mode: stop accepting (new connections wait in the
-			// backlog, kept across the exec) and deliver every connection
-			// the master holds, which the exec would reset.
-			paused = true
-			if err := m.handoffPause(time.Second); err != nil {
-				return nil, fmt.Errorf("cluster: upgrade: %w", err)
-			}
-			for _, l := range m.listeners {
-				fd, err := fileFD(l.file)
-				if err != nil {
-					return nil, err
-				}
-				st.listeners = append(st.listeners, Activated{FD: fd, Name: l.name})
-			}
-			if m.pidFile != nil {
-				lock, _ := m.pidFile.LockFile()
-				if lock == nil {
-					return nil, errors.New("cluster: upgrade: pid file closed")
-				}
-				fd, err := fileFD(lock)
-				if err != nil {
-					return nil, err
-				}
-				st.pidLock = fd
-			}
-			st.slotCount = int(m.workers.Load())
-			m.mu.Lock()
-			for _, w := range workers {
-				// A worker whose Started event is not processed yet is
-				// still retired; its slot only labels its log.
-				id, ok := m.pids[w.PID]
-				if !ok {
-					id = supervise.ID{Slot: 0, Generation: 1}
-				}
-				st.workers = append(st.workers, oldWorker{pid: w.PID, slot: id.Slot, generation: max(id.Generation, 1), stdout: w.Stdout, stderr: w.Stderr})
-			}
-			m.mu.Unlock()
-			blob, err := st.encode()
-			if err != nil {
-				return nil, err
-			}
-			env := upgradeEnv(os.Environ(), blob)
-			if controlFD >= 0 {
-				env = append(env, m.controlExecEnv(controlFD))
-			}
-			// Until the new image installed its handlers these are
-			// dropped, a SIGUSR2 like any during an upgrade.
-			signal.Ignore(append([]os.Signal{unix.SIGUSR2}, ignoredAcrossExec...)...)
-			ignored = true
-			m.log.Info("upgrade: executing the new image", "binary", m.up.exe, "workers", len(st.workers), "listeners", len(st.listeners))
-			return env, nil
-		},
+	m.mu.Lock()
+	for _, w := range workers {
+		// A worker whose Started event is not processed yet is still
+		// retired; its slot only labels its log.
+		id, ok := m.pids[w.PID]
+		if !ok {
+			id = supervise.ID{Slot: 0, Generation: 1}
+		}
+		st.workers = append(st.workers, oldWorker{pid: w.PID, slot: id.Slot, generation: max(id.Generation, 1), stdout: w.Stdout, stderr: w.Stderr})
 	}
-	return sup.Exec(spec)
+	m.mu.Unlock()
+	return st, files, controlFD, nil
+}
+
+// Bounds of the upgrade probe (probeUpgrade).
+const (
+	upgradeProbeTimeout = 2 * time.Second
+	maxProbeOutput      = 4 << 10
+)
+
+// envUpgradeProbe is set in the upgrade probe's environment: New fails
+// there, so a binary that does not handle UpgradeProbeArg starts no second
+// master.
+const envUpgradeProbe = "HANDOFF_UPGRADE_PROBE"
+
+// probeUpgrade runs exe UpgradeProbeArg as a child, with the environment
+// the new image would get, and checks that it names the state version this
+// image writes within upgradeProbeTimeout. The child is killed (its
+// process group) if it overstays, and always reaped; its output is read up
+// to maxProbeOutput.
+func (m *master) probeUpgrade(exe string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), upgradeProbeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, UpgradeProbeArg)
+	if len(m.up.argv) > 0 {
+		cmd.Args[0] = m.up.argv[0]
+	}
+	cmd.Env = append(stripUpgradeEnv(os.Environ()), envUpgradeProbe+"=1")
+	var stdout, stderr cappedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// Its own process group, killed whole on timeout; a grandchild that
+	// keeps the output pipes open cannot hold Wait beyond WaitDelay.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	fail := func(format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
+		if tail := stderr.tail(); tail != "" {
+			msg += "; its stderr: " + strconv.Quote(tail)
+		}
+		return fmt.Errorf("%w: %s %s: %s", ErrUpgradeProbe, exe, UpgradeProbeArg, msg)
+	}
+	if err := cmd.Start(); err != nil {
+		return fail("%v", err)
+	}
+	// As PID 1, a supervisor's orphan reaper must leave it to Wait.
+	holdChild(cmd.Process.Pid)
+	err := cmd.Wait()
+	releaseChild(cmd.Process.Pid)
+	switch {
+	case ctx.Err() != nil:
+		return fail("no answer within %v (does the binary handle cluster.UpgradeProbeArg?)", upgradeProbeTimeout)
+	case err != nil:
+		return fail("%v", err)
+	}
+	var got []string
+	for _, ln := range strings.Split(stdout.String(), "\n") {
+		if ln = strings.TrimSpace(ln); strings.HasPrefix(ln, upgradePrefix) {
+			if ln == upgradeMagic {
+				return nil
+			}
+			got = append(got, strings.TrimPrefix(ln, upgradePrefix))
+		}
+	}
+	if len(got) == 0 {
+		return fail("it names no upgrade state version (does the binary handle cluster.UpgradeProbeArg?)")
+	}
+	return fail("it parses state versions %s, not %s, which this master writes", strings.Join(got, ", "), upgradeVersion)
+}
+
+// cappedBuffer keeps the first maxProbeOutput bytes written to it and
+// discards the rest, never failing a write (a child writing to a closed
+// pipe would get SIGPIPE).
+type cappedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := maxProbeOutput - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(len(p), room)]...)
+	}
+	return len(p), nil
+}
+
+func (b *cappedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
+
+// tail is the last line or so of the output, for a log line.
+func (b *cappedBuffer) tail() string {
+	s := strings.TrimSpace(b.String())
+	if len(s) > 256 {
+		s = "..." + s[len(s)-256:]
+	}
+	return s
 }
 
 // upgradeEnv is the new image's environment: env without the old image's
 // own activation variables (the listeners travel in the state, not at 3..)
 // and any older state, plus the state blob.
 func upgradeEnv(env []string, blob string) []string {
+	return append(stripUpgradeEnv(env), envUpgradeState+"="+blob)
+}
+
+// stripUpgradeEnv is env without the variables an exec of the master
+// sets anew.
+func stripUpgradeEnv(env []string) []string {
 	out := make([]string, 0, len(env)+1)
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case envListenPID, envListenFDs, envListenFDNames, envUpgradeState, envControlListen:
+		case envListenPID, envListenFDs, envListenFDNames, envUpgradeState, envControlListen, envUpgradeProbe:
 			continue
 		}
 		out = append(out, kv)
 	}
-	return append(out, envUpgradeState+"="+blob)
+	return out
 }
 
 // fileFD returns f's descriptor without (*os.File).Fd, which would make a

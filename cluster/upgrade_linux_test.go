@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -16,5 +17,18 @@ func TestUpgradeEnv(t *testing.T) {
 	want := []string{"PATH=/bin", "NOTIFY_SOCKET=/run/sd", "LISTEN_FDSX=keep", "HANDOFF_UPGRADE_STATE=new"}
 	if diff := cmp.Diff(want, cluster.UpgradeEnv(in, "new")); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestRunUpgradeProbe: the probe names the state versions this binary
+// parses, one header a line, which a running master checks before it
+// executes the binary in place.
+func TestRunUpgradeProbe(t *testing.T) {
+	var b strings.Builder
+	if err := cluster.RunUpgradeProbe(&b); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff("handoff-upgrade v1\n", b.String()); diff != "" {
+		t.Errorf("probe output (-want +got):\n%s", diff)
 	}
 }

@@ -27,37 +27,42 @@ func TestUpgradeState(t *testing.T) {
 	for _, tc := range []struct {
 		name, in string
 		ok       bool
+		want     string // re-encoded, if not in
 	}{
-		{"full", goodState, true},
-		{"minimal", "handoff-upgrade v1 1\n", true},
-		{"no trailing newline", "handoff-upgrade v1 7\nL 3 x", true},
-		{"empty", "", false},
-		{"other version", "handoff-upgrade v2 4242\n", false},
-		{"pid zero", "handoff-upgrade v1 0\n", false},
-		{"pid leading zero", "handoff-upgrade v1 042\n", false},
-		{"pid too large", "handoff-upgrade v1 99999999\n", false},
-		{"stdio descriptor", "handoff-upgrade v1 5\nL 2 x\n", false},
-		{"negative descriptor", "handoff-upgrade v1 5\nL -3 x\n", false},
-		{"descriptor twice", "handoff-upgrade v1 5\nL 3 x\nK 3\n", false},
-		{"output reuses a listener", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 3 -1\n", false},
-		{"listener name with colon", "handoff-upgrade v1 5\nL 3 a:b\n", false},
-		{"listener without name", "handoff-upgrade v1 5\nL 3\n", false},
-		{"file name with slash", "handoff-upgrade v1 5\nF 3 ../x\n", false},
-		{"file twice", "handoff-upgrade v1 5\nF 3 a\nF 4 a\n", false},
-		{"two locks", "handoff-upgrade v1 5\nK 3\nK 4\n", false},
-		{"worker is the master", "handoff-upgrade v1 5\nW 5 0 1 -1 -1\n", false},
-		{"worker twice", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 6 1 1 -1 -1\n", false},
-		{"worker short", "handoff-upgrade v1 5\nW 6 0 1 -1\n", false},
-		{"worker generation 0", "handoff-upgrade v1 5\nW 6 0 0 -1 -1\n", false},
-		{"worker slot too large", "handoff-upgrade v1 5\nW 6 4096 1 -1 -1\n", false},
-		{"relative notify", "handoff-upgrade v1 5\nN tmp/notify\n", false},
-		{"slot count", "handoff-upgrade v1 5\nC 3\n", true},
-		{"slot count 0", "handoff-upgrade v1 5\nC 0\n", false},
-		{"slot count too large", "handoff-upgrade v1 5\nC 4097\n", false},
-		{"two slot counts", "handoff-upgrade v1 5\nC 3\nC 4\n", false},
-		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false},
-		{"blank line", "handoff-upgrade v1 5\n\nL 3 x\n", false},
-		{"too large", "handoff-upgrade v1 5\n" + strings.Repeat("W 6 0 1 -1 -1\n", 10000), false},
+		{"full", goodState, true, ""},
+		{"minimal", "handoff-upgrade v1 1\n", true, ""},
+		{"no trailing newline", "handoff-upgrade v1 7\nL 3 x", true, ""},
+		{"empty", "", false, ""},
+		{"other version", "handoff-upgrade v2 4242\n", false, ""},
+		{"pid zero", "handoff-upgrade v1 0\n", false, ""},
+		{"pid leading zero", "handoff-upgrade v1 042\n", false, ""},
+		{"pid too large", "handoff-upgrade v1 99999999\n", false, ""},
+		{"stdio descriptor", "handoff-upgrade v1 5\nL 2 x\n", false, ""},
+		{"negative descriptor", "handoff-upgrade v1 5\nL -3 x\n", false, ""},
+		{"descriptor twice", "handoff-upgrade v1 5\nL 3 x\nK 3\n", false, ""},
+		{"output reuses a listener", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 3 -1\n", false, ""},
+		{"listener name with colon", "handoff-upgrade v1 5\nL 3 a:b\n", false, ""},
+		{"listener without name", "handoff-upgrade v1 5\nL 3\n", false, ""},
+		{"file name with slash", "handoff-upgrade v1 5\nF 3 ../x\n", false, ""},
+		{"file twice", "handoff-upgrade v1 5\nF 3 a\nF 4 a\n", false, ""},
+		{"two locks", "handoff-upgrade v1 5\nK 3\nK 4\n", false, ""},
+		{"worker is the master", "handoff-upgrade v1 5\nW 5 0 1 -1 -1\n", false, ""},
+		{"worker twice", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 6 1 1 -1 -1\n", false, ""},
+		{"worker short", "handoff-upgrade v1 5\nW 6 0 1 -1\n", false, ""},
+		{"worker generation 0", "handoff-upgrade v1 5\nW 6 0 0 -1 -1\n", false, ""},
+		{"worker slot too large", "handoff-upgrade v1 5\nW 6 4096 1 -1 -1\n", false, ""},
+		{"relative notify", "handoff-upgrade v1 5\nN tmp/notify\n", false, ""},
+		{"slot count", "handoff-upgrade v1 5\nC 3\n", true, ""},
+		{"slot count 0", "handoff-upgrade v1 5\nC 0\n", false, ""},
+		{"slot count too large", "handoff-upgrade v1 5\nC 4097\n", false, ""},
+		{"two slot counts", "handoff-upgrade v1 5\nC 3\nC 4\n", false, ""},
+		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false, ""},
+		// A later image's optional record: ignored, not rejected.
+		{"optional record", "handoff-upgrade v1 5\nL 3 x\nq 7 anything\n", true, "handoff-upgrade v1 5\nL 3 x\n"},
+		{"optional record of two letters", "handoff-upgrade v1 5\nqq 7\n", false, ""},
+		{"no version", "handoff-upgrade 5\n", false, ""},
+		{"blank line", "handoff-upgrade v1 5\n\nL 3 x\n", false, ""},
+		{"too large", "handoff-upgrade v1 5\n" + strings.Repeat("W 6 0 1 -1 -1\n", 10000), false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -72,6 +77,9 @@ func TestUpgradeState(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := tc.in
+			if tc.want != "" {
+				want = tc.want
+			}
 			if !strings.HasSuffix(want, "\n") {
 				want += "\n"
 			}
@@ -89,6 +97,8 @@ func FuzzUpgradeState(f *testing.F) {
 	f.Add("handoff-upgrade v1 1\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nK 3\n")
 	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nN /x\n")
+	f.Add("handoff-upgrade v1 5\nL 3 x\nq 4 optional\n")
+	f.Add("handoff-upgrade v2 5\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		once, err := cluster.ReencodeUpgradeState(s)
 		if err != nil {

@@ -11,11 +11,19 @@ type ExecSpec struct {
 	Argv []string
 	// Env, if not nil, returns the new image's environment; nil means
 	// os.Environ(). It is called on the spawner thread right before
-	// execve(2), while no worker can be spawned or disowned, with the worker
+	// execve(2), while no worker can be spawned or disowned and once the
+	// Launch.Done of every worker spawned has returned, with the worker
 	// processes that will be children of the new image, so a state blob
 	// built from them names exactly those. An error cancels the exec (Exec
 	// returns it). It must not call the Supervisor's methods.
 	Env func(workers []ExecWorker) ([]string, error)
+	// Prepare, if not nil, is Env for a new image whose descriptors
+	// depend on the workers too: it is called in Env's place, with the
+	// same guarantees (Env must then be nil), and returns the environment
+	// (nil: os.Environ()) and more files to keep open across the exec, as
+	// Files are. Files it opened for the purpose stay the caller's to
+	// close when Exec returns (it returns only on failure).
+	Prepare func(workers []ExecWorker) (env []string, files []*os.File, err error)
 	// Files are kept open across the exec, under the same descriptor
 	// numbers (FileFD gives them): close-on-exec is cleared on them just
 	// before execve and set again if it fails. They stay owned by the

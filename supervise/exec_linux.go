@@ -70,10 +70,14 @@ func (s *Supervisor) execRequests() (<-chan execReq, func()) {
 // children of the process (the new image can wait for them through pidfds:
 // os.FindProcess) and are still killed if the new image dies.
 //
-// Descriptors are close-on-exec except spec.Files and the read ends of
-// the surviving workers' captured output, which the new image inherits
+// Descriptors are close-on-exec except spec.Files, the files
+// spec.Prepare returns, and the read ends of the surviving workers'
+// captured output, which the new image inherits
 // (see ExecWorker). Nothing else of the supervisor survives: the new image
 // must adopt the workers it was told about and retire them.
+//
+// Exec waits for the Launch.Done of workers already forked to return: it
+// must not be called from Launch.Done or Spec.Prepare.
 //
 // After an execve that failed, workers started later get the
 // supervisor's raised soft RLIMIT_NOFILE instead of the one the process
@@ -83,6 +87,9 @@ func (s *Supervisor) execRequests() (<-chan execReq, func()) {
 func (s *Supervisor) Exec(spec *ExecSpec) error {
 	if spec == nil || spec.Path == "" || len(spec.Argv) == 0 {
 		return fmt.Errorf("%w: Exec needs a path and argv", ErrInvalid)
+	}
+	if spec.Env != nil && spec.Prepare != nil {
+		return fmt.Errorf("%w: ExecSpec with both Env and Prepare", ErrInvalid)
 	}
 	execHooksMu.Lock()
 	h := execHooks[s]
@@ -133,6 +140,12 @@ func (p *platform) reapPosted(pid int, seq uint64) bool {
 }
 
 func (p *platform) exec(r execReq) error {
+	// A worker forked just before this request is not the caller's yet
+	// (its Launch.Done runs on the loop, which never waits for this
+	// thread meanwhile): its channel, say, would be missing from the
+	// state the caller builds, and closed by the execve. No fork can
+	// start while this thread is here.
+	p.unsettled.Wait()
 	// Held until execve: no worker is forked, disowned or reaped as an
 	// orphan meanwhile, so the list handed to the new image is complete.
 	// A watcher may still reap a worker that exits now; the new image
@@ -184,7 +197,28 @@ func (p *platform) exec(r execReq) error {
 		}
 	}
 	env := os.Environ()
-	if r.spec.Env != nil {
+	var prepared []*os.File
+	switch {
+	case r.spec.Prepare != nil:
+		e, files, err := r.spec.Prepare(workers)
+		if err != nil {
+			return err
+		}
+		if e != nil {
+			env = e
+		}
+		for _, f := range files {
+			if f == nil {
+				return fmt.Errorf("%w: nil file from ExecSpec.Prepare", ErrInvalid)
+			}
+			fd, err := rawFD(f)
+			if err != nil {
+				return err
+			}
+			keep = append(keep, int(fd))
+		}
+		prepared = files
+	case r.spec.Env != nil:
 		var err error
 		if env, err = r.spec.Env(workers); err != nil {
 			return err
@@ -228,6 +262,7 @@ func (p *platform) exec(r execReq) error {
 	}
 	restore()
 	runtime.KeepAlive(r.spec.Files)
+	runtime.KeepAlive(prepared)
 	return &os.PathError{Op: "execve", Path: r.spec.Path, Err: os.NewSyscallError("execve", err)}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -107,13 +108,25 @@ func execerRole() int {
 		flags, _ := unix.FcntlInt(uintptr(rawFD(r)), unix.F_GETFD, 0)
 		unix.Getrlimit(unix.RLIMIT_NOFILE, &after)
 		fmt.Println("FAILED", errors.Is(err, fs.ErrNotExist), flags&unix.FD_CLOEXEC != 0, sup.Status().ReadyWorkers, before == after)
+		// Both at once are refused.
+		err = sup.Exec(&supervise.ExecSpec{Path: self, Argv: []string{self}, Env: func([]supervise.ExecWorker) ([]string, error) { return nil, nil },
+			Prepare: func([]supervise.ExecWorker) ([]string, []*os.File, error) { return nil, nil, nil }})
+		fmt.Println("BOTH", errors.Is(err, supervise.ErrInvalid))
 		err = sup.Exec(&supervise.ExecSpec{Path: self, Argv: []string{self, "-test.run=^$"}, Files: []*os.File{r},
-			Env: func(ws []supervise.ExecWorker) ([]string, error) {
+			Prepare: func(ws []supervise.ExecWorker) ([]string, []*os.File, error) {
 				var b strings.Builder
 				for _, w := range ws {
 					fmt.Fprintf(&b, "%d:%d:%d,", w.PID, w.Stdout, w.Stderr)
 				}
-				return append(os.Environ(), "EXEC_WORKERS="+b.String(), "EXEC_KEPT="+strconv.Itoa(rawFD(r))), nil
+				// A file made on the spawner thread, kept like Files.
+				pr, pw, err := os.Pipe()
+				if err != nil {
+					return nil, nil, err
+				}
+				pw.WriteString("prepared")
+				pw.Close()
+				return append(os.Environ(), "EXEC_WORKERS="+b.String(), "EXEC_KEPT="+strconv.Itoa(rawFD(r)), "EXEC_PREPARED="+strconv.Itoa(rawFD(pr))),
+					[]*os.File{pr}, nil
 			}})
 		fmt.Println("ERROR exec:", err)
 		cancel()
@@ -144,6 +157,9 @@ func execerAfter(ws string) int {
 	b := make([]byte, 16)
 	n, _ := unix.Read(kept, b)
 	fmt.Println("KEPT", string(b[:max(n, 0)]))
+	prepared, _ := strconv.Atoi(os.Getenv("EXEC_PREPARED"))
+	n, _ = unix.Read(prepared, b)
+	fmt.Println("PREPARED", string(b[:max(n, 0)]))
 	for _, w := range strings.Split(strings.TrimSuffix(ws, ","), ",") {
 		f := strings.Split(w, ":")
 		pid, _ := strconv.Atoi(f[0])
@@ -174,7 +190,8 @@ func execerAfter(ws string) int {
 
 // TestExecKeepsWorkers: Exec from the spawner thread keeps the workers
 // alive as children of the same pid, with their captured output readable
-// by the new image and the files asked for kept; a failed Exec (missing
+// by the new image and the files asked for kept, those Prepare made on
+// the spawner thread too; a failed Exec (missing
 // binary) changes nothing: the kept file is close-on-exec again, the
 // workers are still ready and the soft RLIMIT_NOFILE that syscall.Exec
 // lowered is raised again. (An execve from any other thread would SIGKILL
@@ -213,9 +230,11 @@ func TestExecKeepsWorkers(t *testing.T) {
 	want := []string{
 		"PIDS",
 		"FAILED true true 2 true",
+		"BOTH true",
 		"NEW IMAGE",
 		"CHILD NOFILE 256 <nil>",
 		"KEPT kept",
+		"PREPARED prepared",
 		"CHILD true true", "OUTPUT BYE", "EXIT 7",
 		"CHILD true true", "OUTPUT BYE", "EXIT 7",
 	}
@@ -513,6 +532,65 @@ func TestExecReapsPostedExit(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("watcher did not finish")
+	}
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Error(err)
+	}
+}
+
+// TestExecWaitsForLaunchDone: a worker forked right before an Exec is
+// handed over only once its Launch.Done returned, so the state Env builds
+// from what Done records (the parent's end of a per-worker socket, say)
+// names it. Done is held while the Exec is requested.
+func TestExecWaitsForLaunchDone(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	forked := make(chan struct{})
+	var recorded atomic.Bool
+	sup, err := supervise.New(supervise.Spec{Path: "/bin/sh", Args: []string{"-c", "exec sleep 30"}, Env: append(os.Environ(), pc.Env()),
+		Prepare: func(supervise.ID) (supervise.Launch, error) {
+			return supervise.Launch{Done: func(pid int, err error) {
+				if err != nil {
+					return
+				}
+				close(forked)
+				time.Sleep(300 * time.Millisecond)
+				recorded.Store(true)
+			}}, nil
+		}},
+		&supervise.Options{Workers: 1, ReadyOnStart: true, StopTimeout: time.Second, Restart: supervise.RestartNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		for range sup.Events() {
+		}
+	}()
+	go func() {
+		for range sup.Lines() {
+		}
+	}()
+	runDone := make(chan error, 1)
+	go func() { runDone <- sup.Run(ctx) }()
+	select {
+	case <-forked:
+	case <-ctx.Done():
+		t.Fatal("no worker forked")
+	}
+	errAbort := errors.New("abort")
+	var got []string
+	err = sup.Exec(&supervise.ExecSpec{Path: "/bin/true", Argv: []string{"true"}, Env: func(ws []supervise.ExecWorker) ([]string, error) {
+		got = append(got, fmt.Sprintf("workers %d recorded %v", len(ws), recorded.Load()))
+		return nil, errAbort
+	}})
+	if !errors.Is(err, errAbort) {
+		t.Errorf("Exec = %v, want the Env error", err)
+	}
+	if diff := cmp.Diff([]string{"workers 1 recorded true"}, got); diff != "" {
+		t.Errorf("Env saw (-want +got):\n%s", diff)
 	}
 	cancel()
 	if err := <-runDone; err != nil {

@@ -92,6 +92,12 @@ type platform struct {
 	// hand them to the new image as live workers.
 	posted   map[int]*proc
 	spawnSeq uint64 // guarded by procs.mu
+	// unsettled counts the workers forked whose Launch.Done has not
+	// returned yet: their caller has not taken over the parent's ends of
+	// their per-spawn sockets. Exec waits for it to be zero, so what
+	// ExecSpec.Env or Prepare builds from the caller's state covers every
+	// worker it is given. Added to only on the spawner thread.
+	unsettled sync.WaitGroup
 
 	nudge      chan struct{}
 	reaperStop chan struct{}
@@ -269,6 +275,7 @@ func (p *platform) spawner() {
 		seq := p.spawnSeq
 		if err == nil {
 			p.owned[pid] = seq
+			p.unsettled.Add(1)
 		}
 		procs.mu.Unlock()
 		r.reply <- spawnReply{pid: pid, seq: seq, err: err}
@@ -379,6 +386,15 @@ func (p *platform) start(id ID, launch *Launch) (*proc, error) {
 	if rep.err != nil {
 		closeAll(readEnds)
 		return nil, &os.PathError{Op: "fork/exec", Path: s.spec.Path, Err: rep.err}
+	}
+	// The caller calls Done after start, whatever start returns; the
+	// worker is settled (see unsettled) once it has.
+	done := launch.Done
+	launch.Done = func(pid int, err error) {
+		defer p.unsettled.Done()
+		if done != nil {
+			done(pid, err)
+		}
 	}
 	pr := &proc{pid: rep.pid, seq: rep.seq, start: time.Now(), outputs: readEnds, kick: make(chan struct{}, 1)}
 	if err := pr.openPidfd(pidfd); err != nil {

@@ -28,6 +28,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
 		os.Exit(127)
 	}
+	if len(os.Args) == 2 && os.Args[1] == cluster.UpgradeProbeArg {
+		// A running master checks this binary before it executes it in
+		// place (SIGUSR2).
+		if err := cluster.RunUpgradeProbe(os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
+			os.Exit(exitFailure)
+		}
+		os.Exit(exitOK)
+	}
 	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	os.Exit(exitCode(err, os.Stderr))
 }

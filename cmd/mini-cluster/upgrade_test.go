@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,12 +22,85 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/valyala/fastjson"
 
+	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/loadclient"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/supervise"
 )
+
+// init answers the upgrade probe of a master upgrading to a copy of the
+// test binary, as main does for mini-cluster (TestMain would take the
+// argument for a test flag).
+func init() {
+	if len(os.Args) == 2 && os.Args[1] == cluster.UpgradeProbeArg {
+		if err := cluster.RunUpgradeProbe(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if state, ok := os.LookupEnv(forgeStateVar); ok {
+		os.Exit(forgeExec(state))
+	}
+}
+
+// forgeStateVar selects forgeExec in a re-executed test binary (before
+// TestMain: the role variable, mini-cluster, stays for the new image).
+const forgeStateVar = "UPGRADE_FORGE_STATE"
+
+// forgeExec plays an old image that executes mini-cluster in place with
+// leftovers: a listening socket on UPGRADE_FORGE_ADDR without
+// close-on-exec, and two children in process groups of their own, each
+// holding the socket, one with a grandchild. Their pids go to stderr
+// ("FORGED CHILDREN a b"), then it executes itself with state, where %d
+// stands for its pid and %f for the socket's descriptor.
+func forgeExec(state string) int {
+	os.Unsetenv(forgeStateVar)
+	addr := os.Getenv("UPGRADE_FORGE_ADDR")
+	os.Unsetenv("UPGRADE_FORGE_ADDR")
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "forge:", err)
+		return 3
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fail(err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		return fail(err)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fail(err)
+	}
+	fd := -1
+	rc.Control(func(x uintptr) { fd, err = syscall.Dup(int(x)) }) // dup(2): no close-on-exec
+	if err != nil {
+		return fail(err)
+	}
+	var pids []string
+	for _, script := range []string{"exec sleep 60", "sleep 60 & exec sleep 60"} {
+		c := exec.Command("/bin/sh", "-c", script)
+		c.ExtraFiles = []*os.File{f}
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.Start(); err != nil {
+			return fail(err)
+		}
+		pids = append(pids, strconv.Itoa(c.Process.Pid))
+	}
+	fmt.Fprintln(os.Stderr, "FORGED CHILDREN", strings.Join(pids, " "))
+	state = strings.ReplaceAll(state, "%d", strconv.Itoa(os.Getpid()))
+	state = strings.ReplaceAll(state, "%f", strconv.Itoa(fd))
+	self, err := os.Executable()
+	if err != nil {
+		return fail(err)
+	}
+	return fail(syscall.Exec(self, os.Args, append(os.Environ(), "HANDOFF_UPGRADE_STATE="+state)))
+}
 
 // copyBinary copies the test binary to dst (mode 0755) by way of a
 // temporary file renamed over dst, as a package manager replaces a binary:
@@ -429,9 +503,11 @@ func upgradeLoadSpanned(res loadclient.Result, old, now []int, execed time.Time)
 }
 
 // TestUpgradeBinaryUnusable: SIGUSR2 with the binary missing, not
-// executable, or busy (ETXTBSY, open for writing) leaves the running
-// master serving with the same workers and descriptors, logs why, and a
-// later SIGUSR2 with the binary back succeeds (TESTPLAN C12).
+// executable, busy (ETXTBSY, open for writing), not a valid executable
+// (ENOEXEC), exiting at once, never answering the upgrade probe, without
+// the probe mode, or of another state version leaves the running master
+// serving with the same workers and descriptors, logs why, and a later
+// SIGUSR2 with the binary back succeeds (TESTPLAN C12).
 func TestUpgradeBinaryUnusable(t *testing.T) {
 	// A new binary still being written (golang/go#22315): the running
 	// image's own file cannot be opened for writing, so a new file is
@@ -448,6 +524,18 @@ func TestUpgradeBinaryUnusable(t *testing.T) {
 			t.Fatal(err)
 		}
 		return func() { f.Close() }
+	}
+	// A new binary at the path, put back by restore.
+	replaceWith := func(content string) func(t *testing.T, bin string) func() {
+		return func(t *testing.T, bin string) func() {
+			if err := os.WriteFile(bin+".new", []byte(content), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(bin+".new", bin); err != nil {
+				t.Fatal(err)
+			}
+			return func() { copyBinary(t, bin) }
+		}
 	}
 	for _, tc := range []struct {
 		name    string
@@ -469,6 +557,13 @@ func TestUpgradeBinaryUnusable(t *testing.T) {
 		}, "permission denied", ""},
 		{"busy", busy, "text file busy", "shared"},
 		{"busy in handoff mode", busy, "text file busy", "handoff"},
+		// The probe run before the exec refuses these: past the execve
+		// each would have taken every worker down with it.
+		{"garbage ELF", replaceWith("\x7fELF\x02\x01\x01" + strings.Repeat("\xff", 120)), "exec format error", ""},
+		{"exits at once", replaceWith("#!/bin/sh\nexit 1\n"), "exit status 1", ""},
+		{"never answers", replaceWith("#!/bin/sh\nexec sleep 30\n"), "no answer within 2s", ""},
+		{"no probe mode", replaceWith("#!/bin/sh\necho serving\n"), "names no upgrade state version", ""},
+		{"other state version", replaceWith("#!/bin/sh\necho handoff-upgrade v9\n"), "parses state versions v9, not v1", "handoff"},
 	} {
 		if tc.mode == "" {
 			tc.mode = "shared"
@@ -593,46 +688,77 @@ func TestUpgradeStateDistrusted(t *testing.T) {
 	}
 }
 
-// TestUpgradeHandoffMode: an upgrade in handoff mode, with Go workers
-// (examples/hello) that get their connections from the master. Nothing is
-// refused and nothing times out; the only connections that can fail are
-// those the master had accepted and not yet handed to a worker at the
-// instant of the exec (at most one batch, 64, per listener): they are
-// closed with the old image. The test bounds them and logs the count.
+// TestUpgradeHandoffMode: an upgrade in handoff mode loses no connection
+// the master accepted: before the exec it stops accepting (the kernel's
+// backlog, kept across the exec, holds new ones) and hands every
+// connection it holds to a worker, which the exec would otherwise reset
+// (docs/operations.md). The old worker is stopped while 200 requests
+// arrive, so the master holds a batch its window does not let it send;
+// the worker resumes only once the upgrade paused, and the new image's
+// workers wait at their readiness gate meanwhile. Every request is
+// answered: none reset, none timed out. Without the pause the held batch
+// is reset.
 func TestUpgradeHandoffMode(t *testing.T) {
 	fdcensus.Verify(t)
-	hello := buildHello(t)
 	pc := proccensus.New(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "mini-cluster")
-	copyBinary(t, bin)
-	m := startMasterFrom(t, pc, bin, nil, "-n", "2", "-mode", "handoff", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--", hello)
-	addr := m.waitReady()
-	var res loadclient.Result
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		res = loadclient.Run(ctx, loadclient.Options{Addr: addr, NewConn: 8, KeepAlive: 8, Requests: 20000,
-			Duration: 60 * time.Second, Pause: 2 * time.Millisecond})
-	}()
-	time.Sleep(300 * time.Millisecond)
-	m.signal(syscall.SIGUSR2)
-	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
-		t.Fatalf("upgrade not done within 15 s")
+	h := startHeldUpgrade(t, pc, 200)
+	m := h.m
+	if n, err := heldConns(m.cmd.Process.Pid); err != nil || n == 0 {
+		t.Fatalf("the master holds %d connections (%v): the test cannot show that the upgrade hands them over", n, err)
+	}
+	h.upgradeToPause(t)
+	if err := m.signalWorker(h.old, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return count(m.records(), "upgrade: took over from the previous image") == 1 }) {
+		t.Fatalf("no new image within 10 s")
 	}
 	time.Sleep(300 * time.Millisecond)
-	cancel()
-	wg.Wait()
-	t.Logf("handoff mode: %v", res)
-	if res.Refused != 0 || res.Timeout != 0 || res.Other != 0 || res.Reset > 64 || res.OK == 0 {
-		t.Errorf("lost requests beyond one batch held by the master: %v; errors %q", res, res.Errors)
+	if err := os.WriteFile(h.gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
+		t.Errorf("upgrade not done within 15 s")
+	}
+	ok, failed := h.results()
+	t.Logf("handoff mode: %d of %d answered, failed %v", ok, len(h.conns), failed)
+	if ok != len(h.conns) {
+		t.Errorf("%d of %d requests answered; failed: %v", ok, len(h.conns), failed)
 	}
 	m.signal(syscall.SIGTERM)
 	if code := m.wait(15 * time.Second); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestUpgradeStopDuringPause: a stop acknowledged while an upgrade is on
+// its way (here: over the control socket while the handoff pause waits
+// for a stopped worker) is carried out, never lost by the exec that
+// follows: the upgrade is given up and the master stops. The old code
+// checked for a stop only before the pause, executed the new image, and
+// ran on.
+func TestUpgradeStopDuringPause(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	path := filepath.Join(controlDir(t), "ctl")
+	h := startHeldUpgrade(t, pc, 200, "-control", path)
+	m := h.m
+	h.upgradeToPause(t)
+	code, _, errOut := ctl("stop", "-control", path)
+	if err := m.signalWorker(h.old, syscall.SIGCONT); err != nil {
+		t.Error(err)
+	}
+	if code != 0 {
+		t.Fatalf("stop during the upgrade: exit %d: %s", code, errOut)
+	}
+	if code := m.wait(20 * time.Second); code != 0 {
+		t.Errorf("exit code %d after the stop, want 0", code)
+	}
+	if n := count(m.records(), "upgrade: executing the new image", "upgrade: took over from the previous image"); n != 0 {
+		t.Errorf("the upgrade went on after an acknowledged stop")
+	}
+	if n := count(m.records(), "stopped"); n != 1 {
+		t.Errorf("the master did not stop cleanly")
 	}
 }
 
@@ -977,4 +1103,223 @@ func TestUpgradeStateExtraSlotSockets(t *testing.T) {
 	if code := m.wait(15 * time.Second); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
 	}
+}
+
+// TestUpgradeStateLeftovers: what an exec by an older image leaves open or
+// running and the new image does not adopt never outlives it. A state the
+// new image refuses (another version) makes it close every inherited
+// descriptor and SIGKILL and reap every child the old image started
+// (process groups included) before it binds, then serve alone: the old
+// code started "clean" beside them, and failed to bind (EADDRINUSE: a
+// full outage) or shared the port with sockets nobody served. With a
+// state it accepts, the children the state does not name go the same way.
+func TestUpgradeStateLeftovers(t *testing.T) {
+	for _, tc := range []struct {
+		name, state, log string
+	}{
+		{"refused state", "handoff-upgrade v9 %d\nL %f x\n", "upgrade: the previous image's descriptors closed and its workers killed; starting clean"},
+		{"children not in the state", "handoff-upgrade v1 %d\nL %f tcp-x\n", "upgrade: leftovers of the previous image not in its state closed and killed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fdcensus.Verify(t)
+			pc := proccensus.New(t)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			ln.Close()
+			cmd := helperproc.Command(t, "mini-cluster", &helperproc.Options{
+				Env:  []string{pc.Env(), forgeStateVar + "=" + tc.state, "UPGRADE_FORGE_ADDR=" + addr},
+				Args: append([]string{"-n", "2", "-listen", addr, "-log-format", "json", "--"}, fakeSrvCmd(t)...),
+			})
+			m := startCmd(t, cmd)
+			m.waitReady()
+			mpid := m.cmd.Process.Pid
+			var forged []int
+			for _, line := range strings.Split(m.log.String(), "\n") {
+				if rest, ok := strings.CutPrefix(line, "FORGED CHILDREN "); ok {
+					for _, f := range strings.Fields(rest) {
+						pid, _ := strconv.Atoi(f)
+						forged = append(forged, pid)
+					}
+				}
+			}
+			if len(forged) != 2 {
+				t.Fatalf("forged children %v, want 2", forged)
+			}
+			if !strings.Contains(m.log.String(), tc.log) {
+				t.Errorf("log does not say %q", tc.log)
+			}
+			for _, pid := range forged {
+				if p, ok := proccensus.Stat(pid); ok && p.PPID == mpid {
+					t.Errorf("the old image's child %d is still the master's (state %c)", pid, p.State)
+				}
+			}
+			failed := 0
+			for range 20 {
+				if _, _, err := get(addr, "/"); err != nil {
+					failed++
+				}
+			}
+			if failed != 0 {
+				t.Errorf("%d of 20 requests failed", failed)
+			}
+			if z := proccensus.Zombies(mpid); len(z) != 0 {
+				t.Errorf("zombies: %v", z)
+			}
+			m.signal(syscall.SIGTERM)
+			if code := m.wait(15 * time.Second); code != 0 {
+				t.Errorf("exit code %d after SIGTERM, want 0", code)
+			}
+		})
+	}
+}
+
+// TestUpgradeFollowsSymlink: a deploy that swaps a symlink (current ->
+// rel/v1 becomes current -> rel/v2) upgrades to v2: the master executes
+// the path it was started from, not what /proc/self/exe resolved it to
+// at start (the old code re-ran v1 and logged "upgrade: done"). A second
+// SIGUSR2 with nothing replaced re-executes v2, with a warning.
+func TestUpgradeFollowsSymlink(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := t.TempDir()
+	for _, v := range []string{"v1", "v2"} {
+		if err := os.MkdirAll(filepath.Join(dir, "rel", v), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		copyBinary(t, filepath.Join(dir, "rel", v, "mini-cluster"))
+	}
+	current := filepath.Join(dir, "current")
+	if err := os.Symlink(filepath.Join("rel", "v1"), current); err != nil {
+		t.Fatal(err)
+	}
+	m := startMasterFrom(t, pc, filepath.Join(current, "mini-cluster"), nil,
+		append([]string{"-n", "1", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-format", "json", "--"}, fakeSrvCmd(t)...)...)
+	addr := m.waitReady()
+	mpid := m.cmd.Process.Pid
+	exe := "/proc/" + strconv.Itoa(mpid) + "/exe"
+	if !sameFile(exe, filepath.Join(dir, "rel", "v1", "mini-cluster")) {
+		t.Fatalf("the master does not run v1")
+	}
+	if err := os.Symlink(filepath.Join("rel", "v2"), current+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(current+".new", current); err != nil {
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGUSR2)
+	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 1 }) {
+		t.Fatalf("upgrade not done within 15 s")
+	}
+	if !sameFile(exe, filepath.Join(dir, "rel", "v2", "mini-cluster")) {
+		t.Errorf("the master does not run v2 after the symlink swap and SIGUSR2")
+	}
+	const same = "upgrade: the binary is the running image itself (not replaced?); re-executing it anyway"
+	if n := count(m.records(), same); n != 0 {
+		t.Errorf("warned that the binary was not replaced (%d times), but it was", n)
+	}
+	m.signal(syscall.SIGUSR2)
+	if !waitFor(15*time.Second, func() bool { return count(m.records(), "upgrade: done") == 2 }) {
+		t.Fatalf("second upgrade not done within 15 s")
+	}
+	if n := count(m.records(), same); n != 1 {
+		t.Errorf("%d warnings that the binary was not replaced, want 1", n)
+	}
+	if _, _, err := get(addr, "/"); err != nil {
+		t.Errorf("request after the upgrades: %v", err)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// heldUpgrade is a handoff-mode master of one fake worker whose next
+// workers (the new image's) wait at a closed readiness gate, with the
+// worker stopped (SIGSTOP) and n requests sent on new connections: the
+// master delivers what the worker's window allows (128) and holds the
+// next batch, which an exec would reset, while the rest wait in the
+// kernel's backlog.
+type heldUpgrade struct {
+	m     *master
+	bin   string
+	gate  string
+	old   int
+	conns []net.Conn
+}
+
+func startHeldUpgrade(t *testing.T, pc *proccensus.Census, n int, extra ...string) *heldUpgrade {
+	t.Helper()
+	_, bin, gate := upgradeDir(t)
+	args := append([]string{"-n", "1", "-mode", "handoff", "-listen", "127.0.0.1:0", "-shutdown-timeout", "5s", "-log-format", "json"}, extra...)
+	m := startMasterFrom(t, pc, bin, []string{"SRV_READY_GATE=" + gate}, append(append(args, "--"), fakeSrvCmd(t)...)...)
+	addr := m.waitReady()
+	old := m.workers()
+	if len(old) != 1 {
+		t.Fatalf("%d workers, want 1", len(old))
+	}
+	h := &heldUpgrade{m: m, bin: bin, gate: gate, old: old[0]}
+	t.Cleanup(func() {
+		for _, c := range h.conns {
+			c.Close()
+		}
+	})
+	if err := os.Remove(gate); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.signalWorker(h.old, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.conns = append(h.conns, c)
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The master's accept loop takes them meanwhile.
+	time.Sleep(300 * time.Millisecond)
+	return h
+}
+
+// upgradeToPause starts an upgrade to a new copy of the binary and waits
+// until the old image pauses accepting to hand over what it holds.
+func (h *heldUpgrade) upgradeToPause(t *testing.T) {
+	t.Helper()
+	copyBinary(t, h.bin)
+	h.m.signal(syscall.SIGUSR2)
+	if !waitFor(10*time.Second, func() bool {
+		return count(h.m.records(), "upgrade: accepting paused; handing the connections the master holds to workers") == 1
+	}) {
+		t.Fatalf("the upgrade did not pause accepting within 10 s")
+	}
+	time.Sleep(200 * time.Millisecond)
+}
+
+// results reads every reply: how many were answered, and the errors of
+// the others by kind.
+func (h *heldUpgrade) results() (ok int, failed map[string]int) {
+	failed = map[string]int{}
+	for _, c := range h.conns {
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		switch {
+		case err == nil && strings.HasPrefix(line, "HTTP/1.1 200"):
+			ok++
+		case err == nil:
+			failed["status "+strings.TrimSpace(line)]++
+		case strings.Contains(err.Error(), "reset"):
+			failed["reset"]++
+		case os.IsTimeout(err):
+			failed["timeout"]++
+		default:
+			failed[err.Error()]++
+		}
+	}
+	return ok, failed
 }
