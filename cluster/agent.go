@@ -58,13 +58,17 @@ const (
 	maxAgentAttrKey    = 256
 	maxAgentDurationMS = math.MaxInt64 / int64(time.Millisecond)
 	// defaultStatusInterval is how often an agent reports its status and
-	// the master pings it (the session's heartbeats, one per direction);
-	// the master gives up on a session silent for agentSilentIntervals
-	// intervals, the agent on a master silent for as long plus
-	// agentSilenceSlack.
-	defaultStatusInterval = time.Second
-	agentSilentIntervals  = 3
-	agentSilenceSlack     = 2 * time.Second
+	// the master pings it (the session's heartbeats, one per direction).
+	// The master gives up on a session silent for defaultHeartbeatTimeout:
+	// long enough to ride out a stall of the link (TCP retransmissions on
+	// a WAN take seconds), for ending a session restarts every worker of
+	// the host. The agent gives up on a master silent for the start spec's
+	// heartbeat timeout plus agentSilenceSlack, or, from a master that
+	// sends none, for agentSilentIntervals status intervals plus the slack.
+	defaultStatusInterval   = time.Second
+	defaultHeartbeatTimeout = 15 * time.Second
+	agentSilentIntervals    = 3
+	agentSilenceSlack       = 2 * time.Second
 )
 
 // Agent message types: master to agent, then agent to master.
@@ -132,9 +136,67 @@ type agentStart struct {
 	Strategy supervise.Strategy
 	Restart  supervise.Policy
 	Backoff  supervise.Backoff
-	// Durations travel in milliseconds.
+	// Durations travel in milliseconds. HeartbeatTimeout is how long the
+	// master lets the session go without a frame (0: not sent, an older
+	// master); the agent allows the master's pings as long.
 	Heartbeat, ShutdownTimeout, StartTimeout, MaxRunningTime, StatusInterval time.Duration
+	HeartbeatTimeout                                                         time.Duration
 	Suspended                                                                bool
+}
+
+// agentSilence is how long the agent of spec s waits for a frame from the
+// master before it gives up on the session.
+func (s *agentStart) agentSilence() time.Duration {
+	if s.HeartbeatTimeout > 0 {
+		// Capped: the sum must not wrap, which would stop at once.
+		return min(s.HeartbeatTimeout, 24*time.Hour) + agentSilenceSlack
+	}
+	interval := s.StatusInterval
+	if interval <= 0 {
+		interval = defaultStatusInterval
+	}
+	return agentSilentIntervals*interval + agentSilenceSlack
+}
+
+// checkRemoteSpec reports why the agent of a remote host of g with count
+// workers would refuse the group's start spec (nil if it would not): its
+// lists beyond the agent's limits, or a frame too large. The spec is
+// encoded and decoded as a session would send it, with ids as long as
+// any a file can give.
+func checkRemoteSpec(g *GroupConfig, count int) error {
+	switch {
+	case len(g.Args) > maxAgentArgs:
+		return fmt.Errorf("%d command arguments; an agent takes at most %d", len(g.Args), maxAgentArgs)
+	case len(g.Env) > maxAgentEnv:
+		return fmt.Errorf("%d env variables; an agent takes at most %d", len(g.Env), maxAgentEnv)
+	case len(g.Listen) > maxAgentListen:
+		return fmt.Errorf("%d listen addresses; an agent takes at most %d", len(g.Listen), maxAgentListen)
+	case count < 1 || count > maxControlWorkers:
+		return fmt.Errorf("%d workers; an agent runs 1 to %d", count, maxControlWorkers)
+	}
+	ids := make([]int, count)
+	for i := range ids {
+		ids[i] = MaxConfigWorkers - 1
+	}
+	spec := &agentStart{
+		Version: agentVersion, Group: g.Name, Program: g.Program, Args: g.Args,
+		IDs: ids, IndexBase: MaxConfigWorkers - 1, GroupSize: MaxConfigWorkers, Params: g.Params,
+		Env: g.Env, Listen: g.Listen, Mode: g.Mode, Ready: g.Ready, Strategy: g.Strategy,
+		Restart: g.Restart, Backoff: g.Backoff, Heartbeat: g.Heartbeat,
+		ShutdownTimeout: g.ShutdownTimeout, StartTimeout: g.StartTimeout,
+		MaxRunningTime: g.MaxRunningTime, StatusInterval: defaultStatusInterval,
+		HeartbeatTimeout: defaultHeartbeatTimeout, Suspended: g.Suspended,
+	}
+	frame := appendAgentMsg(nil, &agentMsg{Type: "start", Start: spec})
+	if len(frame) > maxAgentFrame {
+		return fmt.Errorf("the start spec takes %d bytes; an agent takes frames of at most %d (shorten command, env or params)", len(frame), maxAgentFrame)
+	}
+	var p fastjson.Parser
+	var msg agentMsg
+	if err := decodeAgentMsg(&p, frame, &msg); err != nil {
+		return fmt.Errorf("an agent would refuse the start spec: %w", err)
+	}
+	return nil
 }
 
 // appendAgentMsg appends msg as one JSON object: the encoder of both ends.
@@ -246,6 +308,9 @@ func (s *agentStart) appendFields(dst []byte) []byte {
 	dst = appendKeyInt(dst, "start_timeout_ms", s.StartTimeout.Milliseconds())
 	dst = appendKeyInt(dst, "max_running_time_ms", s.MaxRunningTime.Milliseconds())
 	dst = appendKeyInt(dst, "status_interval_ms", s.StatusInterval.Milliseconds())
+	if s.HeartbeatTimeout > 0 {
+		dst = appendKeyInt(dst, "heartbeat_timeout_ms", s.HeartbeatTimeout.Milliseconds())
+	}
 	dst = append(dst, `,"suspended":`...)
 	return strconv.AppendBool(dst, s.Suspended)
 }
@@ -549,6 +614,7 @@ func decodeStart(v *fastjson.Value) (*agentStart, error) {
 		{"start_timeout_ms", &s.StartTimeout},
 		{"max_running_time_ms", &s.MaxRunningTime},
 		{"status_interval_ms", &s.StatusInterval},
+		{"heartbeat_timeout_ms", &s.HeartbeatTimeout},
 	} {
 		if *d.to, err = jsonMillis(v, d.key); err != nil {
 			return nil, err

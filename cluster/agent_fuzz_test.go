@@ -20,6 +20,7 @@ var agentSeeds = []string{
 		`"mode":"reuseport","ready":"started","strategy":"parallel","restart":"on-failure",` +
 		`"backoff":{"min_ms":200,"max_ms":1000,"jitter":0.2,"reset_after_ms":0,"burst":-1,"window_ms":0,"quick_failures":5},` +
 		`"heartbeat_ms":1000,"shutdown_timeout_ms":5000,"start_timeout_ms":0,"max_running_time_ms":3600000,"status_interval_ms":1000,"suspended":true}`,
+	`{"type":"start","version":1,"program":"srv","ids":[0],"listen":["127.0.0.1:0"],"status_interval_ms":1000,"heartbeat_timeout_ms":15000}`,
 	`{"type":"restart","seq":1}`,
 	`{"type":"suspend","seq":2}`,
 	`{"type":"resume","seq":3}`,

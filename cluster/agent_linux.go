@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/ipcframe"
+	"github.com/handoff-go/handoff/supervise"
 	"github.com/valyala/fastjson"
 	"golang.org/x/sys/unix"
 )
@@ -37,6 +38,9 @@ const (
 	agentControlQueue = 64
 	// agentPoll is how often the agent looks for a status change.
 	agentPoll = 200 * time.Millisecond
+	// agentPollStart is how often a command is retried while the
+	// supervisor is starting.
+	agentPollStart = 10 * time.Millisecond
 )
 
 // agentFlushTimeout bounds the wait for the last frames at exit: a wire
@@ -50,9 +54,10 @@ var agentFlushTimeout = 5 * time.Second
 // master asks it to stop, in reaches EOF, ctx is done, or the process gets
 // SIGHUP, SIGTERM or SIGINT; it then stops the workers gracefully and
 // returns nil. A second signal kills the workers. A malformed frame from
-// the master, or no frame from it (its pings) for three status intervals
-// plus 2 s, stops the workers too and returns an error matching
-// ErrAgentProtocol: a link that dropped without a FIN or RST leaves sshd
+// the master, or no frame from it (its pings) for the start spec's
+// heartbeat timeout plus 2 s (three status intervals plus 2 s from a
+// master that sends none), stops the workers too and returns an error
+// matching ErrAgentProtocol: a link that dropped without a FIN or RST leaves sshd
 // (ClientAliveInterval 0 by default) holding the session for hours, so
 // stdin EOF alone would leave the workers running. Frames are written by
 // one goroutine from bounded queues, so a stuck wire never blocks the
@@ -116,20 +121,26 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 		flush()
 		return err
 	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runDone := make(chan error, 1)
+	// ran is closed when Run returned: until then a command that finds
+	// the supervisor not running yet waits for it (obey).
+	ran := make(chan struct{})
+	go func() {
+		err := m.Run(runCtx)
+		close(ran)
+		runDone <- err
+	}()
 	var wg sync.WaitGroup
 	cmds := make(chan agentMsg, agentCommandQueue)
 	wg.Add(1)
-	go func() { defer wg.Done(); a.obey(m, cmds) }()
+	go func() { defer wg.Done(); a.obey(m, cmds, ran) }()
 	started := agentMsg{Type: "started", PID: os.Getpid()}
 	for _, addr := range m.Addrs() {
 		started.Addrs = append(started.Addrs, addr.String())
 	}
 	a.send(&started)
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- m.Run(runCtx) }()
 
 	interval := spec.StatusInterval
 	if interval <= 0 {
@@ -137,7 +148,7 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 	}
 	tick := time.NewTicker(min(agentPoll, interval))
 	defer tick.Stop()
-	silence := agentSilentIntervals*interval + agentSilenceSlack
+	silence := spec.agentSilence()
 	var (
 		heard    = time.Now() // the last frame from the master
 		last     time.Time
@@ -333,18 +344,36 @@ func (a *agent) read(in io.Reader, frames chan<- agentMsg, errc chan<- error, do
 
 // obey carries out the master's commands one at a time, each answered with
 // an ack, off the main loop so that a slow suspend does not delay status.
-func (a *agent) obey(m *Master, cmds <-chan agentMsg) {
+// "started" goes out while Run is still starting the supervisor: a command
+// that finds it not running yet is retried every agentPollStart until it
+// runs, Run returned (ran closed) or agentSpecTimeout passed, so that the
+// master's first command (a suspend set while the agent started) is not
+// refused for a moment's race.
+func (a *agent) obey(m *Master, cmds <-chan agentMsg, ran <-chan struct{}) {
 	for msg := range cmds {
-		var err error
-		switch msg.Type {
-		case "restart":
-			err = m.Restart()
-		case "suspend":
-			err = m.Suspend()
-		case "resume":
-			err = m.Resume()
-		case "max_running_time":
-			err = m.SetMaxRunningTime(msg.MaxRunning)
+		do := func() error {
+			switch msg.Type {
+			case "restart":
+				return m.Restart()
+			case "suspend":
+				return m.Suspend()
+			case "resume":
+				return m.Resume()
+			case "max_running_time":
+				return m.SetMaxRunningTime(msg.MaxRunning)
+			}
+			return nil
+		}
+		err := do()
+		deadline := time.Now().Add(agentSpecTimeout)
+	retry:
+		for errors.Is(err, supervise.ErrNotRunning) && !errors.Is(err, supervise.ErrStopping) && time.Now().Before(deadline) {
+			select {
+			case <-ran:
+				break retry
+			case <-time.After(agentPollStart):
+			}
+			err = do()
 		}
 		ack := agentMsg{Type: "ack", Seq: msg.Seq}
 		if err != nil {

@@ -108,6 +108,11 @@ type RemoteHost struct {
 	// Binary is the mini-cluster executable on the remote host (default
 	// "mini-cluster", looked up in the remote user's PATH).
 	Binary string
+	// HeartbeatTimeout is how long the session with the host's agent may
+	// go without a frame before it is ended and redone, restarting the
+	// host's workers ("heartbeat_timeout"; 0 means 15 s, else 3 s to
+	// 10 min); the agent allows the master's pings as long plus 2 s.
+	HeartbeatTimeout time.Duration
 }
 
 // ErrConfig is matched by every configuration error (errors.Is).

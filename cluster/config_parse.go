@@ -45,6 +45,11 @@ const (
 	cfgMaxTimeout        = 24 * time.Hour
 	cfgMinTimeout        = 100 * time.Millisecond
 	cfgMaxRunningTimeCap = 366 * 24 * time.Hour
+	// A remote session's heartbeat timeout: the agent reports every
+	// second, so less than 3 s would end sessions over a moment's delay;
+	// more than 10 min would leave a dead link unnoticed that long.
+	cfgMinHeartbeatTimeout = 3 * time.Second
+	cfgMaxHeartbeatTimeout = 10 * time.Minute
 	// execve fails with E2BIG when one argument or environment string
 	// exceeds MAX_ARG_STRLEN (32 pages, 128 KiB) with its NUL.
 	cfgMaxArgStrlen = 128 << 10
@@ -392,7 +397,7 @@ var (
 	groupKeys = []string{"name", "command", "count", "params", "env", "listen", "mode", "ready", "restart_strategy",
 		"restart", "backoff", "heartbeat", "shutdown_timeout", "start_timeout", "max_running_time", "suspended", "remote"}
 	backoffKeys = []string{"min", "max", "reset_after", "burst", "window"}
-	remoteKeys  = []string{"ssh", "port", "count", "identity", "known_hosts", "binary"}
+	remoteKeys  = []string{"ssh", "port", "count", "identity", "known_hosts", "binary", "heartbeat_timeout"}
 )
 
 func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
@@ -502,9 +507,15 @@ func validateGroup(g *GroupConfig, p cfgPath, names map[string]bool) (cfgPath, s
 		if _, err := sshlaunch.ParseTarget(r.SSH); err != nil {
 			return rp.key("ssh"), fmt.Sprintf("want \"user@host\" or \"host\": %v", err)
 		}
+		if t := r.HeartbeatTimeout; t != 0 && (t < cfgMinHeartbeatTimeout || t > cfgMaxHeartbeatTimeout) {
+			return rp.key("heartbeat_timeout"), fmt.Sprintf("want 0 (the default 15s) or %s to %s, got %s", cfgMinHeartbeatTimeout, cfgMaxHeartbeatTimeout, t)
+		}
 	}
 	if g.Size() == 0 {
 		return p.key("count"), "the group has no workers (count 0 and no remote hosts)"
+	}
+	if p, msg := remoteSpecLimits(g, p); msg != "" {
+		return p, msg
 	}
 	seen := make(map[Addr]bool, len(g.Listen))
 	for i, l := range g.Listen {
@@ -520,6 +531,37 @@ func validateGroup(g *GroupConfig, p cfgPath, names map[string]bool) (cfgPath, s
 		if msg := modeListen(g.Mode, a); msg != "" {
 			return lp, msg
 		}
+	}
+	return nil, ""
+}
+
+// remoteSpecLimits refuses a group with remote hosts whose start spec
+// their agents would refuse at every session (so the hosts would never
+// start, retried for ever): the agent takes fewer arguments, variables and
+// listen addresses than a file may hold, and frames of at most 1 MiB.
+func remoteSpecLimits(g *GroupConfig, p cfgPath) (cfgPath, string) {
+	if len(g.Remote) == 0 {
+		return nil, ""
+	}
+	const why = "a group with remote hosts"
+	switch {
+	case len(g.Args) > maxAgentArgs:
+		// command[0] is the program.
+		return p.key("command").index(maxAgentArgs + 1), fmt.Sprintf("%s takes at most %d arguments after the program (the agent's limit)", why, maxAgentArgs)
+	case len(g.Env) > maxAgentEnv:
+		k, _, _ := strings.Cut(g.Env[maxAgentEnv], "=")
+		return p.key("env").key(k), fmt.Sprintf("%s takes at most %d variables (the agent's limit)", why, maxAgentEnv)
+	case len(g.Listen) > maxAgentListen:
+		return p.key("listen").index(maxAgentListen), fmt.Sprintf("%s takes at most %d listen addresses (the agent's limit)", why, maxAgentListen)
+	}
+	most, at := 0, 0
+	for i, r := range g.Remote {
+		if r.Count > most {
+			most, at = r.Count, i
+		}
+	}
+	if err := checkRemoteSpec(g, most); err != nil {
+		return p.key("remote").index(at), fmt.Sprintf("host %s: %v", strconv.Quote(g.Remote[at].SSH), err)
 	}
 	return nil, ""
 }
@@ -915,6 +957,8 @@ func (d *configDecoder) remote(v *fastjson.Value, p cfgPath) RemoteHost {
 		case "known_hosts":
 			hasKnownHosts = true
 			r.KnownHosts = d.sshPath(fv, kp, true)
+		case "heartbeat_timeout":
+			r.HeartbeatTimeout = d.minDuration(fv, kp, cfgMinHeartbeatTimeout, cfgMaxHeartbeatTimeout, "the default 15s")
 		case "binary":
 			r.Binary = d.string(fv, kp)
 			if d.err == nil && (r.Binary == "" || r.Binary[0] == '-' || cfgHasControl(r.Binary)) {
@@ -962,7 +1006,7 @@ func (d *configDecoder) sshPath(v *fastjson.Value, p cfgPath, knownHosts bool) s
 		t.Identity = s
 	}
 	if _, err := t.Args([]string{"true"}); err != nil {
-		d.fail(p, false, "path unusable with ssh (no whitespace, quotes, '%%' or control characters), got %s", cfgDescribe(v))
+		d.fail(p, false, "path unusable with ssh (no whitespace, quotes, backslashes, '%%', '$' or control characters), got %s", cfgDescribe(v))
 		return ""
 	}
 	return s

@@ -36,6 +36,10 @@ func (g *RemoteGroup) Ready() <-chan struct{}                  { return g.r.read
 func (g *RemoteGroup) Kill()                                   { g.r.kill() }
 func (g *RemoteGroup) SetMaxRunningTime(d time.Duration) error { return g.r.setMaxRunningTime(d) }
 
+// SetHeartbeatTimeout sets how long a session may go without a frame
+// (the agent allows the master as long plus 2 s); call it before Run.
+func (g *RemoteGroup) SetHeartbeatTimeout(d time.Duration) { g.r.silence = d }
+
 // SSHPID is the pid of the current session's ssh client (0 if none).
 func (g *RemoteGroup) SSHPID() int {
 	g.r.mu.Lock()
@@ -45,13 +49,37 @@ func (g *RemoteGroup) SSHPID() int {
 
 // RemoteSession runs the master's frame reader of a session whose start
 // spec asked for suspended and maxRun on frames; the session's commands go
-// to cmds. It returns when frames end.
-func RemoteSession(g *RemoteGroup, frames io.Reader, cmds io.Writer, suspended bool, maxRun time.Duration) error {
+// to cmds. It returns when frames end. If the session asks to be ended
+// meanwhile, the reason goes to aborted (when not nil).
+func RemoteSession(g *RemoteGroup, frames io.Reader, cmds io.Writer, suspended bool, maxRun time.Duration, aborted chan<- error) error {
 	s := &remoteSession{w: ipcframe.NewWriter(cmds, &ipcframe.WriterOptions{MaxFrame: maxAgentFrame}), done: make(chan struct{}),
-		pending: make(map[int64]chan error), suspended: suspended, maxRun: maxRun}
+		abort: make(chan error, 1), pending: make(map[int64]chan error), suspended: suspended, maxRun: maxRun}
 	defer close(s.done)
-	return g.r.readFrames(frames, s, make(chan struct{}, 1))
+	if aborted != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case err := <-s.abort:
+				aborted <- err
+			case <-stop:
+			}
+		}()
+	}
+	return g.r.readFrames(frames, s, make(chan struct{}, 1)).err
 }
+
+// Remembered returns the suspension and maximum running time the group's
+// next session starts with.
+func (g *RemoteGroup) Remembered() (bool, time.Duration) {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	return g.r.suspended, g.r.maxRun
+}
+
+// RemoteSyncTries is how often a new agent's refusal of the remembered
+// state is retried before its session is ended.
+const RemoteSyncTries = remoteSyncTries
 
 // RemoteReadFrames runs the master's frame reader of a session on frames
 // (an agent's output), with commands of the given seqs waiting for their
@@ -61,5 +89,5 @@ func RemoteReadFrames(g *RemoteGroup, frames io.Reader, seqs []int64) error {
 	for _, seq := range seqs {
 		s.pending[seq] = make(chan error, 1)
 	}
-	return g.r.readFrames(frames, s, make(chan struct{}, 1))
+	return g.r.readFrames(frames, s, make(chan struct{}, 1)).err
 }

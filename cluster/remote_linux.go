@@ -11,8 +11,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/sshlaunch"
@@ -37,6 +40,16 @@ const (
 	remoteStderrTail = 8 << 10
 	// remoteLineMax bounds one logged line of ssh's stderr.
 	remoteLineMax = 1024
+	// remoteExitGrace is how long ssh may take to exit by itself once the
+	// agent's stream ended: its exit status says why (the host refused,
+	// the remote binary is missing), a status that killing it would lose.
+	remoteExitGrace = time.Second
+	// remoteSyncTries and remoteSyncPause pace the forwarding of a state
+	// set while a session's agent was starting; an agent that refuses it
+	// that often has its session ended, so that the next one starts with
+	// the state the master remembers.
+	remoteSyncTries = 5
+	remoteSyncPause = 200 * time.Millisecond
 )
 
 // remoteGroup runs the workers of one group on one remote host: an agent
@@ -51,9 +64,12 @@ type remoteGroup struct {
 	target    sshlaunch.Target
 	host      string // h.SSH for logs and status
 
-	// statusInterval is the agent's heartbeat; env is added to the ssh
-	// client's environment (tests mark it for their process census).
+	// statusInterval is the agent's heartbeat; silence how long a session
+	// may go without a frame, either way, before it is ended; env is added
+	// to the ssh client's environment (tests mark it for their process
+	// census).
 	statusInterval time.Duration
+	silence        time.Duration
 	env            []string
 
 	readyOnce sync.Once
@@ -62,6 +78,12 @@ type remoteGroup struct {
 	// their workers.
 	killOnce sync.Once
 	killCh   chan struct{}
+
+	// setMu serialises the commands that change remembered state
+	// (suspend, resume, max_running_time) with each other and with the
+	// forwarding of that state to a new agent, so that a refusal restores
+	// exactly what the refused call replaced.
+	setMu sync.Mutex
 
 	mu        sync.Mutex
 	suspended bool
@@ -76,8 +98,11 @@ type remoteGroup struct {
 type remoteSession struct {
 	w    *ipcframe.Writer
 	done chan struct{} // closed when the session's frames end
+	// abort ends the session with the error sent (buffered, one).
+	abort chan error
 
-	// suspended and maxRun are what the start spec asked for.
+	// suspended and maxRun are the agent's state: what the start spec
+	// asked for, then what it acknowledged. Guarded by the group's setMu.
 	suspended bool
 	maxRun    time.Duration
 
@@ -104,6 +129,16 @@ func newRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log
 	if _, err := t.Args([]string{remoteBinary(h), AgentArg}); err != nil {
 		return nil, fmt.Errorf("%w: remote %q: %w", ErrConfig, h.SSH, err)
 	}
+	// An agent refuses a spec beyond its limits at every session: said
+	// now, once, instead of retried for ever.
+	if err := checkRemoteSpec(g, h.Count); err != nil {
+		return nil, fmt.Errorf("%w: group %s: remote %s: %w", ErrConfig, g.Name, h.SSH, err)
+	}
+	// Without an ssh client no session can ever start: fail start-up as
+	// a whole instead of retrying every 30 s.
+	if _, err := exec.LookPath("ssh"); err != nil {
+		return nil, fmt.Errorf("%w: group %s: remote %s: no ssh client: %w", ErrConfig, g.Name, h.SSH, err)
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -115,11 +150,15 @@ func newRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log
 		g: g, h: h, ids: slices.Clone(ids), indexBase: indexBase, target: t, host: h.SSH,
 		log:            log.With("group", g.Name, "host", h.SSH),
 		statusInterval: defaultStatusInterval,
+		silence:        defaultHeartbeatTimeout,
 		readyCh:        make(chan struct{}),
 		killCh:         make(chan struct{}),
 		suspended:      g.Suspended,
 		maxRun:         g.MaxRunningTime,
 		st:             ControlRemote{Host: h.SSH, Port: port, Workers: h.Count},
+	}
+	if h.HeartbeatTimeout > 0 {
+		r.silence = h.HeartbeatTimeout
 	}
 	return r, nil
 }
@@ -160,11 +199,14 @@ func (r *remoteGroup) resume() error { return r.setSuspended(false) }
 // the current one. Without a session it only remembers; if the agent
 // refuses (a restart in flight), the previous state is kept.
 func (r *remoteGroup) setSuspended(on bool) error {
-	typ := "resume"
+	return rememberAndForward(r, &r.suspended, on, suspendMsg(on))
+}
+
+func suspendMsg(on bool) *agentMsg {
 	if on {
-		typ = "suspend"
+		return &agentMsg{Type: "suspend"}
 	}
-	return rememberAndForward(r, &r.suspended, on, &agentMsg{Type: typ})
+	return &agentMsg{Type: "resume"}
 }
 
 // setMaxRunningTime remembers the maximum running time for later sessions
@@ -173,19 +215,30 @@ func (r *remoteGroup) setMaxRunningTime(d time.Duration) error {
 	if err := checkMaxRunning(d); err != nil {
 		return err
 	}
-	return rememberAndForward(r, &r.maxRun, d, &agentMsg{Type: "max_running_time", MaxRunning: d})
+	return rememberAndForward(r, &r.maxRun, d, maxRunMsg(d))
+}
+
+func maxRunMsg(d time.Duration) *agentMsg {
+	return &agentMsg{Type: "max_running_time", MaxRunning: d}
 }
 
 // rememberAndForward sets *field (guarded by r.mu) to v for later sessions
-// and sends msg to the current one. Without a session it only remembers;
-// if the agent refuses, the previous value is kept.
+// and sends msg to the current one (commandOn records the agent's new
+// state). Without a session it only remembers; if the agent refuses, the
+// previous value is kept: calls are serialised by r.setMu, so that is the
+// value this call replaced.
 func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) error {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
 	r.mu.Lock()
 	prev := *field
 	*field = v
+	s := r.sess
 	r.mu.Unlock()
-	err := r.command(msg)
-	if err != nil && !errors.Is(err, ErrRemoteDown) {
+	if s == nil {
+		return nil
+	}
+	if err := r.commandOn(s, msg); err != nil && !errors.Is(err, ErrRemoteDown) {
 		r.mu.Lock()
 		*field = prev
 		r.mu.Unlock()
@@ -194,12 +247,78 @@ func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) err
 	return nil
 }
 
-// command sends msg, numbered, and waits for its ack.
+// syncSession brings a new session's agent to the state the master
+// remembers, when a suspend, resume or maximum running time came between
+// its start spec and its "started" (no session to forward it to then).
+// A refusal is retried; if the agent keeps refusing, the session is ended
+// (the next one starts with the remembered state), for a group that says
+// "suspended" while the host's workers run would be a lie.
+func (r *remoteGroup) syncSession(s *remoteSession) {
+	apply := func(msg func() (*agentMsg, bool)) {
+		for try := 1; ; try++ {
+			r.setMu.Lock()
+			m, differs := msg()
+			if !differs {
+				r.setMu.Unlock()
+				return
+			}
+			err := r.commandOn(s, m)
+			r.setMu.Unlock()
+			switch {
+			case err == nil:
+				continue // applied; msg() now finds no difference
+			case errors.Is(err, ErrRemoteDown):
+				return // the session is gone; the next spec carries the state
+			case try >= remoteSyncTries:
+				err = fmt.Errorf("cluster: the new agent refused %s %d times: %w", m.Type, try, err)
+				r.log.Warn("ending the session: its agent's state differs from the group's", "err", err)
+				select {
+				case s.abort <- err:
+				default:
+				}
+				return
+			}
+			select {
+			case <-s.done:
+				return
+			case <-time.After(remoteSyncPause):
+			}
+		}
+	}
+	apply(func() (*agentMsg, bool) {
+		r.mu.Lock()
+		want := r.suspended
+		r.mu.Unlock()
+		if want == s.suspended {
+			return nil, false
+		}
+		return suspendMsg(want), true
+	})
+	apply(func() (*agentMsg, bool) {
+		r.mu.Lock()
+		want := r.maxRun
+		r.mu.Unlock()
+		if want == s.maxRun {
+			return nil, false
+		}
+		return maxRunMsg(want), true
+	})
+}
+
+// command sends msg to the current session, numbered, and waits for its
+// ack.
 func (r *remoteGroup) command(msg *agentMsg) error {
-	typ := msg.Type
 	r.mu.Lock()
 	s := r.sess
 	r.mu.Unlock()
+	return r.commandOn(s, msg)
+}
+
+// commandOn sends msg to session s (nil: none), numbered, and waits for
+// its ack. A successful suspend, resume or max_running_time is recorded
+// as the agent's state.
+func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
+	typ := msg.Type
 	if s == nil {
 		return fmt.Errorf("%w: %s (group %s)", ErrRemoteDown, r.host, r.g.Name)
 	}
@@ -222,6 +341,14 @@ func (r *remoteGroup) command(msg *agentMsg) error {
 	defer timer.Stop()
 	select {
 	case err := <-ack:
+		if err == nil {
+			switch typ {
+			case "suspend", "resume":
+				s.suspended = typ == "suspend"
+			case "max_running_time":
+				s.maxRun = msg.MaxRunning
+			}
+		}
 		return err
 	case <-s.done:
 		return fmt.Errorf("%w: %s: session ended before the agent answered %s", ErrRemoteDown, r.host, typ)
@@ -292,7 +419,7 @@ func (r *remoteGroup) startSpec() *agentStart {
 		Restart: g.Restart, Backoff: g.Backoff, Heartbeat: g.Heartbeat,
 		ShutdownTimeout: g.ShutdownTimeout, StartTimeout: g.StartTimeout,
 		MaxRunningTime: maxRun, StatusInterval: r.statusInterval,
-		Suspended: suspended,
+		HeartbeatTimeout: r.silence, Suspended: suspended,
 	}
 }
 
@@ -312,8 +439,8 @@ func releaseChild(pid int) { heldChildren.Delete(pid) }
 func (r *remoteGroup) session(ctx context.Context) (err error) {
 	// ssh's own context outlives ctx by the stop grace: on ctx done the
 	// agent is asked to stop its workers first.
-	sshCtx, kill := context.WithCancel(context.Background())
-	defer kill()
+	sshCtx, cancelSSH := context.WithCancel(context.Background())
+	defer cancelSSH()
 	cmd, err := r.target.Command(sshCtx, []string{remoteBinary(r.h), AgentArg})
 	if err != nil {
 		return r.ended(err)
@@ -321,28 +448,45 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	if r.env != nil {
 		cmd.Env = append(os.Environ(), r.env...)
 	}
-	stdin, err := cmd.StdinPipe()
+	// Both pipes are made here (not by StdinPipe and StdoutPipe, whose
+	// failure after the other's leaks the child's end): every end is
+	// closed on every path, and Wait never closes the read end under the
+	// reader.
+	inR, inW, err := os.Pipe()
 	if err != nil {
-		return r.ended(err)
+		return r.ended(fmt.Errorf("cluster: ssh stdin: %w", err))
 	}
-	stdout, err := cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
-		stdin.Close()
-		return r.ended(err)
+		inR.Close()
+		inW.Close()
+		return r.ended(fmt.Errorf("cluster: ssh stdout: %w", err))
 	}
+	cmd.Stdin, cmd.Stdout = inR, outW
 	stderr := &stderrLog{log: r.log}
 	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return r.ended(fmt.Errorf("cluster: ssh: %w", err))
+	startErr := cmd.Start()
+	// ssh has its copies now (or failed): the child's ends are not ours.
+	inR.Close()
+	outW.Close()
+	if startErr != nil {
+		inW.Close()
+		outR.Close()
+		return r.ended(fmt.Errorf("cluster: ssh: %w", startErr))
 	}
+	defer outR.Close()
 	// As PID 1 the local groups' supervisors reap orphans: this child is
 	// ours to wait for (its exec succeeded moments ago; it cannot have
 	// exited and been taken in between).
 	holdChild(cmd.Process.Pid)
+	spec := r.startSpec()
 	s := &remoteSession{
-		w:       ipcframe.NewWriter(stdin, &ipcframe.WriterOptions{MaxFrame: maxAgentFrame}),
-		done:    make(chan struct{}),
-		pending: make(map[int64]chan error),
+		w:         ipcframe.NewWriter(inW, &ipcframe.WriterOptions{MaxFrame: maxAgentFrame}),
+		done:      make(chan struct{}),
+		abort:     make(chan error, 1),
+		pending:   make(map[int64]chan error),
+		suspended: spec.Suspended,
+		maxRun:    spec.MaxRunningTime,
 	}
 	r.mu.Lock()
 	r.st.Sessions++
@@ -350,32 +494,45 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	r.mu.Unlock()
 	r.log.Info("agent session starting", "target", r.target.String(), "ssh_pid", cmd.Process.Pid)
 
-	// The spec may block until ssh connected; the reader runs meanwhile.
-	frames := make(chan error, 1)
+	frames := make(chan framesEnd, 1)
 	alive := make(chan struct{}, 1)
-	go func() { frames <- r.readFrames(stdout, s, alive) }()
-	spec := r.startSpec()
-	s.suspended, s.maxRun = spec.Suspended, spec.MaxRunningTime
-	specErr := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: "start", Start: spec}))
+	go func() { frames <- r.readFrames(outR, s, alive) }()
+	// The spec is written off the loop: ssh reads its stdin only once the
+	// session channel is open, so a spec beyond the pipe's capacity
+	// (64 KiB; params alone may be that) would block until then, or until
+	// ssh exits, with stop and kill unheard.
+	specFrame := appendAgentMsg(nil, &agentMsg{Type: "start", Start: spec})
+	specDone := make(chan error, 1)
+	go func() { specDone <- s.w.WriteFrame(specFrame) }()
 
-	// agentSilentIntervals status intervals without a frame end a
-	// session: the agent or the link is stuck (ssh's own keepalive takes
-	// up to three ServerAliveIntervals).
-	silent := agentSilentIntervals * r.statusInterval
+	// A session without a frame for r.silence is ended: the agent or the
+	// link is stuck (ssh's own keepalive takes up to three
+	// ServerAliveIntervals).
+	silent := r.silence
 	connect := r.target.ConnectTimeout
 	if connect <= 0 {
 		connect = sshlaunch.DefaultConnectTimeout
 	}
 	watchdog := time.NewTimer(silent + connect)
 	defer watchdog.Stop()
-	var why error
-	stopSent := false
-	ctxDone := ctx.Done()
-	killC := r.killCh
-	// hard is armed when ssh was told to end: if it has not exited
-	// KillDelay later, it is killed outright (exec's WaitDelay applies
-	// only inside Wait, which must come after the last read).
-	var hard <-chan time.Time
+	var (
+		why      error
+		fe       framesEnd
+		stopSent bool
+		specSent bool
+		// killed: the master ended ssh, so ssh's exit status says
+		// nothing about the session.
+		killed  atomic.Bool
+		ctxDone = ctx.Done()
+		killC   = r.killCh
+		// hard is armed when ssh was told to end: if it has not exited
+		// KillDelay later, it is killed outright.
+		hard <-chan time.Time
+	)
+	kill := func() {
+		killed.Store(true)
+		cancelSSH()
+	}
 	end := func() {
 		kill()
 		if hard == nil {
@@ -387,22 +544,36 @@ func (r *remoteGroup) session(ctx context.Context) (err error) {
 	sendOff := func(typ string) {
 		go func() {
 			if err := s.w.WriteFrame(appendAgentMsg(nil, &agentMsg{Type: typ})); err != nil {
-				kill()
+				cancelSSH()
 			}
 		}()
 	}
-	if specErr != nil {
-		why = fmt.Errorf("cluster: sending the start spec: %w", specErr)
-		end()
-	} else {
-		go r.ping(s)
+	// stopAgent asks the agent to stop (or kill) its workers; before the
+	// spec went out there is no agent to ask, and ssh just ends.
+	stopAgent := func(typ string) {
+		stopSent = true
+		if specDone != nil {
+			end()
+			return
+		}
+		sendOff(typ)
 	}
 loop:
 	for {
 		select {
-		case why2 := <-frames:
-			if why == nil {
-				why = why2
+		case err := <-specDone:
+			specDone = nil
+			// A failed write means ssh went away (a refused host key):
+			// the reader sees the end, and ssh's status says why.
+			if err == nil {
+				specSent = true
+				go r.ping(s)
+			}
+		case fe = <-frames:
+			// An agent that never got its spec (the master stopped
+			// first) has nothing to say about the session.
+			if why == nil && !(stopSent && !specSent) {
+				why = fe.err
 			}
 			break loop
 		case <-alive:
@@ -412,16 +583,20 @@ loop:
 		case <-watchdog.C:
 			if stopSent {
 				r.log.Warn("agent did not stop in time; killing ssh")
-			} else {
+			} else if why == nil {
 				why = fmt.Errorf("%w: agent silent for %v", ErrAgentProtocol, silent)
 			}
 			end()
 		case <-hard:
 			_ = cmd.Process.Kill()
+		case err := <-s.abort:
+			if why == nil {
+				why = err
+			}
+			end()
 		case <-killC:
 			killC = nil
-			stopSent = true
-			sendOff("kill")
+			stopAgent("kill")
 			// Time for the agent to kill its workers and report; then
 			// ssh goes, and the agent stops anyway at EOF.
 			watchdog.Reset(remoteStopGrace)
@@ -430,29 +605,45 @@ loop:
 			if killC == nil {
 				continue // killed already: no grace to wait for
 			}
-			stopSent = true
-			sendOff("stop")
+			stopAgent("stop")
 			watchdog.Reset(r.shutdownTimeout() + remoteStopGrace)
 		}
 	}
-	// The reader saw EOF (or gave up): ssh is exiting or must be made to.
-	stdin.Close()
-	if why != nil {
+	// The reader is done. Closing stdin tells a live agent the master is
+	// gone; one whose stream broke the protocol is ended now, its error
+	// already in hand.
+	inW.Close()
+	if !fe.eof {
 		kill()
 	}
+	// ssh may still write (a live agent's frames): drained so that it
+	// never blocks on a full pipe while exiting.
+	drained := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, outR)
+		close(drained)
+	}()
 	waitDone := make(chan error, 1)
 	go func() {
 		err := cmd.Wait()
 		releaseChild(cmd.Process.Pid)
 		waitDone <- err
 	}()
+	// After the agent's stream ended, ssh exits by itself with the
+	// session's status: given a moment, unless the master ended it.
+	grace := r.shutdownTimeout() + remoteStopGrace
+	if why != nil {
+		grace = remoteExitGrace
+	}
 	var waitErr error
 	select {
 	case waitErr = <-waitDone:
-	case <-time.After(r.shutdownTimeout() + remoteStopGrace):
+	case <-time.After(grace):
 		kill()
 		waitErr = <-waitDone
 	}
+	outR.Close()
+	<-drained
 	close(s.done)
 	r.mu.Lock()
 	r.sess = nil
@@ -464,18 +655,88 @@ loop:
 		r.log.Info("agent session closed")
 		return nil
 	}
-	if cerr := r.target.Classify(waitErr, stderr.tail()); cerr != nil {
-		var se *sshlaunch.SessionError
-		if errors.As(cerr, &se) || why == nil {
-			why = cerr
-		} else {
-			why = fmt.Errorf("%w (ssh: %v)", why, cerr)
+	// ssh's status is the session's word only when ssh ended by itself:
+	// one the master killed exits 255 too ("Killed by signal 15").
+	if !killed.Load() {
+		if cerr := r.classify(waitErr, stderr.tail()); cerr != nil {
+			var se *sshlaunch.SessionError
+			var re *remoteExitError
+			if errors.As(cerr, &se) || errors.As(cerr, &re) || why == nil {
+				why = cerr
+			} else {
+				why = fmt.Errorf("%w (ssh: %v)", why, cerr)
+			}
 		}
 	}
 	if why == nil {
 		why = errors.New("cluster: agent session ended")
 	}
 	return r.ended(why)
+}
+
+// framesEnd is how the reader of a session ended: why (nil after a clean
+// exit frame), and whether the stream reached its end (else the master
+// gave up on a live agent's stream).
+type framesEnd struct {
+	err error
+	eof bool
+}
+
+// remoteExitError is a remote command the remote shell could not run:
+// exit status 127 (not found) or 126 (not executable), with the shell's
+// last line of stderr, which names the cause.
+type remoteExitError struct {
+	Command string
+	Status  int
+	Line    string
+	Err     error // from Wait
+}
+
+func (e *remoteExitError) Error() string {
+	what := "was not found"
+	if e.Status == 126 {
+		what = "could not be executed"
+	}
+	msg := fmt.Sprintf("cluster: remote command %s %s (exit status %d)", sshlaunch.Quote(e.Command), what, e.Status)
+	if e.Line != "" {
+		msg += ": " + e.Line
+	}
+	return msg
+}
+
+func (e *remoteExitError) Unwrap() error { return e.Err }
+
+// classify is Target.Classify, with the shell's exit statuses for a
+// command it could not run told apart.
+func (r *remoteGroup) classify(waitErr error, tail []byte) error {
+	var ee *exec.ExitError
+	if errors.As(waitErr, &ee) && (ee.ExitCode() == 126 || ee.ExitCode() == 127) {
+		return &remoteExitError{Command: remoteBinary(r.h), Status: ee.ExitCode(), Line: lastLine(tail), Err: waitErr}
+	}
+	return r.target.Classify(waitErr, tail)
+}
+
+// lastLine returns the last non-empty line of b, without control
+// characters, at most remoteLineMax bytes: text from another host.
+func lastLine(b []byte) string {
+	lines := bytes.Split(b, []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := bytes.TrimSpace(lines[i])
+		if len(l) == 0 {
+			continue
+		}
+		out := make([]byte, 0, min(len(l), remoteLineMax))
+		for _, c := range l {
+			if len(out) == remoteLineMax {
+				break
+			}
+			if c >= 0x20 && c != 0x7f {
+				out = append(out, c)
+			}
+		}
+		return strings.ToValidUTF8(string(out), "")
+	}
+	return ""
 }
 
 // ping is the master's heartbeat to the agent: after a link dropped
@@ -507,8 +768,10 @@ func (r *remoteGroup) ended(err error) error {
 }
 
 // readFrames handles the agent's frames until the stream ends; it returns
-// why the session should end (nil on a clean exit frame followed by EOF).
-func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<- struct{}) error {
+// why the session should end (nil on a clean exit frame followed by EOF)
+// and whether the stream ended, or the reader gave up on it at once (a
+// protocol error: the session ends with it, not after the watchdog).
+func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<- struct{}) framesEnd {
 	rd := ipcframe.NewReader(stdout, &ipcframe.ReaderOptions{MaxFrame: maxAgentFrame})
 	var (
 		p      fastjson.Parser
@@ -528,12 +791,13 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				fail(fmt.Errorf("%w: %w", ErrAgentProtocol, err))
-			} else if !exited {
+				r.log.Error("bad frame from the agent; ending the session", "err", err)
+				return framesEnd{result, false}
+			}
+			if !exited {
 				fail(errors.New("cluster: agent session ended without an exit frame"))
 			}
-			// Drain so ssh never blocks on a full pipe before Wait.
-			_, _ = io.Copy(io.Discard, io.LimitReader(stdout, 1<<20))
-			return result
+			return framesEnd{result, true}
 		}
 		select {
 		case alive <- struct{}{}:
@@ -542,48 +806,22 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 		if err := decodeAgentMsg(&p, buf, &msg); err != nil {
 			fail(err)
 			r.log.Error("bad frame from the agent; ending the session", "err", err)
-			return result
+			return framesEnd{result, false}
 		}
 		switch msg.Type {
 		case "started":
 			r.mu.Lock()
 			r.sess = s
 			r.st.Connected, r.st.AgentPID, r.st.LastError = true, msg.PID, ""
-			want, wantMax := r.suspended, r.maxRun
 			r.mu.Unlock()
 			r.log.Info("agent started", "agent_pid", msg.PID, "addrs", msg.Addrs)
-			if want != s.suspended {
-				// A suspend or resume came between the spec and now,
-				// when there was no session to forward it to.
-				go func() {
-					if err := r.setSuspended(want); err != nil {
-						r.log.Warn("forwarding suspend/resume to the new agent", "suspend", want, "err", err)
-					}
-				}()
-			}
-			if wantMax != s.maxRun {
-				// Likewise for a maximum running time.
-				go func() {
-					if err := r.setMaxRunningTime(wantMax); err != nil {
-						r.log.Warn("forwarding the maximum running time to the new agent", "max_running_time", wantMax, "err", err)
-					}
-				}()
-			}
+			// A suspend, resume or maximum running time may have come
+			// between the spec and now, with no session to forward it to.
+			go r.syncSession(s)
 		case "status":
 			r.onStatus(&msg)
 		case "log":
-			attrs := make([]any, 0, len(msg.Attrs))
-			for _, a := range msg.Attrs {
-				// r.log names the group and host already: the agent's
-				// own "group" would be a duplicate key (two in one JSON
-				// log object), and a lying agent could pass its lines off
-				// as another group's or host's.
-				if a.Key == "group" || a.Key == "host" {
-					continue
-				}
-				attrs = append(attrs, slog.Attr{Key: a.Key, Value: a.Value})
-			}
-			r.log.Log(context.Background(), msg.Level, msg.Msg, attrs...)
+			r.log.Log(context.Background(), msg.Level, msg.Msg, relayedAttrs(msg.Attrs)...)
 		case "ack":
 			s.mu.Lock()
 			ch := s.pending[msg.Seq]
@@ -610,9 +848,37 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 			}
 		default:
 			fail(fmt.Errorf("%w: unexpected %q frame from the agent", ErrAgentProtocol, msg.Type))
-			return result
+			r.log.Error("bad frame from the agent; ending the session", "err", result)
+			return framesEnd{result, false}
 		}
 	}
+}
+
+// relayedAttrs are the attributes of an agent's log record as the master
+// logs them. Handlers write duplicate keys as they come and readers of
+// JSON logs keep the last, so keys the master's record has already are
+// not taken from another host: "group" and "host" (r.log names them; the
+// agent's own "group" is dropped) and the handler's time, level, msg and
+// source (kept as "agent.time" and so on); a repeated key keeps its first
+// value.
+func relayedAttrs(in []agentAttr) []any {
+	out := make([]any, 0, len(in))
+	seen := make(map[string]bool, len(in))
+	for _, a := range in {
+		key := a.Key
+		switch key {
+		case "group", "host":
+			continue
+		case slog.TimeKey, slog.LevelKey, slog.MessageKey, slog.SourceKey:
+			key = "agent." + key
+		}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, slog.Attr{Key: key, Value: a.Value})
+	}
+	return out
 }
 
 func (r *remoteGroup) onStatus(msg *agentMsg) {

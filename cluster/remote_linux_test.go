@@ -101,6 +101,10 @@ type remoteRig struct {
 	done   chan struct{}
 }
 
+// rigHeartbeatTimeout, when set, is the heartbeat timeout of the sessions
+// startRemote runs (default: the package's).
+var rigHeartbeatTimeout time.Duration
+
 // startRemote starts sshd and runs a group "web" of one local worker (not
 // started here) and two on the ssh host, whose workers have global ids 1
 // and 2 and group indexes 1 and 2. knownHosts picks the known_hosts file.
@@ -129,6 +133,9 @@ func startRemote(t *testing.T, pc *proccensus.Census, knownHosts func(*sshtest.S
 	rg, err := cluster.NewRemoteGroup(g, &g.Remote[0], []int{1, 2}, 1, slog.New(log), []string{pc.Env()}, 0)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if rigHeartbeatTimeout > 0 {
+		rg.SetHeartbeatTimeout(rigHeartbeatTimeout)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	r := &remoteRig{t: t, srv: srv, g: g, h: &g.Remote[0], rg: rg, log: log, cancel: cancel, done: make(chan struct{})}
@@ -202,7 +209,10 @@ func TestRemoteGroupRunsWorkers(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
 	began := time.Now()
+	// A short heartbeat timeout: the agent's limit is 3 s plus 2 s.
+	rigHeartbeatTimeout = 3 * time.Second
 	r := startRemote(t, pc, func(s *sshtest.Server) string { return s.WriteKnownHosts(t) })
+	rigHeartbeatTimeout = 0
 	r.waitReady()
 	st := r.waitStatus("two ready workers", remoteAllReady(2))
 
@@ -260,8 +270,8 @@ func TestRemoteGroupRunsWorkers(t *testing.T) {
 			}
 		}
 	}
-	// The agent gives up on a master silent for 3 intervals plus 2 s
-	// (5 s); the master sends no command here, only pings.
+	// The agent gives up on a master silent for the heartbeat timeout
+	// plus 2 s (5 s); the master sends no command here, only pings.
 	time.Sleep(time.Until(began.Add(6 * time.Second)))
 	if now := r.rg.Status(); now.Sessions != 1 || !now.Connected || !slices.Equal(pidsOf(now), pidsOf(st)) {
 		t.Errorf("idle session not kept up: %+v\nlog:\n%s", now, r.log.dump())
@@ -487,7 +497,8 @@ func TestRemoteGroupAgentSignal(t *testing.T) {
 // TestRemoteReadFramesHostile feeds the master's frame reader what a
 // confused or lying agent may send: repeated acks must not block it, a
 // status naming slots beyond the host's ids must not crash it, and relayed
-// log records cannot replace the group and host the master names them by.
+// log records cannot replace the group and host the master names them by,
+// nor the record's time, level, message or source, nor repeat a key.
 func TestRemoteReadFramesHostile(t *testing.T) {
 	g := &cluster.GroupConfig{Name: "web", Program: "srv", Listen: []string{"127.0.0.1:0"},
 		Remote: []cluster.RemoteHost{{SSH: "u@h1", Count: 1, Identity: "id", KnownHosts: "kh"}}}
@@ -503,7 +514,8 @@ func TestRemoteReadFramesHostile(t *testing.T) {
 		`{"type":"ack","seq":5}`, `{"type":"ack","seq":5}`, `{"type":"ack","seq":5,"error":"again"}`,
 		`{"type":"status","ready":true,"suspended":false,"dropped":0,"status":{"pid":42,"generation":1,"restarting":false,` +
 			`"workers":1,"ready_workers":1,"slots":[{"slot":4096,"pid":7,"generation":1,"state":"ready"}]}}`,
-		`{"type":"log","level":0,"msg":"hello","attrs":{"group":"db","host":"other","slot":0}}`,
+		`{"type":"log","level":0,"msg":"hello","attrs":{"group":"db","host":"other","slot":0,"time":"1999-01-01T00:00:00Z",` +
+			`"level":"ERROR","msg":"forged","source":"x.go:1","agent.msg":"second","slot":1}}`,
 		`{"type":"exit","error":""}`,
 	} {
 		if err := w.WriteFrame([]byte(f)); err != nil {
@@ -529,7 +541,12 @@ func TestRemoteReadFramesHostile(t *testing.T) {
 	if got == nil {
 		t.Fatalf("relayed record not logged\nlog:\n%s", log.dump())
 	}
-	want := map[string]any{"group": "web", "host": "u@h1", "slot": int64(0)}
+	// The handler's own time, level, msg and source keys are not taken
+	// from another host either (a JSON log would hold them twice, and
+	// readers keep the last): they come prefixed; a repeated key keeps
+	// its first value.
+	want := map[string]any{"group": "web", "host": "u@h1", "slot": int64(0), "agent.time": "1999-01-01T00:00:00Z",
+		"agent.level": "ERROR", "agent.msg": "forged", "agent.source": "x.go:1"}
 	if diff := cmp.Diff(want, got.Attrs); diff != "" || len(got.Dups) > 0 {
 		t.Errorf("relayed record attributes (-want +got):\n%s\nrepeated: %v", diff, got.Dups)
 	}
@@ -569,7 +586,7 @@ func TestRemoteStartedForwardsMaxRunningTime(t *testing.T) {
 	defer outW.Close()
 	done := make(chan error, 1)
 	// The session's spec carried no maximum running time.
-	go func() { done <- cluster.RemoteSession(rg, inR, outW, false, 0) }()
+	go func() { done <- cluster.RemoteSession(rg, inR, outW, false, 0, nil) }()
 	w := ipcframe.NewWriter(inW, nil)
 	if err := w.WriteFrame([]byte(`{"type":"started","version":1,"pid":42,"addrs":[]}`)); err != nil {
 		t.Fatal(err)

@@ -1,8 +1,8 @@
 // Package sshlaunch runs a command on another host through the system
 // OpenSSH client, with the command's stdin, stdout and stderr as the ssh
 // session's streams. mini-cluster's remote groups and its agent mode build
-// on it: the master starts "mini-cluster agent" on each host this way and
-// speaks ipcframe over the session's stdio.
+// on it: the master starts "mini-cluster -handoff-agent" on each host this
+// way and speaks ipcframe over the session's stdio.
 //
 // # Security rules
 //
@@ -16,8 +16,10 @@
 //     cannot add a ProxyCommand, a forwarding or another identity.
 //   - No option injection: users and hosts are checked against a
 //     conservative character set (no leading '-', no whitespace, no control
-//     characters, no '@' in a host), paths may not hold whitespace, quotes
-//     or '%' (ssh splits and expands those), and "--" ends ssh's options.
+//     characters, no '@' in a host), paths may not hold whitespace, quotes,
+//     backslashes, '%' or '$', nor start with '~' (ssh splits on and
+//     expands those: % tokens, ${VAR}, the home directory), and "--" ends
+//     ssh's options.
 //   - No local shell: ssh is executed directly. The remote command is one
 //     string that the remote user's login shell parses, so every argument is
 //     quoted with POSIX single quotes; that login shell must be a POSIX shell

@@ -252,10 +252,15 @@ func checkPath(what, p string) error {
 	if p == "" {
 		return fmt.Errorf("%w: no %s file", ErrInvalidTarget, what)
 	}
-	// ssh splits UserKnownHostsFile on whitespace and expands % tokens in
-	// both options, so such a path would not name the file given.
+	// ssh splits UserKnownHostsFile on whitespace (honouring quotes and
+	// backslash escapes), and expands % tokens, ${VAR} and a leading ~ in
+	// both options (ssh_config(5), TOKENS and ENVIRONMENT VARIABLES), so
+	// such a path would not name the file given; '$' is refused whole.
+	if p[0] == '~' {
+		return fmt.Errorf("%w: %s path %q", ErrInvalidTarget, what, p)
+	}
 	for _, r := range p {
-		if r < 0x20 || r == 0x7f || r == ' ' || r == '%' || r == '"' || r == '\'' {
+		if r < 0x20 || r == 0x7f || r == ' ' || r == '%' || r == '"' || r == '\'' || r == '$' || r == '\\' {
 			return fmt.Errorf("%w: %s path %q", ErrInvalidTarget, what, p)
 		}
 	}

@@ -109,6 +109,15 @@ func TestArgs(t *testing.T) {
 		{"known_hosts with space", func(t *sshlaunch.Target) { t.KnownHosts = "/k/a b" }, []string{"true"}},
 		{"known_hosts with token", func(t *sshlaunch.Target) { t.KnownHosts = "/k/%d" }, []string{"true"}},
 		{"identity with newline", func(t *sshlaunch.Target) { t.Identity = "/k/id\n" }, []string{"true"}},
+		// ssh expands ${VAR} and a leading ~ in both options, and splits
+		// UserKnownHostsFile honouring backslash escapes.
+		{"known_hosts with variable", func(t *sshlaunch.Target) { t.KnownHosts = "/k/${HOME}/kh" }, []string{"true"}},
+		{"identity with variable", func(t *sshlaunch.Target) { t.Identity = "/k/${HOME}/id" }, []string{"true"}},
+		{"identity with dollar", func(t *sshlaunch.Target) { t.Identity = "/k/$id" }, []string{"true"}},
+		{"known_hosts with backslash", func(t *sshlaunch.Target) { t.KnownHosts = `/k/a\b` }, []string{"true"}},
+		{"identity with backslash", func(t *sshlaunch.Target) { t.Identity = `/k/id\` }, []string{"true"}},
+		{"identity in home", func(t *sshlaunch.Target) { t.Identity = "~/.ssh/id" }, []string{"true"}},
+		{"known_hosts in home", func(t *sshlaunch.Target) { t.KnownHosts = "~root/kh" }, []string{"true"}},
 		{"option as host", func(t *sshlaunch.Target) { t.Host = "-oProxyCommand=id" }, []string{"true"}},
 		{"option as user", func(t *sshlaunch.Target) { t.User = "-oProxyCommand=id" }, []string{"true"}},
 		{"empty host", func(t *sshlaunch.Target) { t.Host = "" }, []string{"true"}},
