@@ -479,12 +479,12 @@ func (s *controlServer) serve() {
 		// A place: at the limit, idle clients (a program keeping a
 		// ControlClient open) must not lock out the operator's command
 		// for controlIdleTimeout, so the longest idle one gives its place
-		// up. When every place is in a request, wait for one to end.
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			s.evictIdle()
-			s.sem <- struct{}{}
+		// up. When every place is in a request, wait for one to end or to
+		// turn idle (a connection just answered is busy until it waits
+		// for its next request, so one attempt is not enough).
+		if !s.takePlace() {
+			uc.Close()
+			return
 		}
 		s.mu.Lock()
 		if s.closing {
@@ -508,6 +508,33 @@ func (s *controlServer) serve() {
 	}
 }
 
+// takePlace takes a place for a new connection, making room by closing
+// idle ones while the server is full. It returns false if the server is
+// closing.
+func (s *controlServer) takePlace() bool {
+	for {
+		select {
+		case s.sem <- struct{}{}:
+			return true
+		default:
+		}
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if closing {
+			return false
+		}
+		s.evictIdle()
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case s.sem <- struct{}{}:
+			t.Stop()
+			return true
+		case <-t.C:
+		}
+	}
+}
+
 // evictIdle ends the connection that has waited longest for a request, if
 // any connection is waiting: its read fails at once, and serveConn, seeing
 // it evicted, returns. Its client finds the connection closed; a
@@ -520,7 +547,11 @@ func (s *controlServer) evictIdle() {
 		since  time.Time
 	)
 	for c, st := range s.conns {
-		if !st.busy && !st.evicted && (oldest == nil || st.idle.Before(since)) {
+		if st.evicted {
+			// Its place is on the way: one is enough.
+			return
+		}
+		if !st.busy && (oldest == nil || st.idle.Before(since)) {
 			oldest, since = c, st.idle
 		}
 	}
@@ -575,7 +606,9 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 			s.mu.Unlock()
 			return
 		}
-		st.busy, st.idle = false, time.Now()
+		// Idle since registration or since its last answer was ready
+		// (set there, not here: this goroutine may run late).
+		st.busy = false
 		// Set with mu held, so that shutdown and evictIdle, which set a
 		// past deadline on idle connections, are not undone.
 		err := uc.SetReadDeadline(time.Now().Add(controlIdleTimeout))
@@ -611,6 +644,11 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 		if err := uc.SetWriteDeadline(time.Now().Add(controlWriteTimeout)); err != nil {
 			return
 		}
+		// Idle from the answer on: the client may connect another client
+		// the moment it reads it, and must find this one evictable.
+		s.mu.Lock()
+		st.busy, st.idle = false, time.Now()
+		s.mu.Unlock()
 		if len(out) > maxControlResponse {
 			// Silence would read as a refused peer to the client: say
 			// what happened instead.
