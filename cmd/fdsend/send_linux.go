@@ -120,14 +120,20 @@ func send(ctx context.Context, cfg *config) error {
 func dial(ctx context.Context, cfg *config) (*net.UnixConn, error) {
 	var d net.Dialer
 	backoff := 5 * time.Millisecond
+	var last error // the last ENOENT or ECONNREFUSED: why we are waiting
 	for {
 		c, err := d.DialContext(ctx, "unixpacket", cfg.socket)
 		if err == nil {
 			return c.(*net.UnixConn), nil
 		}
-		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
+		if last != nil && ctx.Err() == context.DeadlineExceeded {
+			// The time ran out inside a dial: report what kept us
+			// waiting, as when it runs out between dials.
+			err = last
+		} else if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
 			return nil, dialError(ctx, cfg, err)
 		}
+		last = err
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
