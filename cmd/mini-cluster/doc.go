@@ -5,8 +5,8 @@
 //
 //	mini-cluster [flags] [--] PROGRAM [ARGS...]
 //	mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format text|json]
-//	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG -control PATH [-group NAME] [-json] [-timeout D]
-//	mini-cluster suspend|resume GROUP -control PATH
+//	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|max-running-time D -control PATH [-group NAME] [-json] [-timeout D]
+//	mini-cluster suspend|resume GROUP -control PATH [-json] [-timeout D]
 //
 // Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
 // -restart-strategy, -shutdown-timeout, -ready, -heartbeat, -pid-file,

@@ -57,7 +57,8 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitOK
 	}
 	if errors.Is(err, flag.ErrHelp) {
-		return exitUsage
+		// Help asked for and printed: a success, as for fdsend and fdrecv.
+		return exitOK
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
@@ -92,7 +93,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format F]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|suspend GROUP|resume GROUP -control PATH [-group NAME] [-json]\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format F]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|suspend GROUP|resume GROUP|max-running-time D -control PATH [-group NAME] [-json] [-timeout D]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	var listen listFlag
@@ -132,11 +133,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if *n < 0 || *n > 4096 {
 		return &usageError{err: fmt.Errorf("-n %d: want 0 to 4096", *n)}
 	}
-	if *shutdown <= 0 {
-		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want a positive duration", *shutdown)}
+	// The configuration file's bounds (cluster/config_parse.go): a shorter
+	// grace kills every worker before it could drain, a shorter heartbeat
+	// kills healthy workers merely descheduled for a moment (and below
+	// 1 µs WATCHDOG_USEC would read 0, "off", to the worker).
+	if *shutdown < 100*time.Millisecond || *shutdown > 24*time.Hour {
+		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want 100ms to 24h", *shutdown)}
 	}
-	if *heartbeat < 0 {
-		return &usageError{err: fmt.Errorf("-heartbeat %v: want a positive duration, or 0 for none", *heartbeat)}
+	if *heartbeat != 0 && (*heartbeat < 10*time.Millisecond || *heartbeat > time.Hour) {
+		return &usageError{err: fmt.Errorf("-heartbeat %v: want 10ms to 1h, or 0 for none", *heartbeat)}
 	}
 	handler, err := logHandler(*logFormat, stderr)
 	if err != nil {

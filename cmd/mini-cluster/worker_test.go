@@ -85,15 +85,28 @@ func sorted(s []int) []int {
 	return s
 }
 
-// TestHeartbeatFlag: a negative -heartbeat is a usage error (exit 2).
-func TestHeartbeatFlag(t *testing.T) {
-	var stderr bytes.Buffer
-	err := run(context.Background(), []string{"-heartbeat", "-1s", "-listen", "127.0.0.1:0", "true"}, nil, &stderr, &stderr)
-	if code := exitCode(err, &stderr); code != exitUsage {
-		t.Errorf("exit code %d (err %v), want %d", code, err, exitUsage)
-	}
-	if !strings.Contains(stderr.String(), "-heartbeat -1s") {
-		t.Errorf("stderr %q does not name the flag", stderr.String())
+// TestDurationFlagBounds: -heartbeat and -shutdown-timeout outside the
+// configuration file's bounds are usage errors (exit 2) naming the flag: a
+// 100ns heartbeat gave workers WATCHDOG_USEC=0 ("off") and then killed
+// them in a loop. -h is a success.
+func TestDurationFlagBounds(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-heartbeat", "-1s"}, exitUsage, "-heartbeat -1s"},
+		{[]string{"-heartbeat", "100ns"}, exitUsage, "-heartbeat 100ns: want 10ms to 1h"},
+		{[]string{"-heartbeat", "2h"}, exitUsage, "-heartbeat 2h0m0s"},
+		{[]string{"-shutdown-timeout", "1ms"}, exitUsage, "-shutdown-timeout 1ms: want 100ms to 24h"},
+		{[]string{"-shutdown-timeout", "25h"}, exitUsage, "-shutdown-timeout 25h0m0s"},
+		{[]string{"-h"}, exitOK, "usage: mini-cluster"},
+	} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), append(tc.args, "-listen", "127.0.0.1:0", "true"), nil, &stderr, &stderr)
+		if code := exitCode(err, &stderr); code != tc.code || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%v: exit code %d (err %v), stderr %q; want %d and %q", tc.args, code, err, stderr.String(), tc.code, tc.want)
+		}
 	}
 }
 
