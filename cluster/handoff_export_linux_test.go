@@ -313,3 +313,10 @@ func AcceptPeer(fd int) (int, string, error) {
 
 // Lingers is the master's test for a connection whose close may wait.
 var Lingers = lingers
+
+// SetHandoffSendFault makes the master's channel sends call fn first: a
+// non-zero errno fails the send with it, as sendmsg would.
+func SetHandoffSendFault(fn func() syscall.Errno) (restore func()) {
+	hoSendFault = func() unix.Errno { return unix.Errno(fn()) }
+	return func() { hoSendFault = nil }
+}

@@ -41,6 +41,10 @@ type handoff struct {
 	lns     []*hoListener
 	byName  map[string]int
 	workers []*hoWorker
+	// doomed: workers killed for breaking the protocol, or whose channel
+	// failed, out of the rotation; their exit report (exited, sweep)
+	// rescues what they never read, as for any worker that dies.
+	doomed  []*hoWorker
 	rr      int
 	started bool
 	stopped bool
@@ -104,18 +108,23 @@ type hoWorker struct {
 	// watch); heard is when the worker last sent anything (hoClock).
 	peerIno uint64
 	heard   atomic.Int64
+	// owed lists the names whose DONE the worker is owed: its channel was
+	// full when an UNSUB asked for one. They are sent before anything else,
+	// by the next send or by a retry (flushing: one is scheduled).
+	owed     []string
+	flushing bool
 	// sent counts the connections sent (modulo 2³²); while limited, the
 	// worker's last grant allows sending up to limit (see hoGrant): it is
 	// short of descriptors.
 	sent, limit uint32
 	limited     bool
 	buf         []byte
-	// The non-blocking send's arguments and result, bound once so
-	// RawConn.Write does not allocate a closure per message; oob is
-	// reused for the SCM_RIGHTS control message.
-	p, oob []byte
-	err    error
-	fn     func(fd uintptr) bool
+	// The non-blocking send's arguments (payload, control data) and
+	// result, bound once so RawConn.Write does not allocate a closure per
+	// message; oob is the buffer reused for the SCM_RIGHTS control message.
+	p, ctl, oob []byte
+	err         error
+	fn          func(fd uintptr) bool
 }
 
 // hoBatch is up to hoMaxBatch connections of one listener.
@@ -173,8 +182,11 @@ func appendSockaddr(dst []byte, sa unix.Sockaddr) []byte {
 	case *unix.SockaddrInet4:
 		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).AppendTo(dst)
 	case *unix.SockaddrInet6:
-		ip := netip.AddrFrom16(a.Addr)
-		if a.ZoneId != 0 {
+		// An IPv4 client of a dual-stack listener arrives as
+		// ::ffff:a.b.c.d; the net package, whose RemoteAddr the worker's
+		// connection reports, writes it as plain IPv4.
+		ip := netip.AddrFrom16(a.Addr).Unmap()
+		if a.ZoneId != 0 && ip.Is6() {
 			if ifi, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil {
 				ip = ip.WithZone(ifi.Name)
 			}
@@ -303,13 +315,18 @@ func (h *handoff) stop() {
 			hl.f.Close()
 		}
 	}
-	ws := h.workers
-	h.workers = nil
+	ws := slices.Concat(h.workers, h.doomed)
+	h.workers, h.doomed = nil, nil
 	h.mu.Unlock()
 	for _, w := range ws {
 		w.close()
 	}
 	h.wg.Wait()
+	// A doomed worker's reader may have ended long ago, leaving its peer
+	// copy and pidfd to the rescue that now never comes.
+	for _, w := range ws {
+		w.release()
+	}
 }
 
 func (h *handoff) wakeCh() <-chan struct{} {
@@ -336,7 +353,16 @@ func (h *handoff) acceptLoop(hl *hoListener) {
 	fn := func(fd uintptr) bool { return h.acceptInto(b, int(fd)) }
 	backoff := time.Duration(0)
 	var timer *time.Timer
+	var servers []*hoWorker
 	for {
+		// Nothing is accepted for a listener no ready worker serves: a
+		// batch taken then would wait in the master, and keep an upgrade's
+		// pause from ever succeeding, while the kernel's backlog keeps the
+		// connections as well, across an exec too.
+		var ok bool
+		if servers, ok = h.awaitServer(hl.idx, servers); !ok {
+			return
+		}
 		b.reset(hl.idx, hl.name)
 		if err := rc.Read(fn); err != nil {
 			if b.n > 0 {
@@ -388,6 +414,36 @@ func (h *handoff) acceptLoop(hl *hoListener) {
 			}
 		}
 	}
+}
+
+// awaitServer waits until a ready worker subscribes to listener idx; false
+// if the master stopped first. ws is scratch space, returned for reuse.
+func (h *handoff) awaitServer(idx int, ws []*hoWorker) ([]*hoWorker, bool) {
+	for {
+		// Taken before looking, so a subscription in between is not missed.
+		wake := h.wakeCh()
+		h.mu.Lock()
+		ws = append(ws[:0], h.workers...)
+		h.mu.Unlock()
+		for _, w := range ws {
+			// The test candidates applies, without turning the rotation.
+			if !w.retired && w.ready.Load() && w.subscribed(idx) {
+				return ws, true
+			}
+		}
+		select {
+		case <-h.done:
+			return ws, false
+		case <-wake:
+		}
+	}
+}
+
+// subscribed says whether w, alive, subscribes to listener idx.
+func (w *hoWorker) subscribed(idx int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.dead && idx < len(w.subs) && w.subs[idx]
 }
 
 const (
@@ -626,7 +682,7 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 			if k <= 0 {
 				continue
 			}
-			sent, res := w.send(b, k)
+			sent, res, err := w.send(b, k)
 			switch res {
 			case sendOK:
 				b.drop(sent)
@@ -634,7 +690,11 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 			case sendFull:
 				full = true
 			case sendDead:
-				h.remove(w)
+				// Whoever marked it dead (exit, stop, a violation)
+				// takes care of the rest.
+				h.unlist(w)
+			case sendBroken:
+				h.broken(w, err)
 			}
 			if b.n == 0 {
 				return true
@@ -706,57 +766,215 @@ func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 type sendResult int
 
 const (
-	sendOK   sendResult = iota
-	sendSkip            // not subscribed, or no room granted
-	sendFull            // the channel is full
-	sendDead            // the channel is gone
+	sendOK     sendResult = iota
+	sendSkip              // not subscribed, or no room granted
+	sendFull              // the channel is full
+	sendDead              // the channel is gone
+	sendBroken            // the send failed otherwise: the worker is marked dead
 )
 
 // send tries to deliver the first k connections of b in one message,
 // without blocking, fewer if the worker's grant allows fewer, and returns
-// how many it sent. On success the master's copies are closed.
-func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult) {
+// how many it sent. On success the master's copies are closed. A DONE the
+// worker is owed goes first. sendBroken comes with the error, for broken.
+func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.dead {
-		return 0, sendDead
+		return 0, sendDead, nil
 	}
 	if b.lidx >= len(w.subs) || !w.subs[b.lidx] {
-		return 0, sendSkip
+		return 0, sendSkip, nil
 	}
 	room := w.room()
 	if room <= 0 {
-		return 0, sendSkip
+		return 0, sendSkip, nil
+	}
+	if res, err := w.flushOwed(); res != sendOK {
+		return 0, res, err
 	}
 	k = min(k, room)
 	w.buf = hoAppendHeader(w.buf[:0], hoConns, k)
 	for i := range k {
 		w.buf = hoAppendEntry(w.buf, b.name, b.addr(i))
 	}
-	w.p, w.oob, w.err = w.buf, scmrights.PutRights(w.oob, b.fds[:k]), nil
+	w.oob = scmrights.PutRights(w.oob, b.fds[:k])
 	// Counted before the send: the worker may accept and ack them before
 	// sendmsg returns here.
 	w.out.Add(int64(k))
-	err := w.rc.Write(w.fn)
-	if err == nil {
-		err = w.err
-	}
-	w.p = nil
-	switch {
-	case err == nil:
-	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
+	if res, err := w.trySend(w.buf, w.oob); res != sendOK {
 		w.out.Add(-int64(k))
-		return 0, sendFull
-	default:
-		w.out.Add(-int64(k))
-		w.dead = true
-		return 0, sendDead
+		return 0, res, err
 	}
 	w.sent += uint32(k)
 	for _, fd := range b.fds[:k] {
 		closeCopy(fd)
 	}
-	return k, sendOK
+	return k, sendOK, nil
+}
+
+// trySend sends one message without blocking; w.mu is held. A failure
+// other than a full channel marks w dead (sendBroken).
+func (w *hoWorker) trySend(p, ctl []byte) (sendResult, error) {
+	w.p, w.ctl, w.err = p, ctl, nil
+	err := w.rc.Write(w.fn)
+	if err == nil {
+		err = w.err
+	}
+	w.p, w.ctl = nil, nil
+	switch {
+	case err == nil:
+		return sendOK, nil
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS),
+		// The kernel short of memory (a cgroup at its limit), or of
+		// descriptors in flight (a master that is not root may have no
+		// more than RLIMIT_NOFILE in flight, which the workers' reads
+		// bring down): both pass, so the channel counts as full.
+		errors.Is(err, unix.ENOMEM), errors.Is(err, unix.ETOOMANYREFS):
+		return sendFull, nil
+	}
+	w.dead = true
+	return sendBroken, os.NewSyscallError("sendmsg", err)
+}
+
+// hoMaxOwed bounds the DONEs owed to one worker: one per name, and a
+// worker that reads its channel is owed none for long.
+const hoMaxOwed = 64
+
+// owe sends the DONE for name that an UNSUB (or a SUB of an unknown name)
+// asked for, without blocking: if the channel is full it is owed, and sent
+// before anything else once there is room. idx >= 0 is the listener to
+// unsubscribe from first, under the same lock every send holds, so nothing
+// of that listener follows the DONE. An error means w broke the protocol.
+func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
+	w.mu.Lock()
+	if idx >= 0 && idx < len(w.subs) {
+		w.subs[idx] = false
+	}
+	if w.dead || slices.Contains(w.owed, string(name)) {
+		w.mu.Unlock()
+		return nil
+	}
+	res, err := w.flushOwed()
+	if res == sendOK {
+		w.buf = hoAppendName(w.buf[:0], hoDone, string(name))
+		res, err = w.trySend(w.buf, nil)
+	}
+	if res == sendFull {
+		if len(w.owed) >= hoMaxOwed {
+			w.mu.Unlock()
+			return fmt.Errorf("%d listeners unsubscribed without reading the channel", len(w.owed)+1)
+		}
+		w.owed = append(w.owed, string(name))
+	}
+	retry := len(w.owed) > 0 && !w.flushing
+	w.flushing = w.flushing || retry
+	w.mu.Unlock()
+	if res == sendBroken {
+		h.broken(w, err)
+	}
+	if retry {
+		h.flushLater(w)
+	}
+	return nil
+}
+
+// flushOwed sends the DONEs w is owed, in order; w.mu is held. sendOK
+// means none is left.
+func (w *hoWorker) flushOwed() (sendResult, error) {
+	for len(w.owed) > 0 {
+		w.buf = hoAppendName(w.buf[:0], hoDone, w.owed[0])
+		if res, err := w.trySend(w.buf, nil); res != sendOK {
+			return res, err
+		}
+		w.owed = w.owed[1:]
+	}
+	w.owed = nil
+	return sendOK, nil
+}
+
+// hoFlush bounds the wait between tries of a DONE owed to a worker whose
+// channel is full: it doubles, as the worker seems slow to read.
+const (
+	hoFlushMin = time.Millisecond
+	hoFlushMax = 100 * time.Millisecond
+)
+
+// flushLater sends w's owed DONEs once its channel has room: a full
+// channel drains without a message, so it is polled, and a worker waiting
+// for its DONE reads.
+func (h *handoff) flushLater(w *hoWorker) {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		return
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	go func() {
+		defer h.wg.Done()
+		d := hoFlushMin
+		t := time.NewTimer(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-h.done:
+				return
+			case <-t.C:
+			}
+			w.mu.Lock()
+			res, err := sendDead, error(nil)
+			if !w.dead {
+				res, err = w.flushOwed()
+			}
+			if res != sendFull {
+				w.flushing = false
+			}
+			w.mu.Unlock()
+			switch res {
+			case sendFull:
+				d = min(2*d, hoFlushMax)
+				t.Reset(d)
+				continue
+			case sendBroken:
+				h.broken(w, err)
+			}
+			return
+		}
+	}()
+}
+
+// broken restarts a worker whose channel failed for a reason that does not
+// pass (send marked it dead): it can no longer be sent connections, so it
+// is killed and the supervisor replaces it. What it never read is rescued
+// when its exit is reported; its reader goes on serving what it sends.
+func (h *handoff) broken(w *hoWorker, err error) {
+	h.log.Error("handoff: cannot send to worker; restarting it", "slot", w.slot, "pid", w.pid, "err", err)
+	w.kill(h.log)
+	if !h.doom(w) {
+		h.unlist(w)
+	}
+}
+
+// doom moves w, killed, from the rotation to the doomed until its exit is
+// reported; false (nothing done) if w has no peer copy, so nothing to
+// rescue, or the master stopped.
+func (h *handoff) doom(w *hoWorker) bool {
+	w.mu.Lock()
+	keep := w.peer >= 0
+	w.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !keep || h.stopped {
+		return false
+	}
+	if i := slices.Index(h.workers, w); i >= 0 {
+		h.workers = slices.Delete(h.workers, i, i+1)
+	}
+	if !slices.Contains(h.doomed, w) {
+		h.doomed = append(h.doomed, w)
+	}
+	return true
 }
 
 // room is how many more connections w's grant allows; w.mu is held.
@@ -791,14 +1009,24 @@ func lingers(fd int) bool {
 	return e != 0 || l.Onoff != 0
 }
 
+// hoSendFault, if set, runs before each of the master's sends on a
+// channel; a non-zero result fails the send with that errno (tests).
+var hoSendFault func() unix.Errno
+
 // write is the non-blocking sendmsg: it never parks on the poller, so a
 // worker that does not read cannot hold up the dispatcher.
 func (w *hoWorker) write(fd uintptr) bool {
 	iov := unix.Iovec{Base: unsafe.SliceData(w.p)}
 	iov.SetLen(len(w.p))
-	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: unsafe.SliceData(w.oob)}
-	msg.SetControllen(len(w.oob))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1, Control: unsafe.SliceData(w.ctl)}
+	msg.SetControllen(len(w.ctl))
 	for {
+		if hoSendFault != nil {
+			if e := hoSendFault(); e != 0 {
+				w.err = e
+				return true
+			}
+		}
 		// MSG_DONTWAIT: never sleeps, so RawSyscall (see accept4).
 		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		if e == unix.EINTR {
@@ -811,13 +1039,19 @@ func (w *hoWorker) write(fd uintptr) bool {
 	}
 }
 
-// subscribe turns w's subscription to listener idx on or off.
-func (w *hoWorker) subscribe(idx int, on bool) {
+// subscribe turns w's subscription to listener idx, named name, on. A
+// DONE of that name still owed is dropped: the worker listens again, so
+// its Close stopped waiting for it, and arriving now it would say the
+// master has no such listener.
+func (w *hoWorker) subscribe(idx int, name []byte) {
 	w.mu.Lock()
 	for len(w.subs) <= idx {
 		w.subs = append(w.subs, false)
 	}
-	w.subs[idx] = on
+	w.subs[idx] = true
+	if i := slices.Index(w.owed, string(name)); i >= 0 {
+		w.owed = slices.Delete(w.owed, i, i+1)
+	}
 	w.mu.Unlock()
 }
 
@@ -953,6 +1187,11 @@ func (w *hoWorker) release() {
 	if peer := w.takePeer(); peer >= 0 {
 		unix.Close(peer)
 	}
+	w.closePidfd()
+}
+
+// closePidfd closes w's pidfd, if it still has one.
+func (w *hoWorker) closePidfd() {
 	w.mu.Lock()
 	if w.pidfd >= 0 {
 		unix.Close(w.pidfd)
@@ -974,6 +1213,14 @@ func (w *hoWorker) dupPeer() int {
 		return -1
 	}
 	return fd
+}
+
+// heldOpen says whether w's channel cannot have reached end of file: the
+// master holds its copy of the worker's end and has not shut its own.
+func (w *hoWorker) heldOpen() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.dead && w.peer >= 0
 }
 
 // takePeer hands over w's copy of the worker's end, -1 if taken.
@@ -1020,7 +1267,7 @@ func (h *handoff) remove(w *hoWorker) {
 // descendant that inherited it. A worker whose pidfd shows it alive is a
 // newer process that got the reaped pid: it stays.
 func (h *handoff) exited(pid int) {
-	for _, w := range h.snapshot() {
+	for _, w := range h.snapshotAll() {
 		if w.pid == pid && w.exited(true) {
 			h.gone(w)
 		}
@@ -1039,6 +1286,10 @@ func (h *handoff) gone(w *hoWorker) {
 	// brings about.
 	peer := w.takePeer()
 	h.remove(w)
+	if h.forget(w) {
+		// Its reader may be gone (a violation), leaving this to us.
+		w.closePidfd()
+	}
 	if peer < 0 {
 		return
 	}
@@ -1052,29 +1303,9 @@ func (h *handoff) gone(w *hoWorker) {
 		total += b.n
 	}
 	h.log.Info("handoff: passed on the connections a gone worker never read", "slot", w.slot, "pid", w.pid, "connections", total)
-	h.mu.Lock()
-	if h.stopped {
-		h.mu.Unlock()
-		for _, b := range batches {
-			b.closeAll()
-		}
-		return
-	}
-	h.wg.Add(len(batches))
-	h.mu.Unlock()
 	// One dispatcher per listener: one without a live subscriber must
-	// not hold up the others. Counted until delivered, so an upgrade's
-	// pause waits for them.
-	for _, b := range batches {
-		h.hold()
-		go func() {
-			defer h.wg.Done()
-			defer h.leave()
-			if !h.dispatch(b) {
-				b.closeAll()
-			}
-		}()
-	}
+	// not hold up the others.
+	h.passOn(batches)
 }
 
 // takeUnread reads, from peer (the master's copy of the dead worker w's
@@ -1255,7 +1486,7 @@ func (w *hoWorker) kill(log *slog.Logger) {
 // of file, so a connection could be sent to a dead worker.
 func (h *handoff) sweep() int {
 	n := 0
-	for _, w := range h.snapshot() {
+	for _, w := range h.snapshotAll() {
 		if w.exited(false) {
 			h.gone(w)
 			n++
@@ -1271,6 +1502,24 @@ func (h *handoff) snapshot() []*hoWorker {
 	return slices.Clone(h.workers)
 }
 
+// snapshotAll copies the workers in the rotation and the doomed.
+func (h *handoff) snapshotAll() []*hoWorker {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Concat(h.workers, h.doomed)
+}
+
+// forget takes w off the doomed, and says whether it was there.
+func (h *handoff) forget(w *hoWorker) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i := slices.Index(h.doomed, w)
+	if i >= 0 {
+		h.doomed = slices.Delete(h.doomed, i, i+1)
+	}
+	return i >= 0
+}
+
 // exited reports whether w's process exited by its pidfd; unknown (no
 // pidfd) is reported as unknown.
 func (w *hoWorker) exited(unknown bool) bool {
@@ -1284,27 +1533,125 @@ func (w *hoWorker) exited(unknown bool) bool {
 
 // bad restarts a worker that broke the protocol: it is killed (the
 // supervisor respawns it) and its channel closed. Nothing it sent reaches
-// the master's state or another worker.
-func (h *handoff) bad(w *hoWorker, err error) {
+// the master's state or another worker. What the master sent it and it
+// never read is rescued once its exit is reported, as for any worker that
+// dies: true if w is kept for that (doomed; its reader ends without
+// releasing it).
+func (h *handoff) bad(w *hoWorker, err error) bool {
 	h.log.Warn("handoff: worker broke the connection protocol; restarting it", "slot", w.slot, "pid", w.pid, "err", err)
 	w.kill(h.log)
 	// Nothing else it sent is read: its channel is closed at once.
-	h.unlist(w)
 	w.close()
+	return h.doom(w)
 }
+
+// hoRecv is the master's receive of one worker's messages. Each message is
+// first peeked with its descriptors (the kernel installs copies and leaves
+// the message queued) and dequeued only once all of them arrived: a
+// give-back that comes while the master is out of descriptors (MSG_CTRUNC:
+// the kernel drops what it could not install) stays queued until there is
+// room, instead of being lost.
+type hoRecv struct {
+	buf, oob []byte
+	one      [1]byte
+	peek     bool
+	n, oobn  int
+	flags    int
+	err      error
+	fn       func(fd uintptr) bool
+}
+
+func newHoRecv() *hoRecv {
+	r := &hoRecv{buf: make([]byte, hoMaxMsg), oob: make([]byte, unix.CmsgSpace(4*hoMaxBatch))}
+	r.fn = r.call
+	return r
+}
+
+// call is the RawConn.Read function: false (wait) while nothing is queued.
+func (r *hoRecv) call(fd uintptr) bool {
+	var iov unix.Iovec
+	var msg unix.Msghdr
+	flags := unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
+	if r.peek {
+		iov.Base = unsafe.SliceData(r.buf)
+		iov.SetLen(len(r.buf))
+		msg.Control = unsafe.SliceData(r.oob)
+		msg.SetControllen(len(r.oob))
+		flags |= unix.MSG_PEEK
+	} else {
+		// Dequeue what was peeked: without room for control data the
+		// kernel drops the descriptors, whose copies the peek installed.
+		iov.Base = &r.one[0]
+		iov.SetLen(len(r.one))
+	}
+	msg.Iov, msg.Iovlen = &iov, 1
+	for {
+		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+		switch e {
+		case 0:
+			r.n, r.oobn, r.flags, r.err = int(n), int(msg.Controllen), int(msg.Flags), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			r.err = os.NewSyscallError("recvmsg", e)
+		}
+		return true
+	}
+}
+
+// recv runs call on w's channel.
+func (r *hoRecv) recv(w *hoWorker, peek bool) error {
+	r.peek, r.n, r.oobn, r.flags, r.err = peek, 0, 0, 0, nil
+	if err := w.rc.Read(r.fn); err != nil {
+		return err
+	}
+	return r.err
+}
+
+// hoCutMin and hoCutMax bound the wait before the master peeks again at a
+// message whose descriptors it had no room for; the wait doubles while
+// that lasts.
+const (
+	hoCutMin = 5 * time.Millisecond
+	hoCutMax = time.Second
+)
 
 // read serves one worker's messages until its channel closes.
 func (h *handoff) read(w *hoWorker) {
 	defer h.wg.Done()
-	defer w.release()
-	defer h.unlist(w)
-	buf := make([]byte, hoMaxMsg)
-	fds := make([]int, hoMaxBatch)
+	keep := false
+	defer func() {
+		if !keep {
+			h.unlist(w)
+			w.release()
+		}
+	}()
+	r := newHoRecv()
+	fds := make([]int, 0, hoMaxBatch)
 	var msg hoMsg
-	b := &hoBatch{}
 	reset := false
+	cut, backoff := 0, time.Duration(0)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		n, nfd, err := w.conn.Recv(buf, fds)
+		err := r.recv(w, true)
+		if err == nil && r.n == 0 && r.oobn == 0 {
+			// End of file, or an empty message: the same to recvmsg. While
+			// the master holds a copy of the worker's end and has not shut
+			// its own, the channel cannot end: the worker sent it.
+			if w.heldOpen() {
+				_ = r.recv(w, false)
+				keep = h.bad(w, fmt.Errorf("%w: empty", ErrHandoffMessage))
+				return
+			}
+			err = io.EOF
+		}
 		if err != nil {
 			switch {
 			case errors.Is(err, unix.ECONNRESET) && !reset:
@@ -1316,28 +1663,104 @@ func (h *handoff) read(w *hoWorker) {
 				reset = true
 				continue
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-			case errors.Is(err, scmrights.ErrTruncated), errors.Is(err, scmrights.ErrPayloadTruncated):
-				h.bad(w, err)
 			default:
 				h.warn.warn(h.log, "handoff: channel", "slot", w.slot, "pid", w.pid, "err", err)
 			}
 			return
 		}
-		w.heard.Store(hoClock())
-		if err := decodeHandoff(buf[:n], fds[:nfd], &msg); err != nil {
-			h.bad(w, err)
+		var ferr error
+		fds, ferr = scmrights.AppendRights(fds[:0], r.oob[:r.oobn])
+		var verr error
+		switch {
+		case ferr != nil:
+			verr = ferr
+		case r.flags&unix.MSG_TRUNC != 0:
+			verr = fmt.Errorf("message larger than the %d-byte buffer", hoMaxMsg)
+		case r.flags&unix.MSG_CTRUNC != 0 && len(fds) >= hoMaxBatch:
+			verr = fmt.Errorf("more than %d descriptors", hoMaxBatch)
+		}
+		if verr != nil {
+			closeInts(fds)
+			// Dequeued first: closed with it unread, the channel would
+			// report a reset to the worker rather than end of file.
+			_ = r.recv(w, false)
+			keep = h.bad(w, fmt.Errorf("%w: %w", ErrHandoffMessage, verr))
 			return
 		}
-		if err := h.handle(w, &msg, b); err != nil {
-			h.bad(w, err)
+		if r.flags&unix.MSG_CTRUNC != 0 {
+			// Fewer installed than sent, and fewer than there was room
+			// for: a descriptor table (the master's, or the system's)
+			// was full. The message stays queued; the worker is not to
+			// blame unless the master had room all along.
+			closeInts(fds)
+			if h.fdRoom(r.buf[:r.n]) {
+				if cut++; cut >= 3 {
+					_ = r.recv(w, false)
+					keep = h.bad(w, fmt.Errorf("%w: control data cut although the master has descriptors free", ErrHandoffMessage))
+					return
+				}
+				continue
+			}
+			cut = 0
+			h.warn.warn(h.log, "handoff: out of descriptors for connections a worker gave back; retrying", "slot", w.slot, "pid", w.pid)
+			backoff = min(max(2*backoff, hoCutMin), hoCutMax)
+			if timer == nil {
+				timer = time.NewTimer(backoff)
+			} else {
+				timer.Reset(backoff)
+			}
+			select {
+			case <-h.done:
+				return
+			case <-timer.C:
+			}
+			continue
+		}
+		cut, backoff = 0, 0
+		n := r.n
+		if err := r.recv(w, false); err != nil {
+			// Only this goroutine reads the channel: the message peeked
+			// is there, unless the channel was closed meanwhile.
+			closeInts(fds)
+			return
+		}
+		w.heard.Store(hoClock())
+		if err := decodeHandoff(r.buf[:n], fds, &msg); err != nil {
+			keep = h.bad(w, err)
+			return
+		}
+		if err := h.handle(w, &msg); err != nil {
+			keep = h.bad(w, err)
 			return
 		}
 	}
 }
 
+// fdRoom says whether the master can open as many descriptors as the
+// message p (of a cut receive) carries, by opening and closing them: if
+// not, the cut was the master's lack of room, not the worker's doing.
+func (h *handoff) fdRoom(p []byte) bool {
+	need := 1
+	if len(p) >= 2 && (p[0] == hoReturn || p[0] == hoConns) {
+		need = max(1, min(int(p[1]), hoMaxBatch))
+	}
+	var fds [hoMaxBatch]int
+	got := 0
+	defer func() { closeInts(fds[:got]) }()
+	for got < need {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			return false
+		}
+		fds[got] = fd
+		got++
+	}
+	return true
+}
+
 // handle acts on one valid message from w. An error means w broke the
 // protocol; descriptors of the message are closed by then.
-func (h *handoff) handle(w *hoWorker, msg *hoMsg, b *hoBatch) error {
+func (h *handoff) handle(w *hoWorker, msg *hoMsg) error {
 	switch msg.typ {
 	case hoAck:
 		if !ack(w, msg.n) {
@@ -1357,20 +1780,21 @@ func (h *handoff) handle(w *hoWorker, msg *hoMsg, b *hoBatch) error {
 		h.mu.Lock()
 		idx, ok := h.byName[string(msg.name)]
 		h.mu.Unlock()
-		if ok {
-			w.subscribe(idx, msg.typ == hoSub)
-		}
 		if msg.typ == hoSub && ok {
+			w.subscribe(idx, msg.name)
 			h.signal()
 			return nil
 		}
-		// After a DONE, nothing of that listener reaches the worker: the
-		// subscription was dropped under w.mu, which every send holds. For
-		// an unknown name, DONE tells the worker there is nothing to take.
-		var p [2 + hoMaxName]byte
-		if err := w.conn.Send(hoAppendName(p[:0], hoDone, string(msg.name))); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
-			h.warn.warn(h.log, "handoff: channel", "slot", w.slot, "pid", w.pid, "err", err)
+		if !ok {
+			idx = -1
 		}
+		// After a DONE, nothing of that listener reaches the worker: the
+		// subscription is dropped under w.mu, which every send holds. For
+		// an unknown name, DONE tells the worker there is nothing to take.
+		// Never a blocking send: this reader must go on reading, and a
+		// send waiting for room would hold the channel's write lock, which
+		// every dispatcher needs.
+		return h.owe(w, idx, msg.name)
 	case hoReturn:
 		if !ack(w, msg.n) {
 			closeInts(msg.fds)
@@ -1423,22 +1847,53 @@ func (h *handoff) takeBack(msg *hoMsg) error {
 		}
 		idx[i] = li
 	}
-	// Counted until delivered, so an upgrade's pause waits for them.
-	h.hold()
-	defer h.leave()
-	b := &hoBatch{}
-	for i := 0; i < msg.n; {
-		b.reset(idx[i], names[i])
-		for ; i < msg.n && idx[i] == b.lidx; i++ {
-			b.push(msg.fds[i], msg.entries[i].addr)
+	// One batch per listener, each passed on by a dispatcher of its own,
+	// as gone does: this reader goes on reading the worker (its acks, a
+	// new SUB for the very listener it closed), and a listener nobody
+	// serves holds up no other.
+	var batches []*hoBatch
+	for i := range msg.n {
+		var b *hoBatch
+		for _, x := range batches {
+			if x.lidx == idx[i] {
+				b = x
+			}
 		}
-		if !h.dispatch(b) {
-			b.closeAll()
-			closeInts(msg.fds[i:])
-			return nil
+		if b == nil {
+			b = &hoBatch{}
+			b.reset(idx[i], names[i])
+			batches = append(batches, b)
 		}
+		b.push(msg.fds[i], msg.entries[i].addr)
 	}
+	h.passOn(batches)
 	return nil
+}
+
+// passOn dispatches each batch in a goroutine of its own, counted until
+// delivered, so an upgrade's pause waits for them; closed if the master
+// stopped.
+func (h *handoff) passOn(batches []*hoBatch) {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		for _, b := range batches {
+			b.closeAll()
+		}
+		return
+	}
+	h.wg.Add(len(batches))
+	h.mu.Unlock()
+	for _, b := range batches {
+		h.hold()
+		go func() {
+			defer h.wg.Done()
+			defer h.leave()
+			if !h.dispatch(b) {
+				b.closeAll()
+			}
+		}()
+	}
 }
 
 // checkReturned checks that fd is a connection accepted on the listener

@@ -286,9 +286,10 @@ func TestHandoffCloseGivesBack(t *testing.T) {
 	}
 }
 
-// TestHandoffHeldUntilWorker: connections accepted while no worker takes
-// them wait in the master (and the kernel's backlog) and are delivered to
-// the first worker that listens, also when the only worker died first.
+// TestHandoffHeldUntilWorker: connections that come while no worker
+// serves their listener wait (in the kernel's backlog: the master does not
+// accept them) and are delivered to the first worker that listens, also
+// when the only worker died first.
 func TestHandoffHeldUntilWorker(t *testing.T) {
 	fdcensus.Verify(t)
 	r, lns := rig(t, "tcp")
@@ -508,7 +509,8 @@ func TestHandoffGarbageFromWorker(t *testing.T) {
 }
 
 // TestHandoffSpread: a burst of connections to two accepting workers is
-// answered in full and reaches both.
+// answered in full and reaches both; connections one at a time are shared
+// about evenly (the least loaded worker, ties in turn).
 func TestHandoffSpread(t *testing.T) {
 	fdcensus.Verify(t)
 	r, lns := rig(t, "tcp")
@@ -562,9 +564,29 @@ func TestHandoffSpread(t *testing.T) {
 		t.Error(err)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if per[0]+per[1] != n || per[0] == 0 || per[1] == 0 {
 		t.Errorf("accepted per worker %v, want %d in all on both", per, n)
+	}
+	clear(per)
+	mu.Unlock()
+	const paced = 100
+	for i := range paced {
+		c, err := net.DialTimeout("tcp", lns[0].Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 1)
+		_, err = io.ReadFull(c, b)
+		c.Close()
+		if err != nil {
+			t.Fatalf("paced connection %d: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if per[0]+per[1] != paced || min(per[0], per[1]) < paced/4 {
+		t.Errorf("paced connections per worker %v, want %d in all, at least %d each", per, paced, paced/4)
 	}
 }
 
@@ -836,9 +858,21 @@ func TestHandoffPause(t *testing.T) {
 			cs = append(cs, c)
 		}
 	}
-	// No worker: the master accepts and holds them.
-	dial(0, 3)
-	waitUntil(t, "connections held by the master", 5*time.Second, func() bool { return r.Busy() == 1 })
+	// A subscriber that never reads: its window fills, and the master
+	// accepts and holds what follows.
+	stuck, err := r.AddRaw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	if _, err := stuck.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the SUB is read
+	dial(0, cluster.HoWindow+3)
+	waitUntil(t, "connections held by the master", 5*time.Second, func() bool {
+		return r.Busy() == 1 && cmp.Equal([]int{cluster.HoWindow}, r.Outstanding())
+	})
 	if err := r.Pause(100 * time.Millisecond); err == nil {
 		t.Fatal("Pause with connections no worker can take: nil error")
 	}
@@ -849,18 +883,20 @@ func TestHandoffPause(t *testing.T) {
 	// What the master held is delivered (the rest of the three may still
 	// be in the backlog).
 	held := r.Outstanding()
-	if len(held) != 1 || held[0] < 1 || r.Busy() != 0 {
-		t.Fatalf("when Pause returned: delivered %v, busy %d; want at least [1], 0", held, r.Busy())
+	if len(held) != 2 || held[1] < 1 || r.Busy() != 0 {
+		t.Fatalf("when Pause returned: delivered %v, busy %d; want at least [%d 1], 0", held, r.Busy(), cluster.HoWindow)
 	}
 	// Paused: the master accepts nothing.
-	dial(3, 3)
+	dial(cluster.HoWindow+3, 3)
 	time.Sleep(100 * time.Millisecond)
 	if got := r.Outstanding(); !cmp.Equal(held, got) || r.Busy() != 0 {
 		t.Errorf("paused: delivered %v, busy %d; want %v, 0", got, r.Busy(), held)
 	}
 	r.Resume()
 	r.Resume() // idempotent
-	if diff := cmp.Diff(seq(6), acceptN(t, l, 6)); diff != "" {
+	// The stuck worker holds the first window's worth.
+	want := seq(cluster.HoWindow + 6)[cluster.HoWindow:]
+	if diff := cmp.Diff(want, acceptN(t, l, 6)); diff != "" {
 		t.Errorf("connections accepted across the pause (-want +got):\n%s", diff)
 	}
 }
@@ -1242,10 +1278,10 @@ func TestHandoffMasterGone(t *testing.T) {
 }
 
 // TestHandoffDeadWorkerGiveBackQueued: a worker gives connections of one
-// listener back, then dies with connections of another unread on its
-// channel. The kernel reports ECONNRESET to the master's end before the
-// messages the worker sent; the master still reads the give-backs and
-// passes them on.
+// listener back, which the master holds while nobody else serves it, then
+// dies with connections of another unread on its channel (the kernel
+// reports ECONNRESET to the master's end); the give-backs still reach the
+// next worker of their listener.
 func TestHandoffDeadWorkerGiveBackQueued(t *testing.T) {
 	fdcensus.Verify(t)
 	r, lns := rig(t, "tcp", "tcp")
@@ -1273,8 +1309,7 @@ func TestHandoffDeadWorkerGiveBackQueued(t *testing.T) {
 		closeFDs(fds)
 		t.Fatalf("after UNSUB: %q, %v; want DONE", buf[:k], err)
 	}
-	// The master's reader waits in the first give-back (no other worker
-	// of that listener yet) while the second is still queued.
+	// Nobody else serves that listener yet: the master holds them.
 	for _, fd := range fds {
 		if _, _, err := a.WriteMsgUnix(cluster.EncodeHandoffConns(cluster.HoReturn, []string{names[0]}, []string{"x"}), unix.UnixRights(fd), nil); err != nil {
 			t.Fatal(err)
@@ -1284,10 +1319,9 @@ func TestHandoffDeadWorkerGiveBackQueued(t *testing.T) {
 	// A connection of the other listener reaches a's channel, unread.
 	dialN(t, lns[1].Addr().String(), 1)
 	waitUntil(t, "connection of the second listener delivered", 5*time.Second, func() bool {
-		// The second give-back is not read yet: its connection counts.
-		return cmp.Equal([]int{2}, r.Outstanding())
+		return cmp.Equal([]int{1}, r.Outstanding())
 	})
-	a.Close() // the worker dies
+	a.Close() // the worker dies, its connection unread: a reset
 	lb := workerOn(t, r, names[0])
 	if diff := cmp.Diff(seq(n), acceptN(t, lb, n)); diff != "" {
 		t.Errorf("connections given back before the death (-want +got):\n%s", diff)

@@ -24,10 +24,9 @@ const (
 	// hoAckEvery bounds the accepted connections a worker reports in one
 	// ack.
 	hoAckEvery = 16
-	// hoAckIdle is the smallest ack sent when the queue runs empty: one
-	// ack per connection would cost a message per connection at low
-	// load, while a few unreported ones only delay the load figure.
-	hoAckIdle = 4
+	// hoAckRetry is the wait before an ack the channel had no room for is
+	// tried again: Accept never waits for the master to read.
+	hoAckRetry = 20 * time.Millisecond
 	// hoCloseWait bounds how long Close waits for the master to confirm
 	// that nothing more of the listener is on its way.
 	hoCloseWait = 5 * time.Second
@@ -187,6 +186,10 @@ type hoReceiver struct {
 	lns     map[string]*handoffLn // open listeners
 	closing map[string]*handoffLn // closed, waiting for the master's DONE
 	unacked int
+	// ackTimer sends the acks the channel had no room for (armed: it is
+	// set to).
+	ackTimer *time.Timer
+	armed    bool
 }
 
 // newReceiver adopts uc; grants says whether the master takes hoGrant.
@@ -337,6 +340,11 @@ func (r *hoReceiver) end() {
 	r.goneOnce.Do(func() {
 		r.conn.Close()
 		close(r.gone)
+		r.mu.Lock()
+		if r.ackTimer != nil {
+			r.ackTimer.Stop()
+		}
+		r.mu.Unlock()
 	})
 }
 
@@ -520,8 +528,7 @@ func (r *hoReceiver) lost(p []byte) {
 	}
 	k := int(p[1])
 	r.recvd += uint32(k)
-	var a [5]byte
-	_ = r.send(hoAppendAck(a[:0], k), nil)
+	r.ack(k)
 }
 
 // hoItem is a received connection not yet accepted.
@@ -720,20 +727,99 @@ func (l *handoffLn) opErr(err error) error {
 }
 
 // accepted counts one accepted connection and acknowledges a batch to the
-// master, at once when the queue ran empty.
+// master: every hoAckEvery, and whenever the queue runs empty. An idle
+// worker thus has nothing outstanding, and the master's least-loaded
+// choice sees every worker's backlog as it is; under load the queue is
+// rarely empty and acks are few. (Delaying a small ack, to save a message
+// per connection at low load, left a worker looking busier than it was
+// for as long, and consecutive connections went to the other worker.)
 func (r *hoReceiver) accepted(empty bool) {
 	r.mu.Lock()
 	r.unacked++
 	n := 0
-	if r.unacked >= hoAckEvery || empty && r.unacked >= hoAckIdle {
+	if (r.unacked >= hoAckEvery || empty) && !r.armed {
 		n, r.unacked = r.unacked, 0
 	}
 	r.mu.Unlock()
 	if n > 0 {
-		var p [5]byte
-		// A lost ack (master gone) matters to nobody.
-		_ = r.send(hoAppendAck(p[:0], n), nil)
+		r.ack(n)
 	}
+}
+
+// armAck makes the pending acks go out after d, unless a try is due
+// already; r.mu is held.
+func (r *hoReceiver) armAck(d time.Duration) {
+	if r.armed {
+		return
+	}
+	r.armed = true
+	if r.ackTimer == nil {
+		r.ackTimer = time.AfterFunc(d, r.ackPending)
+	} else {
+		r.ackTimer.Reset(d)
+	}
+}
+
+// ackPending acknowledges whatever is pending (ackTimer): the acks a full
+// channel left, with the connections accepted since.
+func (r *hoReceiver) ackPending() {
+	r.mu.Lock()
+	r.armed = false
+	r.mu.Unlock()
+	for range hoWindow {
+		r.mu.Lock()
+		// An ack counts at most a window (the decoder's bound).
+		n := min(r.unacked, hoWindow)
+		r.unacked -= n
+		r.mu.Unlock()
+		if n == 0 || !r.ack(n) {
+			return
+		}
+	}
+}
+
+// ack sends an ack of n connections without blocking: if the channel has
+// no room (a master that does not read, for the moment), n is pending
+// again and tried later (false). A lost ack (master gone) matters to
+// nobody.
+func (r *hoReceiver) ack(n int) bool {
+	var p [5]byte
+	if err := r.sendNow(hoAppendAck(p[:0], n)); errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) {
+		r.mu.Lock()
+		r.unacked += n
+		r.armAck(hoAckRetry)
+		r.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// sendNow sends p without blocking and without the channel's write lock,
+// which a blocked send (a give-back, a grant) holds while it waits: a
+// SOCK_SEQPACKET message is sent whole or not at all, so concurrent senders
+// cannot interleave.
+func (r *hoReceiver) sendNow(p []byte) error {
+	select {
+	case <-r.gone:
+		return fmt.Errorf("%w: the master closed the channel", ErrMasterGone)
+	default:
+	}
+	var serr error
+	err := r.rc.Control(func(fd uintptr) {
+		for {
+			_, serr = unix.SendmsgN(int(fd), p, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("sendmsg", serr)
+	}
+	return nil
 }
 
 // Close stops the listener; see HandoffListener.
