@@ -17,14 +17,29 @@
 // that verify the census of their own process must not call t.Parallel,
 // since a parallel test's descriptors would be counted too.
 //
+// Garbage collection is held off (GOGC=off, no memory limit) while a census
+// of this process settles, and by Verify from the moment the test body
+// returns, because the runtime closes an unreachable *os.File, os.Pipe end,
+// net.Listener or net.Conn when the collector finalizes it: a test that
+// dropped one without Close would otherwise pass whenever the census's own
+// allocations triggered a collection. Holds are counted, so concurrent
+// Compare calls restore the caller's settings only when the last one ends.
+// Nothing here calls runtime.GC. The remaining limit: a collection that runs
+// during the test body, after the object became unreachable, still closes a
+// dropped descriptor before the census looks, and that leak goes unseen.
+// Raw descriptors (no Go object) are always seen.
+//
 // Linux only.
 package fdcensus
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -74,7 +89,7 @@ func Take(pid int) (Snapshot, error) {
 	// The directory's own descriptor is in names; it is dropped below
 	// because it no longer resolves once f is closed.
 	self := int(-1)
-	if pid == 0 {
+	if pid == 0 || pid == os.Getpid() {
 		if sc, scErr := f.SyscallConn(); scErr == nil {
 			_ = sc.Control(func(fd uintptr) { self = int(fd) })
 		}
@@ -133,22 +148,77 @@ func Diff(before, after Snapshot) string {
 	return cmp.Diff(before, after)
 }
 
+func equal(a, b Snapshot) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n, fd := range a {
+		if got, ok := b[n]; !ok || got != fd {
+			return false
+		}
+	}
+	return true
+}
+
+// gcHolds counts the callers that need the collector held off; percent and
+// limit are the settings to restore when the count drops back to zero.
+var gcHolds struct {
+	sync.Mutex
+	n       int
+	percent int
+	limit   int64
+}
+
+// holdGC stops the collector until the returned function is called, so a
+// finalizer cannot close a descriptor that was dropped without Close while
+// the census looks. A memory limit would still trigger collections with
+// GOGC off, so it is lifted as well. runtime/debug.SetGCPercent(-1) returns
+// only once a collection already under way has finished marking.
+func holdGC() (release func()) {
+	gcHolds.Lock()
+	if gcHolds.n == 0 {
+		gcHolds.percent = debug.SetGCPercent(-1)
+		gcHolds.limit = debug.SetMemoryLimit(math.MaxInt64)
+	}
+	gcHolds.n++
+	gcHolds.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			gcHolds.Lock()
+			defer gcHolds.Unlock()
+			gcHolds.n--
+			if gcHolds.n == 0 {
+				debug.SetMemoryLimit(gcHolds.limit)
+				debug.SetGCPercent(gcHolds.percent)
+			}
+		})
+	}
+}
+
 // Settle is how long Verify and WaitEqual wait for descriptors closed
 // asynchronously (by exiting goroutines or children) before declaring a leak.
 const Settle = 3 * time.Second
 
 // WaitEqual polls the census of pid until it equals want or Settle elapses.
-// It returns the last difference, or "" when equal.
+// It returns the last difference, or "" when equal. For this process the
+// collector is held off meanwhile (see the package documentation).
 func WaitEqual(pid int, want Snapshot) (string, error) {
+	if pid == 0 || pid == os.Getpid() {
+		defer holdGC()()
+	}
 	deadline := time.Now().Add(Settle)
 	for {
 		got, err := Take(pid)
 		if err != nil {
 			return "", err
 		}
-		d := Diff(want, got)
-		if d == "" || time.Now().After(deadline) {
-			return d, nil
+		// cmp.Diff allocates heavily; it runs once, on the final result.
+		if equal(want, got) {
+			return "", nil
+		}
+		if time.Now().After(deadline) {
+			return Diff(want, got), nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -157,13 +227,29 @@ func WaitEqual(pid int, want Snapshot) (string, error) {
 // Verify records this process's census now and registers a cleanup that
 // fails t unless the census is the same again once every later cleanup has
 // run. Call it first in a test, before opening anything.
+//
+// The collector is held off from the moment the test body returns (when
+// t.Context is cancelled) until the census has settled, so a descriptor the
+// body dropped without Close is not closed by a finalizer while later
+// cleanups run.
 func Verify(t testing.TB) {
 	t.Helper()
 	before, err := Take(0)
 	if err != nil {
 		t.Fatalf("fd census: %v", err)
 	}
+	// The testing package cancels t.Context just before it runs cleanups;
+	// AfterFunc runs in its own goroutine, so this hold starts as soon as
+	// the scheduler allows, and the cleanup below holds too in any case.
+	early := make(chan func(), 1)
+	stop := context.AfterFunc(t.Context(), func() { early <- holdGC() })
 	t.Cleanup(func() {
+		// Reported at the test's call to Verify.
+		t.Helper()
+		defer holdGC()()
+		if !stop() {
+			(<-early)()
+		}
 		d, err := WaitEqual(0, before)
 		if err != nil {
 			t.Errorf("fd census: %v", err)

@@ -16,17 +16,27 @@
 // (compared with a census taken before the first test).
 //
 // Command builds an *exec.Cmd for a role, optionally running it as user
-// nobody (uid/gid 65534) when the test runs as root.
+// nobody (uid/gid 65534) when the test runs as root. For that the test
+// binary is copied once per process into a fresh 0755 directory that user
+// nobody can reach (go test builds into a 0700 one, and TMPDIR may be 0700
+// too); Main removes the copy after the tests.
+//
+// Start starts a command and kills whatever of it is left when the test
+// ends: the child, and its process group when the child leads one.
 package helperproc
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdcensus"
 )
@@ -51,6 +61,7 @@ func Main(m *testing.M, roles map[string]func() int) {
 		os.Exit(2)
 	}
 	code := m.Run()
+	removeNobodyCopy()
 	if code == 0 {
 		if err := fdcensus.Compare(0, before); err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL: the test run leaked descriptors: %v\n", err)
@@ -67,8 +78,10 @@ type Options struct {
 	Env []string
 	// ExtraFiles become descriptors 3, 4, ... in the child.
 	ExtraFiles []*os.File
-	// AsNobody runs the child as uid/gid 65534. The test is skipped unless
-	// it runs as root.
+	// AsNobody runs the child as uid/gid 65534. The test is skipped when
+	// it does not run as root, or when neither os.TempDir nor /tmp is
+	// searchable by others all the way down (user nobody must reach the
+	// copy of the test binary).
 	AsNobody bool
 	// Args are passed to the role after the test-binary flags; the role
 	// reads them with os.Args[1:] minus the flags (see Args).
@@ -91,7 +104,14 @@ func Command(t testing.TB, role string, opts *Options) *exec.Cmd {
 		if os.Getuid() != 0 {
 			t.Skip("needs root to run a helper as nobody")
 		}
-		bin = copyForNobody(t, bin)
+		nobody.once.Do(func() { nobody.bin, nobody.err = copyForNobody(bin) })
+		if errors.Is(nobody.err, errNoSearchableDir) {
+			t.Skipf("helperproc: %v", nobody.err)
+		}
+		if nobody.err != nil {
+			t.Fatalf("helperproc: %v", nobody.err)
+		}
+		bin = nobody.bin
 	}
 	args := append([]string{"-test.run=^$", "--"}, opts.Args...)
 	cmd := exec.Command(bin, args...)
@@ -119,48 +139,103 @@ func Args() []string {
 	return nil
 }
 
-// copyForNobody copies the test binary where user nobody can execute it:
-// go test builds into a 0700 directory.
-func copyForNobody(t testing.TB, bin string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatalf("helperproc: %v", err)
+// nobody holds the one copy of the test binary that user nobody runs.
+var nobody struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+var errNoSearchableDir = errors.New("no temporary directory that user nobody can search holds a copy of the test binary")
+
+// searchable reports whether every directory from / down to dir lets
+// others search it, as user nobody must to execute a file inside.
+func searchable(dir string) bool {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
 		}
+		if d == "/" {
+			return true
+		}
+	}
+}
+
+// copyForNobody copies the test binary into a new 0755 directory under the
+// first of os.TempDir and /tmp that others can search.
+func copyForNobody(bin string) (string, error) {
+	parent := ""
+	for _, d := range []string{os.TempDir(), "/tmp"} {
+		if searchable(d) {
+			parent = d
+			break
+		}
+	}
+	if parent == "" {
+		return "", fmt.Errorf("%w (TMPDIR %s)", errNoSearchableDir, os.TempDir())
+	}
+	dir, err := os.MkdirTemp(parent, "helperproc-")
+	if err != nil {
+		return "", err
+	}
+	dst, err := copyBinary(bin, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dst, nil
+}
+
+func copyBinary(bin, dir string) (string, error) {
+	// MkdirTemp makes the directory 0700.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
 	}
 	dst := filepath.Join(dir, "helper.test")
 	in, err := os.Open(bin)
 	if err != nil {
-		t.Fatalf("helperproc: %v", err)
+		return "", err
 	}
 	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
 	if err != nil {
-		t.Fatalf("helperproc: %v", err)
+		return "", err
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
-		t.Fatalf("helperproc: %v", err)
+		return "", err
 	}
-	if err := out.Close(); err != nil {
-		t.Fatalf("helperproc: %v", err)
+	return dst, out.Close()
+}
+
+func removeNobodyCopy() {
+	if nobody.bin != "" {
+		os.RemoveAll(filepath.Dir(nobody.bin))
 	}
-	return dst
 }
 
 // Start starts cmd and registers a cleanup that kills and reaps it unless
 // the test waited for it, so a test that fails half-way leaves neither a
-// process nor a zombie behind.
+// process nor a zombie behind. When the child leads its own process group
+// (SysProcAttr.Setpgid or Setsid, or it called setpgid itself), the whole
+// group is killed, since its children would otherwise outlive it.
 func Start(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("helperproc: start %v: %v", cmd.Args, err)
 	}
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+		if cmd.ProcessState != nil {
+			return
 		}
+		// The child is not reaped yet, so its pid, and with it a group
+		// named by that pid, cannot have been reused.
+		pid := cmd.Process.Pid
+		if pgid, err := unix.Getpgid(pid); err == nil && pgid == pid {
+			_ = unix.Kill(-pid, unix.SIGKILL)
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 	})
 }
