@@ -209,11 +209,11 @@ type ControlOptions struct {
 // would be taken for the next request's. Later calls then fail with an
 // error matching net.ErrClosed; dial again. Close is idempotent.
 //
-// The master closes a connection that stays idle for 30 s, or sooner when
-// all its 8 places are taken and another client connects. A request that
-// finds the connection closed that way before any of it was read (the
-// write fails with EPIPE after an earlier request was answered) is sent
-// again once on a new connection: the master never saw it.
+// The master closes a connection that stays idle for 30 s, or after 1 s
+// idle when all its 8 places are taken and another client connects. A
+// request that finds the connection closed that way (the write fails with
+// EPIPE: nothing of it was read) is sent again once on a new connection:
+// the master never saw it.
 type ControlClient struct {
 	timeout time.Duration
 	path    string
@@ -224,14 +224,13 @@ type ControlClient struct {
 	conn   *net.UnixConn
 	closed bool
 
-	mu       sync.Mutex
-	broken   error // why the connection was given up, set with mu held
-	answered bool  // the master answered a request on conn
-	w        *ipcframe.Writer
-	r        *ipcframe.Reader
-	p        fastjson.Parser
-	buf      []byte
-	msg      sockMsg
+	mu     sync.Mutex
+	broken error // why the connection was given up, set with mu held
+	w      *ipcframe.Writer
+	r      *ipcframe.Reader
+	p      fastjson.Parser
+	buf    []byte
+	msg    sockMsg
 }
 
 // DialControl connects to the control socket at path. ctx bounds the
@@ -261,7 +260,7 @@ func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 // use makes conn the client's connection. Called before c is shared or
 // with c.mu and c.connMu held.
 func (c *ControlClient) use(conn *net.UnixConn) {
-	c.conn, c.answered = conn, false
+	c.conn = conn
 	c.w = ipcframe.NewWriter(conn, &ipcframe.WriterOptions{MaxFrame: maxControlRequest})
 	c.r = ipcframe.NewReader(conn, &ipcframe.ReaderOptions{MaxFrame: maxControlResponse, BufferSize: 4096})
 }
@@ -451,7 +450,7 @@ func (c *ControlClient) roundTrip(req *sockMsg) error {
 	}
 	c.buf = appendSockMsg(c.buf[:0], req)
 	err := c.w.WriteFrame(c.buf)
-	if err != nil && c.answered && errors.Is(err, syscall.EPIPE) {
+	if err != nil && errors.Is(err, syscall.EPIPE) {
 		// The master had closed the idle connection: a peer that is
 		// gone reads nothing (unix(7)), so the request was never seen
 		// and may be sent again, whatever it asks.
@@ -486,7 +485,6 @@ func (c *ControlClient) roundTrip(req *sockMsg) error {
 	default:
 		return fmt.Errorf("cluster: control socket: %w", err)
 	}
-	c.answered = true
 	if err := decodeSockMsg(&c.p, c.buf, &c.msg); err != nil {
 		return err
 	}

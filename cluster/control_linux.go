@@ -33,9 +33,10 @@ const envControlListen = "HANDOFF_CONTROL_LISTEN"
 // Control server limits.
 const (
 	// maxControlClients bounds the connections served at once. A client
-	// beyond it takes the place of the longest idle one; when all are in a
-	// request, it waits for the first to finish, and further ones wait in
-	// the listen backlog. Rejected peers never take a place.
+	// beyond it takes the place of the connection idle the longest, if one
+	// has been idle for controlEvictAfter with no request queued; else it
+	// waits for one to be, and further ones wait in the listen backlog.
+	// Rejected peers never take a place.
 	maxControlClients = 8
 	// controlIdleTimeout bounds the wait for a client's next request,
 	// controlWriteTimeout the write of one response.
@@ -46,6 +47,9 @@ const (
 	// controlDrainTimeout is how long closing the server waits for
 	// requests in progress before closing their connections.
 	controlDrainTimeout = 3 * time.Second
+	// controlEvictAfter is how long a connection must have been idle
+	// before a new client may take its place.
+	controlEvictAfter = time.Second
 )
 
 // controlState is the master's control-socket state: the server, if
@@ -546,12 +550,17 @@ func (s *controlServer) evictIdle() {
 		oldest *net.UnixConn
 		since  time.Time
 	)
+	now := time.Now()
 	for c, st := range s.conns {
 		if st.evicted {
 			// Its place is on the way: one is enough.
 			return
 		}
-		if !st.busy && (oldest == nil || st.idle.Before(since)) {
+		// A client that just got its answer is about to send its next
+		// request (a script polling status), and one whose request is
+		// already queued is not idle: closing either would fail a
+		// request in progress.
+		if !st.busy && now.Sub(st.idle) >= controlEvictAfter && (oldest == nil || st.idle.Before(since)) && !requestQueued(c) {
 			oldest, since = c, st.idle
 		}
 	}
@@ -561,6 +570,21 @@ func (s *controlServer) evictIdle() {
 	s.conns[oldest].evicted = true
 	_ = oldest.SetReadDeadline(time.Unix(1, 0))
 	s.log.Debug("control socket: idle connection closed for a new client", "idle", time.Since(since).Round(time.Millisecond))
+}
+
+// requestQueued reports whether bytes wait in uc's receive queue.
+func requestQueued(uc *net.UnixConn) bool {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	if err := raw.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}); err != nil {
+		return false
+	}
+	return n > 0
 }
 
 // peerCred returns the credentials the kernel recorded for the peer at

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -970,6 +971,59 @@ func TestControlIdleClientsMakeRoom(t *testing.T) {
 	}
 	if got, want := statuses.Load(), int64(1+2*len(cs)); got != want {
 		t.Errorf("status requests answered: %d, want %d", got, want)
+	}
+}
+
+// TestControlBusyClientsKeepTheirPlaces: clients polling the master back to
+// back are never closed for a newcomer: only a connection idle for a while
+// with no request queued gives its place up. A ninth client then waits (and
+// here gives up); none of the eight fails a request.
+func TestControlBusyClientsKeepTheirPlaces(t *testing.T) {
+	fdcensus.Verify(t)
+	path := controlPath(t)
+	stop, err := cluster.ServeControlSocket(path, func() *cluster.ControlStatus {
+		return &cluster.ControlStatus{PID: 1, Generation: 1, Slots: []cluster.ControlSlot{}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	const places = 8 // maxControlClients
+	var (
+		wg           sync.WaitGroup
+		ok, failures atomic.Int64
+		firstErr     atomic.Value
+	)
+	end := time.Now().Add(1500 * time.Millisecond)
+	for range places {
+		c := dialControl(t, path)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1<<20 && time.Now().Before(end); i++ {
+				if _, err := c.Status(); err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	// Newcomers during the polling: each gives up after 200 ms.
+	for i := 0; i < 50 && time.Now().Before(end); i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := cluster.DialControl(ctx, path, &cluster.ControlOptions{Timeout: 200 * time.Millisecond})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Status()
+		c.Close()
+	}
+	wg.Wait()
+	if n := failures.Load(); n != 0 || ok.Load() == 0 {
+		t.Errorf("polling clients: %d requests answered, %d failed (first: %v); want none failed", ok.Load(), n, firstErr.Load())
 	}
 }
 
