@@ -253,10 +253,17 @@ func zeroAllocs(v *VariantResult, _ *CaseResult) (bool, string) {
 	if s, ok := v.Metrics["allocs/op"]; ok && !(s.Max < 1) {
 		return false, ""
 	}
+	measured := false
 	for _, unit := range exactAllocs {
-		if s, ok := v.Metrics[unit]; ok && !(s.Max < allocsZero) {
+		s, ok := v.Metrics[unit]
+		if ok && !(s.Max < allocsZero) {
 			return false, ""
 		}
+		measured = measured || ok
+	}
+	if !measured {
+		// A renamed or unparsed figure must not read as zero.
+		return false, "no exact allocation count"
 	}
 	return true, ""
 }

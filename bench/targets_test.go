@@ -223,6 +223,14 @@ func TestTargetsWithoutBaseline(t *testing.T) {
 		}
 		return cr
 	}
+	// C ran, scm beat it, but no exact allocation count was parsed: a
+	// missing figure must not read as zero allocations.
+	noAllocs := &CaseResult{Case: caseNamed(t, "scm/stream/K=1/P=64")}
+	for round := 1; round <= 2; round++ {
+		noAllocs.Add(round, Line{Name: "BenchmarkSCM/c", N: 1, Metrics: map[string]float64{"msgs/s": 1000}})
+		noAllocs.Add(round, Line{Name: "BenchmarkSCM/naive", N: 1, Metrics: map[string]float64{"msgs/s": 600}})
+		noAllocs.Add(round, Line{Name: "BenchmarkSCM/scm", N: 1, Metrics: map[string]float64{"msgs/s": 950, "allocs/op": 0}})
+	}
 	noInplace := &CaseResult{Case: caseNamed(t, "accept")}
 	noInplace.Add(1, Line{Name: "BenchmarkAccept/handoff", N: 1, Metrics: map[string]float64{"conns/s": 900, "server-cpu-us/conn": 20}})
 	cpuOver := &CaseResult{Case: caseNamed(t, "accept")}
@@ -243,6 +251,7 @@ func TestTargetsWithoutBaseline(t *testing.T) {
 		{"batched without C", scm(0), "batched", verdict{Undecided: noBaseline}},
 		{"scm without C, allocating", scm(0.5), "scm", verdict{Met: &no}},
 		{"handoff without inplace", noInplace, "handoff", verdict{Undecided: noBaseline}},
+		{"scm without an exact allocation count", noAllocs, "scm", verdict{Undecided: "no exact allocation count"}},
 		{"handoff without inplace's CPU", cpuOver, "handoff", verdict{Undecided: noBaseline}},
 	}
 	for _, tt := range tests {
