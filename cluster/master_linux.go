@@ -3,7 +3,9 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +75,13 @@ type master struct {
 	// notifyClosed tells serveNotify that an error means "closed".
 	notifyClosed atomic.Bool
 	notifyWarn   warnLimiter
+	// nstate is the workers' last STATUS= and ERRNO= (notify.go).
+	nstate notifyState
+	// exec collects the shims' exec-failure reports (RunShim).
+	exec execState
+	// killReq records a kill request (a second stop signal): leftovers
+	// get SIGKILL at once (stop_linux.go).
+	killReq stopLatch
 
 	mu     sync.Mutex
 	closed bool
@@ -104,7 +113,7 @@ type master struct {
 }
 
 func newMaster(cfg *Config) (_ *master, err error) {
-	m := &master{cfg: *cfg, ready: make(chan struct{}), stopReq: stopLatch{ch: make(chan struct{})}, pids: make(map[int]supervise.ID)}
+	m := &master{cfg: *cfg, ready: make(chan struct{}), stopReq: stopLatch{ch: make(chan struct{})}, killReq: stopLatch{ch: make(chan struct{})}, pids: make(map[int]supervise.ID)}
 	m.log = cfg.Logger
 	if m.log == nil {
 		m.log = slog.Default()
@@ -289,6 +298,10 @@ func (m *master) run(ctx context.Context) error {
 		}
 	}()
 
+	// Notify directories SIGKILLed masters left behind (stop_linux.go).
+	for _, d := range sweepNotifyDirs(os.TempDir()) {
+		m.log.Info("removed the notify directory of a dead master", "dir", d)
+	}
 	// One notify socket for the cluster, a path in a private directory
 	// (0700, socket 0600): an abstract name could be written by any process
 	// in the network namespace. Messages are attributed by the
@@ -340,6 +353,7 @@ func (m *master) run(ctx context.Context) error {
 		// After an in-place upgrade, past the previous image's workers.
 		FirstGeneration: m.firstGeneration(),
 	}
+	m.exec.firstGen = opts.FirstGeneration
 	sup, err := supervise.New(spec, opts)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -408,8 +422,17 @@ func (m *master) run(ctx context.Context) error {
 	m.notifyClosed.Store(true)
 	ns.conn.Close() // unblocks serveNotify; Events and Lines are closed by Run
 	wg.Wait()
+	// Every worker was reaped, so every exec-status pipe is at EOF.
+	m.exec.wg.Wait()
+	m.nstate.close()
+	// Descendants of workers that left their process groups (setsid) and
+	// still run would keep the listeners (stop_linux.go).
+	m.stopLeftovers()
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
+	}
+	if err := m.exec.startError(); err != nil {
+		return err // an *ExecError, "cluster: exec PROGRAM: ..."
 	}
 	m.log.Info("stopped")
 	return nil
@@ -433,6 +456,8 @@ func (m *master) prepare(id supervise.ID) (supervise.Launch, error) {
 		m.prepareChannel,
 		// Then the connection channel, in handoff mode (handoff_linux.go).
 		m.prepareConn,
+		// Last, as it never reaches the program: the shim's exec status.
+		m.prepareExecStatus,
 	}
 	for _, step := range steps {
 		if err := step(id, &l); err != nil {
@@ -490,6 +515,7 @@ func (m *master) stop() error {
 func (m *master) stopRequested() bool { return m.stopReq.requested() }
 
 func (m *master) kill() error {
+	m.killReq.request()
 	s, err := m.supervisor()
 	if err != nil {
 		return err
@@ -639,6 +665,14 @@ func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
 		attrs := []any{"slot", ev.ID.Slot, "pid", ev.PID, "code", ev.Code, "uptime", ev.Uptime.Round(time.Millisecond)}
 		if ev.Signal != 0 {
 			attrs = append(attrs, "signal", ev.Signal.String())
+		}
+		if errno, status := m.nstate.forget(ev.PID); errno != 0 || status != "" {
+			if errno != 0 {
+				attrs = append(attrs, "errno", errno, "errno_text", unix.Errno(errno).Error())
+			}
+			if status != "" {
+				attrs = append(attrs, "last_status", status)
+			}
 		}
 		if ev.Requested {
 			m.log.Info("worker exited", attrs...)
@@ -844,7 +878,8 @@ func (m *master) copyOutput() {
 // listenPrivateNotify binds the workers' notify socket in a new directory
 // only this user can enter. Workers run as the master's user, so no chown
 // is needed. If the master is SIGKILLed the directory is left in the
-// temporary directory (it holds one dead socket).
+// temporary directory (it holds one dead socket), for the next master of
+// this user to remove (sweepNotifyDirs).
 func listenPrivateNotify() (*notifySocket, string, error) {
 	dir, err := os.MkdirTemp("", "handoff-") // mode 0700
 	if err != nil {
@@ -1010,10 +1045,23 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 		slot = id.Slot
 	}
 	if n.Status != "" {
-		m.log.Info("worker status", "slot", slot, "pid", worker, "sender", sender, "status", n.Status)
+		m.nstate.status(m.log, worker, n.Status, "slot", slot, "pid", worker, "sender", sender)
+	}
+	if n.Errno != 0 {
+		m.nstate.setErrno(worker, n.Errno)
 	}
 	if n.Stopping {
 		m.log.Info("worker stopping", "slot", slot, "pid", worker)
+	}
+	if n.Reloading {
+		m.log.Info("worker reloading", "slot", slot, "pid", worker)
+	}
+	if n.ExtendTimeout > 0 && m.nstate.firstExtend(worker) {
+		m.log.Warn("worker asked for EXTEND_TIMEOUT_USEC, which is not supported: set -start-timeout instead", "slot", slot, "pid", worker, "extend", n.ExtendTimeout)
+	}
+	if n.WatchdogTrigger {
+		// systemd's "watchdog expired now": a failed heartbeat.
+		m.restartWorker(worker, "WATCHDOG=trigger")
 	}
 	if n.Ready {
 		m.log.Debug("worker ready", "slot", slot, "pid", worker, "sender", sender)
@@ -1051,7 +1099,10 @@ func parseStatPPID(b []byte) (int, bool) {
 // ShimArg: optionally ShimParentArg+"PID" (the master's pid), then the
 // resolved program path, its argv[0], and its arguments. It sets LISTEN_PID
 // to this process's pid, which is also the program's after execve, and
-// replaces the process with the program; it returns only on error.
+// replaces the process with the program; it returns only on error. When
+// execve fails the error is an *ExecError, also reported to the master on
+// the pipe the master passed (HANDOFF_EXEC_STATUS_FD); exit with
+// ShimExitCode(err).
 //
 // Pdeathsig is per thread: the supervisor arms it on the thread it forks,
 // and the Go runtime's other threads of the shim start with none. If execve
@@ -1075,10 +1126,29 @@ func RunShim(args []string) error {
 	env := os.Environ()
 	out := env[:0]
 	watchdog := false
+	statusFD := -1
 	for _, kv := range env {
 		watchdog = watchdog || strings.HasPrefix(kv, envWatchdogUSec+"=")
+		if v, ok := strings.CutPrefix(kv, envExecStatusFD+"="); ok {
+			if fd, err := strconv.Atoi(v); err == nil && fd > 2 {
+				statusFD = fd
+			}
+			continue
+		}
 		if !strings.HasPrefix(kv, envListenPID+"=") && !strings.HasPrefix(kv, envWatchdogPID+"=") {
 			out = append(out, kv)
+		}
+	}
+	if statusFD >= 0 {
+		// Only a pipe: a wrong number must not take a descriptor the
+		// program needs away from it. Close-on-exec: the master reads
+		// EOF once the program runs, or the errno written below if
+		// execve fails.
+		var st unix.Stat_t
+		if unix.Fstat(statusFD, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			statusFD = -1
+		} else if _, err := unix.FcntlInt(uintptr(statusFD), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			statusFD = -1
 		}
 	}
 	out = append(out, envListenPID+"="+strconv.Itoa(os.Getpid()))
@@ -1099,5 +1169,189 @@ func RunShim(args []string) error {
 		}
 	}
 	err := unix.Exec(args[0], args[1:], out)
-	return fmt.Errorf("cluster: exec %s: %w", args[0], os.NewSyscallError("execve", err))
+	errno, _ := err.(unix.Errno)
+	e := &ExecError{Path: args[0], Err: os.NewSyscallError("execve", err), Transient: transientExec(errno)}
+	if errno == unix.ENOENT {
+		e.Interpreter = missingInterpreter(args[0])
+	}
+	if statusFD >= 0 && errno != 0 {
+		unix.Write(statusFD, appendExecReport(nil, errno, e.Interpreter))
+	}
+	return e
+}
+
+// envExecStatusFD names the exec shim's status pipe (see RunShim); the
+// shim removes it from the program's environment.
+const envExecStatusFD = "HANDOFF_EXEC_STATUS_FD"
+
+// transientExec reports whether an execve error may go away by itself:
+// the file being written (ETXTBSY, during a deploy), a lack of memory or
+// descriptors, an interrupted or failed read.
+func transientExec(errno unix.Errno) bool {
+	switch errno {
+	case unix.ETXTBSY, unix.ENOMEM, unix.EAGAIN, unix.EMFILE, unix.ENFILE, unix.EINTR, unix.EIO:
+		return true
+	}
+	return false
+}
+
+// missingInterpreter names what is missing when execve of path failed
+// with ENOENT although path exists: the interpreter of its "#!" line, or
+// an ELF program's dynamic loader. "" if path itself is missing or
+// nothing missing can be named.
+func missingInterpreter(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var b [256]byte
+	n, _ := io.ReadFull(f, b[:])
+	interp := ""
+	if head := b[:n]; bytes.HasPrefix(head, []byte("#!")) {
+		line, _, _ := bytes.Cut(head[2:], []byte{'\n'})
+		if fields := strings.Fields(string(line)); len(fields) > 0 {
+			interp = fields[0]
+		}
+	} else if ef, err := elf.NewFile(f); err == nil {
+		for _, p := range ef.Progs {
+			if p.Type == elf.PT_INTERP && p.Filesz > 1 && p.Filesz <= 4096 {
+				buf := make([]byte, p.Filesz)
+				if _, err := p.ReadAt(buf, 0); err == nil {
+					interp = string(bytes.TrimRight(buf, "\x00"))
+				}
+				break
+			}
+		}
+	}
+	if interp == "" || !utf8Printable([]byte(interp)) {
+		return ""
+	}
+	if _, err := os.Stat(interp); err == nil {
+		// There: the ENOENT is about something further down (the
+		// interpreter's own interpreter); say nothing rather than guess.
+		return ""
+	}
+	return interp
+}
+
+// maxExecReport bounds a shim's exec-status report.
+const maxExecReport = 512
+
+// appendExecReport encodes the shim's exec failure: the errno in decimal,
+// a newline, and the missing interpreter (may be empty).
+func appendExecReport(b []byte, errno unix.Errno, interp string) []byte {
+	b = strconv.AppendUint(b, uint64(errno), 10)
+	b = append(b, '\n')
+	if len(interp) > maxExecReport-16 {
+		interp = ""
+	}
+	return append(b, interp...)
+}
+
+// errExecReport reports a malformed exec-status report.
+var errExecReport = errors.New("cluster: malformed exec-status report")
+
+// parseExecReport decodes appendExecReport's encoding, from the shim: a
+// process of the worker's user, so nothing in it is trusted.
+func parseExecReport(b []byte) (unix.Errno, string, error) {
+	if len(b) > maxExecReport {
+		return 0, "", fmt.Errorf("%w: %d bytes", errExecReport, len(b))
+	}
+	num, interp, ok := bytes.Cut(b, []byte{'\n'})
+	if !ok || len(num) == 0 || len(num) > 4 {
+		return 0, "", fmt.Errorf("%w: %q", errExecReport, truncate(b))
+	}
+	e, err := strconv.ParseUint(string(num), 10, 16)
+	if err != nil || e == 0 || e >= 4096 {
+		return 0, "", fmt.Errorf("%w: errno %q", errExecReport, truncate(num))
+	}
+	if !utf8Printable(interp) {
+		return 0, "", fmt.Errorf("%w: interpreter is not printable text", errExecReport)
+	}
+	return unix.Errno(e), string(interp), nil
+}
+
+// execState collects the shims' exec-status reports.
+type execState struct {
+	wg       sync.WaitGroup // the pipes' readers
+	firstGen int            // generation of the first workers
+	mu       sync.Mutex
+	startErr error // an exec failure of the first generation
+}
+
+func (s *execState) startError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.startErr
+}
+
+// prepareExecStatus gives the shim a pipe to report an execve failure on
+// (envExecStatusFD). The shim makes it close-on-exec, so the master reads
+// EOF once the program runs; an exec failure is then known for what it is,
+// whatever the exit code.
+func (m *master) prepareExecStatus(id supervise.ID, l *supervise.Launch) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("cluster: exec status pipe: %w", err)
+	}
+	// Launch.ExtraFiles follow Spec.ExtraFiles: the shared listeners,
+	// except in reuseport mode (specFiles).
+	fd := listenFDsStart + len(l.ExtraFiles)
+	if m.cfg.Mode != ModeReuseport {
+		fd += len(m.listeners)
+	}
+	l.ExtraFiles = append(l.ExtraFiles, w)
+	l.Env = append(l.Env, envExecStatusFD+"="+strconv.Itoa(fd))
+	prev := l.Done
+	l.Done = func(pid int, err error) {
+		if prev != nil {
+			prev(pid, err)
+		}
+		w.Close()
+		if pid == 0 {
+			r.Close()
+			return
+		}
+		m.exec.wg.Add(1)
+		go func() {
+			defer m.exec.wg.Done()
+			defer r.Close()
+			m.readExecStatus(r, id, pid)
+		}()
+	}
+	return nil
+}
+
+// readExecStatus waits for the shim of worker pid to execute the program
+// (EOF) or report why it could not.
+func (m *master) readExecStatus(r io.Reader, id supervise.ID, pid int) {
+	b, err := io.ReadAll(io.LimitReader(r, maxExecReport+1))
+	if err != nil || len(b) == 0 {
+		return
+	}
+	errno, interp, err := parseExecReport(b)
+	if err != nil {
+		m.log.Warn("exec shim: report ignored", "slot", id.Slot, "pid", pid, "err", err)
+		return
+	}
+	e := &ExecError{Path: m.program, Interpreter: interp, Err: os.NewSyscallError("execve", errno), Transient: transientExec(errno)}
+	attrs := []any{"slot", id.Slot, "pid", pid, "generation", id.Generation, "errno", int(errno), "err", e.Error()}
+	// A first spawn of a first-generation slot: the cluster is starting
+	// (all or nothing), not running with a program that broke since.
+	first := id.Generation == m.exec.firstGen && id.Incarnation == 1 && id.Slot < m.cfg.Workers && !m.cfg.Suspended && !m.upgraded()
+	switch {
+	case e.Transient:
+		m.log.Error("worker program could not be executed; respawning with backoff", attrs...)
+	case first:
+		m.log.Error("worker program cannot be executed; start-up failed, stopping", attrs...)
+		m.exec.mu.Lock()
+		if m.exec.startErr == nil {
+			m.exec.startErr = e
+		}
+		m.exec.mu.Unlock()
+		m.stop()
+	default:
+		m.log.Error("worker program cannot be executed; slot failed until the next restart", attrs...)
+	}
 }

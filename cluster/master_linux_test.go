@@ -38,8 +38,9 @@ func TestMain(m *testing.M) {
 			// set the parent-death signal on.
 			os.Exit(runShimOffMainThread(os.Args[2:]))
 		}
-		fmt.Fprintln(os.Stderr, cluster.RunShim(os.Args[2:]))
-		os.Exit(127)
+		err := cluster.RunShim(os.Args[2:])
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(cluster.ShimExitCode(err))
 	}
 	// Remote groups run this binary over ssh as their agent.
 	if len(os.Args) > 1 && os.Args[1] == cluster.AgentArg {

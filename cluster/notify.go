@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -38,6 +39,12 @@ type Notification struct {
 	Status    string // STATUS=...
 	Errno     int    // ERRNO=...
 	MainPID   int    // MAINPID=...
+
+	// WatchdogTrigger is WATCHDOG=trigger: the worker asks to be treated
+	// as if its watchdog had expired.
+	WatchdogTrigger bool
+	// ExtendTimeout is EXTEND_TIMEOUT_USEC=... (0: absent).
+	ExtendTimeout time.Duration
 }
 
 // fieldErrors summarises the fields of one message that were ignored as
@@ -78,9 +85,10 @@ func parseNotify(b []byte) (n Notification, bad fieldErrors, err error) {
 		switch string(k) {
 		case "READY", "RELOADING", "STOPPING", "WATCHDOG":
 			if string(v) != "1" {
-				// WATCHDOG=trigger is systemd's "fail now"; it is treated
-				// as no keep-alive rather than guessed at.
-				if string(k) != "WATCHDOG" || string(v) != "trigger" {
+				// WATCHDOG=trigger is systemd's "fail now".
+				if string(k) == "WATCHDOG" && string(v) == "trigger" {
+					n.WatchdogTrigger = true
+				} else {
 					bad.add(fmt.Errorf("%w: %s=%q", ErrNotify, k, truncate(v)))
 				}
 				continue
@@ -115,10 +123,21 @@ func parseNotify(b []byte) (n Notification, bad fieldErrors, err error) {
 				continue
 			}
 			n.MainPID = p
+		case "EXTEND_TIMEOUT_USEC":
+			u, err := strconv.ParseUint(string(v), 10, 64)
+			if err != nil || u == 0 || u > uint64(maxExtend/time.Microsecond) {
+				bad.add(fmt.Errorf("%w: EXTEND_TIMEOUT_USEC=%q", ErrNotify, truncate(v)))
+				continue
+			}
+			n.ExtendTimeout = time.Duration(u) * time.Microsecond
 		}
 	}
 	return n, bad, nil
 }
+
+// maxExtend bounds EXTEND_TIMEOUT_USEC: a day, the longest start timeout a
+// configuration file accepts.
+const maxExtend = 24 * time.Hour
 
 func truncate(b []byte) []byte {
 	if len(b) > 64 {
@@ -256,4 +275,189 @@ func (s *notifySocket) removePath() {
 	if s.path != "" && s.path[0] != '@' {
 		os.Remove(s.path)
 	}
+}
+
+// ExecError is RunShim's error when the kernel refused to execute the
+// worker program (execve(2) failed). The master learns it through a
+// close-on-exec pipe the shim inherits, so an exec failure is never
+// mistaken for the program's own exit code.
+type ExecError struct {
+	// Path is the program the shim tried to execute.
+	Path string
+	// Interpreter, when execve failed with ENOENT although Path exists,
+	// is what is missing: the interpreter of its "#!" line, or the
+	// dynamic loader (PT_INTERP) of an ELF program.
+	Interpreter string
+	// Transient is set for errors a later attempt may not meet (ETXTBSY
+	// while the file is being written, ENOMEM, EAGAIN): the slot is
+	// respawned with its backoff. Other errors fail the slot.
+	Transient bool
+	// Err is the execve error (an *os.SyscallError wrapping the errno).
+	Err error
+}
+
+func (e *ExecError) Error() string {
+	if e.Interpreter != "" {
+		return fmt.Sprintf("cluster: exec %s: its interpreter %s is missing: %v", e.Path, e.Interpreter, e.Err)
+	}
+	return fmt.Sprintf("cluster: exec %s: %v", e.Path, e.Err)
+}
+
+func (e *ExecError) Unwrap() error { return e.Err }
+
+// Exit statuses of the exec shim, for ShimExitCode.
+const (
+	// ExitExecFailed is the shim's status when the program cannot be
+	// executed and retrying cannot help: supervise's permanent exit code,
+	// so the slot fails rather than respawn in a loop (systemd marks such
+	// a unit failed with result "exec").
+	ExitExecFailed = 125
+	// ExitShimFailed is the shim's status for any other failure
+	// (transient exec errors included): the slot is respawned with its
+	// backoff.
+	ExitShimFailed = 127
+)
+
+// ShimExitCode is the exit status a program implementing ShimArg should
+// exit with after RunShim returned err.
+func ShimExitCode(err error) int {
+	var e *ExecError
+	if errors.As(err, &e) && !e.Transient {
+		return ExitExecFailed
+	}
+	return ExitShimFailed
+}
+
+// statusInterval is the least time between two logged STATUS= changes of
+// one worker; the last one within it is logged when it ends.
+const statusInterval = time.Second
+
+// notifyState is what the master keeps from each worker's notifications:
+// its last STATUS= (logged on change, rate-limited per worker) and ERRNO=
+// (logged with its exit). Keyed by the worker's pid; forget drops an
+// exited worker.
+type notifyState struct {
+	mu      sync.Mutex
+	workers map[int]*workerNotify
+	closed  bool
+}
+
+type workerNotify struct {
+	status    string // last STATUS= received
+	logged    string // last STATUS= logged
+	loggedAt  time.Time
+	timer     *time.Timer // logs status when the interval ends
+	errno     int
+	extWarned bool // EXTEND_TIMEOUT_USEC ignored (logged once)
+}
+
+func (s *notifyState) get(pid int) *workerNotify {
+	if s.workers == nil {
+		s.workers = make(map[int]*workerNotify)
+	}
+	w := s.workers[pid]
+	if w == nil {
+		w = &workerNotify{}
+		s.workers[pid] = w
+	}
+	return w
+}
+
+// status records a STATUS= of a worker and logs it, unless unchanged, or
+// unless one was logged for that worker less than statusInterval ago: then
+// the latest one is logged when the interval ends. attrs name the worker.
+func (s *notifyState) status(log *slog.Logger, pid int, text string, attrs ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	w := s.get(pid)
+	w.status = text
+	if text == w.logged || w.timer != nil {
+		return
+	}
+	wait := statusInterval - time.Since(w.loggedAt)
+	if w.loggedAt.IsZero() || wait <= 0 {
+		w.logged, w.loggedAt = text, time.Now()
+		log.Info("worker status", append(attrs, "status", text)...)
+		return
+	}
+	w.timer = time.AfterFunc(wait, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed || s.workers[pid] != w {
+			return
+		}
+		w.timer = nil
+		if w.status != w.logged {
+			w.logged, w.loggedAt = w.status, time.Now()
+			log.Info("worker status", append(attrs, "status", w.status)...)
+		}
+	})
+}
+
+// lastStatus is the last STATUS= a worker sent ("" if none).
+func (s *notifyState) lastStatus(pid int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.workers[pid]; w != nil {
+		return w.status
+	}
+	return ""
+}
+
+// setErrno records an ERRNO= of a worker.
+func (s *notifyState) setErrno(pid, errno int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.get(pid).errno = errno
+	}
+}
+
+// firstExtend reports whether this is the worker's first ignored
+// EXTEND_TIMEOUT_USEC, to log it once.
+func (s *notifyState) firstExtend(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	w := s.get(pid)
+	first := !w.extWarned
+	w.extWarned = true
+	return first
+}
+
+// forget drops an exited worker and returns its last ERRNO= (0: none) and
+// a STATUS= not logged yet ("" if none).
+func (s *notifyState) forget(pid int) (errno int, unlogged string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.workers[pid]
+	if w == nil {
+		return 0, ""
+	}
+	delete(s.workers, pid)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	if w.status != w.logged {
+		unlogged = w.status
+	}
+	return w.errno, unlogged
+}
+
+// close stops every pending status timer; nothing is logged after it.
+func (s *notifyState) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, w := range s.workers {
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+	}
+	s.workers = nil
 }

@@ -32,7 +32,11 @@ func TestParseNotify(t *testing.T) {
 		{"STOPPING=1\nRELOADING=1\nWATCHDOG=1", Notification{Stopping: true, Reloading: true, Watchdog: true}, 0, nil},
 		{"MAINPID=77\nERRNO=2", Notification{MainPID: 77, Errno: 2}, 0, nil},
 		{"X_CUSTOM=1\nBARRIER=1\n\n", Notification{}, 0, nil},
-		{"WATCHDOG=trigger", Notification{}, 0, nil},
+		{"WATCHDOG=trigger", Notification{WatchdogTrigger: true}, 0, nil},
+		{"EXTEND_TIMEOUT_USEC=120000000", Notification{ExtendTimeout: 2 * time.Minute}, 0, nil},
+		{"EXTEND_TIMEOUT_USEC=0", Notification{}, 1, nil},
+		{"EXTEND_TIMEOUT_USEC=-1", Notification{}, 1, nil},
+		{"EXTEND_TIMEOUT_USEC=86400000001", Notification{}, 1, nil},
 		{"", Notification{}, 0, nil},
 		{"READY", Notification{}, 1, nil},
 		{"=1", Notification{}, 1, nil},
@@ -80,7 +84,7 @@ func FuzzParseNotify(f *testing.F) {
 		if len(b) > maxNotify {
 			t.Fatal("oversize message accepted")
 		}
-		if n.MainPID < 0 || n.Errno < 0 || !utf8Printable([]byte(n.Status)) {
+		if n.MainPID < 0 || n.Errno < 0 || !utf8Printable([]byte(n.Status)) || n.ExtendTimeout < 0 || n.ExtendTimeout > maxExtend {
 			t.Fatalf("out-of-domain result %+v", n)
 		}
 		if bad.Count < 0 || bad.Count > bytes.Count(b, []byte{'\n'})+1 || (bad.Count > 0) != (bad.First != nil) {

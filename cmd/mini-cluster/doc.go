@@ -9,7 +9,7 @@
 //	mini-cluster suspend|resume GROUP -control PATH [-json] [-timeout D]
 //
 // Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
-// -restart-strategy, -shutdown-timeout, -ready, -heartbeat, -pid-file,
+// -restart-strategy, -shutdown-timeout, -ready, -start-timeout, -heartbeat, -pid-file,
 // -control, -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
 // second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
 // and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary

@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 		case cluster.ShimArg:
 			err := cluster.RunShim(os.Args[2:])
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(127)
+			os.Exit(cluster.ShimExitCode(err))
 		case fakeSrvArg:
 			os.Exit(fakeSrv())
 		}

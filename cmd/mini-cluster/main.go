@@ -26,7 +26,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == cluster.ShimArg {
 		err := cluster.RunShim(os.Args[2:])
 		fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
-		os.Exit(127)
+		// 125 for a program that cannot be executed: the slot fails
+		// rather than respawn in a loop.
+		os.Exit(cluster.ShimExitCode(err))
 	}
 	if len(os.Args) == 2 && os.Args[1] == cluster.UpgradeProbeArg {
 		// A running master checks this binary before it executes it in
@@ -102,6 +104,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	mode := fs.String("mode", "shared", "how workers get connections: shared (one socket per address for all), reuseport (one SO_REUSEPORT socket per worker slot) or handoff (the master accepts and passes each connection)")
 	strategy := fs.String("restart-strategy", "rolling", "graceful restart strategy: rolling or parallel")
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "grace period before SIGKILL of a worker's process group")
+	startTimeout := fs.Duration("start-timeout", 30*time.Second, "how long a worker may take to send READY=1 (-ready notify) before its process group is killed, 100ms to 24h")
 	ready := fs.String("ready", "notify", "readiness: notify (wait for READY=1 on NOTIFY_SOCKET) or started")
 	pidFile := fs.String("pid-file", "", "write the master's pid here once the cluster is ready")
 	control := fs.String("control", "", "serve the control socket at this path (in a 0700 directory; see mini-cluster status)")
@@ -140,6 +143,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if *shutdown < 100*time.Millisecond || *shutdown > 24*time.Hour {
 		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want 100ms to 24h", *shutdown)}
 	}
+	if *startTimeout < 100*time.Millisecond || *startTimeout > 24*time.Hour {
+		return &usageError{err: fmt.Errorf("-start-timeout %v: want 100ms to 24h", *startTimeout)}
+	}
 	if *heartbeat != 0 && (*heartbeat < 10*time.Millisecond || *heartbeat > time.Hour) {
 		return &usageError{err: fmt.Errorf("-heartbeat %v: want 10ms to 1h, or 0 for none", *heartbeat)}
 	}
@@ -165,6 +171,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		Mode:            cmode,
 		Strategy:        strat,
 		ShutdownTimeout: *shutdown,
+		StartTimeout:    *startTimeout,
 		Heartbeat:       *heartbeat,
 		PIDFile:         *pidFile,
 		Control:         *control,
@@ -198,7 +205,7 @@ func logHandler(format string, stderr io.Writer) (slog.Handler, error) {
 }
 
 // configFlags are the flags a -config file replaces.
-var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "restart-strategy": true, "shutdown-timeout": true, "ready": true, "heartbeat": true}
+var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "restart-strategy": true, "shutdown-timeout": true, "start-timeout": true, "ready": true, "heartbeat": true}
 
 // runConfig runs "mini-cluster -config FILE": every group of the file in
 // one process (cluster.Fleet).
