@@ -1056,8 +1056,17 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 	if n.Reloading {
 		m.log.Info("worker reloading", "slot", slot, "pid", worker)
 	}
-	if n.ExtendTimeout > 0 && m.nstate.firstExtend(worker) {
-		m.log.Warn("worker asked for EXTEND_TIMEOUT_USEC, which is not supported: set -start-timeout instead", "slot", slot, "pid", worker, "extend", n.ExtendTimeout)
+	if n.ExtendTimeout > 0 {
+		// systemd's rule: the start deadline becomes now + the value if
+		// that is later; nothing for a worker already ready.
+		if s, err := m.supervisor(); err == nil {
+			if err := s.ExtendStartPID(worker, n.ExtendTimeout); err != nil && !errors.Is(err, supervise.ErrUnknownWorker) {
+				m.log.Debug("EXTEND_TIMEOUT_USEC", "slot", slot, "pid", worker, "err", err)
+			}
+		}
+		if m.nstate.firstExtend(worker) {
+			m.log.Info("worker extended its start timeout", "slot", slot, "pid", worker, "extend", n.ExtendTimeout)
+		}
 	}
 	if n.WatchdogTrigger {
 		// systemd's "watchdog expired now": a failed heartbeat.

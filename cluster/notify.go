@@ -348,7 +348,7 @@ type workerNotify struct {
 	loggedAt  time.Time
 	timer     *time.Timer // logs status when the interval ends
 	errno     int
-	extWarned bool // EXTEND_TIMEOUT_USEC ignored (logged once)
+	extWarned bool // EXTEND_TIMEOUT_USEC seen (logged once)
 }
 
 func (s *notifyState) get(pid int) *workerNotify {
@@ -416,7 +416,7 @@ func (s *notifyState) setErrno(pid, errno int) {
 	}
 }
 
-// firstExtend reports whether this is the worker's first ignored
+// firstExtend reports whether this is the worker's first
 // EXTEND_TIMEOUT_USEC, to log it once.
 func (s *notifyState) firstExtend(pid int) bool {
 	s.mu.Lock()

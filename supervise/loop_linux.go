@@ -25,8 +25,10 @@ type worker struct {
 	stopping bool // the supervisor asked it to stop
 	timedOut bool // killed because it was not ready in time
 
-	startTimer *time.Timer
-	killTimer  *time.Timer
+	startTimer    *time.Timer
+	startDeadline time.Time
+	startSeq      int // the current start timer's; an older one's message is stale
+	killTimer     *time.Timer
 }
 
 type slot struct {
@@ -225,6 +227,23 @@ func (l *loop) handle(r request) response {
 			return response{err: fmt.Errorf("%w: pid %d", ErrUnknownWorker, r.n)}
 		}
 		return response{err: l.markReady(w)}
+	case reqExtendStartPID:
+		w := l.byPID[r.n]
+		if w == nil {
+			return response{err: fmt.Errorf("%w: pid %d", ErrUnknownWorker, r.n)}
+		}
+		if w.ready || w.stopping || w.startTimer == nil {
+			return response{}
+		}
+		if until := time.Now().Add(r.d); until.After(w.startDeadline) {
+			// A message of the old timer already posted is stale by
+			// its sequence number.
+			w.startTimer.Stop()
+			w.startSeq++
+			w.startDeadline = until
+			w.startTimer = l.after(r.d, timerMsg{kind: timerStart, w: w, seq: w.startSeq})
+		}
+		return response{}
 	case reqStatus:
 		return response{status: l.status()}
 	case reqRecycle:
@@ -251,7 +270,7 @@ func (l *loop) dispatch(m any) {
 			l.startSlot(sl)
 		case timerStart:
 			w := m.w
-			if _, live := l.workers[w]; !live || w.ready || w.stopping {
+			if _, live := l.workers[w]; !live || w.ready || w.stopping || m.seq != w.startSeq {
 				return
 			}
 			w.timedOut = true
@@ -321,7 +340,8 @@ func (l *loop) spawn(sl *slot, gen int) (*worker, error) {
 		w.readyAt = w.start
 		l.s.emit(Event{Kind: Ready, Time: time.Now(), ID: id, PID: pr.pid})
 	} else if l.opt.StartTimeout > 0 {
-		w.startTimer = l.after(l.opt.StartTimeout, timerMsg{kind: timerStart, w: w})
+		w.startDeadline = w.start.Add(l.opt.StartTimeout)
+		w.startTimer = l.after(l.opt.StartTimeout, timerMsg{kind: timerStart, w: w, seq: w.startSeq})
 	}
 	return w, nil
 }

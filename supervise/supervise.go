@@ -621,6 +621,7 @@ const (
 	reqKill
 	reqReadyID
 	reqReadyPID
+	reqExtendStartPID
 	reqStatus
 	reqRecycle
 )
@@ -628,6 +629,7 @@ const (
 type request struct {
 	kind     reqKind
 	n        int
+	d        time.Duration
 	strategy Strategy
 	id       ID
 	reply    chan response
@@ -724,6 +726,19 @@ func (s *Supervisor) MarkReady(id ID) error {
 // unreaped workers are unique, so this cannot mark a recycled pid.
 func (s *Supervisor) MarkReadyPID(pid int) error {
 	return s.call(request{kind: reqReadyPID, n: pid}).err
+}
+
+// ExtendStartPID moves the start deadline of the worker whose process id is
+// pid, not yet ready, to d from now if that is later than it is: what
+// systemd does with a notify socket's EXTEND_TIMEOUT_USEC, so a worker that
+// warms up slowly can say it is alive. It never shortens the deadline and
+// does nothing for a ready worker or under Options.ReadyOnStart; it fails
+// with ErrUnknownWorker if pid is not a live worker. d must be positive.
+func (s *Supervisor) ExtendStartPID(pid int, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("supervise: ExtendStartPID: duration %v, want > 0", d)
+	}
+	return s.call(request{kind: reqExtendStartPID, n: pid, d: d}).err
 }
 
 // Status returns a snapshot. After Run returned it returns the final one.

@@ -287,6 +287,29 @@ func TestStartTimeout(t *testing.T) {
 	}
 }
 
+// TestExtendStartPID: EXTEND_TIMEOUT_USEC's semantics. A later deadline
+// moves the start timeout; an earlier one never shortens it; an unknown pid
+// is refused.
+func TestExtendStartPID(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	r := start(t, workerSpec(t, c, "NEVER_READY=1"), testOptions(supervise.Options{StartTimeout: 200 * time.Millisecond}))
+	st := r.waitKind(supervise.Started, 10*time.Second)
+	if err := r.sup.ExtendStartPID(st.PID, time.Millisecond); err != nil {
+		t.Fatalf("ExtendStartPID 1ms: %v", err)
+	}
+	if err := r.sup.ExtendStartPID(st.PID, 1500*time.Millisecond); err != nil {
+		t.Fatalf("ExtendStartPID 1.5s: %v", err)
+	}
+	if err := r.sup.ExtendStartPID(1<<30, time.Second); !errors.Is(err, supervise.ErrUnknownWorker) {
+		t.Errorf("ExtendStartPID of no worker: %v, want ErrUnknownWorker", err)
+	}
+	e := r.waitKind(supervise.Exited, 10*time.Second)
+	if e.PID != st.PID || e.Signal != syscall.SIGKILL || !e.Requested || e.Uptime < 1500*time.Millisecond {
+		t.Errorf("exit %+v, want pid %d SIGKILLed after at least 1.5 s", e, st.PID)
+	}
+}
+
 // TestStopEscalates: a worker that ignores SIGTERM is SIGKILLed with its
 // process group after StopTimeout, and Stop completes within the timeout
 // plus a second (TESTPLAN C4).

@@ -16,7 +16,8 @@ import (
 )
 
 // notifyWorker sends READY=1, then what its mode says, once (a marker file
-// in its directory remembers it did), then sleeps.
+// in its directory remembers it did), then sleeps; in mode extend, its
+// first start asks for more time and takes 1.5 s before READY=1.
 const notifyWorker = `
 import os, socket, sys, time
 def notify(s):
@@ -24,6 +25,11 @@ def notify(s):
     c.sendto(s.encode(), os.environ["NOTIFY_SOCKET"])
     c.close()
 mode, marker = sys.argv[1], sys.argv[2]
+if mode == "extend" and not os.path.exists(marker):
+    # A slow start past -start-timeout (1s), announced twice.
+    notify("EXTEND_TIMEOUT_USEC=3000000")
+    notify("EXTEND_TIMEOUT_USEC=3000000")
+    time.sleep(1.5)
 notify("READY=1")
 if os.path.exists(marker):
     time.sleep(1000)
@@ -38,16 +44,13 @@ elif mode == "errno":
 elif mode == "flood":
     for i in range(500):
         notify("STATUS=step %d" % i)
-elif mode == "extend":
-    notify("EXTEND_TIMEOUT_USEC=120000000")
-    notify("EXTEND_TIMEOUT_USEC=120000000")
 time.sleep(1000)
 `
 
 // TestNotifyFields: WATCHDOG=trigger replaces the worker (a failed
 // heartbeat), ERRNO= is logged with the worker's exit, a flood of STATUS=
-// is logged rate-limited with the last one winning, and the unsupported
-// EXTEND_TIMEOUT_USEC is said so, once per worker.
+// is logged rate-limited with the last one winning, and
+// EXTEND_TIMEOUT_USEC moves the start timeout (logged once per worker).
 func TestNotifyFields(t *testing.T) {
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -88,11 +91,15 @@ func TestNotifyFields(t *testing.T) {
 			}
 		}},
 		{"extend", func(m *master) bool {
-			return strings.Contains(m.log.String(), "EXTEND_TIMEOUT_USEC, which is not supported")
+			return strings.Contains(m.log.String(), "worker extended its start timeout")
 		}, func(t *testing.T, m *master) {
-			time.Sleep(200 * time.Millisecond)
-			if n := strings.Count(m.log.String(), "EXTEND_TIMEOUT_USEC, which is not supported"); n != 1 {
-				t.Errorf("%d warnings for two EXTEND_TIMEOUT_USEC, want 1", n)
+			// Ready after 1.5 s against a 1 s start timeout: not killed,
+			// started once, the extension logged once.
+			if n := count(m.records(), "worker started"); n != 1 {
+				t.Errorf("%d workers started, want 1 (the slow one not killed)", n)
+			}
+			if n := strings.Count(m.log.String(), "worker extended its start timeout"); n != 1 {
+				t.Errorf("%d extension lines for two EXTEND_TIMEOUT_USEC, want 1", n)
 			}
 		}},
 	} {
@@ -100,7 +107,7 @@ func TestNotifyFields(t *testing.T) {
 			fdcensus.Verify(t)
 			pc := proccensus.New(t)
 			marker := filepath.Join(t.TempDir(), "sent")
-			m := startMaster(t, pc, nil, "-n", "1", "-shutdown-timeout", "2s", "-listen", "127.0.0.1:0", "-log-format", "json", "--", py, script, tc.mode, marker)
+			m := startMaster(t, pc, nil, "-n", "1", "-shutdown-timeout", "2s", "-start-timeout", "1s", "-listen", "127.0.0.1:0", "-log-format", "json", "--", py, script, tc.mode, marker)
 			m.waitReady()
 			if !waitFor(10*time.Second, func() bool { return tc.done(m) }) {
 				t.Fatalf("%s: the master did not act", tc.mode)
