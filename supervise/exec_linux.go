@@ -355,13 +355,22 @@ func (p *PIDFile) LockFile() (*os.File, error) {
 // another holds them). A pid file that does not name this process can
 // only be a dead owner's, and is removed. On success the PIDFile owns lock; on error
 // lock is left open for the caller to close.
+//
+// When lock already held the lock (it came through the exec), a path that
+// CreatePIDFile would refuse for its directories is no error: the file
+// checks passed, and giving up a lock this process holds would stop the
+// service at an upgrade (CreatePIDFile would refuse the same path), for a
+// path an older release, or the administrator, chose. The refusal is
+// returned by the PIDFile's Warning instead. A lock that was free is
+// taken only where CreatePIDFile would take it.
 func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 	if lock == nil {
 		return nil, fmt.Errorf("%w: nil lock file", ErrInvalid)
 	}
 	path = filepath.Clean(path)
-	if err := checkDir(filepath.Dir(path)); err != nil {
-		return nil, err
+	dirErr := checkDir(filepath.Dir(path))
+	if dirErr != nil && !errors.Is(dirErr, ErrUnsafePIDFile) {
+		return nil, dirErr
 	}
 	if err := checkExisting(path); err != nil {
 		return nil, err
@@ -390,17 +399,34 @@ func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 		if b != ownerByte {
 			continue
 		}
+		if dirErr != nil {
+			// Owners take liveByte after ownerByte and drop both at
+			// once, so now that lock holds ownerByte, liveByte is
+			// held only if lock held it across the exec.
+			inherited, err := liveHeld(path+".lock", held)
+			if err == nil && !inherited {
+				err = dirErr
+			}
+			if err != nil {
+				// The caller's close would not release ownerByte
+				// while a duplicate of lock stays open.
+				_, _ = ofdLock(lock, unix.F_OFD_SETLK, unix.F_UNLCK, ownerByte)
+				return nil, err
+			}
+		}
 		// The lock may have been free (lock is another open of the file
 		// than the one that held it, whose owner died): then the file
 		// names a dead owner's pid, which must be gone before liveByte
 		// makes it read as live (as in CreatePIDFile). Ours is kept: the
-		// file is never absent across the exec.
-		if pid, _, err := ReadPIDFile(path); err == nil && pid == os.Getpid() {
+		// file is never absent across the exec. readPIDFile, not
+		// ReadPIDFile: a path refused (dirErr) must not make us remove
+		// our own file.
+		if pid, _, err := readPIDFile(path); err == nil && pid == os.Getpid() {
 			continue
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
 	}
-	return &PIDFile{path: path, lock: lock}, nil
+	return &PIDFile{path: path, lock: lock, warn: dirErr}, nil
 }

@@ -13,8 +13,9 @@ var (
 	// ErrUnsafePIDFile is returned for a pid file (or its lock file, or a
 	// directory on the way to them) that another user could replace or
 	// that could be another file in disguise: a symlink, not a regular
-	// file, a file with more than one hard link, owned by another user, or
-	// writable by others (CVE-2018-16888 class). CreatePIDFile and
+	// file, a file with more than one hard link, owned by another user,
+	// writable by others, or (run as root) reached through another user's
+	// directory or symlink (CVE-2018-16888 class). CreatePIDFile and
 	// ReadPIDFile return it as an *UnsafePIDFileError naming the path.
 	ErrUnsafePIDFile = errors.New("supervise: unsafe pid file")
 	// ErrBadPIDFile is returned by ReadPIDFile for content that is not one
@@ -50,7 +51,14 @@ type PIDFile struct {
 	path string
 	mu   sync.Mutex
 	lock lockFile // nil after Close
+	warn error    // see Warning; set once, by AdoptPIDFile
 }
+
+// Warning returns why CreatePIDFile would refuse the pid file's path now
+// (an *UnsafePIDFileError), when AdoptPIDFile kept the lock this process
+// already held anyway, or nil. Log it: the directory should be fixed
+// before the service is next started afresh.
+func (p *PIDFile) Warning() error { return p.warn }
 
 // parsePID accepts one decimal pid, optionally followed by a newline.
 func parsePID(b []byte) (int, error) {

@@ -39,11 +39,14 @@ var testHookPIDFileRead func()
 // Nothing another user could have planted there, or could swap, is used
 // (CVE-2018-16888 class); a refusal is an *UnsafePIDFileError, matching
 // ErrUnsafePIDFile:
-//   - The pid file's directory must be owned by root or the caller, and
-//     not writable by group or others unless it is sticky (as /tmp).
-//   - Run as root, the process checks every directory from / on by that
-//     rule (so they must be owned by root), and every symlink on the way
-//     must be owned by root.
+//   - The pid file's directory must not be writable by others unless it
+//     is sticky (as /tmp); writable by its group is accepted.
+//   - Run as root, the path from / to the directory must have no unsafe
+//     transition (systemd's rule): no step, through a directory or a
+//     symlink, from an entry owned by a user other than root to an entry
+//     owned by another user. A directory of the service's user under a
+//     root-owned one is accepted; a symlink or directory of that user
+//     leading to root's directories is not.
 //   - An existing pid or lock file must be a regular file (never a
 //     symlink, never followed), owned by the caller, with one hard link,
 //     not writable by group or others.
@@ -119,8 +122,9 @@ func ofdLock(f *os.File, cmd int, typ int16, at int64) (held bool, err error) {
 // hard-linked at name by another user, which passes the owner and mode
 // checks (only its link count tells it apart).
 func openLock(name string) (*os.File, error) {
-	// Each retry needs the file removed between our two opens, which only
-	// root or we may do in a directory checkDir accepted.
+	// Each retry needs the file removed between our two opens, which in
+	// a directory checkDir accepted only root, we, the directory's owner
+	// or its group may do: they can only make CreatePIDFile fail.
 	for range 8 {
 		fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 		if err == nil {
@@ -177,56 +181,75 @@ func unsafePath(path, format string, args ...any) error {
 	return &UnsafePIDFileError{Path: path, Reason: fmt.Sprintf(format, args...)}
 }
 
-// maxSymlinks bounds the symlinks checkDir follows, as the kernel does
+// maxSymlinks bounds the symlinks safeWalk follows, as the kernel does
 // (ELOOP after 40).
 const maxSymlinks = 40
 
-// checkDir applies CreatePIDFile's directory rule. A directory another
-// user can change lets them swap the pid or lock file between our checks
-// and our use, or plant a link there. A sticky directory writable by all
-// is accepted when root or the caller owns it, as systemd accepts /tmp:
-// the kernel lets only an entry's owner, the directory's owner and root
-// rename or remove the entry, so our files stay ours, and what others
-// plant (their own file, a symlink, a hard link to one of our files) is
-// refused by the file checks (owner, O_NOFOLLOW, link count) and O_EXCL,
-// which leaves them only the means to make CreatePIDFile fail.
-//
-// Root checks every directory and symlink met on the way from /: one that
-// another user controls lets them redirect the path. This is systemd's
-// rule for PIDFile= since CVE-2018-16888 (chase_symlinks with CHASE_SAFE
-// refuses a path once it passes from an unprivileged user's directory to
-// another owner's file; systemd then trusts the pid only if it is the
-// service's). Stricter than systemd, a directory writable by its group is
-// refused even when root owns it, as group membership is not known here
-// (a POSIX ACL granting write shows as group write too). Another user
-// checks the last directory only: redirected, it can only be made to
-// touch files it may write anyway, and checking parents would refuse
-// usual layouts such as one's own directory in a group-writable tree.
+// checkDir applies CreatePIDFile's directory rules to dir, the pid file's
+// directory: run as root, the walk from / (safeWalk); for anyone, the
+// rule for the last directory (checkLastDir).
 func checkDir(dir string) error {
-	euid := os.Geteuid()
-	if euid != 0 {
+	if os.Geteuid() != 0 {
 		fi, err := os.Stat(dir)
 		if err != nil {
 			return err
 		}
-		return checkDirInfo(fi, dir, euid)
+		return checkLastDir(fi, dir)
 	}
+	fi, resolved, err := safeWalk(dir)
+	if err != nil {
+		return err
+	}
+	return checkLastDir(fi, resolved)
+}
+
+// checkLastDir refuses a pid file directory that anyone may write to
+// without the sticky bit: anyone could swap the pid or lock file between
+// our checks and our use, or remove the lock file so that a second owner
+// locks another inode. With the sticky bit (as /tmp) the kernel lets only
+// an entry's owner, the directory's owner and root rename or remove it,
+// and what others plant (their own file, a symlink, a hard link) is
+// refused by the file checks (owner, O_NOFOLLOW, link count) and O_EXCL.
+// A directory writable by its group is accepted (as /var/local, 2775
+// root:staff): its group is trusted with what it holds. Its owner is not
+// checked, as systemd does not: a root master may keep its pid file in a
+// directory of the service's user (/run/app), whose owner can only make
+// CreatePIDFile fail or remove the files.
+func checkLastDir(fi os.FileInfo, path string) error {
+	if !fi.IsDir() {
+		return unsafePath(path, "is not a directory")
+	}
+	// Group write counts too, as before these checks followed systemd's
+	// walk: a group member could delete or rename the pid and lock files.
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return unsafePath(path, "is a directory writable by group or others and not sticky")
+	}
+	return nil
+}
+
+// safeWalk resolves dir from / one component at a time, as the kernel
+// would, and refuses it on an unsafe transition: from a directory, or a
+// symlink, owned by a user other than root to an entry owned by another
+// user. That user could otherwise point the path, through a symlink or a
+// directory of theirs, at a directory of root's holding another daemon's
+// pid file (CVE-2018-16888). Leaving a root-owned entry is always safe.
+// This is systemd's rule (chase with CHASE_SAFE, unsafe_transition), at
+// the same steps: from the current directory to each entry met, to the
+// parent on "..", and from a symlink to / when its target is absolute (a
+// relative target is resolved from the symlink's directory, so checked
+// from it). It returns the directory reached, and its resolved path.
+func safeWalk(dir string) (os.FileInfo, string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	fi, err := os.Lstat("/")
+	root, err := os.Lstat("/")
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	if err := checkDirInfo(fi, "/", euid); err != nil {
-		return err
-	}
-	// Resolve abs one component at a time, as the kernel would, so that
-	// each directory and symlink is checked where it is met. cur never
-	// holds a symlink, so its lexical parent (for "..") is its real one,
-	// and every prefix of it has been checked.
-	cur, rest, links := "/", abs, 0
+	// cur never names a symlink, so its lexical parent (for "..") is its
+	// real one.
+	cur, curInfo, rest, links := "/", root, abs, 0
 	for rest != "" {
 		var name string
 		name, rest, _ = strings.Cut(rest, "/")
@@ -234,51 +257,55 @@ func checkDir(dir string) error {
 		case "", ".":
 			continue
 		case "..":
-			cur = filepath.Dir(cur)
+			parent := filepath.Dir(cur)
+			fi, err := os.Lstat(parent)
+			if err != nil {
+				return nil, "", err
+			}
+			if err := checkTransition(cur, curInfo, parent, fi); err != nil {
+				return nil, "", err
+			}
+			cur, curInfo = parent, fi
 			continue
 		}
 		next := filepath.Join(cur, name)
 		fi, err := os.Lstat(next)
 		if err != nil {
-			return err
+			return nil, "", err
+		}
+		if err := checkTransition(cur, curInfo, next, fi); err != nil {
+			return nil, "", err
 		}
 		if fi.Mode()&os.ModeSymlink == 0 {
-			if err := checkDirInfo(fi, next, euid); err != nil {
-				return err
-			}
-			cur = next
+			cur, curInfo = next, fi
 			continue
 		}
 		if links++; links > maxSymlinks {
-			return &os.PathError{Op: "lstat", Path: dir, Err: unix.ELOOP}
-		}
-		if uid := ownerOf(fi); uid != 0 {
-			return unsafePath(next, "is a symlink owned by uid %d", uid)
+			return nil, "", &os.PathError{Op: "lstat", Path: dir, Err: unix.ELOOP}
 		}
 		target, err := os.Readlink(next)
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		if filepath.IsAbs(target) {
-			cur = "/"
+			if a, b := ownerOf(fi), ownerOf(root); a != 0 && a != b {
+				return nil, "", unsafePath(next, "is a symlink owned by uid %d to an absolute path (/ is owned by uid %d)", a, b)
+			}
+			cur, curInfo = "/", root
 		}
 		rest = target + "/" + rest
 	}
-	return nil
+	return curInfo, cur, nil
 }
 
-// checkDirInfo applies checkDir's rule to one directory.
-func checkDirInfo(fi os.FileInfo, path string, euid int) error {
-	if !fi.IsDir() {
-		return unsafePath(path, "is not a directory")
+// checkTransition refuses the step from from (owned by a) to to (owned by
+// b) when a is not root and b is not a.
+func checkTransition(from string, fromInfo os.FileInfo, to string, toInfo os.FileInfo) error {
+	a, b := ownerOf(fromInfo), ownerOf(toInfo)
+	if a == 0 || a == b {
+		return nil
 	}
-	if uid := ownerOf(fi); uid != 0 && uid != euid {
-		return unsafePath(path, "is a directory owned by uid %d", uid)
-	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return unsafePath(path, "is a directory writable by group or others and not sticky")
-	}
-	return nil
+	return unsafePath(to, "is owned by uid %d and reached from %s, owned by uid %d", b, from, a)
 }
 
 // ownerOf returns fi's owner. os.FileInfo.Sys is a *syscall.Stat_t
@@ -398,10 +425,24 @@ func (p *PIDFile) Close() error {
 // live (holds the lock). A pid from a file that is not live is stale and
 // must not be signalled: it may belong to an unrelated process by now. A
 // pid written by an owner that has died is never reported live, even while
-// a new owner is taking over. The files must pass CreatePIDFile's checks,
-// except that a reader also accepts files owned by root, so any user can
+// a new owner is taking over. The pid and lock files must pass
+// CreatePIDFile's file checks, except that a reader also accepts files owned by root, so any user can
 // read a root daemon's pid file (both files are 0644).
+//
+// Run as root, the reader also refuses a path with an unsafe transition
+// (see CreatePIDFile): a symlink or directory planted by another user
+// must not lead root to another daemon's pid file, reported live.
 func ReadPIDFile(path string) (pid int, live bool, err error) {
+	if os.Geteuid() == 0 {
+		if _, _, err := safeWalk(filepath.Dir(filepath.Clean(path))); err != nil {
+			return 0, false, err
+		}
+	}
+	return readPIDFile(path)
+}
+
+// readPIDFile is ReadPIDFile without its path walk.
+func readPIDFile(path string) (pid int, live bool, err error) {
 	// A retry is needed only when the file is replaced (Write, takeover)
 	// between our read and our check, a window of three system calls; an
 	// owner rewriting in a tight loop can hit a few in a row, 32 never in
@@ -483,4 +524,25 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 		return 0, false, false, err
 	}
 	return pid, true, os.SameFile(read, now), nil
+}
+
+// liveHeld reports whether liveByte of the lock file name, which must be
+// the file fi describes, is locked by an open file description other than
+// the one this call opens: F_OFD_GETLK ignores only the caller's own.
+func liveHeld(name string, fi os.FileInfo) (bool, error) {
+	// O_NONBLOCK: as in readPIDFileOnce, never block on a FIFO.
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	now, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if !os.SameFile(fi, now) {
+		return false, unsafePath(name, "was replaced while it was adopted")
+	}
+	return ofdLock(f, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
 }

@@ -71,6 +71,34 @@ func mkdir(t *testing.T, path string, mode os.FileMode, uid int) {
 	}
 }
 
+// staffGID is Debian's group "staff", owner of /var/local (2775).
+const staffGID = 50
+
+// mkdirGroup makes a root-owned directory of group gid with mode.
+func mkdirGroup(t *testing.T, path string, mode os.FileMode, gid int) {
+	t.Helper()
+	mkdir(t, path, 0o700, -1)
+	if err := os.Lchown(path, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	// Chmod after Lchown, which may clear the setgid bit.
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// plantSymlink makes a symlink at link to target owned by nobody, as
+// nobody would plant it.
+func plantSymlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, nobodyUID, nobodyUID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPIDFileHardLinks: a hard link planted at the lock file's or the pid
 // file's path, to a 0600 file of the caller's (for root, any file: the
 // reported attack turned a root secret 0644 through fchmod of the lock),
@@ -171,11 +199,16 @@ func TestPIDFileExistingLockKept(t *testing.T) {
 	}
 }
 
-// TestPIDFileDirectoriesAsRoot: run as root, CreatePIDFile checks every
-// directory and symlink from / to the pid file: any owned by another user,
-// or writable by group or others without the sticky bit, is refused and
-// named; sticky root-owned directories (as /tmp) and root-owned symlinks
-// are accepted, and a pid file works there (TESTPLAN D3).
+// TestPIDFileDirectoriesAsRoot: run as root, CreatePIDFile follows
+// systemd's rule on the way from / to the pid file's directory: a step
+// from an entry owned by a user other than root to one owned by another
+// user (a directory of nobody's holding root's, a symlink there leading
+// to root's) is refused and named; leaving a root-owned directory for any
+// owner's is accepted (/run/app of the service's user), and so is a
+// group-writable directory on the way (/var/local, 2775 root:staff). The
+// last directory may be sticky (/tmp), not writable by group or others
+// without the sticky bit. A pid file works
+// wherever it is accepted (TESTPLAN D3).
 func TestPIDFileDirectoriesAsRoot(t *testing.T) {
 	fdcensus.Verify(t)
 	if os.Geteuid() != 0 {
@@ -187,56 +220,57 @@ func TestPIDFileDirectoriesAsRoot(t *testing.T) {
 		name  string
 		setup func(t *testing.T, base string) (path, refused string)
 	}{
-		{"directory owned by nobody", func(t *testing.T, base string) (string, string) {
-			d := filepath.Join(base, "d")
-			mkdir(t, d, 0o755, nobodyUID)
+		{"group-writable setgid directory of root:staff (/var/local) as the last", func(t *testing.T, base string) (string, string) {
+			d := filepath.Join(base, "local")
+			mkdirGroup(t, d, 0o775|os.ModeSetgid, staffGID)
 			return filepath.Join(d, "app.pid"), d
 		}},
-		{"parent owned by nobody", func(t *testing.T, base string) (string, string) {
+		{"directory under a group-writable one (/var/local/r8b)", func(t *testing.T, base string) (string, string) {
+			l := filepath.Join(base, "local")
+			mkdirGroup(t, l, 0o775|os.ModeSetgid, staffGID)
+			mkdir(t, filepath.Join(l, "r8b"), 0o755, 0)
+			return filepath.Join(l, "r8b", "app.pid"), ""
+		}},
+		{"directory of another user under root's (/run/app)", func(t *testing.T, base string) (string, string) {
+			d := filepath.Join(base, "app")
+			mkdir(t, d, 0o755, nobodyUID)
+			return filepath.Join(d, "app.pid"), ""
+		}},
+		{"directory of nobody holding root's", func(t *testing.T, base string) (string, string) {
 			p := filepath.Join(base, "p")
 			mkdir(t, p, 0o755, nobodyUID)
 			mkdir(t, filepath.Join(p, "d"), 0o755, 0)
-			return filepath.Join(p, "d", "app.pid"), p
+			return filepath.Join(p, "d", "app.pid"), filepath.Join(p, "d")
 		}},
-		{"grandparent writable by others, not sticky", func(t *testing.T, base string) (string, string) {
-			g := filepath.Join(base, "g")
-			mkdir(t, g, 0o777, 0)
-			mkdir(t, filepath.Join(g, "p"), 0o755, 0)
-			mkdir(t, filepath.Join(g, "p", "d"), 0o755, 0)
-			return filepath.Join(g, "p", "d", "app.pid"), g
-		}},
-		{"parent writable by its group", func(t *testing.T, base string) (string, string) {
-			p := filepath.Join(base, "p")
-			mkdir(t, p, 0o775, 0)
-			mkdir(t, filepath.Join(p, "d"), 0o755, 0)
-			return filepath.Join(p, "d", "app.pid"), p
-		}},
-		{"sticky directory owned by nobody", func(t *testing.T, base string) (string, string) {
-			d := filepath.Join(base, "d")
-			mkdir(t, d, 0o777|os.ModeSticky, nobodyUID)
-			return filepath.Join(d, "app.pid"), d
-		}},
-		{"symlink to a directory owned by nobody", func(t *testing.T, base string) (string, string) {
+		{"root's symlink in a directory of nobody", func(t *testing.T, base string) (string, string) {
 			n := filepath.Join(base, "n")
 			mkdir(t, n, 0o755, nobodyUID)
-			mkdir(t, filepath.Join(n, "d"), 0o755, 0)
-			if err := os.Symlink("n/d", filepath.Join(base, "link")); err != nil {
-				t.Fatal(err)
-			}
-			return filepath.Join(base, "link", "app.pid"), n
-		}},
-		{"symlink owned by nobody in a sticky directory", func(t *testing.T, base string) (string, string) {
-			s := filepath.Join(base, "s")
-			mkdir(t, s, 0o777|os.ModeSticky, 0)
 			mkdir(t, filepath.Join(base, "d"), 0o755, 0)
-			link := filepath.Join(s, "link")
-			if err := os.Symlink("../d", link); err != nil {
+			if err := os.Symlink("../d", filepath.Join(n, "link")); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Lchown(link, nobodyUID, nobodyUID); err != nil {
-				t.Fatal(err)
-			}
-			return filepath.Join(link, "app.pid"), link
+			return filepath.Join(n, "link", "app.pid"), filepath.Join(n, "link")
+		}},
+		{"nobody's relative symlink in a directory of nobody", func(t *testing.T, base string) (string, string) {
+			n := filepath.Join(base, "n")
+			mkdir(t, n, 0o755, nobodyUID)
+			mkdir(t, filepath.Join(base, "d"), 0o755, 0)
+			plantSymlink(t, "../d", filepath.Join(n, "link"))
+			// The symlink's target is resolved from n: its ".." leaves
+			// n (nobody's) for base (root's).
+			return filepath.Join(n, "link", "app.pid"), base
+		}},
+		{"nobody's absolute symlink in a directory of nobody", func(t *testing.T, base string) (string, string) {
+			n := filepath.Join(base, "n")
+			mkdir(t, n, 0o755, nobodyUID)
+			mkdir(t, filepath.Join(base, "d"), 0o755, 0)
+			plantSymlink(t, filepath.Join(base, "d"), filepath.Join(n, "link"))
+			return filepath.Join(n, "link", "app.pid"), filepath.Join(n, "link")
+		}},
+		{"directory writable by others, not sticky", func(t *testing.T, base string) (string, string) {
+			d := filepath.Join(base, "d")
+			mkdir(t, d, 0o777, 0)
+			return filepath.Join(d, "app.pid"), d
 		}},
 		{"lock file planted by nobody in a sticky directory", func(t *testing.T, base string) (string, string) {
 			s := filepath.Join(base, "s")
@@ -250,7 +284,7 @@ func TestPIDFileDirectoriesAsRoot(t *testing.T) {
 			}
 			return path, path + ".lock"
 		}},
-		{"sticky root-owned directory", func(t *testing.T, base string) (string, string) {
+		{"sticky root-owned directory (/tmp)", func(t *testing.T, base string) (string, string) {
 			s := filepath.Join(base, "s")
 			mkdir(t, s, 0o777|os.ModeSticky, 0)
 			return filepath.Join(s, "app.pid"), ""
@@ -304,9 +338,10 @@ func TestPIDFileDirectoriesAsRoot(t *testing.T) {
 }
 
 // TestPIDFileDirectoryAsOtherUser: a process not running as root checks
-// the pid file's own directory only: one of its own is accepted, a sticky
-// one owned by another unprivileged user (who may remove its files) is
-// refused (TESTPLAN D3).
+// the pid file's own directory only, by its mode, not its owner (as
+// systemd): its own is accepted, and a sticky one of another unprivileged
+// user; one writable by others without the sticky bit is refused
+// (TESTPLAN D3).
 func TestPIDFileDirectoryAsOtherUser(t *testing.T) {
 	fdcensus.Verify(t)
 	if os.Geteuid() != 0 {
@@ -317,9 +352,11 @@ func TestPIDFileDirectoryAsOtherUser(t *testing.T) {
 		owner int
 		mode  os.FileMode
 		want  string // the helper's first output line, up to its first space
+		msg   string // what an ERROR line must say after the directory
 	}{
-		{"own directory", nobodyUID, 0o755, "READY"},
-		{"sticky directory of another user", 1, 0o777 | os.ModeSticky, "ERROR"},
+		{"own directory", nobodyUID, 0o755, "READY", ""},
+		{"sticky directory of another user", 1, 0o777 | os.ModeSticky, "READY", ""},
+		{"own directory writable by others, not sticky", nobodyUID, 0o777, "ERROR", " is a directory writable by group or others and not sticky"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -347,7 +384,7 @@ func TestPIDFileDirectoryAsOtherUser(t *testing.T) {
 			if got, _, _ := strings.Cut(strings.TrimSpace(line), " "); got != tc.want {
 				t.Errorf("helper said %q, want %s", line, tc.want)
 			}
-			if tc.want == "ERROR" && !strings.Contains(line, dir+" is a directory owned by uid 1") {
+			if tc.want == "ERROR" && !strings.Contains(line, dir+tc.msg) {
 				t.Errorf("helper said %q, want the directory named", line)
 			}
 		})
@@ -387,5 +424,196 @@ func TestReadPIDFileUnsafeLock(t *testing.T) {
 				t.Errorf("ReadPIDFile = %d, %v, %v; want %s.lock refused", pid, live, err, path)
 			}
 		})
+	}
+}
+
+// TestReadPIDFileUnsafeTransitionAsRoot: run as root, ReadPIDFile refuses
+// a path through a symlink or directory planted by another user that
+// leads to a root daemon's live pid file (CVE-2018-16888), which it
+// reports live by its own path (TESTPLAN D3).
+func TestReadPIDFileUnsafeTransitionAsRoot(t *testing.T) {
+	fdcensus.Verify(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	// Each plant gets the daemon's directory d and returns the path root
+	// is made to read and the path that must be refused.
+	tests := []struct {
+		name  string
+		plant func(t *testing.T, base, d string) (path, refused string)
+	}{
+		{"nobody's relative symlink in nobody's directory", func(t *testing.T, base, d string) (string, string) {
+			n := filepath.Join(base, "n")
+			mkdir(t, n, 0o755, nobodyUID)
+			plantSymlink(t, "../d", filepath.Join(n, "link"))
+			return filepath.Join(n, "link", "app.pid"), base
+		}},
+		{"nobody's absolute symlink in nobody's directory", func(t *testing.T, base, d string) (string, string) {
+			n := filepath.Join(base, "n")
+			mkdir(t, n, 0o755, nobodyUID)
+			plantSymlink(t, d, filepath.Join(n, "link"))
+			return filepath.Join(n, "link", "app.pid"), filepath.Join(n, "link")
+		}},
+		{"root's symlink in nobody's directory", func(t *testing.T, base, d string) (string, string) {
+			n := filepath.Join(base, "n")
+			mkdir(t, n, 0o755, nobodyUID)
+			if err := os.Symlink(d, filepath.Join(n, "link")); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(n, "link", "app.pid"), filepath.Join(n, "link")
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			d := filepath.Join(base, "d")
+			mkdir(t, d, 0o755, 0)
+			daemon := filepath.Join(d, "app.pid")
+			p, err := supervise.CreatePIDFile(daemon)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := p.Write(os.Getpid()); err != nil {
+				t.Fatal(err)
+			}
+			path, want := tc.plant(t, base, d)
+			pid, live, err := supervise.ReadPIDFile(path)
+			if got := refusedPath(t, err); got != want || live || pid != 0 {
+				t.Errorf("ReadPIDFile(%s) = %d, %v, %v; want %s refused", path, pid, live, err, want)
+			}
+			pid, live, err = supervise.ReadPIDFile(daemon)
+			if d := cmp.Diff([]any{os.Getpid(), true}, []any{pid, live}); d != "" || err != nil {
+				t.Errorf("ReadPIDFile(%s) (-want +got):\n%s err %v", daemon, d, err)
+			}
+		})
+	}
+}
+
+// TestAdoptPIDFileRefusedDirectory: across an upgrade, AdoptPIDFile keeps
+// a lock this process holds (its inherited descriptor) in a directory
+// CreatePIDFile now refuses, returning the refusal as the PIDFile's
+// Warning, and leaves the pid file in place; a lock that was free (a new
+// open of the lock file) is refused there, and left free (TESTPLAN D2,
+// D3).
+func TestAdoptPIDFileRefusedDirectory(t *testing.T) {
+	fdcensus.Verify(t)
+	// Each case builds base/p/d, creates the pid file in d, then makes the
+	// directories refused; restore makes them accepted again.
+	tests := []struct {
+		name     string
+		root     bool // needs root
+		inherit  bool // adopt a duplicate of the owner's descriptor
+		refuse   func(t *testing.T, p, d string)
+		restore  func(t *testing.T, p, d string)
+		refusedD bool // the refused path is d, else p
+	}{
+		{"inherited, directory writable by others", false, true, chmodDir(0o777), chmodDir(0o755), true},
+		{"inherited, through a directory of nobody", true, true, chownParent(nobodyUID), chownParent(0), true},
+		{"free lock, directory writable by others", false, false, chmodDir(0o777), chmodDir(0o755), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.root && os.Geteuid() != 0 {
+				t.Skip("needs root")
+			}
+			p := filepath.Join(t.TempDir(), "p")
+			d := filepath.Join(p, "d")
+			mkdir(t, p, 0o755, -1)
+			mkdir(t, d, 0o755, -1)
+			path := filepath.Join(d, "app.pid")
+			orig, err := supervise.CreatePIDFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := orig.Write(os.Getpid()); err != nil {
+				t.Fatal(err)
+			}
+			var lock *os.File
+			if tc.inherit {
+				held, err := orig.LockFile()
+				if err != nil {
+					t.Fatal(err)
+				}
+				fd, err := unix.FcntlInt(uintptr(rawFD(held)), unix.F_DUPFD_CLOEXEC, 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lock = os.NewFile(uintptr(fd), held.Name())
+			} else {
+				// The owner is gone; its pid file and lock file stay.
+				if err := orig.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if lock, err = os.OpenFile(path+".lock", os.O_RDWR, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer orig.Close()
+			tc.refuse(t, p, d)
+			refused := p
+			if tc.refusedD {
+				refused = d
+			}
+			if _, err := supervise.CreatePIDFile(path); refusedPath(t, err) != refused {
+				t.Fatalf("CreatePIDFile in the refused directory: %v, want %s refused", err, refused)
+			}
+			pf, err := supervise.AdoptPIDFile(path, lock)
+			if !tc.inherit {
+				if got := refusedPath(t, err); got != refused {
+					t.Errorf("AdoptPIDFile of a free lock: %v, want %s refused", err, refused)
+				}
+				if pf != nil {
+					pf.Close()
+				}
+				tc.restore(t, p, d)
+				// lock is still open: its ownerByte must have been
+				// released for a new owner to start.
+				np, err := supervise.CreatePIDFile(path)
+				lock.Close()
+				if err != nil {
+					t.Fatalf("CreatePIDFile after a refused adoption: %v", err)
+				}
+				np.Close()
+				return
+			}
+			if err != nil {
+				lock.Close()
+				t.Fatalf("AdoptPIDFile: %v, want the lock kept", err)
+			}
+			defer pf.Close()
+			if got := refusedPath(t, pf.Warning()); got != refused {
+				t.Errorf("Warning() = %v, want %s refused", pf.Warning(), refused)
+			}
+			tc.restore(t, p, d)
+			pid, live, err := supervise.ReadPIDFile(path)
+			if d := cmp.Diff([]any{os.Getpid(), true}, []any{pid, live}); d != "" || err != nil {
+				t.Errorf("ReadPIDFile after adopting (-want +got):\n%s err %v", d, err)
+			}
+			if _, err := supervise.CreatePIDFile(path); !errors.Is(err, supervise.ErrPIDFileLocked) {
+				t.Errorf("second owner: %v, want ErrPIDFileLocked", err)
+			}
+		})
+	}
+}
+
+func chmodDir(mode os.FileMode) func(t *testing.T, p, d string) {
+	return func(t *testing.T, p, d string) {
+		t.Helper()
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func chownParent(uid int) func(t *testing.T, p, d string) {
+	return func(t *testing.T, p, d string) {
+		t.Helper()
+		if err := os.Lchown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
