@@ -40,6 +40,10 @@ func (g *RemoteGroup) SetMaxRunningTime(d time.Duration) error { return g.r.setM
 // (the agent allows the master as long plus 2 s); call it before Run.
 func (g *RemoteGroup) SetHeartbeatTimeout(d time.Duration) { g.r.silence = d }
 
+// SetAckTimeout sets how long a command waits for its ack beyond the
+// group's shutdown timeout; call it before Run or RemoteSession.
+func (g *RemoteGroup) SetAckTimeout(d time.Duration) { g.r.ackTimeout = d }
+
 // SSHPID is the pid of the current session's ssh client (0 if none).
 func (g *RemoteGroup) SSHPID() int {
 	g.r.mu.Lock()

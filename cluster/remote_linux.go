@@ -28,7 +28,8 @@ import (
 const (
 	// remoteAckTimeout bounds the wait for a command's ack beyond the
 	// time the command itself may take (a suspend stops workers with
-	// the grace period).
+	// the grace period). A suspend, resume or max_running_time left
+	// without an answer ends the session (see commandOn).
 	remoteAckTimeout = 10 * time.Second
 	// remoteStopGrace is added to the shutdown timeout when waiting for
 	// a stopping agent before ssh is killed.
@@ -71,6 +72,9 @@ type remoteGroup struct {
 	statusInterval time.Duration
 	silence        time.Duration
 	env            []string
+	// ackTimeout is how long a command waits for its ack beyond the
+	// shutdown timeout (remoteAckTimeout; tests shorten it).
+	ackTimeout time.Duration
 
 	readyOnce sync.Once
 	readyCh   chan struct{}
@@ -100,6 +104,10 @@ type remoteSession struct {
 	done chan struct{} // closed when the session's frames end
 	// abort ends the session with the error sent (buffered, one).
 	abort chan error
+	// stale is set once the session is being ended because its agent's
+	// state is not the group's (see abandon): nothing more is forwarded
+	// to it, the next session's spec carries the remembered state.
+	stale atomic.Bool
 
 	// suspended and maxRun are the agent's state: what the start spec
 	// asked for, then what it acknowledged. Guarded by the group's setMu.
@@ -151,6 +159,7 @@ func newRemoteGroup(g *GroupConfig, h *RemoteHost, ids []int, indexBase int, log
 		log:            log.With("group", g.Name, "host", h.SSH),
 		statusInterval: defaultStatusInterval,
 		silence:        defaultHeartbeatTimeout,
+		ackTimeout:     remoteAckTimeout,
 		readyCh:        make(chan struct{}),
 		killCh:         make(chan struct{}),
 		suspended:      g.Suspended,
@@ -224,9 +233,14 @@ func maxRunMsg(d time.Duration) *agentMsg {
 
 // rememberAndForward sets *field (guarded by r.mu) to v for later sessions
 // and sends msg to the current one (commandOn records the agent's new
-// state). Without a session it only remembers; if the agent refuses, the
-// previous value is kept: calls are serialised by r.setMu, so that is the
-// value this call replaced.
+// state). Without a session, or with one being ended, it only remembers:
+// the next session's spec carries v. If the agent refuses, or does not
+// answer, the previous value is kept (calls are serialised by r.setMu, so
+// that is the value this call replaced) and the caller told it failed.
+// An agent that did not answer may still apply msg late, its ack dropped,
+// so commandOn has ended its session then: the next one starts with the
+// previous value, the one the caller was told stands, instead of the group
+// reporting one state while the host runs in the other.
 func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) error {
 	r.setMu.Lock()
 	defer r.setMu.Unlock()
@@ -235,7 +249,7 @@ func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) err
 	*field = v
 	s := r.sess
 	r.mu.Unlock()
-	if s == nil {
+	if s == nil || s.stale.Load() {
 		return nil
 	}
 	if err := r.commandOn(s, msg); err != nil && !errors.Is(err, ErrRemoteDown) {
@@ -250,42 +264,50 @@ func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) err
 // syncSession brings a new session's agent to the state the master
 // remembers, when a suspend, resume or maximum running time came between
 // its start spec and its "started" (no session to forward it to then).
-// A refusal is retried; if the agent keeps refusing, the session is ended
-// (the next one starts with the remembered state), for a group that says
-// "suspended" while the host's workers run would be a lie.
+// An explicit refusal is retried; if the agent keeps refusing, the session
+// is ended (the next one starts with the remembered state), for a group
+// that says "suspended" while the host's workers run would be a lie. A
+// command without an answer is not retried: commandOn ended the session
+// already, and a retry would hold setMu, and with it every suspend, resume
+// and maximum running time of the group, for another ack timeout.
 func (r *remoteGroup) syncSession(s *remoteSession) {
-	apply := func(msg func() (*agentMsg, bool)) {
+	// apply reports whether the session is still worth syncing.
+	apply := func(msg func() (*agentMsg, bool)) bool {
 		for try := 1; ; try++ {
 			r.setMu.Lock()
+			if s.stale.Load() {
+				r.setMu.Unlock()
+				return false
+			}
 			m, differs := msg()
 			if !differs {
 				r.setMu.Unlock()
-				return
+				return true
 			}
 			err := r.commandOn(s, m)
 			r.setMu.Unlock()
+			var refused *AgentError
 			switch {
 			case err == nil:
 				continue // applied; msg() now finds no difference
-			case errors.Is(err, ErrRemoteDown):
-				return // the session is gone; the next spec carries the state
+			case !errors.As(err, &refused):
+				// The session is gone, or being ended for the agent's
+				// silence: the next spec carries the state.
+				return false
 			case try >= remoteSyncTries:
 				err = fmt.Errorf("cluster: the new agent refused %s %d times: %w", m.Type, try, err)
 				r.log.Warn("ending the session: its agent's state differs from the group's", "err", err)
-				select {
-				case s.abort <- err:
-				default:
-				}
-				return
+				s.abandon(err)
+				return false
 			}
 			select {
 			case <-s.done:
-				return
+				return false
 			case <-time.After(remoteSyncPause):
 			}
 		}
 	}
-	apply(func() (*agentMsg, bool) {
+	if !apply(func() (*agentMsg, bool) {
 		r.mu.Lock()
 		want := r.suspended
 		r.mu.Unlock()
@@ -293,7 +315,9 @@ func (r *remoteGroup) syncSession(s *remoteSession) {
 			return nil, false
 		}
 		return suspendMsg(want), true
-	})
+	}) {
+		return
+	}
 	apply(func() (*agentMsg, bool) {
 		r.mu.Lock()
 		want := r.maxRun
@@ -316,7 +340,9 @@ func (r *remoteGroup) command(msg *agentMsg) error {
 
 // commandOn sends msg to session s (nil: none), numbered, and waits for
 // its ack. A successful suspend, resume or max_running_time is recorded
-// as the agent's state.
+// as the agent's state; one left without an answer ends the session (the
+// agent may still apply it, and its late ack finds nobody waiting: the
+// master could no longer tell what the host runs).
 func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
 	typ := msg.Type
 	if s == nil {
@@ -337,7 +363,7 @@ func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
 	if err := s.w.WriteFrame(appendAgentMsg(nil, msg)); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrRemoteDown, r.host, err)
 	}
-	timer := time.NewTimer(r.shutdownTimeout() + remoteAckTimeout)
+	timer := time.NewTimer(r.shutdownTimeout() + r.ackTimeout)
 	defer timer.Stop()
 	select {
 	case err := <-ack:
@@ -353,7 +379,25 @@ func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
 	case <-s.done:
 		return fmt.Errorf("%w: %s: session ended before the agent answered %s", ErrRemoteDown, r.host, typ)
 	case <-timer.C:
+		switch typ {
+		case "suspend", "resume", "max_running_time":
+			err := fmt.Errorf("%w: %s: no answer to %s; ending the session, whose agent may still apply it", ErrAgentFailed, r.host, typ)
+			r.log.Warn("ending the session: its agent's state is unknown", "err", err)
+			s.abandon(err)
+			return err
+		}
 		return fmt.Errorf("%w: %s: no answer to %s", ErrAgentFailed, r.host, typ)
+	}
+}
+
+// abandon ends session s with err: its agent's state is not (or no longer
+// known to be) the group's. Later commands that set state only remember
+// it, for the next session's spec.
+func (s *remoteSession) abandon(err error) {
+	s.stale.Store(true)
+	select {
+	case s.abort <- err:
+	default:
 	}
 }
 
