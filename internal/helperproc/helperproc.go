@@ -32,6 +32,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -175,7 +177,8 @@ func copyForNobody(bin string) (string, error) {
 	if parent == "" {
 		return "", fmt.Errorf("%w (TMPDIR %s)", errNoSearchableDir, os.TempDir())
 	}
-	dir, err := os.MkdirTemp(parent, "helperproc-")
+	sweepNobodyCopies(parent)
+	dir, err := os.MkdirTemp(parent, "helperproc-"+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return "", err
 	}
@@ -207,6 +210,35 @@ func copyBinary(bin, dir string) (string, error) {
 		return "", err
 	}
 	return dst, out.Close()
+}
+
+// sweepNobodyCopies removes the copies left in parent by test binaries that
+// died before Main could remove theirs (a panic, -test.timeout, SIGKILL):
+// directories helperproc-PID-* of this user whose PID is gone.
+func sweepNobodyCopies(parent string) {
+	ents, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), "helperproc-")
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		var st unix.Stat_t
+		dir := filepath.Join(parent, e.Name())
+		if unix.Lstat(dir, &st) != nil || int(st.Uid) != os.Geteuid() {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 func removeNobodyCopy() {
