@@ -78,9 +78,10 @@
 // started from in place: same pid, same argv. The path is argv[0] as
 // started (made absolute at New, symlinks not resolved, so a swapped
 // release symlink is followed). Before anything changes, the new binary is
-// run once with UpgradeProbeArg and must name the state version within 2 s
-// (a program embedding Master handles it with RunUpgradeProbe), else the
-// upgrade is refused and the old image serves on. The execve
+// run once with UpgradeProbeArg and the master's arguments, and must accept
+// them and name the state version within 2 s (a program embedding Master
+// handles it with UpgradeProbeArgs and RunUpgradeProbe), else the upgrade
+// is refused and the old image serves on. The execve
 // runs on supervise's spawner thread (supervise.Supervisor.Exec), so the
 // workers' parent-death signal does not fire and they stay children of the
 // new image. Listeners (and reuseport slot sockets, listeners bound for
@@ -89,9 +90,11 @@
 // workers and their output pipes travel in HANDOFF_UPGRADE_STATE, which the
 // new image checks before adopting anything. A state it rejects makes it
 // close every inherited descriptor but the pid file's lock and the control
-// socket, and kill and reap the old image's children, before it binds
-// afresh (logged as an error); so does anything an accepted state does not
-// name. The new image starts a full set of workers (as many as the old
+// socket, and kill and reap the old image's workers (children whose
+// environment carries HANDOFF_WORKER_ID), before it binds afresh (logged as
+// an error); an accepted state's unnamed descriptors are closed and the
+// workers it lists as not handed over killed. Other children of the
+// process are left alone. The new image starts a full set of workers (as many as the old
 // image had in force, so scaling survives) and retires the old ones once
 // its own are ready. A failed execve (missing, non-executable or
 // busy binary) leaves everything as it was. A SIGUSR2 during an upgrade is

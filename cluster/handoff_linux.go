@@ -54,6 +54,10 @@ type handoff struct {
 	wake chan struct{}
 	done chan struct{}
 	warn warnLimiter
+	// fdShort is when (hoClock) an accept last failed for lack of
+	// descriptors, or 0: for hoShortFor after it, the workers' channels
+	// are read with a peek first (see hoRecv).
+	fdShort atomic.Int64
 	// gate: a worker is sent connections only once ready (-ready
 	// notify), so one that hangs or dies before READY=1 holds none.
 	// Guarded by mu. (A worker's channel is registered by the spawn's
@@ -386,6 +390,9 @@ func (h *handoff) acceptLoop(hl *hoListener) {
 			// kernel and the listener stays readable; back off (5 ms
 			// doubling to 1 s, as TESTPLAN E1 asks) rather than spin on it.
 			h.warn.warn(h.log, "handoff: accept", "name", hl.name, "err", os.NewSyscallError("accept4", b.err))
+			if b.err == unix.EMFILE || b.err == unix.ENFILE {
+				h.fdShort.Store(hoClock())
+			}
 			backoff = min(max(2*backoff, hoAcceptBackoffMin), hoAcceptBackoffMax)
 		} else {
 			backoff = 0
@@ -1545,21 +1552,37 @@ func (h *handoff) bad(w *hoWorker, err error) bool {
 	return h.doom(w)
 }
 
-// hoRecv is the master's receive of one worker's messages. Each message is
-// first peeked with its descriptors (the kernel installs copies and leaves
-// the message queued) and dequeued only once all of them arrived: a
-// give-back that comes while the master is out of descriptors (MSG_CTRUNC:
-// the kernel drops what it could not install) stays queued until there is
-// room, instead of being lost.
+// hoRecv is the master's receive of one worker's messages. A message is
+// received whole, with its descriptors (the control buffer has room for
+// the most a worker may send), in one recvmsg. While the master may be
+// short of descriptors it is first peeked with them instead (the kernel
+// installs copies and leaves the message queued) and dequeued only once
+// all of them arrived: a give-back that comes while the master is out of
+// descriptors (MSG_CTRUNC: the kernel drops what it could not install)
+// then stays queued until there is room, instead of being lost. The peek
+// costs a second recvmsg per message, so it is used only when a give-back
+// may come (the worker unsubscribed) or descriptors were lately short (an
+// accept failed with EMFILE or ENFILE, or a receive was cut).
 type hoRecv struct {
 	buf, oob []byte
 	one      [1]byte
-	peek     bool
+	mode     int
 	n, oobn  int
 	flags    int
 	err      error
 	fn       func(fd uintptr) bool
 }
+
+// hoRecv modes.
+const (
+	hoRecvWhole   = iota // receive a message with its descriptors
+	hoRecvPeek           // the same, left queued
+	hoRecvDequeue        // drop the message peeked
+)
+
+// hoShortFor is how long after an accept's EMFILE or ENFILE messages are
+// peeked.
+const hoShortFor = time.Second
 
 func newHoRecv() *hoRecv {
 	r := &hoRecv{buf: make([]byte, hoMaxMsg), oob: make([]byte, unix.CmsgSpace(4*hoMaxBatch))}
@@ -1572,21 +1595,26 @@ func (r *hoRecv) call(fd uintptr) bool {
 	var iov unix.Iovec
 	var msg unix.Msghdr
 	flags := unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
-	if r.peek {
-		iov.Base = unsafe.SliceData(r.buf)
-		iov.SetLen(len(r.buf))
-		msg.Control = unsafe.SliceData(r.oob)
-		msg.SetControllen(len(r.oob))
-		flags |= unix.MSG_PEEK
-	} else {
+	if r.mode == hoRecvDequeue {
 		// Dequeue what was peeked: without room for control data the
 		// kernel drops the descriptors, whose copies the peek installed.
 		iov.Base = &r.one[0]
 		iov.SetLen(len(r.one))
+	} else {
+		iov.Base = unsafe.SliceData(r.buf)
+		iov.SetLen(len(r.buf))
+		msg.Control = unsafe.SliceData(r.oob)
+		msg.SetControllen(len(r.oob))
+		if r.mode == hoRecvPeek {
+			flags |= unix.MSG_PEEK
+		}
 	}
 	msg.Iov, msg.Iovlen = &iov, 1
 	for {
-		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+		// Raw: MSG_DONTWAIT never blocks, and entersyscall would wake the
+		// runtime's sysmon from its sleep at every message, which then
+		// polls every 20 µs while the master is busy (a nanosleep each).
+		n, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), uintptr(flags))
 		switch e {
 		case 0:
 			r.n, r.oobn, r.flags, r.err = int(n), int(msg.Controllen), int(msg.Flags), nil
@@ -1601,21 +1629,32 @@ func (r *hoRecv) call(fd uintptr) bool {
 	}
 }
 
-// recv runs call on w's channel.
-func (r *hoRecv) recv(w *hoWorker, peek bool) error {
-	r.peek, r.n, r.oobn, r.flags, r.err = peek, 0, 0, 0, nil
+// recv runs call on w's channel in mode.
+func (r *hoRecv) recv(w *hoWorker, mode int) error {
+	r.mode, r.n, r.oobn, r.flags, r.err = mode, 0, 0, 0, nil
 	if err := w.rc.Read(r.fn); err != nil {
 		return err
 	}
 	return r.err
 }
 
+// dequeue drops the message last peeked, if it was.
+func (r *hoRecv) dequeue(w *hoWorker) {
+	if r.mode == hoRecvPeek {
+		_ = r.recv(w, hoRecvDequeue)
+	}
+}
+
 // hoCutMin and hoCutMax bound the wait before the master peeks again at a
 // message whose descriptors it had no room for; the wait doubles while
-// that lasts.
+// that lasts. A cut is blamed on the worker only if it lasts hoCutBlame
+// and hoCutTries peeks while the master finds room for the descriptors
+// each time.
 const (
-	hoCutMin = 5 * time.Millisecond
-	hoCutMax = time.Second
+	hoCutMin   = 5 * time.Millisecond
+	hoCutMax   = time.Second
+	hoCutBlame = 100 * time.Millisecond
+	hoCutTries = 3
 )
 
 // read serves one worker's messages until its channel closes.
@@ -1632,7 +1671,12 @@ func (h *handoff) read(w *hoWorker) {
 	fds := make([]int, 0, hoMaxBatch)
 	var msg hoMsg
 	reset := false
-	cut, backoff := 0, time.Duration(0)
+	// unsubbed: the worker sent a U, so a give-back (R) may come; cut: the
+	// last receive was cut; roomy counts the cut peeks since roomySince
+	// for which the master found room.
+	unsubbed, cut := false, false
+	roomy, roomySince := 0, int64(0)
+	backoff := time.Duration(0)
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -1640,13 +1684,19 @@ func (h *handoff) read(w *hoWorker) {
 		}
 	}()
 	for {
-		err := r.recv(w, true)
+		mode := hoRecvWhole
+		if unsubbed || cut {
+			mode = hoRecvPeek
+		} else if t := h.fdShort.Load(); t != 0 && hoClock()-t < int64(hoShortFor) {
+			mode = hoRecvPeek
+		}
+		err := r.recv(w, mode)
 		if err == nil && r.n == 0 && r.oobn == 0 {
 			// End of file, or an empty message: the same to recvmsg. While
 			// the master holds a copy of the worker's end and has not shut
 			// its own, the channel cannot end: the worker sent it.
 			if w.heldOpen() {
-				_ = r.recv(w, false)
+				r.dequeue(w)
 				keep = h.bad(w, fmt.Errorf("%w: empty", ErrHandoffMessage))
 				return
 			}
@@ -1683,26 +1733,46 @@ func (h *handoff) read(w *hoWorker) {
 			closeInts(fds)
 			// Dequeued first: closed with it unread, the channel would
 			// report a reset to the worker rather than end of file.
-			_ = r.recv(w, false)
+			r.dequeue(w)
 			keep = h.bad(w, fmt.Errorf("%w: %w", ErrHandoffMessage, verr))
 			return
 		}
-		if r.flags&unix.MSG_CTRUNC != 0 {
+		if r.flags&unix.MSG_CTRUNC != 0 && mode == hoRecvWhole {
 			// Fewer installed than sent, and fewer than there was room
-			// for: a descriptor table (the master's, or the system's)
-			// was full. The message stays queued; the worker is not to
+			// for: a descriptor table (the master's, or the system's) was
+			// full, unnoticed, and the rest are gone with the message.
+			// Messages are peeked from now on until one arrives whole.
+			closeInts(fds)
+			cut = true
+			if !h.lostCut(w, r.buf[:r.n]) {
+				keep = h.bad(w, fmt.Errorf("%w: descriptors with a message of type %q", ErrHandoffMessage, r.buf[0]))
+				return
+			}
+			continue
+		}
+		if r.flags&unix.MSG_CTRUNC != 0 {
+			// Peeked: the message stays queued. The worker is not to
 			// blame unless the master had room all along.
 			closeInts(fds)
+			cut = true
 			if h.fdRoom(r.buf[:r.n]) {
-				if cut++; cut >= 3 {
-					_ = r.recv(w, false)
+				now := hoClock()
+				if roomy == 0 {
+					roomySince = now
+				}
+				if roomy++; roomy >= hoCutTries && now-roomySince >= int64(hoCutBlame) {
+					r.dequeue(w)
 					keep = h.bad(w, fmt.Errorf("%w: control data cut although the master has descriptors free", ErrHandoffMessage))
 					return
 				}
-				continue
+			} else {
+				// Short now: whatever came before was the master's doing
+				// too.
+				roomy = 0
+				h.warn.warn(h.log, "handoff: out of descriptors for connections a worker gave back; retrying", "slot", w.slot, "pid", w.pid)
 			}
-			cut = 0
-			h.warn.warn(h.log, "handoff: out of descriptors for connections a worker gave back; retrying", "slot", w.slot, "pid", w.pid)
+			// The room found may be gone again at once (the master's own
+			// pressure comes and goes): wait before each new peek.
 			backoff = min(max(2*backoff, hoCutMin), hoCutMax)
 			if timer == nil {
 				timer = time.NewTimer(backoff)
@@ -1716,24 +1786,49 @@ func (h *handoff) read(w *hoWorker) {
 			}
 			continue
 		}
-		cut, backoff = 0, 0
+		cut, roomy, backoff = false, 0, 0
 		n := r.n
-		if err := r.recv(w, false); err != nil {
-			// Only this goroutine reads the channel: the message peeked
-			// is there, unless the channel was closed meanwhile.
-			closeInts(fds)
-			return
+		if mode == hoRecvPeek {
+			if err := r.recv(w, hoRecvDequeue); err != nil {
+				// Only this goroutine reads the channel: the message
+				// peeked is there, unless the channel was closed
+				// meanwhile.
+				closeInts(fds)
+				return
+			}
 		}
 		w.heard.Store(hoClock())
 		if err := decodeHandoff(r.buf[:n], fds, &msg); err != nil {
 			keep = h.bad(w, err)
 			return
 		}
+		if msg.typ == hoUnsub {
+			unsubbed = true
+		}
 		if err := h.handle(w, &msg); err != nil {
 			keep = h.bad(w, err)
 			return
 		}
 	}
+}
+
+// lostCut accounts for a message received whole whose descriptors did not
+// all fit in the master's table (their connections are gone): a give-back
+// still counts as acknowledged. False if the message is one that carries
+// no descriptors: the worker broke the protocol.
+func (h *handoff) lostCut(w *hoWorker, p []byte) bool {
+	if len(p) == 0 || p[0] != hoReturn {
+		return false
+	}
+	n := 0
+	if len(p) >= 2 {
+		n = min(int(p[1]), int(w.out.Load()))
+	}
+	if n > 0 && ack(w, n) {
+		h.signal()
+	}
+	h.log.Error("handoff: out of descriptors: connections a worker gave back were lost; reading with a peek first for now", "slot", w.slot, "pid", w.pid, "connections", n)
+	return true
 }
 
 // fdRoom says whether the master can open as many descriptors as the

@@ -1551,29 +1551,7 @@ func TestHandoffMasterAcceptEMFILE(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(cfd)
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	lowest, err := unix.Dup(cfd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(lowest)
-	low := lim
-	low.Cur = uint64(lowest) // no descriptor is free below it
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	restored := false
-	restore := func() {
-		if !restored {
-			restored = true
-			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	restore := squeezeFDs(t, cfd)
 	defer restore()
 	port := lns[0].Addr().(*net.TCPAddr).Port
 	if err := unix.Connect(cfd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {

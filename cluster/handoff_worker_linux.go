@@ -24,6 +24,13 @@ const (
 	// hoAckEvery bounds the accepted connections a worker reports in one
 	// ack.
 	hoAckEvery = 16
+	// hoAckIdle is the pending count acknowledged at once when the queue
+	// runs empty; fewer wait up to hoAckDelay, gathering the connections
+	// accepted meanwhile. At low load that spares the master a message,
+	// and its reader a wake-up, per connection; the master's least-loaded
+	// choice is off by at most hoAckIdle-1 per worker, for that long.
+	hoAckIdle  = 4
+	hoAckDelay = time.Millisecond
 	// hoAckRetry is the wait before an ack the channel had no room for is
 	// tried again: Accept never waits for the master to read.
 	hoAckRetry = 20 * time.Millisecond
@@ -186,10 +193,12 @@ type hoReceiver struct {
 	lns     map[string]*handoffLn // open listeners
 	closing map[string]*handoffLn // closed, waiting for the master's DONE
 	unacked int
-	// ackTimer sends the acks the channel had no room for (armed: it is
-	// set to).
+	// ackTimer sends the pending acks: those the channel had no room for
+	// (retrying: no ack is tried before it fires), or a small count
+	// waiting hoAckDelay for company (armed: it is set).
 	ackTimer *time.Timer
 	armed    bool
+	retrying bool
 }
 
 // newReceiver adopts uc; grants says whether the master takes hoGrant.
@@ -727,18 +736,25 @@ func (l *handoffLn) opErr(err error) error {
 }
 
 // accepted counts one accepted connection and acknowledges a batch to the
-// master: every hoAckEvery, and whenever the queue runs empty. An idle
-// worker thus has nothing outstanding, and the master's least-loaded
-// choice sees every worker's backlog as it is; under load the queue is
-// rarely empty and acks are few. (Delaying a small ack, to save a message
-// per connection at low load, left a worker looking busier than it was
-// for as long, and consecutive connections went to the other worker.)
+// master: every hoAckEvery, and when the queue runs empty, at once with
+// hoAckIdle or more pending, else within hoAckDelay. An idle worker thus
+// has nothing outstanding a millisecond after its last Accept, and the
+// master's least-loaded choice sees every worker's backlog as it is; under
+// load the queue is rarely empty and acks are few. (Holding a small ack
+// until hoAckEvery, to save a message per connection at low load, left a
+// worker looking busier than it was for as long, and consecutive
+// connections went to the other worker.)
 func (r *hoReceiver) accepted(empty bool) {
 	r.mu.Lock()
 	r.unacked++
 	n := 0
-	if (r.unacked >= hoAckEvery || empty) && !r.armed {
+	switch {
+	case r.retrying:
+	case r.unacked >= hoAckEvery, empty && r.unacked >= hoAckIdle:
+		// An armed delay then finds nothing pending.
 		n, r.unacked = r.unacked, 0
+	case empty:
+		r.armAck(hoAckDelay)
 	}
 	r.mu.Unlock()
 	if n > 0 {
@@ -746,7 +762,7 @@ func (r *hoReceiver) accepted(empty bool) {
 	}
 }
 
-// armAck makes the pending acks go out after d, unless a try is due
+// armAck makes the pending acks go out after d, unless a send is due
 // already; r.mu is held.
 func (r *hoReceiver) armAck(d time.Duration) {
 	if r.armed {
@@ -764,7 +780,7 @@ func (r *hoReceiver) armAck(d time.Duration) {
 // channel left, with the connections accepted since.
 func (r *hoReceiver) ackPending() {
 	r.mu.Lock()
-	r.armed = false
+	r.armed, r.retrying = false, false
 	r.mu.Unlock()
 	for range hoWindow {
 		r.mu.Lock()
@@ -787,6 +803,11 @@ func (r *hoReceiver) ack(n int) bool {
 	if err := r.sendNow(hoAppendAck(p[:0], n)); errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) {
 		r.mu.Lock()
 		r.unacked += n
+		if r.armed && !r.retrying && r.ackTimer.Stop() {
+			// A delay was armed: the retry's wait replaces it.
+			r.armed = false
+		}
+		r.retrying = true
 		r.armAck(hoAckRetry)
 		r.mu.Unlock()
 		return false

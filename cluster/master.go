@@ -27,9 +27,12 @@ const ShimArg = "-handoff-exec-shim"
 // process ("BIN ShimArg ShimParentArg123 PATH ARGV0 ARGS...").
 const ShimParentArg = "-handoff-master="
 
-// UpgradeProbeArg, as the only argument of the master's binary, selects its
-// hidden upgrade probe: the binary must call RunUpgradeProbe with its
-// standard output and exit 0. Before an in-place upgrade (SIGUSR2) the
+// UpgradeProbeArg, as the first argument of the master's binary (followed
+// by "--" and the arguments the new image would get), selects its hidden
+// upgrade probe: the binary must recognise it with UpgradeProbeArgs, check
+// those arguments and its configuration as a start would, without side
+// effects, and then call RunUpgradeProbe with its standard output and exit
+// 0 (or print the error and exit non-zero). Before an in-place upgrade (SIGUSR2) the
 // running master runs the binary it is about to execute that way, as a
 // child with the same environment (plus HANDOFF_UPGRADE_PROBE=1), and
 // executes it only if, within 2 s, the probe exits 0 and names the state

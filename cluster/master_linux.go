@@ -140,7 +140,7 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		// Started as a running master's upgrade probe by a binary that
 		// did not handle UpgradeProbeArg: a second master would bind,
 		// lock and spawn beside the first.
-		return nil, fmt.Errorf("%w: started as an upgrade probe (%s set): the program must call cluster.RunUpgradeProbe when its only argument is %s", ErrUpgradeProbe, envUpgradeProbe, UpgradeProbeArg)
+		return nil, fmt.Errorf("%w: started as an upgrade probe (%s set): the program must recognise %s with cluster.UpgradeProbeArgs and call cluster.RunUpgradeProbe", ErrUpgradeProbe, envUpgradeProbe, UpgradeProbeArg)
 	}
 	m.grp.suspended = m.cfg.Suspended
 	// Resolve once so a missing program is a start-up error, not a respawn

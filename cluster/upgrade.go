@@ -71,6 +71,11 @@ type upgradeState struct {
 	slots []slotFD
 	// workers are the old image's worker processes.
 	workers []oldWorker
+	// children are the old image's other child processes of its own (the
+	// optional "p" record): workers it no longer hands over, which the new
+	// image kills and reaps. Children of the program embedding the master
+	// are never named, and never killed.
+	children []int
 	// notify is the old image's notify socket path, removed by the new
 	// image (its directory too).
 	notify string
@@ -120,6 +125,7 @@ const (
 //	B FD ADDR             a listener bound for a worker (ADDR: scheme://address)
 //	S FD SLOT INDEX       reuseport mode: socket INDEX of slot SLOT
 //	W PID SLOT GEN OUT ERR   an old worker (OUT, ERR: output pipes or -1)
+//	p PID                 another child of the old image's own, to kill
 //	N PATH                the old notify socket
 //	C COUNT               the number of slots in force (1..4096)
 //
@@ -147,6 +153,9 @@ func (s *upgradeState) encode() (string, error) {
 	}
 	for _, w := range s.workers {
 		fmt.Fprintf(&b, "W %d %d %d %d %d\n", w.pid, w.slot, w.generation, w.stdout, w.stderr)
+	}
+	for _, pid := range s.children {
+		fmt.Fprintf(&b, "p %d\n", pid)
 	}
 	if s.notify != "" && !strings.ContainsAny(s.notify, "\n\x00") {
 		b.WriteString("N " + s.notify + "\n")
@@ -330,6 +339,16 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			if st.slotCount, err = atoiIn(rest, 1, maxStateSlot); err != nil {
 				return recErr(err)
 			}
+		case "p":
+			pid, err := atoiIn(rest, 2, maxStatePID)
+			if err != nil {
+				return recErr(err)
+			}
+			if pid == st.pid || pids[pid] {
+				return recErr(errors.New("pid repeated"))
+			}
+			pids[pid] = true
+			st.children = append(st.children, pid)
 		default:
 			if len(kind) == 1 && kind[0] >= 'a' && kind[0] <= 'z' {
 				// Optional: a later image's, ignored (see encode).
@@ -382,11 +401,36 @@ func trunc(s string) string {
 	return s
 }
 
-// RunUpgradeProbe is the upgrade probe selected by UpgradeProbeArg: it
-// writes to w the header of every upgrade state this binary accepts, one a
-// line ("handoff-upgrade v1"), for the running master to check before it
-// executes this binary in place. On platforms other than Linux it writes
-// nothing and returns an error wrapping ErrNotSupported.
+// UpgradeProbeArgs reports whether args (os.Args[1:]) select the upgrade
+// probe, and returns the arguments the new image would be started with
+// (after UpgradeProbeArg and "--"). A running master probes as "BIN
+// UpgradeProbeArg -- ARGS...", ARGS being its own os.Args[1:]; the bare
+// "BIN UpgradeProbeArg" form yields no arguments.
+func UpgradeProbeArgs(args []string) (rest []string, ok bool) {
+	if len(args) == 0 || args[0] != UpgradeProbeArg {
+		return nil, false
+	}
+	if len(args) == 1 {
+		return []string{}, true
+	}
+	if args[1] != "--" {
+		return nil, false
+	}
+	return args[2:], true
+}
+
+// RunUpgradeProbe is the upgrade probe selected by UpgradeProbeArg (see
+// UpgradeProbeArgs): it writes to w the header of every upgrade state this
+// binary accepts, one a line ("handoff-upgrade v1"), for the running
+// master to check before it executes this binary in place. A program
+// should call it only once it has parsed and validated the arguments
+// UpgradeProbeArgs returns, and its configuration, exactly as it would at
+// start-up, without binding or starting anything; if they fail it should
+// print why on stderr and exit non-zero instead: the master then refuses
+// the upgrade and keeps serving, where the new image would have exited
+// after the execve and taken every worker down with it. On platforms
+// other than Linux it writes nothing and returns an error wrapping
+// ErrNotSupported.
 func RunUpgradeProbe(w io.Writer) error {
 	if runtime.GOOS != "linux" {
 		return ErrNotSupported

@@ -4,6 +4,7 @@ package cluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -201,6 +202,10 @@ func (m *master) adoptPIDLock(fd int) {
 		m.log.Warn("upgrade: pid file lock not adopted; locking it again", "err", err)
 	} else {
 		m.pidFile = pf
+		if w := pf.Warning(); w != nil {
+			// Kept: refusing it now would take the service down.
+			m.log.Warn("upgrade: pid file lock kept; its path would be refused at a fresh start", "err", w)
+		}
 	}
 }
 
@@ -262,27 +267,31 @@ func bootTicks() uint64 {
 
 // cleanLeftovers follows an exec by an older image: whatever came through
 // it and is not adopted must not outlive the decision. With st nil (the
-// state was refused) that is everything: every inherited descriptor from 3
-// up (no close-on-exec: this image opens its own with it) is closed, but
-// for socket activation's (LISTEN_PID is this process), the control
-// socket's listener HANDOFF_CONTROL_LISTEN names (a unix listening socket;
-// openControl checks it is the socket at the control path) and the pid
-// file's lock file (found as the file at Config.PIDFile + ".lock", same
+// state was refused) every inherited descriptor from 3 up (no
+// close-on-exec: this image opens its own with it) is closed, but for the
+// control socket's listener HANDOFF_CONTROL_LISTEN names (a unix listening
+// socket; openControl checks it is the socket at the control path) and
+// the pid file's lock file (found as the file at Config.PIDFile + ".lock", same
 // device and inode, never by the state), which is adopted so no other
 // instance can take the pid file meanwhile; and every child process
-// started before this image (all of them the old image's workers, or
-// processes of their own) is SIGKILLed, its process group too, and
-// reaped, so this image binds and serves alone. Old listeners left open
-// would keep the port (EADDRINUSE) or, in reuseport mode, their share of
-// new connections, and old workers would serve unsupervised. With a
-// state, the descriptors and workers it does not name go the same way.
+// started before this image whose environment carries HANDOFF_WORKER_ID
+// (a worker of the old image, or of an image before it) is SIGKILLed, its
+// process group too, and reaped, so this image binds and serves alone.
+// Old listeners left open would keep the port (EADDRINUSE) or, in
+// reuseport mode, their share of new connections, and old workers would
+// serve unsupervised. With a state, the descriptors it does not name go
+// the same way, and so do the children it names in "p" records and the
+// workers (HANDOFF_WORKER_ID) it does not name in W records.
 //
-// A program that embeds the master and starts child processes of its own
-// must call New before it starts them: a child started in the same clock
-// tick (10 ms) as the program would be taken for a leftover.
+// Other children, such as the helper processes of a program that embeds
+// the master, are left alone: they stay this process's children, for the
+// program to wait for.
 func (m *master) cleanLeftovers(st *upgradeState) {
 	keep := map[int]bool{}
-	keepPIDs := map[int]bool{}
+	// Only an image that left LISTEN_PID in the environment: this package
+	// strips it (the listeners travel in the state), so with a refused
+	// state systemd's sockets are closed like the rest, and this image
+	// binds -listen itself.
 	if act, err := parseActivation(os.Getenv, os.Getpid()); err == nil {
 		for _, a := range act {
 			keep[a.FD] = true
@@ -294,19 +303,28 @@ func (m *master) cleanLeftovers(st *upgradeState) {
 			keep[fd] = true
 		}
 	}
+	workers := map[int]bool{}
+	recorded := map[int]bool{}
 	if st != nil {
 		for _, fd := range stateFDs(st) {
 			keep[fd] = true
 		}
 		for _, w := range st.workers {
-			keepPIDs[w.pid] = true
+			workers[w.pid] = true
 		}
-	} else if lock := m.findPIDLock(); lock >= 0 {
-		keep[lock] = true
-		m.adoptPIDLock(lock)
+		for _, pid := range st.children {
+			recorded[pid] = true
+		}
+	} else {
+		if lock := m.findPIDLock(); lock >= 0 {
+			keep[lock] = true
+			m.adoptPIDLock(lock)
+		}
 	}
 	closed := closeInherited(keep)
-	killed, stuck := killChildren(keepPIDs)
+	killed, stuck := killChildren(func(pid int) bool {
+		return recorded[pid] || !workers[pid] && isWorkerProcess(pid)
+	})
 	if len(closed) == 0 && len(killed) == 0 {
 		return
 	}
@@ -319,6 +337,29 @@ func (m *master) cleanLeftovers(st *upgradeState) {
 		attrs = append(attrs, "not_reaped", stuck)
 	}
 	m.log.Error(msg, attrs...)
+}
+
+// isWorkerProcess reports whether the environment of process pid (a child
+// of this process) names a worker slot (HANDOFF_WORKER_ID): a worker
+// started by this process's image or an earlier one. A worker that
+// replaced its whole environment with execve is not recognised.
+func isWorkerProcess(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	for len(b) > 0 {
+		kv := b
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			kv, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if bytes.HasPrefix(kv, []byte(envWorkerID+"=")) {
+			return true
+		}
+	}
+	return false
 }
 
 // unixListener reports whether fd is a listening unix socket.
@@ -381,19 +422,21 @@ func closeInherited(keep map[int]bool) []int {
 }
 
 // killChildren SIGKILLs every child process started before this image
-// (imageStart) and not in keep, with its process group if it leads one
-// (a worker's children), and reaps them, up to 5 s in all. They are this
-// process's unreaped children, so neither pid nor group id can be reused
-// meanwhile. stuck lists those not reaped in time.
-func killChildren(keep map[int]bool) (killed, stuck []int) {
+// (imageStart) for which kill reports true, with its process group if it
+// leads one (a worker's children), and reaps them and waits for those
+// groups to be gone, up to 5 s in all. They are this process's unreaped
+// children, so neither pid nor group id can be reused meanwhile. stuck
+// lists those not reaped in time.
+func killChildren(kill func(pid int) bool) (killed, stuck []int) {
 	self := os.Getpid()
+	var groups []int
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, nil
 	}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self || keep[pid] {
+		if err != nil || pid == self {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
@@ -401,11 +444,12 @@ func killChildren(keep map[int]bool) (killed, stuck []int) {
 			continue
 		}
 		ppid, pgid, start, ok := parseStatChild(b)
-		if !ok || ppid != self || start > imageStart {
+		if !ok || ppid != self || start > imageStart || !kill(pid) {
 			continue
 		}
 		if pgid == pid {
 			_ = unix.Kill(-pid, unix.SIGKILL)
+			groups = append(groups, pid)
 		}
 		_ = unix.Kill(pid, unix.SIGKILL)
 		killed = append(killed, pid)
@@ -428,7 +472,48 @@ func killChildren(keep map[int]bool) (killed, stuck []int) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	// The rest of each group (a worker's children) is not ours to reap,
+	// but it holds what the worker shared with it, the old listeners
+	// among them, until it has exited: binding before would fail with
+	// EADDRINUSE. Its id stays taken while any member is left (zombies,
+	// which hold nothing, included).
+	for _, pgid := range groups {
+		for groupLives(pgid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	return killed, stuck
+}
+
+// groupLives reports whether process group pgid has a member that has not
+// exited yet (a zombie has closed its descriptors).
+func groupLives(pgid int) bool {
+	if unix.Kill(-pgid, 0) != nil {
+		return false
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// After the name: state ppid pgrp ...
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
 }
 
 // parseStatChild reads the parent, process group and start time (clock
@@ -860,6 +945,17 @@ func (m *master) upgradeState(workers []supervise.ExecWorker, dups *[]*os.File) 
 		}
 		st.workers = append(st.workers, oldWorker{pid: w.PID, slot: id.Slot, generation: max(id.Generation, 1), stdout: w.Stdout, stderr: w.Stderr})
 	}
+	// Workers this image started that the supervisor no longer hands over
+	// (their exit is on its way) but that are still children: the new
+	// image kills them. Nothing else: the children of a program embedding
+	// the master are its own business.
+	self := os.Getpid()
+	for pid := range m.pids {
+		if ppid, ok := parentPID(pid); !handed[pid] && ok && ppid == self {
+			st.children = append(st.children, pid)
+		}
+	}
+	slices.Sort(st.children)
 	m.mu.Unlock()
 	return st, files, controlFD, nil
 }
@@ -875,15 +971,22 @@ const (
 // master.
 const envUpgradeProbe = "HANDOFF_UPGRADE_PROBE"
 
-// probeUpgrade runs exe UpgradeProbeArg as a child, with the environment
-// the new image would get, and checks that it names the state version this
-// image writes within upgradeProbeTimeout. The child is killed (its
+// probeUpgrade runs "exe UpgradeProbeArg -- ARGS..." as a child, ARGS
+// being the arguments the new image would get, with the environment it
+// would get, and checks that it names the state version this image writes
+// within upgradeProbeTimeout. The arguments matter: a new binary that
+// refuses the running master's flags or configuration would exit at once
+// after the execve, and every worker with it. The child is killed (its
 // process group) if it overstays, and always reaped; its output is read up
 // to maxProbeOutput.
 func (m *master) probeUpgrade(exe string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), upgradeProbeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, exe, UpgradeProbeArg)
+	args := []string{UpgradeProbeArg, "--"}
+	if len(m.up.argv) > 1 {
+		args = append(args, m.up.argv[1:]...)
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
 	if len(m.up.argv) > 0 {
 		cmd.Args[0] = m.up.argv[0]
 	}
@@ -900,7 +1003,7 @@ func (m *master) probeUpgrade(exe string) error {
 		if tail := stderr.tail(); tail != "" {
 			msg += "; its stderr: " + strconv.Quote(tail)
 		}
-		return fmt.Errorf("%w: %s %s: %s", ErrUpgradeProbe, exe, UpgradeProbeArg, msg)
+		return fmt.Errorf("%w: %s %s -- ...: %s", ErrUpgradeProbe, exe, UpgradeProbeArg, msg)
 	}
 	if err := cmd.Start(); err != nil {
 		return fail("%v", err)

@@ -17,6 +17,7 @@ const goodState = "handoff-upgrade v1 4242\n" +
 	"F 12 chan.4301\n" +
 	"W 4301 0 3 14 15\n" +
 	"W 4302 1 3 -1 -1\n" +
+	"p 4303\n" +
 	"N /tmp/handoff-123/notify\n" +
 	"C 3\n"
 
@@ -56,6 +57,12 @@ func TestUpgradeState(t *testing.T) {
 		{"slot count 0", "handoff-upgrade v1 5\nC 0\n", false, ""},
 		{"slot count too large", "handoff-upgrade v1 5\nC 4097\n", false, ""},
 		{"two slot counts", "handoff-upgrade v1 5\nC 3\nC 4\n", false, ""},
+		{"child", "handoff-upgrade v1 5\np 6\np 7\n", true, ""},
+		{"child is a worker", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\np 6\n", false, ""},
+		{"worker is a child", "handoff-upgrade v1 5\np 6\nW 6 0 1 -1 -1\n", false, ""},
+		{"child is the master", "handoff-upgrade v1 5\np 5\n", false, ""},
+		{"child pid 1", "handoff-upgrade v1 5\np 1\n", false, ""},
+		{"child pid garbage", "handoff-upgrade v1 5\np 6 7\n", false, ""},
 		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false, ""},
 		// A later image's optional record: ignored, not rejected.
 		{"optional record", "handoff-upgrade v1 5\nL 3 x\nq 7 anything\n", true, "handoff-upgrade v1 5\nL 3 x\n"},
@@ -97,6 +104,7 @@ func FuzzUpgradeState(f *testing.F) {
 	f.Add("handoff-upgrade v1 1\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nK 3\n")
 	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nN /x\n")
+	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\np 7\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nq 4 optional\n")
 	f.Add("handoff-upgrade v2 5\n")
 	f.Fuzz(func(t *testing.T, s string) {
@@ -112,4 +120,33 @@ func FuzzUpgradeState(f *testing.F) {
 			t.Fatalf("re-encoded state %q: %q, %v", once, twice, err)
 		}
 	})
+}
+
+// TestUpgradeProbeArgs: the probe is selected by UpgradeProbeArg first,
+// bare or followed by "--" and the master's own arguments; anything else is
+// an ordinary command line.
+func TestUpgradeProbeArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		want   []string
+		wantOK bool
+	}{
+		{"bare", []string{cluster.UpgradeProbeArg}, []string{}, true},
+		{"with args", []string{cluster.UpgradeProbeArg, "--", "-n", "2", "--", "srv", "--"}, []string{"-n", "2", "--", "srv", "--"}, true},
+		{"empty args", []string{cluster.UpgradeProbeArg, "--"}, []string{}, true},
+		{"no separator", []string{cluster.UpgradeProbeArg, "-n", "2"}, nil, false},
+		{"not first", []string{"-n", "2", cluster.UpgradeProbeArg}, nil, false},
+		{"none", nil, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := cluster.UpgradeProbeArgs(tc.args)
+			if ok != tc.wantOK {
+				t.Fatalf("ok = %v, want %v", ok, tc.wantOK)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("args (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

@@ -30,14 +30,10 @@ func main() {
 		// rather than respawn in a loop.
 		os.Exit(cluster.ShimExitCode(err))
 	}
-	if len(os.Args) == 2 && os.Args[1] == cluster.UpgradeProbeArg {
-		// A running master checks this binary before it executes it in
-		// place (SIGUSR2).
-		if err := cluster.RunUpgradeProbe(os.Stdout); err != nil {
-			fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
-			os.Exit(exitFailure)
-		}
-		os.Exit(exitOK)
+	if args, ok := cluster.UpgradeProbeArgs(os.Args[1:]); ok {
+		// A running master checks this binary, with the arguments it
+		// would get, before it executes it in place (SIGUSR2).
+		os.Exit(runProbe(args, os.Stdout, os.Stderr))
 	}
 	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	os.Exit(exitCode(err, os.Stderr))
@@ -78,6 +74,37 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
+// runProbe is the upgrade probe (cluster.UpgradeProbeArgs): args are
+// parsed and checked, the -config file included, exactly as run would
+// before binding, and the state versions printed only if they pass; else
+// the error is printed (the running master logs it when it refuses the
+// upgrade). Nothing is bound or started. The bare probe, without
+// arguments, only prints the versions. It returns the exit code.
+func runProbe(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		// The flag package's own output (the error, then the whole
+		// usage) is dropped: the master logs the last 256 bytes.
+		if _, err := parseStart(args, io.Discard, io.Discard); err != nil {
+			fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
+			return exitUsage
+		}
+	}
+	if err := cluster.RunUpgradeProbe(stdout); err != nil {
+		fmt.Fprintf(stderr, "mini-cluster: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// start is what the command line asks a master for, parsed and checked,
+// with nothing bound or started: cfg for PROGRAM, or fc and fleet for
+// -config FILE.
+type start struct {
+	cfg   *cluster.Config
+	fc    *cluster.FileConfig
+	fleet *cluster.FleetOptions
+}
+
 // run is mini-cluster without the process around it: it parses args, binds,
 // runs the cluster until a stop signal or ctx is done, and returns nil after
 // a clean stop.
@@ -92,6 +119,41 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// program of that name runs after "--".
 		return runControl(ctx, args[0], args[1:], stdout, stderr)
 	}
+	st, err := parseStart(args, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	if st.fc != nil {
+		f, err := cluster.NewFleet(st.fc, st.fleet)
+		if err != nil {
+			return err
+		}
+		stop, err := f.HandleSignals()
+		if err != nil {
+			f.Close()
+			return err
+		}
+		defer stop()
+		return f.Run(ctx)
+	}
+	m, err := cluster.New(st.cfg)
+	if err != nil {
+		return err
+	}
+	stop, err := m.HandleSignals()
+	if err != nil {
+		m.Close()
+		return err
+	}
+	defer stop()
+	return m.Run(ctx)
+}
+
+// parseStart parses and checks a master's command line, reading the
+// -config file if there is one, without side effects: the upgrade probe
+// runs it too. stdout and stderr are the workers' (text logs) and the
+// log's.
+func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -113,54 +175,54 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	configPath := fs.String("config", "", "run the groups of this JSON configuration file (instead of PROGRAM and the worker flags)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return nil, err
 		}
 		// The flag package has printed the error and the usage.
-		return &usageError{err: err, printed: true}
+		return nil, &usageError{err: err, printed: true}
 	}
 	if *configPath != "" {
-		return runConfig(ctx, fs, *configPath, *control, *pidFile, *logFormat, stdout, stderr)
+		return parseConfig(fs, *configPath, *control, *pidFile, *logFormat, stdout, stderr)
 	}
 	cmode, err := cluster.ParseMode(*mode)
 	if err != nil {
-		return &usageError{err: err}
+		return nil, &usageError{err: err}
 	}
 	strat, err := supervise.ParseStrategy(*strategy)
 	if err != nil {
-		return &usageError{err: err}
+		return nil, &usageError{err: err}
 	}
 	rm, err := cluster.ParseReadyMode(*ready)
 	if err != nil {
-		return &usageError{err: err}
+		return nil, &usageError{err: err}
 	}
 	if *n < 0 || *n > 4096 {
-		return &usageError{err: fmt.Errorf("-n %d: want 0 to 4096", *n)}
+		return nil, &usageError{err: fmt.Errorf("-n %d: want 0 to 4096", *n)}
 	}
 	// The configuration file's bounds (cluster/config_parse.go): a shorter
 	// grace kills every worker before it could drain, a shorter heartbeat
 	// kills healthy workers merely descheduled for a moment (and below
 	// 1 µs WATCHDOG_USEC would read 0, "off", to the worker).
 	if *shutdown < 100*time.Millisecond || *shutdown > 24*time.Hour {
-		return &usageError{err: fmt.Errorf("-shutdown-timeout %v: want 100ms to 24h", *shutdown)}
+		return nil, &usageError{err: fmt.Errorf("-shutdown-timeout %v: want 100ms to 24h", *shutdown)}
 	}
 	if *startTimeout < 100*time.Millisecond || *startTimeout > 24*time.Hour {
-		return &usageError{err: fmt.Errorf("-start-timeout %v: want 100ms to 24h", *startTimeout)}
+		return nil, &usageError{err: fmt.Errorf("-start-timeout %v: want 100ms to 24h", *startTimeout)}
 	}
 	if *heartbeat != 0 && (*heartbeat < 10*time.Millisecond || *heartbeat > time.Hour) {
-		return &usageError{err: fmt.Errorf("-heartbeat %v: want 10ms to 1h, or 0 for none", *heartbeat)}
+		return nil, &usageError{err: fmt.Errorf("-heartbeat %v: want 10ms to 1h, or 0 for none", *heartbeat)}
 	}
 	handler, err := logHandler(*logFormat, stderr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, l := range listen {
 		if _, err := cluster.ParseAddr(l); err != nil {
-			return &usageError{err: err}
+			return nil, &usageError{err: err}
 		}
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
-		return &usageError{err: errors.New("no program to run")}
+		return nil, &usageError{err: errors.New("no program to run")}
 	}
 	cfg := &cluster.Config{
 		Program:         fs.Arg(0),
@@ -180,17 +242,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if *logFormat == "text" {
 		cfg.Stdout, cfg.Stderr = stdout, stderr
 	}
-	m, err := cluster.New(cfg)
-	if err != nil {
-		return err
-	}
-	stop, err := m.HandleSignals()
-	if err != nil {
-		m.Close()
-		return err
-	}
-	defer stop()
-	return m.Run(ctx)
+	return &start{cfg: cfg}, nil
 }
 
 // logHandler is the handler of -log-format: text or json, on stderr.
@@ -207,9 +259,9 @@ func logHandler(format string, stderr io.Writer) (slog.Handler, error) {
 // configFlags are the flags a -config file replaces.
 var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "restart-strategy": true, "shutdown-timeout": true, "start-timeout": true, "ready": true, "heartbeat": true}
 
-// runConfig runs "mini-cluster -config FILE": every group of the file in
-// one process (cluster.Fleet).
-func runConfig(ctx context.Context, fs *flag.FlagSet, path, control, pidFile, logFormat string, stdout, stderr io.Writer) error {
+// parseConfig checks "mini-cluster -config FILE" (every group of the file
+// in one process, cluster.Fleet) and reads the file.
+func parseConfig(fs *flag.FlagSet, path, control, pidFile, logFormat string, stdout, stderr io.Writer) (*start, error) {
 	var clash []string
 	fs.Visit(func(f *flag.Flag) {
 		if configFlags[f.Name] {
@@ -217,33 +269,23 @@ func runConfig(ctx context.Context, fs *flag.FlagSet, path, control, pidFile, lo
 		}
 	})
 	if len(clash) > 0 {
-		return &usageError{err: fmt.Errorf("-config: %s cannot be combined with a configuration file (set them per group in %s)", strings.Join(clash, ", "), path)}
+		return nil, &usageError{err: fmt.Errorf("-config: %s cannot be combined with a configuration file (set them per group in %s)", strings.Join(clash, ", "), path)}
 	}
 	if fs.NArg() > 0 {
-		return &usageError{err: fmt.Errorf("-config: unexpected program %q (the file's groups name their commands)", fs.Arg(0))}
+		return nil, &usageError{err: fmt.Errorf("-config: unexpected program %q (the file's groups name their commands)", fs.Arg(0))}
 	}
 	handler, err := logHandler(logFormat, stderr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fc, err := cluster.LoadConfig(path)
 	if err != nil {
 		// FILE:LINE:COL: path: message, as compilers print, exit 2.
-		return &usageError{err: err}
+		return nil, &usageError{err: err}
 	}
 	opts := &cluster.FleetOptions{Logger: slog.New(handler), Control: control, PIDFile: pidFile}
 	if logFormat == "text" {
 		opts.Stdout, opts.Stderr = stdout, stderr
 	}
-	f, err := cluster.NewFleet(fc, opts)
-	if err != nil {
-		return err
-	}
-	stop, err := f.HandleSignals()
-	if err != nil {
-		f.Close()
-		return err
-	}
-	defer stop()
-	return f.Run(ctx)
+	return &start{fc: fc, fleet: opts}, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/valyala/fastjson"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
@@ -34,16 +35,51 @@ import (
 // test binary, as main does for mini-cluster (TestMain would take the
 // argument for a test flag).
 func init() {
-	if len(os.Args) == 2 && os.Args[1] == cluster.UpgradeProbeArg {
-		if err := cluster.RunUpgradeProbe(os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	if args, ok := cluster.UpgradeProbeArgs(os.Args[1:]); ok {
+		// The master's own arguments are the test binary's: its flags,
+		// "--", then the role's (helperproc.Args).
+		if i := slices.Index(args, "--"); i >= 0 {
+			args = args[i+1:]
 		}
-		os.Exit(0)
+		if err := stricterBuild(args); err != nil {
+			fmt.Fprintf(os.Stderr, "mini-cluster: %v\n", err)
+			os.Exit(exitUsage)
+		}
+		os.Exit(runProbe(args, os.Stdout, os.Stderr))
 	}
 	if state, ok := os.LookupEnv(forgeStateVar); ok {
 		os.Exit(forgeExec(state))
 	}
+}
+
+// stricterSuffix names the marker file that makes a copy of the test
+// binary play a newer build with a stricter -shutdown-timeout bound: while
+// BIN+stricterSuffix exists, the binary at BIN refuses -shutdown-timeout
+// below 5 s, in the upgrade probe and at start-up alike (roleMaster).
+const stricterSuffix = ".stricter"
+
+// stricterBuild is that stricter build's check of args.
+func stricterBuild(args []string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil
+	}
+	if _, err := os.Stat(exe + stricterSuffix); err != nil {
+		return nil
+	}
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		v, ok := strings.CutPrefix(a, "-shutdown-timeout=")
+		if !ok && a == "-shutdown-timeout" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if d, err := time.ParseDuration(v); ok && err == nil && d < 5*time.Second {
+			return fmt.Errorf("-shutdown-timeout %v: want 5s to 24h", d)
+		}
+	}
+	return nil
 }
 
 // forgeStateVar selects forgeExec in a re-executed test binary (before
@@ -52,10 +88,13 @@ const forgeStateVar = "UPGRADE_FORGE_STATE"
 
 // forgeExec plays an old image that executes mini-cluster in place with
 // leftovers: a listening socket on UPGRADE_FORGE_ADDR without
-// close-on-exec, and two children in process groups of their own, each
-// holding the socket, one with a grandchild. Their pids go to stderr
-// ("FORGED CHILDREN a b"), then it executes itself with state, where %d
-// stands for its pid and %f for the socket's descriptor.
+// close-on-exec, and four children in process groups of their own: two
+// workers holding the socket (HANDOFF_WORKER_ID in their environment),
+// one with a grandchild, then two helpers without either, the
+// first of which the state may name in a "p" record. Their pids go to
+// stderr ("FORGED CHILDREN a b c d"), then it executes itself with state,
+// where %d stands for its pid, %f for the socket's descriptor and %p for
+// the third child's pid.
 func forgeExec(state string) int {
 	os.Unsetenv(forgeStateVar)
 	addr := os.Getenv("UPGRADE_FORGE_ADDR")
@@ -77,24 +116,29 @@ func forgeExec(state string) int {
 	if err != nil {
 		return fail(err)
 	}
-	fd := -1
-	rc.Control(func(x uintptr) { fd, err = syscall.Dup(int(x)) }) // dup(2): no close-on-exec
-	if err != nil {
-		return fail(err)
-	}
 	var pids []string
-	for _, script := range []string{"exec sleep 60", "sleep 60 & exec sleep 60"} {
+	for i, script := range []string{"exec sleep 60", "sleep 60 & exec sleep 60", "exec sleep 60", "exec sleep 60"} {
 		c := exec.Command("/bin/sh", "-c", script)
-		c.ExtraFiles = []*os.File{f}
 		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if i < 2 {
+			c.ExtraFiles = []*os.File{f}
+			c.Env = append(os.Environ(), "HANDOFF_WORKER_ID="+strconv.Itoa(i))
+		}
 		if err := c.Start(); err != nil {
 			return fail(err)
 		}
 		pids = append(pids, strconv.Itoa(c.Process.Pid))
 	}
+	// After the children: every child would inherit it.
+	fd := -1
+	rc.Control(func(x uintptr) { fd, err = syscall.Dup(int(x)) }) // dup(2): no close-on-exec
+	if err != nil {
+		return fail(err)
+	}
 	fmt.Fprintln(os.Stderr, "FORGED CHILDREN", strings.Join(pids, " "))
 	state = strings.ReplaceAll(state, "%d", strconv.Itoa(os.Getpid()))
 	state = strings.ReplaceAll(state, "%f", strconv.Itoa(fd))
+	state = strings.ReplaceAll(state, "%p", pids[2])
 	self, err := os.Executable()
 	if err != nil {
 		return fail(err)
@@ -505,8 +549,8 @@ func upgradeLoadSpanned(res loadclient.Result, old, now []int, execed time.Time)
 // TestUpgradeBinaryUnusable: SIGUSR2 with the binary missing, not
 // executable, busy (ETXTBSY, open for writing), not a valid executable
 // (ENOEXEC), exiting at once, never answering the upgrade probe, without
-// the probe mode, or of another state version leaves the running master
-// serving with the same workers and descriptors, logs why, and a later
+// the probe mode, of another state version, or refusing the running
+// master's flags (its probe gets them) leaves the running master serving with the same workers and descriptors, logs why, and a later
 // SIGUSR2 with the binary back succeeds (TESTPLAN C12).
 func TestUpgradeBinaryUnusable(t *testing.T) {
 	// A new binary still being written (golang/go#22315): the running
@@ -564,6 +608,14 @@ func TestUpgradeBinaryUnusable(t *testing.T) {
 		{"never answers", replaceWith("#!/bin/sh\nexec sleep 30\n"), "no answer within 2s", ""},
 		{"no probe mode", replaceWith("#!/bin/sh\necho serving\n"), "names no upgrade state version", ""},
 		{"other state version", replaceWith("#!/bin/sh\necho handoff-upgrade v9\n"), "parses state versions v9, not v1", "handoff"},
+		// A build that refuses the running master's flags: the probe runs
+		// with them. Past the execve it would exit at flag parsing.
+		{"refuses the flags", func(t *testing.T, bin string) func() {
+			if err := os.WriteFile(bin+stricterSuffix, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return func() { os.Remove(bin + stricterSuffix) }
+		}, "-shutdown-timeout 2s: want 5s to 24h", ""},
 	} {
 		if tc.mode == "" {
 			tc.mode = "shared"
@@ -1108,17 +1160,20 @@ func TestUpgradeStateExtraSlotSockets(t *testing.T) {
 // TestUpgradeStateLeftovers: what an exec by an older image leaves open or
 // running and the new image does not adopt never outlives it. A state the
 // new image refuses (another version) makes it close every inherited
-// descriptor and SIGKILL and reap every child the old image started
-// (process groups included) before it binds, then serve alone: the old
-// code started "clean" beside them, and failed to bind (EADDRINUSE: a
-// full outage) or shared the port with sockets nobody served. With a
-// state it accepts, the children the state does not name go the same way.
+// descriptor and SIGKILL and reap every child that is a worker
+// (HANDOFF_WORKER_ID; process groups included) before it binds, then
+// serve alone: the old code started "clean" beside them, and failed to
+// bind (EADDRINUSE: a full outage) or shared the port with sockets nobody
+// served. With a state it accepts, the workers the state does not name and
+// the children it names in "p" records go the same way. Other children (a
+// program's own helpers) are left alone: the old code killed them too.
 func TestUpgradeStateLeftovers(t *testing.T) {
 	for _, tc := range []struct {
 		name, state, log string
+		killed           []bool // of the forged children
 	}{
-		{"refused state", "handoff-upgrade v9 %d\nL %f x\n", "upgrade: the previous image's descriptors closed and its workers killed; starting clean"},
-		{"children not in the state", "handoff-upgrade v1 %d\nL %f tcp-x\n", "upgrade: leftovers of the previous image not in its state closed and killed"},
+		{"refused state", "handoff-upgrade v9 %d\nL %f x\np %p\n", "upgrade: the previous image's descriptors closed and its workers killed; starting clean", []bool{true, true, false, false}},
+		{"children not in the state", "handoff-upgrade v1 %d\nL %f tcp-x\np %p\n", "upgrade: leftovers of the previous image not in its state closed and killed", []bool{true, true, true, false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fdcensus.Verify(t)
@@ -1145,17 +1200,41 @@ func TestUpgradeStateLeftovers(t *testing.T) {
 					}
 				}
 			}
-			if len(forged) != 2 {
-				t.Fatalf("forged children %v, want 2", forged)
+			if len(forged) != 4 {
+				t.Fatalf("forged children %v, want 4", forged)
 			}
 			if !strings.Contains(m.log.String(), tc.log) {
 				t.Errorf("log does not say %q", tc.log)
 			}
-			for _, pid := range forged {
-				if p, ok := proccensus.Stat(pid); ok && p.PPID == mpid {
-					t.Errorf("the old image's child %d is still the master's (state %c)", pid, p.State)
+			var kept []int
+			got := make([]bool, len(forged))
+			for i, pid := range forged {
+				p, ok := proccensus.Stat(pid)
+				got[i] = !ok || p.PPID != mpid
+				if ok && p.PPID == mpid && p.State != 'Z' {
+					kept = append(kept, pid)
 				}
 			}
+			if diff := cmp.Diff(tc.killed, got); diff != "" {
+				t.Errorf("forged children killed and reaped (-want +got):\n%s", diff)
+			}
+			// The helpers left alone are the master's: killed once it
+			// exited, reaped by whoever inherited them.
+			defer func() {
+				for _, pid := range kept {
+					if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+						unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+						unix.Close(fd)
+					}
+					for range 50 {
+						var ws unix.WaitStatus
+						if got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); got == pid || err != nil {
+							break
+						}
+						time.Sleep(20 * time.Millisecond)
+					}
+				}
+			}()
 			failed := 0
 			for range 20 {
 				if _, _, err := get(addr, "/"); err != nil {
@@ -1322,4 +1401,65 @@ func (h *heldUpgrade) results() (ok int, failed map[string]int) {
 		}
 	}
 	return ok, failed
+}
+
+// TestUpgradeProbeChecksArgs: the upgrade probe parses and checks the
+// master's arguments and -config file as a start would, and names the
+// state version only if they pass; the error, not the usage, is printed.
+// Nothing is bound or started (no pid file written).
+func TestUpgradeProbeChecksArgs(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	if err := os.WriteFile(good, []byte(`{"groups":[{"name":"web","command":["/bin/true"],"listen":["127.0.0.1:0"]}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"groups":[{"name":"web","command":["/bin/true"],"shutdown_timeout":"1ms"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pid := filepath.Join(dir, "m.pid")
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string // in stderr; "" = stderr empty
+	}{
+		{"bare probe", nil, exitOK, ""},
+		{"valid flags", []string{"-n", "2", "-listen", "127.0.0.1:0", "-pid-file", pid, "-shutdown-timeout", "2s", "--", "/bin/true"}, exitOK, ""},
+		{"valid config", []string{"-config", good, "-pid-file", pid}, exitOK, ""},
+		{"shutdown-timeout out of bounds", []string{"-shutdown-timeout", "1ms", "--", "/bin/true"}, exitUsage, "-shutdown-timeout 1ms: want 100ms to 24h"},
+		{"heartbeat out of bounds", []string{"-heartbeat", "1ms", "--", "/bin/true"}, exitUsage, "-heartbeat 1ms"},
+		{"unknown flag", []string{"-frobnicate", "--", "/bin/true"}, exitUsage, "flag provided but not defined: -frobnicate"},
+		{"bad mode", []string{"-mode", "x", "--", "/bin/true"}, exitUsage, "x"},
+		{"no program", []string{"-n", "1"}, exitUsage, "no program to run"},
+		{"config missing", []string{"-config", filepath.Join(dir, "none.json")}, exitUsage, "none.json"},
+		{"config invalid", []string{"-config", bad}, exitUsage, "bad.json"},
+		{"config with worker flags", []string{"-config", good, "-n", "2"}, exitUsage, "cannot be combined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := runProbe(tc.args, &stdout, &stderr)
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d; stderr %q", code, tc.wantCode, stderr.String())
+			}
+			wantOut := ""
+			if tc.wantCode == exitOK {
+				wantOut = "handoff-upgrade v1\n"
+			}
+			if diff := cmp.Diff(wantOut, stdout.String()); diff != "" {
+				t.Errorf("stdout (-want +got):\n%s", diff)
+			}
+			switch {
+			case tc.wantErr == "" && stderr.Len() != 0:
+				t.Errorf("stderr %q, want none", stderr.String())
+			case tc.wantErr != "" && !strings.Contains(stderr.String(), tc.wantErr):
+				t.Errorf("stderr %q does not say %q", stderr.String(), tc.wantErr)
+			case strings.Contains(stderr.String(), "usage:"):
+				t.Errorf("stderr has the usage: %q", stderr.String())
+			}
+			if _, err := os.Stat(pid); err == nil {
+				t.Errorf("the probe wrote the pid file")
+			}
+		})
+	}
 }
