@@ -311,16 +311,7 @@ func TestHandoffUnservedListener(t *testing.T) {
 	r.Resume()
 	// A worker not yet ready does not count either.
 	r.GateOnReady()
-	w, err := r.AddWorker()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	l, err := w.Listen(names[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := workerOn(t, r, names[1])
 	time.Sleep(50 * time.Millisecond)
 	if b := r.Busy(); b != 0 {
 		t.Errorf("master holds connections for a worker that is not ready (%d)", b)
