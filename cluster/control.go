@@ -181,7 +181,14 @@ type ControlSlot struct {
 	// index in its group (HANDOFF_GROUP_INDEX); outside groups both equal
 	// Slot.
 	ID, Index int
+	// Status is the last STATUS= the current worker sent on NOTIFY_SOCKET
+	// (empty if none); the control socket carries its first MaxSlotStatus
+	// bytes.
+	Status string
 }
+
+// MaxSlotStatus bounds ControlSlot.Status: longer texts are cut.
+const MaxSlotStatus = 256
 
 // ControlExit describes a worker exit.
 type ControlExit struct {
@@ -812,6 +819,9 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 			return err
 		}
 	}
+	if s.Status, err = jsonText(v, "status", false, MaxSlotStatus); err != nil {
+		return err
+	}
 	le := v.Get("last_exit")
 	if le == nil || le.Type() == fastjson.TypeNull {
 		return nil
@@ -1067,6 +1077,10 @@ func (s *ControlSlot) appendJSON(dst []byte) []byte {
 	dst = strconv.AppendInt(dst, int64(s.ID), 10)
 	dst = append(dst, `,"index":`...)
 	dst = strconv.AppendInt(dst, int64(s.Index), 10)
+	if s.Status != "" {
+		dst = append(dst, `,"status":`...)
+		dst = appendJSONString(dst, clipText(s.Status, MaxSlotStatus))
+	}
 	if x := s.LastExit; x != nil {
 		dst = append(dst, `,"last_exit":{"pid":`...)
 		dst = strconv.AppendInt(dst, int64(x.PID), 10)

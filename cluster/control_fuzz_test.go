@@ -94,7 +94,7 @@ func TestControlSocketRoundTrip(t *testing.T) {
 		{Type: "error", Code: cluster.ControlCodeFailed, Error: "quote \" backslash \\ newline \n tab \t nul \x00 é"},
 		{Type: "status", Status: &cluster.ControlStatus{PID: 7, Generation: 3, Restarting: true, Workers: 2, ReadyWorkers: 1, Slots: []cluster.ControlSlot{
 			{Slot: 0, PID: 11, Generation: 3, State: supervise.SlotReady, Uptime: 2500 * time.Millisecond, Restarts: 2,
-				LastExit: &cluster.ControlExit{PID: 10, Code: -1, Signal: 9, Requested: true, Time: at}},
+				LastExit: &cluster.ControlExit{PID: 10, Code: -1, Signal: 9, Requested: true, Time: at}, Status: "warming up \"é\" 50%"},
 			{Slot: 1, State: supervise.SlotFailed},
 		}}},
 		{Type: "restart", Group: "web"},
@@ -143,6 +143,7 @@ func TestControlSocketClipsText(t *testing.T) {
 		Groups: []cluster.ControlGroup{{Name: "far", Generation: 1, Remote: []cluster.ControlRemote{
 			{Host: "u@" + strings.Repeat("h", 300), Port: 22, LastError: long, Workers: 1},
 		}}}}}
+	msg.Status.Slots = []cluster.ControlSlot{{Slot: 0, PID: 2, State: supervise.SlotReady, Status: long}}
 	var p fastjson.Parser
 	var got cluster.SockMsg
 	if err := cluster.DecodeSockMsg(&p, cluster.AppendSockMsg(nil, &msg), &got); err != nil {
@@ -154,6 +155,9 @@ func TestControlSocketClipsText(t *testing.T) {
 	}
 	if len(r.Host) != 256 || !strings.HasPrefix(r.Host, "u@hhh") {
 		t.Errorf("host %q (%d bytes), want its first 256 bytes", r.Host, len(r.Host))
+	}
+	if want := strings.Repeat("é", cluster.MaxSlotStatus/2); got.Status.Slots[0].Status != want {
+		t.Errorf("slot status of %d bytes, want the first %d", len(got.Status.Slots[0].Status), len(want))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -276,14 +277,24 @@ func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 	if _, err := fmt.Fprintf(w, "master %d: generation %d, %d/%d workers ready%s\n", st.PID, st.Generation, st.ReadyWorkers, st.Workers, restarting); err != nil {
 		return err
 	}
+	// The workers' STATUS= texts, when any sent one, in a last column.
+	withStatus := slices.ContainsFunc(st.Slots, func(s cluster.ControlSlot) bool { return s.Status != "" })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT")
+	head := "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT"
+	if withStatus {
+		head += "\tSTATUS"
+	}
+	fmt.Fprintln(tw, head)
 	for _, s := range st.Slots {
 		pid, gen, up := "-", "-", "-"
 		if s.PID != 0 {
 			pid, gen, up = strconv.Itoa(s.PID), strconv.Itoa(s.Generation), s.Uptime.Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Slot, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+		row := fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%d\t%s", s.Slot, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+		if withStatus {
+			row += "\t" + printable(s.Status)
+		}
+		fmt.Fprintln(tw, row)
 	}
 	return tw.Flush()
 }

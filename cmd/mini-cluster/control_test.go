@@ -117,7 +117,11 @@ func TestControlSubcommands(t *testing.T) {
 	if len(lines) != 4 || lines[0] != wantHead || !strings.HasPrefix(lines[1], "SLOT  PID") {
 		t.Fatalf("status table:\n%s\nwant %q, a header and 2 rows", out, wantHead)
 	}
-	row := regexp.MustCompile(`^(\d+) +(\d+) +1 +ready +\S+ +0 +-$`)
+	// fake-srv says STATUS=fake ready with its READY=1: the last column.
+	if !strings.HasSuffix(lines[1], "LAST EXIT  STATUS") {
+		t.Errorf("header %q: want a STATUS column last", lines[1])
+	}
+	row := regexp.MustCompile(`^(\d+) +(\d+) +1 +ready +\S+ +0 +- +fake ready$`)
 	for i, l := range lines[2:] {
 		mm := row.FindStringSubmatch(l)
 		if mm == nil || mm[1] != strconv.Itoa(i) {
@@ -128,6 +132,9 @@ func TestControlSubcommands(t *testing.T) {
 	gen, workers, ready, slots := statusJSON(t, path)
 	if diff := cmp.Diff([]any{1, 2, 2, []string{"1/ready/0", "1/ready/0"}}, []any{gen, workers, ready, slots}); diff != "" {
 		t.Errorf("status -json (-want +got):\n%s", diff)
+	}
+	if js, out := statusSlots(t, path); len(js) != 2 || string(js[0].GetStringBytes("status")) != "fake ready" {
+		t.Errorf("status -json: %s, want each slot's \"status\": \"fake ready\"", out)
 	}
 
 	// scale N is absolute.
