@@ -377,19 +377,8 @@ func TestHandoffMasterOutOfDescriptors(t *testing.T) {
 	log := &hoLog{}
 	r, lns := rigLog(t, slog.New(slog.NewJSONHandler(log, nil)), "tcp")
 	name := r.Names()[0]
-	raw, err := r.AddRaw()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	if _, err := raw.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond) // the SUB is read
 	const n = 3
-	dialN(t, lns[0].Addr().String(), n)
-	fds := recvConns(t, raw, n)
-	defer closeFDs(fds)
+	raw, fds := rawHolding(t, r, lns[0], name, n)
 	if _, err := raw.Write(cluster.EncodeHandoffName(cluster.HoUnsub, name)); err != nil {
 		t.Fatal(err)
 	}
@@ -427,19 +416,7 @@ func TestHandoffMasterCutWhole(t *testing.T) {
 	log := &hoLog{}
 	r, lns := rigLog(t, slog.New(slog.NewJSONHandler(log, nil)), "tcp")
 	name := r.Names()[0]
-	raw, err := r.AddRaw()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	if _, err := raw.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond) // the SUB is read
-	const n = 3
-	dialN(t, lns[0].Addr().String(), n)
-	fds := recvConns(t, raw, n)
-	defer closeFDs(fds)
+	raw, fds := rawHolding(t, r, lns[0], name, 3)
 	restore := squeezeFDs(t, fds[0])
 	defer restore()
 	names := []string{name, name, name}
@@ -604,4 +581,23 @@ func squeezeFDs(t *testing.T, fd int) (restore func()) {
 			}
 		}
 	}
+}
+
+// rawHolding adds a raw worker subscribed to name and returns it with the n
+// connections it was sent, dialled to ln; both are closed at cleanup.
+func rawHolding(t *testing.T, r *cluster.HandoffRig, ln net.Listener, name string, n int) (*net.UnixConn, []int) {
+	t.Helper()
+	raw, err := r.AddRaw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	if _, err := raw.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the SUB is read
+	dialN(t, ln.Addr().String(), n)
+	fds := recvConns(t, raw, n)
+	t.Cleanup(func() { closeFDs(fds) })
+	return raw, fds
 }
