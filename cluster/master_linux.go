@@ -695,9 +695,14 @@ func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
 		m.log.Info("restart begun", "generation", ev.Generation, "strategy", m.cfg.Strategy.String())
 		m.restartBegun()
 	case supervise.RestartDone, supervise.RestartFailed:
-		if ev.Kind == supervise.RestartDone {
+		switch {
+		case ev.Kind == supervise.RestartDone:
 			m.log.Info("restart done", "generation", ev.Generation)
-		} else {
+		case errors.Is(ev.Err, supervise.ErrStopping):
+			// A stop interrupted it: nobody keeps serving, and
+			// nothing failed that the operator did not ask for.
+			m.log.Info("restart abandoned: stopping", "generation", ev.Generation)
+		default:
 			m.log.Error("restart failed; the previous workers keep serving", "generation", ev.Generation, "err", ev.Err)
 		}
 		m.restartEnded(s)

@@ -815,10 +815,13 @@ func (s *Supervisor) logEvent(ev Event) {
 	if ev.Err != nil {
 		attrs = append(attrs, "err", ev.Err.Error())
 	}
-	switch ev.Kind {
-	case Failed:
+	switch {
+	case ev.Kind == Failed:
 		s.log.Error("supervise: slot failed, giving up", attrs...)
-	case SpawnFailed, RestartFailed:
+	case ev.Kind == RestartFailed && errors.Is(ev.Err, ErrStopping):
+		// Stop's own doing, not a warning.
+		s.log.Debug("supervise", attrs...)
+	case ev.Kind == SpawnFailed || ev.Kind == RestartFailed:
 		s.log.Warn("supervise", attrs...)
 	default:
 		s.log.Debug("supervise", attrs...)
