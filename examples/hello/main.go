@@ -42,7 +42,9 @@ import (
 
 func main() {
 	addr := flag.String("addr", "", "address to listen on (default: the first inherited socket, else 127.0.0.1:8080)")
-	grace := flag.Duration("grace", 10*time.Second, "how long to wait for requests in flight on SIGTERM")
+	// Below mini-cluster's default -shutdown-timeout (10 s), whose SIGKILL
+	// timer starts with the SIGTERM: the drain must end first.
+	grace := flag.Duration("grace", httpdrain.DefaultGrace, "how long to wait for requests in flight on SIGTERM (keep it below the master's -shutdown-timeout)")
 	flag.Parse()
 	if err := serve(*addr, *grace); err != nil {
 		log.Fatalf("hello: %v", err)
