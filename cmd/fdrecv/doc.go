@@ -12,9 +12,12 @@
 // unlinked), accepts senders, checks each one's uid with SO_PEERCRED before
 // reading anything (it must be fdrecv's own uid or one given with
 // -allow-uid), and receives one message: descriptors, their names and a
-// payload (the wire format is specified in docs/fdcli.md). A refused uid,
-// or a connection that sends nothing within 5 s, is dropped and the next
-// one accepted. Bad input from the sender (a malformed
+// payload (the wire format is specified in docs/fdcli.md). A refused uid
+// is answered and dropped at once, without waiting for it; allowed
+// connections are read side by side (up to 8), the first complete message
+// taken; a connection that sends nothing within 5 s, or whose sender hung
+// up while its message waited, is dropped. None of these delays or aborts
+// the hand-off. Bad input from the sender (a malformed
 // message, names that do not match the descriptors, more or fewer
 // descriptors than -n, truncated control data) fails with a distinct exit
 // code, and every received descriptor is closed.
@@ -34,7 +37,11 @@
 // descriptors are in place, and success is the reply channel (held
 // close-on-exec) closing at PROGRAM's execve; a failed execve sends status
 // 10 instead. So a sender never closes its copy of a listener that PROGRAM
-// did not get. A standard descriptor (0-2) in non-blocking mode, as
+// did not get. Conversely PROGRAM runs only if "placed" was delivered: a
+// sender that hung up (it reports a failure) makes fdrecv exit 1 instead;
+// docs/fdcli.md states the windows that remain (the sender's -timeout
+// expiring right after "placed", a kill between "placed" and execve).
+// A standard descriptor (0-2) in non-blocking mode, as
 // Node.js and some terminals leave them, would make the fresh image's
 // runtime create its netpoller at 3 and 4 (os.NewFile registers
 // non-blocking descriptors), so fdrecv parks each such descriptor above 2

@@ -15,3 +15,6 @@ const (
 func ParseParkedStdio(s string) ([3]int, error) { return parseParkedStdio(s) }
 
 func FormatParkedStdio(p [3]int) string { return parkedStdio(p).String() }
+
+// MaxPending is how many allowed connections fdrecv reads at once.
+const MaxPending = maxPending

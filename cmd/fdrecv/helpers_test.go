@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		"server1":   roleServer1,
 		"server2":   roleServer2,
 		"sendmsg":   roleSendMsg,
+		"refused":   roleRefused,
 	})
 }
 

@@ -28,7 +28,7 @@ Flags:
 %s
 Exit codes:
   0   success
-  1   other failure (I/O error, interrupted)
+  1   other failure (I/O error, interrupted, the sender hung up before "placed")
   2   usage: bad flags or arguments
   3   timeout: nothing received before -timeout
   4   count: fewer or more descriptors than -n, or than names sent
@@ -46,8 +46,9 @@ func main() {
 }
 
 // connReadTimeout bounds how long one connection may take to send its
-// message before fdrecv drops it and accepts the next: fdsend sends right
-// after connecting, so only a stray or stuck client waits this long.
+// message before fdrecv drops it and frees its reading slot (see
+// maxPending): fdsend sends right after connecting, so only a stray or
+// stuck client waits this long.
 var connReadTimeout = 5 * time.Second
 
 // config is the parsed command line.

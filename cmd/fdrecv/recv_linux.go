@@ -13,8 +13,9 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/handoff-go/handoff/internal/fdwire"
@@ -26,6 +27,12 @@ import (
 // longAgo is a deadline in the past: setting it unblocks a pending Accept or
 // Recv at once.
 var longAgo = time.Unix(1, 0)
+
+// maxPending bounds the allowed connections fdrecv reads at once. A silent
+// one holds its slot for at most connReadTimeout, so it delays nobody
+// unless maxPending of them are silent together; then the next connection
+// waits in the listen backlog for a free slot, its message queued intact.
+const maxPending = 8
 
 func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	var progPath string
@@ -57,59 +64,11 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
 		defer cancel()
 	}
-	var cur atomic.Pointer[net.UnixConn]
-	stop := context.AfterFunc(ctx, func() {
-		ln.SetDeadline(longAgo)
-		if c := cur.Load(); c != nil {
-			c.SetDeadline(longAgo)
-		}
-	})
-	defer stop()
-	interrupted := func(err error) error {
-		switch ctx.Err() {
-		case context.DeadlineExceeded:
-			return fail(fdwire.StatusTimeout, "nothing received within %v", cfg.timeout)
-		case context.Canceled:
-			return fail(fdwire.StatusFailure, "interrupted")
-		}
+	m, err := acceptMessage(ctx, cfg, ln, stderr)
+	if err != nil {
 		return err
 	}
-
-	var (
-		conn  *net.UnixConn
-		cred  scmrights.Ucred
-		msg   []byte
-		fds   []int
-		buf   = make([]byte, fdwire.MaxMessage+1)
-		fdBuf = make([]int, scmrights.MaxFDs)
-	)
-	// Connections that are not a sender's message (a refused uid, nothing
-	// sent in time, a hang-up before sending) are dropped, and the next one
-	// accepted: a stray local client must not abort the hand-off.
-	for conn == nil {
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			return interrupted(err)
-		}
-		cur.Store(c)
-		if ctx.Err() != nil {
-			c.Close()
-			return interrupted(nil)
-		}
-		var n, nfds int
-		cred, n, nfds, err = readOne(ctx, cfg, c, buf, fdBuf)
-		var drop *dropError
-		switch {
-		case errors.As(err, &drop):
-			c.Close()
-			fmt.Fprintf(stderr, "fdrecv: dropped a connection: %v\n", drop.err)
-			continue
-		case err != nil:
-			c.Close()
-			return interrupted(err)
-		}
-		conn, msg, fds = c, buf[:n], fdBuf[:nfds]
-	}
+	conn, cred, msg, fds := m.conn, m.cred, m.msg, m.fds
 	defer conn.Close()
 	nfds := len(fds)
 	keep := false
@@ -138,7 +97,9 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		return err
 	}
 	if progPath == "" {
-		// "Placed", then end of file: the sender's success.
+		// "Placed", then end of file: the sender's success. A sender that
+		// cannot take the reply any more (EPIPE) has reported a failure,
+		// so nothing is described.
 		if err := reply(conn, fdwire.StatusOK, ""); err != nil {
 			return fmt.Errorf("reply to the sender: %w", err)
 		}
@@ -154,7 +115,7 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	// descriptors sit at 3, 4, ..., and success is the reply channel
 	// closing at PROGRAM's execve: a sender that succeeds may close its own
 	// copy of a listener, so success must not precede a failure we can
-	// still report.
+	// still report. Stage 2 execs PROGRAM only if "placed" was delivered.
 	if err := ln.Close(); err != nil {
 		reply(conn, fdwire.StatusSocket, err.Error())
 		return err
@@ -166,81 +127,270 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	return err
 }
 
+// message is one sender's message as received, or why there is none.
+type message struct {
+	conn *net.UnixConn
+	cred scmrights.Ucred
+	msg  []byte
+	fds  []int
+	// err is nil for a message, a *dropError for a connection to drop (a
+	// note for stderr, conn already closed), errAcceptEnded when the
+	// accept loop ended, or a failure that ends fdrecv (conn closed).
+	err error
+}
+
+var errAcceptEnded = errors.New("accept loop ended")
+
+// acceptMessage accepts connections until one delivers a message from an
+// allowed sender that still waits for the reply, and returns it. Every
+// other connection is dropped with a note on stderr: a refused uid, nothing
+// sent within connReadTimeout, a hang-up before or after sending, or a
+// message that arrived after another sender's was taken. Nothing a dropped
+// peer does delays the next accept: refusals never wait (see refuse), and
+// up to maxPending allowed connections are read at once, the first
+// complete message winning.
+func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stderr io.Writer) (*message, error) {
+	outer := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { ln.SetDeadline(longAgo) })
+	defer stop()
+
+	results := make(chan *message)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		acceptLoop(ctx, cfg, ln, &wg, results)
+	}()
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+
+	var (
+		won   *message
+		fatal error
+	)
+	// results is closed once the accept loop and every reader have
+	// returned, which the cancel below brings about: nothing outlives the
+	// call.
+	for m := range results {
+		var drop *dropError
+		switch {
+		case errors.As(m.err, &drop):
+			fmt.Fprintf(stderr, "fdrecv: dropped a connection: %v\n", drop.err)
+		case m.err == errAcceptEnded:
+			if won == nil && fatal == nil {
+				fatal = interrupted(outer, cfg, nil)
+			}
+		case m.err != nil:
+			if won == nil && fatal == nil {
+				fatal = m.err
+				cancel()
+			} else {
+				fmt.Fprintf(stderr, "fdrecv: dropped a connection: %v\n", m.err)
+			}
+		case won != nil || fatal != nil:
+			closeAll(m.fds)
+			reply(m.conn, fdwire.StatusFailure, "another sender's descriptors were taken")
+			m.conn.Close()
+			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d sent its message after another sender's was taken\n", m.cred.PID)
+		case peerGone(m.conn):
+			// The sender gave up (its -timeout, say) while its message
+			// waited here: it has reported a failure, so its descriptors
+			// must not be used.
+			closeAll(m.fds)
+			m.conn.Close()
+			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d hung up after sending, before its message was taken\n", m.cred.PID)
+		default:
+			won = m
+			cancel()
+		}
+	}
+	if fatal != nil {
+		if won != nil {
+			closeAll(won.fds)
+			won.conn.Close()
+		}
+		return nil, fatal
+	}
+	if won == nil {
+		return nil, interrupted(outer, cfg, nil)
+	}
+	return won, nil
+}
+
+// interrupted maps the end of ctx to fdrecv's exit status, or returns err.
+func interrupted(ctx context.Context, cfg *config, err error) error {
+	switch ctx.Err() {
+	case context.DeadlineExceeded:
+		return fail(fdwire.StatusTimeout, "nothing received within %v", cfg.timeout)
+	case context.Canceled:
+		return fail(fdwire.StatusFailure, "interrupted")
+	}
+	if err == nil {
+		err = fail(fdwire.StatusFailure, "interrupted")
+	}
+	return err
+}
+
+// acceptLoop accepts until ctx ends or Accept fails, refuses disallowed
+// peers inline, and starts a reader for each allowed one, at most
+// maxPending at once. It sends a note for each connection it drops itself,
+// and errAcceptEnded or the Accept failure last; each reader sends one
+// result.
+func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *sync.WaitGroup, results chan<- *message) {
+	slots := make(chan struct{}, maxPending)
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() == nil {
+				err = fail(fdwire.StatusFailure, "%w", err)
+			} else {
+				err = errAcceptEnded
+			}
+			results <- &message{err: err}
+			return
+		}
+		// A16: the peer is judged by the credentials the kernel recorded
+		// at connect time, before a byte of its message is read.
+		cred, err := scmrights.PeerCred(c)
+		if err != nil {
+			c.Close()
+			results <- &message{err: &dropError{err}}
+			continue
+		}
+		if !cfg.allowUIDs.Allows(cred.UID) {
+			err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+			refuse(c, err.Error())
+			results <- &message{err: &dropError{err}}
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			c.Close()
+			results <- &message{err: &dropError{fmt.Errorf("pid %d was not read: fdrecv stopped reading", cred.PID)}}
+			results <- &message{err: errAcceptEnded}
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			results <- readOne(ctx, c, cred)
+		}()
+	}
+}
+
 // dropError marks a connection fdrecv drops to accept the next one.
 type dropError struct{ err error }
 
 func (e *dropError) Error() string { return e.err.Error() }
 
-// readOne checks the peer of c and receives its message into buf and fdBuf.
-// A *dropError means: not a sender's message, accept the next connection.
-func readOne(ctx context.Context, cfg *config, c *net.UnixConn, buf []byte, fdBuf []int) (cred scmrights.Ucred, n, nfds int, err error) {
-	// A16: the peer is judged by the credentials the kernel recorded at
-	// connect time, before a byte of its message is read.
-	cred, err = scmrights.PeerCred(c)
-	if err != nil {
-		return cred, 0, 0, &dropError{err}
-	}
-	if !cfg.allowUIDs.Allows(cred.UID) {
-		err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
-		reply(c, fdwire.StatusPermission, err.Error())
-		awaitHangUp(ctx, c)
-		return cred, 0, 0, &dropError{err}
-	}
+// readOne receives the message of an allowed peer. Unless it returns a
+// message, it has closed c.
+func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *message {
 	d := time.Now().Add(connReadTimeout)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-		d = cd
-	}
 	if err := c.SetReadDeadline(d); err != nil {
-		return cred, 0, 0, err
+		c.Close()
+		return &message{err: &dropError{err}}
 	}
-	// The context may have ended before the deadline above replaced the
-	// one its AfterFunc set.
-	if ctx.Err() != nil {
-		return cred, 0, 0, ctx.Err()
-	}
-	n, nfds, err = scmrights.Recv(c, buf, fdBuf)
+	// Registered after the deadline above, so that it cannot overwrite
+	// this one: ctx ends when another message won or fdrecv gives up.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(longAgo) })
+	buf := make([]byte, fdwire.MaxMessage+1)
+	fdBuf := make([]int, scmrights.MaxFDs)
+	n, nfds, err := scmrights.Recv(c, buf, fdBuf)
+	stop()
 	if err == nil {
-		return cred, n, nfds, nil
+		return &message{conn: c, cred: cred, msg: buf[:n], fds: fdBuf[:nfds]}
 	}
 	var rerr error
 	switch {
-	case ctx.Err() != nil:
-		return cred, 0, 0, err
+	case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		c.Close()
+		return &message{err: &dropError{fmt.Errorf("pid %d had sent nothing when fdrecv stopped reading", cred.PID)}}
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return cred, 0, 0, &dropError{fmt.Errorf("pid %d sent nothing within %v", cred.PID, connReadTimeout)}
+		c.Close()
+		return &message{err: &dropError{fmt.Errorf("pid %d sent nothing within %v", cred.PID, connReadTimeout)}}
 	case err == io.EOF:
-		return cred, 0, 0, &dropError{fmt.Errorf("pid %d closed the connection without sending", cred.PID)}
+		c.Close()
+		return &message{err: &dropError{fmt.Errorf("pid %d closed the connection without sending", cred.PID)}}
 	case errors.Is(err, scmrights.ErrTruncated):
 		rerr = &fdwire.ExitError{Code: fdwire.StatusTruncated, Err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
 	case errors.Is(err, scmrights.ErrPayloadTruncated):
 		rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
 	default:
-		return cred, 0, 0, err
+		c.Close()
+		return &message{err: &dropError{fmt.Errorf("pid %d: %w", cred.PID, err)}}
 	}
 	reply(c, rerr.(*fdwire.ExitError).Code, rerr.Error())
-	return cred, 0, 0, rerr
+	c.Close()
+	return &message{err: rerr}
 }
 
-// awaitHangUp waits, at most a second, for the peer of a refused
-// connection to hang up. fdsend sends without waiting for a verdict, and
-// closing a unix socket with that message unread makes the kernel report
-// ECONNRESET to the peer, possibly before it has read the reply that says
-// why it was refused.
-func awaitHangUp(ctx context.Context, c *net.UnixConn) {
-	wait := time.Second
-	if d, ok := ctx.Deadline(); ok {
-		wait = min(wait, time.Until(d))
-	}
+// refuse tells a peer whose uid is not allowed why, and closes the
+// connection without waiting for it. Closing a unix socket whose receive
+// queue holds a message makes the kernel report ECONNRESET to the peer
+// (unix_release_sock), possibly before it has read the verdict; fdsend
+// sends right after connecting, so that queue is rarely empty. shutdown
+// SHUT_RD makes the kernel refuse (EPIPE) whatever the peer sends from then
+// on, so once the messages already queued are discarded the queue stays
+// empty, and the peer reads the verdict, then end of file. The discarded
+// messages are read without a control buffer: their descriptors are never
+// installed here, the kernel drops them with the message (scm_recv).
+func refuse(c *net.UnixConn, text string) {
+	defer c.Close()
 	rc, err := c.SyscallConn()
-	if err != nil || wait <= 0 {
+	if err != nil {
 		return
 	}
 	_ = rc.Control(func(fd uintptr) {
-		// POLLRDHUP only: POLLIN would return at once for the queued
-		// message. POLLHUP and POLLERR are always reported.
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		_, _ = unix.Poll(pfd, int(wait/time.Millisecond))
+		s := int(fd)
+		// MSG_DONTWAIT: a peer cannot make this wait; MSG_NOSIGNAL: one
+		// gone already is EPIPE, not SIGPIPE.
+		_ = unix.Sendto(s, fdwire.EncodeReply(fdwire.StatusPermission, text), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
+		if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
+			return
+		}
+		// The peer's queue to us holds at most net.unix.max_dgram_qlen
+		// messages (10 by default) when SHUT_RD takes effect; the bound
+		// only guards against a kernel that reports otherwise.
+		var b [1]byte
+		for range 1024 {
+			n, _, _, _, err := unix.Recvmsg(s, b[:], nil, unix.MSG_DONTWAIT)
+			if err != nil || n == 0 {
+				return
+			}
+		}
 	})
+}
+
+// peerGone reports whether the peer of c has closed its end, so that no
+// reply can reach it: POLLHUP, which the kernel reports once both
+// directions are shut down (unix_dgram_poll), as they are when the peer
+// closes. A peer that only shut down its writing side still reads replies
+// and is not gone.
+func peerGone(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := false
+	cerr := rc.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd)}}
+		for range 100 {
+			_, err := unix.Poll(pfd, 0)
+			if err != unix.EINTR {
+				gone = err != nil || pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+				return
+			}
+		}
+		gone = true
+	})
+	return gone || cerr != nil
 }
 
 // reply tells the sender the outcome; a sender that went away is no error
@@ -287,18 +437,31 @@ func (fi fdInfo) String() string {
 	if fi.Kind != "socket" {
 		b.WriteString(fi.Kind)
 		if fi.Path != "" {
-			b.WriteString(" " + fi.Path)
+			b.WriteString(" " + quoteOdd(fi.Path))
 		}
 		return b.String()
 	}
 	b.WriteString(fi.Network + " " + fi.Role)
 	if fi.Local != "" {
-		b.WriteString(" " + fi.Local)
+		b.WriteString(" " + quoteOdd(fi.Local))
 	}
 	if fi.Remote != "" {
-		b.WriteString(" -> " + fi.Remote)
+		b.WriteString(" -> " + quoteOdd(fi.Remote))
 	}
 	return b.String()
+}
+
+// quoteOdd returns s Go-quoted if it holds anything but printable UTF-8
+// (strconv.IsPrint: no newline, escape, other control or format
+// character), or starts with a double quote, which would make it look
+// quoted; otherwise as is. Paths and unix socket addresses come from the
+// sender: printed raw, a newline or a terminal escape in one could forge
+// report lines.
+func quoteOdd(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) || strings.IndexFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 func describe(fd int) fdInfo {
@@ -709,6 +872,11 @@ func init() {
 	// parked is set only once validated, so nothing from a malformed
 	// environment is ever dup3'ed onto 0, 1 or 2.
 	parked.restore()
+	if errors.Is(err, errNotPlaced) {
+		// The received descriptors close with this process.
+		fmt.Fprintf(os.Stderr, "fdrecv: %v; %s not run, the descriptors closed\n", err, os.Args[1])
+		os.Exit(fdwire.StatusFailure)
+	}
 	msg := fmt.Sprintf("exec %s: %v", os.Args[1], err)
 	if replyFD >= 0 {
 		sendReply(replyFD, fdwire.StatusExec, msg)
@@ -717,10 +885,19 @@ func init() {
 	os.Exit(fdwire.StatusExec)
 }
 
-// sendReply writes a reply with a raw send: no netpoller in stage 2.
-// MSG_NOSIGNAL: a sender that went away is EPIPE, not SIGPIPE.
-func sendReply(fd, status int, text string) {
-	_ = unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil)
+// errNotPlaced: the "placed" reply could not be delivered, so the sender
+// will not report success and PROGRAM must not run.
+var errNotPlaced = errors.New("could not tell the sender the descriptors were placed")
+
+// sendReply writes a reply with a raw send: no netpoller in stage 2. The
+// channel is non-blocking (it shares stage 1's socket description), so a
+// full queue is EAGAIN rather than a wait. MSG_NOSIGNAL: a sender that went
+// away is EPIPE, not SIGPIPE.
+func sendReply(fd, status int, text string) error {
+	if err := unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil); err != nil {
+		return os.NewSyscallError("sendto", err)
+	}
+	return nil
 }
 
 // shim places fds at 3, 4, ..., puts the standard descriptors stage 1
@@ -844,8 +1021,13 @@ func shim(spec string, replyFD *int, parked *parkedStdio, path string, argv []st
 		// successful execve closes it, which the sender reads as end of
 		// file, its success; if execve fails (a #! interpreter missing,
 		// another architecture, PROGRAM gone since LookPath) the caller
-		// writes the failure on it instead.
-		sendReply(*replyFD, fdwire.StatusOK, "")
+		// writes the failure on it instead. A sender that can no longer
+		// take "placed" (it hung up: its -timeout, a kill) reports a
+		// failure and its old server keeps serving, so PROGRAM must not
+		// run: the commit point is this send succeeding.
+		if err := sendReply(*replyFD, fdwire.StatusOK, ""); err != nil {
+			return fmt.Errorf("%w: %w", errNotPlaced, err)
+		}
 	}
 	return unix.Exec(path, argv, env)
 }
