@@ -91,8 +91,9 @@ type Options struct {
 }
 
 // Command returns a command that runs role in a re-executed test binary. Its
-// stdout and stderr default to the test's stderr so a crashing helper is
-// visible in the test log.
+// stderr is the test's stderr so a crashing helper is visible in the test
+// log; set cmd.Stderr to nil before calling cmd.StderrPipe, which refuses a
+// command whose Stderr is already set.
 func Command(t testing.TB, role string, opts *Options) *exec.Cmd {
 	t.Helper()
 	if opts == nil {
