@@ -745,7 +745,9 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		}
 		now := time.Now()
 		var late []int
-		st := m.status()
+		// A worker that said STOPPING=1 or RELOADING=1 still owes its
+		// heartbeats, as under systemd's WatchdogSec=.
+		st := m.supStatus()
 		s.mu.Lock()
 		if s.beats == nil {
 			s.beats = make(map[int]time.Time)

@@ -109,7 +109,7 @@ type ControlStatus struct {
 	// Restarting is true while a graceful restart is in flight.
 	Restarting bool
 	// Workers is the number of slots, ReadyWorkers those whose worker is
-	// ready.
+	// ready (not one that said STOPPING=1 or RELOADING=1).
 	Workers, ReadyWorkers int
 	Slots                 []ControlSlot
 	// MaxRunningTime is the maximum running time in effect (0: none; a
@@ -168,7 +168,9 @@ type ControlSlot struct {
 	Slot int
 	// PID and Generation of the slot's current worker (0 when none runs).
 	PID, Generation int
-	// State is the slot's supervise state.
+	// State is the slot's supervise state, stopping for a worker that
+	// said STOPPING=1 and reloading (supervise.SlotReloading) for a ready
+	// one that said RELOADING=1 and not READY=1 since.
 	State supervise.SlotState
 	// Uptime is how long the current worker has run (0 when none runs).
 	Uptime time.Duration
@@ -855,7 +857,7 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 
 // parseSlotState maps supervise's state names back; 0 means unknown.
 func parseSlotState(name string) supervise.SlotState {
-	for s := supervise.SlotStarting; s <= supervise.SlotStopping; s++ {
+	for s := supervise.SlotStarting; s <= supervise.SlotReloading; s++ {
 		if s.String() == name {
 			return s
 		}

@@ -318,6 +318,8 @@ func (m *master) recycleOldest(now time.Time) {
 	}
 	s := m.sup
 	st := s.Status()
+	// Not a worker that said STOPPING=1 (it is going) or RELOADING=1.
+	m.nstate.applyPhases(&st)
 	if !st.Running || st.Restarting || st.Recycling {
 		return
 	}

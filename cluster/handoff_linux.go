@@ -94,6 +94,10 @@ type hoWorker struct {
 	retired bool
 	// ready: the worker reported ready (see handoff.gate).
 	ready atomic.Bool
+	// away: the worker said STOPPING=1, or RELOADING=1 and not READY=1
+	// since: it is sent nothing new (setAway). Set under mu too, so no
+	// send that began before is still under way once setAway returns.
+	away atomic.Bool
 
 	out atomic.Int64 // connections delivered and not yet acknowledged
 
@@ -434,7 +438,7 @@ func (h *handoff) awaitServer(idx int, ws []*hoWorker) ([]*hoWorker, bool) {
 		h.mu.Unlock()
 		for _, w := range ws {
 			// The test candidates applies, without turning the rotation.
-			if !w.retired && w.ready.Load() && w.subscribed(idx) {
+			if !w.retired && w.ready.Load() && !w.away.Load() && w.subscribed(idx) {
 				return ws, true
 			}
 		}
@@ -748,7 +752,33 @@ func (h *handoff) markReady(pid int) {
 	}
 }
 
-// candidates lists the live, ready workers, fewest unacknowledged connections
+// setAway takes the worker process pid out of the rotation (away) or puts
+// it back, as its STOPPING=1, RELOADING=1 or READY=1 after a reload asks.
+// Unlike remove, it leaves the worker's channel alone: what it was sent is
+// its own to serve, its acks and give-backs are read, and its exit
+// rescues what it never read (gone).
+func (h *handoff) setAway(pid int, away bool) {
+	h.mu.Lock()
+	var ws []*hoWorker
+	for _, w := range h.workers {
+		if w.pid == pid && !w.retired {
+			ws = append(ws, w)
+		}
+	}
+	h.mu.Unlock()
+	for _, w := range ws {
+		// Under the lock every send holds: none to w is in flight
+		// once this returns.
+		w.mu.Lock()
+		w.away.Store(away)
+		w.mu.Unlock()
+	}
+	if len(ws) > 0 && !away {
+		h.signal()
+	}
+}
+
+// candidates lists the live, ready workers not away, fewest unacknowledged connections
 // first, starting the scan at a rotating index so ties take turns.
 func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 	h.mu.Lock()
@@ -760,7 +790,7 @@ func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 		}
 	}
 	h.mu.Unlock()
-	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired || !w.ready.Load() })
+	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired || !w.ready.Load() || w.away.Load() })
 	// Insertion sort, stable: a handful of workers.
 	for i := 1; i < len(dst); i++ {
 		for j := i; j > 0 && dst[j].out.Load() < dst[j-1].out.Load(); j-- {
@@ -790,7 +820,7 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult, error) {
 	if w.dead {
 		return 0, sendDead, nil
 	}
-	if b.lidx >= len(w.subs) || !w.subs[b.lidx] {
+	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() {
 		return 0, sendSkip, nil
 	}
 	room := w.room()

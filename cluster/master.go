@@ -227,7 +227,10 @@ func (m *Master) MaxRunningTime() time.Duration { return m.m.maxRunningTime() }
 // ScaleBy adds delta workers (negative removes).
 func (m *Master) ScaleBy(delta int) error { return m.m.scaleBy(delta) }
 
-// Status returns the supervisor's snapshot.
+// Status returns the supervisor's snapshot, with what the serving workers
+// said on NOTIFY_SOCKET applied: a worker that sent STOPPING=1 is
+// SlotStopping, a ready one that sent RELOADING=1 (and not READY=1 since)
+// is SlotReloading, and neither counts in ReadyWorkers.
 func (m *Master) Status() supervise.Status { return m.m.status() }
 
 // Send queues payload (at most MaxMessage bytes) for the serving worker of

@@ -553,7 +553,19 @@ func (m *master) scaleBy(delta int) error {
 	return nil
 }
 
+// status is the supervisor's snapshot with the workers' own STOPPING=1
+// and RELOADING=1 applied (notifyState.applyPhases): what Status and the
+// control socket show, and what the master's choices among ready workers
+// go by. The cluster's own readiness (systemd, the pid file) goes by the
+// supervisor's.
 func (m *master) status() supervise.Status {
+	st := m.supStatus()
+	m.nstate.applyPhases(&st)
+	return st
+}
+
+// supStatus is the supervisor's own snapshot.
+func (m *master) supStatus() supervise.Status {
 	s, err := m.supervisor()
 	if err != nil {
 		return supervise.Status{}
@@ -991,8 +1003,18 @@ func (m *master) onNotify(n Notification, sender, self int) {
 	// sender that has already exited cannot be attributed (systemd has the
 	// same race with short-lived senders) and is ignored.
 	pid := sender
+	// STOPPING=1 wins over READY=1 in one message, as in systemd.
+	ready := n.Ready && !n.Stopping
 	for i := 0; i < maxAncestry && pid > 1 && pid != self; i++ {
-		if n.Ready {
+		if ready && m.nstate.stopping(pid) {
+			// A worker that said STOPPING=1 (only workers get a
+			// phase): its READY=1 is ignored, as systemd does in its
+			// deactivating state, so it is neither counted ready nor
+			// sent connections again.
+			m.logNotify(n, sender, pid)
+			return
+		}
+		if ready {
 			err := m.sup.MarkReadyPID(pid)
 			if err == nil {
 				if m.mode.ho != nil {
@@ -1055,12 +1077,7 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 	if n.Errno != 0 {
 		m.nstate.setErrno(worker, n.Errno)
 	}
-	if n.Stopping {
-		m.log.Info("worker stopping", "slot", slot, "pid", worker)
-	}
-	if n.Reloading {
-		m.log.Info("worker reloading", "slot", slot, "pid", worker)
-	}
+	phase := m.notePhase(n, slot, worker)
 	if n.ExtendTimeout > 0 {
 		// systemd's rule: the start deadline becomes now + the value if
 		// that is later; nothing for a worker already ready.
@@ -1077,9 +1094,36 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 		// systemd's "watchdog expired now": a failed heartbeat.
 		m.restartWorker(worker, "WATCHDOG=trigger")
 	}
-	if n.Ready {
+	if n.Ready && phase != phaseStopping {
 		m.log.Debug("worker ready", "slot", slot, "pid", worker, "sender", sender)
 	}
+}
+
+// notePhase applies a worker's STOPPING=1, RELOADING=1 and READY=1 to
+// its phase (notifyState.notePhase), logs each change and takes it out of
+// the handoff rotation, or puts it back after a reload. What it was sent
+// stays its own; if it exits without reading it, its exit rescues that as
+// for any worker (handoff.gone). It returns the worker's phase.
+func (m *master) notePhase(n Notification, slot, worker int) workerPhase {
+	c := m.nstate.notePhase(worker, n)
+	if c.IgnoredReady {
+		m.log.Warn("worker sent READY=1 after STOPPING=1; ignored", "slot", slot, "pid", worker)
+	}
+	if c.From == c.To {
+		return c.To
+	}
+	switch c.To {
+	case phaseStopping:
+		m.log.Info("worker stopping", "slot", slot, "pid", worker)
+	case phaseReloading:
+		m.log.Info("worker reloading", "slot", slot, "pid", worker)
+	case phaseNone:
+		m.log.Info("worker reloaded", "slot", slot, "pid", worker)
+	}
+	if m.mode.ho != nil {
+		m.mode.ho.setAway(worker, c.To != phaseNone)
+	}
+	return c.To
 }
 
 // parentPID reads the parent of pid from /proc/<pid>/stat. The command name

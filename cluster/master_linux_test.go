@@ -56,6 +56,7 @@ func TestMain(m *testing.M) {
 		"go-worker":            goWorker,
 		"raw-worker":           rawWorker,
 		"ho-worker":            hoWorker,
+		"ho-notify-worker":     hoNotifyWorker,
 		"ho-hold-worker":       hoHoldWorker,
 		"ho-short-worker":      hoShortWorker,
 		"group-worker":         groupWorker,

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/handoff-go/handoff/scmrights"
+	"github.com/handoff-go/handoff/supervise"
 )
 
 // The sd_notify(3) protocol: a datagram of newline-separated VAR=VALUE
@@ -333,9 +334,9 @@ func ShimExitCode(err error) int {
 const statusInterval = time.Second
 
 // notifyState is what the master keeps from each worker's notifications:
-// its last STATUS= (logged on change, rate-limited per worker) and ERRNO=
-// (logged with its exit). Keyed by the worker's pid; forget drops an
-// exited worker.
+// its last STATUS= (logged on change, rate-limited per worker), ERRNO=
+// (logged with its exit) and whether it said STOPPING=1 or RELOADING=1
+// (its phase). Keyed by the worker's pid; forget drops an exited worker.
 type notifyState struct {
 	mu      sync.Mutex
 	workers map[int]*workerNotify
@@ -349,6 +350,102 @@ type workerNotify struct {
 	timer     *time.Timer // logs status when the interval ends
 	errno     int
 	extWarned bool // EXTEND_TIMEOUT_USEC seen (logged once)
+	phase     workerPhase
+	phaseAt   time.Time // when phase last changed
+	// readyWarned: a READY=1 after STOPPING=1 was logged as ignored.
+	readyWarned bool
+}
+
+// workerPhase is what a worker's own STOPPING=1 or RELOADING=1 made of it,
+// as systemd's service states do: out of the handoff rotation, shown in
+// status and not counted ready.
+type workerPhase uint8
+
+const (
+	phaseNone workerPhase = iota
+	// phaseStopping: STOPPING=1. For good: systemd ignores READY=1 in its
+	// deactivating state, and the worker's exit ends it.
+	phaseStopping
+	// phaseReloading: RELOADING=1, until READY=1 from the same process.
+	phaseReloading
+)
+
+// phaseChange is what one notification did to a worker's phase.
+type phaseChange struct {
+	From, To workerPhase
+	// IgnoredReady: the message's READY=1 was ignored, the worker having
+	// said STOPPING=1; set the first time only, to log it once.
+	IgnoredReady bool
+}
+
+// notePhase applies a worker's READY=1, RELOADING=1 and STOPPING=1 (any
+// of them in n) to its phase, with systemd's precedence within one
+// message: STOPPING=1 wins over the others, READY=1 over RELOADING=1 (a
+// reload that is already done).
+func (s *notifyState) notePhase(pid int, n Notification) phaseChange {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !(n.Ready || n.Reloading || n.Stopping) {
+		return phaseChange{}
+	}
+	w := s.workers[pid]
+	if w == nil && !n.Stopping && (n.Ready || !n.Reloading) {
+		return phaseChange{} // READY=1 of a worker in no phase
+	}
+	w = s.get(pid)
+	c := phaseChange{From: w.phase}
+	switch {
+	case n.Stopping || w.phase == phaseStopping:
+		w.phase = phaseStopping
+		if n.Ready && !w.readyWarned {
+			w.readyWarned, c.IgnoredReady = true, true
+		}
+	case n.Ready:
+		w.phase = phaseNone
+	case n.Reloading:
+		w.phase = phaseReloading
+	}
+	if w.phase != c.From {
+		w.phaseAt = time.Now()
+	}
+	c.To = w.phase
+	return c
+}
+
+// stopping reports whether the worker pid said STOPPING=1.
+func (s *notifyState) stopping(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.workers[pid]
+	return w != nil && w.phase == phaseStopping
+}
+
+// applyPhases shows the serving workers' phases in st: a worker that said
+// STOPPING=1 (ready or still starting) is SlotStopping, a ready one that
+// said RELOADING=1 is SlotReloading, and neither counts in ReadyWorkers.
+func (s *notifyState) applyPhases(st *supervise.Status) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range st.Slots {
+		sl := &st.Slots[i]
+		w := s.workers[sl.PID]
+		if sl.PID == 0 || w == nil {
+			continue
+		}
+		was := sl.State
+		switch {
+		case w.phase == phaseStopping && (was == supervise.SlotReady || was == supervise.SlotStarting):
+			sl.State = supervise.SlotStopping
+		case w.phase == phaseReloading && was == supervise.SlotReady:
+			sl.State = supervise.SlotReloading
+		default:
+			continue
+		}
+		sl.Since = w.phaseAt
+		if was == supervise.SlotReady && st.ReadyWorkers > 0 {
+			st.ReadyWorkers--
+		}
+	}
 }
 
 func (s *notifyState) get(pid int) *workerNotify {

@@ -414,9 +414,14 @@ const (
 	SlotDone
 	// SlotStopping: being stopped.
 	SlotStopping
+	// SlotReloading: the worker is ready but said it is reloading
+	// (sd_notify's RELOADING=1). The Supervisor never reports it, as it
+	// reads no notifications; a master that does (package cluster) shows
+	// it in its own status.
+	SlotReloading
 )
 
-var stateNames = [...]string{"", "starting", "ready", "backoff", "failed", "done", "stopping"}
+var stateNames = [...]string{"", "starting", "ready", "backoff", "failed", "done", "stopping", "reloading"}
 
 func (s SlotState) String() string {
 	if s > 0 && int(s) < len(stateNames) {
