@@ -1115,6 +1115,17 @@ func (m *master) notePhase(n Notification, slot, worker int) workerPhase {
 	switch c.To {
 	case phaseStopping:
 		m.log.Info("worker stopping", "slot", slot, "pid", worker)
+		// As systemd after STOPPING=1: the worker has the shutdown
+		// timeout to exit, then it is killed and its slot respawned.
+		d := m.cfg.ShutdownTimeout
+		if d <= 0 {
+			d = supervise.DefaultStopTimeout
+		}
+		m.nstate.armStop(worker, d, func() {
+			if m.nstate.stopping(worker) {
+				m.restartWorker(worker, "no exit within the shutdown timeout after STOPPING=1")
+			}
+		})
 	case phaseReloading:
 		m.log.Info("worker reloading", "slot", slot, "pid", worker)
 	case phaseNone:

@@ -352,6 +352,9 @@ type workerNotify struct {
 	extWarned bool // EXTEND_TIMEOUT_USEC seen (logged once)
 	phase     workerPhase
 	phaseAt   time.Time // when phase last changed
+	// stopTimer, armed at STOPPING=1, kills the worker if it has not
+	// exited within the shutdown timeout (systemd's TimeoutStopSec).
+	stopTimer *time.Timer
 	// readyWarned: a READY=1 after STOPPING=1 was logged as ignored.
 	readyWarned bool
 }
@@ -410,6 +413,18 @@ func (s *notifyState) notePhase(pid int, n Notification) phaseChange {
 	}
 	c.To = w.phase
 	return c
+}
+
+// armStop runs kill once, after d, unless the worker pid exits first
+// (forget) or the state is closed. Only the first call per worker arms it.
+func (s *notifyState) armStop(pid int, d time.Duration, kill func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.workers[pid]
+	if s.closed || w == nil || w.stopTimer != nil {
+		return
+	}
+	w.stopTimer = time.AfterFunc(d, kill)
 }
 
 // stopping reports whether the worker pid said STOPPING=1.
@@ -540,6 +555,9 @@ func (s *notifyState) forget(pid int) (errno int, unlogged string) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
+	if w.stopTimer != nil {
+		w.stopTimer.Stop()
+	}
 	if w.status != w.logged {
 		unlogged = w.status
 	}
@@ -554,6 +572,9 @@ func (s *notifyState) close() {
 	for _, w := range s.workers {
 		if w.timer != nil {
 			w.timer.Stop()
+		}
+		if w.stopTimer != nil {
+			w.stopTimer.Stop()
 		}
 	}
 	s.workers = nil

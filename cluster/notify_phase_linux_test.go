@@ -294,3 +294,32 @@ func TestWorkerStopping(t *testing.T) {
 	}
 	c.waitReplaced(2, 0, pids[0])
 }
+
+// TestWorkerStoppingTimeout: a worker that says STOPPING=1 and then does
+// not exit is killed once the shutdown timeout has passed, as systemd
+// does after STOPPING=1, and its slot respawned; one that exits in time is
+// not (TestWorkerStopping, with the default timeout).
+func TestWorkerStoppingTimeout(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 300 * time.Millisecond
+	c := startClusterWith(t, pc, 1, 0, nil, func(cfg *cluster.Config) {
+		cfg.Mode = cluster.ModeHandoff
+		cfg.ShutdownTimeout = timeout
+	}, bin, []string{"-test.run=^$"}, helperproc.RoleVar+"=ho-notify-worker")
+	pid := c.slotPIDs(1)[0]
+	start := time.Now()
+	unix.Kill(pid, unix.SIGHUP) // STOPPING=1, and stays
+	c.waitReplaced(1, 0, pid)
+	if waited := time.Since(start); waited < timeout {
+		t.Errorf("replaced after %v, before the shutdown timeout %v", waited, timeout)
+	}
+	recs := c.log.find("worker killed to be replaced")
+	if len(recs) != 1 || recs[0]["pid"] != float64(pid) || !strings.Contains(fmt.Sprint(recs[0]["reason"]), "STOPPING=1") {
+		t.Errorf("kill records %v, want one for pid %d naming STOPPING=1", recs, pid)
+	}
+}
