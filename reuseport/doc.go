@@ -31,7 +31,8 @@
 // # Platforms
 //
 // Linux: SO_REUSEPORT balances by a hash of the 4-tuple; every Config field
-// and BPF steering are supported. FreeBSD 12+: SO_REUSEPORT_LB balances.
+// and BPF steering are supported. FreeBSD 12+: SO_REUSEPORT_LB balances
+// (an older kernel lacks it, and every call fails with ErrNotSupported).
 // DragonFly: plain SO_REUSEPORT balances (FreeBSD's SO_REUSEPORT_LB was
 // ported from DragonFly's code). On both, a balancing group holds at most 256
 // sockets per address; a 257th binds but receives nothing, so ListenGroup

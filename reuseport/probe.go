@@ -15,7 +15,9 @@ import (
 // by Probe.
 type Capability struct {
 	// Option is the socket option this package sets: "SO_REUSEPORT", or
-	// "SO_REUSEPORT_LB" on FreeBSD when the kernel has it.
+	// "SO_REUSEPORT_LB" on FreeBSD. A kernel that does not know it
+	// (ENOPROTOOPT: FreeBSD before 12.0) is not supported: Probe reports
+	// Shared false and an error wrapping ErrNotSupported.
 	Option string
 
 	// Shared reports that two sockets of this user bound the same address
@@ -85,8 +87,9 @@ const bpfRetK = 0x06
 // ports, and counts where they arrive; it then attaches programs that steer
 // every datagram to one member and checks that 8 datagrams from 8 source
 // ports all arrive there, once for each member. It opens and closes about 50
-// sockets and takes a few milliseconds. On platforms without SO_REUSEPORT
-// it returns an error wrapping ErrNotSupported. Shared is false with a nil
+// sockets and takes a few milliseconds. On platforms without SO_REUSEPORT,
+// and on kernels that do not know Option, it returns an error wrapping
+// ErrNotSupported. Shared is false with a nil
 // error only when the second socket is refused the first one's port; a
 // first socket that cannot bind (no free ephemeral port, EADDRINUSE) is an
 // error.

@@ -16,15 +16,11 @@ const (
 	skfAdCPU = 36         // SKF_AD_CPU
 )
 
-func reuseOption() string { return "SO_REUSEPORT" }
+var reuseOpt = reuseSockopt{unix.SO_REUSEPORT, "SO_REUSEPORT"}
 
 // maxGroupOS is MaxGroup: Linux grows a reuseport group without a fixed
 // limit (struct sock_reuseport is reallocated as members join).
 const maxGroupOS = MaxGroup
-
-func setReusePort(fd int) error {
-	return setsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1)
-}
 
 func setDeferAccept(fd, seconds int) error {
 	return setsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", seconds)

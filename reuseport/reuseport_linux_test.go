@@ -2,6 +2,7 @@ package reuseport_test
 
 import (
 	"errors"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -453,6 +454,39 @@ func TestProbe(t *testing.T) {
 	}
 	if s := got.String(); !strings.Contains(s, "balancing") || strings.Contains(s, "not balancing") {
 		t.Errorf("String() = %q", s)
+	}
+}
+
+// TestProbeUnknownOption plays a kernel that does not know the reuse option
+// (FreeBSD before 12.0 has no SO_REUSEPORT_LB; setsockopt fails with
+// ENOPROTOOPT) with an option number Linux does not know: Probe reports it
+// as not supported, not as a failure, and Listen fails the same way.
+func TestProbeUnknownOption(t *testing.T) {
+	fdcensus.Verify(t)
+	defer reuseport.SetReuseOption(0x7ffe, "SO_UNKNOWN")()
+	got, err := reuseport.Probe()
+	if !errors.Is(err, reuseport.ErrNotSupported) || !errors.Is(err, syscall.ENOPROTOOPT) {
+		t.Errorf("Probe error = %v, want one matching ErrNotSupported and ENOPROTOOPT", err)
+	}
+	if diff := cmp.Diff(reuseport.Capability{Option: "SO_UNKNOWN"}, got); diff != "" {
+		t.Errorf("Probe (-want +got):\n%s", diff)
+	}
+	if s := got.String(); s != "SO_REUSEPORT: not supported" {
+		t.Errorf("String() = %q", s)
+	}
+	for _, network := range []string{"tcp4", "udp4"} {
+		var c io.Closer
+		if network == "tcp4" {
+			c, err = reuseport.Listen(testCtx(t), network, "127.0.0.1:0")
+		} else {
+			c, err = reuseport.ListenPacket(testCtx(t), network, "127.0.0.1:0")
+		}
+		if err == nil {
+			c.Close()
+		}
+		if !errors.Is(err, reuseport.ErrNotSupported) {
+			t.Errorf("%s: listen error = %v, want ErrNotSupported", network, err)
+		}
 	}
 }
 

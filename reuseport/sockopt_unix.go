@@ -69,6 +69,29 @@ func (c *Config) deferAcceptSeconds() int {
 	return int(s)
 }
 
+// reuseSockopt is the SOL_SOCKET option that lets sockets share a port.
+type reuseSockopt struct {
+	opt  int
+	name string
+}
+
+func reuseOption() string { return reuseOpt.name }
+
+// setReusePort sets reuseOpt on fd. ENOPROTOOPT means the kernel does not
+// know the option (FreeBSD before 12.0 has no SO_REUSEPORT_LB): the port
+// cannot be shared as promised, which is ErrNotSupported, and Probe then
+// reports "not supported" rather than failing.
+func setReusePort(fd int) error {
+	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, reuseOpt.opt, 1)
+	if err == unix.ENOPROTOOPT {
+		return fmt.Errorf("reuseport: %s: %w: %w", reuseOpt.name, ErrNotSupported, os.NewSyscallError("setsockopt", err))
+	}
+	if err != nil {
+		return fmt.Errorf("reuseport: %s: %w", reuseOpt.name, os.NewSyscallError("setsockopt", err))
+	}
+	return nil
+}
+
 func setsockoptInt(fd, level, opt int, name string, v int) error {
 	if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
 		return fmt.Errorf("reuseport: %s: %w", name, os.NewSyscallError("setsockopt", err))

@@ -59,10 +59,9 @@ type batchWriter struct {
 }
 
 type batchReader struct {
-	mm    mmsgs
-	k     int
-	bytes int
-	bfn   func(fd uintptr) bool
+	mm  mmsgs
+	k   int
+	bfn func(fd uintptr) bool
 }
 
 // SendBatch sends msgs in order, each as one message, and returns how many
@@ -154,6 +153,11 @@ func (w *writer) writeBatch(fd uintptr) bool {
 // set and its descriptors closed, and the messages after it are still
 // valid. The returned error is set only when no message was received
 // (io.EOF at end of stream, a deadline, a closed connection).
+//
+// On SOCK_SEQPACKET an empty record that ends the batch reads as end of
+// stream, as it does for Recv: the messages before it are returned, and the
+// next RecvBatch or Recv returns io.EOF. An empty record followed by more
+// messages in the same batch is returned as a message with N == 0.
 func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 	if len(msgs) == 0 {
 		return 0, nil
@@ -164,17 +168,19 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	r := &c.r
+	if r.eof {
+		r.eof = false
+		return 0, io.EOF
+	}
 	if r.bfn == nil {
 		r.bfn = r.readBatch
 	}
 	oobSize := 0
-	r.bytes = 0
 	for i := range msgs {
 		if c.sotype == unix.SOCK_STREAM && len(msgs[i].Payload) == 0 {
 			return 0, io.ErrShortBuffer
 		}
 		oobSize += rightsSpace(len(msgs[i].FDs))
-		r.bytes += len(msgs[i].Payload)
 	}
 	r.mm.reset(len(msgs), oobSize)
 	off := 0
@@ -209,13 +215,17 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 		// recvmmsg reads on past end of stream, filling the remaining
 		// entries with empty records: the stream ended at the first entry
 		// after which every entry is empty. An empty entry followed by
-		// data was an empty SEQPACKET message from a peer and is kept.
+		// data was an empty SEQPACKET message from a peer and is kept. A
+		// trailing empty record from a peer that stays open cannot be
+		// told from that end; Recv reads it as io.EOF, and so does the
+		// next call here rather than losing it.
 		for k > 0 && msgs[k-1].N == 0 && msgs[k-1].NFDs == 0 && msgs[k-1].Err == nil {
 			k--
 		}
 		if k == 0 {
 			return 0, io.EOF
 		}
+		r.eof = k < r.k
 	}
 	return k, nil
 }
@@ -223,7 +233,10 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 func (r *reader) readBatch(fd uintptr) bool {
 	for {
 		hdr := r.mm.hdr
-		k, _, e := syscall6For(r.bytes)(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
+		// Syscall, never RawSyscall: a batch installs descriptors for up
+		// to 1024 messages, which may wait for the descriptor table to
+		// grow (see rawMaxFDs).
+		k, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)), recvFlags, 0, 0)
 		if e != 0 {
 			switch ready(e) {
 			case callAgain:

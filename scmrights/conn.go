@@ -365,6 +365,9 @@ type reader struct {
 	oobBuf         []byte
 	fn             func(fd uintptr) bool
 	mb             msgBuf
+	// eof is an end of stream RecvBatch saw after the messages it
+	// returned (a trailing empty record), owed to the next receive.
+	eof bool
 
 	batchReader
 }
@@ -402,6 +405,10 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Me
 	if len(p) == 0 && (sotype == unix.SOCK_STREAM || !zeroLengthRecv) {
 		// A zero-length read of a stream cannot be told from end of stream.
 		return 0, 0, io.ErrShortBuffer
+	}
+	if r.eof {
+		r.eof = false
+		return 0, 0, io.EOF
 	}
 	r.p, r.oob = p, r.oobBuf[:rightsSpace(len(fds))]
 	r.n, r.oobn, r.flags, r.err = 0, 0, 0, nil

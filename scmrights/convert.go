@@ -36,13 +36,17 @@ func Dup(c syscall.Conn) (int, error) {
 // Listener returns a net.Listener for a received listening socket: a
 // SOCK_STREAM socket (TCP or unix) or a unix SOCK_SEQPACKET socket on which
 // listen(2) was called. Anything else (a FIFO, a directory, a memfd, a
-// datagram socket, a connected socket) fails with a *SocketError matching
-// ErrWrongSocket, without ever blocking in accept. Listener takes ownership
-// of fd: it is closed on failure, and replaced by the listener's own copy on
-// success.
+// datagram socket, a connected socket, a listening socket of another family
+// such as vsock) fails with a *SocketError matching ErrWrongSocket, without
+// ever blocking in accept. Listener takes ownership of fd: it is closed on
+// failure, and replaced by the listener's own copy on success.
 func Listener(fd int) (net.Listener, error) {
 	if err := checkSocket(fd, "listening stream socket", func(s sockInfo) bool {
-		return s.listening && (s.sotype == unix.SOCK_STREAM || (s.sotype == unix.SOCK_SEQPACKET && s.family == unix.AF_UNIX))
+		// Another family is refused before net.FileListener sees it: that
+		// would set O_NONBLOCK on the sender's shared description and
+		// only then fail.
+		return s.listening && (s.sotype == unix.SOCK_STREAM && (s.family == unix.AF_INET || s.family == unix.AF_INET6 || s.family == unix.AF_UNIX) ||
+			s.sotype == unix.SOCK_SEQPACKET && s.family == unix.AF_UNIX)
 	}); err != nil {
 		return nil, err
 	}
@@ -55,15 +59,24 @@ func Listener(fd int) (net.Listener, error) {
 // unix) or unix SOCK_SEQPACKET socket. A listening socket, a datagram
 // socket or anything that is not a socket fails with a *SocketError. NetConn
 // takes ownership of fd.
+//
+// A TCP socket that is neither listening nor connected fails with an error
+// wrapping syscall.ENOTCONN instead, not ErrWrongSocket: it is the right
+// kind of socket, and the usual reason is an everyday one, a client that
+// reset the connection while it waited in the accept queue. Treat it as a
+// failed accept. (The kernel cannot tell it from a TCP socket that was never
+// connected, which therefore fails the same way.)
 func NetConn(fd int) (net.Conn, error) {
 	const want = "connected stream socket"
 	sotype, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil || (sotype != unix.SOCK_STREAM && sotype != unix.SOCK_SEQPACKET) {
 		return nil, reject(fd, want)
 	}
-	switch family, connected := peerFamily(fd); {
-	case !connected:
-		return nil, reject(fd, want)
+	switch family, perr := peerFamily(fd); {
+	case perr != nil:
+		err := unconnected(fd, want, perr)
+		unix.Close(fd)
+		return nil, err
 	case family != unix.AF_INET && family != unix.AF_INET6 && family != unix.AF_UNIX,
 		// net.FileConn panics on an inet SOCK_SEQPACKET (SCTP) socket.
 		sotype == unix.SOCK_SEQPACKET && family != unix.AF_UNIX:
@@ -88,9 +101,24 @@ func NetConn(fd int) (net.Conn, error) {
 		return nil, err
 	}
 	c.Close() // disconnected meanwhile
-	err = rejection(fd, want)
+	_, perr := peerFamily(fd)
+	err = unconnected(fd, want, perr)
 	f.Close()
 	return nil, err
+}
+
+// unconnected says why fd, a socket on which getpeername(2) failed with
+// perr, is refused as not a want: an error wrapping ENOTCONN for a TCP
+// socket neither listening nor connected (see NetConn), a *SocketError for
+// anything else. fd stays open.
+func unconnected(fd int, want string, perr error) error {
+	s, kind, err := inspect(fd)
+	if err == nil && kind == "" && perr == unix.ENOTCONN && s.sotype == unix.SOCK_STREAM && !s.listening &&
+		(s.family == unix.AF_INET || s.family == unix.AF_INET6) {
+		return fmt.Errorf("scmrights: descriptor %d is a TCP socket with no peer (reset by the client, or never connected): %w",
+			fd, os.NewSyscallError("getpeername", perr))
+	}
+	return describe(fd, s, kind, err, want)
 }
 
 // PacketConn returns a net.PacketConn for a received datagram socket (UDP or
@@ -129,10 +157,21 @@ func UnixConn(fd int) (*net.UnixConn, error) {
 // *net.UnixConn for this process and an *os.File to hand to a child through
 // exec.Cmd.ExtraFiles. Both are close-on-exec here; ExtraFiles clears the
 // flag on the child's copy only. Close the *os.File once the child started.
+// It is in blocking mode, as a child expects, and so not on the runtime
+// poller: deadlines on it fail with os.ErrNoDeadline.
 func Socketpair(sotype int) (*net.UnixConn, *os.File, error) {
 	fds, err := socketpair(sotype)
 	if err != nil {
 		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	// The child expects a blocking descriptor unless it says otherwise. It
+	// is made blocking before os.NewFile, which then leaves it off the
+	// poller: a File registered while non-blocking would accept deadlines
+	// it cannot keep, and its Close would wait for a blocked Read forever.
+	if err := unix.SetNonblock(fds[1], false); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, os.NewSyscallError("fcntl", err)
 	}
 	local := os.NewFile(uintptr(fds[0]), "socketpair")
 	remote := os.NewFile(uintptr(fds[1]), "socketpair")
@@ -141,12 +180,6 @@ func Socketpair(sotype int) (*net.UnixConn, *os.File, error) {
 	if err != nil {
 		remote.Close()
 		return nil, nil, err
-	}
-	// The child expects a blocking descriptor unless it says otherwise.
-	if err := unix.SetNonblock(fds[1], false); err != nil {
-		c.Close()
-		remote.Close()
-		return nil, nil, os.NewSyscallError("fcntl", err)
 	}
 	return c.(*net.UnixConn), remote, nil
 }

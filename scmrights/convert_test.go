@@ -254,7 +254,6 @@ func TestNetConnDescriptors(t *testing.T) {
 		{"unix seqpacket pair", pairEnd(unix.SOCK_SEQPACKET), "unixpacket", ""},
 		{"listening TCP", func() int { return dup(t, tcp.(*net.TCPListener)) }, "", "listening SOCK_STREAM inet socket"},
 		{"listening unix", func() int { return dup(t, ul) }, "", "listening SOCK_STREAM unix socket"},
-		{"unbound TCP", socket(unix.AF_INET, unix.SOCK_STREAM), "", "unconnected SOCK_STREAM inet socket"},
 		{"unconnected unix stream", socket(unix.AF_UNIX, unix.SOCK_STREAM), "", "unconnected SOCK_STREAM unix socket"},
 		{"unconnected unix seqpacket", socket(unix.AF_UNIX, unix.SOCK_SEQPACKET), "", "unconnected SOCK_SEQPACKET unix socket"},
 		{"UDP", func() int { return dup(t, udp.(*net.UDPConn)) }, "", "SOCK_DGRAM inet socket"},
@@ -270,7 +269,6 @@ func TestNetConnDescriptors(t *testing.T) {
 			unix.Close(fds[1])
 			return fds[0]
 		}, "unix", ""},
-		{"TCP reset by its peer", func() int { return resetTCP(t) }, "", "unconnected SOCK_STREAM inet socket"},
 		{"netlink", socket(unix.AF_NETLINK, unix.SOCK_RAW), "", "SOCK_RAW other-family socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -342,5 +340,172 @@ func resetTCP(t *testing.T) int {
 			t.Fatal("the reset did not arrive within 5 s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// Socketpair's end for the child is an honestly blocking *os.File: it was
+// made blocking before os.NewFile, so it is not on the poller. A File put
+// on the poller and then made blocking underneath would accept a deadline
+// it cannot keep, and its Close would wait forever for a blocked Read.
+func TestSocketpairRemoteIsBlocking(t *testing.T) {
+	fdcensus.Verify(t)
+	for _, st := range sotypes {
+		t.Run(st.name, func(t *testing.T) {
+			local, remote, err := scmrights.Socketpair(st.typ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer local.Close()
+			defer remote.Close()
+			rc, err := remote.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fl int
+			var ferr error
+			rc.Control(func(fd uintptr) { fl, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+			if ferr != nil || fl&unix.O_NONBLOCK != 0 {
+				t.Errorf("child end: F_GETFL = %#x, %v; want O_NONBLOCK clear", fl, ferr)
+			}
+			if err := remote.SetReadDeadline(time.Now().Add(time.Second)); !errors.Is(err, os.ErrNoDeadline) {
+				t.Errorf("SetReadDeadline on the child end = %v, want os.ErrNoDeadline", err)
+			}
+			read := make(chan error, 1)
+			go func() { _, err := remote.Read(make([]byte, 8)); read <- err }()
+			time.Sleep(20 * time.Millisecond) // let Read block, if it is going to
+			closed := make(chan error, 1)
+			go func() { closed <- remote.Close() }()
+			select {
+			case err := <-closed:
+				if err != nil {
+					t.Errorf("Close with a Read pending = %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				// Let the Read, and so the Close, finish.
+				local.Write([]byte("x"))
+				<-closed
+				t.Errorf("Close waited for a Read blocked in the kernel")
+			}
+			// The Read ends when the peer closes; the descriptor is closed
+			// once it returns.
+			local.Close()
+			select {
+			case <-read:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Read on the child end did not end when the peer closed")
+			}
+		})
+	}
+}
+
+// A15: a TCP socket with no peer is refused with ENOTCONN, not
+// ErrWrongSocket: usually the client reset the connection while it waited
+// in the accept queue, an everyday event. The kernel cannot tell a socket
+// that never connected from it, so that fails the same way.
+func TestNetConnUnconnectedTCP(t *testing.T) {
+	fdcensus.Verify(t)
+	for _, tc := range []struct {
+		name string
+		open func(t *testing.T) int
+	}{
+		{"accepted, reset by the client in the accept queue", acceptedReset},
+		{"connected, reset by its peer", resetTCP},
+		{"never connected", func(t *testing.T) int {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd := tc.open(t)
+			c, err := scmrights.NetConn(fd)
+			if c != nil {
+				c.Close()
+			}
+			if !errors.Is(err, syscall.ENOTCONN) || errors.Is(err, scmrights.ErrWrongSocket) {
+				t.Errorf("NetConn = %v; want an error matching ENOTCONN and not ErrWrongSocket", err)
+			}
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Errorf("refused descriptor %d still open (F_GETFD: %v)", fd, err)
+			}
+		})
+	}
+}
+
+// acceptedReset returns a connection accepted after its client reset it
+// (SO_LINGER 0) while it waited in the accept queue: accept succeeds, and
+// getpeername fails with ENOTCONN.
+func acceptedReset(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	// The RST travels over loopback; accept takes the connection either
+	// way, so wait until the accepted socket shows the reset.
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fd := dup(t, s.(*net.TCPConn))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := unix.Getpeername(fd); err == unix.ENOTCONN {
+			return fd
+		}
+		if time.Now().After(deadline) {
+			unix.Close(fd)
+			t.Fatal("the reset did not arrive within 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A15: a listening stream socket of a family package net cannot wrap
+// (vsock) is refused before net.FileListener sets O_NONBLOCK on the
+// sender's shared description.
+func TestListenerRefusesOtherFamily(t *testing.T) {
+	fdcensus.Verify(t)
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == unix.EAFNOSUPPORT {
+		t.Skip("no vsock in this kernel")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: unix.VMADDR_PORT_ANY}); err != nil {
+		t.Skipf("vsock bind: %v", err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		t.Skipf("vsock listen: %v", err)
+	}
+	sent, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := scmrights.Listener(sent)
+	if l != nil {
+		l.Close()
+	}
+	var se *scmrights.SocketError
+	if !errors.As(err, &se) || !strings.Contains(se.Got, "listening SOCK_STREAM other-family") {
+		t.Errorf("Listener(vsock listener) = %v, want a *SocketError for a listening other-family socket", err)
+	}
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+		t.Errorf("sender's description: F_GETFL = %#x, %v; want O_NONBLOCK still clear", fl, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(sent), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Errorf("refused descriptor %d still open (F_GETFD: %v)", sent, err)
 	}
 }

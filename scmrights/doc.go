@@ -61,11 +61,15 @@
 //
 // All I/O runs on the Go runtime's network poller: deadlines set on the
 // connection apply, and closing it unblocks a pending Recv or Send with an
-// error matching net.ErrClosed. Errors are *net.OpError values wrapping
-// either an *os.SyscallError or one of this package's sentinels, so
-// errors.Is works with ErrTruncated, os.ErrDeadlineExceeded, net.ErrClosed
-// and errno values such as syscall.ETOOMANYREFS (the sender's in-flight
-// descriptor limit, which leaves the connection usable).
+// error matching net.ErrClosed. This holds even when another holder of the
+// socket made its shared open file description blocking ((*os.File).Fd,
+// exec.Cmd.ExtraFiles): every call passes MSG_DONTWAIT.
+//
+// Errors are *net.OpError values wrapping either an *os.SyscallError or one
+// of this package's sentinels, so errors.Is works with ErrTruncated,
+// os.ErrDeadlineExceeded, net.ErrClosed and errno values such as
+// syscall.ETOOMANYREFS (the sender's in-flight descriptor limit, which
+// leaves the connection usable).
 //
 // # Platforms
 //

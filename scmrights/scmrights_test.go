@@ -795,3 +795,73 @@ func TestConnZeroAlloc(t *testing.T) {
 		}
 	}
 }
+
+// A trailing empty SEQPACKET record, from a peer that stays open, reads as
+// end of stream for RecvBatch as it does for Recv: nothing is lost, and the
+// messages after it are received by both alike.
+func TestTrailingEmptySeqpacketRecord(t *testing.T) {
+	fdcensus.Verify(t)
+	recvs := map[string]func(c *scmrights.Conn) []string{
+		"Recv": func(c *scmrights.Conn) []string {
+			buf := make([]byte, 8)
+			n, _, err := c.Recv(buf, nil)
+			if err != nil {
+				return []string{errorName(err)}
+			}
+			return []string{string(buf[:n])}
+		},
+		"RecvBatch": func(c *scmrights.Conn) []string {
+			ms := make([]scmrights.Message, 4)
+			for i := range ms {
+				ms[i].Payload = make([]byte, 8)
+			}
+			n, err := c.RecvBatch(ms)
+			if err != nil {
+				return []string{errorName(err)}
+			}
+			var got []string
+			for _, m := range ms[:n] {
+				got = append(got, string(m.Payload[:m.N]))
+			}
+			return got
+		},
+	}
+	for name, recv := range recvs {
+		t.Run(name, func(t *testing.T) {
+			a, b := connPair(t, unix.SOCK_SEQPACKET)
+			rc, _ := a.SyscallConn()
+			var werr error
+			rc.Write(func(fd uintptr) bool {
+				if _, werr = unix.Write(int(fd), []byte("x")); werr == nil {
+					_, werr = unix.Write(int(fd), nil)
+				}
+				return true
+			})
+			if werr != nil {
+				t.Fatal(werr)
+			}
+			b.SetReadDeadline(time.Now().Add(5 * time.Second))
+			var got []string
+			for len(got) < 2 {
+				got = append(got, recv(b)...)
+			}
+			if err := a.Send([]byte("y")); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, recv(b)...)
+			if diff := cmp.Diff([]string{"x", "EOF", "y"}, got); diff != "" {
+				t.Errorf("received (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func errorName(err error) string {
+	switch {
+	case err == io.EOF:
+		return "EOF"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "deadline"
+	}
+	return err.Error()
+}

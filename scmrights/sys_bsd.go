@@ -15,9 +15,13 @@ import (
 // close-on-exec while holding syscall.ForkLock, as the net package does for
 // accept on such systems.
 
+// MSG_DONTWAIT: O_NONBLOCK belongs to the shared open file description,
+// which another holder may clear ((*os.File).Fd, exec.Cmd.ExtraFiles); the
+// calls must still return EAGAIN to the poller, or deadlines and Close would
+// no longer reach a call blocked in the kernel.
 const (
-	sendFlags = 0
-	recvFlags = 0
+	sendFlags = unix.MSG_DONTWAIT
+	recvFlags = unix.MSG_DONTWAIT
 )
 
 var credSpace = 0
@@ -86,20 +90,20 @@ func socketpair(sotype int) ([2]int, error) {
 	return fds, nil
 }
 
-// peerFamily returns the address family of the socket fd's peer, and
-// false if it has none (getpeername(2) fails).
-func peerFamily(fd int) (int, bool) {
+// peerFamily returns the address family of the socket fd's peer, or the
+// error of getpeername(2) if it has none.
+func peerFamily(fd int) (int, error) {
 	sa, err := unix.Getpeername(fd)
 	if err != nil {
-		return 0, false
+		return 0, err
 	}
 	switch sa.(type) {
 	case *unix.SockaddrInet4:
-		return unix.AF_INET, true
+		return unix.AF_INET, nil
 	case *unix.SockaddrInet6:
-		return unix.AF_INET6, true
+		return unix.AF_INET6, nil
 	case *unix.SockaddrUnix:
-		return unix.AF_UNIX, true
+		return unix.AF_UNIX, nil
 	}
-	return unix.AF_UNSPEC, true
+	return unix.AF_UNSPEC, nil
 }

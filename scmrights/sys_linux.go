@@ -10,10 +10,15 @@ import (
 
 const (
 	// MSG_NOSIGNAL: a peer that closed turns into EPIPE, not a SIGPIPE.
-	sendFlags = unix.MSG_NOSIGNAL
+	// MSG_DONTWAIT: O_NONBLOCK belongs to the open file description, which
+	// other holders of the socket share and may clear ((*os.File).Fd on a
+	// File() copy, exec.Cmd.ExtraFiles); without the flag a call would then
+	// block in the kernel, holding its P through RawSyscall and stalling
+	// every stop-the-world until a message came.
+	sendFlags = unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT
 	// MSG_CMSG_CLOEXEC: received descriptors are close-on-exec atomically,
 	// so a concurrent fork+exec never inherits them.
-	recvFlags = unix.MSG_CMSG_CLOEXEC
+	recvFlags = unix.MSG_CMSG_CLOEXEC | unix.MSG_DONTWAIT
 )
 
 var credSpace = unix.CmsgSpace(unix.SizeofUcred)
@@ -76,14 +81,28 @@ type msgBuf struct {
 	iov unix.Iovec
 }
 
-// rawMax is the most payload bytes a call may move through RawSyscall. The
-// socket is non-blocking, so sendmsg and recvmsg never sleep; skipping the
-// scheduler's entersyscall/exitsyscall bookkeeping then saves more than its
-// own cost: measured with syscall tracepoints, it cut the runtime's sysmon
-// wake-ups per 300k messages from about 8000 to 1000 and futex calls from
-// about 2000 to 300. Larger copies use Syscall, so a long memcpy in the
+// rawMax is the most payload bytes a call may move through RawSyscall.
+// With MSG_DONTWAIT sendmsg and recvmsg never wait for the peer; skipping
+// the scheduler's entersyscall/exitsyscall bookkeeping then saves more than
+// its own cost: measured with syscall tracepoints, it cut the runtime's
+// sysmon wake-ups per 300k messages from about 8000 to 1000 and futex calls
+// from about 2000 to 300. Larger copies use Syscall, so a long memcpy in the
 // kernel never delays a stop-the-world.
 const rawMax = 64 << 10
+
+// rawMaxFDs is the most descriptors a receive may make room for and still
+// use RawSyscall. Installing received descriptors can grow the descriptor
+// table, and when other threads share it (every Go process) expand_fdtable
+// waits for an RCU grace period: tens of milliseconds, measured at 100 ms
+// for 70 messages of 253 descriptors, during which a RawSyscall holds its P
+// and a stop-the-world waits. The table only grows, doubling each time, so a
+// receive of a few descriptors meets this only when it is the one that
+// crosses the next power of two, a handful of times in a process's life;
+// larger receives, which cross it far more often, go through Syscall. So
+// does every recvmmsg.
+const rawMaxFDs = 8
+
+var rawMaxOOB = rightsSpace(rawMaxFDs)
 
 // sendmsg and recvmsg call unix.RawSyscall6 (a jump straight to the
 // syscall package's) rather than unix.RawSyscall (two more frames) through
@@ -110,7 +129,7 @@ func recvmsg(fd int, b *msgBuf, p, oob []byte) (n, oobn, flags int, err error) {
 	fillMsg(&b.msg, &b.iov, p, oob)
 	var r uintptr
 	var e unix.Errno
-	if len(p) <= rawMax {
+	if len(p) <= rawMax && len(oob) <= rawMaxOOB {
 		r, _, e = unix.RawSyscall6(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), recvFlags, 0, 0, 0)
 	} else {
 		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), recvFlags)
@@ -134,13 +153,16 @@ func socketpair(sotype int) ([2]int, error) {
 	return unix.Socketpair(unix.AF_UNIX, sotype|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 }
 
-// peerFamily returns the address family of the socket fd's peer, and
-// false if it has none (getpeername(2) fails). The raw call, because
-// x/sys's Getpeername adds a getsockopt(SO_PROTOCOL) for every inet
-// address, to tell L2TP apart.
-func peerFamily(fd int) (int, bool) {
+// peerFamily returns the address family of the socket fd's peer, or the
+// errno of getpeername(2) if it has none. The raw call, because x/sys's
+// Getpeername adds a getsockopt(SO_PROTOCOL) for every inet address, to
+// tell L2TP apart.
+func peerFamily(fd int) (int, error) {
 	var sa unix.RawSockaddrAny
 	n := uint32(unix.SizeofSockaddrAny)
 	_, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)))
-	return int(sa.Addr.Family), e == 0
+	if e != 0 {
+		return 0, e
+	}
+	return int(sa.Addr.Family), nil
 }
