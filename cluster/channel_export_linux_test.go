@@ -40,7 +40,17 @@ func BindPolicy(addr string) error {
 	if err != nil {
 		return err
 	}
-	return bindPolicy(a)
+	return bindPolicy(a, nil)
+}
+
+// BindPolicyAs is BindPolicy for workers running as cred
+// (Config.Credential).
+func BindPolicyAs(addr string, cred *supervise.Credential) error {
+	a, err := ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	return bindPolicy(a, cred)
 }
 
 // ForwardedLog returns the control frames a worker's LogHandler queues

@@ -552,7 +552,7 @@ func (m *master) bindShared(network, address string) (l *listener, bound bool, e
 	if err != nil {
 		return nil, false, err
 	}
-	if err := bindPolicy(a); err != nil {
+	if err := bindPolicy(a, m.cred); err != nil {
 		return nil, false, err
 	}
 	s := &m.ctl
@@ -596,12 +596,14 @@ const minWorkerPort = 1024
 //   - tcp and udp: an IP literal, never a name (the worker resolves names:
 //     a name would make the master query DNS for untrusted input while
 //     holding bindMu), and port 0 or one from 1024 up;
-//   - unix: a path in an existing directory the master's real user may
-//     write and search (access(2), which drops the capabilities a non-root
-//     process got from a file), and not one any user may write without the
-//     sticky bit, where another user could swap the socket (sockfile).
-//     sockfile never replaces a live socket or anything that is no socket.
-func bindPolicy(a Addr) error {
+//   - unix: a path in an existing directory the workers' user may write
+//     and search: the master's real user (access(2), which drops the
+//     capabilities a non-root process got from a file), or cred's when
+//     workers run as another user (accessAs: a root master could write
+//     anywhere); and not one any user may write without the sticky bit,
+//     where another user could swap the socket (sockfile). sockfile never
+//     replaces a live socket or anything that is no socket.
+func bindPolicy(a Addr, cred *supervise.Credential) error {
 	switch a.Network {
 	case "tcp", "udp":
 		host, port, err := net.SplitHostPort(a.Address)
@@ -616,8 +618,14 @@ func bindPolicy(a Addr) error {
 		}
 	case "unix":
 		dir := filepath.Dir(a.Address)
-		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
-			return fmt.Errorf("%w: %s: directory not writable by the workers' user: %w", ErrListen, a, os.NewSyscallError("access", err))
+		var err error
+		if cred != nil {
+			err = accessAs(cred, dir, unix.W_OK|unix.X_OK)
+		} else if err = unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+			err = os.NewSyscallError("access", err)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %s: directory not writable by the workers' user: %w", ErrListen, a, err)
 		}
 		var st unix.Stat_t
 		if err := unix.Stat(dir, &st); err != nil {

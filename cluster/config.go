@@ -16,6 +16,12 @@ type FileConfig struct {
 	// Control and PIDFile are the "control" and "pid_file" paths (empty:
 	// none); the command line's -control and -pid-file override them.
 	Control, PIDFile string
+	// User is "user" as written, "USER[:GROUP]" (empty: none), and
+	// Credential what LookupUser resolved it to when the file was parsed:
+	// every group's local workers run as that user (Config.Credential).
+	// Remote hosts' workers run as their ssh user.
+	User       string
+	Credential *supervise.Credential
 	// Groups in file order. Names are unique.
 	Groups []GroupConfig
 

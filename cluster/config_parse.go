@@ -393,7 +393,7 @@ func (d *configDecoder) duration(v *fastjson.Value, p cfgPath, max time.Duration
 }
 
 var (
-	fileKeys  = []string{"control", "pid_file", "groups"}
+	fileKeys  = []string{"control", "pid_file", "user", "groups"}
 	groupKeys = []string{"name", "command", "count", "params", "env", "listen", "mode", "ready", "restart_strategy",
 		"restart", "backoff", "heartbeat", "shutdown_timeout", "start_timeout", "max_running_time", "suspended", "remote"}
 	backoffKeys = []string{"min", "max", "reset_after", "burst", "window"}
@@ -420,6 +420,19 @@ func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
 			if d.err == nil && fc.PIDFile == "" {
 				d.fail(p, false, "empty path (leave \"pid_file\" out for no pid file)")
 			}
+		case "user":
+			fc.User = d.string(fv, p)
+			if d.err != nil {
+				break
+			}
+			// Resolved now, so that a typo is refused with its place in
+			// the file, by the upgrade probe too.
+			cred, err := LookupUser(fc.User)
+			if err != nil {
+				d.fail(p, false, "%v", strings.TrimPrefix(err.Error(), ErrUser.Error()+": "))
+				break
+			}
+			fc.Credential = cred
 		case "groups":
 			groups = fv
 		}

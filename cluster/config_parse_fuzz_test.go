@@ -24,6 +24,7 @@ var configSeeds = []string{
 	  "heartbeat": "1s", "max_running_time": "1h", "suspended": true,
 	  "remote": [{"ssh": "u@h", "port": 2222, "count": 2, "identity": "/i", "known_hosts": "/k", "binary": "/bin/mc"}]}]}`,
 	`{"groups": [{"name": "a", "command": ["p"], "count": "2"}]}`,
+	`{"user": "root:0", "groups": [{"name": "a", "command": ["p"], "listen": ["127.0.0.1:0"]}]}`,
 	"{\"a\":\n\"\\ud800\"}",
 	`{"a": 1, "\u0061": 2}`,
 	`[[[[[[[[[[[[[[[[`,
@@ -102,6 +103,9 @@ func checkFuzzError(t *testing.T, data []byte, err error) {
 }
 
 func checkFileConfig(t *testing.T, fc *cluster.FileConfig) {
+	if (fc.User == "") != (fc.Credential == nil) {
+		t.Fatalf("user %q resolved to %+v", fc.User, fc.Credential)
+	}
 	if n := len(fc.Groups); n < 1 || n > 256 {
 		t.Fatalf("%d groups", n)
 	}

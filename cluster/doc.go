@@ -31,9 +31,12 @@
 //     descriptors are validated (open, inherited, a listening or datagram
 //     socket) before New opens anything else.
 //   - The notify socket is a 0600 path in a private 0700 directory,
-//     removed when Run returns. Notifications are attributed by the
+//     removed when Run returns (with Config.Credential, the socket is the
+//     workers' user's and the directory, still the master's, 0710 with
+//     the workers' group). Notifications are attributed by the
 //     kernel-supplied sender credentials (SCM_CREDENTIALS): the sender must
-//     run as the master's user and be a worker or a descendant of one
+//     run as the workers' user (the master's, or Config.Credential's) and
+//     be a worker or a descendant of one
 //     (its parent chain is read from /proc); anything else is logged and
 //     ignored. A descendant that exits before its message is read cannot be
 //     attributed (systemd has the same race).

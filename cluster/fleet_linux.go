@@ -98,6 +98,11 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 	if p, msg := validateFileConfig(fc); msg != "" {
 		return nil, fmt.Errorf("%w: %s: %s", ErrConfig, p, msg)
 	}
+	// Before the control socket and the pid file; every group's master
+	// checks it again.
+	if _, err := workerCredential(fc.Credential); err != nil {
+		return nil, err
+	}
 	total := 0
 	for i := range fc.Groups {
 		total += fc.Groups[i].Size()
@@ -135,7 +140,7 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 		g.maxRun.Store(int64(fc.Groups[i].MaxRunningTime))
 		g.suspended.Store(g.cfg.Suspended)
 		f.groups = append(f.groups, g)
-		if err := f.newGroup(g, base, opts); err != nil {
+		if err := f.newGroup(g, base, opts, fc.Credential); err != nil {
 			return nil, fmt.Errorf("cluster: group %q: %w", g.cfg.Name, err)
 		}
 		base += g.cfg.Size()
@@ -148,7 +153,7 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 
 // newGroup creates g's master (binding its listeners) and its remote
 // hosts' sessions; the group's workers have global ids from base on.
-func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions) error {
+func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions, cred *supervise.Credential) error {
 	gc := &g.cfg
 	log := slog.New(&groupHandler{h: f.log.Handler(), name: gc.Name})
 	if gc.Count > 0 {
@@ -164,7 +169,7 @@ func (f *fleet) newGroup(g *fleetGroup, base int, opts *FleetOptions) error {
 			Ready: gc.Ready, Mode: gc.Mode, Strategy: gc.Strategy,
 			ShutdownTimeout: gc.ShutdownTimeout, StartTimeout: gc.StartTimeout, Backoff: gc.Backoff,
 			Heartbeat: gc.Heartbeat, Restart: gc.Restart, MaxRunningTime: gc.MaxRunningTime, Suspended: gc.Suspended,
-			Shim: opts.Shim, Env: env, Logger: log,
+			Shim: opts.Shim, Env: env, Logger: log, Credential: cred,
 			Group: gc.Name, Params: gc.Params, // groupEnv gives "{}" for none
 			WorkerID: f.workerIDs(g.index, base, gc.Count),
 		}

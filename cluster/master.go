@@ -149,6 +149,19 @@ type Config struct {
 	MaxRunningTime time.Duration
 	// Suspended starts the cluster suspended: no worker runs until Resume.
 	Suspended bool
+	// Credential, if not nil, runs every worker (the exec shim and the
+	// program it executes) as that user, group and supplementary groups
+	// (LookupUser; -user), so a master started as root to bind privileged
+	// ports runs no worker as root. It needs a root master (effective uid
+	// 0; New fails with ErrUser otherwise) unless it names the process's
+	// own effective uid and gid, which changes nothing. The parent-death
+	// signal survives the switch (fork sets it after the credentials). The
+	// notify socket is made reachable by that user only, notifications
+	// are accepted from that uid only, and a unix path a worker asks the
+	// master to bind (Listen) must be writable by that user. The
+	// temporary directory (TMPDIR), which holds the notify socket, must
+	// be searchable by it, else New fails.
+	Credential *supervise.Credential
 
 	// Group settings, for a cluster that is one group of a -config file
 	// (see GroupConfig). All zero outside a group.

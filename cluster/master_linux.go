@@ -49,9 +49,12 @@ var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNoti
 const selfExe = "/proc/self/exe"
 
 type master struct {
-	cfg       Config
-	log       *slog.Logger
-	program   string // resolved path
+	cfg     Config
+	log     *slog.Logger
+	program string // resolved path
+	// cred is the workers' credential (Config.Credential), nil when they
+	// run as the master's user.
+	cred      *supervise.Credential
 	listeners []*listener
 	adopted   bool
 	sdNotify  string // the master's own NOTIFY_SOCKET, if any
@@ -135,6 +138,16 @@ func newMaster(cfg *Config) (_ *master, err error) {
 	}
 	if err := m.checkGroup(); err != nil { // group_linux.go
 		return nil, err
+	}
+	if m.cred, err = workerCredential(m.cfg.Credential); err != nil {
+		return nil, err
+	}
+	if m.cred != nil {
+		// The notify socket goes in a directory made there (run):
+		// workers that cannot reach it would never become ready.
+		if err := accessAs(m.cred, os.TempDir(), unix.X_OK); err != nil {
+			return nil, fmt.Errorf("%w: uid %d cannot search the temporary directory %s, which holds the workers' notify socket (set TMPDIR to one it can): %w", ErrUser, m.cred.UID, os.TempDir(), err)
+		}
 	}
 	if os.Getenv(envUpgradeProbe) != "" {
 		// Started as a running master's upgrade probe by a binary that
@@ -307,7 +320,7 @@ func (m *master) run(ctx context.Context) error {
 	// in the network namespace. Messages are attributed by the
 	// kernel-supplied sender pid (SCM_CREDENTIALS), so a per-worker socket
 	// would add descriptors without adding trust.
-	ns, notifyDir, err := listenPrivateNotify()
+	ns, notifyDir, err := listenPrivateNotify(m.cred)
 	if err != nil {
 		return fmt.Errorf("cluster: notify socket: %w", err)
 	}
@@ -332,6 +345,10 @@ func (m *master) run(ctx context.Context) error {
 		Env:        m.workerEnv(),
 		ExtraFiles: m.specFiles(files),
 		Prepare:    m.prepare,
+		// A credential change clears the parent-death signal
+		// (prctl(2)); Go's fork sets Pdeathsig after it, so workers
+		// still die with the master.
+		Credential: m.cred,
 	}
 	opts := &supervise.Options{
 		Workers:       m.cfg.Workers,
@@ -893,11 +910,15 @@ func (m *master) copyOutput() {
 }
 
 // listenPrivateNotify binds the workers' notify socket in a new directory
-// only this user can enter. Workers run as the master's user, so no chown
-// is needed. If the master is SIGKILLed the directory is left in the
-// temporary directory (it holds one dead socket), for the next master of
-// this user to remove (sweepNotifyDirs).
-func listenPrivateNotify() (*notifySocket, string, error) {
+// only this user can enter. With cred (workers of another user) the
+// socket is that user's, mode 0600, and the directory, still this user's
+// so that the workers cannot replace the socket, lets cred's group search
+// it (0710): exactly that user can connect (connect(2) needs write
+// permission on the socket file), besides root. If the master is
+// SIGKILLed the directory is left in the temporary directory (it holds one
+// dead socket), for the next master of this user to remove
+// (sweepNotifyDirs).
+func listenPrivateNotify(cred *supervise.Credential) (*notifySocket, string, error) {
 	dir, err := os.MkdirTemp("", "handoff-") // mode 0700
 	if err != nil {
 		return nil, "", err
@@ -918,6 +939,22 @@ func listenPrivateNotify() (*notifySocket, string, error) {
 		ns.close()
 		os.Remove(dir)
 		return nil, "", err
+	}
+	if cred != nil {
+		// The directory is opened last: until then nobody but this
+		// user can reach the socket.
+		err := os.Lchown(path, int(cred.UID), int(cred.GID))
+		if err == nil {
+			err = os.Lchown(dir, -1, int(cred.GID))
+		}
+		if err == nil {
+			err = os.Chmod(dir, 0o710)
+		}
+		if err != nil {
+			ns.close()
+			os.Remove(dir)
+			return nil, "", err
+		}
 	}
 	return ns, dir, nil
 }
@@ -951,9 +988,12 @@ func (w *warnLimiter) warn(log *slog.Logger, msg string, attrs ...any) {
 // serveNotify reads sd_notify messages until the socket is closed.
 func (m *master) serveNotify(ns *notifySocket) {
 	self := os.Getpid()
-	// Workers run as the master's user; anything else that reached the
-	// socket (root, say) is not a worker.
+	// Workers run as the master's user, or as Config.Credential's;
+	// anything else that reached the socket (root, say) is not a worker.
 	uid, euid := os.Getuid(), os.Geteuid()
+	if m.cred != nil {
+		uid, euid = int(m.cred.UID), int(m.cred.UID)
+	}
 	for {
 		r, err := ns.recv()
 		if errors.Is(err, net.ErrClosed) {

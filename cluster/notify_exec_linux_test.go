@@ -179,8 +179,9 @@ func TestStatusRateLimit(t *testing.T) {
 	}
 }
 
-// TestSweepNotifyDirs: a dead master's notify directory is removed; a live
-// one, one of another mode, a symlink and an unrelated directory are not.
+// TestSweepNotifyDirs: a dead master's notify directory (0700, or 0710 for
+// workers of another user) is removed; a live one, one of another mode, a
+// symlink and an unrelated directory are not.
 func TestSweepNotifyDirs(t *testing.T) {
 	fdcensus.Verify(t)
 	tmp := t.TempDir()
@@ -206,6 +207,8 @@ func TestSweepNotifyDirs(t *testing.T) {
 		return d
 	}
 	dead := mk("handoff-dead", 0o700, false)
+	// Workers of another user (Config.Credential) may search it.
+	deadUser := mk("handoff-user", 0o710, false)
 	live := mk("handoff-live", 0o700, true)
 	open := mk("handoff-open", 0o755, false)
 	other := mk("other-dead", 0o700, false)
@@ -217,7 +220,7 @@ func TestSweepNotifyDirs(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := sweepNotifyDirs(tmp)
-	if diff := cmp.Diff([]string{dead}, got); diff != "" {
+	if diff := cmp.Diff([]string{dead, deadUser}, got); diff != "" {
 		t.Errorf("removed (-want +got):\n%s", diff)
 	}
 	for _, d := range []string{live, open, other, extra} {

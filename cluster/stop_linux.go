@@ -241,8 +241,8 @@ func waitLeftovers(ps []leftover, d time.Duration, hurry <-chan struct{}) bool {
 // private notify directories that SIGKILLed masters of this user left
 // behind ("handoff-*" holding one socket, "notify"; a clean stop removes
 // its own). Only what is certainly dead goes: a directory of this user,
-// mode 0700, not a symlink, whose "notify" is a socket of this user that
-// refuses connections (nobody has it bound). The directory is removed
+// mode 0700 (0710 when workers ran as another user), not a symlink, whose
+// "notify" is a socket that refuses connections (nobody has it bound). The directory is removed
 // only if that left it empty. It returns the directories removed.
 func sweepNotifyDirs(dir string) []string {
 	ents, err := os.ReadDir(dir)
@@ -258,11 +258,13 @@ func sweepNotifyDirs(dir string) []string {
 		d := filepath.Join(dir, e.Name())
 		var st unix.Stat_t
 		// Lstat: a symlink named handoff-* is not followed.
-		if unix.Lstat(d, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Uid != euid || st.Mode&0o777 != 0o700 {
+		if unix.Lstat(d, &st) != nil || !notifyDirMode(&st, euid) {
 			continue
 		}
+		// Its owner is this user, or the workers' (Config.Credential):
+		// either way this user made it, as nobody else can write in d.
 		sock := filepath.Join(d, "notify")
-		if unix.Lstat(sock, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Uid != euid {
+		if unix.Lstat(sock, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			continue
 		}
 		if !deadSocket(sock) {
@@ -273,6 +275,13 @@ func sweepNotifyDirs(dir string) []string {
 		}
 	}
 	return removed
+}
+
+// notifyDirMode reports whether st is a directory listenPrivateNotify
+// makes: euid's, 0700, or 0710 when workers run as another user.
+func notifyDirMode(st *unix.Stat_t, euid uint32) bool {
+	perm := st.Mode & 0o7777
+	return st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Uid == euid && (perm == 0o700 || perm == 0o710)
 }
 
 // deadSocket reports whether connecting to the datagram socket at path is

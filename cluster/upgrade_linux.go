@@ -1214,7 +1214,12 @@ func removeOldNotify(path string) {
 		return
 	}
 	var st unix.Stat_t
-	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || int(st.Uid) != os.Geteuid() {
+	// The socket is the workers' user's under Config.Credential; the
+	// directory is always this user's, and nobody else can write in it.
+	if unix.Lstat(dir, &st) != nil || !notifyDirMode(&st, uint32(os.Geteuid())) {
+		return
+	}
+	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return
 	}
 	os.Remove(path)

@@ -4,13 +4,14 @@
 // cleanly.
 //
 //	mini-cluster [flags] [--] PROGRAM [ARGS...]
-//	mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format text|json]
+//	mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-user USER[:GROUP]] [-log-format text|json]
 //	mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|max-running-time D -control PATH [-group NAME] [-json] [-timeout D]
 //	mini-cluster suspend|resume GROUP -control PATH [-json] [-timeout D]
 //
 // Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
 // -restart-strategy, -shutdown-timeout, -ready, -start-timeout, -heartbeat, -pid-file,
-// -control, -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
+// -control, -user (run workers as another user; the master must be root),
+// -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
 // second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
 // and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary
 // in place (same pid, same listeners; the workers are replaced by as many

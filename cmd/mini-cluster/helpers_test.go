@@ -95,6 +95,9 @@ func roleMaster() int {
 //	                  start a "sleep" child in our process group, then
 //	                  never send READY=1 and never accept (a start timeout
 //	                  must kill the whole group; TESTPLAN C3)
+//	SRV_TRY_LISTEN=p,q  GET /env also asks the master (cluster.Listen)
+//	                  for unix sockets at paths p, q, ..., and reports
+//	                  each result ("TRY_LISTEN p=ok" or the error)
 //	SRV_FAIL_GEN=n    in generation n, once the listener is open, exit 3
 //	                  after 200 ms, before READY=1: a started process that
 //	                  crashes during initialisation (TESTPLAN C11)
@@ -158,6 +161,23 @@ func fakeSrv() int {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
 		}
 		fmt.Fprintf(w, "INODES=%d,%d,%d\n", ino[0], ino[1], ino[2])
+		groups, _ := syscall.Getgroups()
+		slices.Sort(groups)
+		fmt.Fprintf(w, "IDS=%d:%d:%v\n", os.Getuid(), os.Getgid(), groups)
+		// Last: the worker API's first call takes NOTIFY_SOCKET and the
+		// LISTEN_* variables out of the environment.
+		if paths := os.Getenv("SRV_TRY_LISTEN"); paths != "" {
+			for _, p := range strings.Split(paths, ",") {
+				ln, err := cluster.Listen(r.Context(), "unix", p)
+				res := "ok"
+				if err != nil {
+					res = err.Error()
+				} else {
+					ln.Close()
+				}
+				fmt.Fprintf(w, "TRY_LISTEN %s=%s\n", p, res)
+			}
+		}
 	})
 	var open openConns
 	if dir != "" && nofile != "" {
@@ -612,13 +632,19 @@ func startMaster(t testing.TB, pc *proccensus.Census, env []string, args ...stri
 
 func startCmd(t testing.TB, cmd *exec.Cmd) *master {
 	t.Helper()
-	m := &master{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
 	// The master's private notify directory goes under TMPDIR; a master a
 	// test SIGKILLs cannot remove it, so keep it in the test's own.
+	return startCmdIn(t, cmd, t.TempDir())
+}
+
+// startCmdIn is startCmd with TMPDIR set to tmp.
+func startCmdIn(t testing.TB, cmd *exec.Cmd, tmp string) *master {
+	t.Helper()
+	m := &master{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
 	}
-	cmd.Env = append(cmd.Env, "TMPDIR="+t.TempDir())
+	cmd.Env = append(cmd.Env, "TMPDIR="+tmp)
 	cmd.Stdout = m.log
 	cmd.Stderr = m.log
 	if err := cmd.Start(); err != nil {

@@ -157,7 +157,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 	fs := flag.NewFlagSet("mini-cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-log-format F]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|suspend GROUP|resume GROUP|max-running-time D -control PATH [-group NAME] [-json] [-timeout D]\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: mini-cluster [flags] [--] PROGRAM [ARGS...]\n       mini-cluster -config FILE [-control PATH] [-pid-file PATH] [-user USER[:GROUP]] [-log-format F]\n       mini-cluster status|restart|stop|scale N|send SLOT MSG|broadcast MSG|suspend GROUP|resume GROUP|max-running-time D -control PATH [-group NAME] [-json] [-timeout D]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	var listen listFlag
@@ -173,6 +173,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	heartbeat := fs.Duration("heartbeat", 0, "kill and replace a ready worker silent for 3 times this interval (control-channel heartbeats or WATCHDOG=1); 0 = off")
 	configPath := fs.String("config", "", "run the groups of this JSON configuration file (instead of PROGRAM and the worker flags)")
+	userSpec := fs.String("user", "", "run every worker as USER[:GROUP] (a name or number each; default group: the user's primary one; supplementary groups: the user's); the master must run as root")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -180,8 +181,18 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 		// The flag package has printed the error and the usage.
 		return nil, &usageError{err: err, printed: true}
 	}
+	// Resolved here, so an unknown user is a command-line error (exit 2)
+	// that the upgrade probe sees too; New refuses a master that is not
+	// root (exit 1).
+	var cred *supervise.Credential
+	if *userSpec != "" {
+		var err error
+		if cred, err = cluster.LookupUser(*userSpec); err != nil {
+			return nil, &usageError{err: fmt.Errorf("-user: %w", err)}
+		}
+	}
 	if *configPath != "" {
-		return parseConfig(fs, *configPath, *control, *pidFile, *logFormat, stdout, stderr)
+		return parseConfig(fs, *configPath, *control, *pidFile, *logFormat, *userSpec, cred, stdout, stderr)
 	}
 	cmode, err := cluster.ParseMode(*mode)
 	if err != nil {
@@ -237,6 +248,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 		Heartbeat:       *heartbeat,
 		PIDFile:         *pidFile,
 		Control:         *control,
+		Credential:      cred,
 		Logger:          slog.New(handler),
 	}
 	if *logFormat == "text" {
@@ -261,7 +273,8 @@ var configFlags = map[string]bool{"n": true, "listen": true, "mode": true, "rest
 
 // parseConfig checks "mini-cluster -config FILE" (every group of the file
 // in one process, cluster.Fleet) and reads the file.
-func parseConfig(fs *flag.FlagSet, path, control, pidFile, logFormat string, stdout, stderr io.Writer) (*start, error) {
+// A -user (userSpec, cred) replaces the file's "user".
+func parseConfig(fs *flag.FlagSet, path, control, pidFile, logFormat, userSpec string, cred *supervise.Credential, stdout, stderr io.Writer) (*start, error) {
 	var clash []string
 	fs.Visit(func(f *flag.Flag) {
 		if configFlags[f.Name] {
@@ -282,6 +295,9 @@ func parseConfig(fs *flag.FlagSet, path, control, pidFile, logFormat string, std
 	if err != nil {
 		// FILE:LINE:COL: path: message, as compilers print, exit 2.
 		return nil, &usageError{err: err}
+	}
+	if cred != nil {
+		fc.User, fc.Credential = userSpec, cred
 	}
 	opts := &cluster.FleetOptions{Logger: slog.New(handler), Control: control, PIDFile: pidFile}
 	if logFormat == "text" {
