@@ -65,6 +65,12 @@
 // socket made its shared open file description blocking ((*os.File).Fd,
 // exec.Cmd.ExtraFiles): every call passes MSG_DONTWAIT.
 //
+// On a hot path, size the fds buffer of Recv and RecvMsg to what you
+// expect: a receive with room for at most 8 descriptors skips the
+// scheduler's system-call bookkeeping (it cannot wait in the kernel), a
+// larger one goes through it, since installing many descriptors may wait
+// for the process's descriptor table to grow.
+//
 // Errors are *net.OpError values wrapping either an *os.SyscallError or one
 // of this package's sentinels, so errors.Is works with ErrTruncated,
 // os.ErrDeadlineExceeded, net.ErrClosed and errno values such as
