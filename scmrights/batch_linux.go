@@ -169,7 +169,9 @@ func (c *Conn) RecvBatch(msgs []Message) (n int, err error) {
 	defer c.rmu.Unlock()
 	r := &c.r
 	if r.eof {
-		r.eof = false
+		if err := r.takeEOF(c.rc); err != io.EOF {
+			return 0, opError("read", c.uc, err)
+		}
 		return 0, io.EOF
 	}
 	if r.bfn == nil {

@@ -393,6 +393,17 @@ func (r *reader) init() {
 	}
 }
 
+// takeEOF returns the end of stream RecvBatch left pending, or the
+// error any receive would get if the connection was closed since, so a
+// caller's own Close still reads as net.ErrClosed.
+func (r *reader) takeEOF(rc syscall.RawConn) error {
+	r.eof = false
+	if err := rawError(rc.Control(func(uintptr) {})); err != nil {
+		return err
+	}
+	return io.EOF
+}
+
 var readerPool = sync.Pool{New: func() any {
 	r := new(reader)
 	r.init()
@@ -407,8 +418,7 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Me
 		return 0, 0, io.ErrShortBuffer
 	}
 	if r.eof {
-		r.eof = false
-		return 0, 0, io.EOF
+		return 0, 0, r.takeEOF(rc)
 	}
 	r.p, r.oob = p, r.oobBuf[:rightsSpace(len(fds))]
 	r.n, r.oobn, r.flags, r.err = 0, 0, 0, nil

@@ -854,6 +854,36 @@ func TestTrailingEmptySeqpacketRecord(t *testing.T) {
 			}
 		})
 	}
+	// A pending end of stream does not outlive the receiver's own Close:
+	// the next receive reads net.ErrClosed, as any receive after Close.
+	for name, recv := range recvs {
+		t.Run(name+" after Close", func(t *testing.T) {
+			a, b := connPair(t, unix.SOCK_SEQPACKET)
+			rc, _ := a.SyscallConn()
+			var werr error
+			rc.Write(func(fd uintptr) bool {
+				if _, werr = unix.Write(int(fd), []byte("x")); werr == nil {
+					_, werr = unix.Write(int(fd), nil)
+				}
+				return true
+			})
+			if werr != nil {
+				t.Fatal(werr)
+			}
+			ms := make([]scmrights.Message, 4)
+			for i := range ms {
+				ms[i].Payload = make([]byte, 8)
+			}
+			b.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := b.RecvBatch(ms); n != 1 || err != nil {
+				t.Fatalf("RecvBatch = %d, %v; want 1 message, the end of stream pending", n, err)
+			}
+			b.Close()
+			if diff := cmp.Diff([]string{"closed"}, recv(b)); diff != "" {
+				t.Errorf("after Close (-want +got):\n%s", diff)
+			}
+		})
+	}
 }
 
 func errorName(err error) string {
@@ -862,6 +892,8 @@ func errorName(err error) string {
 		return "EOF"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "deadline"
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
 	}
 	return err.Error()
 }
