@@ -403,7 +403,18 @@ func TestAcceptEMFILE(t *testing.T) {
 		t.Fatalf("no READY=1 within 15 s (stderr: %s)", w.stderr)
 	}
 	pid := w.cmd.Process.Pid
+	// The datagram socket that sent READY=1 may still be open for a
+	// moment after the message arrived: wait until the lowest free
+	// descriptor holds still, or the limit below would leave one free.
 	free := lowestFreeFD(t, pid)
+	for i := 0; i < 100; i++ {
+		time.Sleep(20 * time.Millisecond)
+		now := lowestFreeFD(t, pid)
+		if now == free {
+			break
+		}
+		free = now
+	}
 	var old unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
 		t.Fatal(os.NewSyscallError("prlimit", err))
