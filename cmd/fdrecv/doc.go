@@ -19,8 +19,9 @@
 // up while its message waited, is dropped. None of these delays or aborts
 // the hand-off. Bad input from the sender (a malformed
 // message, names that do not match the descriptors, more or fewer
-// descriptors than -n, truncated control data) fails with a distinct exit
-// code, and every received descriptor is closed.
+// descriptors than -n) fails with a distinct exit code, and every received
+// descriptor is closed. A message too large or with truncated control data
+// gets its status (8, 5) and is dropped: fdrecv accepts the next sender.
 //
 // Without PROGRAM, fdrecv prints one line per descriptor saying what it is
 // (a file and its path, a pipe, a TCP listener and its address, ...) and the
@@ -40,7 +41,8 @@
 // did not get. Conversely PROGRAM runs only if "placed" was delivered: a
 // sender that hung up (it reports a failure) makes fdrecv exit 1 instead;
 // docs/fdcli.md states the windows that remain (the sender's -timeout
-// expiring right after "placed", a kill between "placed" and execve).
+// expiring right after "placed", a kill between "placed" and execve, a
+// failed execve whose status 10 reply cannot be sent).
 // A standard descriptor (0-2) in non-blocking mode, as
 // Node.js and some terminals leave them, would make the fresh image's
 // runtime create its netpoller at 3 and 4 (os.NewFile registers
@@ -65,8 +67,8 @@
 // # Exit codes
 //
 // See usage (fdrecv -h) and docs/fdcli.md: 0 success, 1 other failure,
-// 2 usage, 3 timeout, 4 descriptor count mismatch, 5 truncated control data,
-// 7 socket path problem, 8 protocol error, 10 exec failed. (A refused
-// sender is answered 6 and fdrecv accepts the next one: 6 is never its own
-// exit code.)
+// 2 usage, 3 timeout, 4 descriptor count mismatch, 7 socket path problem,
+// 8 protocol error, 10 exec failed. (A refused sender is answered 6, one
+// whose control data was truncated 5, and fdrecv accepts the next one: 5
+// and 6 are never its own exit codes.)
 package main

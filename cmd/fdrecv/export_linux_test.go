@@ -18,3 +18,7 @@ func FormatParkedStdio(p [3]int) string { return parkedStdio(p).String() }
 
 // MaxPending is how many allowed connections fdrecv reads at once.
 const MaxPending = maxPending
+
+// MaxAccepted is how many allowed connections fdrecv holds, read or
+// waiting for a slot, before it refuses more.
+const MaxAccepted = maxAccepted

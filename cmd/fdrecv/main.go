@@ -32,7 +32,6 @@ Exit codes:
   2   usage: bad flags or arguments
   3   timeout: nothing received before -timeout
   4   count: fewer or more descriptors than -n, or than names sent
-  5   truncated: control data truncated (MSG_CTRUNC); all descriptors closed
   7   socket: PATH in use by a live socket, not a socket, too long, or not creatable
   8   protocol: malformed message, unknown wire version, invalid names
   10  exec: PROGRAM not found or not executable

@@ -35,10 +35,12 @@ import (
 // for a line on stdin, then prints, per connection, what it read: the
 // reply statuses and "eof" (or the error), and for a sender whether the
 // pipe still has a reader ("epipe": every copy of the read end it sent was
-// closed, none kept by fdrecv).
+// closed, none kept by fdrecv). With "empty" as argument 2, each sender
+// sends a zero-length record before its message.
 func roleRefused() int {
 	args := helperproc.Args()
 	n, _ := strconv.Atoi(args[1])
+	empty := len(args) > 2 && args[2] == "empty"
 	conns := make([]*net.UnixConn, n)
 	pipes := make([]*os.File, n)
 	msg, _ := fdwire.EncodeMessage([]string{"x"}, []byte("x"))
@@ -60,6 +62,13 @@ func roleRefused() int {
 		}
 		defer w.Close()
 		pipes[i] = w
+		if empty {
+			if rc, err := conns[i].SyscallConn(); err == nil {
+				_ = rc.Control(func(fd uintptr) {
+					_ = unix.Sendmsg(int(fd), nil, nil, nil, unix.MSG_NOSIGNAL)
+				})
+			}
+		}
 		fd, err := scmrights.Dup(r)
 		if err == nil {
 			// EPIPE if fdrecv has refused us already: the reply says why.

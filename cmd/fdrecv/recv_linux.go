@@ -30,9 +30,16 @@ var longAgo = time.Unix(1, 0)
 
 // maxPending bounds the allowed connections fdrecv reads at once. A silent
 // one holds its slot for at most connReadTimeout, so it delays nobody
-// unless maxPending of them are silent together; then the next connection
-// waits in the listen backlog for a free slot, its message queued intact.
+// unless maxPending of them are silent together; then the next allowed
+// connection waits, accepted, for a free slot, its message queued intact.
+// Accepting goes on meanwhile, so refusals never wait for a slot.
 const maxPending = 8
+
+// maxAccepted bounds the allowed connections accepted and not yet done
+// with (read or waiting for a slot). One beyond it is refused with status
+// 1 at once: a crowd of silent connections costs a descriptor and a
+// goroutine each, never more.
+const maxAccepted = 64
 
 func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	var progPath string
@@ -68,34 +75,14 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	conn, cred, msg, fds := m.conn, m.cred, m.msg, m.fds
+	conn, cred, names, payload, fds := m.conn, m.cred, m.names, m.payload, m.fds
 	defer conn.Close()
-	nfds := len(fds)
 	keep := false
 	defer func() {
 		if !keep {
 			closeAll(fds)
 		}
 	}()
-	names, payload, err := fdwire.DecodeMessage(msg)
-	if err != nil {
-		err = &fdwire.ExitError{Code: fdwire.StatusProtocol, Err: err}
-		if errors.Is(err, fdwire.ErrVersion) {
-			// Refused in the sender's own version's layout, so that it
-			// can tell why.
-			e := err.(*fdwire.ExitError)
-			replyBytes(conn, fdwire.EncodeRefusal(fdwire.MessageVersion(msg), e.Code, e.Error()))
-			return err
-		}
-	} else if len(names) != nfds {
-		err = fail(fdwire.StatusCount, "the message names %d descriptors but %d arrived", len(names), nfds)
-	} else if cfg.n > 0 && nfds != cfg.n {
-		err = fail(fdwire.StatusCount, "received %d descriptors, want %d (-n)", nfds, cfg.n)
-	}
-	if err != nil {
-		reply(conn, err.(*fdwire.ExitError).Code, err.Error())
-		return err
-	}
 	if progPath == "" {
 		// "Placed", then end of file: the sender's success. A sender that
 		// cannot take the reply any more (EPIPE) has reported a failure,
@@ -133,6 +120,9 @@ type message struct {
 	cred scmrights.Ucred
 	msg  []byte
 	fds  []int
+	// names and payload are msg decoded, set once it is checked.
+	names   []string
+	payload []byte
 	// err is nil for a message, a *dropError for a connection to drop (a
 	// note for stderr, conn already closed), errAcceptEnded when the
 	// accept loop ended, or a failure that ends fdrecv (conn closed).
@@ -142,13 +132,17 @@ type message struct {
 var errAcceptEnded = errors.New("accept loop ended")
 
 // acceptMessage accepts connections until one delivers a message from an
-// allowed sender that still waits for the reply, and returns it. Every
-// other connection is dropped with a note on stderr: a refused uid, nothing
-// sent within connReadTimeout, a hang-up before or after sending, or a
-// message that arrived after another sender's was taken. Nothing a dropped
-// peer does delays the next accept: refusals never wait (see refuse), and
-// up to maxPending allowed connections are read at once, the first
-// complete message winning.
+// allowed sender that still waits for the reply, and returns it, checked
+// (see check). Every other connection is dropped with a note on stderr: a
+// refused uid, nothing sent within connReadTimeout, a hang-up before or
+// after sending, a message too large or with its control data truncated
+// (its sender gets the status), or a message that arrived after another
+// sender's was taken. Nothing a dropped peer does delays the next accept:
+// refusals never wait (see refuse), and up to maxPending allowed
+// connections are read at once, the first complete message winning. A
+// message that fails check ends fdrecv with its status, as does an Accept
+// failure, -timeout or an interruption; a message read meanwhile gets
+// status 1 with that cause.
 func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stderr io.Writer) (*message, error) {
 	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
@@ -191,11 +185,16 @@ func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stde
 			} else {
 				fmt.Fprintf(stderr, "fdrecv: dropped a connection: %v\n", m.err)
 			}
-		case won != nil || fatal != nil:
+		case won != nil:
 			closeAll(m.fds)
 			reply(m.conn, fdwire.StatusFailure, "another sender's descriptors were taken")
 			m.conn.Close()
 			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d sent its message after another sender's was taken\n", m.cred.PID)
+		case fatal != nil:
+			closeAll(m.fds)
+			reply(m.conn, fdwire.StatusFailure, "fdrecv ended without taking this message: "+fatal.Error())
+			m.conn.Close()
+			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d sent its message as fdrecv was ending\n", m.cred.PID)
 		case peerGone(m.conn):
 			// The sender gave up (its -timeout, say) while its message
 			// waited here: it has reported a failure, so its descriptors
@@ -204,7 +203,13 @@ func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stde
 			m.conn.Close()
 			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d hung up after sending, before its message was taken\n", m.cred.PID)
 		default:
-			won = m
+			if err := check(cfg, m); err != nil {
+				closeAll(m.fds)
+				m.conn.Close()
+				fatal = err
+			} else {
+				won = m
+			}
 			cancel()
 		}
 	}
@@ -219,6 +224,33 @@ func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stde
 		return nil, interrupted(outer, cfg, nil)
 	}
 	return won, nil
+}
+
+// check decodes m's message into m.names and m.payload and checks it
+// against the descriptors that came with it and -n. On failure it has
+// told the sender why, in the sender's own version's layout for a version
+// mismatch (so that it can tell why), and returns the failure.
+func check(cfg *config, m *message) error {
+	names, payload, err := fdwire.DecodeMessage(m.msg)
+	nfds := len(m.fds)
+	switch {
+	case err != nil:
+		e := &fdwire.ExitError{Code: fdwire.StatusProtocol, Err: err}
+		if errors.Is(err, fdwire.ErrVersion) {
+			replyBytes(m.conn, fdwire.EncodeRefusal(fdwire.MessageVersion(m.msg), e.Code, e.Error()))
+			return e
+		}
+		err = e
+	case len(names) != nfds:
+		err = fail(fdwire.StatusCount, "the message names %d descriptors but %d arrived", len(names), nfds)
+	case cfg.n > 0 && nfds != cfg.n:
+		err = fail(fdwire.StatusCount, "received %d descriptors, want %d (-n)", nfds, cfg.n)
+	default:
+		m.names, m.payload = names, payload
+		return nil
+	}
+	reply(m.conn, err.(*fdwire.ExitError).Code, err.Error())
+	return err
 }
 
 // interrupted maps the end of ctx to fdrecv's exit status, or returns err.
@@ -236,12 +268,14 @@ func interrupted(ctx context.Context, cfg *config, err error) error {
 }
 
 // acceptLoop accepts until ctx ends or Accept fails, refuses disallowed
-// peers inline, and starts a reader for each allowed one, at most
-// maxPending at once. It sends a note for each connection it drops itself,
-// and errAcceptEnded or the Accept failure last; each reader sends one
-// result.
+// peers inline, and starts a reader for each allowed one, maxPending
+// reading at once, the others waiting for a slot without holding up the
+// next accept; beyond maxAccepted it refuses. It sends a note for each
+// connection it drops itself, and errAcceptEnded or the Accept failure
+// last; each reader sends one result.
 func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *sync.WaitGroup, results chan<- *message) {
 	slots := make(chan struct{}, maxPending)
+	accepted := make(chan struct{}, maxAccepted)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -263,21 +297,35 @@ func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *syn
 		}
 		if !cfg.allowUIDs.Allows(cred.UID) {
 			err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
-			refuse(c, err.Error())
+			refuse(c, fdwire.StatusPermission, err.Error())
 			results <- &message{err: &dropError{err}}
 			continue
 		}
 		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			c.Close()
-			results <- &message{err: &dropError{fmt.Errorf("pid %d was not read: fdrecv stopped reading", cred.PID)}}
-			results <- &message{err: errAcceptEnded}
-			return
+		case accepted <- struct{}{}:
+		default:
+			err := fail(fdwire.StatusFailure, "sender pid %d not read: %d connections already wait to be read", cred.PID, maxAccepted)
+			refuse(c, fdwire.StatusFailure, err.Error())
+			results <- &message{err: &dropError{err}}
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-accepted }()
+			// A free slot is taken even if ctx has ended: readOne then
+			// drops the connection the usual way.
+			select {
+			case slots <- struct{}{}:
+			default:
+				select {
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					c.Close()
+					results <- &message{err: &dropError{fmt.Errorf("pid %d was not read: fdrecv stopped reading", cred.PID)}}
+					return
+				}
+			}
 			defer func() { <-slots }()
 			results <- readOne(ctx, c, cred)
 		}()
@@ -307,7 +355,7 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 	if err == nil {
 		return &message{conn: c, cred: cred, msg: buf[:n], fds: fdBuf[:nfds]}
 	}
-	var rerr error
+	var rerr *fdwire.ExitError
 	switch {
 	case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
 		c.Close()
@@ -321,17 +369,20 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 	case errors.Is(err, scmrights.ErrTruncated):
 		rerr = &fdwire.ExitError{Code: fdwire.StatusTruncated, Err: fmt.Errorf("control data truncated, all received descriptors closed: %w", err)}
 	case errors.Is(err, scmrights.ErrPayloadTruncated):
-		rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage)
+		rerr = fail(fdwire.StatusProtocol, "%w: larger than %d bytes", fdwire.ErrProtocol, fdwire.MaxMessage).(*fdwire.ExitError)
 	default:
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d: %w", cred.PID, err)}}
 	}
-	reply(c, rerr.(*fdwire.ExitError).Code, rerr.Error())
+	// One connection's failure (a truncation may also come from fdrecv's
+	// own descriptor limit): that sender gets the status, and fdrecv goes
+	// on accepting, the connections read meanwhile unaffected.
+	reply(c, rerr.Code, rerr.Error())
 	c.Close()
-	return &message{err: rerr}
+	return &message{err: &dropError{fmt.Errorf("pid %d: %w", cred.PID, rerr)}}
 }
 
-// refuse tells a peer whose uid is not allowed why, and closes the
+// refuse tells a peer it is refused (status, text) and closes the
 // connection without waiting for it. Closing a unix socket whose receive
 // queue holds a message makes the kernel report ECONNRESET to the peer
 // (unix_release_sock), possibly before it has read the verdict; fdsend
@@ -339,9 +390,15 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 // SHUT_RD makes the kernel refuse (EPIPE) whatever the peer sends from then
 // on, so once the messages already queued are discarded the queue stays
 // empty, and the peer reads the verdict, then end of file. The discarded
-// messages are read without a control buffer: their descriptors are never
-// installed here, the kernel drops them with the message (scm_recv).
-func refuse(c *net.UnixConn, text string) {
+// messages are read with room for credentials only: their descriptors are
+// never installed here, the kernel drops them with the message (MSG_CTRUNC,
+// scm_detach_fds).
+//
+// Once SHUT_RD is in effect, a read of the empty queue returns 0, as a
+// zero-length record does (unix_dgram_recvmsg turns EAGAIN into end of
+// file), so SO_PASSCRED tells them apart: every record, empty or not,
+// comes with SCM_CREDENTIALS, the end of the queue with no control data.
+func refuse(c *net.UnixConn, status int, text string) {
 	defer c.Close()
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -351,18 +408,31 @@ func refuse(c *net.UnixConn, text string) {
 		s := int(fd)
 		// MSG_DONTWAIT: a peer cannot make this wait; MSG_NOSIGNAL: one
 		// gone already is EPIPE, not SIGPIPE.
-		_ = unix.Sendto(s, fdwire.EncodeReply(fdwire.StatusPermission, text), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
+		_ = unix.Sendto(s, fdwire.EncodeReply(status, text), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
 		if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
 			return
 		}
-		// The peer's queue to us holds at most net.unix.max_dgram_qlen
-		// messages (10 by default) when SHUT_RD takes effect; the bound
-		// only guards against a kernel that reports otherwise.
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+			return
+		}
+		// The queue is bounded by the peer's send buffer when SHUT_RD
+		// takes effect (a few hundred records at most); the bound only
+		// guards against a kernel that reports otherwise.
 		var b [1]byte
-		for range 1024 {
-			n, _, _, _, err := unix.Recvmsg(s, b[:], nil, unix.MSG_DONTWAIT)
-			if err != nil || n == 0 {
+		oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+		for range 4096 {
+			_, oobn, _, _, err := unix.Recvmsg(s, b[:], oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			if err != nil || oobn == 0 {
 				return
+			}
+			// Only credentials fit, but should a kernel install
+			// descriptors anyway, they are not kept.
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					if fds, err := unix.ParseUnixRights(&m); err == nil {
+						closeAll(fds)
+					}
+				}
 			}
 		}
 	})
@@ -889,15 +959,61 @@ func init() {
 // will not report success and PROGRAM must not run.
 var errNotPlaced = errors.New("could not tell the sender the descriptors were placed")
 
+// replyRetry bounds how long stage 2 retries a reply while the sender is
+// still connected but the send fails for want of room.
+const replyRetry = 5 * time.Second
+
 // sendReply writes a reply with a raw send: no netpoller in stage 2. The
 // channel is non-blocking (it shares stage 1's socket description), so a
 // full queue is EAGAIN rather than a wait. MSG_NOSIGNAL: a sender that went
-// away is EPIPE, not SIGPIPE.
+// away is EPIPE, not SIGPIPE. EAGAIN (the sender's receive queue full),
+// ENOBUFS and ENOMEM (the kernel short of memory) leave the sender
+// connected and waiting, so the send is retried, after poll reports room
+// or a short pause, for up to replyRetry; the last error is returned as a
+// *os.SyscallError.
 func sendReply(fd, status int, text string) error {
-	if err := unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil); err != nil {
-		return os.NewSyscallError("sendto", err)
+	deadline := time.Now().Add(replyRetry)
+	for try := 0; ; try++ {
+		err := unix.Sendto(fd, fdwire.EncodeReply(status, text), unix.MSG_NOSIGNAL, nil)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR, unix.EAGAIN, unix.ENOBUFS, unix.ENOMEM:
+		default:
+			return os.NewSyscallError("sendto", err)
+		}
+		left := time.Until(deadline)
+		if left <= 0 || try >= 1000 {
+			return os.NewSyscallError("sendto", err)
+		}
+		switch err {
+		case unix.EAGAIN:
+			// EINTR, a timeout or POLLHUP all lead to another send,
+			// which tells.
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			unix.Poll(pfd, int(min(left, time.Second)/time.Millisecond)+1)
+		case unix.ENOBUFS, unix.ENOMEM:
+			// poll says nothing about memory: wait a little.
+			time.Sleep(min(left, 10*time.Millisecond))
+		}
 	}
-	return nil
+}
+
+// sendPlaced sends "placed" on fd. Only EPIPE, ECONNRESET and ENOTCONN
+// mean the sender is gone (errNotPlaced: it reports a failure itself).
+// Any other failure, after sendReply's retries, is returned as is: init
+// then tries to send the sender status 10 and exits 10. Whether or not
+// that reply gets through, the sender never reads success, which takes
+// "placed" and then end of file.
+func sendPlaced(fd int) error {
+	err := sendReply(fd, fdwire.StatusOK, "")
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ENOTCONN):
+		return fmt.Errorf("%w: %w", errNotPlaced, err)
+	}
+	return fmt.Errorf("send the placed reply: %w", err)
 }
 
 // shim places fds at 3, 4, ..., puts the standard descriptors stage 1
@@ -1025,8 +1141,8 @@ func shim(spec string, replyFD *int, parked *parkedStdio, path string, argv []st
 		// take "placed" (it hung up: its -timeout, a kill) reports a
 		// failure and its old server keeps serving, so PROGRAM must not
 		// run: the commit point is this send succeeding.
-		if err := sendReply(*replyFD, fdwire.StatusOK, ""); err != nil {
-			return fmt.Errorf("%w: %w", errNotPlaced, err)
+		if err := sendPlaced(*replyFD); err != nil {
+			return err
 		}
 	}
 	return unix.Exec(path, argv, env)
