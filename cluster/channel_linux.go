@@ -689,7 +689,11 @@ func (m *master) logFromWorker(pid int, msg *ctlMsg) {
 // kill(-pid) would hit that process's group. A process group is not
 // signalled here for the same reason; supervise, which knows when its
 // worker is unreaped, cleans the group up.
-func (m *master) restartWorker(pid int, reason string) {
+func (m *master) restartWorker(pid int, reason string) { m.restartProc(pid, nil, reason) }
+
+// restartProc is restartWorker for worker id only, when id is not nil: a
+// timer armed for one worker must not kill a later one that got its pid.
+func (m *master) restartProc(pid int, id *supervise.ID, reason string) {
 	// Looked up before the kill: its exit event removes the pid.
 	attrs := []any{"slot", m.slotOf(pid), "pid", pid}
 	m.mu.Lock()
@@ -700,7 +704,7 @@ func (m *master) restartWorker(pid int, reason string) {
 	s := &m.ctl
 	var err error = unix.ESRCH
 	s.mu.Lock()
-	if p := s.procs[pid]; p != nil && p.pidfd != nil && !pidfdDone(p.pidfd) {
+	if p := s.procs[pid]; p != nil && p.pidfd != nil && (id == nil || p.id == *id) && !pidfdDone(p.pidfd) {
 		f := p.pidfd
 		// Under s.mu: workerGone cannot close f meanwhile. A worker
 		// that already exited (a frame cut short by its death) is
@@ -753,8 +757,9 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		}
 		now := time.Now()
 		var late []int
-		// A worker that said STOPPING=1 or RELOADING=1 still owes its
-		// heartbeats, as under systemd's WatchdogSec=.
+		// A worker that said RELOADING=1 still owes its heartbeats; one
+		// that said STOPPING=1 does not, as systemd watches a service
+		// only while it runs or reloads: the shutdown timeout bounds it.
 		st := m.supStatus()
 		s.mu.Lock()
 		if s.beats == nil {
@@ -769,7 +774,7 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 				continue
 			}
 			live[sl.PID] = true
-			if sl.State != supervise.SlotReady {
+			if sl.State != supervise.SlotReady || m.nstate.stopping(sl.PID, sl.ID) {
 				continue
 			}
 			if c := s.chans[sl.PID]; c != nil && c.busy.Load() {

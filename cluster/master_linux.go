@@ -695,7 +695,7 @@ func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
 		if ev.Signal != 0 {
 			attrs = append(attrs, "signal", ev.Signal.String())
 		}
-		if errno, status := m.nstate.forget(ev.PID); errno != 0 || status != "" {
+		if errno, status := m.nstate.forget(ev.PID, ev.ID); errno != 0 || status != "" {
 			if errno != 0 {
 				attrs = append(attrs, "errno", errno, "errno_text", unix.Errno(errno).Error())
 			}
@@ -1046,13 +1046,16 @@ func (m *master) onNotify(n Notification, sender, self int) {
 	// STOPPING=1 wins over READY=1 in one message, as in systemd.
 	ready := n.Ready && !n.Stopping
 	for i := 0; i < maxAncestry && pid > 1 && pid != self; i++ {
-		if ready && m.nstate.stopping(pid) {
+		if ph, wid := m.nstate.phaseOf(pid); ready && ph == phaseStopping {
 			// A worker that said STOPPING=1 (only workers get a
 			// phase): its READY=1 is ignored, as systemd does in its
 			// deactivating state, so it is neither counted ready nor
-			// sent connections again.
-			m.logNotify(n, sender, pid)
-			return
+			// sent connections again. Unless the phase is an earlier
+			// worker's whose pid was reused.
+			if id, ok := m.liveWorker(pid); ok && id == wid {
+				m.logNotify(n, sender, pid)
+				return
+			}
 		}
 		if ready {
 			err := m.sup.MarkReadyPID(pid)
@@ -1067,7 +1070,7 @@ func (m *master) onNotify(n Notification, sender, self int) {
 				m.notifyWarn.warn(m.log, "notify: READY=1 not accepted", "worker_pid", pid, "sender", sender, "err", err)
 				return
 			}
-		} else if m.isWorker(pid) {
+		} else if _, ok := m.liveWorker(pid); ok {
 			m.logNotify(n, sender, pid)
 			return
 		}
@@ -1084,29 +1087,28 @@ func (m *master) onNotify(n Notification, sender, self int) {
 	m.notifyWarn.warn(m.log, "notify: message from a process that is not a worker ignored", "sender", sender)
 }
 
-func (m *master) isWorker(pid int) bool {
+// liveWorker returns the ID of the live worker pid, if pid is one.
+func (m *master) liveWorker(pid int) (supervise.ID, bool) {
 	m.mu.Lock()
-	_, ok := m.pids[pid]
+	id, ok := m.pids[pid]
 	m.mu.Unlock()
 	if ok {
-		return true
+		return id, true
 	}
 	// A message can overtake the Started event.
 	for _, sl := range m.sup.Status().Slots {
 		if sl.PID == pid {
-			return true
+			return sl.ID, true
 		}
 	}
-	return false
+	return supervise.ID{}, false
 }
 
 func (m *master) logNotify(n Notification, sender, worker int) {
 	if n.Watchdog {
 		m.heartbeat(worker)
 	}
-	m.mu.Lock()
-	id, ok := m.pids[worker]
-	m.mu.Unlock()
+	id, ok := m.liveWorker(worker)
 	slot := -1
 	if ok {
 		slot = id.Slot
@@ -1117,7 +1119,11 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 	if n.Errno != 0 {
 		m.nstate.setErrno(worker, n.Errno)
 	}
-	phase := m.notePhase(n, slot, worker)
+	phase := phaseNone
+	if ok {
+		// Not for a worker that exited since: its pid may be reused.
+		phase = m.notePhase(n, worker, id)
+	}
 	if n.ExtendTimeout > 0 {
 		// systemd's rule: the start deadline becomes now + the value if
 		// that is later; nothing for a worker already ready.
@@ -1144,38 +1150,62 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 // the handoff rotation, or puts it back after a reload. What it was sent
 // stays its own; if it exits without reading it, its exit rescues that as
 // for any worker (handoff.gone). It returns the worker's phase.
-func (m *master) notePhase(n Notification, slot, worker int) workerPhase {
-	c := m.nstate.notePhase(worker, n)
+func (m *master) notePhase(n Notification, worker int, id supervise.ID) workerPhase {
+	c := m.nstate.notePhase(worker, id, n)
 	if c.IgnoredReady {
-		m.log.Warn("worker sent READY=1 after STOPPING=1; ignored", "slot", slot, "pid", worker)
+		m.log.Warn("worker sent READY=1 after STOPPING=1; ignored", "slot", id.Slot, "pid", worker)
 	}
 	if c.From == c.To {
 		return c.To
 	}
 	switch c.To {
 	case phaseStopping:
-		m.log.Info("worker stopping", "slot", slot, "pid", worker)
+		m.log.Info("worker stopping", "slot", id.Slot, "pid", worker)
 		// As systemd after STOPPING=1: the worker has the shutdown
-		// timeout to exit, then it is killed and its slot respawned.
+		// timeout to exit, then it is killed. The kill names the worker:
+		// its pid may be reused by then.
 		d := m.cfg.ShutdownTimeout
 		if d <= 0 {
 			d = supervise.DefaultStopTimeout
 		}
-		m.nstate.armStop(worker, d, func() {
-			if m.nstate.stopping(worker) {
-				m.restartWorker(worker, "no exit within the shutdown timeout after STOPPING=1")
+		m.nstate.armPhase(worker, id, phaseStopping, d, func() {
+			if m.nstate.stopping(worker, id) {
+				m.restartProc(worker, &id, "no exit within the shutdown timeout after STOPPING=1")
 			}
 		})
 	case phaseReloading:
-		m.log.Info("worker reloading", "slot", slot, "pid", worker)
+		m.log.Info("worker reloading", "slot", id.Slot, "pid", worker)
+		// As systemd bounds a notify reload by TimeoutStartSec: a worker
+		// that never says READY=1 is taken back as it was.
+		d := m.cfg.StartTimeout
+		if d <= 0 {
+			d = defaultStartTimeout
+		}
+		m.nstate.armPhase(worker, id, phaseReloading, d, func() {
+			if !m.nstate.endReload(worker, id) {
+				return
+			}
+			m.log.Warn("worker reload timed out; ready again", "slot", id.Slot, "pid", worker, "timeout", d)
+			if m.mode.ho != nil {
+				m.mode.ho.setAway(worker, false)
+				// A STOPPING=1 handled meanwhile may have been
+				// overtaken by the line above.
+				if ph, wid := m.nstate.phaseOf(worker); wid == id && ph != phaseNone {
+					m.mode.ho.setAway(worker, true)
+				}
+			}
+		})
 	case phaseNone:
-		m.log.Info("worker reloaded", "slot", slot, "pid", worker)
+		m.log.Info("worker reloaded", "slot", id.Slot, "pid", worker)
 	}
 	if m.mode.ho != nil {
 		m.mode.ho.setAway(worker, c.To != phaseNone)
 	}
 	return c.To
 }
+
+// defaultStartTimeout is Config.StartTimeout's default, supervise's.
+const defaultStartTimeout = 30 * time.Second
 
 // parentPID reads the parent of pid from /proc/<pid>/stat. The command name
 // in parentheses may hold spaces and ')', so fields are counted from the

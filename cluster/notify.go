@@ -336,12 +336,27 @@ const statusInterval = time.Second
 // notifyState is what the master keeps from each worker's notifications:
 // its last STATUS= (logged on change, rate-limited per worker), ERRNO=
 // (logged with its exit) and whether it said STOPPING=1 or RELOADING=1
-// (its phase). Keyed by the worker's pid; forget drops an exited worker.
+// (its phase). Keyed by the worker's pid; a phase also names the worker
+// (its supervise.ID), because a pid is reused: a message read just before
+// an exit is applied after it, and forget leaves a tombstone so that it
+// creates nothing.
 type notifyState struct {
 	mu      sync.Mutex
 	workers map[int]*workerNotify
-	closed  bool
+	// gone holds the workers forget dropped, for tombstoneTTL: a late
+	// message of theirs sets no phase.
+	gone   map[int]tombstone
+	closed bool
 }
+
+type tombstone struct {
+	id supervise.ID
+	at time.Time
+}
+
+// tombstoneTTL is how long forget remembers an exited worker: far longer
+// than a message read before its exit takes to be applied.
+const tombstoneTTL = time.Minute
 
 type workerNotify struct {
 	status    string // last STATUS= received
@@ -350,11 +365,17 @@ type workerNotify struct {
 	timer     *time.Timer // logs status when the interval ends
 	errno     int
 	extWarned bool // EXTEND_TIMEOUT_USEC seen (logged once)
-	phase     workerPhase
-	phaseAt   time.Time // when phase last changed
-	// stopTimer, armed at STOPPING=1, kills the worker if it has not
-	// exited within the shutdown timeout (systemd's TimeoutStopSec).
-	stopTimer *time.Timer
+	// id is the worker the phase belongs to (zero: no phase yet).
+	id      supervise.ID
+	phase   workerPhase
+	phaseAt time.Time // when phase last changed
+	// phaseTimer ends the phase if it lasts too long: armed at
+	// STOPPING=1, it kills a worker that has not exited within the
+	// shutdown timeout (systemd's TimeoutStopSec); at RELOADING=1, it
+	// makes a worker that never says READY=1 ready again after the start
+	// timeout (systemd's TimeoutStartSec for a reload). Stopped when the
+	// phase changes.
+	phaseTimer *time.Timer
 	// readyWarned: a READY=1 after STOPPING=1 was logged as ignored.
 	readyWarned bool
 }
@@ -369,7 +390,8 @@ const (
 	// phaseStopping: STOPPING=1. For good: systemd ignores READY=1 in its
 	// deactivating state, and the worker's exit ends it.
 	phaseStopping
-	// phaseReloading: RELOADING=1, until READY=1 from the same process.
+	// phaseReloading: RELOADING=1, until READY=1 from the same process
+	// or the reload timeout.
 	phaseReloading
 )
 
@@ -381,21 +403,32 @@ type phaseChange struct {
 	IgnoredReady bool
 }
 
-// notePhase applies a worker's READY=1, RELOADING=1 and STOPPING=1 (any
-// of them in n) to its phase, with systemd's precedence within one
-// message: STOPPING=1 wins over the others, READY=1 over RELOADING=1 (a
-// reload that is already done).
-func (s *notifyState) notePhase(pid int, n Notification) phaseChange {
+// notePhase applies the READY=1, RELOADING=1 and STOPPING=1 (any of them
+// in n) of worker id, whose pid is pid, to its phase, with systemd's
+// precedence within one message: STOPPING=1 wins over the others, READY=1
+// over RELOADING=1 (a reload that is already done). A phase left by an
+// earlier worker with the same pid is dropped first; a worker forget
+// dropped gets none.
+func (s *notifyState) notePhase(pid int, id supervise.ID, n Notification) phaseChange {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || !(n.Ready || n.Reloading || n.Stopping) {
 		return phaseChange{}
 	}
+	if g, ok := s.gone[pid]; ok && g.id == id {
+		return phaseChange{} // read before its exit, applied after
+	}
 	w := s.workers[pid]
-	if w == nil && !n.Stopping && (n.Ready || !n.Reloading) {
+	if w != nil && w.id != id {
+		w.resetPhase(id)
+	}
+	if (w == nil || w.phase == phaseNone) && !n.Stopping && (n.Ready || !n.Reloading) {
 		return phaseChange{} // READY=1 of a worker in no phase
 	}
-	w = s.get(pid)
+	if w == nil {
+		w = s.get(pid)
+		w.id = id
+	}
 	c := phaseChange{From: w.phase}
 	switch {
 	case n.Stopping || w.phase == phaseStopping:
@@ -410,29 +443,64 @@ func (s *notifyState) notePhase(pid int, n Notification) phaseChange {
 	}
 	if w.phase != c.From {
 		w.phaseAt = time.Now()
+		if w.phaseTimer != nil {
+			w.phaseTimer.Stop()
+			w.phaseTimer = nil
+		}
 	}
 	c.To = w.phase
 	return c
 }
 
-// armStop runs kill once, after d, unless the worker pid exits first
-// (forget) or the state is closed. Only the first call per worker arms it.
-func (s *notifyState) armStop(pid int, d time.Duration, kill func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w := s.workers[pid]
-	if s.closed || w == nil || w.stopTimer != nil {
-		return
+// resetPhase gives w, whose pid now names worker id, no phase.
+func (w *workerNotify) resetPhase(id supervise.ID) {
+	if w.phaseTimer != nil {
+		w.phaseTimer.Stop()
+		w.phaseTimer = nil
 	}
-	w.stopTimer = time.AfterFunc(d, kill)
+	w.id, w.phase, w.phaseAt, w.readyWarned = id, phaseNone, time.Time{}, false
 }
 
-// stopping reports whether the worker pid said STOPPING=1.
-func (s *notifyState) stopping(pid int) bool {
+// armPhase runs f once, after d, unless worker id (pid) leaves phase
+// first, exits (forget) or the state is closed. Only the first call per
+// phase arms it.
+func (s *notifyState) armPhase(pid int, id supervise.ID, phase workerPhase, d time.Duration, f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.workers[pid]
-	return w != nil && w.phase == phaseStopping
+	if s.closed || phase == phaseNone || w == nil || w.id != id || w.phase != phase || w.phaseTimer != nil {
+		return
+	}
+	w.phaseTimer = time.AfterFunc(d, f)
+}
+
+// phaseOf returns the phase of pid and the worker it belongs to.
+func (s *notifyState) phaseOf(pid int) (workerPhase, supervise.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.workers[pid]; w != nil {
+		return w.phase, w.id
+	}
+	return phaseNone, supervise.ID{}
+}
+
+// stopping reports whether worker id (pid) said STOPPING=1.
+func (s *notifyState) stopping(pid int, id supervise.ID) bool {
+	ph, wid := s.phaseOf(pid)
+	return ph == phaseStopping && wid == id
+}
+
+// endReload ends the reload of worker id (pid), as a READY=1 would, and
+// reports whether it was still reloading.
+func (s *notifyState) endReload(pid int, id supervise.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.workers[pid]
+	if s.closed || w == nil || w.id != id || w.phase != phaseReloading {
+		return false
+	}
+	w.phase, w.phaseAt, w.phaseTimer = phaseNone, time.Now(), nil
+	return true
 }
 
 // applyPhases shows the serving workers' phases in st: a worker that said
@@ -444,7 +512,7 @@ func (s *notifyState) applyPhases(st *supervise.Status) {
 	for i := range st.Slots {
 		sl := &st.Slots[i]
 		w := s.workers[sl.PID]
-		if sl.PID == 0 || w == nil {
+		if sl.PID == 0 || w == nil || w.id != sl.ID {
 			continue
 		}
 		was := sl.State
@@ -542,21 +610,38 @@ func (s *notifyState) firstExtend(pid int) bool {
 	return first
 }
 
-// forget drops an exited worker and returns its last ERRNO= (0: none) and
-// a STATUS= not logged yet ("" if none).
-func (s *notifyState) forget(pid int) (errno int, unlogged string) {
+// forget drops exited worker id (pid) and returns its last ERRNO= (0:
+// none) and a STATUS= not logged yet ("" if none). A phase that belongs to
+// a newer worker with the same pid is kept. The worker's tombstone makes a
+// late message of its create no phase.
+func (s *notifyState) forget(pid int, id supervise.ID) (errno int, unlogged string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return 0, ""
+	}
+	now := time.Now()
+	if len(s.gone) >= 64 {
+		for p, g := range s.gone {
+			if now.Sub(g.at) > tombstoneTTL {
+				delete(s.gone, p)
+			}
+		}
+	}
+	if s.gone == nil {
+		s.gone = make(map[int]tombstone)
+	}
+	s.gone[pid] = tombstone{id, now}
 	w := s.workers[pid]
-	if w == nil {
+	if w == nil || (w.id != supervise.ID{} && w.id != id) {
 		return 0, ""
 	}
 	delete(s.workers, pid)
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	if w.stopTimer != nil {
-		w.stopTimer.Stop()
+	if w.phaseTimer != nil {
+		w.phaseTimer.Stop()
 	}
 	if w.status != w.logged {
 		unlogged = w.status
@@ -573,9 +658,9 @@ func (s *notifyState) close() {
 		if w.timer != nil {
 			w.timer.Stop()
 		}
-		if w.stopTimer != nil {
-			w.stopTimer.Stop()
+		if w.phaseTimer != nil {
+			w.phaseTimer.Stop()
 		}
 	}
-	s.workers = nil
+	s.workers, s.gone = nil, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -169,7 +170,7 @@ func TestStatusRateLimit(t *testing.T) {
 	}
 	s.status(log, 10, "final", "pid", 10)
 	s.setErrno(10, int(unix.EADDRINUSE))
-	errno, unlogged := s.forget(10)
+	errno, unlogged := s.forget(10, supervise.ID{})
 	if errno != int(unix.EADDRINUSE) || unlogged != "final" {
 		t.Errorf("forget = %d, %q; want %d, %q", errno, unlogged, unix.EADDRINUSE, "final")
 	}

@@ -31,11 +31,18 @@ import (
 // its pid. In slot HO_HOLD_SLOT, the first time only (marker file
 // HO_MARKER), it subscribes on its raw channel instead and never reads it,
 // printing "queued" once a message waits there; SIGTERM makes it exit
-// without reading, so what it holds is the master's to rescue.
+// without reading, so what it holds is the master's to rescue. With
+// HO_WATCHDOG=1 it sends WATCHDOG=1 every 10 ms until its STOPPING=1, as a
+// program stops its watchdog loop when it begins to drain.
 func hoNotifyWorker() int {
 	sig := make(chan os.Signal, 4)
 	// Before READY=1: a test signals the worker as soon as it is ready.
 	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	if os.Getenv("HO_WATCHDOG") == "1" {
+		// The beats are the loop's below alone: the package's own (its
+		// worker runtime reads WATCHDOG_USEC on first use) would go on.
+		os.Unsetenv("WATCHDOG_USEC")
+	}
 	name, _, _ := strings.Cut(os.Getenv("LISTEN_FDNAMES"), ":")
 	hold := false
 	if os.Getenv("HANDOFF_WORKER_ID") == os.Getenv("HO_HOLD_SLOT") {
@@ -87,6 +94,21 @@ func hoNotifyWorker() int {
 		fmt.Fprintln(os.Stderr, "ho-notify-worker:", err)
 		return 3
 	}
+	drain := make(chan struct{})
+	if os.Getenv("HO_WATCHDOG") == "1" {
+		go func() {
+			t := time.NewTicker(10 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-drain:
+					return
+				case <-t.C:
+					notifySend("WATCHDOG=1")
+				}
+			}
+		}()
+	}
 	for s := range sig {
 		var err error
 		switch s {
@@ -99,6 +121,11 @@ func hoNotifyWorker() int {
 				}
 			}
 		case syscall.SIGHUP:
+			select {
+			case <-drain:
+			default:
+				close(drain)
+			}
 			err = notifySend("STOPPING=1")
 		default:
 			return 0
@@ -125,6 +152,13 @@ func notifySend(state string) error {
 // control socket, env added, and waits until both are ready.
 func startNotifyCluster(t *testing.T, env ...string) (*goCluster, *cluster.ControlClient) {
 	t.Helper()
+	return startNotifyClusterWith(t, nil, env...)
+}
+
+// startNotifyClusterWith is startNotifyCluster with edit applied to the
+// configuration.
+func startNotifyClusterWith(t *testing.T, edit func(*cluster.Config), env ...string) (*goCluster, *cluster.ControlClient) {
+	t.Helper()
 	pc := proccensus.New(t)
 	ctl := filepath.Join(shortTemp(t), "ctl")
 	bin, err := os.Executable()
@@ -134,6 +168,9 @@ func startNotifyCluster(t *testing.T, env ...string) (*goCluster, *cluster.Contr
 	c := startClusterWith(t, pc, 2, 0, nil, func(cfg *cluster.Config) {
 		cfg.Mode = cluster.ModeHandoff
 		cfg.Control = ctl
+		if edit != nil {
+			edit(cfg)
+		}
 	}, bin, []string{"-test.run=^$"}, append([]string{helperproc.RoleVar + "=ho-notify-worker"}, env...)...)
 	return c, dialControl(t, ctl)
 }
@@ -321,5 +358,69 @@ func TestWorkerStoppingTimeout(t *testing.T) {
 	recs := c.log.find("worker killed to be replaced")
 	if len(recs) != 1 || recs[0]["pid"] != float64(pid) || !strings.Contains(fmt.Sprint(recs[0]["reason"]), "STOPPING=1") {
 		t.Errorf("kill records %v, want one for pid %d naming STOPPING=1", recs, pid)
+	}
+}
+
+// TestWorkerReloadTimeout: a worker that says RELOADING=1 and never READY=1
+// is made ready again once the start timeout has passed, as systemd ends a
+// notify reload after TimeoutStartSec: counted ready, shown ready and sent
+// connections again, not replaced, the timeout logged as a warning.
+func TestWorkerReloadTimeout(t *testing.T) {
+	fdcensus.Verify(t)
+	const timeout = 1500 * time.Millisecond
+	c, cc := startNotifyClusterWith(t, func(cfg *cluster.Config) { cfg.StartTimeout = timeout })
+	pids := c.slotPIDs(2)
+	addr := c.m.Addrs()[0].String()
+	unix.Kill(pids[0], unix.SIGUSR1) // RELOADING=1, and no READY=1
+	slotState(t, c, cc, 0, supervise.SlotReloading, 1)
+	slotState(t, c, cc, 0, supervise.SlotReady, 2)
+	recs := c.log.find("worker reload timed out; ready again")
+	if len(recs) != 1 || recs[0]["pid"] != float64(pids[0]) || recs[0]["level"] != "WARN" {
+		t.Errorf("reload timeout records %v, want one warning for pid %d", recs, pids[0])
+	}
+	served := false
+	for i := 0; i < 200 && !served; i++ {
+		pid, err := askPID(addr)
+		if err != nil {
+			t.Fatalf("connection %d after the reload timed out: %v", i, err)
+		}
+		served = pid == pids[0]
+	}
+	if !served {
+		t.Errorf("slot 0 (%d) sent no connection of 200 after its reload timed out", pids[0])
+	}
+	if got := c.slotPIDs(2); !cmp.Equal(pids, got) {
+		t.Errorf("workers replaced: %v -> %v", pids, got)
+	}
+}
+
+// TestWorkerStoppingNoHeartbeat: heartbeats are no longer due after
+// STOPPING=1, as systemd stops a service's watchdog when it deactivates: a
+// worker that stops its WATCHDOG=1 loop when it says STOPPING=1 is killed
+// for the shutdown timeout, not for a missed heartbeat.
+func TestWorkerStoppingNoHeartbeat(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hb = 50 * time.Millisecond // due within 150 ms
+	c := startClusterWith(t, pc, 1, hb, nil, func(cfg *cluster.Config) {
+		cfg.Mode = cluster.ModeHandoff
+		cfg.ShutdownTimeout = time.Second
+	}, bin, []string{"-test.run=^$"}, helperproc.RoleVar+"=ho-notify-worker", "HO_WATCHDOG=1")
+	pid := c.slotPIDs(1)[0]
+	unix.Kill(pid, unix.SIGHUP) // STOPPING=1, heartbeats end, and stays
+	c.waitReplaced(1, 0, pid)
+	var reasons []string
+	for _, r := range c.log.find("worker killed to be replaced") {
+		if r["pid"] == float64(pid) {
+			reasons = append(reasons, fmt.Sprint(r["reason"]))
+		}
+	}
+	want := []string{"no exit within the shutdown timeout after STOPPING=1"}
+	if diff := cmp.Diff(want, reasons); diff != "" {
+		t.Errorf("kill reasons for pid %d (-want +got):\n%s", pid, diff)
 	}
 }

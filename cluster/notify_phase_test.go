@@ -8,6 +8,13 @@ import (
 	"github.com/handoff-go/handoff/supervise"
 )
 
+// Two workers of slot 0; in TestNotePhaseIdentity, two that had the same
+// pid one after the other.
+var (
+	id1 = supervise.ID{Slot: 0, Generation: 1, Incarnation: 1}
+	id2 = supervise.ID{Slot: 0, Generation: 1, Incarnation: 2}
+)
+
 // TestNotePhase: a worker's STOPPING=1, RELOADING=1 and READY=1 change its
 // phase with systemd's precedence (STOPPING=1 wins and is for good, READY=1
 // wins over RELOADING=1 and ends a reload), a READY=1 after STOPPING=1 is
@@ -43,12 +50,12 @@ func TestNotePhase(t *testing.T) {
 			defer s.close()
 			ignored := 0
 			for _, n := range tc.msgs {
-				if s.notePhase(10, n).IgnoredReady {
+				if s.notePhase(10, id1, n).IgnoredReady {
 					ignored++
 				}
 			}
 			st := supervise.Status{Workers: 2, ReadyWorkers: 1, Slots: []supervise.SlotStatus{
-				{Slot: 0, State: supervise.SlotReady, PID: 10, Since: time.Unix(1, 0)},
+				{Slot: 0, State: supervise.SlotReady, ID: id1, PID: 10, Since: time.Unix(1, 0)},
 				{Slot: 1, State: supervise.SlotBackoff, PID: 0},
 			}}
 			s.applyPhases(&st)
@@ -59,13 +66,13 @@ func TestNotePhase(t *testing.T) {
 				Other     supervise.SlotState
 				ReadyLeft int
 			}
-			got := res{s.stopping(10), ignored, st.Slots[0].State, st.Slots[1].State, st.ReadyWorkers}
+			got := res{s.stopping(10, id1), ignored, st.Slots[0].State, st.Slots[1].State, st.ReadyWorkers}
 			want := res{tc.want == phaseStopping, tc.ignored, tc.slot, supervise.SlotBackoff, tc.readyLeft}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
-			s.forget(10)
-			if s.stopping(10) {
+			s.forget(10, id1)
+			if s.stopping(10, id1) {
 				t.Errorf("forget left the phase behind")
 			}
 		})
@@ -74,14 +81,93 @@ func TestNotePhase(t *testing.T) {
 	// that says RELOADING=1 stays starting. Neither was counted ready.
 	var s notifyState
 	defer s.close()
-	s.notePhase(20, stopping)
-	s.notePhase(21, reloading)
+	s.notePhase(20, id1, stopping)
+	s.notePhase(21, id2, reloading)
 	st := supervise.Status{Workers: 2, Slots: []supervise.SlotStatus{
-		{Slot: 0, State: supervise.SlotStarting, PID: 20},
-		{Slot: 1, State: supervise.SlotStarting, PID: 21},
+		{Slot: 0, State: supervise.SlotStarting, ID: id1, PID: 20},
+		{Slot: 1, State: supervise.SlotStarting, ID: id2, PID: 21},
 	}}
 	s.applyPhases(&st)
 	if got := []supervise.SlotState{st.Slots[0].State, st.Slots[1].State, supervise.SlotState(st.ReadyWorkers)}; !cmp.Equal(got, []supervise.SlotState{supervise.SlotStopping, supervise.SlotStarting, 0}) {
 		t.Errorf("starting workers: states and ready count %v, want [stopping starting 0]", got)
+	}
+}
+
+// TestNotePhaseIdentity: a phase belongs to a worker, not to its pid. A
+// message of a worker read before its exit and applied after forget sets
+// no phase (no permanent "stopping" for a dead pid, no timer); a phase
+// left by an earlier worker (its exit never forgotten) neither shows for
+// nor holds back the later worker with the same pid, and a late forget of
+// the earlier one leaves the later one's phase alone.
+func TestNotePhaseIdentity(t *testing.T) {
+	stopping := Notification{Stopping: true}
+	none := func(*notifyState) {}
+	type res struct {
+		Change   phaseChange
+		Phase    workerPhase
+		Stopping bool // of the sender
+		Armed    bool // a phase timer for the sender
+		Slot     supervise.SlotState
+		Ready    int
+	}
+	for _, tc := range []struct {
+		name          string
+		before, after func(s *notifyState)
+		sender        supervise.ID // of the message, applied between
+		msg           Notification
+		serving       supervise.ID // slot 0's worker, pid 10
+		want          res
+	}{
+		{
+			name:   "late message after forget",
+			before: func(s *notifyState) { s.forget(10, id1) },
+			after:  none,
+			sender: id1, msg: stopping, serving: id2,
+			want: res{Slot: supervise.SlotReady, Ready: 1},
+		},
+		{
+			name:   "stale stopping, later worker ready",
+			before: func(s *notifyState) { s.notePhase(10, id1, stopping) },
+			after:  none,
+			sender: id2, msg: Notification{Ready: true}, serving: id2,
+			want: res{Slot: supervise.SlotReady, Ready: 1},
+		},
+		{
+			name:   "stale stopping, later worker reloads, late forget",
+			before: func(s *notifyState) { s.notePhase(10, id1, stopping) },
+			after:  func(s *notifyState) { s.forget(10, id1) },
+			sender: id2, msg: Notification{Reloading: true}, serving: id2,
+			want: res{Change: phaseChange{To: phaseReloading}, Phase: phaseReloading, Armed: true, Slot: supervise.SlotReloading},
+		},
+		{
+			name:   "forget of another worker",
+			before: func(s *notifyState) { s.forget(10, id2) },
+			after:  none,
+			sender: id1, msg: stopping, serving: id1,
+			want: res{Change: phaseChange{To: phaseStopping}, Phase: phaseStopping, Stopping: true, Armed: true, Slot: supervise.SlotStopping},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s notifyState
+			defer s.close()
+			tc.before(&s)
+			var got res
+			got.Change = s.notePhase(10, tc.sender, tc.msg)
+			tc.after(&s)
+			got.Phase, _ = s.phaseOf(10)
+			got.Stopping = s.stopping(10, tc.sender)
+			s.armPhase(10, tc.sender, got.Phase, time.Hour, func() {})
+			s.mu.Lock()
+			got.Armed = s.workers[10] != nil && s.workers[10].phaseTimer != nil
+			s.mu.Unlock()
+			st := supervise.Status{Workers: 1, ReadyWorkers: 1, Slots: []supervise.SlotStatus{
+				{Slot: 0, State: supervise.SlotReady, ID: tc.serving, PID: 10},
+			}}
+			s.applyPhases(&st)
+			got.Slot, got.Ready = st.Slots[0].State, st.ReadyWorkers
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }
