@@ -756,7 +756,11 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
-		var late []int
+		type lateWorker struct {
+			pid int
+			id  supervise.ID
+		}
+		var late []lateWorker
 		// A worker that said RELOADING=1 still owes its heartbeats; one
 		// that said STOPPING=1 does not, as systemd watches a service
 		// only while it runs or reloads: the shutdown timeout bounds it.
@@ -790,7 +794,7 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 				continue
 			}
 			if last := s.beats[sl.PID]; now.Sub(last) > limit {
-				late = append(late, sl.PID)
+				late = append(late, lateWorker{sl.PID, sl.ID})
 				// Not again before it is replaced.
 				s.beats[sl.PID] = now.Add(24 * time.Hour)
 			}
@@ -804,8 +808,10 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 			}
 		}
 		s.mu.Unlock()
-		for _, pid := range late {
-			m.restartWorker(pid, "no heartbeat for "+limit.String())
+		for _, w := range late {
+			// By identity: the worker may have exited since the
+			// snapshot, and its pid gone to another.
+			m.restartProc(w.pid, &w.id, "no heartbeat for "+limit.String())
 		}
 	}
 }
