@@ -5,6 +5,7 @@ import (
 
 	"github.com/handoff-go/handoff/scmrights"
 	"github.com/handoff-go/handoff/supervise"
+	"golang.org/x/sys/unix"
 )
 
 // ServeControl runs the control-channel read loop (both ends use it).
@@ -63,4 +64,37 @@ func ForwardedLog(fn func(slog.Handler)) [][]byte {
 		out = append(out, <-w.ch.out)
 	}
 	return out
+}
+
+// BindForWorker binds addr as the master does for a worker's request once
+// bindPolicy has passed (its checks are not made here: this is what a
+// symlink swapped in after them meets), workers running as cred (nil: the
+// master's user). release closes the listener.
+func BindForWorker(addr string, cred *supervise.Credential) (release func(), err error) {
+	a, err := ParseAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	l, err := bindFor(a, true, cred)
+	if err != nil {
+		return nil, err
+	}
+	return l.close, nil
+}
+
+// EffectiveCapsAsWorker returns the effective capability set of the
+// thread the master creates a worker's unix socket on when workers run as
+// its own user (asUser with no credential).
+func EffectiveCapsAsWorker() (uint64, error) {
+	var eff uint64
+	err := asUser(nil, func() error {
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			return err
+		}
+		eff = uint64(data[1].Effective)<<32 | uint64(data[0].Effective)
+		return nil
+	})
+	return eff, err
 }

@@ -570,7 +570,7 @@ func (m *master) bindShared(network, address string) (l *listener, bound bool, e
 	if closed {
 		return nil, false, fmt.Errorf("%w: %s: the master is stopping", ErrListen, a)
 	}
-	if l, err = bindOne(a); err != nil {
+	if l, err = bindFor(a, true, m.cred); err != nil {
 		return nil, false, fmt.Errorf("%w: %s: %w", ErrListen, a, err)
 	}
 	if err := m.adoptDynamic(l); err != nil {
@@ -596,13 +596,22 @@ const minWorkerPort = 1024
 //   - tcp and udp: an IP literal, never a name (the worker resolves names:
 //     a name would make the master query DNS for untrusted input while
 //     holding bindMu), and port 0 or one from 1024 up;
-//   - unix: a path in an existing directory the workers' user may write
-//     and search: the master's real user (access(2), which drops the
-//     capabilities a non-root process got from a file), or cred's when
-//     workers run as another user (accessAs: a root master could write
-//     anywhere); and not one any user may write without the sticky bit,
-//     where another user could swap the socket (sockfile). sockfile never
-//     replaces a live socket or anything that is no socket.
+//   - unix: an absolute, clean path (filepath.Clean leaves it as is: no
+//     "." or ".." component, no repeated or trailing slash), since the
+//     kernel resolves "link/.." from the symlink's target while every
+//     textual check (filepath.Dir) drops both; in an existing directory
+//     the workers' user may write and search: the master's real user
+//     (access(2), which drops the capabilities a non-root process got
+//     from a file), or cred's when workers run as another user
+//     (accessAs: a root master could write anywhere); and not one any
+//     user may write without the sticky bit, where another user could
+//     swap the socket (sockfile). sockfile never replaces a live socket
+//     or anything that is no socket.
+//
+// These checks give the worker a clear error; they resolve the path
+// before the bind does, so what enforces them is bindFor, which creates
+// the socket file with the worker's rights (listenUnixAs); a root master
+// without Credential has root workers, who could create it themselves.
 func bindPolicy(a Addr, cred *supervise.Credential) error {
 	switch a.Network {
 	case "tcp", "udp":
@@ -617,6 +626,9 @@ func bindPolicy(a Addr, cred *supervise.Credential) error {
 			return fmt.Errorf("%w: %s: privileged port; only -listen binds ports below %d", ErrListen, a, minWorkerPort)
 		}
 	case "unix":
+		if !filepath.IsAbs(a.Address) || filepath.Clean(a.Address) != a.Address {
+			return fmt.Errorf("%w: %s: not an absolute, clean path (no . or .. component, no repeated or trailing slash)", ErrListen, a)
+		}
 		dir := filepath.Dir(a.Address)
 		var err error
 		if cred != nil {

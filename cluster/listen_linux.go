@@ -14,6 +14,7 @@ import (
 
 	"github.com/handoff-go/handoff/internal/sockfile"
 	"github.com/handoff-go/handoff/scmrights"
+	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -61,7 +62,16 @@ func bind(specs []string) ([]*listener, error) {
 	return out, nil
 }
 
-func bindOne(a Addr) (*listener, error) {
+// bindOne binds a as the master: -listen addresses, which the operator
+// chose.
+func bindOne(a Addr) (*listener, error) { return bindFor(a, false, nil) }
+
+// bindFor binds a, as the master, or, for a worker's request (forWorker),
+// with that worker's rights for a unix path (listenUnixAs): as cred when
+// workers run as another user, else without the master's effective
+// capabilities unless it is root (then so are its workers, who could
+// create the file themselves).
+func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, error) {
 	var lc net.ListenConfig
 	// Workers in any language expect plain TCP; Go would otherwise pick
 	// MPTCP where the kernel has it.
@@ -89,11 +99,20 @@ func bindOne(a Addr) (*listener, error) {
 	case "unix":
 		// 0666 like systemd's SocketMode default: this is a service
 		// socket for clients, not the control socket.
-		ln, err := sockfile.Listen(a.Address, &sockfile.Options{Mode: 0o666})
+		opts := &sockfile.Options{Mode: 0o666}
+		var ln *sockfile.Listener
+		var err error
+		switch {
+		case forWorker && (cred != nil || os.Geteuid() != 0):
+			ln, owner, err = listenUnixAs(cred, a.Address, opts)
+		default:
+			ln, err = sockfile.Listen(a.Address, opts)
+			owner = ln
+		}
 		if err != nil {
 			return nil, err
 		}
-		sc, addr, owner = ln.UnixListener(), ln.Addr(), ln
+		sc, addr = ln.UnixListener(), ln.Addr()
 	default:
 		return nil, fmt.Errorf("network %q", a.Network)
 	}

@@ -157,10 +157,11 @@ type Config struct {
 	// own effective uid and gid, which changes nothing. The parent-death
 	// signal survives the switch (fork sets it after the credentials). The
 	// notify socket is made reachable by that user only, notifications
-	// are accepted from that uid only, and a unix path a worker asks the
-	// master to bind (Listen) must be writable by that user. The
+	// are accepted from that uid only, and a unix socket a worker asks the
+	// master to bind (Listen) is created with that user's filesystem ids
+	// (so only where it could create one itself) and is its file. The
 	// temporary directory (TMPDIR), which holds the notify socket, must
-	// be searchable by it, else New fails.
+	// be searchable by it, and Shim executable by it, else New fails.
 	Credential *supervise.Credential
 
 	// Group settings, for a cluster that is one group of a -config file

@@ -175,6 +175,18 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		// os.Executable gives would run the new binary, or nothing.
 		m.cfg.Shim = selfExe
 	}
+	if m.cred != nil {
+		// Every worker starts by executing the shim as that user: one it
+		// cannot execute (a binary of mode 0700) would fail every spawn,
+		// a respawn loop rather than a start-up error.
+		if err := accessAs(m.cred, m.cfg.Shim, unix.X_OK); err != nil {
+			name := m.cfg.Shim
+			if exe, xerr := os.Executable(); name == selfExe && xerr == nil {
+				name = exe
+			}
+			return nil, fmt.Errorf("%w: uid %d cannot execute %s, the exec shim every worker starts as (make the binary executable by that user): %w", ErrUser, m.cred.UID, name, err)
+		}
+	}
 	// Activation descriptors are validated before anything else is opened
 	// (the pid file's lock, a socket), so a descriptor number in
 	// LISTEN_FDS can only name something this process inherited.

@@ -4,18 +4,24 @@ package cluster_test
 
 import (
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/sockfile"
 	"github.com/handoff-go/handoff/supervise"
+	"golang.org/x/sys/unix"
 )
 
 // userIDs returns name's uid, primary gid and getgrouplist(3) groups from
@@ -117,16 +123,10 @@ func TestParseConfigUser(t *testing.T) {
 	}
 }
 
-// TestBindPolicyAs: with workers of another user, a unix path a worker
-// asks the master to bind must be in a directory that user may write, by
-// its uid or one of its groups, however the root master could write
-// anywhere (what a worker may have the master bind gains it sharing,
-// never privilege).
-func TestBindPolicyAs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to check for another user")
-	}
-	fdcensus.Verify(t)
+// othersTempDir returns t.TempDir(), made (with its parent) searchable by
+// other users, skipping the test when a directory further up is not.
+func othersTempDir(t *testing.T) string {
+	t.Helper()
 	tmp := t.TempDir()
 	for _, p := range []string{filepath.Dir(tmp), tmp} {
 		if err := os.Chmod(p, 0o711); err != nil {
@@ -138,18 +138,38 @@ func TestBindPolicyAs(t *testing.T) {
 			t.Skipf("%s is not searchable by others", p)
 		}
 	}
+	return tmp
+}
+
+// mkdirOwned makes directory d with mode (whatever the umask) and owner.
+func mkdirOwned(t *testing.T, d string, mode os.FileMode, uid, gid int) string {
+	t.Helper()
+	if err := os.Mkdir(d, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(d, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestBindPolicyAs: with workers of another user, a unix path a worker
+// asks the master to bind must be in a directory that user may write, by
+// its uid or one of its groups, however the root master could write
+// anywhere (what a worker may have the master bind gains it sharing,
+// never privilege); and, for every master, absolute and clean: a ".."
+// after a symlink leaves the directory the check saw.
+func TestBindPolicyAs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to check for another user")
+	}
+	fdcensus.Verify(t)
+	tmp := othersTempDir(t)
 	mkdir := func(name string, mode os.FileMode, uid, gid int) string {
-		d := filepath.Join(tmp, name)
-		if err := os.Mkdir(d, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(d, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(d, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		return d
+		return mkdirOwned(t, filepath.Join(tmp, name), mode, uid, gid)
 	}
 	rootOnly := mkdir("root", 0o755, 0, 0)
 	theirs := mkdir("theirs", 0o755, 65534, 65534)
@@ -159,24 +179,34 @@ func TestBindPolicyAs(t *testing.T) {
 	if err := os.Mkdir(inClosed, 0o777); err != nil {
 		t.Fatal(err)
 	}
+	// theirs/link/.. is closed/, not theirs/: the kernel resolves ".."
+	// from the symlink's target.
+	if err := os.Symlink(inClosed, filepath.Join(theirs, "link")); err != nil {
+		t.Fatal(err)
+	}
 	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
 	inGroup := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534, 4242}}
 	tests := []struct {
 		name string
-		dir  string
+		path string
 		cred *supervise.Credential
 		ok   bool
 	}{
-		{"root's directory", rootOnly, nobody, false},
-		{"their directory", theirs, nobody, true},
-		{"supplementary group's", group, inGroup, true},
-		{"group not theirs", group, nobody, false},
-		{"under a directory they cannot search", inClosed, nobody, false},
-		{"root's directory for root's workers", rootOnly, nil, true},
+		{"root's directory", filepath.Join(rootOnly, "s"), nobody, false},
+		{"their directory", filepath.Join(theirs, "s"), nobody, true},
+		{"supplementary group's", filepath.Join(group, "s"), inGroup, true},
+		{"group not theirs", filepath.Join(group, "s"), nobody, false},
+		{"under a directory they cannot search", filepath.Join(inClosed, "s"), nobody, false},
+		{"root's directory for root's workers", filepath.Join(rootOnly, "s"), nil, true},
+		{"dot-dot after their symlink", theirs + "/link/../s", nobody, false},
+		{"dot-dot after their symlink, root's workers", theirs + "/link/../s", nil, false},
+		{"dot in their directory", theirs + "/./s", nobody, false},
+		{"double slash in their directory", theirs + "//s", nobody, false},
+		{"trailing slash", theirs + "/s/", nobody, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := cluster.BindPolicyAs("unix://"+filepath.Join(tt.dir, "s"), tt.cred)
+			err := cluster.BindPolicyAs("unix://"+tt.path, tt.cred)
 			if tt.ok != (err == nil) {
 				t.Errorf("BindPolicyAs: %v, want ok %v", err, tt.ok)
 			}
@@ -216,4 +246,277 @@ func FuzzLookupUser(f *testing.F) {
 			t.Fatalf("LookupUser(%q) = %+v: (uid_t)-1", spec, c)
 		}
 	})
+}
+
+// fileID is what TestWorkerBindAs compares of a file.
+type fileID struct {
+	Mode     os.FileMode
+	Ino      uint64
+	UID, GID uint32
+}
+
+// dirSnapshot maps each name in dir to its fileID.
+func dirSnapshot(t *testing.T, dir string) map[string]fileID {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]fileID)
+	for _, e := range ents {
+		out[e.Name()] = lstatID(t, filepath.Join(dir, e.Name()))
+	}
+	return out
+}
+
+func lstatID(t *testing.T, p string) fileID {
+	t.Helper()
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return fileID{Mode: fi.Mode(), Ino: st.Ino, UID: st.Uid, GID: st.Gid}
+}
+
+// staleSocket leaves a socket file nobody listens on at p, with mode and
+// owner.
+func staleSocket(t *testing.T, p string, mode os.FileMode, uid int) {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(p, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWorkerBindAs: with workers of another user, the master creates the
+// unix socket a worker asks for with that user's rights at every step (the
+// lock, the stale-socket check and unlink, the bind, the chmod): a symlink
+// swapped in after bindPolicy's checks, or a ".." after one, leads
+// nowhere that user could not go itself, and root's directory is left as
+// it was; what is created is the user's socket, mode 0666. The existing
+// rules hold as that user: a live socket is never replaced, its own stale
+// one is.
+func TestWorkerBindAs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to bind for another user")
+	}
+	fdcensus.Verify(t)
+	tmp := othersTempDir(t)
+	theirs := mkdirOwned(t, filepath.Join(tmp, "theirs"), 0o755, 65534, 65534)
+	rootDir := mkdirOwned(t, filepath.Join(tmp, "root"), 0o755, 0, 0)
+	mkdirOwned(t, filepath.Join(rootDir, "sub"), 0o755, 0, 0)
+	// Root's stale socket, mode 0666 so only the directory protects it,
+	// with a lock file of theirs beside it (so the lock is no obstacle).
+	staleSocket(t, filepath.Join(rootDir, "stale.sock"), 0o666, 0)
+	lockPath := filepath.Join(rootDir, "stale.sock.lock")
+	if err := os.WriteFile(lockPath, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(lockPath, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	staleSocket(t, filepath.Join(theirs, "old.sock"), 0o600, 65534)
+	live, err := net.Listen("unix", filepath.Join(theirs, "live.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := os.Chmod(filepath.Join(theirs, "live.sock"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{"link": rootDir, "sublink": filepath.Join(rootDir, "sub")} {
+		if err := os.Symlink(target, filepath.Join(theirs, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	tests := []struct {
+		name    string
+		path    string
+		cred    *supervise.Credential
+		wantErr error  // nil: bound
+		want    fileID // the socket bound (Ino ignored)
+		rootDir bool   // the path is in rootDir, which must change only then
+	}{
+		{name: "their directory", path: filepath.Join(theirs, "s"), cred: nobody, want: fileID{Mode: os.ModeSocket | 0o666, UID: 65534, GID: 65534}},
+		{name: "their stale socket", path: filepath.Join(theirs, "old.sock"), cred: nobody, want: fileID{Mode: os.ModeSocket | 0o666, UID: 65534, GID: 65534}},
+		{name: "a live socket", path: filepath.Join(theirs, "live.sock"), cred: nobody, wantErr: sockfile.ErrInUse},
+		{name: "through their symlink into root's directory", path: filepath.Join(theirs, "link", "s"), cred: nobody, wantErr: os.ErrPermission},
+		{name: "root's stale socket through their symlink", path: filepath.Join(theirs, "link", "stale.sock"), cred: nobody, wantErr: os.ErrPermission},
+		{name: "dot-dot after their symlink", path: theirs + "/sublink/../dd.sock", cred: nobody, wantErr: os.ErrPermission},
+		{name: "root's directory for root's workers", path: filepath.Join(rootDir, "r.sock"), want: fileID{Mode: os.ModeSocket | 0o666}, rootDir: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := dirSnapshot(t, rootDir)
+			release, err := cluster.BindForWorker("unix://"+tt.path, tt.cred)
+			if err == nil {
+				got := lstatID(t, tt.path)
+				got.Ino = 0
+				release()
+				if diff := cmp.Diff(tt.want, got); tt.wantErr != nil || diff != "" {
+					t.Errorf("bound %s, want error %v; socket (-want +got):\n%s", tt.path, tt.wantErr, diff)
+				}
+				if _, err := os.Lstat(tt.path); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("after close: %v, want the socket file removed", err)
+				}
+			} else if tt.wantErr == nil || !errors.Is(err, tt.wantErr) {
+				t.Errorf("BindForWorker: %v, want %v", err, tt.wantErr)
+			}
+			if tt.rootDir {
+				return
+			}
+			if diff := cmp.Diff(before, dirSnapshot(t, rootDir)); diff != "" {
+				t.Errorf("root's directory changed (-before +after):\n%s", diff)
+			}
+		})
+	}
+	if os.Geteuid() != 0 || os.Getegid() != 0 {
+		t.Errorf("euid %d egid %d after the binds", os.Geteuid(), os.Getegid())
+	}
+}
+
+// TestWorkerBindWithoutCaps: a worker's unix socket is created, when
+// workers run as the master's own user, on a thread without effective
+// capabilities, so a master with file capabilities (CAP_DAC_OVERRIDE,
+// say) creates nothing its workers could not; the rest of the process
+// keeps them.
+func TestWorkerBindWithoutCaps(t *testing.T) {
+	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	if data[0].Effective == 0 {
+		t.Skip("no effective capabilities to drop")
+	}
+	got, err := cluster.EffectiveCapsAsWorker()
+	if err != nil || got != 0 {
+		t.Errorf("effective capabilities on the worker's thread: %#x, %v; want none", got, err)
+	}
+	if err := unix.Capget(&hdr, &data[0]); err != nil || data[0].Effective == 0 {
+		t.Errorf("this thread's effective capabilities after: %#x, %v; want kept", data[0].Effective, err)
+	}
+}
+
+// TestShimExecutableByUser: New refuses workers of a user that cannot
+// execute the exec shim (ErrUser at start-up, not a respawn loop of
+// failing spawns); one it can execute is fine.
+func TestShimExecutableByUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run workers as another user")
+	}
+	fdcensus.Verify(t)
+	tmp := othersTempDir(t)
+	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	tests := []struct {
+		name string
+		mode os.FileMode
+		ok   bool
+	}{
+		{"root only", 0o700, false},
+		{"everyone", 0o755, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			shim := filepath.Join(tmp, strings.ReplaceAll(tt.name, " ", "-"))
+			if err := os.WriteFile(shim, []byte("#!/bin/sh\nexit 1\n"), tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(shim, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			m, err := cluster.New(&cluster.Config{
+				Program: "true", Workers: 1, Listen: []string{"127.0.0.1:0"}, Shim: shim, Credential: nobody,
+				Logger: slog.New(slog.DiscardHandler),
+			})
+			if err == nil {
+				m.Close()
+			}
+			switch {
+			case tt.ok && err != nil:
+				t.Errorf("New: %v, want success", err)
+			case !tt.ok && (!errors.Is(err, cluster.ErrUser) || !strings.Contains(err.Error(), "cannot execute "+shim)):
+				t.Errorf("New: %v, want ErrUser saying it cannot execute %s", err, shim)
+			}
+		})
+	}
+}
+
+// TestWorkerBindSwapRace: a worker that keeps swapping a symlink on the
+// requested path between its own directory and a root-only one (0700,
+// with a live 0600 socket of root's at the same name) never gets the
+// master to chmod or remove root's socket: each step runs with the
+// worker's rights, so whichever target a step meets, root's directory
+// cannot be reached. Bounded by a count and a deadline; on the bug
+// (steps run as root) a hit came within a few thousand attempts.
+func TestWorkerBindSwapRace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to bind for another user")
+	}
+	fdcensus.Verify(t)
+	tmp := othersTempDir(t)
+	mine := mkdirOwned(t, filepath.Join(tmp, "A"), 0o755, 65534, 65534)
+	private := mkdirOwned(t, filepath.Join(tmp, "B"), 0o700, 0, 0)
+	home := mkdirOwned(t, filepath.Join(tmp, "home"), 0o755, 65534, 65534)
+	victim := filepath.Join(private, "v.sock")
+	vl, err := net.Listen("unix", victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vl.Close()
+	if err := os.Chmod(victim, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := lstatID(t, victim)
+	d := filepath.Join(home, "d")
+	if err := os.Symlink(mine, d); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ta, tb := filepath.Join(home, "ta"), filepath.Join(home, "tb")
+		for i := 0; i < 1_000_000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			os.Symlink(private, tb)
+			os.Rename(tb, d)
+			os.Symlink(mine, ta)
+			os.Rename(ta, d)
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; i < 5000 && time.Now().Before(deadline); i++ {
+		os.Remove(filepath.Join(mine, "v.sock"))
+		if release, err := cluster.BindForWorker("unix://"+filepath.Join(d, "v.sock"), nobody); err == nil {
+			release()
+		}
+		fi, err := os.Lstat(victim)
+		if err != nil {
+			t.Fatalf("after %d attempts root's socket is gone: %v", i+1, err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if got := (fileID{Mode: fi.Mode(), Ino: st.Ino, UID: st.Uid, GID: st.Gid}); got != want {
+			t.Fatalf("after %d attempts root's socket is %+v, was %+v", i+1, got, want)
+		}
+	}
 }

@@ -86,7 +86,8 @@ func nobodyIDs(t *testing.T, spec string) string {
 // (-user): the worker and its program have nobody's uid, gid and groups,
 // become ready through NOTIFY_SOCKET (a 0600 socket of theirs in a 0710
 // directory that stays root's), may have the master bind a unix socket
-// only where nobody could (a root-only directory is refused), and still
+// only where nobody could (a root-only directory is refused, and so is a
+// ".." after a symlink into one) and then owned by nobody, and still
 // die within a second of a master SIGKILL (the parent-death signal
 // survives the credential change; TESTPLAN C8). Shared and handoff modes;
 // the handoff master is upgraded in place (SIGUSR2) and keeps -user.
@@ -118,12 +119,21 @@ func TestUserWorkers(t *testing.T) {
 			if err := os.Chown(theirs, 65534, wantGID); err != nil {
 				t.Fatal(err)
 			}
+			// theirs/link/.. is rootOnly: the kernel resolves ".." from
+			// the symlink's target.
+			if err := os.Mkdir(filepath.Join(rootOnly, "sub"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(filepath.Join(rootOnly, "sub"), filepath.Join(theirs, "link")); err != nil {
+				t.Fatal(err)
+			}
 			refused, granted := filepath.Join(rootOnly, "s"), filepath.Join(theirs, "s")
+			escape := theirs + "/link/../e"
 			// The worker is this test binary through the magic link:
 			// nobody cannot search go test's 0700 build directory, but
 			// exec of /proc/self/exe does not walk it.
 			cmd := helperproc.Command(t, "mini-cluster", &helperproc.Options{
-				Env:  []string{pc.Env(), "SRV_TRY_LISTEN=" + refused + "," + granted},
+				Env:  []string{pc.Env(), "SRV_TRY_LISTEN=" + refused + "," + granted + "," + escape},
 				Args: []string{"-n", "1", "-mode", tt.mode, "-user", tt.user, "-start-timeout", "10s", "-listen", "127.0.0.1:0", "--", "/proc/self/exe", fakeSrvArg},
 			})
 			m := startCmdIn(t, cmd, tmp)
@@ -158,6 +168,16 @@ func TestUserWorkers(t *testing.T) {
 			}
 			if got := env["TRY_LISTEN "+granted]; got != "ok" {
 				t.Errorf("Listen %s (nobody's directory): %q, want ok", granted, got)
+			} else if diff := cmp.Diff(perm{os.ModeSocket | 0o666, 65534, uint32(wantGID)}, stat(granted)); diff != "" {
+				// Created by the master with nobody's rights (its
+				// filesystem ids), held by the master.
+				t.Errorf("socket bound for the worker (-want +got):\n%s", diff)
+			}
+			if got := env["TRY_LISTEN "+escape]; !strings.Contains(got, "not an absolute, clean path") {
+				t.Errorf("Listen %s (.. after a symlink into root's directory): %q, want refused as not clean", escape, got)
+			}
+			if _, err := os.Lstat(filepath.Join(rootOnly, "e")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: %v, want nothing bound there", filepath.Join(rootOnly, "e"), err)
 			}
 			if got := env["TRY_LISTEN "+refused]; !strings.Contains(got, "not writable by the workers' user") {
 				t.Errorf("Listen %s (root's directory): %q, want refused as not writable by the workers' user", refused, got)
@@ -303,6 +323,106 @@ func TestUserConfig(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{want, want}, got); diff != "" {
 		t.Errorf("workers' uid:gid:[groups] (-want +got):\n%s", diff)
+	}
+	stopClean(t, m)
+}
+
+// TestUserShimNotExecutable: a mini-cluster binary that USER cannot
+// execute (mode 0700: every worker starts by executing it as USER, as the
+// exec shim) fails at start-up, exit 1, saying so, instead of looping on
+// failing spawns.
+func TestUserShimNotExecutable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run workers as nobody")
+	}
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tmp := nobodyTemp(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "mini-cluster")
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(bin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := helperproc.Command(t, "mini-cluster", &helperproc.Options{
+		Env:  []string{pc.Env(), "TMPDIR=" + tmp},
+		Args: []string{"-n", "1", "-user", "nobody", "-listen", "127.0.0.1:0", "--", "/bin/true"},
+	})
+	cmd.Path, cmd.Args[0] = bin, bin
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		err = <-done
+		t.Errorf("still running after 10 s")
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
+		t.Errorf("master with a binary nobody cannot execute: %v, want exit %d", err, exitFailure)
+	}
+	if want := "cannot execute " + bin; !strings.Contains(log.String(), want) {
+		t.Errorf("output %q, want it to say %q", log.String(), want)
+	}
+}
+
+// TestListenNotRoot: a master that is not root creates the unix socket a
+// worker asks for on a thread without its effective capabilities (it may
+// hold file capabilities its workers lose at exec): where its user may
+// write it works, the socket is that user's; a ".." path is refused.
+func TestListenNotRoot(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	tmp := nobodyTemp(t)
+	theirs := filepath.Join(tmp, "theirs")
+	if err := os.Mkdir(theirs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	granted, dotdot := filepath.Join(theirs, "s"), theirs+"/../s"
+	cmd := helperproc.Command(t, "mini-cluster", &helperproc.Options{
+		AsNobody: true,
+		Env:      []string{pc.Env(), "SRV_TRY_LISTEN=" + granted + "," + dotdot},
+		Args:     []string{"-n", "1", "-start-timeout", "10s", "-listen", "127.0.0.1:0", "--", "/proc/self/exe", fakeSrvArg},
+	})
+	// TMPDIR holds the notify socket's directory: nobody's.
+	m := startCmdIn(t, cmd, theirs)
+	addr := m.waitReady()
+	body, _, err := get(addr, "/env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(body)
+	if got := env["TRY_LISTEN "+granted]; got != "ok" {
+		t.Errorf("Listen %s: %q, want ok", granted, got)
+	} else if fi, err := os.Lstat(granted); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65534 || fi.Mode() != os.ModeSocket|0o666 {
+		t.Errorf("socket bound for the worker: %v, %v; want nobody's, mode 0666", fi, err)
+	}
+	if got := env["TRY_LISTEN "+dotdot]; !strings.Contains(got, "not an absolute, clean path") {
+		t.Errorf("Listen %s: %q, want refused as not clean", dotdot, got)
 	}
 	stopClean(t, m)
 }
