@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -584,9 +585,23 @@ func (m *master) bindShared(network, address string) (l *listener, bound bool, e
 	return l, true, nil
 }
 
-// minWorkerPort is the lowest port the master binds on a worker's
-// request; privileged ports are bound only through -listen.
-const minWorkerPort = 1024
+// unprivilegedPortStart is the lowest port the master binds on a
+// worker's request; privileged ports are bound only through -listen.
+// Where privilege starts is net.ipv4.ip_unprivileged_port_start (per
+// network namespace, Linux 4.11), read at each request since an operator
+// may change it; 1024, the kernel's default, when it cannot be read. It
+// governs IPv6 as well.
+func unprivilegedPortStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		return 1024
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 || n > 65536 {
+		return 1024
+	}
+	return n
+}
 
 // bindPolicy refuses what a worker may not have the master bind. The
 // master may hold privileges its workers lack (CAP_NET_BIND_SERVICE as a
@@ -595,7 +610,8 @@ const minWorkerPort = 1024
 // itself, gaining sharing, never privilege:
 //   - tcp and udp: an IP literal, never a name (the worker resolves names:
 //     a name would make the master query DNS for untrusted input while
-//     holding bindMu), and port 0 or one from 1024 up;
+//     holding bindMu), and port 0 or an unprivileged one
+//     (unprivilegedPortStart);
 //   - unix: an absolute, clean path (filepath.Clean leaves it as is: no
 //     "." or ".." component, no repeated or trailing slash), since the
 //     kernel resolves "link/.." from the symlink's target while every
@@ -622,8 +638,10 @@ func bindPolicy(a Addr, cred *supervise.Credential) error {
 		if _, err := netip.ParseAddr(host); err != nil {
 			return fmt.Errorf("%w: %s: the master binds IP addresses only, not names", ErrListen, a)
 		}
-		if p, _ := strconv.Atoi(port); p != 0 && p < minWorkerPort {
-			return fmt.Errorf("%w: %s: privileged port; only -listen binds ports below %d", ErrListen, a, minWorkerPort)
+		if p, _ := strconv.Atoi(port); p != 0 {
+			if start := unprivilegedPortStart(); p < start {
+				return fmt.Errorf("%w: %s: privileged port; only -listen binds ports below %d", ErrListen, a, start)
+			}
 		}
 	case "unix":
 		if !filepath.IsAbs(a.Address) || filepath.Clean(a.Address) != a.Address {

@@ -443,7 +443,7 @@ func (m *master) controlStatus() *ControlStatus {
 			ID: m.workerID(sl.Slot), Index: m.cfg.GroupIndexBase + sl.Slot}
 		if sl.PID != 0 {
 			cs.Generation = sl.ID.Generation
-			cs.Status = m.nstate.lastStatus(sl.PID)
+			cs.Status = m.nstate.lastStatus(sl.PID, sl.ID)
 			// How long the serving worker has run: Since moves with the
 			// slot's state (ready, stopping), Started does not.
 			if !sl.Started.IsZero() {

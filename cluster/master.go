@@ -96,7 +96,8 @@ type Config struct {
 	// worker's process group (default 10 s).
 	ShutdownTimeout time.Duration
 	// StartTimeout is how long a worker may take to report ready (default
-	// 30 s).
+	// 30 s; negative: no limit), and how long a reload it announced
+	// (RELOADING=1) may last before it counts as ready again.
 	StartTimeout time.Duration
 	// Backoff throttles respawns of crashing workers (zero: supervise's
 	// defaults, 1 s doubling to 30 s, at most 5 starts in 10 s).
@@ -158,8 +159,9 @@ type Config struct {
 	// signal survives the switch (fork sets it after the credentials). The
 	// notify socket is made reachable by that user only, notifications
 	// are accepted from that uid only, and a unix socket a worker asks the
-	// master to bind (Listen) is created with that user's filesystem ids
-	// (so only where it could create one itself) and is its file. The
+	// master to bind (Listen) is created with that user's effective ids
+	// (so only where it could create one itself) and is its file, its
+	// clients seeing that uid as its peer (SO_PEERCRED). The
 	// temporary directory (TMPDIR), which holds the notify socket, must
 	// be searchable by it, and Shim executable by it, else New fails.
 	Credential *supervise.Credential

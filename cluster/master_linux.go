@@ -1125,15 +1125,20 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 	if ok {
 		slot = id.Slot
 	}
+	// What is recorded names the worker: not a worker that exited
+	// since, whose pid may be reused; nothing then outlives the message.
 	if n.Status != "" {
-		m.nstate.status(m.log, worker, n.Status, "slot", slot, "pid", worker, "sender", sender)
+		if ok {
+			m.nstate.status(m.log, worker, id, n.Status, "slot", slot, "pid", worker, "sender", sender)
+		} else {
+			m.log.Info("worker status", "slot", slot, "pid", worker, "sender", sender, "status", n.Status)
+		}
 	}
-	if n.Errno != 0 {
-		m.nstate.setErrno(worker, n.Errno)
+	if n.Errno != 0 && ok {
+		m.nstate.setErrno(worker, id, n.Errno)
 	}
 	phase := phaseNone
 	if ok {
-		// Not for a worker that exited since: its pid may be reused.
 		phase = m.notePhase(n, worker, id)
 	}
 	if n.ExtendTimeout > 0 {
@@ -1144,7 +1149,7 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 				m.log.Debug("EXTEND_TIMEOUT_USEC", "slot", slot, "pid", worker, "err", err)
 			}
 		}
-		if m.nstate.firstExtend(worker) {
+		if ok && m.nstate.firstExtend(worker, id) {
 			m.log.Info("worker extended its start timeout", "slot", slot, "pid", worker, "extend", n.ExtendTimeout)
 		}
 	}
@@ -1189,9 +1194,9 @@ func (m *master) notePhase(n Notification, worker int, id supervise.ID) workerPh
 		m.log.Info("worker reloading", "slot", id.Slot, "pid", worker)
 		// As systemd bounds a notify reload by TimeoutStartSec: a worker
 		// that never says READY=1 is taken back as it was.
-		d := m.cfg.StartTimeout
-		if d <= 0 {
-			d = defaultStartTimeout
+		d, ok := reloadTimeout(m.cfg.StartTimeout)
+		if !ok {
+			break // no limit to a start, none to a reload
 		}
 		m.nstate.armPhase(worker, id, phaseReloading, d, func() {
 			if !m.nstate.endReload(worker, id) {
@@ -1218,6 +1223,19 @@ func (m *master) notePhase(n Notification, worker int, id supervise.ID) workerPh
 
 // defaultStartTimeout is Config.StartTimeout's default, supervise's.
 const defaultStartTimeout = 30 * time.Second
+
+// reloadTimeout is how long a worker's reload may last for StartTimeout
+// start (Config.StartTimeout): as long as a start; ok false for a
+// negative one, no limit (as supervise takes it for a start).
+func reloadTimeout(start time.Duration) (d time.Duration, ok bool) {
+	switch {
+	case start < 0:
+		return 0, false
+	case start == 0:
+		return defaultStartTimeout, true
+	}
+	return start, true
+}
 
 // parentPID reads the parent of pid from /proc/<pid>/stat. The command name
 // in parentheses may hold spaces and ')', so fields are counted from the

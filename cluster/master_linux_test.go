@@ -63,6 +63,7 @@ func TestMain(m *testing.M) {
 		"agent-worker":         agentWorker,
 		"fake-agent":           fakeAgent,
 		"a19-worker":           a19Worker,
+		"port-policy":          portPolicy,
 	})
 }
 

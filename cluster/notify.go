@@ -336,15 +336,15 @@ const statusInterval = time.Second
 // notifyState is what the master keeps from each worker's notifications:
 // its last STATUS= (logged on change, rate-limited per worker), ERRNO=
 // (logged with its exit) and whether it said STOPPING=1 or RELOADING=1
-// (its phase). Keyed by the worker's pid; a phase also names the worker
-// (its supervise.ID), because a pid is reused: a message read just before
-// an exit is applied after it, and forget leaves a tombstone so that it
-// creates nothing.
+// (its phase). Keyed by the worker's pid; each entry also names the
+// worker (its supervise.ID), because a pid is reused: a message read just
+// before an exit is applied after it, and forget leaves a tombstone so
+// that it creates nothing, nor passes for a later worker's.
 type notifyState struct {
 	mu      sync.Mutex
 	workers map[int]*workerNotify
 	// gone holds the workers forget dropped, for tombstoneTTL: a late
-	// message of theirs sets no phase.
+	// message of theirs records nothing.
 	gone   map[int]tombstone
 	closed bool
 }
@@ -365,7 +365,7 @@ type workerNotify struct {
 	timer     *time.Timer // logs status when the interval ends
 	errno     int
 	extWarned bool // EXTEND_TIMEOUT_USEC seen (logged once)
-	// id is the worker the phase belongs to (zero: no phase yet).
+	// id is the worker the entry belongs to.
 	id      supervise.ID
 	phase   workerPhase
 	phaseAt time.Time // when phase last changed
@@ -406,28 +406,27 @@ type phaseChange struct {
 // notePhase applies the READY=1, RELOADING=1 and STOPPING=1 (any of them
 // in n) of worker id, whose pid is pid, to its phase, with systemd's
 // precedence within one message: STOPPING=1 wins over the others, READY=1
-// over RELOADING=1 (a reload that is already done). A phase left by an
-// earlier worker with the same pid is dropped first; a worker forget
-// dropped gets none.
+// over RELOADING=1 (a reload that is already done). What an earlier
+// worker with the same pid left is dropped first; a worker forget dropped
+// gets no phase.
 func (s *notifyState) notePhase(pid int, id supervise.ID, n Notification) phaseChange {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || !(n.Ready || n.Reloading || n.Stopping) {
 		return phaseChange{}
 	}
-	if g, ok := s.gone[pid]; ok && g.id == id {
+	if s.forgotten(pid, id) {
 		return phaseChange{} // read before its exit, applied after
 	}
 	w := s.workers[pid]
 	if w != nil && w.id != id {
-		w.resetPhase(id)
+		w = s.get(pid, id) // drops the earlier worker's
 	}
 	if (w == nil || w.phase == phaseNone) && !n.Stopping && (n.Ready || !n.Reloading) {
 		return phaseChange{} // READY=1 of a worker in no phase
 	}
 	if w == nil {
-		w = s.get(pid)
-		w.id = id
+		w = s.get(pid, id)
 	}
 	c := phaseChange{From: w.phase}
 	switch {
@@ -452,13 +451,14 @@ func (s *notifyState) notePhase(pid int, id supervise.ID, n Notification) phaseC
 	return c
 }
 
-// resetPhase gives w, whose pid now names worker id, no phase.
-func (w *workerNotify) resetPhase(id supervise.ID) {
+// stopTimers stops w's pending status log and phase timeout.
+func (w *workerNotify) stopTimers() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	if w.phaseTimer != nil {
 		w.phaseTimer.Stop()
-		w.phaseTimer = nil
 	}
-	w.id, w.phase, w.phaseAt, w.readyWarned = id, phaseNone, time.Time{}, false
 }
 
 // armPhase runs f once, after d, unless worker id (pid) leaves phase
@@ -531,28 +531,42 @@ func (s *notifyState) applyPhases(st *supervise.Status) {
 	}
 }
 
-func (s *notifyState) get(pid int) *workerNotify {
+// forgotten reports whether forget dropped worker id (pid): a message of
+// its own read before its exit and applied after records nothing.
+func (s *notifyState) forgotten(pid int, id supervise.ID) bool {
+	g, ok := s.gone[pid]
+	return ok && g.id == id
+}
+
+// get returns the entry of worker id (pid), new if there is none or the
+// one there is an earlier worker's whose pid was reused (dropped: none of
+// it is id's). The caller checked forgotten.
+func (s *notifyState) get(pid int, id supervise.ID) *workerNotify {
 	if s.workers == nil {
 		s.workers = make(map[int]*workerNotify)
 	}
 	w := s.workers[pid]
-	if w == nil {
-		w = &workerNotify{}
+	if w == nil || w.id != id {
+		if w != nil {
+			w.stopTimers()
+		}
+		w = &workerNotify{id: id}
 		s.workers[pid] = w
 	}
 	return w
 }
 
-// status records a STATUS= of a worker and logs it, unless unchanged, or
-// unless one was logged for that worker less than statusInterval ago: then
-// the latest one is logged when the interval ends. attrs name the worker.
-func (s *notifyState) status(log *slog.Logger, pid int, text string, attrs ...any) {
+// status records a STATUS= of worker id (pid) and logs it, unless
+// unchanged, or unless one was logged for that worker less than
+// statusInterval ago: then the latest one is logged when the interval
+// ends. attrs name the worker. Nothing for a worker forget dropped.
+func (s *notifyState) status(log *slog.Logger, pid int, id supervise.ID, text string, attrs ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.forgotten(pid, id) {
 		return
 	}
-	w := s.get(pid)
+	w := s.get(pid, id)
 	w.status = text
 	if text == w.logged || w.timer != nil {
 		return
@@ -577,34 +591,35 @@ func (s *notifyState) status(log *slog.Logger, pid int, text string, attrs ...an
 	})
 }
 
-// lastStatus is the last STATUS= a worker sent ("" if none).
-func (s *notifyState) lastStatus(pid int) string {
+// lastStatus is the last STATUS= worker id (pid) sent ("" if none).
+func (s *notifyState) lastStatus(pid int, id supervise.ID) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if w := s.workers[pid]; w != nil {
+	if w := s.workers[pid]; w != nil && w.id == id {
 		return w.status
 	}
 	return ""
 }
 
-// setErrno records an ERRNO= of a worker.
-func (s *notifyState) setErrno(pid, errno int) {
+// setErrno records an ERRNO= of worker id (pid), unless forget dropped
+// it: an errno recorded after would be reported at a later worker's exit.
+func (s *notifyState) setErrno(pid int, id supervise.ID, errno int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.closed {
-		s.get(pid).errno = errno
+	if !s.closed && !s.forgotten(pid, id) {
+		s.get(pid, id).errno = errno
 	}
 }
 
-// firstExtend reports whether this is the worker's first
+// firstExtend reports whether this is worker id's (pid's) first
 // EXTEND_TIMEOUT_USEC, to log it once.
-func (s *notifyState) firstExtend(pid int) bool {
+func (s *notifyState) firstExtend(pid int, id supervise.ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.forgotten(pid, id) {
 		return false
 	}
-	w := s.get(pid)
+	w := s.get(pid, id)
 	first := !w.extWarned
 	w.extWarned = true
 	return first
@@ -633,16 +648,11 @@ func (s *notifyState) forget(pid int, id supervise.ID) (errno int, unlogged stri
 	}
 	s.gone[pid] = tombstone{id, now}
 	w := s.workers[pid]
-	if w == nil || (w.id != supervise.ID{} && w.id != id) {
+	if w == nil || w.id != id {
 		return 0, ""
 	}
 	delete(s.workers, pid)
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	if w.phaseTimer != nil {
-		w.phaseTimer.Stop()
-	}
+	w.stopTimers()
 	if w.status != w.logged {
 		unlogged = w.status
 	}
@@ -655,12 +665,7 @@ func (s *notifyState) close() {
 	defer s.mu.Unlock()
 	s.closed = true
 	for _, w := range s.workers {
-		if w.timer != nil {
-			w.timer.Stop()
-		}
-		if w.phaseTimer != nil {
-			w.phaseTimer.Stop()
-		}
+		w.stopTimers()
 	}
 	s.workers, s.gone = nil, nil
 }

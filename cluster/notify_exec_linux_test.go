@@ -146,11 +146,12 @@ func TestStatusRateLimit(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	var s notifyState
 	defer s.close()
+	id10, id20 := supervise.ID{Slot: 0, Generation: 1}, supervise.ID{Slot: 1, Generation: 1}
 	for i := range 500 {
-		s.status(log, 10, fmt.Sprintf("step %d", i), "pid", 10)
+		s.status(log, 10, id10, fmt.Sprintf("step %d", i), "pid", 10)
 	}
-	s.status(log, 20, "other", "pid", 20)
-	s.status(log, 20, "other", "pid", 20)
+	s.status(log, 20, id20, "other", "pid", 20)
+	s.status(log, 20, id20, "other", "pid", 20)
 	got := buf.String()
 	if n := strings.Count(got, "worker status"); n != 2 {
 		t.Fatalf("%d lines for 500 updates of one worker and 2 equal ones of another, want 2:\n%s", n, got)
@@ -165,12 +166,12 @@ func TestStatusRateLimit(t *testing.T) {
 	if got := buf.String(); strings.Count(got, "worker status") != 3 || !strings.Contains(got, `status="step 499"`) {
 		t.Fatalf("the last update was not logged once the interval ended:\n%s", got)
 	}
-	if got := s.lastStatus(10); got != "step 499" {
+	if got := s.lastStatus(10, id10); got != "step 499" {
 		t.Errorf("lastStatus = %q, want %q", got, "step 499")
 	}
-	s.status(log, 10, "final", "pid", 10)
-	s.setErrno(10, int(unix.EADDRINUSE))
-	errno, unlogged := s.forget(10, supervise.ID{})
+	s.status(log, 10, id10, "final", "pid", 10)
+	s.setErrno(10, id10, int(unix.EADDRINUSE))
+	errno, unlogged := s.forget(10, id10)
 	if errno != int(unix.EADDRINUSE) || unlogged != "final" {
 		t.Errorf("forget = %d, %q; want %d, %q", errno, unlogged, unix.EADDRINUSE, "final")
 	}

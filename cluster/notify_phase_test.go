@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -169,5 +170,78 @@ func TestNotePhaseIdentity(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestNotifyRecordIdentity: STATUS=, ERRNO= and EXTEND_TIMEOUT_USEC=
+// belong to a worker, not to its pid, as phases do. One read before its
+// exit and applied after forget records nothing (no entry left behind for
+// good, nothing reported at a later worker's exit); what an earlier
+// worker with the same pid left is not the later one's.
+func TestNotifyRecordIdentity(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	type res struct {
+		Errno      int    // forget of the later worker
+		Unlogged   string // likewise
+		Status     string // lastStatus of the later worker
+		FirstExt   bool   // the later worker's first EXTEND_TIMEOUT_USEC
+		EntriesEnd int    // entries left after both forgets
+	}
+	for _, tc := range []struct {
+		name   string
+		before func(s *notifyState) // what the earlier worker, id1, did
+		want   res
+	}{
+		{
+			name: "late ERRNO after forget",
+			before: func(s *notifyState) {
+				s.forget(10, id1)
+				s.setErrno(10, id1, 13)
+			},
+			want: res{FirstExt: true},
+		},
+		{
+			name: "late STATUS and EXTEND after forget",
+			before: func(s *notifyState) {
+				s.forget(10, id1)
+				s.status(log, 10, id1, "late")
+				s.firstExtend(10, id1)
+			},
+			want: res{FirstExt: true},
+		},
+		{
+			name: "earlier worker never forgotten",
+			before: func(s *notifyState) {
+				s.setErrno(10, id1, 13)
+				s.status(log, 10, id1, "old")
+				s.firstExtend(10, id1)
+			},
+			want: res{FirstExt: true},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s notifyState
+			defer s.close()
+			tc.before(&s)
+			var got res
+			got.Status = s.lastStatus(10, id2)
+			got.FirstExt = s.firstExtend(10, id2)
+			got.Errno, got.Unlogged = s.forget(10, id2)
+			s.forget(10, id1)
+			s.mu.Lock()
+			got.EntriesEnd = len(s.workers)
+			s.mu.Unlock()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	// The worker's own records are its own still.
+	var s notifyState
+	defer s.close()
+	s.setErrno(10, id2, 98)
+	s.status(log, 10, id2, "mine")
+	if errno := func() int { e, _ := s.forget(10, id2); return e }(); errno != 98 {
+		t.Errorf("forget: errno %d, want 98", errno)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/proccensus"
 	"golang.org/x/sys/unix"
@@ -74,5 +75,30 @@ func TestStopTimerIdentity(t *testing.T) {
 	case <-exited:
 	case <-time.After(5 * time.Second):
 		t.Fatal("a worker that said STOPPING=1 was not killed")
+	}
+}
+
+// TestReloadTimeout: a RELOADING=1 is bounded as a start is
+// (Config.StartTimeout): the default for 0, and no limit at all for a
+// negative StartTimeout, which supervise takes as no limit to a start.
+func TestReloadTimeout(t *testing.T) {
+	type res struct {
+		D  time.Duration
+		OK bool
+	}
+	for _, tc := range []struct {
+		start time.Duration
+		want  res
+	}{
+		{0, res{defaultStartTimeout, true}},
+		{2 * time.Second, res{2 * time.Second, true}},
+		{-1, res{0, false}},
+		{-time.Hour, res{0, false}},
+	} {
+		var got res
+		got.D, got.OK = reloadTimeout(tc.start)
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("reloadTimeout(%v) (-want +got):\n%s", tc.start, diff)
+		}
 	}
 }

@@ -56,56 +56,74 @@ func accessAs(c *supervise.Credential, path string, mode uint32) error {
 	})
 }
 
-// asUser runs fn on an OS thread of its own whose filesystem uid and gid
-// and supplementary groups are c's: on Linux these are per thread (the
-// raw system calls, not glibc's or Go's process-wide set*id), and a
-// non-zero fsuid drops the filesystem capabilities (CAP_DAC_OVERRIDE and
-// the like, capabilities(7)) from the thread's effective set. So every
-// path fn resolves, creates, chmods or unlinks is checked by the kernel
-// as c's, at the moment it happens: no check-then-use window a symlink
-// swap could slip through. fn must not start goroutines that touch the
-// filesystem (they would run on other threads). The thread is never given
-// back: its goroutine exits locked, so the runtime terminates it with its
-// changed credentials. c nil runs fn on a thread without effective
-// capabilities instead (dropCapsOnThread).
+// asUser runs fn on an OS thread of its own whose effective and
+// filesystem uid and gid and supplementary groups are c's: on Linux
+// credentials are per thread (the raw system calls, not glibc's or Go's
+// process-wide set*id), and a non-zero effective uid drops the thread's
+// effective capabilities (capabilities(7)). So every path fn resolves,
+// creates, chmods or unlinks is checked by the kernel as c's, at the
+// moment it happens: no check-then-use window a symlink swap could slip
+// through; and a socket fn connects or listens on carries c's uid as its
+// peer credentials (SO_PEERCRED is taken from the effective ids at
+// connect(2) and listen(2)). fn must not start goroutines that touch the
+// filesystem or sockets (they would run on other threads). The thread is
+// never given back: its goroutine exits locked, so the runtime terminates
+// it with its changed credentials. Never the main thread: the runtime
+// parks a locked main thread forever instead of ending it, and the
+// process's lead thread would keep c's ids. c nil runs fn on a thread
+// without effective capabilities instead (dropCapsOnThread).
 func asUser(c *supervise.Credential, fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread dies with this goroutine.
-		runtime.LockOSThread()
-		var err error
-		if c == nil {
-			err = dropCapsOnThread()
-		} else {
-			err = becomeOnThread(c)
-		}
-		if err == nil {
-			err = fn()
-		}
-		errc <- err
-	}()
+	go onDoomedThread(c, fn, errc)
 	return <-errc
 }
 
+// onDoomedThread is asUser's goroutine: it locks its thread and, unless
+// that is the main thread, changes the thread's credentials and runs fn.
+func onDoomedThread(c *supervise.Credential, fn func() error, errc chan<- error) {
+	// Never unlocked: the thread dies with this goroutine.
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		// The main thread: it stays locked, credentials untouched, so
+		// the goroutine started here cannot be scheduled on it; then the
+		// runtime parks it.
+		go onDoomedThread(c, fn, errc)
+		return
+	}
+	var err error
+	if c == nil {
+		err = dropCapsOnThread()
+	} else {
+		err = becomeOnThread(c)
+	}
+	if err == nil {
+		err = fn()
+	}
+	errc <- err
+}
+
+// becomeOnThread gives the calling thread c's supplementary groups and
+// effective (hence filesystem) gid and uid. The real and saved ids stay
+// root's, like the rest of the process's: fn is the master's own code,
+// and the thread ends with it, never reused.
 func becomeOnThread(c *supervise.Credential) error {
 	groups := make([]int, len(c.Groups))
 	for i, g := range c.Groups {
 		groups[i] = int(g)
 	}
-	// x/sys's Setgroups and Setfs[ug]id are the raw system calls: this
-	// thread only.
+	// x/sys's Setgroups is the raw system call: this thread only. Groups
+	// and gid first: both need CAP_SETGID, which the uid change drops.
 	if err := unix.Setgroups(groups); err != nil {
 		return os.NewSyscallError("setgroups", err)
 	}
-	// setfs[ug]id(2) returns the previous id and no error on failure;
-	// setting the same id again returns the one in force.
-	unix.SetfsgidRetGid(int(c.GID))
-	if prev, _ := unix.SetfsgidRetGid(int(c.GID)); prev != int(c.GID) {
-		return fmt.Errorf("setfsgid %d: still %d", c.GID, prev)
+	// x/sys's Setres[ug]id are Go's process-wide ones (every thread):
+	// the raw system calls change this thread only. -1 keeps an id.
+	keep := ^uintptr(0)
+	if _, _, e := unix.RawSyscall(sysSetresgid, keep, uintptr(c.GID), keep); e != 0 {
+		return os.NewSyscallError("setresgid", e)
 	}
-	unix.SetfsuidRetUid(int(c.UID))
-	if prev, _ := unix.SetfsuidRetUid(int(c.UID)); prev != int(c.UID) {
-		return fmt.Errorf("setfsuid %d: still %d", c.UID, prev)
+	if _, _, e := unix.RawSyscall(sysSetresuid, keep, uintptr(c.UID), keep); e != 0 {
+		return os.NewSyscallError("setresuid", e)
 	}
 	return nil
 }
@@ -132,10 +150,10 @@ func dropCapsOnThread() error {
 
 // listenUnixAs is sockfile.Listen run as c (asUser): the stale-socket
 // check and its unlink, the bind, the chmod and the lock file are all
-// done with c's filesystem ids, so they succeed only where c's user could
-// do them itself, and the socket file and its lock are that user's (c
-// nil: without effective capabilities). owner closes ln, unlinking the
-// path as c too.
+// done with c's ids, so they succeed only where c's user could do them
+// itself, and the socket file and its lock are that user's, as is the
+// socket to its clients (SO_PEERCRED) (c nil: without effective
+// capabilities). owner closes ln, unlinking the path as c too.
 func listenUnixAs(c *supervise.Credential, path string, opts *sockfile.Options) (ln *sockfile.Listener, owner io.Closer, err error) {
 	err = asUser(c, func() error {
 		var err error

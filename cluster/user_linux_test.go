@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,6 +168,7 @@ func TestBindPolicyAs(t *testing.T) {
 		t.Skip("needs root to check for another user")
 	}
 	fdcensus.Verify(t)
+	want := threadCreds(t)
 	tmp := othersTempDir(t)
 	mkdir := func(name string, mode os.FileMode, uid, gid int) string {
 		return mkdirOwned(t, filepath.Join(tmp, name), mode, uid, gid)
@@ -215,11 +217,8 @@ func TestBindPolicyAs(t *testing.T) {
 			}
 		})
 	}
-	// The checks ran on threads of their own: this process's credentials
-	// are root's still.
-	if os.Geteuid() != 0 || os.Getegid() != 0 {
-		t.Errorf("euid %d egid %d after the checks", os.Geteuid(), os.Getegid())
-	}
+	// The checks ran on threads of their own, all ended.
+	waitNoChangedTasks(t, want)
 }
 
 // FuzzLookupUser: any string either resolves to a credential whose groups
@@ -310,6 +309,7 @@ func TestWorkerBindAs(t *testing.T) {
 		t.Skip("needs root to bind for another user")
 	}
 	fdcensus.Verify(t)
+	want := threadCreds(t)
 	tmp := othersTempDir(t)
 	theirs := mkdirOwned(t, filepath.Join(tmp, "theirs"), 0o755, 65534, 65534)
 	rootDir := mkdirOwned(t, filepath.Join(tmp, "root"), 0o755, 0, 0)
@@ -380,9 +380,7 @@ func TestWorkerBindAs(t *testing.T) {
 			}
 		})
 	}
-	if os.Geteuid() != 0 || os.Getegid() != 0 {
-		t.Errorf("euid %d egid %d after the binds", os.Geteuid(), os.Getegid())
-	}
+	waitNoChangedTasks(t, want)
 }
 
 // TestWorkerBindWithoutCaps: a worker's unix socket is created, when
@@ -518,5 +516,179 @@ func TestWorkerBindSwapRace(t *testing.T) {
 		if got := (fileID{Mode: fi.Mode(), Ino: st.Ino, UID: st.Uid, GID: st.Gid}); got != want {
 			t.Fatalf("after %d attempts root's socket is %+v, was %+v", i+1, got, want)
 		}
+	}
+}
+
+// credLines returns the credential lines (Uid, Gid, Groups, CapEff) of a
+// /proc/PID/task/TID/status file.
+func credLines(b []byte) string {
+	var out []string
+	for line := range strings.Lines(string(b)) {
+		for _, k := range []string{"Uid:", "Gid:", "Groups:", "CapEff:"} {
+			if strings.HasPrefix(line, k) {
+				out = append(out, strings.Join(strings.Fields(line), " "))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// changedTasks returns the threads of this process whose credentials are
+// not want, with theirs.
+func changedTasks(t *testing.T, want string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]string)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc/self/task", e.Name(), "status"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		if got := credLines(b); got != want {
+			out[e.Name()] = got
+		}
+	}
+	return out
+}
+
+// TestAsUserLeavesNoThread: the threads the master changes credentials
+// on for workers all end; none is left, the main thread least of all (the
+// runtime parks a locked main thread instead of ending it, and the lead
+// thread of the master would keep a worker's ids). Threads are still
+// ending when the calls return, so the census waits for them, bounded.
+func TestAsUserLeavesNoThread(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run as another user")
+	}
+	want := threadCreds(t)
+	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	for i := 0; i < 200; i++ {
+		c := nobody
+		if i%2 == 1 {
+			c = nil
+		}
+		if err := cluster.AsUser(c, func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitNoChangedTasks(t, want)
+}
+
+// threadCreds returns the credential lines of the calling thread, which
+// runs no asUser work: the process's own.
+func threadCreds(t *testing.T) string {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b, err := os.ReadFile("/proc/thread-self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return credLines(b)
+}
+
+// waitNoChangedTasks fails t unless, within a bounded wait, every thread
+// of this process has credentials want: the threads asUser changed end
+// just after it returns.
+func waitNoChangedTasks(t *testing.T, want string) {
+	t.Helper()
+	var left map[string]string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if left = changedTasks(t, want); len(left) == 0 {
+			return
+		}
+	}
+	t.Errorf("threads with changed credentials left (main thread %d), want %q:\n%v", os.Getpid(), want, left)
+}
+
+// peerUID returns the uid and gid SO_PEERCRED reports for c.
+func peerUID(t *testing.T, c net.Conn) (uid, gid uint32) {
+	t.Helper()
+	rc, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	return cred.Uid, cred.Gid
+}
+
+// TestWorkerBindPeerCred: a unix socket the master creates for workers
+// of another user is that user's to its clients too (SO_PEERCRED, taken
+// at listen(2)), and the stale-socket probe of a live socket connects as
+// that user, not as root.
+func TestWorkerBindPeerCred(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to bind for another user")
+	}
+	fdcensus.Verify(t)
+	tmp := othersTempDir(t)
+	theirs := mkdirOwned(t, filepath.Join(tmp, "theirs"), 0o755, 65534, 65534)
+	nobody := &supervise.Credential{UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	type ids struct{ UID, GID uint32 }
+	want := ids{65534, 65534}
+
+	p := filepath.Join(theirs, "s")
+	release, err := cluster.BindForWorker("unix://"+p, nobody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		release()
+		t.Fatal(err)
+	}
+	var got ids
+	got.UID, got.GID = peerUID(t, c)
+	c.Close()
+	release()
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("client's view of the listener (-want +got):\n%s", diff)
+	}
+
+	live := filepath.Join(theirs, "live.sock")
+	ln, err := net.Listen("unix", live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(live, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	if release, err := cluster.BindForWorker("unix://"+live, nobody); !errors.Is(err, sockfile.ErrInUse) {
+		if err == nil {
+			release()
+		}
+		t.Fatalf("BindForWorker on a live socket: %v, want ErrInUse", err)
+	}
+	select {
+	case c, ok := <-accepted:
+		if !ok {
+			t.Fatal("accept failed")
+		}
+		got.UID, got.GID = peerUID(t, c)
+		c.Close()
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("live server's view of the probe (-want +got):\n%s", diff)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the probe never connected")
 	}
 }
