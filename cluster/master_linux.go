@@ -722,6 +722,8 @@ func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
 		}
 	case supervise.Ready:
 		m.checkReady(s)
+	case supervise.Failed:
+		m.slotFailed(ev)
 	case supervise.Scaled:
 		// Before m.workers takes this event's count: a scale-up
 		// requested since has stored a larger one, whose slots keep
@@ -1492,6 +1494,25 @@ func (m *master) prepareExecStatus(id supervise.ID, l *supervise.Launch) error {
 	return nil
 }
 
+// slotFailed handles a slot supervise gave up on (its start burst, or exit
+// code 125). Before the cluster was first ready it is a failed start-up,
+// all or nothing as for a program that cannot be executed: the master
+// stops the others and Run returns the cause (mini-cluster exits 1), where
+// it used to sit without that worker, never ready, until a restart signal.
+// Later the slot stays failed until the next restart, as documented.
+func (m *master) slotFailed(ev supervise.Event) {
+	if m.isReady.Load() || ev.ID.Generation != m.exec.firstGen || m.cfg.Suspended || m.upgraded() {
+		return
+	}
+	m.log.Error("worker slot failed before the cluster was ready; start-up failed, stopping", "slot", ev.ID.Slot, "generation", ev.ID.Generation, "err", ev.Err)
+	m.exec.mu.Lock()
+	if m.exec.startErr == nil {
+		m.exec.startErr = fmt.Errorf("cluster: start-up failed: slot %d: %w", ev.ID.Slot, ev.Err)
+	}
+	m.exec.mu.Unlock()
+	m.stop()
+}
+
 // readExecStatus waits for the shim of worker pid to execute the program
 // (EOF) or report why it could not.
 func (m *master) readExecStatus(r io.Reader, id supervise.ID, pid int) {
@@ -1515,7 +1536,10 @@ func (m *master) readExecStatus(r io.Reader, id supervise.ID, pid int) {
 	case first:
 		m.log.Error("worker program cannot be executed; start-up failed, stopping", attrs...)
 		m.exec.mu.Lock()
-		if m.exec.startErr == nil {
+		// The shim's exit 125 may have failed the slot first
+		// (slotFailed): the exec error says why.
+		var ee *ExecError
+		if m.exec.startErr == nil || !errors.As(m.exec.startErr, &ee) {
 			m.exec.startErr = e
 		}
 		m.exec.mu.Unlock()
