@@ -330,17 +330,7 @@ func resetTCP(t *testing.T) int {
 	s.(*net.TCPConn).SetLinger(0)
 	s.Close()
 	fd := dup(t, c.(*net.TCPConn))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := unix.Getpeername(fd); err == unix.ENOTCONN {
-			return fd
-		}
-		if time.Now().After(deadline) {
-			unix.Close(fd)
-			t.Fatal("the reset did not arrive within 5 s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return awaitReset(t, fd)
 }
 
 // Socketpair's end for the child is an honestly blocking *os.File: it was
@@ -434,6 +424,23 @@ func TestNetConnUnconnectedTCP(t *testing.T) {
 	}
 }
 
+// awaitReset returns fd once getpeername fails on it with ENOTCONN (the
+// reset traveled over loopback), closing it and failing after 5 s.
+func awaitReset(t *testing.T, fd int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := unix.Getpeername(fd); err == unix.ENOTCONN {
+			return fd
+		}
+		if time.Now().After(deadline) {
+			unix.Close(fd)
+			t.Fatal("the reset did not arrive within 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // acceptedReset returns a connection accepted after its client reset it
 // (SO_LINGER 0) while it waited in the accept queue: accept succeeds, and
 // getpeername fails with ENOTCONN.
@@ -458,17 +465,7 @@ func acceptedReset(t *testing.T) int {
 	}
 	defer s.Close()
 	fd := dup(t, s.(*net.TCPConn))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := unix.Getpeername(fd); err == unix.ENOTCONN {
-			return fd
-		}
-		if time.Now().After(deadline) {
-			unix.Close(fd)
-			t.Fatal("the reset did not arrive within 5 s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return awaitReset(t, fd)
 }
 
 // A15: a listening stream socket of a family package net cannot wrap

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -98,12 +97,7 @@ func TestRefusalsNeverWait(t *testing.T) {
 			}
 			path := filepath.Join(dir, "s")
 			wait := runInProcess(t, "-socket", path, "-timeout", "60s", "-allow-uid", "1234")
-			var silent []*net.UnixConn
-			for range tt.silent {
-				s := dial(t, path)
-				defer s.Close()
-				silent = append(silent, s)
-			}
+			silent := dialSilent(t, path, tt.silent)
 			waitFor(t, path)
 			cmd := helperproc.Command(t, "refused", &helperproc.Options{AsNobody: true, Args: []string{path, "2", tt.mode}, Env: childEnv(pc)})
 			stdin, err := cmd.StdinPipe()
@@ -242,12 +236,7 @@ func TestTooManyWaitingRefused(t *testing.T) {
 	defer w.Close()
 	path := filepath.Join(shortDir(t), "s")
 	wait := runInProcess(t, "-socket", path, "-timeout", "60s")
-	var silent []*net.UnixConn
-	for range fdrecv.MaxAccepted {
-		s := dial(t, path)
-		defer s.Close()
-		silent = append(silent, s)
-	}
+	silent := dialSilent(t, path, fdrecv.MaxAccepted)
 	extra := dial(t, path)
 	defer extra.Close()
 	// EPIPE if fdrecv has refused it already: the reply says why.

@@ -205,12 +205,7 @@ func TestSilentPeersDoNotDelay(t *testing.T) {
 	defer w.Close()
 	path := filepath.Join(shortDir(t), "s")
 	wait := runInProcess(t, "-socket", path, "-timeout", "60s")
-	var silent []*net.UnixConn
-	for range fdrecv.MaxPending - 1 {
-		s := dial(t, path)
-		defer s.Close()
-		silent = append(silent, s)
-	}
+	silent := dialSilent(t, path, fdrecv.MaxPending-1)
 	c := dial(t, path)
 	defer c.Close()
 	if err := scmrights.Send(c, mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)...); err != nil {
@@ -284,12 +279,7 @@ func TestSenderGoneBeforeTaken(t *testing.T) {
 			}
 			helperproc.Start(t, cmd)
 			stderr := bufio.NewReader(stderrPipe)
-			var silent []*net.UnixConn
-			for range fdrecv.MaxPending {
-				s := dial(t, path)
-				defer s.Close()
-				silent = append(silent, s)
-			}
+			silent := dialSilent(t, path, fdrecv.MaxPending)
 			gone := dial(t, path)
 			if err := scmrights.Send(gone, mustEncode(t, []string{"gone"}, nil), dupFDs(t, goneR, 1)...); err != nil {
 				t.Fatal(err)
@@ -447,4 +437,16 @@ func TestDescribeQuotesOddNames(t *testing.T) {
 	if diff := cmp.Diff(want, got[1:]); diff != "" {
 		t.Errorf("report lines (-want +got):\n%s", diff)
 	}
+}
+
+// dialSilent makes n connections to the fdrecv at path that send nothing;
+// each is closed when the test ends, if not before.
+func dialSilent(t *testing.T, path string, n int) []*net.UnixConn {
+	t.Helper()
+	silent := make([]*net.UnixConn, n)
+	for i := range silent {
+		silent[i] = dial(t, path)
+		t.Cleanup(func() { silent[i].Close() })
+	}
+	return silent
 }
