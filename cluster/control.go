@@ -170,8 +170,14 @@ type ControlSlot struct {
 	PID, Generation int
 	// State is the slot's supervise state, stopping for a worker that
 	// said STOPPING=1 and reloading (supervise.SlotReloading) for a ready
-	// one that said RELOADING=1 and not READY=1 since.
+	// one that said RELOADING=1 and not READY=1 since. It is 0 for a
+	// state this release does not know, sent by a newer master or agent:
+	// StateName then holds its name.
 	State supervise.SlotState
+	// StateName is the name of an unknown State as it came on the wire
+	// (1 to 32 bytes of a-z, 0-9, '_' and '-'); empty for every state
+	// this release knows. StateText gives the name in either case.
+	StateName string
 	// Uptime is how long the current worker has run (0 when none runs).
 	Uptime time.Duration
 	// Restarts counts respawns after unexpected exits.
@@ -795,8 +801,13 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 	if err != nil {
 		return err
 	}
+	// A state added after this release is kept by name, not refused:
+	// status still shows the slot, and a fleet master passes it on.
 	if s.State = parseSlotState(state); s.State == 0 {
-		return fmt.Errorf("%w: slot state %.32q", ErrControlProtocol, state)
+		if !validStateName(state) {
+			return fmt.Errorf("%w: slot state %.32q", ErrControlProtocol, state)
+		}
+		s.StateName = state
 	}
 	// Bounded by what a time.Duration holds: beyond it the multiplication
 	// below would wrap to a negative uptime.
@@ -853,6 +864,31 @@ func decodeSlot(v *fastjson.Value, s *ControlSlot) error {
 	x.Time = time.UnixMilli(at).UTC()
 	s.LastExit = x
 	return nil
+}
+
+// StateText is the slot state's name: State's, or StateName for a state
+// this release does not know.
+func (s ControlSlot) StateText() string {
+	if s.State == 0 && s.StateName != "" {
+		return s.StateName
+	}
+	return s.State.String()
+}
+
+// validStateName says whether name may stand for a slot state this release
+// does not know: short, lower case, nothing a terminal or a table would
+// interpret.
+func validStateName(name string) bool {
+	if name == "" || len(name) > 32 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // parseSlotState maps supervise's state names back; 0 means unknown.
@@ -1070,7 +1106,7 @@ func (s *ControlSlot) appendJSON(dst []byte) []byte {
 	dst = append(dst, `,"generation":`...)
 	dst = strconv.AppendInt(dst, int64(s.Generation), 10)
 	dst = append(dst, `,"state":`...)
-	dst = appendJSONString(dst, s.State.String())
+	dst = appendJSONString(dst, s.StateText())
 	dst = append(dst, `,"uptime_ms":`...)
 	dst = strconv.AppendInt(dst, s.Uptime.Milliseconds(), 10)
 	dst = append(dst, `,"restarts":`...)

@@ -190,6 +190,11 @@ func TestControlSocketDecodeBad(t *testing.T) {
 		{"remote port 65536", strings.TrimSuffix(status(""), "}") + `,"groups":[{"name":"a","remote":[{"host":"h","port":65536}]}]}`},
 		{"remote not an object", strings.TrimSuffix(status(""), "}") + `,"groups":[{"name":"a","remote":[1]}]}`},
 		{"negative id", status(`{"slot":0,"state":"ready","id":-1}`)},
+		{"state empty", status(`{"slot":0,"state":""}`)},
+		{"state with a tab", status(`{"slot":0,"state":"re\tady"}`)},
+		{"state upper case", status(`{"slot":0,"state":"Ready"}`)},
+		{"state of 33 bytes", status(`{"slot":0,"state":"` + strings.Repeat("s", 33) + `"}`)},
+		{"state not a string", status(`{"slot":0,"state":2}`)},
 		{"index not a number", status(`{"slot":0,"state":"ready","index":"1"}`)},
 		// 18446744074710 ms is 2^64 ns + 1.000448 s: wrapped, it would pass
 		// for a second.
@@ -216,6 +221,36 @@ func TestControlSocketDecodeBad(t *testing.T) {
 	}
 	if got := m.Status.Slots[0].Uptime; got != longest {
 		t.Errorf("uptime %v, want %v", got, longest)
+	}
+}
+
+// TestControlSocketUnknownState: a slot state added by a later release
+// decodes by name (State 0), is counted as nothing this release knows, and
+// is passed on unchanged when re-encoded (a fleet master relaying an agent).
+func TestControlSocketUnknownState(t *testing.T) {
+	in := `{"type":"status","pid":1,"generation":1,"workers":2,"ready_workers":1,"slots":[` +
+		`{"slot":0,"pid":10,"generation":1,"state":"draining-2","uptime_ms":0,"restarts":0,"id":0,"index":0},` +
+		`{"slot":1,"pid":11,"generation":1,"state":"reloading","uptime_ms":0,"restarts":0,"id":1,"index":1}]}`
+	var p fastjson.Parser
+	var m cluster.SockMsg
+	if err := cluster.DecodeSockMsg(&p, []byte(in), &m); err != nil {
+		t.Fatal(err)
+	}
+	type state struct {
+		State     supervise.SlotState
+		StateName string
+		Text      string
+	}
+	var got []state
+	for _, s := range m.Status.Slots {
+		got = append(got, state{s.State, s.StateName, s.StateText()})
+	}
+	want := []state{{0, "draining-2", "draining-2"}, {supervise.SlotReloading, "", "reloading"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("states (-want +got):\n%s", diff)
+	}
+	if enc := cluster.AppendSockMsg(nil, &m); !bytes.Contains(enc, []byte(`"state":"draining-2"`)) {
+		t.Errorf("re-encoded without the state's name: %s", enc)
 	}
 }
 

@@ -290,7 +290,7 @@ func printStatus(w io.Writer, st *cluster.ControlStatus, now time.Time) error {
 		if s.PID != 0 {
 			pid, gen, up = strconv.Itoa(s.PID), strconv.Itoa(s.Generation), s.Uptime.Round(time.Second).String()
 		}
-		row := fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%d\t%s", s.Slot, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+		row := fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%d\t%s", s.Slot, pid, gen, s.StateText(), up, s.Restarts, describeExit(s.LastExit, now))
 		if withStatus {
 			row += "\t" + printable(s.Status)
 		}
@@ -372,7 +372,7 @@ func slotRows(tw io.Writer, host string, slots []cluster.ControlSlot, now time.T
 		if s.PID != 0 {
 			pid, gen, up = strconv.Itoa(s.PID), strconv.Itoa(s.Generation), s.Uptime.Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", host, s.Slot, s.ID, s.Index, pid, gen, s.State, up, s.Restarts, describeExit(s.LastExit, now))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", host, s.Slot, s.ID, s.Index, pid, gen, s.StateText(), up, s.Restarts, describeExit(s.LastExit, now))
 	}
 }
 

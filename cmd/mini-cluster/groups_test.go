@@ -365,15 +365,16 @@ func TestGroupsUsage(t *testing.T) {
 	}
 }
 
-// TestGroupsStatusTable: the table shows each remote host's state, and
-// the text of an agent's error cannot inject terminal escapes or rows.
+// TestGroupsStatusTable: the table shows each remote host's state, a slot
+// state this release does not know by its name, and the text of an
+// agent's error cannot inject terminal escapes or rows.
 func TestGroupsStatusTable(t *testing.T) {
 	st := &cluster.ControlStatus{PID: 9, Generation: 1, Workers: 1, ReadyWorkers: 1, Groups: []cluster.ControlGroup{{
 		Name: "far", Generation: 1, Workers: 2, ReadyWorkers: 1,
 		Slots: []cluster.ControlSlot{{Slot: 0, PID: 40, Generation: 1, State: supervise.SlotReady, ID: 0, Index: 0}},
 		Remote: []cluster.ControlRemote{
 			{Host: "u@h", Port: 2222, Connected: true, AgentPID: 77, Sessions: 1, Workers: 1, ReadyWorkers: 1,
-				Slots: []cluster.ControlSlot{{Slot: 0, PID: 50, Generation: 1, State: supervise.SlotReady, ID: 1, Index: 1}}},
+				Slots: []cluster.ControlSlot{{Slot: 0, PID: 50, Generation: 1, StateName: "draining", ID: 1, Index: 1}}},
 			{Host: "v@k", Port: 22, Sessions: 3, Workers: 1, LastError: "agent: \x1b[2J\x1b]0;pwned\x07boom\nu@h:2222  0  0  0  1"},
 		},
 	}}}
@@ -384,7 +385,7 @@ func TestGroupsStatusTable(t *testing.T) {
 	out := b.String()
 	// Counts of one are singular: each want ends its line.
 	for _, want := range []string{"master 9: 1 group, 1/1 local workers ready\n", "group far: generation 1, 1/2 workers ready",
-		"u@h:2222: connected, agent pid 77, 1/1 ready, 1 session\n",
+		"u@h:2222: connected, agent pid 77, 1/1 ready, 1 session\n", " draining ",
 		"v@k: disconnected, 0/1 ready, 3 sessions, last error: agent: ?[2J?]0;pwned?boom?u@h:2222"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
