@@ -251,107 +251,24 @@ func adoptControl(path, value string) (*controlServer, error) {
 	if err1 != nil || err2 != nil || err3 != nil || fd < 3 || fd > 1<<20 {
 		return nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO with FD >= 3", envControlListen, value)
 	}
-	if err := checkControlFD(fd, path); err != nil {
-		return nil, err
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		unix.Close(fd)
-		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint64(st.Dev) != dev || uint64(st.Ino) != ino {
-		unix.Close(fd)
-		return nil, fmt.Errorf("%s is no longer the socket file of descriptor %d (closed)", path, fd)
-	}
-	file := os.NewFile(uintptr(fd), "control")
-	ln, err := net.FileListener(file)
-	file.Close()
-	if err != nil {
-		return nil, err
-	}
-	ul := ln.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false) // closeListener decides, by inode
-	// The previous image's lock on PATH.lock died with its close-on-exec
-	// descriptor; take it again so a starting instance cannot replace the
-	// socket between its check and our unlink at exit. Best effort: without
-	// it the live socket still refuses a second instance (sockfile sees it
+	// sockfile checks that fd is a listening unix stream socket bound to
+	// path and that path is still its file, and takes the lock on
+	// PATH.lock again (the previous image's died with its close-on-exec
+	// descriptor), so a starting instance cannot replace the socket
+	// between its check and our unlink at exit. Best effort: without it
+	// the live socket still refuses a second instance (sockfile sees it
 	// accept connections).
-	lockFD := lockControlPath(path + ".lock")
-	closeListener := func() error {
-		err := ul.Close()
-		var now unix.Stat_t
-		if unix.Lstat(path, &now) == nil && uint64(now.Dev) == dev && uint64(now.Ino) == ino {
-			if uerr := unix.Unlink(path); uerr != nil && uerr != unix.ENOENT && err == nil {
-				err = &os.PathError{Op: "unlink", Path: path, Err: uerr}
-			}
-		}
-		if lockFD >= 0 {
-			unix.Close(lockFD)
-		}
-		return err
-	}
-	return newControlServer(ul, path, dev, ino, closeListener), nil
-}
-
-// checkControlFD checks that fd is a listening unix stream socket bound to
-// path.
-func checkControlFD(fd int, path string) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("fstat", err))
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("descriptor %d is not a socket", fd)
-	}
-	for _, o := range []struct {
-		opt, want int
-		what      string
-	}{
-		{unix.SO_DOMAIN, unix.AF_UNIX, "an AF_UNIX socket"},
-		{unix.SO_TYPE, unix.SOCK_STREAM, "a stream socket"},
-		{unix.SO_ACCEPTCONN, 1, "listening"},
-	} {
-		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, o.opt)
-		if err != nil {
-			return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockopt", err))
-		}
-		if v != o.want {
-			return fmt.Errorf("descriptor %d is not %s", fd, o.what)
-		}
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockname", err))
-	}
-	if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != path {
-		return fmt.Errorf("descriptor %d is not bound to %s", fd, path)
-	}
-	return nil
-}
-
-// lockControlPath flocks the lock file sockfile uses for the path, or
-// returns -1.
-func lockControlPath(lockPath string) int {
-	fd, err := unix.Open(lockPath, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0o600)
-	if err != nil {
-		return -1
-	}
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+	sl, err := sockfile.Adopt(fd, path, dev, ino, nil)
+	if errors.Is(err, sockfile.ErrReplaced) {
 		unix.Close(fd)
-		return -1
-	}
-	for {
-		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
-		if err != unix.EINTR {
-			break
-		}
+		return nil, fmt.Errorf("%w (descriptor %d closed)", err, fd)
 	}
 	if err != nil {
-		unix.Close(fd)
-		return -1
+		return nil, err
 	}
-	return fd
+	// sl works on a duplicate.
+	unix.Close(fd)
+	return newControlServer(sl.UnixListener(), path, dev, ino, sl.Close), nil
 }
 
 // controlListenerFile returns a duplicate of the control socket's listening

@@ -24,8 +24,12 @@ type listener struct {
 	name string   // LISTEN_FDNAMES entry
 	file *os.File // the copy every worker gets; close-on-exec
 	// owner keeps what must outlive the copy: the unix socket file and its
-	// lock (sockfile), nil for inet sockets and adopted ones.
+	// lock (sockfile), nil for inet sockets and socket-activated ones.
 	owner io.Closer
+	// sock is owner's sockfile.Listener (the same, or wrapped to close as
+	// the workers' user), whose socket file an in-place upgrade hands to
+	// the new image (sockfile.Adopt); nil when owner is.
+	sock *sockfile.Listener
 }
 
 func (l *listener) close() {
@@ -81,6 +85,7 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		sc    syscall.Conn
 		addr  net.Addr
 		owner io.Closer
+		sock  *sockfile.Listener
 		c     io.Closer
 	)
 	switch a.Network {
@@ -103,7 +108,7 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		var ln *sockfile.Listener
 		var err error
 		switch {
-		case forWorker && (cred != nil || os.Geteuid() != 0):
+		case withWorkerRights(forWorker, cred):
 			ln, owner, err = listenUnixAs(cred, a.Address, opts)
 		default:
 			ln, err = sockfile.Listen(a.Address, opts)
@@ -112,7 +117,7 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		if err != nil {
 			return nil, err
 		}
-		sc, addr = ln.UnixListener(), ln.Addr()
+		sc, addr, sock = ln.UnixListener(), ln.Addr(), ln
 	default:
 		return nil, fmt.Errorf("network %q", a.Network)
 	}
@@ -121,15 +126,9 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		// The master never accepts; the duplicate keeps the socket.
 		c.Close()
 	}
-	if owner != nil {
-		// Likewise for a unix listener: close the Go listener so the
-		// runtime poller stops waking the master for every connection
-		// (edge-triggered epoll reports each one). The sockfile owner
-		// keeps the lock and the inode identity, and unlinks the path on
-		// exit; its own close of the Go listener then fails harmlessly.
-		ul := sc.(*net.UnixListener)
-		ul.SetUnlinkOnClose(false)
-		ul.Close()
+	if sock != nil {
+		// Likewise for a unix listener (stopPolling).
+		stopPolling(sock.UnixListener())
 	}
 	if err != nil {
 		if owner != nil {
@@ -148,7 +147,27 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		return nil, os.NewSyscallError("fcntl", err)
 	}
 	name := fdName(a.Network, addr.String())
-	return &listener{addr: addr, name: name, file: os.NewFile(uintptr(fd), name), owner: owner}, nil
+	return &listener{addr: addr, name: name, file: os.NewFile(uintptr(fd), name), owner: owner, sock: sock}, nil
+}
+
+// withWorkerRights says whether the master creates (and removes) a unix
+// socket file for a worker's request (forWorker) with that worker's
+// rights (asUser): as cred when workers run as another user, else
+// without the master's effective capabilities unless it is root (then so
+// are its workers, who could create the file themselves).
+func withWorkerRights(forWorker bool, cred *supervise.Credential) bool {
+	return forWorker && (cred != nil || os.Geteuid() != 0)
+}
+
+// stopPolling closes ul, the Go listener of a unix socket the master holds
+// as a listener's file and owner: otherwise the runtime poller wakes the
+// master for every connection (edge-triggered epoll reports each one),
+// and the master never accepts. The owner keeps the lock and the inode
+// identity, and unlinks the path on exit; its own close of ul then fails
+// harmlessly.
+func stopPolling(ul *net.UnixListener) {
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
 }
 
 // checkActivated validates the descriptors named by socket activation

@@ -235,6 +235,7 @@ func newMaster(cfg *Config) (_ *master, err error) {
 		if m.listeners, err = adopt(act); err != nil {
 			return nil, err
 		}
+		m.adoptListenerFiles(m.listeners, act)
 		m.adopted = true
 	} else {
 		if len(m.cfg.Listen) == 0 {

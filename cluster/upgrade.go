@@ -69,6 +69,12 @@ type upgradeState struct {
 	binds []namedFD
 	// slots are reuseport mode's per-slot sockets (slot >= 1).
 	slots []slotFD
+	// sockFiles are the socket files the old image created for unix
+	// listeners among listeners and binds (the optional "u" record): the
+	// new image takes over their lock and removal (sockfile.Adopt).
+	// Socket-activated listeners have none: their files are the
+	// activator's.
+	sockFiles []sockFileFD
 	// workers are the old image's worker processes.
 	workers []oldWorker
 	// children are the old image's other child processes of its own (the
@@ -93,6 +99,13 @@ type namedFD struct {
 // slotFD is socket index (in -listen order) of reuseport slot slot.
 type slotFD struct {
 	fd, slot, index int
+}
+
+// sockFileFD is the socket file, device dev and inode ino, of the unix
+// listener at descriptor fd.
+type sockFileFD struct {
+	fd       int
+	dev, ino uint64
 }
 
 // oldWorker is a worker of the old image, retired by the new one once its
@@ -124,6 +137,8 @@ const (
 //	F FD NAME             another kept descriptor
 //	B FD ADDR             a listener bound for a worker (ADDR: scheme://address)
 //	S FD SLOT INDEX       reuseport mode: socket INDEX of slot SLOT
+//	u FD DEV INO          the socket file (device, inode) the old image
+//	                      created for the unix listener FD (an L or B)
 //	W PID SLOT GEN OUT ERR   an old worker (OUT, ERR: output pipes or -1)
 //	p PID                 another child of the old image's own, to kill
 //	N PATH                the old notify socket
@@ -150,6 +165,9 @@ func (s *upgradeState) encode() (string, error) {
 	}
 	for _, l := range s.slots {
 		fmt.Fprintf(&b, "S %d %d %d\n", l.fd, l.slot, l.index)
+	}
+	for _, f := range s.sockFiles {
+		fmt.Fprintf(&b, "u %d %d %d\n", f.fd, f.dev, f.ino)
 	}
 	for _, w := range s.workers {
 		fmt.Fprintf(&b, "W %d %d %d %d %d\n", w.pid, w.slot, w.generation, w.stdout, w.stderr)
@@ -339,6 +357,32 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			if st.slotCount, err = atoiIn(rest, 1, maxStateSlot); err != nil {
 				return recErr(err)
 			}
+		case "u":
+			f := strings.Split(rest, " ")
+			if len(f) != 3 {
+				return recErr(errors.New("want 3 fields"))
+			}
+			var sf sockFileFD
+			// Not fd(): the descriptor is an L or B record's, checked
+			// once every record is read.
+			if sf.fd, err = atoiIn(f[0], listenFDsStart, maxStateFD); err != nil {
+				return recErr(err)
+			}
+			if sf.dev, err = uintIn(f[1]); err != nil {
+				return recErr(err)
+			}
+			if sf.ino, err = uintIn(f[2]); err != nil {
+				return recErr(err)
+			}
+			for _, o := range st.sockFiles {
+				if o.fd == sf.fd {
+					return recErr(errors.New("socket file named twice"))
+				}
+			}
+			if len(st.sockFiles) >= 2*maxListenFDs {
+				return recErr(errors.New("too many socket files"))
+			}
+			st.sockFiles = append(st.sockFiles, sf)
 		case "p":
 			pid, err := atoiIn(rest, 2, maxStatePID)
 			if err != nil {
@@ -357,7 +401,24 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			return recErr(errors.New("unknown record"))
 		}
 	}
+	for _, sf := range st.sockFiles {
+		if !slices.ContainsFunc(st.listeners, func(a Activated) bool { return a.FD == sf.fd }) &&
+			!slices.ContainsFunc(st.binds, func(b namedFD) bool { return b.fd == sf.fd }) {
+			return bad("socket file of descriptor %d, which is no listener", sf.fd)
+		}
+	}
 	return st, nil
+}
+
+// sockFile returns the socket file the state names for the listener at
+// descriptor fd.
+func (s *upgradeState) sockFile(fd int) (dev, ino uint64, ok bool) {
+	for _, sf := range s.sockFiles {
+		if sf.fd == fd {
+			return sf.dev, sf.ino, true
+		}
+	}
+	return 0, 0, false
 }
 
 // validFileName accepts the names of kept descriptors: short, and of
@@ -389,6 +450,18 @@ func atoiIn(s string, lo, hi int) (int, error) {
 	}
 	if n < lo || n > hi {
 		return 0, fmt.Errorf("%d out of range %d..%d", n, lo, hi)
+	}
+	return n, nil
+}
+
+// uintIn parses a canonical decimal uint64: no sign, no leading zero.
+func uintIn(s string) (uint64, error) {
+	if s == "" || len(s) > 20 || (len(s) > 1 && s[0] == '0') || s[0] < '0' || s[0] > '9' {
+		return 0, fmt.Errorf("number %q", trunc(s))
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("number %q", trunc(s))
 	}
 	return n, nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/sockfile"
 	"github.com/handoff-go/handoff/scmrights"
 	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
@@ -850,12 +852,22 @@ func (m *master) upgradeState(workers []supervise.ExecWorker, dups *[]*os.File) 
 		files = append(files, f)
 		return fd, nil
 	}
+	// The socket files this image owns go with their listeners: their
+	// locks die at the exec (close-on-exec), and the new image takes them
+	// again (sockfile.Adopt), with the removal at exit.
+	sockFile := func(l *listener, fd int) {
+		if l.sock != nil {
+			dev, ino := l.sock.FileID()
+			st.sockFiles = append(st.sockFiles, sockFileFD{fd: fd, dev: dev, ino: ino})
+		}
+	}
 	for _, l := range m.listeners {
 		fd, err := add(l.file)
 		if err != nil {
 			return nil, nil, -1, err
 		}
 		st.listeners = append(st.listeners, Activated{FD: fd, Name: l.name})
+		sockFile(l, fd)
 	}
 	if m.pidFile != nil {
 		lock, err := m.pidFile.LockFile()
@@ -922,6 +934,7 @@ func (m *master) upgradeState(workers []supervise.ExecWorker, dups *[]*os.File) 
 	for key, l := range m.ctl.binds {
 		if fd, err := add(l.file); err == nil {
 			st.binds = append(st.binds, namedFD{name: key, fd: fd})
+			sockFile(l, fd)
 		}
 	}
 	// Reuseport mode: each slot's sockets, which its old and new workers
@@ -1404,6 +1417,11 @@ func (m *master) adoptBinds(binds []namedFD) {
 			l.close()
 			continue
 		}
+		// Only for a listener kept: one given up above is closed, which
+		// must not remove the file the old workers still serve.
+		if a, err := ParseAddr(b.name); err == nil && a.Network == "unix" {
+			m.adoptSockFile(l, b.fd, a.Address, true)
+		}
 		m.ctl.bindMu.Lock()
 		if m.ctl.binds == nil {
 			m.ctl.binds = make(map[string]*listener)
@@ -1413,6 +1431,62 @@ func (m *master) adoptBinds(binds []namedFD) {
 		}
 		m.ctl.binds[b.name] = l
 		m.ctl.bindMu.Unlock()
+	}
+}
+
+// adoptListenerFiles takes over the socket files of the -listen unix
+// listeners the old image created, right after adopt made ls of act.
+func (m *master) adoptListenerFiles(ls []*listener, act []Activated) {
+	if !m.upgraded() {
+		return
+	}
+	for i, l := range ls {
+		if ua, ok := l.addr.(*net.UnixAddr); ok && i < len(act) {
+			m.adoptSockFile(l, act[i].FD, ua.Name, false)
+		}
+	}
+}
+
+// adoptSockFile gives l, an inherited unix listener at descriptor fd, the
+// lock on path's lock file and the removal of path at exit, as the old
+// image held them, if the state names the socket file the old image
+// created for it: the previous image's lock died with its close-on-exec
+// descriptor. A socket bound for a worker (forWorker) is taken over with
+// the worker's rights, as it was created (withWorkerRights). If path no
+// longer names that socket file, l keeps serving but leaves path alone.
+func (m *master) adoptSockFile(l *listener, fd int, path string, forWorker bool) {
+	dev, ino, ok := m.up.state.sockFile(fd)
+	if !ok {
+		// Socket-activated (or from an image that did not record it):
+		// the file is not ours to remove.
+		return
+	}
+	opts := &sockfile.Options{Network: l.addr.Network()}
+	var (
+		ln    *sockfile.Listener
+		owner io.Closer
+		err   error
+	)
+	if withWorkerRights(forWorker, m.cred) {
+		ln, owner, err = adoptUnixAs(m.cred, fd, path, dev, ino, opts)
+	} else {
+		ln, err = sockfile.Adopt(fd, path, dev, ino, opts)
+		owner = ln
+	}
+	if err != nil {
+		m.log.Warn("upgrade: unix listener kept serving, but its socket file is not taken over: left in place at exit", "path", path, "err", err)
+		return
+	}
+	if !ln.Locked() {
+		m.log.Warn("upgrade: socket file taken over, but its lock file is held by another process", "path", path, "lock", path+".lock")
+	}
+	stopPolling(ln.UnixListener())
+	l.owner, l.sock = owner, ln
+	// Adopt's net.FileListener made the socket non-blocking, a flag of
+	// the open file description every worker shares: back to blocking, as
+	// adopt left it.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		m.log.Warn("upgrade: unix listener left non-blocking", "path", path, "err", os.NewSyscallError("fcntl", err))
 	}
 }
 

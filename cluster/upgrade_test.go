@@ -64,6 +64,15 @@ func TestUpgradeState(t *testing.T) {
 		{"child pid 1", "handoff-upgrade v1 5\np 1\n", false, ""},
 		{"child pid garbage", "handoff-upgrade v1 5\np 6 7\n", false, ""},
 		{"unknown record", "handoff-upgrade v1 5\nX 1\n", false, ""},
+		{"socket files", "handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nu 3 2049 131\nu 4 0 18446744073709551615\n", true, ""},
+		{"socket file before its listener", "handoff-upgrade v1 5\nu 3 1 2\nL 3 x\n", true, "handoff-upgrade v1 5\nL 3 x\nu 3 1 2\n"},
+		{"socket file of no listener", "handoff-upgrade v1 5\nK 3\nu 3 1 2\n", false, ""},
+		{"socket file of nothing", "handoff-upgrade v1 5\nu 3 1 2\n", false, ""},
+		{"socket file twice", "handoff-upgrade v1 5\nL 3 x\nu 3 1 2\nu 3 1 2\n", false, ""},
+		{"socket file short", "handoff-upgrade v1 5\nL 3 x\nu 3 1\n", false, ""},
+		{"socket file inode leading zero", "handoff-upgrade v1 5\nL 3 x\nu 3 1 02\n", false, ""},
+		{"socket file inode signed", "handoff-upgrade v1 5\nL 3 x\nu 3 1 +2\n", false, ""},
+		{"socket file inode too large", "handoff-upgrade v1 5\nL 3 x\nu 3 1 18446744073709551616\n", false, ""},
 		// A later image's optional record: ignored, not rejected.
 		{"optional record", "handoff-upgrade v1 5\nL 3 x\nq 7 anything\n", true, "handoff-upgrade v1 5\nL 3 x\n"},
 		{"optional record of two letters", "handoff-upgrade v1 5\nqq 7\n", false, ""},
@@ -106,6 +115,7 @@ func FuzzUpgradeState(f *testing.F) {
 	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nN /x\n")
 	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\np 7\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nq 4 optional\n")
+	f.Add("handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nu 4 1 2\nu 3 3 4\n")
 	f.Add("handoff-upgrade v2 5\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		once, err := cluster.ReencodeUpgradeState(s)

@@ -166,10 +166,26 @@ func listenUnixAs(c *supervise.Credential, path string, opts *sockfile.Options) 
 	return ln, &closerAs{ln: ln, cred: c}, nil
 }
 
-// closerAs closes a listener of listenUnixAs with its user's rights: the
-// unlink at close resolves the path again, and the master must not
-// remove, through a symlink swapped in meanwhile, what that user could
-// not.
+// adoptUnixAs is sockfile.Adopt run as c (asUser), for a socket file
+// listenUnixAs created in an earlier image of the master: the lock file
+// is opened and locked, and the path checked, with c's ids, as at
+// creation. owner closes ln, unlinking the path as c too.
+func adoptUnixAs(c *supervise.Credential, fd int, path string, dev, ino uint64, opts *sockfile.Options) (ln *sockfile.Listener, owner io.Closer, err error) {
+	err = asUser(c, func() error {
+		var err error
+		ln, err = sockfile.Adopt(fd, path, dev, ino, opts)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return ln, &closerAs{ln: ln, cred: c}, nil
+}
+
+// closerAs closes a listener of listenUnixAs (or adoptUnixAs) with its
+// user's rights: the unlink at close resolves the path again, and the
+// master must not remove, through a symlink swapped in meanwhile, what
+// that user could not.
 type closerAs struct {
 	ln   *sockfile.Listener
 	cred *supervise.Credential

@@ -23,6 +23,11 @@
 //     Listener created, so a successor that replaced it keeps its socket; and
 //     SetUnlinkOnClose(false) keeps the path for a successor that inherited
 //     a copy of the listening socket (exec, SCM_RIGHTS).
+//   - A successor that inherited the socket (an in-place execve(2), whose
+//     close-on-exec lock descriptor did not survive) takes the lock and the
+//     unlink-by-inode duty back with Adopt, if the path still names that
+//     very socket file; if not, it gets ErrReplaced and must leave the
+//     path alone.
 //
 // # Who should not use it
 //

@@ -26,6 +26,12 @@ var (
 
 	// ErrNotSupported reports a platform where Listen cannot work.
 	ErrNotSupported = errors.New("sockfile: not supported on this platform")
+
+	// ErrReplaced reports, from Adopt, that the path no longer names the
+	// socket file of the descriptor handed over: it was removed, or
+	// replaced by another file. The descriptor still serves whoever is
+	// connected or queued; only the path is lost.
+	ErrReplaced = errors.New("sockfile: the path no longer names the socket")
 )
 
 // maxPath is the longest path a sockaddr_un holds: sun_path is 108 bytes
@@ -72,10 +78,34 @@ func Listen(path string, opts *Options) (*Listener, error) {
 	return l, nil
 }
 
-// Listener is a listening unix socket created by Listen. Accept and
-// AcceptUnix may run concurrently with each other and with Close; Close
-// unblocks them. Close is idempotent: later calls return an error matching
-// net.ErrClosed.
+// Adopt takes over a listening unix socket that Listen created in another
+// process, or in an earlier image of this one (across execve(2), whose
+// close-on-exec lock descriptor died with the image), together with the
+// duty that came with it: fd must be a listening AF_UNIX socket of
+// opts.Network's type bound to path, and path must still be that socket's
+// file, identified by dev and ino (Listener.FileID in the creator: a
+// socket descriptor's own fstat names sockfs, not the file). The lock on
+// PATH.lock is taken again, best effort (Locked says whether it was): a
+// process that holds it, say a starting instance probing the path, is not
+// waited for, and the live socket refuses that instance anyway. The
+// Listener returned closes, unlinks by inode and releases the lock like
+// one Listen created. Options.Mode is not used: the file keeps its mode.
+//
+// If path no longer names that socket, the error wraps ErrReplaced and
+// nothing was taken over. Either way fd stays the caller's: the Listener
+// works on a duplicate.
+func Adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, error) {
+	l, err := adopt(fd, path, dev, ino, opts)
+	if err != nil {
+		return nil, fmt.Errorf("sockfile: adopt %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Listener is a listening unix socket created by Listen or taken over by
+// Adopt. Accept and AcceptUnix may run concurrently with each other and
+// with Close; Close unblocks them. Close is idempotent: later calls return
+// an error matching net.ErrClosed.
 type Listener struct {
 	ul   *net.UnixListener
 	path string
@@ -110,6 +140,19 @@ func (l *Listener) SetDeadline(t time.Time) error { return l.ul.SetDeadline(t) }
 // (handing the socket to a successor). Closing it directly releases neither
 // the lock nor the path; call Close.
 func (l *Listener) UnixListener() *net.UnixListener { return l.ul }
+
+// FileID returns the device and inode of the socket file this Listener
+// created (or adopted), for a successor's Adopt.
+func (l *Listener) FileID() (dev, ino uint64) { return l.dev, l.ino }
+
+// Locked reports whether the Listener holds the lock on PATH.lock: always
+// after Listen, after Adopt unless the lock could not be taken again, and
+// never after Close. It may run concurrently with Close.
+func (l *Listener) Locked() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lockFD >= 0
+}
 
 // SetUnlinkOnClose sets whether Close unlinks the socket file (the default
 // is true). Set it to false before handing a copy of the socket to a

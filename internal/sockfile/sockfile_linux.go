@@ -259,3 +259,97 @@ func unlinkIfSame(path string, dev, ino uint64) error {
 	}
 	return nil
 }
+
+func adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, error) {
+	network, err := opts.network()
+	if err != nil {
+		return nil, err
+	}
+	sotype := unix.SOCK_STREAM
+	if network == "unixpacket" {
+		sotype = unix.SOCK_SEQPACKET
+	}
+	if path == "" {
+		return nil, errors.New("empty path")
+	}
+	if len(path) > maxPath {
+		return nil, ErrPathTooLong
+	}
+	if err := checkListening(fd, path, sotype); err != nil {
+		return nil, err
+	}
+	// The lock first, as Listen takes it, so the identity check and
+	// everything after it happen under the lock. Best effort: the
+	// previous holder's lock died with its descriptor, and whoever holds
+	// it now (a starting instance probing the path) finds the socket live
+	// and lets go.
+	lockFD, err := lock(path + ".lock")
+	if err != nil {
+		lockFD = -1
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		releaseLock(lockFD)
+		if err == unix.ENOENT {
+			return nil, fmt.Errorf("%w: %s was removed", ErrReplaced, path)
+		}
+		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint64(st.Dev) != dev || uint64(st.Ino) != ino {
+		releaseLock(lockFD)
+		return nil, fmt.Errorf("%w: %s is now another %s", ErrReplaced, path, fileKind(st.Mode))
+	}
+	// fd stays the caller's: an *os.File over it would close it when
+	// collected, so wrap a duplicate (net.FileListener dups it again).
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		releaseLock(lockFD)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(dup), path)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		releaseLock(lockFD)
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // Close decides, by inode
+	return &Listener{ul: ul, path: path, dev: dev, ino: ino, lockFD: lockFD, unlink: true}, nil
+}
+
+// checkListening checks that fd is a listening AF_UNIX socket of type
+// sotype bound to path.
+func checkListening(fd int, path string, sotype int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("fstat", err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("descriptor %d is not a socket", fd)
+	}
+	for _, o := range []struct {
+		opt, want int
+		what      string
+	}{
+		{unix.SO_DOMAIN, unix.AF_UNIX, "an AF_UNIX socket"},
+		{unix.SO_TYPE, sotype, "of the expected socket type"},
+		{unix.SO_ACCEPTCONN, 1, "listening"},
+	} {
+		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, o.opt)
+		if err != nil {
+			return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockopt", err))
+		}
+		if v != o.want {
+			return fmt.Errorf("descriptor %d is not %s", fd, o.what)
+		}
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("getsockname", err))
+	}
+	if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != path {
+		return fmt.Errorf("descriptor %d is not bound to %s", fd, path)
+	}
+	return nil
+}
