@@ -45,6 +45,10 @@ const (
 	cfgMaxTimeout        = 24 * time.Hour
 	cfgMinTimeout        = 100 * time.Millisecond
 	cfgMaxRunningTimeCap = 366 * 24 * time.Hour
+	// Shorter heartbeat intervals would kill healthy workers that are
+	// merely descheduled for a moment.
+	cfgMinHeartbeat = 10 * time.Millisecond
+	cfgMaxHeartbeat = time.Hour
 	// A remote session's heartbeat timeout: the agent reports every
 	// second, so less than 3 s would end sessions over a moment's delay;
 	// more than 10 min would leave a dead link unnoticed that long.
@@ -469,9 +473,10 @@ func (d *configDecoder) file(v *fastjson.Value) *FileConfig {
 // validateFileConfig checks the rules ParseConfig enforces on the values
 // themselves, for NewFleet, whose FileConfig may be built in Go: group
 // names, a program, at least one worker and one listen address per group,
-// the addresses each mode can serve, remote hosts, the worker limit, and
-// addresses two groups would bind on one machine. It returns the path of
-// the offending value and what is wrong ("" if nothing).
+// every setting's range and limits (groupSettings), the addresses each
+// mode can serve, remote hosts, the worker limit, and addresses two
+// groups would bind on one machine. It returns the path of the offending
+// value and what is wrong ("" if nothing).
 func validateFileConfig(fc *FileConfig) (cfgPath, string) {
 	gp := cfgPath(nil).key("groups")
 	switch {
@@ -523,9 +528,15 @@ func validateGroup(g *GroupConfig, p cfgPath, names map[string]bool) (cfgPath, s
 		if t := r.HeartbeatTimeout; t != 0 && (t < cfgMinHeartbeatTimeout || t > cfgMaxHeartbeatTimeout) {
 			return rp.key("heartbeat_timeout"), fmt.Sprintf("want 0 (the default 15s) or %s to %s, got %s", cfgMinHeartbeatTimeout, cfgMaxHeartbeatTimeout, t)
 		}
+		if p, msg := remoteHostSettings(&r, rp); msg != "" {
+			return p, msg
+		}
 	}
 	if g.Size() == 0 {
 		return p.key("count"), "the group has no workers (count 0 and no remote hosts)"
+	}
+	if p, msg := groupSettings(g, p); msg != "" {
+		return p, msg
 	}
 	if p, msg := remoteSpecLimits(g, p); msg != "" {
 		return p, msg
@@ -546,6 +557,215 @@ func validateGroup(g *GroupConfig, p cfgPath, names map[string]bool) (cfgPath, s
 		}
 	}
 	return nil, ""
+}
+
+// groupSettings holds a group built in Go to the rules ParseConfig applies
+// to each value of a file: without them a remote host's agent would refuse
+// the spec or its status at every session (retried for ever), a local
+// group's status would be undecodable by clients (a maximum running time
+// below 1 s), or every spawn would fail (a NUL in an argument). Zero
+// values keep their Go meaning: the default.
+func groupSettings(g *GroupConfig, p cfgPath) (cfgPath, string) {
+	cp := p.key("command")
+	if len(g.Args)+1 > cfgMaxCommand {
+		return cp.index(cfgMaxCommand), fmt.Sprintf("too many command arguments (at most %d, the program included)", cfgMaxCommand)
+	}
+	for i, a := range append([]string{g.Program}, g.Args...) {
+		if msg := cfgStringRule(a); msg != "" {
+			return cp.index(i), msg
+		}
+	}
+	if len(g.Params) > 0 {
+		pp := p.key("params")
+		if len(g.Params) > cfgMaxStringBytes {
+			return pp, fmt.Sprintf("params of %d bytes (want at most %d)", len(g.Params), cfgMaxStringBytes)
+		}
+		if off, msg := cfgCheckJSON(g.Params); msg != "" {
+			return pp, fmt.Sprintf("invalid JSON at byte %d: %s", off, msg)
+		}
+		if b := bytes.TrimLeft(g.Params, " \t\r\n"); b[0] != '{' {
+			return pp, "want a JSON object"
+		}
+	}
+	if p, msg := envSettings(g.Env, p.key("env")); msg != "" {
+		return p, msg
+	}
+	lp := p.key("listen")
+	if len(g.Listen) > cfgMaxListen {
+		return lp.index(cfgMaxListen), fmt.Sprintf("too many listen addresses (at most %d)", cfgMaxListen)
+	}
+	for i, l := range g.Listen {
+		if msg := cfgStringRule(l); msg != "" {
+			return lp.index(i), msg
+		}
+	}
+	switch {
+	case !g.Mode.valid():
+		return p.key("mode"), fmt.Sprintf("mode %d: want shared, reuseport or handoff", int(g.Mode))
+	case g.Ready != ReadyNotify && g.Ready != ReadyStarted:
+		return p.key("ready"), fmt.Sprintf("ready mode %d: want notify or started", int(g.Ready))
+	}
+	if _, err := supervise.ParseStrategy(g.Strategy.String()); err != nil {
+		return p.key("restart_strategy"), fmt.Sprintf("strategy %d: want rolling or parallel", int(g.Strategy))
+	}
+	if _, ok := cfgParsePolicy(g.Restart.String()); !ok {
+		return p.key("restart"), fmt.Sprintf("restart policy %d: want always, on-failure or never", int(g.Restart))
+	}
+	if p, msg := backoffSettings(&g.Backoff, p.key("backoff")); msg != "" {
+		return p, msg
+	}
+	for _, d := range []struct {
+		key    string
+		t      time.Duration
+		lo, hi time.Duration
+		zeroIs string
+	}{
+		{"heartbeat", g.Heartbeat, cfgMinHeartbeat, cfgMaxHeartbeat, "off"},
+		{"shutdown_timeout", g.ShutdownTimeout, cfgMinTimeout, cfgMaxTimeout, "the default"},
+		{"start_timeout", g.StartTimeout, cfgMinTimeout, cfgMaxTimeout, "the default"},
+	} {
+		if d.t != 0 && (d.t < d.lo || d.t > d.hi) {
+			return p.key(d.key), fmt.Sprintf("want 0 (%s) or %s to %s, got %s", d.zeroIs, d.lo, d.hi, d.t)
+		}
+	}
+	// The control socket's and the agent's own rule: an agent ends its
+	// session on a status frame with another, and clients refuse a
+	// fleet's status holding one.
+	if err := checkMaxRunning(g.MaxRunningTime); err != nil {
+		return p.key("max_running_time"), fmt.Sprintf("want 0 (off) or 1s to %s, got %s", cfgMaxRunningTimeCap, g.MaxRunningTime)
+	}
+	return nil, ""
+}
+
+// cfgStringRule says why a string of a FileConfig built in Go is not one
+// a file could hold ("" if it is).
+func cfgStringRule(s string) string {
+	switch {
+	case len(s) > cfgMaxStringBytes:
+		return fmt.Sprintf("string longer than %d bytes", cfgMaxStringBytes)
+	case strings.IndexByte(s, 0) >= 0:
+		return "string contains a NUL byte"
+	}
+	return ""
+}
+
+// envSettings checks a group's KEY=VALUE entries as "env" would hold them.
+// Reserved names (cfgReservedEnv) are a file's rule only: Go code may pass
+// its own, as it may in FleetOptions.Env and Config.Env (tests select
+// their helper's role so).
+func envSettings(env []string, p cfgPath) (cfgPath, string) {
+	if len(env) > cfgMaxEnv {
+		return p, fmt.Sprintf("too many variables (at most %d)", cfgMaxEnv)
+	}
+	for i, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return p.index(i), fmt.Sprintf("want KEY=VALUE, got %s", strconv.Quote(cfgTruncate(kv, 40)))
+		}
+		kp := p.key(k)
+		switch {
+		case cfgStringRule(k) != "":
+			return kp, "variable name: " + cfgStringRule(k)
+		case cfgStringRule(v) != "":
+			return kp, cfgStringRule(v)
+		case len(kv)+1 > cfgMaxArgStrlen:
+			return kp, fmt.Sprintf("variable longer than %d bytes (execve's limit)", cfgMaxArgStrlen-1)
+		}
+	}
+	return nil, ""
+}
+
+// backoffSettings checks a group's backoff as "backoff" would hold it.
+// Jitter has no key: supervise clamps it.
+func backoffSettings(b *supervise.Backoff, p cfgPath) (cfgPath, string) {
+	for _, d := range []struct {
+		key string
+		t   time.Duration
+	}{{"min", b.Min}, {"max", b.Max}, {"reset_after", b.ResetAfter}, {"window", b.Window}} {
+		if d.t < 0 || d.t > cfgMaxTimeout {
+			return p.key(d.key), fmt.Sprintf("want a duration from 0 to %s, got %s", cfgMaxTimeout, d.t)
+		}
+	}
+	if b.Burst < -1 || b.Burst > cfgMaxBurst {
+		return p.key("burst"), fmt.Sprintf("want an integer from -1 to %d, got %d", cfgMaxBurst, b.Burst)
+	}
+	return backoffOrder(b, p)
+}
+
+// backoffOrder refuses a max below min, compared as supervise reads them
+// (defaults filled in): it would silently raise max to min.
+func backoffOrder(b *supervise.Backoff, p cfgPath) (cfgPath, string) {
+	def := supervise.Backoff{}.WithDefaults()
+	lo, hi := b.Min, b.Max
+	if lo == 0 {
+		lo = def.Min
+	}
+	if hi == 0 {
+		hi = def.Max
+	}
+	switch {
+	case hi >= lo:
+		return nil, ""
+	case b.Max == 0:
+		return p.key("min"), fmt.Sprintf("min %s is above the default max %s (set \"max\" too)", lo, hi)
+	case b.Min == 0:
+		return p.key("max"), fmt.Sprintf("max %s is below the default min %s (set \"min\" too)", hi, lo)
+	}
+	return p.key("max"), fmt.Sprintf("max %s is below min %s", hi, lo)
+}
+
+// remoteHostSettings checks the ssh settings of a remote host as "remote"
+// would hold them (Port 0 and Binary "" are the defaults).
+func remoteHostSettings(r *RemoteHost, p cfgPath) (cfgPath, string) {
+	if msg := remoteSSHRule(r.SSH); msg != "" {
+		return p.key("ssh"), msg
+	}
+	if r.Port < 0 || r.Port > 65535 {
+		return p.key("port"), fmt.Sprintf("want 0 (the default 22) or 1 to 65535, got %d", r.Port)
+	}
+	if msg := sshPathRule(r.Identity, false); msg != "" {
+		return p.key("identity"), msg
+	}
+	if msg := sshPathRule(r.KnownHosts, true); msg != "" {
+		return p.key("known_hosts"), msg
+	}
+	if r.Binary != "" && (r.Binary[0] == '-' || cfgHasControl(r.Binary)) {
+		return p.key("binary"), fmt.Sprintf("want a program name or path (no leading '-', no control characters), got %s", strconv.Quote(cfgTruncate(r.Binary, 40)))
+	}
+	return nil, ""
+}
+
+// remoteSSHRule says why ssh is not a "user@host" target ("" if it is).
+func remoteSSHRule(ssh string) string {
+	t, err := sshlaunch.ParseTarget(ssh)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("want \"user@host\" or \"host\": %v", err)
+	case strings.Contains(t.Host, ":") && net.ParseIP(t.Host) == nil:
+		// A colon is only valid in an IPv6 address; "host:2222" would
+		// be looked up as a name.
+		return fmt.Sprintf("want the port in \"port\", not in %s", strconv.Quote(cfgTruncate(ssh, 40)))
+	}
+	return ""
+}
+
+// sshPathRule says why s is no identity (or known_hosts) file path ssh
+// can be given ("" if it is), with sshlaunch's own rules: the ssh
+// arguments are built with only that path in question.
+func sshPathRule(s string, knownHosts bool) string {
+	if !strings.HasPrefix(s, "/") {
+		return fmt.Sprintf("want an absolute path, got %s", strconv.Quote(cfgTruncate(s, 40)))
+	}
+	t := sshlaunch.Target{Host: "localhost", Identity: "/i", KnownHosts: "/k"}
+	if knownHosts {
+		t.KnownHosts = s
+	} else {
+		t.Identity = s
+	}
+	if _, err := t.Args([]string{"true"}); err != nil {
+		return fmt.Sprintf("path unusable with ssh (no whitespace, quotes, backslashes, '%%', '$' or control characters), got %s", strconv.Quote(cfgTruncate(s, 40)))
+	}
+	return ""
 }
 
 // remoteSpecLimits refuses a group with remote hosts whose start spec
@@ -705,9 +925,7 @@ func (d *configDecoder) group(v *fastjson.Value, p cfgPath, names map[string]boo
 		case "backoff":
 			d.backoff(fv, kp, &g.Backoff)
 		case "heartbeat":
-			// Shorter intervals would kill healthy workers that are
-			// merely descheduled for a moment.
-			g.Heartbeat = d.minDuration(fv, kp, 10*time.Millisecond, time.Hour, "off")
+			g.Heartbeat = d.minDuration(fv, kp, cfgMinHeartbeat, cfgMaxHeartbeat, "off")
 		case "shutdown_timeout":
 			// Shorter ones kill every worker before it could drain, or
 			// fail every start.
@@ -917,24 +1135,11 @@ func (d *configDecoder) backoff(v *fastjson.Value, p cfgPath, b *supervise.Backo
 			b.Burst = d.int(fv, kp, -1, cfgMaxBurst)
 		}
 	})
-	// Compared as supervise reads them, defaults filled in: it would
-	// silently raise max to min.
-	def := supervise.Backoff{}.WithDefaults()
-	lo, hi := b.Min, b.Max
-	if lo == 0 {
-		lo = def.Min
+	if d.err != nil {
+		return
 	}
-	if hi == 0 {
-		hi = def.Max
-	}
-	switch {
-	case d.err != nil || hi >= lo:
-	case b.Max == 0:
-		d.fail(p.key("min"), false, "min %s is above the default max %s (set \"max\" too)", lo, hi)
-	case b.Min == 0:
-		d.fail(p.key("max"), false, "max %s is below the default min %s (set \"min\" too)", hi, lo)
-	default:
-		d.fail(p.key("max"), false, "max %s is below min %s", hi, lo)
+	if bp, msg := backoffOrder(b, p); msg != "" {
+		d.fail(bp, false, "%s", msg)
 	}
 }
 
@@ -949,14 +1154,8 @@ func (d *configDecoder) remote(v *fastjson.Value, p cfgPath) RemoteHost {
 			if d.err != nil {
 				return
 			}
-			t, err := sshlaunch.ParseTarget(r.SSH)
-			switch {
-			case err != nil:
-				d.fail(kp, false, "want \"user@host\" or \"host\": %v", err)
-			case strings.Contains(t.Host, ":") && net.ParseIP(t.Host) == nil:
-				// A colon is only valid in an IPv6 address; "host:2222"
-				// would be looked up as a name.
-				d.fail(kp, false, "want the port in \"port\", not in %s", cfgDescribe(fv))
+			if msg := remoteSSHRule(r.SSH); msg != "" {
+				d.fail(kp, false, "%s", msg)
 			}
 		case "port":
 			r.Port = d.int(fv, kp, 1, 65535)
@@ -1000,26 +1199,14 @@ func (d *configDecoder) remote(v *fastjson.Value, p cfgPath) RemoteHost {
 	return r
 }
 
-// sshPath checks an identity (or known_hosts) file path with sshlaunch's
-// own rules, by building the ssh arguments with only that path in
-// question.
+// sshPath checks an identity (or known_hosts) file path (sshPathRule).
 func (d *configDecoder) sshPath(v *fastjson.Value, p cfgPath, knownHosts bool) string {
 	s := d.string(v, p)
 	if d.err != nil {
 		return ""
 	}
-	if !strings.HasPrefix(s, "/") {
-		d.fail(p, false, "want an absolute path, got %s", cfgDescribe(v))
-		return ""
-	}
-	t := sshlaunch.Target{Host: "localhost", Identity: "/i", KnownHosts: "/k"}
-	if knownHosts {
-		t.KnownHosts = s
-	} else {
-		t.Identity = s
-	}
-	if _, err := t.Args([]string{"true"}); err != nil {
-		d.fail(p, false, "path unusable with ssh (no whitespace, quotes, backslashes, '%%', '$' or control characters), got %s", cfgDescribe(v))
+	if msg := sshPathRule(s, knownHosts); msg != "" {
+		d.fail(p, false, "%s", msg)
 		return ""
 	}
 	return s

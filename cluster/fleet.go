@@ -33,8 +33,11 @@ type Fleet struct {
 	f *fleet
 }
 
-// NewFleet validates fc (unique group names, at most MaxConfigWorkers
-// workers: ParseConfig's rules, for a FileConfig built in Go), creates the
+// NewFleet validates fc with ParseConfig's rules, for a FileConfig built
+// in Go (unique group names, at most MaxConfigWorkers workers, every
+// setting in the range a file may give it, such as a MaxRunningTime of 0
+// or 1 s to 366 days and Params of at most 64 KiB; zero values mean the
+// defaults; "env" names a file may not set are allowed), creates the
 // control socket and the pid file's lock, and binds every group's
 // listeners. On error nothing is left open and no worker was started; the
 // error names the group. A process that was socket-activated (LISTEN_PID

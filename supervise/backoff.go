@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -33,11 +34,17 @@ func (b *Backoff) fill() {
 	if b.Max < b.Min {
 		b.Max = b.Min
 	}
+	// Jitter is a fraction of the delay: clamped here, for every reader
+	// of the policy (cluster's ssh reconnects too), since a huge one made
+	// the jitter's product overflow time.Duration into a negative delay,
+	// so a crash loop was respawned without backoff.
 	switch {
 	case b.Jitter == 0:
 		b.Jitter = defaultBackoffJitter
-	case b.Jitter < 0:
+	case b.Jitter < 0 || math.IsNaN(b.Jitter):
 		b.Jitter = 0
+	case b.Jitter > 1:
+		b.Jitter = 1
 	}
 	if b.ResetAfter <= 0 {
 		b.ResetAfter = defaultResetAfter
@@ -98,8 +105,14 @@ func (t *throttle) next(now time.Time, uptime, readyFor time.Duration, ready boo
 	// second is respawned no sooner than a second later, so a crash loop
 	// cannot become a fork bomb.
 	if quick {
+		// Doubled up to Max, never past it: a Max near the largest
+		// Duration would wrap base negative.
 		base := t.b.Min
 		for i := 0; i < t.attempt && base < t.b.Max; i++ {
+			if base > t.b.Max/2 {
+				base = t.b.Max
+				break
+			}
 			base *= 2
 		}
 		delay = base
@@ -108,7 +121,13 @@ func (t *throttle) next(now time.Time, uptime, readyFor time.Duration, ready boo
 			if t.rand != nil {
 				r = t.rand
 			}
-			delay += time.Duration(float64(base) * t.b.Jitter * r())
+			// Capped at Max in floating point, before the conversion:
+			// base plus up to base (Jitter <= 1) could still wrap.
+			if j := float64(base) * t.b.Jitter * r(); j >= float64(t.b.Max-base) {
+				delay = t.b.Max
+			} else {
+				delay += min(time.Duration(j), t.b.Max-base)
+			}
 		}
 		delay = min(max(delay, t.b.Min), t.b.Max)
 		t.attempt++

@@ -2,6 +2,7 @@ package supervise_test
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -283,9 +284,60 @@ func TestBackoffWithDefaults(t *testing.T) {
 			supervise.Backoff{Min: time.Second, Max: 30 * time.Second, ResetAfter: 10 * time.Second,
 				Burst: -1, Window: 10 * time.Second, QuickFailures: -1}},
 		{"set", def, def},
+		// Jitter is a fraction: a larger one counts as 1, NaN disables.
+		{"huge jitter", supervise.Backoff{Jitter: 1e300}, withJitter(def, 1)},
+		{"infinite jitter", supervise.Backoff{Jitter: math.Inf(1)}, withJitter(def, 1)},
+		{"jitter 1", supervise.Backoff{Jitter: 1}, withJitter(def, 1)},
+		{"jitter 0.5", supervise.Backoff{Jitter: 0.5}, withJitter(def, 0.5)},
+		{"NaN jitter", supervise.Backoff{Jitter: math.NaN()}, withJitter(def, 0)},
+		{"negative infinite jitter", supervise.Backoff{Jitter: math.Inf(-1)}, withJitter(def, 0)},
 	} {
 		if diff := cmp.Diff(tc.want, tc.in.WithDefaults()); diff != "" {
 			t.Errorf("%s: (-want +got)\n%s", tc.name, diff)
 		}
 	}
+}
+
+// TestBackoffHugeJitter: a jitter whose product with the delay overflows
+// time.Duration made the delay negative, clamped to Min: a crash loop was
+// respawned every Min instead of backing off. Jitter counts as at most 1,
+// and the delay still doubles.
+func TestBackoffHugeJitter(t *testing.T) {
+	half := func() float64 { return 0.5 }
+	quick := death{uptime: 10 * time.Millisecond}
+	for _, jitter := range []float64{1e300, math.Inf(1), 1e10, 1} {
+		b := supervise.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: jitter, Burst: -1, QuickFailures: -1}
+		got := simulate(b, half, repeat(quick, 6))
+		want := []step{{1500 * time.Millisecond, true}, {3 * time.Second, true}, {6 * time.Second, true},
+			{12 * time.Second, true}, {24 * time.Second, true}, {30 * time.Second, true}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("jitter %g: (-want +got)\n%s", jitter, diff)
+		}
+	}
+}
+
+// TestBackoffLargeMax: with Max near the largest Duration the doubling
+// wrapped negative, so the delay fell back to Min.
+func TestBackoffLargeMax(t *testing.T) {
+	const maxDuration = time.Duration(math.MaxInt64)
+	quick := death{uptime: time.Millisecond}
+	for _, jitter := range []float64{-1, 1} {
+		b := supervise.Backoff{Min: time.Second, Max: maxDuration, Jitter: jitter, Burst: -1, QuickFailures: -1}
+		steps := simulate(b, func() float64 { return 0.999 }, repeat(quick, 40))
+		prev := time.Duration(0)
+		for i, s := range steps {
+			if s.Delay < prev || s.Delay < time.Second {
+				t.Fatalf("jitter %g: delay %d is %v after %v: want at least Min and never shorter", jitter, i, s.Delay, prev)
+			}
+			prev = s.Delay
+		}
+		if prev != maxDuration {
+			t.Errorf("jitter %g: last delay %v, want Max %v", jitter, prev, maxDuration)
+		}
+	}
+}
+
+func withJitter(b supervise.Backoff, j float64) supervise.Backoff {
+	b.Jitter = j
+	return b
 }

@@ -193,8 +193,9 @@ type Backoff struct {
 	// (default 30 s).
 	Max time.Duration
 	// Jitter adds a random 0..Jitter fraction of the delay, so workers that
-	// crash together do not respawn in lock step (default 0.2; negative
-	// disables). The delay never drops below Min nor exceeds Max.
+	// crash together do not respawn in lock step: a fraction from 0 to 1
+	// (default 0.2; negative or NaN disables, above 1 counts as 1). The
+	// delay never drops below Min nor exceeds Max.
 	Jitter float64
 	// ResetAfter is the time a worker must stay up after it reported ready
 	// for its death to reset the delay to Min (default 10 s).
