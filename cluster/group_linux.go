@@ -48,8 +48,10 @@ type groupState struct {
 // checkGroup validates the group settings and the new policies of cfg.
 func (m *master) checkGroup() error {
 	c := &m.cfg
-	if c.MaxRunningTime < 0 {
-		return fmt.Errorf("cluster: negative MaxRunningTime %v", c.MaxRunningTime)
+	// The control socket's range: a status carrying another value would
+	// be refused by every client.
+	if err := checkMaxRunning(c.MaxRunningTime); err != nil {
+		return fmt.Errorf("cluster: MaxRunningTime: %w", err)
 	}
 	m.grp.maxRun.Store(int64(c.MaxRunningTime))
 	if c.Restart < supervise.RestartAlways || c.Restart > supervise.RestartNever {
@@ -277,8 +279,8 @@ func (m *master) maxRunningTime() time.Duration { return time.Duration(m.grp.max
 // setMaxRunningTime changes the maximum running time (0: none); the
 // recycler applies it at its next check, at most a second later.
 func (m *master) setMaxRunningTime(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("%w: negative maximum running time %v", ErrControlInvalid, d)
+	if err := checkMaxRunning(d); err != nil {
+		return err
 	}
 	if prev := time.Duration(m.grp.maxRun.Swap(int64(d))); prev != d {
 		m.log.Info("maximum running time changed", "max_running_time", d, "was", prev)

@@ -365,6 +365,10 @@ func TestGroupConfigInvalid(t *testing.T) {
 		{"negative size", cluster.Config{Group: "g", GroupSize: -1}},
 		{"negative index base", cluster.Config{Group: "g", GroupIndexBase: -1}},
 		{"negative max running time", cluster.Config{MaxRunningTime: -time.Second}},
+		// Outside the control socket's range, a status would be refused
+		// by every client.
+		{"max running time 500ms", cluster.Config{MaxRunningTime: 500 * time.Millisecond}},
+		{"max running time 367 days", cluster.Config{MaxRunningTime: 367 * 24 * time.Hour}},
 		{"unknown restart policy", cluster.Config{Restart: supervise.Policy(42)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -673,6 +677,15 @@ func TestMaxRunningTime(t *testing.T) {
 	}
 	if n := len(g.log.find("recycling worker past its maximum running time")); n < 2 {
 		t.Errorf("%d recycles logged, want at least 2", n)
+	}
+	// SetMaxRunningTime keeps to the range New accepts.
+	for _, d := range []time.Duration{-time.Second, 500 * time.Millisecond, 367 * 24 * time.Hour} {
+		if err := g.m.SetMaxRunningTime(d); !errors.Is(err, cluster.ErrControlInvalid) {
+			t.Errorf("SetMaxRunningTime(%v): %v, want ErrControlInvalid", d, err)
+		}
+	}
+	if got := g.m.MaxRunningTime(); got != 1500*time.Millisecond {
+		t.Errorf("maximum running time %v after refused changes, want 1.5s", got)
 	}
 }
 

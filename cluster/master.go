@@ -146,7 +146,8 @@ type Config struct {
 	Restart supervise.Policy
 	// MaxRunningTime, if positive, recycles a worker that has run that
 	// long: a replacement is started for its slot and, once ready, the old
-	// worker is stopped gracefully (for workers that leak).
+	// worker is stopped gracefully (for workers that leak). 0 or 1 s to
+	// 366 days, the range the control socket carries.
 	MaxRunningTime time.Duration
 	// Suspended starts the cluster suspended: no worker runs until Resume.
 	Suspended bool
@@ -233,8 +234,9 @@ func (m *Master) Resume() error { return m.m.resume() }
 func (m *Master) Suspended() bool { return m.m.suspended() }
 
 // SetMaxRunningTime changes Config.MaxRunningTime while the cluster runs
-// (0: none); workers already past the new limit are recycled one at a
-// time, the first within a second.
+// (0: none, else 1 s to 366 days; another value fails with an error
+// matching ErrControlInvalid); workers already past the new limit are
+// recycled one at a time, the first within a second.
 func (m *Master) SetMaxRunningTime(d time.Duration) error { return m.m.setMaxRunningTime(d) }
 
 // MaxRunningTime is the maximum running time in effect (0: none).
