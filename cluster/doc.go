@@ -99,7 +99,8 @@
 // workers it lists as not handed over killed. Other children of the
 // process are left alone. The new image starts a full set of workers (as many as the old
 // image had in force, so scaling survives) and retires the old ones once
-// its own are ready. A failed execve (missing, non-executable or
+// its own are ready; until then the old workers serve, in handoff mode
+// too (the state carries what the dispatcher knew of their channels). A failed execve (missing, non-executable or
 // busy binary) leaves everything as it was. A SIGUSR2 during an upgrade is
 // ignored. See docs/operations.md.
 //

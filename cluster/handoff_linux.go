@@ -89,9 +89,20 @@ type hoWorker struct {
 	conn      *scmrights.Conn
 	rc        syscall.RawConn
 	pidfd     int // -1 if it could not be opened
-	// retired: a worker of the image before an in-place upgrade; it is
-	// sent nothing, its acks, UNSUBs and give-backs are served.
-	retired bool
+	// adopted: a worker of the image before an in-place upgrade. It
+	// cannot report to this image (its NOTIFY_SOCKET is the old one's),
+	// so ready and away stay as the old image left them.
+	adopted bool
+	// retired: an adopted worker out of the rotation: sent nothing, its
+	// acks, UNSUBs and give-backs served. Adopted workers the old image
+	// described (handoffCarry) serve until this image's workers are ready
+	// (handoffRetireOld); the others are retired from the start. Set under
+	// mu, which every send holds.
+	retired atomic.Bool
+	// slack (the reader's) is how many acknowledgements an adopted worker
+	// may send beyond out: the old image may have sent it a few
+	// connections after it recorded out for the exec.
+	slack int64
 	// ready: the worker reported ready (see handoff.gate).
 	ready atomic.Bool
 	// away: the worker said STOPPING=1, or RELOADING=1 and not READY=1
@@ -105,7 +116,7 @@ type hoWorker struct {
 	subs []bool     // by listener index
 	dead bool
 	// peer is the master's copy of the worker's end of the channel (-1
-	// once taken; for a retired worker, the old image's, if it had one). Held, it keeps what the
+	// once taken; for an adopted worker, the old image's, if it had one). Held, it keeps what the
 	// master sent and the worker never read queued after the worker dies,
 	// where rescue takes it back, instead of the last close resetting
 	// those connections.
@@ -438,7 +449,7 @@ func (h *handoff) awaitServer(idx int, ws []*hoWorker) ([]*hoWorker, bool) {
 		h.mu.Unlock()
 		for _, w := range ws {
 			// The test candidates applies, without turning the rotation.
-			if !w.retired && w.ready.Load() && !w.away.Load() && w.subscribed(idx) {
+			if !w.retired.Load() && w.ready.Load() && !w.away.Load() && w.subscribed(idx) {
 				return ws, true
 			}
 		}
@@ -741,7 +752,9 @@ func (h *handoff) markReady(pid int) {
 	h.mu.Lock()
 	found := false
 	for _, w := range h.workers {
-		if w.pid == pid && !w.retired {
+		// An adopted worker's reports go to the old image's socket; its
+		// pid, once reaped, may be a new worker's.
+		if w.pid == pid && !w.adopted {
 			found = true
 			w.ready.Store(true)
 		}
@@ -761,7 +774,7 @@ func (h *handoff) setAway(pid int, away bool) {
 	h.mu.Lock()
 	var ws []*hoWorker
 	for _, w := range h.workers {
-		if w.pid == pid && !w.retired {
+		if w.pid == pid && !w.adopted {
 			ws = append(ws, w)
 		}
 	}
@@ -790,7 +803,7 @@ func (h *handoff) candidates(dst []*hoWorker) []*hoWorker {
 		}
 	}
 	h.mu.Unlock()
-	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired || !w.ready.Load() || w.away.Load() })
+	dst = slices.DeleteFunc(dst, func(w *hoWorker) bool { return w.retired.Load() || !w.ready.Load() || w.away.Load() })
 	// Insertion sort, stable: a handful of workers.
 	for i := 1; i < len(dst); i++ {
 		for j := i; j > 0 && dst[j].out.Load() < dst[j-1].out.Load(); j-- {
@@ -820,7 +833,7 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult, error) {
 	if w.dead {
 		return 0, sendDead, nil
 	}
-	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() {
+	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() || w.retired.Load() {
 		return 0, sendSkip, nil
 	}
 	room := w.room()
@@ -1136,8 +1149,12 @@ func (h *handoff) prepare(id supervise.ID, fdnum int, l *supervise.Launch) error
 // connection channel of a worker of the image before (pid, its slot), whose
 // master end f was kept across the exec: the master reads what that worker
 // sends (acks; an UNSUB, answered with DONE so the worker's Close returns
-// at once; the connections it gives back, which go to this image's
-// workers) and sends it nothing. peer is the old image's copy of the
+// at once; the connections it gives back, which go to the other workers).
+// If the old image described the channel (an "h" record: its
+// subscriptions, what it has not acknowledged, its grant), the worker
+// stays in the rotation, as ready as it was, until handoffRetireOld: the
+// old workers serve until the new ones are ready, as in a restart.
+// Otherwise it is sent nothing. peer is the old image's copy of the
 // worker's end (-1: none), so that what the old image sent and the worker
 // never read is passed on if the worker dies. The channel is closed when
 // the worker is gone or the master stops. It takes ownership of f and
@@ -1167,8 +1184,73 @@ func (m *master) handoffAdoptOld(pid, slot int, f *os.File, peer int) error {
 		uc.Close()
 		return fail(fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err))
 	}
-	m.mode.ho.registerAs(pid, slot, conn, peer, true)
+	var carry *handoffCarry
+	if m.up != nil && m.up.state != nil {
+		for i := range m.up.state.handoff {
+			if c := &m.up.state.handoff[i]; c.pid == pid {
+				carry = c
+			}
+		}
+	}
+	m.mode.ho.registerAs(pid, slot, conn, peer, true, carry)
 	return nil
+}
+
+// handoffRetireOld takes every adopted worker out of the rotation, before
+// it is told to stop: connections go to this image's workers only, and
+// those an old worker gives back are passed on to them. Once it returns,
+// no send to an old worker is under way.
+func (m *master) handoffRetireOld() {
+	if m.mode.ho == nil {
+		return
+	}
+	for _, w := range m.mode.ho.snapshotAll() {
+		if w.adopted {
+			w.mu.Lock()
+			w.retired.Store(true)
+			w.mu.Unlock()
+		}
+	}
+}
+
+// handoffCarried describes, for an in-place upgrade, the channels of the
+// workers in handed (those the exec hands over) that are in the rotation:
+// the new image goes on sending them connections until its own workers
+// are ready.
+func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
+	h := m.mode.ho
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	names := make([]string, len(h.lns))
+	for i, hl := range h.lns {
+		names[i] = hl.name
+	}
+	ws := slices.Clone(h.workers)
+	h.mu.Unlock()
+	var out []handoffCarry
+	for _, w := range ws {
+		if !handed[w.pid] || w.retired.Load() {
+			continue
+		}
+		w.mu.Lock()
+		dead := w.dead
+		c := handoffCarry{pid: w.pid, sent: w.sent, limited: w.limited, limit: w.limit, ready: w.ready.Load(), away: w.away.Load()}
+		for i, on := range w.subs {
+			if on && i < len(names) {
+				c.subs = append(c.subs, names[i])
+			}
+		}
+		// Read under mu, which every send holds: no send is counted
+		// here and missing from sent, or the reverse.
+		c.out = int(max(0, w.out.Load()))
+		w.mu.Unlock()
+		if !dead {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // hoEpoch is the base of hoClock.
@@ -1181,12 +1263,14 @@ func hoClock() int64 { return int64(time.Since(hoEpoch)) }
 // master's copy of the worker's end (see hoWorker.peer; -1 for none),
 // owned from here.
 func (h *handoff) register(pid, slot int, conn *scmrights.Conn, peer int) {
-	h.registerAs(pid, slot, conn, peer, false)
+	h.registerAs(pid, slot, conn, peer, false, nil)
 }
 
-func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, retired bool) {
+// registerAs is register for this image's workers, and for an adopted one
+// (a previous image's) with what that image told of it (carry, or nil).
+func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adopted bool, carry *handoffCarry) {
 	rc, _ := conn.SyscallConn()
-	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, retired: retired, peer: peer}
+	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, adopted: adopted, peer: peer}
 	w.heard.Store(hoClock())
 	if peer >= 0 {
 		var st unix.Stat_t
@@ -1195,10 +1279,20 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, reti
 		}
 	}
 	w.fn = w.write
-	if retired {
+	if adopted && carry == nil {
 		// What the old image delivered and the worker has not reported
 		// is unknown here; at most a window's worth.
 		w.out.Store(hoWindow)
+		w.retired.Store(true)
+	} else if adopted {
+		out := min(int64(carry.out), hoWindow)
+		w.out.Store(out)
+		// The old image read out before its last sends (a give-back it
+		// passed on after its pause) or after acks it read last: the
+		// worker may acknowledge up to the rest of a window more.
+		w.slack = hoWindow - out
+		w.sent, w.limited, w.limit = carry.sent, carry.limited, carry.limit
+		w.away.Store(carry.away)
 	}
 	// The worker is alive and not yet reaped (Done runs before the
 	// supervisor can reap it), so the pidfd names this very process.
@@ -1212,10 +1306,24 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, reti
 		return
 	}
 	w.ready.Store(!h.gate)
+	if carry != nil {
+		w.ready.Store(carry.ready)
+		for _, name := range carry.subs {
+			// A listener this image does not have is none of its
+			// business: the worker is sent nothing of it.
+			if idx, ok := h.byName[name]; ok {
+				w.subscribe(idx, []byte(name))
+			}
+		}
+	}
 	h.workers = append(h.workers, w)
 	h.wg.Add(1)
 	h.mu.Unlock()
 	go h.read(w)
+	if carry != nil {
+		// An accept loop may wait for a server (awaitServer).
+		h.signal()
+	}
 }
 
 // release closes what w holds; the caller made sure nobody else uses it.
@@ -1440,7 +1548,7 @@ func (h *handoff) watch() {
 			for _, w := range h.snapshot() {
 				// A retired worker is sent nothing, and one that closes
 				// its end while it drains must not be killed for it.
-				if w.retired || w.peerIno == 0 || w.out.Load() == 0 || now-w.heard.Load() < int64(hoQuiet) {
+				if w.retired.Load() || w.peerIno == 0 || w.out.Load() == 0 || now-w.heard.Load() < int64(hoQuiet) {
 					continue
 				}
 				if closedEnd(w) {
@@ -1738,7 +1846,7 @@ func (h *handoff) read(w *hoWorker) {
 				// The worker's end closed with connections it was sent
 				// unread: the kernel reports that once, before what the
 				// worker sent (connections given back), then end of file.
-				// Only a worker without a peer copy gets here (retired,
+				// Only a worker without a peer copy gets here (adopted,
 				// from an image that kept none).
 				reset = true
 				continue
@@ -1934,12 +2042,23 @@ func (h *handoff) handle(w *hoWorker, msg *hoMsg) error {
 	return nil
 }
 
-// ack counts n connections as accepted or returned.
+// ack counts n connections as accepted or returned; only w's reader calls
+// it.
 func ack(w *hoWorker, n int) bool {
 	for {
 		out := w.out.Load()
 		if int64(n) > out {
-			return false
+			// An adopted worker's count came from the old image, which
+			// may have sent it a few more afterwards (see slack).
+			extra := int64(n) - out
+			if extra > w.slack {
+				return false
+			}
+			if w.out.CompareAndSwap(out, 0) {
+				w.slack -= extra
+				return true
+			}
+			continue
 		}
 		if w.out.CompareAndSwap(out, out-int64(n)) {
 			return true

@@ -35,10 +35,11 @@ var upgradeVersions = []string{upgradeVersion}
 // maxUpgradeState bounds the state, which travels in one environment
 // string: execve(2) refuses a string (name, "=" and NUL included) longer
 // than MAX_ARG_STRLEN, 32 pages (128 KiB), with E2BIG, before its point of
-// no return. A state this large names about 1400 worker processes in
-// handoff mode (W record and three channel records, some 90 bytes each)
-// and about 2500 in the other modes (W record and control channel); a
-// larger one fails the upgrade, which then changes nothing.
+// no return. A state this large names about 900 worker processes in
+// handoff mode (W record, three channel records and the dispatch state,
+// some 140 bytes in all with a short listener name) and about 2500 in the
+// other modes (W record and control channel); a larger one fails the
+// upgrade, which then changes nothing.
 const maxUpgradeState = 128<<10 - 64
 
 // ErrUpgradeState reports a malformed upgrade state. The master logs it
@@ -89,6 +90,28 @@ type upgradeState struct {
 	// SIGTTIN, SIGTTOU), or 0 when not recorded: the new image starts that
 	// many, not its -n flag, so an upgrade never undoes a scale.
 	slotCount int
+	// handoff is handoff mode's dispatch state of old workers (the
+	// optional "h" record): a worker named here stays in the new image's
+	// rotation until the new image's own workers are ready; one not named
+	// (an image that wrote no such record) is sent nothing.
+	handoff []handoffCarry
+}
+
+// handoffCarry is what the master knew of an old worker's connection
+// channel at the exec, for the new image to go on sending it connections.
+type handoffCarry struct {
+	pid int
+	// out: connections sent and not yet acknowledged; sent: connections
+	// sent on the channel (modulo 2³²), the sequence a grant refers to.
+	out  int
+	sent uint32
+	// limited, limit: the worker's last grant (see hoGrant).
+	limited bool
+	limit   uint32
+	// ready: it reported ready; away: it said STOPPING=1 or RELOADING=1.
+	ready, away bool
+	// subs are the names of the listeners it subscribes to.
+	subs []string
 }
 
 type namedFD struct {
@@ -143,6 +166,13 @@ const (
 //	p PID                 another child of the old image's own, to kill
 //	N PATH                the old notify socket
 //	C COUNT               the number of slots in force (1..4096)
+//	h PID OUT SENT GRANT FLAGS SUB...  handoff mode: the dispatch state of
+//	                      worker PID (named by a W record): OUT connections
+//	                      unacknowledged, SENT sent (mod 2^32), GRANT its
+//	                      last grant (a sequence number, or - for none),
+//	                      FLAGS r (ready) and a (away) or -, then the names
+//	                      of the listeners it subscribes to (a space, % or
+//	                      a byte outside printable ASCII written %XX)
 //
 // A record whose kind is a lower-case letter is optional: an image that
 // does not know it ignores it (anything it names is then closed or
@@ -180,6 +210,26 @@ func (s *upgradeState) encode() (string, error) {
 	}
 	if s.slotCount > 0 {
 		fmt.Fprintf(&b, "C %d\n", s.slotCount)
+	}
+	for _, h := range s.handoff {
+		grant, flags := "-", ""
+		if h.limited {
+			grant = strconv.FormatUint(uint64(h.limit), 10)
+		}
+		if h.ready {
+			flags += "r"
+		}
+		if h.away {
+			flags += "a"
+		}
+		if flags == "" {
+			flags = "-"
+		}
+		fmt.Fprintf(&b, "h %d %d %d %s %s", h.pid, h.out, h.sent, grant, flags)
+		for _, name := range h.subs {
+			b.WriteString(" " + escapeCarryName(name))
+		}
+		b.WriteString("\n")
 	}
 	if b.Len() > maxUpgradeState {
 		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, b.Len(), maxUpgradeState)
@@ -383,6 +433,17 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 				return recErr(errors.New("too many socket files"))
 			}
 			st.sockFiles = append(st.sockFiles, sf)
+		case "h":
+			h, err := parseHandoffCarry(rest)
+			if err != nil {
+				return recErr(err)
+			}
+			for _, o := range st.handoff {
+				if o.pid == h.pid {
+					return recErr(errors.New("pid repeated"))
+				}
+			}
+			st.handoff = append(st.handoff, h)
 		case "p":
 			pid, err := atoiIn(rest, 2, maxStatePID)
 			if err != nil {
@@ -407,6 +468,12 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			return bad("socket file of descriptor %d, which is no listener", sf.fd)
 		}
 	}
+	// An "h" record describes a worker handed over, never anything else.
+	for _, h := range st.handoff {
+		if !slices.ContainsFunc(st.workers, func(w oldWorker) bool { return w.pid == h.pid }) {
+			return bad("h record of pid %d, which no W record names", h.pid)
+		}
+	}
 	return st, nil
 }
 
@@ -419,6 +486,116 @@ func (s *upgradeState) sockFile(fd int) (dev, ino uint64, ok bool) {
 		}
 	}
 	return 0, 0, false
+}
+
+// maxCarryOut bounds an "h" record's OUT, which the new image clamps to
+// its window; maxCarryName bounds a listener name (as the connection
+// channel does).
+const (
+	maxCarryOut  = 1 << 16
+	maxCarryName = 255
+)
+
+// parseHandoffCarry parses the fields of an "h" record.
+func parseHandoffCarry(rest string) (handoffCarry, error) {
+	var h handoffCarry
+	f := strings.Split(rest, " ")
+	if len(f) < 5 || len(f) > 5+maxListenFDs {
+		return h, fmt.Errorf("want 5 to %d fields", 5+maxListenFDs)
+	}
+	var err error
+	if h.pid, err = atoiIn(f[0], 2, maxStatePID); err != nil {
+		return h, err
+	}
+	if h.out, err = atoiIn(f[1], 0, maxCarryOut); err != nil {
+		return h, err
+	}
+	if h.sent, err = atoiUint32(f[2]); err != nil {
+		return h, err
+	}
+	if f[3] != "-" {
+		h.limited = true
+		if h.limit, err = atoiUint32(f[3]); err != nil {
+			return h, err
+		}
+	}
+	switch f[4] {
+	case "-":
+	case "r":
+		h.ready = true
+	case "a":
+		h.away = true
+	case "ra":
+		h.ready, h.away = true, true
+	default:
+		return h, fmt.Errorf("flags %q", trunc(f[4]))
+	}
+	for _, x := range f[5:] {
+		name, err := unescapeCarryName(x)
+		// Any name the master may give a listener (a LISTEN_FDNAMES
+		// name, a bound address); one this image does not have is
+		// ignored when adopted.
+		if err != nil || len(name) == 0 || len(name) > maxCarryName {
+			return h, fmt.Errorf("listener name %q", trunc(x))
+		}
+		if slices.Contains(h.subs, string(name)) {
+			return h, fmt.Errorf("listener %q named twice", trunc(string(name)))
+		}
+		h.subs = append(h.subs, string(name))
+	}
+	return h, nil
+}
+
+// escapeCarryName writes a listener name as one field of a record: a
+// space, '%' or a byte outside printable ASCII becomes %XX. Names are
+// printable ASCII in practice, so the record stays short.
+func escapeCarryName(name string) string {
+	const digits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c > '~' || c == '%' {
+			b.WriteByte('%')
+			b.WriteByte(digits[c>>4])
+			b.WriteByte(digits[c&15])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// unescapeCarryName undoes escapeCarryName.
+func unescapeCarryName(s string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", errors.New("short escape")
+		}
+		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", errors.New("bad escape")
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), nil
+}
+
+// atoiUint32 parses a canonical decimal in [0, 2³²-1], on 32-bit
+// platforms too.
+func atoiUint32(s string) (uint32, error) {
+	if s == "" || len(s) > 10 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("number %q", trunc(s))
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("number %q", trunc(s))
+	}
+	return uint32(n), nil
 }
 
 // validFileName accepts the names of kept descriptors: short, and of

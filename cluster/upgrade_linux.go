@@ -928,6 +928,9 @@ func (m *master) upgradeState(workers []supervise.ExecWorker, dups *[]*os.File) 
 				st.files = append(st.files, namedFD{name: "peer." + strconv.Itoa(w.pid), fd: fd})
 			}
 		}
+		// What the new image needs to go on sending them connections
+		// until its own workers are ready.
+		st.handoff = m.handoffCarried(handed)
 	}
 	// The caller holds bindMu until the exec's outcome: a listener bound
 	// for a worker from now on would be missing from the state.
@@ -1119,7 +1122,9 @@ func fileFD(f *os.File) (int, error) {
 // stops), stops the old workers: SIGTERM and SIGCONT to each process
 // group, ShutdownTimeout of grace, then SIGKILL of the group, and reaps
 // them. Until then old and new workers share the listeners and serve side
-// by side. The returned function, called when the supervisor has stopped,
+// by side (in handoff mode, the master goes on handing the old workers
+// connections, and takes them out of its rotation first). The returned
+// function, called when the supervisor has stopped,
 // retires them at once if that has not begun, and waits for all of it.
 func (m *master) startRetire() (wait func()) {
 	up := m.up
@@ -1158,6 +1163,7 @@ func (m *master) startRetire() (wait func()) {
 			case <-m.stopReq.done():
 			case <-ctx.Done():
 			}
+			m.handoffRetireOld()
 			var wg sync.WaitGroup
 			for _, p := range up.old {
 				wg.Add(1)

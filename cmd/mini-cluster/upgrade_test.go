@@ -304,7 +304,7 @@ func sameFile(a, b string) bool {
 // socket is carried over too: a new socket per slot would reset what is
 // queued on the old one when its old worker exits.
 func TestUpgradeUnderLoad(t *testing.T) {
-	for _, mode := range []string{"shared", "reuseport"} {
+	for _, mode := range []string{"shared", "reuseport", "handoff"} {
 		t.Run(mode, func(t *testing.T) { testUpgradeUnderLoad(t, mode) })
 	}
 }
@@ -846,8 +846,9 @@ func TestUpgradeHandoffOldWorkerDies(t *testing.T) {
 			Timeout: 15 * time.Second, Pause: 20 * time.Millisecond})
 	}()
 	time.Sleep(300 * time.Millisecond)
-	// The new image's workers wait at the gate: nothing is served by
-	// them, nor sent to the old ones, until it opens.
+	// The new image's workers wait at the gate: until it opens, only the
+	// old workers are sent connections (the stopped one too, up to its
+	// window).
 	if err := os.Remove(gate); err != nil {
 		t.Fatal(err)
 	}
