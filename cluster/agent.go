@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,18 +46,31 @@ func (e *AgentError) Error() string { return "cluster: agent: " + e.Message }
 // Is reports whether target is ErrAgentFailed.
 func (e *AgentError) Is(target error) bool { return target == ErrAgentFailed }
 
-// Agent protocol limits. A frame is at most maxAgentFrame bytes (a status
-// of maxControlSlots slots fits); lists in a start spec and a log record's
-// attributes are bounded so that a decoded message stays small.
+// Agent protocol limits. A frame is at most maxAgentFrame bytes: a status
+// of maxControlSlots slots takes about 0.9 MB with their last exits, and
+// fits with STATUS= texts only once fitStatus has left them out (40-byte
+// texts make it 1.1 MB); lists in a start spec and a log record's attributes are bounded
+// so that a decoded message stays small.
 const (
-	agentVersion       = 1
-	maxAgentFrame      = ipcframe.DefaultMaxFrame
-	maxAgentArgs       = 1024
-	maxAgentEnv        = 1024
-	maxAgentListen     = 64
-	maxAgentAttrs      = 64
-	maxAgentAttrKey    = 256
-	maxAgentDurationMS = math.MaxInt64 / int64(time.Millisecond)
+	agentVersion    = 1
+	maxAgentFrame   = ipcframe.DefaultMaxFrame
+	maxAgentArgs    = 1024
+	maxAgentEnv     = 1024
+	maxAgentListen  = 64
+	maxAgentAttrs   = 64
+	maxAgentAttrKey = 256
+	maxAgentLevel   = 1000
+	// maxAgentAttrValue and maxAgentLogMsg bound what the agent relays of
+	// one record's string values and message; maxAgentAttrValueCut and
+	// maxAgentLogMsgCut are the second, tighter cut of a record that does
+	// not fit a frame even so: 64 attributes of 256-byte keys and values
+	// plus a 4 KiB message take under 250 KiB even with every byte
+	// escaped as \u00XX, so that cut always fits.
+	maxAgentAttrValue    = 64 << 10
+	maxAgentLogMsg       = 64 << 10
+	maxAgentAttrValueCut = 256
+	maxAgentLogMsgCut    = 4096
+	maxAgentDurationMS   = math.MaxInt64 / int64(time.Millisecond)
 	// defaultStatusInterval is how often an agent reports its status and
 	// the master pings it (the session's heartbeats, one per direction).
 	// The master gives up on a session silent for defaultHeartbeatTimeout:
@@ -365,16 +379,177 @@ func appendAttrValue(dst []byte, v slog.Value) []byte {
 	return appendJSONString(dst, v.String())
 }
 
+// errAgentLogRecord marks a refused "log" frame: valid JSON of a known
+// type whose record broke a limit (a level or an attribute key out of
+// range). The stream is intact, so the master drops that record alone; a
+// worker's log record must not end its host's session (ending it restarts
+// every worker there, and the worker would do it again).
+var errAgentLogRecord = errors.New("bad log record")
+
 // decodeAgentMsg parses one agent-protocol message (either direction) from
 // b into msg, reusing p. Unknown fields are ignored; known fields must have
-// the right JSON type and range. Errors match ErrAgentProtocol. Nothing in
+// the right JSON type and range. Errors match ErrAgentProtocol, and also
+// errAgentLogRecord for a "log" frame refused for its contents. Nothing in
 // msg aliases b or p.
 func decodeAgentMsg(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 	if err := decodeAgent(p, b, msg); err != nil {
+		if msg.Type == "log" {
+			err = fmt.Errorf("%w: %w", errAgentLogRecord, err)
+		}
 		*msg = agentMsg{}
 		return fmt.Errorf("%w: %w", ErrAgentProtocol, err)
 	}
 	return nil
+}
+
+// encodeAgentLog encodes msg, a "log" record, as one frame the master's
+// decoder takes, whatever msg holds: the level is clamped to ±1000, at
+// most maxAgentAttrs attributes are kept, keys are cut to maxAgentAttrKey
+// bytes and string values and the message to maxAgentAttrValue and
+// maxAgentLogMsg (between UTF-8 characters, as the master decodes them),
+// values of other kinds become their text, and a record still too large
+// for a frame is cut further (to maxAgentAttrValueCut and
+// maxAgentLogMsgCut, which always fits). msg is changed in place.
+func encodeAgentLog(msg *agentMsg) []byte {
+	msg.Level = min(max(msg.Level, -maxAgentLevel), maxAgentLevel)
+	if len(msg.Attrs) > maxAgentAttrs {
+		msg.Attrs = msg.Attrs[:maxAgentAttrs]
+	}
+	text := msg.Msg
+	cut := func(msgMax, valueMax int) {
+		if msg.Msg = clipText(text, msgMax); msg.Msg != text {
+			msg.Msg += "…(cut)"
+		}
+		for i := range msg.Attrs {
+			a := &msg.Attrs[i]
+			a.Key = clipText(a.Key, maxAgentAttrKey)
+			a.Value = agentAttrValue(a.Value, valueMax)
+		}
+	}
+	cut(maxAgentLogMsg, maxAgentAttrValue)
+	frame := appendAgentMsg(nil, msg)
+	if len(frame) <= maxAgentFrame {
+		return frame
+	}
+	cut(maxAgentLogMsgCut, maxAgentAttrValueCut)
+	return appendAgentMsg(nil, msg)
+}
+
+// agentAttrValue is v as the master decodes it: an int64, a finite
+// float64, a bool, or else a string of at most max bytes (what
+// appendAttrValue writes for the other kinds).
+func agentAttrValue(v slog.Value, max int) slog.Value {
+	switch v.Kind() {
+	case slog.KindInt64, slog.KindBool:
+		return v
+	case slog.KindUint64:
+		if u := v.Uint64(); u <= math.MaxInt64 {
+			return slog.Int64Value(int64(u))
+		}
+	case slog.KindFloat64:
+		if f := v.Float64(); !math.IsNaN(f) && !math.IsInf(f, 0) {
+			return v
+		}
+	case slog.KindTime:
+		return slog.StringValue(clipText(v.Time().Format(time.RFC3339Nano), max))
+	}
+	return slog.StringValue(clipText(v.String(), max))
+}
+
+// statusCuts are what fitStatus leaves out of a status too large for its
+// frame, one more at each step, the least missed first: the workers'
+// STATUS= texts, their last exits, the remote hosts' slot lists (a -config
+// master's status; their counts stay), then every slot list.
+var statusCuts = [...]struct {
+	name string
+	cut  func(*ControlStatus)
+}{
+	{"slot status texts", func(st *ControlStatus) { eachSlot(st, func(s *ControlSlot) { s.Status = "" }) }},
+	{"last exits", func(st *ControlStatus) { eachSlot(st, func(s *ControlSlot) { s.LastExit = nil }) }},
+	{"remote slots", func(st *ControlStatus) {
+		for i := range st.Groups {
+			for j := range st.Groups[i].Remote {
+				st.Groups[i].Remote[j].Slots = nil
+			}
+		}
+	}},
+	{"slots", func(st *ControlStatus) {
+		st.Slots = nil
+		for i := range st.Groups {
+			st.Groups[i].Slots = nil
+		}
+	}},
+}
+
+// fitStatus encodes st with encode and, if the result is longer than
+// limit, encodes a copy with less in it (statusCuts) until it fits: a
+// status that does not fit its frame would otherwise not go out at all
+// (an agent's session would die of silence, a control client get an
+// error instead of a status). It returns the encoding and what was left
+// out (nil if nothing); after every cut the encoding may still be too
+// long, for a status whose counts and texts alone are. st is not changed.
+func fitStatus(st *ControlStatus, limit int, encode func(*ControlStatus) []byte) ([]byte, []string) {
+	out := encode(st)
+	if len(out) <= limit {
+		return out, nil
+	}
+	c := cloneStatus(st)
+	var left []string
+	for _, sc := range statusCuts {
+		sc.cut(c)
+		left = append(left, sc.name)
+		if out = encode(c); len(out) <= limit {
+			break
+		}
+	}
+	return out, left
+}
+
+// agentStatusFrame encodes msg, a "status", as a frame of at most
+// maxAgentFrame bytes: with less in it if need be (fitStatus), which it
+// reports. A 4096-slot status always fits once the slots' STATUS= texts
+// and last exits are left out. msg is not changed.
+func agentStatusFrame(msg *agentMsg) ([]byte, []string) {
+	m := *msg
+	return fitStatus(msg.Status, maxAgentFrame, func(st *ControlStatus) []byte {
+		m.Status = st
+		return appendAgentMsg(nil, &m)
+	})
+}
+
+// cloneStatus copies st down to its slots, which fitStatus changes.
+func cloneStatus(st *ControlStatus) *ControlStatus {
+	c := *st
+	c.Slots = slices.Clone(st.Slots)
+	c.Groups = slices.Clone(st.Groups)
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		g.Slots = slices.Clone(g.Slots)
+		g.Remote = slices.Clone(g.Remote)
+		for j := range g.Remote {
+			g.Remote[j].Slots = slices.Clone(g.Remote[j].Slots)
+		}
+	}
+	return &c
+}
+
+// eachSlot calls fn on every slot of st, its groups' and their remote
+// hosts'.
+func eachSlot(st *ControlStatus, fn func(*ControlSlot)) {
+	for i := range st.Slots {
+		fn(&st.Slots[i])
+	}
+	for i := range st.Groups {
+		g := &st.Groups[i]
+		for j := range g.Slots {
+			fn(&g.Slots[j])
+		}
+		for j := range g.Remote {
+			for k := range g.Remote[j].Slots {
+				fn(&g.Remote[j].Slots[k])
+			}
+		}
+	}
 }
 
 func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
@@ -456,7 +631,7 @@ func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 		msg.Status, err = decodeStatus(sv)
 		return err
 	case "log":
-		lvl, err := jsonInt(v, "level", true, -1000, 1000)
+		lvl, err := jsonInt(v, "level", true, -maxAgentLevel, maxAgentLevel)
 		if err != nil {
 			return err
 		}

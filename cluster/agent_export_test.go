@@ -11,3 +11,22 @@ func AgentReencode(p *fastjson.Parser, b []byte) ([]byte, error) {
 	}
 	return appendAgentMsg(nil, &msg), nil
 }
+
+// AgentMsg is an agent-protocol message as decodeAgentMsg fills it.
+type AgentMsg = agentMsg
+
+// DecodeAgentMsg decodes one agent-protocol message as either end does.
+func DecodeAgentMsg(p *fastjson.Parser, b []byte) (AgentMsg, error) {
+	var msg agentMsg
+	err := decodeAgentMsg(p, b, &msg)
+	return msg, err
+}
+
+// AgentStatusFrame is the "status" frame an agent sends for st, and what
+// it left out of st to fit the frame.
+func AgentStatusFrame(st *ControlStatus) ([]byte, []string) {
+	return agentStatusFrame(&agentMsg{Type: "status", Status: st, Ready: true})
+}
+
+// MaxAgentFrame is the agent protocol's frame limit.
+const MaxAgentFrame = maxAgentFrame

@@ -310,6 +310,10 @@ type agent struct {
 	others int
 	closed bool
 	broken bool
+
+	// statusCut is what sendStatus last left out of a status ("" for
+	// nothing); only RunAgent's loop uses it.
+	statusCut string
 }
 
 // read decodes frames from the master until an error, which it sends on
@@ -430,7 +434,8 @@ func (a *agent) wakeWriter() {
 
 // writeLoop is the only writer of the wire. A failed write means the
 // session is gone (the reader sees that too and the agent stops), so the
-// error is not kept: later frames are dropped.
+// error is not kept: later frames are dropped. A frame over the limit is
+// not a failed write: it is dropped alone.
 func (a *agent) writeLoop() {
 	defer close(a.wrote)
 	for {
@@ -458,11 +463,29 @@ func (a *agent) writeLoop() {
 			continue
 		}
 		if err := a.w.WriteFrame(frame); err != nil {
+			if errors.Is(err, ipcframe.ErrFrameTooLarge) {
+				// Nothing of it was written: the stream is intact, and
+				// the acks, logs and exit after it must still go out
+				// (an agent that sends nothing more has its session, and
+				// every worker of its host, ended for silence).
+				if isLog {
+					a.dropped.Add(1)
+				}
+				a.warn("agent dropped a frame too large for the wire", "bytes", len(frame), "limit", maxAgentFrame)
+				continue
+			}
 			a.mu.Lock()
 			a.broken = true
 			a.mu.Unlock()
 		}
 	}
+}
+
+// warn relays a warning of the agent itself, as its log handler would.
+func (a *agent) warn(msg string, args ...any) {
+	r := slog.NewRecord(time.Now(), slog.LevelWarn, msg, 0)
+	r.Add(args...)
+	_ = (&agentLogHandler{a: a}).Handle(context.Background(), r)
 }
 
 type queuedFrame struct {
@@ -475,11 +498,22 @@ func (a *agent) fatal(err error) {
 	a.send(&agentMsg{Type: "error", Error: err.Error()})
 }
 
+// sendStatus queues the agent's status, with less in it if the whole
+// would not fit a frame (fitStatus): a status that never went out would
+// leave the master's session silent. What was left out is logged when it
+// changes, not every interval. Called from RunAgent's loop only.
 func (a *agent) sendStatus(m *Master) {
-	a.send(&agentMsg{
+	frame, left := agentStatusFrame(&agentMsg{
 		Type: "status", Status: m.m.controlStatus(), Ready: isClosed(m.Ready()),
 		Suspended: m.Suspended(), Dropped: a.dropped.Load(),
 	})
+	if cut := strings.Join(left, ", "); cut != a.statusCut {
+		a.statusCut = cut
+		if cut != "" {
+			a.warn("agent status too large for a frame; left out "+cut, "limit", maxAgentFrame)
+		}
+	}
+	a.enqueue(frame, false)
 }
 
 // statusKey summarises what a status change is: a worker started,
@@ -521,21 +555,10 @@ func (h *agentLogHandler) Handle(_ context.Context, r slog.Record) error {
 		msg.Attrs = appendFlat(msg.Attrs, h.prefix, at)
 		return len(msg.Attrs) < maxAgentAttrs
 	})
-	if len(msg.Attrs) > maxAgentAttrs {
-		msg.Attrs = msg.Attrs[:maxAgentAttrs]
-	}
-	frame := appendAgentMsg(nil, &msg)
-	if len(frame) > maxAgentFrame {
-		// A record the master would refuse: cut the message, keep the
-		// attributes that say where it came from.
-		msg.Msg = msg.Msg[:min(len(msg.Msg), 4096)] + "…(cut)"
-		frame = appendAgentMsg(nil, &msg)
-		if len(frame) > maxAgentFrame {
-			h.a.dropped.Add(1)
-			return nil
-		}
-	}
-	h.a.enqueue(frame, true)
+	// A worker's record (logFromWorker) carries any level and key it sent:
+	// the frame is cut to what the master's decoder takes, for a record it
+	// refused would be lost, and an older master ends the session for it.
+	h.a.enqueue(encodeAgentLog(&msg), true)
 	return nil
 }
 

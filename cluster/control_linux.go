@@ -634,7 +634,16 @@ func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byt
 	}
 	switch req.Type {
 	case "status":
-		return appendSockMsg(dst, &sockMsg{Type: "status", Status: s.b.controlStatus()})
+		// A fleet with thousands of workers and long STATUS= texts
+		// outgrows the response limit: answer with less rather than an
+		// error, so that status still works for it.
+		out, left := fitStatus(s.b.controlStatus(), maxControlResponse-len(dst), func(st *ControlStatus) []byte {
+			return appendSockMsg(dst, &sockMsg{Type: "status", Status: st})
+		})
+		if left != nil {
+			s.warn.warn(s.log, "control socket: status too large; left out "+strings.Join(left, ", "), "bytes", len(out), "limit", maxControlResponse)
+		}
+		return out
 	case "scale":
 		s.log.Info("control: scale requested", append(attrs, "workers", req.Workers, "peer_pid", cred.Pid, "peer_uid", cred.Uid)...)
 	case "restart", "stop", "suspend", "resume":

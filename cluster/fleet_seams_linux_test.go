@@ -87,9 +87,11 @@ func TestFleetRemoteDownSeams(t *testing.T) {
 	}
 }
 
-// TestControlAnswerTooLarge: a status answer beyond what a client reads
-// is replaced by an error that says so (silence would read as a refused
-// peer), and the connection goes on serving.
+// TestControlAnswerTooLarge: a status answer beyond what a client reads,
+// even with every slot left out, is replaced by an error that says so
+// (silence would read as a refused peer), and the connection goes on
+// serving. (A status too large for its slots is cut instead:
+// TestControlStatusFitsResponse.)
 func TestControlAnswerTooLarge(t *testing.T) {
 	fdcensus.Verify(t)
 	path := controlPath(t)
@@ -98,8 +100,13 @@ func TestControlAnswerTooLarge(t *testing.T) {
 	stop, err := cluster.ServeControlSocket(path, func() *cluster.ControlStatus {
 		st := &cluster.ControlStatus{PID: 1, Generation: 1, Slots: []cluster.ControlSlot{}}
 		if huge.Load() {
-			// About 80 bytes a slot: some 1.6 MB in all.
-			st.Groups = []cluster.ControlGroup{{Name: "big", Slots: make([]cluster.ControlSlot, 20000)}}
+			// 256 remote hosts whose last errors take 4 KiB each: over
+			// 1 MiB with no slot at all.
+			g := cluster.ControlGroup{Name: "big", Slots: make([]cluster.ControlSlot, 20000)}
+			for range 256 {
+				g.Remote = append(g.Remote, cluster.ControlRemote{Host: "u@h", LastError: strings.Repeat("e", 4096)})
+			}
+			st.Groups = []cluster.ControlGroup{g}
 		}
 		return st
 	})

@@ -95,3 +95,9 @@ func RemoteReadFrames(g *RemoteGroup, frames io.Reader, seqs []int64) error {
 	}
 	return g.r.readFrames(frames, s, make(chan struct{}, 1)).err
 }
+
+// ReconnectDelay is the wait before a group's next session: delay with
+// jitter (rnd in [0, 1) picks how much), at most maxDelay.
+func ReconnectDelay(delay, maxDelay time.Duration, jitter, rnd float64) time.Duration {
+	return reconnectDelay(delay, maxDelay, jitter, rnd)
+}

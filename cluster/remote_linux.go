@@ -96,6 +96,10 @@ type remoteGroup struct {
 	st        ControlRemote
 	dropped   int64 // the agent's dropped log records, last reported
 	sshPID    int   // the current session's ssh client, 0 between sessions
+
+	// badLog paces the warnings about log records the master refused
+	// (one a second): a worker may log such records in a loop.
+	badLog warnLimiter
 }
 
 // remoteSession is one ssh connection to an agent.
@@ -434,20 +438,39 @@ func (r *remoteGroup) run(ctx context.Context) {
 		} else {
 			r.log.Warn("agent session ended; reconnecting", "err", err, "retry_in", delay)
 		}
-		d := delay
-		if jitter > 0 {
-			d += time.Duration(rand.Float64() * jitter * float64(delay))
-		}
-		d = min(d, maxDelay)
-		t := time.NewTimer(d)
+		t := time.NewTimer(reconnectDelay(delay, maxDelay, jitter, rand.Float64()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		delay = min(delay*2, maxDelay)
+		// Not min(delay*2, maxDelay): that wraps negative for a Backoff.Max
+		// near the largest Duration.
+		if delay > maxDelay/2 {
+			delay = maxDelay
+		} else {
+			delay *= 2
+		}
 	}
+}
+
+// reconnectDelay is the wait before the next session: delay plus up to
+// jitter times itself (rnd in [0, 1) picks how much), at most maxDelay.
+// The jitter is computed in float64 and capped before it becomes a
+// Duration: Backoff.Jitter is not bounded for Go callers, and a jitter
+// near 3e8 times a 30 s delay converts to a negative Duration, which would
+// reconnect at once, in a loop. A NaN jitter counts as none.
+func reconnectDelay(delay, maxDelay time.Duration, jitter, rnd float64) time.Duration {
+	d := min(delay, maxDelay)
+	if jitter > 0 {
+		extra := rnd * jitter * float64(delay)
+		if !(extra < float64(maxDelay-d)) { // also +Inf and NaN (0 × +Inf)
+			return maxDelay
+		}
+		d += time.Duration(max(extra, 0))
+	}
+	return d
 }
 
 // startSpec builds the spec of a new session.
@@ -848,6 +871,13 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 		default:
 		}
 		if err := decodeAgentMsg(&p, buf, &msg); err != nil {
+			if errors.Is(err, errAgentLogRecord) {
+				// One record lost, the stream intact: ending the session
+				// would restart every worker of the host, and the worker
+				// that logged it would end the next one too.
+				r.badLog.warn(r.log, "dropped a log record from the agent", "err", err)
+				continue
+			}
 			fail(err)
 			r.log.Error("bad frame from the agent; ending the session", "err", err)
 			return framesEnd{result, false}

@@ -54,7 +54,7 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 	}
 	group := fs.String("group", "", groupHelp)
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
-	timeout := fs.Duration("timeout", 10*time.Second, "give up on the master after this long")
+	timeout := fs.Duration("timeout", 0, "give up on the master after this long (default "+defaultTimeoutText(cmd)+")")
 	var pos []string
 	rest := args
 	// flag stops at the first operand; parse again after each one, so that
@@ -76,8 +76,12 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		fs.Usage()
 		return &usageError{err: fmt.Errorf("%s: -control PATH is required", cmd)}
 	}
-	if *timeout <= 0 {
-		return &usageError{err: fmt.Errorf("-timeout %v: want a positive duration", *timeout)}
+	if *timeout < 0 {
+		return &usageError{err: fmt.Errorf("-timeout %v: want a positive duration (0: the default)", *timeout)}
+	}
+	dialTimeout := *timeout
+	if *timeout == 0 {
+		*timeout, dialTimeout = defaultTimeout(cmd), controlTimeout
 	}
 	if *group != "" && (cmd == "stop" || cmd == "status") {
 		// Ignored, -group would turn "stop one group" into a stop of every
@@ -133,7 +137,7 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 		return &usageError{err: fmt.Errorf("%s: message of %d bytes; at most %d", cmd, len(pos[len(pos)-1]), cluster.MaxMessage)}
 	}
 
-	err := callControl(ctx, cmd, *path, *group, *timeout, n, maxRun, pos, *asJSON, stdout)
+	err := callControl(ctx, cmd, *path, *group, dialTimeout, *timeout, n, maxRun, pos, *asJSON, stdout)
 	if err != nil && *asJSON {
 		// Scripts read stdout: the failure is there too, classified.
 		writeJSONError(stdout, err)
@@ -141,15 +145,51 @@ func runControl(ctx context.Context, cmd string, args []string, stdout, stderr i
 	return err
 }
 
-// callControl dials the master, sends cmd and prints the answer.
-func callControl(ctx context.Context, cmd, path, group string, timeout time.Duration, n int, maxRun time.Duration, pos []string, asJSON bool, stdout io.Writer) error {
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+// controlTimeout is the client's default -timeout, and bounds its connect
+// when -timeout is not given.
+const controlTimeout = 10 * time.Second
+
+// waitsOnWorkers are the requests the master answers only once workers
+// stopped, or remote hosts' agents answered: on a -config master, each
+// remote host may take its group's shutdown_timeout plus 10 s (the
+// master's wait for an agent's ack), more than any fixed client timeout.
+var waitsOnWorkers = map[string]bool{"suspend": true, "resume": true, "restart": true, "max-running-time": true}
+
+// noTimeout is the request timeout of a client that waits for the master's
+// answer: the master bounds the wait itself.
+const noTimeout = 100 * 365 * 24 * time.Hour
+
+// defaultTimeout is cmd's request timeout without -timeout. A request
+// that waits on workers has none: a client that gave up before the master
+// would report a timeout for a request the master then carries out, or
+// undoes (a suspend a host's agent did not acknowledge in time is undone
+// and that host's session restarted), leaving the operator to guess.
+func defaultTimeout(cmd string) time.Duration {
+	if waitsOnWorkers[cmd] {
+		return noTimeout
+	}
+	return controlTimeout
+}
+
+func defaultTimeoutText(cmd string) string {
+	if waitsOnWorkers[cmd] {
+		return "none: wait for the master's answer, which it bounds"
+	}
+	return controlTimeout.String()
+}
+
+// callControl dials the master (giving up after dialTimeout), sends cmd
+// and prints the answer (giving up after timeout).
+func callControl(ctx context.Context, cmd, path, group string, dialTimeout, timeout time.Duration, n int, maxRun time.Duration, pos []string, asJSON bool, stdout io.Writer) error {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	c, err := cluster.DialControl(dctx, path, &cluster.ControlOptions{Timeout: timeout})
 	if err != nil {
 		return explainDial(path, err)
 	}
 	defer c.Close()
+	// A request without a deadline still ends with ctx.
+	defer context.AfterFunc(ctx, func() { c.Close() })()
 	switch cmd {
 	case "status":
 		st, err := c.Status()
