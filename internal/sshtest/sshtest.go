@@ -15,14 +15,15 @@ const Host = "127.0.0.1"
 // Server is a running sshd started by Start. Its fields are fixed once Start
 // returns; its methods may be called from any goroutine.
 type Server struct {
-	// Port is the TCP port sshd listens on at Host.
+	// Port is the TCP port at Host. The test process listens on it until
+	// cleanup and hands each connection to its own sshd.
 	Port int
 	// User is the account sessions log in as (the user running the test).
 	User string
 	// ClientKey is the path of the private key whose public half is the only
 	// entry of the server's authorized_keys (mode 0600, no passphrase).
 	ClientKey string
-	// Dir holds the server's configuration, keys and PidFile.
+	// Dir holds the server's configuration and keys.
 	Dir string
 
 	hostKey string // "ssh-ed25519 AAAA…" without a comment
@@ -53,8 +54,10 @@ func (s *Server) WriteWrongKnownHosts(t testing.TB) string {
 	return writeFile(t, "known_hosts", fmt.Sprintf("[%s]:%d %s\n", Host, s.Port, pub))
 }
 
-// Log returns what sshd has written to its stderr so far (-e, LogLevel
-// VERBOSE): useful in failure messages.
+// Log returns what the server's sshd processes have written to stderr so
+// far (-e, LogLevel VERBOSE), one per connection, and any error of the
+// harness in accepting or handing over a connection: useful in failure
+// messages.
 func (s *Server) Log() string { return s.log.String() }
 
 func writeFile(t testing.TB, name, content string) string {
@@ -76,26 +79,20 @@ func keyLine(pub string) (string, error) {
 	return f[0] + " " + f[1], nil
 }
 
-// logBuffer collects sshd's stderr and signals once sshd says it listens.
+// logBuffer collects the stderr of every per-connection sshd and the
+// harness's own errors.
 type logBuffer struct {
-	mu        sync.Mutex
-	b         strings.Builder
-	listening chan struct{}
-	once      sync.Once
+	mu sync.Mutex
+	b  strings.Builder
 }
 
-func newLogBuffer() *logBuffer { return &logBuffer{listening: make(chan struct{})} }
+func newLogBuffer() *logBuffer { return &logBuffer{} }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.b.Len() < 1<<20 { // bound memory if a test hammers the server
 		l.b.Write(p)
-	}
-	// sshd logs this line after listen(2), so a connection made afterwards
-	// is accepted.
-	if strings.Contains(l.b.String(), "Server listening on ") {
-		l.once.Do(func() { close(l.listening) })
 	}
 	return len(p), nil
 }

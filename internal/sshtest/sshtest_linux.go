@@ -3,6 +3,8 @@
 package sshtest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,16 +22,27 @@ import (
 )
 
 const (
-	startTimeout = 10 * time.Second
-	stopTimeout  = 5 * time.Second
-	portAttempts = 5
+	checkTimeout = 10 * time.Second
+	// reapTimeout bounds the wait for per-connection sshd processes at
+	// cleanup, after the census has had its grace period and killed what
+	// it found left.
+	reapTimeout = 5 * time.Second
 )
 
-// Start starts sshd on 127.0.0.1 and returns once it accepts connections.
-// It skips the test when not running as root or when sshd or ssh-keygen is
-// missing, and fails it if sshd does not come up. At t.Cleanup it stops
-// sshd, reaps it, and fails the test if any sshd child or session process is
-// still alive after a few seconds (then kills them).
+// Start starts an ssh server on 127.0.0.1 and returns once it accepts
+// connections. It skips the test when not running as root or when sshd or
+// ssh-keygen is missing, and fails it if sshd rejects its configuration or
+// keys. At t.Cleanup it closes the listening socket, fails the test if any
+// sshd or session process is still alive after a few seconds (then kills
+// them), and reaps every sshd it started.
+//
+// The test process binds the port and keeps the listening socket until
+// cleanup; each accepted connection is handed to its own sshd in inetd mode
+// (-i), as systemd's ssh.socket (Accept=yes) does. Picking a free port and
+// letting sshd bind it later left the port free for a moment, and a
+// listener in sshd left it free again if that sshd died: either way
+// another test's server (another package's tests run at the same time)
+// could take the address and answer with its own host key.
 //
 // Call fdcensus.Verify and proccensus.New before Start, so that their checks
 // run after the server is gone.
@@ -72,45 +86,125 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("sshtest: %v", err)
 	}
 
-	// Cleanups run last-registered first: sshd is stopped, then the census
-	// looks for survivors, then survivors are killed.
+	// Cleanups run last-registered first: the listener is closed, then the
+	// census looks for survivors, then survivors are killed, then every
+	// sshd is reaped.
+	d := &daemon{sshd: sshd, log: newLogBuffer(), served: make(chan struct{})}
+	t.Cleanup(func() { d.reap(t) })
 	var census *proccensus.Census
 	t.Cleanup(func() { killMarked(census) })
 	census = proccensus.New(t)
+	d.env = append(os.Environ(), census.Env())
 
-	s := &Server{User: u.Username, ClientKey: clientKey, Dir: dir, hostKey: hostPub}
-	for attempt := 1; ; attempt++ {
-		port := freePort(t)
-		cfg := filepath.Join(dir, "sshd_config")
-		if err := os.WriteFile(cfg, []byte(config(dir, port, u.Username, census.Env())), 0o600); err != nil {
-			t.Fatalf("sshtest: %v", err)
-		}
-		log := newLogBuffer()
-		cmd := exec.Command(sshd, "-D", "-e", "-f", cfg)
-		cmd.Env = append(os.Environ(), census.Env())
-		cmd.Stderr = log
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("sshtest: start sshd: %v", err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-log.listening:
-			s.Port, s.log = port, log
-			t.Cleanup(func() { stop(t, cmd, done, log) })
-			return s
-		case err := <-done:
-			// Another process may have taken the port between freePort
-			// closing it and sshd binding it.
-			if strings.Contains(log.String(), "Address already in use") && attempt < portAttempts {
-				continue
+	d.cfg = filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(d.cfg, []byte(config(dir, u.Username, census.Env())), 0o600); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	// A connection would only show sshd's complaint in the log: check the
+	// configuration and the host key up front (sshd -t loads both).
+	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer cancel()
+	check := exec.CommandContext(ctx, sshd, "-t", "-f", d.cfg)
+	check.Env = d.env
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("sshtest: sshd -t: %v\n%s", err, out)
+	}
+
+	l, err := net.Listen("tcp", Host+":0")
+	if err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	d.l = l
+	go d.serve()
+	t.Cleanup(d.stop)
+	return &Server{
+		Port: l.Addr().(*net.TCPAddr).Port, User: u.Username, ClientKey: clientKey, Dir: dir,
+		hostKey: hostPub, log: d.log,
+	}
+}
+
+// daemon accepts connections on the server's address and runs one
+// "sshd -i" per connection. serve is its only goroutine that starts
+// processes; stop ends it, after which reap may wait for them.
+type daemon struct {
+	sshd, cfg string
+	env       []string
+	log       *logBuffer
+	l         net.Listener
+	served    chan struct{} // closed when serve returns
+	running   sync.WaitGroup
+}
+
+func (d *daemon) serve() {
+	defer close(d.served)
+	for {
+		c, err := d.l.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				// The socket stays open, so the address stays ours;
+				// clients time out and the log says why.
+				fmt.Fprintf(d.log, "sshtest: accept: %v; no more connections are served\n", err)
 			}
-			t.Fatalf("sshtest: sshd exited: %v\n%s", err, log.String())
-		case <-time.After(startTimeout):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Fatalf("sshtest: sshd not listening after %v\n%s", startTimeout, log.String())
+			return
 		}
+		d.spawn(c.(*net.TCPConn))
+	}
+}
+
+// spawn hands c to a new "sshd -i" as its stdin and stdout.
+func (d *daemon) spawn(c *net.TCPConn) {
+	// File duplicates the descriptor; exec makes the shared file
+	// description blocking (Fd), which sshd expects of its stdin, so the
+	// netpoller's copy must be closed first.
+	f, err := c.File()
+	c.Close()
+	if err != nil {
+		fmt.Fprintf(d.log, "sshtest: %v\n", err)
+		return
+	}
+	defer f.Close()
+	cmd := exec.Command(d.sshd, "-i", "-e", "-f", d.cfg)
+	cmd.Env = d.env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = f, f, d.log
+	// Like the sessions sshd forks in daemon mode: a signal to the test's
+	// process group does not reach them.
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	// A session process that kept sshd's stderr open must not hang reap.
+	cmd.WaitDelay = reapTimeout
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(d.log, "sshtest: start sshd: %v\n", err)
+		return
+	}
+	d.running.Add(1)
+	go func() {
+		defer d.running.Done()
+		// An exit status is sshd's verdict on one connection (a refused
+		// key exits 255): the test judges the client's side.
+		_ = cmd.Wait()
+	}()
+}
+
+// stop closes the listening socket, which refuses new connections, and
+// waits for serve to return. Sessions already running go on: the census
+// then checks that the code under test ended them.
+func (d *daemon) stop() {
+	d.l.Close()
+	<-d.served
+}
+
+// reap waits for every sshd that spawn started; the census has killed
+// those still alive after its grace period. stop, if registered, has run:
+// serve starts no more.
+func (d *daemon) reap(t testing.TB) {
+	done := make(chan struct{})
+	go func() { d.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(reapTimeout):
+		t.Errorf("sshtest: sshd processes not reaped %v after the census", reapTimeout)
+	}
+	if t.Failed() {
+		t.Logf("sshd log:\n%s", d.log.String())
 	}
 }
 
@@ -129,7 +223,7 @@ func NewKey(t testing.TB) (priv, pub string) {
 func lookSSHD() string {
 	if p, err := exec.LookPath("sshd"); err == nil {
 		if abs, err := filepath.Abs(p); err == nil {
-			return abs // sshd re-executes itself and insists on an absolute path
+			return abs // sshd insists on an absolute path when it re-executes itself
 		}
 	}
 	// Debian installs sshd in /usr/sbin, which is not on a non-root PATH.
@@ -156,22 +250,10 @@ func genKey(t testing.TB, path string) string {
 	return line
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", Host+":0")
-	if err != nil {
-		t.Fatalf("sshtest: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func config(dir string, port int, username, marker string) string {
+func config(dir, username, marker string) string {
 	q := func(name string) string { return `"` + filepath.Join(dir, name) + `"` }
 	lines := []string{
-		fmt.Sprintf("ListenAddress %s:%d", Host, port),
 		"HostKey " + q("host_ed25519"),
-		"PidFile " + q("sshd.pid"),
 		"AuthorizedKeysFile " + q("authorized_keys"),
 		"StrictModes no", // see Start
 		"UsePAM no",
@@ -194,20 +276,6 @@ func config(dir string, port int, username, marker string) string {
 		"SetEnv " + marker,
 	}
 	return strings.Join(lines, "\n") + "\n"
-}
-
-func stop(t testing.TB, cmd *exec.Cmd, done chan error, log *logBuffer) {
-	_ = cmd.Process.Signal(unix.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(stopTimeout):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Errorf("sshtest: sshd ignored SIGTERM for %v", stopTimeout)
-	}
-	if t.Failed() {
-		t.Logf("sshd log:\n%s", log.String())
-	}
 }
 
 // killMarked kills the server's processes that the census found left

@@ -3,13 +3,18 @@
 package sshtest_test
 
 import (
+	"errors"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/proccensus"
@@ -96,4 +101,66 @@ func TestSessionsAreMarked(t *testing.T) {
 	if id := strings.TrimSpace(string(out)); id == "" || proccensus.MarkerVar+"="+id == c.Env() {
 		t.Errorf("remote %s = %q, want the server's own marker", proccensus.MarkerVar, id)
 	}
+}
+
+// TestAddressOutlivesSSHD checks that the server's address belongs to the
+// test, not to an sshd process: with every sshd of the server killed, no
+// other server can bind the port, and the next connection still reaches
+// this server's host key. A harness whose sshd listens itself frees the
+// address when that sshd dies, and left it free between picking a port and
+// sshd binding it, for another package's server to take.
+func TestAddressOutlivesSSHD(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	s := sshtest.Start(t)
+	knownHosts := s.WriteKnownHosts(t)
+	run := func() {
+		t.Helper()
+		cmd := exec.Command("ssh", sshArgs(s, knownHosts, s.ClientKey, "echo ok")...)
+		cmd.Env = append(os.Environ(), c.Env())
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if out, err := cmd.Output(); err != nil || string(out) != "ok\n" {
+			t.Fatalf("ssh: %v, %q; stderr:\n%s", err, out, stderr.String())
+		}
+	}
+	run()
+	// Every sshd of this server names its sshd_config on its command line.
+	cfg := filepath.Join(s.Dir, "sshd_config")
+	sshds := func() []int {
+		var pids []int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), cfg) {
+				pids = append(pids, pid)
+			}
+		}
+		return pids
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pids := sshds(); len(pids) > 0; pids = sshds() {
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd processes %v still alive after SIGKILL", pids)
+		}
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill() // a pid reused meanwhile is not ours to kill: pidfd-backed
+				_ = p.Release()
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(sshtest.Host, strconv.Itoa(s.Port)))
+	if err == nil {
+		l.Close()
+		t.Fatalf("another server could bind %s:%d with no sshd alive", sshtest.Host, s.Port)
+	}
+	if !errors.Is(err, unix.EADDRINUSE) {
+		t.Fatalf("bind %s:%d: %v, want EADDRINUSE", sshtest.Host, s.Port, err)
+	}
+	run()
 }
