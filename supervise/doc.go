@@ -107,14 +107,21 @@
 // the worker list through ExecSpec.Env; nothing else of the supervisor
 // survives, so the new image must adopt and retire those workers itself.
 // An execve that fails before the kernel's point of no return (ENOENT,
-// EACCES, ETXTBSY, ENOEXEC) changes nothing. PIDFile.LockFile and
+// EACCES, ETXTBSY, ENOEXEC) changes nothing, except that the groups of
+// stopped workers still in their grace are killed right before execve;
+// a target known to fail (missing, not executable, a #! interpreter
+// missing) is refused before that. PIDFile.LockFile and
 // AdoptPIDFile carry a pid file's lock across the exec.
 //
 // # Ownership
 //
 // Spec.ExtraFiles and Launch.ExtraFiles stay owned by the caller; the
 // supervisor passes them to each worker as descriptors 3, 4, ... without
-// calling (*os.File).Fd, so sockets keep their non-blocking mode. Every
+// calling (*os.File).Fd, so sockets keep their non-blocking mode
+// (O_NONBLOCK belongs to the open file description the worker shares:
+// clear it on what a worker that does not expect EAGAIN gets). The
+// worker's stdin (/dev/null) and captured stdout and stderr are blocking
+// for it; only the supervisor's read ends are non-blocking. Every
 // descriptor the supervisor opens (pidfds, pipes, /dev/null) is
 // close-on-exec and closed when Run returns. Descriptors of the process that
 // lack close-on-exec (inherited from its own parent, say) do reach workers,

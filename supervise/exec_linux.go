@@ -62,6 +62,16 @@ func (s *Supervisor) execRequests() (<-chan execReq, func()) {
 // fails those before the point of no return, and the process, its threads
 // and its workers are exactly as before: supervision goes on).
 //
+// The process groups of workers that exited while asked to stop, and are
+// still given the rest of their grace (Options.StopTimeout), are SIGKILLed
+// right before execve: nobody would watch them after it. So Exec first
+// refuses, with the errno execve would give and nothing else done, a
+// path execve would fail for a reason that can be checked: missing or
+// unreachable, not a regular file, not executable, or a #! script whose
+// interpreter is one of those. An execve that fails all the same (ETXTBSY,
+// an unknown format, a missing ELF interpreter) has cut those graces
+// short; an error from spec.Env or spec.Prepare has not.
+//
 // The execve runs on the thread that forked every worker. Workers get
 // Pdeathsig SIGKILL, which fires when the forking thread exits, and execve
 // from a multi-threaded process kills every other thread: from any other
@@ -106,25 +116,35 @@ func (s *Supervisor) Exec(spec *ExecSpec) error {
 	}
 }
 
-// exec runs on the spawner thread. On success it does not return.
-// reapPosted reaps the owned worker pid of spawn seq if its exit was
-// posted and its watcher has not reaped it yet, and reports whether the
-// worker is gone: its exit was reported, so it is no worker for the new
-// image, and after a successful execve no watcher would reap it. A watcher
-// reaping at this very moment keeps it in the list (the new image reaps
-// what is left). The caller holds procs.mu, so no fork can take the pid.
-func (p *platform) reapPosted(pid int, seq uint64) bool {
+// claimPosted reports whether the owned worker pid of spawn seq had its
+// exit posted, its watcher not reaping it at this moment: its exit was
+// reported, so it is no worker for the new image. Its proc is returned
+// with reapMu held, so the watcher neither reaps it nor ends a linger
+// (killing its group) while the exec is prepared; the caller finishes it
+// with endPosted right before execve, or unlocks reapMu if the exec is
+// given up. A watcher reaping at this very moment keeps it in the list
+// (the new image reaps what is left). The caller holds procs.mu, so no
+// fork can take the pid.
+func (p *platform) claimPosted(pid int, seq uint64) *proc {
 	pr := p.posted[pid]
 	if pr == nil || pr.seq != seq || !pr.reapMu.TryLock() {
-		return false
+		return nil
 	}
-	defer pr.reapMu.Unlock()
+	return pr
+}
+
+// endPosted reaps a worker claimPosted returned, right before execve: after
+// a successful execve no watcher would reap it. The caller holds its
+// reapMu.
+func (p *platform) endPosted(pr *proc) {
 	pr.mu.Lock()
 	if pr.lingering && !pr.reaped {
 		// Its group was being given the rest of a stop's grace; nobody
 		// will watch it after the execve, so it goes now, while the
-		// unreaped leader still pins the group id.
-		_ = unix.Kill(-pid, unix.SIGKILL)
+		// unreaped leader still pins the group id. Done only now that
+		// the exec is checked and prepared, so an exec refused for a
+		// reason known beforehand leaves the group its grace.
+		_ = unix.Kill(-pr.pid, unix.SIGKILL)
 		select {
 		case pr.kick <- struct{}{}:
 		default:
@@ -134,11 +154,85 @@ func (p *platform) reapPosted(pid int, seq uint64) bool {
 	if !pr.execReaped {
 		// ECHILD: its watcher reaped it already and waits for procs.mu
 		// to disown it.
-		pr.execReaped = reap(pid) == nil
+		pr.execReaped = reap(pr.pid) == nil
 	}
-	return true
 }
 
+// checkExec fails as execve(2) would for a path that it is sure to refuse
+// (before the point of no return): missing or unreachable (ENOENT,
+// ENOTDIR, ELOOP, ENAMETOOLONG, EACCES), not a regular file or not
+// executable (EACCES), or a script whose #! interpreter is one of those.
+// Exec checks first, since preparing an exec is not free: the lingering
+// groups of stopped workers are killed then (see endPosted). It says
+// nothing about what it cannot tell for sure (ETXTBSY, an ELF
+// interpreter, a format only binfmt_misc knows): execve still decides.
+func checkExec(path string) error {
+	fail := func(err error) error {
+		return &os.PathError{Op: "execve", Path: path, Err: os.NewSyscallError("execve", err)}
+	}
+	// The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION)
+	// beyond the file itself.
+	for name, depth := path, 0; name != "" && depth <= 4; depth++ {
+		var st unix.Stat_t
+		if err := unix.Stat(name, &st); err != nil {
+			switch err {
+			case unix.ENOENT, unix.ENOTDIR, unix.ELOOP, unix.ENAMETOOLONG, unix.EACCES:
+				return fail(err)
+			}
+			return nil
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fail(unix.EACCES)
+		}
+		if !mayExecute(name) {
+			return fail(unix.EACCES)
+		}
+		name = scriptInterpreter(name)
+	}
+	return nil
+}
+
+// mayExecute reports false only when faccessat(2) says, for the effective
+// ids as execve(2) uses them, that name may not be executed (it checks
+// noexec mounts too); an answer it cannot get is true.
+func mayExecute(name string) bool {
+	err := unix.Faccessat2(unix.AT_FDCWD, name, unix.X_OK, unix.AT_EACCESS)
+	if (err == unix.ENOSYS || err == unix.EPERM) && unix.Getuid() == unix.Geteuid() && unix.Getgid() == unix.Getegid() {
+		// Before Linux 5.8 only real ids can be asked about, which are
+		// the effective ones here. (x/sys's Faccessat would emulate
+		// AT_EACCESS from the mode bits, blind to ACLs.)
+		err = unix.Faccessat(unix.AT_FDCWD, name, unix.X_OK, 0)
+	}
+	return err != unix.EACCES
+}
+
+// scriptInterpreter returns the interpreter a "#!" line names
+// (binfmt_script: the first word after "#!", within the first 256 bytes),
+// or "" for a file that is no script or cannot be read (an execute-only
+// binary).
+func scriptInterpreter(name string) string {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	var b [256]byte
+	n, err := unix.Read(fd, b[:])
+	if err != nil || n < 2 || string(b[:2]) != "#!" {
+		return ""
+	}
+	line, _, ok := strings.Cut(string(b[2:n]), "\n")
+	if !ok && n == len(b) {
+		return "" // truncated: the kernel's own rules decide
+	}
+	fields := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' })
+	if len(fields) == 0 {
+		return ""
+	}
+	return fields[0]
+}
+
+// exec runs on the spawner thread. On success it does not return.
 func (p *platform) exec(r execReq) error {
 	// A worker forked just before this request is not the caller's yet
 	// (its Launch.Done runs on the loop, which never waits for this
@@ -146,6 +240,9 @@ func (p *platform) exec(r execReq) error {
 	// state the caller builds, and closed by the execve. No fork can
 	// start while this thread is here.
 	p.unsettled.Wait()
+	if err := checkExec(r.spec.Path); err != nil {
+		return err
+	}
 	// Held until execve: no worker is forked, disowned or reaped as an
 	// orphan meanwhile, so the list handed to the new image is complete.
 	// A watcher may still reap a worker that exits now; the new image
@@ -166,9 +263,18 @@ func (p *platform) exec(r execReq) error {
 			unix.Close(fd)
 		}
 	}()
+	// Workers whose exit was posted: none is handed over, and each is
+	// reaped (its lingering group killed) only right before execve.
+	var posted []*proc
+	defer func() {
+		for _, pr := range posted {
+			pr.reapMu.Unlock()
+		}
+	}()
 	workers := make([]ExecWorker, 0, len(p.owned))
 	for pid, seq := range p.owned {
-		if p.reapPosted(pid, seq) {
+		if pr := p.claimPosted(pid, seq); pr != nil {
+			posted = append(posted, pr)
 			continue
 		}
 		w := ExecWorker{PID: pid, Stdout: -1, Stderr: -1}
@@ -251,6 +357,9 @@ func (p *platform) exec(r execReq) error {
 		low := lim
 		low.Cur = n
 		_ = unix.Prlimit(0, unix.RLIMIT_NOFILE, &low, nil)
+	}
+	for _, pr := range posted {
+		p.endPosted(pr)
 	}
 	err := unix.Exec(r.spec.Path, r.spec.Argv, env)
 	if limErr == nil {

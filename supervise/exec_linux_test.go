@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -459,11 +460,17 @@ func pipeHolders(link string) int {
 
 // TestExecReapsPostedExit: a worker whose exit was posted but whose
 // watcher has not reaped it yet is no worker for a new image: Exec reaps it
-// instead of listing it (the new image would take the zombie for a live
-// worker of an unknown slot), and its watcher then leaves the reap done.
+// right before execve instead of listing it (the new image would take the
+// zombie for a live worker of an unknown slot), and its watcher then leaves
+// the reap done. The execve fails with ENOEXEC, which Exec cannot tell
+// beforehand.
 func TestExecReapsPostedExit(t *testing.T) {
 	fdcensus.Verify(t)
 	c := proccensus.New(t)
+	garbage := filepath.Join(t.TempDir(), "garbage")
+	if err := os.WriteFile(garbage, []byte("\x00\x01 no known format\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	hold := make(chan struct{})
 	held := make(chan int, 1)
 	reaped := make(chan error, 1)
@@ -507,16 +514,15 @@ func TestExecReapsPostedExit(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("worker exit not seen")
 	}
-	errAbort := errors.New("abort")
 	var listed []int
-	err = sup.Exec(&supervise.ExecSpec{Path: "/bin/true", Argv: []string{"true"}, Env: func(ws []supervise.ExecWorker) ([]string, error) {
+	err = sup.Exec(&supervise.ExecSpec{Path: garbage, Argv: []string{"garbage"}, Env: func(ws []supervise.ExecWorker) ([]string, error) {
 		for _, w := range ws {
 			listed = append(listed, w.PID)
 		}
-		return nil, errAbort
+		return os.Environ(), nil
 	}})
-	if !errors.Is(err, errAbort) {
-		t.Errorf("Exec = %v, want the Env error", err)
+	if !errors.Is(err, unix.ENOEXEC) {
+		t.Errorf("Exec = %v, want ENOEXEC", err)
 	}
 	if len(listed) != 0 {
 		t.Errorf("Exec listed %v as workers; %d had exited", listed, pid)
@@ -594,6 +600,64 @@ func TestExecWaitsForLaunchDone(t *testing.T) {
 	}
 	cancel()
 	if err := <-runDone; err != nil {
+		t.Error(err)
+	}
+}
+
+// TestExecFailureKeepsGrace: an Exec that fails for a reason known before
+// execve (missing, not executable, a directory, a script whose interpreter
+// is missing or not executable), or that Env cancels, changes nothing, as
+// documented: the group of a stopped worker that is being given the rest
+// of its grace keeps it (here a wrapped drainer finishes its drain), where
+// Exec used to SIGKILL such groups before anything else.
+func TestExecFailureKeepsGrace(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	plain := write("plain", "#!/bin/sh\n", 0o644)
+	targets := []struct {
+		path string
+		want unix.Errno
+	}{
+		{filepath.Join(dir, "missing"), unix.ENOENT},
+		{plain, unix.EACCES},
+		{dir, unix.EACCES},
+		{write("no-interp", "#!"+filepath.Join(dir, "missing")+" -x\necho\n", 0o755), unix.ENOENT},
+		{write("plain-interp", "#! "+plain+"\n", 0o755), unix.EACCES},
+	}
+	r := start(t, drainerSpec(t, c, 2*time.Second), testOptions(supervise.Options{ReadyOnStart: true, StopTimeout: time.Minute}))
+	r.waitLine("UP", 10*time.Second)
+	// The wrapper dies of the SIGTERM at once; the drainer drains 2 s.
+	if err := r.sup.Scale(0); err != nil {
+		t.Fatal(err)
+	}
+	if ex := r.waitKind(supervise.Exited, 10*time.Second); !ex.Requested {
+		t.Fatalf("Exited not Requested: %+v", ex)
+	}
+	for _, tc := range targets {
+		err := r.sup.Exec(&supervise.ExecSpec{Path: tc.path, Argv: []string{"x"}})
+		var pe *os.PathError
+		if !errors.Is(err, tc.want) || !errors.As(err, &pe) || pe.Op != "execve" || pe.Path != tc.path {
+			t.Errorf("Exec(%s) = %v, want an execve *os.PathError of %v", tc.path, err, tc.want)
+		}
+	}
+	// Nor does an exec that Env gives up (the execve would fail too).
+	errAbort := errors.New("abort")
+	garbage := write("garbage", "\x00\x01 no known format\n", 0o755)
+	abort := func([]supervise.ExecWorker) ([]string, error) { return nil, errAbort }
+	if err := r.sup.Exec(&supervise.ExecSpec{Path: garbage, Argv: []string{"x"}, Env: abort}); !errors.Is(err, errAbort) {
+		t.Errorf("Exec = %v, want the Env error", err)
+	}
+	r.waitLine("DRAINED", 15*time.Second)
+	if err := c.WaitGone(10 * time.Second); err != nil {
 		t.Error(err)
 	}
 }

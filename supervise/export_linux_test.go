@@ -1,5 +1,7 @@
 package supervise
 
+import "log/slog"
+
 // SetHookWatch installs a hook run by a worker's watcher when it starts,
 // before it waits for the worker's exit; nil removes it. Tests only, before
 // Run.
@@ -41,3 +43,26 @@ func SetHookBeforeReap(h func(pid int)) { testHookBeforeReap = h }
 // with its error, and before the pid is disowned; nil removes it. Tests
 // only, before Run.
 func SetHookAfterReap(h func(pid int, err error)) { testHookAfterReap = h }
+
+// ReapOrphans runs one pass of the orphan reaper on the calling thread, as
+// a subreaper supervisor's whose OwnChild is own; the caller keeps the
+// goroutine locked to its thread to decide which children are whose.
+func ReapOrphans(own func(pid int) bool) {
+	p := &platform{
+		s:     &Supervisor{opt: Options{OwnChild: own}, log: slog.New(slog.DiscardHandler)},
+		owned: map[int]uint64{},
+		nudge: make(chan struct{}, 1),
+	}
+	procs.mu.Lock()
+	if procs.platforms == nil {
+		procs.platforms = make(map[*platform]struct{})
+	}
+	procs.platforms[p] = struct{}{}
+	procs.mu.Unlock()
+	defer func() {
+		procs.mu.Lock()
+		delete(procs.platforms, p)
+		procs.mu.Unlock()
+	}()
+	p.reapOrphans()
+}

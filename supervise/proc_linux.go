@@ -223,9 +223,9 @@ func ownedAnywhere(pid int) bool {
 
 // close releases what newPlatform acquired once every watcher has reaped
 // its worker. Watchers post an exit before they reap, so the loop can end
-// while the last workers are still zombies, owned, and in the orphan
-// reaper's way (it stops at an owned zombie): the reaper stops only after
-// the watchers, with one last pass for orphans that died meanwhile.
+// while the last workers are still zombies, owned (and in the way of the
+// fallback reaper, reapFirstOrphans): the reaper stops only after the
+// watchers, with one last pass for orphans that died meanwhile.
 func (p *platform) close() {
 	close(p.spawnReqs)
 	p.wg.Wait()
@@ -313,6 +313,27 @@ func rawFD(f *os.File) (uintptr, error) {
 	return fd, nil
 }
 
+// outputPipe returns a pipe for a worker's captured stdout or stderr. Only
+// our read end is O_NONBLOCK (on the runtime poller): O_NONBLOCK belongs
+// to the open file description, which the worker shares, and os.Pipe sets
+// it on both ends. A worker that is no Go program (C stdio, a shell, dd,
+// Python) does not expect EAGAIN on its stdout and loses output, or fails,
+// once the pipe is full.
+func outputPipe() (r, w *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, os.NewSyscallError("pipe2", err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, os.NewSyscallError("fcntl", err)
+	}
+	// NewFile puts a descriptor that is already non-blocking on the
+	// poller; the blocking write end stays off it (it is only passed on).
+	return os.NewFile(uintptr(fds[0]), "|0"), os.NewFile(uintptr(fds[1]), "|1"), nil
+}
+
 // start forks and execs one worker.
 func (p *platform) start(id ID, launch *Launch) (*proc, error) {
 	s := p.s
@@ -331,7 +352,7 @@ func (p *platform) start(id ID, launch *Launch) (*proc, error) {
 	}
 	if s.opt.CaptureOutput {
 		for range 2 {
-			r, w, err := os.Pipe()
+			r, w, err := outputPipe()
 			if err != nil {
 				closeAll(readEnds)
 				closeAll(writeEnds)
@@ -912,10 +933,9 @@ func (p *platform) readLines(r *os.File, id ID, pid int, stream Stream) {
 	ls.flush()
 }
 
-// reaper reaps orphans re-parented to this subreaper (C6). It peeks with
-// waitid(P_ALL, WNOWAIT) and reaps only a pid that is not an owned worker,
-// so a worker's exit status always reaches its watcher. An owned worker at
-// the head of the queue is left to its watcher, whose disown nudges us.
+// reaper reaps orphans re-parented to this subreaper (C6). It reaps only
+// pids that are not owned workers (nor claimed by OwnChild), so a worker's
+// exit status always reaches its watcher.
 func (p *platform) reaper(sigchld chan os.Signal) {
 	defer close(p.reaperDone)
 	defer signal.Stop(sigchld)
@@ -930,9 +950,82 @@ func (p *platform) reaper(sigchld chan os.Signal) {
 	}
 }
 
+// maxReapPass bounds the children one reaper pass looks at; if more may be
+// pending, the pass nudges the reaper to come back.
+const maxReapPass = 1024
+
+// reapOrphans reaps every zombie child that nobody owns. It goes through
+// the children one by one: waitid(P_ALL) reports only the first zombie, and
+// when that one is owned (a watcher has yet to reap it, or a stopped
+// worker's zombie pins its group id for the rest of the grace, seconds)
+// the orphans behind it would stay zombies meanwhile.
 func (p *platform) reapOrphans() {
-	// Bounded per wake-up; if more are pending, come back through nudge.
-	for range 1024 {
+	pids, err := childPIDs(maxReapPass)
+	if err != nil {
+		p.reapFirstOrphans()
+		return
+	}
+	for _, pid := range pids {
+		procs.mu.Lock()
+		// Under procs.mu no worker is forked, so an unowned pid is no
+		// worker's even if the listed child was reaped and its pid
+		// recycled since; a pid that is no child of ours is ECHILD.
+		if ownedAnywhere(pid) {
+			procs.mu.Unlock()
+			continue
+		}
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		procs.mu.Unlock()
+		if err == nil && got == pid {
+			p.s.log.Debug("supervise: reaped orphan", "pid", pid)
+		}
+	}
+	if len(pids) == maxReapPass {
+		select {
+		case p.nudge <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// childPIDs lists up to max children of this process from
+// /proc/self/task/*/children: a child, re-parented orphans included, is on
+// the list of the thread that is its parent. The lists are no atomic
+// snapshot (proc(5)); a zombie missed now is found by the pass its
+// successor's SIGCHLD, or a disown, brings. It fails on kernels built
+// without CONFIG_PROC_CHILDREN.
+func childPIDs(max int) ([]int, error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if errors.Is(err, os.ErrNotExist) && t.Name() != strconv.Itoa(os.Getpid()) {
+			continue // the thread exited meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if len(pids) == max {
+				return pids, nil
+			}
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
+}
+
+// reapFirstOrphans is reapOrphans without /proc/self/task/*/children: it
+// peeks with waitid(P_ALL, WNOWAIT) and reaps the first zombie unless it is
+// owned, which it leaves to its watcher, whose disown nudges the reaper.
+func (p *platform) reapFirstOrphans() {
+	for range maxReapPass {
 		var info sigchldInfo
 		procs.mu.Lock()
 		err := unix.Waitid(unix.P_ALL, 0, info.siginfo(), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)

@@ -1,0 +1,62 @@
+package supervise_test
+
+import (
+	"runtime"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/supervise"
+)
+
+// TestReapOrphansPastOwnedZombie: the orphan reaper reaps an unowned zombie
+// child that exited after an owned one that is still unreaped (a stopped
+// worker whose zombie pins its group id through the rest of the grace).
+// waitid(P_ALL) reports the first zombie on the calling thread's list of
+// children, oldest first, so a reaper that stops at an owned one left the
+// orphan a zombie until the owner reaped (TESTPLAN C6).
+func TestReapOrphansPastOwnedZombie(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	// Both children are on this thread's list, in fork order, and the
+	// reaper's pass runs on this thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fork := func() int {
+		t.Helper()
+		cmd := helperproc.Command(t, "sleeper", &helperproc.Options{Env: []string{c.Env(), noRaceExitSleep, "SLEEP=1ms"}})
+		pid, err := syscall.ForkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{Env: cmd.Env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			// Exited already; nothing but this test and the reaper waits for it.
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		})
+		// Until it exited, without reaping it.
+		var info unix.Siginfo
+		if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+	owned := fork()
+	orphan := fork()
+	supervise.ReapOrphans(func(pid int) bool { return pid == owned })
+	zombie := func(pid int) bool {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		return err == nil
+	}
+	if zombie(orphan) {
+		t.Errorf("orphan %d still a zombie after a reaper pass (the owned zombie %d came first)", orphan, owned)
+	}
+	if !zombie(owned) {
+		t.Errorf("owned child %d was reaped by the orphan reaper", owned)
+	}
+}
