@@ -1505,12 +1505,17 @@ func (m *master) slotFailed(ev supervise.Event) {
 	if m.isReady.Load() || ev.ID.Generation != m.exec.firstGen || m.cfg.Suspended || m.upgraded() {
 		return
 	}
-	m.log.Error("worker slot failed before the cluster was ready; start-up failed, stopping", "slot", ev.ID.Slot, "generation", ev.ID.Generation, "err", ev.Err)
+	// Slots of one broken program fail together: the first one decides,
+	// and is the one logged as the cause.
 	m.exec.mu.Lock()
-	if m.exec.startErr == nil {
+	first := m.exec.startErr == nil
+	if first {
 		m.exec.startErr = fmt.Errorf("cluster: start-up failed: slot %d: %w", ev.ID.Slot, ev.Err)
 	}
 	m.exec.mu.Unlock()
+	if first {
+		m.log.Error("worker slot failed before the cluster was ready; start-up failed, stopping", "slot", ev.ID.Slot, "generation", ev.ID.Generation, "err", ev.Err)
+	}
 	m.stop()
 }
 
