@@ -776,9 +776,12 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		return
 	}
 	limit := hb * HeartbeatFactor
-	t := time.NewTicker(max(hb/2, 5*time.Millisecond))
+	period := max(hb/2, 5*time.Millisecond)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	s := &m.ctl
+	last := time.Now()
+	var judgeFrom time.Time
 	for {
 		select {
 		case <-done:
@@ -786,6 +789,16 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
+		// A tick this late means the master itself stood still (a frozen
+		// VM, SIGSTOP, heavy reclaim): the heartbeats workers sent
+		// meanwhile wait unread in their sockets, and judging now would
+		// kill healthy workers. The readers get one interval to catch up;
+		// a worker that is really hung is killed that much later.
+		if now.Sub(last) > period+hb {
+			judgeFrom = now.Add(hb)
+		}
+		last = now
+		judging := !now.Before(judgeFrom)
 		type lateWorker struct {
 			pid int
 			id  supervise.ID
@@ -823,7 +836,7 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 				s.beats[sl.PID] = now
 				continue
 			}
-			if last := s.beats[sl.PID]; now.Sub(last) > limit {
+			if beat := s.beats[sl.PID]; judging && now.Sub(beat) > limit {
 				late = append(late, lateWorker{sl.PID, sl.ID})
 				// Not again before it is replaced.
 				s.beats[sl.PID] = now.Add(24 * time.Hour)

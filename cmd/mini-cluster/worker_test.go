@@ -22,7 +22,8 @@ import (
 // TestHelloGoWorker runs examples/hello (package cluster's worker API)
 // under mini-cluster -heartbeat: an -addr the master did not bind is bound
 // by the master once and served by both workers, and a hung worker
-// (SIGSTOP) is killed and replaced while the other keeps running.
+// (SIGSTOP) is killed and replaced while the other keeps running; a
+// master that stood still itself (SIGSTOP) kills no healthy worker.
 func TestHelloGoWorker(t *testing.T) {
 	fdcensus.Verify(t)
 	hello := buildHello(t)
@@ -60,6 +61,18 @@ func TestHelloGoWorker(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if got := m.workers(); !slices.Equal(sorted(got), sorted(pids)) {
 		t.Fatalf("healthy workers replaced: %v -> %v", pids, got)
+	}
+	// Nor does the master's own standstill kill them: stopped for 1.5 s
+	// (over a deadline), three times, it finds their heartbeats waiting
+	// unread when it resumes.
+	for range 3 {
+		m.signal(syscall.SIGSTOP)
+		time.Sleep(1500 * time.Millisecond)
+		m.signal(syscall.SIGCONT)
+		time.Sleep(600 * time.Millisecond)
+	}
+	if got := m.workers(); !slices.Equal(sorted(got), sorted(pids)) {
+		t.Fatalf("healthy workers replaced after the master stood still: %v -> %v", pids, got)
 	}
 	if err := m.signalWorker(pids[0], syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
