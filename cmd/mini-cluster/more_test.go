@@ -26,8 +26,8 @@ import (
 )
 
 // TestMasterKilled: when the master is SIGKILLed its workers die within a
-// second (Pdeathsig, which survives the exec shim) and the port is free
-// again (TESTPLAN C8).
+// second (Pdeathsig, which survives the exec shim) and the listening socket
+// is gone with them, so the port is free again (TESTPLAN C8).
 func TestMasterKilled(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
@@ -37,17 +37,46 @@ func TestMasterKilled(t *testing.T) {
 	if len(workers) != 3 {
 		t.Fatalf("workers %v, want 3", workers)
 	}
+	_, port, _ := net.SplitHostPort(addr)
+	inode, err := listeningInode(port)
+	if err != nil || inode == "" {
+		t.Fatalf("no listening socket on port %s: %q, %v", port, inode, err)
+	}
 	m.signal(syscall.SIGKILL)
 	m.wait(5 * time.Second)
 	if err := pc.WaitGone(time.Second); err != nil {
 		t.Errorf("workers outlived the master by more than 1 s: %v", err)
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Errorf("port not free after the master died: %v", err)
-	} else {
-		ln.Close()
+	// By the socket's inode, not by binding the port again: packages'
+	// tests run in parallel, and another one's connection may have taken
+	// the freed port as its ephemeral local port meanwhile.
+	if !waitFor(time.Second, func() bool { in, err := listeningInode(port); return err == nil && in != inode }) {
+		t.Errorf("the master's listening socket (inode %s) outlived it", inode)
 	}
+}
+
+// listeningInode returns the inode of the TCP socket listening on port
+// (decimal) in this network namespace, "" if there is none.
+func listeningInode(port string) (string, error) {
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	suffix := fmt.Sprintf(":%04X", p)
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+			f := strings.Fields(line)
+			if len(f) > 9 && f[3] == "0A" && strings.HasSuffix(f[1], suffix) { // 0A: LISTEN
+				return f[9], nil
+			}
+		}
+	}
+	return "", nil
 }
 
 // TestPythonWorker runs examples/pyworker (LISTEN_FDS and NOTIFY_SOCKET
