@@ -950,17 +950,24 @@ func (p *platform) reaper(sigchld chan os.Signal) {
 	}
 }
 
-// maxReapPass bounds the children one reaper pass looks at; if more may be
-// pending, the pass nudges the reaper to come back.
+// maxReapPass bounds the zombies one pass of the fallback reaper
+// (reapFirstOrphans) looks at.
 const maxReapPass = 1024
+
+// pidMaxLimit is the kernel's highest possible pid count
+// (PID_MAX_LIMIT): no process has more children.
+const pidMaxLimit = 1 << 22
 
 // reapOrphans reaps every zombie child that nobody owns. It goes through
 // the children one by one: waitid(P_ALL) reports only the first zombie, and
 // when that one is owned (a watcher has yet to reap it, or a stopped
 // worker's zombie pins its group id for the rest of the grace, seconds)
-// the orphans behind it would stay zombies meanwhile.
+// the orphans behind it would stay zombies meanwhile. Every child is looked
+// at, running workers included (a map lookup each, no system call): an
+// orphan is re-parented to the end of the list, so a cap on the list would
+// leave it there behind a thousand long-lived workers for good.
 func (p *platform) reapOrphans() {
-	pids, err := childPIDs(maxReapPass)
+	pids, err := childPIDs(pidMaxLimit)
 	if err != nil {
 		p.reapFirstOrphans()
 		return
@@ -979,12 +986,6 @@ func (p *platform) reapOrphans() {
 		procs.mu.Unlock()
 		if err == nil && got == pid {
 			p.s.log.Debug("supervise: reaped orphan", "pid", pid)
-		}
-	}
-	if len(pids) == maxReapPass {
-		select {
-		case p.nudge <- struct{}{}:
-		default:
 		}
 	}
 }

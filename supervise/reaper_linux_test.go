@@ -60,3 +60,45 @@ func TestReapOrphansPastOwnedZombie(t *testing.T) {
 		t.Errorf("owned child %d was reaped by the orphan reaper", owned)
 	}
 }
+
+// TestReapOrphansBehindManyWorkers: an orphan re-parented behind more than a
+// thousand running workers is still reaped in one pass. The pass used to
+// list only the first 1024 children, workers included, and nudge itself to
+// list the same ones again: the orphan stayed a zombie and the reaper spun.
+func TestReapOrphansBehindManyWorkers(t *testing.T) {
+	fdcensus.Verify(t)
+	c := proccensus.New(t)
+	const running = 1030
+	workers := map[int]bool{}
+	t.Cleanup(func() {
+		for pid := range workers {
+			unix.Kill(pid, unix.SIGKILL)
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, 0, nil)
+		}
+	})
+	env := []string{c.Env()}
+	for range running {
+		pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{Env: env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		workers[pid] = true
+	}
+	orphan, err := syscall.ForkExec("/bin/true", []string{"true"}, &syscall.ProcAttr{Env: env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(orphan, &ws, unix.WNOHANG, nil)
+	})
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, orphan, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		t.Fatal(err)
+	}
+	supervise.ReapOrphans(func(pid int) bool { return workers[pid] })
+	if err := unix.Waitid(unix.P_PID, orphan, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err == nil {
+		t.Errorf("orphan %d still a zombie behind %d running workers", orphan, running)
+	}
+}
