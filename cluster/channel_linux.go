@@ -781,7 +781,6 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 	defer t.Stop()
 	s := &m.ctl
 	last := time.Now()
-	var judgeFrom time.Time
 	for {
 		select {
 		case <-done:
@@ -789,16 +788,14 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
-		// A tick this late means the master itself stood still (a frozen
-		// VM, SIGSTOP, heavy reclaim): the heartbeats workers sent
-		// meanwhile wait unread in their sockets, and judging now would
-		// kill healthy workers. The readers get one interval to catch up;
-		// a worker that is really hung is killed that much later.
-		if now.Sub(last) > period+hb {
-			judgeFrom = now.Add(hb)
-		}
+		// A late tick means the master itself stood still (a frozen VM,
+		// SIGSTOP, heavy reclaim): the heartbeats workers sent meanwhile
+		// wait unread in their sockets. That time is not the workers'
+		// silence: each watched worker's last beat moves forward by it (no
+		// further than now), so silence is measured in the master's own
+		// running time, and a master late again and again still judges.
+		stood := now.Sub(last) - period
 		last = now
-		judging := !now.Before(judgeFrom)
 		type lateWorker struct {
 			pid int
 			id  supervise.ID
@@ -836,7 +833,14 @@ func (m *master) watchHeartbeats(done <-chan struct{}) {
 				s.beats[sl.PID] = now
 				continue
 			}
-			if beat := s.beats[sl.PID]; judging && now.Sub(beat) > limit {
+			beat := s.beats[sl.PID]
+			if stood > 0 && beat.Before(now) {
+				if beat = beat.Add(stood); beat.After(now) {
+					beat = now
+				}
+				s.beats[sl.PID] = beat
+			}
+			if now.Sub(beat) > limit {
 				late = append(late, lateWorker{sl.PID, sl.ID})
 				// Not again before it is replaced.
 				s.beats[sl.PID] = now.Add(24 * time.Hour)
