@@ -143,10 +143,15 @@ func (m *master) openControl() error {
 		return fmt.Errorf("cluster: control socket: %w: %s", sockfile.ErrPathTooLong, path)
 	}
 	if isInherited {
-		srv, err := adoptControl(path, inherited)
+		srv, lockErr, err := adoptControl(path, inherited)
 		if err == nil {
 			m.setControl(srv)
 			m.log.Info("control socket adopted", "path", path)
+			if errors.Is(lockErr, sockfile.ErrNotSocket) {
+				m.log.Warn("control socket: adopted, but its lock file is not a regular file: the socket file is left in place at exit", "path", path, "lock", path+".lock", "err", lockErr)
+			} else if lockErr != nil {
+				m.log.Warn("control socket: adopted, but not its lock file", "path", path, "lock", path+".lock", "err", lockErr)
+			}
 			return nil
 		}
 		m.log.Warn("control socket: inherited descriptor not adopted; creating the socket anew", "err", err)
@@ -236,20 +241,24 @@ func checkControlDir(dir string) error {
 // process passed across exec (envControlListen). The descriptor must be a
 // listening AF_UNIX stream socket bound to path, and path must still be the
 // socket file it names. A descriptor that is not such a socket is left
-// untouched (it is close-on-exec by then, so it reaches no worker); one
-// whose file is gone or replaced is closed: nobody can reach it any more,
-// and kept open it would hold a listening socket, and its backlog, for the
-// master's lifetime.
-func adoptControl(path, value string) (*controlServer, error) {
+// untouched (it may be anything; it is close-on-exec by then, so it reaches
+// no worker); one that is, but is not adopted for any other reason (its
+// file gone or replaced, the path unreadable, no descriptor left for a
+// duplicate) is closed: the master then creates the socket anew, whose
+// stale-socket probe must not find this one still listening, and kept open
+// it would hold a listening socket, and its backlog, for the master's
+// lifetime. lockErr says why PATH.lock was not locked again (see
+// sockfile.Adopt): the socket is served anyway.
+func adoptControl(path, value string) (srv *controlServer, lockErr error, err error) {
 	f := strings.Split(value, ":")
 	if len(f) != 3 {
-		return nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO", envControlListen, value)
+		return nil, nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO", envControlListen, value)
 	}
 	fd, err1 := strconv.Atoi(f[0])
 	dev, err2 := strconv.ParseUint(f[1], 10, 64)
 	ino, err3 := strconv.ParseUint(f[2], 10, 64)
 	if err1 != nil || err2 != nil || err3 != nil || fd < 3 || fd > 1<<20 {
-		return nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO with FD >= 3", envControlListen, value)
+		return nil, nil, fmt.Errorf("%s=%.64q: want FD:DEV:INO with FD >= 3", envControlListen, value)
 	}
 	// sockfile checks that fd is a listening unix stream socket bound to
 	// path and that path is still its file, and takes the lock on
@@ -259,16 +268,15 @@ func adoptControl(path, value string) (*controlServer, error) {
 	// the live socket still refuses a second instance (sockfile sees it
 	// accept connections).
 	sl, err := sockfile.Adopt(fd, path, dev, ino, nil)
-	if errors.Is(err, sockfile.ErrReplaced) {
-		unix.Close(fd)
-		return nil, fmt.Errorf("%w (descriptor %d closed)", err, fd)
+	if errors.Is(err, sockfile.ErrNotListener) {
+		return nil, nil, err
 	}
-	if err != nil {
-		return nil, err
-	}
-	// sl works on a duplicate.
+	// sl, if any, works on a duplicate.
 	unix.Close(fd)
-	return newControlServer(sl.UnixListener(), path, dev, ino, sl.Close), nil
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (descriptor %d closed)", err, fd)
+	}
+	return newControlServer(sl.UnixListener(), path, dev, ino, sl.Close), sl.LockErr(), nil
 }
 
 // controlListenerFile returns a duplicate of the control socket's listening

@@ -1459,13 +1459,30 @@ func (m *master) adoptListenerFiles(ls []*listener, act []Activated) {
 // created for it: the previous image's lock died with its close-on-exec
 // descriptor. A socket bound for a worker (forWorker) is taken over with
 // the worker's rights, as it was created (withWorkerRights). If path no
-// longer names that socket file, l keeps serving but leaves path alone.
+// longer names that socket file, or its lock file is not a regular file
+// (which sockfile refuses to lock or follow), l keeps serving but leaves
+// path alone.
 func (m *master) adoptSockFile(l *listener, fd int, path string, forWorker bool) {
 	dev, ino, ok := m.up.state.sockFile(fd)
 	if !ok {
 		// Socket-activated (or from an image that did not record it):
 		// the file is not ours to remove.
 		return
+	}
+	// Adopt's net.FileListener sets O_NONBLOCK, a flag of the open file
+	// description the workers share: it is put back exactly as found.
+	// Blocking as adopt left it, for workers that accept; non-blocking
+	// in handoff mode, where the master itself accepts (handoffAdd set
+	// it): clearing it there would leave a raw accept4 to sleep.
+	fl, flErr := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	restore := func() {
+		if flErr != nil {
+			m.log.Warn("upgrade: unix listener's blocking mode not restored", "path", path, "err", os.NewSyscallError("fcntl", flErr))
+			return
+		}
+		if err := unix.SetNonblock(fd, fl&unix.O_NONBLOCK != 0); err != nil {
+			m.log.Warn("upgrade: unix listener's blocking mode not restored", "path", path, "err", os.NewSyscallError("fcntl", err))
+		}
 	}
 	opts := &sockfile.Options{Network: l.addr.Network()}
 	var (
@@ -1479,21 +1496,21 @@ func (m *master) adoptSockFile(l *listener, fd int, path string, forWorker bool)
 		ln, err = sockfile.Adopt(fd, path, dev, ino, opts)
 		owner = ln
 	}
+	restore()
 	if err != nil {
 		m.log.Warn("upgrade: unix listener kept serving, but its socket file is not taken over: left in place at exit", "path", path, "err", err)
 		return
 	}
-	if !ln.Locked() {
-		m.log.Warn("upgrade: socket file taken over, but its lock file is held by another process", "path", path, "lock", path+".lock")
+	if lerr := ln.LockErr(); errors.Is(lerr, sockfile.ErrNotSocket) {
+		// sockfile will not remove the path: nothing taken over.
+		owner.Close()
+		m.log.Warn("upgrade: unix listener kept serving, but its socket file is not taken over: left in place at exit", "path", path, "lock", path+".lock", "err", lerr)
+		return
+	} else if lerr != nil {
+		m.log.Warn("upgrade: socket file taken over, but not its lock file", "path", path, "lock", path+".lock", "err", lerr)
 	}
 	stopPolling(ln.UnixListener())
 	l.owner, l.sock = owner, ln
-	// Adopt's net.FileListener made the socket non-blocking, a flag of
-	// the open file description every worker shares: back to blocking, as
-	// adopt left it.
-	if err := unix.SetNonblock(fd, false); err != nil {
-		m.log.Warn("upgrade: unix listener left non-blocking", "path", path, "err", os.NewSyscallError("fcntl", err))
-	}
 }
 
 // slotsActivated names the descriptors of slot sockets for checkActivated

@@ -27,7 +27,9 @@
 //     close-on-exec lock descriptor did not survive) takes the lock and the
 //     unlink-by-inode duty back with Adopt, if the path still names that
 //     very socket file; if not, it gets ErrReplaced and must leave the
-//     path alone.
+//     path alone. A lock path that is not a regular file, which Listen
+//     refuses, makes Adopt leave the path alone too (LockErr says so),
+//     while the socket serves.
 //
 // # Who should not use it
 //

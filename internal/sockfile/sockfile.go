@@ -32,6 +32,12 @@ var (
 	// replaced by another file. The descriptor still serves whoever is
 	// connected or queued; only the path is lost.
 	ErrReplaced = errors.New("sockfile: the path no longer names the socket")
+
+	// ErrNotListener reports, from Adopt, that the descriptor is not open,
+	// or not a listening AF_UNIX socket of the expected type bound to the
+	// path: it may be anything, so nothing was done with it, and nothing
+	// about the path was looked at.
+	ErrNotListener = errors.New("sockfile: not the listening socket of the path")
 )
 
 // maxPath is the longest path a sockaddr_un holds: sun_path is 108 bytes
@@ -82,18 +88,29 @@ func Listen(path string, opts *Options) (*Listener, error) {
 // process, or in an earlier image of this one (across execve(2), whose
 // close-on-exec lock descriptor died with the image), together with the
 // duty that came with it: fd must be a listening AF_UNIX socket of
-// opts.Network's type bound to path, and path must still be that socket's
-// file, identified by dev and ino (Listener.FileID in the creator: a
-// socket descriptor's own fstat names sockfs, not the file). The lock on
-// PATH.lock is taken again, best effort (Locked says whether it was): a
-// process that holds it, say a starting instance probing the path, is not
-// waited for, and the live socket refuses that instance anyway. The
-// Listener returned closes, unlinks by inode and releases the lock like
-// one Listen created. Options.Mode is not used: the file keeps its mode.
+// opts.Network's type bound to path (if not, the error wraps
+// ErrNotListener), and path must still be that socket's file, identified
+// by dev and ino (Listener.FileID in the creator: a socket descriptor's own
+// fstat names sockfs, not the file). The Listener returned closes, unlinks
+// by inode and releases the lock like one Listen created. Options.Mode is
+// not used: the file keeps its mode.
+//
+// The lock on PATH.lock is taken again, best effort: Locked says whether
+// it was, and LockErr why not. A process that holds it, say a starting
+// instance probing the path, is not waited for (LockErr wraps ErrInUse),
+// and the live socket refuses that instance anyway; the unlink duty is
+// taken over without the lock. But something other than a regular file at
+// PATH.lock (a symlink, a directory, a FIFO: LockErr wraps ErrNotSocket),
+// which Listen refuses, is not followed or opened, and the duty is not
+// taken over either: Close leaves the path, as a Listener with
+// SetUnlinkOnClose(false) does, and the socket still serves.
 //
 // If path no longer names that socket, the error wraps ErrReplaced and
 // nothing was taken over. Either way fd stays the caller's: the Listener
-// works on a duplicate.
+// works on a duplicate. Like net.FileListener, which it uses, Adopt sets
+// O_NONBLOCK on the open file description fd shares with every copy of it
+// (other processes' too); a caller whose other users expect it clear reads
+// the flags before and restores them.
 func Adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, error) {
 	l, err := adopt(fd, path, dev, ino, opts)
 	if err != nil {
@@ -112,6 +129,9 @@ type Listener struct {
 	// dev and ino identify the socket file this Listener created, so Close
 	// never unlinks a successor's.
 	dev, ino uint64
+
+	// lockErr is why Adopt did not take the lock; nil after Listen.
+	lockErr error
 
 	mu     sync.Mutex
 	lockFD int // flock'ed PATH.lock; -1 once released
@@ -153,6 +173,10 @@ func (l *Listener) Locked() bool {
 	defer l.mu.Unlock()
 	return l.lockFD >= 0
 }
+
+// LockErr reports why Adopt did not take the lock on PATH.lock (see
+// Adopt): nil if it did, and after Listen.
+func (l *Listener) LockErr() error { return l.lockErr }
 
 // SetUnlinkOnClose sets whether Close unlinks the socket file (the default
 // is true). Set it to false before handing a copy of the socket to a

@@ -276,16 +276,21 @@ func adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, erro
 		return nil, ErrPathTooLong
 	}
 	if err := checkListening(fd, path, sotype); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNotListener, err)
 	}
 	// The lock first, as Listen takes it, so the identity check and
 	// everything after it happen under the lock. Best effort: the
 	// previous holder's lock died with its descriptor, and whoever holds
 	// it now (a starting instance probing the path) finds the socket live
-	// and lets go.
-	lockFD, err := lock(path + ".lock")
-	if err != nil {
+	// and lets go. But a lock path that is not a regular file (lock
+	// refuses it without following or opening it), which Listen refuses,
+	// means the path is not for sockfile to manage: the socket serves,
+	// the file is left at Close.
+	lockFD, lockErr := lock(path + ".lock")
+	unlink := true
+	if lockErr != nil {
 		lockFD = -1
+		unlink = !errors.Is(lockErr, ErrNotSocket)
 	}
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
@@ -315,7 +320,7 @@ func adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, erro
 	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // Close decides, by inode
-	return &Listener{ul: ul, path: path, dev: dev, ino: ino, lockFD: lockFD, unlink: true}, nil
+	return &Listener{ul: ul, path: path, dev: dev, ino: ino, lockErr: lockErr, lockFD: lockFD, unlink: unlink}, nil
 }
 
 // checkListening checks that fd is a listening AF_UNIX socket of type
