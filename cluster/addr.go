@@ -29,8 +29,15 @@ func (a Addr) String() string { return a.Network + "://" + a.Address }
 // ParseAddr parses one -listen value: tcp://host:port, udp://host:port,
 // unix:///absolute/path, or a bare host:port meaning tcp. The host must be
 // present ("" would bind every interface by accident); use 0.0.0.0 or [::]
-// to mean that. Port 0 asks the kernel for a free port.
+// to mean that. Port 0 asks the kernel for a free port. A control
+// character (a byte below 0x20, or 0x7f) is refused anywhere: the kernel
+// would take it in a unix path, but the master writes addresses into the
+// line-based upgrade state, logs and status output, where a newline in a
+// path a worker asked for would forge records (see upgradeState.encode).
 func ParseAddr(s string) (Addr, error) {
+	if i := ctlByte(s); i >= 0 {
+		return Addr{}, fmt.Errorf("%w %q: control character %#x at byte %d (an address is printable)", ErrListen, s, s[i], i)
+	}
 	scheme, rest, ok := strings.Cut(s, "://")
 	if !ok {
 		scheme, rest = "tcp", s
@@ -55,12 +62,20 @@ func ParseAddr(s string) (Addr, error) {
 		if len(rest) > maxUnixPath {
 			return Addr{}, fmt.Errorf("%w %q: path longer than %d bytes", ErrListen, s, maxUnixPath)
 		}
-		if strings.IndexByte(rest, 0) >= 0 {
-			return Addr{}, fmt.Errorf("%w %q: NUL in path", ErrListen, s)
-		}
 		return Addr{Network: "unix", Address: rest}, nil
 	}
 	return Addr{}, fmt.Errorf("%w %q: scheme %q (want tcp, udp or unix)", ErrListen, s, scheme)
+}
+
+// ctlByte returns the index of the first control character in s (a byte
+// below 0x20, or DEL), or -1.
+func ctlByte(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return i
+		}
+	}
+	return -1
 }
 
 // fdName derives a LISTEN_FDNAMES entry from a bound address: systemd's

@@ -26,6 +26,15 @@ func TestParseAddr(t *testing.T) {
 		{"127.0.0.1", cluster.Addr{}, cluster.ErrListen},
 		{"unix://run/app.sock", cluster.Addr{}, cluster.ErrListen},
 		{"unix:///" + string(make([]byte, 120)), cluster.Addr{}, cluster.ErrListen},
+		// A control character would break a record of the upgrade
+		// state, which names addresses one a line.
+		{"unix:///tmp/s\nK 9", cluster.Addr{}, cluster.ErrListen},
+		{"unix:///tmp/s\rx", cluster.Addr{}, cluster.ErrListen},
+		{"unix:///tmp/s\x00", cluster.Addr{}, cluster.ErrListen},
+		{"unix:///tmp/s\x7f", cluster.Addr{}, cluster.ErrListen},
+		{"unix:///tmp/a\tb", cluster.Addr{}, cluster.ErrListen},
+		{"tcp://[fe80::1%a\nb]:80", cluster.Addr{}, cluster.ErrListen},
+		{"unix:///tmp/a b", cluster.Addr{Network: "unix", Address: "/tmp/a b"}, nil},
 		{"sctp://127.0.0.1:1", cluster.Addr{}, cluster.ErrListen},
 		{"", cluster.Addr{}, cluster.ErrListen},
 	} {

@@ -44,6 +44,12 @@ func BindPolicy(addr string) error {
 	return bindPolicy(a, nil)
 }
 
+// BindPolicyUnparsed is BindPolicy for an address ParseAddr did not
+// check.
+func BindPolicyUnparsed(network, address string) error {
+	return bindPolicy(Addr{Network: network, Address: address}, nil)
+}
+
 // BindPolicyAs is BindPolicy for workers running as cred
 // (Config.Credential).
 func BindPolicyAs(addr string, cred *supervise.Credential) error {

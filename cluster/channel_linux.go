@@ -612,6 +612,8 @@ func unprivilegedPortStart() int {
 //     a name would make the master query DNS for untrusted input while
 //     holding bindMu), and port 0 or an unprivileged one
 //     (unprivilegedPortStart);
+//   - no control character anywhere (a newline would forge records of
+//     the upgrade state, which names these listeners by address);
 //   - unix: an absolute, clean path (filepath.Clean leaves it as is: no
 //     "." or ".." component, no repeated or trailing slash), since the
 //     kernel resolves "link/.." from the symlink's target while every
@@ -629,6 +631,11 @@ func unprivilegedPortStart() int {
 // the socket file with the worker's rights (listenUnixAs); a root master
 // without Credential has root workers, who could create it themselves.
 func bindPolicy(a Addr, cred *supervise.Credential) error {
+	// ParseAddr refuses these too; the address ends up in the upgrade
+	// state, one record a line, where a newline would forge records.
+	if i := ctlByte(a.Address); i >= 0 {
+		return fmt.Errorf("%w: %q: control character %#x in the address", ErrListen, a.String(), a.Address[i])
+	}
 	switch a.Network {
 	case "tcp", "udp":
 		host, port, err := net.SplitHostPort(a.Address)

@@ -271,4 +271,11 @@ func TestBindPolicy(t *testing.T) {
 			}
 		})
 	}
+	// A control character, which would forge records of the upgrade
+	// state, is refused by the policy itself too, not only by ParseAddr.
+	for _, a := range [][2]string{{"unix", private + "/s\nK 9"}, {"unix", private + "/s\x7f"}, {"tcp", "[fe80::1%a\nb]:8080"}} {
+		if err := cluster.BindPolicyUnparsed(a[0], a[1]); !errors.Is(err, cluster.ErrListen) {
+			t.Errorf("BindPolicy(%s %q) = %v, want ErrListen", a[0], a[1], err)
+		}
+	}
 }

@@ -606,27 +606,38 @@ func (m *master) supStatus() supervise.Status {
 // handleSignals installs the master's signal handler. Signals that arrive
 // before Run started the supervisor stop or restart nothing, but a stop
 // request is remembered by the context the caller cancels.
+//
+// Stop signals have a channel and goroutine of their own: a restart or a
+// scale waits for grp.mu, which an in-place upgrade holds until its
+// exec's outcome, and a SIGTERM queued behind a SIGHUP that waits there
+// would be seen only after the exec, which loses it. On their own, a stop
+// is recorded at once, and the upgrade sees it and gives up (upgradeNow).
 func (m *master) handleSignals() (func(), error) {
+	stopCh := make(chan os.Signal, 4)
+	signal.Notify(stopCh, unix.SIGTERM, unix.SIGINT)
 	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
+	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
 	// SIGUSR2: in-place upgrade (upgrade_linux.go).
 	stopUpgrade := m.handleUpgradeSignal()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-done:
-				return
-			case sig := <-ch:
-				m.onSignal(sig.(syscall.Signal))
+	for _, c := range []chan os.Signal{stopCh, ch} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				case sig := <-c:
+					m.onSignal(sig.(syscall.Signal))
+				}
 			}
-		}
-	}()
+		}()
+	}
 	return func() {
 		stopUpgrade()
+		signal.Stop(stopCh)
 		signal.Stop(ch)
 		close(done)
 		wg.Wait()

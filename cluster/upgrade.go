@@ -178,7 +178,45 @@ const (
 // does not know it ignores it (anything it names is then closed or
 // stopped as a leftover, never adopted), so a later image may add one
 // without a new version. An unknown upper-case kind rejects the state.
+//
+// Every text field is checked first: a newline in one (a unix path a
+// worker had the master bind, say) would end its record and forge the
+// next, so one with a control character (a byte below 0x20, or DEL)
+// fails the encoding, and the upgrade with it. What is encoded must also
+// parse back to exactly this state, record for record: anything the
+// checks missed fails the upgrade too, rather than handing the new image
+// records nobody wrote.
 func (s *upgradeState) encode() (string, error) {
+	for _, f := range s.textFields() {
+		if i := ctlByte(f.value); i >= 0 {
+			return "", fmt.Errorf("%w: %s %q: control character %#x", ErrUpgradeState, f.what, trunc(f.value), f.value[i])
+		}
+	}
+	out := s.render()
+	if len(out) > maxUpgradeState {
+		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, len(out), maxUpgradeState)
+	}
+	if err := s.readsBack(out); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// readsBack checks that out, s rendered, is what the new image accepts,
+// and reads as s.
+func (s *upgradeState) readsBack(out string) error {
+	got, err := parseUpgradeState(out)
+	if err != nil {
+		return err
+	}
+	if !sameState(got, s) {
+		return fmt.Errorf("%w: the encoded state does not parse back to the state encoded", ErrUpgradeState)
+	}
+	return nil
+}
+
+// render writes the records of the state, unchecked (see encode).
+func (s *upgradeState) render() string {
 	var b strings.Builder
 	b.WriteString(upgradeMagic + " " + strconv.Itoa(s.pid) + "\n")
 	for _, l := range s.listeners {
@@ -205,7 +243,9 @@ func (s *upgradeState) encode() (string, error) {
 	for _, pid := range s.children {
 		fmt.Fprintf(&b, "p %d\n", pid)
 	}
-	if s.notify != "" && !strings.ContainsAny(s.notify, "\n\x00") {
+	// The notify path is only cleaned up by the new image: one it could
+	// not parse is left out, not a reason to fail the upgrade.
+	if s.notify != "" && ctlByte(s.notify) < 0 {
 		b.WriteString("N " + s.notify + "\n")
 	}
 	if s.slotCount > 0 {
@@ -231,15 +271,48 @@ func (s *upgradeState) encode() (string, error) {
 		}
 		b.WriteString("\n")
 	}
-	if b.Len() > maxUpgradeState {
-		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, b.Len(), maxUpgradeState)
+	return b.String()
+}
+
+// textField is one free-text field of a state, for encode's check.
+type textField struct{ what, value string }
+
+// textFields lists the state's free-text fields.
+func (s *upgradeState) textFields() []textField {
+	var out []textField
+	for _, l := range s.listeners {
+		out = append(out, textField{"listener name", l.Name})
 	}
-	out := b.String()
-	// What we hand over must be what the new image accepts.
-	if _, err := parseUpgradeState(out); err != nil {
-		return "", err
+	for _, f := range s.files {
+		out = append(out, textField{"file name", f.name})
 	}
-	return out, nil
+	for _, l := range s.binds {
+		out = append(out, textField{"bound address", l.name})
+	}
+	return out
+}
+
+// sameState reports whether parsed, a state encode rendered and
+// parseUpgradeState read back, is s as encode writes it: the same records
+// with the same fields, no more, no fewer.
+func sameState(parsed, s *upgradeState) bool {
+	notify, pidLock, slotCount := s.notify, max(s.pidLock, -1), max(s.slotCount, 0)
+	if ctlByte(notify) >= 0 {
+		notify = "" // left out (see encode)
+	}
+	return parsed.pid == s.pid && parsed.pidLock == pidLock && parsed.notify == notify && parsed.slotCount == slotCount &&
+		slices.Equal(parsed.listeners, s.listeners) && slices.Equal(parsed.files, s.files) &&
+		slices.Equal(parsed.binds, s.binds) && slices.Equal(parsed.slots, s.slots) && slices.Equal(parsed.sockFiles, s.sockFiles) &&
+		slices.Equal(parsed.workers, s.workers) && slices.Equal(parsed.children, s.children) &&
+		slices.EqualFunc(parsed.handoff, s.handoff, sameCarry)
+}
+
+// sameCarry reports whether the "h" record parsed is h as encode writes
+// it (the grant's sequence number only if there is one).
+func sameCarry(parsed, h handoffCarry) bool {
+	return parsed.pid == h.pid && parsed.out == h.out && parsed.sent == h.sent &&
+		parsed.limited == h.limited && (!h.limited || parsed.limit == h.limit) &&
+		parsed.ready == h.ready && parsed.away == h.away && slices.Equal(parsed.subs, h.subs)
 }
 
 // parseUpgradeState parses encode's output. Anything else (a bad number, a
@@ -396,7 +469,7 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			}
 			st.workers = append(st.workers, w)
 		case "N":
-			if st.notify != "" || !strings.HasPrefix(rest, "/") || strings.ContainsRune(rest, 0) {
+			if st.notify != "" || !strings.HasPrefix(rest, "/") || ctlByte(rest) >= 0 {
 				return recErr(errors.New("want one absolute path"))
 			}
 			st.notify = rest

@@ -41,11 +41,6 @@ type upgrade struct {
 	// until the old image's workers are retired: a SIGUSR2 meanwhile is
 	// ignored (coalesced), never a second exec.
 	busy atomic.Bool
-	usr2 chan os.Signal // SIGUSR2, while handleSignals runs
-	// relay gets the master's other signals back after a failed exec
-	// (signal.Ignore took them from handleSignals' channel), while
-	// handleSignals runs.
-	relay chan os.Signal
 	// gate is held from the last step of an exec's state to the exec's
 	// outcome, and by stop while it records a stop: a stop is either seen
 	// by that step (the upgrade is given up) or waits for the outcome,
@@ -77,16 +72,17 @@ type oldOutput struct {
 	stream string
 }
 
-// ignoredAcrossExec are handleSignals' signals, SIGTERM aside, set
-// ignored with SIGUSR2 right before the exec. execve(2) resets handled
-// signals to their default action, which until the new image installs its
-// handlers (HandleSignals) would end the master, and every worker with it
-// (parent-death signal): SIGHUP, SIGINT, SIGUSR1, SIGUSR2 terminate,
-// SIGTTIN and SIGTTOU stop. SIG_IGN survives the exec, and the Go runtime
-// keeps it until signal.Notify for SIGHUP, SIGINT, SIGTTIN and SIGTTOU; it
-// ignores SIGUSR1 and SIGUSR2 itself while nobody is notified. SIGTERM
-// cannot be covered: the runtime installs a handler that exits.
-var ignoredAcrossExec = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU}
+// ignoredAcrossExec are handleSignals' signals, SIGTERM aside, and
+// SIGUSR2, set ignored right before the exec (ignoreForExec).
+// execve(2) resets handled signals to their default action, which until
+// the new image installs its handlers (HandleSignals) would end the
+// master, and every worker with it (parent-death signal): SIGHUP, SIGINT,
+// SIGUSR1, SIGUSR2 terminate, SIGTTIN and SIGTTOU stop. SIG_IGN survives
+// the exec, and the Go runtime keeps it until signal.Notify for SIGHUP,
+// SIGINT, SIGTTIN and SIGTTOU; it ignores SIGUSR1 and SIGUSR2 itself while
+// nobody is notified. SIGTERM cannot be covered: the runtime installs a
+// handler that exits.
+var ignoredAcrossExec = []unix.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU}
 
 // errUpgradeBusy is logged for a SIGUSR2 during an upgrade.
 var errUpgradeBusy = errors.New("cluster: upgrade already in progress")
@@ -642,11 +638,6 @@ func (m *master) inheritedPeer(name string) int {
 // function is called.
 func (m *master) handleUpgradeSignal() func() {
 	ch := make(chan os.Signal, 4)
-	relay := make(chan os.Signal, 8)
-	m.up.mu.Lock()
-	m.up.usr2 = ch
-	m.up.relay = relay
-	m.up.mu.Unlock()
 	signal.Notify(ch, unix.SIGUSR2)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -659,18 +650,11 @@ func (m *master) handleUpgradeSignal() func() {
 				return
 			case <-ch:
 				m.startUpgrade()
-			case sig := <-relay:
-				m.onSignal(sig.(unix.Signal))
 			}
 		}
 	}()
 	return func() {
 		signal.Stop(ch)
-		signal.Stop(relay)
-		m.up.mu.Lock()
-		m.up.usr2 = nil
-		m.up.relay = nil
-		m.up.mu.Unlock()
 		close(done)
 		wg.Wait()
 	}
@@ -722,6 +706,9 @@ func (m *master) upgradeNow() error {
 	if err := unix.Access(exe, unix.X_OK); err != nil {
 		return fmt.Errorf("cluster: upgrade: %w", &os.PathError{Op: "access", Path: exe, Err: err})
 	}
+	if err := m.shimExecutableAs(exe); err != nil {
+		return err
+	}
 	if sameInode(exe, selfExe) {
 		m.log.Warn("upgrade: the binary is the running image itself (not replaced?); re-executing it anyway", "binary", exe)
 	}
@@ -745,7 +732,8 @@ func (m *master) upgradeNow() error {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	m.notifySystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10))
-	ignored, paused, bound, gated := false, false, false, false
+	var unignore func()
+	paused, bound, gated := false, false, false
 	var dups []*os.File
 	defer func() {
 		// Only reached when the exec failed.
@@ -762,15 +750,8 @@ func (m *master) upgradeNow() error {
 		for _, f := range dups {
 			f.Close()
 		}
-		if ignored {
-			m.up.mu.Lock()
-			if m.up.usr2 != nil {
-				signal.Notify(m.up.usr2, unix.SIGUSR2)
-			}
-			if m.up.relay != nil {
-				signal.Notify(m.up.relay, ignoredAcrossExec...)
-			}
-			m.up.mu.Unlock()
+		if unignore != nil {
+			unignore()
 		}
 		if m.isReady.Load() && !m.stopping.Load() {
 			m.notifySystemd("READY=1")
@@ -822,14 +803,47 @@ func (m *master) upgradeNow() error {
 				env = append(env, m.controlExecEnv(controlFD))
 			}
 			// Until the new image installed its handlers these are
-			// dropped, a SIGUSR2 like any during an upgrade.
-			signal.Ignore(append([]os.Signal{unix.SIGUSR2}, ignoredAcrossExec...)...)
-			ignored = true
+			// dropped, a SIGUSR2 like any during an upgrade. Not
+			// signal.Ignore: it would strip them from every
+			// signal.Notify in the process, those of a program
+			// embedding the master included, for good if the exec
+			// fails.
+			if unignore, err = ignoreForExec(ignoredAcrossExec); err != nil {
+				return nil, nil, fmt.Errorf("cluster: upgrade: %w", err)
+			}
 			m.log.Info("upgrade: executing the new image", "binary", exe, "workers", len(st.workers), "listeners", len(st.listeners), "state_bytes", len(blob))
 			return env, files, nil
 		},
 	}
 	return sup.Exec(spec)
+}
+
+// shimExecutableAs checks, when workers run as another user
+// (Config.Credential), that the exec shim the new image would start them
+// with is one that user can execute: the new binary itself by default.
+// The new image checks that first thing (newMaster) and exits if not,
+// past the execve, taking every worker with it; the upgrade probe cannot
+// tell, as it runs as the master's user. As the new image checks
+// /proc/self/exe, a magic link that walks no directory, the binary is
+// checked through a descriptor, not its path (a directory on the way the
+// user cannot search does not matter).
+func (m *master) shimExecutableAs(exe string) error {
+	if m.cred == nil {
+		return nil
+	}
+	shim := m.cfg.Shim
+	if shim == selfExe {
+		shim = exe
+	}
+	fd, err := unix.Open(shim, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cluster: upgrade: %w", &os.PathError{Op: "open", Path: shim, Err: err})
+	}
+	defer unix.Close(fd)
+	if err := accessAs(m.cred, "/proc/self/fd/"+strconv.Itoa(fd), unix.X_OK); err != nil {
+		return fmt.Errorf("cluster: upgrade: %w: uid %d cannot execute %s, the exec shim every worker of the new image would start as (make the binary executable by that user): %w", ErrUser, m.cred.UID, shim, err)
+	}
+	return nil
 }
 
 // upgradeState builds the state of an exec and the files to keep across
@@ -1247,7 +1261,8 @@ func removeOldNotify(path string) {
 
 // retire stops one old worker and reaps it. Its pid cannot be recycled
 // before the reap (it is our unreaped child), so its process group id is
-// signalled safely until then.
+// signalled safely until then. A kill request (a second stop signal) ends
+// the grace at once, as it does for the supervisor's workers.
 func (m *master) retire(p *oldProc) {
 	grace := m.cfg.ShutdownTimeout
 	if grace <= 0 {
@@ -1256,10 +1271,14 @@ func (m *master) retire(p *oldProc) {
 	pid := p.w.pid
 	m.signalOld(p, unix.SIGTERM)
 	m.signalOld(p, unix.SIGCONT)
-	if !waitPidfd(p.pidfd, grace) {
-		m.log.Warn("upgrade: previous worker ignored SIGTERM; killing its process group", "pid", pid, "slot", p.w.slot)
+	if !waitPidfd(p.pidfd, grace, m.killReq.done()) {
+		if m.killReq.requested() {
+			m.log.Warn("upgrade: kill requested; killing the previous worker's process group", "pid", pid, "slot", p.w.slot)
+		} else {
+			m.log.Warn("upgrade: previous worker ignored SIGTERM; killing its process group", "pid", pid, "slot", p.w.slot)
+		}
 		m.signalOld(p, unix.SIGKILL)
-		waitPidfd(p.pidfd, 10*time.Second)
+		waitPidfd(p.pidfd, 10*time.Second, nil)
 	}
 	// The leader is a zombie: its group id is still ours. Kill what is
 	// left of the group (supervise does the same for its workers).
@@ -1314,15 +1333,36 @@ func (m *master) signalOld(p *oldProc, sig unix.Signal) {
 }
 
 // waitPidfd waits up to d for the process of pidfd f to exit, without
-// reaping it (waitid WNOWAIT). A pidfd turns readable when its process
-// exits, so the wait parks on the runtime poller.
-func waitPidfd(f *os.File, d time.Duration) bool {
+// reaping it (waitid WNOWAIT), and reports whether it did; a receive from
+// cancel (nil: never) ends the wait early. A pidfd turns readable when its
+// process exits, so the wait parks on the runtime poller.
+func waitPidfd(f *os.File, d time.Duration, cancel <-chan struct{}) bool {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return true
 	}
-	_ = f.SetReadDeadline(time.Now().Add(d))
 	exited := false
+	select {
+	case <-cancel:
+		_ = rc.Control(func(fd uintptr) { exited = pidfdExited(int(fd)) })
+		return exited
+	default:
+	}
+	_ = f.SetReadDeadline(time.Now().Add(d))
+	if cancel != nil {
+		waited, gone := make(chan struct{}), make(chan struct{})
+		defer func() { close(waited); <-gone }()
+		go func() {
+			defer close(gone)
+			select {
+			case <-cancel:
+				// After the deadline above: this one wins, and wakes
+				// the Read below.
+				_ = f.SetReadDeadline(time.Now())
+			case <-waited:
+			}
+		}()
+	}
 	err = rc.Read(func(fd uintptr) bool {
 		exited = pidfdExited(int(fd))
 		return exited
@@ -1332,8 +1372,13 @@ func waitPidfd(f *os.File, d time.Duration) bool {
 		deadline := time.Now().Add(d)
 		for !exited && time.Now().Before(deadline) {
 			_ = rc.Control(func(fd uintptr) { exited = pidfdExited(int(fd)) })
-			if !exited {
-				time.Sleep(10 * time.Millisecond)
+			if exited {
+				break
+			}
+			select {
+			case <-cancel:
+				return false
+			case <-time.After(10 * time.Millisecond):
 			}
 		}
 	}

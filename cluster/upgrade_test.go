@@ -55,6 +55,8 @@ func TestUpgradeState(t *testing.T) {
 		{"worker generation 0", "handoff-upgrade v1 5\nW 6 0 0 -1 -1\n", false, ""},
 		{"worker slot too large", "handoff-upgrade v1 5\nW 6 4096 1 -1 -1\n", false, ""},
 		{"relative notify", "handoff-upgrade v1 5\nN tmp/notify\n", false, ""},
+		{"notify with control character", "handoff-upgrade v1 5\nN /tmp/n\r\n", false, ""},
+		{"bind with control character", "handoff-upgrade v1 5\nB 3 unix:///tmp/s\r\n", false, ""},
 		{"slot count", "handoff-upgrade v1 5\nC 3\n", true, ""},
 		{"slot count 0", "handoff-upgrade v1 5\nC 0\n", false, ""},
 		{"slot count too large", "handoff-upgrade v1 5\nC 4097\n", false, ""},
@@ -120,6 +122,57 @@ func TestUpgradeState(t *testing.T) {
 				t.Errorf("round trip (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestUpgradeStateEncodeRefuses: a field with a newline (or any control
+// character) would end its record and forge the next, here a worker the
+// new image would adopt, and kill, from a unix path a worker had the
+// master bind: encode refuses it, and refuses any state that does not
+// read back record for record. A notify path it cannot write is left out
+// (only the new image's clean-up needs it).
+func TestUpgradeStateEncodeRefuses(t *testing.T) {
+	forged := "unix:///tmp/s\nW 4242 0 1 -1 -1"
+	for _, tc := range []struct {
+		name string
+		in   cluster.UpgradeFields
+		want string // the encoding; "" for ErrUpgradeState
+	}{
+		{"clean", cluster.UpgradeFields{Listener: "tcp-127.0.0.1-80", File: "chan.7", Bind: "unix:///tmp/a b", Notify: "/tmp/handoff-1/notify"},
+			"handoff-upgrade v1 100\nL 3 tcp-127.0.0.1-80\nF 4 chan.7\nB 5 unix:///tmp/a b\nN /tmp/handoff-1/notify\n"},
+		{"bind forging a worker", cluster.UpgradeFields{Bind: forged}, ""},
+		{"bind forging a lock", cluster.UpgradeFields{Bind: "unix:///tmp/s\nK 9"}, ""},
+		{"bind forging an optional record", cluster.UpgradeFields{Bind: "unix:///tmp/s\nq 1"}, ""},
+		{"bind with carriage return", cluster.UpgradeFields{Bind: "unix:///tmp/s\r"}, ""},
+		{"bind with DEL", cluster.UpgradeFields{Bind: "unix:///tmp/s\x7f"}, ""},
+		{"listener name forging a child", cluster.UpgradeFields{Listener: "x\np 4242"}, ""},
+		{"file name forging a child", cluster.UpgradeFields{File: "x\np 4242"}, ""},
+		{"notify with newline", cluster.UpgradeFields{Notify: "/tmp/n\np 4242"}, "handoff-upgrade v1 100\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := cluster.EncodeUpgradeFields(tc.in)
+			if tc.want == "" {
+				if !errors.Is(err, cluster.ErrUpgradeState) {
+					t.Errorf("encoded %q, %v; want ErrUpgradeState", got, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("encoding (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// The last check alone, without the field checks before it: the
+	// forged state parses, but not as the state rendered.
+	if err := cluster.UpgradeFieldsReadBack(cluster.UpgradeFields{Bind: forged}); !errors.Is(err, cluster.ErrUpgradeState) {
+		t.Errorf("forged state read back: %v, want ErrUpgradeState", err)
+	}
+	if err := cluster.UpgradeFieldsReadBack(cluster.UpgradeFields{Bind: "unix:///tmp/s"}); err != nil {
+		t.Errorf("clean state read back: %v", err)
 	}
 }
 

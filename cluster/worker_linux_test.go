@@ -34,7 +34,7 @@ import (
 
 // goWorker is a worker written against the worker API. It serves HTTP on
 // its inherited listener (or W_ADDR standalone), optionally listens on
-// W_LISTEN2 through the master, reports to the master with Send, logs
+// W_LISTEN2 (network W_LISTEN2_NET, default tcp) through the master, reports to the master with Send, logs
 // through LogHandler, and answers the master's messages:
 //
 //	"hang"   SIGSTOP itself (a hung worker: no more heartbeats)
@@ -67,7 +67,11 @@ func goWorker() int {
 		cluster.Send(fmt.Appendf(nil, "hello %d %v %q %v", cluster.ID(), cluster.IsWorker(), os.Getenv("HANDOFF_CONTROL_FD"), wdOK))
 	}
 	if a := os.Getenv("W_LISTEN2"); a != "" {
-		ln2, err := cluster.Listen(ctx, "tcp", a)
+		network := os.Getenv("W_LISTEN2_NET")
+		if network == "" {
+			network = "tcp"
+		}
+		ln2, err := cluster.Listen(ctx, network, a)
 		if err != nil {
 			log.Error("second listener", "err", err)
 			cluster.Send(fmt.Appendf(nil, "listen2-error %v", errors.Is(err, cluster.ErrListen)))
@@ -486,6 +490,50 @@ func TestWorkerListenBindError(t *testing.T) {
 			}
 			if len(c.log.find("second listener")) != 1 {
 				t.Errorf("the worker's error log record was not forwarded")
+			}
+		})
+	}
+}
+
+// TestWorkerListenControlChar: a unix path with a newline (or any
+// control character) that a worker asks the master to bind is refused: the
+// worker gets an error wrapping ErrListen, nothing is created, and the
+// master keeps serving the worker. The master names the listeners it
+// bound for workers in the upgrade state, one record a line, so such a
+// path forged records there (a worker could make the next SIGUSR2 discard
+// the state and kill every worker, or make the new image kill a process
+// of its choosing).
+func TestWorkerListenControlChar(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, path string }{
+		{"newline", dir + "/s\nW 4242 0 1 -1 -1"},
+		{"carriage return", dir + "/s\r"},
+		{"DEL", dir + "/s\x7f"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startGoCluster(t, pc, 1, "go-worker", 0, "W_LISTEN2_NET=unix", "W_LISTEN2="+tc.path)
+			msg := c.collect(1, "inode ", "listen2-error")
+			if got := string(msg[0].Payload); got != "listen2-error true" {
+				t.Errorf("worker reported %q, want a bind error wrapping ErrListen", got)
+			}
+			if len(c.log.find("worker's listen request failed")) != 1 {
+				t.Errorf("master did not log the refused request once")
+			}
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 0 {
+				t.Errorf("created in %s: %v, want nothing", dir, entries)
+			}
+			// The master is unaffected: it still talks to the worker.
+			if err := c.m.Send(0, []byte("still")); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(c.collect(1, "echo:")[0].Payload); got != "echo:still" {
+				t.Errorf("reply %q, want echo:still", got)
 			}
 		})
 	}

@@ -66,6 +66,9 @@ func roleMaster() int {
 			return 3
 		}
 	}
+	if os.Getenv(embedderSignalsVar) != "" {
+		embedderSignals()
+	}
 	return exitCode(run(context.Background(), helperproc.Args(), os.Stdin, os.Stdout, os.Stderr), os.Stderr)
 }
 
