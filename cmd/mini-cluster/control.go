@@ -155,25 +155,30 @@ const controlTimeout = 10 * time.Second
 // master's wait for an agent's ack), more than any fixed client timeout.
 var waitsOnWorkers = map[string]bool{"suspend": true, "resume": true, "restart": true, "max-running-time": true}
 
-// noTimeout is the request timeout of a client that waits for the master's
-// answer: the master bounds the wait itself.
-const noTimeout = 100 * 365 * 24 * time.Hour
+// workersTimeout is the default request timeout of the requests that wait
+// on workers: longer than the master's own bound with default settings
+// (shutdown_timeout 10 s + 10 s per remote host, one host after the other,
+// for dozens of hosts), yet finite, since a master that stands still
+// (SIGSTOP, a frozen VM, a deadlock) bounds nothing, and a unix socket's
+// connect succeeds from its backlog whether or not anyone accepts.
+const workersTimeout = 15 * time.Minute
 
-// defaultTimeout is cmd's request timeout without -timeout. A request
-// that waits on workers has none: a client that gave up before the master
-// would report a timeout for a request the master then carries out, or
-// undoes (a suspend a host's agent did not acknowledge in time is undone
-// and that host's session restarted), leaving the operator to guess.
+// defaultTimeout is cmd's request timeout without -timeout. A request that
+// waits on workers gets workersTimeout: a client that gave up before the
+// master would report a timeout for a request the master then carries
+// out, or undoes (a suspend a host's agent did not acknowledge in time is
+// undone and that host's session restarted), leaving the operator to
+// guess.
 func defaultTimeout(cmd string) time.Duration {
 	if waitsOnWorkers[cmd] {
-		return noTimeout
+		return workersTimeout
 	}
 	return controlTimeout
 }
 
 func defaultTimeoutText(cmd string) string {
 	if waitsOnWorkers[cmd] {
-		return "none: wait for the master's answer, which it bounds"
+		return workersTimeout.String()
 	}
 	return controlTimeout.String()
 }

@@ -40,8 +40,8 @@ func fakeMaster(t *testing.T, path string, delay time.Duration) {
 }
 
 // TestControlGroupCommandOutwaitsMaster: suspend and the other requests
-// that wait on workers and remote agents have no client timeout by
-// default. The master waits up to a group's shutdown timeout + 10 s for a
+// that wait on workers and remote agents default to a 15-minute client
+// timeout, not 10 s. The master waits up to a group's shutdown timeout + 10 s for a
 // host's agent to acknowledge: a client that gave up after 10 s reported
 // a timeout while the master went on, and undid the suspend if the agent
 // stayed silent. Here the master answers after 10.5 s, past the old
