@@ -417,7 +417,8 @@ func encodeAgentLog(msg *agentMsg) []byte {
 	}
 	text := msg.Msg
 	cut := func(msgMax, valueMax int) {
-		if msg.Msg = clipText(text, msgMax); msg.Msg != text {
+		// clipText also mends invalid UTF-8 (U+FFFD), which is no cut.
+		if msg.Msg = clipText(text, msgMax); msg.Msg != text && len(msg.Msg) < len(clipText(text, math.MaxInt)) {
 			msg.Msg += "…(cut)"
 		}
 		for i := range msg.Attrs {

@@ -257,3 +257,19 @@ func TestAgentStatusFrameFits(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentLogMendedNotCut: a short message with invalid UTF-8 reaches the
+// master mended (U+FFFD), without the cut marker a message over the limit
+// gets.
+func TestAgentLogMendedNotCut(t *testing.T) {
+	msgs, err := agentFrames(t, func(w *cluster.AgentWire) {
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, "short \xff message", 0)
+		_ = w.Logger().Handler().Handle(context.Background(), r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || msgs[0].Msg != "short \uFFFD message" {
+		t.Errorf("frames %+v, want one record with the message mended and uncut", msgs)
+	}
+}
