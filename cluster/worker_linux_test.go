@@ -27,6 +27,7 @@ import (
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/internal/syncbuf"
 	"github.com/handoff-go/handoff/ipcframe"
 	"github.com/handoff-go/handoff/supervise"
 	"golang.org/x/sys/unix"
@@ -115,29 +116,11 @@ func listenerInode(ln net.Listener) uint64 {
 }
 
 // syncBuffer is a log sink tests read while the master writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type syncBuffer struct{ syncbuf.Buffer }
 
 func (s *syncBuffer) records() []map[string]any {
-	s.mu.Lock()
-	text := s.buf.String()
-	s.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(text, "\n") {
+	for _, line := range strings.Split(s.String(), "\n") {
 		var r map[string]any
 		if json.Unmarshal([]byte(line), &r) == nil {
 			out = append(out, r)
@@ -236,9 +219,7 @@ func startClusterWith(t *testing.T, pc *proccensus.Census, n int, hb time.Durati
 			t.Errorf("Run: %v", err)
 		}
 		if t.Failed() {
-			c.log.mu.Lock()
-			t.Logf("master log:\n%s", c.log.buf.String())
-			c.log.mu.Unlock()
+			t.Logf("master log:\n%s", c.log.String())
 		}
 	})
 	select {

@@ -4,7 +4,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,6 +34,7 @@ import (
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/loadclient"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/internal/syncbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -584,23 +584,7 @@ func sdNotify(state string) error {
 	return err
 }
 
-// syncBuffer collects a process's output for inspection while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // master is a running mini-cluster started by a test.
 type master struct {

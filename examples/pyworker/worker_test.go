@@ -29,6 +29,7 @@ import (
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/helperproc"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"github.com/handoff-go/handoff/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -76,23 +77,7 @@ func roleActivate() int {
 	return 127
 }
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // notes receives sd_notify datagrams.
 type notes struct {

@@ -11,20 +11,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func listen(path string, opts *Options) (*Listener, error) {
+// sockType checks path and opts and returns the socket type they ask for.
+func sockType(path string, opts *Options) (int, error) {
 	network, err := opts.network()
 	if err != nil {
-		return nil, err
-	}
-	sotype := unix.SOCK_STREAM
-	if network == "unixpacket" {
-		sotype = unix.SOCK_SEQPACKET
+		return 0, err
 	}
 	if path == "" {
-		return nil, errors.New("empty path")
+		return 0, errors.New("empty path")
 	}
 	if len(path) > maxPath {
-		return nil, ErrPathTooLong
+		return 0, ErrPathTooLong
+	}
+	if network == "unixpacket" {
+		return unix.SOCK_SEQPACKET, nil
+	}
+	return unix.SOCK_STREAM, nil
+}
+
+func listen(path string, opts *Options) (*Listener, error) {
+	sotype, err := sockType(path, opts)
+	if err != nil {
+		return nil, err
 	}
 	lockFD, err := lock(path + ".lock")
 	if err != nil {
@@ -261,19 +269,9 @@ func unlinkIfSame(path string, dev, ino uint64) error {
 }
 
 func adopt(fd int, path string, dev, ino uint64, opts *Options) (*Listener, error) {
-	network, err := opts.network()
+	sotype, err := sockType(path, opts)
 	if err != nil {
 		return nil, err
-	}
-	sotype := unix.SOCK_STREAM
-	if network == "unixpacket" {
-		sotype = unix.SOCK_SEQPACKET
-	}
-	if path == "" {
-		return nil, errors.New("empty path")
-	}
-	if len(path) > maxPath {
-		return nil, ErrPathTooLong
 	}
 	if err := checkListening(fd, path, sotype); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotListener, err)
