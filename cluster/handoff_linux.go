@@ -99,10 +99,6 @@ type hoWorker struct {
 	// (handoffRetireOld); the others are retired from the start. Set under
 	// mu, which every send holds.
 	retired atomic.Bool
-	// slack (the reader's) is how many acknowledgements an adopted worker
-	// may send beyond out: the old image may have sent it a few
-	// connections after it recorded out for the exec.
-	slack int64
 	// ready: the worker reported ready (see handoff.gate).
 	ready atomic.Bool
 	// away: the worker said STOPPING=1, or RELOADING=1 and not READY=1
@@ -115,6 +111,11 @@ type hoWorker struct {
 	mu   sync.Mutex // serialises sends; guards the fields below
 	subs []bool     // by listener index
 	dead bool
+	// held: an exec's state recorded what was sent to w (handoffCarried),
+	// so w is sent nothing more until the exec failed (resume): a send
+	// the state misses would put the new image's count of what it sent
+	// behind the worker's, and past the worker's grant.
+	held bool
 	// peer is the master's copy of the worker's end of the channel (-1
 	// once taken; for an adopted worker, the old image's, if it had one). Held, it keeps what the
 	// master sent and the worker never read queued after the worker dies,
@@ -257,8 +258,8 @@ func (m *master) handoffPause(d time.Duration) error {
 	return m.mode.ho.pause(d)
 }
 
-// handoffResume undoes handoffPause (an exec that failed); it does nothing
-// if the master is not paused.
+// handoffResume undoes handoffPause and handoffCarried's hold (an exec
+// that failed); it does nothing if neither is in force.
 func (m *master) handoffResume() {
 	if m.mode.ho != nil {
 		m.mode.ho.resume()
@@ -564,13 +565,25 @@ func (h *handoff) pause(d time.Duration) error {
 	}
 }
 
-// resume lets the accept loops accept again after pause.
+// resume lets the accept loops accept again after pause, and workers an
+// exec's state recorded (held) be sent connections again.
 func (h *handoff) resume() {
 	h.pmu.Lock()
-	defer h.pmu.Unlock()
 	if h.paused {
 		h.paused = false
 		close(h.resumed)
+	}
+	h.pmu.Unlock()
+	held := false
+	for _, w := range h.snapshotAll() {
+		w.mu.Lock()
+		held = held || w.held
+		w.held = false
+		w.mu.Unlock()
+	}
+	if held {
+		// A give-back may wait for them (dispatch).
+		h.signal()
 	}
 }
 
@@ -704,6 +717,9 @@ func (h *handoff) dispatch(b *hoBatch) bool {
 			if k <= 0 {
 				continue
 			}
+			if hoBeforeSend != nil {
+				hoBeforeSend()
+			}
 			sent, res, err := w.send(b, k)
 			switch res {
 			case sendOK:
@@ -833,10 +849,13 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult, error) {
 	if w.dead {
 		return 0, sendDead, nil
 	}
-	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() || w.retired.Load() {
+	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() || w.retired.Load() || w.held {
 		return 0, sendSkip, nil
 	}
-	room := w.room()
+	// The window is checked again here, under mu: dispatchers of several
+	// listeners may each have seen room for the same connections, and out
+	// only grows under mu.
+	room := min(w.room(), hoWindow-int(w.out.Load()))
 	if room <= 0 {
 		return 0, sendSkip, nil
 	}
@@ -1059,6 +1078,10 @@ func lingers(fd int) bool {
 	return e != 0 || l.Onoff != 0
 }
 
+// hoBeforeSend, if set, runs in dispatch between sizing a send to a
+// worker and making it (tests: dispatchers that size theirs at once).
+var hoBeforeSend func()
+
 // hoSendFault, if set, runs before each of the master's sends on a
 // channel; a non-zero result fails the send with that errno (tests).
 var hoSendFault func() unix.Errno
@@ -1185,15 +1208,41 @@ func (m *master) handoffAdoptOld(pid, slot int, f *os.File, peer int) error {
 		return fail(fmt.Errorf("cluster: connection channel of pid %d: %w", pid, err))
 	}
 	var carry *handoffCarry
+	var subs []string
 	if m.up != nil && m.up.state != nil {
 		for i := range m.up.state.handoff {
 			if c := &m.up.state.handoff[i]; c.pid == pid {
 				carry = c
+				subs = m.carriedNames(c.subs)
 			}
 		}
 	}
-	m.mode.ho.registerAs(pid, slot, conn, peer, true, carry)
+	m.mode.ho.registerAs(pid, slot, conn, peer, true, carry, subs)
 	return nil
+}
+
+// carriedNames returns this image's names of the listeners an "h" record
+// names by descriptor: an L record's name (adopt keeps it), or the name of
+// the listener adopted from a B record (adoptBinds runs first). One not
+// adopted is left out: the worker is sent nothing of it.
+func (m *master) carriedNames(fds []int) []string {
+	st := m.up.state
+	var names []string
+	for _, fd := range fds {
+		if i := slices.IndexFunc(st.listeners, func(a Activated) bool { return a.FD == fd }); i >= 0 {
+			names = append(names, st.listeners[i].Name)
+			continue
+		}
+		if i := slices.IndexFunc(st.binds, func(b namedFD) bool { return b.fd == fd }); i >= 0 {
+			m.ctl.bindMu.Lock()
+			l := m.ctl.binds[st.binds[i].name]
+			m.ctl.bindMu.Unlock()
+			if l != nil {
+				names = append(names, l.name)
+			}
+		}
+	}
+	return names
 }
 
 // handoffRetireOld takes every adopted worker out of the rotation, before
@@ -1216,16 +1265,25 @@ func (m *master) handoffRetireOld() {
 // handoffCarried describes, for an in-place upgrade, the channels of the
 // workers in handed (those the exec hands over) that are in the rotation:
 // the new image goes on sending them connections until its own workers
-// are ready.
+// are ready. Listeners are named by descriptor, as the state's L and B
+// records name them. A worker described is held: sent nothing more until
+// the exec failed (handoffResume), so what the state says it was sent
+// stays true; a connection given back meanwhile goes to another worker
+// or waits, and is reset by the exec, as one held by the pause would be.
 func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 	h := m.mode.ho
 	if h == nil {
 		return nil
 	}
 	h.mu.Lock()
-	names := make([]string, len(h.lns))
+	fds := make([]int, len(h.lns))
 	for i, hl := range h.lns {
-		names[i] = hl.name
+		// The descriptor upgradeState gives the listener's file.
+		fd, err := fileFD(hl.l.file)
+		if err != nil {
+			fd = -1
+		}
+		fds[i] = fd
 	}
 	ws := slices.Clone(h.workers)
 	h.mu.Unlock()
@@ -1238,13 +1296,14 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 		dead := w.dead
 		c := handoffCarry{pid: w.pid, sent: w.sent, limited: w.limited, limit: w.limit, ready: w.ready.Load(), away: w.away.Load()}
 		for i, on := range w.subs {
-			if on && i < len(names) {
-				c.subs = append(c.subs, names[i])
+			if on && i < len(fds) && fds[i] >= 0 {
+				c.subs = append(c.subs, fds[i])
 			}
 		}
 		// Read under mu, which every send holds: no send is counted
-		// here and missing from sent, or the reverse.
+		// here and missing from sent, or the reverse; held keeps it so.
 		c.out = int(max(0, w.out.Load()))
+		w.held = !dead
 		w.mu.Unlock()
 		if !dead {
 			out = append(out, c)
@@ -1263,12 +1322,13 @@ func hoClock() int64 { return int64(time.Since(hoEpoch)) }
 // master's copy of the worker's end (see hoWorker.peer; -1 for none),
 // owned from here.
 func (h *handoff) register(pid, slot int, conn *scmrights.Conn, peer int) {
-	h.registerAs(pid, slot, conn, peer, false, nil)
+	h.registerAs(pid, slot, conn, peer, false, nil, nil)
 }
 
 // registerAs is register for this image's workers, and for an adopted one
-// (a previous image's) with what that image told of it (carry, or nil).
-func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adopted bool, carry *handoffCarry) {
+// (a previous image's) with what that image told of it (carry, or nil),
+// subs being the names here of the listeners carry subscribes to.
+func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adopted bool, carry *handoffCarry, subs []string) {
 	rc, _ := conn.SyscallConn()
 	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, adopted: adopted, peer: peer}
 	w.heard.Store(hoClock())
@@ -1285,12 +1345,12 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adop
 		w.out.Store(hoWindow)
 		w.retired.Store(true)
 	} else if adopted {
-		out := min(int64(carry.out), hoWindow)
-		w.out.Store(out)
-		// The old image read out before its last sends (a give-back it
-		// passed on after its pause) or after acks it read last: the
-		// worker may acknowledge up to the rest of a window more.
-		w.slack = hoWindow - out
+		// Kept as it is, above the window too (an older image's, or
+		// anything the parser bounds): the old image recorded it under
+		// the send lock and sent nothing more (held), so the worker
+		// acknowledges no more than that; acks the old image read after
+		// the record only leave it counted busier than it is.
+		w.out.Store(int64(carry.out))
 		w.sent, w.limited, w.limit = carry.sent, carry.limited, carry.limit
 		w.away.Store(carry.away)
 	}
@@ -1308,7 +1368,7 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adop
 	w.ready.Store(!h.gate)
 	if carry != nil {
 		w.ready.Store(carry.ready)
-		for _, name := range carry.subs {
+		for _, name := range subs {
 			// A listener this image does not have is none of its
 			// business: the worker is sent nothing of it.
 			if idx, ok := h.byName[name]; ok {
@@ -2048,17 +2108,7 @@ func ack(w *hoWorker, n int) bool {
 	for {
 		out := w.out.Load()
 		if int64(n) > out {
-			// An adopted worker's count came from the old image, which
-			// may have sent it a few more afterwards (see slack).
-			extra := int64(n) - out
-			if extra > w.slack {
-				return false
-			}
-			if w.out.CompareAndSwap(out, 0) {
-				w.slack -= extra
-				return true
-			}
-			continue
+			return false
 		}
 		if w.out.CompareAndSwap(out, out-int64(n)) {
 			return true

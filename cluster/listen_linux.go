@@ -146,9 +146,17 @@ func bindFor(a Addr, forWorker bool, cred *supervise.Credential) (*listener, err
 		}
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	name := fdName(a.Network, addr.String())
+	name := boundName(a.Network, addr)
 	return &listener{addr: addr, name: name, file: os.NewFile(uintptr(fd), name), owner: owner, sock: sock}, nil
 }
+
+// boundName is the descriptor name of a listener bound for network at
+// addr, its local address (getsockname): for a request of port 0, the
+// port the kernel chose. An image that adopts the socket after an
+// in-place upgrade names it the same way (adoptBinds), so the carried
+// subscriptions of old workers and the connections they give back match
+// it.
+func boundName(network string, addr net.Addr) string { return fdName(network, addr.String()) }
 
 // withWorkerRights says whether the master creates (and removes) a unix
 // socket file for a worker's request (forWorker) with that worker's

@@ -35,11 +35,14 @@ var upgradeVersions = []string{upgradeVersion}
 // maxUpgradeState bounds the state, which travels in one environment
 // string: execve(2) refuses a string (name, "=" and NUL included) longer
 // than MAX_ARG_STRLEN, 32 pages (128 KiB), with E2BIG, before its point of
-// no return. A state this large names about 900 worker processes in
-// handoff mode (W record, three channel records and the dispatch state,
-// some 140 bytes in all with a short listener name) and about 2500 in the
-// other modes (W record and control channel); a larger one fails the
-// upgrade, which then changes nothing.
+// no return. A state this large names about 1200 worker processes in
+// handoff mode with one listener (W record, three channel records and the
+// dispatch state, some 105 bytes in all; each further listener a worker
+// takes adds about 3: 900 workers with 16), about 1500 in handoff mode
+// without the optional dispatch state ("h" records), which encode leaves
+// out when only that fits (TestUpgradeStateHandoffSize measures these),
+// and about 2500 in the other modes (W record and control channel). A
+// larger one fails the upgrade, which then changes nothing.
 const maxUpgradeState = 128<<10 - 64
 
 // ErrUpgradeState reports a malformed upgrade state. The master logs it
@@ -95,6 +98,10 @@ type upgradeState struct {
 	// rotation until the new image's own workers are ready; one not named
 	// (an image that wrote no such record) is sent nothing.
 	handoff []handoffCarry
+	// handoffDropped, set by encode, counts the "h" records it left out
+	// for the state to fit (or parse); handoffWhy says why.
+	handoffDropped int
+	handoffWhy     error
 }
 
 // handoffCarry is what the master knew of an old worker's connection
@@ -110,8 +117,10 @@ type handoffCarry struct {
 	limit   uint32
 	// ready: it reported ready; away: it said STOPPING=1 or RELOADING=1.
 	ready, away bool
-	// subs are the names of the listeners it subscribes to.
-	subs []string
+	// subs are the listeners it subscribes to, by the descriptor of
+	// their L or B record: a number is a few bytes where a name can be
+	// 255, for every worker and listener.
+	subs []int
 }
 
 type namedFD struct {
@@ -166,13 +175,13 @@ const (
 //	p PID                 another child of the old image's own, to kill
 //	N PATH                the old notify socket
 //	C COUNT               the number of slots in force (1..4096)
-//	h PID OUT SENT GRANT FLAGS SUB...  handoff mode: the dispatch state of
+//	h PID OUT SENT GRANT FLAGS FD...  handoff mode: the dispatch state of
 //	                      worker PID (named by a W record): OUT connections
 //	                      unacknowledged, SENT sent (mod 2^32), GRANT its
 //	                      last grant (a sequence number, or - for none),
-//	                      FLAGS r (ready) and a (away) or -, then the names
-//	                      of the listeners it subscribes to (a space, % or
-//	                      a byte outside printable ASCII written %XX)
+//	                      FLAGS r (ready) and a (away) or -, then the
+//	                      listeners it subscribes to, each by the
+//	                      descriptor of its L or B record
 //
 // A record whose kind is a lower-case letter is optional: an image that
 // does not know it ignores it (anything it names is then closed or
@@ -192,7 +201,25 @@ func (s *upgradeState) encode() (string, error) {
 			return "", fmt.Errorf("%w: %s %q: control character %#x", ErrUpgradeState, f.what, trunc(f.value), f.value[i])
 		}
 	}
+	s.dropUnlistedSubs()
+	s.handoffDropped, s.handoffWhy = 0, nil
 	out := s.render()
+	if len(s.handoff) > 0 {
+		var why error
+		if len(out) > maxUpgradeState {
+			why = fmt.Errorf("%d bytes with them, more than %d", len(out), maxUpgradeState)
+		} else if err := s.readsBack(out); err != nil {
+			why = err
+		}
+		if why != nil {
+			// The "h" records are optional: without them the old
+			// workers are retired at once (sent nothing, as by an
+			// image that writes none), which beats failing the upgrade.
+			s.handoffDropped, s.handoffWhy = len(s.handoff), why
+			s.handoff = nil
+			out = s.render()
+		}
+	}
 	if len(out) > maxUpgradeState {
 		return "", fmt.Errorf("%w: %d bytes, more than %d (too many workers)", ErrUpgradeState, len(out), maxUpgradeState)
 	}
@@ -251,6 +278,12 @@ func (s *upgradeState) render() string {
 	if s.slotCount > 0 {
 		fmt.Fprintf(&b, "C %d\n", s.slotCount)
 	}
+	s.writeHandoff(&b)
+	return b.String()
+}
+
+// writeHandoff appends the "h" records.
+func (s *upgradeState) writeHandoff(b *strings.Builder) {
 	for _, h := range s.handoff {
 		grant, flags := "-", ""
 		if h.limited {
@@ -265,13 +298,29 @@ func (s *upgradeState) render() string {
 		if flags == "" {
 			flags = "-"
 		}
-		fmt.Fprintf(&b, "h %d %d %d %s %s", h.pid, h.out, h.sent, grant, flags)
-		for _, name := range h.subs {
-			b.WriteString(" " + escapeCarryName(name))
+		fmt.Fprintf(b, "h %d %d %d %s %s", h.pid, h.out, h.sent, grant, flags)
+		for _, fd := range h.subs {
+			b.WriteString(" " + strconv.Itoa(fd))
 		}
 		b.WriteString("\n")
 	}
-	return b.String()
+}
+
+// dropUnlistedSubs leaves out of the "h" records every subscription to a
+// listener the state has no L or B record of (one that could not be kept):
+// the new image would not have that listener.
+func (s *upgradeState) dropUnlistedSubs() {
+	listed := make(map[int]bool, len(s.listeners)+len(s.binds))
+	for _, l := range s.listeners {
+		listed[l.FD] = true
+	}
+	for _, l := range s.binds {
+		listed[l.fd] = true
+	}
+	for i := range s.handoff {
+		h := &s.handoff[i]
+		h.subs = slices.DeleteFunc(slices.Clone(h.subs), func(fd int) bool { return !listed[fd] })
+	}
 }
 
 // textField is one free-text field of a state, for encode's check.
@@ -541,10 +590,17 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 			return bad("socket file of descriptor %d, which is no listener", sf.fd)
 		}
 	}
-	// An "h" record describes a worker handed over, never anything else.
+	// An "h" record describes a worker handed over, never anything else,
+	// and its subscriptions name listeners of the state.
 	for _, h := range st.handoff {
 		if !slices.ContainsFunc(st.workers, func(w oldWorker) bool { return w.pid == h.pid }) {
 			return bad("h record of pid %d, which no W record names", h.pid)
+		}
+		for _, fd := range h.subs {
+			if !slices.ContainsFunc(st.listeners, func(a Activated) bool { return a.FD == fd }) &&
+				!slices.ContainsFunc(st.binds, func(b namedFD) bool { return b.fd == fd }) {
+				return bad("h record of pid %d subscribes to descriptor %d, which is no listener", h.pid, fd)
+			}
 		}
 	}
 	return st, nil
@@ -561,20 +617,22 @@ func (s *upgradeState) sockFile(fd int) (dev, ino uint64, ok bool) {
 	return 0, 0, false
 }
 
-// maxCarryOut bounds an "h" record's OUT, which the new image clamps to
-// its window; maxCarryName bounds a listener name (as the connection
-// channel does).
-const (
-	maxCarryOut  = 1 << 16
-	maxCarryName = 255
-)
+// maxCarryOut bounds an "h" record's OUT (a worker's window is far
+// smaller; the new image keeps what it is given).
+const maxCarryOut = 1 << 16
 
-// parseHandoffCarry parses the fields of an "h" record.
+// maxCarrySubs bounds an "h" record's subscriptions: one per L or B
+// record, of which a state has at most maxListenFDs each.
+const maxCarrySubs = 2 * maxListenFDs
+
+// parseHandoffCarry parses the fields of an "h" record. Whether each
+// subscription is an L or B record's descriptor is checked once every
+// record is read.
 func parseHandoffCarry(rest string) (handoffCarry, error) {
 	var h handoffCarry
 	f := strings.Split(rest, " ")
-	if len(f) < 5 || len(f) > 5+maxListenFDs {
-		return h, fmt.Errorf("want 5 to %d fields", 5+maxListenFDs)
+	if len(f) < 5 || len(f) > 5+maxCarrySubs {
+		return h, fmt.Errorf("want 5 to %d fields", 5+maxCarrySubs)
 	}
 	var err error
 	if h.pid, err = atoiIn(f[0], 2, maxStatePID); err != nil {
@@ -604,58 +662,16 @@ func parseHandoffCarry(rest string) (handoffCarry, error) {
 		return h, fmt.Errorf("flags %q", trunc(f[4]))
 	}
 	for _, x := range f[5:] {
-		name, err := unescapeCarryName(x)
-		// Any name the master may give a listener (a LISTEN_FDNAMES
-		// name, a bound address); one this image does not have is
-		// ignored when adopted.
-		if err != nil || len(name) == 0 || len(name) > maxCarryName {
-			return h, fmt.Errorf("listener name %q", trunc(x))
+		fd, err := atoiIn(x, listenFDsStart, maxStateFD)
+		if err != nil {
+			return h, fmt.Errorf("listener: %w", err)
 		}
-		if slices.Contains(h.subs, string(name)) {
-			return h, fmt.Errorf("listener %q named twice", trunc(string(name)))
+		if slices.Contains(h.subs, fd) {
+			return h, fmt.Errorf("listener %d named twice", fd)
 		}
-		h.subs = append(h.subs, string(name))
+		h.subs = append(h.subs, fd)
 	}
 	return h, nil
-}
-
-// escapeCarryName writes a listener name as one field of a record: a
-// space, '%' or a byte outside printable ASCII becomes %XX. Names are
-// printable ASCII in practice, so the record stays short.
-func escapeCarryName(name string) string {
-	const digits = "0123456789ABCDEF"
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c <= ' ' || c > '~' || c == '%' {
-			b.WriteByte('%')
-			b.WriteByte(digits[c>>4])
-			b.WriteByte(digits[c&15])
-		} else {
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-// unescapeCarryName undoes escapeCarryName.
-func unescapeCarryName(s string) (string, error) {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", errors.New("short escape")
-		}
-		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-		if err != nil {
-			return "", errors.New("bad escape")
-		}
-		b.WriteByte(byte(v))
-		i += 2
-	}
-	return b.String(), nil
 }
 
 // atoiUint32 parses a canonical decimal in [0, 2³²-1], on 32-bit

@@ -798,6 +798,9 @@ func (m *master) upgradeNow() error {
 			if err != nil {
 				return nil, nil, err
 			}
+			if st.handoffDropped > 0 {
+				m.log.Warn("upgrade: handoff dispatch state left out; the new image retires the old workers at once", "workers", st.handoffDropped, "err", st.handoffWhy)
+			}
 			env := upgradeEnv(os.Environ(), blob)
 			if controlFD >= 0 {
 				env = append(env, m.controlExecEnv(controlFD))
@@ -1463,6 +1466,11 @@ func (m *master) adoptBinds(binds []namedFD) {
 			continue
 		}
 		l := ls[0]
+		if a, err := ParseAddr(b.name); err == nil {
+			// As the old image named it: after the port bound, not the
+			// port 0 asked for.
+			l.name = boundName(a.Network, l.addr)
+		}
 		if err := m.handoffAdd(l); err != nil {
 			m.log.Warn("upgrade: bound listener not adopted", "addr", b.name, "err", err)
 			l.close()

@@ -20,7 +20,7 @@ const goodState = "handoff-upgrade v1 4242\n" +
 	"p 4303\n" +
 	"N /tmp/handoff-123/notify\n" +
 	"C 3\n" +
-	"h 4301 3 70 - r tcp-127.0.0.1-8080 my%20name%20with%20spaces %25%0A%FF\n" +
+	"h 4301 3 70 - r 3 7\n" +
 	"h 4302 0 4294967295 4294967290 ra\n"
 
 // TestUpgradeState: the state the old image hands over round-trips, and
@@ -87,11 +87,14 @@ func TestUpgradeState(t *testing.T) {
 		{"handoff sent too large", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 4294967296 - -\n", false, ""},
 		{"handoff grant signed", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 +3 -\n", false, ""},
 		{"handoff sent leading zero", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 07 - -\n", false, ""},
-		{"handoff name bad escape", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r a%zz\n", false, ""},
-		{"handoff name short escape", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r a%2\n", false, ""},
-		{"handoff name empty", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r \n", false, ""},
-		{"handoff name twice", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r a %61\n", false, ""},
-		{"handoff name escaped needlessly", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r %41%3a\n", true, "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r A:\n"},
+		{"handoff listeners", "handoff-upgrade v1 5\nL 3 x\nB 4 tcp://127.0.0.1:0\nW 6 0 1 -1 -1\nh 6 0 0 - r 4 3\n", true, ""},
+		{"handoff listener before its record", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r 3\nL 3 x\n", true, "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 -1 -1\nh 6 0 0 - r 3\n"},
+		{"handoff listener of nothing", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 -1 -1\nh 6 0 0 - r 4\n", false, ""},
+		{"handoff listener no listener", "handoff-upgrade v1 5\nK 3\nW 6 0 1 -1 -1\nh 6 0 0 - r 3\n", false, ""},
+		{"handoff listener twice", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 -1 -1\nh 6 0 0 - r 3 3\n", false, ""},
+		{"handoff listener by name", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 -1 -1\nh 6 0 0 - r x\n", false, ""},
+		{"handoff listener stdio", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r 2\n", false, ""},
+		{"handoff listener empty", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r \n", false, ""},
 		// A later image's optional record: ignored, not rejected.
 		{"optional record", "handoff-upgrade v1 5\nL 3 x\nq 7 anything\n", true, "handoff-upgrade v1 5\nL 3 x\n"},
 		{"optional record of two letters", "handoff-upgrade v1 5\nqq 7\n", false, ""},
@@ -186,7 +189,7 @@ func FuzzUpgradeState(f *testing.F) {
 	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\np 7\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nq 4 optional\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nu 4 1 2\nu 3 3 4\n")
-	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 2 9 11 ra a b%20c\n")
+	f.Add("handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nW 6 0 1 -1 -1\nh 6 2 9 11 ra 4 3\n")
 	f.Add("handoff-upgrade v2 5\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		once, err := cluster.ReencodeUpgradeState(s)
