@@ -569,8 +569,16 @@ func TestHandoffSpread(t *testing.T) {
 	}
 	clear(per)
 	mu.Unlock()
+	// One at a time: each connection once the previous one is
+	// acknowledged, so both workers look idle. (Dialled faster, within
+	// the 1 ms an idle worker may hold an ack of fewer than 4, the choice
+	// follows the timing of the acks: runs of ten to one worker, which has
+	// just acknowledged 4 at once, while the other still holds 3.)
 	const paced = 100
 	for i := range paced {
+		waitUntil(t, "every connection acknowledged", 5*time.Second, func() bool {
+			return cmp.Equal([]int{0, 0}, r.Outstanding())
+		})
 		c, err := net.DialTimeout("tcp", lns[0].Addr().String(), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -585,8 +593,9 @@ func TestHandoffSpread(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if per[0]+per[1] != paced || min(per[0], per[1]) < paced/4 {
-		t.Errorf("paced connections per worker %v, want %d in all, at least %d each", per, paced, paced/4)
+	// Ties in turn: both idle at every dial, they alternate.
+	if per[0]+per[1] != paced || min(per[0], per[1]) < paced*2/5 {
+		t.Errorf("paced connections per worker %v, want %d in all, at least %d each", per, paced, paced*2/5)
 	}
 }
 
