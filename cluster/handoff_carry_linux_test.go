@@ -3,6 +3,7 @@
 package cluster_test
 
 import (
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -63,54 +64,17 @@ func TestHandoffAdoptOldWorkerCarried(t *testing.T) {
 	name := r.Names()[0]
 	addr := lns[0].Addr().String()
 	_, fds := oldImageConns(t, r, lns[0], 2)
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	masterEnd := os.NewFile(uintptr(pair[0]), "old-master")
-	defer func() {
-		if masterEnd != nil {
-			masterEnd.Close()
-		}
-	}()
-	uc, err := scmrights.UnixConn(pair[1])
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	old, err := cluster.NewHandoffWorker(uc)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	defer old.Close()
-	lo, err := old.Listen(name)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
+	ow := oldWorkerOn(t, name, fds)
+	lo := ow.ln
 	// The old image read the worker's SUB, delivered two connections,
 	// recorded them, and executed the new image.
-	buf := make([]byte, cluster.HoMaxMsg)
-	n, _, _, _, err := unix.Recvmsg(pair[0], buf, nil, unix.MSG_DONTWAIT)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatalf("the old worker's SUB: %v", err)
-	}
-	if d, err := cluster.DecodeHandoff(buf[:n], nil); err != nil || d.Type != cluster.HoSub || d.Name != name {
-		closeFDs(fds)
-		t.Fatalf("the old worker's first message: %+v, %v; want its SUB of %q", d, err, name)
-	}
 	p := cluster.EncodeHandoffConns(cluster.HoConns, []string{name, name}, []string{"a", "b"})
-	_, err = unix.SendmsgN(pair[0], p, unix.UnixRights(fds...), nil, 0)
+	_, err := unix.SendmsgN(ow.masterFD, p, unix.UnixRights(fds...), nil, 0)
 	closeFDs(fds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := masterEnd
-	masterEnd = nil
-	if _, err := r.AdoptOldCarried(f, -1, cluster.HandoffCarry{Out: 2, Sent: 2, Ready: true, Subs: []string{name}}); err != nil {
+	if _, err := r.AdoptOldCarried(ow.takeMaster(), -1, cluster.HandoffCarry{Out: 2, Sent: 2, Ready: true, Subs: []string{name}}); err != nil {
 		t.Fatal(err)
 	}
 	// No worker of the new image yet: the old one serves.
@@ -143,4 +107,62 @@ func TestHandoffAdoptOldWorkerCarried(t *testing.T) {
 	waitUntil(t, "every connection acknowledged, nothing outstanding at the retired worker", 5*time.Second, func() bool {
 		return cmp.Equal([]int{0, 0}, r.Outstanding())
 	})
+}
+
+// oldWorker is a worker of the old image on a connection channel of its
+// own: masterFD is the old master's end, the worker listens on one name,
+// and its SUB has been read off the channel.
+type oldWorker struct {
+	masterFD  int
+	masterEnd *os.File // closed at cleanup unless taken
+	ln        net.Listener
+}
+
+// oldWorkerOn sets up an oldWorker subscribed to name; fds (connections
+// the test holds for it) are closed if that fails.
+func oldWorkerOn(t *testing.T, name string, fds []int) *oldWorker {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		closeFDs(fds)
+		t.Fatalf(format, args...)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fail("%v", err)
+	}
+	ow := &oldWorker{masterFD: pair[0], masterEnd: os.NewFile(uintptr(pair[0]), "old-master")}
+	t.Cleanup(func() {
+		if ow.masterEnd != nil {
+			ow.masterEnd.Close()
+		}
+	})
+	uc, err := scmrights.UnixConn(pair[1])
+	if err != nil {
+		fail("%v", err)
+	}
+	w, err := cluster.NewHandoffWorker(uc)
+	if err != nil {
+		fail("%v", err)
+	}
+	t.Cleanup(func() { w.Close() })
+	if ow.ln, err = w.Listen(name); err != nil {
+		fail("%v", err)
+	}
+	buf := make([]byte, cluster.HoMaxMsg)
+	n, _, _, _, err := unix.Recvmsg(pair[0], buf, nil, unix.MSG_DONTWAIT)
+	if err != nil {
+		fail("the old worker's SUB: %v", err)
+	}
+	if d, err := cluster.DecodeHandoff(buf[:n], nil); err != nil || d.Type != cluster.HoSub || d.Name != name {
+		fail("the old worker's first message: %+v, %v; want its SUB of %q", d, err, name)
+	}
+	return ow
+}
+
+// takeMaster hands the old master's end over (to the new image).
+func (ow *oldWorker) takeMaster() *os.File {
+	f := ow.masterEnd
+	ow.masterEnd = nil
+	return f
 }

@@ -5,7 +5,6 @@ package cluster_test
 import (
 	"bytes"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
-	"github.com/handoff-go/handoff/scmrights"
 )
 
 // lockedBuffer is a log sink the dispatcher's goroutines may share.
@@ -117,38 +115,8 @@ func TestHandoffCarriedOutAboveWindow(t *testing.T) {
 			c.Close()
 		}
 	}()
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	masterEnd := os.NewFile(uintptr(pair[0]), "old-master")
-	defer func() {
-		if masterEnd != nil {
-			masterEnd.Close()
-		}
-	}()
-	uc, err := scmrights.UnixConn(pair[1])
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	old, err := cluster.NewHandoffWorker(uc)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	defer old.Close()
-	lo, err := old.Listen(name)
-	if err != nil {
-		closeFDs(fds)
-		t.Fatal(err)
-	}
-	buf := make([]byte, cluster.HoMaxMsg)
-	if _, _, _, _, err := unix.Recvmsg(pair[0], buf, nil, unix.MSG_DONTWAIT); err != nil {
-		closeFDs(fds)
-		t.Fatalf("the old worker's SUB: %v", err)
-	}
+	ow := oldWorkerOn(t, name, fds)
+	lo := ow.ln
 	// The old image delivered n connections, ten a message.
 	for i := 0; i < n; i += 10 {
 		k := min(10, n-i)
@@ -157,15 +125,13 @@ func TestHandoffCarriedOutAboveWindow(t *testing.T) {
 			names[j], addrs[j] = name, "a"
 		}
 		p := cluster.EncodeHandoffConns(cluster.HoConns, names, addrs)
-		if _, err := unix.SendmsgN(pair[0], p, unix.UnixRights(fds[i:i+k]...), nil, 0); err != nil {
+		if _, err := unix.SendmsgN(ow.masterFD, p, unix.UnixRights(fds[i:i+k]...), nil, 0); err != nil {
 			closeFDs(fds)
 			t.Fatal(err)
 		}
 	}
 	closeFDs(fds)
-	f := masterEnd
-	masterEnd = nil
-	if _, err := r.AdoptOldCarried(f, -1, cluster.HandoffCarry{Out: n, Sent: n, Ready: true, Subs: []string{name}}); err != nil {
+	if _, err := r.AdoptOldCarried(ow.takeMaster(), -1, cluster.HandoffCarry{Out: n, Sent: n, Ready: true, Subs: []string{name}}); err != nil {
 		t.Fatal(err)
 	}
 	acceptN(t, lo, n)
