@@ -117,39 +117,3 @@ func TestAdoptLockRefused(t *testing.T) {
 		}
 	})
 }
-
-// TestAdoptNotListener: every descriptor Adopt refuses as not the
-// listening socket of the path is reported as ErrNotListener (a caller
-// must not close what may be anything), a path that no longer names the
-// socket is not.
-func TestAdoptNotListener(t *testing.T) {
-	fdcensus.Verify(t)
-	path := filepath.Join(t.TempDir(), "s")
-	f, dev, ino := handedOver(t, path, nil)
-	other := filepath.Join(t.TempDir(), "o")
-	of, _, _ := handedOver(t, other, nil)
-	for _, tc := range []struct {
-		name string
-		fd   int
-		opts *sockfile.Options
-	}{
-		{"seqpacket wanted", int(f.Fd()), &sockfile.Options{Network: "unixpacket"}},
-		{"bound elsewhere", int(of.Fd()), nil},
-		{"not a socket", 0, nil},
-		{"closed", 1 << 20, nil},
-	} {
-		l, err := sockfile.Adopt(tc.fd, path, dev, ino, tc.opts)
-		if err == nil {
-			l.Close()
-		}
-		if !errors.Is(err, sockfile.ErrNotListener) {
-			t.Errorf("%s: %v, want ErrNotListener", tc.name, err)
-		}
-	}
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sockfile.Adopt(int(f.Fd()), path, dev, ino, nil); !errors.Is(err, sockfile.ErrReplaced) || errors.Is(err, sockfile.ErrNotListener) {
-		t.Errorf("removed path: %v, want ErrReplaced only", err)
-	}
-}
