@@ -17,7 +17,7 @@ import (
 
 // notifyWorker sends READY=1, then what its mode says, once (a marker file
 // in its directory remembers it did), then sleeps; in mode extend, its
-// first start asks for more time and takes 1.5 s before READY=1.
+// first start asks for more time and takes 3.5 s before READY=1.
 const notifyWorker = `
 import os, socket, sys, time
 def notify(s):
@@ -26,10 +26,10 @@ def notify(s):
     c.close()
 mode, marker = sys.argv[1], sys.argv[2]
 if mode == "extend" and not os.path.exists(marker):
-    # A slow start past -start-timeout (1s), announced twice.
-    notify("EXTEND_TIMEOUT_USEC=3000000")
-    notify("EXTEND_TIMEOUT_USEC=3000000")
-    time.sleep(1.5)
+    # A slow start past -start-timeout (3s), announced twice.
+    notify("EXTEND_TIMEOUT_USEC=6000000")
+    notify("EXTEND_TIMEOUT_USEC=6000000")
+    time.sleep(3.5)
 notify("READY=1")
 if os.path.exists(marker):
     time.sleep(1000)
@@ -93,7 +93,7 @@ func TestNotifyFields(t *testing.T) {
 		{"extend", func(m *master) bool {
 			return strings.Contains(m.log.String(), "worker extended its start timeout")
 		}, func(t *testing.T, m *master) {
-			// Ready after 1.5 s against a 1 s start timeout: not killed,
+			// Ready after 3.5 s against a 3 s start timeout: not killed,
 			// started once, the extension logged once.
 			if n := count(m.records(), "worker started"); n != 1 {
 				t.Errorf("%d workers started, want 1 (the slow one not killed)", n)
@@ -107,7 +107,11 @@ func TestNotifyFields(t *testing.T) {
 			fdcensus.Verify(t)
 			pc := proccensus.New(t)
 			marker := filepath.Join(t.TempDir(), "sent")
-			m := startMaster(t, pc, nil, "-n", "1", "-shutdown-timeout", "2s", "-start-timeout", "1s", "-listen", "127.0.0.1:0", "-log-format", "json", "--", py, script, tc.mode, marker)
+			// -start-timeout 3s: under load, python3 (through a version
+			// manager's shim, say) may take over a second to start, and a
+			// worker killed before its EXTEND_TIMEOUT_USEC is not the
+			// slow start under test.
+			m := startMaster(t, pc, nil, "-n", "1", "-shutdown-timeout", "2s", "-start-timeout", "3s", "-listen", "127.0.0.1:0", "-log-format", "json", "--", py, script, tc.mode, marker)
 			m.waitReady()
 			if !waitFor(10*time.Second, func() bool { return tc.done(m) }) {
 				t.Fatalf("%s: the master did not act", tc.mode)
