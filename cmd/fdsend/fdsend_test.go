@@ -161,21 +161,26 @@ func TestSendErrors(t *testing.T) {
 	}
 	defer f.Close()
 	cloexecFD := int(f.Fd()) // os.Open is close-on-exec, like fdsend's own descriptors
+	// How long fdsend waits for a receiver that never comes: long enough
+	// that a first dial finishes within it on a loaded machine (under the
+	// race detector a 300 ms one timed out before its first connect, and
+	// fdsend could only report "i/o timeout", not why it was waiting).
+	const wait = "1s"
 	tests := []struct {
 		name string
 		args []string
 		want int
 		out  string
 	}{
-		{"no socket at the path", []string{"-socket", missing, "-timeout", "300ms"}, 7, "no such file"},
-		{"regular file at the path", []string{"-socket", file, "-timeout", "300ms"}, 7, "connection refused"},
-		{"stale socket", []string{"-socket", stale, "-timeout", "300ms"}, 7, "connection refused"},
+		{"no socket at the path", []string{"-socket", missing, "-timeout", wait}, 7, "no such file"},
+		{"regular file at the path", []string{"-socket", file, "-timeout", wait}, 7, "connection refused"},
+		{"stale socket", []string{"-socket", stale, "-timeout", wait}, 7, "connection refused"},
 		{"stream socket, not seqpacket", []string{"-socket", stream}, 7, "protocol wrong type"},
 		{"fd not open", []string{"-socket", missing, "-fd", "999"}, 9, "-fd 999"},
 		{"fd not inherited", []string{"-socket", missing, "-fd", strconv.Itoa(cloexecFD)}, 9, "not inherited"},
 		{"file missing", []string{"-socket", missing, "-file", filepath.Join(dir, "nope")}, 9, "no such file"},
 		{"port in use", []string{"-socket", missing, "-listen", busy.Addr().String()}, 9, "address already in use"},
-		{"unix listener, then no receiver", []string{"-socket", missing, "-timeout", "300ms", "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
+		{"unix listener, then no receiver", []string{"-socket", missing, "-timeout", wait, "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
