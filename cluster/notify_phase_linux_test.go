@@ -374,7 +374,12 @@ func TestWorkerReloadTimeout(t *testing.T) {
 	unix.Kill(pids[0], unix.SIGUSR1) // RELOADING=1, and no READY=1
 	slotState(t, c, cc, 0, supervise.SlotReloading, 1)
 	slotState(t, c, cc, 0, supervise.SlotReady, 2)
-	recs := c.log.find("worker reload timed out; ready again")
+	// The warning may be written just after the state changed.
+	var recs []map[string]any
+	waitUntil(t, "the reload timeout logged", 5*time.Second, func() bool {
+		recs = c.log.find("worker reload timed out; ready again")
+		return len(recs) > 0
+	})
 	if len(recs) != 1 || recs[0]["pid"] != float64(pids[0]) || recs[0]["level"] != "WARN" {
 		t.Errorf("reload timeout records %v, want one warning for pid %d", recs, pids[0])
 	}
