@@ -80,16 +80,7 @@ func TestAdopt(t *testing.T) {
 					if err := tryLock(t, path+".lock"); !errors.Is(err, unix.EWOULDBLOCK) {
 						t.Errorf("round %d: flock of the lock file: %v, want EWOULDBLOCK", round, err)
 					}
-					c, err := net.Dial(network, path)
-					if err != nil {
-						t.Fatal(err)
-					}
-					a, err := l.Accept()
-					if err != nil {
-						t.Fatal(err)
-					}
-					a.Close()
-					c.Close()
+					acceptOne(t, l, network, path)
 					if gdev, gino := l.FileID(); gdev != dev || gino != ino {
 						t.Errorf("FileID() = %d, %d; want %d, %d", gdev, gino, dev, ino)
 					}

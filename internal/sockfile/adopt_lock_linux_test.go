@@ -4,7 +4,6 @@ package sockfile_test
 
 import (
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,16 +80,7 @@ func TestAdoptLockRefused(t *testing.T) {
 			if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
 				t.Errorf("flags after Adopt: %#o, %v; want O_NONBLOCK set (documented)", fl, err)
 			}
-			c, err := net.Dial("unix", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := l.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			a.Close()
-			c.Close()
+			acceptOne(t, l, "unix", path)
 			if err := l.Close(); err != nil {
 				t.Fatal(err)
 			}

@@ -108,6 +108,22 @@ func errnoName(e syscall.Errno) string {
 	return e.Error()
 }
 
+// acceptOne checks that l serves: a client dialled to path on network is
+// accepted.
+func acceptOne(t *testing.T, l net.Listener, network, path string) {
+	t.Helper()
+	c, err := net.Dial(network, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+}
+
 func servePID(ln net.Listener) {
 	for {
 		c, err := ln.Accept()

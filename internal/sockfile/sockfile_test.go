@@ -65,16 +65,7 @@ func TestListenModeAndLifecycle(t *testing.T) {
 				if tt.opts != nil && tt.opts.Network != "" {
 					network = tt.opts.Network
 				}
-				c, err := net.Dial(network, path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				a, err := l.Accept()
-				if err != nil {
-					t.Fatal(err)
-				}
-				a.Close()
-				c.Close()
+				acceptOne(t, l, network, path)
 				if err := l.Close(); err != nil {
 					t.Fatal(err)
 				}
