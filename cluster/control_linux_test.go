@@ -756,22 +756,8 @@ func TestControlAdopt(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, "sock")
-			ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ul.SetUnlinkOnClose(false)
-			f, err := ul.File()
-			ul.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
+			f, st := inheritedControl(t, path)
 			defer os.Remove(path)
-			var st unix.Stat_t
-			if err := unix.Lstat(path, &st); err != nil {
-				t.Fatal(err)
-			}
 			ino := st.Ino
 			if tc.badIno {
 				ino++
