@@ -42,7 +42,7 @@ func adoptInherited(act []Activated, extra, ctl, conn int) []inherited {
 		in := inspectInherited(a)
 		in.releasable = ok
 		if ok {
-			in.dev, in.ino = st.Dev, st.Ino
+			in.dev, in.ino = uint64(st.Dev), uint64(st.Ino) // uint32 on mips
 		}
 		in.unnamed = i >= len(act)-extra
 		out = append(out, in)
@@ -74,7 +74,7 @@ func (w *wstate) releaseInherited() {
 		// code that took it with another activation library): close it
 		// only if it still is the socket adopted.
 		var st unix.Stat_t
-		if unix.Fstat(in.fd, &st) != nil || st.Dev != in.dev || st.Ino != in.ino {
+		if unix.Fstat(in.fd, &st) != nil || uint64(st.Dev) != in.dev || uint64(st.Ino) != in.ino {
 			continue
 		}
 		// close(2), not shutdown(2): shutdown would stop accept for the

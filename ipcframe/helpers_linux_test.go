@@ -95,7 +95,7 @@ func ids(t testing.TB, fds []int) []fdID {
 		if err := unix.Fstat(fd, &st); err != nil {
 			t.Fatalf("fstat %d: %v", fd, err)
 		}
-		out[i] = fdID{st.Dev, st.Ino}
+		out[i] = fdID{uint64(st.Dev), uint64(st.Ino)} // uint32 on mips
 	}
 	return out
 }
