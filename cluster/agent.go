@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/handoff-go/handoff/ipcframe"
 	"github.com/handoff-go/handoff/supervise"
@@ -556,7 +557,12 @@ func eachSlot(st *ControlStatus, fn func(*ControlSlot)) {
 func decodeAgent(p *fastjson.Parser, b []byte, msg *agentMsg) error {
 	*msg = agentMsg{}
 	// fastjson unescapes on a best-effort basis: bad escapes and invalid
-	// UTF-8 are refused first, not guessed (as decodeSockMsg does).
+	// UTF-8 are refused first, not guessed (as decodeSockMsg does). Both
+	// ends encode with appendJSONString, which mends invalid UTF-8, so
+	// such bytes on the wire mean a broken peer.
+	if !utf8.Valid(b) {
+		return errors.New("message is not valid UTF-8")
+	}
 	if err := validateJSON(b); err != nil {
 		return err
 	}

@@ -76,6 +76,29 @@ func TestAgentSeedsDecode(t *testing.T) {
 	}
 }
 
+// TestAgentInvalidUTF8: a frame with bytes that are not UTF-8, in any
+// string of any type, is a protocol error, as docs/protocol.md says; a log
+// frame with them is not the content exception (the agent mends UTF-8
+// before sending, so such a frame comes from a broken peer).
+func TestAgentInvalidUTF8(t *testing.T) {
+	for _, b := range []string{
+		`{"type":"log","level":0,"msg":"a` + "\xff" + `b","attrs":{}}`,
+		`{"type":"log","level":0,"msg":"m","attrs":{"k` + "\xc3" + `":"v"}}`,
+		`{"type":"error","error":"` + "\xed\xa0\x80" + `"}`, // a UTF-16 surrogate written as UTF-8
+		`{"type":"start","version":1,"program":"srv","args":["` + "\xfe" + `"],"ids":[0],"listen":["127.0.0.1:0"],"status_interval_ms":1000}`,
+		`{"type":"ping","x":"` + "\x80" + `"}`, // even in a field no one reads
+	} {
+		var p fastjson.Parser
+		if _, err := cluster.AgentReencode(&p, []byte(b)); !errors.Is(err, cluster.ErrAgentProtocol) || !strings.Contains(err.Error(), "UTF-8") {
+			t.Errorf("%q: %v, want ErrAgentProtocol naming UTF-8", b, err)
+		}
+		// The same frame with the bytes mended decodes.
+		if _, err := cluster.AgentReencode(&p, []byte(strings.ToValidUTF8(b, "\uFFFD"))); err != nil {
+			t.Errorf("%q mended: %v", b, err)
+		}
+	}
+}
+
 // TestAgentErrorTextClipped: an agent's failure text, which ends up in
 // logs and status, is cut to one line's worth when decoded.
 func TestAgentErrorTextClipped(t *testing.T) {
