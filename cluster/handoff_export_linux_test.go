@@ -320,3 +320,11 @@ func SetHandoffSendFault(fn func() syscall.Errno) (restore func()) {
 	hoSendFault = func() unix.Errno { return unix.Errno(fn()) }
 	return func() { hoSendFault = nil }
 }
+
+// SetHoUnservedAfter sets how long ready workers may leave a listener
+// unserved before the master warns, until the test ends.
+func SetHoUnservedAfter(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := hoUnservedAfter
+	hoUnservedAfter = d
+	t.Cleanup(func() { hoUnservedAfter = old })
+}

@@ -380,7 +380,7 @@ func (h *handoff) acceptLoop(hl *hoListener) {
 		// pause from ever succeeding, while the kernel's backlog keeps the
 		// connections as well, across an exec too.
 		var ok bool
-		if servers, ok = h.awaitServer(hl.idx, servers); !ok {
+		if servers, ok = h.awaitServer(hl, servers); !ok {
 			return
 		}
 		b.reset(hl.idx, hl.name)
@@ -439,25 +439,73 @@ func (h *handoff) acceptLoop(hl *hoListener) {
 	}
 }
 
-// awaitServer waits until a ready worker subscribes to listener idx; false
+// awaitServer waits until a ready worker subscribes to listener hl; false
 // if the master stopped first. ws is scratch space, returned for reuse.
-func (h *handoff) awaitServer(idx int, ws []*hoWorker) ([]*hoWorker, bool) {
+//
+// Ready workers that take nothing from hl for hoUnservedAfter are a
+// mistake the master cannot see otherwise: a worker that reads LISTEN_FDS
+// itself instead of calling cluster.Listen, or that listens on other
+// addresses only. Its clients wait in the backlog with no error anywhere,
+// so that is logged once, until a worker serves hl again. The delay
+// leaves a worker its time to subscribe after READY=1.
+func (h *handoff) awaitServer(hl *hoListener, ws []*hoWorker) ([]*hoWorker, bool) {
+	var since time.Time // ready workers not serving hl first seen
+	var timer *time.Timer
+	warned := false
 	for {
 		// Taken before looking, so a subscription in between is not missed.
 		wake := h.wakeCh()
 		h.mu.Lock()
 		ws = append(ws[:0], h.workers...)
 		h.mu.Unlock()
+		others := 0
 		for _, w := range ws {
 			// The test candidates applies, without turning the rotation.
-			if !w.retired.Load() && w.ready.Load() && !w.away.Load() && w.subscribed(idx) {
-				return ws, true
+			if !w.retired.Load() && w.ready.Load() && !w.away.Load() {
+				if w.subscribed(hl.idx) {
+					if warned {
+						h.log.Info("handoff: a worker serves the listener again", "name", hl.name)
+					}
+					if timer != nil {
+						timer.Stop()
+					}
+					return ws, true
+				}
+				others++
 			}
+		}
+		var due <-chan time.Time
+		switch {
+		case others == 0:
+			since = time.Time{}
+		case warned:
+		case since.IsZero():
+			since = time.Now()
+			fallthrough
+		default:
+			if left := hoUnservedAfter - time.Since(since); left > 0 {
+				if timer == nil {
+					timer = time.NewTimer(left)
+				} else {
+					timer.Reset(left)
+				}
+				due = timer.C
+				break
+			}
+			warned = true
+			h.log.Warn("handoff: no worker takes connections from this listener; its clients wait in the kernel's backlog. "+
+				"Under -mode handoff a worker takes them by calling cluster.Listen for the address (a worker that uses "+
+				"LISTEN_FDS itself needs -mode shared or reuseport)",
+				"name", hl.name, "ready_workers", others, "for", time.Since(since).Round(time.Millisecond))
 		}
 		select {
 		case <-h.done:
+			if timer != nil {
+				timer.Stop()
+			}
 			return ws, false
 		case <-wake:
+		case <-due:
 		}
 	}
 }
@@ -468,6 +516,10 @@ func (w *hoWorker) subscribed(idx int) bool {
 	defer w.mu.Unlock()
 	return !w.dead && idx < len(w.subs) && w.subs[idx]
 }
+
+// hoUnservedAfter is how long ready workers may leave a listener unserved
+// before the master warns (a variable for tests).
+var hoUnservedAfter = 5 * time.Second
 
 const (
 	// hoAcceptBackoff bounds the pause after accept failed for lack of

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/cluster"
 	"github.com/handoff-go/handoff/internal/fdcensus"
+	"github.com/handoff-go/handoff/internal/syncbuf"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
 )
@@ -324,6 +325,44 @@ func TestHandoffUnservedListener(t *testing.T) {
 	if diff := cmp.Diff(seq(2), acceptN(t, l, 2)); diff != "" {
 		t.Errorf("connections from the backlog (-want +got):\n%s", diff)
 	}
+}
+
+// TestHandoffUnservedWarning: ready workers that leave a listener unserved
+// for hoUnservedAfter get one warning naming that listener (not the one
+// they serve; a worker not ready does not count), and a note once a
+// worker serves it, which then gets the connections that waited.
+func TestHandoffUnservedWarning(t *testing.T) {
+	fdcensus.Verify(t)
+	const warning = "no worker takes connections from this listener"
+	cluster.SetHoUnservedAfter(t, 200*time.Millisecond)
+	var buf syncbuf.Buffer
+	r, lns := rigLog(t, slog.New(slog.NewTextHandler(&buf, nil)), "tcp", "tcp")
+	names := r.Names()
+	r.GateOnReady()
+	workerOn(t, r, names[0])
+	time.Sleep(600 * time.Millisecond)
+	if strings.Contains(buf.String(), warning) {
+		t.Fatalf("warned with no worker ready:\n%s", buf.String())
+	}
+	r.MarkReady(-1) // AddWorker's made-up pid
+	waitUntil(t, "the warning", 5*time.Second, func() bool { return strings.Contains(buf.String(), warning) })
+	time.Sleep(600 * time.Millisecond) // a second warning would have come
+	var warned []string
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(line, warning) {
+			warned = append(warned, line)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], names[1]) || strings.Contains(warned[0], names[0]) || !strings.Contains(warned[0], "ready_workers=1") {
+		t.Fatalf("warnings %q, want one for %s with ready_workers=1", warned, names[1])
+	}
+	dialN(t, lns[1].Addr().String(), 2)
+	l := workerOn(t, r, names[1])
+	r.MarkReady(-2)
+	if diff := cmp.Diff(seq(2), acceptN(t, l, 2)); diff != "" {
+		t.Errorf("connections that waited (-want +got):\n%s", diff)
+	}
+	waitUntil(t, "the note", 5*time.Second, func() bool { return strings.Contains(buf.String(), "a worker serves the listener again") })
 }
 
 // TestHandoffBadWorkerUnreadRescued: a worker killed for breaking the
