@@ -14,9 +14,14 @@
 //	go run ./bench -from results.json -o report.md -svg plot.svg   # re-render, measure nothing
 //
 // -run also selects among the cases of a -from file; -from refuses the
-// flags that say how to measure (-rounds, -quick, -perf). -quick's figures
-// decide no target: its report has no verdict column. An interrupted run
-// writes the report of the rounds that completed, marked as partial.
+// flags that say how to measure (-rounds, -quick, -perf), and -quick, one
+// round, refuses -rounds. -quick's figures decide no target: its report
+// has no verdict column, its JSON no verdict. An interrupted run (SIGINT,
+// SIGTERM, SIGHUP; during -perf too) writes the report of the rounds that
+// completed, marked as partial. The output paths are checked before
+// anything is built; afterwards the JSON, the report and the plot are
+// written in that order, each whatever happened to the others, and
+// results saved nowhere go to standard error as JSON.
 //
 // The runner builds the benchmarks once (go test -c ./bench, and
 // go test -c ./cmd/mini-cluster for BenchmarkHello, which runs in that
@@ -45,9 +50,10 @@
 // Who should not use it: nobody imports it; it is a command. Its figures
 // are only comparable within one run on one machine.
 //
-// Platform support: the benchmarks are Linux only (the other systems build
-// the runner, which then finds no benchmarks). -perf needs perf with
-// syscall tracepoints; without them the report says so.
+// Platform support: the benchmarks are Linux only; the other systems build
+// the runner, which refuses to measure there and only renders -from
+// results. -perf needs perf with syscall tracepoints; without them the
+// report says so. A variant skipped or failed under perf gets no counts.
 //
 // Ownership: every process a benchmark starts is reaped before it returns,
 // and every descriptor it opens is closed (checked by the fd and process
@@ -58,5 +64,9 @@
 // otherwise be orphaned. It is the child subreaper of its descendants
 // (PR_SET_CHILD_SUBREAPER), so that orphans that left the group come to it
 // and are killed and reaped too; any process left running is a failure.
-// Temporary files live in one directory removed when the runner exits.
+// A runner killed outright (SIGKILL) takes its child with it (Pdeathsig),
+// and the benchmark binary and its Go helpers die with their own parents
+// (PR_SET_PDEATHSIG, asked for by HANDOFF_BENCH_PDEATHSIG).
+// Temporary files live in one directory removed when the runner exits,
+// except after a SIGKILL.
 package main

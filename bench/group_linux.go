@@ -16,12 +16,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// benchmarksSupported is nil: the benchmarks are Linux's.
+func benchmarksSupported() error { return nil }
+
 // ownGroup starts cmd in a process group of its own and makes cancelling
 // it kill the whole group: a benchmark binary killed half-way runs no
 // cleanups, and its helpers and mini-cluster master (whose workers die with
-// it through Pdeathsig) would otherwise outlive the runner.
+// it through Pdeathsig) would otherwise outlive the runner. A runner killed
+// outright (SIGKILL) cancels nothing: Pdeathsig then kills cmd, which the
+// benchmark binary passes on (pdeathsigVar). Pdeathsig fires when the
+// forking thread exits, not the process; the runner locks no goroutine to
+// a thread, so its threads live as long as it does.
 func ownGroup(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error {
 		// The group's id is the leader's pid; the leader is not reaped
 		// before Wait, so the id cannot have been reused.

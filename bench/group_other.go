@@ -7,6 +7,12 @@ import (
 	"os/exec"
 )
 
+// benchmarksSupported refuses a run up front: the benchmarks are Linux
+// only, and each case would otherwise fail as matching no benchmark.
+func benchmarksSupported() error {
+	return errors.New("the benchmarks run on Linux only; on this system the runner only renders an earlier run's results (-from)")
+}
+
 // ownGroup does nothing here: the benchmarks, the only commands that start
 // helpers, are Linux only.
 func ownGroup(*exec.Cmd) {}

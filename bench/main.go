@@ -17,8 +17,14 @@ import (
 	"syscall"
 )
 
+// stopSignals end a run the way Ctrl-C does: the report of what completed
+// is written and the temporary directory removed. SIGHUP too, since a
+// closed terminal or ssh session would otherwise kill the runner outright,
+// leaving both behind.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
@@ -32,12 +38,12 @@ func main() {
 
 // errFailures is returned when some benchmark invocations failed; the
 // report was still written and lists them.
-var errFailures = errors.New("some benchmarks failed (listed in the report)")
+var errFailures = errors.New("some benchmarks failed (listed above and in the report)")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	rounds := fs.Int("rounds", 5, "rounds; each round runs every case once (at least 1; -quick runs 1)")
+	rounds := fs.Int("rounds", 5, "rounds; each round runs every case once (at least 1; not with -quick, which runs 1)")
 	quick := fs.Bool("quick", false, "one round of a small subset with tiny iteration counts, for CI (< 60 s on 2 cores)")
 	outPath := fs.String("o", "", "write the Markdown report to this file (default standard output)")
 	svgPath := fs.String("svg", "", "write an SVG plot of fds/s against fds per message to this file")
@@ -63,14 +69,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-run: %w", err)
 		}
 	}
+	// Before anything is measured: a path that cannot be written would
+	// otherwise be found only after the whole run.
+	if err := checkOutputs(*outPath, *svgPath, *jsonPath); err != nil {
+		return err
+	}
 	if *from != "" {
 		return fromJSON(fs, *from, re, stdout, *outPath, *svgPath, *jsonPath)
 	}
-	if *quick {
-		*rounds = 1
+	if err := benchmarksSupported(); err != nil {
+		return err
 	}
 	if *rounds < 1 {
 		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
+	}
+	if *quick {
+		// -quick is one round of a subset: a -rounds beside it would be
+		// silently ignored, so it is refused.
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "rounds" })
+		if explicit {
+			return errors.New("-quick runs one round: -rounds does not apply")
+		}
+		*rounds = 1
 	}
 	cases := Cases(*quick)
 	if re != nil {
@@ -111,7 +132,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	res.Env = CollectEnv(ctx, goTool, cc)
 	r := &runner{
 		goTool: goTool, root: root, dir: root + "/bench", tmp: tmp, log: stderr,
-		env: append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
+		env: append(os.Environ(), "GORACE=atexit_sleep_ms=0", pdeathsigVar+"=1"),
 	}
 	needCluster := false
 	var pkgs []string
@@ -136,21 +157,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		r.perf(ctx, cases, *quick, res)
 	}
 	res.Env.LoadAfter = LoadAverage()
-	return finish(ctx, res, stdout, *outPath, *svgPath, *jsonPath)
+	return finish(ctx, res, stdout, stderr, *outPath, *svgPath, *jsonPath)
 }
 
 // finish writes the results of a run, those of an interrupted one too,
 // marked as partial, and returns why the run did not succeed.
-func finish(ctx context.Context, res *Results, stdout io.Writer, outPath, svgPath, jsonPath string) error {
+func finish(ctx context.Context, res *Results, stdout, stderr io.Writer, outPath, svgPath, jsonPath string) error {
 	interrupted := ctx.Err()
 	res.Interrupted = interrupted != nil
-	if err := write(res, stdout, outPath, svgPath, jsonPath); err != nil {
+	if err := write(res, stdout, stderr, outPath, svgPath, jsonPath); err != nil {
 		return err
 	}
 	if interrupted != nil {
 		return fmt.Errorf("interrupted, partial report written: %w", interrupted)
 	}
 	if len(res.Failures) > 0 {
+		// Also here: the report may have gone to /dev/null (CI's -quick).
+		for _, f := range res.Failures {
+			fmt.Fprintf(stderr, "bench: failed: %s\n", f)
+		}
 		return errFailures
 	}
 	return nil
@@ -183,46 +208,109 @@ func fromJSON(fs *flag.FlagSet, path string, re *regexp.Regexp, stdout io.Writer
 			return fmt.Errorf("-run %q matches no case of %s", re, path)
 		}
 	}
-	return write(&res, stdout, outPath, svgPath, jsonPath)
+	// The results are in path already: nothing to rescue on stderr.
+	return write(&res, stdout, nil, outPath, svgPath, jsonPath)
 }
 
-// write writes the plot, the JSON results and the Markdown report where
-// the flags say; the report goes to stdout unless -o names a file or the
-// JSON took stdout.
-func write(res *Results, stdout io.Writer, outPath, svgPath, jsonPath string) error {
-	if svgPath != "" {
-		if err := os.WriteFile(svgPath, []byte(PlotSVG(res)), 0o644); err != nil {
-			return err
+// checkOutputs checks, before a run, that the output files can be
+// written: each is opened for writing, created if need be (and removed
+// again, so that a run that fails leaves no empty file) but not truncated.
+// Two outputs naming one file are refused, as one would overwrite the
+// other.
+func checkOutputs(outPath, svgPath, jsonPath string) error {
+	seen := map[string]string{}
+	for _, o := range []struct{ flag, path string }{{"-o", outPath}, {"-svg", svgPath}, {"-json", jsonPath}} {
+		if o.path == "" || (o.flag == "-json" && o.path == "-") {
+			continue
 		}
-	}
-	if jsonPath != "" {
-		b, err := json.MarshalIndent(res, "", "  ")
+		abs, err := filepath.Abs(o.path)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", o.flag, err)
 		}
-		b = append(b, '\n')
-		if jsonPath == "-" {
-			if _, err := stdout.Write(b); err != nil {
-				return err
-			}
-		} else if err := os.WriteFile(jsonPath, b, 0o644); err != nil {
-			return err
+		if other, dup := seen[abs]; dup {
+			return fmt.Errorf("%s and %s both write %s", other, o.flag, o.path)
+		}
+		seen[abs] = o.flag
+		_, statErr := os.Lstat(o.path)
+		f, err := os.OpenFile(o.path, os.O_WRONLY|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("%s: %w", o.flag, err)
+		}
+		f.Close()
+		if errors.Is(statErr, os.ErrNotExist) {
+			os.Remove(o.path)
 		}
 	}
-	if jsonPath == "-" && outPath == "" {
-		return nil
-	}
-	md := Markdown(res, plotLink(outPath, svgPath))
-	if outPath == "" {
-		_, err := io.WriteString(stdout, md)
+	return nil
+}
+
+// write writes the JSON results, the Markdown report and the plot where
+// the flags say; the report goes to stdout unless -o names a file or the
+// JSON took stdout. The results come first and one output that fails
+// stops none of the others; the error names every failure. When the
+// results could be saved nowhere (the JSON asked for failed, or the report
+// failed and no JSON was asked for), the JSON goes to stderr, unless it is
+// nil, so that a run's measurements are not lost to a path.
+func write(res *Results, stdout, stderr io.Writer, outPath, svgPath, jsonPath string) error {
+	var errs []error
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
 		return err
 	}
-	return os.WriteFile(outPath, []byte(md), 0o644)
+	b = append(b, '\n')
+	jsonSaved, jsonFailed := false, false
+	if jsonPath != "" {
+		if jsonPath == "-" {
+			_, err = stdout.Write(b)
+		} else {
+			err = os.WriteFile(jsonPath, b, 0o644)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("-json: %w", err))
+			jsonFailed = true
+		} else {
+			jsonSaved = true
+		}
+	}
+	reportFailed := false
+	if jsonPath != "-" || outPath != "" {
+		md := Markdown(res, plotLink(outPath, svgPath))
+		if outPath == "" {
+			_, err = io.WriteString(stdout, md)
+		} else {
+			err = os.WriteFile(outPath, []byte(md), 0o644)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("report: %w", err))
+			reportFailed = true
+		}
+	}
+	if svgPath != "" {
+		if err := os.WriteFile(svgPath, []byte(PlotSVG(res)), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("-svg: %w", err))
+		}
+	}
+	if stderr != nil && (jsonFailed || (reportFailed && !jsonSaved)) {
+		if _, err := stderr.Write(b); err == nil {
+			errs = append(errs, errors.New("the results (JSON) were written to standard error instead; render them with -from"))
+		}
+	} else if reportFailed && jsonSaved && jsonPath != "-" {
+		errs = append(errs, fmt.Errorf("the report can be rendered from the results with -from %s", jsonPath))
+	}
+	return errors.Join(errs...)
 }
 
 // perf runs the perf cases' variants under perf stat, or notes why not.
 func (r *runner) perf(ctx context.Context, cases []Case, quick bool, res *Results) {
+	pcs := perfCases(cases)
+	if len(pcs) == 0 {
+		res.PerfNote = "no perf case was selected (they are scm/stream/K=1/P=64, scm/seqpacket/K=1/P=64 and scm/seqpacket/K=253/P=64)"
+		return
+	}
 	if err := PerfAvailable(ctx); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
 		res.PerfNote = "unavailable: " + err.Error()
 		fmt.Fprintf(r.log, "bench: -perf: %s\n", res.PerfNote)
 		return
@@ -231,20 +319,7 @@ func (r *runner) perf(ctx context.Context, cases []Case, quick bool, res *Result
 	if quick {
 		msgs = 2000
 	}
-	for _, c := range perfCases(cases) {
-		for _, v := range scmVariants {
-			fmt.Fprintf(r.log, "bench: perf stat %s/%s, %d messages\n", c.Name, v, msgs)
-			pr, err := r.runPerf(ctx, c, v, msgs)
-			if err != nil {
-				res.Failures = append(res.Failures, fmt.Sprintf("perf %s/%s: %v", c.Name, v, err))
-				continue
-			}
-			res.Perf = append(res.Perf, pr)
-		}
-	}
-	if len(res.Perf) == 0 && res.PerfNote == "" {
-		res.PerfNote = "no perf case was selected (they are scm/stream/K=1/P=64, scm/seqpacket/K=1/P=64 and scm/seqpacket/K=253/P=64)"
-	}
+	r.perfCount(ctx, pcs, msgs, res)
 }
 
 // plotLink is how the report refers to the plot: relative to the report's

@@ -11,16 +11,28 @@ import (
 	"strings"
 	"testing"
 
+	bench "github.com/handoff-go/handoff/bench"
 	"github.com/handoff-go/handoff/internal/helperproc"
+	"golang.org/x/sys/unix"
 )
 
 // TestMain routes helper roles: every benchmark runs its peers (senders,
 // accepting servers, workers) as re-executed copies of this test binary, so
 // that sender and receiver never share a Go scheduler.
 func TestMain(m *testing.M) {
+	if os.Getenv(PdeathsigVar) != "" {
+		// Die with the parent (the runner, perf stat, or for a helper
+		// the benchmark binary), which may be SIGKILLed and clean up
+		// nothing. A parent gone before this call is missed: the window
+		// is the process's start-up.
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: prctl(PR_SET_PDEATHSIG): %v\n", err)
+		}
+	}
 	helperproc.Main(m, map[string]func() int{
 		"scm-send":      roleSCMSend,
 		"accept-server": roleAcceptServer,
+		"bench-runner":  func() int { return bench.RunnerRole("sleep", "60") },
 	})
 }
 
@@ -45,6 +57,9 @@ func inOrder(variants ...string) []string {
 	n %= len(variants)
 	return append(variants[n:len(variants):len(variants)], variants[:n]...)
 }
+
+// PdeathsigVar, set by the runner, makes this binary die with its parent.
+const PdeathsigVar = "HANDOFF_BENCH_PDEATHSIG"
 
 // CLoopVar and CAcceptVar name prebuilt C baselines. The runner compiles
 // testdata/cloop.c and testdata/caccept.c once and sets them, so that each

@@ -105,19 +105,64 @@ func perfCases(cases []Case) []Case {
 	return out
 }
 
+// errPerfSkipped is returned by runPerf when the benchmark skipped the
+// variant (no C compiler for the C loop): its counts are those of the
+// idle harness, no measurement.
+type errPerfSkipped struct{ reason string }
+
+func (e *errPerfSkipped) Error() string { return "skipped: " + e.reason }
+
+// perfCount counts the events of every variant of cases with perf stat.
+// A variant the benchmark skipped goes to res.PerfSkips and one that
+// failed to res.Failures, neither to res.Perf. An interrupt stops it at
+// once, and the run it killed is no failure.
+func (r *runner) perfCount(ctx context.Context, cases []Case, msgs int, res *Results) {
+	for _, c := range cases {
+		for _, v := range scmVariants {
+			if ctx.Err() != nil {
+				return
+			}
+			fmt.Fprintf(r.log, "bench: perf stat %s/%s, %d messages\n", c.Name, v, msgs)
+			pr, err := r.runPerf(ctx, c, v, msgs)
+			var skip *errPerfSkipped
+			switch {
+			case ctx.Err() != nil:
+				// Killed by the interrupt: nothing measured, nothing failed.
+				return
+			case errors.As(err, &skip):
+				res.PerfSkips = append(res.PerfSkips, fmt.Sprintf("%s/%s: %s", c.Name, v, skip.reason))
+			case err != nil:
+				res.Failures = append(res.Failures, fmt.Sprintf("perf %s/%s: %v", c.Name, v, err))
+			default:
+				res.Perf = append(res.Perf, pr)
+			}
+		}
+	}
+}
+
 // runPerf counts the events of one variant of c under perf stat, per
 // message: the difference between a run of 2×msgs messages and one of msgs,
 // divided by msgs. Everything else the two runs share cancels out: the
 // processes' start-up, the warm-up messages, testing's b.N = 1 run, and the
 // Go harness's own runtime (the whole count of futex and epoll calls of the
-// C variant, whose processes make none).
+// C variant, whose processes make none). Each run must print the variant's
+// result line: perf counts a skipped or unmatched benchmark too, as the
+// harness's idle run.
 func (r *runner) runPerf(ctx context.Context, c Case, variant string, msgs int) (PerfResult, error) {
+	perf := r.perfTool
+	if perf == "" {
+		perf = "perf"
+	}
 	var counts [2]map[string]float64
 	for i, n := range []int{msgs, 2 * msgs} {
 		out := filepath.Join(r.tmp, "perf.csv")
 		args := []string{"stat", "-x", ",", "-o", out, "-e", strings.Join(perfEvents, ","), "--", r.bin}
 		args = append(args, r.testArgs(c.Bench+"/"+anchored(variant), strconv.Itoa(n)+"x")...)
-		if _, err := r.exec(ctx, r.dir, nil, "perf", args...); err != nil {
+		stdout, err := r.exec(ctx, r.dir, nil, perf, args...)
+		if err != nil {
+			return PerfResult{}, err
+		}
+		if err := variantRan(stdout, variant); err != nil {
 			return PerfResult{}, err
 		}
 		b, err := os.ReadFile(out)
@@ -133,6 +178,27 @@ func (r *runner) runPerf(ctx context.Context, c Case, variant string, msgs int) 
 		return PerfResult{}, err
 	}
 	return PerfResult{Case: c.Name, Variant: variant, Messages: msgs, PerMsg: per}, nil
+}
+
+// variantRan checks that benchmark output holds a result line of variant:
+// an *errPerfSkipped when the benchmark skipped it, an error when it
+// printed none or a malformed one.
+func variantRan(out, variant string) error {
+	for line := range strings.SplitSeq(out, "\n") {
+		l, ok, err := ParseLine(line)
+		if err != nil {
+			return err
+		}
+		if ok && l.Variant() == variant {
+			return nil
+		}
+	}
+	for _, s := range ParseSkips(out) {
+		if s.Name[strings.LastIndexByte(s.Name, '/')+1:] == variant {
+			return &errPerfSkipped{reason: s.Reason}
+		}
+	}
+	return fmt.Errorf("no result line of variant %s in the benchmark's output", variant)
 }
 
 // PerMessage returns (large − small) / msgs for every event, named without

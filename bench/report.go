@@ -174,7 +174,8 @@ func Markdown(res *Results, plot string) string {
 		"against the baseline measured in the same round by the same process; the table gives the median " +
 		"[min–max] of those per-round ratios (above 1 is better than the baseline). Ratios are printed with two " +
 		"decimals rounded toward the side that fails a target (speed down, CPU cost up), so that a figure printed as " +
-		"meeting a threshold meets it. Targets are the design brief's; \"no baseline\" in the met column means the " +
+		"meeting a threshold meets it. Targets are the design brief's; the met column judges the median alone (the " +
+		"[min–max] beside it shows how near a thing it was), and \"no baseline\" there means the " +
 		"figure it compares with was not measured, so nothing is decided.\n\n")
 	if plot != "" {
 		w("![fds/s against fds per message](%s)\n\n", plot)
@@ -197,13 +198,16 @@ func Markdown(res *Results, plot string) string {
 			}
 		}
 	}
-	if res.PerfNote != "" || len(res.Perf) > 0 {
+	if res.PerfNote != "" || len(res.Perf) > 0 || len(res.PerfSkips) > 0 {
 		w("### Syscalls and context switches per message (perf stat)\n\n")
 		if res.PerfNote != "" {
 			w("perf: %s\n\n", res.PerfNote)
 		}
 		if len(res.Perf) > 0 {
 			writePerf(&b, res.Perf)
+		}
+		if len(res.PerfSkips) > 0 {
+			w("Not counted, skipped by the benchmark:\n\n- %s\n\n", strings.Join(res.PerfSkips, "\n- "))
 		}
 	}
 	var skips []string

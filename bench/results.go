@@ -16,9 +16,11 @@ type Results struct {
 	Interrupted bool          `json:"interrupted,omitempty"`
 	Cases       []*CaseResult `json:"cases"`
 	// Perf holds per-message syscall and context-switch counts, PerfNote
-	// why there are none.
-	Perf     []PerfResult `json:"perf,omitempty"`
-	PerfNote string       `json:"perf_note,omitempty"`
+	// why there are none, PerfSkips the variants the benchmark skipped
+	// under perf ("case/variant: reason"), which have no counts.
+	Perf      []PerfResult `json:"perf,omitempty"`
+	PerfNote  string       `json:"perf_note,omitempty"`
+	PerfSkips []string     `json:"perf_skips,omitempty"`
 	// Failures lists invocations that failed, with their output's tail.
 	Failures []string `json:"failures,omitempty"`
 }
@@ -182,11 +184,25 @@ func (c *CaseResult) Finish() {
 	})
 }
 
+// Undecide withdraws every verdict, saying why: -quick's smoke runs
+// decide no target, in the JSON as in the report.
+func (c *CaseResult) Undecide(why string) {
+	for _, v := range c.Variants {
+		if v.Met != nil || v.Undecided != "" {
+			v.Met, v.Undecided = nil, why
+		}
+	}
+}
+
 // Keep drops the cases whose name keep rejects, with their perf counts
 // and failures.
 func (res *Results) Keep(keep func(name string) bool) {
 	res.Cases = slices.DeleteFunc(res.Cases, func(c *CaseResult) bool { return !keep(c.Name) })
 	res.Perf = slices.DeleteFunc(res.Perf, func(p PerfResult) bool { return !keep(p.Case) })
+	res.PerfSkips = slices.DeleteFunc(res.PerfSkips, func(s string) bool {
+		name, _, _ := strings.Cut(s, ": ")
+		return !keep(name[:max(strings.LastIndexByte(name, '/'), 0)])
+	})
 	res.Failures = slices.DeleteFunc(res.Failures, func(f string) bool {
 		// "name round 2: ..." and "perf name/variant: ...", as runCase
 		// and perf write them.

@@ -28,6 +28,11 @@ const (
 	// the runner sets it to the round number, so that no variant always
 	// runs first (right after the process starts) or last.
 	rotateVar = "HANDOFF_BENCH_ROTATE"
+	// pdeathsigVar makes the benchmark binary, and the helpers it
+	// re-executes, die with their parent (PR_SET_PDEATHSIG): a runner
+	// killed outright kills its child through Pdeathsig, and that child
+	// may be perf stat, whose own child the benchmark binary is.
+	pdeathsigVar = "HANDOFF_BENCH_PDEATHSIG"
 )
 
 // runner builds the benchmark binary once and runs cases with it.
@@ -43,6 +48,8 @@ type runner struct {
 	pkgSkip map[string]string
 	env     []string
 	log     io.Writer
+	// perfTool is the perf command, "perf" (on PATH) when empty.
+	perfTool string
 	// clusterSkip says why the mini-cluster cases cannot run.
 	clusterSkip string
 }
@@ -271,6 +278,9 @@ func (r *runner) Run(ctx context.Context, cases []Case, rounds int, res *Results
 	}
 	for _, cr := range crs {
 		cr.Finish()
+		if res.Quick {
+			cr.Undecide("-quick")
+		}
 	}
 	res.Cases = crs
 }

@@ -176,7 +176,7 @@ echo "BenchmarkX/a-2 1 7 rot/op"
 		t.Errorf("failures %q, want none: the interrupted round is not a failure", res.Failures)
 	}
 	var stdout strings.Builder
-	err := finish(ctx, res, &stdout, "", "", "")
+	err := finish(ctx, res, &stdout, io.Discard, "", "", "")
 	if err == nil || !strings.Contains(err.Error(), "interrupted") {
 		t.Errorf("finish: %v, want an interrupted error", err)
 	}

@@ -3,6 +3,7 @@
 package main_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -172,16 +173,22 @@ func runGoSCM(b *testing.B, pc *proccensus.Census, sotype int, args []string, im
 		b.Fatal(err)
 	}
 	recv := scmReceiver(b, local, impl, k, p)
-	recv(1) // warm-up: the sender is running
+	// Warm-up: the sender is running.
+	if err := recv(1); err != nil {
+		b.Fatalf("receive: %v", err)
+	}
 	// testing's allocs/op is rounded down to an integer, which reads 0 up
 	// to 0.99 allocations per message: count them exactly as well.
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	b.ResetTimer()
 	start := time.Now()
-	recv(b.N)
+	err = recv(b.N)
 	elapsed := time.Since(start)
 	b.StopTimer()
+	if err != nil {
+		b.Fatalf("receive: %v", err)
+	}
 	runtime.ReadMemStats(&ms1)
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(b.N), "recv-allocs/op")
 	if err := cmd.Wait(); err != nil {
@@ -195,34 +202,49 @@ func runGoSCM(b *testing.B, pc *proccensus.Census, sotype int, args []string, im
 }
 
 // scmReceiver returns a function that receives msgs messages of p bytes and
-// k descriptors each with impl, closing the descriptors.
-func scmReceiver(b *testing.B, uc *net.UnixConn, impl string, k, p int) func(msgs int) {
+// k descriptors each with impl, closing the descriptors. Like the C loop
+// (cloop.c), it fails unless exactly msgs·k descriptors arrived and none
+// was truncated (MSG_CTRUNC, ErrTruncated): a regression that dropped
+// descriptors would otherwise look like a speed-up. The check is a sum and
+// a compare, no syscall and no allocation.
+func scmReceiver(b testing.TB, uc *net.UnixConn, impl string, k, p int) func(msgs int) error {
 	buf := make([]byte, p)
-	fail := func(err error) { b.Helper(); b.Fatalf("receive: %v", err) }
+	count := func(msgs, fds int) error {
+		if want := msgs * k; fds != want {
+			return fmt.Errorf("%d descriptors in %d messages, want %d", fds, msgs, want)
+		}
+		return nil
+	}
 	switch impl {
 	case "naive":
 		oob := make([]byte, syscall.CmsgSpace(4*k))
-		return func(msgs int) {
+		return func(msgs int) error {
+			got := 0
 			for want := msgs * p; want > 0; {
-				n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+				n, oobn, flags, _, err := uc.ReadMsgUnix(buf, oob)
 				if err != nil {
-					fail(err)
+					return err
 				}
 				cms, err := syscall.ParseSocketControlMessage(oob[:oobn])
 				if err != nil {
-					fail(err)
+					return err
 				}
 				for i := range cms {
 					fds, err := syscall.ParseUnixRights(&cms[i])
 					if err != nil {
-						fail(err)
+						return err
 					}
 					for _, fd := range fds {
 						syscall.Close(fd)
 					}
+					got += len(fds)
+				}
+				if flags&syscall.MSG_CTRUNC != 0 {
+					return errors.New("descriptors truncated (MSG_CTRUNC)")
 				}
 				want -= n
 			}
+			return count(msgs, got)
 		}
 	case "scm":
 		c, err := scmrights.NewConn(uc)
@@ -230,17 +252,20 @@ func scmReceiver(b *testing.B, uc *net.UnixConn, impl string, k, p int) func(msg
 			b.Fatal(err)
 		}
 		fds := make([]int, k)
-		return func(msgs int) {
+		return func(msgs int) error {
+			got := 0
 			for want := msgs * p; want > 0; {
 				n, nfds, err := c.Recv(buf, fds)
 				if err != nil {
-					fail(err)
+					return err
 				}
 				for _, fd := range fds[:nfds] {
 					unix.Close(fd)
 				}
+				got += nfds
 				want -= n
 			}
+			return count(msgs, got)
 		}
 	case "batched":
 		c, err := scmrights.NewConn(uc)
@@ -251,24 +276,27 @@ func scmReceiver(b *testing.B, uc *net.UnixConn, impl string, k, p int) func(msg
 		for i := range ms {
 			ms[i] = scmrights.Message{Payload: make([]byte, p), FDs: make([]int, k)}
 		}
-		return func(msgs int) {
+		return func(msgs int) error {
+			got := 0
 			for want := msgs * p; want > 0; {
 				// Never read past this call's messages: the warm-up is one.
 				slots := min(len(ms), (want+p-1)/p)
-				got, err := c.RecvBatch(ms[:slots])
+				n, err := c.RecvBatch(ms[:slots])
 				if err != nil {
-					fail(err)
+					return err
 				}
-				for _, m := range ms[:got] {
+				for _, m := range ms[:n] {
 					if m.Err != nil {
-						fail(m.Err)
+						return m.Err
 					}
 					for _, fd := range m.FDs[:m.NFDs] {
 						unix.Close(fd)
 					}
+					got += m.NFDs
 					want -= m.N
 				}
 			}
+			return count(msgs, got)
 		}
 	}
 	b.Fatalf("unknown implementation %q", impl)
