@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/handoff-go/handoff/internal/fdcensus"
@@ -1171,5 +1172,138 @@ func TestBadRecvClosesFDs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// setSendBuffer sets SO_SNDBUF on c (the kernel doubles the value).
+func setSendBuffer(t testing.TB, c syscall.Conn, size int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, size) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+}
+
+// TestSeqpacketFrameOverSendBuffer: on SOCK_SEQPACKET a frame larger than
+// the socket's send buffer fails with EMSGSIZE having sent nothing, on every
+// write path (writev of a *net.UnixConn, Write and Send of a
+// *scmrights.Conn), and the Writer sends the next frame. The plain write
+// paths used to make that error final, while Send's left the Writer usable.
+func TestSeqpacketFrameOverSendBuffer(t *testing.T) {
+	fdcensus.Verify(t)
+	fds, _ := memfds(t, 1)
+	tests := []struct {
+		name string
+		fds  []int
+		conn bool // an *scmrights.Conn rather than a *net.UnixConn
+	}{
+		{"writev", nil, false},
+		{"write", nil, true},
+		{"send with descriptors", fds, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := socketpair(t, unix.SOCK_SEQPACKET)
+			// 32 KiB: unix_dgram_sendmsg refuses messages over
+			// sk_sndbuf-32 bytes.
+			setSendBuffer(t, a, 16<<10)
+			var w *ipcframe.Writer
+			var r *ipcframe.Reader
+			if tt.conn {
+				ca, err := scmrights.NewConn(a)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cb, err := scmrights.NewConn(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w, r = ipcframe.NewWriter(ca, nil), ipcframe.NewReader(cb, &ipcframe.ReaderOptions{Packet: true})
+			} else {
+				w, r = ipcframe.NewWriter(a, nil), ipcframe.NewReader(b, &ipcframe.ReaderOptions{Packet: true})
+			}
+			if err := w.WriteFrameFDs(make([]byte, 64<<10), tt.fds...); !errors.Is(err, unix.EMSGSIZE) {
+				t.Fatalf("frame over the send buffer: %v, want EMSGSIZE", err)
+			}
+			if err := w.WriteFrameFDs([]byte("next"), tt.fds...); err != nil {
+				t.Fatalf("frame after one that sent nothing: %v, want the Writer usable", err)
+			}
+			want := []got{frameOf([]byte("next"), ids(t, tt.fds))}
+			if diff := cmp.Diff(want, readFrames(t, r, 1)); diff != "" {
+				t.Errorf("frames received (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// sendEmptyWithFDs sends a SOCK_SEQPACKET message of no bytes carrying
+// fds, as only a raw peer can: Writer and scmrights refuse it, and x/sys's
+// Sendmsg would add a hidden byte.
+func sendEmptyWithFDs(t testing.TB, c syscall.Conn, fds []int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oob := scmrights.PutRights(nil, fds)
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		msg := unix.Msghdr{Control: &oob[0]}
+		msg.SetControllen(len(oob))
+		if _, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT); e != 0 {
+			serr = os.NewSyscallError("sendmsg", e)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+}
+
+// TestSeqpacketEmptyMessageWithFDs: an empty SOCK_SEQPACKET message with
+// more descriptors than the Reader's room, cut by the kernel (MSG_CTRUNC),
+// is dropped alone, every descriptor that arrived closed, and the frame
+// after it is read. It used to end the Reader: the frame was lost and every
+// later read repeated the truncation error.
+func TestSeqpacketEmptyMessageWithFDs(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := socketpair(t, unix.SOCK_SEQPACKET)
+	ca, err := scmrights.NewConn(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := scmrights.NewConn(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, fid := memfds(t, 40)
+	sendEmptyWithFDs(t, a, fds)
+	if err := ipcframe.NewWriter(ca, nil).WriteFrameFDs([]byte("next"), fds[:1]...); err != nil {
+		t.Fatal(err)
+	}
+	r := ipcframe.NewReader(cb, &ipcframe.ReaderOptions{Packet: true, MaxFDs: 1})
+	rfds := make([]int, 1)
+	before, err := fdcensus.Take(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, n, err := r.ReadFrameFDs(nil, rfds)
+	if !errors.Is(err, ipcframe.ErrFrameDropped) || !errors.Is(err, scmrights.ErrTruncated) || n != 0 || len(p) != 0 {
+		t.Fatalf("empty message with 40 descriptors: %q, %d, %v; want scmrights.ErrTruncated and ErrFrameDropped", p, n, err)
+	}
+	if err := fdcensus.Compare(0, before); err != nil {
+		t.Errorf("descriptors of the dropped message left open: %v", err)
+	}
+	if diff := cmp.Diff([]got{frameOf([]byte("next"), fid[:1])}, readFrames(t, r, 1)); diff != "" {
+		t.Errorf("frame after the dropped message (-want +got):\n%s", diff)
 	}
 }

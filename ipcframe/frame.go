@@ -137,6 +137,15 @@ type droppedError struct{ err error }
 func (e *droppedError) Error() string   { return e.err.Error() + " (frame dropped)" }
 func (e *droppedError) Unwrap() []error { return []error{e.err, ErrFrameDropped} }
 
+// messageDropped reports whether err, returned by a read that returned no
+// bytes, carries the FDReader's mark of a message consumed and discarded
+// (see FDReader). A method, not a sentinel: ipcframe does not import
+// scmrights, and scmrights must not import ipcframe.
+func messageDropped(err error) bool {
+	var d interface{ MessageDropped() bool }
+	return errors.As(err, &d) && d.MessageDropped()
+}
+
 // FDReader is a connection that returns bytes together with the
 // descriptors that arrived with them, as one recvmsg does.
 // *scmrights.Conn implements it.
@@ -152,6 +161,15 @@ func (e *droppedError) Unwrap() []error { return []error{e.err, ErrFrameDropped}
 // descriptors that came with those bytes were lost and nothing else: the
 // Reader drops the frame that owned them (an *FDCountError whose Lost is
 // that error) and goes on reading. Recv returns io.EOF at end of stream.
+//
+// On a packet transport (ReaderOptions.Packet) a message can also fail
+// without a byte: an empty message whose descriptors did not fit
+// (MSG_CTRUNC). Recv then returns n == 0 and an error that has a method
+// MessageDropped() bool reporting true, reachable with errors.As
+// (*scmrights.TruncatedError has it); the Reader drops that message
+// (ErrFrameDropped) and reads the next. Any other error without bytes,
+// except a timeout, is the connection's and final, like io.EOF. The same
+// holds for Read when the Reader does not use Recv.
 type FDReader interface {
 	Recv(buf []byte, fds []int) (n, nfds int, err error)
 }

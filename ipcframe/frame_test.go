@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -360,6 +361,144 @@ func TestWriterShortWriteIsFinal(t *testing.T) {
 	}
 	if sw.writes != 1 {
 		t.Errorf("%d Write calls, want 1 (one per frame, none after the failure)", sw.writes)
+	}
+}
+
+// failingWriter fails its first call with err after taking n bytes, then
+// takes everything; it records all it took.
+type failingWriter struct {
+	n      int
+	err    error
+	failed bool
+	got    []byte
+}
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if !f.failed {
+		f.failed = true
+		f.got = append(f.got, p[:f.n]...)
+		return f.n, f.err
+	}
+	f.got = append(f.got, p...)
+	return len(p), nil
+}
+
+// TestWriterFailureWithoutBytes: a write that fails having written nothing
+// drops only that frame, whatever the error (EMSGSIZE for a SOCK_SEQPACKET
+// frame larger than the send buffer used to end the Writer for good); one
+// that wrote part of a frame is final, since the peer holds a fragment.
+func TestWriterFailureWithoutBytes(t *testing.T) {
+	t.Parallel()
+	errTooLong := errors.New("sendmsg: message too long")
+	tests := []struct {
+		name    string
+		n       int
+		err     error
+		wantErr error
+		final   bool
+	}{
+		{"nothing written, message too long", 0, errTooLong, errTooLong, false},
+		{"nothing written, timeout", 0, os.ErrDeadlineExceeded, os.ErrDeadlineExceeded, false},
+		{"nothing written, no error", 0, nil, io.ErrShortWrite, false},
+		{"part written, message too long", 3, errTooLong, errTooLong, true},
+		{"part written, timeout", 3, os.ErrDeadlineExceeded, os.ErrDeadlineExceeded, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fw := &failingWriter{n: tt.n, err: tt.err}
+			w := ipcframe.NewWriter(fw, nil)
+			if err := w.WriteFrame([]byte("first")); !errors.Is(err, tt.wantErr) {
+				t.Fatalf("failing write: %v, want %v", err, tt.wantErr)
+			}
+			err := w.WriteFrame([]byte("next"))
+			want := frames([]byte("first"))[:tt.n]
+			if tt.final {
+				if !errors.Is(err, tt.wantErr) {
+					t.Errorf("write after a torn frame: %v, want %v again", err, tt.wantErr)
+				}
+			} else {
+				if err != nil {
+					t.Errorf("write after one that wrote nothing: %v, want the Writer usable", err)
+				}
+				want = frames([]byte("next"))
+			}
+			if diff := cmp.Diff(want, fw.got); diff != "" {
+				t.Errorf("bytes written (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// packetReader serves one read per message in turn: data, an error, or
+// both; after the last it returns io.EOF.
+type packetReader struct {
+	reads []packetRead
+}
+
+type packetRead struct {
+	data []byte
+	err  error
+}
+
+func (p *packetReader) Read(b []byte) (int, error) {
+	if len(p.reads) == 0 {
+		return 0, io.EOF
+	}
+	r := p.reads[0]
+	p.reads = p.reads[1:]
+	return copy(b, r.data), r.err
+}
+
+// droppedMark is an error carrying the mark an FDReader puts on a message
+// it consumed and discarded (*scmrights.TruncatedError has it).
+type droppedMark struct{ dropped bool }
+
+func (droppedMark) Error() string          { return "descriptors truncated" }
+func (d droppedMark) MessageDropped() bool { return d.dropped }
+
+// TestPacketEmptyMessageDropped: in packet mode a message that failed with
+// no bytes is dropped, not final, when its error carries the
+// MessageDropped mark, even wrapped: the frame after it is read. (An empty
+// SOCK_SEQPACKET message whose descriptors the kernel cut used to end the
+// Reader and lose the next frame.) Without the mark, an error with no bytes
+// is the connection's and stays final.
+func TestPacketEmptyMessageDropped(t *testing.T) {
+	t.Parallel()
+	reset := errors.New("connection reset")
+	tests := []struct {
+		name      string
+		err       error
+		wantFinal bool
+	}{
+		{"marked", droppedMark{true}, false},
+		{"marked and wrapped", fmt.Errorf("read unixpacket: %w", droppedMark{true}), false},
+		{"mark says no", droppedMark{false}, true},
+		{"connection error", reset, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pr := &packetReader{reads: []packetRead{{nil, tt.err}, {frames([]byte("next")), nil}}}
+			r := ipcframe.NewReader(pr, &ipcframe.ReaderOptions{Packet: true})
+			got, err := r.ReadFrame([]byte("dst"))
+			if !errors.Is(err, tt.err) || string(got) != "dst" {
+				t.Fatalf("first read: %q, %v; want dst and %v", got, err, tt.err)
+			}
+			if dropped := errors.Is(err, ipcframe.ErrFrameDropped); dropped == tt.wantFinal {
+				t.Errorf("first read: %v matches ErrFrameDropped: %v, want %v", err, dropped, !tt.wantFinal)
+			}
+			got, err = r.ReadFrame(nil)
+			if tt.wantFinal {
+				if !errors.Is(err, tt.err) {
+					t.Errorf("read after a final error: %q, %v; want %v again", got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || string(got) != "next" {
+				t.Errorf("read after a dropped empty message: %q, %v; want \"next\"", got, err)
+			}
+		})
 	}
 }
 

@@ -80,8 +80,9 @@ type ReaderOptions struct {
 //
 // On a packet transport (ReaderOptions.Packet) every message stands alone:
 // a bad header, an oversized frame or a message the transport consumed but
-// failed (payload or descriptors truncated, MSG_TRUNC or MSG_CTRUNC) drops
-// only that message, so those errors match ErrFrameDropped too.
+// failed (payload or descriptors truncated, MSG_TRUNC or MSG_CTRUNC, also
+// on an empty message: see FDReader) drops only that message, so those
+// errors match ErrFrameDropped too.
 //
 // A loop that skips dropped frames must therefore test ErrFrameDropped (or
 // the sentinels above), never "any error but io.EOF".
@@ -483,6 +484,13 @@ func (r *Reader) readPacket(dst []byte, fds []int) ([]byte, int, error) {
 	}
 	if err != nil {
 		switch {
+		case n == 0 && messageDropped(err):
+			// An empty message whose descriptors the transport cut
+			// (MSG_CTRUNC): consumed and failed like any other, so only
+			// it is dropped. Without the mark, an error with no bytes is
+			// the connection's (io.EOF, a reset, a close).
+			closeFDs(got)
+			return dst, 0, &droppedError{err}
 		case n == 0:
 			closeFDs(got)
 			return dst, 0, r.readErr(err, false)

@@ -1,11 +1,9 @@
 package ipcframe
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 )
 
@@ -15,8 +13,18 @@ type WriterOptions struct {
 	// MaxFrame is the longest payload the Writer sends; longer ones fail
 	// with ErrFrameTooLarge and nothing is written. 0 (or negative) means
 	// DefaultMaxFrame (1 MiB); larger than MaxFrameLimit means
-	// MaxFrameLimit. Keep it no
-	// larger than the peer Reader's MaxFrame.
+	// MaxFrameLimit. Keep it no larger than the peer Reader's MaxFrame.
+	//
+	// On SOCK_SEQPACKET every frame is one message, which must also fit
+	// the socket's send buffer: Linux refuses a larger one with EMSGSIZE
+	// (unix_dgram_sendmsg: more than sk_sndbuf-32 bytes; about 208 KiB
+	// with the default SO_SNDBUF, net.core.wmem_default), so the default
+	// MaxFrame is more than such a socket can send. The Writer does not
+	// cap MaxFrame itself: it cannot see the socket type of every
+	// io.Writer, and SO_SNDBUF may change at any time. Such a frame fails
+	// with that error having written nothing and the Writer stays usable;
+	// set MaxFrame below the send buffer, or raise SO_SNDBUF, on packet
+	// transports that send large frames.
 	MaxFrame int
 }
 
@@ -41,8 +49,11 @@ type WriterOptions struct {
 // FDWriter says next: a timeout or ETOOMANYREFS (the sender's in-flight
 // descriptor limit) that wrote nothing drops only that frame, which may be
 // retried. On a plain Write (or writev) the byte count is known: a write
-// that fails having written nothing (a timeout) leaves the Writer usable,
-// and one that wrote part of a frame is final, the Writer returning that
+// that fails having written nothing leaves the Writer usable, whatever the
+// error (a timeout, EMSGSIZE for a SOCK_SEQPACKET frame larger than the
+// send buffer, see WriterOptions.MaxFrame), so both paths agree; a
+// transport that is really gone reports its error again on the next call.
+// A write that wrote part of a frame is final, the Writer returning that
 // error from every later call, because the peer holds a fragment.
 type Writer struct {
 	mu       sync.Mutex
@@ -157,7 +168,12 @@ func (w *Writer) write(payload []byte, fds []int) error {
 		return nil
 	case err == nil:
 		err = io.ErrShortWrite
-	case n == 0 && errors.Is(err, os.ErrDeadlineExceeded):
+	}
+	if n == 0 {
+		// Nothing reached the peer, which therefore holds no fragment:
+		// only this frame failed. Whether the error is transient (a
+		// timeout, EMSGSIZE) is not this package's guess to make; a dead
+		// transport fails the next write the same way.
 		return err
 	}
 	w.err = err

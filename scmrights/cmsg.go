@@ -105,11 +105,13 @@ func AppendRights(dst []int, oob []byte) ([]int, error) {
 }
 
 // rightsSpace is the control buffer size for receiving up to n descriptors,
-// plus room for one credentials message so a socket with SO_PASSCRED set does
-// not turn every receive into a truncation.
+// plus room for the control messages the kernel adds on its own when the
+// socket asks for them, so that they do not turn every receive with a full
+// fds slice into a truncation (MSG_CTRUNC): one credentials message
+// (SO_PASSCRED) and one pidfd (SO_PASSPIDFD, which walkControl closes).
 func rightsSpace(n int) int {
 	if n > MaxFDs {
 		n = MaxFDs
 	}
-	return unix.CmsgSpace(4*n) + credSpace
+	return unix.CmsgSpace(4*n) + credSpace + pidfdSpace
 }

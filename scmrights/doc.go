@@ -35,12 +35,17 @@
 // descriptor-less sends followed by the first bytes of one descriptor-carrying
 // send, and the kernel never returns descriptors of two sends in one Recv.
 // The descriptors therefore belong to the last send whose first byte lies in
-// the returned bytes, and the kernel stops a read right after the bytes of
-// such a send; a framing layer resolves which send that is. Send writes the
-// whole payload: a short write is continued, with the descriptors on the
-// first part only, and concurrent Sends on one connection never interleave
-// their bytes. A send that fails part-way leaves a fragment in the stream;
-// Conn then refuses further sends (ErrBroken).
+// the returned bytes. The kernel stops a read right after the first part
+// (skb) of such a send, not after the whole send: a large send is queued in
+// parts of up to a few tens of KiB, and the rest follows in later reads,
+// without descriptors. A framing layer resolves which send the descriptors
+// belong to.
+//
+// Send writes the whole payload: a short write is continued, with the
+// descriptors on the first part only, and concurrent Sends on one
+// connection never interleave their bytes. A send that fails part-way
+// leaves a fragment in the stream; Conn then refuses further sends
+// (ErrBroken).
 //
 // A stream socket cannot carry descriptors without payload bytes (Linux drops
 // them; Go's WriteMsgUnix inserts a hidden zero byte the receiver never asked

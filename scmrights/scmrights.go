@@ -99,6 +99,14 @@ func (e *TruncatedError) Error() string {
 // Is makes errors.Is(err, ErrTruncated) true.
 func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
 
+// MessageDropped reports true: the message was consumed from the socket
+// (on a stream, the bytes Recv counted in n) and its descriptors closed;
+// the connection stays usable. It marks the error for code that does not
+// import this package: ipcframe's packet Reader then drops only that
+// frame, also when the message had no payload bytes, where the byte count
+// alone cannot tell it from end of stream.
+func (e *TruncatedError) MessageDropped() bool { return true }
+
 // File wraps a received descriptor in an *os.File named name. The File
 // takes ownership of fd.
 func File(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }

@@ -125,13 +125,14 @@ func TestSendRefusesBadInput(t *testing.T) {
 // A10: the peer sends more descriptors than the receiver made room for.
 func TestTruncatedControl(t *testing.T) {
 	for _, st := range sotypes {
-		// The receive buffer has room for the credentials message too (32
-		// bytes, 8 descriptors on 64-bit), so small surpluses arrive whole
-		// and are refused by count; large ones are cut by the kernel.
+		// The receive buffer has room for a credentials message and a
+		// pidfd too (56 bytes, 14 descriptors on 64-bit), so small
+		// surpluses arrive whole and are refused by count; large ones are
+		// cut by the kernel.
 		for _, tc := range []struct {
 			send, room int
 			kernel     bool
-		}{{20, 4, true}, {40, 30, true}, {253, 200, true}, {2, 1, false}, {5, 0, false}, {253, 252, false}} {
+		}{{20, 4, true}, {50, 30, true}, {253, 200, true}, {2, 1, false}, {5, 0, false}, {253, 252, false}} {
 			t.Run(fmt.Sprintf("%s/send=%d/room=%d", st.name, tc.send, tc.room), func(t *testing.T) {
 				fdcensus.Verify(t)
 				a, b := connPair(t, st.typ)
@@ -151,6 +152,9 @@ func TestTruncatedControl(t *testing.T) {
 				}
 				if te.Kernel != tc.kernel || te.Room != tc.room || (!te.Kernel && te.Arrived != tc.send) {
 					t.Errorf("TruncatedError = %+v; want Kernel=%v Room=%d", *te, tc.kernel, tc.room)
+				}
+				if !te.MessageDropped() {
+					t.Error("TruncatedError.MessageDropped() = false, want true (ipcframe drops the frame by it)")
 				}
 				if n != 3 {
 					t.Errorf("n = %d, want the 3 payload bytes consumed", n)
@@ -280,6 +284,51 @@ func TestStreamDescriptorBoundaries(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("reads (-want +got):\n%s", diff)
+	}
+}
+
+// The stream rule of the package documentation: a read stops after the
+// first part (skb) of a send that carries descriptors, not after the whole
+// send; its later parts follow in further reads, without descriptors. The
+// kernel queues a send in parts of at most half the send buffer, so 256 KiB
+// never arrive in the first read, whatever the receive buffer.
+func TestStreamReadStopsAfterFirstPart(t *testing.T) {
+	fdcensus.Verify(t)
+	a, b := connPair(t, unix.SOCK_STREAM)
+	sent := distinctFDs(t, 1)
+	const size = 256 << 10
+	done := make(chan error, 1)
+	go func() { done <- a.Send(make([]byte, size), sent...) }()
+	b.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 1<<20)
+	fds := make([]int, 4)
+	var reads []int // descriptors per read
+	total, first := 0, 0
+	for total < size && len(reads) < size {
+		n, k, err := b.Recv(buf, fds)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", total, err)
+		}
+		closeAll(fds[:k])
+		if len(reads) == 0 {
+			first = n
+		}
+		reads = append(reads, k)
+		total += n
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if total != size {
+		t.Fatalf("received %d bytes, want %d", total, size)
+	}
+	if first >= size || len(reads) < 2 {
+		t.Errorf("first read returned %d of the %d bytes in %d reads; want a first part only", first, size, len(reads))
+	}
+	want := make([]int, len(reads))
+	want[0] = 1
+	if diff := cmp.Diff(want, reads); diff != "" {
+		t.Errorf("descriptors per read (-want +got):\n%s", diff)
 	}
 }
 
@@ -520,36 +569,89 @@ func TestPartialWriteBreaksStream(t *testing.T) {
 }
 
 // A pidfd the caller never asked for (SO_PASSPIDFD) is closed, and the
-// message is delivered.
+// message is delivered, by Recv, RecvMsg and RecvBatch, with an fds slice
+// of exactly the descriptors sent. With SO_PASSCRED on as well, the kernel
+// adds credentials, rights and a pidfd: the control buffer used to lack
+// room for the pidfd, so every such receive failed with MSG_CTRUNC.
 func TestUnwantedPidfdClosed(t *testing.T) {
 	fdcensus.Verify(t)
-	a, b := connPair(t, unix.SOCK_SEQPACKET)
-	rc, _ := b.SyscallConn()
-	var serr error
-	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSPIDFD, 1) })
-	if errors.Is(serr, unix.ENOPROTOOPT) {
-		t.Skip("kernel without SO_PASSPIDFD (Linux < 6.5)")
-	}
-	if serr != nil {
-		t.Fatal(serr)
-	}
-	src := distinctFDs(t, 1)
-	before, _ := fdcensus.Take(0)
-	buf := make([]byte, 4)
-	fds := make([]int, 1)
-	for i := 0; i < 5; i++ {
-		if err := a.Send([]byte("x"), src...); err != nil {
-			t.Fatal(err)
+	self := scmrights.Ucred{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid()}
+	for _, st := range sotypes {
+		for _, passCred := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/passcred=%v", st.name, passCred), func(t *testing.T) {
+				a, b := connPair(t, st.typ)
+				rc, _ := b.SyscallConn()
+				var serr error
+				rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSPIDFD, 1) })
+				if errors.Is(serr, unix.ENOPROTOOPT) {
+					t.Skip("kernel without SO_PASSPIDFD (Linux < 6.5)")
+				}
+				if serr != nil {
+					t.Fatal(serr)
+				}
+				if err := b.SetPassCred(passCred); err != nil {
+					t.Fatal(err)
+				}
+				src := distinctFDs(t, 2)
+				want := idents(t, src)
+				before, _ := fdcensus.Take(0)
+				recvs := []struct {
+					api  string
+					recv func() (n int, fds []int, cred *scmrights.Ucred, err error)
+				}{
+					{"Recv", func() (int, []int, *scmrights.Ucred, error) {
+						fds := make([]int, len(src))
+						n, k, err := b.Recv(make([]byte, 4), fds)
+						return n, fds[:k], nil, err
+					}},
+					{"RecvMsg", func() (int, []int, *scmrights.Ucred, error) {
+						m := scmrights.Message{Payload: make([]byte, 4), FDs: make([]int, len(src))}
+						err := b.RecvMsg(&m)
+						return m.N, m.FDs[:m.NFDs], credOf(m), err
+					}},
+					{"RecvBatch", func() (int, []int, *scmrights.Ucred, error) {
+						ms := []scmrights.Message{{Payload: make([]byte, 4), FDs: make([]int, len(src))}}
+						k, err := b.RecvBatch(ms)
+						if err == nil && k == 1 {
+							err = ms[0].Err
+						}
+						return ms[0].N, ms[0].FDs[:ms[0].NFDs], credOf(ms[0]), err
+					}},
+				}
+				for i := 0; i < 2; i++ {
+					for _, rv := range recvs {
+						if err := a.Send([]byte("x"), src...); err != nil {
+							t.Fatal(err)
+						}
+						n, fds, cred, err := rv.recv()
+						got := idents(t, fds)
+						closeAll(fds)
+						if err != nil || n != 1 {
+							t.Errorf("%s with SO_PASSPIDFD = %d, %d descriptors, %v; want 1 byte and 2 descriptors", rv.api, n, len(fds), err)
+							continue
+						}
+						if diff := cmp.Diff(want, got); diff != "" {
+							t.Errorf("%s: descriptors (-want +got):\n%s", rv.api, diff)
+						}
+						if passCred && rv.api != "Recv" && (cred == nil || *cred != self) {
+							t.Errorf("%s: credentials %+v, want %+v", rv.api, cred, self)
+						}
+					}
+				}
+				if err := fdcensus.Compare(0, before); err != nil {
+					t.Errorf("pidfds leaked: %v", err)
+				}
+			})
 		}
-		n, k, err := b.Recv(buf, fds)
-		if err != nil || n != 1 || k != 1 {
-			t.Fatalf("Recv with SO_PASSPIDFD = %d, %d, %v", n, k, err)
-		}
-		closeAll(fds[:k])
 	}
-	if err := fdcensus.Compare(0, before); err != nil {
-		t.Errorf("pidfds leaked: %v", err)
+}
+
+// credOf returns the credentials a receive reported in m, or nil.
+func credOf(m scmrights.Message) *scmrights.Ucred {
+	if !m.HasCred {
+		return nil
 	}
+	return &m.Cred
 }
 
 func TestPeerCred(t *testing.T) {

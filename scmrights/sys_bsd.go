@@ -26,6 +26,9 @@ const (
 
 var credSpace = 0
 
+// pidfdSpace is 0: no kernel here attaches a pidfd on its own.
+var pidfdSpace = 0
+
 const (
 	// scmCredentials and scmPidfd match no control message type here.
 	scmCredentials = -1

@@ -23,6 +23,12 @@ const (
 
 var credSpace = unix.CmsgSpace(unix.SizeofUcred)
 
+// pidfdSpace is the room an SCM_PIDFD message takes (one int). With
+// SO_PASSPIDFD set the kernel (scm_pidfd_recv, Linux 6.5) adds one to every
+// message besides the credentials and the rights, and sets MSG_CTRUNC when
+// it does not fit.
+var pidfdSpace = unix.CmsgSpace(4)
+
 const (
 	scmCredentials = unix.SCM_CREDENTIALS
 	// scmPidfd is SCM_PIDFD (Linux 6.5): with SO_PASSPIDFD set, every
