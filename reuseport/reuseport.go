@@ -51,7 +51,16 @@ type Config struct {
 	// V6Only sets IPV6_V6ONLY on IPv6 sockets, so "[::]:port" does not
 	// also receive IPv4 traffic. Package net already sets it for the
 	// "tcp6" and "udp6" networks; V6Only extends it to "tcp" and "udp" on
-	// an IPv6 wildcard address, which net makes dual-stack.
+	// an IPv6 wildcard address or an empty host (":port"), which net makes
+	// dual-stack.
+	//
+	// An IPv4 address stays IPv4: for "tcp" and "udp" package net binds
+	// "0.0.0.0" as a dual-stack IPv6 socket on "[::]", which IPV6_V6ONLY
+	// would turn into one that refuses IPv4. So with V6Only, Listen and
+	// ListenPacket bind an IPv4 literal host on "tcp4" or "udp4" (Addr
+	// then reports "0.0.0.0:port"). Control alone cannot do that: net
+	// hands it "tcp6" and the address "0.0.0.0:port" for "0.0.0.0" and
+	// "[::]" alike, so with your own ListenConfig ask for "tcp4"/"udp4".
 	V6Only bool
 
 	// DeferAccept sets TCP_DEFER_ACCEPT (Linux): accept returns a
@@ -130,6 +139,27 @@ func (c *Config) Control(network, address string, rc syscall.RawConn) error {
 	return control(c, network, rc)
 }
 
+// ipv4Host reports whether address ("host:port") has an IPv4 literal as its
+// host, IPv4-mapped IPv6 ("::ffff:0.0.0.0") included, as net reads it.
+func ipv4Host(address string) bool {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.To4() != nil
+}
+
+// family4 returns network with a "4" appended when c.V6Only is set, network
+// names no family, and address's host is an IPv4 literal: an IPv4 address
+// must not become an IPv6-only socket (see V6Only).
+func (c *Config) family4(network, address string) string {
+	if c != nil && c.V6Only && (network == "tcp" || network == "udp") && ipv4Host(address) {
+		return network + "4"
+	}
+	return network
+}
+
 // Control is the default Config's Control: SO_REUSEPORT only. Use it as
 // net.ListenConfig{Control: reuseport.Control}.
 func Control(network, address string, c syscall.RawConn) error {
@@ -151,7 +181,7 @@ func (c *Config) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	lc := net.ListenConfig{Control: c.Control}
 	lc.SetMultipathTCP(c != nil && c.MultipathTCP)
-	l, err := lc.Listen(ctx, network, address)
+	l, err := lc.Listen(ctx, c.family4(network, address), address)
 	if err != nil {
 		return nil, listenError(address, err)
 	}
@@ -182,7 +212,7 @@ func (c *Config) ListenPacket(ctx context.Context, network, address string) (net
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	pc, err := c.listenPacketOS(ctx, network, address)
+	pc, err := c.listenPacketOS(ctx, c.family4(network, address), address)
 	if err != nil {
 		return nil, listenError(address, err)
 	}

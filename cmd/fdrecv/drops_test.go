@@ -60,6 +60,56 @@ func TestOversizedMessageIsDropped(t *testing.T) {
 	}
 }
 
+// A zero-length record is malformed input, not a hang-up, though both
+// read as 0 bytes: its sender gets reply 8 and end of file, and fdrecv
+// goes on accepting. A peer that shut down its sending side without
+// sending (end of file) is dropped without a reply, as before. Then the
+// next sender is served.
+func TestEmptyRecordGetsProtocolError(t *testing.T) {
+	fdcensus.Verify(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	path := filepath.Join(shortDir(t), "s")
+	wait := runInProcess(t, "-socket", path, "-timeout", "20s")
+	empty := dial(t, path)
+	defer empty.Close()
+	rc, err := empty.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Sendmsg(int(fd), nil, nil, nil, unix.MSG_NOSIGNAL) }); err != nil || serr != nil {
+		t.Fatalf("sending an empty record: %v, %v", err, serr)
+	}
+	if got := []int{readReply(t, empty), readReply(t, empty)}; !cmp.Equal(got, []int{8, -1}) {
+		t.Errorf("replies to the empty record %v, want [8 -1] (status 8, end of file)", got)
+	}
+	shut := dial(t, path)
+	defer shut.Close()
+	if err := shut.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readReply(t, shut); got != -1 {
+		t.Errorf("reply to a peer that shut down sending: %d, want end of file", got)
+	}
+	good := dial(t, path)
+	defer good.Close()
+	if err := scmrights.Send(good, mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if got := []int{readReply(t, good), readReply(t, good)}; !cmp.Equal(got, []int{0, -1}) {
+		t.Errorf("replies to the next sender %v, want [0 -1] (placed, end of file)", got)
+	}
+	code, out := wait()
+	if code != 0 || !strings.Contains(out, "an empty record") || !strings.Contains(out, "closed the connection without sending") || !strings.Contains(out, "0 p: pipe") {
+		t.Errorf("exit %d, output:\n%s\nwant 0, the empty record and the hang-up dropped, the pipe", code, out)
+	}
+}
+
 // Refusals never wait. Two refused peers from uid 65534 (one only
 // connects, one sends a descriptor) must read their verdict (6), then end
 // of file, never ECONNRESET or a timeout, and their descriptors are

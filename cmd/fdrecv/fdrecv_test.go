@@ -71,6 +71,10 @@ func TestUsage(t *testing.T) {
 		{"program not found", []string{"-socket", filepath.Join(dir, "s"), "--", "/nonexistent/prog"}, 10, "no such file"},
 		{"socket directory missing", []string{"-socket", filepath.Join(dir, "no", "s")}, 7, "no such file"},
 		{"socket path is a file", []string{"-socket", filepath.Join(dir, "file")}, 7, "not a socket"},
+		// x/sys reads a leading '@' as an abstract name, which sockfile
+		// rules out; before, fdrecv created ./@abs.lock, bound the
+		// abstract name and failed with exit 7.
+		{"abstract socket name", []string{"-socket", "@abs"}, 2, "abstract socket names are not supported"},
 	}
 	if err := os.WriteFile(filepath.Join(dir, "file"), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -417,9 +421,10 @@ func TestAllowUIDNonRoot(t *testing.T) {
 		name  string
 		allow string
 		said  string // what the nobody sender read
+		note  string // in fdrecv's output: the refusal names everyone allowed
 	}{
-		{"nobody allowed", "65534", "status 0\neof\n"},
-		{"nobody refused, then the owner sends", "1234", "status 6\n"},
+		{"nobody allowed", "65534", "status 0\neof\n", ""},
+		{"nobody refused, then the owner sends", "1234", "status 6\n", "runs as uid 65534; allowed: own uid 0 and -allow-uid 1234"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -453,8 +458,8 @@ func TestAllowUIDNonRoot(t *testing.T) {
 					t.Errorf("owner's reply status %d, want 0", st)
 				}
 			}
-			if code, out := wait(); code != 0 {
-				t.Errorf("fdrecv exit %d, want 0; output:\n%s", code, out)
+			if code, out := wait(); code != 0 || !strings.Contains(out, tt.note) {
+				t.Errorf("fdrecv exit %d, want 0 and %q; output:\n%s", code, tt.note, out)
 			}
 		})
 	}

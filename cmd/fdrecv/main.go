@@ -75,6 +75,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	switch {
 	case cfg.socket == "":
 		return nil, fail(fdwire.StatusUsage, "-socket is required")
+	case fdwire.CheckSocketPath(cfg.socket) != nil:
+		return nil, fail(fdwire.StatusUsage, "-socket %v", fdwire.CheckSocketPath(cfg.socket))
 	case cfg.n < 0 || cfg.n > fdwire.MaxNames:
 		return nil, fail(fdwire.StatusUsage, "-n %d: want 0 to %d", cfg.n, fdwire.MaxNames)
 	case cfg.timeout < 0:

@@ -296,7 +296,7 @@ func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *syn
 			continue
 		}
 		if !cfg.allowUIDs.Allows(cred.UID) {
-			err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+			err := fail(fdwire.StatusPermission, "sender pid %d runs as uid %d; allowed: %s", cred.PID, cred.UID, cfg.allowUIDs.Allowed())
 			refuse(c, fdwire.StatusPermission, err.Error())
 			results <- &message{err: &dropError{err}}
 			continue
@@ -363,6 +363,15 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d sent nothing within %v", cred.PID, connReadTimeout)}}
+	case err == io.EOF && !shutWrite(c):
+		// A zero-length record also reads as 0 bytes. End of file comes
+		// only once the peer has shut down its sending side (it closed,
+		// or shutdown(SHUT_WR)), which POLLRDHUP reports from then on; a
+		// peer that can still send has sent an empty record, which is
+		// malformed input like any other. (An empty record followed at
+		// once by a hang-up reads as the hang-up: no reply could reach
+		// that peer anyway.)
+		rerr = fail(fdwire.StatusProtocol, "%w: an empty record", fdwire.ErrProtocol).(*fdwire.ExitError)
 	case err == io.EOF:
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d closed the connection without sending", cred.PID)}}
@@ -461,6 +470,29 @@ func peerGone(c *net.UnixConn) bool {
 		gone = true
 	})
 	return gone || cerr != nil
+}
+
+// shutWrite reports whether the peer of c has shut down its sending side
+// (POLLRDHUP: our RCV_SHUTDOWN, set for good by the peer's close or
+// shutdown(SHUT_WR), as unix_dgram_poll reports it), or c cannot be
+// polled.
+func shutWrite(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	shut := true
+	cerr := rc.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		for range 100 {
+			_, err := unix.Poll(pfd, 0)
+			if err != unix.EINTR {
+				shut = err != nil || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+				return
+			}
+		}
+	})
+	return shut || cerr != nil
 }
 
 // reply tells the sender the outcome; a sender that went away is no error

@@ -9,8 +9,10 @@
 // -fd N sends the inherited descriptor N, -file PATH opens PATH read-only,
 // -listen ADDR binds a fresh listener (tcp://HOST:PORT, udp://HOST:PORT,
 // unix:///PATH, a relative PATH made absolute; a plain HOST:PORT means
-// tcp), in blocking mode as systemd hands sockets out; -fd descriptors
-// keep the mode they have. -name gives the descriptors
+// tcp), in blocking mode and as plain TCP (not Go's default Multipath
+// TCP), as systemd hands sockets out; -fd descriptors keep the mode they
+// have. PATH and unix:// paths are files: a leading '@' (an abstract name)
+// is a usage error. -name gives the descriptors
 // their names, in the same order (one per descriptor, or none: every name
 // is then "unknown", as in systemd). fdsend waits up to -timeout for PATH
 // to appear, then for fdrecv's reply ("placed", then end of file once

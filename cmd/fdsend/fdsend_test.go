@@ -32,6 +32,7 @@ import (
 func TestMain(m *testing.M) {
 	helperproc.Main(m, map[string]func() int{
 		"receiver": roleReceiver,
+		"inflight": roleInflight,
 	})
 }
 
@@ -71,6 +72,49 @@ func roleReceiver() int {
 	}
 	fmt.Println("message")
 	_, _ = c.Write(fdwire.EncodeReply(0, ""))
+	return 0
+}
+
+// roleInflight, run as nobody, keeps 50 descriptors of its user in flight
+// (sent on a socketpair nobody reads), lowers its RLIMIT_NOFILE to 40, so
+// that the kernel refuses any further SCM_RIGHTS from it with ETOOMANYREFS
+// (unix_inflight above RLIMIT_NOFILE), then runs fdsend against the
+// socket at its argument with -timeout 10s and prints its exit status and
+// output, quoted, on one line.
+func roleInflight() int {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	null, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer unix.Close(null)
+	fds := make([]int, 50)
+	for i := range fds {
+		fds[i] = null
+	}
+	if err := unix.Sendmsg(pair[0], []byte{0}, unix.UnixRights(fds...), nil, 0); err != nil {
+		fmt.Println("sendmsg:", err)
+		return 1
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	rl.Cur = 40
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	code, out := runFdsend("-socket", helperproc.Args()[0], "-allow-uid", "0", "-file", os.DevNull, "-timeout", "10s")
+	fmt.Println(code, strconv.Quote(out))
 	return 0
 }
 
@@ -116,6 +160,18 @@ func TestUsage(t *testing.T) {
 		// Rejected before anything is opened: exit 2, not 9 (source).
 		{"unknown scheme", []string{"-socket", "s", "-listen", "sctp://127.0.0.1:0"}, 2, "unknown scheme"},
 		{"empty unix path", []string{"-socket", "s", "-listen", "unix://"}, 2, "bad path"},
+		// Before: bound every interface on a random port (tcp://,
+		// udp://), or failed to bind as source (9).
+		{"empty tcp address", []string{"-socket", "s", "-listen", "tcp://"}, 2, "want HOST:PORT"},
+		{"empty udp address", []string{"-socket", "s", "-listen", "udp://"}, 2, "want HOST:PORT"},
+		{"tcp without a port", []string{"-socket", "s", "-listen", "tcp://127.0.0.1"}, 2, "want HOST:PORT"},
+		{"tcp with an empty port", []string{"-socket", "s", "-listen", "tcp://127.0.0.1:"}, 2, "want HOST:PORT"},
+		{"plain host without a port", []string{"-socket", "s", "-listen", "localhost"}, 2, "want HOST:PORT"},
+		{"scheme with one slash", []string{"-socket", "s", "-listen", "unix:/x"}, 2, "want SCHEME://ADDRESS"},
+		// Abstract names: sockfile rules them out; before, -socket
+		// dialled the abstract name and unix://@x bound ./@x.
+		{"abstract -socket", []string{"-socket", "@abs"}, 2, "abstract socket names are not supported"},
+		{"abstract unix listener", []string{"-socket", "s", "-listen", "unix://@abs"}, 2, "abstract socket names are not supported"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,6 +211,10 @@ func TestSendErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	missing := filepath.Join(dir, "missing")
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +233,11 @@ func TestSendErrors(t *testing.T) {
 		out  string
 	}{
 		{"no socket at the path", []string{"-socket", missing, "-timeout", wait}, 7, "no such file"},
-		{"regular file at the path", []string{"-socket", file, "-timeout", wait}, 7, "connection refused"},
+		// connect(2) says ECONNREFUSED for these too: fdsend must not
+		// wait for them to become sockets (-timeout 20s would show).
+		{"regular file at the path", []string{"-socket", file, "-timeout", "20s"}, 7, "not a socket (regular file)"},
+		{"FIFO at the path", []string{"-socket", fifo, "-timeout", "20s"}, 7, "not a socket (FIFO)"},
+		{"directory at the path", []string{"-socket", dir, "-timeout", "20s"}, 7, "not a socket (directory)"},
 		{"stale socket", []string{"-socket", stale, "-timeout", wait}, 7, "connection refused"},
 		{"stream socket, not seqpacket", []string{"-socket", stream}, 7, "protocol wrong type"},
 		{"fd not open", []string{"-socket", missing, "-fd", "999"}, 9, "-fd 999"},
@@ -345,14 +409,18 @@ func TestReplies(t *testing.T) {
 func TestReceiverUID(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
+	// The refusal names everyone allowed: told only its own uid, an
+	// operator would add an -allow-uid that is already set.
 	tests := []struct {
 		name  string
 		flags []string
 		want  int
 		said  string
+		out   string
 	}{
-		{"other uid refused", nil, 6, "nothing"},
-		{"other uid allowed", []string{"-allow-uid", "65534"}, 0, "message"},
+		{"other uid refused", nil, 6, "nothing", "runs as uid 65534; allowed: own uid 0 only"},
+		{"other uid refused, another allowed", []string{"-allow-uid", "1234", "-allow-uid", "33"}, 6, "nothing", "allowed: own uid 0 and -allow-uid 1234, 33"},
+		{"other uid allowed", []string{"-allow-uid", "65534"}, 0, "message", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -372,8 +440,8 @@ func TestReceiverUID(t *testing.T) {
 				t.Fatalf("receiver said %q", line)
 			}
 			code, msg := runFdsend(append([]string{"-socket", path, "-file", os.Args[0], "-timeout", "10s"}, tt.flags...)...)
-			if code != tt.want {
-				t.Errorf("exit %d, want %d; output:\n%s", code, tt.want, msg)
+			if code != tt.want || !strings.Contains(msg, tt.out) {
+				t.Errorf("exit %d, want %d and %q; output:\n%s", code, tt.want, tt.out, msg)
 			}
 			if line := rd.line(t); line != tt.said {
 				t.Errorf("receiver said %q, want %q", line, tt.said)
@@ -569,6 +637,7 @@ func (lr *lineReader) line(t *testing.T) string {
 type fdFacts struct {
 	Nonblocking bool
 	Local       string
+	Protocol    int // SO_PROTOCOL
 }
 
 // recvFacts reads fdsend's message and returns what each descriptor is
@@ -588,6 +657,9 @@ func recvFacts(t *testing.T, c *net.UnixConn, got *[]fdFacts) {
 			t.Error(err)
 		}
 		f := fdFacts{Nonblocking: fl&unix.O_NONBLOCK != 0}
+		if f.Protocol, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+			t.Error(err)
+		}
 		if sa, err := unix.Getsockname(fd); err == nil {
 			if u, ok := sa.(*unix.SockaddrUnix); ok {
 				f.Local = u.Name
@@ -601,7 +673,10 @@ func recvFacts(t *testing.T, c *net.UnixConn, got *[]fdFacts) {
 
 // -listen sockets arrive in blocking mode, as systemd hands them out by
 // default: a receiver's blocking accept(2) must wait, not fail with
-// EAGAIN. A relative unix:// path is sent bound to its absolute path.
+// EAGAIN. A tcp:// listener is plain TCP, as systemd's are: Go's default
+// since 1.24 is MPTCP (IPPROTO_MPTCP, 262) where net.mptcp.enabled=1,
+// which refuses some TCP options. A relative unix:// path is sent bound to
+// its absolute path.
 func TestListenSocketsBlocking(t *testing.T) {
 	fdcensus.Verify(t)
 	dir := shortDir(t)
@@ -617,7 +692,7 @@ func TestListenSocketsBlocking(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, out)
 	}
-	want := []fdFacts{{}, {}, {Local: filepath.Join(dir, "rel.sock")}}
+	want := []fdFacts{{Protocol: unix.IPPROTO_TCP}, {Protocol: unix.IPPROTO_UDP}, {Local: filepath.Join(dir, "rel.sock")}}
 	if diff := cmp.Diff(want, <-facts); diff != "" {
 		t.Errorf("what the receiver got (-want +got):\n%s", diff)
 	}
@@ -710,5 +785,62 @@ func TestUnixPathKeptAfterSend(t *testing.T) {
 				t.Errorf("unix:// path after the send: %v, %v; want the socket kept", fi, err)
 			}
 		})
+	}
+}
+
+// A send that fails (here ETOOMANYREFS) leaves the receiver waiting for a
+// message that never comes, so no reply follows: fdsend reports the send
+// error at once (exit 1), instead of waiting out -timeout and blaming
+// fdrecv for a timeout (exit 3). The receiver sees the connection close
+// without a message.
+func TestSendFailureReportedAtOnce(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := shortDir(t)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		_ = ln.SetDeadline(time.Now().Add(20 * time.Second))
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, nfds, err := scmrights.Recv(c, make([]byte, 1<<18), make([]int, 253))
+		switch {
+		case err == io.EOF:
+			got <- "nothing"
+		case err != nil:
+			got <- err.Error()
+		default:
+			got <- fmt.Sprintf("a message with %d descriptors", nfds)
+		}
+	}()
+	cmd := helperproc.Command(t, "inflight", &helperproc.Options{AsNobody: true, Args: []string{path}, Env: childEnv(pc)})
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	helperproc.Start(t, cmd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out.String())
+	}
+	code, msg, _ := strings.Cut(strings.TrimSpace(out.String()), " ")
+	if code != "1" || !strings.Contains(msg, "too many references") || !strings.Contains(msg, "RLIMIT_NOFILE") {
+		t.Errorf("fdsend said %s; want exit 1 and the send error (too many references)", out.String())
+	}
+	if r := <-got; r != "nothing" {
+		t.Errorf("receiver got %s, want nothing", r)
 	}
 }

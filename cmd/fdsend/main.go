@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,8 +25,9 @@ const usageText = `usage: fdsend -socket PATH [-fd N]... [-file PATH]... [-liste
 
 Sends descriptors, in command-line order and in one message, to the fdrecv
 listening at PATH: inherited descriptors (-fd, in the mode they have), files
-opened read-only (-file), and sockets bound fresh, in blocking mode (-listen
-tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH; a plain HOST:PORT is tcp).
+opened read-only (-file), and sockets bound fresh, in blocking mode, TCP
+never MPTCP (-listen tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH; a plain
+HOST:PORT is tcp; PORT 0 picks a free port).
 -name names them in the same order (none: every name is "unknown"). Waits
 up to -timeout for PATH to appear and for fdrecv's reply.
 
@@ -112,6 +114,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		return nil, fail(fdwire.StatusUsage, "unexpected arguments %q", fs.Args())
 	case cfg.socket == "":
 		return nil, fail(fdwire.StatusUsage, "-socket is required")
+	case fdwire.CheckSocketPath(cfg.socket) != nil:
+		return nil, fail(fdwire.StatusUsage, "-socket %v", fdwire.CheckSocketPath(cfg.socket))
 	case len(cfg.sources) > fdwire.MaxNames:
 		return nil, fail(fdwire.StatusUsage, "%d descriptors, at most %d in one message", len(cfg.sources), fdwire.MaxNames)
 	case len(cfg.names) > 0 && len(cfg.names) != len(cfg.sources):
@@ -137,9 +141,23 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 			continue
 		}
 		scheme, rest := splitListen(s.value)
+		if !strings.Contains(s.value, "://") && strings.Contains(s.value, ":/") {
+			// "unix:/x" is a scheme missing a slash, not the tcp
+			// address "unix:/x".
+			return nil, fail(fdwire.StatusUsage, "-listen %s: want SCHEME://ADDRESS (tcp://, udp://, unix://)", s.value)
+		}
 		switch scheme {
 		case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+			// Without a port, net would bind every interface on a
+			// random port ("tcp://" is the empty address); a port of 0
+			// or an empty host must be written out.
+			if _, port, err := net.SplitHostPort(rest); err != nil || port == "" {
+				return nil, fail(fdwire.StatusUsage, "-listen %s: want HOST:PORT (PORT 0 picks a free one, an empty HOST means every interface)", s.value)
+			}
 		case "unix":
+			if err := fdwire.CheckSocketPath(rest); err != nil {
+				return nil, fail(fdwire.StatusUsage, "-listen %s: %v", s.value, err)
+			}
 			// The receiver sees the path the socket was bound to; a
 			// relative one would mean nothing in its working directory.
 			abs, err := filepath.Abs(rest)

@@ -78,13 +78,21 @@ func send(ctx context.Context, cfg *config) error {
 		return err
 	}
 	if !cfg.allowUIDs.Allows(cred.UID) {
-		return fail(fdwire.StatusPermission, "receiver pid %d runs as uid %d; allowed: %d (use -allow-uid)", cred.PID, cred.UID, os.Getuid())
+		return fail(fdwire.StatusPermission, "receiver pid %d runs as uid %d; allowed: %s", cred.PID, cred.UID, cfg.allowUIDs.Allowed())
 	}
 
 	sendErr := scmrights.Send(conn, msg, fds...)
 	sent = sendErr == nil
-	// Read the reply even when the send failed: a receiver that refused us
-	// (wrong uid) replied before closing, and its reason beats EPIPE.
+	if sendErr != nil {
+		// A receiver that refused us (wrong uid) queued its reply before
+		// shutting down, and its reason beats EPIPE. Any other failure
+		// (ETOOMANYREFS: this user's descriptors in flight exceed
+		// RLIMIT_NOFILE; EMSGSIZE; ENOBUFS) left the receiver waiting for
+		// a message that never comes: no reply will follow, so only one
+		// already queued is read, and the send error is reported at once
+		// rather than as a timeout.
+		return sendFailed(ctx, cfg, conn, sendErr)
+	}
 	status, text, err := readReply(conn)
 	if err == nil && status == fdwire.StatusOK {
 		// "Placed": success only once end of file follows. fdrecv's last
@@ -100,17 +108,53 @@ func send(ctx context.Context, cfg *config) error {
 	}
 	switch {
 	case err == nil:
-		code := status
-		if (code < fdwire.StatusTimeout || code > fdwire.StatusProtocol) && code != fdwire.StatusExec {
-			code = fdwire.StatusFailure
-		}
-		return fail(code, "fdrecv refused the descriptors: %s", text)
-	case sendErr != nil:
-		return timeoutOr(ctx, cfg, fmt.Errorf("send: %w", sendErr))
+		return refused(status, text)
 	case err == io.EOF:
 		return fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
 	}
 	return timeoutOr(ctx, cfg, err)
+}
+
+// queuedReplyWait bounds the wait for a reply after a failed send: one
+// the receiver sent before our send failed is queued already.
+const queuedReplyWait = 100 * time.Millisecond
+
+// sendFailed reports a failed send: the receiver's refusal if one is
+// queued, else sendErr.
+func sendFailed(ctx context.Context, cfg *config, conn *net.UnixConn, sendErr error) error {
+	// A short deadline, not a past one: the netpoller checks the deadline
+	// before reading, so a past one would never look at the queue, while
+	// a reply already queued is read at once.
+	d := time.Now().Add(queuedReplyWait)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	if err := conn.SetReadDeadline(d); err == nil {
+		if status, text, err := readReply(conn); err == nil && status != fdwire.StatusOK {
+			return refused(status, text)
+		}
+	}
+	if ctx.Err() == context.Canceled {
+		return fail(fdwire.StatusFailure, "interrupted")
+	}
+	// A send that blocked until the deadline (the receiver's queue full)
+	// is a timeout; every other send error is an I/O failure, status 1.
+	if errors.Is(sendErr, os.ErrDeadlineExceeded) {
+		return fail(fdwire.StatusTimeout, "fdrecv took no message within %v", cfg.timeout)
+	}
+	if errors.Is(sendErr, unix.ETOOMANYREFS) {
+		return fail(fdwire.StatusFailure, "send: %w (this user's descriptors in flight exceed fdsend's RLIMIT_NOFILE)", sendErr)
+	}
+	return fail(fdwire.StatusFailure, "send: %w", sendErr)
+}
+
+// refused maps a failure status from fdrecv to fdsend's exit status.
+func refused(status int, text string) error {
+	code := status
+	if (code < fdwire.StatusTimeout || code > fdwire.StatusProtocol) && code != fdwire.StatusExec {
+		code = fdwire.StatusFailure
+	}
+	return fail(code, "fdrecv refused the descriptors: %s", text)
 }
 
 // dial connects to PATH, waiting for it to appear: fdrecv may be started
@@ -132,6 +176,10 @@ func dial(ctx context.Context, cfg *config) (*net.UnixConn, error) {
 			err = last
 		} else if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
 			return nil, dialError(ctx, cfg, err)
+		} else if err := notSocket(cfg.socket); err != nil {
+			// connect(2) reports ECONNREFUSED for a FIFO or a regular
+			// file too, which no waiting will change.
+			return nil, &fdwire.ExitError{Code: fdwire.StatusSocket, Err: err}
 		}
 		last = err
 		t := time.NewTimer(backoff)
@@ -146,6 +194,32 @@ func dial(ctx context.Context, cfg *config) (*net.UnixConn, error) {
 		}
 		backoff = min(2*backoff, 100*time.Millisecond)
 	}
+}
+
+// notSocket returns an error if path exists and is not a socket. Stat
+// follows symbolic links, as connect(2) does.
+func notSocket(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Type() == fs.ModeSocket {
+		return nil
+	}
+	return fmt.Errorf("%s: not a socket (%s)", path, kind(fi.Mode()))
+}
+
+func kind(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "regular file"
+	case fs.ModeDir:
+		return "directory"
+	case fs.ModeNamedPipe:
+		return "FIFO"
+	case fs.ModeDevice:
+		return "block device"
+	case fs.ModeDevice | fs.ModeCharDevice:
+		return "character device"
+	}
+	return "another file type"
 }
 
 // readReply reads one reply; io.EOF is returned as is.
@@ -240,6 +314,12 @@ func open(ctx context.Context, s source, own *opened) (int, error) {
 func listen(ctx context.Context, addr string, own *opened) (int, error) {
 	scheme, rest := splitListen(addr)
 	var lc net.ListenConfig
+	// Plain TCP, as systemd hands out: since Go 1.24 package net creates
+	// MPTCP listeners (IPPROTO_MPTCP) where the kernel has
+	// net.mptcp.enabled=1, and an MPTCP socket refuses some TCP options
+	// (TCP_USER_TIMEOUT on Linux 6.18, SO_ATTACH_REUSEPORT_CBPF) that the
+	// receiving program may set.
+	lc.SetMultipathTCP(false)
 	var c syscall.Conn
 	switch scheme {
 	case "tcp", "tcp4", "tcp6":

@@ -39,6 +39,33 @@ func (u UIDs) Allows(uid int) bool {
 	return false
 }
 
+// Allowed names who Allows admits, for refusal messages: an operator told
+// only part of the list would add a flag that is already set. For example
+// "own uid 1000 and -allow-uid 33, 65534", or "own uid 1000 only".
+func (u UIDs) Allowed() string {
+	own := fmt.Sprintf("own uid %d", os.Getuid())
+	if len(u) == 0 {
+		return own + " only"
+	}
+	list := make([]string, len(u))
+	for i, uid := range u {
+		list[i] = strconv.Itoa(uid)
+	}
+	return own + " and -allow-uid " + strings.Join(list, ", ")
+}
+
+// CheckSocketPath refuses a unix socket path with a leading '@', which
+// package net and x/sys read as a name in Linux's abstract namespace: it
+// has no file, so neither the file mode nor the stale-file handling of
+// internal/sockfile applies, and sockfile rules such names out. A file
+// whose name starts with '@' is reached as "./@name".
+func CheckSocketPath(path string) error {
+	if strings.HasPrefix(path, "@") {
+		return fmt.Errorf("%q: abstract socket names are not supported; for a file of that name write ./%s", path, path)
+	}
+	return nil
+}
+
 // ParseFlags parses args with fs, printing usage (a format with one %s for
 // the flag defaults) on -h or a bad flag. A bad flag is a StatusUsage
 // *ExitError already printed; -h returns flag.ErrHelp.

@@ -3,6 +3,8 @@ package fdwire_test
 import (
 	"encoding/hex"
 	"errors"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -196,4 +198,36 @@ func FuzzDecodeReply(f *testing.F) {
 			t.Fatalf("re-encoded %x, input %x", got, in)
 		}
 	})
+}
+
+// A refusal names everyone who is allowed, so an operator is never told to
+// add an -allow-uid that is already set.
+func TestUIDsAllowed(t *testing.T) {
+	own := strconv.Itoa(os.Getuid())
+	tests := []struct {
+		uids fdwire.UIDs
+		want string
+	}{
+		{nil, "own uid " + own + " only"},
+		{fdwire.UIDs{1234}, "own uid " + own + " and -allow-uid 1234"},
+		{fdwire.UIDs{33, 65534}, "own uid " + own + " and -allow-uid 33, 65534"},
+	}
+	for _, tt := range tests {
+		if got := tt.uids.Allowed(); got != tt.want {
+			t.Errorf("%v.Allowed() = %q, want %q", tt.uids, got, tt.want)
+		}
+	}
+}
+
+func TestCheckSocketPath(t *testing.T) {
+	for _, p := range []string{"/run/h", "rel/s", "./@abs", "/tmp/@abs"} {
+		if err := fdwire.CheckSocketPath(p); err != nil {
+			t.Errorf("CheckSocketPath(%q) = %v, want nil", p, err)
+		}
+	}
+	for _, p := range []string{"@abs", "@"} {
+		if err := fdwire.CheckSocketPath(p); err == nil || !strings.Contains(err.Error(), "abstract") {
+			t.Errorf("CheckSocketPath(%q) = %v, want an abstract-name error", p, err)
+		}
+	}
 }
