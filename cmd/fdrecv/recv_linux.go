@@ -276,6 +276,8 @@ func interrupted(ctx context.Context, cfg *config, err error) error {
 func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *sync.WaitGroup, results chan<- *message) {
 	slots := make(chan struct{}, maxPending)
 	accepted := make(chan struct{}, maxAccepted)
+	turn := make(chan struct{}) // closed: the first reader's turn
+	close(turn)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -309,26 +311,46 @@ func acceptLoop(ctx context.Context, cfg *config, ln *sockfile.Listener, wg *syn
 			results <- &message{err: &dropError{err}}
 			continue
 		}
+		// Slots go in accept order: each reader waits for the one
+		// accepted before it to hold a slot (turn), so a later sender
+		// never overtakes one that waits.
+		prev, mine := turn, make(chan struct{})
+		turn = mine
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-accepted }()
-			// A free slot is taken even if ctx has ended: readOne then
-			// drops the connection the usual way.
-			select {
-			case slots <- struct{}{}:
-			default:
-				select {
-				case slots <- struct{}{}:
-				case <-ctx.Done():
-					c.Close()
-					results <- &message{err: &dropError{fmt.Errorf("pid %d was not read: fdrecv stopped reading", cred.PID)}}
-					return
-				}
+			if !takeSlot(ctx, prev, slots) {
+				close(mine)
+				c.Close()
+				results <- &message{err: &dropError{fmt.Errorf("pid %d was not read: fdrecv stopped reading", cred.PID)}}
+				return
 			}
+			close(mine)
 			defer func() { <-slots }()
 			results <- readOne(ctx, c, cred)
 		}()
+	}
+}
+
+// takeSlot waits for prev (the previous reader has its slot, or gave up)
+// and then for a free slot; false if ctx ended first. A free slot is taken
+// even if ctx has ended: readOne then drops the connection the usual way.
+func takeSlot(ctx context.Context, prev <-chan struct{}, slots chan<- struct{}) bool {
+	select {
+	case <-prev:
+	case <-ctx.Done():
+	}
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
