@@ -122,6 +122,16 @@ func (c *Conn) Recv(buf []byte, fds []int) (n, nfds int, err error) {
 // RecvMsg receives one message as Recv does, into m.Payload and m.FDs,
 // and reports m.N, m.NFDs and the sender's credentials (m.Cred,
 // m.HasCred). It returns the error Recv would; m.Err is left alone.
+//
+// On SOCK_SEQPACKET an empty message and the end of stream both return
+// io.EOF (recvmsg returns 0 for both), but with SetPassCred on, m.HasCred
+// tells them apart: the kernel attaches credentials to every message it
+// delivers, empty or not, and none to the end of stream. So io.EOF with
+// m.HasCred true is an empty message, and the connection may still carry
+// more. This holds for messages queued before SO_PASSCRED was set too
+// (scm_recv decides as the message is read), though their credentials may
+// then be empty (pid 0, the overflow uid and gid). (An empty message that RecvBatch read
+// at the end of a batch and left pending is reported with HasCred false.)
 func (c *Conn) RecvMsg(m *Message) error {
 	c.rmu.Lock()
 	n, nfds, err := c.r.recv(c.rc, c.sotype, m.Payload, m.FDs, m)
@@ -418,6 +428,9 @@ func (r *reader) recv(rc syscall.RawConn, sotype int, p []byte, fds []int, m *Me
 		return 0, 0, io.ErrShortBuffer
 	}
 	if r.eof {
+		if m != nil {
+			m.Cred, m.HasCred = Ucred{}, false
+		}
 		return 0, 0, r.takeEOF(rc)
 	}
 	r.p, r.oob = p, r.oobBuf[:rightsSpace(len(fds))]

@@ -51,7 +51,10 @@
 // them; Go's WriteMsgUnix inserts a hidden zero byte the receiver never asked
 // for), so Send refuses descriptors with an empty payload on every socket
 // type, with ErrEmptyPayload. An empty SOCK_SEQPACKET message reads as end
-// of stream (recvmsg returns 0 for both), so Send refuses that too. At most MaxFDs (253, the kernel's SCM_MAX_FD)
+// of stream (recvmsg returns 0 for both), so Send refuses that too; a
+// receiver that must tell them apart sets SO_PASSCRED (Conn.SetPassCred):
+// RecvMsg then reports credentials (HasCred) for an empty message, none at
+// the end of stream. At most MaxFDs (253, the kernel's SCM_MAX_FD)
 // descriptors travel in one message; more is ErrTooManyFDs.
 //
 // # Credentials

@@ -20,9 +20,13 @@
 // the hand-off. Bad input from the sender (a malformed
 // message, names that do not match the descriptors, more or fewer
 // descriptors than -n) fails with a distinct exit code, and every received
-// descriptor is closed. A message too large, a zero-length record (told
-// from end of file by POLLRDHUP), or a message with truncated control data
-// gets its status (8, 8, 5) and is dropped: fdrecv accepts the next sender.
+// descriptor is closed. A message too large, a zero-length record (with
+// or without descriptors; told from end of file by SO_PASSCRED: every
+// record comes with credentials, end of file with none), or a message
+// with truncated control data gets its status (8, 8, 5) and is dropped:
+// fdrecv accepts the next sender. Whatever the peer sent after the record
+// that got a reply is discarded before the connection closes, so the
+// reply is never lost to ECONNRESET.
 // PATH is a file: a leading '@' (an abstract name) is a usage error.
 //
 // Without PROGRAM, fdrecv prints one line per descriptor saying what it is

@@ -90,7 +90,7 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		if err := reply(conn, fdwire.StatusOK, ""); err != nil {
 			return fmt.Errorf("reply to the sender: %w", err)
 		}
-		conn.Close()
+		hangUp(conn)
 		infos := make([]fdInfo, len(fds))
 		for i, fd := range fds {
 			infos[i] = describe(fd)
@@ -187,13 +187,11 @@ func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stde
 			}
 		case won != nil:
 			closeAll(m.fds)
-			reply(m.conn, fdwire.StatusFailure, "another sender's descriptors were taken")
-			m.conn.Close()
+			refuse(m.conn, fdwire.StatusFailure, "another sender's descriptors were taken")
 			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d sent its message after another sender's was taken\n", m.cred.PID)
 		case fatal != nil:
 			closeAll(m.fds)
-			reply(m.conn, fdwire.StatusFailure, "fdrecv ended without taking this message: "+fatal.Error())
-			m.conn.Close()
+			refuse(m.conn, fdwire.StatusFailure, "fdrecv ended without taking this message: "+fatal.Error())
 			fmt.Fprintf(stderr, "fdrecv: dropped a connection: pid %d sent its message as fdrecv was ending\n", m.cred.PID)
 		case peerGone(m.conn):
 			// The sender gave up (its -timeout, say) while its message
@@ -205,7 +203,7 @@ func acceptMessage(ctx context.Context, cfg *config, ln *sockfile.Listener, stde
 		default:
 			if err := check(cfg, m); err != nil {
 				closeAll(m.fds)
-				m.conn.Close()
+				hangUp(m.conn)
 				fatal = err
 			} else {
 				won = m
@@ -367,33 +365,41 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 		c.Close()
 		return &message{err: &dropError{err}}
 	}
+	// A zero-length record reads as 0 bytes, as the end of file does.
+	// With SO_PASSCRED every record, empty or not, comes with
+	// SCM_CREDENTIALS (also one queued before the option was set: the
+	// kernel decides as it is read), the end of file with no control data,
+	// so RecvMsg's HasCred tells them apart exactly.
+	sc, err := scmrights.NewConn(c)
+	if err == nil {
+		err = sc.SetPassCred(true)
+	}
+	if err != nil {
+		c.Close()
+		return &message{err: &dropError{fmt.Errorf("pid %d: %w", cred.PID, err)}}
+	}
 	// Registered after the deadline above, so that it cannot overwrite
 	// this one: ctx ends when another message won or fdrecv gives up.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(longAgo) })
-	buf := make([]byte, fdwire.MaxMessage+1)
-	fdBuf := make([]int, scmrights.MaxFDs)
-	n, nfds, err := scmrights.Recv(c, buf, fdBuf)
+	m := scmrights.Message{Payload: make([]byte, fdwire.MaxMessage+1), FDs: make([]int, scmrights.MaxFDs)}
+	err = sc.RecvMsg(&m)
 	stop()
-	if err == nil {
-		return &message{conn: c, cred: cred, msg: buf[:n], fds: fdBuf[:nfds]}
+	if err == nil && m.N > 0 {
+		return &message{conn: c, cred: cred, msg: m.Payload[:m.N], fds: m.FDs[:m.NFDs]}
 	}
 	var rerr *fdwire.ExitError
 	switch {
+	case err == nil, err == io.EOF && m.HasCred:
+		// A zero-length record, with or without descriptors, is
+		// malformed input like any other.
+		closeAll(m.FDs[:m.NFDs])
+		rerr = fail(fdwire.StatusProtocol, "%w: an empty record", fdwire.ErrProtocol).(*fdwire.ExitError)
 	case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d had sent nothing when fdrecv stopped reading", cred.PID)}}
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d sent nothing within %v", cred.PID, connReadTimeout)}}
-	case err == io.EOF && !shutWrite(c):
-		// A zero-length record also reads as 0 bytes. End of file comes
-		// only once the peer has shut down its sending side (it closed,
-		// or shutdown(SHUT_WR)), which POLLRDHUP reports from then on; a
-		// peer that can still send has sent an empty record, which is
-		// malformed input like any other. (An empty record followed at
-		// once by a hang-up reads as the hang-up: no reply could reach
-		// that peer anyway.)
-		rerr = fail(fdwire.StatusProtocol, "%w: an empty record", fdwire.ErrProtocol).(*fdwire.ExitError)
 	case err == io.EOF:
 		c.Close()
 		return &message{err: &dropError{fmt.Errorf("pid %d closed the connection without sending", cred.PID)}}
@@ -407,29 +413,48 @@ func readOne(ctx context.Context, c *net.UnixConn, cred scmrights.Ucred) *messag
 	}
 	// One connection's failure (a truncation may also come from fdrecv's
 	// own descriptor limit): that sender gets the status, and fdrecv goes
-	// on accepting, the connections read meanwhile unaffected.
-	reply(c, rerr.Code, rerr.Error())
-	c.Close()
+	// on accepting, the connections read meanwhile unaffected. The peer
+	// may have sent more records after this one: refuse discards them, so
+	// the status is not lost to ECONNRESET.
+	refuse(c, rerr.Code, rerr.Error())
 	return &message{err: &dropError{fmt.Errorf("pid %d: %w", cred.PID, rerr)}}
 }
 
-// refuse tells a peer it is refused (status, text) and closes the
-// connection without waiting for it. Closing a unix socket whose receive
-// queue holds a message makes the kernel report ECONNRESET to the peer
-// (unix_release_sock), possibly before it has read the verdict; fdsend
-// sends right after connecting, so that queue is rarely empty. shutdown
-// SHUT_RD makes the kernel refuse (EPIPE) whatever the peer sends from then
-// on, so once the messages already queued are discarded the queue stays
-// empty, and the peer reads the verdict, then end of file. The discarded
-// messages are read with room for credentials only: their descriptors are
-// never installed here, the kernel drops them with the message (MSG_CTRUNC,
+// refuse tells a peer its verdict (status, text) and closes the
+// connection without waiting for it (see hangUp). The verdict is sent
+// with MSG_DONTWAIT: fdrecv has sent nothing else on the connection, so
+// the peer's queue has room, and a peer cannot make this wait.
+func refuse(c *net.UnixConn, status int, text string) {
+	defer hangUp(c)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		// MSG_NOSIGNAL: a peer gone already is EPIPE, not SIGPIPE.
+		_ = unix.Sendto(int(fd), fdwire.EncodeReply(status, text), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
+	})
+}
+
+// hangUp closes a connection whose peer has been sent its verdict, so
+// that the peer reads it. Closing a unix socket whose receive queue holds
+// a message makes the kernel report ECONNRESET to the peer
+// (unix_release_sock), and the peer's next read returns that error before
+// anything queued for it, the verdict included; fdsend sends right after
+// connecting, and a broken peer may send more after the record that got
+// it dropped, so that queue is often not empty. shutdown SHUT_RD makes the
+// kernel refuse (EPIPE) whatever the peer sends from then on, so once the
+// messages already queued are discarded the queue stays empty, and the
+// peer reads the verdict, then end of file. The discarded messages are
+// read with room for credentials only: their descriptors are never
+// installed here, the kernel drops them with the message (MSG_CTRUNC,
 // scm_detach_fds).
 //
 // Once SHUT_RD is in effect, a read of the empty queue returns 0, as a
 // zero-length record does (unix_dgram_recvmsg turns EAGAIN into end of
 // file), so SO_PASSCRED tells them apart: every record, empty or not,
 // comes with SCM_CREDENTIALS, the end of the queue with no control data.
-func refuse(c *net.UnixConn, status int, text string) {
+func hangUp(c *net.UnixConn) {
 	defer c.Close()
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -437,9 +462,6 @@ func refuse(c *net.UnixConn, status int, text string) {
 	}
 	_ = rc.Control(func(fd uintptr) {
 		s := int(fd)
-		// MSG_DONTWAIT: a peer cannot make this wait; MSG_NOSIGNAL: one
-		// gone already is EPIPE, not SIGPIPE.
-		_ = unix.Sendto(s, fdwire.EncodeReply(status, text), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
 		if err := unix.Shutdown(s, unix.SHUT_RD); err != nil {
 			return
 		}
@@ -492,29 +514,6 @@ func peerGone(c *net.UnixConn) bool {
 		gone = true
 	})
 	return gone || cerr != nil
-}
-
-// shutWrite reports whether the peer of c has shut down its sending side
-// (POLLRDHUP: our RCV_SHUTDOWN, set for good by the peer's close or
-// shutdown(SHUT_WR), as unix_dgram_poll reports it), or c cannot be
-// polled.
-func shutWrite(c *net.UnixConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return true
-	}
-	shut := true
-	cerr := rc.Control(func(fd uintptr) {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		for range 100 {
-			_, err := unix.Poll(pfd, 0)
-			if err != unix.EINTR {
-				shut = err != nil || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
-				return
-			}
-		}
-	})
-	return shut || cerr != nil
 }
 
 // reply tells the sender the outcome; a sender that went away is no error

@@ -168,6 +168,17 @@ func TestUsage(t *testing.T) {
 		{"tcp with an empty port", []string{"-socket", "s", "-listen", "tcp://127.0.0.1:"}, 2, "want HOST:PORT"},
 		{"plain host without a port", []string{"-socket", "s", "-listen", "localhost"}, 2, "want HOST:PORT"},
 		{"scheme with one slash", []string{"-socket", "s", "-listen", "unix:/x"}, 2, "want SCHEME://ADDRESS"},
+		// Before: taken as the host "udp" (a DNS lookup, exit 9) or
+		// the host "unix" with the port "rel.sock" (exit 9).
+		{"scheme without slashes", []string{"-socket", "s", "-listen", "udp:0"}, 2, "want SCHEME://ADDRESS"},
+		{"scheme without slashes, capitals", []string{"-socket", "s", "-listen", "TCP4:0"}, 2, "want SCHEME://ADDRESS"},
+		{"unix scheme without slashes", []string{"-socket", "s", "-listen", "unix:rel.sock"}, 2, "want SCHEME://ADDRESS"},
+		// Before: the ports "0/" and "0/x" were looked up as service
+		// names (exit 9).
+		{"trailing slash", []string{"-socket", "s", "-listen", "tcp://127.0.0.1:0/"}, 2, "want HOST:PORT"},
+		{"trailing path", []string{"-socket", "s", "-listen", "127.0.0.1:0/x"}, 2, "want HOST:PORT"},
+		{"port out of range", []string{"-socket", "s", "-listen", "udp://127.0.0.1:65536"}, 2, "want HOST:PORT"},
+		{"port with an underscore", []string{"-socket", "s", "-listen", "tcp://127.0.0.1:a_b"}, 2, "want HOST:PORT"},
 		// Abstract names: sockfile rules them out; before, -socket
 		// dialled the abstract name and unix://@x bound ./@x.
 		{"abstract -socket", []string{"-socket", "@abs"}, 2, "abstract socket names are not supported"},
@@ -180,6 +191,20 @@ func TestUsage(t *testing.T) {
 				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.want, tt.out)
 			}
 		})
+	}
+}
+
+// Well-formed -listen values pass the usage checks (they are bound only
+// later), service names and IPv6 zones included.
+func TestListenValuesAccepted(t *testing.T) {
+	for _, v := range []string{
+		"127.0.0.1:0", "localhost:0", "[::1]:0", "localhost:http", "[fe80::1%lo]:0", ":0",
+		"tcp://:0", "tcp4://127.0.0.1:65535", "tcp6://[::1]:0", "udp://localhost:domain", "udp6://[::1]:0",
+		"tcp://127.0.0.1:x-y2", "unix:///tmp/s", "unix://rel.sock",
+	} {
+		if err := fdsend.Parse([]string{"-socket", "s", "-listen", v}); err != nil {
+			t.Errorf("-listen %s: %v", v, err)
+		}
 	}
 }
 
@@ -245,6 +270,9 @@ func TestSendErrors(t *testing.T) {
 		{"file missing", []string{"-socket", missing, "-file", filepath.Join(dir, "nope")}, 9, "no such file"},
 		{"port in use", []string{"-socket", missing, "-listen", busy.Addr().String()}, 9, "address already in use"},
 		{"unix listener, then no receiver", []string{"-socket", missing, "-timeout", wait, "-listen", "unix://" + filepath.Join(dir, "u")}, 7, "no such file"},
+		// Well-formed -listen values are bound, not refused as usage
+		// errors (2).
+		{"plain HOST:PORT, then no receiver", []string{"-socket", missing, "-timeout", wait, "-listen", "127.0.0.1:0", "-listen", "localhost:0"}, 7, "no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

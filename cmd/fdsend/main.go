@@ -42,7 +42,7 @@ Exit codes:
   5   truncated: fdrecv's control data was truncated (e.g. its fd limit)
   6   permission: the receiver's uid is not allowed, or it refused ours
   7   socket: PATH did not appear before -timeout, is not a socket, or nobody listens on it
-  8   protocol: malformed reply, or fdrecv found the message malformed
+  8   protocol: malformed reply, fdrecv hung up without replying, or it found the message malformed
   9   source: an -fd is not open, a -file cannot be opened, a -listen cannot bind
   10  exec: fdrecv could not hand the descriptors to its PROGRAM
 `
@@ -150,9 +150,18 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
 			// Without a port, net would bind every interface on a
 			// random port ("tcp://" is the empty address); a port of 0
-			// or an empty host must be written out.
-			if _, port, err := net.SplitHostPort(rest); err != nil || port == "" {
-				return nil, fail(fdwire.StatusUsage, "-listen %s: want HOST:PORT (PORT 0 picks a free one, an empty HOST means every interface)", s.value)
+			// or an empty host must be written out. A port that is not
+			// a number or a service name, or a "/" ("tcp://h:0/"), is a
+			// typo that net would only find after a lookup.
+			host, port, err := net.SplitHostPort(rest)
+			if err == nil && !strings.Contains(s.value, "://") && isScheme(host) {
+				// "udp:0", "unix:rel.sock": a scheme without its
+				// slashes, not a host of that name, which would be
+				// looked up in the DNS.
+				return nil, fail(fdwire.StatusUsage, "-listen %s: want SCHEME://ADDRESS (tcp://, udp://, unix://)", s.value)
+			}
+			if err != nil || !validPort(port) || strings.Contains(rest, "/") {
+				return nil, fail(fdwire.StatusUsage, "-listen %s: want HOST:PORT (PORT a number up to 65535 or a service name; 0 picks a free one, an empty HOST means every interface)", s.value)
 			}
 		case "unix":
 			if err := fdwire.CheckSocketPath(rest); err != nil {
@@ -170,6 +179,39 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	return &cfg, nil
+}
+
+// isScheme reports whether host is one of the -listen schemes.
+func isScheme(host string) bool {
+	switch strings.ToLower(host) {
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6", "unix":
+		return true
+	}
+	return false
+}
+
+// validPort reports whether port is a port number (0 to 65535) or a
+// service name (letters, digits and '-'), as
+// /etc/services spells them.
+func validPort(port string) bool {
+	if port == "" {
+		return false
+	}
+	digits := true
+	for _, r := range port {
+		switch {
+		case r >= '0' && r <= '9':
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-':
+			digits = false
+		default:
+			return false
+		}
+	}
+	if digits {
+		n, err := strconv.Atoi(port)
+		return err == nil && n <= 65535
+	}
+	return true
 }
 
 // splitListen splits a -listen value into scheme and address; a plain

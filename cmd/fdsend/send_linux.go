@@ -22,6 +22,11 @@ import (
 
 var longAgo = time.Unix(1, 0)
 
+// beforeSend, when set by a test, runs between the receiver's uid check
+// and the send: a test makes fdrecv hang up in that gap, which otherwise
+// lasts microseconds.
+var beforeSend func()
+
 // opened holds what send opened itself, to close (or, for unix listeners
 // never sent, unlink) at the end.
 type opened struct {
@@ -81,6 +86,9 @@ func send(ctx context.Context, cfg *config) error {
 		return fail(fdwire.StatusPermission, "receiver pid %d runs as uid %d; allowed: %s", cred.PID, cred.UID, cfg.allowUIDs.Allowed())
 	}
 
+	if beforeSend != nil {
+		beforeSend()
+	}
 	sendErr := scmrights.Send(conn, msg, fds...)
 	sent = sendErr == nil
 	if sendErr != nil {
@@ -109,10 +117,25 @@ func send(ctx context.Context, cfg *config) error {
 	switch {
 	case err == nil:
 		return refused(status, text)
-	case err == io.EOF:
-		return fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
+	case hungUp(err):
+		return errHungUp()
 	}
 	return timeoutOr(ctx, cfg, err)
+}
+
+// hungUp reports whether a read error means fdrecv closed the connection
+// without a reply for us: end of file, or ECONNRESET, which the kernel
+// reports instead when our message was still unread in fdrecv's queue
+// (unix_release_sock), as for a connection fdrecv had not read yet when
+// another sender's message was taken.
+func hungUp(readErr error) bool {
+	return readErr == io.EOF || errors.Is(readErr, unix.ECONNRESET)
+}
+
+// errHungUp is the one failure for fdrecv hanging up without replying,
+// whether before our send (which then fails with EPIPE) or after it.
+func errHungUp() error {
+	return fail(fdwire.StatusProtocol, "fdrecv closed the connection without replying")
 }
 
 // queuedReplyWait bounds the wait for a reply after a failed send: one
@@ -120,7 +143,7 @@ func send(ctx context.Context, cfg *config) error {
 const queuedReplyWait = 100 * time.Millisecond
 
 // sendFailed reports a failed send: the receiver's refusal if one is
-// queued, else sendErr.
+// queued, its hang-up if the send failed for that, else sendErr.
 func sendFailed(ctx context.Context, cfg *config, conn *net.UnixConn, sendErr error) error {
 	// A short deadline, not a past one: the netpoller checks the deadline
 	// before reading, so a past one would never look at the queue, while
@@ -130,8 +153,15 @@ func sendFailed(ctx context.Context, cfg *config, conn *net.UnixConn, sendErr er
 		d = cd
 	}
 	if err := conn.SetReadDeadline(d); err == nil {
-		if status, text, err := readReply(conn); err == nil && status != fdwire.StatusOK {
+		status, text, err := readReply(conn)
+		switch {
+		case err == nil && status != fdwire.StatusOK:
 			return refused(status, text)
+		case hungUp(err) && (errors.Is(sendErr, unix.EPIPE) || errors.Is(sendErr, unix.ECONNRESET)):
+			// fdrecv hung up before our send (its -timeout, or
+			// another sender's message was taken): the same failure
+			// as when it hangs up after it.
+			return errHungUp()
 		}
 	}
 	if ctx.Err() == context.Canceled {
