@@ -89,8 +89,8 @@ func TestClaimInherited(t *testing.T) {
 	extra := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8081}
 	// The descriptors are never touched without dup.
 	w := &wstate{inh: []inherited{
-		{fd: 50, name: "unknown", addr: extra, stream: true, releasable: true, unnamed: true},
-		{fd: 51, name: "web", addr: web, stream: true, releasable: true},
+		{fd: 50, name: "unknown", addr: extra, stream: true, unnamed: true},
+		{fd: 51, name: "web", addr: web, stream: true},
 	}}
 	for _, tc := range []struct {
 		address string

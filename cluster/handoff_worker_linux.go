@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -71,12 +72,16 @@ const (
 // descriptors for, and leaves in the channel a batch that would not fit;
 // Accept fails with EMFILE meanwhile, and no connection is reset.
 //
-// Listeners of one process share its channel; there is at most one per
-// name at a time. Close unblocks Accept, tells the master to stop sending
-// that listener's connections, and gives back to the master (which passes
-// them to another worker) every connection received and not accepted, so
-// a worker that closes its listener before exiting loses none.
-func HandoffListener(name string) (net.Listener, error) { return handoffListener(name) }
+// Listeners of one process share its channel. Every call returns a new
+// listener; those of one name share the master's connections for it, each
+// connection going to whichever Accept takes it first, as goroutines
+// accepting on one kernel socket do. Close unblocks the listener's Accept;
+// connections queued stay for the others of its name. The last Close of a
+// name tells the master to stop sending its connections, and gives back to
+// the master (which passes them to another worker) every connection
+// received and not accepted, so a worker that closes its listeners before
+// exiting loses none.
+func HandoffListener(name string) (net.Listener, error) { return handoffListener(name, nil) }
 
 var hoWorkerSide struct {
 	once sync.Once
@@ -84,12 +89,13 @@ var hoWorkerSide struct {
 	err  error
 }
 
-// handoffListener is the worker side of handoff mode (see HandoffListener).
-// Called before the rest of the worker API, by a program that does its own
-// socket activation and sd_notify, it sets the worker up (control channel,
-// heartbeats) but leaves the environment as it is, where such a program
-// reads it.
-func handoffListener(name string) (net.Listener, error) {
+// handoffListener is the worker side of handoff mode (see HandoffListener);
+// addr is the listener's address, or nil to look it up among the inherited
+// descriptors (inheritedAddr). Called before the rest of the worker API, by
+// a program that does its own socket activation and sd_notify, it sets the
+// worker up (control channel, heartbeats) but leaves the environment as it
+// is, where such a program reads it.
+func handoffListener(name string, addr net.Addr) (net.Listener, error) {
 	w := setUp(false)
 	hoWorkerSide.once.Do(func() {
 		if w.connErr != nil {
@@ -101,7 +107,10 @@ func handoffListener(name string) (net.Listener, error) {
 	if hoWorkerSide.err != nil {
 		return nil, hoWorkerSide.err
 	}
-	return hoWorkerSide.r.listen(name, inheritedAddr(w, name))
+	if addr == nil {
+		addr = inheritedAddr(w, name)
+	}
+	return hoWorkerSide.r.listen(name, addr)
 }
 
 // openReceiver adopts the connection channel named by HANDOFF_CONN_FD, v,
@@ -189,9 +198,15 @@ type hoReceiver struct {
 	peekHdr [2]byte
 	peekN   int
 
-	mu      sync.Mutex
-	lns     map[string]*handoffLn // open listeners
-	closing map[string]*handoffLn // closed, waiting for the master's DONE
+	mu  sync.Mutex
+	lns map[string]*hoSubscription // subscriptions with open listeners
+	// closing holds, per name, the subscriptions unsubscribed and waiting
+	// for the master's DONE, oldest first: the master answers a worker's
+	// messages in order. A Listen of the name meanwhile subscribes anew;
+	// if its SUB finds that DONE still owed, the master drops it, and the
+	// closing Close stops waiting after hoCloseWait (nothing is lost:
+	// connections of the name go to the new subscription).
+	closing map[string][]*hoSubscription
 	unacked int
 	// ackTimer sends the pending acks: those the channel had no room for
 	// (retrying: no ack is tried before it fires), or a small count
@@ -210,7 +225,7 @@ func newReceiver(uc *net.UnixConn, grants bool) (*hoReceiver, error) {
 	}
 	r := &hoReceiver{conn: c, gone: make(chan struct{}), token: make(chan struct{}, 1),
 		buf: make([]byte, hoMaxMsg), fds: make([]int, hoMaxBatch), grants: grants, grant: hoNoLimit,
-		lns: map[string]*handoffLn{}, closing: map[string]*handoffLn{}}
+		lns: map[string]*hoSubscription{}, closing: map[string][]*hoSubscription{}}
 	r.rc, _ = c.SyscallConn()
 	r.peekFn = r.peekOnce
 	// A worker short from the start grants before its first SUB: the
@@ -463,12 +478,13 @@ func (r *hoReceiver) read(stop func() bool, deadline time.Time, accepting bool) 
 			r.deliver(&r.msg)
 		case hoDone:
 			r.mu.Lock()
-			if l := r.closing[string(r.msg.name)]; l != nil {
-				delete(r.closing, l.name)
-				close(l.done)
-			} else if l := r.lns[string(r.msg.name)]; l != nil {
-				delete(r.lns, l.name)
-				close(l.refused)
+			if q := r.closing[string(r.msg.name)]; len(q) > 0 {
+				s := q[0]
+				r.unclosing(s)
+				close(s.done)
+			} else if s := r.lns[string(r.msg.name)]; s != nil {
+				delete(r.lns, s.name)
+				close(s.refused)
 			}
 			r.mu.Unlock()
 		default:
@@ -562,23 +578,38 @@ var hoBeforeRecv func()
 // hoFileConn is net.FileConn; tests replace it to fail.
 var hoFileConn = net.FileConn
 
-// handoffLn is one handed-off listener. Accept and Close may be called
-// concurrently; Close is idempotent (later calls return net.ErrClosed).
-type handoffLn struct {
-	r    *hoReceiver
+// hoSubscription is a worker's subscription to one of the master's listeners,
+// shared by every open handoffLn of its name: the first Listen subscribes
+// (SUB), the last Close unsubscribes (UNSUB). Its queues are the
+// connections received and not accepted yet.
+type hoSubscription struct {
 	name string
-	addr net.Addr
 	ch   chan hoItem
 	// retry holds connections an Accept could not turn into a net.Conn
 	// for lack of descriptors or memory: served first by the next Accept,
 	// as a kernel's accept queue keeps them under EMFILE.
-	retry   chan hoItem
-	closed  chan struct{}
+	retry chan hoItem
+	open  int // open listeners, under the receiver's mu
+	// subbed is closed once the SUB is sent, or failed with subErr.
+	subbed  chan struct{}
+	subErr  error
+	closed  chan struct{} // the last listener closed
 	done    chan struct{} // the master's DONE after our UNSUB
 	refused chan struct{} // the master's DONE without UNSUB: no such listener
-	once    sync.Once
-	// The read stop conditions of Accept and Close, bound once.
-	acceptable, finished func() bool
+	// Close's read stop condition, bound once.
+	finished func() bool
+}
+
+// handoffLn is one handed-off listener. Accept and Close may be called
+// concurrently; Close is idempotent (later calls return net.ErrClosed).
+type handoffLn struct {
+	r      *hoReceiver
+	s      *hoSubscription
+	addr   net.Addr
+	closed chan struct{}
+	once   sync.Once
+	// Accept's read stop condition, bound once.
+	acceptable func() bool
 }
 
 var _ net.Listener = (*handoffLn)(nil)
@@ -587,22 +618,42 @@ func (r *hoReceiver) listen(name string, addr net.Addr) (net.Listener, error) {
 	if name == "" || len(name) > hoMaxName {
 		return nil, fmt.Errorf("%w: listener name %q", ErrNoHandoff, name)
 	}
-	l := &handoffLn{r: r, name: name, addr: addr, ch: make(chan hoItem, hoWindow+hoMaxBatch), retry: make(chan hoItem, hoWindow+hoMaxBatch),
-		closed: make(chan struct{}), done: make(chan struct{}), refused: make(chan struct{})}
-	l.acceptable, l.finished = l.canAccept, l.isFinished
+	select {
+	case <-r.gone:
+		return nil, &net.OpError{Op: "listen", Net: "handoff", Addr: addr, Err: fmt.Errorf("%w: the master closed the channel", ErrMasterGone)}
+	default:
+	}
 	r.mu.Lock()
-	if r.lns[name] != nil || r.closing[name] != nil {
-		r.mu.Unlock()
-		return nil, &net.OpError{Op: "listen", Net: "handoff", Addr: addr, Err: fmt.Errorf("already listening on %q", name)}
+	s := r.lns[name]
+	first := s == nil
+	if first {
+		s = &hoSubscription{name: name, ch: make(chan hoItem, hoWindow+hoMaxBatch), retry: make(chan hoItem, hoWindow+hoMaxBatch),
+			subbed: make(chan struct{}), closed: make(chan struct{}), done: make(chan struct{}), refused: make(chan struct{})}
+		s.finished = func() bool { return s.isFinished(r) }
+		r.lns[name] = s
 	}
-	r.lns[name] = l
+	s.open++
 	r.mu.Unlock()
-	if err := r.send(hoAppendName(nil, hoSub, name), nil); err != nil {
-		r.mu.Lock()
-		delete(r.lns, name)
-		r.mu.Unlock()
-		return nil, &net.OpError{Op: "listen", Net: "handoff", Addr: addr, Err: err}
+	if first {
+		// Not under mu: a send may wait for room, and the reader that
+		// makes it needs mu.
+		s.subErr = r.send(hoAppendName(nil, hoSub, name), nil)
+		if s.subErr != nil {
+			r.mu.Lock()
+			if r.lns[name] == s {
+				delete(r.lns, name)
+			}
+			r.mu.Unlock()
+		}
+		close(s.subbed)
+	} else {
+		<-s.subbed
 	}
+	if s.subErr != nil {
+		return nil, &net.OpError{Op: "listen", Net: "handoff", Addr: addr, Err: s.subErr}
+	}
+	l := &handoffLn{r: r, s: s, addr: addr, closed: make(chan struct{})}
+	l.acceptable = l.canAccept
 	return l, nil
 }
 
@@ -616,7 +667,8 @@ func (r *hoReceiver) send(p []byte, fds []int) error {
 }
 
 // Addr returns the listener's address (from the inherited descriptor of
-// that name), or the name itself when the worker cannot see it.
+// that name, or the socket the master bound on request), or the name
+// itself when the worker cannot see it.
 func (l *handoffLn) Addr() net.Addr { return l.addr }
 
 // Accept returns the next connection the master handed over.
@@ -627,12 +679,12 @@ func (l *handoffLn) Accept() (net.Conn, error) {
 
 // canAccept says whether Accept has something to return, or to report.
 func (l *handoffLn) canAccept() bool {
-	if len(l.ch) > 0 || len(l.retry) > 0 {
+	if len(l.s.ch) > 0 || len(l.s.retry) > 0 {
 		return true
 	}
 	select {
 	case <-l.closed:
-	case <-l.refused:
+	case <-l.s.refused:
 	case <-l.r.gone:
 	default:
 		return false
@@ -640,11 +692,12 @@ func (l *handoffLn) canAccept() bool {
 	return true
 }
 
-// isFinished says whether Close may stop waiting for the master's DONE.
-func (l *handoffLn) isFinished() bool {
+// isFinished says whether the last Close may stop waiting for the master's
+// DONE.
+func (s *hoSubscription) isFinished(r *hoReceiver) bool {
 	select {
-	case <-l.done:
-	case <-l.r.gone:
+	case <-s.done:
+	case <-r.gone:
 	default:
 		return false
 	}
@@ -653,7 +706,7 @@ func (l *handoffLn) isFinished() bool {
 
 // accept also returns the remote address the master reported.
 func (l *handoffLn) accept() (net.Conn, string, error) {
-	r := l.r
+	r, s := l.r, l.s
 	for {
 		select {
 		case <-l.closed:
@@ -662,20 +715,20 @@ func (l *handoffLn) accept() (net.Conn, string, error) {
 		}
 		var it hoItem
 		select {
-		case it = <-l.retry:
-		case it = <-l.ch:
+		case it = <-s.retry:
+		case it = <-s.ch:
 		default:
 			select {
-			case it = <-l.retry:
-			case it = <-l.ch:
+			case it = <-s.retry:
+			case it = <-s.ch:
 			case <-l.closed:
 				return nil, "", l.opErr(net.ErrClosed)
-			case <-l.refused:
-				return nil, "", l.opErr(fmt.Errorf("%w: the master has no listener %q", ErrNoHandoff, l.name))
+			case <-s.refused:
+				return nil, "", l.opErr(fmt.Errorf("%w: the master has no listener %q", ErrNoHandoff, s.name))
 			case <-r.gone:
 				// Serve what arrived; then the master is gone.
 				select {
-				case it = <-l.ch:
+				case it = <-s.ch:
 				default:
 					return nil, "", l.opErr(ErrMasterGone)
 				}
@@ -700,14 +753,14 @@ func (l *handoffLn) accept() (net.Conn, string, error) {
 			// Kept, not closed: the client would see a reset. The error
 			// is temporary, so a server backs off and calls again.
 			select {
-			case l.retry <- it:
+			case s.retry <- it:
 				select {
-				case <-l.closed:
-					// Close may have emptied retry before it was put
-					// there: whoever takes it now gives it back.
+				case <-s.closed:
+					// The last Close may have emptied retry before it
+					// was put there: whoever takes it now gives it back.
 					select {
-					case it := <-l.retry:
-						r.giveBack(l.name, []hoItem{it})
+					case it := <-s.retry:
+						r.giveBack(s.name, []hoItem{it})
 					default:
 					}
 				default:
@@ -717,7 +770,7 @@ func (l *handoffLn) accept() (net.Conn, string, error) {
 			}
 		}
 		it.f.Close()
-		r.accepted(len(l.ch) == 0)
+		r.accepted(len(s.ch) == 0)
 		if err != nil {
 			continue // not a connection: nothing to serve
 		}
@@ -850,38 +903,61 @@ func (l *handoffLn) Close() error {
 	if !first {
 		return &net.OpError{Op: "close", Net: "handoff", Addr: l.addr, Err: net.ErrClosed}
 	}
-	r := l.r
-	r.mu.Lock()
-	delete(r.lns, l.name)
-	r.closing[l.name] = l
-	r.mu.Unlock()
+	r, s := l.r, l.s
 	close(l.closed)
+	r.mu.Lock()
+	s.open--
+	last := s.open == 0
+	refused := false
+	if last {
+		if r.lns[s.name] == s {
+			delete(r.lns, s.name)
+		}
+		select {
+		case <-s.refused:
+			// The master has no such listener: nothing to unsubscribe
+			// from, and no DONE to wait for.
+			refused = true
+		default:
+			r.closing[s.name] = append(r.closing[s.name], s)
+		}
+	}
+	r.mu.Unlock()
 	// An Accept of l reading the channel returns.
 	r.interrupt()
+	if !last {
+		// The other listeners of the name serve what is queued.
+		return nil
+	}
+	close(s.closed)
+	if refused {
+		r.giveBackQueued(s)
+		return nil
+	}
 	var p [2 + hoMaxName]byte
-	unsub := r.send(hoAppendName(p[:0], hoUnsub, l.name), nil)
+	unsub := r.send(hoAppendName(p[:0], hoUnsub, s.name), nil)
 	// Given back before the wait (and after the UNSUB, so that the master
 	// passes them to another worker): they hold descriptors that a batch
 	// queued ahead of the DONE may need (see hoReceiver.read).
-	l.giveBackQueued()
+	r.giveBackQueued(s)
 	if unsub == nil {
 		// Read the channel for the DONE if nobody else does.
 		deadline := time.Now().Add(hoCloseWait)
 		t := time.NewTimer(hoCloseWait)
 	wait:
-		for !l.finished() && time.Now().Before(deadline) {
+		for !s.finished() && time.Now().Before(deadline) {
 			select {
-			case <-l.done:
+			case <-s.done:
 			case <-r.gone:
 			case <-t.C:
 				break wait
 			case <-r.token:
-				short := r.read(l.finished, deadline, false)
+				short := r.read(s.finished, deadline, false)
 				r.token <- struct{}{}
 				if short {
 					// A batch waits for descriptors: count again soon.
 					select {
-					case <-l.done:
+					case <-s.done:
 					case <-r.gone:
 					case <-t.C:
 						break wait
@@ -893,32 +969,45 @@ func (l *handoffLn) Close() error {
 		t.Stop()
 	}
 	r.mu.Lock()
-	if r.closing[l.name] == l {
-		delete(r.closing, l.name)
-	}
+	r.unclosing(s)
 	r.mu.Unlock()
-	// Nothing more arrives for l: a reader gives back anything of this
-	// name from now on, and the master sends none after DONE.
-	l.giveBackQueued()
+	// Nothing more arrives for s: a reader gives back anything of this
+	// name from now on (to a later subscription of the name, if any), and
+	// the master sends none after DONE.
+	r.giveBackQueued(s)
 	return nil
 }
 
-// giveBackQueued gives back every connection queued on l.
-func (l *handoffLn) giveBackQueued() {
+// unclosing drops s from the subscriptions waiting for a DONE; r.mu is
+// held.
+func (r *hoReceiver) unclosing(s *hoSubscription) {
+	q := r.closing[s.name]
+	if i := slices.Index(q, s); i >= 0 {
+		q = slices.Delete(q, i, i+1)
+	}
+	if len(q) == 0 {
+		delete(r.closing, s.name)
+	} else {
+		r.closing[s.name] = q
+	}
+}
+
+// giveBackQueued gives back every connection queued on s.
+func (r *hoReceiver) giveBackQueued(s *hoSubscription) {
 	var items []hoItem
 	for {
 		select {
-		case it := <-l.retry:
+		case it := <-s.retry:
 			items = append(items, it)
 			continue
-		case it := <-l.ch:
+		case it := <-s.ch:
 			items = append(items, it)
 			continue
 		default:
 		}
 		break
 	}
-	l.r.giveBack(l.name, items)
+	r.giveBack(s.name, items)
 }
 
 // giveBack returns connections to the master in RETURN messages, or
@@ -952,9 +1041,9 @@ func (r *hoReceiver) deliver(msg *hoMsg) {
 	for i := range msg.n {
 		e := msg.entries[i]
 		it := hoItem{fd: msg.fds[i], addr: string(e.addr)}
-		if l := r.lns[string(e.name)]; l != nil {
+		if s := r.lns[string(e.name)]; s != nil {
 			select {
-			case l.ch <- it:
+			case s.ch <- it:
 				continue
 			default:
 				// Beyond the master's window: never happens with a

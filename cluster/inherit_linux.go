@@ -15,36 +15,39 @@ import (
 // claimed stays open, the rest is closed, tableflip's closeInherited and
 // systemd's advice for descriptors a service does not know.
 
-// adoptInherited builds the worker's table of activation descriptors. The
-// last extra of act are descriptors LISTEN_FDNAMES did not name: they are
-// adopted, to be closed by Ready and never served (TESTPLAN A20: no guessing
-// what an unnamed descriptor is for), only if they are inherited listening
-// or datagram sockets, and otherwise left untouched. The control and
-// connection channels are never adopted, even when a LISTEN_FDS too large
-// covers their numbers (ctl and conn, -1 for none).
+// adoptInherited builds the worker's table of activation descriptors. Only
+// inherited listening or datagram sockets are adopted (TESTPLAN A20: never
+// adopt random descriptors 3..N, as the master's checkActivated): a
+// descriptor this process opened itself (close-on-exec), a connection (a
+// socket activated with Accept=yes gets one) or anything else is logged
+// and left untouched, so neither Listen nor Ready ever takes it. The last
+// extra of act are descriptors LISTEN_FDNAMES did not name: adopted, to be
+// closed by Ready, and never served (no guessing what an unnamed
+// descriptor is for). The control and connection channels are never
+// adopted, even when a LISTEN_FDS too large covers their numbers (ctl and
+// conn, -1 for none).
 func adoptInherited(act []Activated, extra, ctl, conn int) []inherited {
 	var out []inherited
 	for i, a := range act {
 		if a.FD == ctl || a.FD == conn {
 			continue
 		}
+		unnamed := i >= len(act)-extra
 		// Before inspectInherited sets close-on-exec, which is half of
 		// what tells an inherited descriptor from one of this process.
-		// Ready may close only these: never a connection (a socket
-		// activated with Accept=yes gets one) nor a channel; dev and ino
-		// identify the socket later.
+		// dev and ino identify the socket later, for Ready.
 		st, what, _ := inheritedSocket(a.FD)
-		ok := what == ""
-		if i >= len(act)-extra && !ok {
-			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (beyond %s) ignored: it %s, not an inherited listening or datagram socket\n", a.FD, envListenFDNames, what)
+		if what != "" {
+			which := a.Name
+			if unnamed {
+				which = "beyond " + envListenFDNames
+			}
+			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (%s) ignored: it %s, not an inherited listening or datagram socket\n", a.FD, which, what)
 			continue
 		}
 		in := inspectInherited(a)
-		in.releasable = ok
-		if ok {
-			in.dev, in.ino = uint64(st.Dev), uint64(st.Ino) // uint32 on mips
-		}
-		in.unnamed = i >= len(act)-extra
+		in.dev, in.ino = uint64(st.Dev), uint64(st.Ino) // uint32 on mips
+		in.unnamed = unnamed
 		out = append(out, in)
 	}
 	return out
@@ -66,7 +69,7 @@ func (w *wstate) releaseInherited() {
 	defer w.inhMu.Unlock()
 	for i := range w.inh {
 		in := &w.inh[i]
-		if !in.releasable || in.claimed || in.closed {
+		if in.claimed || in.closed {
 			continue
 		}
 		in.closed = true

@@ -77,11 +77,10 @@ type inherited struct {
 	addr   net.Addr // nil if getsockname failed
 	stream bool     // SOCK_STREAM listener, else datagram
 	v6only bool     // an IPv6 socket with IPV6_V6ONLY
-	// releasable: an inherited listening or datagram socket (checked at
-	// adoption, identified by dev and ino), which Ready closes unless
+	// dev and ino identify the socket (an inherited listening or
+	// datagram socket, checked at adoption), which Ready closes unless
 	// claimed.
-	releasable bool
-	dev, ino   uint64
+	dev, ino uint64
 	// unnamed: beyond LISTEN_FDNAMES (see parseWorkerActivation), which
 	// Ready closes and Listen never serves: what it is, nobody said.
 	unnamed bool
@@ -216,8 +215,12 @@ func Ready() error {
 //   - otherwise (standalone) a socket bound here.
 //
 // Every call returns a new net.Listener on the same shared socket; closing
-// it never affects other workers. A call that matches an inherited socket
-// claims it, so Ready keeps it open (see Ready).
+// it never affects other workers. In handoff mode, where the master
+// accepts, every call returns a new listener of the connections the master
+// hands over from that socket, shared with the process's other listeners
+// of it (see HandoffListener), and its Addr is the socket's address. A call
+// that matches an inherited socket claims it, so Ready keeps it open (see
+// Ready).
 func Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	return self().listen(ctx, network, address)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -26,7 +27,7 @@ type wchannel struct {
 	conn    *scmrights.Conn
 	out     chan []byte
 	gone    chan struct{} // closed once the master is gone
-	dropped atomic.Uint64 // log records and heartbeats dropped on a full queue
+	dropped atomic.Uint64 // log records dropped on a full queue, not yet reported
 
 	mu      sync.Mutex
 	nextID  int64
@@ -90,6 +91,13 @@ func initWorker(w *wstate, take bool) {
 		// Before anything sets close-on-exec, which tells an inherited
 		// descriptor from one this process opened.
 		w.connErr = inheritedChannel(envConnFD, conn)
+		if ctl := envFD(e[envControlFD]); w.connErr == nil && mine && envFD(conn) == ctl {
+			// Both would take the one descriptor: the control channel
+			// owns it from now on, and a connection channel opened later
+			// by its number would take and close whatever the program
+			// has opened under it by then.
+			w.connErr = fmt.Errorf("%s=%d is %s too", envConnFD, ctl, envControlFD)
+		}
 	} else if mine {
 		w.mode = e[envMode]
 	}
@@ -394,29 +402,74 @@ func (w *wstate) send(payload []byte) error {
 	return w.ch.enqueue(appendData(nil, payload))
 }
 
-// forward queues a log record; a full queue drops it.
+// forward queues a log record; a full queue drops it, and the next record
+// or heartbeat that finds room reports how many were (see reportDropped).
 func (w *wstate) forward(b []byte) {
-	if w.ch != nil && w.ch.enqueue(b) != nil {
+	if w.ch == nil {
+		return
+	}
+	w.ch.reportDropped()
+	if w.ch.enqueue(b) != nil {
 		w.ch.dropped.Add(1)
 	}
 }
 
-// startHeartbeats sends a heartbeat every WATCHDOG_USEC/HeartbeatFactor:
-// on the control channel under mini-cluster, WATCHDOG=1 on NOTIFY_SOCKET
-// otherwise (systemd's WatchdogSec=). WATCHDOG_PID, when set, must name
-// this process (sd_watchdog_enabled(3)). Heartbeats go on after Done
-// closes, while the program drains: the process is alive, and a SIGTERM
-// from anyone but the master leaves the master waiting for them. They end
-// with the process, or when the master is gone.
+// reportDropped queues, if records were dropped and there is room now, a
+// warning record saying how many: a log that lost records says so where
+// it is read, in the master's log.
+func (c *wchannel) reportDropped() {
+	n := c.dropped.Swap(0)
+	if n == 0 {
+		return
+	}
+	if c.enqueue(appendDropped(nil, n)) != nil {
+		c.dropped.Add(n)
+	}
+}
+
+// droppedMsg is the message of the warning that records were dropped.
+const droppedMsg = "cluster: log records dropped: the master did not keep up"
+
+// appendDropped appends the warning that n log records were dropped.
+func appendDropped(dst []byte, n uint64) []byte {
+	dst = appendType(dst, "log")
+	dst = append(dst, `,"level":"WARN","msg":`...)
+	dst = appendJSONString(dst, droppedMsg)
+	dst = append(dst, `,"attrs":{"dropped":`...)
+	dst = strconv.AppendUint(dst, min(n, math.MaxInt64), 10)
+	return append(dst, "}}"...)
+}
+
+// heartbeatEvery returns the heartbeat period for WATCHDOG_USEC v, or 0
+// for none: v unset, not a positive number, or too large for a
+// time.Duration (above about 292 years), which would wrap around to a
+// tiny period (sd_watchdog_enabled(3) takes such a deadline as no
+// deadline at all, too).
+func heartbeatEvery(v string) time.Duration {
+	usec, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || usec <= 0 || usec > math.MaxInt64/int64(time.Microsecond) {
+		return 0
+	}
+	return max(time.Duration(usec)*time.Microsecond/HeartbeatFactor, time.Millisecond)
+}
+
+// startHeartbeats sends a heartbeat every WATCHDOG_USEC/HeartbeatFactor
+// (see heartbeatEvery): on the control channel under mini-cluster,
+// WATCHDOG=1 on NOTIFY_SOCKET otherwise (systemd's WatchdogSec=).
+// WATCHDOG_PID, when set, must name this process (sd_watchdog_enabled(3)).
+// Heartbeats go on after Done closes, while the program drains: the
+// process is alive, and a SIGTERM from anyone but the master leaves the
+// master waiting for them. They end with the process, or when the master
+// is gone. One dropped on a full queue is not missed: the master reads
+// every message queued ahead of it as a heartbeat.
 func startHeartbeats(w *wstate, pid int, getenv func(string) string) {
-	usec, err := strconv.ParseInt(getenv(envWatchdogUSec), 10, 64)
-	if err != nil || usec <= 0 {
+	every := heartbeatEvery(getenv(envWatchdogUSec))
+	if every == 0 {
 		return
 	}
 	if p := getenv(envWatchdogPID); p != "" && p != strconv.Itoa(pid) {
 		return
 	}
-	every := max(time.Duration(usec)*time.Microsecond/HeartbeatFactor, time.Millisecond)
 	var gone <-chan struct{} // nil: never, without a control channel
 	if w.ch != nil {
 		gone = w.ch.gone
@@ -431,7 +484,8 @@ func startHeartbeats(w *wstate, pid int, getenv func(string) string) {
 			case <-t.C:
 			}
 			if w.ch != nil {
-				w.forward(appendHeartbeat(nil))
+				w.ch.reportDropped()
+				_ = w.ch.enqueue(appendHeartbeat(nil))
 			} else if w.notify != "" {
 				sdNotify(w.notify, "WATCHDOG=1")
 			}
@@ -609,7 +663,7 @@ func (w *wstate) listen(ctx context.Context, network, address string) (net.Liste
 	}
 	if ok && c.released == nil {
 		if handoff {
-			return handoffListener(c.name)
+			return handoffListener(c.name, nil)
 		}
 		return scmrights.Listener(c.fd)
 	}
@@ -629,9 +683,14 @@ func (w *wstate) listen(ctx context.Context, network, address string) (net.Liste
 		return nil, fmt.Errorf("cluster: listen %s %s: %w", network, address, err)
 	}
 	if handoff {
-		// The master accepts on it and hands connections over.
+		// The master accepts on it and hands connections over; the
+		// listener's address is the socket's (port 0 bound to a port).
+		addr, _, _ := socketAddr(fd)
 		unix.Close(fd)
-		return handoffListener(name)
+		if addr == nil {
+			addr = handoffAddr(name)
+		}
+		return handoffListener(name, addr)
 	}
 	return scmrights.Listener(fd)
 }

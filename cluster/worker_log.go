@@ -14,8 +14,14 @@ import (
 // forwards every record, as a structured "log" control message, to the
 // master, which logs it through its own logger with the worker's slot and
 // pid added; records are dropped (never blocking the caller) when the
-// master does not keep up. Standalone it is slog.NewTextHandler on
-// standard error. opts may be nil; only its Level is used when forwarding.
+// master does not keep up, and once there is room again a warning
+// record with a "dropped" attribute says how many were. Standalone it is
+// slog.NewTextHandler on standard error. opts may be nil; only its Level
+// is used when forwarding.
+//
+// A record's time is sent in UTC, and not at all if that falls outside
+// the years 0 to 9999 (RFC 3339's range); the master logs it as the
+// record's time.
 //
 // Attributes keep their types for strings, integers, floats and booleans;
 // other values are sent as their text, groups as dotted keys. A record
@@ -70,9 +76,14 @@ func (h *fwdHandler) WithGroup(name string) slog.Handler {
 
 func (h *fwdHandler) Handle(_ context.Context, r slog.Record) error {
 	b := appendType(make([]byte, 0, 256), "log")
-	if y := r.Time.Year(); !r.Time.IsZero() && y >= 0 && y <= 9999 {
+	// In UTC: RFC 3339, which the master parses, has no zone offset of
+	// 24 hours or more, while a time.Location may (time.FixedZone), and a
+	// time the master cannot parse breaks the protocol, which gets the
+	// worker killed. The year is checked after the conversion, which may
+	// move it across 0 or 9999.
+	if t := r.Time.UTC(); !r.Time.IsZero() && t.Year() >= 0 && t.Year() <= 9999 {
 		b = append(b, `,"time":"`...)
-		b = r.Time.AppendFormat(b, time.RFC3339Nano)
+		b = t.AppendFormat(b, time.RFC3339Nano)
 		b = append(b, '"')
 	}
 	b = append(b, `,"level":`...)

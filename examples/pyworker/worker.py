@@ -179,7 +179,13 @@ def main():
         say(sys.stderr, "descriptor %d: %s" % (fds[0], e))
         return 1
     for fd in fds[1:]:
-        os.close(fd)  # only the first socket is served
+        # Only the first socket is served. LISTEN_FDS may count more
+        # descriptors than were passed (a misconfigured activator): one that
+        # is not open is logged and skipped, as systemd-aware programs do.
+        try:
+            os.close(fd)
+        except OSError as e:
+            say(sys.stderr, "descriptor %d: %s" % (fd, e))
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     worker = os.environ.get("HANDOFF_WORKER_ID", "-")

@@ -141,7 +141,8 @@ type worker struct {
 }
 
 // startWorker runs worker.py with a fresh loopback listener as descriptor 3
-// and settings (KEY=VALUE) in its environment.
+// and settings (KEY=VALUE) in its environment; LISTEN_FDS is 1 unless
+// settings say otherwise.
 func startWorker(t *testing.T, pc *proccensus.Census, settings ...string) *worker {
 	t.Helper()
 	py, err := exec.LookPath("python3")
@@ -162,7 +163,11 @@ func startWorker(t *testing.T, pc *proccensus.Census, settings ...string) *worke
 		t.Fatal(err)
 	}
 	defer f.Close() // the child has its copy
-	args := append(append(append([]string{}, settings...), "LISTEN_FDS=1", "--"), py, script)
+	args := append([]string{}, settings...)
+	if !slices.ContainsFunc(settings, func(kv string) bool { return strings.HasPrefix(kv, "LISTEN_FDS=") }) {
+		args = append(args, "LISTEN_FDS=1")
+	}
+	args = append(append(args, "--"), py, script)
 	w := &worker{
 		cmd:    helperproc.Command(t, "activate", &helperproc.Options{Env: []string{pc.Env()}, ExtraFiles: []*os.File{f}, Args: args}),
 		addr:   ln.Addr().String(),
@@ -370,6 +375,28 @@ func TestOthersDescriptorsIgnored(t *testing.T) {
 	n.close()
 	if got := n.count("READY=1"); got != 0 {
 		t.Errorf("READY=1 sent %d times, want none", got)
+	}
+}
+
+// TestListenFDsBeyondPassed: LISTEN_FDS counting more descriptors than
+// were passed (only 3 is open) is logged, and the worker serves its first
+// socket; it used to die of EBADF closing the others.
+func TestListenFDsBeyondPassed(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	w := startWorker(t, pc, "LISTEN_FDS=3")
+	w.mustServe(t)
+	if code := w.stop(t); code != 0 {
+		t.Errorf("exit status after SIGTERM: %d, want 0 (stderr: %s)", code, w.stderr)
+	}
+	stderr := w.stderr.String()
+	if strings.Contains(stderr, "Traceback") {
+		t.Errorf("worker.py crashed:\n%s", stderr)
+	}
+	for _, fd := range []string{"4", "5"} {
+		if !strings.Contains(stderr, "worker.py: descriptor "+fd+": ") {
+			t.Errorf("stderr does not mention descriptor %s:\n%s", fd, stderr)
+		}
 	}
 }
 
