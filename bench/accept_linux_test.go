@@ -132,6 +132,7 @@ func startAcceptServer(b *testing.B, pc *proccensus.Census, bin, mode string, fi
 		cmd.Env = append(os.Environ(), pc.Env())
 		cmd.ExtraFiles = files
 		cmd.Stderr = os.Stderr
+		dieWithUs(cmd)
 	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -113,6 +113,7 @@ func startCluster(b *testing.B, pc *proccensus.Census, bins clusterBins) *cluste
 	// Records go to stdout or stderr depending on the level; read both.
 	cmd.Stderr = cmd.Stdout
 	cmd.WaitDelay = 5 * time.Second
+	dieWithUs(cmd)
 	helperproc.Start(b, cmd)
 	m := &clusterMaster{cmd: cmd, records: make(chan logRecord, 1024), pids: map[int]int{}}
 	go m.read(out)

@@ -17,9 +17,11 @@
 // flags that say how to measure (-rounds, -quick, -perf), and -quick, one
 // round, refuses -rounds. -quick's figures decide no target: its report
 // has no verdict column, its JSON no verdict. An interrupted run (SIGINT,
-// SIGTERM, SIGHUP; during -perf too) writes the report of the rounds that
-// completed, marked as partial. The output paths are checked before
-// anything is built; afterwards the JSON, the report and the plot are
+// SIGTERM, SIGHUP, and SIGPIPE from a closed standard output or error;
+// during -perf too) writes the report of the rounds that completed, marked
+// as partial. The output paths are checked before anything is built
+// (without leaving a file, without opening a FIFO or device, refusing two
+// that name one file through links); afterwards the JSON, the report and the plot are
 // written in that order, each whatever happened to the others, and
 // results saved nowhere go to standard error as JSON.
 //
@@ -65,8 +67,11 @@
 // (PR_SET_CHILD_SUBREAPER), so that orphans that left the group come to it
 // and are killed and reaped too; any process left running is a failure.
 // A runner killed outright (SIGKILL) takes its child with it (Pdeathsig),
-// and the benchmark binary and its Go helpers die with their own parents
-// (PR_SET_PDEATHSIG, asked for by HANDOFF_BENCH_PDEATHSIG).
+// and the benchmark binary (this package's or cmd/mini-cluster's) and its
+// Go helpers die with their own parents (PR_SET_PDEATHSIG, asked for by
+// HANDOFF_BENCH_PDEATHSIG), as do the other processes they start
+// (Pdeathsig): a mini-cluster master, whose workers die with it, the
+// standalone hello and the C baselines.
 // Temporary files live in one directory removed when the runner exits,
 // except after a SIGKILL.
 package main

@@ -24,7 +24,9 @@ func benchmarksSupported() error { return nil }
 // cleanups, and its helpers and mini-cluster master (whose workers die with
 // it through Pdeathsig) would otherwise outlive the runner. A runner killed
 // outright (SIGKILL) cancels nothing: Pdeathsig then kills cmd, which the
-// benchmark binary passes on (pdeathsigVar). Pdeathsig fires when the
+// benchmark binary passes on (pdeathsigVar: bench's and cmd/mini-cluster's
+// test binaries arm PR_SET_PDEATHSIG in TestMain and set Pdeathsig on what
+// their benchmarks start). Pdeathsig fires when the
 // forking thread exits, not the process; the runner locks no goroutine to
 // a thread, so its threads live as long as it does.
 func ownGroup(cmd *exec.Cmd) {

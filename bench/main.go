@@ -18,20 +18,30 @@ import (
 )
 
 // stopSignals end a run the way Ctrl-C does: the report of what completed
-// is written and the temporary directory removed. SIGHUP too, since a
-// closed terminal or ssh session would otherwise kill the runner outright,
-// leaving both behind.
-var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+// is written (to -o and -json, which do not depend on the terminal) and the
+// temporary directory removed. SIGHUP too, since a closed terminal would
+// otherwise kill the runner outright, leaving neither. And SIGPIPE, which
+// a write to standard output or error raises once their reader is gone
+// (ssh without a terminal closes the pipes and sends no SIGHUP; "| head"
+// exits): unless notified, Go dies of it. Notified, the write fails with
+// EPIPE instead, and the run stops as a pipeline's writer does when its
+// reader is gone, but with its report saved. The runner writes to no other
+// pipe, so no other SIGPIPE can stop it.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		// Still notified: on a closed stderr this fails with EPIPE rather
+		// than killing the runner.
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	}
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(2)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
@@ -161,24 +171,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // finish writes the results of a run, those of an interrupted one too,
-// marked as partial, and returns why the run did not succeed.
+// marked as partial, and returns why the run did not succeed: an output
+// that failed, and the interruption or the failures, all of them, so that
+// one bad path hides neither.
 func finish(ctx context.Context, res *Results, stdout, stderr io.Writer, outPath, svgPath, jsonPath string) error {
 	interrupted := ctx.Err()
 	res.Interrupted = interrupted != nil
-	if err := write(res, stdout, stderr, outPath, svgPath, jsonPath); err != nil {
-		return err
+	werr := write(res, stdout, stderr, outPath, svgPath, jsonPath)
+	// Also here: the report may have gone to /dev/null (CI's -quick), or
+	// not have been written at all.
+	for _, f := range res.Failures {
+		fmt.Fprintf(stderr, "bench: failed: %s\n", f)
 	}
-	if interrupted != nil {
-		return fmt.Errorf("interrupted, partial report written: %w", interrupted)
+	var status error
+	switch {
+	case interrupted != nil && werr == nil:
+		status = fmt.Errorf("interrupted, partial report written: %w", interrupted)
+	case interrupted != nil:
+		status = fmt.Errorf("interrupted: %w", interrupted)
+	case len(res.Failures) > 0:
+		status = errFailures
 	}
-	if len(res.Failures) > 0 {
-		// Also here: the report may have gone to /dev/null (CI's -quick).
-		for _, f := range res.Failures {
-			fmt.Fprintf(stderr, "bench: failed: %s\n", f)
-		}
-		return errFailures
+	if werr == nil {
+		return status
 	}
-	return nil
+	return errors.Join(werr, status)
 }
 
 // fromJSON renders the report of an earlier -json run, keeping the cases
@@ -213,35 +230,110 @@ func fromJSON(fs *flag.FlagSet, path string, re *regexp.Regexp, stdout io.Writer
 }
 
 // checkOutputs checks, before a run, that the output files can be
-// written: each is opened for writing, created if need be (and removed
-// again, so that a run that fails leaves no empty file) but not truncated.
-// Two outputs naming one file are refused, as one would overwrite the
+// written: each regular file is opened for writing, created if need be
+// (and removed again, so that a run that fails leaves no empty file) but
+// not truncated. A FIFO, a device or a socket is not opened: opening a
+// FIFO blocks until a reader comes, and closing it then ends that reader's
+// input before the report is written. Two outputs naming one file, through
+// a symbolic or hard link too, are refused, as one would overwrite the
 // other.
 func checkOutputs(outPath, svgPath, jsonPath string) error {
-	seen := map[string]string{}
-	for _, o := range []struct{ flag, path string }{{"-o", outPath}, {"-svg", svgPath}, {"-json", jsonPath}} {
+	type output struct {
+		flag, path string
+		fi         os.FileInfo // an existing file
+		created    string      // the name a new file gets
+	}
+	var outs []output
+	for _, o := range []output{{flag: "-o", path: outPath}, {flag: "-svg", path: svgPath}, {flag: "-json", path: jsonPath}} {
 		if o.path == "" || (o.flag == "-json" && o.path == "-") {
 			continue
 		}
-		abs, err := filepath.Abs(o.path)
-		if err != nil {
+		fi, err := os.Stat(o.path)
+		switch {
+		case err == nil:
+			o.fi = fi
+		case errors.Is(err, os.ErrNotExist):
+			// Also a dangling symbolic link: writing it creates its target.
+			o.created = createdName(o.path)
+		default:
 			return fmt.Errorf("%s: %w", o.flag, err)
 		}
-		if other, dup := seen[abs]; dup {
-			return fmt.Errorf("%s and %s both write %s", other, o.flag, o.path)
+		for _, other := range outs {
+			if (o.fi != nil && other.fi != nil && os.SameFile(o.fi, other.fi)) || (o.fi == nil && other.fi == nil && o.created == other.created) {
+				return fmt.Errorf("%s and %s both write %s", other.flag, o.flag, o.path)
+			}
 		}
-		seen[abs] = o.flag
-		_, statErr := os.Lstat(o.path)
-		f, err := os.OpenFile(o.path, os.O_WRONLY|os.O_CREATE, 0o644)
+		outs = append(outs, o)
+	}
+	for _, o := range outs {
+		if o.fi == nil {
+			// O_EXCL: the file removed is the one this check created,
+			// never one that appeared meanwhile.
+			f, err := os.OpenFile(o.created, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				// Named as given: the resolved name may surprise.
+				var pe *os.PathError
+				if errors.As(err, &pe) {
+					err = &os.PathError{Op: pe.Op, Path: o.path, Err: pe.Err}
+				}
+				return fmt.Errorf("%s: %w", o.flag, err)
+			}
+			f.Close()
+			os.Remove(o.created)
+			continue
+		}
+		if o.fi.Mode()&(os.ModeNamedPipe|os.ModeDevice|os.ModeSocket) != 0 {
+			continue
+		}
+		// O_NONBLOCK: should a FIFO have replaced the file since the
+		// Stat, the open fails (ENXIO) rather than wait for a reader.
+		f, err := os.OpenFile(o.path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			return fmt.Errorf("%s: %w", o.flag, err)
 		}
 		f.Close()
-		if errors.Is(statErr, os.ErrNotExist) {
-			os.Remove(o.path)
-		}
 	}
 	return nil
+}
+
+// maxSymlinks is how many symbolic links createdName follows, as Linux
+// does (MAXSYMLINKS).
+const maxSymlinks = 40
+
+// createdName returns the absolute name, free of symbolic links, of the
+// file that creating path makes: path itself, or what it points to when it
+// is a dangling symbolic link. Where a link cannot be read, the name
+// reached so far is returned; creating the file then fails as it would.
+// Names are split by hand, not cleaned (filepath.Abs, Dir, Join): "l/.."
+// is not the directory that holds l when l is a link to a directory.
+func createdName(path string) string {
+	p := path
+	if !filepath.IsAbs(p) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return path
+		}
+		p = wd + string(filepath.Separator) + p
+	}
+	for range maxSymlinks {
+		i := strings.LastIndexByte(p, filepath.Separator)
+		dir, err := filepath.EvalSymlinks(p[:i+1])
+		if err != nil {
+			return p
+		}
+		// dir has no links left, so cleaning it is exact.
+		p = filepath.Join(dir, p[i+1:])
+		target, err := os.Readlink(p)
+		if err != nil {
+			return p // not a link
+		}
+		if !filepath.IsAbs(target) {
+			// Relative to the link's own directory.
+			target = dir + string(filepath.Separator) + target
+		}
+		p = target
+	}
+	return p
 }
 
 // write writes the JSON results, the Markdown report and the plot where

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	bench "github.com/handoff-go/handoff/bench"
@@ -30,9 +31,10 @@ func TestMain(m *testing.M) {
 		}
 	}
 	helperproc.Main(m, map[string]func() int{
-		"scm-send":      roleSCMSend,
-		"accept-server": roleAcceptServer,
-		"bench-runner":  func() int { return bench.RunnerRole("sleep", "60") },
+		"scm-send":              roleSCMSend,
+		"accept-server":         roleAcceptServer,
+		"bench-runner":          func() int { return bench.RunnerRole(false, "sleep", "60") },
+		"bench-runner-progress": func() int { return bench.RunnerRole(true, "sleep", "60") },
 	})
 }
 
@@ -60,6 +62,22 @@ func inOrder(variants ...string) []string {
 
 // PdeathsigVar, set by the runner, makes this binary die with its parent.
 const PdeathsigVar = "HANDOFF_BENCH_PDEATHSIG"
+
+// dieWithUs makes cmd, not yet started, die with this process (Pdeathsig)
+// when PdeathsigVar is set: a program other than this binary does not
+// read the variable, and a mini-cluster master left running keeps its
+// workers too. Pdeathsig fires when the forking thread exits, not the
+// process: the benchmarks lock no goroutine to a thread, so the threads
+// that fork live as long as the process.
+func dieWithUs(cmd *exec.Cmd) {
+	if os.Getenv(PdeathsigVar) == "" {
+		return
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+}
 
 // CLoopVar and CAcceptVar name prebuilt C baselines. The runner compiles
 // testdata/cloop.c and testdata/caccept.c once and sets them, so that each

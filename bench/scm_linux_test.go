@@ -122,6 +122,8 @@ func runCLoop(b *testing.B, pc *proccensus.Census, bin string, sotype int, args 
 	send.ExtraFiles, send.Stderr, send.Env = []*os.File{sf}, os.Stderr, env
 	recv := exec.Command(bin, append([]string{"recv"}, args...)...)
 	recv.ExtraFiles, recv.Stderr, recv.Env = []*os.File{rf}, os.Stderr, env
+	dieWithUs(send)
+	dieWithUs(recv)
 	var out strings.Builder
 	recv.Stdout = &out
 	b.ResetTimer()

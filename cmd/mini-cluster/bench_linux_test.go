@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-go/handoff/internal/loadclient"
 	"github.com/handoff-go/handoff/internal/proccensus"
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkHello measures requests/s of examples/hello under
@@ -57,11 +58,7 @@ func benchHello(b *testing.B, hello string, conns int) {
 	}
 	free := ln.Addr().String()
 	ln.Close()
-	alone := exec.Command(hello, "-addr", free)
-	alone.Env = append(os.Environ(), pc.Env())
-	if err := alone.Start(); err != nil {
-		b.Fatal(err)
-	}
+	alone := startStandalone(b, pc, hello, "-addr", free)
 	defer func() { alone.Process.Signal(syscall.SIGTERM); alone.Wait() }()
 	if !waitFor(10*time.Second, func() bool { _, _, err := get(free, "/"); return err == nil }) {
 		b.Fatal("standalone hello not serving")
@@ -95,6 +92,55 @@ func benchHello(b *testing.B, hello string, conns int) {
 	b.ReportMetric(float64(rssKiB(m.cmd.Process.Pid)), "master-RSS-KiB")
 	m.signal(syscall.SIGTERM)
 	m.wait(15 * time.Second)
+}
+
+// benchPdeathsigVar, set by the bench runner (go run ./bench, which runs
+// BenchmarkHello from this binary), asks this binary, the helpers it
+// re-executes and the processes its benchmarks start to die with their
+// parent: a runner killed outright (SIGKILL) cleans up nothing, and the
+// standalone hello, the master and its workers would otherwise run on as
+// orphans.
+const benchPdeathsigVar = "HANDOFF_BENCH_PDEATHSIG"
+
+// armBenchPdeathsig, called by TestMain, makes this process die with its
+// parent (PR_SET_PDEATHSIG) when benchPdeathsigVar is set. A parent gone
+// before the call is missed: the window is the process's start-up.
+func armBenchPdeathsig() {
+	if os.Getenv(benchPdeathsigVar) == "" {
+		return
+	}
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "mini-cluster test: prctl(PR_SET_PDEATHSIG): %v\n", err)
+	}
+}
+
+// benchPdeathsig makes cmd, not yet started, die with this process
+// (Pdeathsig) when benchPdeathsigVar is set; a master's workers then die
+// with the master, which arms their own Pdeathsig. Pdeathsig fires when
+// the forking thread exits, not the process: the benchmarks lock no
+// goroutine to a thread, so the threads that fork live as long as the
+// process.
+func benchPdeathsig(cmd *exec.Cmd) {
+	if os.Getenv(benchPdeathsigVar) == "" {
+		return
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+}
+
+// startStandalone starts the server a benchmark compares the cluster
+// with, carrying pc's marker; the caller stops and reaps it.
+func startStandalone(b testing.TB, pc *proccensus.Census, name string, args ...string) *exec.Cmd {
+	b.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), pc.Env())
+	benchPdeathsig(cmd)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return cmd
 }
 
 // helloRounds is the number of interleaved rounds of BenchmarkHello.

@@ -54,7 +54,9 @@ func TestMain(m *testing.M) {
 			os.Exit(fakeSrv())
 		}
 	}
-	helperproc.Main(m, map[string]func() int{"mini-cluster": roleMaster, "mini-cluster-forged": roleForgedUpgrade})
+	// After the shim and the fake worker: the master arms their Pdeathsig.
+	armBenchPdeathsig()
+	helperproc.Main(m, map[string]func() int{"mini-cluster": roleMaster, "mini-cluster-forged": roleForgedUpgrade, "bench-runner": roleBenchRunner})
 }
 
 // roleMaster is mini-cluster itself, run from the test binary so the exec
@@ -634,6 +636,7 @@ func startCmdIn(t testing.TB, cmd *exec.Cmd, tmp string) *master {
 	cmd.Env = append(cmd.Env, "TMPDIR="+tmp)
 	cmd.Stdout = m.log
 	cmd.Stderr = m.log
+	benchPdeathsig(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

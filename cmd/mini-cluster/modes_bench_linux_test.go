@@ -69,6 +69,7 @@ func startInPlace(b *testing.B, pc *proccensus.Census) (string, int) {
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Env = append(os.Environ(), pc.Env(), "LISTEN_FDS=1", "LISTEN_FDNAMES=tcp", "NOTIFY_SOCKET="+filepath.Join(dir, "n"))
 	cmd.Stderr = os.Stderr
+	benchPdeathsig(cmd)
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
