@@ -96,19 +96,7 @@ func TestPerfInterrupted(t *testing.T) {
 	fakePerf(t, r)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go func() {
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, p := range pc.Marked() {
-				if strings.HasPrefix(p.Cmdline, "sleep") {
-					cancel()
-					return
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		cancel()
-	}()
+	go cancelOnSleep(pc, cancel)
 	c := Case{Name: "scm/seqpacket/K=1/P=64", Group: "scm", Bench: "^SCM$/^seqpacket$/^K=1$/^P=64$"}
 	res := &Results{}
 	start := time.Now()

@@ -157,19 +157,7 @@ echo "BenchmarkX/a-2 1 7 rot/op"
 	defer cancel()
 	// The second round's binary runs once the first round's figures are
 	// in: interrupt it then.
-	go func() {
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, p := range pc.Marked() {
-				if strings.HasPrefix(p.Cmdline, "sleep") {
-					cancel()
-					return
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		cancel()
-	}()
+	go cancelOnSleep(pc, cancel)
 	res := &Results{Rounds: 3}
 	r.Run(ctx, []Case{{Name: "x", Group: "frame", Bench: "X", Benchtime: "1x", Metric: "rot/op"}}, 3, res)
 	if len(res.Failures) != 0 {
@@ -245,4 +233,20 @@ func TestRunnerReportsSkipReason(t *testing.T) {
 	if !strings.Contains(md, want) {
 		t.Errorf("report lacks %q:\n%s", want, md)
 	}
+}
+
+// cancelOnSleep calls cancel once a process of pc's runs sleep (a fake
+// benchmark that hangs: the moment to interrupt the runner), or after 20 s.
+func cancelOnSleep(pc *proccensus.Census, cancel context.CancelFunc) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range pc.Marked() {
+			if strings.HasPrefix(p.Cmdline, "sleep") {
+				cancel()
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
 }
