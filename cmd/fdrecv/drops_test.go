@@ -46,14 +46,7 @@ func TestOversizedMessageIsDropped(t *testing.T) {
 	if got := []int{readReply(t, bad), readReply(t, bad)}; !cmp.Equal(got, []int{8, -1}) {
 		t.Errorf("replies to the oversized sender %v, want [8 -1] (status 8, end of file)", got)
 	}
-	good := dial(t, path)
-	defer good.Close()
-	if err := scmrights.Send(good, mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)...); err != nil {
-		t.Fatal(err)
-	}
-	if got := []int{readReply(t, good), readReply(t, good)}; !cmp.Equal(got, []int{0, -1}) {
-		t.Errorf("replies to the next sender %v, want [0 -1] (placed, end of file)", got)
-	}
+	sendPlaced(t, path, r)
 	code, out := wait()
 	if code != 0 || !strings.Contains(out, "dropped a connection: pid") || !strings.Contains(out, "larger than") || !strings.Contains(out, "0 p: pipe") {
 		t.Errorf("exit %d, output:\n%s\nwant 0, the oversized message dropped, the pipe", code, out)
@@ -96,14 +89,7 @@ func TestEmptyRecordGetsProtocolError(t *testing.T) {
 	if got := readReply(t, shut); got != -1 {
 		t.Errorf("reply to a peer that shut down sending: %d, want end of file", got)
 	}
-	good := dial(t, path)
-	defer good.Close()
-	if err := scmrights.Send(good, mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)...); err != nil {
-		t.Fatal(err)
-	}
-	if got := []int{readReply(t, good), readReply(t, good)}; !cmp.Equal(got, []int{0, -1}) {
-		t.Errorf("replies to the next sender %v, want [0 -1] (placed, end of file)", got)
-	}
+	sendPlaced(t, path, r)
 	code, out := wait()
 	if code != 0 || !strings.Contains(out, "an empty record") || !strings.Contains(out, "closed the connection without sending") || !strings.Contains(out, "0 p: pipe") {
 		t.Errorf("exit %d, output:\n%s\nwant 0, the empty record and the hang-up dropped, the pipe", code, out)
@@ -317,5 +303,20 @@ func TestTooManyWaitingRefused(t *testing.T) {
 	code, out := wait()
 	if code != 0 || !strings.Contains(out, "connections already wait to be read") || !strings.Contains(out, "0 p: pipe") {
 		t.Errorf("exit %d, output:\n%s\nwant 0, the connection beyond the bound refused, the pipe", code, out)
+	}
+}
+
+// sendPlaced sends fdrecv at path a copy of f named "p", as the next sender
+// after a dropped one, and checks that it was placed: status 0, then end
+// of file.
+func sendPlaced(t *testing.T, path string, f *os.File) {
+	t.Helper()
+	good := dial(t, path)
+	defer good.Close()
+	if err := scmrights.Send(good, mustEncode(t, []string{"p"}, nil), dupFDs(t, f, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if got := []int{readReply(t, good), readReply(t, good)}; !cmp.Equal(got, []int{0, -1}) {
+		t.Errorf("replies to the next sender %v, want [0 -1] (placed, end of file)", got)
 	}
 }
