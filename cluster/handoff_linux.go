@@ -128,10 +128,10 @@ type hoWorker struct {
 	// watch); heard is when the worker last sent anything (hoClock).
 	peerIno uint64
 	heard   atomic.Int64
-	// owed lists the names whose DONE the worker is owed: its channel was
+	// owed lists the DONEs the worker is owed, in order: its channel was
 	// full when an UNSUB asked for one. They are sent before anything else,
 	// by the next send or by a retry (flushing: one is scheduled).
-	owed     []string
+	owed     []hoOwed
 	flushing bool
 	// sent counts the connections sent (modulo 2³²); while limited, the
 	// worker's last grant allows sending up to limit (see hoGrant): it is
@@ -958,8 +958,16 @@ func (w *hoWorker) trySend(p, ctl []byte) (sendResult, error) {
 	return sendBroken, os.NewSyscallError("sendmsg", err)
 }
 
-// hoMaxOwed bounds the DONEs owed to one worker: one per name, and a
-// worker that reads its channel is owed none for long.
+// hoOwed is a run of n DONEs of one name owed to a worker.
+type hoOwed struct {
+	name string
+	n    int
+}
+
+// hoMaxOwed bounds the runs of DONEs of one name owed to a worker: a
+// worker that reads its channel is owed none for long, and one that sends
+// UNSUBs without reading costs the master a count, not memory, as long as
+// it names one listener after another no more than that many times.
 const hoMaxOwed = 64
 
 // owe sends the DONE for name that an UNSUB (or a SUB of an unknown name)
@@ -972,7 +980,7 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 	if idx >= 0 && idx < len(w.subs) {
 		w.subs[idx] = false
 	}
-	if w.dead || slices.Contains(w.owed, string(name)) {
+	if w.dead {
 		w.mu.Unlock()
 		return nil
 	}
@@ -982,11 +990,18 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 		res, err = w.trySend(w.buf, nil)
 	}
 	if res == sendFull {
-		if len(w.owed) >= hoMaxOwed {
+		// Every UNSUB gets its DONE, however many of a name: the worker
+		// pairs them in order (a DONE missing would leave a later one
+		// taken for the refusal of its next SUB).
+		switch k := len(w.owed); {
+		case k > 0 && w.owed[k-1].name == string(name):
+			w.owed[k-1].n++
+		case k >= hoMaxOwed:
 			w.mu.Unlock()
-			return fmt.Errorf("%d listeners unsubscribed without reading the channel", len(w.owed)+1)
+			return fmt.Errorf("%d listeners unsubscribed without reading the channel", k+1)
+		default:
+			w.owed = append(w.owed, hoOwed{string(name), 1})
 		}
-		w.owed = append(w.owed, string(name))
 	}
 	retry := len(w.owed) > 0 && !w.flushing
 	w.flushing = w.flushing || retry
@@ -1004,11 +1019,13 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 // means none is left.
 func (w *hoWorker) flushOwed() (sendResult, error) {
 	for len(w.owed) > 0 {
-		w.buf = hoAppendName(w.buf[:0], hoDone, w.owed[0])
+		w.buf = hoAppendName(w.buf[:0], hoDone, w.owed[0].name)
 		if res, err := w.trySend(w.buf, nil); res != sendOK {
 			return res, err
 		}
-		w.owed = w.owed[1:]
+		if w.owed[0].n--; w.owed[0].n == 0 {
+			w.owed = w.owed[1:]
+		}
 	}
 	w.owed = nil
 	return sendOK, nil
@@ -1164,19 +1181,18 @@ func (w *hoWorker) write(fd uintptr) bool {
 	}
 }
 
-// subscribe turns w's subscription to listener idx, named name, on. A
-// DONE of that name still owed is dropped: the worker listens again, so
-// its Close stopped waiting for it, and arriving now it would say the
-// master has no such listener.
-func (w *hoWorker) subscribe(idx int, name []byte) {
+// subscribe turns w's subscription to listener idx on. A DONE of that
+// listener still owed stays owed, and goes first: it answers an UNSUB
+// the worker sent before this SUB, and the worker waits for it (were it
+// dropped, the next DONE of the name, for a later UNSUB, would be taken
+// for it, and a DONE then missing for that one would be taken for the
+// refusal of a SUB).
+func (w *hoWorker) subscribe(idx int) {
 	w.mu.Lock()
 	for len(w.subs) <= idx {
 		w.subs = append(w.subs, false)
 	}
 	w.subs[idx] = true
-	if i := slices.Index(w.owed, string(name)); i >= 0 {
-		w.owed = slices.Delete(w.owed, i, i+1)
-	}
 	w.mu.Unlock()
 }
 
@@ -1424,7 +1440,7 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adop
 			// A listener this image does not have is none of its
 			// business: the worker is sent nothing of it.
 			if idx, ok := h.byName[name]; ok {
-				w.subscribe(idx, []byte(name))
+				w.subscribe(idx)
 			}
 		}
 	}
@@ -2126,7 +2142,7 @@ func (h *handoff) handle(w *hoWorker, msg *hoMsg) error {
 		idx, ok := h.byName[string(msg.name)]
 		h.mu.Unlock()
 		if msg.typ == hoSub && ok {
-			w.subscribe(idx, msg.name)
+			w.subscribe(idx)
 			h.signal()
 			return nil
 		}

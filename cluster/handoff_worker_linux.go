@@ -35,10 +35,6 @@ const (
 	// hoAckRetry is the wait before an ack the channel had no room for is
 	// tried again: Accept never waits for the master to read.
 	hoAckRetry = 20 * time.Millisecond
-	// hoCloseWait bounds how long Close waits for the master to confirm
-	// that nothing more of the listener is on its way.
-	hoCloseWait = 5 * time.Second
-
 	// hoReserve is what a worker short of descriptors keeps free of
 	// connections: for net.FileConn's dup in Accept, for counting its
 	// descriptors, and for a few the server opens between a grant and the
@@ -57,6 +53,10 @@ const (
 	hoRecheck     = 50 * time.Millisecond
 	hoRecheckIdle = 250 * time.Millisecond
 )
+
+// hoCloseWait bounds how long Close waits for the master to confirm that
+// nothing more of the listener is on its way (a variable for tests).
+var hoCloseWait = 5 * time.Second
 
 // HandoffListener returns the listener of a handoff-mode worker for the
 // master's listener named name (its LISTEN_FDNAMES entry): the master
@@ -81,6 +81,11 @@ const (
 // the master (which passes them to another worker) every connection
 // received and not accepted, so a worker that closes its listeners before
 // exiting loses none.
+//
+// As for Listen, make the first call of the worker API before anything
+// marks the LISTEN_FDS descriptors close-on-exec: those the process has
+// marked by then are not taken as inherited, and their addresses are not
+// known (Addr is then the name).
 func HandoffListener(name string) (net.Listener, error) { return handoffListener(name, nil) }
 
 var hoWorkerSide struct {
@@ -201,11 +206,16 @@ type hoReceiver struct {
 	mu  sync.Mutex
 	lns map[string]*hoSubscription // subscriptions with open listeners
 	// closing holds, per name, the subscriptions unsubscribed and waiting
-	// for the master's DONE, oldest first: the master answers a worker's
-	// messages in order. A Listen of the name meanwhile subscribes anew;
-	// if its SUB finds that DONE still owed, the master drops it, and the
-	// closing Close stops waiting after hoCloseWait (nothing is lost:
-	// connections of the name go to the new subscription).
+	// for the master's DONE, oldest first: the master answers every UNSUB
+	// with one DONE, in order, so each DONE of the name belongs to the
+	// first of them. One stays there until its DONE arrives, also after
+	// its Close stopped waiting (hoCloseWait): taken as the answer to a
+	// later SUB, that DONE would say the master has no such listener,
+	// while the master serves it (connections would go back and forth).
+	// A Listen of the name meanwhile subscribes anew, but sends its SUB
+	// only once the UNSUB is sent (unsubSent), so the master reads them
+	// in the order lns changed; connections of the name that arrive before
+	// the DONE go to the new subscription.
 	closing map[string][]*hoSubscription
 	unacked int
 	// ackTimer sends the pending acks: those the channel had no room for
@@ -575,6 +585,10 @@ func (it hoItem) close() {
 // hoBeforeRecv, if set, runs before each recvmsg of a worker (tests).
 var hoBeforeRecv func()
 
+// hoBeforeUnsub, if set, runs in the last Close of a name before it sends
+// UNSUB, the name already out of lns (tests).
+var hoBeforeUnsub func(name string)
+
 // hoFileConn is net.FileConn; tests replace it to fail.
 var hoFileConn = net.FileConn
 
@@ -591,11 +605,13 @@ type hoSubscription struct {
 	retry chan hoItem
 	open  int // open listeners, under the receiver's mu
 	// subbed is closed once the SUB is sent, or failed with subErr.
-	subbed  chan struct{}
-	subErr  error
-	closed  chan struct{} // the last listener closed
-	done    chan struct{} // the master's DONE after our UNSUB
-	refused chan struct{} // the master's DONE without UNSUB: no such listener
+	subbed chan struct{}
+	subErr error
+	closed chan struct{} // the last listener closed
+	// unsubSent is closed once the last Close sent UNSUB (or failed to).
+	unsubSent chan struct{}
+	done      chan struct{} // the master's DONE after our UNSUB
+	refused   chan struct{} // the master's DONE without UNSUB: no such listener
 	// Close's read stop condition, bound once.
 	finished func() bool
 }
@@ -625,10 +641,31 @@ func (r *hoReceiver) listen(name string, addr net.Addr) (net.Listener, error) {
 	}
 	r.mu.Lock()
 	s := r.lns[name]
+	for s == nil {
+		// A subscription of the name closing: its UNSUB goes first. Else
+		// the master could read our SUB first (a no-op: still subscribed),
+		// then the UNSUB, and unsubscribe us for good.
+		q := r.closing[name]
+		if len(q) == 0 {
+			break
+		}
+		sent := q[len(q)-1].unsubSent
+		select {
+		case <-sent:
+		default:
+			r.mu.Unlock()
+			<-sent
+			r.mu.Lock()
+			s = r.lns[name]
+			continue
+		}
+		break
+	}
 	first := s == nil
 	if first {
 		s = &hoSubscription{name: name, ch: make(chan hoItem, hoWindow+hoMaxBatch), retry: make(chan hoItem, hoWindow+hoMaxBatch),
-			subbed: make(chan struct{}), closed: make(chan struct{}), done: make(chan struct{}), refused: make(chan struct{})}
+			subbed: make(chan struct{}), closed: make(chan struct{}), unsubSent: make(chan struct{}),
+			done: make(chan struct{}), refused: make(chan struct{})}
 		s.finished = func() bool { return s.isFinished(r) }
 		r.lns[name] = s
 	}
@@ -908,19 +945,15 @@ func (l *handoffLn) Close() error {
 	r.mu.Lock()
 	s.open--
 	last := s.open == 0
-	refused := false
 	if last {
 		if r.lns[s.name] == s {
 			delete(r.lns, s.name)
 		}
-		select {
-		case <-s.refused:
-			// The master has no such listener: nothing to unsubscribe
-			// from, and no DONE to wait for.
-			refused = true
-		default:
-			r.closing[s.name] = append(r.closing[s.name], s)
-		}
+		// Also when refused: the DONE taken for a refusal may have been
+		// meant for another UNSUB, and with the master subscribed still
+		// connections would go back and forth. For a name it does not
+		// know the master just answers DONE.
+		r.closing[s.name] = append(r.closing[s.name], s)
 	}
 	r.mu.Unlock()
 	// An Accept of l reading the channel returns.
@@ -930,12 +963,12 @@ func (l *handoffLn) Close() error {
 		return nil
 	}
 	close(s.closed)
-	if refused {
-		r.giveBackQueued(s)
-		return nil
+	if hoBeforeUnsub != nil {
+		hoBeforeUnsub(s.name)
 	}
 	var p [2 + hoMaxName]byte
 	unsub := r.send(hoAppendName(p[:0], hoUnsub, s.name), nil)
+	close(s.unsubSent)
 	// Given back before the wait (and after the UNSUB, so that the master
 	// passes them to another worker): they hold descriptors that a batch
 	// queued ahead of the DONE may need (see hoReceiver.read).
@@ -968,9 +1001,20 @@ func (l *handoffLn) Close() error {
 		}
 		t.Stop()
 	}
-	r.mu.Lock()
-	r.unclosing(s)
-	r.mu.Unlock()
+	select {
+	case <-s.done:
+	case <-r.gone:
+	default:
+		if unsub == nil {
+			// Gave up waiting: s stays in closing, where its DONE, when
+			// it comes, finds it (see closing).
+			break
+		}
+		// No UNSUB, no DONE.
+		r.mu.Lock()
+		r.unclosing(s)
+		r.mu.Unlock()
+	}
 	// Nothing more arrives for s: a reader gives back anything of this
 	// name from now on (to a later subscription of the name, if any), and
 	// the master sends none after DONE.

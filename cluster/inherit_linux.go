@@ -18,8 +18,10 @@ import (
 // adoptInherited builds the worker's table of activation descriptors. Only
 // inherited listening or datagram sockets are adopted (TESTPLAN A20: never
 // adopt random descriptors 3..N, as the master's checkActivated): a
-// descriptor this process opened itself (close-on-exec), a connection (a
-// socket activated with Accept=yes gets one) or anything else is logged
+// descriptor this process opened itself (close-on-exec, and so is an
+// inherited one the program marked before its first call of the worker
+// API, as go-systemd's activation.Files does: skipped too), a connection
+// (a socket activated with Accept=yes gets one) or anything else is logged
 // and left untouched, so neither Listen nor Ready ever takes it. The last
 // extra of act are descriptors LISTEN_FDNAMES did not name: adopted, to be
 // closed by Ready, and never served (no guessing what an unnamed
@@ -33,15 +35,22 @@ func adoptInherited(act []Activated, extra, ctl, conn int) []inherited {
 			continue
 		}
 		unnamed := i >= len(act)-extra
+		which := a.Name
+		if unnamed {
+			which = "beyond " + envListenFDNames
+		}
 		// Before inspectInherited sets close-on-exec, which is half of
 		// what tells an inherited descriptor from one of this process.
+		// Code that read LISTEN_FDS before the worker API (go-systemd's
+		// activation.Files marks them close-on-exec) looks the same: the
+		// message says so, and how to avoid it.
+		if flags, err := unix.FcntlInt(uintptr(a.FD), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 {
+			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (%s) ignored: it is close-on-exec, so not taken as inherited (this process opened it, or marked it after reading %s itself); call the worker API before anything that marks %s close-on-exec\n", a.FD, which, envListenFDs, envListenFDs)
+			continue
+		}
 		// dev and ino identify the socket later, for Ready.
 		st, what, _ := inheritedSocket(a.FD)
 		if what != "" {
-			which := a.Name
-			if unnamed {
-				which = "beyond " + envListenFDNames
-			}
 			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (%s) ignored: it %s, not an inherited listening or datagram socket\n", a.FD, which, what)
 			continue
 		}

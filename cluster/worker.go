@@ -221,6 +221,13 @@ func Ready() error {
 // of it (see HandoffListener), and its Addr is the socket's address. A call
 // that matches an inherited socket claims it, so Ready keeps it open (see
 // Ready).
+//
+// Make the first call of the worker API (IsWorker will do) before anything
+// that reads LISTEN_FDS and marks those descriptors close-on-exec, as
+// go-systemd's activation.Files does: a socket that is close-on-exec at
+// that call cannot be told from one the process opened itself, so it is
+// not taken as inherited (TESTPLAN A20), and Listen does not find it (the
+// message on standard error says so).
 func Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	return self().listen(ctx, network, address)
 }

@@ -23,6 +23,7 @@ import (
 func init() {
 	workerVariants["ownfd"] = ownFDWorker
 	workerVariants["samefd"] = sameFDWorker
+	workerVariants["cloexecfirst"] = cloexecFirstWorker
 }
 
 // ownFDWorker opens a listener of its own, then sets LISTEN_PID to itself
@@ -87,6 +88,63 @@ func TestWorkerListenSkipsOwnSocket(t *testing.T) {
 	}
 	if got, want := strings.TrimSpace(string(out)), "empty true addr true own true"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// cloexecFirstWorker inherits a listener as descriptor 3 and marks it
+// close-on-exec before its first call of the API, as a program that ran
+// go-systemd's activation.Files first would. It prints "empty
+// <ErrNoListener?>".
+func cloexecFirstWorker() int {
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	if _, err := unix.FcntlInt(3, unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return 3
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ln, err := cluster.Listen(ctx, "tcp", "")
+	if ln != nil {
+		ln.Close()
+	}
+	fmt.Printf("empty %v\n", errors.Is(err, cluster.ErrNoListener))
+	return 0
+}
+
+// TestWorkerListenCloexecFirst (TESTPLAN A20): an inherited socket marked
+// close-on-exec before the API's first call cannot be told from one the
+// process opened, so it stays unclaimed; the message on standard error
+// says it is close-on-exec and how to avoid that, instead of claiming the
+// process opened it.
+func TestWorkerListenCloexecFirst(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := helperproc.Command(t, "go-worker", &helperproc.Options{
+		Env:        []string{pc.Env(), "W_VARIANT=cloexecfirst", "LISTEN_FDS=1", "LISTEN_FDNAMES=web"},
+		ExtraFiles: []*os.File{f},
+	})
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("worker: %v; stderr %q", err, stderr.String())
+	}
+	if got, want := strings.TrimSpace(string(out)), "empty true"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	for _, want := range []string{"descriptor 3 (web) ignored: it is close-on-exec", "call the worker API before anything that marks LISTEN_FDS close-on-exec"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q lacks %q", stderr.String(), want)
+		}
 	}
 }
 

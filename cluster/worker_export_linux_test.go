@@ -20,11 +20,12 @@ func NewLogQueue(n int) *LogQueue {
 // Handler returns a LogHandler (level DEBUG) forwarding into q.
 func (q *LogQueue) Handler() slog.Handler { return &fwdHandler{w: q.w, level: slog.LevelDebug} }
 
-// Drain takes every frame queued.
+// Drain takes every frame queued, as the channel's writer does.
 func (q *LogQueue) Drain() [][]byte {
 	var out [][]byte
 	for len(q.w.ch.out) > 0 {
-		out = append(out, <-q.w.ch.out)
+		b, _ := q.w.ch.dequeue()
+		out = append(out, b)
 	}
 	return out
 }

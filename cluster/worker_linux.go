@@ -320,16 +320,29 @@ func (c *wchannel) deliver(m *ctlMsg, fds []int) error {
 func (c *wchannel) write() {
 	wr := ipcframe.NewWriter(c.conn, &ipcframe.WriterOptions{MaxFrame: maxControlFrame})
 	for {
-		select {
-		case <-c.gone:
+		b, ok := c.dequeue()
+		if !ok {
 			return
-		case b := <-c.out:
-			if err := wr.WriteFrame(b); err != nil {
-				// The reader then sees the closed socket: master gone.
-				c.conn.Close()
-				return
-			}
 		}
+		if err := wr.WriteFrame(b); err != nil {
+			// The reader then sees the closed socket: master gone.
+			c.conn.Close()
+			return
+		}
+	}
+}
+
+// dequeue waits for the next frame to write; false once the master is
+// gone. Taking one makes room in the queue, where the count of log records
+// dropped goes at once: a burst that overflowed it, with nothing logged
+// after (a shutdown, no heartbeats), is reported all the same.
+func (c *wchannel) dequeue() ([]byte, bool) {
+	select {
+	case <-c.gone:
+		return nil, false
+	case b := <-c.out:
+		c.reportDropped()
+		return b, true
 	}
 }
 
@@ -402,8 +415,9 @@ func (w *wstate) send(payload []byte) error {
 	return w.ch.enqueue(appendData(nil, payload))
 }
 
-// forward queues a log record; a full queue drops it, and the next record
-// or heartbeat that finds room reports how many were (see reportDropped).
+// forward queues a log record; a full queue drops it, and the writer, once
+// it takes a frame, or the next record or heartbeat that finds room,
+// reports how many were (see reportDropped).
 func (w *wstate) forward(b []byte) {
 	if w.ch == nil {
 		return
@@ -418,6 +432,10 @@ func (w *wstate) forward(b []byte) {
 // warning record saying how many: a log that lost records says so where
 // it is read, in the master's log.
 func (c *wchannel) reportDropped() {
+	// A load first: on every record, a Swap would write the shared line.
+	if c.dropped.Load() == 0 {
+		return
+	}
 	n := c.dropped.Swap(0)
 	if n == 0 {
 		return
