@@ -17,6 +17,13 @@ type HandoffCarry struct {
 	Limit       uint32
 	Ready, Away bool
 	Subs        []string
+	Owed        []HandoffOwed
+}
+
+// HandoffOwed is a run of N DONEs of listener Name owed to a worker.
+type HandoffOwed struct {
+	Name string
+	N    int
 }
 
 // rigState is the state an upgrade of the rig's master would record of
@@ -46,7 +53,11 @@ func (r *HandoffRig) Carried(pid int) (HandoffCarry, bool) {
 					names = append(names, st.listeners[i].Name)
 				}
 			}
-			return HandoffCarry{Out: c.out, Sent: c.sent, Limited: c.limited, Limit: c.limit, Ready: c.ready, Away: c.away, Subs: names}, true
+			var owed []HandoffOwed
+			for _, o := range c.owed {
+				owed = append(owed, HandoffOwed{o.name, o.n})
+			}
+			return HandoffCarry{Out: c.out, Sent: c.sent, Limited: c.limited, Limit: c.limit, Ready: c.ready, Away: c.away, Subs: names, Owed: owed}, true
 		}
 	}
 	return HandoffCarry{}, false
@@ -64,6 +75,9 @@ func (r *HandoffRig) AdoptOldCarried(f *os.File, peer int, c HandoffCarry) (int,
 		if i := slices.IndexFunc(st.listeners, func(a Activated) bool { return a.Name == name }); i >= 0 {
 			hc.subs = append(hc.subs, st.listeners[i].FD)
 		}
+	}
+	for _, o := range c.Owed {
+		hc.owed = append(hc.owed, owedRun{o.Name, o.N})
 	}
 	st.handoff = []handoffCarry{hc}
 	r.m.up = &upgrade{state: st}

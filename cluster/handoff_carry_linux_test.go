@@ -3,6 +3,7 @@
 package cluster_test
 
 import (
+	"errors"
 	"net"
 	"os"
 	"testing"
@@ -115,6 +116,7 @@ func TestHandoffAdoptOldWorkerCarried(t *testing.T) {
 type oldWorker struct {
 	masterFD  int
 	masterEnd *os.File // closed at cleanup unless taken
+	w         *cluster.HandoffWorker
 	ln        net.Listener
 }
 
@@ -146,6 +148,7 @@ func oldWorkerOn(t *testing.T, name string, fds []int) *oldWorker {
 		fail("%v", err)
 	}
 	t.Cleanup(func() { w.Close() })
+	ow.w = w
 	if ow.ln, err = w.Listen(name); err != nil {
 		fail("%v", err)
 	}
@@ -165,4 +168,155 @@ func (ow *oldWorker) takeMaster() *os.File {
 	f := ow.masterEnd
 	ow.masterEnd = nil
 	return f
+}
+
+// TestHandoffCarriedOwedDones: the DONEs a worker is owed (its channel was
+// full) when an upgrade records its channel go with the record, and the
+// old image sends none of them while the worker is held, so that none is
+// sent twice; an exec that failed (resume) sends them after all. The
+// worker here sends UNSUBs without reading. They used to be left out, and
+// lost by the exec.
+func TestHandoffCarriedOwedDones(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	c, pid, err := r.AddRawPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Far more than the channel holds: the master reads each before the
+	// next is written, so most are owed once the writes return.
+	const flood = 3000
+	u := cluster.EncodeHandoffName(cluster.HoUnsub, "nosuch")
+	for range flood {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(u); err != nil {
+			t.Fatalf("write: %v (the master stopped reading)", err)
+		}
+	}
+	carry, ok := r.Carried(pid)
+	if !ok {
+		t.Fatal("nothing carried of the worker")
+	}
+	carried := 0
+	for _, o := range carry.Owed {
+		if o.Name != "nosuch" {
+			t.Errorf("carried a DONE of %q", o.Name)
+		}
+		carried += o.N
+	}
+	if carried == 0 {
+		t.Fatalf("carried %+v: no DONE owed, although %d UNSUBs were not read", carry.Owed, flood)
+	}
+	count := func(ms []cluster.HoDecoded) int {
+		n := 0
+		for _, m := range ms {
+			if m.Type != cluster.HoDone || m.Name != "nosuch" {
+				t.Errorf("message %q %q", m.Type, m.Name)
+			}
+			n++
+		}
+		return n
+	}
+	held := count(drainRaw(t, c, 300*time.Millisecond))
+	if held+carried > flood {
+		t.Errorf("%d DONEs came while held and %d were carried: more than the %d UNSUBs", held, carried, flood)
+	}
+	r.Resume()
+	if total := held + count(drainRaw(t, c, 500*time.Millisecond)); total != flood {
+		t.Errorf("%d DONEs for %d UNSUBs once the exec failed", total, flood)
+	}
+}
+
+// TestHandoffAdoptOwedDones: the new image sends an adopted worker the
+// DONEs the old image owed it before anything else. Here the old worker's
+// Close sent UNSUB and the old image owed the DONE; the new image has no
+// listener of the name, so the worker's next Listen of it is refused:
+// with the DONE lost, the refusal was taken for it and Accept waited
+// forever.
+func TestHandoffAdoptOwedDones(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	const name = "tcp-gone"
+	ow := oldWorkerOn(t, name, nil)
+	closed := make(chan error, 1)
+	go func() { closed <- ow.ln.Close() }()
+	buf := make([]byte, cluster.HoMaxMsg)
+	if err := unix.SetNonblock(ow.masterFD, false); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _, _, err := unix.Recvmsg(ow.masterFD, buf, nil, 0)
+	if d, derr := cluster.DecodeHandoff(buf[:n], nil); err != nil || derr != nil || d.Type != cluster.HoUnsub || d.Name != name {
+		t.Fatalf("want the UNSUB of %s: %+v %v %v", name, d, err, derr)
+	}
+	if _, err := r.AdoptOldCarried(ow.takeMaster(), -1, cluster.HandoffCarry{Ready: true, Owed: []cluster.HandoffOwed{{Name: name, N: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	l, err := ow.w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := acceptWithin(t, l); !errors.Is(err, cluster.ErrNoHandoff) {
+		t.Fatalf("Accept of a name the new image lacks: %v, want ErrNoHandoff", err)
+	}
+}
+
+// TestHandoffHeldWorkerUnread: once an upgrade recorded a worker's channel
+// (held), the old image reads nothing more from it until the exec failed:
+// an UNSUB the worker sends meanwhile stays queued for the new image,
+// whose record still has the subscription. The old image used to read it
+// and answer DONE, and the new image then subscribed the worker to a
+// listener it no longer had: the connections sent to it were lost.
+func TestHandoffHeldWorkerUnread(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	name := r.Names()[0]
+	uc, pid, err := r.AddRawPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "subscribed", 5*time.Second, func() bool { return r.Subscribed(pid, name) })
+	carry, ok := r.Carried(pid)
+	if !ok || !cmp.Equal(carry.Subs, []string{name}) {
+		t.Fatalf("carried %+v, %v; want a subscription to %s", carry, ok, name)
+	}
+	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoUnsub, name)); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing to wait for: the master must not read it. A while long
+	// enough that the old code had read it.
+	for range 30 {
+		time.Sleep(10 * time.Millisecond)
+		if !r.Subscribed(pid, name) {
+			t.Fatal("the master read an UNSUB sent after the record of the worker's subscriptions")
+		}
+	}
+	if ms := drainRaw(t, uc, 100*time.Millisecond); len(ms) != 0 {
+		t.Fatalf("sent to a held worker: %+v", ms)
+	}
+	// The exec failed: this image reads it after all.
+	r.Resume()
+	m, ok := rawRecv(t, uc, 5*time.Second)
+	if !ok || m.Type != cluster.HoDone || m.Name != name {
+		t.Fatalf("after resume: %+v, %v; want the DONE of %s", m, ok, name)
+	}
+	if ms := drainRaw(t, uc, 100*time.Millisecond); len(ms) != 0 {
+		t.Errorf("more after the DONE: %+v", ms)
+	}
+	if r.Subscribed(pid, name) {
+		t.Error("still subscribed after the UNSUB")
+	}
 }

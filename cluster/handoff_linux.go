@@ -116,6 +116,16 @@ type hoWorker struct {
 	// the state misses would put the new image's count of what it sent
 	// behind the worker's, and past the worker's grant.
 	held bool
+	// While held, w's reader takes nothing off the channel either: what
+	// the worker sends after the state recorded its subscriptions (an
+	// UNSUB, a SUB, acks) stays queued for the new image to read, or for
+	// this one after resume, so the record stays true and no DONE is sent
+	// for an UNSUB the new image will not know of. busy: the reader took a
+	// message and has not done with it (handoffCarried waits on idle for
+	// that); unheld is closed when the hold ends.
+	busy   bool
+	idle   sync.Cond // L is &mu
+	unheld chan struct{}
 	// peer is the master's copy of the worker's end of the channel (-1
 	// once taken; for an adopted worker, the old image's, if it had one). Held, it keeps what the
 	// master sent and the worker never read queued after the worker dies,
@@ -630,8 +640,14 @@ func (h *handoff) resume() {
 	for _, w := range h.snapshotAll() {
 		w.mu.Lock()
 		held = held || w.held
-		w.held = false
+		w.setHeld(false)
+		// The DONEs the exec's state carried are this image's again.
+		retry := len(w.owed) > 0 && !w.flushing && !w.dead
+		w.flushing = w.flushing || retry
 		w.mu.Unlock()
+		if retry {
+			h.flushLater(w)
+		}
 	}
 	if held {
 		// A give-back may wait for them (dispatch).
@@ -958,11 +974,9 @@ func (w *hoWorker) trySend(p, ctl []byte) (sendResult, error) {
 	return sendBroken, os.NewSyscallError("sendmsg", err)
 }
 
-// hoOwed is a run of n DONEs of one name owed to a worker.
-type hoOwed struct {
-	name string
-	n    int
-}
+// hoOwed is a run of n DONEs of one name owed to a worker; an in-place
+// upgrade carries them (handoffCarry.owed).
+type hoOwed = owedRun
 
 // hoMaxOwed bounds the runs of DONEs of one name owed to a worker: a
 // worker that reads its channel is owed none for long, and one that sends
@@ -984,7 +998,18 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 		w.mu.Unlock()
 		return nil
 	}
-	res, err := w.flushOwed()
+	res, err := sendFull, error(nil)
+	switch {
+	case !w.held:
+		res, err = w.flushOwed()
+	case len(w.owed) > 0:
+		// Held, what is owed is the exec's state's, for the new image to
+		// send: it is not sent here, and this one goes after it. (The
+		// reader takes nothing off a held worker's channel, so this is
+		// only a safeguard.)
+	default:
+		res = sendOK
+	}
 	if res == sendOK {
 		w.buf = hoAppendName(w.buf[:0], hoDone, string(name))
 		res, err = w.trySend(w.buf, nil)
@@ -1003,7 +1028,7 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 			w.owed = append(w.owed, hoOwed{string(name), 1})
 		}
 	}
-	retry := len(w.owed) > 0 && !w.flushing
+	retry := len(w.owed) > 0 && !w.flushing && !w.held
 	w.flushing = w.flushing || retry
 	w.mu.Unlock()
 	if res == sendBroken {
@@ -1062,9 +1087,10 @@ func (h *handoff) flushLater(w *hoWorker) {
 			}
 			w.mu.Lock()
 			res, err := sendDead, error(nil)
-			if !w.dead {
+			if !w.dead && !w.held {
 				res, err = w.flushOwed()
 			}
+			// Held: left to the new image, or to resume.
 			if res != sendFull {
 				w.flushing = false
 			}
@@ -1338,6 +1364,9 @@ func (m *master) handoffRetireOld() {
 // the exec failed (handoffResume), so what the state says it was sent
 // stays true; a connection given back meanwhile goes to another worker
 // or waits, and is reset by the exec, as one held by the pause would be.
+// Nor is anything more read from it (see hoWorker.held): what it sends
+// meanwhile stays queued for the new image, so its subscriptions and the
+// DONEs it is owed, recorded here, stay true too.
 func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 	h := m.mode.ho
 	if h == nil {
@@ -1361,6 +1390,11 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 			continue
 		}
 		w.mu.Lock()
+		// A message taken off the channel is handled first: the record
+		// then tells all the old image did with what it read.
+		for w.busy {
+			w.idle.Wait()
+		}
 		dead := w.dead
 		c := handoffCarry{pid: w.pid, sent: w.sent, limited: w.limited, limit: w.limit, ready: w.ready.Load(), away: w.away.Load()}
 		for i, on := range w.subs {
@@ -1371,13 +1405,73 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 		// Read under mu, which every send holds: no send is counted
 		// here and missing from sent, or the reverse; held keeps it so.
 		c.out = int(max(0, w.out.Load()))
-		w.held = !dead
+		// Sent by the new image first; not here while held (owe,
+		// flushLater), so none is sent twice. What the worker's channel
+		// still holds unread is its own (handled by the new image).
+		c.owed = slices.Clone(w.owed)
+		w.setHeld(!dead)
 		w.mu.Unlock()
 		if !dead {
 			out = append(out, c)
 		}
 	}
 	return out
+}
+
+// setHeld holds w (see held) or ends the hold; w.mu is held.
+func (w *hoWorker) setHeld(on bool) {
+	w.held = on
+	switch {
+	case on && w.unheld == nil:
+		w.unheld = make(chan struct{})
+	case !on && w.unheld != nil:
+		close(w.unheld)
+		w.unheld = nil
+	}
+}
+
+// take marks a message about to be taken off w's channel (busy); false if
+// w is held, when nothing is to be taken, unless force.
+func (w *hoWorker) take(force bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.held && !force {
+		return false
+	}
+	w.busy = true
+	return true
+}
+
+// free ends busy: the reader is done with the message it took, or took
+// none.
+func (w *hoWorker) free() {
+	w.mu.Lock()
+	if w.busy {
+		w.busy = false
+		w.idle.Broadcast()
+	}
+	w.mu.Unlock()
+}
+
+// awaitUnheld is free, then waits while w is held; false if stop ended
+// the wait (the channel is closing then: the reader goes on to its end).
+func (w *hoWorker) awaitUnheld(stop <-chan struct{}) bool {
+	w.mu.Lock()
+	if w.busy {
+		w.busy = false
+		w.idle.Broadcast()
+	}
+	ch := w.unheld
+	w.mu.Unlock()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-ch:
+		return true
+	case <-stop:
+		return false
+	}
 }
 
 // hoEpoch is the base of hoClock.
@@ -1399,6 +1493,7 @@ func (h *handoff) register(pid, slot int, conn *scmrights.Conn, peer int) {
 func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adopted bool, carry *handoffCarry, subs []string) {
 	rc, _ := conn.SyscallConn()
 	w := &hoWorker{pid: pid, slot: slot, conn: conn, rc: rc, pidfd: -1, adopted: adopted, peer: peer}
+	w.idle.L = &w.mu
 	w.heard.Store(hoClock())
 	if peer >= 0 {
 		var st unix.Stat_t
@@ -1416,11 +1511,16 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adop
 		// Kept as it is, above the window too (an older image's, or
 		// anything the parser bounds): the old image recorded it under
 		// the send lock and sent nothing more (held), so the worker
-		// acknowledges no more than that; acks the old image read after
-		// the record only leave it counted busier than it is.
+		// acknowledges no more than that; acks an older image read after
+		// the record (this one reads nothing more) only leave it counted
+		// busier than it is.
 		w.out.Store(int64(carry.out))
 		w.sent, w.limited, w.limit = carry.sent, carry.limited, carry.limit
 		w.away.Store(carry.away)
+		// Before anything else is sent: the first send flushes them, or
+		// flushLater below.
+		w.owed = slices.Clone(carry.owed)
+		w.flushing = len(w.owed) > 0
 	}
 	// The worker is alive and not yet reaped (Done runs before the
 	// supervisor can reap it), so the pidfd names this very process.
@@ -1448,6 +1548,9 @@ func (h *handoff) registerAs(pid, slot int, conn *scmrights.Conn, peer int, adop
 	h.wg.Add(1)
 	h.mu.Unlock()
 	go h.read(w)
+	if carry != nil && len(carry.owed) > 0 {
+		h.flushLater(w)
+	}
 	if carry != nil {
 		// An accept loop may wait for a server (awaitServer).
 		h.signal()
@@ -1830,6 +1933,9 @@ func (h *handoff) bad(w *hoWorker, err error) bool {
 // may come (the worker unsubscribed) or descriptors were lately short (an
 // accept failed with EMFILE or ENFILE, or a receive was cut).
 type hoRecv struct {
+	w        *hoWorker
+	held     bool // call found w held, and took nothing
+	force    bool // take even if w is held: the master stopped
 	buf, oob []byte
 	one      [1]byte
 	mode     int
@@ -1876,6 +1982,12 @@ func (r *hoRecv) call(fd uintptr) bool {
 		}
 	}
 	msg.Iov, msg.Iovlen = &iov, 1
+	// A peek takes nothing; the dequeue after it does.
+	take := r.mode != hoRecvPeek
+	if take && !r.w.take(r.force) {
+		r.held = true
+		return true
+	}
 	for {
 		// Raw: MSG_DONTWAIT never blocks, and entersyscall would wake the
 		// runtime's sysmon from its sleep at every message, which then
@@ -1887,6 +1999,9 @@ func (r *hoRecv) call(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if take {
+				r.w.free()
+			}
 			return false
 		default:
 			r.err = os.NewSyscallError("recvmsg", e)
@@ -1897,12 +2012,19 @@ func (r *hoRecv) call(fd uintptr) bool {
 
 // recv runs call on w's channel in mode.
 func (r *hoRecv) recv(w *hoWorker, mode int) error {
+	r.w, r.held = w, false
 	r.mode, r.n, r.oobn, r.flags, r.err = mode, 0, 0, 0, nil
 	if err := w.rc.Read(r.fn); err != nil {
 		return err
 	}
+	if r.held {
+		return errHoHeld
+	}
 	return r.err
 }
+
+// errHoHeld: the worker is held, and nothing was received.
+var errHoHeld = errors.New("held")
 
 // dequeue drops the message last peeked, if it was.
 func (r *hoRecv) dequeue(w *hoWorker) {
@@ -1928,6 +2050,8 @@ func (h *handoff) read(w *hoWorker) {
 	defer h.wg.Done()
 	keep := false
 	defer func() {
+		// handoffCarried may wait for the message taken.
+		w.free()
 		if !keep {
 			h.unlist(w)
 			w.release()
@@ -1950,6 +2074,9 @@ func (h *handoff) read(w *hoWorker) {
 		}
 	}()
 	for {
+		if !w.awaitUnheld(h.done) {
+			r.force = true
+		}
 		mode := hoRecvWhole
 		if unsubbed || cut {
 			mode = hoRecvPeek
@@ -1957,6 +2084,9 @@ func (h *handoff) read(w *hoWorker) {
 			mode = hoRecvPeek
 		}
 		err := r.recv(w, mode)
+		if err == errHoHeld {
+			continue
+		}
 		if err == nil && r.n == 0 && r.oobn == 0 {
 			// End of file, or an empty message: the same to recvmsg. While
 			// the master holds a copy of the worker's end and has not shut
@@ -2055,7 +2185,13 @@ func (h *handoff) read(w *hoWorker) {
 		cut, roomy, backoff = false, 0, 0
 		n := r.n
 		if mode == hoRecvPeek {
-			if err := r.recv(w, hoRecvDequeue); err != nil {
+			err := r.recv(w, hoRecvDequeue)
+			if err == errHoHeld {
+				// Left queued, peeked again after the hold.
+				closeInts(fds)
+				continue
+			}
+			if err != nil {
 				// Only this goroutine reads the channel: the message
 				// peeked is there, unless the channel was closed
 				// meanwhile.

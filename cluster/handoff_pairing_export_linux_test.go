@@ -2,7 +2,14 @@
 
 package cluster
 
-import "time"
+import (
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/handoff-go/handoff/scmrights"
+)
 
 // SetHandoffBeforeUnsub makes the last Close of a name call fn right before
 // it sends UNSUB, the name already out of the worker's subscriptions.
@@ -16,4 +23,21 @@ func SetHandoffCloseWait(d time.Duration) (restore func()) {
 	prev := hoCloseWait
 	hoCloseWait = d
 	return func() { hoCloseWait = prev }
+}
+
+// ListenerName is the master's name for ln.
+func ListenerName(ln net.Listener) string { return fdName(ln.Addr().Network(), ln.Addr().String()) }
+
+// AddListener adds ln to the dispatcher at run time, as the master does
+// when a worker's Listen has it bind an address (handoffAdd); the rig owns
+// the duplicate it adds.
+func (r *HandoffRig) AddListener(ln net.Listener) error {
+	fd, err := scmrights.Dup(ln.(syscall.Conn))
+	if err != nil {
+		return err
+	}
+	name := ListenerName(ln)
+	l := &listener{addr: ln.Addr(), name: name, file: os.NewFile(uintptr(fd), name)}
+	r.m.listeners = append(r.m.listeners, l)
+	return r.h.add(l)
 }

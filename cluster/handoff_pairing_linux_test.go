@@ -190,6 +190,55 @@ func TestHandoffRefusedCloseUnsubscribes(t *testing.T) {
 	closeAnswered(t, m, l, name)
 }
 
+// TestHandoffRefusedCloseSparesNewer: a listener refused (the master had no
+// such name) is still open when the name becomes known (the master binds it
+// for a worker's Listen) and the worker listens again. The refused one's
+// last Close must not send UNSUB: the master's subscription is the newer
+// listener's. It used to, and the newer listener was never served.
+func TestHandoffRefusedCloseSparesNewer(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	name := cluster.ListenerName(ln2)
+	w, err := r.AddWorker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l1, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acceptWithin(t, l1); !errors.Is(err, cluster.ErrNoHandoff) {
+		t.Fatalf("Accept of a name the master lacks: %v, want ErrNoHandoff", err)
+	}
+	if err := r.AddListener(ln2); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := w.Listen(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if err := l1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", ln2.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := acceptWithin(t, l2)
+	if err != nil {
+		t.Fatalf("the newer listener of the name, after the refused one closed: %v (outstanding %v)", err, r.Outstanding())
+	}
+	got.Close()
+}
+
 // TestHandoffListenRacingLastClose: a Listen that comes while the last
 // Close of its name has not sent UNSUB yet sends its SUB after it, so the
 // master reads UNSUB then SUB and the new listener is served. The hook

@@ -85,7 +85,10 @@ var hoCloseWait = 5 * time.Second
 // As for Listen, make the first call of the worker API before anything
 // marks the LISTEN_FDS descriptors close-on-exec: those the process has
 // marked by then are not taken as inherited, and their addresses are not
-// known (Addr is then the name).
+// known (Addr is then the name). Called first, HandoffListener leaves
+// LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES in the environment (every
+// other call of the API removes them), so code that reads them, such as
+// go-systemd's activation.Files, still finds the sockets after it.
 func HandoffListener(name string) (net.Listener, error) { return handoffListener(name, nil) }
 
 var hoWorkerSide struct {
@@ -945,15 +948,25 @@ func (l *handoffLn) Close() error {
 	r.mu.Lock()
 	s.open--
 	last := s.open == 0
+	// Refused, s left lns when its DONE was read. A later Listen of the
+	// name, which nothing made wait, may then have subscribed anew (the
+	// name became known: a worker's Listen had the master bind it): the
+	// master's subscription is the newer one's, and an UNSUB now would
+	// end it. Decided under mu, with s entering closing, so that a Listen
+	// after this one waits for its UNSUB.
+	unsubscribe := last && (r.lns[s.name] == s || r.lns[s.name] == nil)
 	if last {
 		if r.lns[s.name] == s {
 			delete(r.lns, s.name)
 		}
-		// Also when refused: the DONE taken for a refusal may have been
-		// meant for another UNSUB, and with the master subscribed still
-		// connections would go back and forth. For a name it does not
-		// know the master just answers DONE.
-		r.closing[s.name] = append(r.closing[s.name], s)
+		if unsubscribe {
+			// Also when refused with no newer subscription: the DONE
+			// taken for a refusal may have been meant for another
+			// UNSUB, and with the master subscribed still connections
+			// would go back and forth. For a name it does not know the
+			// master just answers DONE.
+			r.closing[s.name] = append(r.closing[s.name], s)
+		}
 	}
 	r.mu.Unlock()
 	// An Accept of l reading the channel returns.
@@ -963,6 +976,13 @@ func (l *handoffLn) Close() error {
 		return nil
 	}
 	close(s.closed)
+	if !unsubscribe {
+		// No UNSUB, no DONE: nothing more arrives for s (a reader gives
+		// what comes for the name to the newer subscription).
+		close(s.unsubSent)
+		r.giveBackQueued(s)
+		return nil
+	}
 	if hoBeforeUnsub != nil {
 		hoBeforeUnsub(s.name)
 	}

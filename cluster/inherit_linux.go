@@ -43,9 +43,10 @@ func adoptInherited(act []Activated, extra, ctl, conn int) []inherited {
 		// what tells an inherited descriptor from one of this process.
 		// Code that read LISTEN_FDS before the worker API (go-systemd's
 		// activation.Files marks them close-on-exec) looks the same: the
-		// message says so, and how to avoid it.
+		// message says so, and how to avoid it. Only HandoffListener
+		// leaves LISTEN_FDS for such code to read after it.
 		if flags, err := unix.FcntlInt(uintptr(a.FD), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 {
-			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (%s) ignored: it is close-on-exec, so not taken as inherited (this process opened it, or marked it after reading %s itself); call the worker API before anything that marks %s close-on-exec\n", a.FD, which, envListenFDs, envListenFDs)
+			fmt.Fprintf(os.Stderr, "cluster: descriptor %d (%s) ignored: it is close-on-exec, so not taken as inherited (this process opened it, or marked it after reading %s itself); make the first call of the worker API before anything that marks %s close-on-exec (that call removes %s from the environment unless it is HandoffListener)\n", a.FD, which, envListenFDs, envListenFDs, envListenFDs)
 			continue
 		}
 		// dev and ino identify the socket later, for Ready.

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -121,7 +122,26 @@ type handoffCarry struct {
 	// their L or B record: a number is a few bytes where a name can be
 	// 255, for every worker and listener.
 	subs []int
+	// owed are the DONEs the old image owed the worker (its channel was
+	// full), in order: the new image sends them before anything else,
+	// since the worker pairs each DONE with its oldest unanswered UNSUB
+	// of the name ("o" records).
+	owed []owedRun
 }
+
+// owedRun is a run of n DONEs of one listener name owed to a worker.
+type owedRun struct {
+	name string
+	n    int
+}
+
+// Bounds of an "o" record: the runs a master keeps per worker (hoMaxOwed
+// in handoff mode), their length, and a name's (hoMaxName).
+const (
+	maxCarryOwed    = 64
+	maxCarryOwedRun = 1 << 30
+	maxCarryOwedLen = 255
+)
 
 type namedFD struct {
 	name string
@@ -182,6 +202,10 @@ const (
 //	                      FLAGS r (ready) and a (away) or -, then the
 //	                      listeners it subscribes to, each by the
 //	                      descriptor of its L or B record
+//	o PID N NAME          handoff mode: N DONEs owed to worker PID (named
+//	                      by an earlier h record) for the listener NAME
+//	                      (hexadecimal: a worker's names are any bytes),
+//	                      in order with the worker's other o records
 //
 // A record whose kind is a lower-case letter is optional: an image that
 // does not know it ignores it (anything it names is then closed or
@@ -303,6 +327,9 @@ func (s *upgradeState) writeHandoff(b *strings.Builder) {
 			b.WriteString(" " + strconv.Itoa(fd))
 		}
 		b.WriteString("\n")
+		for _, o := range h.owed {
+			fmt.Fprintf(b, "o %d %d %x\n", h.pid, o.n, o.name)
+		}
 	}
 }
 
@@ -361,7 +388,8 @@ func sameState(parsed, s *upgradeState) bool {
 func sameCarry(parsed, h handoffCarry) bool {
 	return parsed.pid == h.pid && parsed.out == h.out && parsed.sent == h.sent &&
 		parsed.limited == h.limited && (!h.limited || parsed.limit == h.limit) &&
-		parsed.ready == h.ready && parsed.away == h.away && slices.Equal(parsed.subs, h.subs)
+		parsed.ready == h.ready && parsed.away == h.away && slices.Equal(parsed.subs, h.subs) &&
+		slices.Equal(parsed.owed, h.owed)
 }
 
 // parseUpgradeState parses encode's output. Anything else (a bad number, a
@@ -566,6 +594,19 @@ func parseUpgradeState(s string) (*upgradeState, error) {
 				}
 			}
 			st.handoff = append(st.handoff, h)
+		case "o":
+			pid, o, err := parseOwedRun(rest)
+			if err != nil {
+				return recErr(err)
+			}
+			i := slices.IndexFunc(st.handoff, func(h handoffCarry) bool { return h.pid == pid })
+			if i < 0 {
+				return recErr(errors.New("no h record of the pid before"))
+			}
+			if len(st.handoff[i].owed) >= maxCarryOwed {
+				return recErr(fmt.Errorf("more than %d for the pid", maxCarryOwed))
+			}
+			st.handoff[i].owed = append(st.handoff[i].owed, o)
 		case "p":
 			pid, err := atoiIn(rest, 2, maxStatePID)
 			if err != nil {
@@ -672,6 +713,32 @@ func parseHandoffCarry(rest string) (handoffCarry, error) {
 		h.subs = append(h.subs, fd)
 	}
 	return h, nil
+}
+
+// parseOwedRun parses the fields of an "o" record.
+func parseOwedRun(rest string) (int, owedRun, error) {
+	var o owedRun
+	f := strings.Split(rest, " ")
+	if len(f) != 3 {
+		return 0, o, errors.New("want 3 fields")
+	}
+	pid, err := atoiIn(f[0], 2, maxStatePID)
+	if err != nil {
+		return 0, o, err
+	}
+	if o.n, err = atoiIn(f[1], 1, maxCarryOwedRun); err != nil {
+		return 0, o, err
+	}
+	// Lower case only, as encode writes it: one state, one encoding.
+	if f[2] == "" || len(f[2]) > 2*maxCarryOwedLen || strings.ToLower(f[2]) != f[2] {
+		return 0, o, fmt.Errorf("name %q", trunc(f[2]))
+	}
+	name, err := hex.DecodeString(f[2])
+	if err != nil {
+		return 0, o, fmt.Errorf("name %q", trunc(f[2]))
+	}
+	o.name = string(name)
+	return pid, o, nil
 }
 
 // atoiUint32 parses a canonical decimal in [0, 2³²-1], on 32-bit

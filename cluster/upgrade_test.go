@@ -95,6 +95,18 @@ func TestUpgradeState(t *testing.T) {
 		{"handoff listener by name", "handoff-upgrade v1 5\nL 3 x\nW 6 0 1 -1 -1\nh 6 0 0 - r x\n", false, ""},
 		{"handoff listener stdio", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r 2\n", false, ""},
 		{"handoff listener empty", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - r \n", false, ""},
+		// DONEs owed to a worker: names in hexadecimal, after its h
+		// record, in order.
+		{"owed", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 8 0 1 -1 -1\nh 6 0 0 - -\no 6 3 7463702d78\no 6 1 0a20ff\nh 8 0 0 - -\no 8 1 78\n", true, ""},
+		{"owed after another worker's", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 8 0 1 -1 -1\nh 6 0 0 - -\nh 8 0 0 - -\no 6 1 78\n", true, "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nW 8 0 1 -1 -1\nh 6 0 0 - -\no 6 1 78\nh 8 0 0 - -\n"},
+		{"owed before its h record", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\no 6 1 78\nh 6 0 0 - -\n", false, ""},
+		{"owed of no h record", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\no 6 1 78\n", false, ""},
+		{"owed none", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 0 78\n", false, ""},
+		{"owed upper case", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 1 7A\n", false, ""},
+		{"owed odd name", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 1 7\n", false, ""},
+		{"owed empty name", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 1 \n", false, ""},
+		{"owed name too long", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 1 " + strings.Repeat("78", 256) + "\n", false, ""},
+		{"owed too many", "handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\n" + strings.Repeat("o 6 1 78\n", 65), false, ""},
 		// A later image's optional record: ignored, not rejected.
 		{"optional record", "handoff-upgrade v1 5\nL 3 x\nq 7 anything\n", true, "handoff-upgrade v1 5\nL 3 x\n"},
 		{"optional record of two letters", "handoff-upgrade v1 5\nqq 7\n", false, ""},
@@ -190,6 +202,7 @@ func FuzzUpgradeState(f *testing.F) {
 	f.Add("handoff-upgrade v1 5\nL 3 x\nq 4 optional\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nu 4 1 2\nu 3 3 4\n")
 	f.Add("handoff-upgrade v1 5\nL 3 x\nB 4 unix:///s\nW 6 0 1 -1 -1\nh 6 2 9 11 ra 4 3\n")
+	f.Add("handoff-upgrade v1 5\nW 6 0 1 -1 -1\nh 6 0 0 - -\no 6 3 7463702d78\no 6 1 78\n")
 	f.Add("handoff-upgrade v2 5\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		once, err := cluster.ReencodeUpgradeState(s)

@@ -222,12 +222,17 @@ func Ready() error {
 // that matches an inherited socket claims it, so Ready keeps it open (see
 // Ready).
 //
-// Make the first call of the worker API (IsWorker will do) before anything
-// that reads LISTEN_FDS and marks those descriptors close-on-exec, as
-// go-systemd's activation.Files does: a socket that is close-on-exec at
-// that call cannot be told from one the process opened itself, so it is
-// not taken as inherited (TESTPLAN A20), and Listen does not find it (the
-// message on standard error says so).
+// Make the first call of the worker API before anything that marks the
+// LISTEN_FDS descriptors close-on-exec, as go-systemd's activation.Files
+// does: a socket that is close-on-exec at that call cannot be told from
+// one the process opened itself, so it is not taken as inherited
+// (TESTPLAN A20), and Listen does not find it (the message on standard
+// error says so). That first call, unless it is HandoffListener, also
+// removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment:
+// code that reads them afterwards (activation.Files) finds no sockets.
+// Such code works only after a first call of HandoffListener, which
+// leaves the environment as it is; otherwise read the variables yourself
+// before the first call, without marking the descriptors.
 func Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	return self().listen(ctx, network, address)
 }

@@ -141,7 +141,7 @@ func TestWorkerListenCloexecFirst(t *testing.T) {
 	if got, want := strings.TrimSpace(string(out)), "empty true"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
-	for _, want := range []string{"descriptor 3 (web) ignored: it is close-on-exec", "call the worker API before anything that marks LISTEN_FDS close-on-exec"} {
+	for _, want := range []string{"descriptor 3 (web) ignored: it is close-on-exec", "make the first call of the worker API before anything that marks LISTEN_FDS close-on-exec (that call removes LISTEN_FDS from the environment unless it is HandoffListener)"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr %q lacks %q", stderr.String(), want)
 		}
