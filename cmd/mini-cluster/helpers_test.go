@@ -763,6 +763,9 @@ func (m *master) signalWorker(pid int, sig syscall.Signal) error {
 	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
 		return os.NewSyscallError("pidfd_send_signal", err)
 	}
+	if sig == syscall.SIGSTOP {
+		return waitStopped(pid, 5*time.Second)
+	}
 	if sig != syscall.SIGKILL {
 		return nil
 	}
@@ -783,6 +786,43 @@ func (m *master) signalWorker(pid int, sig syscall.Signal) error {
 		}
 	}
 	return fmt.Errorf("pid %d still alive 5 s after SIGKILL", pid)
+}
+
+// waitStopped waits until every thread of pid is stopped. SIGSTOP is only
+// pending when pidfd_send_signal returns: the stop takes effect as each
+// thread next passes through the kernel, which on a loaded machine came up
+// to 53 ms later, time enough for a worker to read and accept connections
+// a test expects it never to see (and that a later SIGKILL then resets).
+func waitStopped(pid int, limit time.Duration) error {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	deadline := time.Now().Add(limit)
+	for {
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		stopped := len(tasks) > 0
+		for _, tk := range tasks {
+			b, err := os.ReadFile(dir + "/" + tk.Name() + "/stat")
+			if err != nil {
+				continue // the thread exited
+			}
+			// The state follows the command's closing parenthesis (the
+			// last one: the command may hold one too).
+			i := strings.LastIndex(string(b), ") ")
+			if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d not stopped %v after SIGSTOP", pid, limit)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // logRec is one record of the master's -log-format json output, with the
