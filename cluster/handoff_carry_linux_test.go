@@ -4,6 +4,7 @@ package cluster_test
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"testing"
@@ -319,4 +320,43 @@ func TestHandoffHeldWorkerUnread(t *testing.T) {
 	if r.Subscribed(pid, name) {
 		t.Error("still subscribed after the UNSUB")
 	}
+}
+
+// TestHandoffHeldGoneResumed: a worker held by an upgrade's snapshot and
+// reported gone before the exec fails gets its hold ended by the resume
+// like the others, so its reader drains and closes its channel (the
+// worker's end reads end of file). Off every list once gone, it used to be
+// missed by the resume, its reader waiting for the master's stop with the
+// channel open.
+func TestHandoffHeldGoneResumed(t *testing.T) {
+	fdcensus.Verify(t)
+	r, _ := rig(t, "tcp")
+	name := r.Names()[0]
+	uc, pid, err := r.AddRawPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "subscribed", 5*time.Second, func() bool { return r.Subscribed(pid, name) })
+	if _, ok := r.Carried(pid); !ok {
+		t.Fatal("the worker is not in the upgrade's state")
+	}
+	r.Exited(pid) // gone while held
+	r.Resume()    // the exec failed
+	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [512]byte
+	for i := 0; ; i++ {
+		_, err := uc.Read(b[:])
+		if err == nil && i < 100 {
+			continue
+		}
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("the gone worker's channel after the resume: %v, want end of file", err)
+		}
+		break
+	}
+	waitUntil(t, "the worker forgotten", 5*time.Second, func() bool { return r.Workers() == 0 })
 }

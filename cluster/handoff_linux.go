@@ -44,7 +44,10 @@ type handoff struct {
 	// doomed: workers killed for breaking the protocol, or whose channel
 	// failed, out of the rotation; their exit report (exited, sweep)
 	// rescues what they never read, as for any worker that dies.
-	doomed  []*hoWorker
+	doomed []*hoWorker
+	// heldWs are the workers handoffCarried held, for resume: one gone
+	// since is on no other list.
+	heldWs  []*hoWorker
 	rr      int
 	started bool
 	stopped bool
@@ -637,7 +640,14 @@ func (h *handoff) resume() {
 	}
 	h.pmu.Unlock()
 	held := false
-	for _, w := range h.snapshotAll() {
+	// The workers held by handoffCarried, also those gone meanwhile: out
+	// of every list, a gone one's reader still waits for the hold to end
+	// before it drains and closes its channel.
+	h.mu.Lock()
+	ws := slices.Concat(h.workers, h.doomed, h.heldWs)
+	h.heldWs = nil
+	h.mu.Unlock()
+	for _, w := range ws {
 		w.mu.Lock()
 		held = held || w.held
 		w.setHeld(false)
@@ -1413,6 +1423,9 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 		w.mu.Unlock()
 		if !dead {
 			out = append(out, c)
+			h.mu.Lock()
+			h.heldWs = append(h.heldWs, w)
+			h.mu.Unlock()
 		}
 	}
 	return out
