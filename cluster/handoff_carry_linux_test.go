@@ -281,15 +281,7 @@ func TestHandoffHeldWorkerUnread(t *testing.T) {
 	fdcensus.Verify(t)
 	r, _ := rig(t, "tcp")
 	name := r.Names()[0]
-	uc, pid, err := r.AddRawPID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "subscribed", 5*time.Second, func() bool { return r.Subscribed(pid, name) })
+	uc, pid := rawSubscribed(t, r, name)
 	carry, ok := r.Carried(pid)
 	if !ok || !cmp.Equal(carry.Subs, []string{name}) {
 		t.Fatalf("carried %+v, %v; want a subscription to %s", carry, ok, name)
@@ -332,15 +324,7 @@ func TestHandoffHeldGoneResumed(t *testing.T) {
 	fdcensus.Verify(t)
 	r, _ := rig(t, "tcp")
 	name := r.Names()[0]
-	uc, pid, err := r.AddRawPID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "subscribed", 5*time.Second, func() bool { return r.Subscribed(pid, name) })
+	uc, pid := rawSubscribed(t, r, name)
 	if _, ok := r.Carried(pid); !ok {
 		t.Fatal("the worker is not in the upgrade's state")
 	}
@@ -359,4 +343,20 @@ func TestHandoffHeldGoneResumed(t *testing.T) {
 		break
 	}
 	waitUntil(t, "the worker forgotten", 5*time.Second, func() bool { return r.Workers() == 0 })
+}
+
+// rawSubscribed adds a raw worker to r subscribed to name, closed when the
+// test ends, and returns its end of the channel and its made-up pid.
+func rawSubscribed(t *testing.T, r *cluster.HandoffRig, name string) (*net.UnixConn, int) {
+	t.Helper()
+	uc, pid, err := r.AddRawPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uc.Close() })
+	if _, err := uc.Write(cluster.EncodeHandoffName(cluster.HoSub, name)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "subscribed", 5*time.Second, func() bool { return r.Subscribed(pid, name) })
+	return uc, pid
 }
