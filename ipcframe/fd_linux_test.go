@@ -186,46 +186,46 @@ func TestFDMismatch(t *testing.T) {
 	fdcensus.Verify(t)
 	tests := []struct {
 		name string
-		send func(t *testing.T, c, peer *scmrights.Conn, fds []int) error
+		send func(t *testing.T, c *scmrights.Conn, peer *countingConn, fds []int) error
 		want ipcframe.FDCountError
 	}{
-		{"declares 3, 2 arrive", func(_ *testing.T, c, _ *scmrights.Conn, fds []int) error {
+		{"declares 3, 2 arrive", func(_ *testing.T, c *scmrights.Conn, _ *countingConn, fds []int) error {
 			return c.Send(append(hdr(3, 5), "abcde"...), fds[:2]...)
 		}, ipcframe.FDCountError{Declared: 3, Arrived: 2}},
-		{"declares 2, none arrive", func(_ *testing.T, c, _ *scmrights.Conn, _ []int) error {
+		{"declares 2, none arrive", func(_ *testing.T, c *scmrights.Conn, _ *countingConn, _ []int) error {
 			_, err := c.Write(append(hdr(2, 5), "abcde"...))
 			return err
 		}, ipcframe.FDCountError{Declared: 2}},
-		{"declares none, 2 arrive", func(_ *testing.T, c, _ *scmrights.Conn, fds []int) error {
+		{"declares none, 2 arrive", func(_ *testing.T, c *scmrights.Conn, _ *countingConn, fds []int) error {
 			return c.Send(append(hdr(0, 5), "abcde"...), fds[:2]...)
 		}, ipcframe.FDCountError{Arrived: 2}},
-		{"declares 1, 3 arrive", func(_ *testing.T, c, _ *scmrights.Conn, fds []int) error {
+		{"declares 1, 3 arrive", func(_ *testing.T, c *scmrights.Conn, _ *countingConn, fds []int) error {
 			return c.Send(append(hdr(1, 5), "abcde"...), fds[:3]...)
 		}, ipcframe.FDCountError{Declared: 1, Arrived: 3}},
-		{"empty frame declares none, 1 arrives", func(_ *testing.T, c, _ *scmrights.Conn, fds []int) error {
+		{"empty frame declares none, 1 arrives", func(_ *testing.T, c *scmrights.Conn, _ *countingConn, fds []int) error {
 			return c.Send(hdr(0, 0), fds[:1]...)
 		}, ipcframe.FDCountError{Arrived: 1}},
-		{"declared descriptor on a payload byte", func(t *testing.T, c, peer *scmrights.Conn, fds []int) error {
+		{"declared descriptor on a payload byte", func(t *testing.T, c *scmrights.Conn, peer *countingConn, fds []int) error {
 			if _, err := c.Write(append(hdr(1, 5), "ab"...)); err != nil {
 				return err
 			}
-			waitDrained(t, peer)
+			peer.waitReceived(t, ipcframe.HeaderSize+2)
 			return c.Send([]byte("cde"), fds[:1]...)
 		}, ipcframe.FDCountError{Declared: 1, Misplaced: 1}},
-		{"descriptor on the header's second byte", func(t *testing.T, c, peer *scmrights.Conn, fds []int) error {
+		{"descriptor on the header's second byte", func(t *testing.T, c *scmrights.Conn, peer *countingConn, fds []int) error {
 			h := hdr(1, 5)
 			if _, err := c.Write(h[:1]); err != nil {
 				return err
 			}
-			waitDrained(t, peer)
+			peer.waitReceived(t, 1)
 			return c.Send(append(h[1:], "abcde"...), fds[:1]...)
 		}, ipcframe.FDCountError{Declared: 1, Misplaced: 1}},
-		{"descriptors deep inside a frame larger than the buffer", func(t *testing.T, c, peer *scmrights.Conn, fds []int) error {
+		{"descriptors deep inside a frame larger than the buffer", func(t *testing.T, c *scmrights.Conn, peer *countingConn, fds []int) error {
 			big := append(hdr(0, 200<<10), make([]byte, 200<<10)...)
 			if _, err := c.Write(big[:100<<10]); err != nil {
 				return err
 			}
-			waitDrained(t, peer)
+			peer.waitReceived(t, 100<<10)
 			return c.Send(big[100<<10:], fds[:2]...)
 		}, ipcframe.FDCountError{Misplaced: 2}},
 	}
@@ -234,9 +234,10 @@ func TestFDMismatch(t *testing.T) {
 			a, b := connPair(t, unix.SOCK_STREAM)
 			fds, _ := memfds(t, 3)
 			nextFDs, nextID := memfds(t, 1)
-			r := ipcframe.NewReader(b, nil)
+			cb := &countingConn{c: b}
+			r := ipcframe.NewReader(cb, nil)
 			wait := run(func() error {
-				if err := tt.send(t, a, b, fds); err != nil {
+				if err := tt.send(t, a, cb, fds); err != nil {
 					return err
 				}
 				return ipcframe.NewWriter(a, nil).WriteFrameFDs([]byte("next"), nextFDs...)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,29 +122,39 @@ func hdr32(nfds int, n uint32) []byte {
 	return []byte{ipcframe.Magic, ipcframe.Version, byte(nfds), 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 }
 
-// waitDrained waits until c's receive queue is empty, so that bytes sent
-// next cannot be returned by the same recvmsg as bytes sent before.
-func waitDrained(t testing.TB, c *scmrights.Conn) {
+// countingConn is the receiving end as a Reader sees it, counting the bytes
+// its receive calls returned, so that a test can send the next part of a
+// frame only once the reader's call that took the previous part is over.
+// An empty receive queue proves less: a recvmsg still running when the
+// queue empties goes on to take what arrives next (unix_stream_read_generic
+// looks at the queue again after each message it used up), descriptors
+// and all.
+type countingConn struct {
+	c    *scmrights.Conn
+	seen atomic.Int64
+}
+
+func (cc *countingConn) Read(p []byte) (int, error) {
+	n, err := cc.c.Read(p)
+	cc.seen.Add(int64(n))
+	return n, err
+}
+
+func (cc *countingConn) Recv(buf []byte, fds []int) (int, int, error) {
+	n, nfds, err := cc.c.Recv(buf, fds)
+	cc.seen.Add(int64(n))
+	return n, nfds, err
+}
+
+// waitReceived waits until the reader's receive calls returned n bytes in
+// all.
+func (cc *countingConn) waitReceived(t testing.TB, n int64) {
 	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var n int
-		var ierr error
-		if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil {
-			t.Fatal(err)
-		}
-		if ierr != nil {
-			t.Fatal(ierr)
-		}
-		if n == 0 {
-			return
-		}
+	for cc.seen.Load() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("receive queue still holds %d bytes", n)
+			t.Errorf("the reader took %d of the %d bytes sent in 5 s", cc.seen.Load(), n)
+			return
 		}
 		time.Sleep(time.Millisecond)
 	}
