@@ -26,7 +26,8 @@
 // with truncated control data gets its status (8, 8, 5) and is dropped:
 // fdrecv accepts the next sender. Whatever the peer sent after the record
 // that got a reply is discarded before the connection closes, so the
-// reply is never lost to ECONNRESET.
+// reply is never lost to ECONNRESET; with PROGRAM, as soon as the message
+// is taken, so that neither a failed exec nor PROGRAM's own loses it.
 // PATH is a file: a leading '@' (an abstract name) is a usage error.
 //
 // Without PROGRAM, fdrecv prints one line per descriptor saying what it is

@@ -3,6 +3,7 @@
 package main_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -19,6 +20,8 @@ import (
 	fdrecv "github.com/handoff-go/handoff/cmd/fdrecv"
 	"github.com/handoff-go/handoff/internal/fdcensus"
 	"github.com/handoff-go/handoff/internal/fdwire"
+	"github.com/handoff-go/handoff/internal/helperproc"
+	"github.com/handoff-go/handoff/internal/proccensus"
 	"github.com/handoff-go/handoff/scmrights"
 	"golang.org/x/sys/unix"
 )
@@ -176,6 +179,66 @@ func TestDroppedRecordsGetTheirReply(t *testing.T) {
 			code, out := wait()
 			if code != tt.exit || !strings.Contains(out, tt.stderr) || (!tt.final && !strings.Contains(out, "0 p: pipe")) {
 				t.Errorf("exit %d, output:\n%s\nwant %d and %q", code, out, tt.exit, tt.stderr)
+			}
+		})
+	}
+}
+
+// With PROGRAM, records a peer sends after its message cost it none of the
+// replies either: "placed", then end of file when PROGRAM runs, or
+// "placed" and status 10 when its execve fails in stage 2. fdrecv stops
+// reading the connection once the message is taken, discarding what
+// followed it; before, stage 2's exit or PROGRAM's execve closed the
+// channel with those records unread, and the peer read ECONNRESET instead.
+func TestProgramRepliesSurviveLaterRecords(t *testing.T) {
+	fdcensus.Verify(t)
+	pc := proccensus.New(t)
+	dir := shortDir(t)
+	bad := filepath.Join(dir, "bad")
+	if err := os.WriteFile(bad, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	tests := []struct {
+		name    string
+		program string
+		want    []string
+		exit    int
+	}{
+		{"PROGRAM runs", "true", []string{"status 0", "eof"}, 0},
+		{"PROGRAM's execve fails", bad, []string{"status 0", "status 10", "eof"}, fdwire.StatusExec},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, "s"+strconv.Itoa(i))
+			cmd := helperproc.Command(t, "fdrecv", &helperproc.Options{
+				Args: []string{"-socket", path, "-timeout", "20s", "--", tt.program},
+				Env:  childEnv(pc),
+			})
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			helperproc.Start(t, cmd)
+			waitFor(t, path)
+			// Behind MaxPending silent connections, so that the message
+			// and what follows it are queued before fdrecv reads.
+			silent := dialSilent(t, path, fdrecv.MaxPending)
+			c := dial(t, path)
+			defer c.Close()
+			sendRecord(t, c, record{mustEncode(t, []string{"p"}, nil), dupFDs(t, r, 1)})
+			sendRecord(t, c, record{payload: []byte("more")})
+			for _, s := range silent {
+				s.Close()
+			}
+			if diff := cmp.Diff(tt.want, replies(t, c)); diff != "" {
+				t.Errorf("what the peer read (-want +got):\n%s", diff)
+			}
+			if code := exitStatus(t, cmd.Wait()); code != tt.exit {
+				t.Errorf("fdrecv exit %d, want %d; output:\n%s", code, tt.exit, out.String())
 			}
 		})
 	}

@@ -103,6 +103,10 @@ func receive(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	// closing at PROGRAM's execve: a sender that succeeds may close its own
 	// copy of a listener, so success must not precede a failure we can
 	// still report. Stage 2 execs PROGRAM only if "placed" was delivered.
+	// Nothing more is read from the sender: what it queued after its
+	// message goes now, so that neither stage 2's exit nor PROGRAM's
+	// execve closes the channel with records unread (see hangUp).
+	stopReading(conn)
 	if err := ln.Close(); err != nil {
 		reply(conn, fdwire.StatusSocket, err.Error())
 		return err
@@ -456,6 +460,13 @@ func refuse(c *net.UnixConn, status int, text string) {
 // comes with SCM_CREDENTIALS, the end of the queue with no control data.
 func hangUp(c *net.UnixConn) {
 	defer c.Close()
+	stopReading(c)
+}
+
+// stopReading is hangUp without the close: from then on the connection
+// only carries replies, and closing it, here or at an execve, costs the
+// peer none of them.
+func stopReading(c *net.UnixConn) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return
