@@ -150,8 +150,8 @@ func testUpgradeHandoffOldWorkersServe(t *testing.T, never bool) {
 		kinds, sockets, err = upgradeShape(t, mpid)
 		return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
 	}) {
-		t.Errorf("master's descriptors changed across the upgrade (err %v): kinds (-before +after):\n%s\nlistener and control socket inodes (-before +after):\n%s",
-			err, cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
+		t.Errorf("master's descriptors changed across the upgrade (err %v): kinds (-before +after):\n%s\nlistener and control socket inodes (-before +after):\n%s\nthe master's descriptors and children now:\n%s",
+			err, cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets), masterFDs(mpid))
 	}
 	stopClean(t, m)
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -242,6 +243,48 @@ func upgradeShape(t *testing.T, pid int) (map[string]int, []uint64, error) {
 	}
 	slices.Sort(sockets)
 	return kinds, sockets, nil
+}
+
+// masterFDs describes pid's descriptors and children, for a failure
+// message: each unix socket with its /proc/net/unix entry (type, state,
+// bound path), so that a descriptor too many can be told apart, and each
+// child with its command line.
+func masterFDs(pid int) string {
+	snap, err := fdcensus.Take(pid)
+	if err != nil {
+		return err.Error()
+	}
+	unixes := map[uint64]string{}
+	if b, err := os.ReadFile("/proc/net/unix"); err == nil {
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// Num RefCount Protocol Flags Type St Inode [Path]
+			f := strings.Fields(line)
+			if len(f) < 7 {
+				continue
+			}
+			if ino, err := strconv.ParseUint(f[6], 10, 64); err == nil {
+				unixes[ino] = "unix type " + f[4] + " state " + f[5] + " " + strings.Join(f[7:], " ")
+			}
+		}
+	}
+	var b strings.Builder
+	for _, fd := range slices.Sorted(maps.Keys(snap)) {
+		d := snap[fd]
+		fmt.Fprintf(&b, "fd %d: %s", fd, d.Target)
+		if u, ok := unixes[d.Ino]; ok && strings.HasPrefix(d.Target, "socket:") {
+			fmt.Fprintf(&b, " (%s)", u)
+		}
+		b.WriteByte('\n')
+	}
+	tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	for _, task := range tasks {
+		kids, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/children")
+		for _, kid := range strings.Fields(string(kids)) {
+			cmdline, _ := os.ReadFile("/proc/" + kid + "/cmdline")
+			fmt.Fprintf(&b, "child %s: %q\n", kid, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"))
+		}
+	}
+	return b.String()
 }
 
 // namedSockets returns the inodes of inet sockets and of unix sockets
@@ -497,8 +540,8 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		kinds, sockets, err = upgradeShape(t, mpid)
 		return err == nil && cmp.Equal(kinds0, kinds) && cmp.Equal(sockets0, sockets)
 	}) {
-		t.Errorf("master's descriptors changed across the upgrade: kinds (-before +after):\n%s\nlistener and control socket inodes (-before +after):\n%s",
-			cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets))
+		t.Errorf("master's descriptors changed across the upgrade: kinds (-before +after):\n%s\nlistener and control socket inodes (-before +after):\n%s\nthe master's descriptors and children now:\n%s",
+			cmp.Diff(kinds0, kinds), cmp.Diff(sockets0, sockets), masterFDs(mpid))
 	}
 	m.signal(syscall.SIGTERM)
 	if code := m.wait(15 * time.Second); code != 0 {
