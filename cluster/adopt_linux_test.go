@@ -153,6 +153,9 @@ func TestUpgradeParseStatChild(t *testing.T) {
 	if _, _, _, ok := parseStatChild([]byte("4242 (a) S 17")); ok {
 		t.Errorf("a short line parsed")
 	}
+	if _, _, _, ok := parseStatChild([]byte("4242 (a) S -17 4242 17 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 123456 1000\n")); ok {
+		t.Errorf("a negative parent parsed")
+	}
 }
 
 // TestUpgradeKillChildrenSparesNewer: the leftovers an exec by an older image

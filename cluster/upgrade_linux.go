@@ -516,7 +516,8 @@ func groupLives(pgid int) bool {
 
 // parseStatChild reads the parent, process group and start time (clock
 // ticks since boot) from /proc/PID/stat; fields are counted from the last
-// ')', as the command name may hold anything.
+// ')', as the command name may hold anything. A negative pid, which the
+// kernel never writes, makes the line unreadable.
 func parseStatChild(b []byte) (ppid, pgid int, start uint64, ok bool) {
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
@@ -533,7 +534,7 @@ func parseStatChild(b []byte) (ppid, pgid int, start uint64, ok bool) {
 	ppid, err1 = strconv.Atoi(f[1])
 	pgid, err2 = strconv.Atoi(f[2])
 	start, err3 = strconv.ParseUint(f[19], 10, 64)
-	return ppid, pgid, start, err1 == nil && err2 == nil && err3 == nil
+	return ppid, pgid, start, err1 == nil && err2 == nil && err3 == nil && ppid >= 0 && pgid >= 0
 }
 
 // stateFDs lists every descriptor st names.
