@@ -47,7 +47,11 @@ func TestBenchDiesWithRunner(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
 	before := children()
 
-	runner := helperproc.Command(t, "bench-runner", &helperproc.Options{Env: []string{pc.Env()}})
+	// The killed binary's temporary directories (its t.TempDir, the
+	// master's notify directory) are never cleaned up by their owners:
+	// under TMPDIR they go with this test's.
+	tmp := t.TempDir()
+	runner := helperproc.Command(t, "bench-runner", &helperproc.Options{Env: []string{pc.Env(), "TMPDIR=" + tmp}})
 	out, err := runner.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
