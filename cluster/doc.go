@@ -170,7 +170,7 @@
 // program to read.
 //
 // Ready closes the inherited sockets no Listen or ListenPacket call has
-// claimed (TESTPLAN A19, as tableflip does; systemd advises closing
+// claimed (as tableflip does; systemd advises closing
 // descriptors a service does not know): a name the worker does not know
 // from a newer supervisor, an address it no longer serves, and the
 // descriptors beyond the names when LISTEN_FDNAMES names fewer than
