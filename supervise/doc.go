@@ -75,8 +75,10 @@
 // pidfds; a process group is signalled only while its leader is known to be
 // unreaped, so a recycled pid is never hit. Exits are noticed through the
 // runtime poller: an idle supervisor uses no CPU. With Options.Subreaper the
-// process becomes a child subreaper and reaps orphaned descendants, peeking
-// with waitid(WNOWAIT) so a worker's own exit status is never stolen; only
+// process becomes a child subreaper and reaps orphaned descendants: it
+// lists its children (/proc/self/task/*/children) and reaps only those
+// that are not workers, with wait4(WNOHANG), so a worker's own exit status
+// is never stolen (without that file, it peeks with waitid(WNOWAIT)); only
 // enable it when nothing else in the process starts children.
 //
 // # Supervisor death

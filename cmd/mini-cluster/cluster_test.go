@@ -147,7 +147,7 @@ func TestStartupErrors(t *testing.T) {
 		{"no program", []string{"-listen", "127.0.0.1:0"}, 2, "no program"},
 		{"missing program", []string{"-listen", "127.0.0.1:0", "--", "/nonexistent/srv"}, 1, "worker program"},
 		{"bad strategy", append([]string{"-restart-strategy", "random", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "random"},
-		{"too many workers", append([]string{"-n", "5000", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "want 0 to 4096"},
+		{"too many workers", append([]string{"-n", "5000", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "want 1 to 4096, or 0 for one per usable CPU"},
 		{"bad log format", append([]string{"-log-format", "xml", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "xml"},
 		{"unknown flag", append([]string{"-bogus", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "flag provided but not defined: -bogus"},
 		{"bad duration", append([]string{"-heartbeat", "soon", "-listen", "127.0.0.1:0", "--"}, srv...), 2, "invalid value \"soon\""},

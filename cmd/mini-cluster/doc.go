@@ -11,7 +11,8 @@
 // Flags: -n, -listen (repeatable), -mode shared|reuseport|handoff,
 // -restart-strategy, -shutdown-timeout, -ready, -start-timeout, -heartbeat, -pid-file,
 // -control, -user (run workers as another user; the master must be root),
-// -log-format. Signals: SIGTERM and SIGINT stop gracefully (a
+// -log-format, -config (groups from a file instead of PROGRAM and the
+// per-group flags). Signals: SIGTERM and SIGINT stop gracefully (a
 // second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
 // and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary
 // in place (same pid, same listeners; the workers are replaced by as many

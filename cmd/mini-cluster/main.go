@@ -161,7 +161,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 		fs.PrintDefaults()
 	}
 	var listen listFlag
-	n := fs.Int("n", 0, "number of workers (default: usable CPUs)")
+	n := fs.Int("n", 0, "number of workers, 1 to 4096 (0 or omitted: one per usable CPU)")
 	fs.Var(&listen, "listen", "address to bind, repeatable: tcp://host:port, udp://host:port, unix:///path, or host:port (tcp)")
 	mode := fs.String("mode", "shared", "how workers get connections: shared (one socket per address for all), reuseport (one SO_REUSEPORT socket per worker slot) or handoff (the master accepts and passes each connection)")
 	strategy := fs.String("restart-strategy", "rolling", "graceful restart strategy: rolling or parallel")
@@ -207,7 +207,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 		return nil, &usageError{err: err}
 	}
 	if *n < 0 || *n > 4096 {
-		return nil, &usageError{err: fmt.Errorf("-n %d: want 0 to 4096", *n)}
+		return nil, &usageError{err: fmt.Errorf("-n %d: want 1 to 4096, or 0 for one per usable CPU", *n)}
 	}
 	// The configuration file's bounds (cluster/config_parse.go): a shorter
 	// grace kills every worker before it could drain, a shorter heartbeat
