@@ -111,23 +111,33 @@ type hoWorker struct {
 
 	out atomic.Int64 // connections delivered and not yet acknowledged
 
-	mu   sync.Mutex // serialises sends; guards the fields below
-	subs []bool     // by listener index
-	dead bool
-	// held: an exec's state recorded what was sent to w (handoffCarried),
+	// held: an exec's state records what was sent to w (handoffCarried),
 	// so w is sent nothing more until the exec failed (resume): a send
 	// the state misses would put the new image's count of what it sent
-	// behind the worker's, and past the worker's grant.
-	held bool
+	// behind the worker's, and past the worker's grant. Set and cleared
+	// under mu (setHeld), which every send holds; w's reader reads it
+	// without (take, awaitUnheld).
+	held atomic.Bool
 	// While held, w's reader takes nothing off the channel either: what
 	// the worker sends after the state recorded its subscriptions (an
 	// UNSUB, a SUB, acks) stays queued for the new image to read, or for
 	// this one after resume, so the record stays true and no DONE is sent
-	// for an UNSUB the new image will not know of. busy: the reader took a
-	// message and has not done with it (handoffCarried waits on idle for
-	// that); unheld is closed when the hold ends.
-	busy   bool
-	idle   sync.Cond // L is &mu
+	// for an UNSUB the new image will not know of. busy: the reader took
+	// (or peeked at) a message and has not done with it; handoffCarried
+	// waits on idle for that. Without a lock: the reader sets busy, then
+	// reads held; handoffCarried sets held, then reads busy. Atomics being
+	// sequentially consistent, one of them sees the other's store: the
+	// reader backs off, or handoffCarried waits for it. The reader takes
+	// mu only while held is set (to wake handoffCarried, or to wait for
+	// the hold's end): mu is what every send to w holds, and a lock per
+	// message received had acks contend with deliveries.
+	busy atomic.Bool
+	idle sync.Cond // L is &mu
+
+	mu   sync.Mutex // serialises sends; guards the fields below
+	subs []bool     // by listener index
+	dead bool
+	// unheld is closed when the hold ends (nil while not held).
 	unheld chan struct{}
 	// peer is the master's copy of the worker's end of the channel (-1
 	// once taken; for an adopted worker, the old image's, if it had one). Held, it keeps what the
@@ -649,7 +659,7 @@ func (h *handoff) resume() {
 	h.mu.Unlock()
 	for _, w := range ws {
 		w.mu.Lock()
-		held = held || w.held
+		held = held || w.held.Load()
 		w.setHeld(false)
 		// The DONEs the exec's state carried are this image's again.
 		retry := len(w.owed) > 0 && !w.flushing && !w.dead
@@ -927,7 +937,7 @@ func (w *hoWorker) send(b *hoBatch, k int) (int, sendResult, error) {
 	if w.dead {
 		return 0, sendDead, nil
 	}
-	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() || w.retired.Load() || w.held {
+	if b.lidx >= len(w.subs) || !w.subs[b.lidx] || w.away.Load() || w.retired.Load() || w.held.Load() {
 		return 0, sendSkip, nil
 	}
 	// The window is checked again here, under mu: dispatchers of several
@@ -991,8 +1001,14 @@ type hoOwed = owedRun
 // hoMaxOwed bounds the runs of DONEs of one name owed to a worker: a
 // worker that reads its channel is owed none for long, and one that sends
 // UNSUBs without reading costs the master a count, not memory, as long as
-// it names one listener after another no more than that many times.
-const hoMaxOwed = 64
+// it names one listener after another no more than that many times, and
+// no more than hoMaxOwedRun times in a row. Both are what an upgrade
+// state's "o" records carry (maxCarryOwed, maxCarryOwedRun): a worker
+// owed more could not be handed over.
+const (
+	hoMaxOwed    = maxCarryOwed
+	hoMaxOwedRun = maxCarryOwedRun
+)
 
 // owe sends the DONE for name that an UNSUB (or a SUB of an unknown name)
 // asked for, without blocking: if the channel is full it is owed, and sent
@@ -1010,7 +1026,7 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 	}
 	res, err := sendFull, error(nil)
 	switch {
-	case !w.held:
+	case !w.held.Load():
 		res, err = w.flushOwed()
 	case len(w.owed) > 0:
 		// Held, what is owed is the exec's state's, for the new image to
@@ -1029,6 +1045,9 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 		// pairs them in order (a DONE missing would leave a later one
 		// taken for the refusal of its next SUB).
 		switch k := len(w.owed); {
+		case k > 0 && w.owed[k-1].name == string(name) && w.owed[k-1].n >= hoMaxOwedRun:
+			w.mu.Unlock()
+			return fmt.Errorf("more than %d UNSUBs of a listener without reading the channel", hoMaxOwedRun)
 		case k > 0 && w.owed[k-1].name == string(name):
 			w.owed[k-1].n++
 		case k >= hoMaxOwed:
@@ -1038,7 +1057,7 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 			w.owed = append(w.owed, hoOwed{string(name), 1})
 		}
 	}
-	retry := len(w.owed) > 0 && !w.flushing && !w.held
+	retry := len(w.owed) > 0 && !w.flushing && !w.held.Load()
 	w.flushing = w.flushing || retry
 	w.mu.Unlock()
 	if res == sendBroken {
@@ -1097,7 +1116,7 @@ func (h *handoff) flushLater(w *hoWorker) {
 			}
 			w.mu.Lock()
 			res, err := sendDead, error(nil)
-			if !w.dead && !w.held {
+			if !w.dead && !w.held.Load() {
 				res, err = w.flushOwed()
 			}
 			// Held: left to the new image, or to resume.
@@ -1400,9 +1419,12 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 			continue
 		}
 		w.mu.Lock()
-		// A message taken off the channel is handled first: the record
-		// then tells all the old image did with what it read.
-		for w.busy {
+		// Held before busy is read (see busy): no message is taken off
+		// the channel from now on, and one taken before is handled
+		// first, so the record tells all the old image did with what it
+		// read. (A send meanwhile skips w, as one after does.)
+		w.setHeld(true)
+		for w.busy.Load() {
 			w.idle.Wait()
 		}
 		dead := w.dead
@@ -1419,7 +1441,9 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 		// flushLater), so none is sent twice. What the worker's channel
 		// still holds unread is its own (handled by the new image).
 		c.owed = slices.Clone(w.owed)
-		w.setHeld(!dead)
+		if dead {
+			w.setHeld(false)
+		}
 		w.mu.Unlock()
 		if !dead {
 			out = append(out, c)
@@ -1433,7 +1457,6 @@ func (m *master) handoffCarried(handed map[int]bool) []handoffCarry {
 
 // setHeld holds w (see held) or ends the hold; w.mu is held.
 func (w *hoWorker) setHeld(on bool) {
-	w.held = on
 	switch {
 	case on && w.unheld == nil:
 		w.unheld = make(chan struct{})
@@ -1441,39 +1464,42 @@ func (w *hoWorker) setHeld(on bool) {
 		close(w.unheld)
 		w.unheld = nil
 	}
+	w.held.Store(on)
 }
 
 // take marks a message about to be taken off w's channel (busy); false if
-// w is held, when nothing is to be taken, unless force.
+// w is held, when nothing is to be taken, unless force. Only w's reader
+// calls take, free and awaitUnheld; none takes mu unless w is held.
 func (w *hoWorker) take(force bool) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.held && !force {
-		return false
+	w.busy.Store(true)
+	if force || !w.held.Load() {
+		return true
 	}
-	w.busy = true
-	return true
+	w.free()
+	return false
 }
 
 // free ends busy: the reader is done with the message it took, or took
 // none.
 func (w *hoWorker) free() {
-	w.mu.Lock()
-	if w.busy {
-		w.busy = false
+	if w.busy.Swap(false) && w.held.Load() {
+		// handoffCarried may wait for it: woken under mu, which it
+		// holds from its read of busy to its wait, so the wake-up
+		// cannot fall in between and be lost.
+		w.mu.Lock()
 		w.idle.Broadcast()
+		w.mu.Unlock()
 	}
-	w.mu.Unlock()
 }
 
 // awaitUnheld is free, then waits while w is held; false if stop ended
 // the wait (the channel is closing then: the reader goes on to its end).
 func (w *hoWorker) awaitUnheld(stop <-chan struct{}) bool {
-	w.mu.Lock()
-	if w.busy {
-		w.busy = false
-		w.idle.Broadcast()
+	w.free()
+	if !w.held.Load() {
+		return true
 	}
+	w.mu.Lock()
 	ch := w.unheld
 	w.mu.Unlock()
 	if ch == nil {
@@ -1995,8 +2021,11 @@ func (r *hoRecv) call(fd uintptr) bool {
 		}
 	}
 	msg.Iov, msg.Iovlen = &iov, 1
-	// A peek takes nothing; the dequeue after it does.
-	take := r.mode != hoRecvPeek
+	// A peek takes the message as a receive does (busy): what is peeked
+	// is acted on (a malformed message kills the worker), so a held
+	// worker's is left unread alike. The dequeue after it goes on with
+	// the message the peek took: a hold begun since waits for it.
+	take := r.mode != hoRecvDequeue
 	if take && !r.w.take(r.force) {
 		r.held = true
 		return true
@@ -2181,7 +2210,9 @@ func (h *handoff) read(w *hoWorker) {
 				h.warn.warn(h.log, "handoff: out of descriptors for connections a worker gave back; retrying", "slot", w.slot, "pid", w.pid)
 			}
 			// The room found may be gone again at once (the master's own
-			// pressure comes and goes): wait before each new peek.
+			// pressure comes and goes): wait before each new peek, done
+			// with this one, which a hold need not wait for.
+			w.free()
 			backoff = min(max(2*backoff, hoCutMin), hoCutMax)
 			if timer == nil {
 				timer = time.NewTimer(backoff)
@@ -2198,13 +2229,7 @@ func (h *handoff) read(w *hoWorker) {
 		cut, roomy, backoff = false, 0, 0
 		n := r.n
 		if mode == hoRecvPeek {
-			err := r.recv(w, hoRecvDequeue)
-			if err == errHoHeld {
-				// Left queued, peeked again after the hold.
-				closeInts(fds)
-				continue
-			}
-			if err != nil {
+			if err := r.recv(w, hoRecvDequeue); err != nil {
 				// Only this goroutine reads the channel: the message
 				// peeked is there, unless the channel was closed
 				// meanwhile.

@@ -41,7 +41,8 @@ var upgradeVersions = []string{upgradeVersion}
 // dispatch state, some 105 bytes in all; each further listener a worker
 // takes adds about 3: 900 workers with 16), about 1500 in handoff mode
 // without the optional dispatch state ("h" records), which encode leaves
-// out when only that fits (TestUpgradeStateHandoffSize measures these),
+// out, of as few workers as it can, when only that fits
+// (TestUpgradeStateHandoffSize measures these),
 // and about 2500 in the other modes (W record and control channel). A
 // larger one fails the upgrade, which then changes nothing.
 const maxUpgradeState = 128<<10 - 64
@@ -100,7 +101,8 @@ type upgradeState struct {
 	// (an image that wrote no such record) is sent nothing.
 	handoff []handoffCarry
 	// handoffDropped, set by encode, counts the "h" records it left out
-	// for the state to fit (or parse); handoffWhy says why.
+	// for the state to fit (or parse); handoffWhy says why, and of which
+	// workers.
 	handoffDropped int
 	handoffWhy     error
 }
@@ -236,12 +238,7 @@ func (s *upgradeState) encode() (string, error) {
 			why = err
 		}
 		if why != nil {
-			// The "h" records are optional: without them the old
-			// workers are retired at once (sent nothing, as by an
-			// image that writes none), which beats failing the upgrade.
-			s.handoffDropped, s.handoffWhy = len(s.handoff), why
-			s.handoff = nil
-			out = s.render()
+			out = s.dropHandoff(len(out), why)
 		}
 	}
 	if len(out) > maxUpgradeState {
@@ -306,30 +303,147 @@ func (s *upgradeState) render() string {
 	return b.String()
 }
 
+// dropHandoff leaves out the "h" records (and "o" records) of the
+// workers that keep the state from fitting or parsing back (why), size
+// being its length with all of them. The records are optional: a worker
+// left out is retired at once (sent nothing, as by an image that writes
+// none), which beats failing the upgrade, but only the workers that make
+// it so are: first those whose records do not read back even alone, then
+// the largest (a worker owed DONEs of many long names takes some 33 KB,
+// most workers some 100 bytes) until the state fits, which keeps the most
+// workers in the rotation. The state left should then read back; if it
+// does not (something these checks miss), every record is left out, as
+// before. It returns the state rendered, and sets handoffDropped and
+// handoffWhy, which names the workers left out.
+func (s *upgradeState) dropHandoff(size int, why error) string {
+	sizes := make([]int, len(s.handoff))
+	keep := make([]bool, len(s.handoff))
+	total := size
+	var b strings.Builder
+	for i, h := range s.handoff {
+		b.Reset()
+		writeCarry(&b, h)
+		sizes[i] = b.Len()
+		keep[i] = s.carryReadsBack(h)
+		if !keep[i] {
+			total -= sizes[i]
+		}
+	}
+	// The largest first; of equal ones the last (a stable choice).
+	order := make([]int, len(s.handoff))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		if sizes[i] != sizes[j] {
+			return sizes[j] - sizes[i]
+		}
+		return j - i
+	})
+	for _, i := range order {
+		if total <= maxUpgradeState {
+			break
+		}
+		if keep[i] {
+			keep[i] = false
+			total -= sizes[i]
+		}
+	}
+	all := s.handoff
+	var kept []handoffCarry
+	var pids []int
+	for i, h := range all {
+		if keep[i] {
+			kept = append(kept, h)
+		} else {
+			pids = append(pids, h.pid)
+		}
+	}
+	s.handoff = kept
+	out := s.render()
+	if len(kept) > 0 && (len(out) > maxUpgradeState || s.readsBack(out) != nil) {
+		pids = pids[:0]
+		for _, h := range all {
+			pids = append(pids, h.pid)
+		}
+		s.handoff = nil
+		out = s.render()
+	}
+	s.handoffDropped = len(pids)
+	s.handoffWhy = fmt.Errorf("the state of %s left out: %w", pidList(pids), why)
+	return out
+}
+
+// carryReadsBack says whether the records of h read back, in a state of
+// their own with the W record and the listeners they name.
+func (s *upgradeState) carryReadsBack(h handoffCarry) bool {
+	one := &upgradeState{pid: s.pid, pidLock: -1, handoff: []handoffCarry{h}}
+	i := slices.IndexFunc(s.workers, func(w oldWorker) bool { return w.pid == h.pid })
+	if i < 0 {
+		return false
+	}
+	one.workers = []oldWorker{s.workers[i]}
+	for _, l := range s.listeners {
+		if slices.Contains(h.subs, l.FD) {
+			one.listeners = append(one.listeners, l)
+		}
+	}
+	for _, l := range s.binds {
+		if slices.Contains(h.subs, l.fd) {
+			one.binds = append(one.binds, l)
+		}
+	}
+	return one.readsBack(one.render()) == nil
+}
+
+// pidList names the workers of pids for a log: the first few by pid, then
+// how many more.
+func pidList(pids []int) string {
+	const show = 16
+	var b strings.Builder
+	b.WriteString("pid")
+	if len(pids) != 1 {
+		b.WriteString("s")
+	}
+	for i, pid := range pids {
+		if i == show {
+			fmt.Fprintf(&b, " and %d more", len(pids)-show)
+			break
+		}
+		b.WriteString(" " + strconv.Itoa(pid))
+	}
+	return b.String()
+}
+
 // writeHandoff appends the "h" records.
 func (s *upgradeState) writeHandoff(b *strings.Builder) {
 	for _, h := range s.handoff {
-		grant, flags := "-", ""
-		if h.limited {
-			grant = strconv.FormatUint(uint64(h.limit), 10)
-		}
-		if h.ready {
-			flags += "r"
-		}
-		if h.away {
-			flags += "a"
-		}
-		if flags == "" {
-			flags = "-"
-		}
-		fmt.Fprintf(b, "h %d %d %d %s %s", h.pid, h.out, h.sent, grant, flags)
-		for _, fd := range h.subs {
-			b.WriteString(" " + strconv.Itoa(fd))
-		}
-		b.WriteString("\n")
-		for _, o := range h.owed {
-			fmt.Fprintf(b, "o %d %d %x\n", h.pid, o.n, o.name)
-		}
+		writeCarry(b, h)
+	}
+}
+
+// writeCarry appends the "h" record of h, and its "o" records.
+func writeCarry(b *strings.Builder, h handoffCarry) {
+	grant, flags := "-", ""
+	if h.limited {
+		grant = strconv.FormatUint(uint64(h.limit), 10)
+	}
+	if h.ready {
+		flags += "r"
+	}
+	if h.away {
+		flags += "a"
+	}
+	if flags == "" {
+		flags = "-"
+	}
+	fmt.Fprintf(b, "h %d %d %d %s %s", h.pid, h.out, h.sent, grant, flags)
+	for _, fd := range h.subs {
+		b.WriteString(" " + strconv.Itoa(fd))
+	}
+	b.WriteString("\n")
+	for _, o := range h.owed {
+		fmt.Fprintf(b, "o %d %d %x\n", h.pid, o.n, o.name)
 	}
 }
 
