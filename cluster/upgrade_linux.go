@@ -800,7 +800,7 @@ func (m *master) upgradeNow() error {
 				return nil, nil, err
 			}
 			if st.handoffDropped > 0 {
-				m.log.Warn("upgrade: handoff dispatch state left out; the new image retires the old workers at once", "workers", st.handoffDropped, "err", st.handoffWhy)
+				m.log.Warn("upgrade: handoff dispatch state of some old workers left out; the new image retires those at once", "workers", st.handoffDropped, "err", st.handoffWhy)
 			}
 			env := upgradeEnv(os.Environ(), blob)
 			if controlFD >= 0 {
