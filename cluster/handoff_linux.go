@@ -1030,9 +1030,10 @@ func (h *handoff) owe(w *hoWorker, idx int, name []byte) error {
 		res, err = w.flushOwed()
 	case len(w.owed) > 0:
 		// Held, what is owed is the exec's state's, for the new image to
-		// send: it is not sent here, and this one goes after it. (The
-		// reader takes nothing off a held worker's channel, so this is
-		// only a safeguard.)
+		// send: it is not sent here, and this one goes after it. (Held
+		// here means the message was taken just before the hold began:
+		// handoffCarried waits for it to be handled, so the state records
+		// this DONE too, and resume restarts the flushing.)
 	default:
 		res = sendOK
 	}
