@@ -22,6 +22,10 @@ func SetHookBeforePost(h func(pid int)) { testHookBeforePost = h }
 // pid file and testing its lock; nil removes it. Tests only.
 func SetHookPIDFileRead(h func()) { testHookPIDFileRead = h }
 
+// SetHookPIDFileOpen installs a hook run by ReadPIDFile right before it
+// opens the pid file; nil removes it. Tests only.
+func SetHookPIDFileOpen(h func()) { testHookPIDFileOpen = h }
+
 // DisownRecycled registers a worker pid, lets a newer worker take the same
 // (recycled) pid, disowns the first and reports whether the pid is still
 // owned, as the newer worker needs.

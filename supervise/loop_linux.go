@@ -146,9 +146,10 @@ func (s *Supervisor) run(ctx context.Context, stopPending bool) error {
 		pendingScale: -1,
 	}
 	close(s.started)
-	if stopPending {
-		// HandleSignals got TERM/INT before Run: honour it now instead of
-		// starting workers the process was already asked to stop.
+	if stopPending || ctx.Err() != nil {
+		// HandleSignals got TERM/INT before Run, or ctx is done already:
+		// honour it now instead of starting workers the process was
+		// already asked to stop.
 		l.stop(false)
 	} else {
 		l.applyScale(s.opt.Workers, false)

@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 		"drainer":    drainerRole,
 		"hopper":     hopperRole,
 		"pidread":    pidReadRole,
+		"mainexit":   mainExitRole,
 	})
 }
 

@@ -31,6 +31,10 @@ const (
 // file was read and before the lock is tested.
 var testHookPIDFileRead func()
 
+// testHookPIDFileOpen, set only by tests, runs in ReadPIDFile right before
+// the pid file is opened: where another file may be swapped in.
+var testHookPIDFileOpen func()
+
 // CreatePIDFile validates the pid file at path and takes its lock, held
 // until Close. It does not write the file: call Write once the process is
 // ready, so readers never see a pid that is not serving yet. A stale file
@@ -213,8 +217,9 @@ func checkDir(dir string) error {
 // A directory writable by its group is accepted (as /var/local, 2775
 // root:staff): its group is trusted with what it holds. Its owner is not
 // checked, as systemd does not: a root master may keep its pid file in a
-// directory of the service's user (/run/app), whose owner can only make
-// CreatePIDFile fail or remove the files.
+// directory of the service's user (/run/app), whose owner can make
+// CreatePIDFile fail, remove the files or rename them (and so put back a
+// pid file of an earlier run, which ReadPIDFile takes for the live one's).
 func checkLastDir(fi os.FileInfo, path string) error {
 	if !fi.IsDir() {
 		return unsafePath(path, "is not a directory")
@@ -314,12 +319,10 @@ func ownerOf(fi os.FileInfo) int {
 	return int(fi.Sys().(*syscall.Stat_t).Uid)
 }
 
-func checkExisting(path string) error { return checkExistingAs(path, false) }
-
-// checkExistingAs is checkExisting, for a reader (ReadPIDFile) when reader
-// is true: a reader also trusts a file owned by root, which it could not
-// have planted, so anyone may read a root daemon's pid file.
-func checkExistingAs(path string, reader bool) error {
+// checkExisting checks the pid file at path, if any, before an owner
+// replaces (Write) or removes (CreatePIDFile) it: neither opens it. A
+// reader checks the file it opened instead (openForRead).
+func checkExisting(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -327,7 +330,7 @@ func checkExistingAs(path string, reader bool) error {
 	if err != nil {
 		return err
 	}
-	return checkInfo(fi, path, reader)
+	return checkInfo(fi, path, false)
 }
 
 func checkFile(f *os.File, path string) error {
@@ -427,7 +430,9 @@ func (p *PIDFile) Close() error {
 // pid written by an owner that has died is never reported live, even while
 // a new owner is taking over. The pid and lock files must pass
 // CreatePIDFile's file checks, except that a reader also accepts files owned by root, so any user can
-// read a root daemon's pid file (both files are 0644).
+// read a root daemon's pid file (both files are 0644). They are checked as
+// opened, so no file swapped in after a check passes, and a FIFO never
+// blocks the reader.
 //
 // Run as root, the reader also refuses a path with an unsafe transition
 // (see CreatePIDFile): a symlink or directory planted by another user
@@ -461,10 +466,10 @@ func readPIDFile(path string) (pid int, live bool, err error) {
 // names the file it read. The open descriptor pins that file's inode, so a
 // new file at path cannot have the same inode number.
 func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
-	if err := checkExistingAs(path, true); err != nil {
-		return 0, false, false, err
+	if h := testHookPIDFileOpen; h != nil {
+		h()
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openForRead(path)
 	if err != nil {
 		return 0, false, false, err
 	}
@@ -481,31 +486,14 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 	if h := testHookPIDFileRead; h != nil {
 		h()
 	}
-	// O_NONBLOCK: a FIFO planted at the lock path must not block the
-	// reader in open(2); it is then refused as not a regular file.
-	fd, err := unix.Open(path+".lock", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		switch err {
-		case unix.ENOENT:
-			return pid, false, false, nil
-		case unix.ELOOP:
-			return 0, false, false, unsafePath(path+".lock", "is a symlink")
-		}
-		return 0, false, false, &os.PathError{Op: "open", Path: path + ".lock", Err: err}
-	}
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return 0, false, false, os.NewSyscallError("fcntl", err)
-	}
-	lock := os.NewFile(uintptr(fd), path+".lock")
-	defer lock.Close()
-	li, err := lock.Stat()
-	if err == nil {
-		err = checkInfo(li, path+".lock", true)
+	lock, err := openForRead(path + ".lock")
+	if errors.Is(err, os.ErrNotExist) {
+		return pid, false, false, nil
 	}
 	if err != nil {
 		return 0, false, false, err
 	}
+	defer lock.Close()
 	held, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
 	if err != nil || !held {
 		return pid, false, false, err
@@ -524,6 +512,55 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 		return 0, false, false, err
 	}
 	return pid, true, os.SameFile(read, now), nil
+}
+
+// openForRead opens name, the pid or the lock file, for a reader and
+// checks the file it opened, never the path before: another file could be
+// swapped in between a check of the path and the open (CVE-2018-16888
+// class), by the directory's owner at any time (a root daemon's pid file
+// in /run/app of the service's user), or in a sticky directory by anyone
+// while no pid file is there (between CreatePIDFile and Write). A file
+// owned by root is trusted too (see ReadPIDFile). A missing file is an
+// error matching os.ErrNotExist.
+func openForRead(name string) (*os.File, error) {
+	// O_NOFOLLOW: a symlink is refused, not followed (ELOOP). O_NONBLOCK: a
+	// FIFO must not block the reader in open(2) until a writer comes; it
+	// is then refused as not a regular file. O_NOCTTY: a terminal must not
+	// become a session leader's controlling terminal.
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Open(name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch err {
+	case nil:
+	case unix.ELOOP:
+		return nil, unsafePath(name, "is a symlink")
+	case unix.ENXIO:
+		// open(2) of a unix domain socket.
+		return nil, unsafePath(name, "is not a regular file")
+	default:
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	// Back to blocking before os.NewFile, which would otherwise try to
+	// put the descriptor on the netpoller.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	fi, err := f.Stat()
+	if err == nil {
+		err = checkInfo(fi, name, true)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // liveHeld reports whether liveByte of the lock file name, which must be

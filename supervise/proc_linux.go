@@ -713,9 +713,10 @@ func (p *platform) scanGroups() {
 	}
 }
 
-// liveGroups returns which of groups have a live (not zombie) member other
-// than their leader, from /proc/<pid>/stat; ok is false if /proc cannot be
-// listed, and then every group counts as live until its deadline.
+// liveGroups returns which of groups have a live member other than their
+// leader (a process with a thread that is not a zombie), from
+// /proc/<pid>/stat; ok is false if /proc cannot be listed, and then every
+// group counts as live until its deadline.
 func liveGroups(groups map[int]*lingerGroup) (live map[int]bool, ok bool) {
 	d, err := os.Open("/proc")
 	if err != nil {
@@ -745,16 +746,54 @@ func liveGroups(groups map[int]*lingerGroup) (live map[int]bool, ok bool) {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+		if len(f) < 3 {
 			continue
 		}
-		if pgrp, err := strconv.Atoi(f[2]); err == nil {
-			if _, ok := groups[pgrp]; ok {
-				live[pgrp] = true
-			}
+		pgrp, err := strconv.Atoi(f[2])
+		if err != nil {
+			continue
 		}
+		if _, ok := groups[pgrp]; !ok || live[pgrp] {
+			continue
+		}
+		// The state is the main thread's: a member whose main thread
+		// exited (pthread_exit) while others still run, say draining,
+		// shows Z until its last thread exits.
+		if (f[0] == "Z" || f[0] == "X") && !threadLive(name) {
+			continue
+		}
+		live[pgrp] = true
 	}
 	return live, true
+}
+
+// threadLive reports whether a thread of process pid (a /proc entry name)
+// is neither a zombie nor dead, from /proc/<pid>/task/<tid>/stat.
+func threadLive(pid string) bool {
+	d, err := os.Open("/proc/" + pid + "/task")
+	if err != nil {
+		return false // reaped meanwhile
+	}
+	tids, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return false
+	}
+	for _, tid := range tids {
+		b, err := os.ReadFile("/proc/" + pid + "/task/" + tid + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 0 && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
 }
 
 // watch waits for w to exit, kills what is left of its process group (or,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -241,7 +242,12 @@ type Options struct {
 	// process group is killed (default 30 s; negative means no limit).
 	StartTimeout time.Duration
 	// StopSignal is sent (followed by SIGCONT) to a worker's process group
-	// to stop it (default SIGTERM).
+	// to stop it (default SIGTERM). It must be a syscall.Signal from 1 to
+	// SIGRTMAX other than SIGSTOP (New fails with ErrInvalid): 0 and
+	// numbers the kernel refuses send nothing, and SIGSTOP is undone by
+	// the SIGCONT, so every stop would just wait for the SIGKILL.
+	// SIGKILL is accepted and means no grace: the group is killed at once
+	// (as systemd's KillSignal=SIGKILL).
 	StopSignal os.Signal
 	// StopTimeout is the grace period after StopSignal before SIGKILL of the
 	// process group (default 10 s). The group keeps it when the worker
@@ -557,8 +563,16 @@ func (o *Options) fill() error {
 	if o.StopSignal == nil {
 		o.StopSignal = syscall.SIGTERM
 	}
-	if _, ok := o.StopSignal.(syscall.Signal); !ok {
+	sig, ok := o.StopSignal.(syscall.Signal)
+	if !ok {
 		return fmt.Errorf("%w: StopSignal %v is not a syscall.Signal", ErrInvalid, o.StopSignal)
+	}
+	// kill(2) fails with EINVAL beyond SIGRTMAX, and 0 only probes: every
+	// stop would silently wait for the SIGKILL at the end of StopTimeout.
+	// So would SIGSTOP, which no process can catch and the SIGCONT sent
+	// after the stop signal undoes.
+	if sig < 1 || sig > maxSignal() || sig == syscall.SIGSTOP {
+		return fmt.Errorf("%w: StopSignal %d (want a signal from 1 to %d other than SIGSTOP)", ErrInvalid, int(sig), int(maxSignal()))
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = DefaultStopTimeout
@@ -587,6 +601,15 @@ func (o *Options) fill() error {
 	return nil
 }
 
+// maxSignal is the largest signal number Linux accepts (SIGRTMAX, _NSIG-1):
+// 127 on MIPS, 64 elsewhere.
+func maxSignal() syscall.Signal {
+	if strings.HasPrefix(runtime.GOARCH, "mips") {
+		return 127
+	}
+	return 64
+}
+
 // Events returns the event stream. It is closed after the Stopped event,
 // when Run returns. Use one reader; if it falls more than
 // Options.EventBuffer events behind, events are dropped and counted in
@@ -604,7 +627,9 @@ func (s *Supervisor) Lines() <-chan Line { return s.lines }
 // Options.StopTimeout) and returns once all are reaped. It returns nil after
 // such a stop, and an error only if supervision could not begin (ErrAlreadyRun,
 // ErrNotSupported, a failing system call). Failing workers are reported as
-// events, never as Run's error.
+// events, never as Run's error. With ctx already done, or a TERM/INT that
+// HandleSignals caught before Run, Run starts no worker: it emits Stopped
+// and returns nil.
 func (s *Supervisor) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.ran {
@@ -742,7 +767,7 @@ func (s *Supervisor) MarkReadyPID(pid int) error {
 // with ErrUnknownWorker if pid is not a live worker. d must be positive.
 func (s *Supervisor) ExtendStartPID(pid int, d time.Duration) error {
 	if d <= 0 {
-		return fmt.Errorf("supervise: ExtendStartPID: duration %v, want > 0", d)
+		return fmt.Errorf("%w: ExtendStartPID duration %v (want > 0)", ErrInvalid, d)
 	}
 	return s.call(request{kind: reqExtendStartPID, n: pid, d: d}).err
 }
