@@ -99,8 +99,9 @@ func (f *Fleet) SetMaxRunningTime(group string, d time.Duration) error {
 // with ErrControlInvalid.
 func (f *Fleet) Scale(group string, n int) error { return f.f.scale(group, n) }
 
-// HandleSignals maps the fleet's signals: SIGTERM/SIGINT stop every group
-// (a second one kills), SIGHUP/SIGUSR1 restart every group, SIGTTIN/SIGTTOU
+// HandleSignals maps the fleet's signals: SIGTERM/SIGINT/SIGQUIT stop
+// every group (a second one kills), SIGPIPE is caught and dropped (as for
+// Master.HandleSignals), SIGHUP/SIGUSR1 restart every group, SIGTTIN/SIGTTOU
 // scale the only group when there is exactly one local-only group. SIGUSR2
 // (an in-place upgrade of a single-command master) is refused with an
 // error in the log. Call the returned function after Run returned.

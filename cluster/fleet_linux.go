@@ -752,26 +752,34 @@ func (f *fleet) controlStatus() *ControlStatus {
 
 // handleSignals installs the fleet's signal handler.
 func (f *fleet) handleSignals() (func(), error) {
+	// Stop signals have a goroutine of their own, as a master's do: one
+	// queued behind another signal's handling (a scale waiting for
+	// scaleMu) would wait with it. SIGPIPE is caught and dropped, as a
+	// master does (handleSignals in master_linux.go).
+	stopCh := make(chan os.Signal, 4)
+	signal.Notify(stopCh, stopSignals...)
 	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
+	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU, unix.SIGPIPE)
 	done := make(chan struct{})
 	// Restarts run in their own goroutine: a remote agent slow to
 	// acknowledge must not delay a stop signal behind it. Requests made
 	// while one runs coalesce into one more, as a master's do.
 	restarts := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-done:
-				return
-			case sig := <-ch:
-				f.onSignal(sig.(syscall.Signal), restarts)
+	wg.Add(3)
+	for _, c := range []chan os.Signal{stopCh, ch} {
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				case sig := <-c:
+					f.onSignal(sig.(syscall.Signal), restarts)
+				}
 			}
-		}
-	}()
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		for {
@@ -786,32 +794,35 @@ func (f *fleet) handleSignals() (func(), error) {
 		}
 	}()
 	return func() {
+		signal.Stop(stopCh)
 		signal.Stop(ch)
 		close(done)
 		wg.Wait()
 	}, nil
 }
 
+// onSignal acts on sig first and logs after, as a master does (the log
+// may block on a stalled reader; see master.onSignal).
 func (f *fleet) onSignal(sig syscall.Signal, restarts chan<- struct{}) {
 	var err error
 	switch sig {
-	case unix.SIGTERM, unix.SIGINT:
+	case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
 		if f.stopRequested() {
-			f.log.Warn("second stop signal: killing workers", "signal", sig.String())
 			err = f.kill()
+			f.log.Warn("second stop signal: killing workers", "signal", sig.String())
 		} else {
-			f.log.Info("stop signal: stopping every group gracefully", "signal", sig.String())
 			err = f.stop()
+			f.log.Info("stop signal: stopping every group gracefully", "signal", sig.String())
 		}
 	case unix.SIGHUP, unix.SIGUSR1:
-		if sig == unix.SIGHUP {
-			// systemctl reload sends it: an edited file would seem applied.
-			f.checkConfigFile()
-		}
-		f.log.Info("restart signal: restarting every group", "signal", sig.String())
 		select {
 		case restarts <- struct{}{}:
 		default: // one is queued already
+		}
+		f.log.Info("restart signal: restarting every group", "signal", sig.String())
+		if sig == unix.SIGHUP {
+			// systemctl reload sends it: an edited file would seem applied.
+			f.checkConfigFile()
 		}
 	case unix.SIGUSR2:
 		// The in-place upgrade hands one master's listeners and workers to
@@ -821,6 +832,9 @@ func (f *fleet) onSignal(sig syscall.Signal, restarts chan<- struct{}) {
 		return
 	case unix.SIGTTIN, unix.SIGTTOU:
 		err = f.scaleOne(sig)
+	case unix.SIGPIPE:
+		// A write to a pipe without a reader; the writer sees EPIPE.
+		return
 	}
 	if err != nil {
 		f.log.Warn("signal not acted on", "signal", sig.String(), "err", err)

@@ -117,9 +117,14 @@ type Config struct {
 	// Stdout and Stderr receive workers' output, one line at a time,
 	// prefixed with "[slot pid] ". If both are nil, each line is logged to
 	// Logger instead (with slot, pid and stream attributes), which suits a
-	// JSON log.
+	// JSON log. One that fails with EPIPE (its reader went away) is not
+	// written again. Run waits for the last line written when it stops:
+	// give writers that do not block for long (mini-cluster queues its
+	// output and drops what a stalled reader cannot take).
 	Stdout, Stderr io.Writer
-	// Logger receives the master's log (default slog.Default()).
+	// Logger receives the master's log (default slog.Default()). It is
+	// called from the master's goroutines, supervision and stopping
+	// included: its writer should not block for long either.
 	Logger *slog.Logger
 	// Heartbeat, if positive, is the interval at which workers must show
 	// they are alive once ready: a control message (Go workers using this
@@ -261,10 +266,13 @@ func (m *Master) Send(slot int, payload []byte) error { return m.m.send(slot, pa
 // error joins those of the workers it could not queue it for.
 func (m *Master) Broadcast(payload []byte) error { return m.m.broadcast(payload) }
 
-// HandleSignals maps the master's signals: SIGTERM/SIGINT stop (a second
-// one kills), SIGHUP/SIGUSR1 restart, SIGTTIN/SIGTTOU scale by one, SIGUSR2
-// upgrades the master in place (see the package doc). Call the returned
-// function after Run returned.
+// HandleSignals maps the master's signals: SIGTERM/SIGINT/SIGQUIT stop (a
+// second one kills), SIGHUP/SIGUSR1 restart, SIGTTIN/SIGTTOU scale by one,
+// SIGUSR2 upgrades the master in place (see the package doc). SIGPIPE is
+// caught and dropped, so that a write to a stdout or stderr whose reader
+// went away fails with EPIPE instead of killing the process (workers still
+// start with its default action). A stop signal is acted on before it is
+// logged. Call the returned function after Run returned.
 func (m *Master) HandleSignals() (stop func(), err error) { return m.m.handleSignals() }
 
 // Close releases what New acquired (listeners, pid file lock) if Run is

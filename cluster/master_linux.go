@@ -40,8 +40,11 @@ const (
 var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNotifySocket, "WATCHDOG_USEC", "WATCHDOG_PID",
 	// A master that is itself a worker of another (nested), or took over
 	// from an older image, must not pass its own descriptors' numbers on.
-	envControlFD, envConnFD, envMode, envControlListen, envUpgradeState,
+	envControlFD, envConnFD, envConnVersion, envMode, envControlListen, envUpgradeState,
 	envWorkerID, envWorkerGeneration, envWorkers, envUpgradeProbe,
+	// The shim's, set per spawn (prepareExecStatus); a stale one must
+	// not reach the program if that step ever changes.
+	envExecStatusFD,
 	// A group worker's; a master outside a group sets none of them.
 	envGroup, envGroupIndex, envGroupSize, envParams}
 
@@ -614,9 +617,15 @@ func (m *master) supStatus() supervise.Status {
 // is recorded at once, and the upgrade sees it and gives up (upgradeNow).
 func (m *master) handleSignals() (func(), error) {
 	stopCh := make(chan os.Signal, 4)
-	signal.Notify(stopCh, unix.SIGTERM, unix.SIGINT)
+	signal.Notify(stopCh, stopSignals...)
 	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
+	// SIGPIPE is caught, and dropped by onSignal, so that a write to a
+	// stdout or stderr whose reader went away (mini-cluster ... | head)
+	// fails with EPIPE instead of killing the master, and its workers
+	// with it (parent-death signal), without a drain. Not signal.Ignore:
+	// SIG_IGN survives execve(2) and every worker would start with
+	// SIGPIPE ignored; a caught signal is reset to its default there.
+	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU, unix.SIGPIPE)
 	// SIGUSR2: in-place upgrade (upgrade_linux.go).
 	stopUpgrade := m.handleUpgradeSignal()
 	done := make(chan struct{})
@@ -644,24 +653,48 @@ func (m *master) handleSignals() (func(), error) {
 	}, nil
 }
 
+// stopSignals stop the master (or a fleet) gracefully, and a second one
+// kills. SIGQUIT is one, as nginx's and unicorn's operators expect of
+// it, rather than the Go runtime's goroutine dump and exit 2 (the code of
+// a bad command line), which left the workers to the parent-death signal
+// without a drain; SIGABRT still dumps.
+var stopSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT}
+
+// onSignal acts on a stop signal first and logs after: the log may be
+// written to a pipe whose reader stalled, and a stop behind a blocked log
+// line would wait with it, never happening.
 func (m *master) onSignal(sig syscall.Signal) {
 	var err error
 	switch sig {
-	case unix.SIGTERM, unix.SIGINT:
+	case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
 		if m.stopRequested() {
-			m.log.Warn("second stop signal: killing workers", "signal", sig.String())
 			err = m.kill()
+			if errors.Is(err, supervise.ErrNotRunning) {
+				// Not started yet, or every worker already
+				// stopped: the kill request took effect all the
+				// same, for the leftover sweep (stopLeftovers).
+				m.log.Warn("second stop signal: no worker to kill; leftover processes get SIGKILL at once", "signal", sig.String())
+				return
+			}
+			m.log.Warn("second stop signal: killing workers", "signal", sig.String())
 		} else {
-			m.log.Info("stop signal: stopping workers gracefully", "signal", sig.String())
 			err = m.stop()
+			m.log.Info("stop signal: stopping workers gracefully", "signal", sig.String())
 		}
 	case unix.SIGHUP, unix.SIGUSR1:
+		// Logged first, the exception: the restart may wait for an
+		// in-place upgrade's outcome (grp.mu), and the record says the
+		// signal was seen. A log that blocks here holds no stop signal:
+		// those have their own goroutine.
 		m.log.Info("restart signal", "signal", sig.String(), "strategy", m.cfg.Strategy.String())
 		err = m.restart()
 	case unix.SIGTTIN:
 		err = m.scaleBy(1)
 	case unix.SIGTTOU:
 		err = m.scaleBy(-1)
+	case unix.SIGPIPE:
+		// A write to a pipe without a reader; the writer sees EPIPE.
+		return
 	}
 	if err != nil {
 		m.log.Warn("signal not acted on", "signal", sig.String(), "err", err)
@@ -914,24 +947,32 @@ func (m *master) clusterReady(st supervise.Status) {
 }
 
 // copyOutput forwards captured worker output, prefixed with slot and pid.
+// A writer that failed with EPIPE (its reader went away; HandleSignals
+// keeps SIGPIPE from killing the process) is output gone: the lines of
+// its stream are dropped from then on, with one warning in the log.
 func (m *master) copyOutput() {
+	var gone [2]bool // by stream: stdout, stderr
 	for ln := range m.sup.Lines() {
 		w := m.cfg.Stdout
+		stream := "stdout"
 		if ln.Stream == supervise.Stderr {
-			w = m.cfg.Stderr
+			w, stream = m.cfg.Stderr, "stderr"
 		}
 		if m.cfg.Stdout == nil && m.cfg.Stderr == nil {
-			stream := "stdout"
-			if ln.Stream == supervise.Stderr {
-				stream = "stderr"
-			}
 			m.log.Info(ln.Text, m.lineAttrs(ln, stream)...)
 			continue
 		}
-		if w == nil {
-			w = io.Discard
+		i := 0
+		if ln.Stream == supervise.Stderr {
+			i = 1
 		}
-		fmt.Fprintf(w, "%s%s\n", m.linePrefix(ln), ln.Text)
+		if w == nil || gone[i] {
+			continue
+		}
+		if _, err := fmt.Fprintf(w, "%s%s\n", m.linePrefix(ln), ln.Text); errors.Is(err, unix.EPIPE) {
+			gone[i] = true
+			m.log.Warn("workers' output discarded from now on: its reader went away (EPIPE)", "stream", stream)
+		}
 	}
 }
 
@@ -1141,7 +1182,7 @@ func (m *master) logNotify(n Notification, sender, worker int) {
 	}
 	// What is recorded names the worker: not a worker that exited
 	// since, whose pid may be reused; nothing then outlives the message.
-	if n.Status != "" {
+	if n.StatusSet {
 		if ok {
 			m.nstate.status(m.log, worker, id, n.Status, "slot", slot, "pid", worker, "sender", sender)
 		} else {

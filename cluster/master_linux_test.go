@@ -279,7 +279,9 @@ func TestWorkerEnvStripsMasterOwn(t *testing.T) {
 	fdcensus.Verify(t)
 	pc := proccensus.New(t)
 	out := t.TempDir()
-	stale := []string{"HANDOFF_CONN_FD=9", "HANDOFF_CONTROL_FD=8", "HANDOFF_MODE=handoff", "HANDOFF_CONTROL_LISTEN=7:1:2",
+	// HANDOFF_CONN_VERSION is handoff mode's (this one is shared), and
+	// HANDOFF_EXEC_STATUS_FD the exec shim's.
+	stale := []string{"HANDOFF_CONN_FD=9", "HANDOFF_CONN_VERSION=9", "HANDOFF_EXEC_STATUS_FD=6", "HANDOFF_CONTROL_FD=8", "HANDOFF_MODE=handoff", "HANDOFF_CONTROL_LISTEN=7:1:2",
 		"HANDOFF_UPGRADE_STATE=x", "HANDOFF_WORKER_ID=5", "HANDOFF_WORKERS=9", "WATCHDOG_USEC=5", "LISTEN_FDNAMES=a:b"}
 	m, err := cluster.New(&cluster.Config{
 		Program: "sh",

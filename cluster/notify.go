@@ -37,7 +37,7 @@ type Notification struct {
 	Reloading bool   // RELOADING=1
 	Stopping  bool   // STOPPING=1
 	Watchdog  bool   // WATCHDOG=1
-	Status    string // STATUS=...
+	Status    string // STATUS=...; see StatusSet
 	Errno     int    // ERRNO=...
 	MainPID   int    // MAINPID=...
 
@@ -46,6 +46,10 @@ type Notification struct {
 	WatchdogTrigger bool
 	// ExtendTimeout is EXTEND_TIMEOUT_USEC=... (0: absent).
 	ExtendTimeout time.Duration
+	// StatusSet says the message had a valid STATUS= field: an empty one
+	// clears the worker's status, as systemd does, where a message
+	// without the field leaves it as it was.
+	StatusSet bool
 }
 
 // fieldErrors summarises the fields of one message that were ignored as
@@ -109,7 +113,7 @@ func parseNotify(b []byte) (n Notification, bad fieldErrors, err error) {
 				bad.add(fmt.Errorf("%w: STATUS is not printable text", ErrNotify))
 				continue
 			}
-			n.Status = string(v)
+			n.Status, n.StatusSet = string(v), true
 		case "ERRNO":
 			e, err := strconv.Atoi(string(v))
 			if err != nil || e < 0 {

@@ -28,7 +28,7 @@ func TestParseNotify(t *testing.T) {
 		err  error
 	}{
 		{"READY=1", Notification{Ready: true}, 0, nil},
-		{"READY=1\nSTATUS=serving 4 requests\n", Notification{Ready: true, Status: "serving 4 requests"}, 0, nil},
+		{"READY=1\nSTATUS=serving 4 requests\n", Notification{Ready: true, Status: "serving 4 requests", StatusSet: true}, 0, nil},
 		{"STOPPING=1\nRELOADING=1\nWATCHDOG=1", Notification{Stopping: true, Reloading: true, Watchdog: true}, 0, nil},
 		{"MAINPID=77\nERRNO=2", Notification{MainPID: 77, Errno: 2}, 0, nil},
 		{"X_CUSTOM=1\nBARRIER=1\n\n", Notification{}, 0, nil},
@@ -44,10 +44,11 @@ func TestParseNotify(t *testing.T) {
 		{"MAINPID=0", Notification{}, 1, nil},
 		{"MAINPID=-5", Notification{}, 1, nil},
 		{"ERRNO=x", Notification{}, 1, nil},
+		{"STATUS=", Notification{StatusSet: true}, 0, nil},
 		{"STATUS=\x1b[31mred", Notification{}, 1, nil},
 		{"STATUS=\xff\xfe", Notification{}, 1, nil},
 		{"STATUS=\x1b[31mred\nREADY=1", Notification{Ready: true}, 1, nil},
-		{"READY=1\nMAINPID=x\nSTOPPING=2\nSTATUS=ok", Notification{Ready: true, Status: "ok"}, 2, nil},
+		{"READY=1\nMAINPID=x\nSTOPPING=2\nSTATUS=ok", Notification{Ready: true, Status: "ok", StatusSet: true}, 2, nil},
 		{"garbage\nREADY=1\nERRNO=5", Notification{Ready: true, Errno: 5}, 1, nil},
 		{strings.Repeat("X", maxNotify+1), Notification{}, 0, ErrNotify},
 		{"READY=1\n" + strings.Repeat("X", maxNotify), Notification{}, 0, ErrNotify},
@@ -67,7 +68,7 @@ func TestParseNotify(t *testing.T) {
 }
 
 func FuzzParseNotify(f *testing.F) {
-	for _, s := range []string{"READY=1", "READY=1\nSTATUS=ok\n", "MAINPID=12", "ERRNO=5\nSTOPPING=1", "STATUS=\xff", "STATUS=\x1b\nREADY=1"} {
+	for _, s := range []string{"READY=1", "READY=1\nSTATUS=ok\n", "MAINPID=12", "ERRNO=5\nSTOPPING=1", "STATUS=\xff", "STATUS=\x1b\nREADY=1", "STATUS=\nREADY=1"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -84,7 +85,7 @@ func FuzzParseNotify(f *testing.F) {
 		if len(b) > maxNotify {
 			t.Fatal("oversize message accepted")
 		}
-		if n.MainPID < 0 || n.Errno < 0 || !utf8Printable([]byte(n.Status)) || n.ExtendTimeout < 0 || n.ExtendTimeout > maxExtend {
+		if n.MainPID < 0 || n.Errno < 0 || !utf8Printable([]byte(n.Status)) || (n.Status != "" && !n.StatusSet) || n.ExtendTimeout < 0 || n.ExtendTimeout > maxExtend {
 			t.Fatalf("out-of-domain result %+v", n)
 		}
 		if bad.Count < 0 || bad.Count > bytes.Count(b, []byte{'\n'})+1 || (bad.Count > 0) != (bad.First != nil) {
@@ -169,7 +170,7 @@ func TestNotifySocket(t *testing.T) {
 	}
 	me := os.Getpid()
 	want := []result{
-		{N: Notification{Ready: true, Status: "up"}, PID: me},
+		{N: Notification{Ready: true, Status: "up", StatusSet: true}, PID: me},
 		{Bad: 1, PID: me},
 		{FDs: 2, PID: me},
 		{PID: me, Err: "descriptors"},

@@ -72,16 +72,20 @@ type oldOutput struct {
 	stream string
 }
 
-// ignoredAcrossExec are handleSignals' signals, SIGTERM aside, and
-// SIGUSR2, set ignored right before the exec (ignoreForExec).
-// execve(2) resets handled signals to their default action, which until
-// the new image installs its handlers (HandleSignals) would end the
-// master, and every worker with it (parent-death signal): SIGHUP, SIGINT,
-// SIGUSR1, SIGUSR2 terminate, SIGTTIN and SIGTTOU stop. SIG_IGN survives
-// the exec, and the Go runtime keeps it until signal.Notify for SIGHUP,
-// SIGINT, SIGTTIN and SIGTTOU; it ignores SIGUSR1 and SIGUSR2 itself while
-// nobody is notified. SIGTERM cannot be covered: the runtime installs a
-// handler that exits.
+// ignoredAcrossExec are handleSignals' signals, SIGTERM, SIGQUIT and
+// SIGPIPE aside, and SIGUSR2, set ignored right before the exec
+// (ignoreForExec). execve(2) resets handled signals to their default
+// action, which until the new image installs its handlers (HandleSignals)
+// would end the master, and every worker with it (parent-death signal):
+// SIGHUP, SIGINT, SIGUSR1, SIGUSR2 terminate, SIGTTIN and SIGTTOU stop.
+// SIG_IGN survives the exec, and the Go runtime keeps it until
+// signal.Notify for SIGHUP, SIGINT, SIGTTIN and SIGTTOU; it ignores
+// SIGUSR1 and SIGUSR2 itself while nobody is notified. SIGTERM and SIGQUIT
+// cannot be covered: the runtime installs a handler that exits. Nor can
+// SIGPIPE, which needs no cover: the runtime's handler drops it (the
+// write fails with EPIPE), but for a write to os.Stdout or os.Stderr,
+// after which the os package raises it again to die; mini-cluster writes
+// its output otherwise (cmd/mini-cluster/output.go).
 var ignoredAcrossExec = []unix.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU}
 
 // errUpgradeBusy is logged for a SIGUSR2 during an upgrade.

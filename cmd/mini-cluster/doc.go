@@ -12,12 +12,18 @@
 // -restart-strategy, -shutdown-timeout, -ready, -start-timeout, -heartbeat, -pid-file,
 // -control, -user (run workers as another user; the master must be root),
 // -log-format, -config (groups from a file instead of PROGRAM and the
-// per-group flags). Signals: SIGTERM and SIGINT stop gracefully (a
+// per-group flags). Signals: SIGTERM, SIGINT and SIGQUIT stop gracefully (a
 // second one kills), SIGHUP and SIGUSR1 restart with zero downtime, SIGTTIN
 // and SIGTTOU add or remove a worker, SIGUSR2 re-executes the master binary
 // in place (same pid, same listeners; the workers are replaced by as many
-// new ones). The subcommands talk to a running master over its -control
-// socket.
+// new ones); SIGPIPE is caught and does nothing. The subcommands talk to a
+// running master over its -control socket.
+//
+// The master's stdout and stderr never hold it: a reader that stalls gets
+// lines queued (256 KiB a stream), then dropped and counted (logged once
+// output flows again), and a master that stops exits within
+// -shutdown-timeout plus about 2 s whoever reads; a reader that exits
+// (EPIPE) gets nothing more, and the master runs on (output.go).
 //
 // With -config, one process runs every group of a JSON file, locally and on
 // ssh hosts (where mini-cluster runs in its hidden agent mode): global

@@ -71,7 +71,7 @@ func roleMaster() int {
 	if os.Getenv(embedderSignalsVar) != "" {
 		embedderSignals()
 	}
-	return exitCode(run(context.Background(), helperproc.Args(), os.Stdin, os.Stdout, os.Stderr), os.Stderr)
+	return runMain(context.Background(), helperproc.Args(), os.Stdin, os.Stdout, os.Stderr)
 }
 
 // fakeSrv is the fake worker: an HTTP server on LISTEN_FDS descriptor 3 that
@@ -629,13 +629,26 @@ func startCmd(t testing.TB, cmd *exec.Cmd) *master {
 // startCmdIn is startCmd with TMPDIR set to tmp.
 func startCmdIn(t testing.TB, cmd *exec.Cmd, tmp string) *master {
 	t.Helper()
+	return startCmdIO(t, cmd, tmp, nil, nil)
+}
+
+// startCmdIO is startCmdIn with the master's stdout and stderr given (nil:
+// the log the test reads).
+func startCmdIO(t testing.TB, cmd *exec.Cmd, tmp string, stdout, stderr *os.File) *master {
+	t.Helper()
 	m := &master{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
 	}
 	cmd.Env = append(cmd.Env, "TMPDIR="+tmp)
-	cmd.Stdout = m.log
-	cmd.Stderr = m.log
+	cmd.Stdout, cmd.Stderr = m.log, m.log
+	// Or the test's own (output_linux_test.go).
+	if stdout != nil {
+		cmd.Stdout = stdout
+	}
+	if stderr != nil {
+		cmd.Stderr = stderr
+	}
 	benchPdeathsig(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

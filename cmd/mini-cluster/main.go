@@ -35,8 +35,22 @@ func main() {
 		// would get, before it executes it in place (SIGUSR2).
 		os.Exit(runProbe(args, os.Stdout, os.Stderr))
 	}
-	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	os.Exit(exitCode(err, os.Stderr))
+	os.Exit(runMain(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// runMain is main past the hidden modes: it runs, prints the error and
+// returns the exit code. A master's stdout and stderr are outputs
+// (output.go): no write to them blocks the master for long, whoever reads
+// them. The agent's stdout is its session and a subcommand's output is
+// the answer: those are written as they are.
+func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == cluster.AgentArg || controlCommands[args[0]]) {
+		return exitCode(run(ctx, args, stdin, stdout, stderr), stderr)
+	}
+	out, errOut := newOutputs(stdout, stderr)
+	code := exitCode(run(ctx, args, stdin, out, errOut), errOut)
+	closeOutputs(outputFlush, out, errOut)
+	return code
 }
 
 // usageError marks errors in the command line (exit code 2); printed says
@@ -226,6 +240,7 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 	if err != nil {
 		return nil, err
 	}
+	setLogFormat(stderr, *logFormat)
 	for _, l := range listen {
 		if _, err := cluster.ParseAddr(l); err != nil {
 			return nil, &usageError{err: err}
@@ -291,6 +306,7 @@ func parseConfig(fs *flag.FlagSet, path, control, pidFile, logFormat, userSpec s
 	if err != nil {
 		return nil, err
 	}
+	setLogFormat(stderr, logFormat)
 	fc, err := cluster.LoadConfig(path)
 	if err != nil {
 		// FILE:LINE:COL: path: message, as compilers print, exit 2.
