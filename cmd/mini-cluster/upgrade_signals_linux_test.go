@@ -134,6 +134,14 @@ func TestUpgradeSecondStopKillsRetiring(t *testing.T) {
 		"--", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done")
 	m.waitReady()
 	old := m.workers()
+	// Ready means started here: under load a shell may not have run its
+	// trap yet when the upgrade retires it, and the first SIGTERM would
+	// end it before any kill was needed.
+	for _, pid := range old {
+		if !waitFor(10*time.Second, func() bool { return sigIgnMask(t, pid)&(1<<(syscall.SIGTERM-1)) != 0 }) {
+			t.Fatalf("worker %d does not ignore SIGTERM within 10 s", pid)
+		}
+	}
 	copyBinary(t, bin)
 	m.signal(syscall.SIGUSR2)
 	if !waitFor(15*time.Second, func() bool {
