@@ -459,11 +459,14 @@ func (p *PIDFile) LockFile() (*os.File, error) {
 // AdoptPIDFile takes over a pid file whose lock file (path + ".lock")
 // this process inherited open, as descriptor lock, across an exec (see
 // LockFile). It checks that lock is that very file (same device and inode,
-// not a symlink, not writable by others) and holds both locks again (a
+// not a symlink, not writable by others) and holds its locks again (a
 // no-op for locks this open file description already holds; EAGAIN if
 // another holds them). A pid file that does not name this process can
-// only be a dead owner's, and is removed. On success the PIDFile owns lock; on error
-// lock is left open for the caller to close.
+// only be a dead owner's, and is removed. The lock record (see
+// CreatePIDFile) is rewritten to name the pid file kept, or none, so a
+// lock inherited from an earlier release, which kept no record, is
+// protected from then on. On success the PIDFile owns lock; on error lock
+// is left open for the caller to close.
 //
 // When lock already held the lock (it came through the exec), a path that
 // CreatePIDFile would refuse for its directories is no error: the file
@@ -498,44 +501,70 @@ func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 	if !os.SameFile(held, named) {
 		return nil, fmt.Errorf("%w: inherited descriptor is not %s.lock", ErrUnsafePIDFile, path)
 	}
-	for _, b := range []int64{ownerByte, liveByte} {
-		if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, b); err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-				return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
-			}
-			return nil, err
+	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, ownerByte); err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
 		}
-		if b != ownerByte {
-			continue
+		return nil, err
+	}
+	// The caller's close would not release ownerByte while a duplicate
+	// of lock stays open: give it up on a refusal.
+	unlockOwner := func() { _, _ = ofdLock(lock, unix.F_OFD_SETLK, unix.F_UNLCK, ownerByte) }
+	if dirErr != nil {
+		// Owners take liveByte after ownerByte and drop both at once,
+		// so now that lock holds ownerByte, liveByte is held only if
+		// lock held it across the exec.
+		inherited, err := liveHeld(path+".lock", held)
+		if err == nil && !inherited {
+			err = dirErr
 		}
-		if dirErr != nil {
-			// Owners take liveByte after ownerByte and drop both at
-			// once, so now that lock holds ownerByte, liveByte is
-			// held only if lock held it across the exec.
-			inherited, err := liveHeld(path+".lock", held)
-			if err == nil && !inherited {
-				err = dirErr
-			}
-			if err != nil {
-				// The caller's close would not release ownerByte
-				// while a duplicate of lock stays open.
-				_, _ = ofdLock(lock, unix.F_OFD_SETLK, unix.F_UNLCK, ownerByte)
-				return nil, err
-			}
-		}
-		// The lock may have been free (lock is another open of the file
-		// than the one that held it, whose owner died): then the file
-		// names a dead owner's pid, which must be gone before liveByte
-		// makes it read as live (as in CreatePIDFile). Ours is kept: the
-		// file is never absent across the exec. readPIDFile, not
-		// ReadPIDFile: a path refused (dirErr) must not make us remove
-		// our own file.
-		if pid, _, err := readPIDFile(path); err == nil && pid == os.Getpid() {
-			continue
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err != nil {
+			unlockOwner()
 			return nil, err
 		}
 	}
-	return &PIDFile{path: path, lock: lock, warn: dirErr}, nil
+	// The lock may have been free (lock is another open of the file than
+	// the one that held it, whose owner died): then the file names a dead
+	// owner's pid, which must be gone before liveByte makes it read as
+	// live (as in CreatePIDFile). Ours is kept: the file is never absent
+	// across the exec. readPIDFile, not ReadPIDFile: a path refused
+	// (dirErr) must not make us remove our own file.
+	kept := 0
+	if pid, _, err := readPIDFile(path); err == nil && pid == os.Getpid() {
+		kept = pid
+	} else if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	// The record names the file kept, or none; the previous image kept it
+	// so if it was of this release, and an earlier release left none.
+	if err := initRecord(lock, path+".lock", kept); err != nil {
+		return nil, err
+	}
+	record := true
+	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, recordByte); err != nil {
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+			return nil, err
+		}
+		// Another process read-locked recordByte, which a lock held by
+		// an earlier release leaves free. Stopping the service at an
+		// upgrade for it would be worse than what that release did:
+		// keep the lock without recordByte (readers trust the pid file
+		// as before) and let Write try again. A free lock is refused,
+		// as CreatePIDFile refuses it.
+		if inherited, lerr := liveHeld(path+".lock", held); lerr != nil || !inherited {
+			unlockOwner()
+			if lerr != nil {
+				return nil, lerr
+			}
+			return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
+		}
+		record = false
+	}
+	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, liveByte); err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
+		}
+		return nil, err
+	}
+	return &PIDFile{path: path, lock: lock, warn: dirErr, record: record, written: kept}, nil
 }

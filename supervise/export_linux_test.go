@@ -26,6 +26,11 @@ func SetHookPIDFileRead(h func()) { testHookPIDFileRead = h }
 // opens the pid file; nil removes it. Tests only.
 func SetHookPIDFileOpen(h func()) { testHookPIDFileOpen = h }
 
+// SetHookPIDFileWrite installs a hook run by Write right before it renames
+// the new pid file into place (false) and right after (true); nil removes
+// it. Tests only.
+func SetHookPIDFileWrite(h func(renamed bool)) { testHookPIDFileWrite = h }
+
 // DisownRecycled registers a worker pid, lets a newer worker take the same
 // (recycled) pid, disowns the first and reports whether the pid is still
 // owned, as the newer worker needs.

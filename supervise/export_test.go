@@ -35,3 +35,8 @@ func SplitLines(max int, chunks [][]byte) []string {
 
 // ParsePID exposes the pid file parser to the fuzz target.
 func ParsePID(b []byte) (int, error) { return parsePID(b) }
+
+// ParseLockRecord and AppendLockRecord expose the lock record format to
+// the tests and the fuzz target.
+func ParseLockRecord(b []byte) (pid, prev int, err error) { return parseLockRecord(b) }
+func AppendLockRecord(dst []byte, pid, prev int) []byte   { return appendLockRecord(dst, pid, prev) }

@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 		"hopper":     hopperRole,
 		"pidread":    pidReadRole,
 		"mainexit":   mainExitRole,
+		"rename":     renameRole,
 	})
 }
 

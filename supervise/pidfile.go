@@ -3,6 +3,8 @@ package supervise
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"strconv"
 	"sync"
 )
 
@@ -43,8 +45,11 @@ const maxPID = 1 << 22
 // PIDFile is a pid file whose owner holds a lock (fcntl F_OFD_SETLK) on a
 // companion lock file (path + ".lock") for its whole lifetime, so a reader
 // can tell a live owner from a stale file left by a SIGKILLed one without
-// trusting, or signalling, the pid it contains. The lock file is left in place on Close:
-// removing it would let two owners lock different inodes.
+// trusting, or signalling, the pid it contains. The owner also keeps in
+// the lock file a record of the pid it wrote, so a reader can tell its pid
+// file from one of an earlier run put back by the directory's owner. The
+// lock file is left in place on Close: removing it would let two owners
+// lock different inodes.
 //
 // Methods are safe for concurrent use; Close is idempotent.
 type PIDFile struct {
@@ -52,6 +57,13 @@ type PIDFile struct {
 	mu   sync.Mutex
 	lock lockFile // nil after Close
 	warn error    // see Warning; set once, by AdoptPIDFile
+	// record: lock holds recordByte, so readers check the pid file
+	// against the lock record. False only after an AdoptPIDFile that
+	// could not take it; Write tries again.
+	record bool
+	// written is the pid the lock record names (0: none), which the pid
+	// file holds unless its directory's owner renamed it.
+	written int
 }
 
 // Warning returns why CreatePIDFile would refuse the pid file's path now
@@ -79,6 +91,74 @@ func parsePID(b []byte) (int, error) {
 		return 0, fmt.Errorf("%w: %q", ErrBadPIDFile, b)
 	}
 	return pid, nil
+}
+
+// The lock record is the content of the lock file, written by the owner
+// (CreatePIDFile, AdoptPIDFile, Write) to name the pid its pid file
+// holds, and during a Write also the pid it held until the rename, so that
+// a reader accepts either while the owner is between its record and its
+// rename (a reader cannot outwait an owner descheduled there). The format:
+// recordPrefix, then the pid and the previous pid, each as 7 zero-padded
+// digits followed by a space (0: none; the pid is 0 before the first
+// Write), then the CRC-32 (IEEE) of all that as 8 lowercase hex digits,
+// and a newline. The size is fixed, so every rewrite is one pwrite of the
+// whole record at offset 0; a reader racing it can still see a mix of two
+// records (read(2) does not exclude write(2) on a regular file), which
+// the checksum refuses.
+const (
+	recordPrefix = "handoff-pid-lock 1 "
+	recordSize   = len(recordPrefix) + 2*(7+1) + 8 + 1
+)
+
+// appendLockRecord appends the lock record naming pid and prev (each 0 to
+// maxPID) to dst.
+func appendLockRecord(dst []byte, pid, prev int) []byte {
+	start := len(dst)
+	dst = append(dst, recordPrefix...)
+	for _, n := range []int{pid, prev} {
+		s := strconv.Itoa(n)
+		for range 7 - len(s) {
+			dst = append(dst, '0')
+		}
+		dst = append(dst, s...)
+		dst = append(dst, ' ')
+	}
+	sum := crc32.ChecksumIEEE(dst[start:])
+	const hex = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		dst = append(dst, hex[sum>>uint(shift)&0xf])
+	}
+	return append(dst, '\n')
+}
+
+// parseLockRecord parses a whole lock record, as appendLockRecord writes
+// it, and returns its pid and previous pid (0: none). Anything else,
+// including a record torn by a concurrent rewrite, is an error matching
+// ErrBadPIDFile.
+func parseLockRecord(b []byte) (pid, prev int, err error) {
+	if len(b) != recordSize || string(b[:len(recordPrefix)]) != recordPrefix {
+		return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
+	}
+	var pids [2]int
+	for i := range pids {
+		at := len(recordPrefix) + i*8
+		for _, c := range b[at : at+7] {
+			if c < '0' || c > '9' {
+				return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
+			}
+			pids[i] = pids[i]*10 + int(c-'0')
+		}
+		if pids[i] > maxPID {
+			return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
+		}
+	}
+	// Only the exact bytes appendLockRecord writes (the checksum, the
+	// separators): a reader needs nothing else.
+	var want [recordSize]byte
+	if string(appendLockRecord(want[:0], pids[0], pids[1])) != string(b) {
+		return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
+	}
+	return pids[0], pids[1], nil
 }
 
 // Path returns the pid file's path.

@@ -22,9 +22,22 @@ type lockFile = *os.File
 // that sees it held knows a pid file it opened earlier either is the live
 // owner's or has been unlinked since (which the reader checks): a dead
 // owner's pid is never reported live.
+//
+// That does not hold against the pid file directory's owner, whom
+// checkLastDir accepts (/run/app of the service's user for a root
+// master): it can move a pid file of an earlier run aside and rename it
+// back over the path once a new owner has taken liveByte, and the file is
+// root's, with one link. So owners of this release also hold recordByte,
+// taken (before liveByte) only once the lock record in the lock file,
+// which only the owner's user can write, names the pid the pid file
+// holds, or no pid (0) before the first Write. A reader that finds
+// recordByte held reports a pid live only if the record names it. Owners
+// of earlier releases hold ownerByte and liveByte only, and leave the lock
+// file empty: for them, a reader does as those releases did.
 const (
-	ownerByte = 0
-	liveByte  = 1
+	ownerByte  = 0
+	liveByte   = 1
+	recordByte = 2
 )
 
 // testHookPIDFileRead, set only by tests, runs in ReadPIDFile after the pid
@@ -34,6 +47,11 @@ var testHookPIDFileRead func()
 // testHookPIDFileOpen, set only by tests, runs in ReadPIDFile right before
 // the pid file is opened: where another file may be swapped in.
 var testHookPIDFileOpen func()
+
+// testHookPIDFileWrite, set only by tests, runs in Write right before the
+// rename (renamed false) and right after it (true), where the pid file and
+// the lock record are updated one after the other.
+var testHookPIDFileWrite func(renamed bool)
 
 // CreatePIDFile validates the pid file at path and takes its lock, held
 // until Close. It does not write the file: call Write once the process is
@@ -58,6 +76,11 @@ var testHookPIDFileOpen func()
 //     used as it is, never chmod'ed: if it is not readable by others,
 //     other users' ReadPIDFile fails until it is removed (while no owner
 //     runs) and recreated.
+//   - The owner keeps a lock record in the lock file naming the pid it
+//     wrote (none until Write), which ReadPIDFile checks the pid file
+//     against. An existing lock file must be empty (as earlier releases
+//     leave it) or hold such a record: other content may be another file
+//     of the caller's, moved there, and is not overwritten.
 func CreatePIDFile(path string) (*PIDFile, error) {
 	path = filepath.Clean(path)
 	dir := filepath.Dir(path)
@@ -85,12 +108,55 @@ func CreatePIDFile(path string) (*PIDFile, error) {
 		lock.Close()
 		return nil, err
 	}
-	if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, liveByte); err != nil {
-		// Only an owner takes liveByte, and we own ownerByte.
+	// The record a dead owner left names its pid: a file of its put back
+	// at path must not match it once we hold recordByte.
+	if err := initRecord(lock, path+".lock", 0); err != nil {
 		lock.Close()
 		return nil, err
 	}
-	return &PIDFile{path: path, lock: lock}, nil
+	for _, b := range []int64{recordByte, liveByte} {
+		if _, err := ofdLock(lock, unix.F_OFD_SETLK, unix.F_WRLCK, b); err != nil {
+			lock.Close()
+			// Only an owner write-locks these bytes, and we own
+			// ownerByte; but anyone who can read the lock file can
+			// read-lock them (as ownerByte). Never go on without
+			// recordByte: readers would trust any pid file.
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+				return nil, fmt.Errorf("%w: %s", ErrPIDFileLocked, path)
+			}
+			return nil, err
+		}
+	}
+	return &PIDFile{path: path, lock: lock, record: true}, nil
+}
+
+// initRecord makes the lock record of lock, the lock file name on which
+// we hold ownerByte, name pid (0: no pid file), before recordByte is
+// taken. An existing lock file is written into only if it is empty (an
+// earlier release's) or holds a lock record: any other content may be
+// another file of our user's, renamed there by the directory's owner,
+// which is not ours to overwrite (as openLock never chmods one).
+func initRecord(lock *os.File, name string, pid int) error {
+	var b [recordSize + 1]byte
+	n, err := lock.ReadAt(b[:], 0)
+	if err != nil && err != io.EOF {
+		return err
+	}
+	if n > 0 {
+		// Only owners write the record, holding ownerByte as we do, so
+		// it is not torn by a concurrent rewrite.
+		if _, _, err := parseLockRecord(b[:n]); err != nil {
+			return unsafePath(name, "holds %d bytes that are not a pid lock record", n)
+		}
+	}
+	return setRecord(lock, pid, 0)
+}
+
+// setRecord rewrites the lock record of lock to name pid and prev.
+func setRecord(lock *os.File, pid, prev int) error {
+	var b [recordSize]byte
+	_, err := lock.WriteAt(appendLockRecord(b[:0], pid, prev), 0)
+	return err
 }
 
 // ofdLock applies or tests (F_OFD_GETLK) an open file description lock on
@@ -219,7 +285,8 @@ func checkDir(dir string) error {
 // checked, as systemd does not: a root master may keep its pid file in a
 // directory of the service's user (/run/app), whose owner can make
 // CreatePIDFile fail, remove the files or rename them (and so put back a
-// pid file of an earlier run, which ReadPIDFile takes for the live one's).
+// pid file of an earlier run, which the lock record keeps ReadPIDFile from
+// reporting live: see recordByte).
 func checkLastDir(fi os.FileInfo, path string) error {
 	if !fi.IsDir() {
 		return unsafePath(path, "is not a directory")
@@ -369,7 +436,8 @@ func checkInfo(fi os.FileInfo, path string, reader bool) error {
 
 // Write atomically replaces the pid file's content with pid: a temporary
 // file in the same directory is written, synced and renamed over it, so a
-// reader sees the old or the new pid, never an empty or partial file.
+// reader sees the old or the new pid, never an empty or partial file. The
+// lock record names both pids until the rename, and the new one after it.
 func (p *PIDFile) Write(pid int) error {
 	if pid < 1 || pid > maxPID {
 		return fmt.Errorf("%w: pid %d", ErrInvalid, pid)
@@ -396,14 +464,38 @@ func (p *PIDFile) Write(pid int) error {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	// Readers accept the pid file's old pid or the new one from here to
+	// the rename, and the new one only after it: at every moment the file
+	// holds a pid the record names, however long we are descheduled.
+	if err == nil {
+		err = setRecord(p.lock, pid, p.written)
+	}
+	if h := testHookPIDFileWrite; h != nil && err == nil {
+		h(false)
+	}
 	if err == nil {
 		// rename(2) replaces a symlink planted at path, never follows it.
 		err = os.Rename(tmp.Name(), p.path)
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
+		_ = setRecord(p.lock, p.written, 0)
+		return err
 	}
-	return err
+	if h := testHookPIDFileWrite; h != nil {
+		h(true)
+	}
+	if err := setRecord(p.lock, pid, 0); err != nil {
+		return err
+	}
+	p.written = pid
+	if !p.record {
+		// AdoptPIDFile found recordByte read-locked by someone else.
+		if _, err := ofdLock(p.lock, unix.F_OFD_SETLK, unix.F_WRLCK, recordByte); err == nil {
+			p.record = true
+		}
+	}
+	return nil
 }
 
 // Close removes the pid file and releases the lock. It is idempotent.
@@ -437,6 +529,17 @@ func (p *PIDFile) Close() error {
 // Run as root, the reader also refuses a path with an unsafe transition
 // (see CreatePIDFile): a symlink or directory planted by another user
 // must not lead root to another daemon's pid file, reported live.
+//
+// The directory's owner, who may be another user than the pid file's
+// (/run/app of the service's user for a root master), can rename the
+// files: put back a pid file the daemon wrote in an earlier run, which is
+// the daemon's, with one link. A pid is therefore reported live only if
+// the lock record the live owner keeps in the lock file, which only the
+// owner's user can write, names it. An owner of a release before lock
+// records keeps none (its lock file is empty, recordByte unlocked): its
+// pid file is trusted as those releases did, without that protection,
+// until the owner runs this release (a restart, or AdoptPIDFile at an
+// in-place upgrade).
 func ReadPIDFile(path string) (pid int, live bool, err error) {
 	if os.Geteuid() == 0 {
 		if _, _, err := safeWalk(filepath.Dir(filepath.Clean(path))); err != nil {
@@ -462,7 +565,8 @@ func readPIDFile(path string) (pid int, live bool, err error) {
 	return pid, false, nil
 }
 
-// readPIDFileOnce reads the pid, tests liveByte, then checks that path still
+// readPIDFileOnce reads the pid, tests liveByte, checks the pid against
+// the lock record if recordByte is held, then checks that path still
 // names the file it read. The open descriptor pins that file's inode, so a
 // new file at path cannot have the same inode number.
 func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
@@ -497,6 +601,28 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 	held, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
 	if err != nil || !held {
 		return pid, false, false, err
+	}
+	record, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, recordByte)
+	if err != nil {
+		return 0, false, false, err
+	}
+	if record {
+		// Read after the lock was found held: its holder wrote the
+		// record before taking recordByte, so it is not a dead
+		// owner's.
+		var b [recordSize + 1]byte
+		n, err := lock.ReadAt(b[:], 0)
+		if err != nil && err != io.EOF {
+			return 0, false, false, err
+		}
+		// Another pid is a file put back by the directory's owner, or
+		// one replaced by Writes since we read it; a malformed record is
+		// one torn by a rewrite. Retry: the answer after the retries is
+		// not live.
+		want, prev, err := parseLockRecord(b[:n])
+		if err != nil || (pid != want && pid != prev) {
+			return pid, true, false, nil
+		}
 	}
 	// liveByte is held, so any stale file was removed before it was
 	// taken: if path still names the file we read, its pid is the owner's.
