@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 )
@@ -22,6 +23,6 @@ type statusBackend func() *ControlStatus
 
 func (b statusBackend) controlStatus() *ControlStatus { return b() }
 
-func (b statusBackend) controlDo(req *sockMsg) error {
+func (b statusBackend) controlDo(_ context.Context, req *sockMsg) error {
 	return fmt.Errorf("%w: %s", ErrControlInvalid, req.Type)
 }

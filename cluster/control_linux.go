@@ -3,6 +3,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -91,8 +92,10 @@ func (c *controlState) server() *controlServer {
 // or the *fleet of a -config process.
 type controlBackend interface {
 	controlStatus() *ControlStatus
-	// controlDo carries out every request but "status".
-	controlDo(req *sockMsg) error
+	// controlDo carries out every request but "status"; ctx is done when
+	// the client that sent it hangs up, and a backend may then stop
+	// waiting (for a remote host's answer).
+	controlDo(ctx context.Context, req *sockMsg) error
 }
 
 // controlServer serves the control socket.
@@ -576,7 +579,7 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 			if derr := decodeSockMsg(&p, in, &req); derr != nil {
 				out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: derr.Error()})
 			} else {
-				out = s.handle(out[:0], &req, cred)
+				out = s.handle(out[:0], &req, cred, uc)
 			}
 		case errors.Is(err, ipcframe.ErrFrameDropped):
 			out = appendSockMsg(out[:0], &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: err.Error()})
@@ -613,7 +616,7 @@ func (s *controlServer) serveConn(uc *net.UnixConn, cred *unix.Ucred) {
 
 // controlDo carries out a request for a single-command master, which has
 // no groups.
-func (m *master) controlDo(req *sockMsg) error {
+func (m *master) controlDo(_ context.Context, req *sockMsg) error {
 	if req.Group != "" || req.Type == "suspend" || req.Type == "resume" {
 		return fmt.Errorf("%w: %s: this master runs no groups (no -config)", ErrControlInvalid, req.Type)
 	}
@@ -634,8 +637,9 @@ func (m *master) controlDo(req *sockMsg) error {
 	return fmt.Errorf("%w: type %q is not a request", ErrControlProtocol, req.Type)
 }
 
-// handle carries out one request and appends the response.
-func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byte {
+// handle carries out one request, received on uc, and appends the
+// response.
+func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred, uc *net.UnixConn) []byte {
 	var attrs []any
 	if req.Group != "" {
 		attrs = append(attrs, "group", req.Group)
@@ -665,10 +669,67 @@ func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred) []byt
 	default:
 		return appendSockMsg(dst, &sockMsg{Type: "error", Code: ControlCodeBadRequest, Error: "type " + strconv.Quote(req.Type) + " is not a request"})
 	}
-	if err := s.b.controlDo(req); err != nil {
+	// A restart may wait long for remote hosts' answers (up to the
+	// shutdown timeout + 10 s): while its client is there it holds one of
+	// the maxControlClients places, but a client that gave up (timed out,
+	// interrupted) must not keep it, or a stalled agent would soon hold
+	// every place, and status of every group with them. The other
+	// requests' waits are not cut short (a state change must learn its
+	// outcome), so they need no watch.
+	ctx := context.Background()
+	if req.Type == "restart" {
+		var stop func()
+		ctx, stop = watchHangup(uc)
+		defer stop()
+	}
+	if err := s.b.controlDo(ctx, req); err != nil {
+		if ctx.Err() != nil {
+			s.log.Info("control: client went away before the answer", append(attrs, "type", req.Type, "err", err)...)
+		}
 		return appendSockMsg(dst, &sockMsg{Type: "error", Code: controlErrorCode(err), Error: err.Error()})
 	}
 	return appendSockMsg(dst, &sockMsg{Type: "ok"})
+}
+
+// watchHangup returns a context cancelled once the peer of uc hangs up
+// (POLLRDHUP: it closed or shut down its end) or the connection fails,
+// while a request is being handled. stop ends the watch, and must be
+// called before uc is read again: the watch holds uc's read side.
+// Nothing is read: a request the client sent meanwhile stays queued.
+func watchHangup(uc *net.UnixConn) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx, cancel
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Read calls the function first, then each time the netpoller
+		// finds uc readable (the runtime's epoll registration includes
+		// EPOLLRDHUP), until it returns true or the deadline stop sets
+		// passes.
+		_ = raw.Read(func(fd uintptr) bool {
+			for {
+				pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+				n, err := unix.Poll(pfd, 0)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil || (n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0) {
+					cancel()
+					return true
+				}
+				return false
+			}
+		})
+	}()
+	return ctx, func() {
+		// A past deadline ends the Read (serveConn sets the next one).
+		_ = uc.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		cancel()
+	}
 }
 
 // shutdown closes the listener (unlinking the socket file if it is still

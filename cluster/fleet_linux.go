@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -145,10 +146,47 @@ func newFleet(fc *FileConfig, opts *FleetOptions) (_ *fleet, err error) {
 		}
 		base += g.cfg.Size()
 	}
+	if err := f.checkBoundOnce(); err != nil {
+		return nil, err
+	}
 	// Only the fleet notifies systemd: newGroup cleared its masters' copy,
 	// which would send READY=1 once per group.
 	f.sdNotify = os.Getenv(envNotifySocket)
 	return f, nil
+}
+
+// checkBoundOnce refuses two listen entries of this machine bound to one
+// address. validateFileConfig compares the entries as written, so
+// "127.0.0.1:P" and "localhost:P", or "[::1]:P" and "[0::1]:P", pass it;
+// in reuseport mode (SO_REUSEPORT on both sockets) the kernel then lets
+// both bind and splits the address's connections between them. The
+// listeners' own addresses, as the kernel bound them, tell.
+func (f *fleet) checkBoundOnce() error {
+	type key struct{ network, addr string }
+	seen := make(map[key]string)
+	for _, g := range f.groups {
+		if g.m == nil {
+			continue
+		}
+		for i, l := range g.m.listeners {
+			switch l.addr.(type) {
+			case *net.TCPAddr, *net.UDPAddr:
+			default:
+				// A unix path is refused by sockfile while live.
+				continue
+			}
+			k := key{l.addr.Network(), l.addr.String()}
+			entry := fmt.Sprintf("group %q", g.cfg.Name)
+			if i < len(g.cfg.Listen) {
+				entry += fmt.Sprintf(" (listen %q)", g.cfg.Listen[i])
+			}
+			if prev, ok := seen[k]; ok {
+				return fmt.Errorf("%w: %s binds %s://%s, as %s does: one address bound twice would split its connections between them", ErrConfig, entry, k.network, k.addr, prev)
+			}
+			seen[k] = entry
+		}
+	}
+	return nil
 }
 
 // newGroup creates g's master (binding its listeners) and its remote
@@ -439,41 +477,78 @@ func (f *fleet) each(name string, fn func(*fleetGroup) error) error {
 	return errors.Join(errs...)
 }
 
-func (f *fleet) restart(name string) error {
+func (f *fleet) restart(name string) error { return f.restartCtx(context.Background(), name) }
+
+// restartCtx restarts the named group, or every running one for "". The
+// local groups' restarts start first (a master's returns at once); then
+// every remote host of every group is asked at once and waited for in
+// parallel: an agent slow to acknowledge (each wait may last the group's
+// shutdown timeout + 10 s) must not hold back the other hosts or groups.
+// ctx done ends those waits (the control client that asked went away);
+// the agents still restart.
+func (f *fleet) restartCtx(ctx context.Context, name string) error {
+	var groups []*fleetGroup
 	if name == "" {
-		running := 0
 		for _, g := range f.groups {
+			// Every group means every running one: a suspended group has
+			// nothing to restart, which is no failure.
 			if !f.isSuspended(g) {
-				running++
+				groups = append(groups, g)
 			}
 		}
-		if running == 0 {
+		if len(groups) == 0 {
 			return fmt.Errorf("cluster: restart: %w (every group)", ErrSuspended)
 		}
+	} else {
+		g, err := f.group(name)
+		if err != nil {
+			return err
+		}
+		// Checked here, not left to the parts: a group of remote hosts
+		// only has no master to refuse, and a host that is down would
+		// let the restart pass for done.
+		if f.isSuspended(g) {
+			return fmt.Errorf("cluster: restart: %w", ErrSuspended)
+		}
+		groups = []*fleetGroup{g}
 	}
-	return f.each(name, func(g *fleetGroup) error {
-		if name == "" && f.isSuspended(g) {
-			// Nothing runs to be restarted; every group means every
-			// running one, not a failure because one is suspended.
-			return nil
-		}
-		var errs []error
+	// errs[i] holds group i's local error first, then one per host, in
+	// file order whatever order the hosts answer in.
+	errs := make([][]error, len(groups))
+	for i, g := range groups {
+		errs[i] = make([]error, 1+len(g.remotes))
 		if g.m != nil {
-			errs = append(errs, g.m.restart())
+			errs[i][0] = g.m.restart()
 		}
-		for _, r := range g.remotes {
-			err := r.restart()
-			if errors.Is(err, ErrRemoteDown) {
-				// No session, no worker to restart there: the host's next
-				// session starts new workers anyway. Failing would report
-				// the local groups' restart, which went ahead, as failed.
-				f.log.Warn("restart: remote host not connected; its next session starts new workers", "group", g.cfg.Name, "host", r.host, "err", err)
-				continue
-			}
-			errs = append(errs, err)
+	}
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		for k, r := range g.remotes {
+			wg.Go(func() {
+				err := r.restartCtx(ctx)
+				if errors.Is(err, ErrRemoteDown) {
+					// No session, no worker to restart there: the host's
+					// next session starts new workers anyway. Failing
+					// would report the local groups' restart, which went
+					// ahead, as failed.
+					f.log.Warn("restart: remote host not connected; its next session starts new workers", "group", g.cfg.Name, "host", r.host, "err", err)
+					return
+				}
+				errs[i][1+k] = err
+			})
 		}
-		return errors.Join(errs...)
-	})
+	}
+	wg.Wait()
+	if name != "" {
+		return errors.Join(errs[0]...)
+	}
+	var all []error
+	for i, g := range groups {
+		if err := errors.Join(errs[i]...); err != nil {
+			all = append(all, fmt.Errorf("group %q: %w", g.cfg.Name, err))
+		}
+	}
+	return errors.Join(all...)
 }
 
 func (f *fleet) stop() error {
@@ -618,11 +693,12 @@ func (f *fleet) scaleLocked(g *fleetGroup, n int) error {
 	return nil
 }
 
-// controlDo carries out a control request for the fleet.
-func (f *fleet) controlDo(req *sockMsg) error {
+// controlDo carries out a control request for the fleet; ctx is done when
+// the client that asked went away.
+func (f *fleet) controlDo(ctx context.Context, req *sockMsg) error {
 	switch req.Type {
 	case "restart":
-		return f.restart(req.Group)
+		return f.restartCtx(ctx, req.Group)
 	case "stop":
 		if req.Group != "" {
 			return fmt.Errorf("%w: stop stops every group; suspend %q stops one", ErrControlInvalid, req.Group)
@@ -731,7 +807,15 @@ func (f *fleet) controlStatus() *ControlStatus {
 			out.Workers += cg.Workers
 			out.ReadyWorkers += st.ReadyWorkers
 		}
+		remoteOnly := g.m == nil
 		for _, r := range g.remotes {
+			if remoteOnly {
+				// No local workers to describe: the hosts' agents' word,
+				// as one group's.
+				gen, restarting := r.generation()
+				cg.Generation = max(cg.Generation, gen)
+				cg.Restarting = cg.Restarting || restarting
+			}
 			rs := r.status()
 			// The agent's report is the remote host's word: a host runs
 			// its configured workers, so slots beyond them (or more of

@@ -51,6 +51,12 @@ const (
 	// the state the master remembers.
 	remoteSyncTries = 5
 	remoteSyncPause = 200 * time.Millisecond
+	// remoteMinReconnect is the least wait between two sessions of a
+	// host, whatever the group's backoff says: a backoff of milliseconds
+	// suits local workers, whose restarts the burst limit throttles, but a
+	// host that refuses at once would then have ssh spawned hundreds of
+	// times a second (TESTPLAN invariant 5: at least 1 s between spawns).
+	remoteMinReconnect = time.Second
 )
 
 // remoteGroup runs the workers of one group on one remote host: an agent
@@ -95,7 +101,11 @@ type remoteGroup struct {
 	sess      *remoteSession // nil between sessions
 	st        ControlRemote
 	dropped   int64 // the agent's dropped log records, last reported
-	sshPID    int   // the current session's ssh client, 0 between sessions
+	// gen and restarting are the agent's generation and restart state,
+	// as last reported (gen outlives the session, restarting does not).
+	gen        int
+	restarting bool
+	sshPID     int // the current session's ssh client, 0 between sessions
 
 	// badLog paces the warnings about log records the master refused
 	// (one a second): a worker may log such records in a loop.
@@ -195,8 +205,26 @@ func (r *remoteGroup) status() ControlRemote {
 	return st
 }
 
+// generation returns the agent's generation and whether it is restarting,
+// as last reported (0, false before any report).
+func (r *remoteGroup) generation() (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen, r.restarting
+}
+
 // restart asks the agent for a graceful restart of the host's workers.
-func (r *remoteGroup) restart() error { return r.command(&agentMsg{Type: "restart"}) }
+func (r *remoteGroup) restart() error { return r.restartCtx(context.Background()) }
+
+// restartCtx is restart, its wait for the agent's ack ended early when
+// ctx is done (the control client that asked went away): the agent may
+// still restart, and nothing the master remembers depends on it.
+func (r *remoteGroup) restartCtx(ctx context.Context) error {
+	r.mu.Lock()
+	s := r.sess
+	r.mu.Unlock()
+	return r.commandOn(ctx, s, &agentMsg{Type: "restart"})
+}
 
 // kill ends the host's session at once, its agent told to SIGKILL its
 // workers' process groups (the fleet's second stop signal). Idempotent.
@@ -256,7 +284,7 @@ func rememberAndForward[T any](r *remoteGroup, field *T, v T, msg *agentMsg) err
 	if s == nil || s.stale.Load() {
 		return nil
 	}
-	if err := r.commandOn(s, msg); err != nil && !errors.Is(err, ErrRemoteDown) {
+	if err := r.commandOn(context.Background(), s, msg); err != nil && !errors.Is(err, ErrRemoteDown) {
 		r.mu.Lock()
 		*field = prev
 		r.mu.Unlock()
@@ -288,7 +316,7 @@ func (r *remoteGroup) syncSession(s *remoteSession) {
 				r.setMu.Unlock()
 				return true
 			}
-			err := r.commandOn(s, m)
+			err := r.commandOn(context.Background(), s, m)
 			r.setMu.Unlock()
 			var refused *AgentError
 			switch {
@@ -333,21 +361,14 @@ func (r *remoteGroup) syncSession(s *remoteSession) {
 	})
 }
 
-// command sends msg to the current session, numbered, and waits for its
-// ack.
-func (r *remoteGroup) command(msg *agentMsg) error {
-	r.mu.Lock()
-	s := r.sess
-	r.mu.Unlock()
-	return r.commandOn(s, msg)
-}
-
 // commandOn sends msg to session s (nil: none), numbered, and waits for
 // its ack. A successful suspend, resume or max_running_time is recorded
 // as the agent's state; one left without an answer ends the session (the
 // agent may still apply it, and its late ack finds nobody waiting: the
-// master could no longer tell what the host runs).
-func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
+// master could no longer tell what the host runs). ctx done ends the wait
+// too; only restart passes one that can be (a state change must learn
+// its outcome, or end the session as above).
+func (r *remoteGroup) commandOn(ctx context.Context, s *remoteSession, msg *agentMsg) error {
 	typ := msg.Type
 	if s == nil {
 		return fmt.Errorf("%w: %s (group %s)", ErrRemoteDown, r.host, r.g.Name)
@@ -382,6 +403,8 @@ func (r *remoteGroup) commandOn(s *remoteSession, msg *agentMsg) error {
 		return err
 	case <-s.done:
 		return fmt.Errorf("%w: %s: session ended before the agent answered %s", ErrRemoteDown, r.host, typ)
+	case <-ctx.Done():
+		return fmt.Errorf("cluster: %s: no longer waiting for the agent to answer %s: %w", r.host, typ, ctx.Err())
 	case <-timer.C:
 		switch typ {
 		case "suspend", "resume", "max_running_time":
@@ -419,9 +442,11 @@ func (r *remoteGroup) shutdownTimeout() time.Duration {
 // cause. On return the agent has been asked to stop its workers and ssh
 // has exited.
 func (r *remoteGroup) run(ctx context.Context) {
-	// The group's backoff, with supervise's defaults, paces reconnects too.
+	// The group's backoff, with supervise's defaults, paces reconnects
+	// too, never faster than remoteMinReconnect: the burst limit, which
+	// throttles local respawns, does not apply to sessions.
 	b := r.g.Backoff.WithDefaults()
-	minDelay, maxDelay, jitter := b.Min, b.Max, b.Jitter
+	minDelay, maxDelay, jitter := max(b.Min, remoteMinReconnect), max(b.Max, remoteMinReconnect), b.Jitter
 	delay := minDelay
 	for ctx.Err() == nil {
 		began := time.Now()
@@ -717,6 +742,7 @@ loop:
 	r.sshPID = 0
 	r.st.Connected, r.st.AgentPID = false, 0
 	r.st.Slots, r.st.ReadyWorkers = nil, 0
+	r.restarting = false
 	r.mu.Unlock()
 	if ctx.Err() != nil && why == nil {
 		r.log.Info("agent session closed")
@@ -841,12 +867,18 @@ func (r *remoteGroup) ended(err error) error {
 func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<- struct{}) framesEnd {
 	rd := ipcframe.NewReader(stdout, &ipcframe.ReaderOptions{MaxFrame: maxAgentFrame})
 	var (
-		p      fastjson.Parser
-		buf    []byte
-		msg    agentMsg
-		result error
-		exited bool
+		p       fastjson.Parser
+		buf     []byte
+		msg     agentMsg
+		result  error
+		exited  bool
+		started bool
 	)
+	// A new agent counts its dropped log records from 0: the last
+	// session's count would hide (or, being higher, mute) this one's.
+	r.mu.Lock()
+	r.dropped = 0
+	r.mu.Unlock()
 	fail := func(err error) {
 		if result == nil {
 			result = err
@@ -884,6 +916,15 @@ func (r *remoteGroup) readFrames(stdout io.Reader, s *remoteSession, alive chan<
 		}
 		switch msg.Type {
 		case "started":
+			if started {
+				// One per session: each would start a syncSession, and an
+				// agent repeating it (buggy or hostile) could pile up
+				// goroutines without bound.
+				fail(fmt.Errorf("%w: a second \"started\" frame from the agent", ErrAgentProtocol))
+				r.log.Error("bad frame from the agent; ending the session", "err", result)
+				return framesEnd{result, false}
+			}
+			started = true
 			r.mu.Lock()
 			r.sess = s
 			r.st.Connected, r.st.AgentPID, r.st.LastError = true, msg.PID, ""
@@ -967,6 +1008,7 @@ func (r *remoteGroup) onStatus(msg *agentMsg) {
 	r.mu.Lock()
 	r.st.Slots, r.st.ReadyWorkers = st.Slots, st.ReadyWorkers
 	r.st.AgentPID = st.PID
+	r.gen, r.restarting = st.Generation, st.Restarting
 	prev := r.dropped
 	r.dropped = msg.Dropped
 	r.mu.Unlock()
