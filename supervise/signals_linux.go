@@ -5,6 +5,8 @@ package supervise
 import (
 	"os"
 	"os/signal"
+	"runtime"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -87,4 +89,16 @@ func (s *Supervisor) signalStop(again bool) bool {
 		return s.Kill() == nil
 	}
 	return s.Stop() == nil
+}
+
+// sigStop is SIGSTOP, refused as a stop signal (see Options.fill).
+const sigStop = unix.SIGSTOP
+
+// maxSignal is the largest signal number Linux accepts (SIGRTMAX, _NSIG-1):
+// 127 on MIPS, 64 elsewhere.
+func maxSignal() syscall.Signal {
+	if strings.HasPrefix(runtime.GOARCH, "mips") {
+		return 127
+	}
+	return 64
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -571,7 +570,7 @@ func (o *Options) fill() error {
 	// stop would silently wait for the SIGKILL at the end of StopTimeout.
 	// So would SIGSTOP, which no process can catch and the SIGCONT sent
 	// after the stop signal undoes.
-	if sig < 1 || sig > maxSignal() || sig == syscall.SIGSTOP {
+	if sig < 1 || sig > maxSignal() || sig == sigStop {
 		return fmt.Errorf("%w: StopSignal %d (want a signal from 1 to %d other than SIGSTOP)", ErrInvalid, int(sig), int(maxSignal()))
 	}
 	if o.StopTimeout <= 0 {
@@ -599,15 +598,6 @@ func (o *Options) fill() error {
 		o.Logger = slog.Default()
 	}
 	return nil
-}
-
-// maxSignal is the largest signal number Linux accepts (SIGRTMAX, _NSIG-1):
-// 127 on MIPS, 64 elsewhere.
-func maxSignal() syscall.Signal {
-	if strings.HasPrefix(runtime.GOARCH, "mips") {
-		return 127
-	}
-	return 64
 }
 
 // Events returns the event stream. It is closed after the Stopped event,
