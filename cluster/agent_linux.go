@@ -78,9 +78,11 @@ func RunAgent(ctx context.Context, in io.Reader, out io.Writer) error {
 	// ssh session is gone, a write to descriptor 1 would otherwise kill
 	// the process at once (Go's rule for fds 1 and 2), before the
 	// workers were stopped. Notify, unlike Ignore, does not pass SIG_IGN
-	// on to the workers.
+	// on to the workers. SIGQUIT stops like SIGTERM, as for a master
+	// (stopSignals), rather than the runtime's goroutine dump and exit 2,
+	// which left the workers to die without a drain.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE)
+	signal.Notify(sigs, unix.SIGHUP, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGPIPE)
 	defer signal.Stop(sigs)
 
 	a := &agent{

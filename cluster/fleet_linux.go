@@ -843,15 +843,19 @@ func (f *fleet) handleSignals() (func(), error) {
 	stopCh := make(chan os.Signal, 4)
 	signal.Notify(stopCh, stopSignals...)
 	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU, unix.SIGPIPE)
+	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU)
+	// A channel of its own, as a master's: the SIGPIPEs of writes to
+	// readers gone must not push a SIGHUP or SIGTTIN out of ch.
+	pipeCh := make(chan os.Signal, 1)
+	signal.Notify(pipeCh, unix.SIGPIPE)
 	done := make(chan struct{})
 	// Restarts run in their own goroutine: a remote agent slow to
 	// acknowledge must not delay a stop signal behind it. Requests made
 	// while one runs coalesce into one more, as a master's do.
 	restarts := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	for _, c := range []chan os.Signal{stopCh, ch} {
+	wg.Add(4)
+	for _, c := range []chan os.Signal{stopCh, ch, pipeCh} {
 		go func() {
 			defer wg.Done()
 			for {
@@ -880,6 +884,7 @@ func (f *fleet) handleSignals() (func(), error) {
 	return func() {
 		signal.Stop(stopCh)
 		signal.Stop(ch)
+		signal.Stop(pipeCh)
 		close(done)
 		wg.Wait()
 	}, nil

@@ -126,6 +126,13 @@ type Config struct {
 	// called from the master's goroutines, supervision and stopping
 	// included: its writer should not block for long either.
 	Logger *slog.Logger
+	// FlushOutput, if not nil, is called right before an in-place
+	// upgrade's execve (SIGUSR2), after its last record, for writers
+	// that queue their output (Stdout, Stderr, Logger's): the execve
+	// discards what they hold. It should write out what they queued for
+	// at most d (500 ms), and return how many lines it could not; the new
+	// image logs that count (a warning "output dropped").
+	FlushOutput func(d time.Duration) (left uint64)
 	// Heartbeat, if positive, is the interval at which workers must show
 	// they are alive once ready: a control message (Go workers using this
 	// package send one every Heartbeat) or WATCHDOG=1 on NOTIFY_SOCKET. A

@@ -41,7 +41,7 @@ var strippedEnv = []string{envListenPID, envListenFDs, envListenFDNames, envNoti
 	// A master that is itself a worker of another (nested), or took over
 	// from an older image, must not pass its own descriptors' numbers on.
 	envControlFD, envConnFD, envConnVersion, envMode, envControlListen, envUpgradeState,
-	envWorkerID, envWorkerGeneration, envWorkers, envUpgradeProbe,
+	envWorkerID, envWorkerGeneration, envWorkers, envUpgradeProbe, envUpgradeUnwritten,
 	// The shim's, set per spawn (prepareExecStatus); a stale one must
 	// not reach the program if that step ever changes.
 	envExecStatusFD,
@@ -537,8 +537,12 @@ func (m *master) restart() error {
 func (m *master) stop() error {
 	if m.up != nil {
 		// Not between an upgrade's last check and its execve (see
-		// upgrade.gate).
-		m.up.gate.Lock()
+		// upgrade.gate). Said first: if the exec succeeds, this stop is
+		// lost with the old image, and the record is all that is left.
+		if !m.up.gate.TryLock() {
+			m.log.Warn("stop: waiting for the in-place upgrade's execve; lost if it succeeds (stop again)")
+			m.up.gate.Lock()
+		}
 		defer m.up.gate.Unlock()
 	}
 	m.stopReq.request()
@@ -625,12 +629,18 @@ func (m *master) handleSignals() (func(), error) {
 	// with it (parent-death signal), without a drain. Not signal.Ignore:
 	// SIG_IGN survives execve(2) and every worker would start with
 	// SIGPIPE ignored; a caught signal is reset to its default there.
-	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU, unix.SIGPIPE)
+	// Its own channel, of one: every write to a pipe or socket without
+	// a reader raises one (a control reply to a client that hung up),
+	// and in ch they would push out a SIGHUP or SIGTTIN queued while
+	// the goroutine waits for a restart.
+	pipeCh := make(chan os.Signal, 1)
+	signal.Notify(ch, unix.SIGHUP, unix.SIGUSR1, unix.SIGTTIN, unix.SIGTTOU)
+	signal.Notify(pipeCh, unix.SIGPIPE)
 	// SIGUSR2: in-place upgrade (upgrade_linux.go).
 	stopUpgrade := m.handleUpgradeSignal()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, c := range []chan os.Signal{stopCh, ch} {
+	for _, c := range []chan os.Signal{stopCh, ch, pipeCh} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -648,6 +658,7 @@ func (m *master) handleSignals() (func(), error) {
 		stopUpgrade()
 		signal.Stop(stopCh)
 		signal.Stop(ch)
+		signal.Stop(pipeCh)
 		close(done)
 		wg.Wait()
 	}, nil
@@ -752,11 +763,11 @@ func (m *master) onEvent(s *supervise.Supervisor, ev supervise.Event) {
 		if ev.Signal != 0 {
 			attrs = append(attrs, "signal", ev.Signal.String())
 		}
-		if errno, status := m.nstate.forget(ev.PID, ev.ID); errno != 0 || status != "" {
+		if errno, status, pending := m.nstate.forget(ev.PID, ev.ID); errno != 0 || pending {
 			if errno != 0 {
 				attrs = append(attrs, "errno", errno, "errno_text", unix.Errno(errno).Error())
 			}
-			if status != "" {
+			if pending {
 				attrs = append(attrs, "last_status", status)
 			}
 		}

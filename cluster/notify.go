@@ -630,14 +630,16 @@ func (s *notifyState) firstExtend(pid int, id supervise.ID) bool {
 }
 
 // forget drops exited worker id (pid) and returns its last ERRNO= (0:
-// none) and a STATUS= not logged yet ("" if none). A phase that belongs to
-// a newer worker with the same pid is kept. The worker's tombstone makes a
-// late message of its create no phase.
-func (s *notifyState) forget(pid int, id supervise.ID) (errno int, unlogged string) {
+// none) and a STATUS= not logged yet, pending true if there is one: an
+// empty STATUS= (a clear) held back by the rate limit is one too, and
+// the log's last status must not stay the stale one it replaced. A phase
+// that belongs to a newer worker with the same pid is kept. The worker's
+// tombstone makes a late message of its create no phase.
+func (s *notifyState) forget(pid int, id supervise.ID) (errno int, unlogged string, pending bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return 0, ""
+		return 0, "", false
 	}
 	now := time.Now()
 	if len(s.gone) >= 64 {
@@ -653,14 +655,14 @@ func (s *notifyState) forget(pid int, id supervise.ID) (errno int, unlogged stri
 	s.gone[pid] = tombstone{id, now}
 	w := s.workers[pid]
 	if w == nil || w.id != id {
-		return 0, ""
+		return 0, "", false
 	}
 	delete(s.workers, pid)
 	w.stopTimers()
 	if w.status != w.logged {
-		unlogged = w.status
+		unlogged, pending = w.status, true
 	}
-	return w.errno, unlogged
+	return w.errno, unlogged, pending
 }
 
 // close stops every pending status timer; nothing is logged after it.

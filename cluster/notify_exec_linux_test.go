@@ -171,9 +171,9 @@ func TestStatusRateLimit(t *testing.T) {
 	}
 	s.status(log, 10, id10, "final", "pid", 10)
 	s.setErrno(10, id10, int(unix.EADDRINUSE))
-	errno, unlogged := s.forget(10, id10)
-	if errno != int(unix.EADDRINUSE) || unlogged != "final" {
-		t.Errorf("forget = %d, %q; want %d, %q", errno, unlogged, unix.EADDRINUSE, "final")
+	errno, unlogged, pending := s.forget(10, id10)
+	if errno != int(unix.EADDRINUSE) || unlogged != "final" || !pending {
+		t.Errorf("forget = %d, %q, %v; want %d, %q, true", errno, unlogged, pending, unix.EADDRINUSE, "final")
 	}
 	time.Sleep(1200 * time.Millisecond)
 	if strings.Contains(buf.String(), "status=final") {

@@ -226,7 +226,7 @@ func TestNotifyRecordIdentity(t *testing.T) {
 			var got res
 			got.Status = s.lastStatus(10, id2)
 			got.FirstExt = s.firstExtend(10, id2)
-			got.Errno, got.Unlogged = s.forget(10, id2)
+			got.Errno, got.Unlogged, _ = s.forget(10, id2)
 			s.forget(10, id1)
 			s.mu.Lock()
 			got.EntriesEnd = len(s.workers)
@@ -241,7 +241,7 @@ func TestNotifyRecordIdentity(t *testing.T) {
 	defer s.close()
 	s.setErrno(10, id2, 98)
 	s.status(log, 10, id2, "mine")
-	if errno := func() int { e, _ := s.forget(10, id2); return e }(); errno != 98 {
+	if errno := func() int { e, _, _ := s.forget(10, id2); return e }(); errno != 98 {
 		t.Errorf("forget: errno %d, want 98", errno)
 	}
 }

@@ -88,6 +88,15 @@ type oldOutput struct {
 // its output otherwise (cmd/mini-cluster/output.go).
 var ignoredAcrossExec = []unix.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTTIN, unix.SIGTTOU}
 
+// envUpgradeUnwritten carries to the new image the lines of output the
+// old one had queued and could not write before its execve
+// (Config.FlushOutput), for the new image to log.
+const envUpgradeUnwritten = "HANDOFF_UPGRADE_UNWRITTEN"
+
+// upgradeFlushWait bounds how long an upgrade's execve waits for queued
+// output (Config.FlushOutput): a stalled reader must not hold it.
+const upgradeFlushWait = 500 * time.Millisecond
+
 // errUpgradeBusy is logged for a SIGUSR2 during an upgrade.
 var errUpgradeBusy = errors.New("cluster: upgrade already in progress")
 
@@ -103,6 +112,12 @@ func (m *master) inheritUpgrade() {
 	up := &upgrade{argv: append([]string(nil), os.Args...), inherited: map[string]*os.File{}}
 	m.up = up
 	up.exe, up.argv = startBinary(up.argv)
+	if v, ok := os.LookupEnv(envUpgradeUnwritten); ok {
+		os.Unsetenv(envUpgradeUnwritten)
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n > 0 {
+			m.log.Warn("output dropped: the previous image could not write it before its execve (its reader did not keep up)", "lines", n)
+		}
+	}
 	raw, ok := os.LookupEnv(envUpgradeState)
 	if !ok {
 		return
@@ -790,6 +805,31 @@ func (m *master) upgradeNow() error {
 			if err != nil {
 				return nil, nil, err
 			}
+			if m.stopRequested() || m.stopping.Load() {
+				return nil, nil, fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
+			}
+			// The count is the one in force: a scale waits for the
+			// exec's outcome (grp.mu).
+			st.slotCount = int(m.workers.Load())
+			blob, err := st.encode()
+			if err != nil {
+				return nil, nil, err
+			}
+			// The last records, and the outputs flushed, before the
+			// gate: a log write can wait for a stalled reader
+			// (Config.Logger), and a stop must not wait behind it
+			// for the gate, to be lost by the exec.
+			if st.handoffDropped > 0 {
+				m.log.Warn("upgrade: handoff dispatch state of some old workers left out; the new image retires those at once", "workers", st.handoffDropped, "err", st.handoffWhy)
+			}
+			m.log.Info("upgrade: executing the new image", "binary", exe, "workers", len(st.workers), "listeners", len(st.listeners), "state_bytes", len(blob))
+			// The execve discards what the outputs queued: they get
+			// a bounded time to write it, and the new image logs
+			// what they could not (inheritUpgrade).
+			var unwritten uint64
+			if m.cfg.FlushOutput != nil {
+				unwritten = m.cfg.FlushOutput(upgradeFlushWait)
+			}
 			// The last step: a stop (signal, control socket, Stop) from
 			// now on waits for the exec's outcome instead of being lost
 			// by it; one already accepted gives the upgrade up.
@@ -798,17 +838,12 @@ func (m *master) upgradeNow() error {
 			if m.stopRequested() || m.stopping.Load() {
 				return nil, nil, fmt.Errorf("cluster: upgrade: %w", supervise.ErrStopping)
 			}
-			st.slotCount = int(m.workers.Load())
-			blob, err := st.encode()
-			if err != nil {
-				return nil, nil, err
-			}
-			if st.handoffDropped > 0 {
-				m.log.Warn("upgrade: handoff dispatch state of some old workers left out; the new image retires those at once", "workers", st.handoffDropped, "err", st.handoffWhy)
-			}
 			env := upgradeEnv(os.Environ(), blob)
 			if controlFD >= 0 {
 				env = append(env, m.controlExecEnv(controlFD))
+			}
+			if unwritten > 0 {
+				env = append(env, envUpgradeUnwritten+"="+strconv.FormatUint(unwritten, 10))
 			}
 			// Until the new image installed its handlers these are
 			// dropped, a SIGUSR2 like any during an upgrade. Not
@@ -819,7 +854,6 @@ func (m *master) upgradeNow() error {
 			if unignore, err = ignoreForExec(ignoredAcrossExec); err != nil {
 				return nil, nil, fmt.Errorf("cluster: upgrade: %w", err)
 			}
-			m.log.Info("upgrade: executing the new image", "binary", exe, "workers", len(st.workers), "listeners", len(st.listeners), "state_bytes", len(blob))
 			return env, files, nil
 		},
 	}
@@ -1117,7 +1151,7 @@ func stripUpgradeEnv(env []string) []string {
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case envListenPID, envListenFDs, envListenFDNames, envUpgradeState, envControlListen, envUpgradeProbe:
+		case envListenPID, envListenFDs, envListenFDNames, envUpgradeState, envControlListen, envUpgradeProbe, envUpgradeUnwritten:
 			continue
 		}
 		out = append(out, kv)

@@ -269,6 +269,16 @@ func parseStart(args []string, stdout, stderr io.Writer) (*start, error) {
 	if *logFormat == "text" {
 		cfg.Stdout, cfg.Stderr = stdout, stderr
 	}
+	// An in-place upgrade's execve discards what the outputs queued.
+	var outs []*output
+	for _, w := range []io.Writer{stdout, stderr} {
+		if o, ok := w.(*output); ok {
+			outs = append(outs, o)
+		}
+	}
+	if len(outs) > 0 {
+		cfg.FlushOutput = func(d time.Duration) uint64 { return flushOutputs(d, outs...) }
+	}
 	return &start{cfg: cfg}, nil
 }
 

@@ -27,7 +27,9 @@ import (
 // dropped") once the stream takes writes again. A stream whose reader went
 // away (EPIPE) is gone: everything written to it later is discarded, with
 // one warning on stderr when it is stdout. At exit the queues get
-// outputFlush to drain. systemd as PID 1 logs alike: its log socket has a
+// outputFlush to drain; before an in-place upgrade's execve, which
+// discards them, they get the time the master gives (flushOutputs), and
+// the new image logs how many lines were lost. systemd as PID 1 logs alike: its log socket has a
 // 10 ms send timeout (log.c, create_log_socket), and a message that cannot
 // go out within it is lost rather than hang the service manager.
 
@@ -69,6 +71,10 @@ type output struct {
 	closed   bool
 	// dropped counts the lines dropped since the last report.
 	dropped uint64
+	// writing counts the lines of the batch being written not written
+	// yet: they are not in queue any more, and an execve would lose
+	// them too (flushOutputs).
+	writing uint64
 	// format is the log format of the reports (-log-format).
 	format string
 
@@ -177,11 +183,17 @@ func (o *output) loop() {
 		}
 		batch, n := o.queue, o.queued
 		o.queue, o.queued = nil, 0
+		for _, b := range batch {
+			o.writing += lines(b)
+		}
 		o.mu.Unlock()
 		var failed uint64
 		wrote, gone := false, false
 		for _, b := range batch {
 			err := writeAll(o.w, b)
+			o.mu.Lock()
+			o.writing -= lines(b)
+			o.mu.Unlock()
 			if errors.Is(err, unix.EPIPE) {
 				gone = true
 				break
@@ -194,6 +206,7 @@ func (o *output) loop() {
 		}
 		o.mu.Lock()
 		o.done += uint64(n)
+		o.writing = 0
 		newlyGone := gone && !o.gone
 		if gone {
 			o.gone = true
@@ -254,6 +267,40 @@ func closeOutputs(d time.Duration, outs ...*output) {
 			return
 		}
 	}
+}
+
+// flushOutputs lets the outputs write what they queued for at most d in
+// all, one after the other, and returns the lines still unwritten: queued,
+// being written, or dropped and not reported yet. An in-place upgrade
+// calls it (cluster.Config.FlushOutput) right before its execve, which
+// discards all of those, and the new image logs the count. A stream gone
+// (EPIPE) has nothing unwritten: it discards its output by design.
+func flushOutputs(d time.Duration, outs ...*output) (left uint64) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	expired := false
+	for _, o := range outs {
+		o.mu.Lock()
+		target := o.enq
+		for !expired && !o.gone && o.done < target {
+			progress := o.progress
+			o.mu.Unlock()
+			select {
+			case <-progress:
+			case <-timer.C:
+				expired = true
+			}
+			o.mu.Lock()
+		}
+		if !o.gone {
+			for _, b := range o.queue {
+				left += lines(b)
+			}
+			left += o.writing + o.dropped
+		}
+		o.mu.Unlock()
+	}
+	return left
 }
 
 // lines counts the lines of p, a partial one included.
