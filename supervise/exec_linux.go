@@ -466,7 +466,8 @@ func (p *PIDFile) LockFile() (*os.File, error) {
 // CreatePIDFile) is rewritten to name the pid file kept, or none, so a
 // lock inherited from an earlier release, which kept no record, is
 // protected from then on. On success the PIDFile owns lock; on error lock
-// is left open for the caller to close.
+// is left open for the caller to close, with every byte this call could
+// have locked unlocked (a duplicate of it may stay open).
 //
 // When lock already held the lock (it came through the exec), a path that
 // CreatePIDFile would refuse for its directories is no error: the file
@@ -475,7 +476,7 @@ func (p *PIDFile) LockFile() (*os.File, error) {
 // path an older release, or the administrator, chose. The refusal is
 // returned by the PIDFile's Warning instead. A lock that was free is
 // taken only where CreatePIDFile would take it.
-func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
+func AdoptPIDFile(path string, lock *os.File) (_ *PIDFile, err error) {
 	if lock == nil {
 		return nil, fmt.Errorf("%w: nil lock file", ErrInvalid)
 	}
@@ -507,9 +508,17 @@ func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 		}
 		return nil, err
 	}
-	// The caller's close would not release ownerByte while a duplicate
-	// of lock stays open: give it up on a refusal.
-	unlockOwner := func() { _, _ = ofdLock(lock, unix.F_OFD_SETLK, unix.F_UNLCK, ownerByte) }
+	// The caller's close would not release the locks while a duplicate
+	// of lock stays open (the caller then takes the lock anew with
+	// CreatePIDFile, which our ownerByte or recordByte would fail): give
+	// up every byte on any error from here on.
+	defer func() {
+		if err != nil {
+			for _, b := range []int64{liveByte, recordByte, ownerByte} {
+				_, _ = ofdLock(lock, unix.F_OFD_SETLK, unix.F_UNLCK, b)
+			}
+		}
+	}()
 	if dirErr != nil {
 		// Owners take liveByte after ownerByte and drop both at once,
 		// so now that lock holds ownerByte, liveByte is held only if
@@ -519,7 +528,6 @@ func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 			err = dirErr
 		}
 		if err != nil {
-			unlockOwner()
 			return nil, err
 		}
 	}
@@ -548,11 +556,11 @@ func AdoptPIDFile(path string, lock *os.File) (*PIDFile, error) {
 		// Another process read-locked recordByte, which a lock held by
 		// an earlier release leaves free. Stopping the service at an
 		// upgrade for it would be worse than what that release did:
-		// keep the lock without recordByte (readers trust the pid file
-		// as before) and let Write try again. A free lock is refused,
-		// as CreatePIDFile refuses it.
+		// keep the lock without recordByte and let Write try again.
+		// Readers check the record written above all the same: they
+		// check it whenever recordByte holds any lock. A free lock is
+		// refused, as CreatePIDFile refuses it.
 		if inherited, lerr := liveHeld(path+".lock", held); lerr != nil || !inherited {
-			unlockOwner()
 			if lerr != nil {
 				return nil, lerr
 			}

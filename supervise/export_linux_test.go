@@ -22,6 +22,10 @@ func SetHookBeforePost(h func(pid int)) { testHookBeforePost = h }
 // pid file and testing its lock; nil removes it. Tests only.
 func SetHookPIDFileRead(h func()) { testHookPIDFileRead = h }
 
+// SetHookPIDFileLive installs a hook run by ReadPIDFile right after it
+// found the lock's live byte held; nil removes it. Tests only.
+func SetHookPIDFileLive(h func()) { testHookPIDFileLive = h }
+
 // SetHookPIDFileOpen installs a hook run by ReadPIDFile right before it
 // opens the pid file; nil removes it. Tests only.
 func SetHookPIDFileOpen(h func()) { testHookPIDFileOpen = h }

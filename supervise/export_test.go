@@ -38,5 +38,10 @@ func ParsePID(b []byte) (int, error) { return parsePID(b) }
 
 // ParseLockRecord and AppendLockRecord expose the lock record format to
 // the tests and the fuzz target.
-func ParseLockRecord(b []byte) (pid, prev int, err error) { return parseLockRecord(b) }
-func AppendLockRecord(dst []byte, pid, prev int) []byte   { return appendLockRecord(dst, pid, prev) }
+func ParseLockRecord(b []byte, name string) (pid, prev int, err error) {
+	return parseLockRecord(b, name)
+}
+
+func AppendLockRecord(dst []byte, name string, pid, prev int) []byte {
+	return appendLockRecord(dst, name, pid, prev)
+}

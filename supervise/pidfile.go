@@ -97,22 +97,36 @@ func parsePID(b []byte) (int, error) {
 // (CreatePIDFile, AdoptPIDFile, Write) to name the pid its pid file
 // holds, and during a Write also the pid it held until the rename, so that
 // a reader accepts either while the owner is between its record and its
-// rename (a reader cannot outwait an owner descheduled there). The format:
-// recordPrefix, then the pid and the previous pid, each as 7 zero-padded
-// digits followed by a space (0: none; the pid is 0 before the first
-// Write), then the CRC-32 (IEEE) of all that as 8 lowercase hex digits,
-// and a newline. The size is fixed, so every rewrite is one pwrite of the
-// whole record at offset 0; a reader racing it can still see a mix of two
-// records (read(2) does not exclude write(2) on a regular file), which
-// the checksum refuses.
+// rename (a reader cannot outwait an owner descheduled there). It also
+// names the pid file, by a tag of its base name, so that a lock file
+// renamed in from another pid file of the same user (two root services'
+// pid files in one directory of the service user's, swapped with their
+// lock files by that directory's owner) does not vouch for the pid file
+// it is put next to. The format: recordPrefix, then the pid and the
+// previous pid, each as 7 zero-padded digits followed by a space (0: none;
+// the pid is 0 before the first Write), the tag (the CRC-32 of the base
+// name) as 8 lowercase hex digits and a space, then the CRC-32 (IEEE) of
+// all that as 8 lowercase hex digits, and a newline. The size is fixed, so
+// every rewrite is one pwrite of the whole record at offset 0; a reader
+// racing it can still see a mix of two records (read(2) does not exclude
+// write(2) on a regular file), which the checksum refuses.
 const (
 	recordPrefix = "handoff-pid-lock 1 "
-	recordSize   = len(recordPrefix) + 2*(7+1) + 8 + 1
+	recordSize   = len(recordPrefix) + 2*(7+1) + 8 + 1 + 8 + 1
 )
 
-// appendLockRecord appends the lock record naming pid and prev (each 0 to
-// maxPID) to dst.
-func appendLockRecord(dst []byte, pid, prev int) []byte {
+// appendHex appends v as 8 lowercase hex digits.
+func appendHex(dst []byte, v uint32) []byte {
+	const hex = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		dst = append(dst, hex[v>>uint(shift)&0xf])
+	}
+	return dst
+}
+
+// appendLockRecord appends the lock record of the pid file whose base
+// name is name, naming pid and prev (each 0 to maxPID), to dst.
+func appendLockRecord(dst []byte, name string, pid, prev int) []byte {
 	start := len(dst)
 	dst = append(dst, recordPrefix...)
 	for _, n := range []int{pid, prev} {
@@ -123,19 +137,16 @@ func appendLockRecord(dst []byte, pid, prev int) []byte {
 		dst = append(dst, s...)
 		dst = append(dst, ' ')
 	}
-	sum := crc32.ChecksumIEEE(dst[start:])
-	const hex = "0123456789abcdef"
-	for shift := 28; shift >= 0; shift -= 4 {
-		dst = append(dst, hex[sum>>uint(shift)&0xf])
-	}
-	return append(dst, '\n')
+	dst = append(appendHex(dst, crc32.ChecksumIEEE([]byte(name))), ' ')
+	return append(appendHex(dst, crc32.ChecksumIEEE(dst[start:])), '\n')
 }
 
-// parseLockRecord parses a whole lock record, as appendLockRecord writes
-// it, and returns its pid and previous pid (0: none). Anything else,
-// including a record torn by a concurrent rewrite, is an error matching
+// parseLockRecord parses a whole lock record of the pid file whose base
+// name is name, as appendLockRecord writes it, and returns its pid and
+// previous pid (0: none). Anything else, including a record torn by a
+// concurrent rewrite or one of another pid file, is an error matching
 // ErrBadPIDFile.
-func parseLockRecord(b []byte) (pid, prev int, err error) {
+func parseLockRecord(b []byte, name string) (pid, prev int, err error) {
 	if len(b) != recordSize || string(b[:len(recordPrefix)]) != recordPrefix {
 		return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
 	}
@@ -155,7 +166,7 @@ func parseLockRecord(b []byte) (pid, prev int, err error) {
 	// Only the exact bytes appendLockRecord writes (the checksum, the
 	// separators): a reader needs nothing else.
 	var want [recordSize]byte
-	if string(appendLockRecord(want[:0], pids[0], pids[1])) != string(b) {
+	if string(appendLockRecord(want[:0], name, pids[0], pids[1])) != string(b) {
 		return 0, 0, fmt.Errorf("%w: lock record %q", ErrBadPIDFile, b)
 	}
 	return pids[0], pids[1], nil

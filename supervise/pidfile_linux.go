@@ -44,6 +44,10 @@ const (
 // file was read and before the lock is tested.
 var testHookPIDFileRead func()
 
+// testHookPIDFileLive, set only by tests, runs in ReadPIDFile right after
+// liveByte was found held.
+var testHookPIDFileLive func()
+
 // testHookPIDFileOpen, set only by tests, runs in ReadPIDFile right before
 // the pid file is opened: where another file may be swapped in.
 var testHookPIDFileOpen func()
@@ -79,8 +83,10 @@ var testHookPIDFileWrite func(renamed bool)
 //   - The owner keeps a lock record in the lock file naming the pid it
 //     wrote (none until Write), which ReadPIDFile checks the pid file
 //     against. An existing lock file must be empty (as earlier releases
-//     leave it) or hold such a record: other content may be another file
-//     of the caller's, moved there, and is not overwritten.
+//     leave it), hold such a record (of any pid file, or of another
+//     version), or hold recordSize NUL bytes (as a crash may leave it):
+//     other content may be another file of the caller's, moved there, and
+//     is not overwritten.
 func CreatePIDFile(path string) (*PIDFile, error) {
 	path = filepath.Clean(path)
 	dir := filepath.Dir(path)
@@ -142,20 +148,46 @@ func initRecord(lock *os.File, name string, pid int) error {
 	if err != nil && err != io.EOF {
 		return err
 	}
-	if n > 0 {
-		// Only owners write the record, holding ownerByte as we do, so
-		// it is not torn by a concurrent rewrite.
-		if _, _, err := parseLockRecord(b[:n]); err != nil {
-			return unsafePath(name, "holds %d bytes that are not a pid lock record", n)
-		}
+	if n > 0 && !ourContent(b[:n]) {
+		return unsafePath(name, "holds %d bytes that are not a pid lock record, not overwritten (if it is the pid file's lock file, remove %s while no owner runs)", n, name)
 	}
-	return setRecord(lock, pid, 0)
+	if err := setRecord(lock, strings.TrimSuffix(name, ".lock"), pid, 0); err != nil {
+		return err
+	}
+	if n > recordSize {
+		// A longer record of another version: readers parse the whole
+		// file.
+		return lock.Truncate(int64(recordSize))
+	}
+	return nil
 }
 
-// setRecord rewrites the lock record of lock to name pid and prev.
-func setRecord(lock *os.File, pid, prev int) error {
+// ourContent reports whether b, the start of a lock file, is what an owner
+// may overwrite: a lock record, of any pid file and any version (a
+// downgrade);
+// or recordSize NUL bytes, as a crash can leave a file whose size reached
+// the disk before its data (ext4 delalloc). Only owners write the record,
+// holding ownerByte as we do, so it is not torn by a concurrent rewrite.
+func ourContent(b []byte) bool {
+	if strings.HasPrefix(string(b), "handoff-pid-lock ") {
+		return true
+	}
+	if len(b) != recordSize {
+		return false
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// setRecord rewrites the lock record of lock, the lock file of the pid
+// file at path, to name pid and prev.
+func setRecord(lock *os.File, path string, pid, prev int) error {
 	var b [recordSize]byte
-	_, err := lock.WriteAt(appendLockRecord(b[:0], pid, prev), 0)
+	_, err := lock.WriteAt(appendLockRecord(b[:0], filepath.Base(path), pid, prev), 0)
 	return err
 }
 
@@ -468,7 +500,7 @@ func (p *PIDFile) Write(pid int) error {
 	// the rename, and the new one only after it: at every moment the file
 	// holds a pid the record names, however long we are descheduled.
 	if err == nil {
-		err = setRecord(p.lock, pid, p.written)
+		err = setRecord(p.lock, p.path, pid, p.written)
 	}
 	if h := testHookPIDFileWrite; h != nil && err == nil {
 		h(false)
@@ -479,16 +511,18 @@ func (p *PIDFile) Write(pid int) error {
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		_ = setRecord(p.lock, p.written, 0)
+		_ = setRecord(p.lock, p.path, p.written, 0)
 		return err
 	}
 	if h := testHookPIDFileWrite; h != nil {
 		h(true)
 	}
-	if err := setRecord(p.lock, pid, 0); err != nil {
+	// The file holds pid now, whatever comes of the record's rewrite: the
+	// next Write must name pid as the one it replaces.
+	p.written = pid
+	if err := setRecord(p.lock, p.path, pid, 0); err != nil {
 		return err
 	}
-	p.written = pid
 	if !p.record {
 		// AdoptPIDFile found recordByte read-locked by someone else.
 		if _, err := ofdLock(p.lock, unix.F_OFD_SETLK, unix.F_WRLCK, recordByte); err == nil {
@@ -535,11 +569,13 @@ func (p *PIDFile) Close() error {
 // files: put back a pid file the daemon wrote in an earlier run, which is
 // the daemon's, with one link. A pid is therefore reported live only if
 // the lock record the live owner keeps in the lock file, which only the
-// owner's user can write, names it. An owner of a release before lock
-// records keeps none (its lock file is empty, recordByte unlocked): its
-// pid file is trusted as those releases did, without that protection,
-// until the owner runs this release (a restart, or AdoptPIDFile at an
-// in-place upgrade).
+// owner's user can write, names it and the pid file (by its base name,
+// against the lock file of another pid file swapped in with it). An owner
+// of a release before lock records keeps none (its lock file is empty,
+// recordByte unlocked): its pid file is trusted as those releases did,
+// without that protection, until the owner runs this release (a restart,
+// or AdoptPIDFile at an in-place upgrade), unless someone read-locks
+// recordByte: it then reads as not live (see readPIDFileOnce).
 func ReadPIDFile(path string) (pid int, live bool, err error) {
 	if os.Geteuid() == 0 {
 		if _, _, err := safeWalk(filepath.Dir(filepath.Clean(path))); err != nil {
@@ -551,10 +587,12 @@ func ReadPIDFile(path string) (pid int, live bool, err error) {
 
 // readPIDFile is ReadPIDFile without its path walk.
 func readPIDFile(path string) (pid int, live bool, err error) {
-	// A retry is needed only when the file is replaced (Write, takeover)
-	// between our read and our check, a window of three system calls; an
-	// owner rewriting in a tight loop can hit a few in a row, 32 never in
-	// practice, and the answer after them is the safe one: not live.
+	// A retry is needed only when the file, its lock record or its owner
+	// changes (Write, takeover, a Close) between our read and our checks,
+	// a window of a few system calls, or when a record is read torn by a
+	// rewrite; an owner rewriting in a tight loop can cause a few in a
+	// row, 32 never in practice, and the answer after them is the safe
+	// one: not live.
 	for range 32 {
 		var same bool
 		pid, live, same, err = readPIDFileOnce(path)
@@ -602,16 +640,27 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 	if err != nil || !held {
 		return pid, false, false, err
 	}
-	record, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, recordByte)
+	if h := testHookPIDFileLive; h != nil {
+		h()
+	}
+	// F_WRLCK: reports a read lock on recordByte too. Anyone who can read
+	// the lock file can read-lock it, and an owner adopting a lock of an
+	// earlier release then runs without recordByte (AdoptPIDFile): we
+	// check the record whenever the byte holds any lock. An owner of an
+	// earlier release, whose lock file is empty, then reads as not live
+	// while someone read-locks the byte: a denial of service by whoever
+	// can read the lock file, never a dead pid reported live.
+	record, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_WRLCK, recordByte)
 	if err != nil {
 		return 0, false, false, err
 	}
+	var rec [recordSize + 1]byte
+	var recN int
 	if record {
 		// Read after the lock was found held: its holder wrote the
 		// record before taking recordByte, so it is not a dead
 		// owner's.
-		var b [recordSize + 1]byte
-		n, err := lock.ReadAt(b[:], 0)
+		recN, err = lock.ReadAt(rec[:], 0)
 		if err != nil && err != io.EOF {
 			return 0, false, false, err
 		}
@@ -619,8 +668,37 @@ func readPIDFileOnce(path string) (pid int, live, same bool, err error) {
 		// one replaced by Writes since we read it; a malformed record is
 		// one torn by a rewrite. Retry: the answer after the retries is
 		// not live.
-		want, prev, err := parseLockRecord(b[:n])
+		want, prev, err := parseLockRecord(rec[:recN], filepath.Base(path))
 		if err != nil || (pid != want && pid != prev) {
+			return pid, true, false, nil
+		}
+	}
+	// The owner we tested may have closed since (releasing both bytes at
+	// once) and another taken over, while the directory's owner moved the
+	// file we read aside and back around it: the bytes tested one after
+	// the other, or the record, would then describe different owners.
+	// Test again; any change is retried.
+	held, err = ofdLock(lock, unix.F_OFD_GETLK, unix.F_RDLCK, liveByte)
+	if err != nil {
+		return 0, false, false, err
+	}
+	again, err := ofdLock(lock, unix.F_OFD_GETLK, unix.F_WRLCK, recordByte)
+	if err != nil {
+		return 0, false, false, err
+	}
+	if !held || again != record {
+		return pid, true, false, nil
+	}
+	if record {
+		// A new owner writes its record before it takes recordByte, so
+		// the same record now is the same owner's (or one rewrite of
+		// it by a Write, which is retried).
+		var now [recordSize + 1]byte
+		n, err := lock.ReadAt(now[:], 0)
+		if err != nil && err != io.EOF {
+			return 0, false, false, err
+		}
+		if string(now[:n]) != string(rec[:recN]) {
 			return pid, true, false, nil
 		}
 	}

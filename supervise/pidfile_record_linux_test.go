@@ -240,8 +240,8 @@ func TestReadPIDFileOlderOwner(t *testing.T) {
 
 // TestAdoptPIDFileRecordByteReadLocked: anyone who can read the lock file
 // can read-lock byte 2, which an owner of an earlier release leaves free.
-// An inherited lock is then kept without it (readers trust the pid file as
-// before) rather than failing the upgrade, and Write takes it once it is
+// An inherited lock is then kept without it (readers check the record it
+// wrote all the same) rather than failing the upgrade, and Write takes it once it is
 // free; a free lock is refused, as CreatePIDFile refuses it (TESTPLAN D2).
 func TestAdoptPIDFileRecordByteReadLocked(t *testing.T) {
 	fdcensus.Verify(t)
@@ -324,7 +324,7 @@ func TestReadPIDFileBadRecord(t *testing.T) {
 	if err := p.Write(os.Getpid()); err != nil {
 		t.Fatal(err)
 	}
-	good := supervise.AppendLockRecord(nil, os.Getpid(), 0)
+	good := supervise.AppendLockRecord(nil, "mc.pid", os.Getpid(), 0)
 	torn := append([]byte(nil), good...)
 	torn[len(torn)-3] ^= 1 // a checksum digit
 	if err := os.WriteFile(path+".lock", torn, 0o644); err != nil {
@@ -372,19 +372,21 @@ func TestPIDFileLockContentKept(t *testing.T) {
 func TestParseLockRecord(t *testing.T) {
 	t.Parallel()
 	for _, pids := range [][2]int{{0, 0}, {1, 0}, {4194304, 4194303}, {12, 4194304}} {
-		b := supervise.AppendLockRecord([]byte("x"), pids[0], pids[1])[1:]
-		pid, prev, err := supervise.ParseLockRecord(b)
+		b := supervise.AppendLockRecord([]byte("x"), "app.pid", pids[0], pids[1])[1:]
+		pid, prev, err := supervise.ParseLockRecord(b, "app.pid")
 		if d := cmp.Diff(pids, [2]int{pid, prev}); d != "" || err != nil {
 			t.Errorf("ParseLockRecord(%q) (-want +got):\n%s err %v", b, d, err)
 		}
 	}
-	good := string(supervise.AppendLockRecord(nil, 1234, 0))
+	good := string(supervise.AppendLockRecord(nil, "app.pid", 1234, 0))
 	for _, in := range []string{
 		"", good[:len(good)-1], good + "\n", strings.Replace(good, "1234", "1235", 1),
 		strings.ToUpper(good), strings.Replace(good, "0001234", "4194305", 1),
 		strings.Replace(good, " 0000000 ", "+0000000 ", 1),
+		// Another pid file's record.
+		string(supervise.AppendLockRecord(nil, "web.pid", 1234, 0)),
 	} {
-		if pid, prev, err := supervise.ParseLockRecord([]byte(in)); !errors.Is(err, supervise.ErrBadPIDFile) {
+		if pid, prev, err := supervise.ParseLockRecord([]byte(in), "app.pid"); !errors.Is(err, supervise.ErrBadPIDFile) {
 			t.Errorf("ParseLockRecord(%q) = %d, %d, %v; want ErrBadPIDFile", in, pid, prev, err)
 		}
 	}
@@ -394,12 +396,13 @@ func TestParseLockRecord(t *testing.T) {
 // what it would write itself, and round-trips.
 func FuzzParseLockRecord(f *testing.F) {
 	for _, pids := range [][2]int{{0, 0}, {1, 0}, {1234, 1233}, {4194304, 4194304}} {
-		f.Add(supervise.AppendLockRecord(nil, pids[0], pids[1]))
+		f.Add(supervise.AppendLockRecord(nil, "app.pid", pids[0], pids[1]))
 	}
-	f.Add([]byte("handoff-pid-lock 1 4194305 0000000 00000000\n"))
+	f.Add([]byte("handoff-pid-lock 1 4194305 0000000 00000000 00000000\n"))
+	f.Add(supervise.AppendLockRecord(nil, "web.pid", 1, 0))
 	f.Add([]byte(""))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		pid, prev, err := supervise.ParseLockRecord(b)
+		pid, prev, err := supervise.ParseLockRecord(b, "app.pid")
 		if err != nil {
 			if !errors.Is(err, supervise.ErrBadPIDFile) {
 				t.Fatalf("error %v is not ErrBadPIDFile", err)
@@ -411,7 +414,7 @@ func FuzzParseLockRecord(f *testing.F) {
 				t.Fatalf("pid %d out of range", n)
 			}
 		}
-		if w := supervise.AppendLockRecord(nil, pid, prev); string(w) != string(b) {
+		if w := supervise.AppendLockRecord(nil, "app.pid", pid, prev); string(w) != string(b) {
 			t.Fatalf("accepted %q as %d, %d, which is written %q", b, pid, prev, w)
 		}
 	})
