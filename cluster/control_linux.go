@@ -692,7 +692,8 @@ func (s *controlServer) handle(dst []byte, req *sockMsg, cred *unix.Ucred, uc *n
 }
 
 // watchHangup returns a context cancelled once the peer of uc hangs up
-// (POLLRDHUP: it closed or shut down its end) or the connection fails,
+// (POLLHUP: it closed its end; a client that only shut down its sending
+// side still reads the answer) or the connection fails,
 // while a request is being handled. stop ends the watch, and must be
 // called before uc is read again: the watch holds uc's read side.
 // Nothing is read: a request the client sent meanwhile stays queued.
@@ -702,6 +703,11 @@ func watchHangup(uc *net.UnixConn) (ctx context.Context, stop func()) {
 	if err != nil {
 		return ctx, cancel
 	}
+	// serveConn's idle deadline, set before it read the request, would end
+	// the watch when it passes, long before a restart's wait may end: the
+	// connection is busy now (evictIdle and shutdown leave it alone), and
+	// serveConn sets the next deadline after stop.
+	_ = uc.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -716,7 +722,11 @@ func watchHangup(uc *net.UnixConn) (ctx context.Context, stop func()) {
 				if err == unix.EINTR {
 					continue
 				}
-				if err != nil || (n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0) {
+				// POLLHUP, not POLLRDHUP alone: a client that shut down
+				// its sending side (socat, nc -N) still reads the
+				// answer. POLLRDHUP is asked for so that the poller
+				// wakes for it, and again when the client closes.
+				if err != nil || (n > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0) {
 					cancel()
 					return true
 				}
